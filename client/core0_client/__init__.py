@@ -1,0 +1,46 @@
+"""Python client for core0 (and Zero-OS 0-core) nodes, sync and asyncio.
+
+    from core0_client import Client
+    c = Client("127.0.0.1", 6379)
+    c.ping()                                  # 'PONG 0.1.0'
+    r = c.system("ls -l /").get(timeout=5)    # Result: r.state, r.code, r.stdout
+    c.info.cpu()                              # decoded level-20 data
+
+``AsyncClient`` has the same API, awaitable.
+"""
+
+from core0_client.errors import (
+    Core0Error,
+    JobNotFoundError,
+    ResultError,
+    TimeoutError,
+)
+from core0_client.protocol import Command, Keys, LogRecord, Result, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "Command",
+    "Core0Error",
+    "JobNotFoundError",
+    "Keys",
+    "LogRecord",
+    "Result",
+    "ResultError",
+    "State",
+    "TimeoutError",
+]
+
+
+def __getattr__(name: str):  # lazy: importing the sync client must not import asyncio's
+    if name == "Client":
+        from core0_client.sync import Client
+
+        return Client
+    if name == "AsyncClient":
+        from core0_client.aio import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(name)

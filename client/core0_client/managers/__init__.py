@@ -1,0 +1,13 @@
+"""Domain managers shared by Client and AsyncClient (``c.info.cpu()``, ``c.job.list()``…).
+
+A manager method returns what ``client.json`` returns: the value for ``Client``, an
+awaitable of it for ``AsyncClient``. Each domain module lists its managers in ``MANAGERS``.
+"""
+
+from __future__ import annotations
+
+from core0_client.managers import core
+
+MANAGERS: dict[str, type] = {}
+for _mod in (core,):
+    MANAGERS.update(_mod.MANAGERS)

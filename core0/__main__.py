@@ -1,0 +1,3 @@
+from core0.cli import main
+
+main()

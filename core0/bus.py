@@ -1,0 +1,305 @@
+"""The Redis transport: reliable pop, pickup flag, results, output records, dead letters.
+
+Every multi-key step is one Lua script, so it is atomic and costs one round trip:
+
+* ``pop``: BLMOVE one command from the queue into ``<queue>:processing``, then move up to
+  ``batch - 1`` more in one script call (batched pops).
+* ``pickup``: set ``result:<id>:flag`` unless it exists (a duplicate id never runs twice).
+* ``publish``: write the result, give result and flag their TTL and LREM the command from the
+  processing list, all at once, and only if no result exists yet (exactly one result per id).
+  For inline commands the pickup and the publish are one script call.
+
+Every key core0 writes has a TTL or a bound (LTRIM / MAXLEN), except a running job's flag, which
+0-core's clients read as "running" while its TTL is -1; it gets the result's TTL when the job
+ends, and the processing-list reconcile at start repairs what a crash left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core0.config import Config
+from core0_client.protocol import Keys, LogRecord
+
+log = logging.getLogger(__name__)
+
+# KEYS: queue, processing   ARGV: n
+_POP_MORE = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local v = redis.call('LMOVE', KEYS[1], KEYS[2], 'LEFT', 'RIGHT')
+  if not v then break end
+  out[#out + 1] = v
+end
+return out
+"""
+
+# KEYS: flag, processing   ARGV: raw   → 1 picked up, 0 duplicate (dropped)
+_PICKUP = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('LREM', KEYS[2], 1, ARGV[1])
+  return 0
+end
+redis.call('RPUSH', KEYS[1], '')
+return 1
+"""
+
+# KEYS: flag, result, processing   ARGV: result, ttl, raw ('' = none), mode ('new'|'owned')
+# → 1 written, 0 not written (duplicate id, or a result exists already)
+_PUBLISH = """
+if ARGV[4] == 'new' then
+  if redis.call('EXISTS', KEYS[1]) == 1 then
+    if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
+    return 0
+  end
+  redis.call('RPUSH', KEYS[1], '')
+else
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
+    return 0
+  end
+  if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('RPUSH', KEYS[1], '') end
+end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
+return 1
+"""
+
+# KEYS: dead list, stats   ARGV: entry, max, ttl, counter
+_DEAD = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[2]), -1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[4], 1)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return 1
+"""
+
+
+@dataclass
+class Publish:
+    """One result to write (see :meth:`Bus.publish`)."""
+
+    job_id: str
+    result_json: str
+    raw: bytes | None  #: the popped command, removed from ``processing``
+    processing: str
+    mode: str  #: "new": also the pickup (duplicate check on the flag); "owned": after pickup
+
+
+def connection_kwargs(cfg: Config) -> dict[str, Any]:
+    """redis-py connection arguments for core0's own connections."""
+    kw: dict[str, Any] = {
+        "health_check_interval": 30,
+        "socket_keepalive": True,
+        # socket timeout above the blocking timeout, so a BLMOVE never times out the socket
+        "socket_timeout": cfg.bus.block_timeout + 5,
+        "socket_connect_timeout": 5,
+    }
+    if cfg.redis.username:
+        kw["username"] = cfg.redis.username
+    if cfg.redis.password:
+        kw["password"] = cfg.redis.password
+    return kw
+
+
+def make_client(cfg: Config, *, single: bool = False) -> Any:
+    """A redis.asyncio client for the configured Redis (embedded socket, URL or cluster)."""
+    kw = connection_kwargs(cfg)
+    if cfg.redis.embedded:
+        kw.pop("socket_keepalive", None)
+        pool = aioredis.ConnectionPool(
+            connection_class=aioredis.UnixDomainSocketConnection,
+            path=cfg.redis_socket,
+            max_connections=2 if single else 64,
+            **kw,
+        )
+        return aioredis.Redis(connection_pool=pool)
+    if cfg.redis.cluster:
+        return RedisCluster.from_url(cfg.redis.url, **kw)
+    return aioredis.Redis.from_url(cfg.redis.url, **kw)
+
+
+class Bus:
+    """core0's side of the wire protocol."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.keys = Keys(cfg.bus.prefix)
+        self.r = make_client(cfg)
+        self._pop_more = self.r.register_script(_POP_MORE)
+        self._pickup = self.r.register_script(_PICKUP)
+        self._publish = self.r.register_script(_PUBLISH)
+        self._dead = self.r.register_script(_DEAD)
+        self.ttl = cfg.bus.result_ttl
+
+    async def close(self) -> None:
+        await self.r.aclose()
+
+    def blocking_client(self) -> Any:
+        """A client of its own for one blocking pop loop."""
+        return make_client(self.cfg, single=True)
+
+    # ------------------------------------------------------------ queue
+
+    async def pop(self, conn: Any, queue: str, processing: str, batch: int) -> list[bytes]:
+        """Wait for commands and move up to ``batch`` of them into ``processing``."""
+        first = await conn.blmove(queue, processing, self.cfg.bus.block_timeout, "LEFT", "RIGHT")
+        if first is None:
+            return []
+        if batch <= 1:
+            return [first]
+        more = await self._pop_more(keys=[queue, processing], args=[batch - 1])
+        return [first, *more]
+
+    async def pickup(self, job_id: str, processing: str, raw: bytes) -> bool:
+        return bool(
+            await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw])
+        )
+
+    async def pickup_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[bool]:
+        """Pickups of (job id, processing, raw) in one round trip."""
+        if len(items) == 1:
+            return [await self.pickup(*items[0])]
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, processing, raw in items:
+            self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw], client=pipe)
+        return [bool(x) for x in await pipe.execute()]
+
+    async def publish(self, items: Sequence[Publish]) -> list[bool]:
+        """Write results (one round trip for all). True where a result was written."""
+        if not items:
+            return []
+        if len(items) == 1:
+            p = items[0]
+            return [bool(await self._publish(keys=self._pkeys(p), args=self._pargs(p)))]
+        pipe = self.r.pipeline(transaction=False)
+        for p in items:
+            self._publish(keys=self._pkeys(p), args=self._pargs(p), client=pipe)
+        return [bool(x) for x in await pipe.execute()]
+
+    def _pkeys(self, p: Publish) -> list[str]:
+        return [self.keys.flag(p.job_id), self.keys.result(p.job_id), p.processing]
+
+    def _pargs(self, p: Publish) -> list[Any]:
+        return [p.result_json, self.ttl, p.raw if p.raw is not None else b"", p.mode]
+
+    async def publish_run(self, job_id: str, run: int, result_json: str) -> None:
+        """A per-run result of a recurring or restarting job: ``result:<id>:<run>``."""
+        key = self.keys.run_result(job_id, run)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.delete(key)
+        pipe.rpush(key, result_json)
+        pipe.expire(key, self.ttl)
+        await pipe.execute()
+
+    async def release(self, processing: str, raw: bytes) -> None:
+        await self.r.lrem(processing, 1, raw)
+
+    async def requeue(self, queue: str, processing: str, raw: bytes) -> None:
+        pipe = self.r.pipeline(transaction=True)
+        pipe.lpush(queue, raw)
+        pipe.lrem(processing, 1, raw)
+        await pipe.execute()
+
+    async def processing_items(self, processing: str) -> list[bytes]:
+        return list(await self.r.lrange(processing, 0, -1))
+
+    # ------------------------------------------------------------ output records
+
+    async def records(self, job_id: str, records: Sequence[LogRecord], stream: bool) -> None:
+        """Append output records to ``log:<id>`` (always) and ``stream:<id>`` (if asked)."""
+        if not records:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        log_key = self.keys.log(job_id)
+        for rec in records:
+            pipe.xadd(
+                log_key,
+                {"record": rec.to_json()},
+                maxlen=self.cfg.bus.log_max,
+                approximate=True,
+            )
+        pipe.expire(log_key, self.ttl)
+        if stream:
+            skey = self.keys.stream(job_id)
+            pipe.rpush(skey, *[r.to_json() for r in records])
+            pipe.ltrim(skey, -self.cfg.bus.stream_max, -1)
+            pipe.expire(skey, self.cfg.bus.stream_ttl)
+        await pipe.execute()
+
+    # ------------------------------------------------------------ dead letters, stats
+
+    async def dead_letter(self, queue: str, raw: bytes, reason: str, job_id: str | None) -> None:
+        """Keep an unanswerable command (bounded list with TTL) and count it."""
+        try:
+            text = raw[:4096].decode("utf-8")
+            body: dict[str, Any] = {"raw": text}
+        except UnicodeDecodeError:
+            body = {"raw_b64": base64.b64encode(raw[:4096]).decode()}
+        entry = json.dumps(
+            {
+                "reason": reason,
+                "id": job_id,
+                "queue": queue,
+                "time": time.time(),
+                "size": len(raw),
+                **body,
+            }
+        )
+        await self._dead(
+            keys=[self.keys.dead(queue), self.keys.stats()],
+            args=[entry, self.cfg.bus.dead_letter_max, self.cfg.bus.dead_letter_ttl, "dead_letters"],
+        )
+
+    async def deliveries(self, job_id: str) -> int:
+        """Count one more delivery of a command found in flight at start."""
+        key = self.keys.deliveries()
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hincrby(key, job_id, 1)
+        pipe.expire(key, self.cfg.bus.dead_letter_ttl)
+        n, _ = await pipe.execute()
+        return int(n)
+
+    async def forget_deliveries(self, job_id: str) -> None:
+        await self.r.hdel(self.keys.deliveries(), job_id)
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self.r.exists(key))
+
+    async def ping(self) -> bool:
+        return bool(await self.r.ping())
+
+
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+
+
+async def retry_forever(what: str, fn: Any, *args: Any, stop: asyncio.Event | None = None) -> Any:
+    """Call ``fn(*args)`` until it succeeds, backing off 0.1 s → 5 s on Redis connection errors."""
+    delay = 0.1
+    while True:
+        try:
+            return await fn(*args)
+        except TRANSIENT as e:
+            if stop is not None and stop.is_set():
+                raise
+            log.warning("%s: redis unavailable (%s); retrying in %.1fs", what, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        except RedisError:
+            raise

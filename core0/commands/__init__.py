@@ -1,0 +1,1 @@
+"""The API face of core0: one module per domain, each registering its commands."""

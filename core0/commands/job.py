@@ -1,0 +1,62 @@
+"""job.*: list, kill, unschedule and killall the jobs of this node."""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from core0.context import Context
+from core0.errors import NotFound
+from core0.registry import Role, command
+from core0.schema import ID, Doc, NoArgs, Range, Schema
+
+_SIG = Range(1, 64)
+
+
+@dataclass(frozen=True)
+class ListArgs(Schema):
+    id: Annotated[str | None, Doc("only this job"), ID] = None
+
+
+@command("job.list", ListArgs, role=Role.READ_ONLY, inline=True)
+async def list_(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
+    """Running jobs: id, command, label, state (running, queued, scheduled), run number, pid,
+    start time (ms), and the process's cpu %, rss and vms."""
+    if args.id and args.id not in ctx.engine.table:
+        raise NotFound(f"no such job: {args.id}")
+    return ctx.engine.list(args.id)
+
+
+@dataclass(frozen=True)
+class KillArgs(Schema):
+    id: Annotated[str, Doc("job to signal"), ID]
+    signal: Annotated[int, Doc("signal number (default SIGTERM)"), _SIG] = int(signal.SIGTERM)
+
+
+@command("job.kill", KillArgs, role=Role.OPERATOR)
+async def kill(ctx: Context, args: KillArgs) -> bool:
+    """Send a signal to a job's whole process group (a queued, sleeping or builtin job is
+    cancelled). A job ended this way reports state KILLED. 404 if there is no such job."""
+    if not ctx.engine.kill(args.id, args.signal):
+        raise NotFound(f"no such job: {args.id}")
+    return True
+
+
+@dataclass(frozen=True)
+class IdArgs(Schema):
+    id: Annotated[str, Doc("job id"), ID]
+
+
+@command("job.unschedule", IdArgs, role=Role.OPERATOR)
+async def unschedule(ctx: Context, args: IdArgs) -> bool:
+    """Stop a recurring or restarting job after its current run (the run is not killed)."""
+    if not ctx.engine.unschedule(args.id):
+        raise NotFound(f"no such job: {args.id}")
+    return True
+
+
+@command("job.killall", NoArgs, role=Role.OPERATOR)
+async def killall(ctx: Context, args: NoArgs) -> int:
+    """SIGTERM every job but this one and subscribers; returns how many were signalled."""
+    return ctx.engine.killall(exclude={ctx.id})

@@ -1,0 +1,89 @@
+"""What a command handler gets: its job, the node's services, and safe ways to do work."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from core0 import process
+from core0.errors import PreconditionFailed, ToolError
+from core0.output import Message
+
+if TYPE_CHECKING:
+    from core0.config import Config
+    from core0.jobs import Job, JobEngine
+
+T = TypeVar("T")
+
+#: threads for blocking libraries (libvirt, netlink batches); never for child processes
+_THREADS = asyncio.Semaphore(8)
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """Returned by a handler to make the job a process job (output, kill, adoption).
+
+    The job engine spawns ``argv`` in its own session with output to files, enforces
+    ``max_time`` on the process group and reports ``1000 + exit status``.
+    """
+
+    argv: list[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    stdin: bytes = b""
+    #: a label for job.list (defaults to argv)
+    label: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Context:
+    """The handler's view of its job and of the node."""
+
+    def __init__(self, engine: JobEngine, job: Job):
+        self.engine = engine
+        self.job = job
+        self.config: Config = engine.cfg
+        self.started = time.monotonic()
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.job.cmd.tags or [])
+
+    def emit(self, level: int, text: str) -> None:
+        """Send an output message (streamed to ``log:<id>``, and ``stream:<id>`` if asked)."""
+        self.job.output.add([Message(level, text)])
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | int | None = None,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> process.RunResult:
+        """Run a tool (argv list, never a shell) and capture its output.
+
+        ``check`` raises ToolError on a non-zero status. A missing binary raises
+        PreconditionFailed (412) naming it.
+        """
+        try:
+            res = await process.run(argv, stdin=stdin, env=env, cwd=cwd, timeout=timeout)
+        except FileNotFoundError:
+            raise PreconditionFailed(f"{argv[0]} is not installed on this node") from None
+        if check and res.status != 0:
+            raise ToolError(list(res.argv), res.status, res.stderr, res.stdout)
+        return res
+
+    async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking library call in a bounded thread pool."""
+        async with _THREADS:
+            return await asyncio.to_thread(fn, *args)

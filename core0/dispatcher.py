@@ -1,0 +1,308 @@
+"""The dispatcher: pop → decode → validate → route → run → publish.
+
+This is the only place where exceptions become results. Every command whose id can be
+recovered gets exactly one result: a bad shape, wrong types or unknown arguments give an ERROR
+400 naming the field, an unknown command UNKNOWN_CMD, a command its queue's role does not allow
+ERROR 403. Commands without a recoverable id go to the queue's dead-letter list (bounded, with
+a TTL) and are counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from core0 import jobstate, process, registry
+from core0.bus import TRANSIENT, Bus, Publish, retry_forever
+from core0.config import Config
+from core0.context import Context
+from core0.errors import BadRequest, CommandError, Forbidden, UnknownCommand
+from core0.jobs import Job, JobEngine, builtin_result, error_result
+from core0.output import Inotify
+from core0.registry import CommandSpec, Role
+from core0.schema import Schema
+from core0.shimlink import ShimLink
+from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Accepted:
+    cmd: Command
+    spec: CommandSpec
+    args: Schema
+    raw: bytes
+
+
+class InlineJob:
+    """A stand-in job for inline commands (no task, no output)."""
+
+    def __init__(self, cmd: Command, spec: CommandSpec, role: Role):
+        self.cmd = cmd
+        self.spec = spec
+        self.role = role
+        self.starttime = int(time.time() * 1000)
+
+    @property
+    def id(self) -> str:
+        return self.cmd.id
+
+
+class Dispatcher:
+    def __init__(self, cfg: Config):
+        registry.load_all()
+        self.cfg = cfg
+        self.roles = cfg.bus.queue_roles()
+        self.bus = Bus(cfg)
+        self.reaper = process.Reaper()
+        self.inotify = Inotify()
+        shim_path = os.environ.get("CORE0_SHIM_SOCKET") or str(cfg.state_dir / "shim.sock")
+        self.shim = ShimLink(shim_path)
+        self.engine = JobEngine(cfg, self.bus, self.reaper, self.inotify, None)
+        self.stop_event = asyncio.Event()
+        self.started = time.time()
+        self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0}
+        self._loops: list[asyncio.Task[None]] = []
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        process.set_child_subreaper()
+        self.reaper.install(loop)
+        process.set_reaper(self.reaper)
+        self.inotify.start(loop)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        if await self.shim.connect():
+            self.engine.shim = self.shim
+        _DISPATCHER[0] = self
+        await retry_forever("connect", self.bus.ping)
+        adopted = self.engine.adopt_all(self._parse_saved)
+        log.info("dispatcher up (pid %d); adopted %d job(s); queues %s", os.getpid(), adopted,
+                 {q: r.label for q, r in self.roles.items()})
+        for name, role in self.roles.items():
+            self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
+        await self.stop_event.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop popping, leave process jobs running for the next dispatcher, requeue the rest."""
+        log.info("dispatcher stopping")
+        for t in self._loops:
+            t.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        requeue = await self.engine.stop()
+        for job in requeue:
+            with contextlib.suppress(Exception):
+                await self.bus.r.delete(self.bus.keys.flag(job.id))
+                queue = job.processing.removesuffix(":processing")
+                await self.bus.requeue(queue, job.processing, job.raw)
+        await self.shim.close()
+        await self.bus.close()
+        self.reaper.uninstall()
+
+    # ------------------------------------------------------------ pop loop
+
+    async def _pop_loop(self, name: str, role: Role) -> None:
+        queue = self.bus.keys.queue(name)
+        processing = self.bus.keys.processing(queue)
+        conn = self.bus.blocking_client()
+        need_reconcile = True
+        delay = 0.1
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    if need_reconcile:
+                        await self.reconcile(queue, processing, role)
+                        need_reconcile = False
+                    await self.engine.wait_room()
+                    n = max(1, min(self.cfg.bus.batch, self.engine.free_slots()))
+                    raws = await self.bus.pop(conn, queue, processing, n)
+                    delay = 0.1
+                except TRANSIENT as e:
+                    log.warning("queue %s: redis unavailable (%s); retry in %.1fs", queue, e, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    need_reconcile = True
+                    continue
+                if raws:
+                    try:
+                        await self.handle(raws, queue, processing, role)
+                    except TRANSIENT as e:
+                        log.warning("queue %s: redis lost while handling (%s)", queue, e)
+                        need_reconcile = True
+        finally:
+            with contextlib.suppress(Exception):
+                await conn.aclose()
+
+    # ------------------------------------------------------------ one batch
+
+    async def handle(
+        self, raws: list[bytes], queue: str, processing: str, role: Role, *, owned: bool = False
+    ) -> None:
+        """Handle popped commands. ``owned``: their flags were set by an earlier delivery."""
+        pubs: list[Publish] = []
+        starts: list[Accepted] = []
+        for raw in raws:
+            acc = await self._accept(raw, queue, processing, role, pubs)
+            if acc is None:
+                continue
+            cmd, spec = acc.cmd, acc.spec
+            if cmd.id in self.engine.table:  # a copy of a job running here
+                self.stats["duplicates"] += 1
+                pubs.append(Publish(cmd.id, "", raw, processing, "drop"))
+                continue
+            cached = self.engine.recent.get(cmd.id)
+            if cached is not None:  # finished here; re-answer if Redis lost the result
+                pubs.append(Publish(cmd.id, cached, raw, processing, "owned" if owned else "new"))
+                continue
+            if spec.inline and cmd.is_plain and not cmd.max_time:
+                result = await self._run_inline(cmd, spec, acc.args, role)
+                self.engine.remember(cmd.id, result)
+                self.stats["inline"] += 1
+                pubs.append(Publish(cmd.id, result, raw, processing, "owned" if owned else "new"))
+            else:
+                starts.append(acc)
+        # drops (duplicates of running jobs) only need the LREM
+        drops = [p for p in pubs if p.mode == "drop"]
+        pubs = [p for p in pubs if p.mode != "drop"]
+        for p in drops:
+            await self.bus.release(processing, p.raw or b"")
+        if starts:
+            if owned:
+                oks = [True] * len(starts)
+            else:
+                oks = await self.bus.pickup_many([(a.cmd.id, processing, a.raw) for a in starts])
+            for acc, ok in zip(starts, oks):
+                if not ok:
+                    self.stats["duplicates"] += 1
+                    continue
+                self.stats["accepted"] += 1
+                job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
+                self.engine.start(job)
+        if pubs:
+            written = await self.bus.publish(pubs)
+            self.stats["duplicates"] += written.count(False)
+
+    async def _accept(
+        self, raw: bytes, queue: str, processing: str, role: Role, pubs: list[Publish]
+    ) -> Accepted | None:
+        try:
+            cmd = decode_command(raw, self.cfg.bus.max_command_bytes)
+        except ProtocolError as e:
+            job_id = recover_id(raw)
+            if job_id is None:
+                self.stats["dead_letters"] += 1
+                log.warning("dead letter on %s: %s", queue, e)
+                await self.bus.dead_letter(queue, raw, str(e), None)
+                await self.bus.release(processing, raw)
+                return None
+            self._error(pubs, job_id, "", BadRequest(str(e), code=e.code), raw, processing)
+            return None
+        spec = registry.get(cmd.command)
+        if spec is None:
+            self._error(pubs, cmd.id, cmd.command,
+                        UnknownCommand(f"unknown command {cmd.command!r}"), raw, processing, cmd)
+            return None
+        if role < spec.role:
+            self._error(pubs, cmd.id, cmd.command, Forbidden(
+                f"{cmd.command} is not permitted for this queue (role {role.label}, "
+                f"needs {spec.role.label})"), raw, processing, cmd)
+            return None
+        try:
+            args = spec.args.parse(cmd.arguments)
+        except CommandError as e:
+            self._error(pubs, cmd.id, cmd.command, e, raw, processing, cmd)
+            return None
+        return Accepted(cmd, spec, args, raw)
+
+    def _error(self, pubs: list[Publish], job_id: str, command: str, exc: CommandError,
+               raw: bytes, processing: str, cmd: Command | None = None) -> None:
+        self.stats["errors"] += 1
+        res = error_result(job_id, command, exc, tags=cmd.tags if cmd else None)
+        pubs.append(Publish(job_id, res.to_json(), raw, processing, "new"))
+
+    async def _run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role) -> str:
+        job = InlineJob(cmd, spec, role)
+        ctx = Context(self.engine, job)  # type: ignore[arg-type]
+        try:
+            value = await spec.handler(ctx, args)
+            res = builtin_result(job, value)  # type: ignore[arg-type]
+        except CommandError as e:
+            res = error_result(cmd.id, cmd.command, e, job.starttime, cmd.tags)
+        except Exception as e:
+            log.exception("inline command %s failed", cmd.command)
+            res = error_result(cmd.id, cmd.command,
+                               CommandError(f"internal error: {e!r}", code=Code.INTERNAL),
+                               job.starttime, cmd.tags)
+        return res.to_json()
+
+    # ------------------------------------------------------------ reconcile
+
+    async def reconcile(self, queue: str, processing: str, role: Role) -> None:
+        """Settle what a crash left in ``processing``: finished → released, in flight → run
+        again (up to max_deliveries, then dead-lettered as a poison pill), never started → run."""
+        items = await self.bus.processing_items(processing)
+        if not items:
+            return
+        log.info("reconciling %d command(s) in %s", len(items), processing)
+        fresh: list[bytes] = []
+        for raw in items:
+            job_id: str | None
+            try:
+                job_id = decode_command(raw, self.cfg.bus.max_command_bytes).id
+            except ProtocolError:
+                job_id = None
+            if job_id is None:
+                fresh.append(raw)
+                continue
+            if job_id in self.engine.table:
+                continue
+            if await self.bus.exists(self.bus.keys.result(job_id)):
+                await self.bus.release(processing, raw)
+                continue
+            if job_id in self.engine.recent or not await self.bus.exists(
+                self.bus.keys.flag(job_id)
+            ):
+                fresh.append(raw)
+                continue
+            n = await self.bus.deliveries(job_id)
+            if n >= self.cfg.bus.max_deliveries:
+                log.error("command %s crashed the dispatcher %d times: dead-lettered", job_id, n)
+                exc = CommandError(f"poison: crashed the dispatcher {n} times", code=Code.INTERNAL)
+                res = error_result(job_id, "", exc)
+                await self.bus.dead_letter(queue, raw, str(exc), job_id)
+                await self.bus.publish([Publish(job_id, res.to_json(), raw, processing, "owned")])
+                await self.bus.forget_deliveries(job_id)
+                continue
+            await self.handle([raw], queue, processing, role, owned=True)
+        if fresh:
+            await self.handle(fresh, queue, processing, role)
+
+    def _parse_saved(self, saved: jobstate.Saved) -> tuple[Command, CommandSpec, Any, Role]:
+        cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes)
+        spec = registry.get(cmd.command)
+        if spec is None:
+            raise ValueError(f"unknown command {cmd.command}")
+        return cmd, spec, spec.args.parse(cmd.arguments), Role.parse(saved.role)
+
+
+#: the running dispatcher (for core.* introspection commands)
+_DISPATCHER: list[Dispatcher | None] = [None]
+
+
+def current() -> Dispatcher | None:
+    return _DISPATCHER[0]
+
+
+def main(cfg: Config) -> None:
+    os.chdir("/")
+    asyncio.run(Dispatcher(cfg).run())

@@ -1,0 +1,218 @@
+"""Resolving user paths safely inside a root directory.
+
+Paths are walked one component at a time from a root opened as a file descriptor, every
+component opened with ``O_NOFOLLOW``, so the kernel never follows a symlink on our behalf.
+A symlink met on the way is read and its target resolved *inside the root* (an absolute target
+starts again at the root, ``..`` never climbs above it): the semantics of openat2's
+``RESOLVE_IN_ROOT``, which Python does not expose. A directory swapped for a symlink between two
+steps therefore cannot lead outside the root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+from collections.abc import Iterator
+
+from core0.errors import BadRequest, NotFound
+
+MAX_LINKS = 40
+MAX_PATH = 4096
+
+
+def check_path(path: str) -> None:
+    if not isinstance(path, str) or not path:
+        raise BadRequest("path: must be a non-empty string", field="path")
+    if "\0" in path:
+        raise BadRequest("path: NUL byte in path", field="path")
+    if len(path.encode()) > MAX_PATH:
+        raise BadRequest(f"path: longer than {MAX_PATH} bytes", field="path")
+
+
+class Root:
+    """A directory that user paths are confined to."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+        self.fd = os.open(self.path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> Root:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ resolution
+
+    def parent(self, path: str, *, follow: bool = True) -> tuple[int, str]:
+        """Resolve all but the last component → (an O_PATH fd of the parent dir, last name).
+
+        With ``follow``, a last component that is a symlink is resolved too (inside the root),
+        so the returned name is never a symlink. The caller closes the fd. The name is "" when
+        the path designates the root itself.
+        """
+        check_path(path)
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        stack = [os.dup(self.fd)]
+        links = 0
+        try:
+            while parts:
+                comp = parts.pop(0)
+                if comp == "..":
+                    if len(stack) > 1:
+                        os.close(stack.pop())
+                    continue
+                last = not parts
+                try:
+                    st = os.stat(comp, dir_fd=stack[-1], follow_symlinks=False)
+                except FileNotFoundError:
+                    if last:
+                        return stack.pop(), comp
+                    raise NotFound(f"no such file or directory: {path}") from None
+                if stat.S_ISLNK(st.st_mode):
+                    if last and not follow:
+                        return stack.pop(), comp
+                    links += 1
+                    if links > MAX_LINKS:
+                        raise BadRequest(f"too many symbolic links in {path}")
+                    target = os.readlink(comp, dir_fd=stack[-1])
+                    tparts = [p for p in target.split("/") if p not in ("", ".")]
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                    parts = tparts + parts
+                    continue
+                if last:
+                    return stack.pop(), comp
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BadRequest(f"not a directory: {comp} in {path}")
+                try:
+                    fd = os.open(comp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                 dir_fd=stack[-1])
+                except OSError as e:
+                    if e.errno in (errno.ELOOP, errno.ENOTDIR):  # swapped under us: re-resolve
+                        parts.insert(0, comp)
+                        links += 1
+                        if links > MAX_LINKS:
+                            raise BadRequest(f"path keeps changing: {path}") from None
+                        continue
+                    raise
+                stack.append(fd)
+            return stack.pop(), ""
+        finally:
+            for fd in stack:
+                os.close(fd)
+
+    @contextlib.contextmanager
+    def at(self, path: str, *, follow: bool = True) -> Iterator[tuple[int, str]]:
+        dfd, name = self.parent(path, follow=follow)
+        try:
+            yield dfd, name
+        finally:
+            os.close(dfd)
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        """Open a file inside the root (symlinks resolved inside it)."""
+        with self.at(path) as (dfd, name):
+            if not name:
+                return os.open(".", flags | os.O_CLOEXEC, dir_fd=dfd)
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+
+    def opendir(self, path: str) -> int:
+        """A readable fd of a directory inside the root."""
+        with self.at(path) as (dfd, name):
+            if not name:
+                return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+            return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           dir_fd=dfd)
+
+    def lstat(self, path: str) -> os.stat_result:
+        with self.at(path, follow=False) as (dfd, name):
+            if not name:
+                return os.stat(dfd)
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+
+    def stat(self, path: str) -> os.stat_result:
+        with self.at(path) as (dfd, name):
+            if not name:
+                return os.stat(dfd)
+            return os.stat(name, dir_fd=dfd, follow_symlinks=False)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.stat(path)
+            return True
+        except (NotFound, FileNotFoundError):
+            return False
+
+    def mkdir(self, path: str, mode: int = 0o755, parents: bool = True) -> None:
+        check_path(path)
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        prefix = ""
+        for i, comp in enumerate(parts):
+            prefix = f"{prefix}/{comp}"
+            if not parents and i < len(parts) - 1:
+                continue
+            with self.at(prefix) as (dfd, name):
+                if not name:
+                    continue
+                try:
+                    os.mkdir(name, mode, dir_fd=dfd)
+                except FileExistsError:
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                    if not stat.S_ISDIR(st.st_mode):
+                        raise BadRequest(f"not a directory: {prefix}") from None
+
+    def remove(self, path: str) -> None:
+        """Remove a file, a symlink (not its target) or a directory tree, never leaving the root."""
+        with self.at(path, follow=False) as (dfd, name):
+            if not name:
+                raise BadRequest("refusing to remove the root")
+            _remove_at(dfd, name)
+
+    def rename(self, src: str, dst: str) -> None:
+        with self.at(src, follow=False) as (sfd, sname), self.at(dst, follow=False) as (dfd, dname):
+            if not sname or not dname:
+                raise BadRequest("cannot move the root")
+            os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+
+    def walk_fds(self, path: str) -> Iterator[tuple[int, str]]:
+        """(parent dir fd, name) of ``path`` and, for a directory, everything below it
+        (symlinks are not followed)."""
+        with self.at(path) as (dfd, name):
+            yield from _walk(dfd, name)
+
+
+def _walk(dfd: int, name: str) -> Iterator[tuple[int, str]]:
+    yield dfd, name
+    st = os.stat(name or ".", dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 dir_fd=dfd)
+    try:
+        for entry in os.scandir(fd):
+            yield from _walk(fd, entry.name)
+    finally:
+        os.close(fd)
+
+
+def _remove_at(dfd: int, name: str) -> None:
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(name, dir_fd=dfd)
+        return
+    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+    try:
+        for entry in os.scandir(fd):
+            _remove_at(fd, entry.name)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dfd)

@@ -1,0 +1,1 @@
+"""The PID-1 shim and supervisor. Imports no command handler."""

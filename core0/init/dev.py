@@ -1,0 +1,72 @@
+"""``core0 dev``: the supervisor as a child subreaper on an ordinary host (no mounts, no
+power control): embedded redis-server + dispatcher, stopped in order on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from core0 import process, redis_server
+from core0.config import Config
+from core0.init.supervise import Service, Supervisor
+
+log = logging.getLogger("core0.dev")
+
+
+def dispatcher_argv(config_path: str | None, overrides: dict[str, dict[str, Any]]) -> list[str]:
+    argv = [sys.executable, "-m", "core0", "dispatcher"]
+    if config_path:
+        argv += ["--config", config_path]
+    if overrides:
+        argv += ["--overrides-json", json.dumps(overrides)]
+    return argv
+
+
+def build_services(cfg: Config, config_path: str | None,
+                   overrides: dict[str, dict[str, Any]]) -> tuple[Service | None, Service]:
+    redis_svc = None
+    if cfg.redis.embedded:
+        sock = cfg.redis_socket
+        redis_svc = Service(
+            "redis-server",
+            redis_server.prepare(cfg),
+            ready=lambda: redis_server.wait_ready(
+                sock, 15, cfg.redis.password, cfg.redis.username),
+        )
+    env = dict(os.environ)
+    env["CORE0_SHIM_SOCKET"] = str(cfg.state_dir / "shim.sock")
+    disp = Service("dispatcher", dispatcher_argv(config_path, overrides), env=env)
+    return redis_svc, disp
+
+
+def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str, Any]]) -> int:
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(cfg.state_dir, 0o700)
+    process.set_child_subreaper()
+    redis_svc, disp = build_services(cfg, config_path, overrides)
+    services = [s for s in (redis_svc, disp) if s is not None]
+    sup = Supervisor(cfg.state_dir, services)
+    sup.install_signals()
+    sup.listen()
+    stop = {"now": False}
+
+    def on_signal(sig: int) -> None:
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stop["now"] = True
+    sup.on_signal = on_signal
+    (cfg.state_dir / "core0.pid").write_text(str(os.getpid()))
+    log.info("core0 dev (pid %d): state %s, redis %s", os.getpid(), cfg.state_dir,
+             f"{cfg.redis.bind}:{cfg.redis.port} + {cfg.redis_socket}" if cfg.redis.embedded
+             else cfg.redis.url)
+    for s in services:
+        sup.start(s)
+    while not stop["now"]:
+        sup.step(None)
+    log.info("stopping")
+    sup.shutdown([disp] + ([redis_svc] if redis_svc else []))
+    (cfg.state_dir / "core0.pid").unlink(missing_ok=True)
+    return 0

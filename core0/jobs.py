@@ -1,0 +1,629 @@
+"""The job engine: jobs, named sequential queues, max_time, restarts, recurrence, kill.
+
+A job is one accepted command. Its task runs the handler once per run; a handler either
+returns a value (a builtin: level-20 JSON data) or a :class:`ProcessSpec` (a process job: its
+output goes to files the engine follows, ``max_time`` kills its process group, its result code
+is ``1000 + exit status``). Process jobs are written to the state dir (``jobstate``) so a new
+dispatcher adopts them after a restart: same pids, nothing started twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from core0 import jobstate, process
+from core0.bus import Bus, Publish, retry_forever
+from core0.context import Context, ProcessSpec
+from core0.errors import CommandError
+from core0.output import FileFollower, Message, OutputParser, Tail
+from core0.registry import CommandSpec, Role
+from core0.schema import Schema
+from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, Code, Command, Level, LogRecord
+from core0_client.protocol import Result, State, now_ms
+
+if TYPE_CHECKING:
+    from core0.config import Config
+    from core0.output import Inotify
+    from core0.shimlink import ShimLink
+
+log = logging.getLogger(__name__)
+
+#: signals after which a job counts as KILLED rather than failed
+_TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
+GRACE = 2.0
+
+
+class JobOutput:
+    """Messages of one job: tails for the result, records for log:<id> and stream:<id>."""
+
+    def __init__(self, engine: JobEngine, job: Job):
+        self.engine = engine
+        self.job = job
+        self.reset()
+        self._pending: list[LogRecord] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.wrote = False
+
+    def reset(self) -> None:
+        self.tails = (Tail(), Tail())
+        self.data = ""
+        self.level = 0
+        self.critical = ""
+
+    def add(self, msgs: list[Message]) -> None:
+        now = time.time_ns()
+        for m in msgs:
+            if m.level in (Level.STDOUT, Level.STDERR):
+                self.tails[m.level - 1].add(m.text, m.nl)
+            elif Level.RESULT_JSON <= m.level <= Level.RESULT_HRD:
+                self.data, self.level = m.text, m.level
+            elif m.level == Level.CRITICAL:
+                self.critical = m.text
+            self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
+        if len(self._pending) > 10000:  # Redis is away: keep the newest
+            del self._pending[: len(self._pending) - 10000]
+        if self._pending and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.wrote = True
+                await retry_forever(
+                    "output", self.engine.bus.records, self.job.id, batch, self.job.cmd.stream
+                )
+        except Exception:
+            log.exception("job %s: output lost", self.job.id)
+        finally:
+            self._flusher = None
+
+    async def close(self, ok: bool) -> None:
+        """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self.wrote or self.job.cmd.stream or self.job.process:
+            flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
+            self._pending.append(LogRecord(self.job.id, 0, "", flag, time.time_ns()))
+            await self._flush()
+
+
+class Job:
+    """One accepted command and its runs."""
+
+    def __init__(
+        self,
+        engine: JobEngine,
+        cmd: Command,
+        spec: CommandSpec,
+        args: Schema,
+        role: Role,
+        raw: bytes,
+        processing: str,
+    ):
+        self.cmd = cmd
+        self.spec = spec
+        self.args = args
+        self.role = role
+        self.raw = raw
+        self.processing = processing
+        self.state = "queued"
+        self.run = 0
+        self.restarts = 0
+        self.pid: int | None = None
+        self.start_ticks = 0
+        self.starttime = now_ms()
+        self.created = self.starttime
+        self.label = cmd.command
+        self.process = False
+        self.kill_signal: int | None = None
+        self.unscheduled = False
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.output = JobOutput(engine, self)
+        self.ps: psutil.Process | None = None
+        self.next_run: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.cmd.id
+
+    @property
+    def killed(self) -> bool:
+        return self.kill_signal in _TERMINATING
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "id": self.id,
+            "command": self.cmd.command,
+            "cmd": self.cmd.to_dict(),
+            "label": self.label,
+            "state": self.state,
+            "run": self.run,
+            "starttime": self.starttime,
+            "pid": self.pid or 0,
+            "queue": self.cmd.queue,
+            "tags": self.cmd.tags,
+            "cpu": 0.0,
+            "rss": 0,
+            "vms": 0,
+            "swap": 0,
+        }
+        if self.pid and self.state == "running":
+            try:
+                if self.ps is None or self.ps.pid != self.pid:
+                    self.ps = psutil.Process(self.pid)
+                    self.ps.cpu_percent(None)
+                with self.ps.oneshot():
+                    mem = self.ps.memory_info()
+                    d["cpu"] = self.ps.cpu_percent(None)
+                    d["rss"] = mem.rss
+                    d["vms"] = mem.vms
+            except psutil.Error:
+                pass
+        return d
+
+
+class QueueSlots:
+    """Named sequential queues: jobs with the same ``queue`` run one at a time, FIFO."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, name: str) -> None:
+        q = self._queues.get(name)
+        if q is None:
+            self._queues[name] = deque()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        q.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in q:
+                q.remove(fut)
+            elif fut.done() and not fut.cancelled():
+                self.release(name)  # we were handed the slot while being cancelled
+            raise
+
+    def release(self, name: str) -> None:
+        q = self._queues.get(name)
+        if q is None:
+            return
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        del self._queues[name]
+
+    def depth(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self._queues.items()}
+
+
+def builtin_result(job: Job, value: Any) -> Result:
+    return Result(
+        id=job.id,
+        command=job.cmd.command,
+        state=State.SUCCESS,
+        code=0,
+        data=json.dumps(value, default=str),
+        level=Level.RESULT_JSON,
+        starttime=job.starttime,
+        time=now_ms() - job.starttime,
+        tags=job.cmd.tags,
+    )
+
+
+def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | None = None,
+                 tags: list[str] | None = None) -> Result:
+    start = starttime or now_ms()
+    return Result(
+        id=cmd_id,
+        command=command,
+        state=exc.state,
+        code=int(exc.code),
+        data=json.dumps(exc.message),
+        level=Level.RESULT_JSON,
+        critical=exc.message,
+        starttime=start,
+        time=now_ms() - start,
+        tags=tags,
+    )
+
+
+def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
+    out = job.output
+    if status is None:
+        state, code = State.ERROR, int(Code.INTERNAL)
+        critical = out.critical or "exit status unknown: the process ended while no dispatcher watched"
+    else:
+        exit_status, sig = process.exit_code(status)
+        code = 0 if exit_status == 0 else Code.PROCESS + (exit_status if sig == 0 else 128 + sig)
+        state = State.SUCCESS if code == 0 else State.ERROR
+        critical = out.critical
+        if timed_out:
+            state = State.TIMEOUT
+            critical = critical or f"max_time of {job.cmd.max_time}s reached"
+        elif job.killed:
+            state = State.KILLED
+        elif sig:
+            critical = critical or f"killed by signal {signal.Signals(sig).name}"
+    return Result(
+        id=job.id,
+        command=job.cmd.command,
+        state=state,
+        code=int(code),
+        data=out.data,
+        level=out.level,
+        streams=[out.tails[0].text(), out.tails[1].text()],
+        critical=critical,
+        starttime=job.starttime,
+        time=now_ms() - job.starttime,
+        tags=job.cmd.tags,
+    )
+
+
+class JobEngine:
+    def __init__(
+        self,
+        cfg: Config,
+        bus: Bus,
+        reaper: process.Reaper,
+        inotify: Inotify,
+        shim: ShimLink | None,
+    ):
+        self.cfg = cfg
+        self.bus = bus
+        self.reaper = reaper
+        self.inotify = inotify
+        self.shim = shim
+        self.table: dict[str, Job] = {}
+        self.queues = QueueSlots()
+        #: id → result JSON of recently finished jobs (answers resubmissions after Redis loss)
+        self.recent: OrderedDict[str, str] = OrderedDict()
+        self.recent_max = 20000
+        self.store = jobstate.JobStore(cfg.state_dir / "jobs")
+        self._room = asyncio.Event()
+        self._room.set()
+        self.started_total = 0
+        self.stopping = False
+
+    # ------------------------------------------------------------ capacity
+
+    def free_slots(self) -> int:
+        return max(0, self.cfg.bus.max_jobs - len(self.table))
+
+    async def wait_room(self) -> None:
+        while self.free_slots() == 0:
+            self._room.clear()
+            await self._room.wait()
+
+    # ------------------------------------------------------------ start
+
+    def start(self, job: Job, resume: jobstate.Saved | None = None) -> None:
+        self.table[job.id] = job
+        self.started_total += 1
+        job.task = asyncio.ensure_future(self._main(job, resume))
+
+    def remember(self, job_id: str, result_json: str) -> None:
+        self.recent[job_id] = result_json
+        self.recent.move_to_end(job_id)
+        while len(self.recent) > self.recent_max:
+            self.recent.popitem(last=False)
+
+    async def _main(self, job: Job, resume: jobstate.Saved | None) -> None:
+        result: Result | None = None
+        slot = False
+        try:
+            if job.cmd.queue:
+                await self.queues.acquire(job.cmd.queue)
+                slot = True
+            while True:
+                if resume is not None and resume.state == "scheduled":
+                    job.run = resume.run
+                    await self._sleep(job, max(0.0, resume.next_run - time.time()))
+                    resume = None
+                    if job.unscheduled or job.killed:
+                        break
+                if resume is None:
+                    job.run += 1
+                result = await self._run_once(job, resume)
+                resume = None
+                if job.killed or job.unscheduled:
+                    break
+                period = job.cmd.recurring_period
+                retry = (
+                    job.cmd.max_restart
+                    and result.state is not State.SUCCESS
+                    and job.restarts < job.cmd.max_restart
+                )
+                if not period and not retry:
+                    break
+                result.run = job.run
+                await retry_forever("run result", self.bus.publish_run, job.id, job.run,
+                                    result.to_json())
+                if retry and not period:
+                    job.restarts += 1
+                delay = float(period or 1)
+                job.state = "scheduled"
+                job.next_run = time.time() + delay
+                if job.process:
+                    self.store.save(job, state="scheduled")
+                await self._sleep(job, delay)
+                if job.killed or job.unscheduled:
+                    break
+        except asyncio.CancelledError:
+            if self.stopping:
+                # the dispatcher stops: the job is adopted or requeued by the next one
+                if slot and job.cmd.queue:
+                    self.queues.release(job.cmd.queue)
+                raise
+            # killed while queued, sleeping, or running a builtin
+            if result is None or job.killed:
+                result = error_result(job.id, job.cmd.command,
+                                      CommandError("job killed", code=Code.KILLED),
+                                      job.starttime, job.cmd.tags)
+                result.state = State.KILLED
+        except Exception as e:  # a bug in the engine itself: still answer
+            log.exception("job %s failed in the engine", job.id)
+            result = error_result(job.id, job.cmd.command, CommandError(f"internal error: {e!r}"),
+                                  job.starttime, job.cmd.tags)
+        if slot and job.cmd.queue:
+            self.queues.release(job.cmd.queue)
+        assert result is not None
+        job.state = "done"
+        await self._finish(job, result)
+
+    async def _sleep(self, job: Job, delay: float) -> None:
+        job.wake.clear()
+        try:
+            await asyncio.wait_for(job.wake.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _finish(self, job: Job, result: Result) -> None:
+        if job.run > 1 or job.cmd.recurring_period:
+            result.run = job.run
+        try:
+            await job.output.close(result.state is State.SUCCESS)
+        except Exception:
+            log.exception("job %s: EOF record lost", job.id)
+        text = result.to_json()
+        if job.process:
+            self.store.save(job, state="done", result=text)
+        pub = Publish(job.id, text, job.raw, job.processing, "owned")
+        try:
+            await retry_forever("result", self.bus.publish, [pub])
+        except Exception:
+            log.exception("job %s: result not written", job.id)
+        self.remember(job.id, text)
+        self.store.remove(job.id)
+        self.table.pop(job.id, None)
+        self._room.set()
+
+    # ------------------------------------------------------------ one run
+
+    async def _run_once(self, job: Job, resume: jobstate.Saved | None) -> Result:
+        job.output.reset()
+        if resume is not None and resume.state in ("running", "exited"):
+            job.process = True
+            job.starttime = resume.starttime
+            return await self._process_run(job, None, resume)
+        job.state = "running"
+        job.starttime = now_ms()
+        ctx = Context(self, job)
+        try:
+            async with asyncio.timeout(job.cmd.max_time):
+                value = await job.spec.handler(ctx, job.args)
+        except TimeoutError:
+            return self._timeout_result(job)
+        except CommandError as e:
+            return error_result(job.id, job.cmd.command, e, job.starttime, job.cmd.tags)
+        if isinstance(value, ProcessSpec):
+            job.process = True
+            return await self._process_run(job, value, None)
+        return builtin_result(job, value)
+
+    def _timeout_result(self, job: Job) -> Result:
+        r = error_result(job.id, job.cmd.command,
+                         CommandError(f"max_time of {job.cmd.max_time}s reached", code=Code.TIMEOUT),
+                         job.starttime, job.cmd.tags)
+        r.state = State.TIMEOUT
+        return r
+
+    async def _process_run(
+        self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
+    ) -> Result:
+        run_dir = self.store.dir(job.id)
+        out_path, err_path = run_dir / f"out.{job.run}", run_dir / f"err.{job.run}"
+        done: asyncio.Future[int | None]
+        offsets = (0, 0)
+        if resume is None:
+            assert ps is not None
+            job.label = ps.label or " ".join(ps.argv)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
+            fo = os.open(out_path, flags, 0o600)
+            fe = os.open(err_path, flags, 0o600)
+            if ps.stdin:
+                in_path = run_dir / f"in.{job.run}"
+                in_path.write_bytes(ps.stdin)
+                fi = os.open(in_path, os.O_RDONLY | os.O_CLOEXEC)
+            else:
+                fi = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            job.state = "running"
+            self.store.save(job, state="spawning")
+            try:
+                sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
+                                         stderr=fe)
+            finally:
+                os.close(fo)
+                os.close(fe)
+                os.close(fi)
+            job.pid, job.start_ticks = sp.pid, sp.start_ticks
+            self.store.save(job, state="running")
+            done = asyncio.ensure_future(self._reaped(job, self.reaper.watch(sp.pid)))
+        else:
+            job.label = resume.label
+            job.pid, job.start_ticks = resume.pid, resume.start_ticks
+            job.state = "running"
+            offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
+            done = asyncio.ensure_future(self._adopted_exit(job, resume))
+        followers = [
+            FileFollower(str(out_path), OutputParser(Level.STDOUT), job.output.add, offsets[0]),
+            FileFollower(str(err_path), OutputParser(Level.STDERR), job.output.add, offsets[1]),
+        ]
+        for f in followers:
+            f.start(self.inotify)
+        timed_out = False
+        try:
+            remaining = None
+            if job.cmd.max_time:
+                remaining = max(0.0, job.cmd.max_time - (now_ms() - job.starttime) / 1000)
+            try:
+                status = await asyncio.wait_for(asyncio.shield(done), remaining)
+            except asyncio.TimeoutError:
+                timed_out = True
+                assert job.pid is not None
+                await process.terminate_group(job.pid, done, GRACE)  # type: ignore[arg-type]
+                status = await done
+        except asyncio.CancelledError:
+            # the dispatcher is stopping: leave the process running for the next one
+            for f in followers:
+                f.stop()
+            raise
+        for f in followers:
+            f.finish()
+        job.pid = None
+        return process_result(job, status, timed_out)
+
+    async def _reaped(self, job: Job, fut: asyncio.Future[int]) -> int:
+        status = await fut
+        self.store.save(job, state="exited", status=status)
+        return status
+
+    async def _adopted_exit(self, job: Job, saved: jobstate.Saved) -> int | None:
+        if saved.state == "exited":
+            return saved.status
+        alive = saved.pid and process.proc_start_ticks(saved.pid) == saved.start_ticks
+        status: int | None = None
+        if self.shim is not None and saved.pid:
+            status = await self.shim.wait_exit(saved.pid)
+        if status is None and alive and saved.pid:
+            # not under our supervisor (a dispatcher run on its own): we can see the end only
+            await jobstate.wait_gone(saved.pid)
+        if status is not None:
+            self.store.save(job, state="exited", status=status)
+        return status
+
+    # ------------------------------------------------------------ control
+
+    def kill(self, job_id: str, sig: int = signal.SIGTERM) -> bool:
+        job = self.table.get(job_id)
+        if job is None:
+            return False
+        job.kill_signal = sig
+        if job.pid and job.state == "running":
+            process.killpg(job.pid, sig)
+            if sig in _TERMINATING and sig != signal.SIGKILL:
+                asyncio.get_running_loop().call_later(GRACE * 5, self._force_kill, job)
+        elif sig in _TERMINATING and job.task is not None:
+            if job.state in ("queued", "scheduled") or not job.process:
+                job.task.cancel()
+        return True
+
+    def _force_kill(self, job: Job) -> None:
+        if job.pid and job.state == "running" and job.kill_signal is not None:
+            process.killpg(job.pid, signal.SIGKILL)
+
+    def unschedule(self, job_id: str) -> bool:
+        job = self.table.get(job_id)
+        if job is None:
+            return False
+        job.unscheduled = True
+        job.wake.set()
+        return True
+
+    def killall(self, sig: int = signal.SIGTERM, exclude: set[str] | None = None) -> int:
+        n = 0
+        for job_id in list(self.table):
+            job = self.table[job_id]
+            if job.spec.name == "core.subscribe" or (exclude and job_id in exclude):
+                continue
+            if self.kill(job_id, sig):
+                n += 1
+        return n
+
+    def list(self, job_id: str | None = None) -> list[dict[str, Any]]:
+        jobs = [self.table[job_id]] if job_id and job_id in self.table else (
+            [] if job_id else list(self.table.values()))
+        return [j.describe() for j in jobs]
+
+    # ------------------------------------------------------------ adoption
+
+    def adopt_all(self, parse: Any) -> int:
+        """Re-create the jobs a previous dispatcher left in the state dir. Returns how many."""
+        n = 0
+        for saved in self.store.load_all():
+            try:
+                cmd, spec, args, role = parse(saved)
+            except Exception as e:
+                log.warning("job %s in state dir cannot be adopted: %s", saved.id, e)
+                self.store.remove(saved.id)
+                continue
+            job = Job(self, cmd, spec, args, role, saved.raw, saved.processing)
+            job.run = saved.run
+            job.starttime = saved.starttime
+            job.process = True
+            if saved.state == "done" and saved.result:
+                self.table[job.id] = job
+                job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))
+            else:
+                if saved.state == "spawning":
+                    found = jobstate.find_writer(self.store.dir(job.id) / f"out.{saved.run}")
+                    if found:
+                        saved.state, saved.pid = "running", found
+                        saved.start_ticks = process.proc_start_ticks(found)
+                    else:
+                        saved.state, saved.status = "exited", None
+                self.start(job, saved)
+            n += 1
+            log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
+        return n
+
+    async def _publish_saved(self, job: Job, text: str) -> None:
+        await retry_forever("result", self.bus.publish,
+                            [Publish(job.id, text, job.raw, job.processing, "owned")])
+        self.remember(job.id, text)
+        self.store.remove(job.id)
+        self.table.pop(job.id, None)
+        self._room.set()
+
+    async def stop(self) -> list[Job]:
+        """Dispatcher shutdown: process jobs keep running (adopted by the next dispatcher);
+        other jobs are cancelled and returned so their commands can be requeued."""
+        self.stopping = True
+        requeue: list[Job] = []
+        for job in list(self.table.values()):
+            if job.task is None or job.task.done():
+                continue
+            if job.process:
+                if job.state == "scheduled":
+                    self.store.save(job, state="scheduled")
+            else:
+                requeue.append(job)
+            job.task.cancel()
+        tasks = [j.task for j in self.table.values() if j.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        return requeue

@@ -1,0 +1,254 @@
+"""Job output: 0-core's level-prefixed message protocol, tails, and file following.
+
+A job's stdout and stderr go to files in its state directory (not pipes), so a job keeps
+running, and its output is kept, while the dispatcher restarts; the dispatcher follows the
+files with inotify (no polling). Each line is a message: ``N::text`` is a message at level N,
+``N:::`` starts a block that ends with a line ``:::``; other lines are level 1 (stdout) or
+2 (stderr). A level-20 block (``20:::`` JSON ``:::``) becomes the result's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import os
+import re
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_PREFIX = re.compile(rb"^(\d{1,3})::(:?)(.*)$", re.S)
+MAX_MESSAGE = 64 * 1024
+TAIL_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class Message:
+    level: int
+    text: str
+    #: the line ended with a newline (False for a last line without one)
+    nl: bool = True
+
+
+class OutputParser:
+    """Splits a byte stream into level-tagged messages (0-core's ``N::`` / ``N:::`` rules)."""
+
+    def __init__(self, default_level: int):
+        self.default_level = default_level
+        self._buf = b""
+        self._block_level: int | None = None
+        self._block: list[bytes] = []
+        self._block_size = 0
+
+    def feed(self, data: bytes) -> list[Message]:
+        out: list[Message] = []
+        self._buf += data
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > MAX_MESSAGE:  # a huge line: flush it in pieces
+                    piece, self._buf = self._buf[:MAX_MESSAGE], self._buf[MAX_MESSAGE:]
+                    self._line(piece, out, partial=True)
+                    continue
+                break
+            line, self._buf = self._buf[:nl], self._buf[nl + 1 :]
+            self._line(line, out, partial=False)
+        return out
+
+    def close(self) -> list[Message]:
+        out: list[Message] = []
+        if self._buf:
+            line, self._buf = self._buf, b""
+            self._line(line, out, partial=True)
+        if self._block_level is not None:
+            out.append(self._end_block())
+        return out
+
+    def _end_block(self) -> Message:
+        level = self._block_level or self.default_level
+        text = b"\n".join(self._block).decode("utf-8", "replace")
+        self._block_level = None
+        self._block = []
+        self._block_size = 0
+        return Message(level, text)
+
+    def _line(self, line: bytes, out: list[Message], partial: bool) -> None:
+        if self._block_level is not None:
+            if line == b":::":
+                out.append(self._end_block())
+                return
+            if self._block_size < 16 * MAX_MESSAGE:
+                self._block.append(line)
+                self._block_size += len(line)
+            return
+        m = _PREFIX.match(line)
+        if m:
+            level = int(m.group(1))
+            if m.group(2):  # N::: block start; text after it on the same line is kept
+                self._block_level = level
+                rest = m.group(3)
+                if rest:
+                    self._block.append(rest)
+                return
+            out.append(Message(level, m.group(3).decode("utf-8", "replace")))
+            return
+        out.append(Message(self.default_level, line.decode("utf-8", "replace"), not partial))
+
+
+class Tail:
+    """The last ``limit`` bytes of a stream's default-level text."""
+
+    def __init__(self, limit: int = TAIL_BYTES):
+        self.limit = limit
+        self._parts: deque[str] = deque()
+        self._size = 0
+
+    def add(self, text: str, newline: bool = True) -> None:
+        s = text + "\n" if newline else text
+        self._parts.append(s)
+        self._size += len(s)
+        while self._size > self.limit and len(self._parts) > 1:
+            self._size -= len(self._parts.popleft())
+
+    def text(self) -> str:
+        s = "".join(self._parts)
+        return s[-self.limit :]
+
+
+# ---------------------------------------------------------------- inotify follower
+
+_libc = ctypes.CDLL(None, use_errno=True)
+IN_MODIFY = 0x00000002
+IN_CLOSE_WRITE = 0x00000008
+IN_IGNORED = 0x00008000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
+
+
+class Inotify:
+    """One inotify instance for the dispatcher; calls a callback per modified watch."""
+
+    def __init__(self) -> None:
+        fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self.fd = fd
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self.fd, self._read)
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.fd)
+        os.close(self.fd)
+
+    def add(self, path: str, callback: Callable[[], None]) -> int:
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), IN_MODIFY | IN_CLOSE_WRITE)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        self._callbacks[wd] = callback
+        return int(wd)
+
+    def remove(self, wd: int) -> None:
+        if self._callbacks.pop(wd, None) is not None:
+            _libc.inotify_rm_watch(self.fd, wd)
+
+    def _read(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        fired: set[int] = set()
+        off = 0
+        while off + _EVENT.size <= len(data):
+            wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
+            off += _EVENT.size + length
+            if mask & IN_IGNORED:
+                self._callbacks.pop(wd, None)
+                continue
+            fired.add(wd)
+        for wd in fired:
+            cb = self._callbacks.get(wd)
+            if cb is not None:
+                try:
+                    cb()
+                except Exception:  # a follower bug must not stop the others
+                    log.exception("output follower failed")
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, length: int) -> bool:
+    """Free the first ``length`` bytes of a file without moving its end (tmpfs, ext4, btrfs)."""
+    r = _libc.fallocate(
+        fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_long(0), ctypes.c_long(length)
+    )
+    return bool(r == 0)
+
+
+class FileFollower:
+    """Reads a growing output file from ``offset`` as it is written, into a parser."""
+
+    #: consumed bytes beyond which the consumed part of the file is freed
+    PUNCH_AFTER = 1 << 20
+
+    def __init__(
+        self,
+        path: str,
+        parser: OutputParser,
+        sink: Callable[[list[Message]], None],
+        offset: int = 0,
+    ):
+        self.path = path
+        self.parser = parser
+        self.sink = sink
+        self.offset = offset
+        self.punched = offset
+        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        self._wd: int | None = None
+        self._inotify: Inotify | None = None
+
+    def start(self, inotify: Inotify) -> None:
+        self._inotify = inotify
+        self._wd = inotify.add(self.path, self.pump)
+        self.pump()  # what was written before the watch
+
+    def pump(self) -> None:
+        while True:
+            data = os.pread(self._fd, 65536, self.offset)
+            if not data:
+                break
+            self.offset += len(data)
+            msgs = self.parser.feed(data)
+            if msgs:
+                self.sink(msgs)
+        if self.offset - self.punched >= self.PUNCH_AFTER and punch_hole(self._fd, self.offset):
+            self.punched = self.offset
+
+    def finish(self) -> None:
+        """Drain what is left, flush the parser and stop following."""
+        self.pump()
+        msgs = self.parser.close()
+        if msgs:
+            self.sink(msgs)
+        self.stop()
+
+    def stop(self) -> None:
+        if self._inotify is not None and self._wd is not None:
+            self._inotify.remove(self._wd)
+            self._wd = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1

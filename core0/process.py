@@ -1,0 +1,360 @@
+"""Spawning processes and the dispatcher's one reaper.
+
+Rules (design.md section 4): every child is started here with ``os.posix_spawn`` in its own
+session (so its process group can be signalled as a whole), with default signal dispositions
+and an empty signal mask; nothing else in the process calls ``wait``. The reaper runs on
+SIGCHLD in the event loop, loops ``waitpid(-1, WNOHANG)`` and routes each status to the future
+registered for that pid. Orphans re-parented to us (we are a child subreaper) are reaped too.
+
+There is no ``subprocess``, no ``asyncio.create_subprocess_*`` and no shell anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import errno
+import logging
+import os
+import shutil
+import signal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_FS = 0x00000200
+
+#: Signals reset to their default disposition in every child.
+_ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+
+
+def set_child_subreaper() -> None:
+    """Orphaned descendants are re-parented to this process instead of PID 1."""
+    if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def exit_code(status: int) -> tuple[int, int]:
+    """A wait status → (exit status, signal). Exactly one of them is meaningful."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status), 0
+    if os.WIFSIGNALED(status):
+        return -1, os.WTERMSIG(status)
+    return -1, 0
+
+
+def find_executable(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """Resolve ``name`` like execvp would, with the PATH of ``env``."""
+    if "/" in name:
+        return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
+    path = (env or os.environ).get("PATH", os.defpath)
+    return shutil.which(name, path=path)
+
+
+class Reaper:
+    """The one reaper of a process: routes every child's wait status by pid."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[int, asyncio.Future[int]] = {}
+        self._early: dict[int, int] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.orphans_reaped = 0
+
+    def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        # children that exited before the handler was installed
+        self.reap()
+
+    def uninstall(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_signal_handler(signal.SIGCHLD)
+
+    def watch(self, pid: int) -> asyncio.Future[int]:
+        """A future resolved with ``pid``'s raw wait status."""
+        assert self._loop is not None, "reaper not installed"
+        fut: asyncio.Future[int] = self._loop.create_future()
+        if pid in self._early:
+            fut.set_result(self._early.pop(pid))
+        else:
+            self._waiters[pid] = fut
+        return fut
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            fut = self._waiters.pop(pid, None)
+            if fut is not None:
+                if not fut.done():
+                    fut.set_result(status)
+            else:
+                # an orphan we inherited, or a child whose watch() comes a moment later
+                self.orphans_reaped += 1
+                self._early[pid] = status
+                if len(self._early) > 4096:
+                    self._early.pop(next(iter(self._early)))
+
+
+@dataclass(frozen=True)
+class Spawned:
+    pid: int
+    #: process start time in clock ticks since boot (from /proc/<pid>/stat), 0 if unknown
+    start_ticks: int
+
+
+def proc_start_ticks(pid: int) -> int:
+    """Start time of ``pid`` (field 22 of /proc/<pid>/stat), 0 when gone; guards pid reuse."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0
+    rest = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(rest[19])
+    except (IndexError, ValueError):
+        return 0
+
+
+def _unshare_fs() -> None:
+    if _libc.unshare(CLONE_FS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_cwd_executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _spawn_now(
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    fds: tuple[int, int, int],
+    cwd: str | None,
+) -> int:
+    if cwd is not None:
+        os.chdir(cwd)  # only this thread's cwd: it unshared CLONE_FS
+    actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
+    return os.posix_spawn(
+        path,
+        list(argv),
+        dict(env),
+        file_actions=actions,
+        setsid=True,
+        setsigmask=(),
+        setsigdef=_ALL_SIGNALS,
+    )
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+) -> Spawned:
+    """Start ``argv`` in a new session. ``stdin``/``stdout``/``stderr`` are open fds.
+
+    The executable is resolved with the PATH of ``env``; FileNotFoundError if missing.
+    A ``cwd`` is applied in a dedicated spawner thread with its own working directory
+    (``unshare(CLONE_FS)``), because posix_spawn has no chdir action in Python 3.11.
+    """
+    global _cwd_executor
+    env = dict(os.environ if env is None else env)
+    path = find_executable(argv[0], env)
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")
+    fds = (stdin, stdout, stderr)
+    if cwd is None:
+        pid = _spawn_now(path, argv, env, fds, None)
+    else:
+        if not os.path.isdir(cwd):
+            raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {cwd}")
+        if _cwd_executor is None:
+            _cwd_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="core0-spawn", initializer=_unshare_fs
+            )
+        loop = asyncio.get_running_loop()
+        pid = await loop.run_in_executor(_cwd_executor, _spawn_now, path, argv, env, fds, cwd)
+    return Spawned(pid, proc_start_ticks(pid))
+
+
+def killpg(pid: int, sig: int) -> bool:
+    """Signal the process group led by ``pid`` (our children lead their own). False if gone."""
+    try:
+        os.killpg(pid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+async def terminate_group(
+    pid: int, done: asyncio.Future[int], grace: float = 2.0, sig: int = signal.SIGTERM
+) -> None:
+    """TERM the group, wait ``grace`` seconds for ``done``, then KILL the group."""
+    killpg(pid, sig)
+    if sig == signal.SIGKILL:
+        return
+    try:
+        await asyncio.wait_for(asyncio.shield(done), grace)
+    except asyncio.TimeoutError:
+        killpg(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- run a tool
+
+
+@dataclass(frozen=True)
+class RunResult:
+    argv: list[str]
+    status: int  #: exit status, or -signal
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+_reaper: Reaper | None = None
+
+
+def set_reaper(reaper: Reaper) -> None:
+    global _reaper
+    _reaper = reaper
+
+
+def get_reaper() -> Reaper:
+    if _reaper is None:
+        raise RuntimeError("no reaper installed in this process")
+    return _reaper
+
+
+async def _read_all(fd: int, limit: int) -> bytes:
+    """Read a non-blocking pipe until EOF, keeping at most ``limit`` trailing bytes."""
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    size = 0
+    ev = asyncio.Event()
+    loop.add_reader(fd, ev.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                ev.clear()
+                await ev.wait()
+                continue
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+            while size > limit and len(chunks) > 1:
+                size -= len(chunks.pop(0))
+    finally:
+        loop.remove_reader(fd)
+    return b"".join(chunks)[-limit:]
+
+
+async def _write_all(fd: int, data: bytes) -> None:
+    loop = asyncio.get_running_loop()
+    ev = asyncio.Event()
+    loop.add_writer(fd, ev.set)
+    try:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+                view = view[n:]
+            except BlockingIOError:
+                ev.clear()
+                await ev.wait()
+            except BrokenPipeError:
+                return
+    finally:
+        loop.remove_writer(fd)
+        os.close(fd)
+
+
+async def run(
+    argv: Sequence[str],
+    *,
+    stdin: bytes | int | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    limit: int = 16 << 20,
+) -> RunResult:
+    """Run a tool to completion and capture its output (pipes; for short-lived helpers).
+
+    ``stdin`` is bytes to feed, an fd to hand over, or None (/dev/null). On timeout or
+    cancellation the process group is killed and the exception propagates.
+    """
+    reaper = get_reaper()
+    argv = [str(a) for a in argv]
+    out_r, out_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    in_w: int | None = None
+    if isinstance(stdin, bytes):
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(in_w, False)
+    elif isinstance(stdin, int):
+        in_r = os.dup(stdin)
+    else:
+        in_r = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.set_blocking(out_w, True)
+        os.set_blocking(err_w, True)
+        sp = await spawn(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
+    except BaseException:
+        for fd in (out_r, err_r) + ((in_w,) if in_w is not None else ()):
+            os.close(fd)
+        raise
+    finally:
+        for fd in (out_w, err_w, in_r):
+            os.close(fd)
+    done = reaper.watch(sp.pid)
+    tasks = [
+        asyncio.ensure_future(_read_all(out_r, limit)),
+        asyncio.ensure_future(_read_all(err_r, limit)),
+    ]
+    writer = asyncio.ensure_future(_write_all(in_w, stdin)) if in_w is not None else None
+    try:
+        async with asyncio.timeout(timeout):
+            status = await asyncio.shield(done)
+            out, err = await asyncio.gather(*tasks)
+            if writer is not None:
+                await writer
+    except BaseException:
+        killpg(sp.pid, signal.SIGKILL)
+        for t in tasks + ([writer] if writer else []):
+            t.cancel()
+        raise
+    finally:
+        os.close(out_r)
+        os.close(err_r)
+    code, sig = exit_code(status)
+    return RunResult(
+        argv,
+        code if sig == 0 else -sig,
+        out.decode("utf-8", "replace"),
+        err.decode("utf-8", "replace"),
+    )

@@ -1,0 +1,131 @@
+"""The one command registry.
+
+Every node function is a command registered here with ``@command``::
+
+    @command("info.cpu", role=Role.READ_ONLY, inline=True)
+    async def cpu(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+        '''CPU model, frequency and flags per logical CPU.'''
+
+The registry gives the dispatcher the handler, the argument schema, the least role that may run
+it and whether it may run inline (quick and free of side effects). ``core.commands`` and
+``docs/commands.md`` are generated from it, so the docstring is the command's reference.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import pkgutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from core0.schema import NoArgs, Schema, json_schema
+
+if TYPE_CHECKING:
+    from core0.context import Context
+
+__all__ = ["CommandSpec", "Role", "command", "get", "all_commands", "load_all"]
+
+
+class Role(enum.IntEnum):
+    """Roles of queues, least to most powerful. A queue may run commands whose role <= its own."""
+
+    READ_ONLY = 1  #: info, lists, gets
+    OPERATOR = 2  #: containers, VMs, storage, network: everything but raw process execution
+    ADMIN = 3  #: everything, including core.system, bash, filesystem writes
+
+    @classmethod
+    def parse(cls, value: str) -> Role:
+        v = value.strip().lower().replace("-", "_")
+        aliases = {"readonly": "read_only", "ro": "read_only"}
+        v = aliases.get(v, v)
+        try:
+            return cls[v.upper()]
+        except KeyError:
+            raise ValueError(
+                f"unknown role {value!r} (expected admin, operator or read-only)"
+            ) from None
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+Handler = Callable[["Context", Any], Awaitable[Any]]
+F = TypeVar("F", bound=Handler)
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str
+    handler: Handler
+    args: type[Schema]
+    role: Role
+    inline: bool
+    doc: str
+
+    def describe(self) -> dict[str, Any]:
+        """The public description (core.commands)."""
+        return {
+            "name": self.name,
+            "role": self.role.label,
+            "inline": self.inline,
+            "doc": self.doc,
+            "arguments": json_schema(self.args),
+        }
+
+
+_REGISTRY: dict[str, CommandSpec] = {}
+
+
+def command(
+    name: str,
+    args: type[Schema] = NoArgs,
+    *,
+    role: Role = Role.OPERATOR,
+    inline: bool = False,
+) -> Callable[[F], F]:
+    """Register ``handler`` as command ``name``.
+
+    ``inline`` marks a command that is quick and has no side effects (it may run on the
+    dispatcher's pop loop and be answered in the same Redis round trip as its pickup).
+    """
+
+    def deco(fn: F) -> F:
+        if name in _REGISTRY:
+            raise RuntimeError(f"command {name!r} registered twice")
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"handler of {name!r} must be async")
+        doc = inspect.cleandoc(fn.__doc__ or "")
+        if not doc:
+            raise TypeError(f"handler of {name!r} needs a docstring (it is the reference)")
+        _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc)
+        return fn
+
+    return deco
+
+
+def get(name: str) -> CommandSpec | None:
+    return _REGISTRY.get(name)
+
+
+def all_commands() -> list[CommandSpec]:
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+_loaded = False
+
+
+def load_all() -> None:
+    """Import every module of ``core0.commands`` (each registers its domain)."""
+    global _loaded
+    if _loaded:
+        return
+    import core0.commands as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if not mod.name.startswith("_"):
+            importlib.import_module(f"{pkg.__name__}.{mod.name}")
+    _loaded = True

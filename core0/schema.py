@@ -1,0 +1,315 @@
+"""Strict argument schemas for commands.
+
+A schema is a frozen dataclass deriving from :class:`Schema`. Field types may be ``str``,
+``int``, ``float``, ``bool``, ``Any``, ``list[T]``, ``dict[str, T]``, ``Literal[...]``,
+``T | None``, a nested Schema, or ``Annotated[T, ...constraints]`` with the constraints below.
+
+Validation is strict: unknown fields are refused, values are never coerced (``"1"`` is not an
+int, ``true`` is not an int), and ``null`` means "not set" (the field's default applies, or
+the field is reported missing). Every error names the field path, e.g. ``arguments.env.PATH``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from core0.errors import BadRequest
+
+__all__ = [
+    "Doc",
+    "Len",
+    "NoArgs",
+    "Pattern",
+    "Range",
+    "Schema",
+    "parse",
+    "json_schema",
+    "ID",
+    "NAME",
+    "SAFE_TEXT",
+]
+
+S = TypeVar("S", bound="Schema")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """Human description of a field (shown in core.commands and docs/commands.md)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """The string must fully match this regular expression."""
+
+    regex: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_re", re.compile(self.regex))
+
+    def check(self, v: str) -> bool:
+        return bool(self._re.fullmatch(v))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Inclusive numeric bounds."""
+
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Len:
+    """Inclusive length bounds for strings, lists and objects."""
+
+    min: int = 0
+    max: int | None = None
+
+
+#: An object name: letters, digits, ``_ . -``, not starting with ``-`` or ``.``.
+NAME = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+#: A job id (the protocol's id rule).
+ID = Pattern(r"[A-Za-z0-9_.:-]{1,128}")
+#: Text without NUL bytes (for anything handed to the kernel or a program).
+SAFE_TEXT = Pattern(r"[^\x00]*")
+
+
+class Schema:
+    """Base class of argument schemas. Subclasses must be dataclasses."""
+
+    __schema_fields__: ClassVar[dict[str, tuple[Any, tuple[Any, ...], dataclasses.Field[Any]]]]
+
+    @classmethod
+    def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
+        return parse(cls, data, path)
+
+
+@dataclass(frozen=True)
+class NoArgs(Schema):
+    """No arguments."""
+
+
+def _fields(cls: type[Schema]) -> dict[str, tuple[Any, tuple[Any, ...], dataclasses.Field[Any]]]:
+    cached = cls.__dict__.get("__schema_fields__")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    hints = get_type_hints(cls, include_extras=True)
+    out: dict[str, tuple[Any, tuple[Any, ...], dataclasses.Field[Any]]] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp = hints[f.name]
+        extras: tuple[Any, ...] = ()
+        if get_origin(tp) is typing.Annotated:
+            tp, *rest = get_args(tp)
+            extras = tuple(rest)
+        out[f.name] = (tp, extras, f)
+    cls.__schema_fields__ = out
+    return out
+
+
+def _has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
+    """Check ``data`` against schema ``cls`` and build it. Raises BadRequest naming the field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise BadRequest(f"{path}: expected an object, got {_tname(data)}", field=path)
+    fields = _fields(cls)
+    for key in data:
+        if key not in fields:
+            raise BadRequest(f"{path}.{key}: unknown argument", field=f"{path}.{key}")
+    kwargs: dict[str, Any] = {}
+    for name, (tp, extras, f) in fields.items():
+        value = data.get(name)
+        fpath = f"{path}.{name}"
+        if value is None:
+            if _has_default(f) or _is_optional(tp):
+                continue
+            raise BadRequest(f"{fpath}: required", field=fpath)
+        kwargs[name] = _check(tp, extras, value, fpath)
+    try:
+        return cls(**kwargs)
+    except BadRequest:
+        raise
+    except (TypeError, ValueError) as e:
+        raise BadRequest(f"{path}: {e}", field=path) from None
+
+
+def _is_optional(tp: Any) -> bool:
+    return _is_union(tp) and type(None) in get_args(tp)
+
+
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (Union, types.UnionType)
+
+
+def _tname(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "boolean"
+    if isinstance(v, int):
+        return "integer"
+    if isinstance(v, float):
+        return "number"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, dict):
+        return "object"
+    return type(v).__name__
+
+
+def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str) -> Any:
+    if get_origin(tp) is typing.Annotated:
+        tp, *more = get_args(tp)
+        extras = extras + tuple(more)
+    v = _check_type(tp, v, path)
+    for c in extras:
+        if isinstance(c, Pattern):
+            if not isinstance(v, str) or not c.check(v):
+                raise BadRequest(f"{path}: {v!r:.80} does not match {c.regex}", field=path)
+        elif isinstance(c, Range):
+            if c.min is not None and v < c.min:
+                raise BadRequest(f"{path}: must be >= {c.min:g}", field=path)
+            if c.max is not None and v > c.max:
+                raise BadRequest(f"{path}: must be <= {c.max:g}", field=path)
+        elif isinstance(c, Len):
+            if len(v) < c.min:
+                raise BadRequest(f"{path}: length must be >= {c.min}", field=path)
+            if c.max is not None and len(v) > c.max:
+                raise BadRequest(f"{path}: length must be <= {c.max}", field=path)
+    return v
+
+
+def _check_type(tp: Any, v: Any, path: str) -> Any:
+    if tp is Any:
+        return v
+    origin = get_origin(tp)
+    if _is_union(tp):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        errors = []
+        for m in members:
+            try:
+                return _check(m, (), v, path)
+            except BadRequest as e:
+                errors.append(str(e))
+        raise BadRequest(errors[0] if len(errors) == 1 else f"{path}: no variant matches: "
+                         + "; ".join(errors), field=path)
+    if origin is Literal:
+        choices = get_args(tp)
+        if v not in choices or isinstance(v, bool) != any(isinstance(c, bool) for c in choices):
+            raise BadRequest(
+                f"{path}: must be one of {', '.join(repr(c) for c in choices)}", field=path
+            )
+        return v
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise BadRequest(f"{path}: expected a boolean, got {_tname(v)}", field=path)
+        return v
+    if tp is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise BadRequest(f"{path}: expected an integer, got {_tname(v)}", field=path)
+        return v
+    if tp is float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise BadRequest(f"{path}: expected a number, got {_tname(v)}", field=path)
+        return float(v)
+    if tp is str:
+        if not isinstance(v, str):
+            raise BadRequest(f"{path}: expected a string, got {_tname(v)}", field=path)
+        return v
+    if origin is list:
+        if not isinstance(v, list):
+            raise BadRequest(f"{path}: expected an array, got {_tname(v)}", field=path)
+        (item_tp,) = get_args(tp) or (Any,)
+        return [_check(item_tp, (), item, f"{path}[{i}]") for i, item in enumerate(v)]
+    if origin is dict:
+        if not isinstance(v, dict):
+            raise BadRequest(f"{path}: expected an object, got {_tname(v)}", field=path)
+        _, val_tp = get_args(tp) or (str, Any)
+        return {k: _check(val_tp, (), item, f"{path}.{k}") for k, item in v.items()}
+    if isinstance(tp, type) and issubclass(tp, Schema):
+        return parse(tp, v, path)
+    raise TypeError(f"schema type {tp!r} is not supported")  # a bug in a schema, not input
+
+
+# ---------------------------------------------------------------- JSON schema
+
+
+def json_schema(cls: type[Schema]) -> dict[str, Any]:
+    """A JSON Schema (draft 2020-12 subset) describing ``cls``."""
+    props: dict[str, Any] = {}
+    required: list[str] = []
+    for name, (tp, extras, f) in _fields(cls).items():
+        props[name] = _type_schema(tp, extras)
+        if not _has_default(f) and not _is_optional(tp):
+            required.append(name)
+        elif f.default is not dataclasses.MISSING and f.default is not None:
+            props[name]["default"] = f.default
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    if required:
+        out["required"] = required
+    return out
+
+
+def _type_schema(tp: Any, extras: tuple[Any, ...] = ()) -> dict[str, Any]:
+    if get_origin(tp) is typing.Annotated:
+        tp, *more = get_args(tp)
+        extras = extras + tuple(more)
+    s: dict[str, Any]
+    origin = get_origin(tp)
+    if tp is Any:
+        s = {}
+    elif _is_union(tp):
+        members = [a for a in get_args(tp) if a is not type(None)]
+        s = _type_schema(members[0]) if len(members) == 1 else {
+            "anyOf": [_type_schema(m) for m in members]
+        }
+    elif origin is Literal:
+        s = {"enum": list(get_args(tp))}
+    elif tp is bool:
+        s = {"type": "boolean"}
+    elif tp is int:
+        s = {"type": "integer"}
+    elif tp is float:
+        s = {"type": "number"}
+    elif tp is str:
+        s = {"type": "string"}
+    elif origin is list:
+        (item,) = get_args(tp) or (Any,)
+        s = {"type": "array", "items": _type_schema(item)}
+    elif origin is dict:
+        _, val = get_args(tp) or (str, Any)
+        s = {"type": "object", "additionalProperties": _type_schema(val)}
+    elif isinstance(tp, type) and issubclass(tp, Schema):
+        s = json_schema(tp)
+    else:
+        s = {}
+    for c in extras:
+        if isinstance(c, Doc):
+            s["description"] = c.text
+        elif isinstance(c, Pattern):
+            s["pattern"] = c.regex
+        elif isinstance(c, Range):
+            if c.min is not None:
+                s["minimum"] = c.min
+            if c.max is not None:
+                s["maximum"] = c.max
+        elif isinstance(c, Len):
+            key = "Length" if s.get("type") == "string" else (
+                "Items" if s.get("type") == "array" else "Properties")
+            s[f"min{key}"] = c.min
+            if c.max is not None:
+                s[f"max{key}"] = c.max
+    return s

@@ -1,0 +1,118 @@
+"""The private channel between the supervisor (shim) and the dispatcher.
+
+Length-prefixed msgpack frames over a unix socket in the state dir. The dispatcher uses it to
+learn the exit status of job processes it adopted after a restart: those are no longer its
+children (they were re-parented to the shim, the subreaper above it), so only the shim can reap
+them. Messages:
+
+* dispatcher → shim ``{"op": "watch", "pid": P}``
+* shim → dispatcher ``{"op": "exit", "pid": P, "status": S}`` (now, if P was reaped already, or
+  when it is) or ``{"op": "unknown", "pid": P}`` (P is neither alive under the shim nor recorded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from typing import Any
+
+import msgpack
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct(">I")
+MAX_FRAME = 1 << 20
+
+
+def pack(obj: Any) -> bytes:
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return _LEN.pack(len(body)) + body
+
+
+def read_frame(sock: socket.socket, buf: bytearray) -> list[Any]:
+    """Parse the complete frames in ``buf`` (consuming them)."""
+    out = []
+    while len(buf) >= 4:
+        (n,) = _LEN.unpack_from(buf)
+        if n > MAX_FRAME:
+            raise ValueError("frame too large")
+        if len(buf) < 4 + n:
+            break
+        out.append(msgpack.unpackb(bytes(buf[4 : 4 + n]), raw=False))
+        del buf[: 4 + n]
+    return out
+
+
+class ShimLink:
+    """Dispatcher side: ask the shim for exit statuses of adopted pids."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._waiters: dict[int, asyncio.Future[int | None]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> bool:
+        try:
+            self._reader, self._writer = await asyncio.open_unix_connection(self.path)
+        except OSError as e:
+            log.info("no supervisor link at %s (%s): adopted jobs report no exit status", self.path, e)
+            return False
+        self._task = asyncio.ensure_future(self._read_loop())
+        return True
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+
+    async def wait_exit(self, pid: int) -> int | None:
+        """The raw wait status of ``pid`` once it has exited; None if the shim cannot know."""
+        if not self.connected:
+            return None
+        assert self._writer is not None
+        fut = self._waiters.get(pid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters[pid] = fut
+            self._writer.write(pack({"op": "watch", "pid": pid}))
+            await self._writer.drain()
+        return await asyncio.shield(fut)
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                head = await self._reader.readexactly(4)
+                (n,) = _LEN.unpack(head)
+                if n > MAX_FRAME:
+                    raise ValueError("frame too large")
+                msg = msgpack.unpackb(await self._reader.readexactly(n), raw=False)
+                pid = msg.get("pid")
+                fut = self._waiters.pop(pid, None)
+                if fut is None or fut.done():
+                    continue
+                if msg.get("op") == "exit":
+                    fut.set_result(int(msg["status"]))
+                else:
+                    fut.set_result(None)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
+            log.warning("supervisor link closed: %s", e)
+        finally:
+            for fut in self._waiters.values():
+                if not fut.done():
+                    fut.set_result(None)
+            self._waiters.clear()
+            if self._writer is not None:
+                self._writer.close()

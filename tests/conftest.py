@@ -1,0 +1,226 @@
+"""Fixtures: real redis-servers and real core0 nodes, cleaned up by PID.
+
+In CI (``CI=true``) a missing component fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def require(*tools: str) -> None:
+    """Skip (locally) or fail (in CI) when a tool is missing."""
+    missing = [t for t in tools if shutil.which(t) is None and not os.path.exists(t)]
+    if missing:
+        msg = f"missing: {', '.join(missing)}"
+        if IN_CI:
+            pytest.fail(msg + " (CI must install it: see .ci/run)")
+        pytest.skip(msg)
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        if IN_CI:
+            pytest.fail("tests need root")
+        pytest.skip("needs root")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(cond, timeout: float = 10.0, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Kill a process and every descendant (by walking /proc)."""
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        kids = p.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for k in [p, *kids]:
+        with contextlib.suppress(psutil.Error):
+            k.send_signal(sig)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    socket: str
+    pid: int
+    dir: Path
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=self.socket)
+
+
+def start_redis(tmp: Path, appendonly: bool = False) -> RedisServer:
+    require("redis-server")
+    import subprocess  # test fixture only: core0 itself never uses subprocess
+
+    port = free_port()
+    sock = str(tmp / "redis.sock")
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+         "--unixsocketperm", "700", "--save", "", "--appendonly",
+         "yes" if appendonly else "no", "--dir", str(tmp), "--maxmemory-policy", "noeviction"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    r = redis.Redis(unix_socket_path=sock)
+    assert wait_until(lambda: _ping(r), 10), "redis-server did not start"
+    return RedisServer(port, sock, proc.pid, tmp)
+
+
+def _ping(r: redis.Redis) -> bool:
+    try:
+        return bool(r.ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    srv = start_redis(tmp_path)
+    yield srv
+    kill_tree(srv.pid)
+
+
+@dataclass
+class Node:
+    """A running ``core0 dev``: supervisor + embedded redis-server + dispatcher."""
+
+    pid: int
+    port: int
+    state_dir: Path
+    log: Path
+
+    @property
+    def socket(self) -> str:
+        return str(self.state_dir / "redis.sock")
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=self.socket)
+
+    def client(self, **kw):  # type: ignore[no-untyped-def]
+        from core0_client import Client
+
+        return Client("127.0.0.1", self.port, **kw)
+
+    def pids(self) -> dict[str, int]:
+        """Pids of the supervisor's services, by name."""
+        import psutil
+
+        out = {}
+        for k in psutil.Process(self.pid).children():
+            cmd = " ".join(k.cmdline())
+            if "redis-server" in cmd:
+                out["redis"] = k.pid
+            elif "core0 dispatcher" in cmd or "core0" in cmd and "dispatcher" in cmd:
+                out["dispatcher"] = k.pid
+        return out
+
+    def dispatcher_pid(self) -> int:
+        return self.pids()["dispatcher"]
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(self.pid).wait(timeout)
+        kill_tree(self.pid)
+
+
+def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
+               env: dict[str, str] | None = None, port: int | None = None) -> Node:
+    """Start ``core0 dev`` and wait until core.ping answers."""
+    require("redis-server")
+    import subprocess  # test fixture only
+
+    port = port or free_port()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log = state_dir.parent / f"{state_dir.name}.log"
+    argv = [sys.executable, "-m", "core0", "dev", "--state-dir", str(state_dir),
+            "--redis-port", str(port)]
+    if config:
+        argv += ["--config", config]
+    argv += extra or []
+    e = dict(os.environ)
+    e.update(env or {})
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=str(ROOT),
+                                start_new_session=True, env=e)
+    node = Node(proc.pid, port, state_dir, log)
+    from core0_client import Client
+
+    c = Client("127.0.0.1", port, timeout=5, retries=2)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            c.ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                node.stop()
+                raise RuntimeError("core0 dev did not come up:\n" + node.log_text()[-4000:])
+            time.sleep(0.1)
+    c.close()
+    return node
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    """One core0 node per test module (fast); tests must not break it."""
+    d = Path(tempfile.mkdtemp(prefix="core0-test-"))
+    n = start_node(d / "state")
+    yield n
+    n.stop()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh_node(tmp_path: Path) -> Iterator[Node]:
+    """A node of the test's own (for tests that kill or reconfigure things)."""
+    n = start_node(tmp_path / "state")
+    yield n
+    n.stop()
+
+
+@pytest.fixture
+def client(node: Node):  # type: ignore[no-untyped-def]
+    c = node.client()
+    yield c
+    c.close()
