@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from core0_client.protocol import Keys, LogRecord
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core0.config import Config
-from core0_client.protocol import Keys, LogRecord
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,8 @@ class Bus:
         )
         await self._dead(
             keys=[self.keys.dead(queue), self.keys.stats()],
-            args=[entry, self.cfg.bus.dead_letter_max, self.cfg.bus.dead_letter_ttl, "dead_letters"],
+            args=[entry, self.cfg.bus.dead_letter_max, self.cfg.bus.dead_letter_ttl,
+                  "dead_letters"],
         )
 
     async def deliveries(self, job_id: str) -> int:
@@ -286,7 +287,7 @@ class Bus:
         return bool(await self.r.ping())
 
 
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
 
 
 async def retry_forever(what: str, fn: Any, *args: Any, stop: asyncio.Event | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""core0's configuration: TOML file + include dir + kernel cmdline + environment → frozen dataclasses.
+"""core0's configuration: TOML + include dir + kernel cmdline + environment → frozen dataclasses.
 
 Precedence, lowest first (a later source overrides an earlier one, key by key):
 
@@ -21,6 +21,7 @@ import shlex
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -290,9 +291,9 @@ def load(
             _, section, key = k.split(".", 2)
             cmd_layer.setdefault(section, {})[key] = v
 
-    env = os.environ if env is None else env
+    environ: Mapping[str, str] = os.environ if env is None else env
     env_layer: dict[str, dict[str, Any]] = {}
-    for k, v in env.items():
+    for k, v in environ.items():
         if not k.startswith("CORE0_"):
             continue
         rest = k[6:].lower()

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
+
 from core0 import jobstate, process, registry
 from core0.bus import TRANSIENT, Bus, Publish, retry_forever
 from core0.config import Config
@@ -28,7 +30,6 @@ from core0.output import Inotify
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 from core0.shimlink import ShimLink
-from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,7 @@ class Dispatcher:
                 oks = [True] * len(starts)
             else:
                 oks = await self.bus.pickup_many([(a.cmd.id, processing, a.raw) for a in starts])
-            for acc, ok in zip(starts, oks):
+            for acc, ok in zip(starts, oks, strict=False):
                 if not ok:
                     self.stats["duplicates"] += 1
                     continue

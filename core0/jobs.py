@@ -19,6 +19,17 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 import psutil
+from core0_client.protocol import (
+    FLAG_EOF_ERROR,
+    FLAG_EOF_SUCCESS,
+    Code,
+    Command,
+    Level,
+    LogRecord,
+    Result,
+    State,
+    now_ms,
+)
 
 from core0 import jobstate, process
 from core0.bus import Bus, Publish, retry_forever
@@ -27,8 +38,6 @@ from core0.errors import CommandError
 from core0.output import FileFollower, Message, OutputParser, Tail
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
-from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, Code, Command, Level, LogRecord
-from core0_client.protocol import Result, State, now_ms
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -245,7 +254,8 @@ def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
     out = job.output
     if status is None:
         state, code = State.ERROR, int(Code.INTERNAL)
-        critical = out.critical or "exit status unknown: the process ended while no dispatcher watched"
+        critical = out.critical or (
+            "exit status unknown: the process ended while no dispatcher watched")
     else:
         exit_status, sig = process.exit_code(status)
         code = 0 if exit_status == 0 else Code.PROCESS + (exit_status if sig == 0 else 128 + sig)
@@ -388,7 +398,7 @@ class JobEngine:
         job.wake.clear()
         try:
             await asyncio.wait_for(job.wake.wait(), delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _finish(self, job: Job, result: Result) -> None:
@@ -436,7 +446,8 @@ class JobEngine:
 
     def _timeout_result(self, job: Job) -> Result:
         r = error_result(job.id, job.cmd.command,
-                         CommandError(f"max_time of {job.cmd.max_time}s reached", code=Code.TIMEOUT),
+                         CommandError(f"max_time of {job.cmd.max_time}s reached",
+                                      code=Code.TIMEOUT),
                          job.starttime, job.cmd.tags)
         r.state = State.TIMEOUT
         return r
@@ -492,7 +503,7 @@ class JobEngine:
                 remaining = max(0.0, job.cmd.max_time - (now_ms() - job.starttime) / 1000)
             try:
                 status = await asyncio.wait_for(asyncio.shield(done), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 timed_out = True
                 assert job.pid is not None
                 await process.terminate_group(job.pid, done, GRACE)  # type: ignore[arg-type]
@@ -564,7 +575,7 @@ class JobEngine:
                 n += 1
         return n
 
-    def list(self, job_id: str | None = None) -> list[dict[str, Any]]:
+    def describe_all(self, job_id: str | None = None) -> list[dict[str, Any]]:
         jobs = [self.table[job_id]] if job_id and job_id in self.table else (
             [] if job_id else list(self.table.values()))
         return [j.describe() for j in jobs]

@@ -215,7 +215,7 @@ async def terminate_group(
         return
     try:
         await asyncio.wait_for(asyncio.shield(done), grace)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         killpg(pid, signal.SIGKILL)
 
 
@@ -336,7 +336,9 @@ async def run(
         asyncio.ensure_future(_read_all(out_r, limit)),
         asyncio.ensure_future(_read_all(err_r, limit)),
     ]
-    writer = asyncio.ensure_future(_write_all(in_w, stdin)) if in_w is not None else None
+    writer = None
+    if in_w is not None and isinstance(stdin, bytes):
+        writer = asyncio.ensure_future(_write_all(in_w, stdin))
     try:
         async with asyncio.timeout(timeout):
             status = await asyncio.shield(done)

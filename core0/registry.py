@@ -96,7 +96,8 @@ def command(
     def deco(fn: F) -> F:
         if name in _REGISTRY:
             raise RuntimeError(f"command {name!r} registered twice")
-        if not inspect.iscoroutinefunction(fn):
+        is_async = inspect.iscoroutinefunction(fn)
+        if not is_async:
             raise TypeError(f"handler of {name!r} must be async")
         doc = inspect.cleandoc(fn.__doc__ or "")
         if not doc:

@@ -60,7 +60,8 @@ class ShimLink:
         try:
             self._reader, self._writer = await asyncio.open_unix_connection(self.path)
         except OSError as e:
-            log.info("no supervisor link at %s (%s): adopted jobs report no exit status", self.path, e)
+            log.info("no supervisor link at %s (%s): adopted jobs report no exit status",
+                     self.path, e)
             return False
         self._task = asyncio.ensure_future(self._read_loop())
         return True

@@ -195,7 +195,8 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
         except Exception:
             if time.monotonic() > deadline or proc.poll() is not None:
                 node.stop()
-                raise RuntimeError("core0 dev did not come up:\n" + node.log_text()[-4000:])
+                raise RuntimeError(
+                    "core0 dev did not come up:\n" + node.log_text()[-4000:]) from None
             time.sleep(0.1)
     c.close()
     return node

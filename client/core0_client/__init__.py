@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # lazy: importing the sync client must not import asyncio's
+def __getattr__(name: str) -> object:  # lazy: importing the sync client must not import asyncio's
     if name == "Client":
         from core0_client.sync import Client
 

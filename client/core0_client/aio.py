@@ -63,7 +63,7 @@ class AsyncResponse:
                 if left <= 0:
                     raise TimeoutError(f"job {self.id}: no result within {timeout:g}s")
                 chunk = max(0.01, min(left, WAIT_CHUNK))
-                raw = await c.redis.blmove(key, key, chunk, "RIGHT", "RIGHT")
+                raw = await c.redis.blmove(key, key, chunk, "RIGHT", "RIGHT")  # type: ignore[arg-type]
                 if raw is not None:
                     return Result.from_json(raw)
             except _TRANSIENT:
@@ -87,7 +87,7 @@ class AsyncResponse:
             if left <= 0:
                 raise TimeoutError(f"job {self.id}: output did not end within the timeout")
             try:
-                resp = await c.redis.xread({log_key: last}, count=1000,
+                resp: Any = await c.redis.xread({log_key: last}, count=1000,
                                            block=int(max(10, min(left, 2.0) * 1000)))
             except _TRANSIENT:
                 await c._reconnected(deadline)

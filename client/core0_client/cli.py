@@ -226,6 +226,6 @@ def _run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, An
         if spec is None:
             raise SystemExit(f"core0ctl: unknown command {command!r}")
         req = spec["arguments"].get("required") or list(spec["arguments"]["properties"])
-        for name, w in zip(req, positional):
+        for name, w in zip(req, positional, strict=False):
             args[name] = _value(w)
     return _finish(ns, c.raw(command, args, **opts))

@@ -46,7 +46,7 @@ DEFAULT_MAX_COMMAND_BYTES = 1 << 20
 MAX_DEPTH = 64
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """Terminal job states, as 0-core names them."""
 
     SUCCESS = "SUCCESS"

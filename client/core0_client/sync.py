@@ -81,7 +81,7 @@ class Response:
                 if left <= 0:
                     raise TimeoutError(f"job {self.id}: no result within {timeout:g}s")
                 chunk = max(0.01, min(left, WAIT_CHUNK))
-                raw = c.redis.blmove(key, key, chunk, "RIGHT", "RIGHT")
+                raw = c.redis.blmove(key, key, chunk, "RIGHT", "RIGHT")  # type: ignore[arg-type]
                 if raw is not None:
                     return Result.from_json(raw)
             except _TRANSIENT:
@@ -111,7 +111,7 @@ class Response:
             if left <= 0:
                 raise TimeoutError(f"job {self.id}: output did not end within the timeout")
             try:
-                resp = c.redis.xread({log_key: last}, count=1000,
+                resp: Any = c.redis.xread({log_key: last}, count=1000,
                                      block=int(max(10, min(left, 2.0) * 1000)))
             except _TRANSIENT:
                 c._reconnected(deadline)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import psutil
+from core0_client.protocol import LogRecord
 from redis.exceptions import ResponseError
 
 from core0 import __version__, registry
@@ -18,7 +19,6 @@ from core0.errors import BadRequest, NotFound
 from core0.process import find_executable
 from core0.registry import Role, command
 from core0.schema import ID, Doc, Len, NoArgs, Pattern, Schema
-from core0_client.protocol import LogRecord
 
 _NO_NUL = Pattern(r"[^\x00]*")
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -98,7 +98,7 @@ async def state(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """Summed cpu (%), rss, vms and swap of all running jobs plus core0 itself, and the
     number of jobs."""
     total = {"cpu": 0.0, "rss": 0, "vms": 0, "swap": 0}
-    jobs = ctx.engine.list()
+    jobs = ctx.engine.describe_all()
     for j in jobs:
         for k in total:
             total[k] += j.get(k, 0)

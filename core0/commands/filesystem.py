@@ -191,8 +191,8 @@ async def list_(ctx: Context, args: PathArgs) -> list[dict[str, Any]]:
             raise _oserror(e, args.path) from None
         try:
             out = []
-            for e in sorted(os.scandir(fd), key=lambda e: e.name):
-                out.append(_entry(e.name, e.stat(follow_symlinks=False)))
+            for ent in sorted(os.scandir(fd), key=lambda x: x.name):
+                out.append(_entry(ent.name, ent.stat(follow_symlinks=False)))
             return out
         finally:
             os.close(fd)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import socket
 import time
@@ -117,7 +116,8 @@ def nic_info() -> list[dict[str, Any]]:
     for name in sorted(set(addrs) | set(stats)):
         st = stats.get(name)
         base = Path("/sys/class/net") / name
-        def read(attr: str) -> str:
+
+        def read(attr: str, base: Path = base) -> str:
             try:
                 return (base / attr).read_text().strip()
             except OSError:
@@ -133,7 +133,7 @@ def nic_info() -> list[dict[str, Any]]:
             "speed": st.speed if st else 0,
             "carrier": carrier == "1",
             "operstate": read("operstate"),
-            "flags": (st.flags.split(",") if st and getattr(st, "flags", "") else []),
+            "flags": [f for f in str(getattr(st, "flags", "") or "").split(",") if f],
             "addrs": [
                 {"addr": f"{a.address}/{_prefix(a.netmask)}" if a.netmask else a.address,
                  "family": "inet" if a.family == socket.AF_INET else "inet6"}
@@ -202,6 +202,7 @@ async def port(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     """Listening sockets: network (tcp, tcp6, udp, udp6, unix), ip, port or path, and pid."""
     def collect() -> list[dict[str, Any]]:
         out = []
+        c: Any
         for c in psutil.net_connections(kind="all"):
             fam = {socket.AF_INET: "", socket.AF_INET6: "6"}.get(c.family)
             if c.family == socket.AF_UNIX:

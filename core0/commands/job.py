@@ -25,7 +25,7 @@ async def list_(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
     start time (ms), and the process's cpu %, rss and vms."""
     if args.id and args.id not in ctx.engine.table:
         raise NotFound(f"no such job: {args.id}")
-    return ctx.engine.list(args.id)
+    return ctx.engine.describe_all(args.id)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from core0.schema import Doc, Range, Schema
 
 
 def _info(p: psutil.Process) -> dict[str, Any]:
+    mem: Any
     with p.oneshot():
         try:
             mem = p.memory_full_info()
