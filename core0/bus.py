@@ -178,7 +178,8 @@ class Bus:
             return [await self.pickup(*items[0])]
         pipe = self.r.pipeline(transaction=False)
         for job_id, processing, raw in items:
-            self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw], client=pipe)
+            await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw],
+                               client=pipe)
         return [bool(x) for x in await pipe.execute()]
 
     async def publish(self, items: Sequence[Publish]) -> list[bool]:
@@ -190,7 +191,7 @@ class Bus:
             return [bool(await self._publish(keys=self._pkeys(p), args=self._pargs(p)))]
         pipe = self.r.pipeline(transaction=False)
         for p in items:
-            self._publish(keys=self._pkeys(p), args=self._pargs(p), client=pipe)
+            await self._publish(keys=self._pkeys(p), args=self._pargs(p), client=pipe)
         return [bool(x) for x in await pipe.execute()]
 
     def _pkeys(self, p: Publish) -> list[str]:

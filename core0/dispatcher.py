@@ -209,7 +209,7 @@ class Dispatcher:
             self._error(pubs, job_id, "", BadRequest(str(e), code=e.code), raw, processing)
             return None
         spec = registry.get(cmd.command)
-        if spec is None:
+        if spec is None or spec.internal:
             self._error(pubs, cmd.id, cmd.command,
                         UnknownCommand(f"unknown command {cmd.command!r}"), raw, processing, cmd)
             return None

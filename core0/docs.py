@@ -61,7 +61,9 @@ def render() -> str:
         out.append(f"## {domain}\n")
         for spec in specs:
             out.append(f"### {spec.name}\n")
-            out.append(f"Role: **{spec.role.label}**" + (" · inline" if spec.inline else "") + "\n")
+            flags = (" · inline" if spec.inline else "") + (
+                " · internal (not accepted from the bus)" if spec.internal else "")
+            out.append(f"Role: **{spec.role.label}**{flags}\n")
             out.append(spec.doc + "\n")
             schema = json_schema(spec.args)
             props = schema.get("properties", {}) if schema else {}

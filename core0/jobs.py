@@ -31,10 +31,10 @@ from core0_client.protocol import (
     now_ms,
 )
 
-from core0 import jobstate, process
+from core0 import jobstate, process, registry
 from core0.bus import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
-from core0.errors import CommandError
+from core0.errors import CommandError, Conflict
 from core0.output import FileFollower, Message, OutputParser, Tail
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from core0.shimlink import ShimLink
 
 log = logging.getLogger(__name__)
+
+#: restart backoff of protected services (same rule as the supervisor's)
+BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER, PERMANENT_EXIT = 1.0, 60.0, 10.0, 125
 
 #: signals after which a job counts as KILLED rather than failed
 _TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
@@ -141,6 +144,11 @@ class Job:
         self.output = JobOutput(engine, self)
         self.ps: psutil.Process | None = None
         self.next_run: float | None = None
+        #: restarted forever with backoff (services); exit 125 stops it
+        self.protected = False
+        #: not from the bus: no result is published (services started by core0 itself)
+        self.internal = not processing
+        self.backoff = BACKOFF_MIN
 
     @property
     def id(self) -> str:
@@ -351,20 +359,13 @@ class JobEngine:
                 resume = None
                 if job.killed or job.unscheduled:
                     break
-                period = job.cmd.recurring_period
-                retry = (
-                    job.cmd.max_restart
-                    and result.state is not State.SUCCESS
-                    and job.restarts < job.cmd.max_restart
-                )
-                if not period and not retry:
+                delay = self._next_delay(job, result)
+                if delay is None:
                     break
                 result.run = job.run
-                await retry_forever("run result", self.bus.publish_run, job.id, job.run,
-                                    result.to_json())
-                if retry and not period:
-                    job.restarts += 1
-                delay = float(period or 1)
+                if not job.internal:
+                    await retry_forever("run result", self.bus.publish_run, job.id, job.run,
+                                        result.to_json())
                 job.state = "scheduled"
                 job.next_run = time.time() + delay
                 if job.process:
@@ -394,6 +395,28 @@ class JobEngine:
         job.state = "done"
         await self._finish(job, result)
 
+    def _next_delay(self, job: Job, result: Result) -> float | None:
+        """Seconds until the next run, or None when the job is over."""
+        if job.protected:
+            if result.code == Code.PROCESS + PERMANENT_EXIT:
+                log.error("service %s exited %d: permanent failure, not restarted",
+                          job.id, PERMANENT_EXIT)
+                return None
+            if result.time >= HEALTHY_AFTER * 1000:
+                job.backoff = BACKOFF_MIN
+            delay = job.backoff
+            job.backoff = min(job.backoff * 2, BACKOFF_MAX)
+            log.warning("service %s ended (%s, code %d); restart in %.0fs",
+                        job.id, result.state.value, result.code, delay)
+            return delay
+        if job.cmd.recurring_period:
+            return float(job.cmd.recurring_period)
+        if (job.cmd.max_restart and result.state is not State.SUCCESS
+                and job.restarts < job.cmd.max_restart):
+            job.restarts += 1
+            return 1.0
+        return None
+
     async def _sleep(self, job: Job, delay: float) -> None:
         job.wake.clear()
         try:
@@ -409,14 +432,17 @@ class JobEngine:
         except Exception:
             log.exception("job %s: EOF record lost", job.id)
         text = result.to_json()
-        if job.process:
-            self.store.save(job, state="done", result=text)
-        pub = Publish(job.id, text, job.raw, job.processing, "owned")
-        try:
-            await retry_forever("result", self.bus.publish, [pub])
-        except Exception:
-            log.exception("job %s: result not written", job.id)
-        self.remember(job.id, text)
+        if job.internal:
+            log.info("service %s stopped (%s)", job.id, result.state.value)
+        else:
+            if job.process:
+                self.store.save(job, state="done", result=text)
+            pub = Publish(job.id, text, job.raw, job.processing, "owned")
+            try:
+                await retry_forever("result", self.bus.publish, [pub])
+            except Exception:
+                log.exception("job %s: result not written", job.id)
+            self.remember(job.id, text)
         self.store.remove(job.id)
         self.table.pop(job.id, None)
         self._room.set()
@@ -580,6 +606,46 @@ class JobEngine:
             [] if job_id else list(self.table.values()))
         return [j.describe() for j in jobs]
 
+    # ------------------------------------------------------------ services
+
+    def start_service(self, service_id: str, spec: ProcessSpec, *, protected: bool = True,
+                      tags: list[str] | None = None) -> Job:
+        """Run a long-lived process owned by core0 itself (dnsmasq, boot services…).
+
+        ``protected`` restarts it forever with backoff (≥ 1 s doubling to 60 s, reset after
+        10 s healthy; exit 125 = permanent). It survives dispatcher restarts like every
+        process job; no result is published. Conflict if the id is taken.
+        """
+        from core0.commands.core import SERVICE_COMMAND
+
+        if service_id in self.table:
+            raise Conflict(f"a job named {service_id} is running already")
+        args = {"argv": list(spec.argv), "env": dict(spec.env) if spec.env is not None else None,
+                "cwd": spec.cwd, "stdin": spec.stdin.decode(), "label": spec.label,
+                "protected": protected}
+        cmd = Command(command=SERVICE_COMMAND, arguments=args, id=service_id, tags=tags)
+        svc = registry.get(SERVICE_COMMAND)
+        assert svc is not None
+        job = Job(self, cmd, svc, svc.args.parse(args), Role.ADMIN, cmd.to_json().encode(), "")
+        job.protected = protected
+        self.start(job)
+        return job
+
+    async def stop_service(self, service_id: str, timeout: float = 10.0) -> bool:
+        """Stop a service (TERM its process group, KILL after ``timeout``). False if absent."""
+        job = self.table.get(service_id)
+        if job is None:
+            return False
+        job.unscheduled = True
+        self.kill(service_id, signal.SIGTERM)
+        task = job.task
+        if task is not None:
+            done, _ = await asyncio.wait([task], timeout=timeout)
+            if not done:
+                self.kill(service_id, signal.SIGKILL)
+                await asyncio.wait([task], timeout=5)
+        return True
+
     # ------------------------------------------------------------ adoption
 
     def adopt_all(self, parse: Any) -> int:
@@ -596,6 +662,7 @@ class JobEngine:
             job.run = saved.run
             job.starttime = saved.starttime
             job.process = True
+            job.protected = bool(cmd.arguments.get("protected")) and job.internal
             if saved.state == "done" and saved.result:
                 self.table[job.id] = job
                 job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))

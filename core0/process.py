@@ -1,8 +1,8 @@
 """Spawning processes and the dispatcher's one reaper.
 
-Rules (design.md section 4): every child is started here with ``os.posix_spawn`` in its own
-session (so its process group can be signalled as a whole), with default signal dispositions
-and an empty signal mask; nothing else in the process calls ``wait``. The reaper runs on
+Rules (design.md section 4): every child is started through core0.spawn in its own session
+(so its process group can be signalled as a whole), with default signal dispositions and an
+empty signal mask; nothing else in the process calls ``wait``. The reaper runs on
 SIGCHLD in the event loop, loops ``waitpid(-1, WNOHANG)`` and routes each status to the future
 registered for that pid. Orphans re-parented to us (we are a child subreaper) are reaped too.
 
@@ -12,7 +12,6 @@ There is no ``subprocess``, no ``asyncio.create_subprocess_*`` and no shell anyw
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import ctypes
 import errno
@@ -23,14 +22,12 @@ import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from core0.spawn import spawn_program
+
 log = logging.getLogger(__name__)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_CHILD_SUBREAPER = 36
-CLONE_FS = 0x00000200
-
-#: Signals reset to their default disposition in every child.
-_ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 
 
 def set_child_subreaper() -> None:
@@ -130,36 +127,6 @@ def proc_start_ticks(pid: int) -> int:
         return 0
 
 
-def _unshare_fs() -> None:
-    if _libc.unshare(CLONE_FS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-_cwd_executor: concurrent.futures.ThreadPoolExecutor | None = None
-
-
-def _spawn_now(
-    path: str,
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    fds: tuple[int, int, int],
-    cwd: str | None,
-) -> int:
-    if cwd is not None:
-        os.chdir(cwd)  # only this thread's cwd: it unshared CLONE_FS
-    actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
-    return os.posix_spawn(
-        path,
-        list(argv),
-        dict(env),
-        file_actions=actions,
-        setsid=True,
-        setsigmask=(),
-        setsigdef=_ALL_SIGNALS,
-    )
-
-
 async def spawn(
     argv: Sequence[str],
     *,
@@ -169,29 +136,16 @@ async def spawn(
     stdout: int,
     stderr: int,
 ) -> Spawned:
-    """Start ``argv`` in a new session. ``stdin``/``stdout``/``stderr`` are open fds.
-
-    The executable is resolved with the PATH of ``env``; FileNotFoundError if missing.
-    A ``cwd`` is applied in a dedicated spawner thread with its own working directory
-    (``unshare(CLONE_FS)``), because posix_spawn has no chdir action in Python 3.11.
-    """
-    global _cwd_executor
+    """Start ``argv`` in a new session (see core0.spawn). ``stdin``/``stdout``/``stderr`` are
+    open fds. The executable is resolved with the PATH of ``env``; FileNotFoundError if
+    missing, NotADirectoryError if ``cwd`` is not a directory."""
     env = dict(os.environ if env is None else env)
     path = find_executable(argv[0], env)
     if path is None:
         raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")
-    fds = (stdin, stdout, stderr)
-    if cwd is None:
-        pid = _spawn_now(path, argv, env, fds, None)
-    else:
-        if not os.path.isdir(cwd):
-            raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {cwd}")
-        if _cwd_executor is None:
-            _cwd_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="core0-spawn", initializer=_unshare_fs
-            )
-        loop = asyncio.get_running_loop()
-        pid = await loop.run_in_executor(_cwd_executor, _spawn_now, path, argv, env, fds, cwd)
+    if cwd is not None and not os.path.isdir(cwd):
+        raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {cwd}")
+    pid = spawn_program(path, argv, env, (stdin, stdout, stderr), cwd)
     return Spawned(pid, proc_start_ticks(pid))
 
 

@@ -65,6 +65,8 @@ class CommandSpec:
     role: Role
     inline: bool
     doc: str
+    #: used by core0 itself only; refused (UNKNOWN_CMD) when it comes over the bus
+    internal: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The public description (core.commands)."""
@@ -72,6 +74,7 @@ class CommandSpec:
             "name": self.name,
             "role": self.role.label,
             "inline": self.inline,
+            "internal": self.internal,
             "doc": self.doc,
             "arguments": json_schema(self.args),
         }
@@ -86,6 +89,7 @@ def command(
     *,
     role: Role = Role.OPERATOR,
     inline: bool = False,
+    internal: bool = False,
 ) -> Callable[[F], F]:
     """Register ``handler`` as command ``name``.
 
@@ -102,7 +106,7 @@ def command(
         doc = inspect.cleandoc(fn.__doc__ or "")
         if not doc:
             raise TypeError(f"handler of {name!r} needs a docstring (it is the reference)")
-        _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc)
+        _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal)
         return fn
 
     return deco

@@ -128,7 +128,7 @@ class Node:
         return str(self.state_dir / "redis.sock")
 
     def redis(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=self.socket)
+        return redis.Redis(unix_socket_path=self.socket, socket_timeout=120)
 
     def client(self, **kw):  # type: ignore[no-untyped-def]
         from core0_client import Client

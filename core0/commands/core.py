@@ -118,6 +118,27 @@ async def commands(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     return [spec.describe() for spec in registry.all_commands()]
 
 
+SERVICE_COMMAND = "core.service"
+
+
+@dataclass(frozen=True)
+class ServiceArgs(Schema):
+    argv: Annotated[list[Annotated[str, _NO_NUL]], Len(1)]
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    stdin: str = ""
+    label: str = ""
+    protected: bool = True
+
+
+@command(SERVICE_COMMAND, ServiceArgs, role=Role.ADMIN, internal=True)
+async def service(ctx: Context, args: ServiceArgs) -> ProcessSpec:
+    """A long-lived process run by core0 itself (dnsmasq of a bridge, boot services…),
+    restarted with backoff when ``protected``. Internal: not accepted from the bus."""
+    return ProcessSpec(list(args.argv), env=args.env, cwd=args.cwd, stdin=args.stdin.encode(),
+                       label=args.label)
+
+
 @dataclass(frozen=True)
 class SubscribeArgs(Schema):
     id: Annotated[str, Doc("job to follow"), ID]

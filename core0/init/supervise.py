@@ -16,9 +16,11 @@ command handler, so it has as little as possible that can fail.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import selectors
+import shutil
 import signal
 import socket
 import sys
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core0 import shimlink
+from core0.spawn import spawn_program
 
 log = logging.getLogger("core0.shim")
 
@@ -36,7 +39,6 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
 HEALTHY_AFTER = 10.0
 PERMANENT_EXIT = 125
-_ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
 
 
 @dataclass
@@ -60,14 +62,14 @@ class Service:
 
 def spawn_session(argv: list[str], env: dict[str, str] | None = None,
                   stdout: int | None = None) -> int:
-    """posix_spawn in a new session with clean signal state (same rules as core0.process)."""
-    actions = []
-    if stdout is not None:
-        actions = [(os.POSIX_SPAWN_DUP2, stdout, 1), (os.POSIX_SPAWN_DUP2, stdout, 2)]
-    return os.posix_spawnp(
-        argv[0], argv, dict(os.environ if env is None else env), file_actions=actions,
-        setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS,
-    )
+    """Start a service in a new session with clean signal state (core0.spawn's rules)."""
+    e = dict(os.environ if env is None else env)
+    path = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=e.get("PATH"))
+    if path is None:
+        raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")
+    out = stdout if stdout is not None else 1
+    err = stdout if stdout is not None else 2
+    return spawn_program(path, argv, e, (0, out, err))
 
 
 class Supervisor:

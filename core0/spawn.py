@@ -1,0 +1,95 @@
+"""The one way core0 starts a program (used by the dispatcher and by the supervisor).
+
+Every child starts in a new session (its own process group, so a job is killed as a group),
+with default signal dispositions, an empty signal mask, only fds 0-2 open, and optionally a
+working directory. No shell is involved.
+
+Why not ``os.posix_spawn``: glibc's posix_spawn leaves its two internal signals (32 and 33)
+*ignored* in the child, and an ignored disposition survives ``execve``, so every job would start
+with ``SigIgn`` ≠ 0 (checked in tests against ``/proc/<pid>/status``, as tini does); it also has
+no chdir action before Python 3.13. CPython's own child code (``_posixsubprocess.fork_exec``,
+vfork-based, what ``subprocess`` uses) has neither problem, so we call it directly — without
+``Popen`` and its ``waitpid``, which would race our one reaper. posix_spawn stays as a fallback
+for other Python versions.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
+
+try:
+    import _posixsubprocess
+
+    _FORK_EXEC = sys.version_info[:2] == (3, 11)
+except ImportError:  # pragma: no cover
+    _FORK_EXEC = False
+
+
+def spawn_program(
+    path: str,
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    fds: tuple[int, int, int],
+    cwd: str | None = None,
+) -> int:
+    """Start ``path`` with ``argv`` in a new session; ``fds`` become its stdin, stdout, stderr.
+
+    Raises OSError (e.g. FileNotFoundError, PermissionError) if the exec fails.
+    """
+    if not _FORK_EXEC:
+        if cwd is not None:
+            raise OSError(errno.ENOTSUP, "cwd needs CPython 3.11's fork_exec")
+        actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
+        return os.posix_spawn(path, list(argv), dict(env), file_actions=actions,
+                              setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS)
+    env_list = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        fork_exec: Any = _posixsubprocess.fork_exec
+        pid = fork_exec(
+            [os.fsencode(a) for a in argv], [os.fsencode(path)],
+            True, (err_w,),              # close_fds, fds_to_keep
+            cwd, env_list,
+            fds[0], -1, -1, fds[1],      # p2cread, p2cwrite, c2pread, c2pwrite
+            -1, fds[2],                  # errread, errwrite
+            err_r, err_w,
+            True, True, -1,              # restore_signals, setsid, process_group
+            None, None, None, -1,        # gid, extra_groups, uid, umask
+            None, True,                  # preexec_fn, allow_vfork
+        )
+    finally:
+        os.close(err_w)
+    try:
+        data = b""
+        while True:
+            chunk = os.read(err_r, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(err_r)
+    if data:
+        # the child failed before or at exec: "OSError:<hex errno>:<where>"; reap it here
+        # (it exited already; the pid is ours and no other code waits for it yet)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+        kind, _, rest = data.partition(b":")
+        hex_errno, _, where = rest.partition(b":")
+        try:
+            num = int(hex_errno, 16)
+        except ValueError:
+            num = errno.EIO
+        msg = os.strerror(num) if num else data.decode(errors="replace")
+        if where == b"noexec:chdir":
+            raise NotADirectoryError(num, f"{msg}: {cwd}")
+        raise OSError(num, f"{msg}: {path}")
+    return int(pid)

@@ -1,0 +1,181 @@
+"""Running storage tools: stderr → typed errors, and a tool whose stdout goes to a file.
+
+Both go through core0's own spawner and its one reaper (``ctx.run`` / ``core0.process``):
+no shell, no ``subprocess``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+from collections.abc import Callable, Sequence
+
+from core0 import process
+from core0.context import Context
+from core0.errors import (
+    BadRequest,
+    CommandError,
+    Conflict,
+    NotFound,
+    PreconditionFailed,
+    ToolError,
+)
+from core0.process import RunResult
+
+#: (stderr pattern, error class), first match wins
+Rule = tuple[str, type[CommandError]]
+
+RULES: list[Rule] = [
+    (r"Function not implemented|not supported|Operation not supported|"
+     r"modules are not loaded|unsupported", PreconditionFailed),
+    (r"already exists|exists already|is part of (active|exported) pool|"
+     r"already mounted|is mounted|mountpoint is busy|"
+     r"busy|in use|has children|dependent clones|snapshot is cloned|more recent snapshots|"
+     r"has been modified|contains a filesystem|Read-only file system|"
+     r"already in (a|the) pool|is already|holds? .* exists|overlaps|"
+     r"partition.*(being used|in use)", Conflict),
+    (r"does not exist|no such pool|no such device|No such file or directory|"
+     r"not found|No such partition|no such dataset|not a btrfs|not mounted|"
+     r"[Nn]ot a (valid )?(btrfs )?subvolume|no pools available", NotFound),
+    (r"invalid|[Bb]ad property|must be one of|not a valid|Invalid argument|usage:|"
+     r"unrecognized|unknown|too small|too large|[Ee]xpecting|can't have|"
+     r"must be|cannot be|out of range|is not a block device", BadRequest),
+]
+
+
+def classify(stderr: str, rules: Sequence[Rule] = RULES) -> type[CommandError] | None:
+    for pattern, cls in rules:
+        if re.search(pattern, stderr):
+            return cls
+    return None
+
+
+def tool_error(res: RunResult, rules: Sequence[Rule] = RULES) -> CommandError:
+    """The typed error for a failed tool run (ToolError/500 when nothing matches)."""
+    text = (res.stderr.strip() or res.stdout.strip())[-2000:]
+    cls = classify(text, rules)
+    if cls is None:
+        return ToolError(list(res.argv), res.status, res.stderr, res.stdout)
+    return cls(f"{os.path.basename(res.argv[0])}: {text}")
+
+
+async def run(
+    ctx: Context,
+    argv: Sequence[str],
+    *,
+    stdin: bytes | int | None = None,
+    timeout: float | None = None,
+    rules: Sequence[Rule] = RULES,
+    check: bool = True,
+) -> RunResult:
+    """``ctx.run`` with failures turned into 404/409/412/400 by the tool's stderr."""
+    res = await ctx.run(argv, stdin=stdin, timeout=timeout, check=False)
+    if check and res.status != 0:
+        raise tool_error(res, rules)
+    return res
+
+
+async def retry_busy(
+    ctx: Context,
+    argv: Sequence[str],
+    *,
+    attempts: int = 8,
+    delay: float = 0.05,
+    busy: str = r"busy",
+    rules: Sequence[Rule] = RULES,
+) -> RunResult:
+    """Run ``argv``; while it fails with a "busy" stderr, wait (doubling) and retry.
+
+    zfs-fuse answers "dataset is busy" to the first destroy/rename of a freshly mounted
+    dataset; a second try succeeds. A target that stays busy gives 409.
+    """
+    res = await ctx.run(argv, check=False)
+    for _ in range(attempts - 1):
+        if res.status == 0 or not re.search(busy, res.stderr):
+            break
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+        res = await ctx.run(argv, check=False)
+    if res.status != 0:
+        raise tool_error(res, rules)
+    return res
+
+
+async def _drain(fd: int, limit: int = 1 << 16) -> bytes:
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    ev = asyncio.Event()
+    loop.add_reader(fd, ev.set)
+    try:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                ev.clear()
+                await ev.wait()
+                continue
+            if not data:
+                return bytes(buf)
+            buf += data
+            if len(buf) > limit:
+                del buf[: len(buf) - limit]
+    finally:
+        loop.remove_reader(fd)
+
+
+async def run_fds(
+    argv: Sequence[str],
+    *,
+    stdin: int | None,
+    stdout: int | None,
+    progress: Callable[[], None] | None = None,
+    interval: float = 1.0,
+) -> RunResult:
+    """Run a tool with its stdin and/or stdout on given fds (a stream file), capturing
+    stderr. ``progress`` is called every ``interval`` seconds while it runs.
+
+    Why not ``ctx.run``: it captures stdout in memory, and a ``zfs send`` stream must go to a
+    file. Spawned with core0's spawner and awaited through the one reaper; on cancellation
+    (job.kill, max_time) the tool's process group is killed.
+    """
+    reaper = process.get_reaper()
+    err_r, err_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    os.set_blocking(err_w, True)
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            sp = await process.spawn(
+                list(argv),
+                stdin=null if stdin is None else stdin,
+                stdout=null if stdout is None else stdout,
+                stderr=err_w,
+            )
+        except FileNotFoundError:
+            os.close(err_r)
+            raise PreconditionFailed(f"{argv[0]} is not installed on this node") from None
+    finally:
+        os.close(err_w)
+        os.close(null)
+    done = reaper.watch(sp.pid)
+    reader = asyncio.ensure_future(_drain(err_r))
+    try:
+        while True:
+            try:
+                status = await asyncio.wait_for(asyncio.shield(done), interval)
+                break
+            except TimeoutError:
+                if progress is not None:
+                    progress()
+        err = await reader
+    except BaseException:
+        process.killpg(sp.pid, signal.SIGKILL)
+        reader.cancel()
+        raise
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(err_r)
+    code, sig = process.exit_code(status)
+    return RunResult(list(argv), code if sig == 0 else -sig, "", err.decode("utf-8", "replace"))
