@@ -59,6 +59,8 @@ class InlineJob:
 class Dispatcher:
     def __init__(self, cfg: Config):
         registry.load_all()
+        if os.environ.get("CORE0_TEST_POISON") == "1":
+            import core0.commands._testhooks  # noqa: F401  (fault tests only)
         self.cfg = cfg
         self.roles = cfg.bus.queue_roles()
         self.bus = Bus(cfg)

@@ -141,7 +141,12 @@ class Node:
 
         out = {}
         for k in psutil.Process(self.pid).children():
-            cmd = " ".join(k.cmdline())
+            try:
+                if k.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                cmd = " ".join(k.cmdline())
+            except psutil.Error:
+                continue
             if "redis-server" in cmd:
                 out["redis"] = k.pid
             elif "core0 dispatcher" in cmd or "core0" in cmd and "dispatcher" in cmd:

@@ -28,9 +28,10 @@ from core0_client.protocol import Code, Level, Result, State
 from core0_client.sync import Client, Response
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(words: bool = True) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="core0ctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="core0ctl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=words,
     )
     env = os.environ
     ap.add_argument("--host", default=env.get("CORE0_HOST", "127.0.0.1"))
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--queue-name", help="named sequential job queue")
     ap.add_argument("--recurring", type=int, help="run every N seconds")
     ap.add_argument("--tags", help="comma-separated tags")
-    ap.add_argument("words", nargs=argparse.REMAINDER, help="command and its arguments")
+    if words:
+        ap.add_argument("words", nargs=argparse.REMAINDER, help="command and its arguments")
     return ap
 
 
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     words = list(ns.words)
     if words and words[0] == "--":
         words = words[1:]
+    # global options may also follow the command (`core0ctl info cpu --json`), up to a `--`
+    cut = words.index("--") if "--" in words else len(words)
+    _, rest = _parser(words=False).parse_known_args(words[:cut], namespace=ns)
+    words = rest + words[cut:]
     if not words:
         _parser().print_help()
         sys.exit(2)
@@ -229,3 +235,7 @@ def _run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, An
         for name, w in zip(req, positional, strict=False):
             args[name] = _value(w)
     return _finish(ns, c.raw(command, args, **opts))
+
+
+if __name__ == "__main__":
+    main()

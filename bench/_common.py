@@ -1,0 +1,71 @@
+"""Shared helpers of the benchmarks: start servers, time things, print the table."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+    port = free_port()
+    sock = str(tmp / "raw-redis.sock")
+    p = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    import redis
+
+    r = redis.Redis(port=port)
+    for _ in range(200):
+        try:
+            r.ping()
+            break
+        except redis.RedisError:
+            time.sleep(0.02)
+    return p, port, sock
+
+
+def start_core0(tmp: Path):  # type: ignore[no-untyped-def]
+    from conftest import start_node
+
+    return start_node(tmp / "state")
+
+
+def stop(p: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    p.wait(10)
+
+
+def rate(n: int, fn: Callable[[], None]) -> float:
+    t = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t)
+
+
+def tmpdir(prefix: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
+def table(rows: list[tuple[str, str, str, str]]) -> None:
+    w = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))

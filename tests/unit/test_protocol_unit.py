@@ -1,0 +1,119 @@
+"""The shared protocol module: decoding, id recovery, records, results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core0_client.protocol import (
+    ID_PATTERN,
+    Command,
+    Keys,
+    LogRecord,
+    ProtocolError,
+    Result,
+    State,
+    decode_command,
+    recover_id,
+)
+
+
+def test_decode_minimal_and_nulls() -> None:
+    c = decode_command(b'{"id":"a","command":"core.ping"}')
+    assert c.arguments == {} and c.queue is None and c.stream is False
+    c = decode_command(json.dumps({"id": "a", "command": "x", "arguments": None, "queue": None,
+                                   "max_time": 0, "recurring_period": 0, "stream": None,
+                                   "tags": None, "stats_interval": None,
+                                   "log_levels": None}))
+    assert c.max_time is None and c.recurring_period is None
+
+
+@pytest.mark.parametrize("raw,field", [
+    (b'{"id":"a","command":"x","extra":1}', "extra"),
+    (b'{"id":1,"command":"x"}', "id"),
+    (b'{"id":"a","command":2}', "command"),
+    (b'{"id":"a","command":"x","max_time":"1"}', "max_time"),
+    (b'{"id":"a","command":"x","stream":1}', "stream"),
+    (b'{"id":"a","command":"x","tags":"t"}', "tags"),
+    (b'{"id":"a","command":"x","arguments":[]}', "arguments"),
+])
+def test_decode_names_field(raw: bytes, field: str) -> None:
+    with pytest.raises(ProtocolError) as e:
+        decode_command(raw)
+    assert e.value.field == field
+
+
+def test_decode_limits() -> None:
+    with pytest.raises(ProtocolError) as e:
+        decode_command(b'{"id":"a","command":"x","arguments":{"a":"' + b"x" * 2_000_000 + b'"}}')
+    assert e.value.code == 413
+    with pytest.raises(ProtocolError):
+        decode_command(b'{"id":"a","command":"x","arguments":' + b"[" * 1000 + b"]" * 1000 + b"}")
+    with pytest.raises(ProtocolError):
+        decode_command(b"\xff")
+
+
+def test_recover_id_only_top_level() -> None:
+    assert recover_id(b'{"id": "abc", "command": ') == "abc"
+    assert recover_id(b'{"command": "x", "arguments": {"id": "inner"}, "id": "outer"') == "outer"
+    assert recover_id(b'{"arguments": {"id": "inner"}}') is None
+    assert recover_id(b'{"id": "bad id"}') is None
+    assert recover_id(b'{"id": 5}') is None
+    assert recover_id(b'{"a": "\\"id\\": \\"x\\"", "id": "y"}') == "y"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=300))
+def test_recover_id_never_crashes(data: bytes) -> None:
+    got = recover_id(data)
+    assert got is None or ID_PATTERN.fullmatch(got)
+
+
+ids = st.from_regex(ID_PATTERN, fullmatch=True)
+jsonish = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                       lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c,
+                                                                            max_size=4),
+                       max_leaves=20)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ids, st.text(min_size=1, max_size=30), st.dictionaries(st.text(max_size=8), jsonish,
+                                                              max_size=5),
+       st.booleans(), st.none() | st.lists(st.text(max_size=10), max_size=5))
+def test_command_round_trip(jid: str, name: str, args: dict, stream: bool, tags) -> None:  # type: ignore[no-untyped-def]
+    c = Command(name, args, id=jid, stream=stream, tags=tags)
+    assert decode_command(c.to_json()) == c
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.binary(max_size=200))
+def test_decode_raises_only_protocol_error(data: bytes) -> None:
+    try:
+        decode_command(data)
+    except ProtocolError:
+        pass
+
+
+def test_log_record_meta() -> None:
+    rec = LogRecord("j", 2, "text", 0x4, 123)
+    assert rec.meta == (2 << 16) | 4
+    back = LogRecord.from_json(rec.to_json())
+    assert back == rec and back.eof
+
+
+def test_result_round_trip_and_misspelled_state() -> None:
+    r = Result("a", "core.ping", State.SUCCESS, data='"x"', level=20)
+    assert Result.from_json(r.to_json()) == r
+    d = r.to_dict()
+    d["state"] = "DUPILICATE_ID"
+    assert Result.from_dict(d).state is State.DUPLICATE_ID
+
+
+def test_keys_prefix() -> None:
+    assert Keys().result("x") == "result:x"
+    k = Keys("{n1}:")
+    assert k.queue() == "{n1}:core:default" and k.flag("x") == "{n1}:result:x:flag"
+    assert k.processing(k.queue()) == "{n1}:core:default:processing"

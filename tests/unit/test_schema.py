@@ -1,0 +1,81 @@
+"""Strict argument schemas."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import pytest
+
+from core0.errors import BadRequest
+from core0.schema import Doc, Len, Pattern, Range, Schema, json_schema, parse
+
+
+@dataclass(frozen=True)
+class Inner(Schema):
+    port: Annotated[int, Range(1, 65535)]
+
+
+@dataclass(frozen=True)
+class Args(Schema):
+    name: Annotated[str, Doc("a name"), Pattern(r"[a-z]+")]
+    count: int = 1
+    ratio: float = 0.5
+    flag: bool = False
+    mode: Literal["a", "b"] = "a"
+    items: Annotated[list[str], Len(0, 3)] = field(default_factory=list)
+    env: dict[str, str] | None = None
+    inner: Inner | None = None
+    anything: Any = None
+
+
+def test_defaults_and_null_means_unset() -> None:
+    a = parse(Args, {"name": "x", "count": None, "env": None})
+    assert a.count == 1 and a.env is None
+
+
+@pytest.mark.parametrize("data,path", [
+    ({}, "arguments.name"),
+    ({"name": "x", "bogus": 1}, "arguments.bogus"),
+    ({"name": 5}, "arguments.name"),
+    ({"name": "X"}, "arguments.name"),
+    ({"name": "x", "count": "1"}, "arguments.count"),
+    ({"name": "x", "count": True}, "arguments.count"),
+    ({"name": "x", "count": 1.0}, "arguments.count"),
+    ({"name": "x", "flag": 1}, "arguments.flag"),
+    ({"name": "x", "ratio": "0.1"}, "arguments.ratio"),
+    ({"name": "x", "mode": "c"}, "arguments.mode"),
+    ({"name": "x", "items": "a"}, "arguments.items"),
+    ({"name": "x", "items": [1]}, "arguments.items[0]"),
+    ({"name": "x", "items": ["a"] * 4}, "arguments.items"),
+    ({"name": "x", "env": {"a": 1}}, "arguments.env.a"),
+    ({"name": "x", "inner": {"port": 0}}, "arguments.inner.port"),
+    ({"name": "x", "inner": {"port": 1, "x": 2}}, "arguments.inner.x"),
+])
+def test_strict_errors_name_the_field(data: dict, path: str) -> None:
+    with pytest.raises(BadRequest) as e:
+        parse(Args, data)
+    assert path in str(e.value)
+
+
+def test_int_accepted_for_float_and_nested() -> None:
+    a = parse(Args, {"name": "x", "ratio": 1, "inner": {"port": 80}, "anything": [1, {"a": 2}]})
+    assert a.ratio == 1.0 and a.inner == Inner(80)
+
+
+def test_json_schema() -> None:
+    s = json_schema(Args)
+    assert s["required"] == ["name"] and s["additionalProperties"] is False
+    assert s["properties"]["name"]["pattern"] == "[a-z]+"
+    assert s["properties"]["mode"]["enum"] == ["a", "b"]
+    assert s["properties"]["inner"]["properties"]["port"]["maximum"] == 65535
+
+
+def test_every_command_has_docstring_and_schema() -> None:
+    from core0 import registry
+
+    registry.load_all()
+    specs = registry.all_commands()
+    assert len(specs) > 20
+    for spec in specs:
+        assert spec.doc and json_schema(spec.args)["type"] == "object"
