@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core0.config import Config
+from core0.resp import RespConnection, RespError, Script
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +58,13 @@ redis.call('RPUSH', KEYS[1], '')
 return 1
 """
 
-# KEYS: flag, result, processing   ARGV: result, ttl, raw ('' = none), mode ('new'|'owned')
-# → 1 written, 0 not written (duplicate id, or a result exists already)
+# KEYS: flag, result, processing   ARGV: result, ttl, raw ('' = none), mode ('new'|'owned'|'drop')
+# → 1 written, 0 not written (duplicate id, or a result exists already; 'drop': release only)
 _PUBLISH = """
+if ARGV[4] == 'drop' then
+  redis.call('LREM', KEYS[3], 1, ARGV[3])
+  return 0
+end
 if ARGV[4] == 'new' then
   if redis.call('EXISTS', KEYS[1]) == 1 then
     if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
@@ -99,7 +104,9 @@ class Publish:
     result_json: str
     raw: bytes | None  #: the popped command, removed from ``processing``
     processing: str
-    mode: str  #: "new": also the pickup (duplicate check on the flag); "owned": after pickup
+    #: "new": also the pickup (duplicate check on the flag); "owned": after pickup;
+    #: "drop": a duplicate of a running job, only released from ``processing``
+    mode: str
 
 
 def connection_kwargs(cfg: Config) -> dict[str, Any]:
@@ -133,6 +140,65 @@ def make_client(cfg: Config, *, single: bool = False) -> Any:
     if cfg.redis.cluster:
         return RedisCluster.from_url(cfg.redis.url, **kw)
     return aioredis.Redis.from_url(cfg.redis.url, **kw)
+
+
+POP_MORE = Script(_POP_MORE)
+PICKUP = Script(_PICKUP)
+PUBLISH = Script(_PUBLISH)
+
+
+class PopLink:
+    """The pop loop's own connection (core0.resp): one write per batch of work."""
+
+    def __init__(self, cfg: Config, keys: Keys):
+        self.cfg = cfg
+        self.keys = keys
+        self.conn = RespConnection(cfg, [POP_MORE, PICKUP, PUBLISH])
+
+    async def connect(self) -> None:
+        await self.conn.connect()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _publish_cmd(self, p: Publish) -> list[Any]:
+        return PUBLISH.call(
+            [self.keys.flag(p.job_id), self.keys.result(p.job_id), p.processing],
+            [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
+
+    async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
+        replies = await self.conn.execute(commands, timeout)
+        for r in replies:
+            if isinstance(r, RespError):
+                if str(r).startswith("NOSCRIPT"):
+                    self.conn.close()
+                    raise ConnectionError(f"redis lost core0's scripts: {r}")
+                raise RedisError(str(r))
+        return replies
+
+    async def publish_and_pop(self, pubs: Sequence[Publish], queue: str, processing: str,
+                              n: int) -> tuple[list[bool], list[bytes]]:
+        """Write results (if any) and take up to ``n`` waiting commands, in one round trip."""
+        cmds = [self._publish_cmd(p) for p in pubs]
+        if n > 0:
+            cmds.append(POP_MORE.call([queue, processing], [n]))
+        replies = await self.run(cmds)
+        written = [bool(x) for x in replies[: len(pubs)]]
+        return written, (list(replies[-1]) if n > 0 else [])
+
+    async def publish_and_block(self, pubs: Sequence[Publish], queue: str,
+                                processing: str) -> tuple[list[bool], bytes | None]:
+        """Write results (if any), then wait for the next command (BLMOVE), in one write."""
+        t = self.cfg.bus.block_timeout
+        cmds = [self._publish_cmd(p) for p in pubs]
+        cmds.append(["BLMOVE", queue, processing, "LEFT", "RIGHT", t])
+        replies = await self.run(cmds, timeout=t + 5)
+        return [bool(x) for x in replies[:-1]], replies[-1]
+
+    async def pickup_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[bool]:
+        cmds = [PICKUP.call([self.keys.flag(jid), processing], [raw])
+                for jid, processing, raw in items]
+        return [bool(x) for x in await self.run(cmds)]
 
 
 class Bus:

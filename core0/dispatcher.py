@@ -15,13 +15,14 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
 
 from core0 import jobstate, process, registry
-from core0.bus import TRANSIENT, Bus, Publish, retry_forever
+from core0.bus import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Forbidden, UnknownCommand
@@ -115,43 +116,84 @@ class Dispatcher:
     # ------------------------------------------------------------ pop loop
 
     async def _pop_loop(self, name: str, role: Role) -> None:
+        """Take commands from one queue. Results of inline commands ride along with the next
+        pop: one write per batch of work. Under load, pops are batched (up to ``bus.batch``
+        commands per round trip); when the queue runs dry the loop switches to a blocking
+        BLMOVE sent together with the last results, and probes for a backlog every few
+        commands so that a burst switches it back to batching."""
         queue = self.bus.keys.queue(name)
         processing = self.bus.keys.processing(queue)
-        conn = self.bus.blocking_client()
-        need_reconcile = True
+        link = PopLink(self.cfg, self.bus.keys)
+        pending: list[Publish] = []
+        connected = False
         delay = 0.1
+        idle = False  # the last batched pop found the queue empty
+        streak = 0  # commands taken by BLMOVE since the last batched pop
         try:
             while not self.stop_event.is_set():
                 try:
-                    if need_reconcile:
+                    if not connected:
+                        await link.connect()
+                        connected = True
                         await self.reconcile(queue, processing, role)
-                        need_reconcile = False
-                    await self.engine.wait_room()
-                    n = max(1, min(self.cfg.bus.batch, self.engine.free_slots()))
-                    raws = await self.bus.pop(conn, queue, processing, n)
+                    room = self.engine.free_slots()
+                    if room == 0:
+                        if pending:
+                            written, _ = await link.publish_and_pop(pending, queue, processing, 0)
+                            self._settle(written)
+                            pending = []
+                        await self.engine.wait_room()
+                        continue
+                    if idle and streak < 4:
+                        written, item = await link.publish_and_block(pending, queue, processing)
+                        pending = []
+                        self._settle(written)
+                        if item is None:
+                            streak = 0
+                            continue
+                        streak += 1
+                        raws = [item]
+                    else:
+                        n = min(self.cfg.bus.batch, room)
+                        written, raws = await link.publish_and_pop(pending, queue, processing, n)
+                        pending = []
+                        self._settle(written)
+                        streak = 0
+                        idle = not raws
+                        if idle:
+                            continue
                     delay = 0.1
+                    pending = await self.handle(raws, queue, processing, role, link.pickup_many)
                 except TRANSIENT as e:
                     log.warning("queue %s: redis unavailable (%s); retry in %.1fs", queue, e, delay)
+                    link.close()
+                    connected = False
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
-                    need_reconcile = True
-                    continue
-                if raws:
-                    try:
-                        await self.handle(raws, queue, processing, role)
-                    except TRANSIENT as e:
-                        log.warning("queue %s: redis lost while handling (%s)", queue, e)
-                        need_reconcile = True
+                    # unsent results are not lost: their commands are still in `processing`
+                    # and reconcile answers them again (from the recent-results cache)
+                    pending = []
         finally:
-            with contextlib.suppress(Exception):
-                await conn.aclose()
+            link.close()
+
+    def _settle(self, written: list[bool]) -> None:
+        self.stats["duplicates"] += written.count(False)
 
     # ------------------------------------------------------------ one batch
 
     async def handle(
-        self, raws: list[bytes], queue: str, processing: str, role: Role, *, owned: bool = False
-    ) -> None:
-        """Handle popped commands. ``owned``: their flags were set by an earlier delivery."""
+        self,
+        raws: list[bytes],
+        queue: str,
+        processing: str,
+        role: Role,
+        pickup: Callable[[Sequence[tuple[str, str, bytes]]], Awaitable[list[bool]]],
+        *,
+        owned: bool = False,
+    ) -> list[Publish]:
+        """Handle popped commands; return the results to write (the caller sends them).
+
+        ``owned``: their flags were set by an earlier delivery (reconcile)."""
         pubs: list[Publish] = []
         starts: list[Accepted] = []
         for raw in raws:
@@ -159,41 +201,35 @@ class Dispatcher:
             if acc is None:
                 continue
             cmd, spec = acc.cmd, acc.spec
+            mode = "owned" if owned else "new"
             if cmd.id in self.engine.table:  # a copy of a job running here
                 self.stats["duplicates"] += 1
                 pubs.append(Publish(cmd.id, "", raw, processing, "drop"))
                 continue
             cached = self.engine.recent.get(cmd.id)
             if cached is not None:  # finished here; re-answer if Redis lost the result
-                pubs.append(Publish(cmd.id, cached, raw, processing, "owned" if owned else "new"))
+                pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
                 result = await self._run_inline(cmd, spec, acc.args, role)
                 self.engine.remember(cmd.id, result)
                 self.stats["inline"] += 1
-                pubs.append(Publish(cmd.id, result, raw, processing, "owned" if owned else "new"))
+                pubs.append(Publish(cmd.id, result, raw, processing, mode))
             else:
                 starts.append(acc)
-        # drops (duplicates of running jobs) only need the LREM
-        drops = [p for p in pubs if p.mode == "drop"]
-        pubs = [p for p in pubs if p.mode != "drop"]
-        for p in drops:
-            await self.bus.release(processing, p.raw or b"")
         if starts:
             if owned:
                 oks = [True] * len(starts)
             else:
-                oks = await self.bus.pickup_many([(a.cmd.id, processing, a.raw) for a in starts])
-            for acc, ok in zip(starts, oks, strict=False):
+                oks = await pickup([(a.cmd.id, processing, a.raw) for a in starts])
+            for acc, ok in zip(starts, oks, strict=True):
                 if not ok:
                     self.stats["duplicates"] += 1
                     continue
                 self.stats["accepted"] += 1
                 job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
                 self.engine.start(job)
-        if pubs:
-            written = await self.bus.publish(pubs)
-            self.stats["duplicates"] += written.count(False)
+        return pubs
 
     async def _accept(
         self, raw: bytes, queue: str, processing: str, role: Role, pubs: list[Publish]
@@ -286,9 +322,11 @@ class Dispatcher:
                 await self.bus.publish([Publish(job_id, res.to_json(), raw, processing, "owned")])
                 await self.bus.forget_deliveries(job_id)
                 continue
-            await self.handle([raw], queue, processing, role, owned=True)
+            await self.bus.publish(await self.handle([raw], queue, processing, role,
+                                                     self.bus.pickup_many, owned=True))
         if fresh:
-            await self.handle(fresh, queue, processing, role)
+            await self.bus.publish(await self.handle(fresh, queue, processing, role,
+                                                     self.bus.pickup_many))
 
     def _parse_saved(self, saved: jobstate.Saved) -> tuple[Command, CommandSpec, Any, Role]:
         cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes)

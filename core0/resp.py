@@ -1,0 +1,151 @@
+"""A small pipelined RESP connection for the dispatcher's hot path.
+
+The pop loop spends its life on a handful of commands: BLMOVE, and EVALSHA of core0's own
+scripts (batched pop, pickup, publish). redis-py's general machinery (pools, retries, health
+checks, per-command parsing dispatch) costs several times the work of the command itself, so
+this connection packs commands by hand, sends a whole batch in one write and parses the
+replies with hiredis. Errors are returned as :class:`RespError` values in the reply list
+(never raised), connection problems raise ``ConnectionError``/``OSError``/``TimeoutError``.
+Everything else in core0 uses redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ssl as ssl_mod
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+from redis.connection import parse_url
+
+from core0.config import Config
+
+Arg = bytes | str | int | float
+
+
+class RespError(Exception):
+    """An error reply from Redis."""
+
+
+def pack(args: Sequence[Arg]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, bytes):
+            b = a
+        elif isinstance(a, str):
+            b = a.encode()
+        else:
+            b = repr(a).encode()
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+class Script:
+    """A Lua script called by SHA (loaded on every connect)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    def call(self, keys: Sequence[Arg], args: Sequence[Arg]) -> list[Arg]:
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+
+
+class RespConnection:
+    def __init__(self, cfg: Config, scripts: Sequence[Script] = ()):
+        self.cfg = cfg
+        self.scripts = list(scripts)
+        self._r: asyncio.StreamReader | None = None
+        self._w: asyncio.StreamWriter | None = None
+        self._parser = hiredis.Reader(replyError=RespError)
+
+    @property
+    def connected(self) -> bool:
+        return self._w is not None and not self._w.is_closing()
+
+    async def connect(self) -> None:
+        self.close()
+        self._parser = hiredis.Reader(replyError=RespError)
+        cfg = self.cfg
+        username, password = cfg.redis.username, cfg.redis.password
+        timeout = 5.0
+        if cfg.redis.embedded:
+            self._r, self._w = await asyncio.wait_for(
+                asyncio.open_unix_connection(cfg.redis_socket), timeout)
+        else:
+            u = parse_url(cfg.redis.url)
+            username = u.get("username") or username
+            password = u.get("password") or password
+            if "path" in u:
+                self._r, self._w = await asyncio.wait_for(
+                    asyncio.open_unix_connection(u["path"]), timeout)
+            else:
+                host, port = u.get("host", "127.0.0.1"), int(u.get("port", 6379))
+                if cfg.redis.cluster:
+                    host, port = await _slot_owner(cfg, host, port)
+                ctx = None
+                if cfg.redis.url.startswith("rediss://"):
+                    ctx = ssl_mod.create_default_context(cafile=cfg.redis.tls_ca or None)
+                    if cfg.redis.tls_cert:
+                        ctx.load_cert_chain(cfg.redis.tls_cert, cfg.redis.tls_key or None)
+                self._r, self._w = await asyncio.wait_for(
+                    asyncio.open_connection(host, port, ssl=ctx), timeout)
+        setup: list[list[Arg]] = []
+        if password:
+            setup.append(["AUTH", username, password] if username else ["AUTH", password])
+        setup += [["SCRIPT", "LOAD", s.source] for s in self.scripts]
+        if setup:
+            for reply in await self.execute(setup, timeout=timeout):
+                if isinstance(reply, RespError):
+                    self.close()
+                    raise ConnectionError(f"redis refused the connection setup: {reply}")
+
+    def close(self) -> None:
+        if self._w is not None:
+            with contextlib.suppress(Exception):
+                self._w.close()
+        self._r = self._w = None
+
+    async def execute(self, commands: Sequence[Sequence[Arg]],
+                      timeout: float | None = 10.0) -> list[Any]:
+        """Send ``commands`` in one write; return their replies in order."""
+        if self._w is None or self._r is None:
+            raise ConnectionError("not connected")
+        self._w.write(b"".join(pack(c) for c in commands))
+        try:
+            return await asyncio.wait_for(self._replies(len(commands)), timeout)
+        except BaseException:
+            self.close()  # a half-read reply stream cannot be reused
+            raise
+
+    async def _replies(self, n: int) -> list[Any]:
+        assert self._r is not None
+        out: list[Any] = []
+        while len(out) < n:
+            reply = self._parser.gets()
+            if reply is False:
+                data = await self._r.read(65536)
+                if not data:
+                    raise ConnectionError("redis closed the connection")
+                self._parser.feed(data)
+                continue
+            out.append(reply)
+        return out
+
+
+async def _slot_owner(cfg: Config, host: str, port: int) -> tuple[str, int]:
+    """The master serving this node's hash slot (every key of a node shares its hash tag)."""
+    from redis.asyncio.cluster import RedisCluster
+
+    rc = RedisCluster.from_url(cfg.redis.url)
+    try:
+        await rc.initialize()
+        node = rc.get_node_from_key(f"{cfg.bus.prefix}core:default")
+        if node is None:
+            raise ConnectionError("no cluster node serves this node's hash slot")
+        return node.host, int(node.port)
+    finally:
+        await rc.aclose()
