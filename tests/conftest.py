@@ -170,7 +170,8 @@ class Node:
 
 
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
-               env: dict[str, str] | None = None, port: int | None = None) -> Node:
+               env: dict[str, str] | None = None, port: int | None = None,
+               prefix: str = "") -> Node:
     """Start ``core0 dev`` and wait until core.ping answers."""
     require("redis-server")
     import subprocess  # test fixture only
@@ -191,7 +192,7 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
     node = Node(proc.pid, port, state_dir, log)
     from core0_client import Client
 
-    c = Client("127.0.0.1", port, timeout=5, retries=2)
+    c = Client("127.0.0.1", port, timeout=5, retries=2, prefix=prefix)
     deadline = time.monotonic() + 30
     while True:
         try:

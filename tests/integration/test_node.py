@@ -1,0 +1,124 @@
+"""Node-level behaviour: queue roles, key prefix, orphans, supervisor restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import start_node, wait_until
+from wire import keys_without_ttl
+
+
+def _cfg(tmp: Path, text: str) -> str:
+    p = tmp / "core0.toml"
+    p.write_text("[main]\ninclude = []\n" + text)
+    return str(p)
+
+
+def test_queue_roles_and_prefix(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    cfg = _cfg(tmp_path, '[bus]\nprefix = "{n1}:"\n'
+                         'queues = {default = "admin", ops = "operator", ro = "read-only"}\n')
+    node = start_node(tmp_path / "state", config=cfg, prefix="{n1}:")
+    try:
+        r = node.redis()
+
+        def run(queue: str, command: str, args: dict) -> dict:
+            jid = uuid.uuid4().hex
+            r.rpush(f"{{n1}}:core:{queue}", json.dumps(
+                {"id": jid, "command": command, "arguments": args}))
+            raw = r.brpoplpush(f"{{n1}}:result:{jid}", f"{{n1}}:result:{jid}", 10)
+            assert raw is not None, (queue, command)
+            return json.loads(raw)
+
+        touch = {"name": "touch", "args": [str(marker)]}
+        res = run("ro", "core.system", touch)
+        assert res["state"] == "ERROR" and res["code"] == 403
+        assert "not permitted for this queue" in res["critical"]
+        res = run("ops", "core.system", touch)
+        assert res["code"] == 403
+        res = run("ro", "job.kill", {"id": "x"})
+        assert res["code"] == 403
+        assert not marker.exists(), "a forbidden command ran"
+        assert run("ro", "core.ping", {})["state"] == "SUCCESS"
+        assert run("ro", "info.mem", {})["state"] == "SUCCESS"
+        assert run("ops", "job.list", {})["state"] == "SUCCESS"
+        assert run("default", "core.system", touch)["state"] == "SUCCESS"
+        assert marker.exists()
+        # the role comes from the queue, never from the payload
+        jid = uuid.uuid4().hex
+        r.rpush("{n1}:core:ro", json.dumps({"id": jid, "command": "core.system",
+                                            "arguments": touch, "role": "admin"}))
+        res = json.loads(r.brpoplpush(f"{{n1}}:result:{jid}", f"{{n1}}:result:{jid}", 10))
+        assert res["code"] == 400
+        # nothing under 0-core's unprefixed names; everything prefixed has a TTL
+        assert not [k for k in r.scan_iter("result:*")]
+        assert all(k.startswith(b"{n1}:") for k in r.scan_iter("*"))
+        assert wait_until(lambda: not keys_without_ttl(r), 5), keys_without_ttl(r)
+        from core0_client import Client
+
+        c = Client("127.0.0.1", node.port, prefix="{n1}:", queue="ro")
+        assert c.ping().startswith("PONG")
+        c.close()
+    finally:
+        node.stop()
+
+
+def _zombies_under(pid: int) -> int:
+    n = 0
+    for p in psutil.Process(pid).children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                n += 1
+        except psutil.Error:
+            pass
+    return n
+
+
+def test_orphans_reaped(fresh_node) -> None:  # type: ignore[no-untyped-def]
+    c = fresh_node.client()
+    res = c.bash("for i in $(seq 1000); do (sleep 0.2 &) ; done; echo forked").get(60)
+    assert res.stdout == "forked\n"
+    disp = fresh_node.dispatcher_pid()
+    assert wait_until(lambda: _zombies_under(fresh_node.pid) == 0, 5)
+    assert wait_until(lambda: len(psutil.Process(disp).children()) == 0, 10)
+    # a job that exits 7 still reports 1007 with orphans being reaped around it
+    assert c.system("sh -c 'exit 7'").get(10).code == 1007
+    c.close()
+
+
+@pytest.mark.slow
+def test_supervisor_restarts_dispatcher_with_backoff(fresh_node) -> None:  # type: ignore[no-untyped-def]
+    starts = []
+    for _ in range(3):
+        pid = fresh_node.dispatcher_pid()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda pid=pid: fresh_node.pids().get("dispatcher", pid) != pid, 30)
+        starts.append(time.monotonic())
+        c = fresh_node.client(timeout=30)
+        assert c.ping().startswith("PONG")
+        c.close()
+    delays = [float(x) for x in re.findall(r"dispatcher: restart in (\d+)s",
+                                            fresh_node.log_text())]
+    assert delays[:3] == [1.0, 2.0, 4.0], delays
+
+
+def test_dispatcher_sigterm_leaves_jobs_for_the_next(fresh_node) -> None:  # type: ignore[no-untyped-def]
+    c = fresh_node.client(timeout=30)
+    resp = c.bash("echo begin; sleep 3; echo end")
+    assert wait_until(lambda: any(j["id"] == resp.id for j in c.job.list()), 5)
+    pid = [j["pid"] for j in c.job.list() if j["id"] == resp.id][0]
+    old = fresh_node.dispatcher_pid()
+    os.kill(old, signal.SIGTERM)
+    assert wait_until(lambda: fresh_node.pids().get("dispatcher", old) != old, 30)
+    assert psutil.pid_exists(pid)
+    res = resp.get(30)
+    assert res.state.value == "SUCCESS" and res.stdout == "begin\nend\n"
+    c.close()
