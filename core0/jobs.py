@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -34,7 +35,7 @@ from core0_client.protocol import (
 from core0 import jobstate, process, registry
 from core0.bus import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
-from core0.errors import CommandError, Conflict
+from core0.errors import CommandError, Conflict, NotFound
 from core0.output import FileFollower, Message, OutputParser, Tail
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
@@ -64,6 +65,8 @@ class JobOutput:
         self._pending: list[LogRecord] = []
         self._flusher: asyncio.Task[None] | None = None
         self.wrote = False
+        #: called with every message (readiness checks of services: running_match)
+        self.watchers: list[Callable[[Message], None]] = []
 
     def reset(self) -> None:
         self.tails = (Tail(), Tail())
@@ -81,6 +84,11 @@ class JobOutput:
             elif m.level == Level.CRITICAL:
                 self.critical = m.text
             self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
+            for w in self.watchers:
+                try:
+                    w(m)
+                except Exception:
+                    log.exception("output watcher of %s failed", self.job.id)
         if len(self._pending) > 10000:  # Redis is away: keep the newest
             del self._pending[: len(self._pending) - 10000]
         if self._pending and self._flusher is None:
@@ -149,6 +157,13 @@ class Job:
         #: not from the bus: no result is published (services started by core0 itself)
         self.internal = not processing
         self.backoff = BACKOFF_MIN
+        #: called after every run with its result (service managers watch these)
+        self.run_end: list[Callable[[Job, Result], None]] = []
+        #: set when the job is over; ``final`` holds its last result
+        self.done = asyncio.Event()
+        self.final: Result | None = None
+        #: the process was spawned (for readiness by delay)
+        self.spawned = asyncio.Event()
 
     @property
     def id(self) -> str:
@@ -357,6 +372,11 @@ class JobEngine:
                     job.run += 1
                 result = await self._run_once(job, resume)
                 resume = None
+                for cb in job.run_end:
+                    try:
+                        cb(job, result)
+                    except Exception:
+                        log.exception("run_end hook of %s failed", job.id)
                 if job.killed or job.unscheduled:
                     break
                 delay = self._next_delay(job, result)
@@ -446,6 +466,8 @@ class JobEngine:
         self.store.remove(job.id)
         self.table.pop(job.id, None)
         self._room.set()
+        job.final = result
+        job.done.set()
 
     # ------------------------------------------------------------ one run
 
@@ -509,11 +531,13 @@ class JobEngine:
                 os.close(fi)
             job.pid, job.start_ticks = sp.pid, sp.start_ticks
             self.store.save(job, state="running")
+            job.spawned.set()
             done = asyncio.ensure_future(self._reaped(job, self.reaper.watch(sp.pid)))
         else:
             job.label = resume.label
             job.pid, job.start_ticks = resume.pid, resume.start_ticks
             job.state = "running"
+            job.spawned.set()
             offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
             done = asyncio.ensure_future(self._adopted_exit(job, resume))
         followers = [
@@ -608,6 +632,22 @@ class JobEngine:
 
     # ------------------------------------------------------------ services
 
+    def submit_internal(self, cmd: Command, *, protected: bool = False) -> Job:
+        """Run any registered command as a job of core0's own (boot services, cloud-config…):
+        same engine, options and adoption as bus jobs, but no result is written to Redis
+        (watch ``job.run_end`` / ``job.done``). BadRequest on bad arguments, NotFound for an
+        unknown command, Conflict if the id is taken."""
+        spec = registry.get(cmd.command)
+        if spec is None:
+            raise NotFound(f"unknown command {cmd.command!r}")
+        if cmd.id in self.table:
+            raise Conflict(f"a job named {cmd.id} is running already")
+        args = spec.args.parse(cmd.arguments)
+        job = Job(self, cmd, spec, args, Role.ADMIN, cmd.to_json().encode(), "")
+        job.protected = protected
+        self.start(job)
+        return job
+
     def start_service(self, service_id: str, spec: ProcessSpec, *, protected: bool = True,
                       tags: list[str] | None = None) -> Job:
         """Run a long-lived process owned by core0 itself (dnsmasq, boot services…).
@@ -623,13 +663,9 @@ class JobEngine:
         args = {"argv": list(spec.argv), "env": dict(spec.env) if spec.env is not None else None,
                 "cwd": spec.cwd, "stdin": spec.stdin.decode(), "label": spec.label,
                 "protected": protected}
-        cmd = Command(command=SERVICE_COMMAND, arguments=args, id=service_id, tags=tags)
-        svc = registry.get(SERVICE_COMMAND)
-        assert svc is not None
-        job = Job(self, cmd, svc, svc.args.parse(args), Role.ADMIN, cmd.to_json().encode(), "")
-        job.protected = protected
-        self.start(job)
-        return job
+        return self.submit_internal(
+            Command(command=SERVICE_COMMAND, arguments=args, id=service_id, tags=tags),
+            protected=protected)
 
     async def stop_service(self, service_id: str, timeout: float = 10.0) -> bool:
         """Stop a service (TERM its process group, KILL after ``timeout``). False if absent."""
@@ -662,7 +698,7 @@ class JobEngine:
             job.run = saved.run
             job.starttime = saved.starttime
             job.process = True
-            job.protected = bool(cmd.arguments.get("protected")) and job.internal
+            job.protected = saved.protected and job.internal
             if saved.state == "done" and saved.result:
                 self.table[job.id] = job
                 job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))

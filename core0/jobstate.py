@@ -39,6 +39,7 @@ class Saved:
     status: int | None = None
     result: str | None = None
     next_run: float = 0.0
+    protected: bool = False
 
 
 def _dirname(job_id: str) -> str:
@@ -78,6 +79,7 @@ class JobStore:
             "status": status,
             "result": result,
             "next_run": job.next_run or 0.0,
+            "protected": job.protected,
         }
         tmp = d / "job.json.tmp"
         with open(tmp, "w") as f:
@@ -115,6 +117,7 @@ class JobStore:
                         status=body.get("status"),
                         result=body.get("result"),
                         next_run=float(body.get("next_run") or 0.0),
+                        protected=bool(body.get("protected")),
                     )
                 )
             except (OSError, ValueError, KeyError):

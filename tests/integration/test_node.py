@@ -122,3 +122,22 @@ def test_dispatcher_sigterm_leaves_jobs_for_the_next(fresh_node) -> None:  # typ
     res = resp.get(30)
     assert res.state.value == "SUCCESS" and res.stdout == "begin\nend\n"
     c.close()
+
+
+def test_max_jobs_back_pressure(tmp_path: Path) -> None:
+    """At bus.max_jobs running jobs the dispatcher stops taking commands (they wait in the
+    queue, not in memory) and takes them again as jobs end."""
+    cfg = _cfg(tmp_path, "[bus]\nmax_jobs = 2\n")
+    node = start_node(tmp_path / "state", config=cfg)
+    try:
+        c = node.client(timeout=30)
+        resps = [c.system("sleep 1") for _ in range(5)]
+        time.sleep(0.5)
+        r = node.redis()
+        assert r.llen("core:default") >= 2, "commands should wait in the queue"
+        for resp in resps:
+            assert resp.get(30).state.value == "SUCCESS"
+        assert r.llen("core:default") == 0
+        c.close()
+    finally:
+        node.stop()
