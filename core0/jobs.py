@@ -10,23 +10,19 @@ dispatcher adopts them after a restart: same pids, nothing started twice.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psutil
 from core0_client.protocol import (
-    FLAG_EOF_ERROR,
-    FLAG_EOF_SUCCESS,
     Code,
     Command,
     Level,
-    LogRecord,
     Result,
     State,
     now_ms,
@@ -36,7 +32,9 @@ from core0 import jobstate, process, registry
 from core0.bus import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import CommandError, Conflict, NotFound
-from core0.output import FileFollower, Message, OutputParser, Tail
+from core0.joboutput import JobOutput, QueueSlots
+from core0.jobresult import TERMINATING, builtin_result, error_result, process_result
+from core0.output import FileFollower, OutputParser
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 
@@ -50,71 +48,7 @@ log = logging.getLogger(__name__)
 #: restart backoff of protected services (same rule as the supervisor's)
 BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER, PERMANENT_EXIT = 1.0, 60.0, 10.0, 125
 
-#: signals after which a job counts as KILLED rather than failed
-_TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 GRACE = 2.0
-
-
-class JobOutput:
-    """Messages of one job: tails for the result, records for log:<id> and stream:<id>."""
-
-    def __init__(self, engine: JobEngine, job: Job):
-        self.engine = engine
-        self.job = job
-        self.reset()
-        self._pending: list[LogRecord] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self.wrote = False
-        #: called with every message (readiness checks of services: running_match)
-        self.watchers: list[Callable[[Message], None]] = []
-
-    def reset(self) -> None:
-        self.tails = (Tail(), Tail())
-        self.data = ""
-        self.level = 0
-        self.critical = ""
-
-    def add(self, msgs: list[Message]) -> None:
-        now = time.time_ns()
-        for m in msgs:
-            if m.level in (Level.STDOUT, Level.STDERR):
-                self.tails[m.level - 1].add(m.text, m.nl)
-            elif Level.RESULT_JSON <= m.level <= Level.RESULT_HRD:
-                self.data, self.level = m.text, m.level
-            elif m.level == Level.CRITICAL:
-                self.critical = m.text
-            self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
-            for w in self.watchers:
-                try:
-                    w(m)
-                except Exception:
-                    log.exception("output watcher of %s failed", self.job.id)
-        if len(self._pending) > 10000:  # Redis is away: keep the newest
-            del self._pending[: len(self._pending) - 10000]
-        if self._pending and self._flusher is None:
-            self._flusher = asyncio.ensure_future(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                self.wrote = True
-                await retry_forever(
-                    "output", self.engine.bus.records, self.job.id, batch, self.job.cmd.stream
-                )
-        except Exception:
-            log.exception("job %s: output lost", self.job.id)
-        finally:
-            self._flusher = None
-
-    async def close(self, ok: bool) -> None:
-        """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""
-        if self._flusher is not None:
-            await asyncio.shield(self._flusher)
-        if self.wrote or self.job.cmd.stream or self.job.process:
-            flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
-            self._pending.append(LogRecord(self.job.id, 0, "", flag, time.time_ns()))
-            await self._flush()
 
 
 class Job:
@@ -171,7 +105,7 @@ class Job:
 
     @property
     def killed(self) -> bool:
-        return self.kill_signal in _TERMINATING
+        return self.kill_signal in TERMINATING
 
     def describe(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -203,107 +137,6 @@ class Job:
             except psutil.Error:
                 pass
         return d
-
-
-class QueueSlots:
-    """Named sequential queues: jobs with the same ``queue`` run one at a time, FIFO."""
-
-    def __init__(self) -> None:
-        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
-
-    async def acquire(self, name: str) -> None:
-        q = self._queues.get(name)
-        if q is None:
-            self._queues[name] = deque()
-            return
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        q.append(fut)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut in q:
-                q.remove(fut)
-            elif fut.done() and not fut.cancelled():
-                self.release(name)  # we were handed the slot while being cancelled
-            raise
-
-    def release(self, name: str) -> None:
-        q = self._queues.get(name)
-        if q is None:
-            return
-        while q:
-            fut = q.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        del self._queues[name]
-
-    def depth(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self._queues.items()}
-
-
-def builtin_result(job: Job, value: Any) -> Result:
-    return Result(
-        id=job.id,
-        command=job.cmd.command,
-        state=State.SUCCESS,
-        code=0,
-        data=json.dumps(value, default=str),
-        level=Level.RESULT_JSON,
-        starttime=job.starttime,
-        time=now_ms() - job.starttime,
-        tags=job.cmd.tags,
-    )
-
-
-def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | None = None,
-                 tags: list[str] | None = None) -> Result:
-    start = starttime or now_ms()
-    return Result(
-        id=cmd_id,
-        command=command,
-        state=exc.state,
-        code=int(exc.code),
-        data=json.dumps(exc.message),
-        level=Level.RESULT_JSON,
-        critical=exc.message,
-        starttime=start,
-        time=now_ms() - start,
-        tags=tags,
-    )
-
-
-def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
-    out = job.output
-    if status is None:
-        state, code = State.ERROR, int(Code.INTERNAL)
-        critical = out.critical or (
-            "exit status unknown: the process ended while no dispatcher watched")
-    else:
-        exit_status, sig = process.exit_code(status)
-        code = 0 if exit_status == 0 else Code.PROCESS + (exit_status if sig == 0 else 128 + sig)
-        state = State.SUCCESS if code == 0 else State.ERROR
-        critical = out.critical
-        if timed_out:
-            state = State.TIMEOUT
-            critical = critical or f"max_time of {job.cmd.max_time}s reached"
-        elif job.killed:
-            state = State.KILLED
-        elif sig:
-            critical = critical or f"killed by signal {signal.Signals(sig).name}"
-    return Result(
-        id=job.id,
-        command=job.cmd.command,
-        state=state,
-        code=int(code),
-        data=out.data,
-        level=out.level,
-        streams=[out.tails[0].text(), out.tails[1].text()],
-        critical=critical,
-        starttime=job.starttime,
-        time=now_ms() - job.starttime,
-        tags=job.cmd.tags,
-    )
 
 
 class JobEngine:
@@ -596,9 +429,9 @@ class JobEngine:
         job.kill_signal = sig
         if job.pid and job.state == "running":
             process.killpg(job.pid, sig)
-            if sig in _TERMINATING and sig != signal.SIGKILL:
+            if sig in TERMINATING and sig != signal.SIGKILL:
                 asyncio.get_running_loop().call_later(GRACE * 5, self._force_kill, job)
-        elif sig in _TERMINATING and job.task is not None:
+        elif sig in TERMINATING and job.task is not None:
             if job.state in ("queued", "scheduled") or not job.process:
                 job.task.cancel()
         return True

@@ -1,0 +1,119 @@
+"""A job's output: tails and data for its result, records for log:<id> and stream:<id>."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, Level, LogRecord
+
+from core0.bus import retry_forever
+from core0.output import Message, Tail
+
+if TYPE_CHECKING:
+    from core0.jobs import Job, JobEngine
+
+log = logging.getLogger(__name__)
+
+
+class JobOutput:
+    """Messages of one job: tails for the result, records for log:<id> and stream:<id>."""
+
+    def __init__(self, engine: JobEngine, job: Job):
+        self.engine = engine
+        self.job = job
+        self.reset()
+        self._pending: list[LogRecord] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self.wrote = False
+        #: called with every message (readiness checks of services: running_match)
+        self.watchers: list[Callable[[Message], None]] = []
+
+    def reset(self) -> None:
+        self.tails = (Tail(), Tail())
+        self.data = ""
+        self.level = 0
+        self.critical = ""
+
+    def add(self, msgs: list[Message]) -> None:
+        now = time.time_ns()
+        for m in msgs:
+            if m.level in (Level.STDOUT, Level.STDERR):
+                self.tails[m.level - 1].add(m.text, m.nl)
+            elif Level.RESULT_JSON <= m.level <= Level.RESULT_HRD:
+                self.data, self.level = m.text, m.level
+            elif m.level == Level.CRITICAL:
+                self.critical = m.text
+            self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
+            for w in self.watchers:
+                try:
+                    w(m)
+                except Exception:
+                    log.exception("output watcher of %s failed", self.job.id)
+        if len(self._pending) > 10000:  # Redis is away: keep the newest
+            del self._pending[: len(self._pending) - 10000]
+        if self._pending and self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                self.wrote = True
+                await retry_forever(
+                    "output", self.engine.bus.records, self.job.id, batch, self.job.cmd.stream
+                )
+        except Exception:
+            log.exception("job %s: output lost", self.job.id)
+        finally:
+            self._flusher = None
+
+    async def close(self, ok: bool) -> None:
+        """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        if self.wrote or self.job.cmd.stream or self.job.process:
+            flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
+            self._pending.append(LogRecord(self.job.id, 0, "", flag, time.time_ns()))
+            await self._flush()
+
+
+class QueueSlots:
+    """Named sequential queues: jobs with the same ``queue`` run one at a time, FIFO."""
+
+    def __init__(self) -> None:
+        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def acquire(self, name: str) -> None:
+        q = self._queues.get(name)
+        if q is None:
+            self._queues[name] = deque()
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        q.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut in q:
+                q.remove(fut)
+            elif fut.done() and not fut.cancelled():
+                self.release(name)  # we were handed the slot while being cancelled
+            raise
+
+    def release(self, name: str) -> None:
+        q = self._queues.get(name)
+        if q is None:
+            return
+        while q:
+            fut = q.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        del self._queues[name]
+
+    def depth(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self._queues.items()}

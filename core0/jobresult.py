@@ -1,0 +1,82 @@
+"""Building results: a builtin's value, a typed error, a process's exit."""
+
+from __future__ import annotations
+
+import json
+import signal
+from typing import TYPE_CHECKING, Any
+
+from core0_client.protocol import Code, Level, Result, State, now_ms
+
+from core0 import process
+from core0.errors import CommandError
+
+if TYPE_CHECKING:
+    from core0.jobs import Job
+
+#: signals after which a job counts as KILLED rather than failed
+TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
+
+
+def builtin_result(job: Job, value: Any) -> Result:
+    return Result(
+        id=job.id,
+        command=job.cmd.command,
+        state=State.SUCCESS,
+        code=0,
+        data=json.dumps(value, default=str),
+        level=Level.RESULT_JSON,
+        starttime=job.starttime,
+        time=now_ms() - job.starttime,
+        tags=job.cmd.tags,
+    )
+
+
+def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | None = None,
+                 tags: list[str] | None = None) -> Result:
+    start = starttime or now_ms()
+    return Result(
+        id=cmd_id,
+        command=command,
+        state=exc.state,
+        code=int(exc.code),
+        data=json.dumps(exc.message),
+        level=Level.RESULT_JSON,
+        critical=exc.message,
+        starttime=start,
+        time=now_ms() - start,
+        tags=tags,
+    )
+
+
+def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
+    out = job.output
+    if status is None:
+        state, code = State.ERROR, int(Code.INTERNAL)
+        critical = out.critical or (
+            "exit status unknown: the process ended while no dispatcher watched")
+    else:
+        exit_status, sig = process.exit_code(status)
+        code = 0 if exit_status == 0 else Code.PROCESS + (exit_status if sig == 0 else 128 + sig)
+        state = State.SUCCESS if code == 0 else State.ERROR
+        critical = out.critical
+        if timed_out:
+            state = State.TIMEOUT
+            critical = critical or f"max_time of {job.cmd.max_time}s reached"
+        elif job.killed:
+            state = State.KILLED
+        elif sig:
+            critical = critical or f"killed by signal {signal.Signals(sig).name}"
+    return Result(
+        id=job.id,
+        command=job.cmd.command,
+        state=state,
+        code=int(code),
+        data=out.data,
+        level=out.level,
+        streams=[out.tails[0].text(), out.tails[1].text()],
+        critical=critical,
+        starttime=job.starttime,
+        time=now_ms() - job.starttime,
+        tags=job.cmd.tags,
+    )
