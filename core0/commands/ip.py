@@ -1,0 +1,317 @@
+"""ip.*: links, addresses, routes and named network namespaces, through netlink (pyroute2).
+
+Every command takes an optional ``netns``: the name of a network namespace under
+``/run/netns`` to act in (a container's, for instance); without it the command acts in the
+node's own namespace. Netlink calls run in worker threads; see :mod:`core0.net.netlink`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+from core0.context import Context
+from core0.errors import BadRequest, CommandError
+from core0.net import netlink as nl
+from core0.net import validate as v
+from core0.registry import Role, command
+from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+T = TypeVar("T")
+
+
+async def _with(ctx: Context, netns: str | None, fn: Callable[[IPRoute], T]) -> T:
+    """Run ``fn(ipr)`` in a worker thread on a netlink socket of ``netns``."""
+
+    def work() -> T:
+        with nl.session(netns) as r:
+            return fn(r)
+
+    return await ctx.to_thread(work)
+
+
+# ---------------------------------------------------------------- links
+
+
+@dataclass(frozen=True)
+class NsArgs(Schema):
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.list", NsArgs, role=Role.READ_ONLY)
+async def link_list(ctx: Context, args: NsArgs) -> list[dict[str, Any]]:
+    """Links: [{name, index, type (veth, bridge, device, loopback…), hwaddr, master, up, mtu,
+    operstate}]."""
+    return await _with(ctx, args.netns, nl.describe_links)
+
+
+@dataclass(frozen=True)
+class LinkArgs(Schema):
+    name: v.IFNAME
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.get", LinkArgs, role=Role.READ_ONLY)
+async def link_get(ctx: Context, args: LinkArgs) -> dict[str, Any]:
+    """One link, as in ip.link.list (404 when missing)."""
+    return await _with(ctx, args.netns, lambda r: nl.link_get(r, args.name))
+
+
+@command("ip.link.up", LinkArgs)
+async def link_up(ctx: Context, args: LinkArgs) -> None:
+    """Bring a link up."""
+    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="up"))
+
+
+@command("ip.link.down", LinkArgs)
+async def link_down(ctx: Context, args: LinkArgs) -> None:
+    """Bring a link down."""
+    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
+
+
+@dataclass(frozen=True)
+class RenameArgs(Schema):
+    name: v.IFNAME
+    new: Annotated[v.IFNAME, Doc("the new name")]
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.name", RenameArgs)
+async def link_name(ctx: Context, args: RenameArgs) -> None:
+    """Rename a link (the kernel may refuse while it is up: 409)."""
+    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, ifname=args.new))
+
+
+@dataclass(frozen=True)
+class MtuArgs(Schema):
+    name: v.IFNAME
+    mtu: Annotated[int, Doc("MTU"), Range(68, 65535)]
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.mtu", MtuArgs)
+async def link_mtu(ctx: Context, args: MtuArgs) -> None:
+    """Set a link's MTU."""
+    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
+
+
+@dataclass(frozen=True)
+class SetArgs(Schema):
+    name: v.IFNAME
+    netns: v.NETNS | None = None
+    up: Annotated[bool, Doc("true: up, false: down")] | None = None
+    mtu: Annotated[int, Range(68, 65535)] | None = None
+    hwaddr: v.MAC | None = None
+    master: Annotated[v.IFNAME, Doc("enslave to this bridge/bond")] | None = None
+    nomaster: Annotated[bool, Doc("release from its bridge/bond")] = False
+    move_to: Annotated[v.NETNS, Doc("move the link into this named netns")] | None = None
+
+
+@command("ip.link.set", SetArgs)
+async def link_set(ctx: Context, args: SetArgs) -> None:
+    """Change several attributes of a link at once (up, mtu, hwaddr, master/nomaster) and/or
+    move it into another named netns (``move_to``; it leaves ``netns``)."""
+    if args.master is not None and args.nomaster:
+        raise BadRequest("master and nomaster are exclusive", field="nomaster")
+    state = None if args.up is None else ("up" if args.up else "down")
+    master = "" if args.nomaster else args.master
+    await _with(ctx, args.netns, lambda r: nl.link_set(
+        r, args.name, state=state, mtu=args.mtu, address=args.hwaddr, master=master,
+        netns=args.move_to))
+
+
+@dataclass(frozen=True)
+class LinkAddArgs(nl.LinkSpec):
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.add", LinkAddArgs)
+async def link_add(ctx: Context, args: LinkAddArgs) -> dict[str, Any]:
+    """Create a link: veth (``peer``, optionally ``peer_netns``), bridge, vxlan (``id``,
+    ``local``, ``remote`` or ``group``, ``parent``, ``port``), macvlan (``parent``, ``mode``),
+    vlan (``parent``, ``id``), bond (``mode``), dummy. Optional ``hwaddr``, ``mtu``,
+    ``master``, ``up``. A kind the running kernel lacks answers 412 naming it; an existing name
+    409."""
+    return await _with(ctx, args.netns, lambda r: nl.link_add(r, args))
+
+
+@dataclass(frozen=True)
+class AddManyArgs(Schema):
+    links: Annotated[list[nl.LinkSpec], Doc("links to create, in order"), Len(1, 4096)]
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.add_many", AddManyArgs)
+async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
+    """Create many links in one command (one netlink socket, one thread hop): all or nothing —
+    on the first failure the links this command created are deleted again and the error
+    names the failing item."""
+
+    def work(r: IPRoute) -> dict[str, Any]:
+        done: list[str] = []
+        for i, spec in enumerate(args.links):
+            try:
+                nl.link_add(r, spec)
+            except CommandError as e:
+                for name in reversed(done):
+                    try:
+                        nl.link_del(r, name)
+                    except CommandError:
+                        pass
+                e.message = f"links[{i}]: {e.message}"
+                e.args = (e.message,)
+                raise
+            done.append(spec.name)
+        return {"created": done}
+
+    return await _with(ctx, args.netns, work)
+
+
+@command("ip.link.del", LinkArgs)
+async def link_del(ctx: Context, args: LinkArgs) -> None:
+    """Delete a link (deleting one end of a veth deletes both)."""
+    await _with(ctx, args.netns, lambda r: nl.link_del(r, args.name))
+
+
+@dataclass(frozen=True)
+class DelManyArgs(Schema):
+    names: Annotated[list[v.IFNAME], Doc("links to delete"), Len(1, 4096)]
+    netns: v.NETNS | None = None
+
+
+@command("ip.link.del_many", DelManyArgs)
+async def link_del_many(ctx: Context, args: DelManyArgs) -> dict[str, list[str]]:
+    """Delete many links in one command; returns {deleted, missing} (missing links are not
+    an error here)."""
+
+    def work(r: IPRoute) -> dict[str, list[str]]:
+        deleted, missing = [], []
+        for name in args.names:
+            try:
+                nl.link_del(r, name)
+                deleted.append(name)
+            except CommandError as e:
+                if e.code != 404:
+                    e.message = f"{name}: {e.message}"
+                    e.args = (e.message,)
+                    raise
+                missing.append(name)
+        return {"deleted": deleted, "missing": missing}
+
+    return await _with(ctx, args.netns, work)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+@dataclass(frozen=True)
+class AddrArgs(Schema):
+    name: v.IFNAME
+    ip: Annotated[v.CIDR, Doc("address/prefix, e.g. 10.0.0.1/24 or fd00::1/64")]
+    netns: v.NETNS | None = None
+
+
+@command("ip.addr.add", AddrArgs)
+async def addr_add(ctx: Context, args: AddrArgs) -> None:
+    """Add an address to a link (409 when it is there already)."""
+    await _with(ctx, args.netns, lambda r: nl.addr_change(r, "add", args.name, args.ip))
+
+
+@command("ip.addr.del", AddrArgs)
+async def addr_del(ctx: Context, args: AddrArgs) -> None:
+    """Remove an address from a link (404 when it is not there)."""
+    await _with(ctx, args.netns, lambda r: nl.addr_change(r, "del", args.name, args.ip))
+
+
+@dataclass(frozen=True)
+class AddrListArgs(Schema):
+    name: Annotated[v.IFNAME, Doc("only this link")] | None = None
+    netns: v.NETNS | None = None
+
+
+@command("ip.addr.list", AddrListArgs, role=Role.READ_ONLY)
+async def addr_list(ctx: Context, args: AddrListArgs) -> list[Any]:
+    """Addresses. With ``name`` (0-core's form): ["10.0.0.1/24", ...] of that link; without:
+    [{name, addr, family}] of every link."""
+    rows = await _with(ctx, args.netns, lambda r: nl.addr_list(r, args.name))
+    if args.name is not None:
+        return [a["addr"] for a in rows]
+    return rows
+
+
+# ---------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class RouteArgs(Schema):
+    dst: Annotated[str, Doc('"default" or a network (10.1.0.0/16)'),
+                   Pattern(r"default|[0-9A-Fa-f:./]{2,64}")] = "default"
+    gw: Annotated[v.ADDR, Doc("gateway")] | None = None
+    dev: Annotated[v.IFNAME, Doc("output link")] | None = None
+    src: Annotated[v.ADDR, Doc("preferred source address")] | None = None
+    metric: Annotated[int, Range(0, 2**32 - 1)] | None = None
+    table: Annotated[int, Doc("routing table (default main)"), Range(1, 2**32 - 1)] | None = None
+    netns: v.NETNS | None = None
+
+
+def _route_kw(args: RouteArgs) -> dict[str, Any]:
+    return {"dst": args.dst, "gw": args.gw, "dev": args.dev, "metric": args.metric,
+            "table": args.table, "src": args.src}
+
+
+@command("ip.route.add", RouteArgs)
+async def route_add(ctx: Context, args: RouteArgs) -> None:
+    """Add a route: ``dst`` via ``gw`` and/or ``dev`` (an unreachable gateway is a 400)."""
+    await _with(ctx, args.netns, lambda r: nl.route_change(r, "add", **_route_kw(args)))
+
+
+@command("ip.route.del", RouteArgs)
+async def route_del(ctx: Context, args: RouteArgs) -> None:
+    """Delete a route (404 when there is no such route); ``dst`` alone is enough."""
+    await _with(ctx, args.netns, lambda r: nl.route_change(r, "del", **_route_kw(args)))
+
+
+@dataclass(frozen=True)
+class RouteListArgs(Schema):
+    dev: Annotated[v.IFNAME, Doc("only routes through this link")] | None = None
+    table: Annotated[int, Range(1, 2**32 - 1)] = 254
+    netns: v.NETNS | None = None
+
+
+@command("ip.route.list", RouteListArgs, role=Role.READ_ONLY)
+async def route_list(ctx: Context, args: RouteListArgs) -> list[dict[str, Any]]:
+    """Unicast routes of a table (main by default): [{dst, gw, dev, metric, table, proto,
+    scope, src, family}]."""
+    return await _with(ctx, args.netns, lambda r: nl.route_list(r, args.dev, args.table))
+
+
+# ---------------------------------------------------------------- namespaces
+
+
+@dataclass(frozen=True)
+class NetnsArgs(Schema):
+    name: v.NETNS
+
+
+@command("ip.netns.add", NetnsArgs)
+async def netns_add(ctx: Context, args: NetnsArgs) -> None:
+    """Create a named network namespace (/run/netns/<name>, like ``ip netns add``); its
+    loopback is brought up."""
+    await ctx.to_thread(nl.netns_create, args.name)
+    await _with(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
+
+
+@command("ip.netns.del", NetnsArgs)
+async def netns_del(ctx: Context, args: NetnsArgs) -> None:
+    """Remove a named network namespace (its links go when the last process leaves it)."""
+    await ctx.to_thread(nl.netns_remove, args.name)
+
+
+@command("ip.netns.list", role=Role.READ_ONLY)
+async def netns_list(ctx: Context, args: NoArgs) -> list[str]:
+    """Names of the network namespaces under /run/netns."""
+    return await ctx.to_thread(nl.netns_list)

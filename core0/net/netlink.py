@@ -1,0 +1,589 @@
+"""Netlink through pyroute2, for worker threads (``ctx.to_thread``).
+
+Every public function here is blocking and meant to run in a thread. A function that takes
+``netns`` opens its netlink socket inside that named namespace (``/run/netns/<name>``): the
+worker thread enters the namespace with setns(2) (which is per thread for network
+namespaces), creates the socket, and returns to the dispatcher's namespace at once. The
+socket keeps its namespace for its whole life, so no thread ever works in a foreign namespace
+for longer than a ``socket()`` call, and pyroute2's own netns helpers (which fork, racing the
+dispatcher's reaper, and create missing namespaces) are never used.
+
+pyroute2 is imported inside functions only: the dispatcher does not pay for it until the
+first network command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import ipaddress
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from core0.errors import (
+    BadRequest,
+    CommandError,
+    Conflict,
+    Internal,
+    NotFound,
+    PreconditionFailed,
+)
+from core0.net import validate as v
+from core0.schema import Doc, Pattern, Range, Schema
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = "/run/netns"
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_BIND = 0x1000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+IFF_UP = 0x1
+NETLINK_ROUTE = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+KINDS = ("veth", "bridge", "vxlan", "macvlan", "vlan", "bond", "dummy")
+BOND_MODES = {"balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3,
+              "802.3ad": 4, "balance-tlb": 5, "balance-alb": 6}
+MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
+
+
+# ---------------------------------------------------------------- errors
+
+
+def nl_error(e: BaseException, what: str) -> CommandError:
+    """A pyroute2/OS error → the typed error of the command."""
+    code = getattr(e, "code", None)
+    if code is None and isinstance(e, OSError):
+        code = e.errno
+    text = os.strerror(code) if isinstance(code, int) and code > 0 else str(e)
+    msg = f"{what}: {text}"
+    if code == errno.EEXIST:
+        return Conflict(f"{what}: exists already")
+    if code == errno.EBUSY:
+        return Conflict(msg)
+    if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
+        return NotFound(msg)
+    if code == errno.EOPNOTSUPP:
+        return PreconditionFailed(msg)
+    if code in (errno.EINVAL, errno.ERANGE, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                errno.E2BIG, errno.ENOTUNIQ):
+        return BadRequest(msg)
+    if code in (errno.EPERM, errno.EACCES):
+        return PreconditionFailed(f"{what}: not permitted ({text})")
+    return Internal(msg)
+
+
+# ---------------------------------------------------------------- namespaces
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def netns_path(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise BadRequest(f"netns: invalid name {name!r:.40}", field="netns")
+    return os.path.join(NETNS_DIR, name)
+
+
+def open_netns(name: str) -> int:
+    """An O_RDONLY fd of the named namespace (NotFound when it does not exist)."""
+    try:
+        return os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound(f"no such network namespace: {name}") from None
+
+
+@contextlib.contextmanager
+def entered(name: str) -> Iterator[None]:
+    """The calling thread inside netns ``name`` for the duration of the block (keep it short).
+
+    If the thread cannot return to its own namespace the process exits: a worker thread left
+    in a foreign namespace would silently act on the wrong network.
+    """
+    target = open_netns(name)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(target)
+        except OSError as e:
+            raise nl_error(e, f"enter netns {name}") from None
+        try:
+            yield
+        finally:
+            try:
+                _setns(home)
+            except OSError:  # pragma: no cover - cannot happen with our own open fd
+                log.critical("worker thread stuck in netns %s: exiting", name)
+                os._exit(70)
+    finally:
+        os.close(target)
+        os.close(home)
+
+
+def ipr(netns: str | None = None) -> IPRoute:
+    """An IPRoute on a netlink socket of ``netns`` (None = the dispatcher's own)."""
+    from pyroute2 import IPRoute
+
+    if netns is None:
+        return IPRoute(groups=0)
+    with entered(netns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+    fd = sock.detach()
+    try:
+        return IPRoute(fileno=fd, groups=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+_local = threading.local()
+
+
+@contextlib.contextmanager
+def session(netns: str | None = None) -> Iterator[IPRoute]:
+    """An IPRoute for one command, in a worker thread.
+
+    In the dispatcher's own namespace each worker thread keeps one socket (an IPRoute costs
+    about as much to open as a request); it is dropped after any error that is not a plain
+    netlink answer. Sockets of other namespaces are opened per command: a namespace may be
+    deleted and a new one made under the same name.
+    """
+    if netns is not None:
+        r = ipr(netns)
+        try:
+            yield r
+        finally:
+            r.close()
+        return
+    r = getattr(_local, "ipr", None)
+    if r is None:
+        r = _local.ipr = ipr(None)
+    try:
+        yield r
+    except CommandError:
+        raise
+    except BaseException:
+        _local.ipr = None
+        with contextlib.suppress(Exception):
+            r.close()
+        raise
+
+
+def netns_list() -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR)
+                      if os.path.isfile(os.path.join(NETNS_DIR, n)))
+    except FileNotFoundError:
+        return []
+
+
+def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int) -> None:
+    if _libc.mount(src, dst, fstype, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount {dst.decode()}: {os.strerror(err)}")
+
+
+def netns_create(name: str) -> None:
+    """Create a named netns like ``ip netns add``: a bind mount of a fresh namespace at
+    /run/netns/<name> (the dir made a shared mount so the name is seen in other mount
+    namespaces that are slaves of ours)."""
+    path = netns_path(name)
+    os.makedirs(NETNS_DIR, exist_ok=True)
+    d = NETNS_DIR.encode()
+    if _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:
+        _mount(d, d, b"none", MS_BIND | MS_REC)
+        _mount(b"", d, None, MS_SHARED | MS_REC)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError:
+        raise Conflict(f"network namespace {name} exists already") from None
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            os.unlink(path)
+            raise nl_error(OSError(err, os.strerror(err)), f"create netns {name}")
+        try:
+            _mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND)
+        except OSError as e:
+            os.unlink(path)
+            raise nl_error(e, f"create netns {name}") from None
+        finally:
+            try:
+                _setns(home)
+            except OSError:  # pragma: no cover
+                log.critical("worker thread stuck in a new netns: exiting")
+                os._exit(70)
+    finally:
+        os.close(home)
+
+
+def netns_remove(name: str) -> None:
+    path = netns_path(name)
+    if not os.path.exists(path):
+        raise NotFound(f"no such network namespace: {name}")
+    _libc.umount2(path.encode(), MNT_DETACH)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------- links
+
+
+@dataclass(frozen=True)
+class LinkSpec(Schema):
+    """A link to create (``ip.link.add``, and each item of ``ip.link.add_many``)."""
+
+    name: v.IFNAME
+    kind: Annotated[Literal["veth", "bridge", "vxlan", "macvlan", "vlan", "bond", "dummy"],
+                    Doc("link kind; kinds this kernel lacks answer 412")]
+    hwaddr: v.MAC | None = None
+    mtu: Annotated[int, Doc("MTU"), Range(68, 65535)] | None = None
+    up: Annotated[bool, Doc("bring the link up after creating it")] = False
+    master: Annotated[str, Doc("enslave to this bridge/bond"), Pattern(v.IFNAME_RE)] | None = None
+    peer: Annotated[str, Doc("veth: the peer's name"), Pattern(v.IFNAME_RE)] | None = None
+    peer_netns: Annotated[str, Doc("veth: create the peer inside this named netns"),
+                          Pattern(v.NETNS_RE)] | None = None
+    parent: Annotated[str, Doc("macvlan/vlan: the lower link (required); vxlan: the underlay "
+                               "device"), Pattern(v.IFNAME_RE)] | None = None
+    id: Annotated[int, Doc("vxlan: VNI (0..16777215); vlan: VLAN id (1..4094)"),
+                  Range(0, 16777215)] | None = None
+    local: Annotated[str, Doc("vxlan: local address"), Pattern(v.ADDR_RE)] | None = None
+    remote: Annotated[str, Doc("vxlan: unicast remote"), Pattern(v.ADDR_RE)] | None = None
+    group: Annotated[str, Doc("vxlan: multicast group"), Pattern(v.ADDR_RE)] | None = None
+    port: Annotated[int, Doc("vxlan: UDP destination port (default 4789)"),
+                    Range(1, 65535)] | None = None
+    mode: Annotated[str, Doc("macvlan: private|vepa|bridge|passthru|source (default bridge); "
+                             "bond: balance-rr|active-backup|balance-xor|broadcast|802.3ad|"
+                             "balance-tlb|balance-alb (default balance-rr)"),
+                    Pattern(r"[a-z0-9.-]{1,16}")] | None = None
+
+    def __post_init__(self) -> None:
+        k = self.kind
+        allowed = {"name", "kind", "hwaddr", "mtu", "up", "master"} | {
+            "veth": {"peer", "peer_netns"},
+            "vxlan": {"parent", "id", "local", "remote", "group", "port"},
+            "macvlan": {"parent", "mode"},
+            "vlan": {"parent", "id"},
+            "bond": {"mode"},
+        }.get(k, set())
+        for f in ("peer", "peer_netns", "parent", "id", "local", "remote", "group", "port",
+                  "mode"):
+            if getattr(self, f) is not None and f not in allowed:
+                raise BadRequest(f"{f}: not an attribute of a {k} link", field=f)
+        if k == "veth" and self.peer is None:
+            raise BadRequest("peer: a veth needs a peer name", field="peer")
+        if k == "veth" and self.peer == self.name and self.peer_netns is None:
+            raise BadRequest("peer: must differ from name", field="peer")
+        if k in ("macvlan", "vlan") and self.parent is None:
+            raise BadRequest(f"parent: a {k} needs a parent link", field="parent")
+        if k in ("vxlan", "vlan") and self.id is None:
+            raise BadRequest(f"id: a {k} needs an id", field="id")
+        if k == "vlan" and self.id is not None and not 1 <= self.id <= 4094:
+            raise BadRequest("id: VLAN id must be 1..4094", field="id")
+        if k == "macvlan" and self.mode is not None and self.mode not in MACVLAN_MODES:
+            raise BadRequest(f"mode: one of {', '.join(MACVLAN_MODES)}", field="mode")
+        if k == "bond" and self.mode is not None and self.mode not in BOND_MODES:
+            raise BadRequest(f"mode: one of {', '.join(BOND_MODES)}", field="mode")
+        if k == "vxlan":
+            if self.remote is not None and self.group is not None:
+                raise BadRequest("remote and group are exclusive", field="group")
+            versions = {v.ip(a, f).version for f, a in
+                        (("local", self.local), ("remote", self.remote), ("group", self.group))
+                        if a is not None}
+            if len(versions) > 1:
+                raise BadRequest("local/remote/group: mixed IPv4 and IPv6", field="local")
+            if self.group is not None and not v.ip(self.group, "group").is_multicast:
+                raise BadRequest("group: not a multicast address", field="group")
+
+
+def index_of(r: IPRoute, name: str) -> int:
+    idx = r.link_lookup(ifname=name)
+    if not idx:
+        raise NotFound(f"no such link: {name}")
+    return int(idx[0])
+
+
+def _kind(link: Any) -> str:
+    info = link.get_attr("IFLA_LINKINFO")
+    kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
+    if kind:
+        return str(kind)
+    return "loopback" if link.get("ifname") == "lo" else "device"
+
+
+def describe_links(r: IPRoute) -> list[dict[str, Any]]:
+    links = list(r.get_links())
+    names = {int(link["index"]): link.get("ifname") for link in links}
+    out = []
+    for link in links:
+        master = link.get("master")
+        out.append(_describe(link, names.get(int(master), "") if master else ""))
+    return sorted(out, key=lambda d: d["index"])
+
+
+def _addr_kw(prefix: str, addr: str) -> tuple[str, str]:
+    a = v.ip(addr, prefix)
+    return (f"vxlan_{prefix}6" if a.version == 6 else f"vxlan_{prefix}", str(a))
+
+
+def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
+    """Create one link; on a later step's failure the link is removed again."""
+    kw: dict[str, Any] = {"ifname": spec.name, "kind": spec.kind}
+    fds: list[int] = []
+    try:
+        if spec.kind == "veth":
+            peer: dict[str, Any] = {"ifname": spec.peer}
+            if spec.peer_netns is not None:
+                fd = open_netns(spec.peer_netns)
+                fds.append(fd)
+                peer["net_ns_fd"] = fd
+            kw["peer"] = peer
+        elif spec.kind == "vxlan":
+            kw["vxlan_id"] = spec.id
+            kw["vxlan_port"] = spec.port or 4789
+            if spec.parent is not None:
+                kw["vxlan_link"] = index_of(r, spec.parent)
+            if spec.local is not None:
+                k, a = _addr_kw("local", spec.local)
+                kw[k] = a
+            for src in (spec.remote, spec.group):
+                if src is not None:
+                    k, a = _addr_kw("group", src)
+                    kw[k] = a
+        elif spec.kind == "macvlan":
+            kw["link"] = index_of(r, spec.parent or "")
+            kw["macvlan_mode"] = spec.mode or "bridge"
+        elif spec.kind == "vlan":
+            kw["link"] = index_of(r, spec.parent or "")
+            kw["vlan_id"] = spec.id
+        elif spec.kind == "bond":
+            kw["bond_mode"] = BOND_MODES[spec.mode or "balance-rr"]
+        if spec.hwaddr is not None:
+            kw["address"] = v.mac(spec.hwaddr)
+        if spec.mtu is not None:
+            kw["mtu"] = spec.mtu
+        master = index_of(r, spec.master) if spec.master is not None else None
+        try:
+            r.link("add", **kw)
+        except Exception as e:
+            err = nl_error(e, f"link {spec.name}")
+            if isinstance(err, PreconditionFailed):
+                err = PreconditionFailed(
+                    f"link {spec.name}: this kernel does not support {spec.kind} links "
+                    f"(no {spec.kind} driver: {err.message.split(': ', 1)[-1]})")
+            raise err from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if master is not None or spec.up:
+        try:
+            idx = index_of(r, spec.name)
+            if master is not None:
+                r.link("set", index=idx, master=master)
+            if spec.up:
+                r.link("set", index=idx, state="up")
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                r.link("del", ifname=spec.name)
+            raise e if isinstance(e, CommandError) else nl_error(e, f"link {spec.name}") from None
+    return {"name": spec.name, "kind": spec.kind}
+
+
+def link_del(r: IPRoute, name: str) -> None:
+    try:
+        r.link("del", ifname=name)
+    except Exception as e:
+        err = nl_error(e, f"link {name}")
+        raise (NotFound(f"no such link: {name}") if err.code == 404 else err) from None
+
+
+def link_set(r: IPRoute, name: str, **attrs: Any) -> None:
+    """``ip link set``: state ("up"/"down"), mtu, address, ifname, master (a name, or "" for
+    none), netns (move into a named netns)."""
+    idx = index_of(r, name)
+    kw: dict[str, Any] = {}
+    fd = None
+    try:
+        for k, val in attrs.items():
+            if val is None:
+                continue
+            if k == "master":
+                kw["master"] = index_of(r, val) if val else 0
+            elif k == "netns":
+                fd = open_netns(val)
+                kw["net_ns_fd"] = fd
+            else:
+                kw[k] = val
+        if kw:
+            r.link("set", index=idx, **kw)
+    except CommandError:
+        raise
+    except Exception as e:
+        raise nl_error(e, f"link {name}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _describe(link: Any, master: str) -> dict[str, Any]:
+    return {
+        "name": link.get("ifname"),
+        "index": int(link["index"]),
+        "type": _kind(link),
+        "hwaddr": link.get("address") or "",
+        "master": master,
+        "up": bool(link["flags"] & IFF_UP),
+        "mtu": link.get("mtu"),
+        "operstate": link.get("operstate") or "",
+    }
+
+
+def link_get(r: IPRoute, name: str) -> dict[str, Any]:
+    try:
+        link = list(r.link("get", ifname=name))[0]
+    except Exception as e:
+        err = nl_error(e, f"link {name}")
+        raise (NotFound(f"no such link: {name}") if err.code == 404 else err) from None
+    master, midx = "", link.get("master")
+    if midx:
+        m = list(r.link("get", index=int(midx)))
+        master = str(m[0].get("ifname")) if m else ""
+    return _describe(link, master)
+
+
+def slaves(r: IPRoute, master: str) -> list[str]:
+    idx = index_of(r, master)
+    return sorted(str(link.get("ifname")) for link in r.get_links()
+                  if link.get("master") == idx)
+
+
+# ---------------------------------------------------------------- addresses
+
+
+def addr_change(r: IPRoute, op: str, name: str, cidr: str) -> None:
+    iface = v.interface(cidr, "ip")
+    idx = index_of(r, name)
+    try:
+        r.addr(op, index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+    except Exception as e:
+        raise nl_error(e, f"address {iface} on {name}") from None
+
+
+def addr_list(r: IPRoute, name: str | None = None) -> list[dict[str, Any]]:
+    names = {int(link["index"]): str(link.get("ifname")) for link in r.get_links()}
+    idx = index_of(r, name) if name is not None else None
+    out = []
+    for a in r.get_addr(index=idx) if idx is not None else r.get_addr():
+        out.append({
+            "name": names.get(int(a["index"]), ""),
+            "addr": f"{a.get('address')}/{a['prefixlen']}",
+            "family": "inet6" if a["family"] == socket.AF_INET6 else "inet",
+        })
+    return out
+
+
+def all_networks(r: IPRoute) -> list[tuple[str, ipaddress.IPv4Interface | ipaddress.IPv6Interface]]:
+    return [(a["name"], ipaddress.ip_interface(a["addr"])) for a in addr_list(r)]
+
+
+# ---------------------------------------------------------------- routes
+
+_PROTOS = {0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 16: "dhcp"}
+_SCOPES = {0: "universe", 200: "site", 253: "link", 254: "host", 255: "nowhere"}
+
+
+def route_kw(r: IPRoute, dst: str, gw: str | None, dev: str | None, metric: int | None,
+             table: int | None, src: str | None = None, need_via: bool = True
+             ) -> dict[str, Any]:
+    family = None
+    kw: dict[str, Any] = {}
+    if gw is not None:
+        g = v.ip(gw, "gw")
+        family = g.version
+        kw["gateway"] = str(g)
+    if dst == "default":
+        ver = family or 4
+        kw["dst"] = "0.0.0.0/0" if ver == 4 else "::/0"
+    else:
+        n = v.network(dst, "dst")
+        if family is not None and n.version != family:
+            raise BadRequest("dst and gw: mixed IPv4 and IPv6", field="dst")
+        kw["dst"] = str(n)
+        family = n.version
+    if src is not None:
+        s = v.ip(src, "src", version=family)
+        kw["prefsrc"] = str(s)
+    if dev is not None:
+        kw["oif"] = index_of(r, dev)
+    if metric is not None:
+        kw["priority"] = metric
+    if table is not None:
+        kw["table"] = table
+    if need_via and gw is None and dev is None:
+        raise BadRequest("a route needs gw or dev", field="gw")
+    return kw
+
+
+def route_change(r: IPRoute, op: str, **kw: Any) -> None:
+    try:
+        r.route(op, **route_kw(r, **kw, need_via=op == "add"))
+    except CommandError:
+        raise
+    except Exception as e:
+        raise nl_error(e, f"route {kw.get('dst')}") from None
+
+
+def route_list(r: IPRoute, dev: str | None = None, table: int = 254) -> list[dict[str, Any]]:
+    names = {int(link["index"]): str(link.get("ifname")) for link in r.get_links()}
+    oif = index_of(r, dev) if dev is not None else None
+    out = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for rt in r.get_routes(family=fam, table=table):
+            if rt["type"] != 1:  # unicast only (no local/broadcast/multicast)
+                continue
+            o = rt.get("oif")
+            if oif is not None and o != oif:
+                continue
+            dst = rt.get("dst")
+            out.append({
+                "dst": f"{dst}/{rt['dst_len']}" if dst else "default",
+                "gw": rt.get("gateway") or "",
+                "dev": names.get(int(o), "") if o else "",
+                "metric": rt.get("priority") or 0,
+                "table": rt.get("table") or table,
+                "proto": _PROTOS.get(rt["proto"], str(rt["proto"])),
+                "scope": _SCOPES.get(rt["scope"], str(rt["scope"])),
+                "src": rt.get("prefsrc") or "",
+                "family": "inet6" if fam == socket.AF_INET6 else "inet",
+            })
+    return out
+
+
+# ---------------------------------------------------------------- sysctl
+
+
+def enable_ip_forward() -> bool:
+    """Set net.ipv4.ip_forward=1 in the calling thread's netns; True when it changed."""
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as f:
+        if f.read().strip() == "1":
+            return False
+    with open(path, "w") as f:
+        f.write("1\n")
+    return True
