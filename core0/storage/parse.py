@@ -204,6 +204,8 @@ class Mount:
 
 
 def _unoctal(s: str) -> str:
+    if "\\" not in s:
+        return s
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
 
 

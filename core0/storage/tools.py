@@ -30,7 +30,7 @@ Rule = tuple[str, type[CommandError]]
 
 RULES: list[Rule] = [
     (r"Function not implemented|not supported|Operation not supported|"
-     r"modules are not loaded|unsupported", PreconditionFailed),
+     r"modules are not loaded|unsupported|unknown filesystem type", PreconditionFailed),
     (r"already exists|exists already|is part of (active|exported) pool|"
      r"already mounted|is mounted|mountpoint is busy|"
      r"busy|in use|has children|dependent clones|snapshot is cloned|more recent snapshots|"
@@ -42,7 +42,7 @@ RULES: list[Rule] = [
      r"[Nn]ot a (valid )?(btrfs )?subvolume|no pools available", NotFound),
     (r"invalid|[Bb]ad property|must be one of|not a valid|Invalid argument|usage:|"
      r"unrecognized|unknown|too small|too large|[Ee]xpecting|can't have|"
-     r"must be|cannot be|out of range|is not a block device", BadRequest),
+     r"must be|cannot be|out of range|is not a block device|is reserved", BadRequest),
 ]
 
 
@@ -82,20 +82,26 @@ async def retry_busy(
     ctx: Context,
     argv: Sequence[str],
     *,
-    attempts: int = 8,
+    budget: float = 30.0,
     delay: float = 0.05,
     busy: str = r"busy",
     rules: Sequence[Rule] = RULES,
 ) -> RunResult:
-    """Run ``argv``; while it fails with a "busy" stderr, wait (doubling) and retry.
+    """Run ``argv``; while it fails with a "busy" stderr, wait (doubling, at most 1 s) and
+    retry, for at most ``budget`` seconds. A target still busy then gives 409.
 
-    zfs-fuse answers "dataset is busy" to the first destroy/rename of a freshly mounted
-    dataset; a second try succeeds. A target that stays busy gives 409.
+    zfs-fuse answers "dataset is busy" to a destroy/rename of a dataset that was mounted a
+    moment ago, or whose snapshot's clone was, for up to tens of seconds after the unmount,
+    while no process uses it (callers check that first); it then succeeds.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget
     res = await ctx.run(argv, check=False)
-    for _ in range(attempts - 1):
-        if res.status == 0 or not re.search(busy, res.stderr):
-            break
+    told = False
+    while res.status != 0 and re.search(busy, res.stderr) and loop.time() < deadline:
+        if not told and delay >= 0.4:
+            ctx.emit(4, f"{os.path.basename(argv[0])} reports busy; retrying")
+            told = True
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
         res = await ctx.run(argv, check=False)

@@ -1,0 +1,245 @@
+"""btrfs.*: 0-core's btrfs commands (filesystems, devices, subvolumes, snapshots, quotas).
+
+Paths are absolute and resolved inside the filesystem root without following symlinks out of
+it; they must be on a mounted btrfs (400 otherwise). Devices are kernel names or /dev paths.
+The machinery is in ``core0.storage.btrfs``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from core0.context import Context
+from core0.errors import BadRequest, Conflict, NotFound
+from core0.registry import Role, command
+from core0.schema import Doc, Len, NoArgs, Pattern, Schema
+from core0.storage import blockdev, parse, paths, tools
+from core0.storage import btrfs as bt
+from core0.storage.names import SIZE_RE, AbsPath, Device
+
+Profile = Literal["raid0", "raid1", "raid1c3", "raid1c4", "raid5", "raid6", "raid10", "dup",
+                  "single"]
+Devices = Annotated[list[Device], Doc("block devices"), Len(1, 64)]
+
+
+async def _check_devices(ctx: Context, devices: list[str], overwrite: bool) -> list[str]:
+    """Device paths, after refusing (409) any in use, or carrying data without ``overwrite``."""
+    out = []
+    for d in devices:
+        name, path = blockdev.device(d)
+        reasons = await blockdev.in_use(ctx, name)
+        if reasons:
+            raise Conflict(f"{name} is in use: {'; '.join(reasons)}")
+        out.append(path)
+    if len(set(out)) != len(out):
+        raise BadRequest("a device is listed twice")
+    if not overwrite:
+        found = await blockdev.probe(ctx, out)
+        for p in out:
+            kind = found.get(p, {}).get("TYPE") or found.get(p, {}).get("PTTYPE")
+            if kind:
+                raise Conflict(f"{p} already carries {kind} (use overwrite)")
+    return out
+
+
+@dataclass(frozen=True)
+class CreateArgs(Schema):
+    devices: Devices
+    label: Annotated[str, Doc("filesystem label"),
+                     Pattern(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,254})?")] = ""
+    metadata: Annotated[Profile | None, Doc("metadata profile (default: mkfs's)")] = None
+    data: Annotated[Profile | None, Doc("data profile (default: mkfs's)")] = None
+    overwrite: Annotated[bool, Doc("overwrite devices that carry a filesystem")] = False
+
+
+@command("btrfs.create", CreateArgs, role=Role.OPERATOR)
+async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
+    """Make a btrfs filesystem over ``devices`` with the ``data`` and ``metadata`` profiles
+    (raid0/1/1c3/1c4/5/6/10, dup, single). 409 if a device is in use (mounted, member of a
+    mounted filesystem...), or carries a filesystem and ``overwrite`` is false. Returns
+    ``label``, ``uuid`` and ``devices``."""
+    devs = await _check_devices(ctx, args.devices, args.overwrite)
+    argv = ["mkfs.btrfs", "-q", "-f" if args.overwrite else None,
+            *(["-L", args.label] if args.label else []),
+            *(["-d", args.data] if args.data else []),
+            *(["-m", args.metadata] if args.metadata else []), "--", *devs]
+    await tools.run(ctx, [a for a in argv if a is not None], rules=bt.RULES)
+    info = (await blockdev.probe(ctx, devs[:1])).get(devs[0], {})
+    return {"label": info.get("LABEL", args.label or None), "uuid": info.get("UUID"),
+            "devices": devs}
+
+
+@command("btrfs.list", NoArgs, role=Role.READ_ONLY)
+async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    """Every btrfs filesystem the node sees: ``label``, ``uuid``, ``total_devices``, ``used``
+    (bytes), ``devices`` [{devid, size, used, path}] and ``mountpoints``."""
+    out = await bt.show(ctx)
+    mounts = blockdev.mounts()
+    for fs in out:
+        devpaths = {d["path"] for d in fs["devices"]}
+        fs["mountpoints"] = [m.mountpoint for m in mounts
+                             if m.fstype == "btrfs" and m.source in devpaths]
+    return out
+
+
+@dataclass(frozen=True)
+class MountpointArgs(Schema):
+    mountpoint: Annotated[AbsPath, Doc("where the filesystem is mounted")]
+
+
+@command("btrfs.info", MountpointArgs, role=Role.READ_ONLY)
+async def info(ctx: Context, args: MountpointArgs) -> dict[str, Any]:
+    """One mounted filesystem: its ``btrfs.list`` entry plus the space breakdown ``data``,
+    ``metadata``, ``system``, ``globalreserve`` ({profile, total, used} in bytes)."""
+    mnt = paths.resolve(ctx, args.mountpoint, kind="dir")
+    bt.on_btrfs(mnt)
+    shown = await bt.show(ctx, mnt)
+    if not shown:
+        raise NotFound(f"no btrfs filesystem at {mnt}")
+    return {**shown[0], **await bt.df(ctx, mnt), "mountpoint": mnt}
+
+
+@dataclass(frozen=True)
+class DevicesArgs(Schema):
+    mountpoint: Annotated[AbsPath, Doc("where the filesystem is mounted")]
+    devices: Devices
+    overwrite: Annotated[bool, Doc("device_add: overwrite devices carrying a filesystem")] = False
+
+
+@command("btrfs.device_add", DevicesArgs, role=Role.OPERATOR)
+async def device_add(ctx: Context, args: DevicesArgs) -> dict[str, Any]:
+    """Add devices to a mounted filesystem (409 if one is in use, or carries a filesystem
+    and ``overwrite`` is false). Returns the filesystem's devices."""
+    mnt = paths.resolve(ctx, args.mountpoint, kind="dir")
+    bt.on_btrfs(mnt)
+    devs = await _check_devices(ctx, args.devices, args.overwrite)
+    argv = ["btrfs", "device", "add", *(["-f"] if args.overwrite else []), "--", *devs, mnt]
+    await tools.run(ctx, argv, rules=bt.RULES)
+    shown = await bt.show(ctx, mnt)
+    return {"mountpoint": mnt, "devices": shown[0]["devices"] if shown else []}
+
+
+@command("btrfs.device_remove", DevicesArgs, role=Role.OPERATOR)
+async def device_remove(ctx: Context, args: DevicesArgs) -> dict[str, Any]:
+    """Remove devices from a mounted filesystem (their data moves to the others first). 409
+    when the profile cannot lose them (e.g. below two devices on raid1)."""
+    mnt = paths.resolve(ctx, args.mountpoint, kind="dir")
+    bt.on_btrfs(mnt)
+    devs = [blockdev.device(d)[1] for d in args.devices]
+    await tools.run(ctx, ["btrfs", "device", "remove", "--", *devs, mnt], rules=bt.RULES)
+    shown = await bt.show(ctx, mnt)
+    return {"mountpoint": mnt, "devices": shown[0]["devices"] if shown else []}
+
+
+@dataclass(frozen=True)
+class PathArgs(Schema):
+    path: Annotated[AbsPath, Doc("subvolume path")]
+
+
+@command("btrfs.subvol_create", PathArgs, role=Role.OPERATOR)
+async def subvol_create(ctx: Context, args: PathArgs) -> dict[str, Any]:
+    """Create a subvolume at ``path`` (its parent must exist on a mounted btrfs; 409 if the
+    path exists)."""
+    path = paths.resolve_new(ctx, args.path)
+    bt.on_btrfs(path.rpartition("/")[0] or "/")
+    await tools.run(ctx, ["btrfs", "subvolume", "create", "--", path], rules=bt.RULES)
+    return {"path": path}
+
+
+@dataclass(frozen=True)
+class DeleteArgs(Schema):
+    path: Annotated[AbsPath, Doc("subvolume path")]
+    force: Annotated[bool, Doc("unmount what is mounted on, under or from it first")] = False
+
+
+@command("btrfs.subvol_delete", DeleteArgs, role=Role.OPERATOR)
+async def subvol_delete(ctx: Context, args: DeleteArgs) -> dict[str, Any]:
+    """Delete a subvolume. 409 if it is mounted (here or elsewhere with ``subvol=``) or has
+    mounts under it, unless ``force`` (they are lazily unmounted first); 409 as well if it
+    holds nested subvolumes."""
+    path = paths.resolve(ctx, args.path, kind="dir")
+    w = bt.require_subvolume(path)
+    if w.mount.mountpoint == path and w.mount.root.rstrip("/") in ("", "/"):
+        raise BadRequest(f"{path} is the top level of the filesystem")
+    busy = bt.mounts_using(w)
+    if busy and not args.force:
+        raise Conflict(f"{path} is in use: mounted on {', '.join(busy)} (use force)")
+    for mp in sorted(busy, key=len, reverse=True):
+        await tools.run(ctx, ["umount", "-l", "--", mp])
+    await tools.run(ctx, ["btrfs", "subvolume", "delete", "--", path], rules=bt.RULES)
+    return {"path": path}
+
+
+@dataclass(frozen=True)
+class ListArgs(Schema):
+    path: Annotated[AbsPath, Doc("a path on the filesystem (its mount point)")]
+
+
+@command("btrfs.subvol_list", ListArgs, role=Role.READ_ONLY)
+async def subvol_list(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
+    """Subvolumes of the filesystem ``path`` is on: ``id``, ``gen``, ``parent``,
+    ``top_level``, ``uuid``, ``parent_uuid`` (set for snapshots), ``path`` (from the top
+    level) and ``read_only``."""
+    path = paths.resolve(ctx, args.path, kind="dir")
+    bt.on_btrfs(path)
+    res = await tools.run(ctx, ["btrfs", "subvolume", "list", "-p", "-u", "-q", "--", path],
+                          rules=bt.RULES)
+    ro = await tools.run(ctx, ["btrfs", "subvolume", "list", "-r", "--", path], rules=bt.RULES)
+    ro_ids = {s["id"] for s in parse.parse_subvol_list(ro.stdout)}
+    out = parse.parse_subvol_list(res.stdout)
+    for s in out:
+        s["read_only"] = s["id"] in ro_ids
+    return out
+
+
+@dataclass(frozen=True)
+class SnapshotArgs(Schema):
+    source: Annotated[AbsPath, Doc("subvolume to snapshot")]
+    destination: Annotated[AbsPath, Doc("new snapshot path (must not exist)")]
+    read_only: Annotated[bool, Doc("make a read-only snapshot")] = False
+
+
+@command("btrfs.subvol_snapshot", SnapshotArgs, role=Role.OPERATOR)
+async def subvol_snapshot(ctx: Context, args: SnapshotArgs) -> dict[str, Any]:
+    """Snapshot subvolume ``source`` at ``destination`` (copy-on-write, constant time: a
+    container root in milliseconds). Done with the kernel's snapshot ioctl on file descriptors
+    resolved inside the filesystem root (no tool spawned, no path race). 409 if
+    ``destination`` exists, 400 if ``source`` is not a subvolume or the two are on different
+    filesystems."""
+    src, dst = await bt.snapshot(ctx, args.source, args.destination, args.read_only)
+    return {"source": src, "destination": dst, "read_only": args.read_only}
+
+
+@dataclass(frozen=True)
+class QuotaArgs(Schema):
+    path: Annotated[AbsPath, Doc("subvolume path")]
+    limit: Annotated[int | str, Doc("referenced-space limit: bytes, a size (50M, 1G) or "
+                                    "\"none\" to lift it")]
+
+
+@command("btrfs.subvol_quota", QuotaArgs, role=Role.OPERATOR)
+async def subvol_quota(ctx: Context, args: QuotaArgs) -> dict[str, Any]:
+    """Limit the space a subvolume may reference (its qgroup limit; quotas are enabled on
+    the filesystem first). Writes beyond it fail with EDQUOT. Returns the subvolume's qgroup
+    row: ``qgroupid``, ``referenced``, ``exclusive``, ``max_referenced``..."""
+    if isinstance(args.limit, int):
+        if args.limit < 1:
+            raise BadRequest("arguments.limit: must be >= 1", field="arguments.limit")
+        limit = str(args.limit)
+    elif args.limit == "none" or re.fullmatch(SIZE_RE, args.limit) and "%" not in args.limit \
+            and not args.limit.endswith("s"):
+        limit = args.limit
+    else:
+        raise BadRequest("arguments.limit: a size like 50M, or none", field="arguments.limit")
+    path = paths.resolve(ctx, args.path, kind="dir")
+    bt.require_subvolume(path)
+    # "quota enable" takes no options and no "--"; path is canonical and starts with "/"
+    await tools.run(ctx, ["btrfs", "quota", "enable", path], rules=bt.RULES)
+    await tools.run(ctx, ["btrfs", "qgroup", "limit", "--", limit, path], rules=bt.RULES)
+    res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-reF", "--raw", "--", path],
+                          rules=bt.RULES)
+    rows = parse.parse_qgroup_show(res.stdout)
+    row = rows[0] if rows else {"max_referenced": None}
+    return {**row, "subvolume": row.get("path"), "path": path}

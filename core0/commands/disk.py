@@ -1,0 +1,371 @@
+"""disk.*: block devices, partition tables, filesystems, mounts (0-core's disk commands).
+
+Devices are named by kernel name (``sda``, ``loop0p1``) or ``/dev/<name>``; anything else is
+refused (400) before a tool runs. Destructive commands (mktable, rmpart, mkfs) refuse a device
+that is mounted, held (dm/md), an active swap, claimed by the kernel or a vdev of an imported
+pool (409) unless ``force``. The machinery is in ``core0.storage.blockdev``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+from core0.context import Context
+from core0.errors import BadRequest, Conflict, NotFound
+from core0.registry import Role, command
+from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
+from core0.storage import blockdev, btrfs, parse, paths, tools
+from core0.storage.names import ABS_PATH_RE, DEVICE_RE, AbsPath, Device, Label, Size
+
+_PARTED_RULES: list[tools.Rule] = [
+    (r"closest location we can manage|overlap", Conflict),
+    (r"[Pp]artition\(s\) .* (are|is) being used|in use", Conflict),
+    *tools.RULES,
+]
+
+
+async def _refuse_in_use(ctx: Context, name: str, force: bool) -> None:
+    reasons = await blockdev.in_use(ctx, name)
+    if reasons and not force:
+        raise Conflict(f"{name} is in use: {'; '.join(reasons)} (use force to override)")
+
+
+@command("disk.list", NoArgs, role=Role.READ_ONLY)
+async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    """The block-device tree: for each disk ``name``, ``kname``, ``path``, ``type``, ``size``
+    (bytes), ``model``, ``serial``, ``rotational``, ``read_only``, ``removable``, ``fstype``,
+    ``label``, ``uuid``, ``partuuid``, ``partlabel``, ``pttype``, ``mountpoints`` and
+    ``partitions`` (the same fields, recursively). Filesystem fields are probed with blkid
+    (a core0 node has no udev database). Unattached loop devices are left out."""
+    return await blockdev.tree(ctx)
+
+
+@dataclass(frozen=True)
+class GetInfoArgs(Schema):
+    disk: Device
+    part: Annotated[str | None, Doc("a partition of the disk (e.g. sda1)"),
+                    Pattern(DEVICE_RE)] = None
+
+
+@command("disk.getinfo", GetInfoArgs, role=Role.READ_ONLY)
+async def getinfo(ctx: Context, args: GetInfoArgs) -> dict[str, Any]:
+    """One disk (or one of its partitions): its ``disk.list`` row plus ``start``, ``end``,
+    ``size`` (bytes), ``blocksize`` (logical sector), ``table`` (gpt, msdos or null) and, for a
+    disk, ``free`` ranges and ``partition_table``: [{number, kname, start, end, size, fstype,
+    name, flags}] (from parted). For a partition: ``number``, ``start``, ``end``, ``flags``."""
+    disk, path = blockdev.device(args.disk)
+    if blockdev.is_partition(disk):
+        raise BadRequest(f"{disk} is a partition; give its disk and part={disk}")
+    info = await blockdev.parted(ctx, path)
+    (row,) = await blockdev.tree(ctx, [disk])
+    numbered = {p["number"]: p for p in info["partitions"]}
+    if args.part is not None:
+        part, _ = blockdev.device(args.part)
+        if blockdev.parent_disk(part) != disk:
+            raise NotFound(f"{part} is not a partition of {disk}")
+        num = blockdev.partition_number(part)
+        p = numbered.get(num or -1, {})
+        prow = next((c for c in row["partitions"] if c["kname"] == part), {"kname": part})
+        return {**prow, "number": num, "start": p.get("start"), "end": p.get("end"),
+                "size": p.get("size", prow.get("size")), "blocksize": info.get("logical_sector"),
+                "table": info.get("table"), "flags": p.get("flags", [])}
+    by_num = {blockdev.partition_number(k): k for k in blockdev.partitions(disk)}
+    for p in info["partitions"]:
+        p["kname"] = by_num.get(p["number"])
+    size = info.get("size") or row.get("size")
+    return {**row, "start": 0, "end": (size - 1) if size else None, "size": size,
+            "blocksize": info.get("logical_sector"), "table": info.get("table"),
+            "free": info["free"], "partition_table": info["partitions"]}
+
+
+@dataclass(frozen=True)
+class MktableArgs(Schema):
+    disk: Device
+    table_type: Annotated[Literal["gpt", "msdos"], Doc("partition table type")] = "gpt"
+    force: Annotated[bool, Doc("even if the disk or a partition is in use")] = False
+
+
+@command("disk.mktable", MktableArgs, role=Role.OPERATOR)
+async def mktable(ctx: Context, args: MktableArgs) -> dict[str, Any]:
+    """Write a new, empty partition table (``parted mktable``): every partition is lost.
+    409 if the disk or one of its partitions is in use, unless ``force``."""
+    disk, path = blockdev.device(args.disk)
+    if blockdev.is_partition(disk):
+        raise BadRequest(f"{disk} is a partition, not a disk")
+    await _refuse_in_use(ctx, disk, args.force)
+    old = blockdev.partitions(disk)
+    await tools.run(ctx, ["parted", "-s", "--", path, "mktable", args.table_type],
+                    rules=_PARTED_RULES)
+    for p in old:
+        await blockdev.wait_gone(p, 2.0)
+    return {"disk": disk, "table": args.table_type}
+
+
+@dataclass(frozen=True)
+class MkpartArgs(Schema):
+    disk: Device
+    start: Annotated[Size, Doc("start: bytes, or with a unit (1MiB, 10%, 2048s)")]
+    end: Annotated[Size, Doc("end: bytes, or with a unit (512MiB, 100%)")]
+    part_type: Annotated[Literal["primary", "logical", "extended"],
+                         Doc("msdos partition type (the partition name on gpt)")] = "primary"
+
+
+async def _new_partition(ctx: Context, disk: str, path: str, number: int) -> str | None:
+    """The kernel name of partition ``number`` once its node exists (parted registers new
+    partitions with the kernel; if that did not happen, partprobe is asked once)."""
+    loop = asyncio.get_running_loop()
+    for attempt in range(2):
+        deadline = loop.time() + (1.0 if attempt == 0 else 3.0)
+        while loop.time() < deadline:
+            for k in blockdev.partitions(disk):
+                if blockdev.partition_number(k) == number:
+                    return k if await blockdev.wait_node(k, 2.0) else None
+            await asyncio.sleep(0.02)
+        if attempt == 0:
+            await tools.run(ctx, ["partprobe", "--", path], check=False)
+    return None
+
+
+@command("disk.mkpart", MkpartArgs, role=Role.OPERATOR)
+async def mkpart(ctx: Context, args: MkpartArgs) -> dict[str, Any]:
+    """Add a partition (``parted -a optimal mkpart``) and wait for its device node. Returns
+    the new partition: ``name`` (kernel name), ``number``, ``start``, ``end``, ``size``.
+    409 if the range overlaps a partition."""
+    disk, path = blockdev.device(args.disk)
+    if blockdev.is_partition(disk):
+        raise BadRequest(f"{disk} is a partition, not a disk")
+    before = {p["number"] for p in (await blockdev.parted(ctx, path))["partitions"]}
+    await tools.run(ctx, ["parted", "-s", "-a", "optimal", "--", path, "mkpart",
+                          args.part_type, args.start, args.end], rules=_PARTED_RULES)
+    after = (await blockdev.parted(ctx, path))["partitions"]
+    new = [p for p in after if p["number"] not in before]
+    if not new:
+        raise Conflict(f"parted made no new partition on {disk}")
+    p = new[0]
+    name = await _new_partition(ctx, disk, path, p["number"])
+    return {"disk": disk, "name": name, "number": p["number"], "start": p["start"],
+            "end": p["end"], "size": p["size"]}
+
+
+@dataclass(frozen=True)
+class RmpartArgs(Schema):
+    disk: Device
+    number: Annotated[int, Doc("partition number"), Range(1, 256)]
+    force: Annotated[bool, Doc("even if the partition is in use")] = False
+
+
+@command("disk.rmpart", RmpartArgs, role=Role.OPERATOR)
+async def rmpart(ctx: Context, args: RmpartArgs) -> dict[str, Any]:
+    """Remove partition ``number`` (``parted rm``). 404 if there is no such partition, 409 if
+    it is in use (mounted, held, swap...) unless ``force``."""
+    disk, path = blockdev.device(args.disk)
+    info = await blockdev.parted(ctx, path)
+    if args.number not in {p["number"] for p in info["partitions"]}:
+        raise NotFound(f"{disk} has no partition {args.number}")
+    part = next((k for k in blockdev.partitions(disk)
+                 if blockdev.partition_number(k) == args.number), None)
+    if part is not None:
+        await _refuse_in_use(ctx, part, args.force)
+    await tools.run(ctx, ["parted", "-s", "--", path, "rm", str(args.number)],
+                    rules=_PARTED_RULES)
+    if part is not None:
+        await blockdev.wait_gone(part, 2.0)
+    return {"disk": disk, "number": args.number, "name": part}
+
+
+_LABEL_MAX = {"ext4": 16, "xfs": 12, "vfat": 11, "btrfs": 255}
+
+
+@dataclass(frozen=True)
+class MkfsArgs(Schema):
+    device: Device
+    fstype: Annotated[Literal["ext4", "xfs", "btrfs", "vfat"], Doc("filesystem type")] = "ext4"
+    label: Annotated[Label | None, Doc("filesystem label")] = None
+    force: Annotated[bool, Doc("overwrite an existing filesystem or partition table, even on "
+                               "a device in use")] = False
+
+
+def _mkfs_argv(fstype: str, path: str, label: str | None, whole_disk: bool) -> list[str]:
+    if fstype == "ext4":
+        argv = ["mkfs.ext4", "-q", "-F"] + (["-L", label] if label else [])
+    elif fstype == "xfs":
+        argv = ["mkfs.xfs", "-q", "-f"] + (["-L", label] if label else [])
+    elif fstype == "btrfs":
+        argv = ["mkfs.btrfs", "-q", "-f"] + (["-L", label] if label else [])
+    else:
+        argv = ["mkfs.vfat"] + (["-I"] if whole_disk else []) + (
+            ["-n", label.upper()] if label else [])
+    return [*argv, "--", path]
+
+
+@command("disk.mkfs", MkfsArgs, role=Role.OPERATOR)
+async def mkfs(ctx: Context, args: MkfsArgs) -> dict[str, Any]:
+    """Make a filesystem (ext4, xfs, btrfs or vfat) on a disk or partition. Returns
+    ``device``, ``fstype``, ``label``, ``uuid``. Without ``force`` it refuses (409) a device in
+    use, one that already carries a filesystem, and a disk that has partitions. xfs needs at
+    least 300 MB and btrfs about 115 MB (400 from the tool otherwise)."""
+    name, path = blockdev.device(args.device)
+    if args.label and len(args.label) > _LABEL_MAX[args.fstype]:
+        raise BadRequest(f"arguments.label: at most {_LABEL_MAX[args.fstype]} characters for "
+                         f"{args.fstype}", field="arguments.label")
+    await _refuse_in_use(ctx, name, args.force)
+    if not args.force:
+        if blockdev.partitions(name):
+            raise Conflict(f"{name} has partitions (use force to overwrite the table)")
+        found = (await blockdev.probe(ctx, [path])).get(path, {})
+        kind = found.get("TYPE") or found.get("PTTYPE")
+        if kind:
+            raise Conflict(f"{name} already carries {kind}"
+                           f"{' (' + found['LABEL'] + ')' if found.get('LABEL') else ''}"
+                           " (use force to overwrite)")
+    whole = not blockdev.is_partition(name)
+    await tools.run(ctx, _mkfs_argv(args.fstype, path, args.label, whole))
+    info = (await blockdev.probe(ctx, [path])).get(path, {})
+    return {"device": name, "fstype": info.get("TYPE", args.fstype),
+            "label": info.get("LABEL"), "uuid": info.get("UUID")}
+
+
+_OPTION = r"[a-z0-9_]{1,64}(=[A-Za-z0-9_.:/@+=-]{0,255})?"
+_FORBIDDEN_OPTIONS = {"helper"}
+
+
+@dataclass(frozen=True)
+class MountArgs(Schema):
+    source: Device
+    target: Annotated[AbsPath, Doc("mount point (created if missing)")]
+    fstype: Annotated[Literal["auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat",
+                              "iso9660", "squashfs"], Doc("filesystem type")] = "auto"
+    options: Annotated[list[Annotated[str, Pattern(_OPTION)]],
+                       Doc("mount options, one per item (ro, noatime, subvol=/x...)"),
+                       Len(0, 32)] = field(default_factory=list)
+
+
+def _mounts_of(path: str) -> list[parse.Mount]:
+    return [m for m in blockdev.mounts() if m.mountpoint == path]
+
+
+@command("disk.mount", MountArgs, role=Role.OPERATOR)
+async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
+    """Mount a block device on ``target`` (created if missing; symlinks are resolved inside the
+    filesystem root). 409 if that device is already mounted there. Returns ``source``,
+    ``target`` (canonical) and ``fstype``."""
+    name, path = blockdev.device(args.source)
+    opts = [o for o in args.options if o.partition("=")[0] not in _FORBIDDEN_OPTIONS]
+    if len(opts) != len(args.options):
+        raise BadRequest("arguments.options: option not allowed", field="arguments.options")
+    target = paths.resolve(ctx, args.target, kind="dir", create_dir=True)
+    mm = blockdev.majmin(name)
+    if any(m.majmin == mm or m.source == path for m in _mounts_of(target)):
+        raise Conflict(f"{name} is already mounted on {target}")
+    if args.fstype in ("btrfs", "auto") and shutil.which("btrfs"):
+        kind: str = args.fstype
+        if kind == "auto":
+            kind = (await blockdev.probe(ctx, [path])).get(path, {}).get("TYPE", "")
+        if kind == "btrfs":  # register every member of a multi-device btrfs (no udev here)
+            await btrfs.scan(ctx)
+    argv = ["mount"]
+    if args.fstype != "auto":
+        argv += ["-t", args.fstype]
+    if opts:
+        argv += ["-o", ",".join(opts)]
+    await tools.run(ctx, [*argv, "--", path, target])
+    here = _mounts_of(target)
+    return {"source": path, "target": target, "fstype": here[-1].fstype if here else None}
+
+
+_SYSTEM_MOUNTS = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp",
+                  "/sys/fs/cgroup"}
+
+
+@dataclass(frozen=True)
+class UmountArgs(Schema):
+    target: Annotated[str, Doc("mount point, or a device (all its mounts)"),
+                      Pattern(f"{ABS_PATH_RE}|{DEVICE_RE}")]
+    force: Annotated[bool, Doc("detach even if busy (lazy unmount)")] = False
+
+
+@command("disk.umount", UmountArgs, role=Role.OPERATOR)
+async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
+    """Unmount a mount point, or every mount of a device. 404 if nothing is mounted there,
+    409 if busy unless ``force`` (then a lazy unmount detaches it). System mounts (/, /proc,
+    /sys, /dev, /run...) are refused (400). Returns ``unmounted``: the mount points."""
+    all_mounts = blockdev.mounts()
+    if args.target.startswith("/") and not args.target.startswith("/dev/"):
+        target = paths.resolve(ctx, args.target, kind="dir")
+        if not any(m.mountpoint == target for m in all_mounts):
+            raise NotFound(f"nothing is mounted on {target}")
+        points = [target]
+    else:
+        name, dev = blockdev.device(args.target)
+        mm = blockdev.majmin(name)
+        # btrfs mounts carry an anonymous device number: match the source path too
+        points = [m.mountpoint for m in all_mounts if m.majmin == mm or m.source == dev]
+        if not points:
+            raise NotFound(f"{name} is not mounted")
+        points.reverse()
+    for p in points:
+        if p in _SYSTEM_MOUNTS:
+            raise BadRequest(f"refusing to unmount the system mount {p}")
+    done = []
+    for p in points:
+        res = await tools.run(ctx, ["umount", "--", p], check=False)
+        if res.status != 0 and "busy" in res.stderr and args.force:
+            res = await tools.run(ctx, ["umount", "-l", "--", p], check=False)
+        if res.status != 0:
+            if "busy" in res.stderr:
+                raise Conflict(f"{p} is busy (use force for a lazy unmount)")
+            raise tools.tool_error(res)
+        done.append(p)
+    return {"unmounted": done}
+
+
+@command("disk.mounts", NoArgs, role=Role.READ_ONLY)
+async def mounts(ctx: Context, args: NoArgs) -> dict[str, list[dict[str, Any]]]:
+    """Every mount of the node, by source: ``{source: [{mountpoint, fstype, options[],
+    root}]}`` (0-core's shape, from /proc/self/mountinfo)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for m in blockdev.mounts():
+        out.setdefault(m.source, []).append({
+            "mountpoint": m.mountpoint, "fstype": m.fstype, "root": m.root,
+            "options": sorted(set(m.options) | set(m.super_options)),
+        })
+    return out
+
+
+@dataclass(frozen=True)
+class ProtectArgs(Schema):
+    partuuid: Annotated[str | None, Doc("the partition's PARTUUID"),
+                        Pattern(r"[0-9A-Fa-f][0-9A-Fa-f-]{0,63}")] = None
+    disk: Annotated[str | None, Doc("or a device name"), Pattern(DEVICE_RE)] = None
+    protect: Annotated[bool, Doc("false makes them writable again")] = True
+
+
+@command("disk.protect", ProtectArgs, role=Role.OPERATOR)
+async def protect(ctx: Context, args: ProtectArgs) -> dict[str, Any]:
+    """Make a partition and its disk read-only (``blockdev --setro``; ``protect: false``:
+    ``--setrw``), e.g. the boot USB at startup. Give ``partuuid`` or ``disk``. Returns
+    ``devices`` and ``read_only``."""
+    if (args.partuuid is None) == (args.disk is None):
+        raise BadRequest("give exactly one of partuuid and disk")
+    if args.partuuid is not None:
+        found = await blockdev.probe(ctx)
+        want = args.partuuid.lower()
+        hits = [d for d, i in found.items() if i.get("PARTUUID", "").lower() == want]
+        if not hits:
+            raise NotFound(f"no partition with PARTUUID {args.partuuid}")
+        name, _ = blockdev.device(hits[0])
+    else:
+        assert args.disk is not None
+        name, _ = blockdev.device(args.disk)
+    names = [name]
+    disk = blockdev.parent_disk(name)
+    if disk != name:
+        names.append(disk)
+    flag = "--setro" if args.protect else "--setrw"
+    for n in (names if args.protect else list(reversed(names))):
+        # blockdev has no "--"; the path is built here from a checked kernel name
+        await tools.run(ctx, ["blockdev", flag, blockdev.dev_path(n)])
+    return {"devices": names, "read_only": all(blockdev.read_only(n) for n in names)}
