@@ -1,0 +1,251 @@
+"""Service specs (parsing, conditions, {var}, ordering, cycles, hashes), the YAML subset and
+cloud-config helpers: pure functions, no node."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core0 import cloudconfig, miniyaml
+from core0.config import ConfigError, load
+from core0.errors import BadRequest
+from core0.fspath import Root
+from core0.servicespec import (
+    ServiceSpec,
+    SpecError,
+    evaluate,
+    find_cycles,
+    parse_spec,
+    plan,
+    substitute,
+)
+
+FLAGS = {"development": "", "zerotier": "abc", "debug": ""}
+
+
+@pytest.mark.parametrize("cond,want", [
+    ("", True),
+    ("development", True),
+    ("nosuch", False),
+    ("not(nosuch)", True),
+    ("and(development, not(zerotier))", False),
+    ("or(nosuch, zerotier)", True),
+    ("zerotier=abc", True),
+    ("zerotier=x", False),
+    ("and(development, debug, or(nosuch, zerotier=abc))", True),
+    ("NOT(development)", False),
+])
+def test_conditions(cond: str, want: bool) -> None:
+    assert evaluate(cond, FLAGS) is want
+
+
+@pytest.mark.parametrize("cond", ["and(", "not(a, b)", "foo(a)", "a b", ")", "and(a,,b)", "=x"])
+def test_bad_conditions(cond: str) -> None:
+    with pytest.raises(SpecError):
+        evaluate(cond, FLAGS)
+
+
+def test_substitution_and_conditional_args() -> None:
+    raw = {"__source__": "/etc/x.toml", "args": {
+        "name": "zt", "args": ["join", "{zerotier}", "{unknown}"], "env": {"A": "{debug}x"},
+        "zerotier|dir": "/zt", "nosuch|dir": "/never", "dir": "/plain",
+        "nosuch|stdin": "never"}}
+    spec = parse_spec("zt", raw, FLAGS)
+    assert spec.args == {"name": "zt", "args": ["join", "abc", "{unknown}"],
+                         "env": {"A": "x"}, "dir": "/zt"}
+    assert substitute({"a": ["{zerotier}-{zerotier}"]}, FLAGS) == {"a": ["abc-abc"]}
+
+
+def _spec(sid: str, **kw: Any) -> dict[str, Any]:
+    return {"__source__": "/etc/core0/conf.d/s.toml", "args": {"name": "true"}, **kw}
+
+
+@pytest.mark.parametrize("raw,msg", [
+    (_spec("a", nosuch=1), "unknown key 'nosuch'"),
+    (_spec("a", after="b c"), "not a service id"),
+    (_spec("a", running_delay="1"), "running_delay: expected a number"),
+    (_spec("a", running_match="("), "bad regex"),
+    (_spec("a", protected="yes"), "protected: expected a boolean"),
+    (_spec("a", recurring_period=-1), "must be >= 0"),
+    (_spec("a", max_restart=True), "expected an integer"),
+    (_spec("a", condition="and("), "condition"),
+    (_spec("a", before=["boot"]), "is a phase"),
+    (_spec("a", after=["a"]), "depend on itself"),
+    (_spec("a", protected=True, running_delay=-1), "oneshot"),
+    (_spec("a", name="no.such.command"), "unknown command"),
+    ({"__source__": "/f.toml", "args": {"name": "true", "bogus": 1}}, "args.bogus"),
+    ({"__source__": "/f.toml", "args": {}}, "args.name: required"),
+])
+def test_spec_errors_name_file_and_key(raw: dict[str, Any], msg: str) -> None:
+    with pytest.raises(SpecError) as e:
+        parse_spec("a", raw, FLAGS)
+    assert msg in str(e.value) and "[startup.a]" in str(e.value)
+    assert raw["__source__"] in str(e.value)
+
+
+def test_phases_and_order() -> None:
+    startup = {
+        "redis": _spec("redis", after=["init"]),
+        "udev": _spec("udev", after=["init"], before=["redis"]),
+        "zt": _spec("zt", after=["net"]),
+        "ztjoin": _spec("ztjoin", after=["zt"]),
+        "app": _spec("app"),
+        "early-dep": _spec("early-dep", after=["redis"]),
+        "off": _spec("off", condition="nosuch"),
+    }
+    p = plan(startup, FLAGS)
+    assert not p.errors
+    phase = {k: ("init", "net", "boot")[v] for k, v in p.phase.items()}
+    assert phase == {"redis": "init", "udev": "init", "zt": "net", "ztjoin": "net",
+                     "app": "boot", "early-dep": "init", "off": "boot"}
+    assert p.deps["redis"] == ["udev"] and p.deps["ztjoin"] == ["zt"]
+    order = p.order
+    assert order.index("udev") < order.index("redis") < order.index("early-dep")
+    assert order.index("early-dep") < order.index("zt") < order.index("ztjoin") < order.index(
+        "app")
+    assert not p.specs["off"].enabled
+
+
+def test_phase_rises_with_dependencies() -> None:
+    p = plan({"a": _spec("a", after=["boot"]), "b": _spec("b", after=["init", "a"])}, {})
+    assert p.phase == {"a": 2, "b": 2}
+
+
+def test_cycles_and_unknown_dependencies() -> None:
+    startup = {
+        "a": _spec("a", after=["b"]), "b": _spec("b", after=["c"]), "c": _spec("c", after=["a"]),
+        "d": _spec("d", after=["a"]), "e": _spec("e", after=["ghost"]),
+        "f": _spec("f", before=["g"]), "g": _spec("g", before=["f"]), "ok": _spec("ok"),
+    }
+    p = plan(startup, {})
+    assert p.errors["a"] == p.errors["b"] == p.errors["c"] == "dependency cycle: a → b → c → a"
+    assert "dependency cycle" in p.errors["f"] and "dependency cycle" in p.errors["g"]
+    assert "unknown service 'ghost'" in p.errors["e"]
+    assert "d" not in p.errors and "ok" not in p.errors
+    assert sorted(map(sorted, find_cycles({"x": ["x2"], "x2": ["x"], "y": []}))) == [["x", "x2"]]
+
+
+def test_reserved_ids_and_phase_names() -> None:
+    p = plan({"cloudconfig": _spec("cloudconfig")}, {})
+    assert "reserved" in p.errors["cloudconfig"]
+    with pytest.raises(SpecError, match="phase name"):
+        parse_spec("net", _spec("net"), {})
+
+
+def test_hash_is_what_runs() -> None:
+    a = parse_spec("a", _spec("a", args={"name": "sleep", "args": ["{zerotier}"]}), FLAGS)
+    same = parse_spec("a", _spec("a", args={"args": ["abc"], "name": "sleep"}, after=["init"],
+                                 running_delay=5, running_match="x"), FLAGS)
+    assert a.hash == same.hash  # ordering and readiness do not restart a service
+    for change in ({"args": {"name": "sleep", "args": ["2"]}}, {"protected": True},
+                   {"tags": ["t"]}, {"max_time": 5}, {"condition": "nosuch"}):
+        other = parse_spec("a", {**_spec("a", args={"name": "sleep", "args": ["abc"]}),
+                                 **change}, FLAGS)
+        assert other.hash != a.hash, change
+    assert ServiceSpec.from_dict(a.to_dict()) == a
+
+
+def test_config_sections_and_cmdline_env(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[services]\nphase_timeout = 5\n[cloudconfig]\nroot = "/tmp/r"\n'
+                 'hostname = "no"\n')
+    cfg = load(str(f), env={"CORE0_CMDLINE": "dev core0.cloud_config=/x zt=1"})
+    assert cfg.services.phase_timeout == 5.0 and cfg.cloudconfig.root == "/tmp/r"
+    assert cfg.cmdline == {"dev": "", "core0.cloud_config": "/x", "zt": "1"}
+    assert load(str(f), cmdline="a", env={"CORE0_CMDLINE": "b"}).cmdline == {"a": ""}
+    f.write_text('[cloudconfig]\nconfigdrive = "maybe"\n')
+    with pytest.raises(ConfigError, match="configdrive"):
+        load(str(f), env={})
+
+
+# ---------------------------------------------------------------- YAML subset
+
+
+def test_yaml_subset() -> None:
+    doc = miniyaml.loads("""#cloud-config
+a: 1
+b: '0644'
+c: 0644
+d: [x, "y z", {k: v}]
+e:
+- one
+- k: v
+  k2: [1, 2]
+f: |
+  line
+    more
+g: >-
+  folded
+  text
+h: "esc\\t\\u00e9"
+i: yes
+j: ~
+k: http://host:80/p#frag   # comment
+""")
+    assert doc == {"a": 1, "b": "0644", "c": 0o644, "d": ["x", "y z", {"k": "v"}],
+                   "e": ["one", {"k": "v", "k2": [1, 2]}], "f": "line\n  more\n",
+                   "g": "folded text", "h": "esc\t\u00e9", "i": True, "j": None,
+                   "k": "http://host:80/p#frag"}
+
+
+@pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "a: !!python/object x\n", "a: 1\na: 2\n",
+                                  "a:\n\tb: 1\n", "a: [1\n", "---\na: 1\n---\nb: 1\n",
+                                  "a: 1\n  b: 2\n"])
+def test_yaml_refused(text: str) -> None:
+    with pytest.raises(miniyaml.YAMLError):
+        miniyaml.loads(text)
+
+
+# ---------------------------------------------------------------- cloud-config helpers
+
+
+def test_cloudconfig_parse_and_decode() -> None:
+    assert cloudconfig.parse('{"hostname": "x"}') == {"hostname": "x"}
+    assert cloudconfig.parse("#cloud-config\nhostname: x\n") == {"hostname": "x"}
+    assert cloudconfig.parse("#cloud-config\n") == {}
+    for bad in ("#!/bin/sh\necho", "hostname: x", "[1, 2]", "#cloud-config\n- a\n"):
+        with pytest.raises(BadRequest):
+            cloudconfig.parse(bad)
+    gz = base64.b64encode(gzip.compress(b"zz")).decode()
+    assert cloudconfig.decode_content(gz, "gzip+base64") == b"zz"
+    assert cloudconfig.decode_content("aGk=", "b64") == b"hi"
+    assert cloudconfig.decode_content("hi", "text") == b"hi"
+    with pytest.raises(BadRequest):
+        cloudconfig.decode_content("hi", "rot13")
+    assert cloudconfig.parse_mode("0640") == 0o640 and cloudconfig.parse_mode(0o600) == 0o600
+    assert cloudconfig.parse_mode("755") == 0o755 and cloudconfig.parse_mode(None) == 0o644
+    with pytest.raises(BadRequest):
+        cloudconfig.parse_mode("rwx")
+    assert cloudconfig.command_argv("echo 'a b' > /x") == ["echo", "a b", ">", "/x"]
+    assert cloudconfig.command_argv(["ls", 1]) == ["ls", "1"]
+    for bad in ([], "", [["nested"]], "'unterminated"):
+        with pytest.raises(BadRequest):
+            cloudconfig.command_argv(bad)
+
+
+def test_ensure_file_is_atomic_idempotent_and_confined(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root_dir = tmp_path / "root"
+    (root_dir / "etc").mkdir(parents=True)
+    os.symlink(str(outside), root_dir / "etc" / "link")
+    os.symlink("../../../../../nowhere", root_dir / "etc" / "dangling")
+    (root_dir / str(outside).lstrip("/")).mkdir(parents=True)
+    with Root(str(root_dir)) as root:
+        assert cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o600)
+        assert not cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o600)
+        assert cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o644)
+        # a symlink to an absolute path is resolved inside the root, never outside it
+        assert cloudconfig.ensure_file(root, "/etc/link/f", b"y", 0o644)
+        # ".." never climbs above the root
+        assert cloudconfig.ensure_file(root, "/etc/dangling/f", b"z", 0o644)
+    assert (root_dir / "nowhere/f").read_bytes() == b"z"
+    assert (root_dir / "etc/a/b").stat().st_mode & 0o777 == 0o644
+    assert not list(outside.iterdir())
+    assert (root_dir / str(outside).lstrip("/") / "f").read_bytes() == b"y"
+    assert not [p for p in (root_dir / "etc/a").iterdir() if p.name.startswith(".")]
