@@ -2,9 +2,11 @@
 VENV    := .venv
 STATE   ?= /run/core0-dev
 PORT    ?= 6379
+FLAVOUR ?= core
 PYTEST_ARGS ?=
+LINT_PATHS := core0 client tests bench qemu initramfs-builder
 
-.PHONY: deps run test lint docs bench image clean
+.PHONY: deps run test lint docs bench image vm clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -15,13 +17,13 @@ run: deps
 
 ## install everything, then run the whole test suite (what CI runs)
 test: deps
-	$(VENV)/bin/ruff check core0 client tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/core0 docs --check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 lint:
-	$(VENV)/bin/ruff check core0 client tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 
 docs:
@@ -29,6 +31,17 @@ docs:
 
 bench: deps
 	$(VENV)/bin/python bench/ping.py
+	$(VENV)/bin/python bench/clone.py
+	$(VENV)/bin/python bench/net.py
+	$(VENV)/bin/python bench/boot.py
+
+## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full)
+image: deps
+	bash initramfs-builder/build.sh $(FLAVOUR)
+
+## boot it under qemu with the node's Redis forwarded to $(PORT) (see qemu/boot --help)
+vm: image
+	qemu/boot --flavour $(FLAVOUR) --redis-port $(PORT)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

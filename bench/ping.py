@@ -137,7 +137,8 @@ def main() -> None:
         best("rq_seq", rq_sequential(rport, ns.rq))
         rows = [("measure", "baseline/s", "core0/s", "core0 ÷ baseline"),
                 ("sequential round trip vs raw worker", f"{results['raw_seq']:.0f}",
-                 f"{results['core0_seq']:.0f}", f"{results['core0_seq'] / results['raw_seq']:.2f}×"),
+                 f"{results['core0_seq']:.0f}",
+                 f"{results['core0_seq'] / results['raw_seq']:.2f}×"),
                 (f"{ns.pipelined} pipelined vs raw worker", f"{results['raw_pipe']:.0f}",
                  f"{results['core0_pipe']:.0f}",
                  f"{results['core0_pipe'] / results['raw_pipe']:.2f}×"),

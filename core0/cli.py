@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> None:
         from core0.docs import write_or_check
 
         sys.exit(write_or_check(ns.output, ns.check))
+    if ns.mode == "init":
+        # PID 1 loads its own configuration: an error there must not end init (kernel panic)
+        from core0.init.main import run_init
+
+        run_init(ns.config, overrides_from(ns))
     cfg, overrides = load_config(ns)
     from core0.init.supervise import setup_logging
 
@@ -77,16 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         from core0 import dispatcher
 
-        dispatcher.main(cfg)
+        dispatcher.main(cfg, lambda: configmod.load(ns.config, overrides=overrides))
     elif ns.mode == "dev":
         setup_logging(cfg.main.log_level, "core0")
         from core0.init.dev import run_dev
 
         sys.exit(run_dev(cfg, ns.config, overrides))
-    elif ns.mode == "init":
-        from core0.init.main import run_init
-
-        run_init(ns.config, overrides)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ Precedence, lowest first (a later source overrides an earlier one, key by key):
 2. the main file (``/etc/core0/core0.toml`` by default), then each ``*.toml`` of its include dirs
    in name order (``[main] include = [...]``, default ``/etc/core0/conf.d``);
 3. the kernel command line: ``core0.<section>.<key>=<value>`` (e.g. ``core0.bus.prefix={n1}:``);
+   the variable ``CORE0_CMDLINE``, when set, is read instead of /proc/cmdline (development and
+   tests: startup-service conditions, ``{var}`` substitution, ``core0.cloud_config=``);
 4. the environment: ``CORE0_<SECTION>_<KEY>=<value>`` (e.g. ``CORE0_REDIS_PORT=6380``);
 5. command-line flags of ``core0`` (``--redis-port``, ``--state-dir`` …).
 
@@ -24,11 +26,14 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin, get_type_hints
 
-from core0.registry import Role
+if TYPE_CHECKING:  # imported lazily: PID 1 loads the config without the command registry
+    from core0.registry import Role
 
 DEFAULT_CONFIG = "/etc/core0/core0.toml"
+#: environment variable used instead of /proc/cmdline when set (development, tests)
+CMDLINE_ENV = "CORE0_CMDLINE"
 
 
 class ConfigError(ValueError):
@@ -55,7 +60,9 @@ class RedisConfig:
     cluster: bool = False
     #: embedded: append-only file (survives a redis-server crash)
     appendonly: bool = True
-    appendfsync: str = "everysec"
+    #: "always": an acknowledged write survives a redis-server crash (cheap: the state dir is
+    #: a tmpfs on a node); "everysec" trades up to 1 s of writes for speed on slow disks
+    appendfsync: str = "always"
     maxmemory: str = "0"
     #: embedded: TLS listener port (0 = none) and its files
     tls_port: int = 0
@@ -67,6 +74,10 @@ class RedisConfig:
     aclfile: str = ""
     #: path of the redis-server binary
     binary: str = "redis-server"
+    #: embedded, without a password or ACL file: refuse clients that are not local. Set false
+    #: only on a development node whose port is reachable by trusted hosts only (a VM image
+    #: behind qemu's user network, like 0-core's ``development`` flag)
+    protected_mode: bool = True
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ class BusConfig:
     queues: dict[str, str] = field(default_factory=lambda: {"default": "admin"})
 
     def queue_roles(self) -> dict[str, Role]:
+        from core0.registry import Role
+
         return {name: Role.parse(role) for name, role in self.queues.items()}
 
 
@@ -114,10 +127,98 @@ class MainConfig:
 
 
 @dataclass(frozen=True)
+class InitConfig:
+    """PID-1 duties of ``core0 init`` (ignored by ``core0 dev``)."""
+
+    #: mount /proc, /sys, /dev, /dev/pts, /dev/shm, /run, /tmp and cgroups (and unmount them at
+    #: shutdown); false in tests that run init in a PID namespace on a host
+    mounts: bool = True
+    #: cgroup layout: auto (v2 when the kernel has it, else the v1 hierarchies), v2, v1, none
+    cgroups: str = "auto"
+    #: load the drivers of the devices present (modalias → modules.alias, modules.dep order)
+    modules: bool = True
+    #: more kernel modules to load at boot
+    modules_load: list[str] = field(default_factory=list)
+    #: what PID 1 does when it cannot go on: reboot, poweroff, shell (an emergency shell on the
+    #: console, then reboot) or freeze (keep reaping, do nothing else)
+    crash_action: str = "reboot"
+    #: the emergency shell
+    shell: str = "/bin/sh"
+    #: seconds each stage of the ordered shutdown waits before it kills
+    shutdown_grace: float = 10.0
+    #: testing only: "raise" makes the shim fail once its services are up (crash action check)
+    fault: str = ""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Boot network of ``core0 init``: DHCP or static addresses; no internet probes."""
+
+    #: configure NICs at boot
+    enabled: bool = True
+    #: NICs to configure ([] = every wired NIC)
+    interfaces: list[str] = field(default_factory=list)
+    #: NICs never touched (0-core's ``noautonic``)
+    skip: list[str] = field(default_factory=list)
+    #: NIC → "address/prefix" set statically (the others use DHCP)
+    static: dict[str, str] = field(default_factory=dict)
+    #: default gateway for static addresses
+    gateway: str = ""
+    #: name servers written to /etc/resolv.conf for static addresses
+    dns: list[str] = field(default_factory=list)
+    #: run DHCP on the NICs without a static address
+    dhcp: bool = True
+    #: seconds the boot waits for an address before the ``net`` phase completes anyway
+    wait: float = 30.0
+    #: the DHCP client (busybox udhcpc) and the script it runs on lease changes
+    dhcp_client: str = "udhcpc"
+    dhcp_script: str = "/usr/share/udhcpc/default.script"
+    #: where name servers go (from DHCP, or net.dns with static addresses)
+    resolv_conf: str = "/etc/resolv.conf"
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Startup services (``[startup.<id>]`` tables; see docs/config.md)."""
+
+    #: seconds the init and net phases may take to become running before the next phase
+    #: starts anyway (0 = wait as long as it takes)
+    phase_timeout: float = 120.0
+    #: seconds between SIGTERM and SIGKILL when a service is stopped or restarted
+    stop_timeout: float = 10.0
+    #: a service with ``running_delay = 0`` counts as running after this many seconds alive
+    ready_delay: float = 2.0
+
+
+@dataclass(frozen=True)
+class CloudConfigConfig:
+    """cloud-config user-data applied at boot (``core0.cloud_config=`` or a config drive)."""
+
+    #: look for user-data at boot
+    enabled: bool = True
+    #: look for a config drive (a filesystem labelled ``label``): auto = only under core0 init
+    configdrive: str = "auto"
+    label: str = "cidata"
+    #: where write_files, ssh_authorized_keys, /etc/hostname and resolv.conf are written
+    root: str = "/"
+    #: set the hostname: auto = only under core0 init (never a developer's host), yes, no
+    hostname: str = "auto"
+    #: seconds to fetch a URL source; largest user-data accepted (bytes)
+    fetch_timeout: float = 10.0
+    max_bytes: int = 1 << 20
+    #: seconds each bootcmd/runcmd entry may run
+    command_timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     main: MainConfig = field(default_factory=MainConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     bus: BusConfig = field(default_factory=BusConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    services: ServicesConfig = field(default_factory=ServicesConfig)
+    cloudconfig: CloudConfigConfig = field(default_factory=CloudConfigConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the kernel command line as key -> value ("" for flags)
@@ -142,7 +243,15 @@ class Config:
         return d
 
 
-_SECTIONS = {"main": MainConfig, "redis": RedisConfig, "bus": BusConfig}
+_SECTIONS = {
+    "main": MainConfig,
+    "redis": RedisConfig,
+    "bus": BusConfig,
+    "init": InitConfig,
+    "net": NetConfig,
+    "services": ServicesConfig,
+    "cloudconfig": CloudConfigConfig,
+}
 
 
 def parse_cmdline(text: str) -> dict[str, str]:
@@ -279,6 +388,10 @@ def load(
     elif path is not None:
         raise ConfigError(f"{path}: no such config file")
 
+    environ: Mapping[str, str] = os.environ if env is None else env
+    if cmdline is None:
+        # CORE0_CMDLINE stands in for /proc/cmdline (development and tests)
+        cmdline = environ.get(CMDLINE_ENV)
     if cmdline is None:
         try:
             cmdline = Path("/proc/cmdline").read_text()
@@ -291,7 +404,6 @@ def load(
             _, section, key = k.split(".", 2)
             cmd_layer.setdefault(section, {})[key] = v
 
-    environ: Mapping[str, str] = os.environ if env is None else env
     env_layer: dict[str, dict[str, Any]] = {}
     for k, v in environ.items():
         if not k.startswith("CORE0_"):
@@ -323,6 +435,10 @@ def load(
             main=MainConfig(**merged["main"]),
             redis=RedisConfig(**merged["redis"]),
             bus=BusConfig(**merged["bus"]),
+            init=InitConfig(**merged["init"]),
+            net=NetConfig(**merged["net"]),
+            services=ServicesConfig(**merged["services"]),
+            cloudconfig=CloudConfigConfig(**merged["cloudconfig"]),
             startup=startup,
             cmdline=cmd,
             sources=sources,
@@ -344,6 +460,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError("bus.result_ttl and bus.stream_ttl must be >= 1")
     if cfg.bus.batch < 1 or cfg.bus.max_jobs < 1:
         raise ConfigError("bus.batch and bus.max_jobs must be >= 1")
+    if cfg.init.crash_action not in ("reboot", "poweroff", "shell", "freeze"):
+        raise ConfigError("init.crash_action must be reboot, poweroff, shell or freeze")
+    if cfg.init.cgroups not in ("auto", "v2", "v1", "none"):
+        raise ConfigError("init.cgroups must be auto, v2, v1 or none")
+    if cfg.net.wait < 0 or cfg.init.shutdown_grace < 0:
+        raise ConfigError("net.wait and init.shutdown_grace must be >= 0")
+    for key in ("configdrive", "hostname"):
+        if getattr(cfg.cloudconfig, key) not in ("auto", "yes", "no"):
+            raise ConfigError(f"cloudconfig.{key} must be auto, yes or no")
+    if not cfg.cloudconfig.root.startswith("/"):
+        raise ConfigError("cloudconfig.root must be an absolute path")
+    if (cfg.services.phase_timeout < 0 or cfg.services.stop_timeout < 0
+            or cfg.services.ready_delay < 0):
+        raise ConfigError("services.phase_timeout, stop_timeout and ready_delay must be >= 0")
     if cfg.redis.appendfsync not in ("always", "everysec", "no"):
         raise ConfigError("redis.appendfsync must be always, everysec or no")
     if not cfg.redis.embedded and not cfg.redis.url:

@@ -31,6 +31,7 @@ from core0.output import Inotify
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 from core0.shimlink import ShimLink
+from core0.spawn import reset_ignored_signals
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class InlineJob:
 
 
 class Dispatcher:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, reload_config: Callable[[], Config] | None = None):
         registry.load_all()
         if os.environ.get("CORE0_TEST_POISON") == "1":
             import core0.commands._testhooks  # noqa: F401  (fault tests only)
@@ -71,6 +72,11 @@ class Dispatcher:
         self.shim = ShimLink(shim_path)
         self.engine = JobEngine(cfg, self.bus, self.reaper, self.inotify, None)
         self.stop_event = asyncio.Event()
+        #: re-reads the configuration from the same sources (core.reload, SIGHUP)
+        self.reload_config = reload_config or (lambda: cfg)
+        from core0.services import ServiceManager
+
+        self.services = ServiceManager(cfg, self.engine)
         self.started = time.time()
         self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0}
         self._loops: list[asyncio.Task[None]] = []
@@ -85,6 +91,7 @@ class Dispatcher:
         self.inotify.start(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._sighup()))
         if await self.shim.connect():
             self.engine.shim = self.shim
         _DISPATCHER[0] = self
@@ -94,6 +101,8 @@ class Dispatcher:
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
+        # boot services start while the bus already answers (core.ping, service.list…)
+        self._loops.append(asyncio.ensure_future(self.services.boot()))
         await self.stop_event.wait()
         await self.shutdown()
 
@@ -112,6 +121,19 @@ class Dispatcher:
         await self.shim.close()
         await self.bus.close()
         self.reaper.uninstall()
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply service changes (no reboot): services whose
+        spec hash changed are restarted, new ones started, removed ones stopped."""
+        new = self.reload_config()
+        return await self.services.reload(new)
+
+    async def _sighup(self) -> None:
+        try:
+            log.info("SIGHUP: reloading the configuration")
+            log.info("reload: %s", await self.reload())
+        except Exception:
+            log.exception("reload failed")
 
     # ------------------------------------------------------------ pop loop
 
@@ -329,7 +351,7 @@ class Dispatcher:
                                                      self.bus.pickup_many))
 
     def _parse_saved(self, saved: jobstate.Saved) -> tuple[Command, CommandSpec, Any, Role]:
-        cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes)
+        cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes, internal=True)
         spec = registry.get(cmd.command)
         if spec is None:
             raise ValueError(f"unknown command {cmd.command}")
@@ -344,6 +366,7 @@ def current() -> Dispatcher | None:
     return _DISPATCHER[0]
 
 
-def main(cfg: Config) -> None:
+def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:
     os.chdir("/")
-    asyncio.run(Dispatcher(cfg).run())
+    reset_ignored_signals()
+    asyncio.run(Dispatcher(cfg, reload_config).run())

@@ -365,7 +365,8 @@ class JobEngine:
             job.pid, job.start_ticks = sp.pid, sp.start_ticks
             self.store.save(job, state="running")
             job.spawned.set()
-            done = asyncio.ensure_future(self._reaped(job, self.reaper.watch(sp.pid)))
+            done = asyncio.ensure_future(self.reaper.watch(
+                sp.pid, lambda status: self.store.save(job, state="exited", status=status)))
         else:
             job.label = resume.label
             job.pid, job.start_ticks = resume.pid, resume.start_ticks
@@ -400,11 +401,6 @@ class JobEngine:
             f.finish()
         job.pid = None
         return process_result(job, status, timed_out)
-
-    async def _reaped(self, job: Job, fut: asyncio.Future[int]) -> int:
-        status = await fut
-        self.store.save(job, state="exited", status=status)
-        return status
 
     async def _adopted_exit(self, job: Job, saved: jobstate.Saved) -> int | None:
         if saved.state == "exited":
@@ -567,7 +563,7 @@ class JobEngine:
             if job.process:
                 if job.state == "scheduled":
                     self.store.save(job, state="scheduled")
-            else:
+            elif not job.internal:  # core0's own builtin jobs are re-created, not requeued
                 requeue.append(job)
             job.task.cancel()
         tasks = [j.task for j in self.table.values() if j.task is not None]

@@ -19,7 +19,7 @@ import logging
 import os
 import shutil
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from core0.spawn import spawn_program
@@ -60,6 +60,7 @@ class Reaper:
     def __init__(self) -> None:
         self._waiters: dict[int, asyncio.Future[int]] = {}
         self._early: dict[int, int] = {}
+        self._before: dict[int, Callable[[int], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self.orphans_reaped = 0
 
@@ -74,26 +75,48 @@ class Reaper:
             with contextlib.suppress(Exception):
                 self._loop.remove_signal_handler(signal.SIGCHLD)
 
-    def watch(self, pid: int) -> asyncio.Future[int]:
-        """A future resolved with ``pid``'s raw wait status."""
+    def watch(self, pid: int,
+              before_reap: Callable[[int], None] | None = None) -> asyncio.Future[int]:
+        """A future resolved with ``pid``'s raw wait status.
+
+        ``before_reap(status)`` runs while the child is still a zombie (so a crash before it
+        returns leaves the zombie to the supervisor, which records the status): the job engine
+        persists exit statuses there, so none is ever lost across a dispatcher crash."""
         assert self._loop is not None, "reaper not installed"
         fut: asyncio.Future[int] = self._loop.create_future()
         if pid in self._early:
-            fut.set_result(self._early.pop(pid))
+            status = self._early.pop(pid)
+            if before_reap is not None:
+                before_reap(status)
+            fut.set_result(status)
         else:
             self._waiters[pid] = fut
+            if before_reap is not None:
+                self._before[pid] = before_reap
         return fut
 
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # peek first (WNOWAIT): the child stays a zombie until its status is persisted
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             except InterruptedError:
                 continue
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
+            pid, status = info.si_pid, _wait_status(info)
+            hook = self._before.pop(pid, None)
+            if hook is not None:
+                try:
+                    hook(status)
+                except Exception:
+                    log.exception("exit hook of pid %d failed", pid)
+            try:
+                os.waitpid(pid, 0)  # a zombie: returns at once
+            except ChildProcessError:
+                pass
             fut = self._waiters.pop(pid, None)
             if fut is not None:
                 if not fut.done():
@@ -104,6 +127,14 @@ class Reaper:
                 self._early[pid] = status
                 if len(self._early) > 4096:
                     self._early.pop(next(iter(self._early)))
+
+
+def _wait_status(info: os.waitid_result) -> int:
+    """A waitid() result as the raw status waitpid() would have returned."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    core = 0x80 if info.si_code == os.CLD_DUMPED else 0
+    return (info.si_status & 0x7F) | core
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def render_conf(cfg: Config) -> str:
         "tcp-keepalive 60",
         "timeout 0",
         # protected mode only matters without a password: then it keeps remote clients out
-        f"protected-mode {'no' if (r.password or r.aclfile) else 'yes'}",
+        # (unless the node is opened on purpose: redis.protected_mode = false)
+        f"protected-mode {'yes' if r.protected_mode and not (r.password or r.aclfile) else 'no'}",
     ]
     if r.aclfile:
         lines.append(f"aclfile {_q(r.aclfile)}")

@@ -93,3 +93,24 @@ def spawn_program(
             raise NotADirectoryError(num, f"{msg}: {cwd}")
         raise OSError(num, f"{msg}: {path}")
     return int(pid)
+
+
+def reset_ignored_signals() -> list[int]:
+    """Give every signal core0 inherited as *ignored* its default disposition again.
+
+    An ignored disposition survives ``execve``: a core0 started from a shell's background job
+    (which ignores SIGINT and SIGQUIT), by nohup (SIGHUP) or by a careless init would pass
+    that on to every job. ``fork_exec`` restores only Python's own SIGPIPE/SIGXFSZ, so the
+    supervisor and the dispatcher call this at start. Returns the signals reset.
+    """
+    reset = []
+    for sig in _ALL_SIGNALS:
+        if sig in (signal.SIGPIPE, signal.SIGXFSZ):
+            continue  # Python ignores these itself; children get them back by restore_signals
+        try:
+            if signal.getsignal(sig) == signal.SIG_IGN:
+                signal.signal(sig, signal.SIG_DFL)
+                reset.append(int(sig))
+        except (OSError, ValueError):
+            continue
+    return reset

@@ -27,14 +27,15 @@ def worker(port: int, worker_id: int, n: int, batch: int, out: dict) -> None:  #
             try:
                 resps = c.submit_many(cmds)
                 break
-            except Exception as e:  # noqa: BLE001 - keep trying through outages
+            except Exception as e:
                 errors.append(repr(e))
                 time.sleep(0.2)
         for resp in resps:
             try:
                 res = resp.get(120)
-                states[resp.id] = res.state.value
-            except Exception as e:  # noqa: BLE001
+                states[resp.id] = res.state.value if res.ok else (
+                    f"{res.state.value} {res.code} {res.critical[:200]}")
+            except Exception as e:
                 errors.append(f"{resp.id}: {e!r}")
         done += k
     out[worker_id] = {"states": states, "errors": errors[:20], "n_errors": len(errors)}

@@ -40,6 +40,9 @@ __all__ = [
 #: Ids core0 accepts. 0-core clients use uuid4 strings, which match.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
+#: Id prefixes of core0's own jobs (boot services, DHCP clients, dnsmasq…): refused from the bus
+RESERVED_ID_PREFIXES = ("svc:", "dhcp:", "dnsmasq.", "core0.")
+
 #: Largest command (bytes) core0 parses by default; bigger ones get a 400 result.
 DEFAULT_MAX_COMMAND_BYTES = 1 << 20
 #: Deepest JSON nesting accepted in a command.
@@ -337,11 +340,13 @@ def _opt_int(d: dict[str, Any], name: str, minimum: int = 0) -> int | None:
     return v
 
 
-def decode_command(raw: bytes | str, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES) -> Command:
+def decode_command(raw: bytes | str, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES,
+                   *, internal: bool = False) -> Command:
     """Parse and check one command. Raises ProtocolError naming the bad field.
 
     Strict: unknown top-level fields are refused, types are never coerced, ``null`` means
-    "not set" for every optional field (0-core's clients send every field).
+    "not set" for every optional field (0-core's clients send every field). ``internal``
+    allows the reserved id prefixes (core0 re-reading its own jobs from the state dir).
     """
     if isinstance(raw, str):
         raw = raw.encode("utf-8", errors="surrogatepass")
@@ -371,6 +376,9 @@ def decode_command(raw: bytes | str, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES)
     cid = obj.get("id")
     if not isinstance(cid, str) or not ID_PATTERN.fullmatch(cid):
         raise ProtocolError("id: must be a string matching [A-Za-z0-9_.:-]{1,128}", "id")
+    if not internal and cid.startswith(RESERVED_ID_PREFIXES):
+        raise ProtocolError(f"id: the prefixes {', '.join(RESERVED_ID_PREFIXES)} are reserved "
+                            "for core0's own jobs", "id")
     name = obj.get("command")
     if not isinstance(name, str) or not name:
         raise ProtocolError("command: must be a non-empty string", "command")

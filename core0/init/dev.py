@@ -10,7 +10,7 @@ import signal
 import sys
 from typing import Any
 
-from core0 import process, redis_server
+from core0 import redis_server
 from core0.config import Config
 from core0.init.supervise import Service, Supervisor
 
@@ -46,6 +46,8 @@ def build_services(cfg: Config, config_path: str | None,
 def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str, Any]]) -> int:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.state_dir, 0o700)
+    from core0 import process  # asyncio: kept off core0 init's import path
+
     process.set_child_subreaper()
     redis_svc, disp = build_services(cfg, config_path, overrides)
     services = [s for s in (redis_svc, disp) if s is not None]
@@ -57,6 +59,8 @@ def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str,
     def on_signal(sig: int) -> None:
         if sig in (signal.SIGTERM, signal.SIGINT):
             stop["now"] = True
+        elif sig == signal.SIGHUP and disp.pid is not None:
+            os.kill(disp.pid, signal.SIGHUP)  # reload the configuration
     sup.on_signal = on_signal
     (cfg.state_dir / "core0.pid").write_text(str(os.getpid()))
     log.info("core0 dev (pid %d): state %s, redis %s", os.getpid(), cfg.state_dir,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import heapq
+import itertools
 import logging
 import os
 import selectors
@@ -30,8 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core0 import shimlink
-from core0.spawn import spawn_program
+from core0.spawn import reset_ignored_signals, spawn_program
 
 log = logging.getLogger("core0.shim")
 
@@ -88,10 +89,34 @@ class Supervisor:
         self.on_signal: Callable[[int], None] | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.server: socket.socket | None = None
+        #: (when, seq, callback) on the monotonic clock, run by step()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    # ------------------------------------------------------------ extra events
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback`` from the loop whenever ``fd`` is readable (netlink, …)."""
+        self.sel.register(fd, selectors.EVENT_READ, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fd)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` from the loop after ``delay`` seconds."""
+        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), callback))
+
+    def add_service(self, svc: Service, start: bool = True) -> None:
+        """Supervise one more service (e.g. a DHCP client per NIC)."""
+        self.services.append(svc)
+        if start:
+            self.start(svc)
 
     # ------------------------------------------------------------ setup
 
     def install_signals(self) -> None:
+        reset_ignored_signals()
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
                     signal.SIGUSR1, signal.SIGUSR2, signal.SIGPWR):
@@ -210,6 +235,8 @@ class Supervisor:
         buf = self.conns[conn]
         buf += data
         try:
+            from core0 import shimlink  # msgpack + asyncio: not on PID 1's boot path
+
             for msg in shimlink.read_frame(conn, buf):
                 self._handle(conn, msg)
         except Exception as e:
@@ -233,6 +260,8 @@ class Supervisor:
     def _send(self, conn: socket.socket, msg: dict[str, object]) -> None:
         try:
             conn.setblocking(True)
+            from core0 import shimlink
+
             conn.sendall(shimlink.pack(msg))
             conn.setblocking(False)
         except OSError:
@@ -244,11 +273,20 @@ class Supervisor:
         """One turn of the loop: wait for an event (or ``timeout``), handle what came."""
         now = time.monotonic()
         due = [s.next_start for s in self.services if s.next_start is not None]
-        if due and not self.stopping:
+        if self.stopping:
+            due = []
+        if self._timers:
+            due.append(self._timers[0][0])
+        if due:
             wait = max(0.0, min(due) - now)
             timeout = wait if timeout is None else min(timeout, wait)
         for key, _ in self.sel.select(timeout):
-            if key.data == "wake":
+            if callable(key.data):
+                try:
+                    key.data()
+                except Exception:
+                    log.exception("reader callback failed")
+            elif key.data == "wake":
                 with contextlib.suppress(BlockingIOError):
                     while os.read(self._wake_r, 4096):
                         pass
@@ -262,6 +300,12 @@ class Supervisor:
         for sig in sigs:
             if sig != signal.SIGCHLD and self.on_signal is not None:
                 self.on_signal(sig)
+        while self._timers and self._timers[0][0] <= time.monotonic():
+            _, _, fn = heapq.heappop(self._timers)
+            try:
+                fn()
+            except Exception:
+                log.exception("timer callback failed")
         if not self.stopping:
             now = time.monotonic()
             for s in self.services:

@@ -11,7 +11,6 @@ import time
 import uuid
 
 import pytest
-
 from core0_client import AsyncClient, Client, JobNotFoundError, ResultError, State, TimeoutError
 
 

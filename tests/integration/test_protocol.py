@@ -12,9 +12,8 @@ import time
 import uuid
 
 import pytest
-from wire import cmd, keys_without_ttl, push, result, run, wait_for
-
 from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, LogRecord
+from wire import cmd, keys_without_ttl, push, result, run, wait_for
 
 
 @pytest.fixture
@@ -100,7 +99,8 @@ def test_exit_status_codes(r) -> None:
 
 
 def test_level_prefixes_and_json_block(r) -> None:
-    script = 'echo plain; echo "3::public"; printf "20:::\\n{\\"a\\": [1, 2]}\\n:::\\n"; echo "9::boom"'
+    script = ('echo plain; echo "3::public"; '
+              'printf "20:::\\n{\\"a\\": [1, 2]}\\n:::\\n"; echo "9::boom"')
     res = run(r, "bash", {"script": script})
     assert res["state"] == "SUCCESS"
     assert res["level"] == 20 and json.loads(res["data"]) == {"a": [1, 2]}
@@ -136,7 +136,8 @@ def test_stream_eof_error_flag(r) -> None:
 
 
 def test_log_stream_many_readers(r) -> None:
-    jid = push(r, cmd("core.system", {"name": "sh", "args": ["-c", "for i in 1 2 3; do echo $i; done"]}))
+    loop = "for i in 1 2 3; do echo $i; done"
+    jid = push(r, cmd("core.system", {"name": "sh", "args": ["-c", loop]}))
     result(r, jid)
     for _ in range(3):  # non-destructive: every reader sees everything
         entries = r.xrange(f"log:{jid}")
@@ -218,7 +219,8 @@ def test_max_restart(r, tmp_path) -> None:
 
 def test_named_queue_is_sequential(r, tmp_path) -> None:
     log = tmp_path / "order"
-    ids = [push(r, cmd("bash", {"script": f"echo start{i} >> {log}; sleep 0.3; echo end{i} >> {log}"},
+    script = "echo start{i} >> {log}; sleep 0.3; echo end{i} >> {log}"
+    ids = [push(r, cmd("bash", {"script": script.format(i=i, log=log)},
                        queue="q1")) for i in range(3)]
     for jid in ids:
         assert result(r, jid, 15)["state"] == "SUCCESS"

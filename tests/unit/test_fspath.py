@@ -64,7 +64,8 @@ def test_remove_does_not_follow(tree: Path, tmp_path: Path) -> None:
 segment = st.sampled_from(["a", "b", "f", "..", ".", "up", "abs", "to-secret", "x", ""])
 
 
-@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=2000, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(segment, min_size=1, max_size=8), st.booleans())
 def test_property_never_escapes(tree: Path, parts: list[str], absolute: bool) -> None:
     path = ("/" if absolute else "") + "/".join(parts)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from core0_client.protocol import (
     ID_PATTERN,
     Command,
@@ -19,6 +16,8 @@ from core0_client.protocol import (
     decode_command,
     recover_id,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def test_decode_minimal_and_nulls() -> None:
@@ -117,3 +116,12 @@ def test_keys_prefix() -> None:
     k = Keys("{n1}:")
     assert k.queue() == "{n1}:core:default" and k.flag("x") == "{n1}:result:x:flag"
     assert k.processing(k.queue()) == "{n1}:core:default:processing"
+
+
+def test_reserved_id_prefixes() -> None:
+    for jid in ("svc:x", "dhcp:eth0", "dnsmasq.br0", "core0.boot"):
+        with pytest.raises(ProtocolError) as e:
+            decode_command(json.dumps({"id": jid, "command": "core.ping"}))
+        assert e.value.field == "id"
+        assert decode_command(json.dumps({"id": jid, "command": "core.ping"}),
+                              internal=True).id == jid

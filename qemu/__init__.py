@@ -1,0 +1,1 @@
+"""qemu harness of core0 (see harness.py)."""
