@@ -35,8 +35,10 @@ from core0.errors import CommandError, Conflict, NotFound
 from core0.joboutput import JobOutput, QueueSlots
 from core0.jobresult import TERMINATING, builtin_result, error_result, process_result
 from core0.output import FileFollower, OutputParser
+from core0.process import find_executable
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
+from core0.spawn import boot_ticks
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -44,6 +46,9 @@ if TYPE_CHECKING:
     from core0.shimlink import ShimLink
 
 log = logging.getLogger(__name__)
+
+#: fault tests only: the dispatcher dies right after spawning a program of this name
+_CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 
 #: restart backoff of protected services (same rule as the supervisor's)
 BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER, PERMANENT_EXIT = 1.0, 60.0, 10.0, 125
@@ -88,6 +93,8 @@ class Job:
         self.next_run: float | None = None
         #: restarted forever with backoff (services); exit 125 stops it
         self.protected = False
+        #: the process name (/proc/<pid>/comm) of the current run
+        self.comm = ""
         #: not from the bus: no result is published (services started by core0 itself)
         self.internal = not processing
         self.backoff = BACKOFF_MIN
@@ -306,7 +313,7 @@ class JobEngine:
 
     async def _run_once(self, job: Job, resume: jobstate.Saved | None) -> Result:
         job.output.reset()
-        if resume is not None and resume.state in ("running", "exited"):
+        if resume is not None and resume.state in ("spawning", "running", "exited"):
             job.process = True
             job.starttime = resume.starttime
             return await self._process_run(job, None, resume)
@@ -354,6 +361,9 @@ class JobEngine:
             else:
                 fi = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
             job.state = "running"
+            exe = find_executable(ps.argv[0], ps.env)
+            job.comm = os.path.basename(exe or ps.argv[0])[:15]
+            job.start_ticks = boot_ticks()  # "spawned at or after": see _adopted_exit
             self.store.save(job, state="spawning")
             try:
                 sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
@@ -362,6 +372,8 @@ class JobEngine:
                 os.close(fo)
                 os.close(fe)
                 os.close(fi)
+            if _CRASH_AFTER_SPAWN and job.comm == _CRASH_AFTER_SPAWN:
+                os._exit(70)  # fault tests: die in the instant between spawn and bookkeeping
             job.pid, job.start_ticks = sp.pid, sp.start_ticks
             self.store.save(job, state="running")
             job.spawned.set()
@@ -405,6 +417,19 @@ class JobEngine:
     async def _adopted_exit(self, job: Job, saved: jobstate.Saved) -> int | None:
         if saved.state == "exited":
             return saved.status
+        if saved.state == "spawning":
+            # spawned in the instant before the old dispatcher died and already gone: the
+            # supervisor reaped it; find it by name and start time (unambiguous, or unknown)
+            found = await self.shim.find(saved.comm, saved.start_ticks) if self.shim else []
+            claimed = {j.pid for j in self.table.values()}
+            found = [m for m in found if m[0] not in claimed]
+            if len(found) == 1:
+                job.pid = found[0][0]
+                self.store.save(job, state="exited", status=found[0][1])
+                return int(found[0][1])
+            log.warning("job %s: %d candidate process(es) for its exit status", job.id,
+                        len(found))
+            return None
         alive = saved.pid and process.proc_start_ticks(saved.pid) == saved.start_ticks
         status: int | None = None
         if self.shim is not None and saved.pid:
@@ -537,8 +562,6 @@ class JobEngine:
                     if found:
                         saved.state, saved.pid = "running", found
                         saved.start_ticks = process.proc_start_ticks(found)
-                    else:
-                        saved.state, saved.status = "exited", None
                 self.start(job, saved)
             n += 1
             log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)

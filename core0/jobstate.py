@@ -40,6 +40,7 @@ class Saved:
     result: str | None = None
     next_run: float = 0.0
     protected: bool = False
+    comm: str = ""
 
 
 def _dirname(job_id: str) -> str:
@@ -80,6 +81,7 @@ class JobStore:
             "result": result,
             "next_run": job.next_run or 0.0,
             "protected": job.protected,
+            "comm": job.comm,
         }
         tmp = d / "job.json.tmp"
         with open(tmp, "w") as f:
@@ -118,6 +120,7 @@ class JobStore:
                         result=body.get("result"),
                         next_run=float(body.get("next_run") or 0.0),
                         protected=bool(body.get("protected")),
+                        comm=body.get("comm") or "",
                     )
                 )
             except (OSError, ValueError, KeyError):

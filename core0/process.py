@@ -22,7 +22,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core0.spawn import spawn_program
+from core0.spawn import spawn_program, wait_status
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class Reaper:
                 continue
             if info is None or info.si_pid == 0:
                 return
-            pid, status = info.si_pid, _wait_status(info)
+            pid, status = info.si_pid, wait_status(info)
             hook = self._before.pop(pid, None)
             if hook is not None:
                 try:
@@ -127,14 +127,6 @@ class Reaper:
                 self._early[pid] = status
                 if len(self._early) > 4096:
                     self._early.pop(next(iter(self._early)))
-
-
-def _wait_status(info: os.waitid_result) -> int:
-    """A waitid() result as the raw status waitpid() would have returned."""
-    if info.si_code == os.CLD_EXITED:
-        return (info.si_status & 0xFF) << 8
-    core = 0x80 if info.si_code == os.CLD_DUMPED else 0
-    return (info.si_status & 0x7F) | core
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,10 @@ them. Messages:
 * dispatcher → shim ``{"op": "watch", "pid": P}``
 * shim → dispatcher ``{"op": "exit", "pid": P, "status": S}`` (now, if P was reaped already, or
   when it is) or ``{"op": "unknown", "pid": P}`` (P is neither alive under the shim nor recorded).
+* dispatcher → shim ``{"op": "find", "rid": R, "comm": C, "since": T}``: which processes named C,
+  started at or after boot tick T, did the shim reap? (a job spawned in the instant before its
+  dispatcher died, whose pid was never written down) → ``{"op": "found", "rid": R,
+  "matches": [[pid, status, start_ticks], …]}``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class ShimLink:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._waiters: dict[int, asyncio.Future[int | None]] = {}
+        self._finds: dict[int, asyncio.Future[list[list[int]]]] = {}
+        self._rid = 0
         self._task: asyncio.Task[None] | None = None
 
     async def connect(self) -> bool:
@@ -91,6 +97,19 @@ class ShimLink:
             await self._writer.drain()
         return await asyncio.shield(fut)
 
+    async def find(self, comm: str, since: int) -> list[list[int]]:
+        """Processes named ``comm`` started at/after ``since`` that the shim reaped:
+        ``[[pid, status, start_ticks], …]`` ([] without a shim)."""
+        if not self.connected:
+            return []
+        assert self._writer is not None
+        self._rid += 1
+        fut: asyncio.Future[list[list[int]]] = asyncio.get_running_loop().create_future()
+        self._finds[self._rid] = fut
+        self._writer.write(pack({"op": "find", "rid": self._rid, "comm": comm, "since": since}))
+        await self._writer.drain()
+        return await asyncio.shield(fut)
+
     async def _read_loop(self) -> None:
         assert self._reader is not None
         try:
@@ -100,6 +119,11 @@ class ShimLink:
                 if n > MAX_FRAME:
                     raise ValueError("frame too large")
                 msg = msgpack.unpackb(await self._reader.readexactly(n), raw=False)
+                if msg.get("op") == "found":
+                    ff = self._finds.pop(msg.get("rid"), None)
+                    if ff is not None and not ff.done():
+                        ff.set_result(list(msg.get("matches") or []))
+                    continue
                 pid = msg.get("pid")
                 fut = self._waiters.pop(pid, None)
                 if fut is None or fut.done():
@@ -115,5 +139,9 @@ class ShimLink:
                 if not fut.done():
                     fut.set_result(None)
             self._waiters.clear()
+            for ff in self._finds.values():
+                if not ff.done():
+                    ff.set_result([])
+            self._finds.clear()
             if self._writer is not None:
                 self._writer.close()

@@ -19,6 +19,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -114,3 +115,16 @@ def reset_ignored_signals() -> list[int]:
         except (OSError, ValueError):
             continue
     return reset
+
+
+def wait_status(info: os.waitid_result) -> int:
+    """A waitid() result as the raw status waitpid() would have returned."""
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    core = 0x80 if info.si_code == os.CLD_DUMPED else 0
+    return (info.si_status & 0x7F) | core
+
+
+def boot_ticks() -> int:
+    """Now, in the clock ticks since boot that /proc/<pid>/stat's start time uses."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))

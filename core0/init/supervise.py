@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core0.spawn import reset_ignored_signals, spawn_program
+from core0.spawn import reset_ignored_signals, spawn_program, wait_status
 
 log = logging.getLogger("core0.shim")
 
@@ -79,8 +79,8 @@ class Supervisor:
         self.services = services
         self.pid1 = pid1
         self.sel = selectors.DefaultSelector()
-        #: exit statuses of inherited processes: pid → (status, time reaped)
-        self.inherited: OrderedDict[int, tuple[int, float]] = OrderedDict()
+        #: exit statuses of inherited processes: pid → (status, time reaped, start ticks, comm)
+        self.inherited: OrderedDict[int, tuple[int, float, int, str]] = OrderedDict()
         self.watchers: dict[int, list[socket.socket]] = {}
         self.conns: dict[socket.socket, bytearray] = {}
         self.stopping = False
@@ -184,19 +184,26 @@ class Supervisor:
     def reap(self) -> None:
         while True:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                # peek first: while it is a zombie its start time and name can still be read
+                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
             except ChildProcessError:
                 return
             except InterruptedError:
                 continue
-            if pid == 0:
+            if info is None or info.si_pid == 0:
                 return
+            pid, status = info.si_pid, wait_status(info)
+            ticks, comm = _stat_of(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
             svc = next((s for s in self.services if s.pid == pid), None)
             if svc is not None:
                 self._service_exited(svc, status)
                 continue
             self.reaped_orphans += 1
-            self.inherited[pid] = (status, time.time())
+            self.inherited[pid] = (status, time.time(), ticks, comm)
             while len(self.inherited) > 8192:
                 self.inherited.popitem(last=False)
             for conn in self.watchers.pop(pid, []):
@@ -244,13 +251,21 @@ class Supervisor:
             self._drop(conn)
 
     def _handle(self, conn: socket.socket, msg: dict[str, object]) -> None:
+        if msg.get("op") == "find":
+            # processes reaped here whose name and start time fit a job that was being
+            # spawned when its dispatcher died (its pid was never written down)
+            comm, since = msg.get("comm"), msg.get("since")
+            matches = [[pid, st, ticks] for pid, (st, _, ticks, c) in self.inherited.items()
+                       if c == comm and isinstance(since, int) and ticks >= since]
+            self._send(conn, {"op": "found", "rid": msg.get("rid"), "matches": matches})
+            return
         if msg.get("op") != "watch":
             return
         pid = msg.get("pid")
         if not isinstance(pid, int):
             return
         if pid in self.inherited:
-            status, _ = self.inherited[pid]
+            status = self.inherited[pid][0]
             self._send(conn, {"op": "exit", "pid": pid, "status": status})
         elif _parent_of(pid) == os.getpid():
             self.watchers.setdefault(pid, []).append(conn)
@@ -374,6 +389,20 @@ class Supervisor:
         if self.server is not None:
             with contextlib.suppress(OSError):
                 (self.state_dir / "shim.sock").unlink()
+
+
+def _stat_of(pid: int) -> tuple[int, str]:
+    """(start time in clock ticks since boot, comm) of a live or zombie process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return 0, ""
+    comm = data[data.find(b"(") + 1 : data.rfind(b")")].decode(errors="replace")
+    try:
+        return int(data[data.rfind(b")") + 2 :].split()[19]), comm
+    except (ValueError, IndexError):
+        return 0, comm
 
 
 def _parent_of(pid: int) -> int:

@@ -141,3 +141,24 @@ def test_max_jobs_back_pressure(tmp_path: Path) -> None:
         c.close()
     finally:
         node.stop()
+
+
+def test_exit_status_of_a_job_spawned_as_the_dispatcher_died(tmp_path: Path) -> None:
+    """The dispatcher dies in the instant between spawning a job and writing its pid down; the
+    job exits before a new dispatcher is up. Its exit status still comes back: the supervisor
+    reaped it and finds it again by name and start time."""
+    script = tmp_path / "core0-crashme"
+    script.write_text("#!/bin/sh\necho ran >> \"$1\"\nexit 3\n")
+    script.chmod(0o755)
+    marks = tmp_path / "ran"
+    node = start_node(tmp_path / "state", env={"CORE0_TEST_CRASH_AFTER_SPAWN": script.name})
+    try:
+        c = node.client(timeout=60)
+        old = node.dispatcher_pid()
+        res = c.system([str(script), str(marks)]).get(60)
+        assert node.dispatcher_pid() != old, "the dispatcher should have died and restarted"
+        assert res.code == 1003, res
+        assert marks.read_text() == "ran\n"  # it ran once
+        c.close()
+    finally:
+        node.stop()
