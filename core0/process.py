@@ -225,7 +225,7 @@ def get_reaper() -> Reaper:
     return _reaper
 
 
-async def _read_all(fd: int, limit: int) -> bytes:
+async def read_all(fd: int, limit: int) -> bytes:
     """Read a non-blocking pipe until EOF, keeping at most ``limit`` trailing bytes."""
     loop = asyncio.get_running_loop()
     chunks: list[bytes] = []
@@ -310,8 +310,8 @@ async def run(
             os.close(fd)
     done = reaper.watch(sp.pid)
     tasks = [
-        asyncio.ensure_future(_read_all(out_r, limit)),
-        asyncio.ensure_future(_read_all(err_r, limit)),
+        asyncio.ensure_future(read_all(out_r, limit)),
+        asyncio.ensure_future(read_all(err_r, limit)),
     ]
     writer = None
     if in_w is not None and isinstance(stdin, bytes):

@@ -58,6 +58,15 @@ def wait_until(cond, timeout: float = 10.0, step: float = 0.02) -> bool:  # type
     return bool(cond())
 
 
+def code_of(fn, *a, **kw) -> int:  # type: ignore[no-untyped-def]
+    """The result code of a client call that must fail (ResultError)."""
+    from core0_client import ResultError
+
+    with pytest.raises(ResultError) as ei:
+        fn(*a, **kw)
+    return ei.value.code
+
+
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
     """Kill a process and every descendant (by walking /proc)."""
     import psutil

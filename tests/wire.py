@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
 import redis
+from conftest import wait_until as wait_for  # noqa: F401  (re-exported for tests)
 
 
 def cmd(command: str, arguments: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
@@ -33,15 +33,6 @@ def result(r: redis.Redis, job_id: str, timeout: float = 10, prefix: str = "") -
 def run(r: redis.Redis, command: str, arguments: dict[str, Any] | None = None,
         timeout: float = 10, **kw: Any) -> dict[str, Any]:
     return result(r, push(r, cmd(command, arguments, **kw)), timeout)
-
-
-def wait_for(cond, timeout: float = 10.0, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())
 
 
 def keys_without_ttl(r: redis.Redis) -> list[str]:

@@ -110,28 +110,6 @@ async def retry_busy(
     return res
 
 
-async def _drain(fd: int, limit: int = 1 << 16) -> bytes:
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    ev = asyncio.Event()
-    loop.add_reader(fd, ev.set)
-    try:
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except BlockingIOError:
-                ev.clear()
-                await ev.wait()
-                continue
-            if not data:
-                return bytes(buf)
-            buf += data
-            if len(buf) > limit:
-                del buf[: len(buf) - limit]
-    finally:
-        loop.remove_reader(fd)
-
-
 async def run_fds(
     argv: Sequence[str],
     *,
@@ -166,7 +144,7 @@ async def run_fds(
         os.close(err_w)
         os.close(null)
     done = reaper.watch(sp.pid)
-    reader = asyncio.ensure_future(_drain(err_r))
+    reader = asyncio.ensure_future(process.read_all(err_r, 1 << 16))
     try:
         while True:
             try:

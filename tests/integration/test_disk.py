@@ -8,17 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from core0_client import ResultError
+from conftest import code_of
 
 pytest_plugins = ["storage_fixtures"]
 
 pytestmark = pytest.mark.root
-
-
-def code_of(fn, *a, **kw) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(ResultError) as ei:
-        fn(*a, **kw)
-    return ei.value.code
 
 
 @pytest.fixture(autouse=True)

@@ -10,17 +10,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import code_of
 from core0_client.errors import ResultError
 from net_fixtures import NetNode, Netns, net_node, netns
 
 pytestmark = pytest.mark.root
 __all__ = ["net_node"]
-
-
-def code_of(fn: Any, *a: Any, **kw: Any) -> int:
-    with pytest.raises(ResultError) as e:
-        fn(*a, **kw)
-    return e.value.code
 
 
 @pytest.fixture

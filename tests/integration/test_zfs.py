@@ -10,17 +10,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import code_of
 from core0_client import ResultError
 
 pytest_plugins = ["storage_fixtures"]
 
 pytestmark = pytest.mark.root
-
-
-def code_of(fn, *a, **kw) -> int:  # type: ignore[no-untyped-def]
-    with pytest.raises(ResultError) as ei:
-        fn(*a, **kw)
-    return ei.value.code
 
 
 def tree_digest(root: Path) -> dict[str, str]:
