@@ -15,8 +15,10 @@ for other Python versions.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
+import platform
 import signal
 import sys
 import time
@@ -96,6 +98,31 @@ def spawn_program(
     return int(pid)
 
 
+#: glibc's own real-time signals (SIGCANCEL, SIGSETXID): no Python API can set them, yet an
+#: ignored disposition of theirs is inherited like any other
+_RESERVED = (32, 33)
+_SYS_RT_SIGACTION = 13  # x86_64
+
+
+class _KSigaction(ctypes.Structure):
+    _fields_ = [("handler", ctypes.c_void_p), ("flags", ctypes.c_ulong),
+                ("restorer", ctypes.c_void_p), ("mask", ctypes.c_uint64)]
+
+
+def _reset_raw(sig: int) -> bool:
+    """SIG_IGN → SIG_DFL for one of glibc's reserved signals, by the raw syscall."""
+    if platform.machine() != "x86_64":
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = _KSigaction()
+    if libc.syscall(_SYS_RT_SIGACTION, sig, None, ctypes.byref(old), 8) != 0:
+        return False
+    if old.handler != 1:  # SIG_IGN
+        return False
+    new = _KSigaction()  # SIG_DFL, no flags, empty mask
+    return bool(libc.syscall(_SYS_RT_SIGACTION, sig, ctypes.byref(new), None, 8) == 0)
+
+
 def reset_ignored_signals() -> list[int]:
     """Give every signal core0 inherited as *ignored* its default disposition again.
 
@@ -104,7 +131,7 @@ def reset_ignored_signals() -> list[int]:
     that on to every job. ``fork_exec`` restores only Python's own SIGPIPE/SIGXFSZ, so the
     supervisor and the dispatcher call this at start. Returns the signals reset.
     """
-    reset = []
+    reset = [sig for sig in _RESERVED if _reset_raw(sig)]
     for sig in _ALL_SIGNALS:
         if sig in (signal.SIGPIPE, signal.SIGXFSZ):
             continue  # Python ignores these itself; children get them back by restore_signals
