@@ -114,9 +114,10 @@ class RespConnection:
         """Send ``commands`` in one write; return their replies in order."""
         if self._w is None or self._r is None:
             raise ConnectionError("not connected")
-        self._w.write(b"".join(pack(c) for c in commands))
+        self._w.write(b"".join([pack(c) for c in commands]))
         try:
-            return await asyncio.wait_for(self._replies(len(commands)), timeout)
+            async with asyncio.timeout(timeout):  # no extra task, unlike wait_for
+                return await self._replies(len(commands))
         except BaseException:
             self.close()  # a half-read reply stream cannot be reused
             raise
