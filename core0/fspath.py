@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 
-from core0.errors import BadRequest, NotFound
+from core0.errors import BadRequest, CommandError, Conflict, NotFound
 
 MAX_LINKS = 40
 MAX_PATH = 4096
@@ -216,3 +216,14 @@ def _remove_at(dfd: int, name: str) -> None:
     finally:
         os.close(fd)
     os.rmdir(name, dir_fd=dfd)
+
+
+def oserror(e: OSError, path: str) -> CommandError:
+    """An OSError met on a user path, as the typed error (404, 409 or 400) naming the path."""
+    if isinstance(e, FileNotFoundError):
+        return NotFound(f"no such file or directory: {path}")
+    if isinstance(e, FileExistsError):
+        return Conflict(f"exists already: {path}")
+    if isinstance(e, PermissionError):
+        return BadRequest(f"permission denied: {path}")
+    return BadRequest(f"{e.strerror or e}: {path}")

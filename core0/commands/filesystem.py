@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound
-from core0.fspath import Root
+from core0.errors import BadRequest, NotFound
+from core0.fspath import Root, oserror
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Range, Schema
 
@@ -76,16 +76,6 @@ def _root(ctx: Context) -> Root:
     return Root(ctx.config.main.filesystem_root)
 
 
-def _oserror(e: OSError, path: str) -> Exception:
-    if isinstance(e, FileNotFoundError):
-        return NotFound(f"no such file or directory: {path}")
-    if isinstance(e, FileExistsError):
-        return Conflict(f"exists already: {path}")
-    if isinstance(e, (IsADirectoryError, NotADirectoryError)):
-        return BadRequest(f"{e.strerror}: {path}")
-    if isinstance(e, PermissionError):
-        return BadRequest(f"permission denied: {path}")
-    return BadRequest(f"{e.strerror or e}: {path}")
 
 
 @dataclass(frozen=True)
@@ -102,7 +92,7 @@ async def open_(ctx: Context, args: OpenArgs) -> str:
         try:
             fd = root.open(args.file, _MODES[args.mode], args.perm)
         except OSError as e:
-            raise _oserror(e, args.file) from None
+            raise oserror(e, args.file) from None
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         os.close(fd)
         raise BadRequest(f"is a directory: {args.file}")
@@ -188,7 +178,7 @@ async def list_(ctx: Context, args: PathArgs) -> list[dict[str, Any]]:
         try:
             fd = root.opendir(args.path)
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
         try:
             out = []
             for ent in sorted(os.scandir(fd), key=lambda x: x.name):
@@ -205,7 +195,7 @@ async def mkdir(ctx: Context, args: PathArgs) -> bool:
         try:
             root.mkdir(args.path)
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
     return True
 
 
@@ -218,7 +208,7 @@ async def remove(ctx: Context, args: PathArgs) -> bool:
         except (FileNotFoundError, NotFound):
             return False
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
     return True
 
 
@@ -235,7 +225,7 @@ async def move(ctx: Context, args: MoveArgs) -> bool:
         try:
             root.rename(args.path, args.destination)
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
     return True
 
 
@@ -259,7 +249,7 @@ async def chmod(ctx: Context, args: ChmodArgs) -> bool:
                 if not args.recursive:
                     os.close(dfd)
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
     return True
 
 
@@ -306,5 +296,5 @@ async def chown(ctx: Context, args: ChownArgs) -> bool:
                 with root.at(args.path) as (dfd, name):
                     os.chown(name or ".", uid, gid, dir_fd=dfd, follow_symlinks=False)
         except OSError as e:
-            raise _oserror(e, args.path) from None
+            raise oserror(e, args.path) from None
     return True

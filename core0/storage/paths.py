@@ -12,20 +12,14 @@ import os
 import stat
 
 from core0.context import Context
-from core0.errors import BadRequest, CommandError, Conflict, NotFound
-from core0.fspath import Root
+from core0.errors import BadRequest, Conflict
+from core0.fspath import Root, oserror
 
 
 def _root(ctx: Context) -> Root:
     return Root(ctx.config.main.filesystem_root)
 
 
-def _oserror(e: OSError, path: str) -> CommandError:
-    if isinstance(e, FileNotFoundError):
-        return NotFound(f"no such file or directory: {path}")
-    if isinstance(e, FileExistsError):
-        return Conflict(f"exists already: {path}")
-    return BadRequest(f"{e.strerror or e}: {path}")
 
 
 def _real(fd: int) -> str:
@@ -52,7 +46,7 @@ def resolve(ctx: Context, path: str, *, kind: str = "any", create_dir: bool = Fa
             finally:
                 os.close(fd)
     except OSError as e:
-        raise _oserror(e, path) from None
+        raise oserror(e, path) from None
 
 
 def resolve_new(ctx: Context, path: str) -> str:
@@ -74,7 +68,7 @@ def open_file(ctx: Context, path: str, flags: int, mode: int = 0o600) -> tuple[i
         with _root(ctx) as root:
             fd = root.open(path, flags, mode)
     except OSError as e:
-        raise _oserror(e, path) from None
+        raise oserror(e, path) from None
     if stat.S_ISDIR(os.fstat(fd).st_mode):
         os.close(fd)
         raise BadRequest(f"is a directory: {path}")
@@ -88,7 +82,7 @@ def open_dir(ctx: Context, path: str) -> tuple[int, str]:
         with _root(ctx) as root:
             fd = root.opendir(path)
     except OSError as e:
-        raise _oserror(e, path) from None
+        raise oserror(e, path) from None
     return fd, _real(fd)
 
 
@@ -101,7 +95,7 @@ def open_parent(ctx: Context, path: str) -> tuple[int, str, str]:
                 raise BadRequest(f"not a valid new path: {path}")
             fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
     except OSError as e:
-        raise _oserror(e, path) from None
+        raise oserror(e, path) from None
     try:
         os.stat(name, dir_fd=fd, follow_symlinks=False)
     except FileNotFoundError:
