@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if ns.mode == "dispatcher":
         setup_logging(cfg.main.log_level, "core0-dispatcher")
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
-        from core0 import dispatcher
+        from core0.bus import dispatcher
 
         dispatcher.main(cfg, lambda: configmod.load(ns.config, overrides=overrides))
     elif ns.mode == "dev":

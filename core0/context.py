@@ -6,20 +6,31 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from core0 import process
-from core0.errors import PreconditionFailed, ToolError
-from core0.output import Message
+from core0.errors import PreconditionFailed, ToolError, Unavailable
+from core0.proc import process
+from core0.proc.output import Message
 
 if TYPE_CHECKING:
+    from core0.boot.services import ServiceManager
     from core0.config import Config
-    from core0.jobs import Job, JobEngine
+    from core0.jobs.engine import Job, JobEngine
 
 T = TypeVar("T")
 
 #: threads for blocking libraries (libvirt, netlink batches); never for child processes
 _THREADS = asyncio.Semaphore(8)
+
+
+class Node(Protocol):
+    """The running node as handlers see it (the dispatcher implements it)."""
+
+    services: ServiceManager
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read the configuration and apply service changes."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -55,6 +66,19 @@ class Context:
     @property
     def tags(self) -> list[str]:
         return list(self.job.cmd.tags or [])
+
+    @property
+    def node(self) -> Node:
+        """The running node (503 when the job runs outside a dispatcher)."""
+        node = self.engine.node
+        if node is None:
+            raise Unavailable("the dispatcher is not running")
+        return node
+
+    @property
+    def services(self) -> ServiceManager:
+        """The node's startup services."""
+        return self.node.services
 
     def emit(self, level: int, text: str) -> None:
         """Send an output message (streamed to ``log:<id>``, and ``stream:<id>`` if asked)."""

@@ -36,8 +36,8 @@ async def apply(ctx: Context, args: ApplyArgs) -> dict[str, Any]:
     go under ``cloudconfig.root``. 404/413/503 when the source cannot be read, 400 when it is
     not ``#cloud-config`` YAML (safe subset) or a JSON object. With no source at all the
     result says so (``source: null``)."""
-    from core0 import cloudconfig, dispatcher
+    from core0.boot import cloudconfig
 
-    d = dispatcher.current()
-    cfg = d.services.cfg if d is not None else ctx.config
+    node = ctx.engine.node
+    cfg = node.services.cfg if node is not None else ctx.config
     return await cloudconfig.apply(ctx, cfg, args.source, args.stage, args.force)

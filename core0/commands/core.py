@@ -13,10 +13,11 @@ from core0_client.protocol import LogRecord
 from redis.exceptions import ResponseError
 
 from core0 import __version__, registry
-from core0.bus import TRANSIENT
+from core0.bus.store import TRANSIENT
 from core0.context import Context, ProcessSpec
 from core0.errors import BadRequest, NotFound
-from core0.process import find_executable
+from core0.jobs.env import SERVICE_COMMAND, job_env
+from core0.proc.process import find_executable
 from core0.registry import Role, command
 from core0.schema import ID, Doc, Len, NoArgs, Pattern, Schema
 
@@ -28,16 +29,6 @@ _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 async def ping(ctx: Context, args: NoArgs) -> str:
     """Answer ``"PONG <version>"``: the node is up and its dispatcher is taking commands."""
     return f"PONG {__version__}"
-
-
-def job_env(extra: dict[str, str] | None) -> dict[str, str]:
-    """The environment of a job: the node's (minus core0's own variables) plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE0_")}
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-    env.setdefault("HOME", "/")
-    if extra:
-        env.update(extra)
-    return env
 
 
 def check_env(env: dict[str, str] | None) -> None:
@@ -116,9 +107,6 @@ async def state(ctx: Context, args: NoArgs) -> dict[str, Any]:
 async def commands(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     """Every command of this node: name, least role, argument JSON Schema and reference text."""
     return [spec.describe() for spec in registry.all_commands()]
-
-
-SERVICE_COMMAND = "core.service"
 
 
 @dataclass(frozen=True)

@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from core0.context import Context
-from core0.errors import Unavailable
 from core0.registry import Role, command
 from core0.schema import Doc, NoArgs, Pattern, Schema
 
-if TYPE_CHECKING:
-    from core0.services import ServiceManager
-
 _SERVICE_ID = Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
-
-
-def _manager() -> ServiceManager:
-    from core0 import dispatcher
-
-    d = dispatcher.current()
-    if d is None:
-        raise Unavailable("the dispatcher is not running")
-    return d.services
 
 
 @dataclass(frozen=True)
@@ -38,7 +25,7 @@ async def service_list(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     restarts included), ``last_exit`` (the last run's result code), ``hash`` (of the effective
     spec: what runs), ``command``, ``oneshot``, ``protected``, ``deps`` (services it waits
     for) and ``source`` (the file that declared it)."""
-    return _manager().describe_all()
+    return ctx.services.describe_all()
 
 
 @command("service.get", ServiceId, role=Role.READ_ONLY, inline=True)
@@ -47,7 +34,7 @@ async def service_get(ctx: Context, args: ServiceId) -> dict[str, Any]:
     arguments and ``{var}`` substitution), ``last_state``, ``result`` (the data a builtin
     command returned, e.g. cloud-config's per-step outcome) and ``started_at``, ``ready_at``,
     ``ended_at`` (epoch seconds). 404 for an unknown id."""
-    return _manager().get(args.id).describe(full=True)
+    return ctx.services.get(args.id).describe(full=True)
 
 
 @command("service.start", ServiceId, role=Role.OPERATOR)
@@ -55,7 +42,7 @@ async def service_start(ctx: Context, args: ServiceId) -> dict[str, Any]:
     """Start a service that is not running (stopped, done, failed): it waits for its
     dependencies to be running, as at boot. 409 when it runs or waits already; 412 when it is
     invalid or its condition is false on this node. Returns the service (service.get)."""
-    return await _manager().start(args.id)
+    return await ctx.services.start(args.id)
 
 
 @command("service.stop", ServiceId, role=Role.OPERATOR)
@@ -64,14 +51,14 @@ async def service_stop(ctx: Context, args: ServiceId) -> dict[str, Any]:
     a protected service is not restarted. Its status becomes ``stopped`` until service.start,
     service.restart or a reload that changes it. Stopping a service that does not run changes
     nothing. Services that depend on it keep running."""
-    return await _manager().stop(args.id)
+    return await ctx.services.stop(args.id)
 
 
 @command("service.restart", ServiceId, role=Role.OPERATOR)
 async def service_restart(ctx: Context, args: ServiceId) -> dict[str, Any]:
     """Stop the service if it runs, then start it again (waiting for its dependencies).
     412 when it is invalid or its condition is false. Returns the service (service.get)."""
-    return await _manager().restart(args.id)
+    return await ctx.services.restart(args.id)
 
 
 @command("core.reload", role=Role.ADMIN)
@@ -83,14 +70,10 @@ async def reload(ctx: Context, args: NoArgs) -> dict[str, Any]:
     "skipped"}`` (lists of ids; ``skipped``: declared but their condition is false). A
     configuration with an invalid service or a dependency cycle is refused as a whole: 400 and
     nothing changes. 409 while the boot services have not passed their net phase."""
-    from core0 import dispatcher
     from core0.config import ConfigError
     from core0.errors import BadRequest
 
-    d = dispatcher.current()
-    if d is None:
-        raise Unavailable("the dispatcher is not running")
     try:
-        return await d.reload()
+        return await ctx.node.reload()
     except ConfigError as e:
         raise BadRequest(f"configuration refused, nothing changed: {e}") from None

@@ -46,7 +46,7 @@ def build_services(cfg: Config, config_path: str | None,
 def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str, Any]]) -> int:
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(cfg.state_dir, 0o700)
-    from core0 import process  # asyncio: kept off core0 init's import path
+    from core0.proc import process  # asyncio: kept off core0 init's import path
 
     process.set_child_subreaper()
     redis_svc, disp = build_services(cfg, config_path, overrides)

@@ -36,7 +36,7 @@ from typing import Any, NoReturn
 from core0 import config as configmod
 from core0.init import mounts, power
 from core0.init.supervise import Service, Supervisor, setup_logging
-from core0.spawn import spawn_program
+from core0.proc.spawn import spawn_program
 
 log = logging.getLogger("core0.init")
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core0.spawn import reset_ignored_signals, spawn_program, wait_status
+from core0.proc.spawn import reset_ignored_signals, spawn_program, wait_status
 
 log = logging.getLogger("core0.shim")
 
@@ -242,7 +242,7 @@ class Supervisor:
         buf = self.conns[conn]
         buf += data
         try:
-            from core0 import shimlink  # msgpack + asyncio: not on PID 1's boot path
+            from core0.proc import shimlink  # msgpack + asyncio: not on PID 1's boot path
 
             for msg in shimlink.read_frame(conn, buf):
                 self._handle(conn, msg)
@@ -275,7 +275,7 @@ class Supervisor:
     def _send(self, conn: socket.socket, msg: dict[str, object]) -> None:
         try:
             conn.setblocking(True)
-            from core0 import shimlink
+            from core0.proc import shimlink
 
             conn.sendall(shimlink.pack(msg))
             conn.setblocking(False)

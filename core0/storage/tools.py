@@ -13,7 +13,6 @@ import re
 import signal
 from collections.abc import Callable, Sequence
 
-from core0 import process
 from core0.context import Context
 from core0.errors import (
     BadRequest,
@@ -23,7 +22,8 @@ from core0.errors import (
     PreconditionFailed,
     ToolError,
 )
-from core0.process import RunResult
+from core0.proc import process
+from core0.proc.process import RunResult
 
 #: (stderr pattern, error class), first match wins
 Rule = tuple[str, type[CommandError]]

@@ -20,7 +20,7 @@ from typing import Any
 
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
-from core0.process import RunResult
+from core0.proc.process import RunResult
 from core0.storage import blockdev, parse, tools
 from core0.storage.names import PROP_RE
 

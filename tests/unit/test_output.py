@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core0.output import Message, OutputParser, Tail
+from core0.proc.output import Message, OutputParser, Tail
 
 
 def feed_all(p: OutputParser, *chunks: bytes) -> list[Message]:

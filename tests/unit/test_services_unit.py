@@ -11,11 +11,8 @@ from typing import Any
 
 import pytest
 
-from core0 import cloudconfig, miniyaml
-from core0.config import ConfigError, load
-from core0.errors import BadRequest
-from core0.fspath import Root
-from core0.servicespec import (
+from core0.boot import cloudconfig, cloudfiles, cloudparse, miniyaml
+from core0.boot.spec import (
     ServiceSpec,
     SpecError,
     evaluate,
@@ -24,6 +21,9 @@ from core0.servicespec import (
     plan,
     substitute,
 )
+from core0.config import ConfigError, load
+from core0.errors import BadRequest
+from core0.fspath import Root
 
 FLAGS = {"development": "", "zerotier": "abc", "debug": ""}
 
@@ -205,22 +205,22 @@ def test_yaml_refused(text: str) -> None:
 
 
 def test_cloudconfig_parse_and_decode() -> None:
-    assert cloudconfig.parse('{"hostname": "x"}') == {"hostname": "x"}
-    assert cloudconfig.parse("#cloud-config\nhostname: x\n") == {"hostname": "x"}
-    assert cloudconfig.parse("#cloud-config\n") == {}
+    assert cloudparse.parse('{"hostname": "x"}') == {"hostname": "x"}
+    assert cloudparse.parse("#cloud-config\nhostname: x\n") == {"hostname": "x"}
+    assert cloudparse.parse("#cloud-config\n") == {}
     for bad in ("#!/bin/sh\necho", "hostname: x", "[1, 2]", "#cloud-config\n- a\n"):
         with pytest.raises(BadRequest):
-            cloudconfig.parse(bad)
+            cloudparse.parse(bad)
     gz = base64.b64encode(gzip.compress(b"zz")).decode()
-    assert cloudconfig.decode_content(gz, "gzip+base64") == b"zz"
-    assert cloudconfig.decode_content("aGk=", "b64") == b"hi"
-    assert cloudconfig.decode_content("hi", "text") == b"hi"
+    assert cloudparse.decode_content(gz, "gzip+base64") == b"zz"
+    assert cloudparse.decode_content("aGk=", "b64") == b"hi"
+    assert cloudparse.decode_content("hi", "text") == b"hi"
     with pytest.raises(BadRequest):
-        cloudconfig.decode_content("hi", "rot13")
-    assert cloudconfig.parse_mode("0640") == 0o640 and cloudconfig.parse_mode(0o600) == 0o600
-    assert cloudconfig.parse_mode("755") == 0o755 and cloudconfig.parse_mode(None) == 0o644
+        cloudparse.decode_content("hi", "rot13")
+    assert cloudparse.parse_mode("0640") == 0o640 and cloudparse.parse_mode(0o600) == 0o600
+    assert cloudparse.parse_mode("755") == 0o755 and cloudparse.parse_mode(None) == 0o644
     with pytest.raises(BadRequest):
-        cloudconfig.parse_mode("rwx")
+        cloudparse.parse_mode("rwx")
     assert cloudconfig.command_argv("echo 'a b' > /x") == ["echo", "a b", ">", "/x"]
     assert cloudconfig.command_argv(["ls", 1]) == ["ls", "1"]
     for bad in ([], "", [["nested"]], "'unterminated"):
@@ -237,13 +237,13 @@ def test_ensure_file_is_atomic_idempotent_and_confined(tmp_path: Path) -> None:
     os.symlink("../../../../../nowhere", root_dir / "etc" / "dangling")
     (root_dir / str(outside).lstrip("/")).mkdir(parents=True)
     with Root(str(root_dir)) as root:
-        assert cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o600)
-        assert not cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o600)
-        assert cloudconfig.ensure_file(root, "/etc/a/b", b"x", 0o644)
+        assert cloudfiles.ensure_file(root, "/etc/a/b", b"x", 0o600)
+        assert not cloudfiles.ensure_file(root, "/etc/a/b", b"x", 0o600)
+        assert cloudfiles.ensure_file(root, "/etc/a/b", b"x", 0o644)
         # a symlink to an absolute path is resolved inside the root, never outside it
-        assert cloudconfig.ensure_file(root, "/etc/link/f", b"y", 0o644)
+        assert cloudfiles.ensure_file(root, "/etc/link/f", b"y", 0o644)
         # ".." never climbs above the root
-        assert cloudconfig.ensure_file(root, "/etc/dangling/f", b"z", 0o644)
+        assert cloudfiles.ensure_file(root, "/etc/dangling/f", b"z", 0o644)
     assert (root_dir / "nowhere/f").read_bytes() == b"z"
     assert (root_dir / "etc/a/b").stat().st_mode & 0o777 == 0o644
     assert not list(outside.iterdir())

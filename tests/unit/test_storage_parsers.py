@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from core0.errors import BadRequest, Conflict, Internal, NotFound, PreconditionFailed
-from core0.process import RunResult
+from core0.proc.process import RunResult
 from core0.schema import Pattern
 from core0.storage import names, parse, tools
 

@@ -28,22 +28,26 @@ from core0_client.protocol import (
     now_ms,
 )
 
-from core0 import jobstate, process, registry
-from core0.bus import Bus, Publish, retry_forever
+from core0 import registry
+from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import CommandError, Conflict, NotFound
-from core0.joboutput import JobOutput, QueueSlots
-from core0.jobresult import TERMINATING, builtin_result, error_result, process_result
-from core0.output import FileFollower, OutputParser
-from core0.process import find_executable
+from core0.jobs import state as jobstate
+from core0.jobs.env import SERVICE_COMMAND
+from core0.jobs.output import JobOutput, QueueSlots
+from core0.jobs.result import TERMINATING, builtin_result, error_result, process_result
+from core0.proc import process
+from core0.proc.output import FileFollower, OutputParser
+from core0.proc.process import find_executable
+from core0.proc.spawn import boot_ticks
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
-from core0.spawn import boot_ticks
 
 if TYPE_CHECKING:
     from core0.config import Config
-    from core0.output import Inotify
-    from core0.shimlink import ShimLink
+    from core0.context import Node
+    from core0.proc.output import Inotify
+    from core0.proc.shimlink import ShimLink
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,8 @@ class JobEngine:
         self._room.set()
         self.started_total = 0
         self.stopping = False
+        #: the running node, for handlers (Context.node); set by the dispatcher
+        self.node: Node | None = None
 
     # ------------------------------------------------------------ capacity
 
@@ -510,8 +516,6 @@ class JobEngine:
         10 s healthy; exit 125 = permanent). It survives dispatcher restarts like every
         process job; no result is published. Conflict if the id is taken.
         """
-        from core0.commands.core import SERVICE_COMMAND
-
         if service_id in self.table:
             raise Conflict(f"a job named {service_id} is running already")
         args = {"argv": list(spec.argv), "env": dict(spec.env) if spec.env is not None else None,

@@ -160,7 +160,7 @@ def _resolv(ethernets: dict[str, dict[str, Any]]) -> str | None:
 
 async def apply_v2(ctx: Context, cfg: Config, root: Root, net: dict[str, Any]) -> dict[str, Any]:
     """Apply ``net`` (v2); returns the step's fields (``ethernets`` results, ``changed``)."""
-    from core0.cloudconfig import ensure_file
+    from core0.boot.cloudconfig import ensure_file
 
     ethernets = _check(net.get("ethernets") or {})
     unknown = sorted(set(net) - {"version", "ethernets", "renderer"})
@@ -185,9 +185,9 @@ async def apply_v2(ctx: Context, cfg: Config, root: Root, net: dict[str, Any]) -
 
 
 def _dhcp(ctx: Context, cfg: Config, nic: str) -> str:
-    from core0.commands.core import job_env
+    from core0.boot.node import on_node
     from core0.context import ProcessSpec
-    from core0.services import on_node
+    from core0.jobs.env import job_env
 
     n = cfg.net
     if on_node() and n.enabled and n.dhcp and nic not in n.skip and (

@@ -1,6 +1,6 @@
 """Boot services: phases init → net → boot, dependencies, readiness, drift and live reload.
 
-Every ``[startup.<id>]`` table (see core0.servicespec and docs/config.md) becomes one ordinary
+Every ``[startup.<id>]`` table (see core0.boot.spec and docs/config.md) becomes one ordinary
 job of the engine, ``svc:<id>``, run through ``engine.submit_internal``: visible in job.list,
 killable, adopted across dispatcher restarts. The manager adds ordering and readiness:
 
@@ -35,17 +35,16 @@ import re
 import time
 from collections.abc import Awaitable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from core0_client.protocol import Code, Command, Level, Result, State
 
-from core0 import process
+from core0.boot.node import boot_token, on_node
+from core0.boot.spec import PHASES, Plan, ServiceSpec, plan
 from core0.config import Config
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
-from core0.jobs import PERMANENT_EXIT, Job, JobEngine
-from core0.output import Message
-from core0.servicespec import PHASES, Plan, ServiceSpec, plan
+from core0.jobs.engine import PERMANENT_EXIT, Job, JobEngine
+from core0.proc.output import Message
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +54,6 @@ BAD = frozenset({"failed", "skipped", "stopped", "error"})
 SETTLED = READY | BAD
 #: largest builtin result kept in a service's state (bytes of JSON)
 RESULT_MAX = 16384
-
-
-def on_node() -> bool:
-    """The dispatcher runs under ``core0 init`` (a node), not ``core0 dev`` on a host."""
-    return os.environ.get("CORE0_PID1") == "1" and os.getppid() == 1
-
-
-def boot_token() -> str:
-    """Identifies one boot: the kernel's boot id and the supervisor process (core0 init or
-    core0 dev). A dispatcher restart keeps it; a new boot or a new ``core0 dev`` changes it."""
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = ""
-    ppid = os.getppid()
-    return f"{boot_id}:{ppid}:{process.proc_start_ticks(ppid)}"
 
 
 class Service:
@@ -516,7 +499,7 @@ class ServiceManager:
             log.error("services: cannot write %s: %s", self.path, e)
 
     def _plan(self, cfg: Config) -> Plan:
-        from core0 import cloudconfig
+        from core0.boot import cloudconfig
 
         return plan(cfg.startup, cfg.cmdline, extra=cloudconfig.boot_services(cfg))
 

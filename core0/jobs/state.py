@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core0.jobs import Job
+    from core0.jobs.engine import Job
 
 
 @dataclass

@@ -21,17 +21,19 @@ from typing import Any
 
 from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
 
-from core0 import jobstate, process, registry
-from core0.bus import TRANSIENT, Bus, PopLink, Publish, retry_forever
+from core0 import registry
+from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Forbidden, UnknownCommand
-from core0.jobs import Job, JobEngine, builtin_result, error_result
-from core0.output import Inotify
+from core0.jobs import state as jobstate
+from core0.jobs.engine import Job, JobEngine, builtin_result, error_result
+from core0.proc import process
+from core0.proc.output import Inotify
+from core0.proc.shimlink import ShimLink
+from core0.proc.spawn import reset_ignored_signals
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
-from core0.shimlink import ShimLink
-from core0.spawn import reset_ignored_signals
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +76,10 @@ class Dispatcher:
         self.stop_event = asyncio.Event()
         #: re-reads the configuration from the same sources (core.reload, SIGHUP)
         self.reload_config = reload_config or (lambda: cfg)
-        from core0.services import ServiceManager
+        from core0.boot.services import ServiceManager
 
         self.services = ServiceManager(cfg, self.engine)
+        self.engine.node = self
         self.started = time.time()
         self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0}
         self._loops: list[asyncio.Task[None]] = []
@@ -94,7 +97,6 @@ class Dispatcher:
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._sighup()))
         if await self.shim.connect():
             self.engine.shim = self.shim
-        _DISPATCHER[0] = self
         await retry_forever("connect", self.bus.ping)
         adopted = self.engine.adopt_all(self._parse_saved)
         log.info("dispatcher up (pid %d); adopted %d job(s); queues %s", os.getpid(), adopted,
@@ -356,14 +358,6 @@ class Dispatcher:
         if spec is None:
             raise ValueError(f"unknown command {cmd.command}")
         return cmd, spec, spec.args.parse(cmd.arguments), Role.parse(saved.role)
-
-
-#: the running dispatcher (for core.* introspection commands)
-_DISPATCHER: list[Dispatcher | None] = [None]
-
-
-def current() -> Dispatcher | None:
-    return _DISPATCHER[0]
 
 
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:

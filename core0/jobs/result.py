@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Code, Level, Result, State, now_ms
 
-from core0 import process
 from core0.errors import CommandError
+from core0.proc import process
 
 if TYPE_CHECKING:
-    from core0.jobs import Job
+    from core0.jobs.engine import Job
 
 #: signals after which a job counts as KILLED rather than failed
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}

@@ -1,7 +1,7 @@
 """Startup service specs: strict parsing, conditions, ``{var}`` substitution, ordering, hashes.
 
 Pure functions over ``Config.startup`` (``[startup.<id>]`` tables) and the kernel command line;
-the runtime (core0.services) uses what they return. Nothing here touches the node.
+the runtime (core0.boot.services) uses what they return. Nothing here touches the node.
 
 A spec names a registered command (``name``, default ``core.system``) and its ``args``. The
 effective spec is what runs: conditional argument keys (``"cond|key" = value``, 0-core's rule)

@@ -1,6 +1,6 @@
 """Spawning processes and the dispatcher's one reaper.
 
-Rules (design.md section 4): every child is started through core0.spawn in its own session
+Rules (design.md section 4): every child is started through core0.proc.spawn in its own session
 (so its process group can be signalled as a whole), with default signal dispositions and an
 empty signal mask; nothing else in the process calls ``wait``. The reaper runs on
 SIGCHLD in the event loop, loops ``waitpid(-1, WNOHANG)`` and routes each status to the future
@@ -22,7 +22,7 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core0.spawn import spawn_program, wait_status
+from core0.proc.spawn import spawn_program, wait_status
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ async def spawn(
     stdout: int,
     stderr: int,
 ) -> Spawned:
-    """Start ``argv`` in a new session (see core0.spawn). ``stdin``/``stdout``/``stderr`` are
+    """Start ``argv`` in a new session (see core0.proc.spawn). ``stdin``/``stdout``/``stderr`` are
     open fds. The executable is resolved with the PATH of ``env``; FileNotFoundError if
     missing, NotADirectoryError if ``cwd`` is not a directory."""
     env = dict(os.environ if env is None else env)

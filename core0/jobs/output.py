@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 
 from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, Level, LogRecord
 
-from core0.bus import retry_forever
-from core0.output import Message, Tail
+from core0.bus.store import retry_forever
+from core0.proc.output import Message, Tail
 
 if TYPE_CHECKING:
-    from core0.jobs import Job, JobEngine
+    from core0.jobs.engine import Job, JobEngine
 
 log = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core0.bus.resp import RespConnection, RespError, Script
 from core0.config import Config
-from core0.resp import RespConnection, RespError, Script
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ PUBLISH = Script(_PUBLISH)
 
 
 class PopLink:
-    """The pop loop's own connection (core0.resp): one write per batch of work."""
+    """The pop loop's own connection (core0.bus.resp): one write per batch of work."""
 
     def __init__(self, cfg: Config, keys: Keys):
         self.cfg = cfg
