@@ -32,11 +32,13 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from core0.boot.cloudfiles import ensure_file, read_file
+from core0.boot.cloudnet import apply_v2
 from core0.boot.cloudparse import decode_content, parse, parse_mode, parse_network, parse_owner
 from core0.boot.cloudsource import CMDLINE_KEY, fetch, setting_on, state_dir
 from core0.boot.spec import ServiceSpec
 from core0.errors import BadRequest, CommandError
 from core0.fspath import Root
+from core0.jobs.env import job_env
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -193,8 +195,6 @@ def command_argv(entry: Any) -> list[str]:
 
 async def run_commands(ctx: Context, cfg: Config, name: str, entries: Any,
                        force: bool) -> dict[str, Any]:
-    from core0.jobs.env import job_env
-
     step = _step(name, commands=[])
     if isinstance(entries, str):
         entries = [entries]
@@ -230,8 +230,6 @@ async def run_commands(ctx: Context, cfg: Config, name: str, entries: Any,
 
 
 async def apply_network(ctx: Context, cfg: Config, root: Root, net: Any) -> dict[str, Any]:
-    from core0.boot.cloudnet import apply_v2
-
     step = _step("network")
     try:
         if not isinstance(net, dict):

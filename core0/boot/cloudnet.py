@@ -15,7 +15,11 @@ import ipaddress
 import socket
 from typing import TYPE_CHECKING, Any
 
+from core0.boot.cloudfiles import ensure_file
+from core0.boot.node import on_node
+from core0.context import ProcessSpec
 from core0.errors import BadRequest
+from core0.jobs.env import job_env
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -160,8 +164,6 @@ def _resolv(ethernets: dict[str, dict[str, Any]]) -> str | None:
 
 async def apply_v2(ctx: Context, cfg: Config, root: Root, net: dict[str, Any]) -> dict[str, Any]:
     """Apply ``net`` (v2); returns the step's fields (``ethernets`` results, ``changed``)."""
-    from core0.boot.cloudconfig import ensure_file
-
     ethernets = _check(net.get("ethernets") or {})
     unknown = sorted(set(net) - {"version", "ethernets", "renderer"})
     if unknown:
@@ -185,10 +187,6 @@ async def apply_v2(ctx: Context, cfg: Config, root: Root, net: dict[str, Any]) -
 
 
 def _dhcp(ctx: Context, cfg: Config, nic: str) -> str:
-    from core0.boot.node import on_node
-    from core0.context import ProcessSpec
-    from core0.jobs.env import job_env
-
     n = cfg.net
     if on_node() and n.enabled and n.dhcp and nic not in n.skip and (
             not n.interfaces or nic in n.interfaces) and nic not in n.static:

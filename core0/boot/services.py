@@ -39,6 +39,7 @@ from typing import Any
 
 from core0_client.protocol import Code, Command, Level, Result, State
 
+from core0.boot import cloudconfig
 from core0.boot.node import boot_token, on_node
 from core0.boot.spec import PHASES, Plan, ServiceSpec, plan
 from core0.config import Config
@@ -499,8 +500,6 @@ class ServiceManager:
             log.error("services: cannot write %s: %s", self.path, e)
 
     def _plan(self, cfg: Config) -> Plan:
-        from core0.boot import cloudconfig
-
         return plan(cfg.startup, cfg.cmdline, extra=cloudconfig.boot_services(cfg))
 
     @staticmethod

@@ -22,6 +22,7 @@ from typing import Any
 from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
 
 from core0 import registry
+from core0.boot.services import ServiceManager
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.context import Context
@@ -76,8 +77,6 @@ class Dispatcher:
         self.stop_event = asyncio.Event()
         #: re-reads the configuration from the same sources (core.reload, SIGHUP)
         self.reload_config = reload_config or (lambda: cfg)
-        from core0.boot.services import ServiceManager
-
         self.services = ServiceManager(cfg, self.engine)
         self.engine.node = self
         self.started = time.time()
