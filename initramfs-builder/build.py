@@ -352,7 +352,9 @@ def python_packages(stage: Stage, reqs: list[str], cache: Path) -> dict[str, str
                        env=env)
     subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--target",
                     str(target), "--no-compile", *plat, *reqs], check=True, env=env)
-    for junk in list(target.glob("*.dist-info/RECORD")) + list(target.glob("bin")):
+    # PyYAML's libyaml binding: core0 uses the pure-Python SafeLoader (core0/boot/safeyaml.py)
+    unused = [*target.glob("yaml/_yaml.*.so"), *target.glob("_yaml")]
+    for junk in list(target.glob("*.dist-info/RECORD")) + list(target.glob("bin")) + unused:
         if junk.is_dir():
             shutil.rmtree(junk)
         else:

@@ -6,13 +6,14 @@ filesystem labelled ``cloudconfig.label``, "cidata" by default, NoCloud style: `
 and optionally ``network-config``). A config drive is read through a read-only mount under the
 state dir when the kernel has the filesystem, else with mtools/isoinfo (no mount).
 
-User-data is ``#cloud-config`` YAML (a safe subset, core0.boot.miniyaml) or a JSON object. Supported
-keys: ``hostname``, ``write_files`` (path, content, encoding text/b64/base64/gz+b64/gzip+base64,
-permissions, owner, append), ``ssh_authorized_keys``, ``bootcmd`` (init phase), ``runcmd`` (boot
-phase), ``network`` (v2 subset: ethernets with match/name, dhcp4, addresses, gateway4/gateway6,
-mtu, nameservers). Other keys are listed as ignored. Commands never go through a shell: a list
-entry is the argv, a string entry is split with shlex (so ``>``, ``|``, ``$VAR`` are plain
-words). bootcmd and runcmd run once per boot for a given list (``force`` runs them again).
+User-data is ``#cloud-config`` YAML (PyYAML, stricter: core0.boot.safeyaml) or a JSON object.
+Supported keys: ``hostname``, ``write_files`` (path, content, encoding
+text/b64/base64/gz+b64/gzip+base64, permissions, owner, append), ``ssh_authorized_keys``,
+``bootcmd`` (init phase), ``runcmd`` (boot phase), ``network`` (v2 subset: ethernets with
+match/name, dhcp4, addresses, gateway4/gateway6, mtu, nameservers). Other keys are listed as
+ignored. Commands never go through a shell: a list entry is the argv, a string entry is split
+with shlex (so ``>``, ``|``, ``$VAR`` are plain words). bootcmd and runcmd run once per boot for
+a given list (``force`` runs them again).
 
 Files are written under ``cloudconfig.root`` ("/" on a node; tests redirect it), each one
 atomically (temp file + rename) and only when its content, mode or owner differ. The hostname

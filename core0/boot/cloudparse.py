@@ -11,7 +11,6 @@ import re
 import zlib
 from typing import TYPE_CHECKING, Any
 
-from core0.boot import miniyaml
 from core0.errors import BadRequest, TooLarge
 
 if TYPE_CHECKING:
@@ -34,9 +33,11 @@ def parse(text: str) -> dict[str, Any]:
         except ValueError as e:
             raise BadRequest(f"user-data: bad JSON: {e}") from None
     elif body.startswith("#cloud-config"):
+        from core0.boot import safeyaml  # PyYAML: loaded when user-data is read, not at start
+
         try:
-            doc = miniyaml.loads(body)
-        except miniyaml.YAMLError as e:
+            doc = safeyaml.loads(body)
+        except safeyaml.YAMLError as e:
             raise BadRequest(f"user-data: {e}") from None
     elif body.startswith("#!"):
         raise BadRequest("user-data: scripts are not supported (use runcmd)")
@@ -56,9 +57,11 @@ def parse_network(text: str) -> dict[str, Any] | None:
     body = text.strip()
     if not body:
         return None
+    from core0.boot import safeyaml
+
     try:
-        doc = json.loads(body) if body.startswith("{") else miniyaml.loads(body)
-    except (ValueError, miniyaml.YAMLError) as e:
+        doc = json.loads(body) if body.startswith("{") else safeyaml.loads(body)
+    except ValueError as e:  # safeyaml.YAMLError included
         raise BadRequest(f"network-config: {e}") from None
     if isinstance(doc, dict) and isinstance(doc.get("network"), dict):
         doc = doc["network"]

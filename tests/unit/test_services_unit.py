@@ -1,5 +1,5 @@
-"""Service specs (parsing, conditions, {var}, ordering, cycles, hashes), the YAML subset and
-cloud-config helpers: pure functions, no node."""
+"""Service specs (parsing, conditions, {var}, ordering, cycles, hashes) and cloud-config
+helpers: pure functions, no node (YAML: test_safeyaml.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from core0.boot import cloudconfig, cloudfiles, cloudparse, miniyaml
+from core0.boot import cloudconfig, cloudfiles, cloudparse
 from core0.boot.spec import (
     ServiceSpec,
     SpecError,
@@ -161,44 +161,6 @@ def test_config_sections_and_cmdline_env(tmp_path: Path) -> None:
     f.write_text('[cloudconfig]\nconfigdrive = "maybe"\n')
     with pytest.raises(ConfigError, match="configdrive"):
         load(str(f), env={})
-
-
-# ---------------------------------------------------------------- YAML subset
-
-
-def test_yaml_subset() -> None:
-    doc = miniyaml.loads("""#cloud-config
-a: 1
-b: '0644'
-c: 0644
-d: [x, "y z", {k: v}]
-e:
-- one
-- k: v
-  k2: [1, 2]
-f: |
-  line
-    more
-g: >-
-  folded
-  text
-h: "esc\\t\\u00e9"
-i: yes
-j: ~
-k: http://host:80/p#frag   # comment
-""")
-    assert doc == {"a": 1, "b": "0644", "c": 0o644, "d": ["x", "y z", {"k": "v"}],
-                   "e": ["one", {"k": "v", "k2": [1, 2]}], "f": "line\n  more\n",
-                   "g": "folded text", "h": "esc\t\u00e9", "i": True, "j": None,
-                   "k": "http://host:80/p#frag"}
-
-
-@pytest.mark.parametrize("text", ["a: &x 1\nb: *x\n", "a: !!python/object x\n", "a: 1\na: 2\n",
-                                  "a:\n\tb: 1\n", "a: [1\n", "---\na: 1\n---\nb: 1\n",
-                                  "a: 1\n  b: 2\n"])
-def test_yaml_refused(text: str) -> None:
-    with pytest.raises(miniyaml.YAMLError):
-        miniyaml.loads(text)
 
 
 # ---------------------------------------------------------------- cloud-config helpers
