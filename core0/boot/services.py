@@ -39,12 +39,13 @@ from typing import Any
 
 from core0_client.protocol import Code, Command, Level, Result, State
 
+from core0.backoff import PERMANENT_EXIT
 from core0.boot import cloudconfig
 from core0.boot.node import boot_token, on_node
 from core0.boot.spec import PHASES, Plan, ServiceSpec, plan
 from core0.config import Config
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
-from core0.jobs.engine import PERMANENT_EXIT, Job, JobEngine
+from core0.jobs.engine import Job, JobEngine
 from core0.proc.output import Message
 
 log = logging.getLogger(__name__)

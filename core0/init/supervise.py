@@ -32,14 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core0.backoff import PERMANENT_EXIT, Backoff
 from core0.proc.spawn import reset_ignored_signals, spawn_program, wait_status
 
 log = logging.getLogger("core0.shim")
 
-BACKOFF_MIN = 1.0
-BACKOFF_MAX = 60.0
-HEALTHY_AFTER = 10.0
-PERMANENT_EXIT = 125
 
 
 @dataclass
@@ -53,7 +50,7 @@ class Service:
     ready: Callable[[], bool] | None = None
     pid: int | None = None
     started: float = 0.0
-    delay: float = BACKOFF_MIN
+    backoff: Backoff = field(default_factory=Backoff)
     next_start: float | None = None
     permanent: bool = False
     starts: int = 0
@@ -159,11 +156,9 @@ class Supervisor:
                 os.kill(svc.pid, signal.SIGKILL)
 
     def _schedule(self, svc: Service, ran_for: float) -> None:
-        if ran_for >= HEALTHY_AFTER:
-            svc.delay = BACKOFF_MIN
-        svc.next_start = time.monotonic() + svc.delay
-        log.warning("%s: restart in %.0fs", svc.name, svc.delay)
-        svc.delay = min(svc.delay * 2, BACKOFF_MAX)
+        delay = svc.backoff.next(ran_for)
+        svc.next_start = time.monotonic() + delay
+        log.warning("%s: restart in %.0fs", svc.name, delay)
 
     def _service_exited(self, svc: Service, status: int) -> None:
         ran = time.monotonic() - svc.started

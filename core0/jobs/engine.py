@@ -29,6 +29,7 @@ from core0_client.protocol import (
 )
 
 from core0 import registry
+from core0.backoff import PERMANENT_EXIT, Backoff
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import CommandError, Conflict, NotFound
@@ -53,9 +54,6 @@ log = logging.getLogger(__name__)
 
 #: fault tests only: the dispatcher dies right after spawning a program of this name
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
-
-#: restart backoff of protected services (same rule as the supervisor's)
-BACKOFF_MIN, BACKOFF_MAX, HEALTHY_AFTER, PERMANENT_EXIT = 1.0, 60.0, 10.0, 125
 
 GRACE = 2.0
 
@@ -101,7 +99,8 @@ class Job:
         self.comm = ""
         #: not from the bus: no result is published (services started by core0 itself)
         self.internal = not processing
-        self.backoff = BACKOFF_MIN
+        #: restart delays when protected (the supervisor's rule)
+        self.backoff = Backoff()
         #: called after every run with its result (service managers watch these)
         self.run_end: list[Callable[[Job, Result], None]] = []
         #: set when the job is over; ``final`` holds its last result
@@ -268,10 +267,7 @@ class JobEngine:
                 log.error("service %s exited %d: permanent failure, not restarted",
                           job.id, PERMANENT_EXIT)
                 return None
-            if result.time >= HEALTHY_AFTER * 1000:
-                job.backoff = BACKOFF_MIN
-            delay = job.backoff
-            job.backoff = min(job.backoff * 2, BACKOFF_MAX)
+            delay = job.backoff.next(result.time / 1000)
             log.warning("service %s ended (%s, code %d); restart in %.0fs",
                         job.id, result.state.value, result.code, delay)
             return delay
