@@ -80,6 +80,17 @@ class RedisConfig:
     protected_mode: bool = True
 
 
+def _per_role(table: dict[str, int], role: Role) -> int | None:
+    from core0.registry import Role as R
+
+    if role >= R.ADMIN:
+        return None
+    for name, value in table.items():
+        if R.parse(name) == role:
+            return int(value)
+    return None
+
+
 @dataclass(frozen=True)
 class BusConfig:
     #: key prefix of this node ("" = 0-core's key names; "{node1}:" for a shared Redis/Cluster)
@@ -106,6 +117,29 @@ class BusConfig:
     max_deliveries: int = 3
     #: Redis queues served and their roles: {"default": "admin", "ro": "read-only"}
     queues: dict[str, str] = field(default_factory=lambda: {"default": "admin"})
+    #: jobs in flight per role below admin (a role's queues stop popping at its cap)
+    role_max_jobs: dict[str, int] = field(
+        default_factory=lambda: {"read-only": 64, "operator": 256})
+    #: recurring jobs per role below admin; one more is refused with 429
+    role_max_recurring: dict[str, int] = field(
+        default_factory=lambda: {"read-only": 8, "operator": 64})
+    #: slots of max_jobs only admin queues may take (lower roles never starve them)
+    admin_reserve: int = 64
+    #: largest recurring_period accepted (seconds)
+    max_recurring_period: int = 7 * 86400
+    #: bytes of recent results kept to re-answer resubmissions (oldest dropped first)
+    result_cache_bytes: int = 32 << 20
+    #: bytes of output records a job may have waiting for Redis before its output files
+    #: stop being read (backpressure); a backlog beyond ``output_backlog_bytes`` is skipped
+    output_pending_bytes: int = 4 << 20
+    output_backlog_bytes: int = 64 << 20
+
+    def role_cap(self, role: Role) -> int | None:
+        """In-flight job cap of a role (None = admin: bounded by max_jobs only)."""
+        return _per_role(self.role_max_jobs, role)
+
+    def role_recurring_cap(self, role: Role) -> int | None:
+        return _per_role(self.role_max_recurring, role)
 
     def queue_roles(self) -> dict[str, Role]:
         from core0.registry import Role

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from core0.boot.services import ServiceManager
     from core0.config import Config
     from core0.jobs.engine import Job, JobEngine
+    from core0.registry import Role
 
 T = TypeVar("T")
 
@@ -62,6 +63,11 @@ class Context:
     @property
     def id(self) -> str:
         return self.job.id
+
+    @property
+    def role(self) -> Role:
+        """The role of the queue this command arrived on (never from the payload)."""
+        return self.job.role
 
     @property
     def tags(self) -> list[str]:

@@ -261,69 +261,70 @@ def _depth_ok(raw: bytes, limit: int) -> bool:
     return True
 
 
-_ID_SCAN_LIMIT = 64 * 1024
+#: commands larger than this are not searched for their id (Redis allows 512 MB values)
+_ID_SCAN_LIMIT = 64 << 20
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{},:]')
 
 
 def recover_id(raw: bytes) -> str | None:
-    """Find the top-level ``"id"`` string of a command that failed to parse.
+    """Find the top-level ``"id"`` string of a command that failed to parse (bad shape, broken
+    JSON, over the size limit), wherever it stands among the top-level keys.
 
-    Scans at most the first 64 KiB with a tiny tokenizer that only accepts a key at nesting
-    depth 1, so an ``id`` inside ``arguments`` is never mistaken for the command's id. Returns
-    None when there is no valid id (then the command goes to the dead-letter list).
+    Valid JSON is parsed by the C decoder; broken JSON is tokenized (strings, brackets,
+    commas, colons: a regular expression does the scanning) so that only a key at nesting
+    depth 1 counts and an ``id`` inside ``arguments`` is never mistaken for the command's
+    id. Returns None when there is no valid id (then the command goes to the dead letters).
     """
-    data = raw[:_ID_SCAN_LIMIT]
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > _ID_SCAN_LIMIT:
+        raw = raw[:_ID_SCAN_LIMIT]
     try:
-        text = data.decode("utf-8", errors="replace")
-    except Exception:  # pragma: no cover - decode with replace cannot fail
-        return None
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        return _scan_id(raw)
+    if isinstance(doc, dict):
+        value = doc.get("id")
+        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+            return value
+    return None
+
+
+def _scan_id(data: bytes) -> str | None:
     depth = 0
-    i = 0
-    n = len(text)
     expect_key = False
-    while i < n:
-        c = text[i]
-        if c == '"':
-            # read a string token
-            j = i + 1
-            buf: list[str] = []
-            while j < n and text[j] != '"':
-                if text[j] == "\\" and j + 1 < n:
-                    j += 1
-                buf.append(text[j])
-                j += 1
-            token = "".join(buf)
-            i = j + 1
-            if depth == 1 and expect_key:
-                # skip whitespace and the colon
-                k = i
-                while k < n and text[k] in " \t\r\n":
-                    k += 1
-                if k < n and text[k] == ":":
-                    k += 1
-                    while k < n and text[k] in " \t\r\n":
-                        k += 1
-                    if token == "id":
-                        if k < n and text[k] == '"':
-                            m = re.match(r'"((?:[^"\\]|\\.)*)"', text[k:])
-                            if m:
-                                try:
-                                    value = json.loads(m.group(0))
-                                except ValueError:
-                                    return None
-                                if isinstance(value, str) and ID_PATTERN.fullmatch(value):
-                                    return value
-                        return None
-                    i = k
-                expect_key = False
-            continue
-        if c in "[{":
+    key: bytes | None = None  # a depth-1 key waiting for its colon / value
+    want_value = False
+    for m in _TOKEN.finditer(data):
+        tok = m.group()
+        if want_value:
+            want_value = False
+            if tok[:1] == b'"':
+                try:
+                    value = json.loads(tok)
+                except ValueError:
+                    return None
+                if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+                    return value
+            return None
+        c = tok[:1]
+        if c == b'"':
+            key = tok if depth == 1 and expect_key else None
+            expect_key = False
+        elif c == b":":
+            if key is not None and key == b'"id"':
+                want_value = True
+            key = None
+        elif c in (b"{", b"["):
             depth += 1
-            expect_key = c == "{" and depth == 1
-        elif c in "]}":
+            expect_key = c == b"{" and depth == 1
+            key = None
+        elif c in (b"}", b"]"):
             depth -= 1
-        elif c == "," and depth == 1:
-            expect_key = True
-        i += 1
+            key = None
+        elif c == b",":
+            expect_key = depth == 1
+            key = None
     return None
 
 

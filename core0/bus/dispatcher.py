@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,14 @@ from core0.boot.services import ServiceManager
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.context import Context
-from core0.errors import BadRequest, CommandError, Forbidden, UnknownCommand
+from core0.errors import (
+    BadRequest,
+    CommandError,
+    Conflict,
+    Forbidden,
+    Unavailable,
+    UnknownCommand,
+)
 from core0.jobs import state as jobstate
 from core0.jobs.engine import Job, JobEngine, builtin_result, error_result
 from core0.proc import process
@@ -37,6 +45,15 @@ from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 
 log = logging.getLogger(__name__)
+
+
+_COLLIDING_ID = re.compile(r".*:(flag|[0-9]+)")
+
+
+def colliding_id(job_id: str) -> bool:
+    """True for ids whose keys are another job's: ``result:<x>:flag`` is job x's pickup flag
+    and ``result:<x>:<n>`` run n of recurring job x."""
+    return _COLLIDING_ID.fullmatch(job_id) is not None
 
 
 @dataclass
@@ -159,13 +176,13 @@ class Dispatcher:
                         await link.connect()
                         connected = True
                         await self.reconcile(queue, processing, role)
-                    room = self.engine.free_slots()
+                    room = self.engine.free_slots(role)
                     if room == 0:
                         if pending:
                             written, _ = await link.publish_and_pop(pending, queue, processing, 0)
                             self._settle(written)
                             pending = []
-                        await self.engine.wait_room()
+                        await self.engine.wait_room(role)
                         continue
                     if idle and streak < 4:
                         written, item = await link.publish_and_block(pending, queue, processing)
@@ -230,12 +247,18 @@ class Dispatcher:
                 pubs.append(Publish(cmd.id, "", raw, processing, "drop"))
                 continue
             cached = self.engine.recent.get(cmd.id)
+            owner = self.engine.role_of(cmd.id)
+            if cached is not None and owner is not None and owner != role:
+                # another role's job had this id: never hand its result to this queue
+                self._error(pubs, cmd.id, cmd.command, Conflict(
+                    f"id {cmd.id} is taken by another job"), raw, processing, cmd)
+                continue
             if cached is not None:  # finished here; re-answer if Redis lost the result
                 pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
                 result = await self._run_inline(cmd, spec, acc.args, role)
-                self.engine.remember(cmd.id, result)
+                self.engine.remember(cmd.id, result, role)
                 self.stats["inline"] += 1
                 pubs.append(Publish(cmd.id, result, raw, processing, mode))
             else:
@@ -249,6 +272,11 @@ class Dispatcher:
                 if not ok:
                     self.stats["duplicates"] += 1
                     continue
+                limit = self._recurring_limit(acc.cmd, role)
+                if limit is not None:
+                    self._error(pubs, acc.cmd.id, acc.cmd.command, limit, acc.raw, processing,
+                                acc.cmd, mode="owned")
+                    continue
                 self.stats["accepted"] += 1
                 job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
                 self.engine.start(job)
@@ -260,7 +288,9 @@ class Dispatcher:
         try:
             cmd = decode_command(raw, self.cfg.bus.max_command_bytes)
         except ProtocolError as e:
-            job_id = recover_id(raw)
+            # a big command is searched in a thread: the loop keeps serving
+            job_id = (recover_id(raw) if len(raw) < (1 << 20)
+                      else await asyncio.to_thread(recover_id, raw))
             if job_id is None:
                 self.stats["dead_letters"] += 1
                 log.warning("dead letter on %s: %s", queue, e)
@@ -268,6 +298,18 @@ class Dispatcher:
                 await self.bus.release(processing, raw)
                 return None
             self._error(pubs, job_id, "", BadRequest(str(e), code=e.code), raw, processing)
+            return None
+        if colliding_id(cmd.id):
+            # its result key would be another job's flag or run result: answering would
+            # hijack that job, so it is refused like a command without an id
+            self.stats["dead_letters"] += 1
+            log.warning("dead letter on %s: id %r names another job's keys", queue, cmd.id)
+            await self.bus.dead_letter(queue, raw, "id names another job's keys", None)
+            await self.bus.release(processing, raw)
+            return None
+        bad = self._check_limits(cmd)
+        if bad is not None:
+            self._error(pubs, cmd.id, cmd.command, bad, raw, processing, cmd)
             return None
         spec = registry.get(cmd.command)
         if spec is None or spec.internal:
@@ -286,11 +328,26 @@ class Dispatcher:
             return None
         return Accepted(cmd, spec, args, raw)
 
+    def _check_limits(self, cmd: Command) -> CommandError | None:
+        """Refuse out-of-range options."""
+        if cmd.recurring_period and cmd.recurring_period > self.cfg.bus.max_recurring_period:
+            return BadRequest(f"recurring_period: at most {self.cfg.bus.max_recurring_period}"
+                              " seconds", field="recurring_period")
+        return None
+
+    def _recurring_limit(self, cmd: Command, role: Role) -> CommandError | None:
+        cap = self.cfg.bus.role_recurring_cap(role)
+        if cmd.recurring_period and cap is not None \
+                and self.engine.recurring_count(role) >= cap:
+            return Unavailable(f"limit reached: {cap} recurring jobs for role {role.label}")
+        return None
+
     def _error(self, pubs: list[Publish], job_id: str, command: str, exc: CommandError,
-               raw: bytes, processing: str, cmd: Command | None = None) -> None:
+               raw: bytes, processing: str, cmd: Command | None = None,
+               mode: str = "new") -> None:
         self.stats["errors"] += 1
         res = error_result(job_id, command, exc, tags=cmd.tags if cmd else None)
-        pubs.append(Publish(job_id, res.to_json(), raw, processing, "new"))
+        pubs.append(Publish(job_id, res.to_json(), raw, processing, mode))
 
     async def _run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role) -> str:
         job = InlineJob(cmd, spec, role)

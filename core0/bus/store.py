@@ -73,6 +73,10 @@ if ARGV[4] == 'new' then
   redis.call('RPUSH', KEYS[1], '')
 else
   if redis.call('EXISTS', KEYS[2]) == 1 then
+    -- a result is there already (ours from an earlier delivery, or written by someone else):
+    -- it stands, but never stays without a TTL
+    if redis.call('TTL', KEYS[2]) == -1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+    if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
     if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
     return 0
   end

@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from core0 import __version__, registry
 from core0.bus.store import TRANSIENT
 from core0.context import Context, ProcessSpec
-from core0.errors import BadRequest, NotFound
+from core0.errors import BadRequest, Forbidden, NotFound
 from core0.jobs.env import SERVICE_COMMAND, job_env
 from core0.proc.process import find_executable
 from core0.registry import Role, command
@@ -137,10 +137,19 @@ async def subscribe(ctx: Context, args: SubscribeArgs) -> dict[str, Any]:
     """Relay another job's output (from the start of its ``log:<id>``) as this job's output,
     until that job ends. Run it with ``stream: true`` to read it from ``stream:<this id>``, as
     0-core's subscribers did; any number of subscribers may follow one job."""
+    if args.id == ctx.id:
+        raise BadRequest("a job cannot subscribe to itself", field="id")
+    target = ctx.engine.table.get(args.id)
+    if target is not None and target.spec.name == "core.subscribe":
+        raise BadRequest("cannot subscribe to a subscriber", field="id")
     bus = ctx.engine.bus
     key = bus.keys.log(args.id)
     if not await bus.exists(key) and args.id not in ctx.engine.table:
         raise NotFound(f"no such job output: {args.id}")
+    # a role reads only the output of its own jobs and of lower roles' (unknown: admin only)
+    role = ctx.engine.role_of(args.id)
+    if (role is None and ctx.role < Role.ADMIN) or (role is not None and role > ctx.role):
+        raise Forbidden(f"the output of {args.id} is not readable from this queue")
     conn = bus.blocking_client()
     last = "0-0"
     relayed = 0

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from core0.context import Context
-from core0.errors import NotFound
+from core0.errors import Forbidden, NotFound
 from core0.registry import Role, command
 from core0.schema import ID, Doc, NoArgs, Range, Schema
 
@@ -22,10 +22,18 @@ class ListArgs(Schema):
 @command("job.list", ListArgs, role=Role.READ_ONLY, inline=True)
 async def list_(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
     """Running jobs: id, command, label, state (running, queued, scheduled), run number, pid,
-    start time (ms), and the process's cpu %, rss and vms."""
+    start time (ms), and the process's cpu %, rss and vms. Jobs of a higher role than the
+    caller's queue are shown without their arguments (``redacted: true``)."""
     if args.id and args.id not in ctx.engine.table:
         raise NotFound(f"no such job: {args.id}")
-    return ctx.engine.describe_all(args.id)
+    return ctx.engine.describe_all(args.id, ctx.role)
+
+
+def _own(ctx: Context, job_id: str) -> None:
+    """A queue may act only on jobs of its own role or below (Forbidden otherwise)."""
+    role = ctx.engine.role_of(job_id)
+    if role is not None and role > ctx.role:
+        raise Forbidden(f"job {job_id} belongs to a higher role than this queue's")
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,9 @@ class KillArgs(Schema):
 @command("job.kill", KillArgs, role=Role.OPERATOR)
 async def kill(ctx: Context, args: KillArgs) -> bool:
     """Send a signal to a job's whole process group (a queued, sleeping or builtin job is
-    cancelled). A job ended this way reports state KILLED. 404 if there is no such job."""
+    cancelled). A job ended this way reports state KILLED. 404 if there is no such job,
+    403 if it belongs to a higher role than the caller's queue."""
+    _own(ctx, args.id)
     if not ctx.engine.kill(args.id, args.signal):
         raise NotFound(f"no such job: {args.id}")
     return True
@@ -51,6 +61,7 @@ class IdArgs(Schema):
 @command("job.unschedule", IdArgs, role=Role.OPERATOR)
 async def unschedule(ctx: Context, args: IdArgs) -> bool:
     """Stop a recurring or restarting job after its current run (the run is not killed)."""
+    _own(ctx, args.id)
     if not ctx.engine.unschedule(args.id):
         raise NotFound(f"no such job: {args.id}")
     return True
@@ -58,5 +69,6 @@ async def unschedule(ctx: Context, args: IdArgs) -> bool:
 
 @command("job.killall", NoArgs, role=Role.OPERATOR)
 async def killall(ctx: Context, args: NoArgs) -> int:
-    """SIGTERM every job but this one and subscribers; returns how many were signalled."""
-    return ctx.engine.killall(exclude={ctx.id})
+    """SIGTERM every job of the caller's role or below but this one, subscribers and core0's
+    own services; returns how many were signalled."""
+    return ctx.engine.killall(exclude={ctx.id}, role=ctx.role)

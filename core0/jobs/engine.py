@@ -117,12 +117,20 @@ class Job:
     def killed(self) -> bool:
         return self.kill_signal in TERMINATING
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, viewer: Role = Role.ADMIN) -> dict[str, Any]:
+        """The job as job.list shows it. A viewer of a lower role than the job's sees no
+        arguments, stdin, environment or label (they may hold secrets)."""
+        cmd = self.cmd.to_dict()
+        redacted = viewer < self.role
+        if redacted:
+            cmd["arguments"] = {}
         d: dict[str, Any] = {
             "id": self.id,
             "command": self.cmd.command,
-            "cmd": self.cmd.to_dict(),
-            "label": self.label,
+            "cmd": cmd,
+            "role": self.role.label,
+            "redacted": redacted,
+            "label": self.cmd.command if redacted else self.label,
             "state": self.state,
             "run": self.run,
             "starttime": self.starttime,
@@ -165,9 +173,15 @@ class JobEngine:
         self.shim = shim
         self.table: dict[str, Job] = {}
         self.queues = QueueSlots()
-        #: id → result JSON of recently finished jobs (answers resubmissions after Redis loss)
+        #: id → result JSON of recently finished jobs (answers resubmissions after Redis loss),
+        #: bounded by count and by bytes
         self.recent: OrderedDict[str, str] = OrderedDict()
         self.recent_max = 20000
+        self.recent_bytes = 0
+        #: id → role of recently finished jobs (who may read their output)
+        self.recent_roles: OrderedDict[str, Role] = OrderedDict()
+        #: jobs in flight per role (bus jobs only; services are core0's own)
+        self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs")
         self._room = asyncio.Event()
         self._room.set()
@@ -178,33 +192,68 @@ class JobEngine:
 
     # ------------------------------------------------------------ capacity
 
-    def free_slots(self) -> int:
-        return max(0, self.cfg.bus.max_jobs - len(self.table))
+    def free_slots(self, role: Role = Role.ADMIN) -> int:
+        """Jobs a queue of ``role`` may still start: lower roles are held to their own cap and
+        never take the slots reserved for admin queues, so a flood from a read-only or
+        operator queue cannot stop the node from serving its admin."""
+        room = self.cfg.bus.max_jobs - len(self.table)
+        if role < Role.ADMIN:
+            room -= min(self.cfg.bus.admin_reserve, self.cfg.bus.max_jobs // 2)
+            cap = self.cfg.bus.role_cap(role)
+            if cap is not None:
+                room = min(room, cap - self.by_role[role])
+        return max(0, room)
 
-    async def wait_room(self) -> None:
-        while self.free_slots() == 0:
+    async def wait_room(self, role: Role = Role.ADMIN) -> None:
+        while self.free_slots(role) == 0:
             self._room.clear()
             await self._room.wait()
+
+    def recurring_count(self, role: Role) -> int:
+        """Recurring jobs of ``role`` in the table."""
+        return sum(1 for j in self.table.values()
+                   if j.role == role and j.cmd.recurring_period and not j.internal)
 
     # ------------------------------------------------------------ start
 
     def start(self, job: Job, resume: jobstate.Saved | None = None) -> None:
         self.table[job.id] = job
+        if not job.internal:
+            self.by_role[job.role] += 1
         self.started_total += 1
         job.task = asyncio.ensure_future(self._main(job, resume))
 
-    def remember(self, job_id: str, result_json: str) -> None:
+    def remember(self, job_id: str, result_json: str, role: Role | None = None) -> None:
+        """Keep a finished job's result (and role) to re-answer a resubmission; the cache is
+        bounded by count and by ``bus.result_cache_bytes``."""
+        old = self.recent.pop(job_id, None)
+        if old is not None:
+            self.recent_bytes -= len(old)
         self.recent[job_id] = result_json
-        self.recent.move_to_end(job_id)
-        while len(self.recent) > self.recent_max:
-            self.recent.popitem(last=False)
+        self.recent_bytes += len(result_json)
+        while self.recent and (len(self.recent) > self.recent_max
+                               or self.recent_bytes > self.cfg.bus.result_cache_bytes):
+            _, dropped = self.recent.popitem(last=False)
+            self.recent_bytes -= len(dropped)
+        if role is not None:
+            self.recent_roles[job_id] = role
+            self.recent_roles.move_to_end(job_id)
+            while len(self.recent_roles) > self.recent_max:
+                self.recent_roles.popitem(last=False)
+
+    def role_of(self, job_id: str) -> Role | None:
+        """The role of a running or recently finished job (None: unknown)."""
+        job = self.table.get(job_id)
+        if job is not None:
+            return job.role
+        return self.recent_roles.get(job_id)
 
     async def _main(self, job: Job, resume: jobstate.Saved | None) -> None:
         result: Result | None = None
         slot = False
         try:
             if job.cmd.queue:
-                await self.queues.acquire(job.cmd.queue)
+                await self.queues.acquire(self._queue_name(job))
                 slot = True
             while True:
                 if resume is not None and resume.state == "scheduled":
@@ -242,7 +291,7 @@ class JobEngine:
             if self.stopping:
                 # the dispatcher stops: the job is adopted or requeued by the next one
                 if slot and job.cmd.queue:
-                    self.queues.release(job.cmd.queue)
+                    self.queues.release(self._queue_name(job))
                 raise
             # killed while queued, sleeping, or running a builtin
             if result is None or job.killed:
@@ -255,10 +304,15 @@ class JobEngine:
             result = error_result(job.id, job.cmd.command, CommandError(f"internal error: {e!r}"),
                                   job.starttime, job.cmd.tags)
         if slot and job.cmd.queue:
-            self.queues.release(job.cmd.queue)
+            self.queues.release(self._queue_name(job))
         assert result is not None
         job.state = "done"
         await self._finish(job, result)
+
+    @staticmethod
+    def _queue_name(job: Job) -> str:
+        """Named queues are per role: a lower role can never hold up a higher role's queue."""
+        return f"{job.role.label}/{job.cmd.queue}"
 
     def _next_delay(self, job: Job, result: Result) -> float | None:
         """Seconds until the next run, or None when the job is over."""
@@ -304,9 +358,10 @@ class JobEngine:
                 await retry_forever("result", self.bus.publish, [pub])
             except Exception:
                 log.exception("job %s: result not written", job.id)
-            self.remember(job.id, text)
+            self.remember(job.id, text, job.role)
         self.store.remove(job.id)
-        self.table.pop(job.id, None)
+        if self.table.pop(job.id, None) is not None and not job.internal:
+            self.by_role[job.role] -= 1
         self._room.set()
         job.final = result
         job.done.set()
@@ -388,10 +443,14 @@ class JobEngine:
             job.spawned.set()
             offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
             done = asyncio.ensure_future(self._adopted_exit(job, resume))
+        backlog = self.cfg.bus.output_backlog_bytes
         followers = [
-            FileFollower(str(out_path), OutputParser(Level.STDOUT), job.output.add, offsets[0]),
-            FileFollower(str(err_path), OutputParser(Level.STDERR), job.output.add, offsets[1]),
+            FileFollower(str(path), OutputParser(level), job.output.add, offset,
+                         full=job.output.full, backlog_max=backlog)
+            for path, level, offset in ((out_path, Level.STDOUT, offsets[0]),
+                                        (err_path, Level.STDERR, offsets[1]))
         ]
+        job.output.followers = followers
         for f in followers:
             f.start(self.inotify)
         timed_out = False
@@ -410,9 +469,11 @@ class JobEngine:
             # the dispatcher is stopping: leave the process running for the next one
             for f in followers:
                 f.stop()
+            job.output.followers = []
             raise
         for f in followers:
             f.finish()
+        job.output.followers = []
         job.pid = None
         return process_result(job, status, timed_out)
 
@@ -471,20 +532,26 @@ class JobEngine:
         job.wake.set()
         return True
 
-    def killall(self, sig: int = signal.SIGTERM, exclude: set[str] | None = None) -> int:
+    def killall(self, sig: int = signal.SIGTERM, exclude: set[str] | None = None,
+                role: Role = Role.ADMIN) -> int:
+        """Signal every job of ``role`` or below (never core0's own services, never
+        subscribers); returns how many."""
         n = 0
         for job_id in list(self.table):
             job = self.table[job_id]
             if job.spec.name == "core.subscribe" or (exclude and job_id in exclude):
                 continue
+            if job.internal or job.role > role:
+                continue
             if self.kill(job_id, sig):
                 n += 1
         return n
 
-    def describe_all(self, job_id: str | None = None) -> list[dict[str, Any]]:
+    def describe_all(self, job_id: str | None = None,
+                     viewer: Role = Role.ADMIN) -> list[dict[str, Any]]:
         jobs = [self.table[job_id]] if job_id and job_id in self.table else (
             [] if job_id else list(self.table.values()))
-        return [j.describe() for j in jobs]
+        return [j.describe(viewer) for j in jobs]
 
     # ------------------------------------------------------------ services
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from core0_client.protocol import FLAG_EOF_ERROR, FLAG_EOF_SUCCESS, Level, LogRecord
 
 from core0.bus.store import retry_forever
-from core0.proc.output import Message, Tail
+from core0.proc.output import FileFollower, Message, Tail
 
 if TYPE_CHECKING:
     from core0.jobs.engine import Job, JobEngine
@@ -28,7 +28,10 @@ class JobOutput:
         self.job = job
         self.reset()
         self._pending: list[LogRecord] = []
+        self._pending_bytes = 0
         self._flusher: asyncio.Task[None] | None = None
+        #: the job's output files; paused while too much waits for Redis (backpressure)
+        self.followers: list[FileFollower] = []
         self.wrote = False
         #: called with every message (readiness checks of services: running_match)
         self.watchers: list[Callable[[Message], None]] = []
@@ -49,13 +52,25 @@ class JobOutput:
             elif m.level == Level.CRITICAL:
                 self.critical = m.text
             self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
+            self._pending_bytes += len(m.text) + 64
             for w in self.watchers:
                 try:
                     w(m)
                 except Exception:
                     log.exception("output watcher of %s failed", self.job.id)
-        if len(self._pending) > 10000:  # Redis is away: keep the newest
-            del self._pending[: len(self._pending) - 10000]
+        limit = self.engine.cfg.bus.output_pending_bytes
+        if len(self._pending) > 10000 or self._pending_bytes > 2 * limit:
+            # Redis is away and the output does not come from files that could wait:
+            # keep the newest (Redis keeps only the newest records anyway)
+            keep: list[LogRecord] = []
+            size = 0
+            for rec in reversed(self._pending):
+                size += len(rec.message) + 64
+                if size > limit or len(keep) >= 10000:
+                    break
+                keep.append(rec)
+            keep.reverse()
+            self._pending, self._pending_bytes = keep, size
         if self._pending and self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
 
@@ -63,14 +78,21 @@ class JobOutput:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
+                self._pending_bytes = 0
                 self.wrote = True
                 await retry_forever(
                     "output", self.engine.bus.records, self.job.id, batch, self.job.cmd.stream
                 )
+                for f in self.followers:  # room again: read on
+                    f.resume()
         except Exception:
             log.exception("job %s: output lost", self.job.id)
         finally:
             self._flusher = None
+
+    def full(self) -> bool:
+        """Too much output waits for Redis: stop reading the job's output files."""
+        return self._pending_bytes >= self.engine.cfg.bus.output_pending_bytes
 
     async def close(self, ok: bool) -> None:
         """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""

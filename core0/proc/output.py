@@ -19,6 +19,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from core0_client.protocol import Level
+
 log = logging.getLogger(__name__)
 
 _PREFIX = re.compile(rb"^(\d{1,3})::(:?)(.*)$", re.S)
@@ -204,18 +206,31 @@ class FileFollower:
     #: consumed bytes beyond which the consumed part of the file is freed
     PUNCH_AFTER = 1 << 20
 
+    #: bytes read per pump call before the event loop gets a turn
+    CHUNK = 1 << 20
+
     def __init__(
         self,
         path: str,
         parser: OutputParser,
         sink: Callable[[list[Message]], None],
         offset: int = 0,
+        *,
+        full: Callable[[], bool] | None = None,
+        backlog_max: int = 0,
     ):
         self.path = path
         self.parser = parser
         self.sink = sink
         self.offset = offset
         self.punched = offset
+        #: backpressure: while ``full()`` is true the file is not read further (the writer's
+        #: output waits in the file); ``resume()`` goes on
+        self.full = full
+        #: unread bytes beyond which the backlog is skipped (0 = never)
+        self.backlog_max = backlog_max
+        self.skipped = 0
+        self._again = False
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self._wd: int | None = None
         self._inotify: Inotify | None = None
@@ -225,21 +240,68 @@ class FileFollower:
         self._wd = inotify.add(self.path, self.pump)
         self.pump()  # what was written before the watch
 
-    def pump(self) -> None:
-        while True:
+    def pump(self, *, drain: bool = False) -> None:
+        """Read what was written since the last call, at most ``CHUNK`` bytes unless
+        ``drain`` (the rest is read on a later turn of the event loop)."""
+        if self._fd < 0:
+            return
+        budget = self.CHUNK
+        while drain or budget > 0:
+            if not drain and self.full is not None and self.full():
+                self._skip_backlog()
+                break
             data = os.pread(self._fd, 65536, self.offset)
             if not data:
                 break
+            budget -= len(data)
             self.offset += len(data)
             msgs = self.parser.feed(data)
             if msgs:
                 self.sink(msgs)
+        else:
+            self._schedule()
         if self.offset - self.punched >= self.PUNCH_AFTER and punch_hole(self._fd, self.offset):
             self.punched = self.offset
 
+    def resume(self) -> None:
+        """The sink has room again: read on."""
+        self.pump()
+
+    def _schedule(self) -> None:
+        if self._again:
+            return
+        self._again = True
+
+        def again() -> None:
+            self._again = False
+            self.pump()
+
+        try:
+            asyncio.get_running_loop().call_soon(again)
+        except RuntimeError:
+            self._again = False
+
+    def _skip_backlog(self) -> None:
+        """When the reader cannot keep up, skip what exceeds ``backlog_max`` (and say so),
+        so neither core0's memory nor the state dir's grows without bound."""
+        if not self.backlog_max:
+            return
+        size = os.fstat(self._fd).st_size
+        if size - self.offset <= self.backlog_max:
+            return
+        skip = size - self.offset
+        self.offset = size
+        self.skipped += skip
+        msgs = self.parser.close()
+        msgs.append(Message(Level.STDERR, f"core0: {skip} bytes of output skipped (readers too "
+                                          "slow)"))
+        self.sink(msgs)
+
     def finish(self) -> None:
         """Drain what is left, flush the parser and stop following."""
-        self.pump()
+        if self._fd >= 0:
+            self._skip_backlog()
+        self.pump(drain=True)
         msgs = self.parser.close()
         if msgs:
             self.sink(msgs)
