@@ -81,6 +81,10 @@ class InlineJob:
 class Dispatcher:
     def __init__(self, cfg: Config, reload_config: Callable[[], Config] | None = None):
         registry.load_all()
+        if os.environ.get("CORE0_TEST_BALLAST_MB"):  # bench/spawn.py: a big dispatcher
+            self._ballast = bytearray(int(os.environ["CORE0_TEST_BALLAST_MB"]) << 20)
+            for i in range(0, len(self._ballast), 4096):
+                self._ballast[i] = 1
         if os.environ.get("CORE0_TEST_POISON") == "1":
             import core0.commands._testhooks  # noqa: F401  (fault tests only)
         self.cfg = cfg

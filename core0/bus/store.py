@@ -293,11 +293,27 @@ class Bus:
 
     # ------------------------------------------------------------ output records
 
+    async def finish(self, job_id: str, records: Sequence[LogRecord], stream: bool,
+                     pub: Publish) -> bool:
+        """A job's last output records and its result, in one round trip. True if the result
+        was written."""
+        pipe = self.r.pipeline(transaction=False)
+        if records:
+            self._add_records(pipe, job_id, records, stream)
+        await self._publish(keys=self._pkeys(pub), args=self._pargs(pub), client=pipe)
+        replies = await pipe.execute()
+        return bool(replies[-1])
+
     async def records(self, job_id: str, records: Sequence[LogRecord], stream: bool) -> None:
         """Append output records to ``log:<id>`` (always) and ``stream:<id>`` (if asked)."""
         if not records:
             return
         pipe = self.r.pipeline(transaction=False)
+        self._add_records(pipe, job_id, records, stream)
+        await pipe.execute()
+
+    def _add_records(self, pipe: Any, job_id: str, records: Sequence[LogRecord],
+                     stream: bool) -> None:
         log_key = self.keys.log(job_id)
         for rec in records:
             pipe.xadd(
@@ -312,7 +328,6 @@ class Bus:
             pipe.rpush(skey, *[r.to_json() for r in records])
             pipe.ltrim(skey, -self.cfg.bus.stream_max, -1)
             pipe.expire(skey, self.cfg.bus.stream_ttl)
-        await pipe.execute()
 
     # ------------------------------------------------------------ dead letters, stats
 

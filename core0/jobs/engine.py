@@ -343,19 +343,23 @@ class JobEngine:
     async def _finish(self, job: Job, result: Result) -> None:
         if job.run > 1 or job.cmd.recurring_period:
             result.run = job.run
-        try:
-            await job.output.close(result.state is State.SUCCESS)
-        except Exception:
-            log.exception("job %s: EOF record lost", job.id)
+        ok = result.state is State.SUCCESS
         text = result.to_json()
         if job.internal:
+            try:
+                await job.output.close(ok)
+            except Exception:
+                log.exception("job %s: EOF record lost", job.id)
             log.info("service %s stopped (%s)", job.id, result.state.value)
         else:
+            records = await job.output.final_records(ok)
             if job.process:
                 self.store.save(job, state="done", result=text)
             pub = Publish(job.id, text, job.raw, job.processing, "owned")
             try:
-                await retry_forever("result", self.bus.publish, [pub])
+                # the last output records, the EOF record and the result: one round trip
+                await retry_forever("result", self.bus.finish, job.id, records,
+                                    job.cmd.stream, pub)
             except Exception:
                 log.exception("job %s: result not written", job.id)
             self.remember(job.id, text, job.role)
@@ -400,14 +404,13 @@ class JobEngine:
     async def _process_run(
         self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
     ) -> Result:
-        run_dir = self.store.dir(job.id)
+        run_dir = self.store.ensure_dir(job.id) if resume is None else self.store.dir(job.id)
         out_path, err_path = run_dir / f"out.{job.run}", run_dir / f"err.{job.run}"
         done: asyncio.Future[int | None]
         offsets = (0, 0)
         if resume is None:
             assert ps is not None
             job.label = ps.label or " ".join(ps.argv)
-            run_dir.mkdir(parents=True, exist_ok=True)
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
             fo = os.open(out_path, flags, 0o600)
             fe = os.open(err_path, flags, 0o600)
@@ -424,7 +427,7 @@ class JobEngine:
             self.store.save(job, state="spawning")
             try:
                 sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
-                                         stderr=fe)
+                                         stderr=fe, exe=exe)
             finally:
                 os.close(fo)
                 os.close(fe)

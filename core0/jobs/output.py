@@ -94,6 +94,17 @@ class JobOutput:
         """Too much output waits for Redis: stop reading the job's output files."""
         return self._pending_bytes >= self.engine.cfg.bus.output_pending_bytes
 
+    async def final_records(self, ok: bool) -> list[LogRecord]:
+        """What is left to write when the job ends, with the EOF record (0-core's meta flags
+        0x2 / 0x4); the caller writes them together with the result."""
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        records, self._pending, self._pending_bytes = self._pending, [], 0
+        if records or self.wrote or self.job.cmd.stream or self.job.process:
+            flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
+            records.append(LogRecord(self.job.id, 0, "", flag, time.time_ns()))
+        return records
+
     async def close(self, ok: bool) -> None:
         """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""
         if self._flusher is not None:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,12 +47,32 @@ def exit_code(status: int) -> tuple[int, int]:
     return -1, 0
 
 
+#: (name, PATH) → (resolved path, monotonic time): PATH lookups cost a stat per directory
+_WHICH: dict[tuple[str, str], tuple[str, float]] = {}
+_WHICH_TTL = 2.0
+
+
 def find_executable(name: str, env: Mapping[str, str] | None = None) -> str | None:
-    """Resolve ``name`` like execvp would, with the PATH of ``env``."""
+    """Resolve ``name`` like execvp would, with the PATH of ``env``.
+
+    A hit is remembered for two seconds (and re-checked with one ``access``), so a job that
+    names its program costs one lookup, not one per directory of PATH each time."""
     if "/" in name:
         return name if os.path.isfile(name) and os.access(name, os.X_OK) else None
     path = (env or os.environ).get("PATH", os.defpath)
-    return shutil.which(name, path=path)
+    key = (name, path)
+    hit = _WHICH.get(key)
+    now = time.monotonic()
+    if hit is not None and now - hit[1] < _WHICH_TTL and os.access(hit[0], os.X_OK):
+        return hit[0]
+    found = shutil.which(name, path=path)
+    if found is None:
+        _WHICH.pop(key, None)
+        return None
+    if len(_WHICH) > 256:
+        _WHICH.clear()
+    _WHICH[key] = (found, now)
+    return found
 
 
 class Reaper:
@@ -158,12 +179,14 @@ async def spawn(
     stdin: int,
     stdout: int,
     stderr: int,
+    exe: str | None = None,
 ) -> Spawned:
     """Start ``argv`` in a new session (see core0.proc.spawn). ``stdin``/``stdout``/``stderr`` are
-    open fds. The executable is resolved with the PATH of ``env``; FileNotFoundError if
+    open fds. The executable is ``exe`` if given (already resolved by the caller), else
+    resolved with the PATH of ``env``; FileNotFoundError if
     missing, NotADirectoryError if ``cwd`` is not a directory."""
     env = dict(os.environ if env is None else env)
-    path = find_executable(argv[0], env)
+    path = exe or find_executable(argv[0], env)
     if path is None:
         raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")
     if cwd is not None and not os.path.isdir(cwd):

@@ -1,0 +1,130 @@
+"""The cost of a process job (issue 11): ``core.system /bin/true`` against a bare spawn.
+
+One run prints, as medians over N round trips (one command in flight unless said):
+
+* bare ``os.posix_spawn("/bin/true")`` + ``waitpid`` in this Python process (the floor);
+* ``core.ping`` round trip (the bus, no process);
+* ``core.system /bin/true`` round trip, sequential, and its overhead over a ping, as a multiple
+  of the bare spawn (target ≤ 1.5×);
+* ``core.system /bin/true`` with 8 in flight (commands per second; target ≥ 1,000/s);
+* ``bash -c true``;
+* the same sequential figure with 500 MiB of ballast in the dispatcher (fork cost must not grow
+  with the dispatcher's memory: core0 spawns with vfork).
+
+The state dir is a tmpfs (``/dev/shm``), as on a node; ``--disk`` puts it on disk instead.
+Everything it starts is stopped and its directory removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import redis
+from _common import ROOT, tmpdir
+
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def bare_spawn(n: int) -> float:
+    """Median ms of posix_spawn + waitpid of /bin/true."""
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        pid = os.posix_spawn("/bin/true", ["true"], os.environ)
+        os.waitpid(pid, 0)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times) * 1000
+
+
+def _cmd(command: str, args: dict) -> tuple[str, str]:  # type: ignore[type-arg]
+    jid = uuid.uuid4().hex
+    return jid, json.dumps({"id": jid, "command": command, "arguments": args})
+
+
+def round_trips(r: redis.Redis, command: str, args: dict, n: int) -> float:  # type: ignore[type-arg]
+    """Median ms of push → result, one command in flight."""
+    times = []
+    for _ in range(n):
+        jid, raw = _cmd(command, args)
+        t = time.perf_counter()
+        r.rpush("core:default", raw)
+        res = r.brpoplpush(f"result:{jid}", f"result:{jid}", 10)
+        times.append(time.perf_counter() - t)
+        assert res is not None and json.loads(res)["state"] == "SUCCESS", res
+    return statistics.median(times) * 1000
+
+
+def in_flight(r: redis.Redis, command: str, args: dict, n: int, depth: int = 8) -> float:  # type: ignore[type-arg]
+    """Commands per second with ``depth`` in flight."""
+    pending: list[str] = []
+    done = 0
+    t = time.perf_counter()
+    sent = 0
+    while done < n:
+        while len(pending) < depth and sent < n:
+            jid, raw = _cmd(command, args)
+            r.rpush("core:default", raw)
+            pending.append(jid)
+            sent += 1
+        jid = pending.pop(0)
+        res = r.brpoplpush(f"result:{jid}", f"result:{jid}", 10)
+        assert res is not None, jid
+        done += 1
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=300, help="round trips per figure")
+    ap.add_argument("--disk", action="store_true", help="state dir on disk instead of tmpfs")
+    opts = ap.parse_args()
+    from conftest import start_node
+
+    base = Path(tmp := (os.path.join(ROOT, "build", "bench-spawn") if opts.disk else ""))
+    if opts.disk:
+        base.mkdir(parents=True, exist_ok=True)
+        work = Path(os.path.join(tmp, uuid.uuid4().hex))
+        work.mkdir()
+    else:
+        work = tmpdir("bench-spawn-")
+    rows = []
+    try:
+        bare = bare_spawn(opts.n)
+        for ballast in (0, 500):
+            env = {"CORE0_TEST_BALLAST_MB": str(ballast)} if ballast else None
+            node = start_node(work / f"state{ballast}", env=env)
+            try:
+                r = node.redis()
+                round_trips(r, "core.system", {"name": "true"}, 20)  # warm up
+                ping = round_trips(r, "core.ping", {}, opts.n)
+                system = round_trips(r, "core.system", {"name": "true"}, opts.n)
+                rate8 = in_flight(r, "core.system", {"name": "true"}, opts.n * 2)
+                bash = round_trips(r, "core.system", {"name": "bash", "args": ["-c", "true"]},
+                                   max(50, opts.n // 3))
+                rows.append((ballast, ping, system, rate8, bash))
+            finally:
+                node.stop()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    where = "disk" if opts.disk else "tmpfs"
+    print(f"state dir on {where}; medians of {opts.n}; bare posix_spawn+wait = {bare:.2f} ms")
+    print(f"{'ballast':>8} {'ping ms':>8} {'system ms':>10} {'overhead/bare':>14} "
+          f"{'8 in flight/s':>14} {'bash -c true ms':>16}")
+    for ballast, ping, system, rate8, bash in rows:
+        over = (system - ping) / bare
+        print(f"{ballast:>6}MB {ping:8.2f} {system:10.2f} {over:13.2f}x {rate8:14.0f} "
+              f"{bash:16.2f}")
+    print("targets: overhead/bare <= 1.5x sequential; >= 1000/s with 8 in flight; "
+          "flat with ballast")
+
+
+if __name__ == "__main__":
+    main()
