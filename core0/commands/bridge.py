@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
 from core0.net import dnsmasq
 from core0.net import netlink as nl
 from core0.net import state as netstate
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 T = TypeVar("T")
+
+#: static leases per bridge at most (each is a line of the dnsmasq config, rewritten per change)
+MAX_HOSTS = 1024
 
 _BRNAME = Annotated[str, Doc("bridge name (1-15 chars, not 'default')"),
                     Pattern(r"(?!default$)" + v.IFNAME_RE)]
@@ -74,7 +77,7 @@ def _plan(args: CreateArgs) -> Bridge:
                              field=f"network.{f}")
         vals[f] = a if a is not None else b
     mode = n.mode or "none"
-    br = Bridge(args.name, hwaddr=v.mac(args.hwaddr) if args.hwaddr else "", mode=mode,
+    br = Bridge(args.name, hwaddr=v.link_mac(args.hwaddr) if args.hwaddr else "", mode=mode,
                 nat=n.nat)
     cidr = vals["cidr"]
     if cidr is None:
@@ -97,14 +100,30 @@ def _plan(args: CreateArgs) -> Bridge:
         start = v.ip(vals["start"], "network.start", version=4)
         end = v.ip(vals["end"], "network.end", version=4)
         for name, a in (("start", start), ("end", end)):
-            if a not in net:
-                raise BadRequest(f"network.{name}: {a} is not in {net}", field=f"network.{name}")
+            _host_of(iface, a, f"network.{name}")
         if int(start) > int(end):
             raise BadRequest("network.start: after network.end", field="network.start")
+        if int(start) <= int(iface.ip) <= int(end):
+            raise BadRequest(f"network.start..end: the range includes the bridge's own address "
+                             f"{iface.ip}", field="network.start")
         br.start, br.end = str(start), str(end)
     elif vals["start"] or vals["end"]:
         raise BadRequest("network.start/end: only with mode dnsmasq", field="network.start")
     return br
+
+
+def _host_of(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+             a: ipaddress.IPv4Address | ipaddress.IPv6Address, field: str) -> None:
+    """400 unless ``a`` is a host address of the bridge's network that a client may get: not
+    the network or broadcast address, not the bridge's own address."""
+    net = iface.network
+    if a not in net:
+        raise BadRequest(f"{field}: {a} is not in {net}", field=field)
+    if a == iface.ip:
+        raise BadRequest(f"{field}: {a} is the bridge's own address", field=field)
+    if net.prefixlen < 31 and a in (net.network_address, net.broadcast_address):
+        which = "network" if a == net.network_address else "broadcast"
+        raise BadRequest(f"{field}: {a} is the {which} address of {net}", field=field)
 
 
 def _build(r: IPRoute, br: Bridge) -> None:
@@ -170,28 +189,29 @@ class NameArgs(Schema):
 
 @command("bridge.delete", NameArgs)
 async def delete(ctx: Context, args: NameArgs) -> None:
-    """Delete a bridge and what core0 made for it (dnsmasq and its files, NAT rules)."""
+    """Delete a bridge made by bridge.create and what core0 made for it (dnsmasq and its
+    files, NAT rules). Only such bridges: 404 when there is no link of that name, 409 when
+    the link exists but bridge.create did not make it (a bridge of the host, or one made with
+    ip.link.add: ip.link.del removes those)."""
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
-        managed = args.name in st.bridges
+        if args.name not in st.bridges:
+            exists = await _netlink(ctx, lambda r: bool(r.link_lookup(ifname=args.name)))
+            if exists:
+                raise Conflict(f"{args.name} was not made by bridge.create: not deleting it")
+            raise NotFound(f"no such bridge: {args.name}")
 
         def drop(r: IPRoute) -> None:
-            idx = r.link_lookup(ifname=args.name)
-            if not idx:
-                if managed:
-                    return
-                raise NotFound(f"no such bridge: {args.name}")
-            if nl.link_get(r, args.name)["type"] != "bridge":
-                raise BadRequest(f"{args.name} is not a bridge", field="name")
-            nl.link_del(r, args.name)
+            # gone already (or replaced by another kind of link): only forget it
+            if r.link_lookup(ifname=args.name) and \
+                    nl.link_get(r, args.name)["type"] == "bridge":
+                nl.link_del(r, args.name)
 
-        if managed:
-            await dnsmasq.stop(ctx, args.name, remove=True)
+        await dnsmasq.stop(ctx, args.name, remove=True)
         await _netlink(ctx, drop)
-        if managed:
-            new = st.copy()
-            del new.bridges[args.name]
-            await netstate.commit(ctx, new, st)
+        new = st.copy()
+        del new.bridges[args.name]
+        await netstate.commit(ctx, new, st)
 
 
 @command("bridge.list", role=Role.READ_ONLY)
@@ -290,18 +310,20 @@ def _dhcp_bridge(st: netstate.NetState, name: str) -> Bridge:
 async def add_host(ctx: Context, args: HostArgs) -> None:
     """Give ``mac`` the fixed address ``ip`` on a dnsmasq-mode bridge (a static lease; dnsmasq
     is restarted with it, dynamic leases survive). 409 when the MAC or the address is taken by
-    another static lease."""
-    mac = v.mac(args.mac, "mac")
+    another static lease; 400 when ``ip`` is outside the bridge's network, its network or
+    broadcast address or the bridge's own address, or ``mac`` is not a unicast MAC. At most
+    1024 static leases per bridge (503 beyond)."""
+    mac = v.link_mac(args.mac, "mac")
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         br = _dhcp_bridge(st, args.bridge)
         iface = ipaddress.ip_interface(br.cidr)
         a = v.ip(args.ip, "ip", version=4)
-        if a not in iface.network or a == iface.ip:
-            raise BadRequest(f"ip: {a} is not a free host address of {iface.network}",
-                             field="ip")
+        _host_of(iface, a, "ip")
         if br.hosts.get(mac) == str(a):
             return
+        if len(br.hosts) >= MAX_HOSTS:
+            raise Unavailable(f"bridge {br.name} has {MAX_HOSTS} static leases already")
         if mac in br.hosts:
             raise Conflict(f"{mac} has the static lease {br.hosts[mac]} already")
         other = next((m for m, ip in br.hosts.items() if ip == str(a)), None)

@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -73,6 +73,8 @@ def nl_error(e: BaseException, what: str) -> CommandError:
         return Conflict(f"{what}: exists already")
     if code == errno.EBUSY:
         return Conflict(msg)
+    if code == errno.ENETDOWN:
+        return Conflict(f"{what}: the link is down (bring it up first)")
     if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
         return NotFound(msg)
     if code == errno.EOPNOTSUPP:
@@ -100,22 +102,45 @@ def netns_path(name: str) -> str:
     return os.path.join(NETNS_DIR, name)
 
 
-def open_netns(name: str) -> int:
-    """An O_RDONLY fd of the named namespace (NotFound when it does not exist)."""
+#: which named namespaces a command may use: name → namespace inode (see
+#: :func:`namespace_inode`), or None for any namespace under /run/netns
+Owned = Mapping[str, int] | None
+
+
+def namespace_inode(fd: int) -> int:
+    """The inode of a namespace fd: the identity of the namespace itself (a name under
+    /run/netns can be removed and made again for another namespace)."""
+    return os.fstat(fd).st_ino
+
+
+def open_netns(name: str, owned: Owned = None) -> int:
+    """An O_RDONLY fd of the named namespace (NotFound when it does not exist, or when
+    ``owned`` is given and does not list it with that very namespace's inode)."""
     try:
-        return os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound(f"no such network namespace: {name}") from None
+    except OSError as e:
+        raise nl_error(e, f"netns {name}") from None
+    if owned is not None:
+        try:
+            ok = owned.get(name) == namespace_inode(fd)
+        except OSError:
+            ok = False
+        if not ok:
+            os.close(fd)
+            raise NotFound(f"no network namespace {name} made by core0")
+    return fd
 
 
 @contextlib.contextmanager
-def entered(name: str) -> Iterator[None]:
+def entered(name: str, owned: Owned = None) -> Iterator[None]:
     """The calling thread inside netns ``name`` for the duration of the block (keep it short).
 
     If the thread cannot return to its own namespace the process exits: a worker thread left
     in a foreign namespace would silently act on the wrong network.
     """
-    target = open_netns(name)
+    target = open_netns(name, owned)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
@@ -135,13 +160,13 @@ def entered(name: str) -> Iterator[None]:
         os.close(home)
 
 
-def ipr(netns: str | None = None) -> IPRoute:
+def ipr(netns: str | None = None, owned: Owned = None) -> IPRoute:
     """An IPRoute on a netlink socket of ``netns`` (None = the dispatcher's own)."""
     from pyroute2 import IPRoute
 
     if netns is None:
         return IPRoute(groups=0)
-    with entered(netns):
+    with entered(netns, owned):
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
     fd = sock.detach()
     try:
@@ -155,7 +180,7 @@ _local = threading.local()
 
 
 @contextlib.contextmanager
-def session(netns: str | None = None) -> Iterator[IPRoute]:
+def session(netns: str | None = None, owned: Owned = None) -> Iterator[IPRoute]:
     """An IPRoute for one command, in a worker thread.
 
     In the dispatcher's own namespace each worker thread keeps one socket (an IPRoute costs
@@ -164,7 +189,7 @@ def session(netns: str | None = None) -> Iterator[IPRoute]:
     deleted and a new one made under the same name.
     """
     if netns is not None:
-        r = ipr(netns)
+        r = ipr(netns, owned)
         try:
             yield r
         finally:
@@ -198,10 +223,10 @@ def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int) -> None:
         raise OSError(err, f"mount {dst.decode()}: {os.strerror(err)}")
 
 
-def netns_create(name: str) -> None:
+def netns_create(name: str) -> int:
     """Create a named netns like ``ip netns add``: a bind mount of a fresh namespace at
     /run/netns/<name> (the dir made a shared mount so the name is seen in other mount
-    namespaces that are slaves of ours)."""
+    namespaces that are slaves of ours). Returns the new namespace's inode."""
     path = netns_path(name)
     os.makedirs(NETNS_DIR, exist_ok=True)
     d = NETNS_DIR.encode()
@@ -220,6 +245,7 @@ def netns_create(name: str) -> None:
             raise nl_error(OSError(err, os.strerror(err)), f"create netns {name}")
         try:
             _mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND)
+            return os.stat(path).st_ino
         except OSError as e:
             os.unlink(path)
             raise nl_error(e, f"create netns {name}") from None
@@ -231,6 +257,18 @@ def netns_create(name: str) -> None:
                 os._exit(70)
     finally:
         os.close(home)
+
+
+def netns_inode(name: str) -> int | None:
+    """The inode of the namespace named ``name`` (None when there is none)."""
+    try:
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return namespace_inode(fd)
+    finally:
+        os.close(fd)
 
 
 def netns_remove(name: str) -> None:
@@ -342,15 +380,16 @@ def _addr_kw(prefix: str, addr: str) -> tuple[str, str]:
     return (f"vxlan_{prefix}6" if a.version == 6 else f"vxlan_{prefix}", str(a))
 
 
-def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
-    """Create one link; on a later step's failure the link is removed again."""
+def link_add(r: IPRoute, spec: LinkSpec, owned: Owned = None) -> dict[str, Any]:
+    """Create one link; on a later step's failure the link is removed again. ``owned``
+    scopes ``peer_netns`` (see :func:`open_netns`)."""
     kw: dict[str, Any] = {"ifname": spec.name, "kind": spec.kind}
     fds: list[int] = []
     try:
         if spec.kind == "veth":
             peer: dict[str, Any] = {"ifname": spec.peer}
             if spec.peer_netns is not None:
-                fd = open_netns(spec.peer_netns)
+                fd = open_netns(spec.peer_netns, owned)
                 fds.append(fd)
                 peer["net_ns_fd"] = fd
             kw["peer"] = peer
@@ -375,7 +414,7 @@ def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
         elif spec.kind == "bond":
             kw["bond_mode"] = BOND_MODES[spec.mode or "balance-rr"]
         if spec.hwaddr is not None:
-            kw["address"] = v.mac(spec.hwaddr)
+            kw["address"] = v.link_mac(spec.hwaddr)
         if spec.mtu is not None:
             kw["mtu"] = spec.mtu
         master = index_of(r, spec.master) if spec.master is not None else None
@@ -413,9 +452,9 @@ def link_del(r: IPRoute, name: str) -> None:
         raise (NotFound(f"no such link: {name}") if err.code == 404 else err) from None
 
 
-def link_set(r: IPRoute, name: str, **attrs: Any) -> None:
+def link_set(r: IPRoute, name: str, owned: Owned = None, **attrs: Any) -> None:
     """``ip link set``: state ("up"/"down"), mtu, address, ifname, master (a name, or "" for
-    none), netns (move into a named netns)."""
+    none), netns (move into a named netns, scoped by ``owned``: see :func:`open_netns`)."""
     idx = index_of(r, name)
     kw: dict[str, Any] = {}
     fd = None
@@ -423,10 +462,12 @@ def link_set(r: IPRoute, name: str, **attrs: Any) -> None:
         for k, val in attrs.items():
             if val is None:
                 continue
-            if k == "master":
+            if k == "address":
+                kw["address"] = v.link_mac(val)
+            elif k == "master":
                 kw["master"] = index_of(r, val) if val else 0
             elif k == "netns":
-                fd = open_netns(val)
+                fd = open_netns(val, owned)
                 kw["net_ns_fd"] = fd
             else:
                 kw[k] = val
