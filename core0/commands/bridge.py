@@ -88,10 +88,7 @@ def _plan(args: CreateArgs) -> Bridge:
             raise BadRequest("network.start/end: only with mode dnsmasq", field="network.start")
         return br
     iface = v.interface(cidr, "network.cidr", version=4)
-    net = iface.network
-    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-        raise BadRequest("network.cidr: the bridge needs a host address of its network",
-                         field="network.cidr")
+    v.host_interface(cidr, "network.cidr", args.name)
     br.cidr = str(iface)
     if mode == "dnsmasq":
         if vals["start"] is None or vals["end"] is None:

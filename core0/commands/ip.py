@@ -31,7 +31,8 @@ MAX_NETNS = 1024
 
 def _owned(ctx: Context) -> nl.Owned:
     """The named namespaces this command may use: every one under /run/netns for the admin
-    role, only those ip.netns.add made (by inode) for the others. Under ``core0 dev``
+    role, only those ip.netns.add made (by identity: the namespace's cookie) for the
+    others. Under ``core0 dev``
     /run/netns is the host's, holding namespaces core0 has no business with."""
     if ctx.job.role >= Role.ADMIN:
         return None
@@ -51,9 +52,13 @@ async def _with(ctx: Context, netns: str | None, fn: Callable[[IPRoute], T]) -> 
 
 
 def _not_managed(ctx: Context, netns: str | None, names: list[str]) -> None:
-    """409 for a bridge of bridge.create: bridge.delete removes it with its dnsmasq and rules."""
+    """409 for a bridge of bridge.create (bridge.delete removes it with its dnsmasq and
+    rules) and for the node's own loopback (only ``up`` may change it) in the node's own
+    namespace."""
     if netns is not None:
         return
+    if "lo" in names:
+        raise Conflict("lo is the node's loopback: it stays as it is (only ip.link.up)")
     bridges = netstate.load(ctx.config.state_dir).bridges
     for name in names:
         if name in bridges:
@@ -95,7 +100,9 @@ async def link_up(ctx: Context, args: LinkArgs) -> None:
 
 @command("ip.link.down", LinkArgs)
 async def link_down(ctx: Context, args: LinkArgs) -> None:
-    """Bring a link down."""
+    """Bring a link down (409 for the node's own lo)."""
+    if args.name == "lo":
+        _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
 
 
@@ -123,7 +130,9 @@ class MtuArgs(Schema):
 
 @command("ip.link.mtu", MtuArgs)
 async def link_mtu(ctx: Context, args: MtuArgs) -> None:
-    """Set a link's MTU."""
+    """Set a link's MTU (409 for the node's own lo)."""
+    if args.name == "lo":
+        _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
 
 
@@ -145,7 +154,8 @@ async def link_set(ctx: Context, args: SetArgs) -> None:
     move it into another named netns (``move_to``; it leaves ``netns``)."""
     if args.master is not None and args.nomaster:
         raise BadRequest("master and nomaster are exclusive", field="nomaster")
-    if args.move_to is not None:
+    if args.move_to is not None or (args.name == "lo" and (
+            args.up is not True or args.mtu or args.hwaddr or args.master or args.nomaster)):
         _not_managed(ctx, args.netns, [args.name])
     state = None if args.up is None else ("up" if args.up else "down")
     master = "" if args.nomaster else args.master
@@ -342,16 +352,18 @@ class NetnsArgs(Schema):
 @command("ip.netns.add", NetnsArgs)
 async def netns_add(ctx: Context, args: NetnsArgs) -> None:
     """Create a named network namespace (/run/netns/<name>, like ``ip netns add``); its
-    loopback is brought up. core0 records it (by name and namespace inode) in its state dir:
+    loopback is brought up. core0 records it (by name and namespace cookie) in its state dir:
     only such namespaces are listed, used (``netns``, ``peer_netns``, ``move_to``) and
     deleted from operator and read-only queues. At most 1024 (503 beyond)."""
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
-        live = {n: i for n, i in st.netns.items() if nl.netns_inode(n) == i}
-        if len(live) >= MAX_NETNS:
-            raise Unavailable(f"core0 has made {MAX_NETNS} network namespaces already")
-        ino = await ctx.to_thread(nl.netns_create, args.name)
-        st.netns = {**live, args.name: ino}
+        if len(st.netns) >= MAX_NETNS:  # forget those removed behind core0's back
+            st.netns = await ctx.to_thread(
+                lambda: {n: i for n, i in st.netns.items() if nl.netns_id(n) == i})
+            if len(st.netns) >= MAX_NETNS:
+                raise Unavailable(f"core0 has made {MAX_NETNS} network namespaces already")
+        ident = await ctx.to_thread(nl.netns_create, args.name)
+        st.netns[args.name] = ident
         netstate.save(ctx.config.state_dir, st)
     await _with(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
 
@@ -364,13 +376,13 @@ async def netns_del(ctx: Context, args: NetnsArgs) -> None:
     others."""
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
-        ino = await ctx.to_thread(nl.netns_inode, args.name)
-        mine = ino is not None and st.netns.get(args.name) == ino
+        ident = await ctx.to_thread(nl.netns_id, args.name)
+        mine = ident is not None and st.netns.get(args.name) == ident
         if not mine:
             if args.name in st.netns:  # gone, or replaced behind core0's back: forget it
                 del st.netns[args.name]
                 netstate.save(ctx.config.state_dir, st)
-            if ino is not None and ctx.job.role >= Role.ADMIN:
+            if ident is not None and ctx.job.role >= Role.ADMIN:
                 raise Conflict(f"network namespace {args.name} was not made by core0: "
                                "not deleting it")
             raise NotFound(f"no network namespace {args.name} made by core0")
@@ -389,4 +401,4 @@ async def netns_list(ctx: Context, args: NoArgs) -> list[str]:
         return await ctx.to_thread(nl.netns_list)
     names = sorted(owned)
     return [n for n, i in zip(names, await ctx.to_thread(
-        lambda: [nl.netns_inode(n) for n in names]), strict=True) if i == owned[n]]
+        lambda: [nl.netns_id(n) for n in names]), strict=True) if i == owned[n]]

@@ -33,6 +33,7 @@ from core0.errors import (
     Internal,
     NotFound,
     PreconditionFailed,
+    Unavailable,
 )
 from core0.net import validate as v
 from core0.schema import Doc, Pattern, Range, Schema
@@ -71,17 +72,22 @@ def nl_error(e: BaseException, what: str) -> CommandError:
     msg = f"{what}: {text}"
     if code == errno.EEXIST:
         return Conflict(f"{what}: exists already")
-    if code == errno.EBUSY:
+    if code in (errno.EBUSY, errno.EADDRINUSE, errno.ENOTEMPTY):
         return Conflict(msg)
+    if code == errno.ELOOP:
+        return BadRequest(f"{what}: that would make a loop of links")
     if code == errno.ENETDOWN:
         return Conflict(f"{what}: the link is down (bring it up first)")
     if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
         return NotFound(msg)
-    if code == errno.EOPNOTSUPP:
+    if code in (errno.EOPNOTSUPP, errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
         return PreconditionFailed(msg)
     if code in (errno.EINVAL, errno.ERANGE, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                errno.E2BIG, errno.ENOTUNIQ):
+                errno.E2BIG, errno.ENOTUNIQ, errno.EDOM, errno.EOVERFLOW, errno.EXDEV,
+                errno.EMLINK):
         return BadRequest(msg)
+    if code in (errno.ENOSPC, errno.ENOBUFS, errno.ENOMEM, errno.EMFILE, errno.ENFILE):
+        return Unavailable(msg)
     if code in (errno.EPERM, errno.EACCES):
         return PreconditionFailed(f"{what}: not permitted ({text})")
     return Internal(msg)
@@ -102,20 +108,54 @@ def netns_path(name: str) -> str:
     return os.path.join(NETNS_DIR, name)
 
 
-#: which named namespaces a command may use: name → namespace inode (see
-#: :func:`namespace_inode`), or None for any namespace under /run/netns
+#: which named namespaces a command may use: name → namespace identity (see
+#: :func:`namespace_id`), or None for any namespace under /run/netns
 Owned = Mapping[str, int] | None
+#: getsockopt: the 64-bit cookie of a socket's network namespace (Linux 5.14+)
+SO_NETNS_COOKIE = 71
 
 
-def namespace_inode(fd: int) -> int:
-    """The inode of a namespace fd: the identity of the namespace itself (a name under
-    /run/netns can be removed and made again for another namespace)."""
-    return os.fstat(fd).st_ino
+def namespace_id(fd: int) -> int:
+    """The identity of the network namespace of ``fd`` (a /run/netns file): its cookie, which
+    the kernel never reuses (a name under /run/netns can be removed and made again for another
+    namespace, and namespace inode numbers are reused). Kernels older than 5.14 have no
+    cookie: the inode number stands in. Blocking (thread)."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            _setns(fd)
+        except OSError as e:
+            raise nl_error(e, "enter netns") from None
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+        finally:
+            try:
+                _setns(home)
+            except OSError:  # pragma: no cover - cannot happen with our own open fd
+                log.critical("worker thread stuck in a foreign netns: exiting")
+                os._exit(70)
+    finally:
+        os.close(home)
+    with sock:
+        return _sock_id(sock, os.fstat(fd).st_ino)
+
+
+def _sock_id(sock: socket.socket, inode: int) -> int:
+    try:
+        return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), "little")
+    except OSError:
+        return inode
+
+
+def _current_id() -> int:
+    """The identity of the calling thread's own network namespace."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE) as sock:
+        return _sock_id(sock, os.stat("/proc/thread-self/ns/net").st_ino)
 
 
 def open_netns(name: str, owned: Owned = None) -> int:
     """An O_RDONLY fd of the named namespace (NotFound when it does not exist, or when
-    ``owned`` is given and does not list it with that very namespace's inode)."""
+    ``owned`` is given and does not list it with that very namespace's identity)."""
     try:
         fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -124,8 +164,8 @@ def open_netns(name: str, owned: Owned = None) -> int:
         raise nl_error(e, f"netns {name}") from None
     if owned is not None:
         try:
-            ok = owned.get(name) == namespace_inode(fd)
-        except OSError:
+            ok = owned.get(name) == namespace_id(fd)
+        except (OSError, CommandError):
             ok = False
         if not ok:
             os.close(fd)
@@ -226,7 +266,8 @@ def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int) -> None:
 def netns_create(name: str) -> int:
     """Create a named netns like ``ip netns add``: a bind mount of a fresh namespace at
     /run/netns/<name> (the dir made a shared mount so the name is seen in other mount
-    namespaces that are slaves of ours). Returns the new namespace's inode."""
+    namespaces that are slaves of ours). Returns the new namespace's identity
+    (:func:`namespace_id`)."""
     path = netns_path(name)
     os.makedirs(NETNS_DIR, exist_ok=True)
     d = NETNS_DIR.encode()
@@ -245,7 +286,7 @@ def netns_create(name: str) -> int:
             raise nl_error(OSError(err, os.strerror(err)), f"create netns {name}")
         try:
             _mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND)
-            return os.stat(path).st_ino
+            ident = _current_id()
         except OSError as e:
             os.unlink(path)
             raise nl_error(e, f"create netns {name}") from None
@@ -257,16 +298,20 @@ def netns_create(name: str) -> int:
                 os._exit(70)
     finally:
         os.close(home)
+    return ident
 
 
-def netns_inode(name: str) -> int | None:
-    """The inode of the namespace named ``name`` (None when there is none)."""
+def netns_id(name: str) -> int | None:
+    """The identity (:func:`namespace_id`) of the namespace named ``name`` (None when there
+    is none)."""
     try:
         fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        return namespace_inode(fd)
+        return namespace_id(fd)
+    except (OSError, CommandError):
+        return None
     finally:
         os.close(fd)
 
@@ -348,6 +393,9 @@ class LinkSpec(Schema):
                 raise BadRequest("local/remote/group: mixed IPv4 and IPv6", field="local")
             if self.group is not None and not v.ip(self.group, "group").is_multicast:
                 raise BadRequest("group: not a multicast address", field="group")
+            for f, a in (("local", self.local), ("remote", self.remote)):
+                if a is not None:
+                    v.unicast(a, f)
 
 
 def index_of(r: IPRoute, name: str) -> int:
@@ -440,8 +488,19 @@ def link_add(r: IPRoute, spec: LinkSpec, owned: Owned = None) -> dict[str, Any]:
         except Exception as e:
             with contextlib.suppress(Exception):
                 r.link("del", ifname=spec.name)
-            raise e if isinstance(e, CommandError) else nl_error(e, f"link {spec.name}") from None
+            if isinstance(e, CommandError):
+                raise
+            raise _master_error(nl_error(e, f"link {spec.name}"), spec.master) from None
     return {"name": spec.name, "kind": spec.kind}
+
+
+def _master_error(err: CommandError, master: str | None) -> CommandError:
+    """The kernel's "not supported" when enslaving to a link that takes no slaves is the
+    caller's mistake (400), not a missing kernel feature."""
+    if master and isinstance(err, PreconditionFailed):
+        return BadRequest(f"master: {master} cannot take links (not a bridge or bond?): "
+                          f"{err.message}", field="master")
+    return err
 
 
 def link_del(r: IPRoute, name: str) -> None:
@@ -454,7 +513,8 @@ def link_del(r: IPRoute, name: str) -> None:
 
 def link_set(r: IPRoute, name: str, owned: Owned = None, **attrs: Any) -> None:
     """``ip link set``: state ("up"/"down"), mtu, address, ifname, master (a name, or "" for
-    none), netns (move into a named netns, scoped by ``owned``: see :func:`open_netns`)."""
+    none), netns (move into a named netns, scoped by ``owned``: see :func:`open_netns`).
+    The master is set first, on its own; then the rest in one request."""
     idx = index_of(r, name)
     kw: dict[str, Any] = {}
     fd = None
@@ -471,12 +531,14 @@ def link_set(r: IPRoute, name: str, owned: Owned = None, **attrs: Any) -> None:
                 kw["net_ns_fd"] = fd
             else:
                 kw[k] = val
+        if "master" in kw:  # first and alone: a refused master leaves the link as it was
+            r.link("set", index=idx, master=kw.pop("master"))
         if kw:
             r.link("set", index=idx, **kw)
     except CommandError:
         raise
     except Exception as e:
-        raise nl_error(e, f"link {name}") from None
+        raise _master_error(nl_error(e, f"link {name}"), attrs.get("master")) from None
     finally:
         if fd is not None:
             os.close(fd)
@@ -555,7 +617,7 @@ def route_kw(r: IPRoute, dst: str, gw: str | None, dev: str | None, metric: int 
     family = None
     kw: dict[str, Any] = {}
     if gw is not None:
-        g = v.ip(gw, "gw")
+        g = v.unicast(gw, "gw")
         family = g.version
         kw["gateway"] = str(g)
     if dst == "default":
@@ -568,7 +630,7 @@ def route_kw(r: IPRoute, dst: str, gw: str | None, dev: str | None, metric: int 
         kw["dst"] = str(n)
         family = n.version
     if src is not None:
-        s = v.ip(src, "src", version=family)
+        s = v.unicast(src, "src", version=family)
         kw["prefsrc"] = str(s)
     if dev is not None:
         kw["oif"] = index_of(r, dev)

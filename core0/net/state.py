@@ -54,8 +54,9 @@ class NetState:
     open_ports: list[OpenPort] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
     bridges: dict[str, Bridge] = field(default_factory=dict)
-    #: named network namespaces made by ``ip.netns.add``: name → inode of the namespace (so a
-    #: namespace of the same name made by someone else is never taken for core0's)
+    #: named network namespaces made by ``ip.netns.add``: name → the namespace's identity
+    #: (:func:`core0.net.netlink.namespace_id`: a namespace of the same name made by someone
+    #: else is never taken for core0's)
     netns: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> NetState:

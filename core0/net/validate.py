@@ -60,6 +60,17 @@ def ip(value: str, field: str = "ip", version: int | None = None
     return a
 
 
+def unicast(value: str, field: str = "ip", version: int | None = None
+            ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address that names one host: not unspecified, multicast or (IPv4) broadcast/
+    reserved (400)."""
+    a = ip(value, field, version)
+    if a.is_unspecified or a.is_multicast or (
+            a.version == 4 and a in ipaddress.IPv4Network("240.0.0.0/4")):
+        raise BadRequest(f"{field}: {a} is not a unicast address", field=field)
+    return a
+
+
 def interface(value: str, field: str = "ip", version: int | None = None
               ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """An address with prefix length (``10.0.0.1/24``); the prefix is required."""
