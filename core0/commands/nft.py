@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, ToolError, Unavailable
 from core0.net import netlink as nl
-from core0.net import nft
+from core0.net import nft, sockets
 from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
@@ -140,6 +140,17 @@ def check_local(fwds: list[nft.Forward], mine: list[ipaddress.IPv4Interface]) ->
             raise BadRequest(f"ip: {a} is {why}: not a destination for a forward", field="ip")
 
 
+def check_listeners(fwds: list[nft.Forward], socks: list[sockets.Listener]) -> None:
+    """409 when the node itself listens on a forward's port (on an address the source
+    matches): the DNAT would take the port from the node's own service (its sshd, the Redis
+    API, dnsmasq on a bridge)."""
+    for f in fwds:
+        for sock in socks:
+            if f.source.takes(sock):
+                raise Conflict(f"{f.src}: the node itself listens on {sock.proto} "
+                               f"{sock.addr}:{sock.port}")
+
+
 def check_overlaps(existing: list[nft.Forward], fwds: list[nft.Forward]) -> list[nft.Forward]:
     """The forwards of ``fwds`` that are new; 409 when one could match a packet that an
     existing forward (or an earlier one of ``fwds``) matches too: nft applies the first DNAT
@@ -166,7 +177,9 @@ async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]
     could match the same packets as an existing forward of any owner (same port and protocol,
     and: either one is a bare port, the same or overlapping addresses/networks, link names
     that can be the same link, or a link and an address), or as another source of the same
-    call; adding the same forward again is a no-op. 400 when ``ip`` is not a unicast host
+    call, or when the node itself listens on that port (on an address the source matches:
+    the forward would take the port from the node's own service); adding the same forward
+    again is a no-op. 400 when ``ip`` is not a unicast host
     (loopback, 0.0.0.0/8, broadcast, multicast, reserved, link-local) or is one of the node's
     own addresses or the network/broadcast address of one of its networks. At most
     4096 forwards on the node (503 beyond). Enables IPv4 forwarding. Returns the owner's
@@ -185,6 +198,7 @@ async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]
             def work() -> None:
                 with nl.session() as r:
                     check_local(added, _node_addresses(r))
+                check_listeners(added, sockets.listeners())
                 nl.enable_ip_forward()
 
             await ctx.to_thread(work)

@@ -39,6 +39,7 @@ from typing import Any
 
 from core0.errors import BadRequest
 from core0.net import validate as v
+from core0.net.sockets import Listener
 
 TABLE = "core0"
 FAMILY = "inet"
@@ -108,6 +109,17 @@ class Source:
         if self.kind == "nic" or other.kind == "nic":
             return True  # a packet to that address may arrive on that link
         return ipaddress.ip_network(self.match).overlaps(ipaddress.ip_network(other.match))
+
+    def takes(self, sock: Listener) -> bool:
+        """Whether this source would take packets meant for the node's own socket ``sock``
+        (loopback sockets never: forwards leave loopback alone)."""
+        a = sock.ipv4
+        if sock.proto not in self.protos or sock.port != self.port or a is None \
+                or a.is_loopback:
+            return False
+        if int(a) == 0 or self.kind in ("any", "nic"):
+            return True
+        return a in ipaddress.ip_network(self.match)
 
     def matches(self) -> str:
         if self.kind in ("ip", "cidr"):

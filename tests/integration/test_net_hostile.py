@@ -111,6 +111,20 @@ def test_overlapping_forwards_are_refused(env: Env) -> None:
     assert env.admin.nft.show()["text"] == ""
 
 
+def test_forwards_never_take_the_nodes_own_ports(env: Env) -> None:
+    """A forward on a port the node listens on would take it from the node's service."""
+    srv = serve(env.node.ns, 2222, "node")  # like the node's sshd: 0.0.0.0:2222
+    try:
+        for src in ("2222", "h1:2222", f"{NODE_WAN}:2222", "198.51.100.0/24:2222",
+                    "2222|tcp+udp"):
+            assert code_of(env.op.nft.forward_add, "user:x", CTR, {src: 22}) == 409, src
+        assert fetch(env.wan, f"http://{NODE_WAN}:2222/") == f"node {WAN}"
+        env.op.nft.forward_add("user:x", CTR, {"2222|udp": 22})  # another protocol
+    finally:
+        srv.kill()
+        env.op.nft.owner_remove("user:x")
+
+
 @pytest.mark.parametrize("ip", [
     "127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1",
     "239.255.255.250", "240.0.0.1", "169.254.169.254",
@@ -162,6 +176,9 @@ def test_bridge_static_leases_and_delete(env: Env) -> None:
         assert op.bridge.info("hbr1")["hosts"] == {}
         op.bridge.add_host("hbr1", "10.63.0.5", mac)
         assert op.bridge.info("hbr1")["hosts"] == {mac: "10.63.0.5"}
+        # the bridge's DNS/DHCP (dnsmasq, listening on it) cannot be forwarded away
+        for src in ("53|udp", "53|tcp", "10.63.0.0/24:53|udp", "hbr1:67|udp"):
+            assert code_of(op.nft.forward_add, "user:x", CTR, {src: 53}) == 409, src
         # core0's bridge is removed by bridge.delete only (with its dnsmasq and rules)
         assert code_of(op.ip.link.delete, "hbr1") == 409
         assert code_of(op.ip.link.name, "hbr1", "hbr9") == 409
