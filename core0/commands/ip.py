@@ -3,6 +3,9 @@
 Every command takes an optional ``netns``: the name of a network namespace under
 ``/run/netns`` to act in (a container's, for instance); without it the command acts in the
 node's own namespace. Netlink calls run in worker threads; see :mod:`core0.net.netlink`.
+
+Operator and read-only queues reach only the named namespaces ``ip.netns.add`` made; the admin
+role reaches every one but never deletes one core0 did not make (docs/networking.md).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ Port forwards use 0-core's syntax: ``{"<src>": dst_port}`` with src ``port``, ``
 (``fib daddr type local``) and arriving on any link (or the named ones, for the nic forms). It
 works for connections the node opens to its own addresses too, except over loopback (an
 ``output`` DNAT, 0-core#682), and from containers on core0's bridges (masqueraded hairpin).
+Forwards never overlap (a second one that could match the same packets is a 409), never take
+a port the node listens on (409) and never point at the node itself, loopback, broadcast,
+multicast or link-local addresses (400): see docs/networking.md.
 Each forward belongs to an owner (``container:<id>``, ``vm:<id>``, ``user:<id>``), written on
 its rules as an nft comment; ``nft.owner_remove`` drops all of an owner's rules at once. Every
 change rebuilds core0's table in one nft transaction (see :mod:`core0.net.nft`); other tables
