@@ -257,7 +257,10 @@ def _must_be_bridge(r: IPRoute, name: str) -> None:
 
 @command("bridge.nic-add", NicArgs)
 async def nic_add(ctx: Context, args: NicArgs) -> None:
-    """Attach a link to a bridge (and bring it up)."""
+    """Attach a link to a bridge (and bring it up); 409 for the node's ``lo``."""
+    if args.nic == "lo":
+        raise Conflict("lo is the node's loopback: it stays as it is")
+
     def work(r: IPRoute) -> None:
         _must_be_bridge(r, args.name)
         nl.link_set(r, args.nic, master=args.name, state="up")

@@ -278,7 +278,13 @@ async def addr_add(ctx: Context, args: AddrArgs) -> None:
 
 @command("ip.addr.del", AddrArgs)
 async def addr_del(ctx: Context, args: AddrArgs) -> None:
-    """Remove an address from a link (404 when it is not there)."""
+    """Remove an address from a link (404 when it is not there; 409 for the address of a
+    bridge made by bridge.create: its dnsmasq serves on it)."""
+    if args.netns is None:
+        br = netstate.load(ctx.config.state_dir).bridges.get(args.name)
+        if br is not None and br.cidr and v.interface(args.ip) == v.interface(br.cidr):
+            raise Conflict(f"{args.ip} is the address of bridge {args.name} (made by "
+                           "bridge.create): bridge.delete removes it")
     await _with(ctx, args.netns, lambda r: nl.addr_change(r, "del", args.name, args.ip))
 
 

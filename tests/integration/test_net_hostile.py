@@ -125,6 +125,22 @@ def test_forwards_never_take_the_nodes_own_ports(env: Env) -> None:
         env.op.nft.owner_remove("user:x")
 
 
+def test_racing_forwards_one_wins(env: Env) -> None:
+    """20 owners race for one port (and overlapping spellings of it): exactly one gets it."""
+    srcs = ["5000", "h1:5000", "h*:5000", f"{NODE_WAN}:5000", "198.51.100.0/24:5000"]
+    jobs = [env.op.raw("nft.forward_add", {"owner": f"user:r{i}", "ip": CTR,
+                                           "forwards": {srcs[i % len(srcs)]: 80}})
+            for i in range(20)]
+    results = [j.get(60) for j in jobs]
+    won = [r for r in results if r.state.value == "SUCCESS"]
+    assert len(won) == 1, [(r.state, r.code) for r in results]
+    assert sorted({r.code for r in results if r not in won}) == [409]
+    assert len(env.op.nft.forward_list()) == 1
+    for i in range(20):
+        env.op.nft.owner_remove(f"user:r{i}")
+    assert env.op.nft.forward_list() == []
+
+
 @pytest.mark.parametrize("ip", [
     "127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1",
     "239.255.255.250", "240.0.0.1", "169.254.169.254",
@@ -183,6 +199,7 @@ def test_bridge_static_leases_and_delete(env: Env) -> None:
         assert code_of(op.ip.link.delete, "hbr1") == 409
         assert code_of(op.ip.link.name, "hbr1", "hbr9") == 409
         assert code_of(op.ip.link.del_many, ["hbr1"]) == 409
+        assert code_of(op.ip.addr.delete, "hbr1", "10.63.0.1/24") == 409
     finally:
         op.bridge.delete("hbr1")
     assert "hbr1" not in op.bridge.list()
@@ -307,6 +324,7 @@ BAD: list[tuple[str, dict[str, Any], int]] = [
     ("bridge.nic-add", {"name": "hbr", "nic": "hbr"}, 400),
     ("bridge.nic-add", {"name": "h0", "nic": "hdown"}, 400),  # not a bridge
     ("bridge.nic-add", {"name": "hbr", "nic": "nope"}, 404),
+    ("bridge.nic-add", {"name": "hbr", "nic": "lo"}, 409),
     ("ip.link.add", {"name": "hx2", "kind": "bridge", "master": "h0"}, 400),
     ("ip.link.add", {"name": "hx3", "kind": "bridge", "hwaddr": "ff:ff:ff:ff:ff:ff"}, 400),
     ("ip.link.add", {"name": "hx4", "kind": "vxlan", "id": 9, "remote": "0.0.0.0"}, 400),
