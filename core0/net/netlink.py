@@ -228,11 +228,18 @@ def _master_error(err: CommandError, master: str | None) -> CommandError:
 
 
 def link_del(r: IPRoute, name: str) -> None:
+    """Delete a link: 404 when missing, 400 for a link the kernel cannot delete (a device,
+    loopback)."""
     try:
         r.link("del", ifname=name)
     except Exception as e:
         err = nl_error(e, f"link {name}")
-        raise (NotFound(f"no such link: {name}") if err.code == 404 else err) from None
+        if err.code == 404:
+            err = NotFound(f"no such link: {name}")
+        elif isinstance(err, PreconditionFailed):
+            err = BadRequest(f"link {name} cannot be deleted (a device or loopback: "
+                             "ip.link.down takes it out of use)", field="name")
+        raise err from None
 
 
 def link_set(r: IPRoute, name: str, owned: Owned = None, **attrs: Any) -> None:

@@ -257,6 +257,7 @@ def test_namespaces_are_scoped(env: Env) -> None:
         op.ip.route.add("10.68.0.0/24", dev="eth0", netns=own)
         assert "10.68.0.0/24" in [r["dst"] for r in ro.ip.route.list(netns=own)]
         op.ip.link.delete("hy0")
+        assert code_of(op.ip.link.delete, "lo", netns=own) == 400  # not deletable
     finally:
         op.ip.netns.delete(own)
     assert op.ip.netns.list() == [] and _state(env)["netns"] == {}
