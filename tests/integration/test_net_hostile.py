@@ -141,6 +141,20 @@ def test_racing_forwards_one_wins(env: Env) -> None:
     assert env.op.nft.forward_list() == []
 
 
+def test_forward_count_is_bounded(env: Env) -> None:
+    """At most 4096 forwards on the node (503 beyond), and the node keeps answering."""
+    try:
+        for k in range(4):
+            env.op.nft.forward_add(f"user:n{k}", CTR, {str(10000 + k * 1024 + i): 80
+                                                       for i in range(1024)})
+        assert code_of(env.op.nft.forward_add, "user:n4", CTR, {"9999": 80}) == 503
+        assert env.admin.json("core.ping", timeout=1).startswith("PONG")
+    finally:
+        for k in range(4):
+            env.op.nft.owner_remove(f"user:n{k}")
+    assert env.op.nft.forward_list() == []
+
+
 @pytest.mark.parametrize("ip", [
     "127.0.0.1", "127.1.2.3", "0.0.0.0", "0.1.2.3", "255.255.255.255", "224.0.0.1",
     "239.255.255.250", "240.0.0.1", "169.254.169.254",
