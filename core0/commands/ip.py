@@ -34,9 +34,9 @@ MAX_NETNS = 1024
 
 def _owned(ctx: Context) -> nl.Owned:
     """The named namespaces this command may use: every one under /run/netns for the admin
-    role, only those ip.netns.add made (by identity: the namespace's cookie) for the
-    others. Under ``core0 dev``
-    /run/netns is the host's, holding namespaces core0 has no business with."""
+    role, only those ip.netns.add made (by identity: the namespace's cookie) for the others.
+    Under ``core0 dev`` /run/netns is the host's, holding namespaces core0 has no business
+    with."""
     if ctx.job.role >= Role.ADMIN:
         return None
     return netstate.load(ctx.config.state_dir).netns

@@ -220,7 +220,7 @@ class ForwardRemoveArgs(Schema):
 async def forward_remove(ctx: Context, args: ForwardRemoveArgs) -> int:
     """Remove some of an owner's forwards by source; 404 when the owner has none of them.
     Returns how many were removed."""
-    keys = {nft.parse_source(s, "src").key for s in args.src}
+    keys = {nft.parse_source(s, "src", strict=False).key for s in args.src}
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         new = st.copy()

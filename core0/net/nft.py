@@ -182,9 +182,11 @@ def check_destination(ip: str, field: str = "ip") -> ipaddress.IPv4Address:
     return a
 
 
-def parse_source(text: str, field: str = "src") -> Source:
+def parse_source(text: str, field: str = "src", strict: bool = True) -> Source:
     """Parse 0-core's forward source syntax (``8080``, ``10.0.0.1:80``, ``10.0.0.0/8:80``,
-    ``eth0:80``, ``zt*:80``, each optionally with ``|udp`` or ``|tcp+udp``)."""
+    ``eth0:80``, ``zt*:80``, each optionally with ``|udp`` or ``|tcp+udp``). ``strict``
+    refuses addresses that can never match (for new forwards; a saved one is re-read as it
+    is)."""
     if not isinstance(text, str) or len(text) > 80:
         raise BadRequest(f"{field}: invalid forward source", field=field)
     body, bar, proto = text.partition("|")
@@ -205,7 +207,7 @@ def parse_source(text: str, field: str = "src") -> Source:
         if net.version != 4:
             raise BadRequest(f"{field}: IPv6 forwards are not supported", field=field)
         assert isinstance(net, ipaddress.IPv4Network)
-        if any(net.subnet_of(n) for n in NOT_HOSTS):
+        if strict and any(net.subnet_of(n) for n in NOT_HOSTS):
             raise BadRequest(f"{field}: {net} holds no unicast host address: a forward from "
                              "it never matches", field=field)
         return Source("cidr", str(net), port, protos)
@@ -214,7 +216,7 @@ def parse_source(text: str, field: str = "src") -> Source:
         if a.version != 4:
             raise BadRequest(f"{field}: IPv6 forwards are not supported", field=field)
         assert isinstance(a, ipaddress.IPv4Address)
-        why = _not_host(a)
+        why = _not_host(a) if strict else None
         if why is not None:
             raise BadRequest(f"{field}: {a} is {why}: a forward from it never matches",
                              field=field)
@@ -239,7 +241,7 @@ class Forward:
 
     @property
     def source(self) -> Source:
-        return parse_source(self.src)
+        return parse_source(self.src, strict=False)
 
     def slots(self) -> set[tuple[str, str, int]]:
         """The (source match, protocol, port) triples this forward occupies."""
