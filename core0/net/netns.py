@@ -146,7 +146,8 @@ def open_netns(name: str, owned: Owned = None) -> int:
     """An O_RDONLY fd of the named namespace (NotFound when it does not exist, or when
     ``owned`` is given and does not list it with that very namespace's identity)."""
     try:
-        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put there by someone else must not hang a worker thread
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         raise NotFound(f"no such network namespace: {name}") from None
     except OSError as e:
@@ -294,7 +295,8 @@ def netns_id(name: str) -> int | None:
     """The identity (:func:`namespace_id`) of the namespace named ``name`` (None when there
     is none)."""
     try:
-        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put there by someone else must not hang a worker thread
+        fd = os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:

@@ -13,8 +13,10 @@ admin ``core.ping`` within 1 s and logged no traceback.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -257,6 +259,16 @@ def test_namespaces_are_scoped(env: Env) -> None:
     assert code_of(admin.ip.netns.delete, foreign) == 409
     assert "f0" in env.foreign.run("ip", "-o", "link").stdout  # untouched
     assert "hx0" not in [link["name"] for link in admin.ip.link.list()]
+
+    # something that is not a namespace (a FIFO: opening it must not hang a worker thread)
+    fifo = Path("/run/netns") / unique("fifo")
+    os.mkfifo(fifo)
+    try:
+        assert code_of(op.ip.link.list, netns=fifo.name) == 404
+        assert code_of(admin.ip.link.list, netns=fifo.name) == 400
+        assert code_of(admin.ip.netns.delete, fifo.name) == 404  # not a namespace
+    finally:
+        fifo.unlink()
 
     # a namespace made by core0 is the operator's to use and delete
     own = unique("own")
