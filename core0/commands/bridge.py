@@ -21,6 +21,7 @@ from core0.net import dnsmasq
 from core0.net import netlink as nl
 from core0.net import state as netstate
 from core0.net import validate as v
+from core0.net.sockets import Listener
 from core0.net.state import Bridge
 from core0.registry import Role, command
 from core0.schema import Doc, NoArgs, Pattern, Schema
@@ -152,11 +153,28 @@ async def _netlink(ctx: Context, fn: Callable[[IPRoute], T]) -> T:
     return await ctx.to_thread(work)
 
 
+def _dns_not_forwarded(br: Bridge, st: netstate.NetState) -> None:
+    """409 when a port forward would take the DNS (53) or DHCP (67) of the bridge's dnsmasq
+    (the other way round, nft.forward_add refuses ports the node listens on)."""
+    if br.mode not in ("static", "dnsmasq"):
+        return
+    own = ipaddress.ip_interface(br.cidr).ip
+    socks = [Listener("udp", own, 53), Listener("tcp", own, 53)]
+    if br.mode == "dnsmasq":
+        socks.append(Listener("udp", ipaddress.IPv4Address(0), 67))
+    for f in st.forwards:
+        for sock in socks:
+            if f.source.takes(sock):
+                raise Conflict(f"the forward {f.src} of {f.owner} would take {sock.proto} "
+                               f"port {sock.port} from the bridge's dnsmasq")
+
+
 @command("bridge.create", CreateArgs)
 async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     """Create a bridge: ``{name, hwaddr, network: {mode: none|static|dnsmasq, nat, cidr,
     start, end}}`` (0-core's ``network.settings`` is accepted too). The bridge gets ``cidr``'s
-    address (409 when its network overlaps an existing address); ``nat`` masquerades it and
+    address (409 when its network overlaps an existing address, or when a port forward would
+    take its DNS/DHCP ports); ``nat`` masquerades it and
     enables IPv4 forwarding; static/dnsmasq modes run a supervised dnsmasq on it (DNS; DHCP
     over start..end in dnsmasq mode). Returns the bridge as bridge.info shows it."""
     br = _plan(args)
@@ -164,6 +182,7 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
         st = netstate.load(ctx.config.state_dir)
         if br.name in st.bridges:
             raise Conflict(f"bridge {br.name} exists already")
+        _dns_not_forwarded(br, st)
         await _netlink(ctx, lambda r: _build(r, br))
         new = st.copy()
         new.bridges[br.name] = br

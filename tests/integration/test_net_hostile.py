@@ -194,6 +194,26 @@ def test_bridge_ranges_keep_off_reserved_addresses(env: Env, network: dict[str, 
     assert "hbr0" not in env.op.bridge.list()
 
 
+def test_bridge_dns_is_not_forwarded_away(env: Env) -> None:
+    """A forward that would take DNS/DHCP from a new bridge's dnsmasq: the bridge is refused."""
+    op = env.op
+    for src in ("53|udp", "10.66.0.0/24:53", "hb*:67|udp"):
+        op.nft.forward_add("user:dns", CTR, {src: 53})
+        try:
+            assert code_of(op.bridge.create, "hbr3", network={
+                "mode": "dnsmasq", "cidr": "10.66.0.1/24", "start": "10.66.0.10",
+                "end": "10.66.0.20"}) == 409, src
+            assert "hbr3" not in op.bridge.list()
+        finally:
+            op.nft.owner_remove("user:dns")
+    op.nft.forward_add("user:dns", CTR, {"10.67.0.0/24:53": 53})  # another network: fine
+    try:
+        op.bridge.create("hbr3", network={"mode": "static", "cidr": "10.66.0.1/24"})
+        op.bridge.delete("hbr3")
+    finally:
+        op.nft.owner_remove("user:dns")
+
+
 def test_bridge_static_leases_and_delete(env: Env) -> None:
     op, admin = env.op, env.admin
     op.bridge.create("hbr1", network={"mode": "dnsmasq", "cidr": "10.63.0.1/24",
