@@ -271,8 +271,16 @@ async def addr_add(ctx: Context, args: AddrArgs) -> None:
     """Add an address to a link (409 when it is there already). 400 for an address no host
     may carry: unspecified (0.0.0.0, ::), multicast, broadcast/reserved (240.0.0.0/4),
     IPv4-mapped, a /0 prefix, the network or broadcast address of its IPv4 prefix (below /31),
-    or loopback on a link other than lo."""
-    v.host_interface(args.ip, "ip", args.name)
+    or loopback on a link other than lo. 409 in the node's namespace for the destination of a
+    port forward (the node would take that traffic)."""
+    iface = v.host_interface(args.ip, "ip", args.name)
+    if args.netns is None:
+        fwd = next((f for f in netstate.load(ctx.config.state_dir).forwards
+                    if f.ip == str(iface.ip)), None)
+        if fwd is not None:
+            raise Conflict(f"{iface.ip} is the destination of the forward {fwd.src} of "
+                           f"{fwd.owner}: as the node's own address it would redirect that "
+                           "traffic to the node")
     await _with(ctx, args.netns, lambda r: nl.addr_change(r, "add", args.name, args.ip))
 
 

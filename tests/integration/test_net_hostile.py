@@ -80,6 +80,8 @@ def test_overlapping_forwards_are_refused(env: Env) -> None:
     try:
         op.nft.forward_add("user:a", CTR, {"3000": 8080})
         assert fetch(env.wan, f"http://{NODE_WAN}:3000/") == f"ctr {WAN}"
+        # the destination cannot become the node's own address afterwards either
+        assert code_of(op.ip.addr.add, "h1", f"{CTR}/32") == 409
         table = op.nft.show()["text"]
         # every later source that could match the same packets: 409, nothing changes
         for owner, src in (("user:b", "h1:3000"), ("user:c", "10.0.0.0/8:3000"),
