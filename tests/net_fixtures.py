@@ -119,10 +119,11 @@ class NetNode:
     def state_dir(self) -> Path:
         return self.dir / "state"
 
-    def client(self):  # type: ignore[no-untyped-def]
+    def client(self, queue: str | None = None, timeout: float = 10):  # type: ignore[no-untyped-def]
         from core0_client import Client
 
-        return Client(unix_socket_path=self.socket, timeout=10)
+        kw = {"queue": queue} if queue is not None else {}
+        return Client(unix_socket_path=self.socket, timeout=timeout, **kw)
 
     def log_text(self) -> str:
         with contextlib.suppress(OSError):
@@ -145,7 +146,7 @@ class NetNode:
         kill_tree(self.pid)
 
 
-def start_node_in(ns: Netns, base: Path) -> NetNode:
+def start_node_in(ns: Netns, base: Path, config: str | None = None) -> NetNode:
     from conftest import require
 
     require("redis-server", "nft", "dnsmasq")
@@ -155,7 +156,8 @@ def start_node_in(ns: Netns, base: Path) -> NetNode:
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns.name, sys.executable, "-m", "core0", "dev",
-         "--state-dir", str(state), "--redis-port", "0"],
+         "--state-dir", str(state), "--redis-port", "0",
+         *(["--config", config] if config else [])],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
     log.close()
     node = NetNode(ns, proc.pid, base)
@@ -177,14 +179,19 @@ def start_node_in(ns: Netns, base: Path) -> NetNode:
 
 
 @contextlib.contextmanager
-def node_in_netns() -> Iterator[NetNode]:
-    """A fresh "host" netns with a core0 node inside; everything removed afterwards."""
+def node_in_netns(config: str | None = None) -> Iterator[NetNode]:
+    """A fresh "host" netns with a core0 node inside (``config``: the text of its TOML
+    config); everything removed afterwards."""
     from conftest import require_root
 
     require_root()
     base = Path(tempfile.mkdtemp(prefix="core0-net-"))
     with netns("host") as ns:
-        node = start_node_in(ns, base)
+        cfg = None
+        if config is not None:
+            (base / "core0.toml").write_text(config)
+            cfg = str(base / "core0.toml")
+        node = start_node_in(ns, base, cfg)
         try:
             yield node
         finally:

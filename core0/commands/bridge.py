@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
 from core0.net import dnsmasq
 from core0.net import netlink as nl
 from core0.net import state as netstate
 from core0.net import validate as v
+from core0.net.sockets import Listener
 from core0.net.state import Bridge
 from core0.registry import Role, command
 from core0.schema import Doc, NoArgs, Pattern, Schema
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 T = TypeVar("T")
+
+#: static leases per bridge at most (each is a line of the dnsmasq config, rewritten per change)
+MAX_HOSTS = 1024
 
 _BRNAME = Annotated[str, Doc("bridge name (1-15 chars, not 'default')"),
                     Pattern(r"(?!default$)" + v.IFNAME_RE)]
@@ -74,7 +78,7 @@ def _plan(args: CreateArgs) -> Bridge:
                              field=f"network.{f}")
         vals[f] = a if a is not None else b
     mode = n.mode or "none"
-    br = Bridge(args.name, hwaddr=v.mac(args.hwaddr) if args.hwaddr else "", mode=mode,
+    br = Bridge(args.name, hwaddr=v.link_mac(args.hwaddr) if args.hwaddr else "", mode=mode,
                 nat=n.nat)
     cidr = vals["cidr"]
     if cidr is None:
@@ -85,10 +89,7 @@ def _plan(args: CreateArgs) -> Bridge:
             raise BadRequest("network.start/end: only with mode dnsmasq", field="network.start")
         return br
     iface = v.interface(cidr, "network.cidr", version=4)
-    net = iface.network
-    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
-        raise BadRequest("network.cidr: the bridge needs a host address of its network",
-                         field="network.cidr")
+    v.host_interface(cidr, "network.cidr", args.name)
     br.cidr = str(iface)
     if mode == "dnsmasq":
         if vals["start"] is None or vals["end"] is None:
@@ -97,14 +98,30 @@ def _plan(args: CreateArgs) -> Bridge:
         start = v.ip(vals["start"], "network.start", version=4)
         end = v.ip(vals["end"], "network.end", version=4)
         for name, a in (("start", start), ("end", end)):
-            if a not in net:
-                raise BadRequest(f"network.{name}: {a} is not in {net}", field=f"network.{name}")
+            _host_of(iface, a, f"network.{name}")
         if int(start) > int(end):
             raise BadRequest("network.start: after network.end", field="network.start")
+        if int(start) <= int(iface.ip) <= int(end):
+            raise BadRequest(f"network.start..end: the range includes the bridge's own address "
+                             f"{iface.ip}", field="network.start")
         br.start, br.end = str(start), str(end)
     elif vals["start"] or vals["end"]:
         raise BadRequest("network.start/end: only with mode dnsmasq", field="network.start")
     return br
+
+
+def _host_of(iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface,
+             a: ipaddress.IPv4Address | ipaddress.IPv6Address, field: str) -> None:
+    """400 unless ``a`` is a host address of the bridge's network that a client may get: not
+    the network or broadcast address, not the bridge's own address."""
+    net = iface.network
+    if a not in net:
+        raise BadRequest(f"{field}: {a} is not in {net}", field=field)
+    if a == iface.ip:
+        raise BadRequest(f"{field}: {a} is the bridge's own address", field=field)
+    if net.prefixlen < 31 and a in (net.network_address, net.broadcast_address):
+        which = "network" if a == net.network_address else "broadcast"
+        raise BadRequest(f"{field}: {a} is the {which} address of {net}", field=field)
 
 
 def _build(r: IPRoute, br: Bridge) -> None:
@@ -136,11 +153,28 @@ async def _netlink(ctx: Context, fn: Callable[[IPRoute], T]) -> T:
     return await ctx.to_thread(work)
 
 
+def _dns_not_forwarded(br: Bridge, st: netstate.NetState) -> None:
+    """409 when a port forward would take the DNS (53) or DHCP (67) of the bridge's dnsmasq
+    (the other way round, nft.forward_add refuses ports the node listens on)."""
+    if br.mode not in ("static", "dnsmasq"):
+        return
+    own = ipaddress.ip_interface(br.cidr).ip
+    socks = [Listener("udp", own, 53), Listener("tcp", own, 53)]
+    if br.mode == "dnsmasq":
+        socks.append(Listener("udp", ipaddress.IPv4Address(0), 67))
+    for f in st.forwards:
+        for sock in socks:
+            if f.source.takes(sock):
+                raise Conflict(f"the forward {f.src} of {f.owner} would take {sock.proto} "
+                               f"port {sock.port} from the bridge's dnsmasq")
+
+
 @command("bridge.create", CreateArgs)
 async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     """Create a bridge: ``{name, hwaddr, network: {mode: none|static|dnsmasq, nat, cidr,
     start, end}}`` (0-core's ``network.settings`` is accepted too). The bridge gets ``cidr``'s
-    address (409 when its network overlaps an existing address); ``nat`` masquerades it and
+    address (409 when its network overlaps an existing address, or when a port forward would
+    take its DNS/DHCP ports); ``nat`` masquerades it and
     enables IPv4 forwarding; static/dnsmasq modes run a supervised dnsmasq on it (DNS; DHCP
     over start..end in dnsmasq mode). Returns the bridge as bridge.info shows it."""
     br = _plan(args)
@@ -148,6 +182,7 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
         st = netstate.load(ctx.config.state_dir)
         if br.name in st.bridges:
             raise Conflict(f"bridge {br.name} exists already")
+        _dns_not_forwarded(br, st)
         await _netlink(ctx, lambda r: _build(r, br))
         new = st.copy()
         new.bridges[br.name] = br
@@ -170,28 +205,29 @@ class NameArgs(Schema):
 
 @command("bridge.delete", NameArgs)
 async def delete(ctx: Context, args: NameArgs) -> None:
-    """Delete a bridge and what core0 made for it (dnsmasq and its files, NAT rules)."""
+    """Delete a bridge made by bridge.create and what core0 made for it (dnsmasq and its
+    files, NAT rules). Only such bridges: 404 when there is no link of that name, 409 when
+    the link exists but bridge.create did not make it (a bridge of the host, or one made with
+    ip.link.add: ip.link.del removes those)."""
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
-        managed = args.name in st.bridges
+        if args.name not in st.bridges:
+            exists = await _netlink(ctx, lambda r: bool(r.link_lookup(ifname=args.name)))
+            if exists:
+                raise Conflict(f"{args.name} was not made by bridge.create: not deleting it")
+            raise NotFound(f"no such bridge: {args.name}")
 
         def drop(r: IPRoute) -> None:
-            idx = r.link_lookup(ifname=args.name)
-            if not idx:
-                if managed:
-                    return
-                raise NotFound(f"no such bridge: {args.name}")
-            if nl.link_get(r, args.name)["type"] != "bridge":
-                raise BadRequest(f"{args.name} is not a bridge", field="name")
-            nl.link_del(r, args.name)
+            # gone already (or replaced by another kind of link): only forget it
+            if r.link_lookup(ifname=args.name) and \
+                    nl.link_get(r, args.name)["type"] == "bridge":
+                nl.link_del(r, args.name)
 
-        if managed:
-            await dnsmasq.stop(ctx, args.name, remove=True)
+        await dnsmasq.stop(ctx, args.name, remove=True)
         await _netlink(ctx, drop)
-        if managed:
-            new = st.copy()
-            del new.bridges[args.name]
-            await netstate.commit(ctx, new, st)
+        new = st.copy()
+        del new.bridges[args.name]
+        await netstate.commit(ctx, new, st)
 
 
 @command("bridge.list", role=Role.READ_ONLY)
@@ -240,7 +276,10 @@ def _must_be_bridge(r: IPRoute, name: str) -> None:
 
 @command("bridge.nic-add", NicArgs)
 async def nic_add(ctx: Context, args: NicArgs) -> None:
-    """Attach a link to a bridge (and bring it up)."""
+    """Attach a link to a bridge (and bring it up); 409 for the node's ``lo``."""
+    if args.nic == "lo":
+        raise Conflict("lo is the node's loopback: it stays as it is")
+
     def work(r: IPRoute) -> None:
         _must_be_bridge(r, args.name)
         nl.link_set(r, args.nic, master=args.name, state="up")
@@ -290,18 +329,20 @@ def _dhcp_bridge(st: netstate.NetState, name: str) -> Bridge:
 async def add_host(ctx: Context, args: HostArgs) -> None:
     """Give ``mac`` the fixed address ``ip`` on a dnsmasq-mode bridge (a static lease; dnsmasq
     is restarted with it, dynamic leases survive). 409 when the MAC or the address is taken by
-    another static lease."""
-    mac = v.mac(args.mac, "mac")
+    another static lease; 400 when ``ip`` is outside the bridge's network, its network or
+    broadcast address or the bridge's own address, or ``mac`` is not a unicast MAC. At most
+    1024 static leases per bridge (503 beyond)."""
+    mac = v.link_mac(args.mac, "mac")
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         br = _dhcp_bridge(st, args.bridge)
         iface = ipaddress.ip_interface(br.cidr)
         a = v.ip(args.ip, "ip", version=4)
-        if a not in iface.network or a == iface.ip:
-            raise BadRequest(f"ip: {a} is not a free host address of {iface.network}",
-                             field="ip")
+        _host_of(iface, a, "ip")
         if br.hosts.get(mac) == str(a):
             return
+        if len(br.hosts) >= MAX_HOSTS:
+            raise Unavailable(f"bridge {br.name} has {MAX_HOSTS} static leases already")
         if mac in br.hosts:
             raise Conflict(f"{mac} has the static lease {br.hosts[mac]} already")
         other = next((m for m, ip in br.hosts.items() if ip == str(a)), None)

@@ -3,6 +3,9 @@
 Every command takes an optional ``netns``: the name of a network namespace under
 ``/run/netns`` to act in (a container's, for instance); without it the command acts in the
 node's own namespace. Netlink calls run in worker threads; see :mod:`core0.net.netlink`.
+
+Operator and read-only queues reach only the named namespaces ``ip.netns.add`` made; the admin
+role reaches every one but never deletes one core0 did not make (docs/networking.md).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from core0.context import Context
-from core0.errors import BadRequest, CommandError
+from core0.errors import BadRequest, CommandError, Conflict, NotFound, Unavailable
 from core0.net import netlink as nl
+from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
@@ -24,14 +28,44 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+#: named namespaces ip.netns.add keeps at most
+MAX_NETNS = 1024
+
+
+def _owned(ctx: Context) -> nl.Owned:
+    """The named namespaces this command may use: every one under /run/netns for the admin
+    role, only those ip.netns.add made (by identity: the namespace's cookie) for the others.
+    Under ``core0 dev`` /run/netns is the host's, holding namespaces core0 has no business
+    with."""
+    if ctx.job.role >= Role.ADMIN:
+        return None
+    return netstate.load(ctx.config.state_dir).netns
+
+
 async def _with(ctx: Context, netns: str | None, fn: Callable[[IPRoute], T]) -> T:
-    """Run ``fn(ipr)`` in a worker thread on a netlink socket of ``netns``."""
+    """Run ``fn(ipr)`` in a worker thread on a netlink socket of ``netns`` (scoped: see
+    :func:`_owned`)."""
+    owned = _owned(ctx) if netns is not None else None
 
     def work() -> T:
-        with nl.session(netns) as r:
+        with nl.session(netns, owned) as r:
             return fn(r)
 
     return await ctx.to_thread(work)
+
+
+def _not_managed(ctx: Context, netns: str | None, names: list[str]) -> None:
+    """409 for a bridge of bridge.create (bridge.delete removes it with its dnsmasq and
+    rules) and for the node's own loopback (only ``up`` may change it) in the node's own
+    namespace."""
+    if netns is not None:
+        return
+    if "lo" in names:
+        raise Conflict("lo is the node's loopback: it stays as it is (only ip.link.up)")
+    bridges = netstate.load(ctx.config.state_dir).bridges
+    for name in names:
+        if name in bridges:
+            raise Conflict(f"{name} was made by bridge.create: bridge.delete removes it")
 
 
 # ---------------------------------------------------------------- links
@@ -69,7 +103,9 @@ async def link_up(ctx: Context, args: LinkArgs) -> None:
 
 @command("ip.link.down", LinkArgs)
 async def link_down(ctx: Context, args: LinkArgs) -> None:
-    """Bring a link down."""
+    """Bring a link down (409 for the node's own lo)."""
+    if args.name == "lo":
+        _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
 
 
@@ -82,7 +118,9 @@ class RenameArgs(Schema):
 
 @command("ip.link.name", RenameArgs)
 async def link_name(ctx: Context, args: RenameArgs) -> None:
-    """Rename a link (the kernel may refuse while it is up: 409)."""
+    """Rename a link (the kernel may refuse while it is up: 409; 409 for a bridge made by
+    bridge.create)."""
+    _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, ifname=args.new))
 
 
@@ -95,7 +133,9 @@ class MtuArgs(Schema):
 
 @command("ip.link.mtu", MtuArgs)
 async def link_mtu(ctx: Context, args: MtuArgs) -> None:
-    """Set a link's MTU."""
+    """Set a link's MTU (409 for the node's own lo)."""
+    if args.name == "lo":
+        _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
 
 
@@ -117,10 +157,14 @@ async def link_set(ctx: Context, args: SetArgs) -> None:
     move it into another named netns (``move_to``; it leaves ``netns``)."""
     if args.master is not None and args.nomaster:
         raise BadRequest("master and nomaster are exclusive", field="nomaster")
+    if args.move_to is not None or (args.name == "lo" and (
+            args.up is not True or args.mtu or args.hwaddr or args.master or args.nomaster)):
+        _not_managed(ctx, args.netns, [args.name])
     state = None if args.up is None else ("up" if args.up else "down")
     master = "" if args.nomaster else args.master
+    owned = _owned(ctx)
     await _with(ctx, args.netns, lambda r: nl.link_set(
-        r, args.name, state=state, mtu=args.mtu, address=args.hwaddr, master=master,
+        r, args.name, owned, state=state, mtu=args.mtu, address=args.hwaddr, master=master,
         netns=args.move_to))
 
 
@@ -136,7 +180,8 @@ async def link_add(ctx: Context, args: LinkAddArgs) -> dict[str, Any]:
     vlan (``parent``, ``id``), bond (``mode``), dummy. Optional ``hwaddr``, ``mtu``,
     ``master``, ``up``. A kind the running kernel lacks answers 412 naming it; an existing name
     409."""
-    return await _with(ctx, args.netns, lambda r: nl.link_add(r, args))
+    owned = _owned(ctx)
+    return await _with(ctx, args.netns, lambda r: nl.link_add(r, args, owned))
 
 
 @dataclass(frozen=True)
@@ -151,11 +196,13 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
     on the first failure the links this command created are deleted again and the error
     names the failing item."""
 
+    owned = _owned(ctx)
+
     def work(r: IPRoute) -> dict[str, Any]:
         done: list[str] = []
         for i, spec in enumerate(args.links):
             try:
-                nl.link_add(r, spec)
+                nl.link_add(r, spec, owned)
             except CommandError as e:
                 for name in reversed(done):
                     try:
@@ -173,7 +220,9 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
 
 @command("ip.link.del", LinkArgs)
 async def link_del(ctx: Context, args: LinkArgs) -> None:
-    """Delete a link (deleting one end of a veth deletes both)."""
+    """Delete a link (deleting one end of a veth deletes both); 409 for a bridge made by
+    bridge.create (bridge.delete removes it)."""
+    _not_managed(ctx, args.netns, [args.name])
     await _with(ctx, args.netns, lambda r: nl.link_del(r, args.name))
 
 
@@ -186,7 +235,9 @@ class DelManyArgs(Schema):
 @command("ip.link.del_many", DelManyArgs)
 async def link_del_many(ctx: Context, args: DelManyArgs) -> dict[str, list[str]]:
     """Delete many links in one command; returns {deleted, missing} (missing links are not
-    an error here)."""
+    an error here); 409 before anything is deleted when one is a bridge made by
+    bridge.create."""
+    _not_managed(ctx, args.netns, args.names)
 
     def work(r: IPRoute) -> dict[str, list[str]]:
         deleted, missing = [], []
@@ -217,13 +268,31 @@ class AddrArgs(Schema):
 
 @command("ip.addr.add", AddrArgs)
 async def addr_add(ctx: Context, args: AddrArgs) -> None:
-    """Add an address to a link (409 when it is there already)."""
+    """Add an address to a link (409 when it is there already). 400 for an address no host
+    may carry: unspecified (0.0.0.0, ::), multicast, broadcast/reserved (240.0.0.0/4),
+    IPv4-mapped, a /0 prefix, the network or broadcast address of its IPv4 prefix (below /31),
+    or loopback on a link other than lo. 409 in the node's namespace for the destination of a
+    port forward (the node would take that traffic)."""
+    iface = v.host_interface(args.ip, "ip", args.name)
+    if args.netns is None:
+        fwd = next((f for f in netstate.load(ctx.config.state_dir).forwards
+                    if f.ip == str(iface.ip)), None)
+        if fwd is not None:
+            raise Conflict(f"{iface.ip} is the destination of the forward {fwd.src} of "
+                           f"{fwd.owner}: as the node's own address it would redirect that "
+                           "traffic to the node")
     await _with(ctx, args.netns, lambda r: nl.addr_change(r, "add", args.name, args.ip))
 
 
 @command("ip.addr.del", AddrArgs)
 async def addr_del(ctx: Context, args: AddrArgs) -> None:
-    """Remove an address from a link (404 when it is not there)."""
+    """Remove an address from a link (404 when it is not there; 409 for the address of a
+    bridge made by bridge.create: its dnsmasq serves on it)."""
+    if args.netns is None:
+        br = netstate.load(ctx.config.state_dir).bridges.get(args.name)
+        if br is not None and br.cidr and v.interface(args.ip) == v.interface(br.cidr):
+            raise Conflict(f"{args.ip} is the address of bridge {args.name} (made by "
+                           "bridge.create): bridge.delete removes it")
     await _with(ctx, args.netns, lambda r: nl.addr_change(r, "del", args.name, args.ip))
 
 
@@ -300,18 +369,53 @@ class NetnsArgs(Schema):
 @command("ip.netns.add", NetnsArgs)
 async def netns_add(ctx: Context, args: NetnsArgs) -> None:
     """Create a named network namespace (/run/netns/<name>, like ``ip netns add``); its
-    loopback is brought up."""
-    await ctx.to_thread(nl.netns_create, args.name)
+    loopback is brought up. core0 records it (by name and namespace cookie) in its state dir:
+    only such namespaces are listed, used (``netns``, ``peer_netns``, ``move_to``) and
+    deleted from operator and read-only queues. At most 1024 (503 beyond)."""
+    async with netstate.LOCK:
+        st = netstate.load(ctx.config.state_dir)
+        if len(st.netns) >= MAX_NETNS:  # forget those removed behind core0's back
+            st.netns = await ctx.to_thread(
+                lambda: {n: i for n, i in st.netns.items() if nl.netns_id(n) == i})
+            if len(st.netns) >= MAX_NETNS:
+                raise Unavailable(f"core0 has made {MAX_NETNS} network namespaces already")
+        ident = await ctx.to_thread(nl.netns_create, args.name)
+        st.netns[args.name] = ident
+        netstate.save(ctx.config.state_dir, st)
     await _with(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
 
 
 @command("ip.netns.del", NetnsArgs)
 async def netns_del(ctx: Context, args: NetnsArgs) -> None:
-    """Remove a named network namespace (its links go when the last process leaves it)."""
-    await ctx.to_thread(nl.netns_remove, args.name)
+    """Remove a named network namespace that ip.netns.add made (its links go when the last
+    process leaves it). 404 when there is none of that name; a namespace core0 did not make
+    is never removed: 409 for the admin role (who sees it in ip.netns.list), 404 for the
+    others."""
+    async with netstate.LOCK:
+        st = netstate.load(ctx.config.state_dir)
+        ident = await ctx.to_thread(nl.netns_id, args.name)
+        mine = ident is not None and st.netns.get(args.name) == ident
+        if not mine:
+            if args.name in st.netns:  # gone, or replaced behind core0's back: forget it
+                del st.netns[args.name]
+                netstate.save(ctx.config.state_dir, st)
+            if ident is not None and ctx.job.role >= Role.ADMIN:
+                raise Conflict(f"network namespace {args.name} was not made by core0: "
+                               "not deleting it")
+            raise NotFound(f"no network namespace {args.name} made by core0")
+        await ctx.to_thread(nl.netns_remove, args.name)
+        del st.netns[args.name]
+        netstate.save(ctx.config.state_dir, st)
 
 
 @command("ip.netns.list", role=Role.READ_ONLY)
 async def netns_list(ctx: Context, args: NoArgs) -> list[str]:
-    """Names of the network namespaces under /run/netns."""
-    return await ctx.to_thread(nl.netns_list)
+    """Names of network namespaces: those ip.netns.add made for operator and read-only
+    queues; every one under /run/netns for the admin role (the host's too under
+    ``core0 dev``)."""
+    owned = _owned(ctx)
+    if owned is None:
+        return await ctx.to_thread(nl.netns_list)
+    names = sorted(owned)
+    return [n for n, i in zip(names, await ctx.to_thread(
+        lambda: [nl.netns_id(n) for n in names]), strict=True) if i == owned[n]]

@@ -6,6 +6,9 @@ Port forwards use 0-core's syntax: ``{"<src>": dst_port}`` with src ``port``, ``
 (``fib daddr type local``) and arriving on any link (or the named ones, for the nic forms). It
 works for connections the node opens to its own addresses too, except over loopback (an
 ``output`` DNAT, 0-core#682), and from containers on core0's bridges (masqueraded hairpin).
+Forwards never overlap (a second one that could match the same packets is a 409), never take
+a port the node listens on (409) and never point at the node itself, loopback, broadcast,
+multicast or link-local addresses (400): see docs/networking.md.
 Each forward belongs to an owner (``container:<id>``, ``vm:<id>``, ``user:<id>``), written on
 its rules as an nft comment; ``nft.owner_remove`` drops all of an owner's rules at once. Every
 change rebuilds core0's table in one nft transaction (see :mod:`core0.net.nft`); other tables
@@ -14,18 +17,22 @@ are never touched.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import Conflict, NotFound, ToolError
+from core0.errors import BadRequest, Conflict, NotFound, ToolError, Unavailable
 from core0.net import netlink as nl
-from core0.net import nft
+from core0.net import nft, sockets
 from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 
 @dataclass(frozen=True)
@@ -110,29 +117,94 @@ class ForwardAddArgs(Schema):
                         Len(1, 1024)]
 
 
+#: forwards the node keeps at most (each is two to four nft rules)
+MAX_FORWARDS = 4096
+
+
+def _node_addresses(r: IPRoute) -> list[ipaddress.IPv4Interface]:
+    """The node's own IPv4 addresses, with their prefixes (thread)."""
+    return [a for _, a in nl.all_networks(r) if isinstance(a, ipaddress.IPv4Interface)]
+
+
+def check_local(fwds: list[nft.Forward], mine: list[ipaddress.IPv4Interface]) -> None:
+    """400 when a destination is one of the node's own addresses (the forward would redirect
+    traffic to the node's own services, e.g. ``3000`` → its sshd) or the network/broadcast
+    address of one of its networks."""
+    for f in fwds:
+        a = ipaddress.IPv4Address(f.ip)
+        for iface in mine:
+            net = iface.network
+            if a == iface.ip:
+                why = "the node's own address"
+            elif net.prefixlen < 31 and a in (net.network_address, net.broadcast_address):
+                why = f"the network or broadcast address of {net}"
+            else:
+                continue
+            raise BadRequest(f"ip: {a} is {why}: not a destination for a forward", field="ip")
+
+
+def check_listeners(fwds: list[nft.Forward], socks: list[sockets.Listener]) -> None:
+    """409 when the node itself listens on a forward's port (on an address the source
+    matches): the DNAT would take the port from the node's own service (its sshd, the Redis
+    API, dnsmasq on a bridge)."""
+    for f in fwds:
+        for sock in socks:
+            if f.source.takes(sock):
+                raise Conflict(f"{f.src}: the node itself listens on {sock.proto} "
+                               f"{sock.addr}:{sock.port}")
+
+
+def check_overlaps(existing: list[nft.Forward], fwds: list[nft.Forward]) -> list[nft.Forward]:
+    """The forwards of ``fwds`` that are new; 409 when one could match a packet that an
+    existing forward (or an earlier one of ``fwds``) matches too: nft applies the first DNAT
+    that matches, so the later forward would silently never work."""
+    by_port: dict[int, list[nft.Forward]] = {}
+    for f in existing:
+        by_port.setdefault(f.source.port, []).append(f)
+    added: list[nft.Forward] = []
+    for f in fwds:
+        if f in existing or f in added:
+            continue
+        for other in by_port.get(f.source.port, []):
+            if f.overlaps(other):
+                raise Conflict(f"{f.src}: overlaps {other.src} (forwarded to "
+                               f"{other.ip}:{other.port} by {other.owner})")
+        by_port.setdefault(f.source.port, []).append(f)
+        added.append(f)
+    return added
+
+
 @command("nft.forward_add", ForwardAddArgs)
 async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]]:
-    """Add port forwards (DNAT) of ``owner`` to ``ip``: all or nothing. 409 when a source is
-    forwarded already by another owner or elsewhere; adding the same forward again is a no-op.
-    Enables IPv4 forwarding. Returns the owner's forwards."""
+    """Add port forwards (DNAT) of ``owner`` to ``ip``: all or nothing. 409 when a source
+    could match the same packets as an existing forward of any owner (same port and protocol,
+    and: either one is a bare port, the same or overlapping addresses/networks, link names
+    that can be the same link, or a link and an address), or as another source of the same
+    call, or when the node itself listens on that port (on an address the source matches:
+    the forward would take the port from the node's own service); adding the same forward
+    again is a no-op. 400 when ``ip`` is not a unicast host
+    (loopback, 0.0.0.0/8, broadcast, multicast, reserved, link-local) or is one of the node's
+    own addresses or the network/broadcast address of one of its networks. At most
+    4096 forwards on the node (503 beyond). Enables IPv4 forwarding. Returns the owner's
+    forwards."""
     fwds = [nft.Forward.make(args.owner, src, args.ip, dport)
             for src, dport in args.forwards.items()]
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
+        added = check_overlaps(st.forwards, fwds)
         new = st.copy()
-        used = {slot: f for f in st.forwards for slot in f.slots()}
-        for f in fwds:
-            if f in new.forwards:
-                continue
-            for slot in f.slots():
-                other = used.get(slot)
-                if other is not None:
-                    raise Conflict(f"{f.src}: forwarded already to {other.ip}:{other.port} "
-                                   f"by {other.owner}")
-                used[slot] = f
-            new.forwards.append(f)
-        if new.forwards != st.forwards:
-            await ctx.to_thread(nl.enable_ip_forward)
+        new.forwards.extend(added)
+        if added:
+            if len(new.forwards) > MAX_FORWARDS:
+                raise Unavailable(f"too many forwards on this node (at most {MAX_FORWARDS})")
+
+            def work() -> None:
+                with nl.session() as r:
+                    check_local(added, _node_addresses(r))
+                check_listeners(added, sockets.listeners())
+                nl.enable_ip_forward()
+
+            await ctx.to_thread(work)
             await netstate.commit(ctx, new, st)
     return [f.to_dict() for f in new.forwards if f.owner == args.owner]
 
@@ -148,7 +220,7 @@ class ForwardRemoveArgs(Schema):
 async def forward_remove(ctx: Context, args: ForwardRemoveArgs) -> int:
     """Remove some of an owner's forwards by source; 404 when the owner has none of them.
     Returns how many were removed."""
-    keys = {nft.parse_source(s, "src").key for s in args.src}
+    keys = {nft.parse_source(s, "src", strict=False).key for s in args.src}
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         new = st.copy()

@@ -5,8 +5,8 @@ Every public function here is blocking and meant to run in a thread. A function 
 worker thread enters the namespace with setns(2) (which is per thread for network
 namespaces), creates the socket, and returns to the dispatcher's namespace at once. The
 socket keeps its namespace for its whole life, so no thread ever works in a foreign namespace
-for longer than a ``socket()`` call, and pyroute2's own netns helpers (which fork, racing the
-dispatcher's reaper, and create missing namespaces) are never used.
+for longer than a ``socket()`` call. Namespaces and the error mapping live in
+:mod:`core0.net.netns` (re-exported here).
 
 pyroute2 is imported inside functions only: the dispatcher does not pay for it until the
 first network command.
@@ -15,231 +15,38 @@ first network command.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
 import ipaddress
-import logging
 import os
 import socket
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from core0.errors import (
-    BadRequest,
-    CommandError,
-    Conflict,
-    Internal,
-    NotFound,
-    PreconditionFailed,
-)
+from core0.errors import BadRequest, CommandError, NotFound, PreconditionFailed
 from core0.net import validate as v
+from core0.net.netns import NETNS_DIR as NETNS_DIR
+from core0.net.netns import Owned as Owned
+from core0.net.netns import entered as entered
+from core0.net.netns import ipr as ipr
+from core0.net.netns import namespace_id as namespace_id
+from core0.net.netns import netns_create as netns_create
+from core0.net.netns import netns_id as netns_id
+from core0.net.netns import netns_list as netns_list
+from core0.net.netns import netns_path as netns_path
+from core0.net.netns import netns_remove as netns_remove
+from core0.net.netns import nl_error as nl_error
+from core0.net.netns import open_netns as open_netns
+from core0.net.netns import session as session
 from core0.schema import Doc, Pattern, Range, Schema
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-log = logging.getLogger(__name__)
-
-NETNS_DIR = "/run/netns"
-CLONE_NEWNET = 0x40000000
-MS_REC = 0x4000
-MS_BIND = 0x1000
-MS_SHARED = 1 << 20
-MNT_DETACH = 2
 IFF_UP = 0x1
-NETLINK_ROUTE = 0
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 KINDS = ("veth", "bridge", "vxlan", "macvlan", "vlan", "bond", "dummy")
 BOND_MODES = {"balance-rr": 0, "active-backup": 1, "balance-xor": 2, "broadcast": 3,
               "802.3ad": 4, "balance-tlb": 5, "balance-alb": 6}
 MACVLAN_MODES = ("private", "vepa", "bridge", "passthru", "source")
-
-
-# ---------------------------------------------------------------- errors
-
-
-def nl_error(e: BaseException, what: str) -> CommandError:
-    """A pyroute2/OS error → the typed error of the command."""
-    code = getattr(e, "code", None)
-    if code is None and isinstance(e, OSError):
-        code = e.errno
-    text = os.strerror(code) if isinstance(code, int) and code > 0 else str(e)
-    msg = f"{what}: {text}"
-    if code == errno.EEXIST:
-        return Conflict(f"{what}: exists already")
-    if code == errno.EBUSY:
-        return Conflict(msg)
-    if code in (errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EADDRNOTAVAIL):
-        return NotFound(msg)
-    if code == errno.EOPNOTSUPP:
-        return PreconditionFailed(msg)
-    if code in (errno.EINVAL, errno.ERANGE, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                errno.E2BIG, errno.ENOTUNIQ):
-        return BadRequest(msg)
-    if code in (errno.EPERM, errno.EACCES):
-        return PreconditionFailed(f"{what}: not permitted ({text})")
-    return Internal(msg)
-
-
-# ---------------------------------------------------------------- namespaces
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def netns_path(name: str) -> str:
-    if not name or "/" in name or name in (".", ".."):
-        raise BadRequest(f"netns: invalid name {name!r:.40}", field="netns")
-    return os.path.join(NETNS_DIR, name)
-
-
-def open_netns(name: str) -> int:
-    """An O_RDONLY fd of the named namespace (NotFound when it does not exist)."""
-    try:
-        return os.open(netns_path(name), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NotFound(f"no such network namespace: {name}") from None
-
-
-@contextlib.contextmanager
-def entered(name: str) -> Iterator[None]:
-    """The calling thread inside netns ``name`` for the duration of the block (keep it short).
-
-    If the thread cannot return to its own namespace the process exits: a worker thread left
-    in a foreign namespace would silently act on the wrong network.
-    """
-    target = open_netns(name)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            _setns(target)
-        except OSError as e:
-            raise nl_error(e, f"enter netns {name}") from None
-        try:
-            yield
-        finally:
-            try:
-                _setns(home)
-            except OSError:  # pragma: no cover - cannot happen with our own open fd
-                log.critical("worker thread stuck in netns %s: exiting", name)
-                os._exit(70)
-    finally:
-        os.close(target)
-        os.close(home)
-
-
-def ipr(netns: str | None = None) -> IPRoute:
-    """An IPRoute on a netlink socket of ``netns`` (None = the dispatcher's own)."""
-    from pyroute2 import IPRoute
-
-    if netns is None:
-        return IPRoute(groups=0)
-    with entered(netns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
-    fd = sock.detach()
-    try:
-        return IPRoute(fileno=fd, groups=0)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-_local = threading.local()
-
-
-@contextlib.contextmanager
-def session(netns: str | None = None) -> Iterator[IPRoute]:
-    """An IPRoute for one command, in a worker thread.
-
-    In the dispatcher's own namespace each worker thread keeps one socket (an IPRoute costs
-    about as much to open as a request); it is dropped after any error that is not a plain
-    netlink answer. Sockets of other namespaces are opened per command: a namespace may be
-    deleted and a new one made under the same name.
-    """
-    if netns is not None:
-        r = ipr(netns)
-        try:
-            yield r
-        finally:
-            r.close()
-        return
-    r = getattr(_local, "ipr", None)
-    if r is None:
-        r = _local.ipr = ipr(None)
-    try:
-        yield r
-    except CommandError:
-        raise
-    except BaseException:
-        _local.ipr = None
-        with contextlib.suppress(Exception):
-            r.close()
-        raise
-
-
-def netns_list() -> list[str]:
-    try:
-        return sorted(n for n in os.listdir(NETNS_DIR)
-                      if os.path.isfile(os.path.join(NETNS_DIR, n)))
-    except FileNotFoundError:
-        return []
-
-
-def _mount(src: bytes, dst: bytes, fstype: bytes | None, flags: int) -> None:
-    if _libc.mount(src, dst, fstype, flags, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"mount {dst.decode()}: {os.strerror(err)}")
-
-
-def netns_create(name: str) -> None:
-    """Create a named netns like ``ip netns add``: a bind mount of a fresh namespace at
-    /run/netns/<name> (the dir made a shared mount so the name is seen in other mount
-    namespaces that are slaves of ours)."""
-    path = netns_path(name)
-    os.makedirs(NETNS_DIR, exist_ok=True)
-    d = NETNS_DIR.encode()
-    if _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:
-        _mount(d, d, b"none", MS_BIND | MS_REC)
-        _mount(b"", d, None, MS_SHARED | MS_REC)
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    except FileExistsError:
-        raise Conflict(f"network namespace {name} exists already") from None
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.unshare(CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            os.unlink(path)
-            raise nl_error(OSError(err, os.strerror(err)), f"create netns {name}")
-        try:
-            _mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND)
-        except OSError as e:
-            os.unlink(path)
-            raise nl_error(e, f"create netns {name}") from None
-        finally:
-            try:
-                _setns(home)
-            except OSError:  # pragma: no cover
-                log.critical("worker thread stuck in a new netns: exiting")
-                os._exit(70)
-    finally:
-        os.close(home)
-
-
-def netns_remove(name: str) -> None:
-    path = netns_path(name)
-    if not os.path.exists(path):
-        raise NotFound(f"no such network namespace: {name}")
-    _libc.umount2(path.encode(), MNT_DETACH)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 # ---------------------------------------------------------------- links
@@ -310,6 +117,9 @@ class LinkSpec(Schema):
                 raise BadRequest("local/remote/group: mixed IPv4 and IPv6", field="local")
             if self.group is not None and not v.ip(self.group, "group").is_multicast:
                 raise BadRequest("group: not a multicast address", field="group")
+            for f, a in (("local", self.local), ("remote", self.remote)):
+                if a is not None:
+                    v.unicast(a, f)
 
 
 def index_of(r: IPRoute, name: str) -> int:
@@ -342,15 +152,16 @@ def _addr_kw(prefix: str, addr: str) -> tuple[str, str]:
     return (f"vxlan_{prefix}6" if a.version == 6 else f"vxlan_{prefix}", str(a))
 
 
-def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
-    """Create one link; on a later step's failure the link is removed again."""
+def link_add(r: IPRoute, spec: LinkSpec, owned: Owned = None) -> dict[str, Any]:
+    """Create one link; on a later step's failure the link is removed again. ``owned``
+    scopes ``peer_netns`` (see :func:`open_netns`)."""
     kw: dict[str, Any] = {"ifname": spec.name, "kind": spec.kind}
     fds: list[int] = []
     try:
         if spec.kind == "veth":
             peer: dict[str, Any] = {"ifname": spec.peer}
             if spec.peer_netns is not None:
-                fd = open_netns(spec.peer_netns)
+                fd = open_netns(spec.peer_netns, owned)
                 fds.append(fd)
                 peer["net_ns_fd"] = fd
             kw["peer"] = peer
@@ -375,7 +186,7 @@ def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
         elif spec.kind == "bond":
             kw["bond_mode"] = BOND_MODES[spec.mode or "balance-rr"]
         if spec.hwaddr is not None:
-            kw["address"] = v.mac(spec.hwaddr)
+            kw["address"] = v.link_mac(spec.hwaddr)
         if spec.mtu is not None:
             kw["mtu"] = spec.mtu
         master = index_of(r, spec.master) if spec.master is not None else None
@@ -401,21 +212,40 @@ def link_add(r: IPRoute, spec: LinkSpec) -> dict[str, Any]:
         except Exception as e:
             with contextlib.suppress(Exception):
                 r.link("del", ifname=spec.name)
-            raise e if isinstance(e, CommandError) else nl_error(e, f"link {spec.name}") from None
+            if isinstance(e, CommandError):
+                raise
+            raise _master_error(nl_error(e, f"link {spec.name}"), spec.master) from None
     return {"name": spec.name, "kind": spec.kind}
 
 
+def _master_error(err: CommandError, master: str | None) -> CommandError:
+    """The kernel's "not supported" when enslaving to a link that takes no slaves is the
+    caller's mistake (400), not a missing kernel feature."""
+    if master and isinstance(err, PreconditionFailed):
+        return BadRequest(f"master: {master} cannot take links (not a bridge or bond?): "
+                          f"{err.message}", field="master")
+    return err
+
+
 def link_del(r: IPRoute, name: str) -> None:
+    """Delete a link: 404 when missing, 400 for a link the kernel cannot delete (a device,
+    loopback)."""
     try:
         r.link("del", ifname=name)
     except Exception as e:
         err = nl_error(e, f"link {name}")
-        raise (NotFound(f"no such link: {name}") if err.code == 404 else err) from None
+        if err.code == 404:
+            err = NotFound(f"no such link: {name}")
+        elif isinstance(err, PreconditionFailed):
+            err = BadRequest(f"link {name} cannot be deleted (a device or loopback: "
+                             "ip.link.down takes it out of use)", field="name")
+        raise err from None
 
 
-def link_set(r: IPRoute, name: str, **attrs: Any) -> None:
+def link_set(r: IPRoute, name: str, owned: Owned = None, **attrs: Any) -> None:
     """``ip link set``: state ("up"/"down"), mtu, address, ifname, master (a name, or "" for
-    none), netns (move into a named netns)."""
+    none), netns (move into a named netns, scoped by ``owned``: see :func:`open_netns`).
+    The master is set first, on its own; then the rest in one request."""
     idx = index_of(r, name)
     kw: dict[str, Any] = {}
     fd = None
@@ -423,19 +253,23 @@ def link_set(r: IPRoute, name: str, **attrs: Any) -> None:
         for k, val in attrs.items():
             if val is None:
                 continue
-            if k == "master":
+            if k == "address":
+                kw["address"] = v.link_mac(val)
+            elif k == "master":
                 kw["master"] = index_of(r, val) if val else 0
             elif k == "netns":
-                fd = open_netns(val)
+                fd = open_netns(val, owned)
                 kw["net_ns_fd"] = fd
             else:
                 kw[k] = val
+        if "master" in kw:  # first and alone: a refused master leaves the link as it was
+            r.link("set", index=idx, master=kw.pop("master"))
         if kw:
             r.link("set", index=idx, **kw)
     except CommandError:
         raise
     except Exception as e:
-        raise nl_error(e, f"link {name}") from None
+        raise _master_error(nl_error(e, f"link {name}"), attrs.get("master")) from None
     finally:
         if fd is not None:
             os.close(fd)
@@ -514,7 +348,7 @@ def route_kw(r: IPRoute, dst: str, gw: str | None, dev: str | None, metric: int 
     family = None
     kw: dict[str, Any] = {}
     if gw is not None:
-        g = v.ip(gw, "gw")
+        g = v.unicast(gw, "gw")
         family = g.version
         kw["gateway"] = str(g)
     if dst == "default":
@@ -527,7 +361,7 @@ def route_kw(r: IPRoute, dst: str, gw: str | None, dev: str | None, metric: int 
         kw["dst"] = str(n)
         family = n.version
     if src is not None:
-        s = v.ip(src, "src", version=family)
+        s = v.unicast(src, "src", version=family)
         kw["prefsrc"] = str(s)
     if dev is not None:
         kw["oif"] = index_of(r, dev)

@@ -39,6 +39,7 @@ from typing import Any
 
 from core0.errors import BadRequest
 from core0.net import validate as v
+from core0.net.sockets import Listener
 
 TABLE = "core0"
 FAMILY = "inet"
@@ -96,6 +97,30 @@ class Source:
         proto = "+".join(self.protos)
         return (f"{self.match}:" if self.match else "") + f"{self.port}|{proto}"
 
+    def overlaps(self, other: Source) -> bool:
+        """Whether a packet could match both sources (so the later forward would be shadowed
+        by the earlier one: nft applies the first DNAT that matches)."""
+        if self.port != other.port or not set(self.protos) & set(other.protos):
+            return False
+        if self.kind == "any" or other.kind == "any":
+            return True
+        if self.kind == "nic" and other.kind == "nic":
+            return _globs_overlap(self.match, other.match)
+        if self.kind == "nic" or other.kind == "nic":
+            return True  # a packet to that address may arrive on that link
+        return ipaddress.ip_network(self.match).overlaps(ipaddress.ip_network(other.match))
+
+    def takes(self, sock: Listener) -> bool:
+        """Whether this source would take packets meant for the node's own socket ``sock``
+        (loopback sockets never: forwards leave loopback alone)."""
+        a = sock.ipv4
+        if sock.proto not in self.protos or sock.port != self.port or a is None \
+                or a.is_loopback:
+            return False
+        if int(a) == 0 or self.kind in ("any", "nic"):
+            return True
+        return a in ipaddress.ip_network(self.match)
+
     def matches(self) -> str:
         if self.kind in ("ip", "cidr"):
             return f"ip daddr {self.match} "
@@ -107,9 +132,61 @@ class Source:
 _PORT = re.compile(r"[0-9]{1,5}")
 
 
-def parse_source(text: str, field: str = "src") -> Source:
+def _globs_overlap(a: str, b: str) -> bool:
+    """Whether two nft interface names (``eth0`` or prefix globs ``eth*``) can both match one
+    link name."""
+    pa, pb = a.rstrip("*"), b.rstrip("*")
+    ga, gb = a.endswith("*"), b.endswith("*")
+    if ga and gb:
+        return pa.startswith(pb) or pb.startswith(pa)
+    if ga:
+        return pb.startswith(pa)
+    if gb:
+        return pa.startswith(pb)
+    return a == b
+
+
+#: IPv4 ranges that are never a unicast host: as a forward's source they never match
+#: (``fib daddr type local`` excludes them, loopback is excluded on purpose), as a destination
+#: they would turn a forward against the node itself (loopback), spray it (broadcast,
+#: multicast) or reach nothing (0.0.0.0/8, 240.0.0.0/4)
+NOT_HOSTS = tuple(ipaddress.IPv4Network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "224.0.0.0/4", "240.0.0.0/4"))
+#: link-local (169.254.0.0/16): never a forward's destination (on a cloud VM,
+#: 169.254.169.254 is the instance metadata service, with its credentials)
+LINK_LOCAL = ipaddress.IPv4Network("169.254.0.0/16")
+
+
+def _not_host(a: ipaddress.IPv4Address) -> str | None:
+    """Why ``a`` cannot be a host (None when it can)."""
+    for n in NOT_HOSTS:
+        if a in n:
+            what = {"0.0.0.0/8": "an unspecified (0.0.0.0/8) address",
+                    "127.0.0.0/8": "a loopback address", "224.0.0.0/4": "a multicast address",
+                    "240.0.0.0/4": "the broadcast or a reserved address"}[str(n)]
+            return what
+    return None
+
+
+def check_destination(ip: str, field: str = "ip") -> ipaddress.IPv4Address:
+    """A forward's destination: a unicast IPv4 host address that is not the node itself
+    (loopback), not link-local, not broadcast/multicast/unspecified/reserved (400)."""
+    a = v.ip(ip, field, version=4)
+    assert isinstance(a, ipaddress.IPv4Address)
+    why = _not_host(a)
+    if why is None and a in LINK_LOCAL:
+        why = "a link-local address"
+    if why is not None:
+        raise BadRequest(f"{field}: {a} is {why}, not a destination for a forward",
+                         field=field)
+    return a
+
+
+def parse_source(text: str, field: str = "src", strict: bool = True) -> Source:
     """Parse 0-core's forward source syntax (``8080``, ``10.0.0.1:80``, ``10.0.0.0/8:80``,
-    ``eth0:80``, ``zt*:80``, each optionally with ``|udp`` or ``|tcp+udp``)."""
+    ``eth0:80``, ``zt*:80``, each optionally with ``|udp`` or ``|tcp+udp``). ``strict``
+    refuses addresses that can never match (for new forwards; a saved one is re-read as it
+    is)."""
     if not isinstance(text, str) or len(text) > 80:
         raise BadRequest(f"{field}: invalid forward source", field=field)
     body, bar, proto = text.partition("|")
@@ -129,11 +206,20 @@ def parse_source(text: str, field: str = "src") -> Source:
         net = v.network(host, field)
         if net.version != 4:
             raise BadRequest(f"{field}: IPv6 forwards are not supported", field=field)
+        assert isinstance(net, ipaddress.IPv4Network)
+        if strict and any(net.subnet_of(n) for n in NOT_HOSTS):
+            raise BadRequest(f"{field}: {net} holds no unicast host address: a forward from "
+                             "it never matches", field=field)
         return Source("cidr", str(net), port, protos)
     if re.fullmatch(r"[0-9.]+", host) or ":" in host:
         a = v.ip(host, field)
         if a.version != 4:
             raise BadRequest(f"{field}: IPv6 forwards are not supported", field=field)
+        assert isinstance(a, ipaddress.IPv4Address)
+        why = _not_host(a) if strict else None
+        if why is not None:
+            raise BadRequest(f"{field}: {a} is {why}: a forward from it never matches",
+                             field=field)
         return Source("ip", str(a), port, protos)
     return Source("nic", v.ifglob(host, field), port, protos)
 
@@ -150,17 +236,21 @@ class Forward:
         if not re.fullmatch(v.OWNER_RE, owner):
             raise BadRequest(f"owner: invalid owner {owner!r:.80}", field="owner")
         s = parse_source(src)
-        dst = v.ip(ip, "ip", version=4)
+        dst = check_destination(ip, "ip")
         return cls(owner, s.key, str(dst), v.port(port, f"forwards.{src}"))
 
     @property
     def source(self) -> Source:
-        return parse_source(self.src)
+        return parse_source(self.src, strict=False)
 
     def slots(self) -> set[tuple[str, str, int]]:
-        """What this forward occupies: two forwards sharing a slot conflict."""
+        """The (source match, protocol, port) triples this forward occupies."""
         s = self.source
         return {(s.match, proto, s.port) for proto in s.protos}
+
+    def overlaps(self, other: Forward) -> bool:
+        """Whether some packet could match both forwards (see :meth:`Source.overlaps`)."""
+        return self.source.overlaps(other.source)
 
     def rules(self, chain: str) -> list[str]:
         s = self.source

@@ -1,4 +1,5 @@
-"""The node's network model: core0's bridges, open ports, port forwards and input policy.
+"""The node's network model: core0's bridges, open ports, port forwards, input policy and
+the named network namespaces core0 made.
 
 Kept in ``<state_dir>/net/state.json`` (written atomically: temp file, fsync, rename) so a
 restarted dispatcher knows what it owns. The kernel objects (links, the nft table, dnsmasq
@@ -53,6 +54,10 @@ class NetState:
     open_ports: list[OpenPort] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
     bridges: dict[str, Bridge] = field(default_factory=dict)
+    #: named network namespaces made by ``ip.netns.add``: name → the namespace's identity
+    #: (:func:`core0.net.netlink.namespace_id`: a namespace of the same name made by someone
+    #: else is never taken for core0's)
+    netns: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> NetState:
         return NetState.from_json(self.to_json())
@@ -66,6 +71,7 @@ class NetState:
             "forwards": [f.to_dict() for f in self.forwards],
             "bridges": {n: {k: val for k, val in b.__dict__.items()}
                         for n, b in self.bridges.items()},
+            "netns": dict(self.netns),
         }
 
     @classmethod
@@ -75,6 +81,7 @@ class NetState:
             open_ports=[OpenPort(**p) for p in d.get("open_ports", [])],
             forwards=[Forward(**f) for f in d.get("forwards", [])],
             bridges={n: Bridge(**b) for n, b in d.get("bridges", {}).items()},
+            netns={str(n): int(i) for n, i in d.get("netns", {}).items()},
         )
 
 

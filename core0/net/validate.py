@@ -60,6 +60,17 @@ def ip(value: str, field: str = "ip", version: int | None = None
     return a
 
 
+def unicast(value: str, field: str = "ip", version: int | None = None
+            ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address that names one host: not unspecified, multicast or (IPv4) broadcast/
+    reserved (400)."""
+    a = ip(value, field, version)
+    if a.is_unspecified or a.is_multicast or (
+            a.version == 4 and a in ipaddress.IPv4Network("240.0.0.0/4")):
+        raise BadRequest(f"{field}: {a} is not a unicast address", field=field)
+    return a
+
+
 def interface(value: str, field: str = "ip", version: int | None = None
               ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """An address with prefix length (``10.0.0.1/24``); the prefix is required."""
@@ -100,3 +111,41 @@ def mac(value: str, field: str = "hwaddr") -> str:
     if not re.fullmatch(MAC_RE, value):
         raise BadRequest(f"{field}: invalid MAC address {value!r:.40}", field=field)
     return value.lower()
+
+
+def host_interface(value: str, field: str = "ip", link: str | None = None
+                   ) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    """An address/prefix a link may carry (400 otherwise): not unspecified (``0.0.0.0``,
+    ``::``), multicast, reserved (240.0.0.0/4, so neither broadcast), an IPv4-mapped IPv6
+    address, or the network or broadcast address of its own IPv4 prefix (below /31); a
+    loopback address only on ``lo``; and the prefix is not /0."""
+    i = interface(value, field)
+    a, net = i.ip, i.network
+    why = None
+    if a.is_unspecified or (a.version == 4 and a in ipaddress.IPv4Network("0.0.0.0/8")):
+        why = "an unspecified address"
+    elif a.is_multicast:
+        why = "a multicast address"
+    elif a.version == 4 and a in ipaddress.IPv4Network("240.0.0.0/4"):
+        why = "the broadcast or a reserved address"
+    elif isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        why = "an IPv4-mapped address"
+    elif a.is_loopback and link != "lo":
+        why = "a loopback address (only lo may have one)"
+    elif net.prefixlen == 0:
+        why = "a /0 prefix"
+    elif a.version == 4 and net.prefixlen < 31 and a in (net.network_address,
+                                                         net.broadcast_address):
+        which = "network" if a == net.network_address else "broadcast"
+        why = f"the {which} address of {net}"
+    if why is not None:
+        raise BadRequest(f"{field}: {i} is {why}, not a host address", field=field)
+    return i
+
+
+def link_mac(value: str, field: str = "hwaddr") -> str:
+    """A MAC address a link may take: unicast and not all zeros (400 otherwise)."""
+    m = mac(value, field)
+    if int(m[:2], 16) & 1 or m == "00:00:00:00:00:00":
+        raise BadRequest(f"{field}: {m} is not a unicast MAC address", field=field)
+    return m

@@ -172,6 +172,7 @@ def test_hostile_values_are_refused(net_node: NetNode, command: str, args: dict[
         assert e.value.code == 400, e.value
         assert [link["name"] for link in c.ip.link.list()] == before
         assert c.nft.show()["text"] == ""
-        assert c.ip.netns.list() == [n for n in c.ip.netns.list() if "/" not in n]
+        # one listing (the admin sees the host's /run/netns, which others change meanwhile)
+        assert all("/" not in n for n in c.ip.netns.list())
     finally:
         c.close()
