@@ -30,6 +30,7 @@ import pytest
 import redis
 from conftest import IN_CI, free_port, kill_tree, require, require_root
 from net_fixtures import Netns, netns
+from storage_fixtures import umount_below
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 CLONE_NEWNET = 0x40000000
@@ -158,6 +159,9 @@ class Zos:
     def __init__(self, ns: Netns, port: int, pid: int, base: Path):
         self.ns, self.port, self.pid, self.base = ns, port, pid, base
         self.client: Any = None
+        #: mounts the tests make under here reach the node (``ip netns exec`` gives it a
+        #: mount namespace of its own; this directory is a shared subtree it receives from)
+        self.mnt = base / "mnt"
 
     def log_text(self) -> str:
         with contextlib.suppress(OSError):
@@ -168,6 +172,10 @@ class Zos:
 def _start(ns: Netns, base: Path) -> Zos:
     state = base / "state"
     state.mkdir(parents=True)
+    mnt = base / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "--bind", str(mnt), str(mnt)], check=True)
+    subprocess.run(["mount", "--make-shared", str(mnt)], check=True)
     port = free_port()
     with open(base / "node.log", "wb") as log:
         proc = subprocess.Popen(
@@ -224,6 +232,7 @@ def zos() -> Iterator[Zos]:
                     break
                 time.sleep(0.05)
             kill_tree(node.pid)
+            umount_below(str(node.mnt))
             shutil.rmtree(base, ignore_errors=True)
 
 
@@ -231,6 +240,16 @@ def zos() -> Iterator[Zos]:
 def zc() -> Any:
     """The ``zeroos.core0.client`` module (its exceptions: ResultError, JobNotFoundError)."""
     return zeroos()
+
+
+@pytest.fixture
+def mnt(zos: Zos, tmp_path: Path) -> Iterator[Path]:
+    """A fresh directory where the test's mounts are seen by the node too."""
+    d = zos.mnt / tmp_path.name
+    d.mkdir()
+    yield d
+    umount_below(str(d))
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
