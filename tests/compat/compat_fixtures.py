@@ -2,9 +2,9 @@
 ``zeroos.core0.client``) against a real core0 node, unchanged, with its own defaults.
 
 One core0 node serves the whole suite. It runs in a network namespace of its own (its links,
-bridges and nft table never touch the host), listening on 127.0.0.1 there; the test process
-joins that namespace (``setns``) for the suite, so the client connects the way a 0-core user's
-would. Disks are loop devices (``storage_fixtures``).
+bridges and nft table never touch the host; it shares the host's mounts), listening on
+127.0.0.1 there; the test process joins that namespace (``setns``) for the suite, so the
+client connects the way a 0-core user's would. Disks are loop devices (``storage_fixtures``).
 
 Every test records what each client method did (``record``): the table in docs/compat.md is
 written from it (``CORE0_COMPAT_TABLE=docs/compat.md pytest tests/compat``). Under
@@ -159,8 +159,7 @@ class Zos:
     def __init__(self, ns: Netns, port: int, pid: int, base: Path):
         self.ns, self.port, self.pid, self.base = ns, port, pid, base
         self.client: Any = None
-        #: mounts the tests make under here reach the node (``ip netns exec`` gives it a
-        #: mount namespace of its own; this directory is a shared subtree it receives from)
+        #: where tests mount things
         self.mnt = base / "mnt"
 
     def log_text(self) -> str:
@@ -172,14 +171,14 @@ class Zos:
 def _start(ns: Netns, base: Path) -> Zos:
     state = base / "state"
     state.mkdir(parents=True)
-    mnt = base / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "--bind", str(mnt), str(mnt)], check=True)
-    subprocess.run(["mount", "--make-shared", str(mnt)], check=True)
+    (base / "mnt").mkdir()
     port = free_port()
+    # only the network namespace is the node's own: it shares the host's mounts (loop devices
+    # mounted by the tests, the cgroup hierarchies), which ``ip netns exec`` would hide
     with open(base / "node.log", "wb") as log:
         proc = subprocess.Popen(
-            ["ip", "netns", "exec", ns.name, sys.executable, "-m", "core0", "dev",
+            ["nsenter", f"--net=/run/netns/{ns.name}", "--",
+             sys.executable, "-m", "core0", "dev",
              "--state-dir", str(state), "--redis-port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
     return Zos(ns, port, proc.pid, base)
@@ -211,7 +210,7 @@ def _connect(zos: Zos) -> Any:
 def zos() -> Iterator[Zos]:
     """A core0 node in its own netns, and 0-core's client connected to it."""
     require_root()
-    require("redis-server", "nft", "dnsmasq", "ip")
+    require("redis-server", "nft", "dnsmasq", "ip", "nsenter")
     zeroos()
     base = Path(tempfile.mkdtemp(prefix="core0-compat-"))
     with netns("compat") as ns:
