@@ -4,6 +4,7 @@ live in v1). Groups are made under ``core0/`` and removed again."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -23,6 +24,19 @@ def sleeper() -> Iterator[int]:
     yield p.pid
     p.kill()
     p.wait()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers() -> Iterator[None]:
+    """Remove the ``core0`` parent groups this test made (rmdir: only when empty)."""
+    roots = [f"/sys/fs/cgroup/{s}/core0" for s in ("cpuset", "memory")] + [
+        "/sys/fs/cgroup/core0", "/sys/fs/cgroup/unified/core0"]
+    existed = {r for r in roots if os.path.isdir(r)}
+    yield
+    for r in roots:
+        if r not in existed and os.path.isdir(r):
+            with contextlib.suppress(OSError):
+                os.rmdir(r)
 
 
 def _cgroup_of(pid: int, controller: str) -> str:

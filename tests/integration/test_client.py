@@ -153,6 +153,8 @@ def test_core0ctl(node) -> None:  # type: ignore[no-untyped-def]
     r = ctl(node, "raw", "core.system", '{"name": "uname", "args": ["-r"]}')
     assert r.returncode == 0 and os.uname().release in r.stdout
     r = ctl(node, "job", "kill", "no-such")
+    assert r.returncode == 0 and r.stdout.strip() == "false"  # 0-core's answer
+    r = ctl(node, "job", "unschedule", "no-such")
     assert r.returncode == 1 and "404" in r.stderr
     r = ctl(node, "filesystem", "exists", "path=/")
     assert r.stdout.strip() == "true"
