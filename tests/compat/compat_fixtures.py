@@ -99,8 +99,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = os.environ.get("CORE0_COMPAT_TABLE")
     if not target or not _RESULTS:
         return
-    rows = [f"| `{m}` | {_RESULTS.get(m, ('**fails** (see the suite)', False))[0]} |"
-            for m in METHODS]
+    def cell(m: str) -> str:
+        return _RESULTS.get(m, ("**fails** (see the suite)", False))[0].replace("|", "\\|")
+
+    rows = [f"| `{m}` | {cell(m)} |" for m in METHODS]
     n = sum(1 for m in METHODS if _RESULTS.get(m, ("", False))[1])
     table = "\n".join([f"{n} of {len(METHODS)} methods work.", "",
                        "| client method | what the client gets from core0 |", "|---|---|",
