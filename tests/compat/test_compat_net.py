@@ -139,6 +139,14 @@ def test_bridge_manager(cl: Any, record: Any) -> None:
         cl.bridge.delete("cbr9")
         subprocess.run(["ip", "link", "del", "cn0"], capture_output=True)
     assert "cbr9" not in cl.bridge.list()
+    cl.bridge.create("cbr8")  # the client's defaults: no network mode, no NAT
+    cl.bridge.create("cbr7", hwaddr="02:00:00:aa:bb:07", network="static",
+                     settings={"cidr": "10.94.0.1/24"})
+    assert "10.94.0.1/24" in ip("addr", "show", "cbr7")
+    assert "02:00:00:aa:bb:07" in ip("link", "show", "cbr7")
+    cl.bridge.delete("cbr8")
+    cl.bridge.delete("cbr7")
+    assert not {"cbr7", "cbr8"} & set(cl.bridge.list())
     record("bridge.delete", "`None`; bridge, its dnsmasq and NAT gone")
 
 
