@@ -101,20 +101,29 @@ def _copy_cpuset(parent: str, child: str) -> None:
             _write(f"{child}/{f}", _read(f"{parent}/{f}"))
 
 
+def _mkdir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except FileExistsError:  # a control file of that name (tasks, cgroup.procs...)
+        raise BadRequest(f"{os.path.basename(path)}: a reserved cgroup name") from None
+    except OSError as e:
+        raise CommandError(f"cannot create cgroup {path}: {e.strerror}") from None
+
+
 def _ensure(subsystem: str, name: str) -> Hierarchy:
     h = hierarchy(subsystem)
     if h.v2:
         _write(f"{h.root}/cgroup.subtree_control", f"+{subsystem}")
-        os.makedirs(h.base(), exist_ok=True)
+        _mkdir(h.base())
         _write(f"{h.base()}/cgroup.subtree_control", f"+{subsystem}")
-        os.makedirs(h.path(name), exist_ok=True)
+        _mkdir(h.path(name))
         return h
     if not os.path.isdir(h.base()):
-        os.makedirs(h.base(), exist_ok=True)
+        _mkdir(h.base())
         if subsystem == "cpuset":
             _copy_cpuset(h.root, h.base())
     if not os.path.isdir(h.path(name)):
-        os.mkdir(h.path(name))
+        _mkdir(h.path(name))
         _reset(h, subsystem, name)
     return h
 

@@ -103,6 +103,10 @@ def test_cgroup_manager(cl: Any, zc: Any, record: Any, sleeper: int) -> None:
         with pytest.raises(zc.ResultError) as e:
             cl.json("cgroup.tasks", {"subsystem": sub, "name": "no-such-group"})
         assert e.value.code == 404
+        for bad in ("tasks", "../x", "a/b"):  # a control file's name, paths
+            with pytest.raises(zc.ResultError) as e:
+                cl.json("cgroup.ensure", {"subsystem": sub, "name": bad})
+            assert e.value.code == 400, bad
         cl.json("cgroup.task-add", args)
     finally:
         for s in subs:
