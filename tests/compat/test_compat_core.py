@@ -133,7 +133,10 @@ def test_job_manager(cl: Any, record: Any) -> None:
     r.rpush("core:default", json.dumps({"id": jid, "command": "core.system",
                                         "arguments": {"name": "true"},
                                         "recurring_period": 1}))
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while not any(j["id"] == jid for j in cl.job.list()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     assert cl.json("job.unschedule", {"id": jid}) is True
     assert cl.response_for(jid).get(15).state == "SUCCESS"
     record("job.unschedule", "`True`; the recurring job ends after its current run")
