@@ -18,12 +18,13 @@ from core0.errors import BadRequest, Conflict
 from core0.net import netlink as nl
 from core0.net import validate as v
 from core0.registry import Role, command
-from core0.schema import Doc, Len, NoArgs, Range, Schema
+from core0.schema import Doc, Len, Range, Schema
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-BONDING = "/proc/net/bonding"
+#: the bonding report of the calling thread's network namespace
+BONDING = "/proc/thread-self/net/bonding"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class BondAddArgs(Schema):
         default_factory=list)
     mtu: Annotated[int, Doc("MTU of the bond and its slaves (0: 1500, as 0-core)"),
                    Range(0, 65535)] = 1500
+    netns: v.NETNS | None = None
 
 
 def _bond_add(r: IPRoute, args: BondAddArgs) -> None:
@@ -67,7 +69,7 @@ async def bond_add(ctx: Context, args: BondAddArgs) -> None:
     412 if the kernel has no bonding driver."""
 
     def work() -> None:
-        with nl.session(None) as r:
+        with nl.session(args.netns) as r:
             _bond_add(r, args)
 
     await ctx.to_thread(work)
@@ -76,6 +78,7 @@ async def bond_add(ctx: Context, args: BondAddArgs) -> None:
 @dataclass(frozen=True)
 class BondArgs(Schema):
     bond: Annotated[v.IFNAME, Doc("bond name")]
+    netns: v.NETNS | None = None
 
 
 @command("ip.bond.del", BondArgs)
@@ -84,7 +87,7 @@ async def bond_del(ctx: Context, args: BondArgs) -> None:
     a bond."""
 
     def work() -> None:
-        with nl.session(None) as r:
+        with nl.session(args.netns) as r:
             link = nl.link_get(r, args.bond)
             if link["type"] != "bond":
                 raise BadRequest(f"{args.bond} is a {link['type']} link, not a bond")
@@ -112,13 +115,24 @@ def parse_bonding(text: str) -> list[dict[str, str]]:
     return out
 
 
-@command("ip.bond.list", NoArgs, role=Role.READ_ONLY)
-async def bond_list(ctx: Context, args: NoArgs) -> dict[str, list[dict[str, str]]]:
-    """Every bond of the node's namespace: ``{bond: [{"Bonding Mode": " load balancing
+@dataclass(frozen=True)
+class NsArgs(Schema):
+    netns: v.NETNS | None = None
+
+
+@command("ip.bond.list", NsArgs, role=Role.READ_ONLY)
+async def bond_list(ctx: Context, args: NsArgs) -> dict[str, list[dict[str, str]]]:
+    """Every bond of the node's namespace (or of ``netns``): ``{bond: [{"Bonding Mode": " load balancing
     (round-robin)", "MII Status": " up", ...}, {"Slave Interface": " eth1", ...}]}``, the
     kernel's ``/proc/net/bonding`` report cut into sections, as 0-core."""
 
     def work() -> dict[str, list[dict[str, str]]]:
+        if args.netns is None:
+            return read()
+        with nl.entered(args.netns):
+            return read()
+
+    def read() -> dict[str, list[dict[str, str]]]:
         try:
             names = sorted(os.listdir(BONDING))
         except FileNotFoundError:

@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
 
-async def _net(ctx: Context, fn: Any) -> Any:
+async def _net(ctx: Context, netns: str | None, fn: Any) -> Any:
     def work() -> Any:
-        with nl.session(None) as r:
+        with nl.session(netns) as r:
             return fn(r)
 
     return await ctx.to_thread(work)
@@ -43,19 +43,21 @@ def _bridge(r: IPRoute, name: str) -> int:
 class BridgeAddArgs(Schema):
     name: Annotated[v.IFNAME, Doc("bridge name")]
     hwaddr: Annotated[v.MAC | None, Doc("MAC address (default: the kernel's)")] = None
+    netns: v.NETNS | None = None
 
 
 @command("ip.bridge.add", BridgeAddArgs)
 async def bridge_add(ctx: Context, args: BridgeAddArgs) -> None:
     """Create a Linux bridge (down, as 0-core left it), with ``hwaddr`` if given. 409 if the
     name is taken."""
-    await _net(ctx, lambda r: nl.link_add(r, nl.LinkSpec(name=args.name, kind="bridge",
+    await _net(ctx, args.netns, lambda r: nl.link_add(r, nl.LinkSpec(name=args.name, kind="bridge",
                                                           hwaddr=args.hwaddr)))
 
 
 @dataclass(frozen=True)
 class BridgeArgs(Schema):
     name: Annotated[v.IFNAME, Doc("bridge name")]
+    netns: v.NETNS | None = None
 
 
 @command("ip.bridge.del", BridgeArgs)
@@ -66,13 +68,14 @@ async def bridge_del(ctx: Context, args: BridgeArgs) -> None:
         _bridge(r, args.name)
         nl.link_del(r, args.name)
 
-    await _net(ctx, work)
+    await _net(ctx, args.netns, work)
 
 
 @dataclass(frozen=True)
 class BridgeIfArgs(Schema):
     name: Annotated[v.IFNAME, Doc("bridge name")]
     inf: Annotated[v.IFNAME, Doc("the link to attach or detach")]
+    netns: v.NETNS | None = None
 
 
 @command("ip.bridge.addif", BridgeIfArgs)
@@ -83,7 +86,7 @@ async def bridge_addif(ctx: Context, args: BridgeIfArgs) -> None:
         _bridge(r, args.name)
         nl.link_set(r, args.inf, master=args.name)
 
-    await _net(ctx, work)
+    await _net(ctx, args.netns, work)
 
 
 @command("ip.bridge.delif", BridgeIfArgs)
@@ -96,7 +99,7 @@ async def bridge_delif(ctx: Context, args: BridgeIfArgs) -> None:
             raise BadRequest(f"{args.inf} is not connected to bridge {args.name}")
         nl.link_set(r, args.inf, master="")
 
-    await _net(ctx, work)
+    await _net(ctx, args.netns, work)
 
 
 # ---------------------------------------------------------------- not served (501)

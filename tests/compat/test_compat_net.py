@@ -6,6 +6,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from net_fixtures import netns
 
 pytest_plugins = ["storage_fixtures", "compat_fixtures"]
 
@@ -84,6 +85,11 @@ def test_ip_bridge(cl: Any, zc: Any, record: Any) -> None:
             cl.ip.bridge.delete("cb0")  # not a bridge
         assert e.value.code == 400
         record("ip.bridge.delete", "`None`; deleted (400 for a link that is not a bridge)")
+        with netns("peer") as peer:  # core0's extra: like every ip.* command, in a netns
+            cl.json("ip.bridge.add", {"name": "cbr5", "netns": peer.name})
+            assert "cbr5" in peer.run("ip", "link", "show", "cbr5").stdout
+            cl.json("ip.bridge.del", {"name": "cbr5", "netns": peer.name})
+            assert cl.json("ip.bond.list", {"netns": peer.name}) == {}
     finally:
         for name in ("cb0", "cbr0", "cbr1"):
             subprocess.run(["ip", "link", "del", name], capture_output=True)
