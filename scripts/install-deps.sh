@@ -21,5 +21,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ./client -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import core0, core0_client, redis, psutil, msgpack" 
+.venv/bin/python -c "import core0, core0_client, redis, psutil, msgpack, zeroos.core0.client"
 echo "install-deps: ok"

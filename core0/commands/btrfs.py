@@ -49,8 +49,10 @@ class CreateArgs(Schema):
     devices: Devices
     label: Annotated[str, Doc("filesystem label"),
                      Pattern(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,254})?")] = ""
-    metadata: Annotated[Profile | None, Doc("metadata profile (default: mkfs's)")] = None
-    data: Annotated[Profile | None, Doc("data profile (default: mkfs's)")] = None
+    metadata: Annotated[Profile | Literal[""] | None,
+                        Doc("metadata profile (default, or \"\": mkfs's)")] = None
+    data: Annotated[Profile | Literal[""] | None,
+                    Doc("data profile (default, or \"\": mkfs's)")] = None
     overwrite: Annotated[bool, Doc("overwrite devices that carry a filesystem")] = False
 
 
@@ -71,11 +73,20 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
             "devices": devs}
 
 
+def _compat_fs(fs: dict[str, Any]) -> dict[str, Any]:
+    """0-core's field names beside core0's: ``dev_id`` per device, ``warnings``."""
+    for d in fs["devices"]:
+        d["dev_id"] = d["devid"]
+    fs["warnings"] = "Some devices missing" if fs.get("missing") else ""
+    return fs
+
+
 @command("btrfs.list", NoArgs, role=Role.READ_ONLY)
 async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     """Every btrfs filesystem the node sees: ``label``, ``uuid``, ``total_devices``, ``used``
-    (bytes), ``devices`` [{devid, size, used, path}] and ``mountpoints``."""
-    out = await bt.show(ctx)
+    (bytes), ``devices`` [{devid, dev_id, size, used, path}], ``warnings`` ("" or "Some
+    devices missing") and ``mountpoints``."""
+    out = [_compat_fs(fs) for fs in await bt.show(ctx)]
     mounts = blockdev.mounts()
     for fs in out:
         devpaths = {d["path"] for d in fs["devices"]}
@@ -98,7 +109,7 @@ async def info(ctx: Context, args: MountpointArgs) -> dict[str, Any]:
     shown = await bt.show(ctx, mnt)
     if not shown:
         raise NotFound(f"no btrfs filesystem at {mnt}")
-    return {**shown[0], **await bt.df(ctx, mnt), "mountpoint": mnt}
+    return {**_compat_fs(shown[0]), **await bt.df(ctx, mnt), "mountpoint": mnt}
 
 
 @dataclass(frozen=True)
@@ -181,7 +192,9 @@ class ListArgs(Schema):
 async def subvol_list(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
     """Subvolumes of the filesystem ``path`` is on: ``id``, ``gen``, ``parent``,
     ``top_level``, ``uuid``, ``parent_uuid`` (set for snapshots), ``path`` (from the top
-    level) and ``read_only``."""
+    level) and ``read_only``; with 0-core's names beside them: ``ID``, ``Gen``,
+    ``TopLevel``, ``Path`` and ``Quota`` (the qgroup's referenced-space limit in bytes, 0 for
+    none)."""
     path = paths.resolve(ctx, args.path, kind="dir")
     bt.on_btrfs(path)
     res = await tools.run(ctx, ["btrfs", "subvolume", "list", "-p", "-u", "-q", "--", path],
@@ -189,9 +202,21 @@ async def subvol_list(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
     ro = await tools.run(ctx, ["btrfs", "subvolume", "list", "-r", "--", path], rules=bt.RULES)
     ro_ids = {s["id"] for s in parse.parse_subvol_list(ro.stdout)}
     out = parse.parse_subvol_list(res.stdout)
+    quota = await _limits(ctx, path)
     for s in out:
         s["read_only"] = s["id"] in ro_ids
+        s.update({"ID": s["id"], "Gen": s["gen"], "TopLevel": s["top_level"],
+                  "Path": s["path"], "Quota": quota.get(f"0/{s['id']}", 0)})
     return out
+
+
+async def _limits(ctx: Context, path: str) -> dict[str, int]:
+    """qgroup id → referenced-space limit (bytes); {} when quotas are off."""
+    res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-re", "--raw", "--", path],
+                          check=False)
+    if res.status != 0:
+        return {}
+    return {r["qgroupid"]: r["max_referenced"] or 0 for r in parse.parse_qgroup_show(res.stdout)}
 
 
 @dataclass(frozen=True)

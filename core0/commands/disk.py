@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound
+from core0.errors import BadRequest, CommandError, Conflict, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
 from core0.storage import blockdev, btrfs, parse, paths, tools
@@ -33,36 +33,90 @@ async def _refuse_in_use(ctx: Context, name: str, force: bool) -> None:
         raise Conflict(f"{name} is in use: {'; '.join(reasons)} (use force to override)")
 
 
+def _sectors(name: str, attr: str) -> int | None:
+    """A sysfs size/start of a block device, in bytes (sysfs counts 512-byte sectors)."""
+    try:
+        with open(f"{blockdev.SYS_BLOCK}/{name}/{attr}") as f:
+            return int(f.read().strip()) * 512
+    except (OSError, ValueError):
+        return None
+
+
+def _blocksize(disk: str) -> int | None:
+    try:
+        with open(f"{blockdev.SYS_BLOCK}/{disk}/queue/logical_block_size") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _compat_part(row: dict[str, Any], blocksize: int | None) -> None:
+    """0-core's fields of a partition row, beside core0's (start/end in bytes)."""
+    start = _sectors(row["kname"], "start")
+    size = row.get("size")
+    row.update({"start": start, "end": (start + size - 1) if start is not None and size else None,
+                "blocksize": blocksize, "table": "", "free": [],
+                "mountpoint": (row.get("mountpoints") or [None])[0],
+                "children": row.get("partitions", [])})
+
+
+async def _compat_disk(ctx: Context, row: dict[str, Any]) -> None:
+    """0-core's fields of a disk row (``disk.list``): ``children`` (its partitions),
+    ``table`` ("" when none), ``free`` ranges, ``blocksize``, ``start``, ``end``."""
+    bs = _blocksize(row["kname"])
+    table, free = "", []
+    if row.get("size"):
+        try:
+            info = await blockdev.parted(ctx, row["path"])
+            table, free = info.get("table") or "", info["free"]
+        except CommandError:  # no medium, not partitionable: no table, no free ranges
+            pass
+    size = row.get("size")
+    row.update({"start": 0, "end": (size - 1) if size else 0, "blocksize": bs, "table": table,
+                "free": free, "mountpoint": (row.get("mountpoints") or [None])[0],
+                "children": row["partitions"]})
+    for p in row["partitions"]:
+        _compat_part(p, bs)
+
+
 @command("disk.list", NoArgs, role=Role.READ_ONLY)
 async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     """The block-device tree: for each disk ``name``, ``kname``, ``path``, ``type``, ``size``
     (bytes), ``model``, ``serial``, ``rotational``, ``read_only``, ``removable``, ``fstype``,
     ``label``, ``uuid``, ``partuuid``, ``partlabel``, ``pttype``, ``mountpoints`` and
     ``partitions`` (the same fields, recursively). Filesystem fields are probed with blkid
-    (a core0 node has no udev database). Unattached loop devices are left out."""
-    return await blockdev.tree(ctx)
+    (a core0 node has no udev database). Unattached loop devices are left out.
+    0-core's fields are there too: ``children`` (= ``partitions``), ``mountpoint``,
+    ``blocksize``, ``start``, ``end`` (bytes), ``table`` (the partition table, "" when none) and
+    ``free`` ([{start, end, size}] unpartitioned ranges; [] on a partition)."""
+    rows = await blockdev.tree(ctx)
+    for row in rows:
+        await _compat_disk(ctx, row)
+    return rows
 
 
 @dataclass(frozen=True)
 class GetInfoArgs(Schema):
     disk: Device
-    part: Annotated[str | None, Doc("a partition of the disk (e.g. sda1)"),
-                    Pattern(DEVICE_RE)] = None
+    part: Annotated[str | None, Doc("a partition of the disk (e.g. sda1); \"\" or absent: "
+                                    "the whole disk (0-core's client sends \"\")"),
+                    Pattern(f"({DEVICE_RE})?")] = None
 
 
 @command("disk.getinfo", GetInfoArgs, role=Role.READ_ONLY)
 async def getinfo(ctx: Context, args: GetInfoArgs) -> dict[str, Any]:
     """One disk (or one of its partitions): its ``disk.list`` row plus ``start``, ``end``,
-    ``size`` (bytes), ``blocksize`` (logical sector), ``table`` (gpt, msdos or null) and, for a
-    disk, ``free`` ranges and ``partition_table``: [{number, kname, start, end, size, fstype,
-    name, flags}] (from parted). For a partition: ``number``, ``start``, ``end``, ``flags``."""
+    ``size`` (bytes), ``blocksize`` (logical sector), ``table`` (gpt, msdos... or "") and
+    ``free`` ranges ([] for a partition), and for a disk ``partition_table``: [{number, kname,
+    start, end, size, fstype, name, flags}] (from parted). For a partition: ``number``,
+    ``start``, ``end``, ``flags``."""
     disk, path = blockdev.device(args.disk)
     if blockdev.is_partition(disk):
         raise BadRequest(f"{disk} is a partition; give its disk and part={disk}")
     info = await blockdev.parted(ctx, path)
     (row,) = await blockdev.tree(ctx, [disk])
     numbered = {p["number"]: p for p in info["partitions"]}
-    if args.part is not None:
+    if args.part:
         part, _ = blockdev.device(args.part)
         if blockdev.parent_disk(part) != disk:
             raise NotFound(f"{part} is not a partition of {disk}")
@@ -71,20 +125,23 @@ async def getinfo(ctx: Context, args: GetInfoArgs) -> dict[str, Any]:
         prow = next((c for c in row["partitions"] if c["kname"] == part), {"kname": part})
         return {**prow, "number": num, "start": p.get("start"), "end": p.get("end"),
                 "size": p.get("size", prow.get("size")), "blocksize": info.get("logical_sector"),
-                "table": info.get("table"), "flags": p.get("flags", [])}
+                "table": info.get("table") or "", "free": [], "flags": p.get("flags", [])}
     by_num = {blockdev.partition_number(k): k for k in blockdev.partitions(disk)}
     for p in info["partitions"]:
         p["kname"] = by_num.get(p["number"])
     size = info.get("size") or row.get("size")
     return {**row, "start": 0, "end": (size - 1) if size else None, "size": size,
-            "blocksize": info.get("logical_sector"), "table": info.get("table"),
+            "blocksize": info.get("logical_sector"), "table": info.get("table") or "",
             "free": info["free"], "partition_table": info["partitions"]}
 
 
 @dataclass(frozen=True)
 class MktableArgs(Schema):
     disk: Device
-    table_type: Annotated[Literal["gpt", "msdos"], Doc("partition table type")] = "gpt"
+    table_type: Annotated[Literal["gpt", "msdos", "aix", "amiga", "bsd", "dvh", "mac", "pc98",
+                                  "sun", "loop"],
+                          Doc("partition table type (parted's labels; 0-core's client allows "
+                              "them all)")] = "gpt"
     force: Annotated[bool, Doc("even if the disk or a partition is in use")] = False
 
 
@@ -107,10 +164,21 @@ async def mktable(ctx: Context, args: MktableArgs) -> dict[str, Any]:
 @dataclass(frozen=True)
 class MkpartArgs(Schema):
     disk: Device
-    start: Annotated[Size, Doc("start: bytes, or with a unit (1MiB, 10%, 2048s)")]
-    end: Annotated[Size, Doc("end: bytes, or with a unit (512MiB, 100%)")]
+    start: Annotated[Size | int, Doc("start, as parted reads it: with a unit (1MiB, 10%, "
+                                     "2048s) or a number (parted's default unit, MB; 0-core's "
+                                     "client may send an integer)")]
+    end: Annotated[Size | int, Doc("end, as parted reads it (512MiB, 100%, or a number: MB)")]
     part_type: Annotated[Literal["primary", "logical", "extended"],
                          Doc("msdos partition type (the partition name on gpt)")] = "primary"
+
+
+def _pos(v: str | int) -> str:
+    """A parted position; an integer is passed as it is (parted's unit: MB), as 0-core did."""
+    if isinstance(v, int):
+        if v < 0:
+            raise BadRequest("arguments.start/end: must be >= 0", field="arguments.start")
+        return str(v)
+    return v
 
 
 async def _new_partition(ctx: Context, disk: str, path: str, number: int) -> str | None:
@@ -139,7 +207,8 @@ async def mkpart(ctx: Context, args: MkpartArgs) -> dict[str, Any]:
         raise BadRequest(f"{disk} is a partition, not a disk")
     before = {p["number"] for p in (await blockdev.parted(ctx, path))["partitions"]}
     await tools.run(ctx, ["parted", "-s", "-a", "optimal", "--", path, "mkpart",
-                          args.part_type, args.start, args.end], rules=_PARTED_RULES)
+                          args.part_type, _pos(args.start), _pos(args.end)],
+                    rules=_PARTED_RULES)
     after = (await blockdev.parted(ctx, path))["partitions"]
     new = [p for p in after if p["number"] not in before]
     if not new:
@@ -322,15 +391,27 @@ async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
     return {"unmounted": done}
 
 
+def _option_map(options: list[str]) -> dict[str, str]:
+    """0-core's options dict: ``{"rw": "1", "subvol": "/x"}``."""
+    out = {}
+    for o in options:
+        k, eq, val = o.partition("=")
+        out[k] = val if eq else "1"
+    return out
+
+
 @command("disk.mounts", NoArgs, role=Role.READ_ONLY)
 async def mounts(ctx: Context, args: NoArgs) -> dict[str, list[dict[str, Any]]]:
-    """Every mount of the node, by source: ``{source: [{mountpoint, fstype, options[],
-    root}]}`` (0-core's shape, from /proc/self/mountinfo)."""
+    """Every mount of the node, by source (0-core's shape, from /proc/self/mountinfo):
+    ``{source: [{mountpoint, filesystem, options, fstype, option_list, root}]}``.
+    ``filesystem`` = ``fstype``; ``options`` is 0-core's dict (``{"rw": "1", "subvol": "/x"}``:
+    "1" for a flag), ``option_list`` the same options as a sorted list."""
     out: dict[str, list[dict[str, Any]]] = {}
     for m in blockdev.mounts():
+        opts = sorted(set(m.options) | set(m.super_options))
         out.setdefault(m.source, []).append({
-            "mountpoint": m.mountpoint, "fstype": m.fstype, "root": m.root,
-            "options": sorted(set(m.options) | set(m.super_options)),
+            "mountpoint": m.mountpoint, "filesystem": m.fstype, "fstype": m.fstype,
+            "root": m.root, "options": _option_map(opts), "option_list": opts,
         })
     return out
 

@@ -126,7 +126,8 @@ async def write(ctx: Context, args: WriteArgs) -> int:
     """Write a base64 block; returns the number of bytes written."""
     f = _touch(args.fd)
     try:
-        data = base64.b64decode(args.block, validate=True)
+        # MIME base64 (0-core's client: base64.encodebytes) has line breaks: drop them
+        data = base64.b64decode(args.block.replace("\n", "").replace("\r", ""), validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest("arguments.block: not valid base64", field="arguments.block") from None
     if len(data) > BLOCK:

@@ -65,8 +65,8 @@ async def cpu(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
 
 @command("info.mem", role=Role.READ_ONLY, inline=True)
 async def mem(ctx: Context, args: NoArgs) -> dict[str, Any]:
-    """Memory in bytes: total, available, used, free, usedPercent, buffers, cached, shared,
-    and swap (swapTotal, swapFree, swapUsed)."""
+    """Memory in bytes: total, available, used, free, usedPercent, active, inactive, buffers,
+    cached, shared, and swap (swapTotal, swapFree, swapUsed) (gopsutil's names, as 0-core)."""
     vm = psutil.virtual_memory()
     sw = psutil.swap_memory()
     return {
@@ -75,6 +75,8 @@ async def mem(ctx: Context, args: NoArgs) -> dict[str, Any]:
         "used": vm.used,
         "usedPercent": vm.percent,
         "free": vm.free,
+        "active": getattr(vm, "active", 0),
+        "inactive": getattr(vm, "inactive", 0),
         "buffers": getattr(vm, "buffers", 0),
         "cached": getattr(vm, "cached", 0),
         "shared": getattr(vm, "shared", 0),
@@ -132,7 +134,9 @@ def nic_info() -> list[dict[str, Any]]:
             "up": bool(st and st.isup),
             "speed": st.speed if st else 0,
             "carrier": carrier == "1",
-            "operstate": read("operstate"),
+            # 0-core: a bool (true when "up"); the kernel's word is in "state"
+            "operstate": read("operstate") in ("up", "1"),
+            "state": read("operstate"),
             "flags": [f for f in str(getattr(st, "flags", "") or "").split(",") if f],
             "addrs": [
                 {"addr": f"{a.address}/{_prefix(a.netmask)}" if a.netmask else a.address,
@@ -156,8 +160,10 @@ def _prefix(netmask: str) -> int:
 
 @command("info.nic", role=Role.READ_ONLY, inline=True)
 async def nic(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
-    """Network interfaces: name, hardwareaddr, mtu, up, speed, carrier, operstate, flags,
-    addrs ([{addr "a.b.c.d/n", family}]) and stats (bytes, packets, errors, drops)."""
+    """Network interfaces: name, hardwareaddr, mtu, up, speed, carrier, operstate (true when
+    the kernel's operstate is "up", as 0-core), state (the kernel's operstate: up, down,
+    unknown...), flags, addrs ([{addr "a.b.c.d/n", family}]) and stats (bytes, packets,
+    errors, drops)."""
     return nic_info()
 
 
@@ -199,7 +205,8 @@ async def os_(ctx: Context, args: NoArgs) -> dict[str, Any]:
 
 @command("info.port", role=Role.READ_ONLY)
 async def port(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
-    """Listening sockets: network (tcp, tcp6, udp, udp6, unix), ip, port or path, and pid."""
+    """Listening sockets: network (tcp, tcp6, udp, udp6, unix), ip and port, or for a unix
+    socket its path in ``unix`` (0-core's name) and ``path``, and pid."""
     def collect() -> list[dict[str, Any]]:
         out = []
         c: Any
@@ -208,7 +215,8 @@ async def port(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
             if c.family == socket.AF_UNIX:
                 if c.status not in ("LISTEN", "NONE") or not c.laddr:
                     continue
-                out.append({"network": "unix", "path": c.laddr, "pid": c.pid or 0})
+                out.append({"network": "unix", "unix": c.laddr, "path": c.laddr,
+                            "pid": c.pid or 0})
                 continue
             if fam is None:
                 continue

@@ -45,12 +45,11 @@ class KillArgs(Schema):
 @command("job.kill", KillArgs, role=Role.OPERATOR)
 async def kill(ctx: Context, args: KillArgs) -> bool:
     """Send a signal to a job's whole process group (a queued, sleeping or builtin job is
-    cancelled). A job ended this way reports state KILLED. 404 if there is no such job,
-    403 if it belongs to a higher role than the caller's queue."""
+    cancelled). A job ended this way reports state KILLED. Returns true, or false when there
+    is no such job (0-core's answer; 0-core's client returns it as is); 403 if the job belongs
+    to a higher role than the caller's queue."""
     _own(ctx, args.id)
-    if not ctx.engine.kill(args.id, args.signal):
-        raise NotFound(f"no such job: {args.id}")
-    return True
+    return bool(ctx.engine.kill(args.id, args.signal))
 
 
 @dataclass(frozen=True)

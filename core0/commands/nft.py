@@ -82,9 +82,10 @@ async def rule_exists(ctx: Context, args: PortArgs) -> bool:
 
 
 @command("nft.list", role=Role.READ_ONLY)
-async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
-    """Open ports: [{port, interface, subnet, rule}]."""
-    return [p.to_dict() for p in netstate.load(ctx.config.state_dir).open_ports]
+async def list_(ctx: Context, args: NoArgs) -> list[str]:
+    """Open ports, as 0-core: the rule strings (``iifname "eth0" ip saddr 10.0.0.0/8 tcp dport
+    22 accept``), each the rule core0 keeps in its input chain."""
+    return [p.rule() for p in netstate.load(ctx.config.state_dir).open_ports]
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,21 @@ from core0.errors import BadRequest, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Range, Schema
 
+#: Linux's RLIMIT_* numbers, CPU (0) to RTTIME (15): gopsutil's RlimitStat resource ids
+_RLIMITS = range(16)
+
+
+def _rlimits(p: psutil.Process) -> list[dict[str, int]]:
+    """[{resource, soft, hard, used}] as gopsutil's RlimitStat (-1 = unlimited; used 0)."""
+    out = []
+    for r in _RLIMITS:
+        try:
+            soft, hard = p.rlimit(r)
+        except (psutil.Error, OSError):
+            return []
+        out.append({"resource": r, "soft": soft, "hard": hard, "used": 0})
+    return out
+
 
 def _info(p: psutil.Process) -> dict[str, Any]:
     mem: Any
@@ -25,6 +40,7 @@ def _info(p: psutil.Process) -> dict[str, Any]:
             mem = p.memory_info()
             swap = 0
         times = p.cpu_times()
+        argv = p.cmdline()
         try:
             nfd = p.num_fds()
         except psutil.Error:
@@ -33,12 +49,17 @@ def _info(p: psutil.Process) -> dict[str, Any]:
             "pid": p.pid,
             "ppid": p.ppid(),
             "name": p.name(),
-            "cmdline": p.cmdline(),
+            # 0-core: the command line as one string; the argv list is ``argv``
+            "cmdline": " ".join(argv),
+            "argv": argv,
             "createtime": int(p.create_time() * 1000),
             "status": p.status(),
             "cpu": {"user": times.user, "system": times.system,
-                    "children_user": times.children_user,
+                    "iowait": getattr(times, "iowait", 0.0), "idle": 0.0, "nice": 0.0,
+                    "irq": 0.0, "softirq": 0.0, "steal": 0.0, "stolen": 0.0,
+                    "guestnice": 0.0, "children_user": times.children_user,
                     "children_system": times.children_system},
+            "rlimit": _rlimits(p),
             "rss": mem.rss,
             "vms": mem.vms,
             "swap": swap,
@@ -54,8 +75,10 @@ class ListArgs(Schema):
 
 @command("process.list", ListArgs, role=Role.READ_ONLY)
 async def list_(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
-    """Processes: pid, ppid, name, cmdline, createtime (ms), status, cpu times, rss, vms,
-    swap, threads, open fds. 404 when ``pid`` is given and does not exist."""
+    """Processes: pid, ppid, name, cmdline (one string, as 0-core), argv (the list), createtime
+    (ms), status, cpu times (gopsutil's keys: user, system, iowait...), rss, vms, swap,
+    threads, ofd (open fds) and rlimit ([{resource, soft, hard, used}], -1 = unlimited). 404
+    when ``pid`` is given and does not exist."""
     def collect() -> list[dict[str, Any]]:
         if args.pid:
             try:

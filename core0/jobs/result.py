@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 #: signals after which a job counts as KILLED rather than failed
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
+#: commands whose error text is also the result's stderr (0-core's client raises with it)
+_STDERR_ERRORS = ("disk.", "btrfs.")
 
 
 def builtin_result(job: Job, value: Any) -> Result:
@@ -43,6 +45,8 @@ def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | 
         data=json.dumps(exc.message),
         level=Level.RESULT_JSON,
         critical=exc.message,
+        # 0-core's disk.*/btrfs.* were tools: its client reads their failure from stderr
+        streams=["", exc.message] if command.startswith(_STDERR_ERRORS) else ["", ""],
         starttime=start,
         time=now_ms() - start,
         tags=tags,

@@ -38,9 +38,7 @@ def test_typed_errors(client: Client) -> None:
     with pytest.raises(ResultError) as e:
         client.sync("core.system", {"name": "false"})
     assert e.value.code == 1001
-    with pytest.raises(ResultError) as e:
-        client.job.kill("no-such-job")
-    assert e.value.code == 404
+    assert client.job.kill("no-such-job") is False  # 0-core's answer, not an error
     with pytest.raises(ResultError) as e:
         client.json("core.system", {"name": "echo", "x": 1})
     assert e.value.code == 400 and "arguments.x" in e.value.message
@@ -126,8 +124,7 @@ def test_async_client(node) -> None:  # type: ignore[no-untyped-def]
             got: list[str] = []
             await resp.stream(lambda lvl, msg, fl: got.append(msg), timeout=10)
             assert got == ["a", "b"]
-            with pytest.raises(ResultError):
-                await c.json("job.kill", {"id": "nope"})
+            assert await c.json("job.kill", {"id": "nope"}) is False
 
     asyncio.run(go())
 
@@ -156,6 +153,8 @@ def test_core0ctl(node) -> None:  # type: ignore[no-untyped-def]
     r = ctl(node, "raw", "core.system", '{"name": "uname", "args": ["-r"]}')
     assert r.returncode == 0 and os.uname().release in r.stdout
     r = ctl(node, "job", "kill", "no-such")
+    assert r.returncode == 0 and r.stdout.strip() == "false"  # 0-core's answer
+    r = ctl(node, "job", "unschedule", "no-such")
     assert r.returncode == 1 and "404" in r.stderr
     r = ctl(node, "filesystem", "exists", "path=/")
     assert r.stdout.strip() == "true"

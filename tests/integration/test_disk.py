@@ -32,7 +32,7 @@ def test_list_and_getinfo(client, loops) -> None:  # type: ignore[no-untyped-def
     for key in ("kname", "model", "serial", "rotational", "fstype", "label", "uuid"):
         assert key in row
     info = client.disk.getinfo(dev)
-    assert info["size"] == 64 << 20 and info["table"] is None and info["blocksize"] == 512
+    assert info["size"] == 64 << 20 and info["table"] == "" and info["blocksize"] == 512
     assert code_of(client.disk.getinfo, "nosuchdisk0") == 404
 
 

@@ -127,7 +127,6 @@ def build_cases(fsroot: Path) -> list[tuple[str, bytes, str | None, set[str]]]:
         ("bash", {"script": 1}),
         ("bash", {"script": "echo", "extra": True}),
         ("job.kill", {}),
-        ("job.kill", {"id": "nope-does-not-exist"}),
         ("job.kill", {"id": "x", "signal": "TERM"}),
         ("job.kill", {"id": "x", "signal": 999}),
         ("job.kill", {"id": "x", "signal": True}),

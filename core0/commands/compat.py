@@ -1,0 +1,153 @@
+"""0-core's commands that core0 serves under their old names only for compatibility.
+
+- ``ip.bridge.add|del|addif|delif``: plain Linux bridges through netlink, as 0-core's ``ip``
+  manager made them (``bridge.*`` is core0's managed bridge with DHCP/NAT; ``ip.link.*``
+  offers every kind of link).
+- ``zerotier.*``, ``rtinfo.*``, ``socat.*`` and ``logger.subscribe|unsubscribe`` are
+  answered 501 with the reason (docs/compat.md): a clear "not here, and why" instead of
+  UNKNOWN_CMD, so a 0-core client's error names what to use instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
+
+from core0.context import Context
+from core0.errors import BadRequest, CommandError
+from core0.net import netlink as nl
+from core0.net import validate as v
+from core0.registry import Role, command
+from core0.schema import Doc, Schema
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+
+async def _net(ctx: Context, netns: str | None, fn: Any) -> Any:
+    def work() -> Any:
+        with nl.session(netns) as r:
+            return fn(r)
+
+    return await ctx.to_thread(work)
+
+
+def _bridge(r: IPRoute, name: str) -> int:
+    link = nl.link_get(r, name)
+    if link["type"] != "bridge":
+        raise BadRequest(f"no bridge with name '{name}' ({name} is a {link['type']} link)")
+    return int(link["index"])
+
+
+@dataclass(frozen=True)
+class BridgeAddArgs(Schema):
+    name: Annotated[v.IFNAME, Doc("bridge name")]
+    hwaddr: Annotated[v.MAC | None, Doc("MAC address (default: the kernel's)")] = None
+    netns: v.NETNS | None = None
+
+
+@command("ip.bridge.add", BridgeAddArgs)
+async def bridge_add(ctx: Context, args: BridgeAddArgs) -> None:
+    """Create a Linux bridge (down, as 0-core left it), with ``hwaddr`` if given. 409 if the
+    name is taken."""
+    await _net(ctx, args.netns, lambda r: nl.link_add(r, nl.LinkSpec(name=args.name, kind="bridge",
+                                                          hwaddr=args.hwaddr)))
+
+
+@dataclass(frozen=True)
+class BridgeArgs(Schema):
+    name: Annotated[v.IFNAME, Doc("bridge name")]
+    netns: v.NETNS | None = None
+
+
+@command("ip.bridge.del", BridgeArgs)
+async def bridge_del(ctx: Context, args: BridgeArgs) -> None:
+    """Delete a bridge (its ports are released). 404 if missing, 400 if not a bridge."""
+
+    def work(r: IPRoute) -> None:
+        _bridge(r, args.name)
+        nl.link_del(r, args.name)
+
+    await _net(ctx, args.netns, work)
+
+
+@dataclass(frozen=True)
+class BridgeIfArgs(Schema):
+    name: Annotated[v.IFNAME, Doc("bridge name")]
+    inf: Annotated[v.IFNAME, Doc("the link to attach or detach")]
+    netns: v.NETNS | None = None
+
+
+@command("ip.bridge.addif", BridgeIfArgs)
+async def bridge_addif(ctx: Context, args: BridgeIfArgs) -> None:
+    """Attach link ``inf`` to bridge ``name``. 404 if either is missing."""
+
+    def work(r: IPRoute) -> None:
+        _bridge(r, args.name)
+        nl.link_set(r, args.inf, master=args.name)
+
+    await _net(ctx, args.netns, work)
+
+
+@command("ip.bridge.delif", BridgeIfArgs)
+async def bridge_delif(ctx: Context, args: BridgeIfArgs) -> None:
+    """Detach link ``inf`` from bridge ``name``. 400 if it is not attached to that bridge."""
+
+    def work(r: IPRoute) -> None:
+        _bridge(r, args.name)
+        if nl.link_get(r, args.inf)["master"] != args.name:
+            raise BadRequest(f"{args.inf} is not connected to bridge {args.name}")
+        nl.link_set(r, args.inf, master="")
+
+    await _net(ctx, args.netns, work)
+
+
+# ---------------------------------------------------------------- not served (501)
+
+
+class NotImplemented501(CommandError):
+    """A 0-core command core0 deliberately does not serve (501, with the reason)."""
+
+    code = 501
+
+
+#: command → why core0 does not serve it (the text of its 501 result)
+NOT_SERVED: dict[str, str] = {
+    **{f"zerotier.{op}": "core0 does not run ZeroTier: it needs zerotier-one and a "
+       "controller account on the node; use a VXLAN link (ip.link.add) or run zerotier-one "
+       "as a service" for op in ("join", "leave", "list", "info")},
+    **{f"rtinfo.{op}": "core0 has no rtinfo agent (0-core pushed stats to an rtinfo "
+       "server); read info.* and job.list, or run an exporter as a service"
+       for op in ("start", "stop", "list")},
+    **{f"socat.{op}": "core0 forwards ports with nft DNAT rules: use nft.forward_add, "
+       "nft.forward_list and nft.forward_remove (ports are not reserved in advance)"
+       for op in ("list", "reserve")},
+    **{f"logger.{op}": "core0 has no aggregated logger:<queue> lists; every job's output "
+       "is the Redis Stream log:<id> (XREAD it), or follow a job with core.subscribe"
+       for op in ("subscribe", "unsubscribe")},
+}
+
+
+@dataclass(frozen=True)
+class AnyArgs(Schema):
+    """Whatever 0-core's client sends (ignored)."""
+
+    network: Any = None
+    host: Any = None
+    port: Any = None
+    disks: Any = None
+    number: Any = None
+    queue: Any = None
+    levels: Any = None
+
+
+def _register(name: str, reason: str) -> None:
+    async def not_served(ctx: Context, args: AnyArgs) -> None:
+        raise NotImplemented501(f"{name} is not implemented by core0 (501): {reason}")
+
+    not_served.__doc__ = f"Not served (501): {reason}."
+    command(name, AnyArgs, role=Role.READ_ONLY)(not_served)
+
+
+for _name, _reason in NOT_SERVED.items():
+    _register(_name, _reason)

@@ -1,0 +1,195 @@
+"""0-core's client, core methods and the info/job/process/config/logger managers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import pytest
+
+pytest_plugins = ["storage_fixtures", "compat_fixtures"]
+
+pytestmark = pytest.mark.root
+
+
+def test_ping_system_bash(cl: Any, record: Any) -> None:
+    assert cl.ping().startswith("PONG")
+    record("ping", '`"PONG <version>"`')
+    r = cl.system("echo hello world").get()
+    assert (r.state, r.code, r.stdout) == ("SUCCESS", 0, "hello world\n")
+    assert cl.system("sh -c 'exit 3'").get().code == 1003
+    r = cl.system("cat", stdin="in").get()
+    assert r.stdout == "in"
+    r = cl.system("printenv X", env={"X": "y"}, dir="/tmp").get()
+    assert r.stdout == "y\n"
+    record("system", "`Response`; `.get()`: state, code (1000+exit), stdout, stderr; stdin, "
+           "env, dir honoured")
+    r = cl.bash("echo a; echo b >&2; exit 2").get()
+    assert (r.state, r.code, r.stdout, r.stderr) == ("ERROR", 1002, "a\n", "b\n")
+    record("bash", "`Response`; `.get()` as system")
+
+
+def test_raw_sync_json_response_for(cl: Any, zc: Any, record: Any) -> None:
+    resp = cl.raw("core.ping", {}, tags=["t1"])
+    res = resp.get()
+    assert res.state == "SUCCESS" and res.level == 20 and json.loads(res.data).startswith("PONG")
+    assert res.payload["tags"] == ["t1"] and res.starttime > 0
+    assert resp.exists and not resp.running
+    record("raw", "`Response` (`id`, `exists`, `running`, `get`, `stream`)")
+    assert cl.sync("core.ping", {}).state == "SUCCESS"
+    with pytest.raises(zc.ResultError) as e:
+        cl.sync("core.system", {"name": "false"})
+    assert e.value.code == 1001
+    record("sync", "`Return`; `ResultError(data, code)` unless SUCCESS")
+    assert cl.json("info.version", {})["version"]
+    with pytest.raises(zc.ResultError) as e:
+        cl.json("no.such.command", {})
+    assert e.value.code == 404
+    record("json", "the decoded `data`; unknown command: `ResultError` 404 (UNKNOWN_CMD)")
+    again = cl.response_for(resp.id).get()
+    assert again.id == resp.id and again.data == res.data
+    with pytest.raises(zc.JobNotFoundError):
+        cl.response_for("never-" + os.urandom(4).hex()).get(1)
+    record("response_for", "the same result again within its TTL; `JobNotFoundError` after")
+
+
+def test_subscribe_and_stream(cl: Any, record: Any) -> None:
+    job = cl.bash("sleep 0.5; echo one; echo two >&2; sleep 0.3; echo three", stream=True)
+    sub = cl.subscribe(job.id)
+    got: list[tuple[int, str]] = []
+    sub.stream(lambda level, text, flags: got.append((level, text)))
+    texts = [t for _, t in got]
+    assert "one" in texts and "three" in texts and (2, "two") in got
+    assert job.get().stdout == "one\nthree\n"
+    record("subscribe", "a `Response` whose `.stream(cb)` relays the job's output "
+           "(level 1 stdout, 2 stderr) until it ends")
+
+
+def test_info(cl: Any, record: Any) -> None:
+    cpus = cl.info.cpu()
+    assert cpus and {"cpu", "modelName", "mhz", "cores", "flags"} <= set(cpus[0])
+    record("info.cpu", "[{cpu, vendorId, family, model, modelName, mhz, cores, cacheSize, "
+           "flags...}] (gopsutil's names)")
+    nics = cl.info.nic()
+    lo = next(n for n in nics if n["name"] == "lo")
+    assert isinstance(lo["operstate"], bool) and isinstance(lo["carrier"], bool)
+    assert {"mtu", "hardwareaddr", "flags", "addrs", "speed"} <= set(lo)
+    assert any(a["addr"].startswith("127.0.0.1") for a in lo["addrs"])
+    record("info.nic", "[{name, mtu, hardwareaddr, flags, addrs [{addr}], speed, carrier, "
+           "operstate (bool)}]; core0 adds state, up, stats")
+    mem = cl.info.mem()
+    assert {"total", "available", "used", "usedPercent", "free", "active", "inactive",
+            "buffers", "cached"} <= set(mem) and mem["total"] > 0
+    record("info.mem", "{total, available, used, usedPercent, free, active, inactive, "
+           "buffers, cached, ...} bytes")
+    disks = cl.info.disk()
+    assert any(d["mountpoint"] == "/" for d in disks)
+    assert {"device", "mountpoint", "fstype", "opts"} <= set(disks[0])
+    record("info.disk", "[{device, mountpoint, fstype, opts}] (+ sizes)")
+    os_ = cl.info.os()
+    assert {"hostname", "uptime", "bootTime", "os", "platform", "kernelVersion"} <= set(os_)
+    record("info.os", "{hostname, uptime, bootTime, procs, os, platform, platformVersion, "
+           "kernelVersion, ...}")
+    ports = cl.info.port()
+    rp = [p for p in ports if p["network"] == "tcp" and p.get("port")]
+    assert rp and all({"ip", "port", "pid"} <= set(p) for p in rp)
+    for p in ports:
+        if p["network"] == "unix":
+            assert p["unix"].startswith(("/", "@"))
+    record("info.port", "[{network tcp/udp(6)/unix, ip, port | unix, pid}]")
+    v = cl.info.version()
+    assert {"branch", "revision", "dirty"} <= set(v)
+    record("info.version", "{branch, revision, dirty} (+ version)")
+    try:
+        dmi = cl.json("info.dmi", {"types": []})
+    except Exception as e:  # the client raises ResultError
+        assert getattr(e, "code", 0) == 412 and "DMI" in str(e)
+        record("info.dmi", "not verified here (this machine has no DMI table): 412 naming "
+               "the reason; the parser is unit-tested", works=False)
+    else:
+        assert {"tooling", "sections"} <= set(dmi)
+        record("info.dmi", "{tooling, sections [{handleline, typestr, typenum, "
+               "subsections}]} (parsed dmidecode)")
+
+
+def test_job_manager(cl: Any, record: Any) -> None:
+    job = cl.system("sleep 30")
+    deadline = time.monotonic() + 10
+    while not any(j.get("id") == job.id for j in cl.job.list()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    mine = cl.job.list(job.id)
+    assert len(mine) == 1 and mine[0]["pid"] > 0 and "cpu" in mine[0]
+    record("job.list", "[{id, cmd, pid, starttime, cpu, rss, vms, ...}] (one job with `id`)")
+    assert cl.job.kill(job.id) is True
+    assert job.get().state in ("KILLED", "ERROR")
+    assert cl.job.kill("no-such-job-" + os.urandom(3).hex()) is False
+    record("job.kill", "`True`; `False` for an unknown id (as 0-core)")
+    r = cl._redis  # a recurring job, as 0-core's later clients submit it
+    jid = "compat-recurring-" + os.urandom(3).hex()
+    r.rpush("core:default", json.dumps({"id": jid, "command": "core.system",
+                                        "arguments": {"name": "true"},
+                                        "recurring_period": 1}))
+    deadline = time.monotonic() + 10
+    while not any(j["id"] == jid for j in cl.job.list()):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert cl.json("job.unschedule", {"id": jid}) is True
+    assert cl.response_for(jid).get(15).state == "SUCCESS"
+    record("job.unschedule", "`True`; the recurring job ends after its current run")
+
+
+def test_process_manager(cl: Any, record: Any) -> None:
+    procs = cl.process.list()
+    me = next(p for p in procs if p["pid"] == os.getpid())
+    assert isinstance(me["cmdline"], str) and "pytest" in me["cmdline"]
+    assert isinstance(me["rlimit"], list) and me["rlimit"][7]["resource"] == 7  # NOFILE
+    assert {"ppid", "name", "createtime", "cpu", "rss", "vms", "swap", "ofd"} <= set(me)
+    assert cl.process.list(os.getpid())[0]["pid"] == os.getpid()
+    record("process.list", "[{pid, ppid, cmdline (string), name, createtime, cpu {user, "
+           "system, ...}, rss, vms, swap, rlimit [{resource, soft, hard, used}], ofd}]")
+    job = cl.system("sleep 30")
+    deadline = time.monotonic() + 10
+    while not (pid := next((j["pid"] for j in cl.job.list(job.id) if j.get("pid")), 0)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert cl.process.kill(pid, signal.SIGKILL) is None
+    assert job.get().state in ("KILLED", "ERROR")
+    record("process.kill", "`None`; the process got the signal")
+
+
+def test_config_and_logger(cl: Any, zc: Any, record: Any) -> None:
+    cfg = cl.config.get()
+    assert isinstance(cfg, dict) and cfg
+    record("config.get", "the node's loaded configuration (a dict)")
+    try:
+        assert cl.logger.set_level("DEBUG")["level"] == "DEBUG"
+        assert cl.logger.set_level("NOTICE")["was"] == "DEBUG"
+    finally:
+        cl.logger.set_level("INFO")
+    record("logger.set_level", "{level, was} (the dispatcher's log level)")
+    assert cl.logger.reopen() == {"reopened": []}
+    record("logger.reopen", "{reopened: [log files]} ([] when logging to the console)")
+    for method, call in (("logger.subscribe", lambda: cl.logger.subscribe()),
+                         ("logger.unsubscribe", lambda: cl.logger.unsubscribe("q"))):
+        with pytest.raises(zc.ResultError) as e:
+            call()
+        assert e.value.code == 501 and "log:<id>" in e.value.message
+        record(method, "`ResultError` 501: not implemented, the message names core0's "
+               "`log:<id>` streams / `core.subscribe` (docs/compat.md)", works=False)
+
+
+def test_not_served_answers_501(cl: Any, zc: Any) -> None:
+    """zerotier/rtinfo/socat: a clear 501 naming the alternative, never UNKNOWN_CMD."""
+    with pytest.raises(zc.ResultError) as e:
+        cl.zerotier.list()
+    assert e.value.code == 501 and "ZeroTier" in e.value.message
+    r = cl.raw("zerotier.join", {"network": "1d71939404587f3c"}).get()
+    assert (r.state, r.code) == ("ERROR", 501)
+    for name, args in (("rtinfo.list", {}), ("socat.reserve", {"number": 2})):
+        r = cl.raw(name, args).get()
+        assert (r.state, r.code) == ("ERROR", 501), name
+    assert "nft.forward_add" in json.loads(cl.raw("socat.list", {}).get().data)
