@@ -122,8 +122,9 @@ class NsArgs(Schema):
 
 @command("ip.bond.list", NsArgs, role=Role.READ_ONLY)
 async def bond_list(ctx: Context, args: NsArgs) -> dict[str, list[dict[str, str]]]:
-    """Every bond of the node's namespace (or of ``netns``): ``{bond: [{"Bonding Mode": " load balancing
-    (round-robin)", "MII Status": " up", ...}, {"Slave Interface": " eth1", ...}]}``, the
+    """Every bond of the node's namespace (or of ``netns``): ``{bond: [{"Bonding Mode":
+    " load balancing (round-robin)", "MII Status": " up", ...}, {"Slave Interface": " eth1",
+    ...}]}``, the
     kernel's ``/proc/net/bonding`` report cut into sections, as 0-core."""
 
     def work() -> dict[str, list[dict[str, str]]]:
