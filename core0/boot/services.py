@@ -45,7 +45,8 @@ from core0.boot.node import boot_token, on_node
 from core0.boot.spec import PHASES, Plan, ServiceSpec, plan
 from core0.config import Config
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
-from core0.jobs.engine import Job, JobEngine
+from core0.jobs.engine import JobEngine
+from core0.jobs.job import Job
 from core0.proc.output import Message
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,12 @@ async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> bool:
 
 
 class ServiceManager:
+    """The node's startup services (``[startup.<id>]``, plus cloud-config's): their plan
+    (phases init → net → boot, dependencies, conditions), their runs as ordinary jobs of the
+    :class:`~core0.jobs.engine.JobEngine`, readiness (delay, output match, oneshot), the state
+    kept across dispatcher restarts within one boot (``services.json``), and ``service.*`` /
+    ``core.reload`` (apply a changed configuration by spec hash, no reboot)."""
+
     def __init__(self, cfg: Config, engine: JobEngine):
         self.cfg = cfg
         self.engine = engine

@@ -55,6 +55,10 @@ class Script:
 
 
 class RespConnection:
+    """One connection to Redis for the pop loop: ``connect`` (TCP, unix socket or TLS, AUTH,
+    SCRIPT LOAD of its scripts), ``execute`` (a batch of commands in one write, replies in
+    order, errors as :class:`RespError` values), ``close``."""
+
     def __init__(self, cfg: Config, scripts: Sequence[Script] = ()):
         self.cfg = cfg
         self.scripts = list(scripts)

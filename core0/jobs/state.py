@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core0.jobs.engine import Job
+    from core0.jobs.job import Job
 
 
 @dataclass
@@ -49,6 +49,10 @@ def _dirname(job_id: str) -> str:
 
 
 class JobStore:
+    """The job directories under ``<state_dir>/jobs``: ``save`` a job's step atomically (fsync
+    when the directory is persistent), ``load_all`` what a crashed dispatcher left, ``remove``
+    a finished job's directory."""
+
     def __init__(self, root: Path):
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
