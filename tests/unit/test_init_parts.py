@@ -5,7 +5,6 @@ cpio writer and the ELF reader."""
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import socket
 import struct
 import subprocess
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from core0 import config as configmod
 from core0.init import modules, mounts, netlink, network, power
@@ -193,8 +193,7 @@ def imagelib():  # type: ignore[no-untyped-def]
 
 
 def test_cpio_writer_is_read_by_cpio(imagelib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    if shutil.which("cpio") is None:
-        pytest.skip("cpio missing")
+    require("cpio")
     tree = tmp_path / "t"
     (tree / "usr/bin").mkdir(parents=True)
     (tree / "usr/bin/hello").write_text("hi\n")
