@@ -114,11 +114,14 @@ def test_mountinfo_parsing(tmp_path: Path) -> None:
 
 
 def test_unmount_all_keeps_api_filesystems(monkeypatch) -> None:
-    table = [mounts.MountInfo(1, 0, "/", "rootfs", "rootfs", ""),
-             mounts.MountInfo(2, 1, "/proc", "proc", "proc", ""),
-             mounts.MountInfo(3, 1, "/mnt/a", "ext4", "/dev/vda", ""),
-             mounts.MountInfo(4, 3, "/mnt/a/b", "btrfs", "/dev/vdb", ""),
-             mounts.MountInfo(5, 1, "/run", "tmpfs", "run", "")]
+    def m(mid: int, parent: int, target: str, fstype: str, source: str) -> mounts.MountInfo:
+        return mounts.MountInfo(mid, parent, "0:0", "/", target, ["rw"], fstype, source, ["rw"])
+
+    table = [m(1, 0, "/", "rootfs", "rootfs"),
+             m(2, 1, "/proc", "proc", "proc"),
+             m(3, 1, "/mnt/a", "ext4", "/dev/vda"),
+             m(4, 3, "/mnt/a/b", "btrfs", "/dev/vdb"),
+             m(5, 1, "/run", "tmpfs", "run")]
     done: list[str] = []
     monkeypatch.setattr(mounts, "mountinfo", lambda path="": table)
     monkeypatch.setattr(mounts, "umount", lambda target, flags=0: done.append(target))
