@@ -12,7 +12,9 @@ runs) is the drift detector of ``core.reload``.
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
+import heapq
 import json
 import re
 from collections.abc import Mapping
@@ -450,18 +452,27 @@ def find_cycles(deps: Mapping[str, list[str]]) -> list[list[str]]:
 
 
 def topo_order(deps: Mapping[str, list[str]], phase: Mapping[str, int]) -> list[str]:
-    """Services by phase, each after its dependencies (members of cycles last)."""
+    """Services by phase, each after its dependencies (graphlib); among those ready, the
+    lowest (phase, id) first. Members of cycles, and what depends on them, come last."""
+    def key(sid: str) -> tuple[int, str]:
+        return phase.get(sid, 0), sid
+
+    stuck = {sid for cycle in find_cycles(deps) for sid in cycle}
+    stuck |= {sid for sid, ds in deps.items() if sid in ds}
+    grew = True
+    while grew:
+        more = {sid for sid, ds in deps.items() if sid not in stuck and stuck.intersection(ds)}
+        stuck |= more
+        grew = bool(more)
+    sorter = graphlib.TopologicalSorter({sid: ds for sid, ds in deps.items() if sid not in stuck})
+    sorter.prepare()
+    ready = [key(sid) for sid in sorter.get_ready()]
+    heapq.heapify(ready)
     done: list[str] = []
-    placed: set[str] = set()
-    remaining = sorted(deps, key=lambda s: (phase.get(s, 0), s))
-    progress = True
-    while remaining and progress:
-        progress = False
-        for sid in list(remaining):
-            if all(d in placed for d in deps[sid]):
-                done.append(sid)
-                placed.add(sid)
-                remaining.remove(sid)
-                progress = True
-                break
-    return done + remaining
+    while ready:
+        _, sid = heapq.heappop(ready)
+        done.append(sid)
+        sorter.done(sid)
+        for nxt in sorter.get_ready():
+            heapq.heappush(ready, key(nxt))
+    return done + sorted(stuck, key=key)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core0.boot import cloudconfig, cloudfiles, cloudparse
 from core0.boot.spec import (
@@ -20,6 +22,7 @@ from core0.boot.spec import (
     parse_spec,
     plan,
     substitute,
+    topo_order,
 )
 from core0.config import ConfigError, load
 from core0.errors import BadRequest
@@ -211,3 +214,28 @@ def test_ensure_file_is_atomic_idempotent_and_confined(tmp_path: Path) -> None:
     assert not list(outside.iterdir())
     assert (root_dir / str(outside).lstrip("/") / "f").read_bytes() == b"y"
     assert not [p for p in (root_dir / "etc/a").iterdir() if p.name.startswith(".")]
+
+
+@given(st.dictionaries(st.sampled_from([f"s{i}" for i in range(8)]),
+                       st.tuples(st.integers(0, 2), st.sets(st.sampled_from(
+                           [f"s{i}" for i in range(8)]), max_size=3)), max_size=8))
+def test_service_order_is_the_smallest_topological_order(
+        graph: dict[str, tuple[int, set[str]]]) -> None:
+    """graphlib's order, lowest (phase, id) first among the ready; cycles and what depends on
+    them last."""
+    deps = {s: sorted(d for d in ds if d in graph) for s, (_, ds) in graph.items()}
+    phase = {s: p for s, (p, _) in graph.items()}
+    order = topo_order(deps, phase)
+    assert sorted(order) == sorted(deps)
+    placed: set[str] = set()
+    stuck_from = len(order)
+    for i, sid in enumerate(order):
+        if not all(d in placed for d in deps[sid]):
+            stuck_from = i
+            break
+        ready = [s for s in deps if s not in placed and all(d in placed for d in deps[s])]
+        assert sid == min(ready, key=lambda s: (phase[s], s))
+        placed.add(sid)
+    rest = order[stuck_from:]
+    assert rest == sorted(rest, key=lambda s: (phase[s], s))
+    assert not [s for s in rest if all(d in placed for d in deps[s])]
