@@ -3,7 +3,7 @@
 A job is one accepted command. Its task runs the handler once per run; a handler either
 returns a value (a builtin: level-20 JSON data) or a :class:`ProcessSpec` (a process job: its
 output goes to files the engine follows, ``max_time`` kills its process group, its result code
-is ``1000 + exit status``). Process jobs are written to the state dir (``jobstate``) so a new
+is ``1000 + exit status``). Process jobs are written to the state dir (``jobs.state``) so a new
 dispatcher adopts them after a restart: same pids, nothing started twice.
 """
 
