@@ -34,6 +34,8 @@ bench: deps
 	$(VENV)/bin/python bench/clone.py
 	$(VENV)/bin/python bench/net.py
 	$(VENV)/bin/python bench/boot.py
+	$(VENV)/bin/python bench/resp_link.py
+	$(VENV)/bin/python bench/idle.py
 
 ## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full)
 image: deps

@@ -15,7 +15,8 @@ from core0.proc.output import Message
 if TYPE_CHECKING:
     from core0.boot.services import ServiceManager
     from core0.config import Config
-    from core0.jobs.engine import Job, JobEngine
+    from core0.jobs.engine import JobEngine
+    from core0.jobs.job import Job
     from core0.registry import Role
 
 T = TypeVar("T")

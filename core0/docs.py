@@ -49,9 +49,12 @@ def _constraints(s: dict[str, Any]) -> str:
 def render() -> str:
     registry.load_all()
     out = [HEADER]
+    aliases = registry.aliases()
+    hidden = {a for names in aliases.values() for a in names}
     by_domain: dict[str, list[registry.CommandSpec]] = {}
     for spec in registry.all_commands():
-        by_domain.setdefault(spec.name.split(".")[0], []).append(spec)
+        if spec.name not in hidden:  # an alias is listed once, under its canonical name
+            by_domain.setdefault(spec.name.split(".")[0], []).append(spec)
     out.append("## Contents\n")
     for domain, specs in by_domain.items():
         out.append(f"- **{domain}**: " + ", ".join(f"[`{s.name}`](#{s.name.replace('.', '')})"
@@ -64,6 +67,9 @@ def render() -> str:
             flags = (" · inline" if spec.inline else "") + (
                 " · internal (not accepted from the bus)" if spec.internal else "")
             out.append(f"Role: **{spec.role.label}**{flags}\n")
+            if spec.name in aliases:
+                names = ", ".join(f"`{a}`" for a in aliases[spec.name])
+                out.append(f"Also accepted as {names} (the same command).\n")
             out.append(spec.doc + "\n")
             schema = json_schema(spec.args)
             props = schema.get("properties", {}) if schema else {}

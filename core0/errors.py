@@ -1,7 +1,11 @@
-"""Typed errors of command handlers. The dispatcher turns each into a result state + code.
+"""Typed errors of command handlers. The job engine turns each into a result state + code
+(``core0.jobs.result.exception_result``, the one place where exceptions become results).
 
-Handlers raise these; anything else that escapes a handler becomes a 500 result (and is logged
-with its traceback). No exception ever leaves the dispatcher's job runner.
+Handlers raise these; a ``TimeoutError`` of their own (a tool's or a socket's timeout) becomes
+:class:`TimedOut` (504, state ERROR); anything else that escapes a handler becomes a 500 result
+(logged with its traceback) and, like every error, does not stop a recurring or restarting job.
+:class:`Timeout` and :class:`Killed` are the engine's own: ``max_time`` and ``job.kill``.
+No exception ever leaves the job engine.
 """
 
 from __future__ import annotations
@@ -74,6 +78,31 @@ class UnknownCommand(CommandError):
 
 class Internal(CommandError):
     code = Code.INTERNAL
+
+
+class Timeout(CommandError):
+    """The job's ``max_time`` was reached (408, state TIMEOUT). Raised by the job engine only."""
+
+    code = Code.TIMEOUT
+    state = State.TIMEOUT
+
+
+class Killed(CommandError):
+    """The job was killed (``job.kill``) before it ended (499, state KILLED)."""
+
+    code = Code.KILLED
+    state = State.KILLED
+
+
+#: "gateway timeout": something the handler waited for did not answer in time
+TIMED_OUT = 504
+
+
+class TimedOut(CommandError):
+    """Something the handler waited for timed out (a tool run with a timeout, a socket, a
+    remote service): 504, state ERROR. Not ``max_time``, which is :class:`Timeout`."""
+
+    code = TIMED_OUT
 
 
 class ToolError(CommandError):

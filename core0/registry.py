@@ -26,7 +26,7 @@ from core0.schema import NoArgs, Schema, json_schema
 if TYPE_CHECKING:
     from core0.context import Context
 
-__all__ = ["CommandSpec", "Role", "command", "get", "all_commands", "load_all"]
+__all__ = ["CommandSpec", "Role", "aliases", "command", "get", "all_commands", "load_all"]
 
 
 class Role(enum.IntEnum):
@@ -118,6 +118,15 @@ def get(name: str) -> CommandSpec | None:
 
 def all_commands() -> list[CommandSpec]:
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def aliases() -> dict[str, list[str]]:
+    """Names that share one handler, as ``{canonical: [aliases]}``. The canonical name is the
+    outermost ``@command`` (the first one in the source; decorators register bottom-up)."""
+    by_handler: dict[Handler, list[str]] = {}
+    for name, spec in _REGISTRY.items():
+        by_handler.setdefault(spec.handler, []).append(name)
+    return {names[-1]: names[-2::-1] for names in by_handler.values() if len(names) > 1}
 
 
 _loaded = False

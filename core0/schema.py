@@ -1,4 +1,4 @@
-"""Strict argument schemas for commands.
+"""Strict schemas: command arguments, and the files core0 reads (service specs, cloud-config).
 
 A schema is a frozen dataclass deriving from :class:`Schema`. Field types may be ``str``,
 ``int``, ``float``, ``bool``, ``Any``, ``list[T]``, ``dict[str, T]``, ``Literal[...]``,
@@ -85,6 +85,8 @@ class Schema:
     """Base class of argument schemas. Subclasses must be dataclasses."""
 
     __schema_fields__: ClassVar[dict[str, tuple[Any, tuple[Any, ...], dataclasses.Field[Any]]]]
+    #: what an unknown field is called in errors ("argument" of a command, "key" of a file)
+    __unknown__: ClassVar[str] = "argument"
 
     @classmethod
     def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
@@ -126,7 +128,7 @@ def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
     fields = _fields(cls)
     for key in data:
         if key not in fields:
-            raise BadRequest(f"{path}.{key}: unknown argument", field=f"{path}.{key}")
+            raise BadRequest(f"{path}.{key}: unknown {cls.__unknown__}", field=f"{path}.{key}")
     kwargs: dict[str, Any] = {}
     for name, (tp, extras, f) in fields.items():
         value = data.get(name)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import redis
@@ -26,21 +27,24 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def unavailable(reason: str) -> NoReturn:
+    """The test cannot run here: skip locally, fail under CI=true (CI must provide it).
+    The only way a test skips: never a bare ``pytest.skip``."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must provide it: see .ci/run)")
+    pytest.skip(reason)
+
+
 def require(*tools: str) -> None:
     """Skip (locally) or fail (in CI) when a tool is missing."""
     missing = [t for t in tools if shutil.which(t) is None and not os.path.exists(t)]
     if missing:
-        msg = f"missing: {', '.join(missing)}"
-        if IN_CI:
-            pytest.fail(msg + " (CI must install it: see .ci/run)")
-        pytest.skip(msg)
+        unavailable(f"missing: {', '.join(missing)}")
 
 
 def require_root() -> None:
     if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("tests need root")
-        pytest.skip("needs root")
+        unavailable("needs root")
 
 
 def free_port() -> int:

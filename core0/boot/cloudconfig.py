@@ -34,7 +34,14 @@ from typing import TYPE_CHECKING, Any
 
 from core0.boot.cloudfiles import ensure_file, read_file
 from core0.boot.cloudnet import apply_v2
-from core0.boot.cloudparse import decode_content, parse, parse_mode, parse_network, parse_owner
+from core0.boot.cloudparse import (
+    decode_content,
+    parse,
+    parse_mode,
+    parse_network,
+    parse_owner,
+    write_file,
+)
 from core0.boot.cloudsource import CMDLINE_KEY, fetch, setting_on, state_dir
 from core0.boot.spec import ServiceSpec
 from core0.errors import BadRequest, CommandError
@@ -105,9 +112,6 @@ def apply_hostname(cfg: Config, root: Root, name: Any) -> dict[str, Any]:
     return step
 
 
-_WRITE_KEYS = {"path", "content", "encoding", "permissions", "owner", "append", "defer"}
-
-
 def apply_write_files(root: Root, entries: Any) -> dict[str, Any]:
     step = _step("write_files", files=[])
     if not isinstance(entries, list):
@@ -115,18 +119,12 @@ def apply_write_files(root: Root, entries: Any) -> dict[str, Any]:
     for i, entry in enumerate(entries):
         item: dict[str, Any] = {"path": entry.get("path") if isinstance(entry, dict) else None}
         try:
-            if not isinstance(entry, dict):
-                raise BadRequest(f"write_files[{i}]: expected a mapping")
-            unknown = sorted(set(entry) - _WRITE_KEYS)
-            if unknown:
-                raise BadRequest(f"write_files[{i}]: unsupported keys {', '.join(unknown)}")
-            path = entry.get("path")
-            if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
-                raise BadRequest(f"write_files[{i}].path: an absolute path is required")
-            data = decode_content(entry.get("content", ""), entry.get("encoding") or "text")
-            mode = parse_mode(entry.get("permissions"))
-            owner = parse_owner(entry.get("owner"))
-            if entry.get("append"):
+            wf = write_file(entry, f"write_files[{i}]")
+            path = wf.path
+            data = decode_content(wf.content, wf.encoding or "text")
+            mode = parse_mode(wf.permissions)
+            owner = parse_owner(wf.owner)
+            if wf.append:
                 old = read_file(root, path) or b""
                 if old.endswith(data):
                     data = old

@@ -13,39 +13,83 @@ from __future__ import annotations
 import fnmatch
 import ipaddress
 import socket
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
 from core0.boot.cloudfiles import ensure_file
 from core0.boot.node import on_node
 from core0.context import ProcessSpec
 from core0.errors import BadRequest
 from core0.jobs.env import job_env
+from core0.schema import Range, Schema
 
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.context import Context
     from core0.fspath import Root
 
-_ETH_KEYS = {"match", "dhcp4", "dhcp6", "addresses", "gateway4", "gateway6", "routes", "mtu",
-             "nameservers", "optional", "critical"}
+@dataclass(frozen=True)
+class Match(Schema):
+    """Which NICs an ethernet entry means (``name`` is a glob)."""
+
+    __unknown__ = "key"
+
+    name: str | None = None
+    macaddress: str | None = None
+    driver: str | None = None  # accepted, not used
+
+
+@dataclass(frozen=True)
+class Route(Schema):
+    __unknown__ = "key"
+
+    to: str
+    via: str | None = None
+    metric: Annotated[int, Range(0)] | None = None
+
+
+@dataclass(frozen=True)
+class Nameservers(Schema):
+    __unknown__ = "key"
+
+    addresses: list[str] = field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ethernet(Schema):
+    """One ``network.ethernets.<id>`` entry (netplan v2; the subset core0 applies)."""
+
+    __unknown__ = "key"
+
+    match: Match | None = None
+    dhcp4: bool = False
+    dhcp6: bool = False
+    addresses: list[str] = field(default_factory=list)
+    gateway4: str | None = None
+    gateway6: str | None = None
+    routes: list[Route] = field(default_factory=list)
+    mtu: Annotated[int, Range(68, 65535)] | None = None
+    nameservers: Nameservers | None = None
+    optional: bool = False
+    critical: bool = False
 
 
 def _check(ethernets: Any) -> dict[str, dict[str, Any]]:
+    """Check every entry against :class:`Ethernet` (BadRequest naming the key); the entries are
+    then applied as given."""
     if not isinstance(ethernets, dict):
         raise BadRequest("network.ethernets: expected a mapping")
     for eid, conf in ethernets.items():
-        if not isinstance(conf, dict):
-            raise BadRequest(f"network.ethernets.{eid}: expected a mapping")
-        unknown = sorted(set(conf) - _ETH_KEYS)
-        if unknown:
-            raise BadRequest(f"network.ethernets.{eid}: unsupported keys {', '.join(unknown)}")
-        if conf.get("dhcp6"):
-            raise BadRequest(f"network.ethernets.{eid}.dhcp6: not supported")
-        for a in conf.get("addresses") or []:
+        where = f"network.ethernets.{eid}"
+        eth = Ethernet.parse(conf, where)
+        if eth.dhcp6:
+            raise BadRequest(f"{where}.dhcp6: not supported")
+        for a in eth.addresses:
             try:
                 ipaddress.ip_interface(a)
             except ValueError:
-                raise BadRequest(f"network.ethernets.{eid}.addresses: bad address {a!r}") from None
+                raise BadRequest(f"{where}.addresses: bad address {a!r}") from None
     return ethernets
 
 

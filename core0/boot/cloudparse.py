@@ -9,9 +9,11 @@ import gzip
 import json
 import re
 import zlib
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 from core0.errors import BadRequest, TooLarge
+from core0.schema import SAFE_TEXT, Schema
 
 if TYPE_CHECKING:
     pass
@@ -69,6 +71,31 @@ def parse_network(text: str) -> dict[str, Any] | None:
 
 
 # ---------------------------------------------------------------- files
+
+
+@dataclass(frozen=True)
+class WriteFile(Schema):
+    """One ``write_files`` entry (cloud-init's keys; ``defer`` is accepted and ignored).
+    ``content`` may be a YAML scalar that is not a string (``content: 1``): it is written as
+    text, as cloud-init does."""
+
+    __unknown__ = "key"
+
+    path: Annotated[str, SAFE_TEXT]
+    content: str | int | float | bool | None = None
+    encoding: str | None = None
+    permissions: int | str | None = None
+    owner: str | None = None
+    append: bool = False
+    defer: bool = False
+
+
+def write_file(entry: Any, where: str) -> WriteFile:
+    """Check one ``write_files`` entry (BadRequest naming the key)."""
+    wf = WriteFile.parse(entry, where)
+    if not wf.path.startswith("/"):
+        raise BadRequest(f"{where}.path: an absolute path is required", field=f"{where}.path")
+    return wf
 
 
 def decode_content(content: Any, encoding: str) -> bytes:

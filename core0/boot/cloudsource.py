@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from core0.boot.node import on_node
 from core0.errors import BadRequest, NotFound, TooLarge, Unavailable
+from core0.storage.parse import parse_blkid_export
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -101,11 +102,10 @@ async def find_drive(ctx: Context, label: str) -> tuple[str, str] | None:
         return None
     res = await ctx.run(["blkid", "-c", "/dev/null", "-o", "export", "--", *devs],
                         check=False, timeout=60)
-    for block in res.stdout.split("\n\n"):
-        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+    for dev, fields in parse_blkid_export(res.stdout).items():
         if (fields.get("LABEL", "").lower() == label.lower()
-                and fields.get("TYPE") in ("vfat", "iso9660") and fields.get("DEVNAME")):
-            return fields["DEVNAME"], fields["TYPE"]
+                and fields.get("TYPE") in ("vfat", "iso9660")):
+            return dev, fields["TYPE"]
     return None
 
 

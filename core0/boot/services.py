@@ -42,107 +42,15 @@ from core0_client.protocol import Code, Command, Level, Result, State
 from core0.backoff import PERMANENT_EXIT
 from core0.boot import cloudconfig
 from core0.boot.node import boot_token, on_node
-from core0.boot.spec import PHASES, Plan, ServiceSpec, plan
+from core0.boot.service import BAD, READY, RESULT_MAX, SETTLED, STATE_FILE, Service
+from core0.boot.spec import PHASES, Plan, plan
 from core0.config import Config
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
-from core0.jobs.engine import Job, JobEngine
+from core0.jobs.engine import JobEngine
+from core0.jobs.job import Job
 from core0.proc.output import Message
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "services.json"
-READY = frozenset({"running", "done"})
-BAD = frozenset({"failed", "skipped", "stopped", "error"})
-SETTLED = READY | BAD
-#: largest builtin result kept in a service's state (bytes of JSON)
-RESULT_MAX = 16384
-
-
-class Service:
-    """The runtime state of one declared service."""
-
-    def __init__(self, sid: str, spec: ServiceSpec | None, source: str = ""):
-        self.id = sid
-        self.spec = spec
-        self.source = spec.source if spec is not None else source
-        self.hash = spec.hash if spec is not None else ""
-        self.phase = len(PHASES) - 1
-        self.deps: list[str] = []
-        self.status = "pending"
-        self.message = ""
-        self.pid: int | None = None
-        self.starts = 0
-        self.last_exit: int | None = None
-        self.last_state = ""
-        self.result: Any = None
-        self.started_at: float | None = None
-        self.ready_at: float | None = None
-        self.ended_at: float | None = None
-        # runtime only
-        self.job: Job | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.watch: asyncio.Task[None] | None = None
-        self.changed = asyncio.Event()
-        self.run_over = asyncio.Event()
-        self.run_ready = False
-        self.base = 0
-        self.stopping = ""
-
-    @property
-    def job_id(self) -> str:
-        return "svc:" + self.id
-
-    @property
-    def active(self) -> bool:
-        return self.job is not None or (self.task is not None and not self.task.done())
-
-    def to_state(self) -> dict[str, Any]:
-        return {
-            "id": self.id, "spec": self.spec.to_dict() if self.spec else None,
-            "source": self.source, "hash": self.hash, "phase": self.phase, "deps": self.deps,
-            "status": self.status, "message": self.message, "pid": self.pid,
-            "starts": self.starts, "last_exit": self.last_exit, "last_state": self.last_state,
-            "result": self.result, "started_at": self.started_at, "ready_at": self.ready_at,
-            "ended_at": self.ended_at,
-        }
-
-    @classmethod
-    def from_state(cls, d: dict[str, Any]) -> Service:
-        spec = ServiceSpec.from_dict(d["spec"]) if d.get("spec") else None
-        svc = cls(d["id"], spec, d.get("source", ""))
-        svc.hash = d.get("hash", svc.hash)
-        svc.phase = int(d.get("phase", len(PHASES) - 1))
-        svc.deps = list(d.get("deps") or [])
-        svc.status = d.get("status", "pending")
-        svc.message = d.get("message", "")
-        svc.pid = d.get("pid")
-        svc.starts = int(d.get("starts") or 0)
-        svc.last_exit = d.get("last_exit")
-        svc.last_state = d.get("last_state", "")
-        svc.result = d.get("result")
-        svc.started_at = d.get("started_at")
-        svc.ready_at = d.get("ready_at")
-        svc.ended_at = d.get("ended_at")
-        return svc
-
-    def describe(self, full: bool = False) -> dict[str, Any]:
-        spec = self.spec
-        d: dict[str, Any] = {
-            "id": self.id, "status": self.status, "message": self.message,
-            "phase": PHASES[self.phase], "job": self.job_id, "pid": self.pid or 0,
-            "starts": self.starts, "last_exit": self.last_exit, "hash": self.hash,
-            "command": spec.name if spec else "", "oneshot": bool(spec and spec.oneshot),
-            "protected": bool(spec and spec.protected), "deps": self.deps,
-            "source": self.source,
-        }
-        if full:
-            d.update({
-                "spec": spec.to_dict() if spec else None, "last_state": self.last_state,
-                "result": self.result, "started_at": self.started_at,
-                "ready_at": self.ready_at, "ended_at": self.ended_at,
-            })
-        return d
-
 
 async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> bool:
     """Wait until one of ``aws`` completes (True) or ``timeout`` passes (False)."""
@@ -156,6 +64,12 @@ async def _first(*aws: Awaitable[Any], timeout: float | None = None) -> bool:
 
 
 class ServiceManager:
+    """The node's startup services (``[startup.<id>]``, plus cloud-config's): their plan
+    (phases init → net → boot, dependencies, conditions), their runs as ordinary jobs of the
+    :class:`~core0.jobs.engine.JobEngine`, readiness (delay, output match, oneshot), the state
+    kept across dispatcher restarts within one boot (``services.json``), and ``service.*`` /
+    ``core.reload`` (apply a changed configuration by spec hash, no reboot)."""
+
     def __init__(self, cfg: Config, engine: JobEngine):
         self.cfg = cfg
         self.engine = engine

@@ -12,12 +12,17 @@ runs) is the drift detector of ``core.reload``.
 
 from __future__ import annotations
 
+import graphlib
 import hashlib
+import heapq
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
+
+from core0.errors import CommandError
+from core0.schema import Len, Range, Schema
 
 PHASES = ("init", "net", "boot")
 #: service ids: also the suffix of their job id ``svc:<id>``
@@ -26,10 +31,26 @@ JOB_PREFIX = "svc:"
 #: ids core0 declares itself (cloud-config stages)
 RESERVED = {"cloudconfig", "cloudconfig-runcmd"}
 
-_KEYS = {
-    "name", "args", "after", "before", "condition", "running_delay", "running_match",
-    "protected", "recurring_period", "max_restart", "max_time", "tags",
-}
+
+
+@dataclass(frozen=True)
+class StartupTable(Schema):
+    """One ``[startup.<id>]`` table as written (docs/config.md), checked strictly."""
+
+    __unknown__ = "key"
+
+    name: Annotated[str, Len(1)] = "core.system"
+    args: dict[str, Any] = field(default_factory=dict)
+    after: list[str] | str = field(default_factory=list)
+    before: list[str] | str = field(default_factory=list)
+    condition: str = ""
+    running_delay: float = 0.0
+    running_match: str = ""
+    protected: bool = False
+    recurring_period: Annotated[int, Range(0)] = 0
+    max_restart: Annotated[int, Range(0)] = 0
+    max_time: Annotated[int, Range(0)] = 0
+    tags: list[str] = field(default_factory=list)
 
 
 class SpecError(ValueError):
@@ -229,85 +250,52 @@ class ServiceSpec:
         )
 
 
-def _names(raw: Any, where: str) -> tuple[str, ...]:
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
-        raise SpecError(f"{where}: expected a list of service or phase names")
-    for x in raw:
+def _names(raw: list[str] | str, where: str) -> tuple[str, ...]:
+    names = [raw] if isinstance(raw, str) else raw
+    for x in names:
         if x not in PHASES and not SERVICE_ID.fullmatch(x):
             raise SpecError(f"{where}: {x!r} is not a service id")
-    return tuple(dict.fromkeys(raw))
-
-
-def _int(raw: Any, where: str, minimum: int = 0) -> int:
-    if isinstance(raw, bool) or not isinstance(raw, int):
-        raise SpecError(f"{where}: expected an integer")
-    if raw < minimum:
-        raise SpecError(f"{where}: must be >= {minimum}")
-    return raw
+    return tuple(dict.fromkeys(names))
 
 
 def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
                *, check_args: bool = True) -> ServiceSpec:
-    """Check one ``[startup.<sid>]`` table and build its effective spec (SpecError naming the
-    file, the service and the key). ``check_args`` validates ``args`` against the command's
-    schema (needs the command registry)."""
+    """Check one ``[startup.<sid>]`` table (:class:`StartupTable`, then the rules between its
+    keys) and build its effective spec (SpecError naming the file, the service and the key).
+    ``check_args`` validates ``args`` against the command's schema (needs the registry)."""
     source = str(raw.get("__source__", "") or "")
     where = f"{source or 'config'}: [startup.{sid}]"
     if not SERVICE_ID.fullmatch(sid):
         raise SpecError(f"{where}: bad service id (letters, digits, '_', '.', '-'; ≤ 100)")
     if sid in PHASES:
         raise SpecError(f"{where}: {sid!r} is a phase name, not a service id")
-    for key in raw:
-        if key != "__source__" and key not in _KEYS:
-            raise SpecError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
-    name = raw.get("name", "core.system")
-    if not isinstance(name, str) or not name:
-        raise SpecError(f"{where}.name: expected a command name")
-    args = raw.get("args", {})
-    if not isinstance(args, dict):
-        raise SpecError(f"{where}.args: expected a table")
-    condition = raw.get("condition", "")
-    if not isinstance(condition, str):
-        raise SpecError(f"{where}.condition: expected a string")
     try:
-        enabled = evaluate(condition, cmdline)
+        t = StartupTable.parse({k: v for k, v in raw.items() if k != "__source__"}, where)
+    except CommandError as e:
+        raise SpecError(e.message) from None
+    try:
+        enabled = evaluate(t.condition, cmdline)
     except SpecError as e:
         raise SpecError(f"{where}.condition: {e}") from None
-    args = substitute(conditional_args(args, cmdline, f"{where}.args"), cmdline)
-    delay = raw.get("running_delay", 0)
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise SpecError(f"{where}.running_delay: expected a number")
-    match = raw.get("running_match", "")
-    if not isinstance(match, str):
-        raise SpecError(f"{where}.running_match: expected a string")
-    if match:
+    args = substitute(conditional_args(t.args, cmdline, f"{where}.args"), cmdline)
+    if t.running_match:
         try:
-            re.compile(match)
+            re.compile(t.running_match)
         except re.error as e:
             raise SpecError(f"{where}.running_match: bad regex: {e}") from None
-    protected = raw.get("protected", False)
-    if not isinstance(protected, bool):
-        raise SpecError(f"{where}.protected: expected a boolean")
-    tags = raw.get("tags", [])
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise SpecError(f"{where}.tags: expected a list of strings")
-    after = _names(raw.get("after", []), f"{where}.after")
-    before = _names(raw.get("before", []), f"{where}.before")
+    after = _names(t.after, f"{where}.after")
+    before = _names(t.before, f"{where}.before")
     for b in before:
         if b in PHASES:
             raise SpecError(f"{where}.before: {b!r} is a phase; use after = [...] to pick one")
     if sid in after or sid in before:
         raise SpecError(f"{where}: a service cannot depend on itself")
     spec = ServiceSpec(
-        id=sid, source=source, name=name, args=args, after=after, before=before,
-        condition=condition, enabled=enabled, running_delay=float(delay),
-        running_match=match, protected=protected,
-        recurring_period=_int(raw.get("recurring_period", 0), f"{where}.recurring_period"),
-        max_restart=_int(raw.get("max_restart", 0), f"{where}.max_restart"),
-        max_time=_int(raw.get("max_time", 0), f"{where}.max_time"),
-        tags=tuple(tags),
+        id=sid, source=source, name=t.name, args=args, after=after, before=before,
+        condition=t.condition, enabled=enabled, running_delay=t.running_delay,
+        running_match=t.running_match, protected=t.protected,
+        recurring_period=t.recurring_period, max_restart=t.max_restart, max_time=t.max_time,
+        tags=tuple(t.tags),
     )
     if spec.protected and spec.oneshot:
         raise SpecError(f"{where}: a oneshot (running_delay < 0) cannot be protected")
@@ -320,7 +308,6 @@ def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
 
 def _check_args(spec: ServiceSpec, where: str) -> None:
     from core0 import registry
-    from core0.errors import CommandError
 
     registry.load_all()
     cmd = registry.get(spec.name)
@@ -450,18 +437,27 @@ def find_cycles(deps: Mapping[str, list[str]]) -> list[list[str]]:
 
 
 def topo_order(deps: Mapping[str, list[str]], phase: Mapping[str, int]) -> list[str]:
-    """Services by phase, each after its dependencies (members of cycles last)."""
+    """Services by phase, each after its dependencies (graphlib); among those ready, the
+    lowest (phase, id) first. Members of cycles, and what depends on them, come last."""
+    def key(sid: str) -> tuple[int, str]:
+        return phase.get(sid, 0), sid
+
+    stuck = {sid for cycle in find_cycles(deps) for sid in cycle}
+    stuck |= {sid for sid, ds in deps.items() if sid in ds}
+    grew = True
+    while grew:
+        more = {sid for sid, ds in deps.items() if sid not in stuck and stuck.intersection(ds)}
+        stuck |= more
+        grew = bool(more)
+    sorter = graphlib.TopologicalSorter({sid: ds for sid, ds in deps.items() if sid not in stuck})
+    sorter.prepare()
+    ready = [key(sid) for sid in sorter.get_ready()]
+    heapq.heapify(ready)
     done: list[str] = []
-    placed: set[str] = set()
-    remaining = sorted(deps, key=lambda s: (phase.get(s, 0), s))
-    progress = True
-    while remaining and progress:
-        progress = False
-        for sid in list(remaining):
-            if all(d in placed for d in deps[sid]):
-                done.append(sid)
-                placed.add(sid)
-                remaining.remove(sid)
-                progress = True
-                break
-    return done + remaining
+    while ready:
+        _, sid = heapq.heappop(ready)
+        done.append(sid)
+        sorter.done(sid)
+        for nxt in sorter.get_ready():
+            heapq.heappush(ready, key(nxt))
+    return done + sorted(stuck, key=key)

@@ -1,10 +1,10 @@
 """The dispatcher: pop → decode → validate → route → run → publish.
 
-This is the only place where exceptions become results. Every command whose id can be
-recovered gets exactly one result: a bad shape, wrong types or unknown arguments give an ERROR
-400 naming the field, an unknown command UNKNOWN_CMD, a command its queue's role does not allow
-ERROR 403. Commands without a recoverable id go to the queue's dead-letter list (bounded, with
-a TTL) and are counted.
+Every command whose id can be recovered gets exactly one result (built by the job engine's
+``exception_result``, the one place where exceptions become results): a bad shape, wrong types
+or unknown arguments give an ERROR 400 naming the field, an unknown command UNKNOWN_CMD, a
+command its queue's role does not allow ERROR 403. Commands without a recoverable id go to the
+queue's dead-letter list (bounded, with a TTL) and are counted.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from core0 import registry
 from core0.boot.services import ServiceManager
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
-from core0.context import Context
 from core0.errors import (
     BadRequest,
     CommandError,
@@ -36,7 +35,9 @@ from core0.errors import (
     UnknownCommand,
 )
 from core0.jobs import state as jobstate
-from core0.jobs.engine import Job, JobEngine, builtin_result, error_result
+from core0.jobs.engine import JobEngine
+from core0.jobs.job import Job
+from core0.jobs.result import exception_result
 from core0.proc import process
 from core0.proc.output import Inotify
 from core0.proc.shimlink import ShimLink
@@ -64,21 +65,18 @@ class Accepted:
     raw: bytes
 
 
-class InlineJob:
-    """A stand-in job for inline commands (no task, no output)."""
-
-    def __init__(self, cmd: Command, spec: CommandSpec, role: Role):
-        self.cmd = cmd
-        self.spec = spec
-        self.role = role
-        self.starttime = int(time.time() * 1000)
-
-    @property
-    def id(self) -> str:
-        return self.cmd.id
-
-
 class Dispatcher:
+    """The node's consumer of the bus, one pop loop per queue (``bus.queues``).
+
+    It owns the parts of the running node: the :class:`~core0.bus.store.Bus`, the one
+    :class:`~core0.proc.process.Reaper`, inotify, the shim link, the
+    :class:`~core0.jobs.engine.JobEngine` and the
+    :class:`~core0.boot.services.ServiceManager`, and hands them to handlers as the engine's
+    ``node`` (``Context.node``). It decodes and validates commands, answers inline commands
+    itself and starts the others as jobs, reconciles ``processing`` lists after a crash, and
+    reloads the configuration on ``core.reload`` / SIGHUP.
+    """
+
     def __init__(self, cfg: Config, reload_config: Callable[[], Config] | None = None):
         registry.load_all()
         if os.environ.get("CORE0_TEST_BALLAST_MB"):  # bench/spawn.py: a big dispatcher
@@ -261,7 +259,7 @@ class Dispatcher:
                 pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
-                result = await self._run_inline(cmd, spec, acc.args, role)
+                result = await self.engine.run_inline(cmd, spec, acc.args, role)
                 self.engine.remember(cmd.id, result, role)
                 self.stats["inline"] += 1
                 pubs.append(Publish(cmd.id, result, raw, processing, mode))
@@ -350,23 +348,8 @@ class Dispatcher:
                raw: bytes, processing: str, cmd: Command | None = None,
                mode: str = "new") -> None:
         self.stats["errors"] += 1
-        res = error_result(job_id, command, exc, tags=cmd.tags if cmd else None)
+        res = exception_result(job_id, command, exc, tags=cmd.tags if cmd else None)
         pubs.append(Publish(job_id, res.to_json(), raw, processing, mode))
-
-    async def _run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role) -> str:
-        job = InlineJob(cmd, spec, role)
-        ctx = Context(self.engine, job)  # type: ignore[arg-type]
-        try:
-            value = await spec.handler(ctx, args)
-            res = builtin_result(job, value)  # type: ignore[arg-type]
-        except CommandError as e:
-            res = error_result(cmd.id, cmd.command, e, job.starttime, cmd.tags)
-        except Exception as e:
-            log.exception("inline command %s failed", cmd.command)
-            res = error_result(cmd.id, cmd.command,
-                               CommandError(f"internal error: {e!r}", code=Code.INTERNAL),
-                               job.starttime, cmd.tags)
-        return res.to_json()
 
     # ------------------------------------------------------------ reconcile
 
@@ -401,7 +384,7 @@ class Dispatcher:
             if n >= self.cfg.bus.max_deliveries:
                 log.error("command %s crashed the dispatcher %d times: dead-lettered", job_id, n)
                 exc = CommandError(f"poison: crashed the dispatcher {n} times", code=Code.INTERNAL)
-                res = error_result(job_id, "", exc)
+                res = exception_result(job_id, "", exc)
                 await self.bus.dead_letter(queue, raw, str(exc), job_id)
                 await self.bus.publish([Publish(job_id, res.to_json(), raw, processing, "owned")])
                 await self.bus.forget_deliveries(job_id)

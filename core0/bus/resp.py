@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ssl as ssl_mod
 from collections.abc import Sequence
 from typing import Any
 
 import hiredis
-from redis.connection import parse_url
 
+from core0.bus.endpoint import endpoint, make_client
 from core0.config import Config
 
 Arg = bytes | str | int | float
@@ -55,6 +54,10 @@ class Script:
 
 
 class RespConnection:
+    """One connection to Redis for the pop loop: ``connect`` (TCP, unix socket or TLS, AUTH,
+    SCRIPT LOAD of its scripts), ``execute`` (a batch of commands in one write, replies in
+    order, errors as :class:`RespError` values), ``close``."""
+
     def __init__(self, cfg: Config, scripts: Sequence[Script] = ()):
         self.cfg = cfg
         self.scripts = list(scripts)
@@ -69,33 +72,24 @@ class RespConnection:
     async def connect(self) -> None:
         self.close()
         self._parser = hiredis.Reader(replyError=RespError)
-        cfg = self.cfg
-        username, password = cfg.redis.username, cfg.redis.password
+        ep = endpoint(self.cfg)  # the same endpoint as redis.asyncio's (bus.endpoint)
         timeout = 5.0
-        if cfg.redis.embedded:
+        if ep.path is not None:
             self._r, self._w = await asyncio.wait_for(
-                asyncio.open_unix_connection(cfg.redis_socket), timeout)
+                asyncio.open_unix_connection(ep.path), timeout)
         else:
-            u = parse_url(cfg.redis.url)
-            username = u.get("username") or username
-            password = u.get("password") or password
-            if "path" in u:
-                self._r, self._w = await asyncio.wait_for(
-                    asyncio.open_unix_connection(u["path"]), timeout)
-            else:
-                host, port = u.get("host", "127.0.0.1"), int(u.get("port", 6379))
-                if cfg.redis.cluster:
-                    host, port = await _slot_owner(cfg, host, port)
-                ctx = None
-                if cfg.redis.url.startswith("rediss://"):
-                    ctx = ssl_mod.create_default_context(cafile=cfg.redis.tls_ca or None)
-                    if cfg.redis.tls_cert:
-                        ctx.load_cert_chain(cfg.redis.tls_cert, cfg.redis.tls_key or None)
-                self._r, self._w = await asyncio.wait_for(
-                    asyncio.open_connection(host, port, ssl=ctx), timeout)
+            host, port = ep.host, ep.port
+            if ep.cluster:
+                host, port = await _slot_owner(self.cfg)
+            self._r, self._w = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=ep.ssl_context(),
+                                        server_hostname=host if ep.tls else None), timeout)
         setup: list[list[Arg]] = []
-        if password:
-            setup.append(["AUTH", username, password] if username else ["AUTH", password])
+        if ep.password:
+            setup.append(["AUTH", ep.username, ep.password] if ep.username
+                         else ["AUTH", ep.password])
+        if ep.db and not ep.cluster:
+            setup.append(["SELECT", ep.db])
         setup += [["SCRIPT", "LOAD", s.source] for s in self.scripts]
         if setup:
             for reply in await self.execute(setup, timeout=timeout):
@@ -137,11 +131,9 @@ class RespConnection:
         return out
 
 
-async def _slot_owner(cfg: Config, host: str, port: int) -> tuple[str, int]:
+async def _slot_owner(cfg: Config) -> tuple[str, int]:
     """The master serving this node's hash slot (every key of a node shares its hash tag)."""
-    from redis.asyncio.cluster import RedisCluster
-
-    rc = RedisCluster.from_url(cfg.redis.url)
+    rc = make_client(cfg)
     try:
         await rc.initialize()
         node = rc.get_node_from_key(f"{cfg.bus.prefix}core:default")

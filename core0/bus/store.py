@@ -25,13 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from core0_client.protocol import Keys, LogRecord
-from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core0.bus.endpoint import make_client
 from core0.bus.resp import RespConnection, RespError, Script
 from core0.config import Config
 
@@ -111,39 +110,6 @@ class Publish:
     #: "new": also the pickup (duplicate check on the flag); "owned": after pickup;
     #: "drop": a duplicate of a running job, only released from ``processing``
     mode: str
-
-
-def connection_kwargs(cfg: Config) -> dict[str, Any]:
-    """redis-py connection arguments for core0's own connections."""
-    kw: dict[str, Any] = {
-        "health_check_interval": 30,
-        "socket_keepalive": True,
-        # socket timeout above the blocking timeout, so a BLMOVE never times out the socket
-        "socket_timeout": cfg.bus.block_timeout + 5,
-        "socket_connect_timeout": 5,
-    }
-    if cfg.redis.username:
-        kw["username"] = cfg.redis.username
-    if cfg.redis.password:
-        kw["password"] = cfg.redis.password
-    return kw
-
-
-def make_client(cfg: Config, *, single: bool = False) -> Any:
-    """A redis.asyncio client for the configured Redis (embedded socket, URL or cluster)."""
-    kw = connection_kwargs(cfg)
-    if cfg.redis.embedded:
-        kw.pop("socket_keepalive", None)
-        pool = aioredis.ConnectionPool(
-            connection_class=aioredis.UnixDomainSocketConnection,
-            path=cfg.redis_socket,
-            max_connections=2 if single else 64,
-            **kw,
-        )
-        return aioredis.Redis(connection_pool=pool)
-    if cfg.redis.cluster:
-        return RedisCluster.from_url(cfg.redis.url, **kw)
-    return aioredis.Redis.from_url(cfg.redis.url, **kw)
 
 
 POP_MORE = Script(_POP_MORE)

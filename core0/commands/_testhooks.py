@@ -1,17 +1,21 @@
 """Commands that exist only for core0's own fault tests (loaded when CORE0_TEST_POISON=1).
 
 ``test.crash`` kills the dispatcher the way a fatal bug in a handler would, to test the
-poison-pill rule (at most 3 deliveries, then an error result and a dead letter).
+poison-pill rule (at most 3 deliveries, then an error result and a dead letter); ``test.raise``
+fails the way a handler can (a bug, a timeout of its own, a sleep for max_time).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 from core0.context import Context
 from core0.registry import Role, command
-from core0.schema import NoArgs
+from core0.schema import NoArgs, Schema
 
 log = logging.getLogger(__name__)
 
@@ -21,3 +25,20 @@ async def crash(ctx: Context, args: NoArgs) -> None:
     """Crash the dispatcher (test builds only)."""
     log.error("test.crash: crashing the dispatcher on purpose")
     os._exit(70)
+
+
+@dataclass(frozen=True)
+class RaiseArgs(Schema):
+    kind: Literal["bug", "timeout", "sleep"]
+
+
+@command("test.raise", RaiseArgs, role=Role.ADMIN)
+async def raise_(ctx: Context, args: RaiseArgs) -> None:
+    """Fail the way a handler can (test builds only): ``bug`` raises a RuntimeError (500),
+    ``timeout`` a TimeoutError of its own (504, not max_time), ``sleep`` sleeps 60 s (for
+    max_time: TIMEOUT)."""
+    if args.kind == "bug":
+        raise RuntimeError("a bug in a handler")
+    if args.kind == "timeout":
+        raise TimeoutError("the tool did not answer")
+    await asyncio.sleep(60)

@@ -168,14 +168,10 @@ async def nic(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
 
 
 def _os_release() -> dict[str, str]:
-    out = {}
     try:
-        for line in Path("/etc/os-release").read_text().splitlines():
-            k, _, v = line.partition("=")
-            out[k] = v.strip('"')
+        return platform.freedesktop_os_release()  # /etc/os-release, else /usr/lib/os-release
     except OSError:
-        pass
-    return out
+        return {}
 
 
 @command("info.os", role=Role.READ_ONLY, inline=True)

@@ -18,6 +18,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from core0.mountinfo import Mount as MountInfo
+from core0.mountinfo import read as read_mountinfo
+
 log = logging.getLogger("core0.init.mounts")
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -60,18 +63,6 @@ class Mount:
     mode: int = 0o755
 
 
-@dataclass(frozen=True)
-class MountInfo:
-    """One line of /proc/self/mountinfo."""
-
-    mount_id: int
-    parent_id: int
-    target: str
-    fstype: str
-    source: str
-    options: str
-
-
 def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
     """mount(2); raises MountError."""
     rc = _libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
@@ -88,37 +79,9 @@ def umount(target: str, flags: int = 0) -> None:
         raise MountError(err, f"umount {target}: {os.strerror(err)}")
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as \\ooo."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        code = field[i + 1 : i + 4]
-        if field[i] == "\\" and len(code) == 3 and code.isdigit():
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def mountinfo(path: str = "/proc/self/mountinfo") -> list[MountInfo]:
     """The mount table, in mount order (empty if /proc is not mounted)."""
-    try:
-        text = Path(path).read_text()
-    except OSError:
-        return []
-    out = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        a, b = left.split(), right.split()
-        if not sep or len(a) < 6 or len(b) < 2:
-            continue
-        out.append(MountInfo(int(a[0]), int(a[1]), _unescape(a[4]), b[0], _unescape(b[1]),
-                             a[5]))
-    return out
+    return read_mountinfo(path)
 
 
 def is_mounted(target: str, table: list[MountInfo] | None = None) -> bool:

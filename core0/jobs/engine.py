@@ -3,7 +3,7 @@
 A job is one accepted command. Its task runs the handler once per run; a handler either
 returns a value (a builtin: level-20 JSON data) or a :class:`ProcessSpec` (a process job: its
 output goes to files the engine follows, ``max_time`` kills its process group, its result code
-is ``1000 + exit status``). Process jobs are written to the state dir (``jobstate``) so a new
+is ``1000 + exit status``). Process jobs are written to the state dir (``jobs.state``) so a new
 dispatcher adopts them after a restart: same pids, nothing started twice.
 """
 
@@ -15,10 +15,8 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from core0_client.protocol import (
     Code,
     Command,
@@ -29,14 +27,15 @@ from core0_client.protocol import (
 )
 
 from core0 import registry
-from core0.backoff import PERMANENT_EXIT, Backoff
+from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
-from core0.errors import CommandError, Conflict, NotFound
+from core0.errors import Conflict, Killed, NotFound, Timeout
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.output import JobOutput, QueueSlots
-from core0.jobs.result import TERMINATING, builtin_result, error_result, process_result
+from core0.jobs.job import InlineJob, Job
+from core0.jobs.output import QueueSlots
+from core0.jobs.result import TERMINATING, builtin_result, exception_result, process_result
 from core0.proc import process
 from core0.proc.output import FileFollower, OutputParser
 from core0.proc.process import find_executable
@@ -58,106 +57,19 @@ _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 GRACE = 2.0
 
 
-class Job:
-    """One accepted command and its runs."""
-
-    def __init__(
-        self,
-        engine: JobEngine,
-        cmd: Command,
-        spec: CommandSpec,
-        args: Schema,
-        role: Role,
-        raw: bytes,
-        processing: str,
-    ):
-        self.cmd = cmd
-        self.spec = spec
-        self.args = args
-        self.role = role
-        self.raw = raw
-        self.processing = processing
-        self.state = "queued"
-        self.run = 0
-        self.restarts = 0
-        self.pid: int | None = None
-        self.start_ticks = 0
-        self.starttime = now_ms()
-        self.created = self.starttime
-        self.label = cmd.command
-        self.process = False
-        self.kill_signal: int | None = None
-        self.unscheduled = False
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.output = JobOutput(engine, self)
-        self.ps: psutil.Process | None = None
-        self.next_run: float | None = None
-        #: restarted forever with backoff (services); exit 125 stops it
-        self.protected = False
-        #: the process name (/proc/<pid>/comm) of the current run
-        self.comm = ""
-        #: not from the bus: no result is published (services started by core0 itself)
-        self.internal = not processing
-        #: restart delays when protected (the supervisor's rule)
-        self.backoff = Backoff()
-        #: called after every run with its result (service managers watch these)
-        self.run_end: list[Callable[[Job, Result], None]] = []
-        #: set when the job is over; ``final`` holds its last result
-        self.done = asyncio.Event()
-        self.final: Result | None = None
-        #: the process was spawned (for readiness by delay)
-        self.spawned = asyncio.Event()
-
-    @property
-    def id(self) -> str:
-        return self.cmd.id
-
-    @property
-    def killed(self) -> bool:
-        return self.kill_signal in TERMINATING
-
-    def describe(self, viewer: Role = Role.ADMIN) -> dict[str, Any]:
-        """The job as job.list shows it. A viewer of a lower role than the job's sees no
-        arguments, stdin, environment or label (they may hold secrets)."""
-        cmd = self.cmd.to_dict()
-        redacted = viewer < self.role
-        if redacted:
-            cmd["arguments"] = {}
-        d: dict[str, Any] = {
-            "id": self.id,
-            "command": self.cmd.command,
-            "cmd": cmd,
-            "role": self.role.label,
-            "redacted": redacted,
-            "label": self.cmd.command if redacted else self.label,
-            "state": self.state,
-            "run": self.run,
-            "starttime": self.starttime,
-            "pid": self.pid or 0,
-            "queue": self.cmd.queue,
-            "tags": self.cmd.tags,
-            "cpu": 0.0,
-            "rss": 0,
-            "vms": 0,
-            "swap": 0,
-        }
-        if self.pid and self.state == "running":
-            try:
-                if self.ps is None or self.ps.pid != self.pid:
-                    self.ps = psutil.Process(self.pid)
-                    self.ps.cpu_percent(None)
-                with self.ps.oneshot():
-                    mem = self.ps.memory_info()
-                    d["cpu"] = self.ps.cpu_percent(None)
-                    d["rss"] = mem.rss
-                    d["vms"] = mem.vms
-            except psutil.Error:
-                pass
-        return d
-
-
 class JobEngine:
+    """Runs jobs: the one place where a command's run becomes a result.
+
+    ``start(job)`` gives a job its task: it waits for its named queue, runs the handler under
+    ``max_time`` (a builtin's value → SUCCESS; a :class:`ProcessSpec` → a process run with its
+    output followed from files and ``1000 + status``), turns every exception into a result
+    (:func:`~core0.jobs.result.exception_result`), then decides the next run (recurring,
+    ``max_restart``, protected restarts with :class:`~core0.backoff.Backoff`) and publishes.
+    Process jobs are persisted (:class:`~core0.jobs.state.JobStore`) and adopted by the next
+    dispatcher. ``kill``/``unschedule``/``killall`` control jobs; ``start_service`` runs
+    core0's own long-lived processes; ``free_slots``/``wait_room`` hold ``bus.max_jobs``.
+    """
+
     def __init__(
         self,
         cfg: Config,
@@ -295,14 +207,10 @@ class JobEngine:
                 raise
             # killed while queued, sleeping, or running a builtin
             if result is None or job.killed:
-                result = error_result(job.id, job.cmd.command,
-                                      CommandError("job killed", code=Code.KILLED),
-                                      job.starttime, job.cmd.tags)
-                result.state = State.KILLED
-        except Exception as e:  # a bug in the engine itself: still answer
+                result = self._error(job, Killed("job killed"))
+        except Exception as e:  # a bug in the engine itself (handlers' are results): answer
             log.exception("job %s failed in the engine", job.id)
-            result = error_result(job.id, job.cmd.command, CommandError(f"internal error: {e!r}"),
-                                  job.starttime, job.cmd.tags)
+            result = self._error(job, e)
         if slot and job.cmd.queue:
             self.queues.release(self._queue_name(job))
         assert result is not None
@@ -381,25 +289,34 @@ class JobEngine:
         job.state = "running"
         job.starttime = now_ms()
         ctx = Context(self, job)
+        deadline = asyncio.timeout(job.cmd.max_time)
         try:
-            async with asyncio.timeout(job.cmd.max_time):
+            async with deadline:
                 value = await job.spec.handler(ctx, job.args)
-        except TimeoutError:
-            return self._timeout_result(job)
-        except CommandError as e:
-            return error_result(job.id, job.cmd.command, e, job.starttime, job.cmd.tags)
-        if isinstance(value, ProcessSpec):
-            job.process = True
-            return await self._process_run(job, value, None)
-        return builtin_result(job, value)
+            if isinstance(value, ProcessSpec):
+                job.process = True
+                return await self._process_run(job, value, None)
+            return builtin_result(job, value)
+        except TimeoutError as e:
+            if deadline.expired():  # max_time, not a timeout of the handler's own
+                return self._error(job, Timeout(f"max_time of {job.cmd.max_time}s reached"))
+            return self._error(job, e)
+        except Exception as e:  # typed errors, and handler bugs (500): a result like any other
+            return self._error(job, e)
 
-    def _timeout_result(self, job: Job) -> Result:
-        r = error_result(job.id, job.cmd.command,
-                         CommandError(f"max_time of {job.cmd.max_time}s reached",
-                                      code=Code.TIMEOUT),
-                         job.starttime, job.cmd.tags)
-        r.state = State.TIMEOUT
-        return r
+    def _error(self, job: Job, exc: BaseException) -> Result:
+        return exception_result(job.id, job.cmd.command, exc, job.starttime, job.cmd.tags)
+
+    async def run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role) -> str:
+        """Run an inline command (quick, side-effect free, no max_time) right away; returns
+        its result JSON."""
+        job = InlineJob(cmd, spec, role)
+        try:
+            value = await spec.handler(Context(self, job), args)  # type: ignore[arg-type]
+            res = builtin_result(job, value)
+        except Exception as e:
+            res = exception_result(cmd.id, cmd.command, e, job.starttime, cmd.tags)
+        return res.to_json()
 
     async def _process_run(
         self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None

@@ -15,7 +15,8 @@ from core0.bus.store import retry_forever
 from core0.proc.output import FileFollower, Message, Tail
 
 if TYPE_CHECKING:
-    from core0.jobs.engine import Job, JobEngine
+    from core0.jobs.engine import JobEngine
+    from core0.jobs.job import Job
 
 log = logging.getLogger(__name__)
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Code, Level, Result, State, now_ms
 
-from core0.errors import CommandError
+from core0.errors import CommandError, Internal, TimedOut
 from core0.proc import process
 
 if TYPE_CHECKING:
-    from core0.jobs.engine import Job
+    from core0.jobs.job import InlineJob, Job
+
+log = logging.getLogger(__name__)
 
 #: signals after which a job counts as KILLED rather than failed
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
@@ -20,7 +23,8 @@ TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, si
 _STDERR_ERRORS = ("disk.", "btrfs.")
 
 
-def builtin_result(job: Job, value: Any) -> Result:
+def builtin_result(job: Job | InlineJob, value: Any) -> Result:
+    """A builtin's return value: SUCCESS with level-20 JSON data."""
     return Result(
         id=job.id,
         command=job.cmd.command,
@@ -36,6 +40,7 @@ def builtin_result(job: Job, value: Any) -> Result:
 
 def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | None = None,
                  tags: list[str] | None = None) -> Result:
+    """A typed error: its state and code, its message in ``data`` (JSON) and ``critical``."""
     start = starttime or now_ms()
     return Result(
         id=cmd_id,
@@ -54,6 +59,7 @@ def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | 
 
 
 def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
+    """A process's exit: ``1000 + status`` (``1128 + N`` by signal N), TIMEOUT or KILLED."""
     out = job.output
     if status is None:
         state, code = State.ERROR, int(Code.INTERNAL)
@@ -84,3 +90,18 @@ def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
         time=now_ms() - job.starttime,
         tags=job.cmd.tags,
     )
+
+
+def exception_result(cmd_id: str, command: str, exc: BaseException, starttime: int | None = None,
+                     tags: list[str] | None = None) -> Result:
+    """The one mapping of an exception to a result: a typed error keeps its state and code; a
+    ``TimeoutError`` that is not the engine's ``max_time`` is a 504 (:class:`TimedOut`);
+    anything else is a handler bug: 500, logged with its traceback."""
+    if isinstance(exc, CommandError):
+        err = exc
+    elif isinstance(exc, TimeoutError):
+        err = TimedOut(f"timed out: {exc}" if str(exc) else "timed out waiting inside the command")
+    else:
+        log.error("%s (%s) failed", command or "command", cmd_id, exc_info=exc)
+        err = Internal(f"internal error: {exc!r}")
+    return error_result(cmd_id, command, err, starttime, tags)

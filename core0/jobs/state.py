@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core0.jobs.engine import Job
+    from core0.jobs.job import Job
 
 
 @dataclass
@@ -55,7 +55,9 @@ def _dirname(job_id: str) -> str:
 
 
 class JobStore:
-    """The job logs under ``root`` (one directory per process job)."""
+    """The job logs under ``<state_dir>/jobs`` (one directory per process job): ``save`` a
+    job's step (one append; fsync when the directory is persistent), ``load_all`` what a
+    crashed dispatcher left, ``remove`` a finished job's directory."""
 
     def __init__(self, root: Path):
         self.root = root

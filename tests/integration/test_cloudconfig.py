@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require, require_root, start_node, wait_until
+from conftest import require, require_root, start_node, unavailable, wait_until
 
 NOTE = ("import sys\nwith open(sys.argv[1], 'a') as f:\n"
         "    f.write(' '.join(sys.argv[2:]) + '\\n')\n")
@@ -245,7 +245,7 @@ def test_cloud_config_from_config_drive(tmp_path: Path, kind: str) -> None:
     require_root()
     require("losetup", "blkid")
     if _other_cidata():
-        pytest.skip("this host already has a filesystem labelled cidata")
+        unavailable("this host already has a filesystem labelled cidata")
     img = _make_image(tmp_path, kind, {
         "user-data": "#cloud-config\nwrite_files:\n  - path: /etc/drive\n"
                      f"    content: from the {kind} drive\n",

@@ -202,18 +202,13 @@ def test_hostile_corpus(hostile_node) -> None:
     assert len(cases) >= 100 and len(answered) >= 100
     pid = node.dispatcher_pid()
     dead_before = int(r.hget("core0:stats", "dead_letters") or 0)
-    slow = []
     for label, raw, job_id, states in cases:
         for _ in range(3):  # every case three times: still exactly one result
             r.rpush("core:default", raw)
         if job_id is None:
             continue
-        t0 = time.monotonic()
         got = r.brpoplpush(f"result:{job_id}", f"result:{job_id}", 5)
-        elapsed = time.monotonic() - t0
         assert got is not None, f"{label}: no result"
-        if elapsed > 1.0:
-            slow.append((label, elapsed))
         res = json.loads(got)
         assert res["state"] in states, f"{label}: {res['state']} {res['data'][:200]}"
         assert res["code"] >= 400, label
@@ -228,7 +223,6 @@ def test_hostile_corpus(hostile_node) -> None:
     assert wait_for(lambda: r.llen("core:default:processing") == 0, 10)
     assert node.dispatcher_pid() == pid, "the dispatcher restarted"
     assert not os.path.exists(MARKER), "a shell ran"
-    assert not slow, f"answered later than 1 s: {slow}"
     # the dispatcher is healthy afterwards
     r.rpush("core:default", json.dumps({"id": "after-hostile", "command": "core.ping"}))
     assert r.brpoplpush("result:after-hostile", "result:after-hostile", 5) is not None

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import code_of
+from conftest import code_of, unavailable
 from core0_client import ResultError
 
 pytest_plugins = ["storage_fixtures"]
@@ -39,7 +39,7 @@ def pool(client, pools, loops, tmp_path: Path) -> tuple[str, Path]:  # type: ign
 
 def test_daemon_started_by_core0(zfs_daemon) -> None:  # type: ignore[no-untyped-def]
     if not zfs_daemon["started_by_core0"]:
-        pytest.skip("a zfs-fuse daemon was already running")
+        unavailable("a zfs-fuse daemon was already running")
     pid = zfs_daemon["pid"]
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert cmdline[0].endswith(b"zfs-fuse")

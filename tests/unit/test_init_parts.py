@@ -5,7 +5,6 @@ cpio writer and the ELF reader."""
 from __future__ import annotations
 
 import fnmatch
-import shutil
 import socket
 import struct
 import subprocess
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import require
 
 from core0 import config as configmod
 from core0.init import modules, mounts, netlink, network, power
@@ -114,11 +114,14 @@ def test_mountinfo_parsing(tmp_path: Path) -> None:
 
 
 def test_unmount_all_keeps_api_filesystems(monkeypatch) -> None:
-    table = [mounts.MountInfo(1, 0, "/", "rootfs", "rootfs", ""),
-             mounts.MountInfo(2, 1, "/proc", "proc", "proc", ""),
-             mounts.MountInfo(3, 1, "/mnt/a", "ext4", "/dev/vda", ""),
-             mounts.MountInfo(4, 3, "/mnt/a/b", "btrfs", "/dev/vdb", ""),
-             mounts.MountInfo(5, 1, "/run", "tmpfs", "run", "")]
+    def m(mid: int, parent: int, target: str, fstype: str, source: str) -> mounts.MountInfo:
+        return mounts.MountInfo(mid, parent, "0:0", "/", target, ["rw"], fstype, source, ["rw"])
+
+    table = [m(1, 0, "/", "rootfs", "rootfs"),
+             m(2, 1, "/proc", "proc", "proc"),
+             m(3, 1, "/mnt/a", "ext4", "/dev/vda"),
+             m(4, 3, "/mnt/a/b", "btrfs", "/dev/vdb"),
+             m(5, 1, "/run", "tmpfs", "run")]
     done: list[str] = []
     monkeypatch.setattr(mounts, "mountinfo", lambda path="": table)
     monkeypatch.setattr(mounts, "umount", lambda target, flags=0: done.append(target))
@@ -193,8 +196,7 @@ def imagelib():  # type: ignore[no-untyped-def]
 
 
 def test_cpio_writer_is_read_by_cpio(imagelib, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    if shutil.which("cpio") is None:
-        pytest.skip("cpio missing")
+    require("cpio")
     tree = tmp_path / "t"
     (tree / "usr/bin").mkdir(parents=True)
     (tree / "usr/bin/hello").write_text("hi\n")

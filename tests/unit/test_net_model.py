@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import require, require_root
 
 from core0.errors import BadRequest
 from core0.net import nft, validate
@@ -107,12 +108,8 @@ def test_build_is_one_replacing_transaction() -> None:
 
 def test_build_passes_nft_check() -> None:
     """nft itself accepts the generated ruleset (checked in a throwaway netns, nothing kept)."""
-    if not shutil.which("nft") or not shutil.which("unshare"):
-        pytest.skip("nft/unshare missing")
-    import os
-
-    if os.geteuid() != 0:
-        pytest.skip("nft -c needs CAP_NET_ADMIN")
+    require("nft", "unshare")
+    require_root()  # nft -c needs CAP_NET_ADMIN
     r = subprocess.run(["unshare", "-n", "nft", "-c", "-f", "-"], input=_model(), text=True,
                        capture_output=True, timeout=30)
     assert r.returncode == 0, r.stderr

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core0.boot import cloudconfig, cloudfiles, cloudparse
 from core0.boot.spec import (
@@ -20,6 +22,7 @@ from core0.boot.spec import (
     parse_spec,
     plan,
     substitute,
+    topo_order,
 )
 from core0.config import ConfigError, load
 from core0.errors import BadRequest
@@ -66,7 +69,9 @@ def _spec(sid: str, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("raw,msg", [
-    (_spec("a", nosuch=1), "unknown key 'nosuch'"),
+    (_spec("a", nosuch=1), "[startup.a].nosuch: unknown key"),
+    (_spec("a", tags=["x", 1]), "tags[1]: expected a string"),
+    (_spec("a", name=""), "name: length must be >= 1"),
     (_spec("a", after="b c"), "not a service id"),
     (_spec("a", running_delay="1"), "running_delay: expected a number"),
     (_spec("a", running_match="("), "bad regex"),
@@ -211,3 +216,54 @@ def test_ensure_file_is_atomic_idempotent_and_confined(tmp_path: Path) -> None:
     assert not list(outside.iterdir())
     assert (root_dir / str(outside).lstrip("/") / "f").read_bytes() == b"y"
     assert not [p for p in (root_dir / "etc/a").iterdir() if p.name.startswith(".")]
+
+
+@given(st.dictionaries(st.sampled_from([f"s{i}" for i in range(8)]),
+                       st.tuples(st.integers(0, 2), st.sets(st.sampled_from(
+                           [f"s{i}" for i in range(8)]), max_size=3)), max_size=8))
+def test_service_order_is_the_smallest_topological_order(
+        graph: dict[str, tuple[int, set[str]]]) -> None:
+    """graphlib's order, lowest (phase, id) first among the ready; cycles and what depends on
+    them last."""
+    deps = {s: sorted(d for d in ds if d in graph) for s, (_, ds) in graph.items()}
+    phase = {s: p for s, (p, _) in graph.items()}
+    order = topo_order(deps, phase)
+    assert sorted(order) == sorted(deps)
+    placed: set[str] = set()
+    stuck_from = len(order)
+    for i, sid in enumerate(order):
+        if not all(d in placed for d in deps[sid]):
+            stuck_from = i
+            break
+        ready = [s for s in deps if s not in placed and all(d in placed for d in deps[s])]
+        assert sid == min(ready, key=lambda s: (phase[s], s))
+        placed.add(sid)
+    rest = order[stuck_from:]
+    assert rest == sorted(rest, key=lambda s: (phase[s], s))
+    assert not [s for s in rest if all(d in placed for d in deps[s])]
+
+
+def test_cloudconfig_entries_are_checked_by_schema() -> None:
+    from core0.boot.cloudnet import _check
+
+    wf = cloudparse.write_file({"path": "/etc/x", "content": 1, "permissions": 0o600,
+                                "append": True}, "write_files[0]")
+    assert (wf.path, wf.content, wf.permissions, wf.append) == ("/etc/x", 1, 0o600, True)
+    for entry, msg in (({"path": "rel"}, "write_files[0].path: an absolute path is required"),
+                       ({"path": "/x", "bogus": 1}, "write_files[0].bogus: unknown key"),
+                       ({"content": "x"}, "write_files[0].path: required"),
+                       ({"path": "/x", "append": "yes"}, "append: expected a boolean"),
+                       ("/x", "write_files[0]: expected an object")):
+        with pytest.raises(BadRequest, match=msg.replace("[", r"\[").replace("]", r"\]")):
+            cloudparse.write_file(entry, "write_files[0]")
+    assert _check({"lan": {"match": {"name": "e*"}, "addresses": ["10.0.0.2/24"],
+                           "routes": [{"to": "10.1.0.0/16", "via": "10.0.0.1", "metric": 5}],
+                           "nameservers": {"addresses": ["10.0.0.1"]}, "mtu": 1400}})
+    for eth, msg in (({"bogus": 1}, "lan.bogus: unknown key"),
+                     ({"mtu": "1500"}, "lan.mtu: expected an integer"),
+                     ({"routes": [{"via": "10.0.0.1"}]}, r"lan.routes\[0\].to: required"),
+                     ({"match": {"nam": "x"}}, "lan.match.nam: unknown key"),
+                     ({"dhcp6": True}, "dhcp6: not supported"),
+                     ({"addresses": ["nope"]}, "bad address")):
+        with pytest.raises(BadRequest, match=msg):
+            _check({"lan": eth})

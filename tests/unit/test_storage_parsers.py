@@ -432,3 +432,22 @@ def test_zfs_fuse_daemon_probe(tmp_path: Any) -> None:
     assert zfsfuse._pid_alive(str(pidfile)) is True
     pidfile.write_text("999999999")  # stale: zfs-fuse would exit silently on it
     assert zfsfuse._pid_alive(str(pidfile)) is False
+
+
+def test_one_mountinfo_parser() -> None:
+    """storage and the shim's mounts read mountinfo with the same parser (core0.mountinfo)."""
+    from core0 import mountinfo
+    from core0.init import mounts
+
+    text = ("36 35 98:0 /mnt1 /mnt/parent\\040dir rw,noatime master:1 - ext3 /dev/root "
+            "rw,errors=continue\n"
+            "garbage line\n"
+            "40 36 0:5 / /run rw - tmpfs run rw,mode=755\n")
+    ms = parse.parse_mountinfo(text)
+    assert ms == mountinfo.parse(text)
+    assert [(m.mount_id, m.parent_id, m.majmin, m.root, m.mountpoint, m.fstype, m.source)
+            for m in ms] == [(36, 35, "98:0", "/mnt1", "/mnt/parent dir", "ext3", "/dev/root"),
+                             (40, 36, "0:5", "/", "/run", "tmpfs", "run")]
+    assert ms[0].options == ["rw", "noatime"] and ms[0].super_options[-1] == "errors=continue"
+    assert ms[0].target == "/mnt/parent dir"
+    assert mounts.MountInfo is mountinfo.Mount
