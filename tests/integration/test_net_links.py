@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import code_of, unavailable
+from conftest import code_of, kernel_lacks
 from core0_client.errors import ResultError
 from net_fixtures import NetNode, Netns, net_node, netns
 
@@ -188,7 +188,7 @@ def _probe(c: Any, ns: str, kind: str, **kw: Any) -> None:
         c.ip.link.add(f"t{kind}", kind, netns=ns, **kw)
     except ResultError as e:
         if e.code == 412:
-            unavailable(f"kernel lacks {kind} links: {e.message}")
+            kernel_lacks(f"kernel lacks {kind} links: {e.message}")
         raise
 
 
