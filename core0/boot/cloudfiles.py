@@ -58,7 +58,12 @@ def ensure_file(root: Root, path: str, data: bytes, mode: int,
             os.unlink(tmp, dir_fd=dfd)
             raise
         os.close(wfd)
-        os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        try:
+            os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            # e.g. the target is a directory (EISDIR): leave nothing behind
+            os.unlink(tmp, dir_fd=dfd)
+            raise
         return True
 
 

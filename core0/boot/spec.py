@@ -311,7 +311,8 @@ def _check_args(spec: ServiceSpec, where: str) -> None:
 
     registry.load_all()
     cmd = registry.get(spec.name)
-    if cmd is None:
+    if cmd is None or cmd.internal:
+        # core0's own commands (core.service…) are not for declared services either
         raise SpecError(f"{where}.name: unknown command {spec.name!r}")
     try:
         cmd.args.parse(spec.args, "args")

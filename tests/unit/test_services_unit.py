@@ -267,3 +267,17 @@ def test_cloudconfig_entries_are_checked_by_schema() -> None:
                      ({"addresses": ["nope"]}, "bad address")):
         with pytest.raises(BadRequest, match=msg):
             _check({"lan": eth})
+
+
+def test_write_files_onto_a_directory_leaves_no_temp_file(tmp_path: Path) -> None:
+    (tmp_path / "etc" / "d").mkdir(parents=True)
+    root = Root(str(tmp_path))
+    with pytest.raises(OSError):
+        cloudfiles.ensure_file(root, "/etc/d", b"x", 0o644)
+    assert sorted(os.listdir(tmp_path / "etc")) == ["d"]
+    assert os.listdir(tmp_path / "etc" / "d") == []
+
+
+def test_internal_commands_are_not_service_commands() -> None:
+    with pytest.raises(SpecError, match="unknown command"):
+        parse_spec("x", {"name": "core.service", "args": {"argv": ["true"]}}, {})
