@@ -352,3 +352,32 @@ def test_tls_client_certificates(tls_dir: Path, tmp_path: Path) -> None:
                         ssl_keyfile=str(other / "client-mallory.key")).ping()
     finally:
         n.stop()
+
+
+def test_conf_d_credentials_applied_live(tmp_path: Path) -> None:
+    """Credentials arriving in an include dir after boot (cloud-config's write_files) take
+    effect with `core0 security apply`, without a restart."""
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    n = start_locked(tmp_path, f'[main]\ninclude = ["{conf_d}"]\n[redis]\nbind = "127.0.0.1"\n',
+                     None, "")
+    try:
+        assert tcp(n).ping()  # closed node: loopback, no credential
+        pw = "cc-" + uuid.uuid4().hex
+        PASSWORDS.append(pw)
+        digest = __import__("hashlib").sha256(pw.encode()).hexdigest()
+        (conf_d / "50-users.toml").write_text(
+            f'[users.ops]\nrole = "admin"\npassword_sha256 = "{digest}"\n')
+        st = core0("security", "status", state=n.state_dir)
+        assert st.returncode == 0 and "ACL users" in st.stdout, st.stdout + st.stderr
+        p = core0("security", "apply", state=n.state_dir)
+        assert p.returncode == 0, p.stderr
+        with pytest.raises(redis.AuthenticationError):
+            tcp(n).ping()
+        from core0_client import Client
+
+        with Client(port=n.port, username="ops", password=pw, timeout=30) as c:
+            assert c.ping()
+        assert pw.encode() not in n.log.read_bytes()
+    finally:
+        n.stop()
