@@ -8,6 +8,7 @@ the password never reaches the console.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -111,3 +112,39 @@ def test_no_credential_serves_loopback_only(image_dir: Path, tmp_path: Path) -> 
         assert "no credential configured" in console and "core0.redis.password=" in console
         assert "Ready to accept connections" in console  # redis is up, on loopback only
         assert not vm.redis_ping(5.0)
+
+
+def test_config_drive_credentials(image_dir: Path, tmp_path: Path) -> None:
+    """A users table written by cloud-config from the config drive, applied by its runcmd,
+    opens a node booted without any credential."""
+    pw = "cc-" + uuid.uuid4().hex
+    digest = hashlib.sha256(pw.encode()).hexdigest()
+    user_data = f"""#cloud-config
+write_files:
+  - path: /etc/core0/conf.d/50-users.toml
+    permissions: "0600"
+    content: |
+      [users.ops]
+      role = "admin"
+      password_sha256 = "{digest}"
+runcmd:
+  - [core0, security, apply]
+"""
+    drive = {"meta-data": "instance-id: sec-1\n", "user-data": user_data}
+    with VM(VMConfig(image_dir=image_dir, password="", config_drive=drive,
+                     serial_log=tmp_path / "serial.log")) as vm:
+        vm.start()
+
+        def opened() -> bool:
+            try:
+                return bool(redis.Redis(port=vm.port, username="ops", password=pw,
+                                        socket_timeout=3, socket_connect_timeout=3).ping())
+            except redis.RedisError:
+                return False
+
+        assert wait_until(lambda: opened() or not vm.running(), 600, 1.0), vm.tail()
+        assert vm.running(), vm.tail()
+        r = redis.Redis(port=vm.port, socket_timeout=30)
+        with pytest.raises(redis.AuthenticationError):
+            r.rpush("core:default", "{}")
+        assert pw not in vm.tail(100_000)
