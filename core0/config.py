@@ -262,6 +262,9 @@ class Config:
                 for k in ("password", "password_sha256"):
                     if spec.get(k):
                         spec[k] = "***"
+            for k in d["cmdline"]:  # core0.redis.password= on the kernel command line
+                if k.startswith("core0.") and "password" in k:
+                    d["cmdline"][k] = "***"
         return d
 
 
