@@ -15,14 +15,24 @@ from typing import Any
 
 from core0 import config as configmod
 from core0.security.acl import write_private
+from core0.security.users import sha256_hex
 
 FILE = "config-source.json"
 
 
 def record(state_dir: Path, config_path: str | None,
            overrides: dict[str, dict[str, Any]]) -> None:
+    """Write the sources; a password among them is kept as its SHA-256 (all the ACL needs)."""
     env = {k: v for k, v in os.environ.items() if k.startswith("CORE0_")}
-    data = {"config": config_path, "overrides": overrides, "env": env}
+    if env.get("CORE0_REDIS_PASSWORD"):
+        env["CORE0_REDIS_PASSWORD_SHA256"] = sha256_hex(env["CORE0_REDIS_PASSWORD"])
+        env["CORE0_REDIS_PASSWORD"] = ""  # "" also hides a config file's password
+    over = json.loads(json.dumps(overrides))
+    redis = over.get("redis") or {}
+    if redis.get("password"):
+        redis["password_sha256"] = sha256_hex(redis["password"])
+        redis["password"] = ""
+    data = {"config": config_path, "overrides": over, "env": env}
     write_private(state_dir / FILE, json.dumps(data))
 
 

@@ -114,3 +114,22 @@ def test_config_redacts_passwords(tmp_path: Path) -> None:
     cfg = cfg_of(tmp_path, "", "core0.redis.password=kernel-secret-1")
     assert cfg.redis.password == "kernel-secret-1"
     assert "kernel-secret-1" not in repr(cfg.to_dict())
+
+
+def test_recorded_sources_keep_only_a_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`core0 user` reloads the node's sources; a password in its environment is kept as a
+    hash, and still wins over the config file's password."""
+    from core0.security import node
+
+    state = tmp_path / "state"
+    f = tmp_path / "core0.toml"
+    f.write_text(f'[main]\ninclude = []\nstate_dir = "{state}"\n'
+                 '[redis]\npassword = "file-pw-123"\n')
+    monkeypatch.setenv("CORE0_REDIS_PASSWORD", "env-pw-4567")
+    monkeypatch.setenv("CORE0_CMDLINE", "")
+    node.record(state, str(f), {"main": {"state_dir": str(state)}})
+    monkeypatch.delenv("CORE0_REDIS_PASSWORD")
+    assert b"env-pw-4567" not in (state / node.FILE).read_bytes()
+    cfg = node.load(str(f), {})
+    text = acl.render_acl(cfg, acl.plan(cfg))
+    assert f"user default on #{hashlib.sha256(b'env-pw-4567').hexdigest()} " in text
