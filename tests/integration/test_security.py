@@ -381,3 +381,31 @@ def test_conf_d_credentials_applied_live(tmp_path: Path) -> None:
         assert pw.encode() not in n.log.read_bytes()
     finally:
         n.stop()
+
+
+def test_tls_material_applied_live(tls_dir: Path, tmp_path: Path) -> None:
+    """TLS keys and a user arriving after boot (config drive) are served without a restart."""
+    t = tls_dir / "tls"
+    conf_d = tmp_path / "conf.d"
+    conf_d.mkdir()
+    n = start_locked(tmp_path, f'[main]\ninclude = ["{conf_d}"]\n', None, "")
+    try:
+        tls_port = free_port()
+        pw = "tl-" + uuid.uuid4().hex
+        PASSWORDS.append(pw)
+        (conf_d / "50-tls.toml").write_text(
+            f'[redis]\ntls_port = {tls_port}\ntls_cert = "{t}/server.crt"\n'
+            f'tls_key = "{t}/server.key"\ntls_ca = "{t}/ca.crt"\n'
+            f'[users.ops]\nrole = "admin"\npassword = "{pw}"\n')
+        p = core0("security", "apply", state=n.state_dir)
+        assert p.returncode == 0, p.stderr
+        assert f"tls {tls_port}" in p.stdout and "tcp" not in p.stdout.split(";")[1]
+        from core0_client import Client
+
+        with Client(port=tls_port, ssl=True, ssl_ca_certs=str(t / "ca.crt"), username="ops",
+                    password=pw, timeout=30) as c:
+            assert c.ping()
+        with pytest.raises(redis.ConnectionError):  # the plain port is closed now
+            redis.Redis(port=n.port, socket_connect_timeout=2).ping()
+    finally:
+        n.stop()
