@@ -133,3 +133,13 @@ def test_recorded_sources_keep_only_a_hash(tmp_path: Path, monkeypatch: pytest.M
     cfg = node.load(str(f), {})
     text = acl.render_acl(cfg, acl.plan(cfg))
     assert f"user default on #{hashlib.sha256(b'env-pw-4567').hexdigest()} " in text
+
+
+def test_extra_aclfile_cannot_redefine_core_users(tmp_path: Path) -> None:
+    extra = tmp_path / "extra.acl"
+    extra.write_text("# more users\nuser metrics on #" + "a" * 64 + " +info\n"
+                     "user default on nopass +@all ~*\nuser core0 on nopass\nbogus line\n")
+    cfg = cfg_of(tmp_path, f'[redis]\naclfile = "{extra}"\npassword = "{PW}"\n')
+    text = acl.render_acl(cfg, acl.plan(cfg))
+    assert "user metrics on #" in text
+    assert "nopass" not in text and "bogus" not in text
