@@ -139,9 +139,12 @@ def run_user(cfg: Config, ns: argparse.Namespace) -> int:
                 del store.users[ns.name]
             store.write()
         return _apply(cfg, kill=(ns.name,))
-    except UserError as e:
+    except (UserError, acl.AclError) as e:
         print(f"core0: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"core0: {e}", file=sys.stderr)
+        return 1
 
 
 def run_tls(ns: argparse.Namespace) -> int:
@@ -177,3 +180,6 @@ def run_security(cfg: Config, ns: argparse.Namespace) -> int:
     except (UserError, acl.AclError) as e:
         print(f"core0: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"core0: {e}", file=sys.stderr)
+        return 1

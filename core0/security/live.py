@@ -55,6 +55,8 @@ def apply(cfg: Config, kill_users: tuple[str, ...] = ()) -> tuple[acl.Plan, bool
     try:
         try:
             r.ping()
+        except redis.AuthenticationError:
+            raise  # reported below: not "not running"
         except (redis.ConnectionError, OSError):
             return p, False
         r.execute_command("ACL", "LOAD")
@@ -75,6 +77,8 @@ def apply(cfg: Config, kill_users: tuple[str, ...] = ()) -> tuple[acl.Plan, bool
                         "node's state dir?") from None
     except redis.ResponseError as e:
         raise LiveError(f"redis refused the change: {e}") from None
+    except redis.RedisError as e:
+        raise LiveError(f"redis: {e}") from None
     finally:
         r.close()
     return p, True
