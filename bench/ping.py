@@ -1,30 +1,43 @@
 """Command round trips through Redis: a minimal raw worker vs core0's core.ping vs rq.
 
-All three are measured in the same run on the same machine, with the same client code:
-the client RPUSHes 0-core-format command JSON and BLPOPs ``result:<id>``.
+Four settings, each measured in the same run: the state dir on a tmpfs (a node's /run) and on
+a disk (``core0 dev``'s default /run/core0-dev is on disk on many machines), each over TCP and
+over the unix socket. Per setting, a raw worker and a core0 node whose redis-server keeps its
+files in that kind of directory are measured with the same client code, in interleaved rounds
+(best kept): the client RPUSHes 0-core-format command JSON and BLPOPs ``result:<id>``.
 
 * raw worker: a separate process doing BLMOVE → json.loads → RPUSH+EXPIRE (pipelined) — the
-  protocol floor, without any of core0's guarantees (no dedupe, no flag, no reliable release);
-* core0: ``core0 dev`` (supervisor + embedded redis-server + dispatcher), command core.ping;
-* rq: rq's SimpleWorker (no fork per job: rq's fastest mode), ``enqueue`` + ``latest_result``.
+  protocol floor, without any of core0's guarantees (no dedupe, no flag, no reliable release,
+  no AOF);
+* core0: ``core0 dev`` (supervisor + embedded redis-server with its AOF, appendfsync as
+  configured: everysec by default + dispatcher), command core.ping;
+* rq: rq's SimpleWorker (no fork per job: rq's fastest mode), ``enqueue`` + ``latest_result``
+  (tmpfs, TCP).
 
-Sequential = one command at a time; pipelined = 20,000 commands pushed in one pipeline, then
-all results collected. Prints each figure, and core0's ratio to the baselines.
+Sequential = one command at a time; pipelined = N commands pushed in one pipeline, then all
+results collected. Every directory, server and worker it starts is removed/stopped at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import redis
-from _common import ROOT, rate, start_core0, start_redis, stop, table, tmpdir
+from _common import ROOT, rate, start_core0, start_redis, stop, table
+
+Factory = Callable[[float], redis.Redis]
 
 
 def raw_worker(sock: str, queue: str) -> None:
@@ -45,8 +58,8 @@ def _cmd(jid: str) -> str:
     return json.dumps({"id": jid, "command": "core.ping", "arguments": {}})
 
 
-def sequential(port: int, n: int) -> float:
-    r = redis.Redis(port=port)
+def sequential(connect: Factory, n: int) -> float:
+    r = connect(30)
 
     def go() -> None:
         for _ in range(n):
@@ -59,8 +72,8 @@ def sequential(port: int, n: int) -> float:
     return go_rate
 
 
-def pipelined(port: int, n: int, chunk: int = 1000) -> float:
-    r = redis.Redis(port=port, socket_timeout=120)
+def pipelined(connect: Factory, n: int, chunk: int = 1000) -> float:
+    r = connect(120)
     ids = [uuid.uuid4().hex for _ in range(n)]
 
     def go() -> None:
@@ -108,48 +121,99 @@ def rq_sequential(port: int, n: int) -> float:
         stop(w)
 
 
+def fs_type(path: Path) -> str:
+    """The filesystem type of the mount holding ``path`` (from /proc/mounts)."""
+    best, kind = "", "?"
+    real = str(path.resolve())
+    with contextlib.suppress(OSError), open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            mnt = parts[1]
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
+                best, kind = mnt, parts[2]
+    return kind
+
+
+def scratch_dirs() -> dict[str, Path]:
+    """A scratch dir on a tmpfs (/dev/shm) and one on a disk (/var/tmp, else the repo's build/)."""
+    out = {"tmpfs": Path(tempfile.mkdtemp(prefix="bench-ping-", dir="/dev/shm"))}
+    for base in ("/var/tmp", str(ROOT / "build")):
+        Path(base).mkdir(parents=True, exist_ok=True)
+        d = Path(tempfile.mkdtemp(prefix="bench-ping-", dir=base))
+        if fs_type(d) not in ("tmpfs", "ramfs"):
+            out["disk"] = d
+            break
+        shutil.rmtree(d)
+    return out
+
+
+@contextlib.contextmanager
+def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory], int]]:
+    """A raw redis + worker and a core0 node with their files in ``tmp``:
+    ({transport: raw factory}, {transport: core0 factory}, raw TCP port)."""
+    srv, rport, rsock = start_redis(tmp)
+    worker = mp.get_context("spawn").Process(target=raw_worker, args=(rsock, "core:default"),
+                                             daemon=True)
+    worker.start()
+    node = start_core0(tmp)
+    try:
+        raw = {"tcp": lambda t: redis.Redis(port=rport, socket_timeout=t),
+               "unix": lambda t: redis.Redis(unix_socket_path=rsock, socket_timeout=t)}
+        core0 = {"tcp": lambda t: redis.Redis(port=node.port, socket_timeout=t),
+                 "unix": lambda t: redis.Redis(unix_socket_path=node.socket, socket_timeout=t)}
+        yield raw, core0, rport
+    finally:
+        worker.terminate()
+        worker.join(10)
+        node.stop()
+        stop(srv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=3000, help="sequential round trips")
     ap.add_argument("--pipelined", type=int, default=20000)
-    ap.add_argument("--rq", type=int, default=500)
+    ap.add_argument("--rq", type=int, default=500, help="rq round trips (0 = skip rq)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (best kept)")
     ns = ap.parse_args()
-    tmp = tmpdir("bench-ping-")
-    srv, rport, rsock = start_redis(tmp)
-    ctx = mp.get_context("spawn")
-    worker = ctx.Process(target=raw_worker, args=(rsock, "core:default"), daemon=True)
-    worker.start()
-    node = start_core0(tmp)
+    dirs = scratch_dirs()
+    results: dict[tuple[str, str, str, str], float] = {}
+    rq_rate = 0.0
     try:
-        results: dict[str, float] = {}
-
-        def best(key: str, value: float) -> None:
-            results[key] = max(results.get(key, 0.0), value)
-
-        sequential(rport, 200)  # warm up both
-        sequential(node.port, 200)
-        for _ in range(ns.rounds):
-            best("raw_seq", sequential(rport, ns.n))
-            best("core0_seq", sequential(node.port, ns.n))
-            best("raw_pipe", pipelined(rport, ns.pipelined))
-            best("core0_pipe", pipelined(node.port, ns.pipelined))
-        best("rq_seq", rq_sequential(rport, ns.rq))
-        rows = [("measure", "baseline/s", "core0/s", "core0 ÷ baseline"),
-                ("sequential round trip vs raw worker", f"{results['raw_seq']:.0f}",
-                 f"{results['core0_seq']:.0f}",
-                 f"{results['core0_seq'] / results['raw_seq']:.2f}×"),
-                (f"{ns.pipelined} pipelined vs raw worker", f"{results['raw_pipe']:.0f}",
-                 f"{results['core0_pipe']:.0f}",
-                 f"{results['core0_pipe'] / results['raw_pipe']:.2f}×"),
-                ("sequential round trip vs rq (SimpleWorker)", f"{results['rq_seq']:.0f}",
-                 f"{results['core0_seq']:.0f}", f"{results['core0_seq'] / results['rq_seq']:.1f}×")]
-        print(f"bench/ping.py — best of {ns.rounds} interleaved rounds, {time.strftime('%F')}")
-        table(rows)
+        with contextlib.ExitStack() as stack:
+            settings = {kind: stack.enter_context(setting(d)) for kind, d in dirs.items()}
+            for raw, core0, _ in settings.values():  # warm up everything
+                for tr in ("tcp", "unix"):
+                    sequential(raw[tr], 200)
+                    sequential(core0[tr], 200)
+            for _ in range(ns.rounds):
+                for kind, (raw, core0, _) in settings.items():
+                    for tr in ("tcp", "unix"):
+                        for who, f in (("raw", raw[tr]), ("core0", core0[tr])):
+                            for mode, fn, n in (("seq", sequential, ns.n),
+                                                ("pipe", pipelined, ns.pipelined)):
+                                key = (kind, tr, who, mode)
+                                results[key] = max(results.get(key, 0.0), fn(f, n))
+            if ns.rq:
+                rq_rate = rq_sequential(settings["tmpfs"][2], ns.rq)
     finally:
-        worker.terminate()
-        node.stop()
-        stop(srv)
+        for d in dirs.values():
+            shutil.rmtree(d, ignore_errors=True)
+    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw")]
+    for kind, d in dirs.items():
+        for tr in ("tcp", "unix"):
+            for mode, label in (("seq", "sequential"), ("pipe", f"{ns.pipelined} pipelined")):
+                raw_r = results[(kind, tr, "raw", mode)]
+                c_r = results[(kind, tr, "core0", mode)]
+                rows.append((f"{kind} ({fs_type(d.parent)}), {tr}: {label}", f"{raw_r:.0f}",
+                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×"))
+    if rq_rate:
+        c_r = results[("tmpfs", "tcp", "core0", "seq")]
+        rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
+                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×"))
+    print(f"bench/ping.py — best of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
+          f"{os.cpu_count()} CPUs")
+    table(rows)
 
 
 if __name__ == "__main__":

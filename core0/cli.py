@@ -1,5 +1,6 @@
 """``core0`` entry point: ``init`` (PID 1), ``dev`` (supervisor + embedded Redis, not PID 1),
-``dispatcher`` (the restartable command bus worker) and ``docs`` (regenerate the reference)."""
+``dispatcher`` (the restartable command bus worker), ``docs`` (regenerate the reference), and
+``user`` / ``tls`` / ``security`` (who may use the node's Redis; see docs/security.md)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
         ("dispatcher", "run the dispatcher alone (normally started by init or dev)"),
     ):
         _add_config_flags(sub.add_parser(name, help=help_))
+    from core0.security import cli as seccli
+
+    seccli.add_parsers(sub, _add_config_flags)
     d = sub.add_parser("docs", help="write docs/commands.md from the registry")
     d.add_argument("--output", "-o", default="docs/commands.md")
     d.add_argument("--check", action="store_true", help="fail if the file is stale")
@@ -74,6 +78,18 @@ def main(argv: list[str] | None = None) -> None:
         from core0.init.main import run_init
 
         run_init(ns.config, overrides_from(ns))
+    if ns.mode == "tls":
+        sys.exit(seccli.run_tls(ns))
+    if ns.mode in ("user", "security"):
+        from core0.security import node as nodeconf
+
+        try:
+            node_cfg = nodeconf.load(ns.config, overrides_from(ns))
+        except configmod.ConfigError as e:
+            print(f"core0: configuration error: {e}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(seccli.run_user(node_cfg, ns) if ns.mode == "user"
+                 else seccli.run_security(node_cfg, ns))
     cfg, overrides = load_config(ns)
     from core0.init.supervise import setup_logging
 
@@ -81,8 +97,11 @@ def main(argv: list[str] | None = None) -> None:
         setup_logging(cfg.main.log_level, "core0-dispatcher")
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         from core0.bus import dispatcher
+        from core0.security.acl import internal_config
 
-        dispatcher.main(cfg, lambda: configmod.load(ns.config, overrides=overrides))
+        # the embedded Redis: core0 connects as its own ACL user (secret in the state dir)
+        dispatcher.main(internal_config(cfg),
+                        lambda: internal_config(configmod.load(ns.config, overrides=overrides)))
     elif ns.mode == "dev":
         setup_logging(cfg.main.log_level, "core0")
         from core0.init.dev import run_dev

@@ -54,15 +54,29 @@ class RedisConfig:
     url: str = ""
     #: allow a remote Redis over plain TCP (off: rediss:// or unix:// only)
     insecure: bool = False
+    #: remote Redis (embedded = false): core0's own ACL user and password
     username: str = ""
+    #: embedded: the 0-core-compatible password of Redis's ``default`` user (0-core's clients
+    #: send a one-argument AUTH); "" = the default user is off once any credential exists.
+    #: remote Redis: core0's own password. Never logged (see docs/security.md)
     password: str = ""
+    #: embedded: the default user's password given as its SHA-256 (hex): what ``qemu/boot``
+    #: puts on the kernel command line, so the console shows no password
+    password_sha256: str = ""
+    #: embedded: the role whose queues the ``default`` user may push to
+    default_role: str = "admin"
+    #: embedded: users managed with ``core0 user`` (hashed); default <state_dir>/users.json
+    users_file: str = ""
+    #: embedded: with TLS on (tls_port), keep the plain TCP port (``port``) open as well
+    plain_tcp: bool = False
     #: the remote is a Redis Cluster (keys use the hash-tagged prefix)
     cluster: bool = False
     #: embedded: append-only file (survives a redis-server crash)
     appendonly: bool = True
-    #: "always": an acknowledged write survives a redis-server crash (cheap: the state dir is
-    #: a tmpfs on a node); "everysec" trades up to 1 s of writes for speed on slow disks
-    appendfsync: str = "always"
+    #: Redis writes the AOF before it replies with every setting, so a redis-server crash loses
+    #: no acknowledged write with "everysec" either; "always" adds power-loss durability (which
+    #: a tmpfs state dir does not have) at a cost on disks
+    appendfsync: str = "everysec"
     maxmemory: str = "0"
     #: embedded: TLS listener port (0 = none) and its files
     tls_port: int = 0
@@ -70,13 +84,14 @@ class RedisConfig:
     tls_key: str = ""
     tls_ca: str = ""
     tls_auth_clients: bool = False
-    #: embedded: ACL file (users and their key patterns); empty = no ACL file
+    #: embedded: extra ACL rules (``user …`` lines) appended to the ACL file core0 generates
+    #: (<state_dir>/users.acl); the users ``default`` and ``core0`` cannot be redefined there
     aclfile: str = ""
     #: path of the redis-server binary
     binary: str = "redis-server"
-    #: embedded, without a password or ACL file: refuse clients that are not local. Set false
-    #: only on a development node whose port is reachable by trusted hosts only (a VM image
-    #: behind qemu's user network, like 0-core's ``development`` flag)
+    #: embedded, with no credential configured: listen on loopback and the unix socket only.
+    #: false opens ``bind`` without any password (insecure; a throwaway development node whose
+    #: port only trusted hosts reach)
     protected_mode: bool = True
 
 
@@ -255,6 +270,9 @@ class Config:
     cloudconfig: CloudConfigConfig = field(default_factory=CloudConfigConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
+    #: password_sha256, queues); see core0/security and docs/security.md
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the kernel command line as key -> value ("" for flags)
     cmdline: dict[str, str] = field(default_factory=dict)
     #: files that were read, in order
@@ -271,9 +289,16 @@ class Config:
     def to_dict(self, redact: bool = True) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         if redact:
-            for k in ("password",):
+            for k in ("password", "password_sha256"):
                 if d["redis"].get(k):
                     d["redis"][k] = "***"
+            for spec in d["users"].values():
+                for k in ("password", "password_sha256"):
+                    if spec.get(k):
+                        spec[k] = "***"
+            for k in d["cmdline"]:  # core0.redis.password= on the kernel command line
+                if k.startswith("core0.") and "password" in k:
+                    d["cmdline"][k] = "***"
         return d
 
 
@@ -405,6 +430,7 @@ def load(
     """
     layers: list[tuple[str, dict[str, Any], bool]] = []
     startup: dict[str, dict[str, Any]] = {}
+    users: dict[str, dict[str, Any]] = {}
     sources: list[str] = []
 
     def add_file(p: Path) -> None:
@@ -414,6 +440,10 @@ def load(
             if not isinstance(spec, dict):
                 raise ConfigError(f"{p}: [startup.{sid}] must be a table")
             startup[sid] = {**spec, "__source__": str(p)}
+        for name, spec in (data.pop("users", None) or {}).items():
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{p}: [users.{name}] must be a table")
+            users[name] = {**spec, "__source__": str(p)}
         layers.append((str(p), data, False))
 
     main_file = Path(path or DEFAULT_CONFIG)
@@ -474,6 +504,7 @@ def load(
             services=ServicesConfig(**merged["services"]),
             cloudconfig=CloudConfigConfig(**merged["cloudconfig"]),
             startup=startup,
+            users=users,
             cmdline=cmd,
             sources=sources,
         )
@@ -484,6 +515,9 @@ def load(
 
 
 def validate(cfg: Config) -> None:
+    """Check values across keys; raise ConfigError naming the key."""
+    from core0.registry import Role
+
     try:
         cfg.bus.queue_roles()
     except ValueError as e:
@@ -510,6 +544,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("services.phase_timeout, stop_timeout and ready_delay must be >= 0")
     if cfg.redis.appendfsync not in ("always", "everysec", "no"):
         raise ConfigError("redis.appendfsync must be always, everysec or no")
+    try:
+        Role.parse(cfg.redis.default_role)
+    except ValueError as e:
+        raise ConfigError(f"redis.default_role: {e}") from None
+    if cfg.redis.tls_port and not (cfg.redis.tls_cert and cfg.redis.tls_key):
+        raise ConfigError("redis.tls_port needs redis.tls_cert and redis.tls_key "
+                          "(`core0 tls init` makes them)")
+    from core0.security.users import check_config_users
+
+    check_config_users(cfg)
     if not cfg.redis.embedded and not cfg.redis.url:
         raise ConfigError("redis.url is required when redis.embedded = false")
     if not cfg.redis.embedded and cfg.redis.url.startswith("redis://") and not cfg.redis.insecure:

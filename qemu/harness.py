@@ -13,6 +13,11 @@ Acceleration: ``auto`` uses KVM only when a real probe boots the image's kernel 
 otherwise. The probe's answer is cached per host boot in ``build/cache/kvm-probe.json``.
 ``CORE0_VM_ACCEL=tcg|kvm`` forces one.
 
+Credentials: each VM gets a fresh random password (``VMConfig.password``; ``""`` = none). Only
+its SHA-256 goes on the kernel command line (``core0.redis.password_sha256=``), so the console
+never shows it; the node's ``default`` user (0-core's one-argument AUTH) accepts it, and
+``vm.url`` is the ``CORE0_URL`` to reach the node with.
+
 The kernel boots through its PVH entry (``vmlinux`` extracted once from the image's
 ``vmlinuz`` and cached next to it): the same kernel, minus its self-decompressor, which costs
 about 4 s under TCG. ``kernel_boot="bzimage"`` boots the file as it is.
@@ -28,6 +33,7 @@ import hashlib
 import json
 import lzma
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -194,10 +200,16 @@ def choose_accel(accel: str, kernel: Path) -> str:
 class Resp:
     """Just enough Redis protocol for the harness (no redis-py needed)."""
 
-    def __init__(self, host: str, port: int, timeout: float):
+    def __init__(self, host: str, port: int, timeout: float, password: str = ""):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.settimeout(timeout)
         self.buf = b""
+        if password:
+            try:
+                self.call("AUTH", password)
+            except BaseException:
+                self.close()
+                raise
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -273,6 +285,9 @@ class VMConfig:
     extra_qemu: list[str] = field(default_factory=list)
     #: echo the console on stdout as well (qemu/boot in the foreground)
     console_stdout: bool = False
+    #: the node's Redis password (None: a fresh random one; "": no credential, and then the
+    #: node serves loopback only, which the host cannot reach)
+    password: str | None = None
 
 
 def free_port() -> int:
@@ -287,6 +302,8 @@ class VM:
     def __init__(self, cfg: VMConfig | None = None):
         self.cfg = cfg or VMConfig()
         self.port = self.cfg.redis_port or free_port()
+        self.password = (secrets.token_urlsafe(24) if self.cfg.password is None
+                         else self.cfg.password)
         self._tmpdir: Path | None = None
         self.serial_log = self.cfg.serial_log or self._tmp / "serial.log"
         #: qemu's own messages (stderr)
@@ -303,6 +320,20 @@ class VM:
             self._tmpdir = Path(tempfile.mkdtemp(prefix="core0-vm-"))
         return self._tmpdir
 
+    @property
+    def url(self) -> str:
+        """``CORE0_URL`` of the node (its ``default`` user: 0-core's one-argument AUTH)."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/"
+
+    def cmdline(self) -> list[str]:
+        """The kernel command line: only the password's SHA-256 is on it."""
+        cred = []
+        if self.password:
+            digest = hashlib.sha256(self.password.encode()).hexdigest()
+            cred = [f"core0.redis.password_sha256={digest}"]
+        return BASE_CMDLINE + cred + list(self.cfg.append)
+
     # ------------------------------------------------------------ lifecycle
 
     def build_argv(self) -> list[str]:
@@ -318,7 +349,7 @@ class VM:
         argv = [QEMU, "-machine", f"pc,accel={self.accel}", "-cpu", cpu, "-m", str(c.memory),
                 "-smp", str(c.cpus), "-nodefaults", "-no-user-config", "-display", "none",
                 "-kernel", str(kernel), "-initrd", str(initrd),
-                "-append", " ".join(BASE_CMDLINE + list(c.append)),
+                "-append", " ".join(self.cmdline()),
                 "-netdev", f"user,id=n0,{fwd}",
                 "-device", "virtio-net-pci,netdev=n0,romfile=",
                 "-device", "virtio-rng-pci"]
@@ -391,6 +422,16 @@ class VM:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def died(self) -> VMError:
+        """The error for a qemu that exited: qemu's own message first, then the console."""
+        code = self.proc.returncode if self.proc else "?"
+        try:
+            err = self.qemu_log.read_text(errors="replace").strip()
+        except OSError:
+            err = ""
+        first = err.splitlines()[-1] if err else "(no message from qemu)"
+        return VMError(f"qemu exited ({code}): {first}\n{self.tail()}")
+
     def tail(self, n: int = 60) -> str:
         """The end of the console log, and qemu's own messages."""
         try:
@@ -409,7 +450,7 @@ class VM:
         """The node's redis-server answers PING (slirp accepts at once and then holds the
         connection until the guest answers, hence the short timeout)."""
         try:
-            r = Resp("127.0.0.1", self.port, timeout)
+            r = Resp("127.0.0.1", self.port, timeout, self.password)
             try:
                 return r.call("PING") == "PONG"
             finally:
@@ -424,12 +465,14 @@ class VM:
         cmd = {"id": job, "command": name, "arguments": arguments or {}, "queue": None,
                "max_time": None, "max_restart": None, "recurring_period": None,
                "stream": False, "tags": None}
-        r = Resp("127.0.0.1", self.port, 5.0)
+        r = Resp("127.0.0.1", self.port, 5.0, self.password)
         try:
             r.call("RPUSH", "core:default", json.dumps(cmd))
             deadline = time.monotonic() + timeout
             while True:
                 left = deadline - time.monotonic()
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise self.died()
                 if left <= 0:
                     raise VMError(f"{name}: no result within {timeout:.0f}s\n{self.tail()}")
                 chunk = max(1, min(int(left), 10))
@@ -445,12 +488,13 @@ class VM:
         deadline = self.started + timeout
         while time.monotonic() < deadline:
             if not self.running():
-                raise VMError(f"qemu exited ({self.proc.returncode if self.proc else '?'}) "
-                              f"before the node answered\n{self.tail()}")
+                raise self.died()
             if self.redis_ping():
                 try:
                     res = self.command("core.ping", timeout=max(1.0, deadline - time.monotonic()))
                 except (OSError, VMError):
+                    if not self.running():
+                        raise self.died() from None
                     time.sleep(0.2)
                     continue
                 if res.get("state") == "SUCCESS":

@@ -13,6 +13,8 @@ from typing import Any
 from core0 import redis_server
 from core0.config import Config
 from core0.init.supervise import Service, Supervisor
+from core0.security.acl import internal_config
+from core0.security.node import record
 
 log = logging.getLogger("core0.dev")
 
@@ -31,11 +33,12 @@ def build_services(cfg: Config, config_path: str | None,
     redis_svc = None
     if cfg.redis.embedded:
         sock = cfg.redis_socket
+        record(cfg.state_dir, config_path, overrides)  # for `core0 user` (same config)
+        argv = redis_server.prepare(cfg)
+        own = internal_config(cfg).redis  # core0's own ACL user, not a client's password
         redis_svc = Service(
-            "redis-server",
-            redis_server.prepare(cfg),
-            ready=lambda: redis_server.wait_ready(
-                sock, 15, cfg.redis.password, cfg.redis.username),
+            "redis-server", argv,
+            ready=lambda: redis_server.wait_ready(sock, 15, own.password, own.username),
         )
     env = dict(os.environ)
     env["CORE0_SHIM_SOCKET"] = str(cfg.state_dir / "shim.sock")

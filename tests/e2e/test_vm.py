@@ -64,7 +64,7 @@ def vm(image_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def core0ctl(vm: VM, *words: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "core0_client.cli", "--port", str(vm.port),
                            "--timeout", str(timeout), *words], capture_output=True, text=True,
-                          timeout=timeout + 30)
+                          timeout=timeout + 30, env={**os.environ, "CORE0_PASSWORD": vm.password})
 
 
 def out(vm: VM, *argv: str) -> str:

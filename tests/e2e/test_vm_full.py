@@ -85,7 +85,7 @@ def test_image_daemons_are_boot_services(vm: VM, sid: str) -> None:
 
 def test_zfs_fuse_pool(vm: VM) -> None:
     _service_up(vm, "zfs-fuse")
-    client = Client("127.0.0.1", vm.port, timeout=120)
+    client = Client("127.0.0.1", vm.port, vm.password, timeout=120)
     sh(vm, "truncate -s 128M /tmp/z.img")
     client.json("zpool.create", {"name": "e2e", "vdevs": ["/tmp/z.img"]})
     client.json("zfs.create", {"name": "e2e/a"})
@@ -103,7 +103,7 @@ def test_libvirt_drives_qemu(vm: VM) -> None:
 def test_link_kinds_this_host_lacks(vm: VM) -> None:
     """dummy, vlan and bond links through core0's ip.* commands (the development host's
     kernel has none of these drivers; the image's kernel has them as modules)."""
-    c = Client("127.0.0.1", vm.port, timeout=120)
+    c = Client("127.0.0.1", vm.port, vm.password, timeout=120)
     ns = "kinds"
     c.ip.netns.add(ns)
     try:
