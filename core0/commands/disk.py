@@ -332,10 +332,6 @@ async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
     return {"source": path, "target": target, "fstype": here[-1].fstype if here else kind}
 
 
-_SYSTEM_MOUNTS = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp",
-                  "/sys/fs/cgroup"}
-
-
 @dataclass(frozen=True)
 class UmountArgs(Schema):
     target: Annotated[str | None, Doc("mount point, or a device (all its mounts)"),
@@ -343,37 +339,6 @@ class UmountArgs(Schema):
     source: Annotated[str | None, Doc("0-core's form: a device or a mount point"),
                       Pattern(f"{ABS_PATH_RE}|{DEVICE_RE}")] = None
     force: Annotated[bool, Doc("detach even if busy (lazy unmount)")] = False
-
-
-def _inside(root: str, mp: str) -> str | None:
-    """``mp`` as a path relative to the filesystem root, or None when it is outside."""
-    root = root.rstrip("/")
-    if not root:
-        return mp
-    if mp == root:
-        return "/"
-    return mp[len(root):] if mp.startswith(root + "/") else None
-
-
-def _umount_one(ctx: Context, rel: str, lazy: bool) -> str:
-    """Unmount the mount on ``rel`` (inside the root) through its parent's descriptor →
-    the canonical mount point. 404 if nothing is mounted there."""
-    with Root(ctx.config.main.filesystem_root) as root, root.at(rel, follow=False) as (pfd, n):
-        if not n:
-            raise BadRequest("refusing to unmount the filesystem root")
-        efd = os.open(n, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-        try:
-            mid = mountfd.mnt_id(efd)
-            real = os.readlink(f"/proc/self/fd/{efd}")
-        finally:
-            os.close(efd)
-        if mid == mountfd.mnt_id(pfd):
-            raise NotFound(f"nothing is mounted on {real}")
-        if real in _SYSTEM_MOUNTS:
-            raise BadRequest(f"refusing to unmount the system mount {real}")
-        mountfd.umount_at(pfd, n, lazy)
-        mountfd.Made(ctx.config.state_dir).discard(mid)
-        return real
 
 
 @command("disk.umount", UmountArgs, role=Role.OPERATOR)
@@ -396,21 +361,24 @@ async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
         if not points:
             raise NotFound(f"{name} is not mounted")
         for p in points:
-            if p in _SYSTEM_MOUNTS:
+            if p in mountfd.SYSTEM_MOUNTS:
                 raise BadRequest(f"refusing to unmount the system mount {p}")
-        inside = [_inside(ctx.config.main.filesystem_root, p) for p in reversed(points)]
+        inside = [mountfd.inside(ctx.config.main.filesystem_root, p) for p in reversed(points)]
         rels = [r for r in inside if r is not None]
         if not rels:
             raise NotFound(f"{name} is not mounted inside the filesystem root")
     done = []
+    fsroot, state = ctx.config.main.filesystem_root, ctx.config.state_dir
     for rel in rels:
         try:
             try:
-                done.append(await ctx.to_thread(_umount_one, ctx, rel, False))
+                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
+                                                False))
             except OSError as e:
                 if e.errno != errno.EBUSY or not args.force:
                     raise
-                done.append(await ctx.to_thread(_umount_one, ctx, rel, True))
+                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
+                                                True))
         except OSError as e:
             if e.errno == errno.EBUSY:
                 raise Conflict(f"{rel} is busy (use force for a lazy unmount)") from None

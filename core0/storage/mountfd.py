@@ -192,6 +192,45 @@ def error(e: OSError, what: str) -> CommandError:
     return BadRequest(f"{what}: {os.strerror(code)}")
 
 
+SYSTEM_MOUNTS = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp",
+                 "/sys/fs/cgroup"}
+
+
+def inside(root: str, mp: str) -> str | None:
+    """Mount point ``mp`` as a path relative to the filesystem root ``root``, or None when it
+    is outside."""
+    root = root.rstrip("/")
+    if not root:
+        return mp
+    if mp == root:
+        return "/"
+    return mp[len(root):] if mp.startswith(root + "/") else None
+
+
+def umount_in_root(root_path: str, state_dir: str | Path, rel: str, lazy: bool) -> str:
+    """Unmount the mount on ``rel`` (resolved inside the root; its last component is not
+    followed) through its parent's descriptor → the canonical mount point. 404 if nothing is
+    mounted there, 400 for the root itself or a system mount; OSError (EBUSY...) otherwise."""
+    from core0.fspath import Root
+
+    with Root(root_path) as root, root.at(rel, follow=False) as (pfd, n):
+        if not n:
+            raise BadRequest("refusing to unmount the filesystem root")
+        efd = os.open(n, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        try:
+            mid = mnt_id(efd)
+            real = os.readlink(f"/proc/self/fd/{efd}")
+        finally:
+            os.close(efd)
+        if mid == mnt_id(pfd):
+            raise NotFound(f"nothing is mounted on {real}")
+        if real in SYSTEM_MOUNTS:
+            raise BadRequest(f"refusing to unmount the system mount {real}")
+        umount_at(pfd, n, lazy)
+        Made(state_dir).discard(mid)
+        return real
+
+
 # ------------------------------------------------------------------ mounts core0 made
 
 
