@@ -155,6 +155,28 @@ def remount_fd(target_fd: int, flags: int) -> None:
         raise _errno_error("remount")
 
 
+MS_BIND = 4096
+#: statvfs f_flag bits → the mount flags that keep them on a bind remount
+_ST_TO_MS = {1: MS_RDONLY, 2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 16: MS_SYNCHRONOUS,
+             1024: MS_NOATIME, 2048: MS_NODIRATIME, 4096: MS_RELATIME}
+
+
+def remount_bind_fd(target_fd: int, add: int) -> None:
+    """Add per-mount flags (nosuid, nodev...) to the mount whose root ``target_fd`` is,
+    keeping the ones it has (a bind remount: the filesystem itself is not touched)."""
+    target = f"/proc/self/fd/{target_fd}"
+    have = os.statvfs(target).f_flag
+    flags = add | sum(ms for st, ms in _ST_TO_MS.items() if have & st)
+    if _libc.mount(None, target.encode(), None, flags | MS_REMOUNT | MS_BIND, None) != 0:
+        raise _errno_error("remount")
+
+
+def detach_path(path: str) -> None:
+    """Lazily detach the mount on ``path`` (a path core0 read from the mount table)."""
+    if _libc.umount2(path.encode(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0:
+        raise _errno_error("umount")
+
+
 def umount_at(parent_fd: int, name: str, lazy: bool) -> None:
     """umount2 of the mount on ``name`` in directory ``parent_fd`` (never following a
     symlink in ``name``)."""
