@@ -316,18 +316,16 @@ async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
         real = os.readlink(f"/proc/self/fd/{fd}")
         if any(m.majmin == mm or m.source == path for m in _mounts_of(real)):
             raise Conflict(f"{name} is already mounted on {real}")
+        before = mountfd.mount_ids()
         mountfd.mount_fd(path, fd, kind, flags, data)
-        # the new mount's id: a fresh descriptor of the same directory sees the mount
-        nfd = os.open(f"/proc/self/fd/{fd}", os.O_PATH | os.O_CLOEXEC)
-        try:
-            return mountfd.mnt_id(nfd)
-        finally:
-            os.close(nfd)
+        # the new mount's id (our descriptor is of the directory under it, not on it)
+        return max(mountfd.mount_ids() - before, default=-1)
     try:
         target, mid = await ctx.to_thread(_mount_at, ctx, args.target, True, do)
     except OSError as e:
         raise mountfd.error(e, f"mount of {name}") from None
-    made.add(mid)
+    if mid >= 0:
+        made.add(mid)
     here = _mounts_of(target)
     return {"source": path, "target": target, "fstype": here[-1].fstype if here else kind}
 

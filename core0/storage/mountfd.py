@@ -293,6 +293,11 @@ class Made:
         return want is not None and _live_ids().get(mid) == want
 
 
+def mount_ids() -> set[int]:
+    """Ids of every current mount."""
+    return set(_live_ids())
+
+
 def _live_ids() -> dict[int, str]:
     """mount id → "majmin mountpoint" of every current mount."""
     out: dict[int, str] = {}
