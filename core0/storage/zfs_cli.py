@@ -31,7 +31,7 @@ RULES: list[tools.Rule] = [
     (r"has children|use '-r'|use '-R'|dependent clones|snapshot is cloned|more recent",
      Conflict),
     (r"tag already exists|already exists|destination has snapshots|must destroy them|"
-     r"destination .* exists", Conflict),
+     r"destination .* exists|directory is not empty", Conflict),
     *tools.RULES,
 ]
 

@@ -9,8 +9,8 @@ pidfile (with one, zfs-fuse exits silently), and waits until the socket answers 
 does not within 10 s). A daemon started by someone else is used as it is and never stopped.
 
 **Supervision.** From the first ZFS command on, a watcher checks every second whether the
-daemon still answers. When it does not and its mounts are left stale ("Transport endpoint is
-not connected": it crashed, rather than exiting cleanly, which unmounts everything), core0
+daemon still answers. When it does not and fuse.zfs mounts are left (stale: "Transport
+endpoint is not connected"; it crashed, since a clean exit unmounts everything), core0
 detaches the stale mounts, starts the daemon again, imports again the pools core0 created or
 imported that the daemon did not bring back by itself (they are kept, with the directories of
 their vdevs, in ``<state_dir>/zfs-pools.json``), mounts every dataset (``zfs mount -a``) and
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -184,17 +183,11 @@ def supervise(cfg: Config) -> None:
 
 
 def stale_mounts() -> list[str]:
-    """Mount points of fuse.zfs mounts whose daemon is gone (deepest first)."""
+    """Mount points of fuse.zfs mounts (deepest first). Called when no daemon answers: they
+    are all stale then (one daemon serves the host, and a clean exit unmounts them all)."""
     from core0.storage import blockdev
 
-    out = []
-    for m in blockdev.mounts():
-        if m.fstype == "fuse.zfs":
-            try:
-                os.stat(m.mountpoint)
-            except OSError as e:
-                if e.errno == errno.ENOTCONN:  # Transport endpoint is not connected
-                    out.append(m.mountpoint)
+    out = [m.mountpoint for m in blockdev.mounts() if m.fstype == "fuse.zfs"]
     return sorted(out, key=len, reverse=True)
 
 
