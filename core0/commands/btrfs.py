@@ -250,13 +250,20 @@ async def subvol_quota(ctx: Context, args: QuotaArgs) -> dict[str, Any]:
         limit = args.limit
     else:
         raise BadRequest("arguments.limit: a size like 50M, or none", field="arguments.limit")
-    path = paths.resolve(ctx, args.path, kind="dir")
-    bt.require_subvolume(path)
-    # "quota enable" takes no options and no "--"; path is canonical and starts with "/"
-    await tools.run(ctx, ["btrfs", "quota", "enable", path], rules=bt.RULES)
-    await tools.run(ctx, ["btrfs", "qgroup", "limit", "--", limit, path], rules=bt.RULES)
-    res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-reF", "--raw", "--", path],
-                          rules=bt.RULES)
+    dfd, sfd, _name, path = bt.open_subvolume(ctx, args.path)
+    os.close(dfd)
+    try:
+        bt.on_btrfs(path)
+        # the tool gets the subvolume we resolved as its stdin and acts on /proc/self/fd/0:
+        # no path is looked up again ("quota enable" takes no options and no "--")
+        here = "/proc/self/fd/0"
+        await tools.run(ctx, ["btrfs", "quota", "enable", here], stdin=sfd, rules=bt.RULES)
+        await tools.run(ctx, ["btrfs", "qgroup", "limit", "--", limit, here], stdin=sfd,
+                        rules=bt.RULES)
+        res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-reF", "--raw", "--", here],
+                              stdin=sfd, rules=bt.RULES)
+    finally:
+        os.close(sfd)
     rows = parse.parse_qgroup_show(res.stdout)
     row = rows[0] if rows else {"max_referenced": None}
     return {**row, "subvolume": row.get("path"), "path": path}

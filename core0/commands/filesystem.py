@@ -2,7 +2,13 @@
 
 Files are opened with ``filesystem.open`` → a token; ``read`` returns base64 blocks of at
 most 512 KiB, ``write`` takes base64 blocks; tokens idle for ``main.fd_idle`` seconds are
-closed. The client's ``upload``/``download`` loop over these.
+closed, and one role holds at most ``main.fd_max`` tokens. The client's
+``upload``/``download`` loop over these.
+
+Every path is resolved inside the root and the command acts on the descriptor it resolved
+(``core0.fswalk``): a directory swapped for a symlink meanwhile cannot redirect a chmod, a
+chown or a removal outside the root. File I/O runs in worker threads, never on the event loop;
+FIFOs and devices are opened only when asked (``special``), and then without blocking.
 """
 
 from __future__ import annotations
@@ -46,13 +52,13 @@ _MODES = {
 
 
 class _Open:
-    def __init__(self, fd: int, path: str, idle: float, role: Role, special: bool):
+    """An open file behind a token (closed after ``idle`` seconds without use)."""
+
+    def __init__(self, fd: int, path: str, idle: float, role: Role):
         self.fd = fd
         self.path = path
         self.idle = idle
         self.role = role
-        #: a FIFO or device opened with ``special``: non-blocking, EAGAIN reads as ""
-        self.special = special
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -165,8 +171,7 @@ async def open_(ctx: Context, args: OpenArgs) -> str:
     fd = await _in_root(ctx, args.file, lambda root: _open_file(
         root, args.file, _MODES[args.mode], args.perm, args.special))
     token = secrets.token_hex(16)
-    _FILES[token] = _Open(fd, args.file, ctx.config.main.fd_idle, role,
-                          not stat.S_ISREG(os.fstat(fd).st_mode))
+    _FILES[token] = _Open(fd, args.file, ctx.config.main.fd_idle, role)
     _touch(token)
     return token
 
