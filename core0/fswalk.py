@@ -73,16 +73,27 @@ def _same(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
-def walk(dfd: int, name: str, visit: Visit | None = None, leave: Leave | None = None) -> None:
+def _mnt_id(fd: int) -> int:
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            if line.startswith("mnt_id:"):
+                return int(line.split()[1])
+    return -1
+
+
+def walk(dfd: int, name: str, visit: Visit | None = None, leave: Leave | None = None,
+         one_fs: bool = False) -> None:
     """Walk ``name`` in directory ``dfd`` and, for a directory, everything below it (symlinks
     are never followed), without recursion.
 
     ``visit(parent_fd, name, entry_fd, st)`` is called first for each entry with an O_PATH
     descriptor of it (pre-order); ``leave(parent_fd, name, st)`` after a directory's children
     (post-order; for other entries right after ``visit``). Entries that vanish meanwhile are
-    skipped.
+    skipped. With ``one_fs``, a directory on which something is mounted ends the walk with
+    409 before anything below it is visited.
     """
     stack: list[_Level] = []
+    top: list[int] = []  # st_dev, mount id of the top directory
 
     def enter(pfd: int, child: str) -> None:
         efd = open_entry(pfd, child)
@@ -97,6 +108,12 @@ def walk(dfd: int, name: str, visit: Visit | None = None, leave: Leave | None = 
             cfd = os.open(".", _DIR, dir_fd=efd)  # the same directory as efd, readable
         finally:
             os.close(efd)
+        if one_fs:
+            if not top:
+                top.extend((st.st_dev, _mnt_id(cfd)))
+            elif st.st_dev != top[0] and _mnt_id(cfd) != top[1]:
+                os.close(cfd)
+                raise Conflict(f"a filesystem is mounted on {child} (unmount it first)")
         try:
             names = sorted(os.listdir(cfd), reverse=True)
         except BaseException:
@@ -165,7 +182,8 @@ def remove_tree(dfd: int, name: str) -> None:
     """Remove ``name`` in ``dfd``: a file, a symlink (not its target) or a whole tree.
 
     Entries are removed by name inside the directory descriptor they were found in
-    (``unlinkat``/``rmdir`` never follow a symlink), post-order, at any depth.
+    (``unlinkat``/``rmdir`` never follow a symlink), post-order, at any depth. It never
+    descends into another mounted filesystem (409: unmount it first).
     """
     def leave(pfd: int, child: str, st: os.stat_result) -> None:
         try:
@@ -176,4 +194,4 @@ def remove_tree(dfd: int, name: str) -> None:
         except FileNotFoundError:
             pass
 
-    walk(dfd, name, leave=leave)
+    walk(dfd, name, leave=leave, one_fs=True)

@@ -106,3 +106,23 @@ def test_deep_tree_walk_and_fd_ops(tmp_path: Path) -> None:
         root.remove("/t")
     assert not (tmp_path / "t").exists()
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_remove_stops_at_a_mount(tmp_path: Path) -> None:
+    """filesystem.remove never empties a filesystem mounted inside the tree."""
+    from conftest import require_root
+
+    require_root()
+    import subprocess
+
+    (tmp_path / "t" / "m").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(tmp_path / "t" / "m")],
+                   check=True)
+    try:
+        (tmp_path / "t" / "m" / "precious").write_text("x")
+        with Root(str(tmp_path)) as root, pytest.raises(CommandError) as ei:
+            root.remove("/t")
+        assert ei.value.code == 409
+        assert (tmp_path / "t" / "m" / "precious").read_text() == "x"
+    finally:
+        subprocess.run(["umount", str(tmp_path / "t" / "m")], check=True)
