@@ -105,7 +105,7 @@ def test_deep_tree_walk_and_fd_ops(tmp_path: Path) -> None:
     with Root(str(tmp_path)) as root:
         root.remove("/t")
     assert not (tmp_path / "t").exists()
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(os.listdir("/proc/self/fd")) <= before  # nothing leaked
 
 
 def test_remove_stops_at_a_mount(tmp_path: Path) -> None:
