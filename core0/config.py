@@ -173,6 +173,8 @@ class MainConfig:
     filesystem_root: str = "/"
     #: idle seconds before a filesystem.open token is closed
     fd_idle: int = 300
+    #: filesystem.open tokens one role (queue role) may hold at once (503 beyond)
+    fd_max: int = 256
 
 
 @dataclass(frozen=True)

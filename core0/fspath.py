@@ -16,19 +16,30 @@ import os
 import stat
 from collections.abc import Iterator
 
-from core0.errors import BadRequest, CommandError, Conflict, NotFound
+from core0.errors import BadRequest, CommandError, Conflict, NotFound, Unavailable
 
 MAX_LINKS = 40
 MAX_PATH = 4096
+#: components of a user path (a deeper path is refused with 400 before anything is done)
+MAX_DEPTH = 256
+#: bytes of one name (NAME_MAX)
+MAX_NAME = 255
 
 
 def check_path(path: str) -> None:
+    """400 for a path no command should walk: empty, NUL, too long, too deep, a name over
+    255 bytes."""
     if not isinstance(path, str) or not path:
         raise BadRequest("path: must be a non-empty string", field="path")
     if "\0" in path:
         raise BadRequest("path: NUL byte in path", field="path")
     if len(path.encode()) > MAX_PATH:
         raise BadRequest(f"path: longer than {MAX_PATH} bytes", field="path")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if len(parts) > MAX_DEPTH:
+        raise BadRequest(f"path: deeper than {MAX_DEPTH} components", field="path")
+    if any(len(p.encode()) > MAX_NAME for p in parts):
+        raise BadRequest(f"path: a name is longer than {MAX_NAME} bytes", field="path")
 
 
 class Root:
@@ -51,12 +62,14 @@ class Root:
 
     # ------------------------------------------------------------ resolution
 
-    def parent(self, path: str, *, follow: bool = True) -> tuple[int, str]:
+    def parent(self, path: str, *, follow: bool = True,
+               create: int | None = None) -> tuple[int, str]:
         """Resolve all but the last component → (an O_PATH fd of the parent dir, last name).
 
         With ``follow``, a last component that is a symlink is resolved too (inside the root),
-        so the returned name is never a symlink. The caller closes the fd. The name is "" when
-        the path designates the root itself.
+        so the returned name is never a symlink. With ``create`` (a mode), missing directories
+        on the way are created (``mkdir -p``, in one walk). The caller closes the fd. The name
+        is "" when the path designates the root itself.
         """
         check_path(path)
         parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -75,7 +88,15 @@ class Root:
                 except FileNotFoundError:
                     if last:
                         return stack.pop(), comp
-                    raise NotFound(f"no such file or directory: {path}") from None
+                    if create is None:
+                        raise NotFound(f"no such file or directory: {path}") from None
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(comp, create, dir_fd=stack[-1])
+                    parts.insert(0, comp)
+                    links += 1  # bounds a loop with an entry that keeps vanishing
+                    if links > MAX_LINKS + MAX_DEPTH:
+                        raise BadRequest(f"path keeps changing: {path}") from None
+                    continue
                 if stat.S_ISLNK(st.st_mode):
                     if last and not follow:
                         return stack.pop(), comp
@@ -153,69 +174,36 @@ class Root:
             return False
 
     def mkdir(self, path: str, mode: int = 0o755, parents: bool = True) -> None:
-        check_path(path)
-        parts = [p for p in path.split("/") if p not in ("", ".")]
-        prefix = ""
-        for i, comp in enumerate(parts):
-            prefix = f"{prefix}/{comp}"
-            if not parents and i < len(parts) - 1:
-                continue
-            with self.at(prefix) as (dfd, name):
-                if not name:
-                    continue
-                try:
-                    os.mkdir(name, mode, dir_fd=dfd)
-                except FileExistsError:
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-                    if not stat.S_ISDIR(st.st_mode):
-                        raise BadRequest(f"not a directory: {prefix}") from None
+        """Create a directory (and, with ``parents``, the missing ones above it) in one walk
+        from the root; no error if it exists as a directory."""
+        dfd, name = self.parent(path, create=mode if parents else None)
+        try:
+            if not name:
+                return
+            try:
+                os.mkdir(name, mode, dir_fd=dfd)
+            except FileExistsError:
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise BadRequest(f"not a directory: {path}") from None
+        finally:
+            os.close(dfd)
 
     def remove(self, path: str) -> None:
-        """Remove a file, a symlink (not its target) or a directory tree, never leaving the root."""
+        """Remove a file, a symlink (not its target) or a directory tree, never leaving the root
+        (iterative: any depth)."""
+        from core0.fswalk import remove_tree
+
         with self.at(path, follow=False) as (dfd, name):
             if not name:
                 raise BadRequest("refusing to remove the root")
-            _remove_at(dfd, name)
+            remove_tree(dfd, name)
 
     def rename(self, src: str, dst: str) -> None:
         with self.at(src, follow=False) as (sfd, sname), self.at(dst, follow=False) as (dfd, dname):
             if not sname or not dname:
                 raise BadRequest("cannot move the root")
             os.rename(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
-
-    def walk_fds(self, path: str) -> Iterator[tuple[int, str]]:
-        """(parent dir fd, name) of ``path`` and, for a directory, everything below it
-        (symlinks are not followed)."""
-        with self.at(path) as (dfd, name):
-            yield from _walk(dfd, name)
-
-
-def _walk(dfd: int, name: str) -> Iterator[tuple[int, str]]:
-    yield dfd, name
-    st = os.stat(name or ".", dir_fd=dfd, follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        return
-    fd = os.open(name or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 dir_fd=dfd)
-    try:
-        for entry in os.scandir(fd):
-            yield from _walk(fd, entry.name)
-    finally:
-        os.close(fd)
-
-
-def _remove_at(dfd: int, name: str) -> None:
-    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(name, dir_fd=dfd)
-        return
-    fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-    try:
-        for entry in os.scandir(fd):
-            _remove_at(fd, entry.name)
-    finally:
-        os.close(fd)
-    os.rmdir(name, dir_fd=dfd)
 
 
 def oserror(e: OSError, path: str) -> CommandError:
@@ -226,4 +214,10 @@ def oserror(e: OSError, path: str) -> CommandError:
         return Conflict(f"exists already: {path}")
     if isinstance(e, PermissionError):
         return BadRequest(f"permission denied: {path}")
+    if e.errno == errno.ENAMETOOLONG:
+        return BadRequest(f"file name too long: {path}")
+    if e.errno in (errno.EMFILE, errno.ENFILE):
+        return Unavailable(f"too many open files (try again later): {path}")
+    if e.errno == errno.EBUSY:
+        return Conflict(f"busy: {path}")
     return BadRequest(f"{e.strerror or e}: {path}")

@@ -7,6 +7,7 @@ The machinery is in ``core0.storage.btrfs``.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -15,7 +16,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Schema
-from core0.storage import blockdev, parse, paths, tools
+from core0.storage import blockdev, mountfd, parse, paths, tools
 from core0.storage import btrfs as bt
 from core0.storage.names import SIZE_RE, AbsPath, Device
 
@@ -153,9 +154,7 @@ class PathArgs(Schema):
 async def subvol_create(ctx: Context, args: PathArgs) -> dict[str, Any]:
     """Create a subvolume at ``path`` (its parent must exist on a mounted btrfs; 409 if the
     path exists)."""
-    path = paths.resolve_new(ctx, args.path)
-    bt.on_btrfs(path.rpartition("/")[0] or "/")
-    await tools.run(ctx, ["btrfs", "subvolume", "create", "--", path], rules=bt.RULES)
+    path = await bt.subvol_create(ctx, args.path)
     return {"path": path}
 
 
@@ -170,16 +169,34 @@ async def subvol_delete(ctx: Context, args: DeleteArgs) -> dict[str, Any]:
     """Delete a subvolume. 409 if it is mounted (here or elsewhere with ``subvol=``) or has
     mounts under it, unless ``force`` (they are lazily unmounted first); 409 as well if it
     holds nested subvolumes."""
-    path = paths.resolve(ctx, args.path, kind="dir")
-    w = bt.require_subvolume(path)
-    if w.mount.mountpoint == path and w.mount.root.rstrip("/") in ("", "/"):
-        raise BadRequest(f"{path} is the top level of the filesystem")
-    busy = bt.mounts_using(w)
-    if busy and not args.force:
-        raise Conflict(f"{path} is in use: mounted on {', '.join(busy)} (use force)")
-    for mp in sorted(busy, key=len, reverse=True):
-        await tools.run(ctx, ["umount", "-l", "--", mp])
-    await tools.run(ctx, ["btrfs", "subvolume", "delete", "--", path], rules=bt.RULES)
+    dfd, sfd, name, path = bt.open_subvolume(ctx, args.path)
+    try:
+        w = bt.on_btrfs(path)
+        if w.mount.mountpoint == path and w.mount.root.rstrip("/") in ("", "/"):
+            raise BadRequest(f"{path} is the top level of the filesystem")
+        busy = bt.mounts_using(w)
+        if busy and not args.force:
+            raise Conflict(f"{path} is in use: mounted on {', '.join(busy)} (use force)")
+        fsroot = ctx.config.main.filesystem_root
+        rels = [mountfd.inside(fsroot, mp) for mp in sorted(busy, key=len, reverse=True)]
+        outside = [mp for mp, rel in zip(busy, rels, strict=True) if rel is None]
+        if outside:
+            raise Conflict(f"{path} is mounted outside the filesystem root: "
+                           f"{', '.join(outside)}")
+        os.close(sfd)  # our own descriptor would keep the subvolume busy
+        sfd = -1
+        for rel in rels:
+            assert rel is not None
+            try:
+                await ctx.to_thread(mountfd.umount_in_root, fsroot, ctx.config.state_dir, rel,
+                                    True)
+            except OSError as e:
+                raise mountfd.error(e, f"umount of {rel}") from None
+        await bt.subvol_delete(ctx, dfd, name, path)
+    finally:
+        os.close(dfd)
+        if sfd >= 0:
+            os.close(sfd)
     return {"path": path}
 
 
@@ -258,13 +275,20 @@ async def subvol_quota(ctx: Context, args: QuotaArgs) -> dict[str, Any]:
         limit = args.limit
     else:
         raise BadRequest("arguments.limit: a size like 50M, or none", field="arguments.limit")
-    path = paths.resolve(ctx, args.path, kind="dir")
-    bt.require_subvolume(path)
-    # "quota enable" takes no options and no "--"; path is canonical and starts with "/"
-    await tools.run(ctx, ["btrfs", "quota", "enable", path], rules=bt.RULES)
-    await tools.run(ctx, ["btrfs", "qgroup", "limit", "--", limit, path], rules=bt.RULES)
-    res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-reF", "--raw", "--", path],
-                          rules=bt.RULES)
+    dfd, sfd, _name, path = bt.open_subvolume(ctx, args.path)
+    os.close(dfd)
+    try:
+        bt.on_btrfs(path)
+        # the tool gets the subvolume we resolved as its stdin and acts on /proc/self/fd/0:
+        # no path is looked up again ("quota enable" takes no options and no "--")
+        here = "/proc/self/fd/0"
+        await tools.run(ctx, ["btrfs", "quota", "enable", here], stdin=sfd, rules=bt.RULES)
+        await tools.run(ctx, ["btrfs", "qgroup", "limit", "--", limit, here], stdin=sfd,
+                        rules=bt.RULES)
+        res = await tools.run(ctx, ["btrfs", "qgroup", "show", "-reF", "--raw", "--", here],
+                              stdin=sfd, rules=bt.RULES)
+    finally:
+        os.close(sfd)
     rows = parse.parse_qgroup_show(res.stdout)
     row = rows[0] if rows else {"max_referenced": None}
     return {**row, "subvolume": row.get("path"), "path": path}

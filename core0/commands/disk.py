@@ -9,15 +9,18 @@ pool (409) unless ``force``. The machinery is in ``core0.storage.blockdev``.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, CommandError, Conflict, NotFound
+from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
+from core0.fspath import Root, oserror
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
-from core0.storage import blockdev, btrfs, parse, paths, tools
+from core0.storage import blockdev, btrfs, mountfd, parse, tools
 from core0.storage.names import ABS_PATH_RE, DEVICE_RE, AbsPath, Device, Label, Size
 
 _PARTED_RULES: list[tools.Rule] = [
@@ -297,97 +300,158 @@ async def mkfs(ctx: Context, args: MkfsArgs) -> dict[str, Any]:
             "label": info.get("LABEL"), "uuid": info.get("UUID")}
 
 
-_OPTION = r"[a-z0-9_]{1,64}(=[A-Za-z0-9_.:/@+=-]{0,255})?"
-_FORBIDDEN_OPTIONS = {"helper"}
+_OPTION = r"[a-z0-9_][a-z0-9_-]{0,63}(=[A-Za-z0-9_.:/@+=-]{0,255})?"
+_FSTYPE = Literal["auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "iso9660", "squashfs"]
 
 
 @dataclass(frozen=True)
 class MountArgs(Schema):
     source: Device
     target: Annotated[AbsPath, Doc("mount point (created if missing)")]
-    fstype: Annotated[Literal["auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat",
-                              "iso9660", "squashfs"], Doc("filesystem type")] = "auto"
-    options: Annotated[list[Annotated[str, Pattern(_OPTION)]],
-                       Doc("mount options, one per item (ro, noatime, subvol=/x...)"),
-                       Len(0, 32)] = field(default_factory=list)
+    fstype: Annotated[_FSTYPE, Doc("filesystem type")] = "auto"
+    options: Annotated[
+        list[Annotated[str, Pattern(f"{_OPTION}(,{_OPTION})*")]]
+        | Annotated[str, Pattern(f"({_OPTION}(,{_OPTION})*)?"), Len(0, 4096)],
+        Doc("mount options: a list (ro, noatime, subvol=/x...) or 0-core's comma-joined "
+            "string")] = ""
 
 
 def _mounts_of(path: str) -> list[parse.Mount]:
     return [m for m in blockdev.mounts() if m.mountpoint == path]
 
 
+def _is_admin(ctx: Context) -> bool:
+    return ctx.job.role >= Role.ADMIN
+
+
+def _mount_at(ctx: Context, target: str, create: bool, do: Any) -> tuple[str, Any]:
+    """Resolve ``target`` inside the filesystem root to an O_PATH descriptor of a directory
+    (created if ``create``) and call ``do(fd)`` on it → (canonical target, do's result)."""
+    try:
+        with Root(ctx.config.main.filesystem_root) as root:
+            if create:
+                root.mkdir(target)
+            fd = root.open(target, os.O_PATH | os.O_DIRECTORY)
+    except OSError as e:
+        raise oserror(e, target) from None
+    try:  # OSErrors of do() are the caller's to map
+        return os.readlink(f"/proc/self/fd/{fd}"), do(fd)
+    finally:
+        os.close(fd)
+
+
 @command("disk.mount", MountArgs, role=Role.OPERATOR)
 async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
-    """Mount a block device on ``target`` (created if missing; symlinks are resolved inside the
-    filesystem root). 409 if that device is already mounted there. Returns ``source``,
-    ``target`` (canonical) and ``fstype``."""
+    """Mount a block device on ``target`` (created if missing; resolved inside the filesystem
+    root, and mounted on the very directory resolved: no path is looked up again). 409 if
+    that device is already mounted there. Options are allow-listed (flags ro, rw, noexec,
+    nosuid, nodev, noatime, relatime, sync...; per-filesystem data options such as subvol=,
+    compress=, errors=; 400 otherwise, also for exec/suid/dev); lower roles always get
+    nosuid,nodev. ``remount`` changes the flags of a mount core0 made (403 for any other
+    mount). Returns ``source``, ``target`` (canonical) and ``fstype``."""
     name, path = blockdev.device(args.source)
-    opts = [o for o in args.options if o.partition("=")[0] not in _FORBIDDEN_OPTIONS]
-    if len(opts) != len(args.options):
-        raise BadRequest("arguments.options: option not allowed", field="arguments.options")
-    target = paths.resolve(ctx, args.target, kind="dir", create_dir=True)
+    opts = mountfd.split_options(args.options)
+    admin = _is_admin(ctx)
+    made = mountfd.Made(ctx.config.state_dir)
+    if "remount" in opts:
+        flags, _ = mountfd.parse_options([o for o in opts if o != "remount"], "", admin,
+                                         remount=True)
+
+        def remount(fd: int) -> str:
+            mid = mountfd.mnt_id(fd)
+            if mid not in made:
+                raise Forbidden(f"{args.target} is not a mount made by core0: not remounted")
+            mountfd.remount_fd(fd, flags)
+            return ""
+        try:
+            target, _ = await ctx.to_thread(_mount_at, ctx, args.target, False, remount)
+        except OSError as e:
+            raise mountfd.error(e, f"remount of {args.target}") from None
+        here = _mounts_of(target)
+        return {"source": path, "target": target, "fstype": here[-1].fstype if here else None}
+    kind: str = args.fstype
+    if kind == "auto":
+        kind = (await blockdev.probe(ctx, [path])).get(path, {}).get("TYPE", "")
+        if not kind:
+            raise BadRequest(f"{name}: no filesystem found (give fstype)")
+        if kind not in mountfd.DATA:
+            raise BadRequest(f"{name} carries {kind}: not a filesystem disk.mount mounts")
+    flags, data = mountfd.parse_options(opts, kind, admin)
+    if kind == "btrfs" and shutil.which("btrfs"):
+        await btrfs.scan(ctx)  # register every member of a multi-device btrfs (no udev here)
     mm = blockdev.majmin(name)
-    if any(m.majmin == mm or m.source == path for m in _mounts_of(target)):
-        raise Conflict(f"{name} is already mounted on {target}")
-    if args.fstype in ("btrfs", "auto") and shutil.which("btrfs"):
-        kind: str = args.fstype
-        if kind == "auto":
-            kind = (await blockdev.probe(ctx, [path])).get(path, {}).get("TYPE", "")
-        if kind == "btrfs":  # register every member of a multi-device btrfs (no udev here)
-            await btrfs.scan(ctx)
-    argv = ["mount"]
-    if args.fstype != "auto":
-        argv += ["-t", args.fstype]
-    if opts:
-        argv += ["-o", ",".join(opts)]
-    await tools.run(ctx, [*argv, "--", path, target])
+
+    def do(fd: int) -> int:
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        if any(m.majmin == mm or m.source == path for m in _mounts_of(real)):
+            raise Conflict(f"{name} is already mounted on {real}")
+        before = mountfd.mount_ids()
+        mountfd.mount_fd(path, fd, kind, flags, data)
+        # the new mount's id (our descriptor is of the directory under it, not on it)
+        return max(mountfd.mount_ids() - before, default=-1)
+    try:
+        target, mid = await ctx.to_thread(_mount_at, ctx, args.target, True, do)
+    except OSError as e:
+        raise mountfd.error(e, f"mount of {name}") from None
+    if mid >= 0:
+        made.add(mid)
     here = _mounts_of(target)
-    return {"source": path, "target": target, "fstype": here[-1].fstype if here else None}
-
-
-_SYSTEM_MOUNTS = {"/", "/proc", "/sys", "/dev", "/dev/pts", "/dev/shm", "/run", "/tmp",
-                  "/sys/fs/cgroup"}
+    return {"source": path, "target": target, "fstype": here[-1].fstype if here else kind}
 
 
 @dataclass(frozen=True)
 class UmountArgs(Schema):
-    target: Annotated[str, Doc("mount point, or a device (all its mounts)"),
-                      Pattern(f"{ABS_PATH_RE}|{DEVICE_RE}")]
+    target: Annotated[str | None, Doc("mount point, or a device (all its mounts)"),
+                      Pattern(f"{ABS_PATH_RE}|{DEVICE_RE}")] = None
+    source: Annotated[str | None, Doc("0-core's form: a device or a mount point"),
+                      Pattern(f"{ABS_PATH_RE}|{DEVICE_RE}")] = None
     force: Annotated[bool, Doc("detach even if busy (lazy unmount)")] = False
 
 
 @command("disk.umount", UmountArgs, role=Role.OPERATOR)
 async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
-    """Unmount a mount point, or every mount of a device. 404 if nothing is mounted there,
-    409 if busy unless ``force`` (then a lazy unmount detaches it). System mounts (/, /proc,
-    /sys, /dev, /run...) are refused (400). Returns ``unmounted``: the mount points."""
-    all_mounts = blockdev.mounts()
-    if args.target.startswith("/") and not args.target.startswith("/dev/"):
-        target = paths.resolve(ctx, args.target, kind="dir")
-        if not any(m.mountpoint == target for m in all_mounts):
-            raise NotFound(f"nothing is mounted on {target}")
-        points = [target]
+    """Unmount a mount point, or every mount of a device (inside the filesystem root); give
+    ``target`` or 0-core's ``source`` (either may be a device or a mount point). 404 if
+    nothing is mounted there, 409 if busy unless ``force`` (then a lazy unmount detaches it).
+    System mounts (/, /proc, /sys, /dev, /run...) are refused (400). Returns ``unmounted``:
+    the mount points."""
+    what = args.target or args.source
+    if what is None or (args.target and args.source and args.target != args.source):
+        raise BadRequest("give target (or source): a mount point or a device")
+    if what.startswith("/") and not what.startswith("/dev/"):
+        rels = [what]
     else:
-        name, dev = blockdev.device(args.target)
+        name, dev = blockdev.device(what)
         mm = blockdev.majmin(name)
         # btrfs mounts carry an anonymous device number: match the source path too
-        points = [m.mountpoint for m in all_mounts if m.majmin == mm or m.source == dev]
+        points = [m.mountpoint for m in blockdev.mounts() if m.majmin == mm or m.source == dev]
         if not points:
             raise NotFound(f"{name} is not mounted")
-        points.reverse()
-    for p in points:
-        if p in _SYSTEM_MOUNTS:
-            raise BadRequest(f"refusing to unmount the system mount {p}")
+        for p in points:
+            if p in mountfd.SYSTEM_MOUNTS:
+                raise BadRequest(f"refusing to unmount the system mount {p}")
+        inside = [mountfd.inside(ctx.config.main.filesystem_root, p) for p in reversed(points)]
+        rels = [r for r in inside if r is not None]
+        if not rels:
+            raise NotFound(f"{name} is not mounted inside the filesystem root")
     done = []
-    for p in points:
-        res = await tools.run(ctx, ["umount", "--", p], check=False)
-        if res.status != 0 and "busy" in res.stderr and args.force:
-            res = await tools.run(ctx, ["umount", "-l", "--", p], check=False)
-        if res.status != 0:
-            if "busy" in res.stderr:
-                raise Conflict(f"{p} is busy (use force for a lazy unmount)")
-            raise tools.tool_error(res)
-        done.append(p)
+    fsroot, state = ctx.config.main.filesystem_root, ctx.config.state_dir
+    for rel in rels:
+        try:
+            try:
+                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
+                                                False))
+            except OSError as e:
+                if e.errno != errno.EBUSY or not args.force:
+                    raise
+                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
+                                                True))
+        except OSError as e:
+            if e.errno == errno.EBUSY:
+                raise Conflict(f"{rel} is busy (use force for a lazy unmount)") from None
+            if e.errno == errno.EINVAL:
+                raise NotFound(f"nothing is mounted on {rel}") from None
+            raise oserror(e, rel) from None
     return {"unmounted": done}
 
 

@@ -2,7 +2,13 @@
 
 Files are opened with ``filesystem.open`` → a token; ``read`` returns base64 blocks of at
 most 512 KiB, ``write`` takes base64 blocks; tokens idle for ``main.fd_idle`` seconds are
-closed. The client's ``upload``/``download`` loop over these.
+closed, and one role holds at most ``main.fd_max`` tokens. The client's
+``upload``/``download`` loop over these.
+
+Every path is resolved inside the root and the command acts on the descriptor it resolved
+(``core0.fswalk``): a directory swapped for a symlink meanwhile cannot redirect a chmod, a
+chown or a removal outside the root. File I/O runs in worker threads, never on the event loop;
+FIFOs and devices are opened only when asked (``special``), and then without blocking.
 """
 
 from __future__ import annotations
@@ -10,20 +16,24 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import grp
 import os
 import pwd
 import secrets
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
+from core0 import fswalk
 from core0.context import Context
-from core0.errors import BadRequest, NotFound
+from core0.errors import BadRequest, Conflict, NotFound, Unavailable
 from core0.fspath import Root, oserror
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Range, Schema
 
+T = TypeVar("T")
 BLOCK = 512 * 1024
 _PATH = Annotated[str, Doc("path (confined to the filesystem root)"), Len(1, 4096),
                   Pattern(r"[^\x00]+")]
@@ -42,10 +52,13 @@ _MODES = {
 
 
 class _Open:
-    def __init__(self, fd: int, path: str, idle: float):
+    """An open file behind a token (closed after ``idle`` seconds without use)."""
+
+    def __init__(self, fd: int, path: str, idle: float, role: Role):
         self.fd = fd
         self.path = path
         self.idle = idle
+        self.role = role
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -76,6 +89,21 @@ def _root(ctx: Context) -> Root:
     return Root(ctx.config.main.filesystem_root)
 
 
+def role_of(ctx: Context) -> Role:
+    """The role of the queue the running command came from."""
+    return ctx.job.role
+
+
+async def _in_root(ctx: Context, path: str, fn: Callable[[Root], T]) -> T:
+    """Run ``fn(root)`` in a worker thread (file I/O never blocks the event loop); an OSError
+    becomes the typed error naming ``path``."""
+    def work() -> T:
+        with _root(ctx) as root:
+            try:
+                return fn(root)
+            except OSError as e:
+                raise oserror(e, path) from None
+    return await ctx.to_thread(work)
 
 
 @dataclass(frozen=True)
@@ -83,21 +111,67 @@ class OpenArgs(Schema):
     file: _PATH
     mode: Annotated[Literal["r", "r+", "w", "w+", "a", "a+", "x", "x+"], Doc("open mode")] = "r"
     perm: Annotated[int, Doc("permissions of a new file"), Range(0, 0o7777)] = 0o644
+    special: Annotated[bool, Doc("also open a FIFO or a device (non-blocking: a read with "
+                                 "nothing to read returns \"\")")] = False
+
+
+def _open_file(root: Root, path: str, flags: int, perm: int, special: bool) -> int:
+    """Open a regular file (or, with ``special``, a FIFO/device) without ever blocking: the
+    entry is checked through an O_PATH descriptor first, then opened O_NONBLOCK and checked
+    again (a FIFO swapped in between is refused, not waited on)."""
+    with root.at(path) as (dfd, name):
+        base = name or "."
+        try:
+            pfd = os.open(base, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            if not flags & os.O_CREAT:
+                raise
+            pfd = -1
+        if pfd >= 0:
+            try:
+                st = os.fstat(pfd)
+            finally:
+                os.close(pfd)
+            _check_kind(st, path, special)
+        fd = os.open(base, flags | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     perm, dir_fd=dfd)
+    try:
+        st2 = os.fstat(fd)
+        _check_kind(st2, path, special)
+        if stat.S_ISREG(st2.st_mode):
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_kind(st: os.stat_result, path: str, special: bool) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise BadRequest(f"is a directory: {path}")
+    if stat.S_ISREG(st.st_mode):
+        return
+    if stat.S_ISSOCK(st.st_mode):
+        raise BadRequest(f"is a socket: {path}")
+    if not special:
+        raise BadRequest(f"not a regular file (a FIFO or device; set special to open it): "
+                         f"{path}")
 
 
 @command("filesystem.open", OpenArgs, role=Role.ADMIN)
 async def open_(ctx: Context, args: OpenArgs) -> str:
-    """Open a file; returns a token for read/write/close (closed after idling)."""
-    with _root(ctx) as root:
-        try:
-            fd = root.open(args.file, _MODES[args.mode], args.perm)
-        except OSError as e:
-            raise oserror(e, args.file) from None
-    if stat.S_ISDIR(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise BadRequest(f"is a directory: {args.file}")
+    """Open a file; returns a token for read/write/close (closed after idling). Each role
+    holds at most ``main.fd_max`` tokens (503 beyond: close some). FIFOs and devices are
+    refused (400) unless ``special``."""
+    role = role_of(ctx)
+    cap = ctx.config.main.fd_max
+    if sum(1 for f in _FILES.values() if f.role == role) >= cap:
+        raise Unavailable(f"{cap} files are open for role {role.label} already "
+                          "(main.fd_max): close some first")
+    fd = await _in_root(ctx, args.file, lambda root: _open_file(
+        root, args.file, _MODES[args.mode], args.perm, args.special))
     token = secrets.token_hex(16)
-    _FILES[token] = _Open(fd, args.file, ctx.config.main.fd_idle)
+    _FILES[token] = _Open(fd, args.file, ctx.config.main.fd_idle, role)
     _touch(token)
     return token
 
@@ -111,7 +185,12 @@ class FdArgs(Schema):
 async def read(ctx: Context, args: FdArgs) -> str:
     """The next block (at most 512 KiB) as base64; "" at end of file."""
     f = _touch(args.fd)
-    data = await ctx.to_thread(os.read, f.fd, BLOCK)
+    try:
+        data = await ctx.to_thread(os.read, f.fd, BLOCK)
+    except BlockingIOError:
+        data = b""
+    except OSError as e:
+        raise oserror(e, f.path) from None
     return base64.b64encode(data).decode()
 
 
@@ -133,9 +212,14 @@ async def write(ctx: Context, args: WriteArgs) -> int:
     if len(data) > BLOCK:
         raise BadRequest(f"arguments.block: more than {BLOCK} bytes", field="arguments.block")
     view = memoryview(data)
-    while view:
-        n = await ctx.to_thread(os.write, f.fd, view)
-        view = view[n:]
+    try:
+        while view:
+            n = await ctx.to_thread(os.write, f.fd, view)
+            view = view[n:]
+    except BlockingIOError:
+        raise Conflict(f"{f.path}: would block (a FIFO with nobody reading)") from None
+    except OSError as e:
+        raise oserror(e, f.path) from None
     return len(data)
 
 
@@ -155,8 +239,7 @@ class PathArgs(Schema):
 @command("filesystem.exists", PathArgs, role=Role.OPERATOR)
 async def exists(ctx: Context, args: PathArgs) -> bool:
     """Whether the path exists (symlinks followed inside the root)."""
-    with _root(ctx) as root:
-        return root.exists(args.path)
+    return await _in_root(ctx, args.path, lambda root: root.exists(args.path))
 
 
 def _entry(name: str, st: os.stat_result) -> dict[str, Any]:
@@ -175,42 +258,38 @@ def _entry(name: str, st: os.stat_result) -> dict[str, Any]:
 @command("filesystem.list", PathArgs, role=Role.OPERATOR)
 async def list_(ctx: Context, args: PathArgs) -> list[dict[str, Any]]:
     """Entries of a directory: name, size, is_dir, is_link, mode, uid, gid, mtime."""
-    with _root(ctx) as root:
-        try:
-            fd = root.opendir(args.path)
-        except OSError as e:
-            raise oserror(e, args.path) from None
+    def work(root: Root) -> list[dict[str, Any]]:
+        fd = root.opendir(args.path)
         try:
             out = []
             for ent in sorted(os.scandir(fd), key=lambda x: x.name):
-                out.append(_entry(ent.name, ent.stat(follow_symlinks=False)))
+                with contextlib.suppress(FileNotFoundError):
+                    out.append(_entry(ent.name, ent.stat(follow_symlinks=False)))
             return out
         finally:
             os.close(fd)
+    return await _in_root(ctx, args.path, work)
 
 
 @command("filesystem.mkdir", PathArgs, role=Role.ADMIN)
 async def mkdir(ctx: Context, args: PathArgs) -> bool:
-    """Create a directory and its missing parents (no error if it exists)."""
-    with _root(ctx) as root:
-        try:
-            root.mkdir(args.path)
-        except OSError as e:
-            raise oserror(e, args.path) from None
+    """Create a directory and its missing parents (no error if it exists). At most 256
+    components (400 beyond)."""
+    await _in_root(ctx, args.path, lambda root: root.mkdir(args.path))
     return True
 
 
 @command("filesystem.remove", PathArgs, role=Role.ADMIN)
 async def remove(ctx: Context, args: PathArgs) -> bool:
-    """Remove a file, a symlink or a directory tree (no error if it is absent)."""
-    with _root(ctx) as root:
+    """Remove a file, a symlink or a directory tree of any depth (no error if it is
+    absent: false)."""
+    def work(root: Root) -> bool:
         try:
             root.remove(args.path)
         except (FileNotFoundError, NotFound):
             return False
-        except OSError as e:
-            raise oserror(e, args.path) from None
-    return True
+        return True
+    return await _in_root(ctx, args.path, work)
 
 
 @dataclass(frozen=True)
@@ -222,11 +301,7 @@ class MoveArgs(Schema):
 @command("filesystem.move", MoveArgs, role=Role.ADMIN)
 async def move(ctx: Context, args: MoveArgs) -> bool:
     """Rename a file or directory (within one filesystem)."""
-    with _root(ctx) as root:
-        try:
-            root.rename(args.path, args.destination)
-        except OSError as e:
-            raise oserror(e, args.path) from None
+    await _in_root(ctx, args.path, lambda root: root.rename(args.path, args.destination))
     return True
 
 
@@ -239,18 +314,13 @@ class ChmodArgs(Schema):
 
 @command("filesystem.chmod", ChmodArgs, role=Role.ADMIN)
 async def chmod(ctx: Context, args: ChmodArgs) -> bool:
-    """Change permissions (of a whole tree with ``recursive``; symlinks are skipped)."""
-    with _root(ctx) as root:
-        try:
-            items = root.walk_fds(args.path) if args.recursive else iter([root.parent(args.path)])
-            for dfd, name in items:
-                st = os.stat(name or ".", dir_fd=dfd, follow_symlinks=False)
-                if not stat.S_ISLNK(st.st_mode):
-                    os.chmod(name or ".", args.mode, dir_fd=dfd, follow_symlinks=True)
-                if not args.recursive:
-                    os.close(dfd)
-        except OSError as e:
-            raise oserror(e, args.path) from None
+    """Change permissions (of a whole tree of any depth with ``recursive``; symlinks are
+    skipped). Each entry is changed through the descriptor it was opened as, never by a path
+    resolved again."""
+    def work(root: Root) -> None:
+        with root.at(args.path) as (dfd, name):
+            fswalk.chmod_tree(dfd, name, args.mode, args.recursive)
+    await _in_root(ctx, args.path, work)
     return True
 
 
@@ -288,14 +358,9 @@ async def chown(ctx: Context, args: ChownArgs) -> bool:
     """Change owner (and group) of a path, or of a whole tree with ``recursive``; symlinks
     themselves are changed, never their targets."""
     uid, gid = _uid(args.user), _gid(args.group)
-    with _root(ctx) as root:
-        try:
-            if args.recursive:
-                for dfd, name in root.walk_fds(args.path):
-                    os.chown(name or ".", uid, gid, dir_fd=dfd, follow_symlinks=False)
-            else:
-                with root.at(args.path) as (dfd, name):
-                    os.chown(name or ".", uid, gid, dir_fd=dfd, follow_symlinks=False)
-        except OSError as e:
-            raise oserror(e, args.path) from None
+
+    def work(root: Root) -> None:
+        with root.at(args.path) as (dfd, name):
+            fswalk.chown_tree(dfd, name, uid, gid, args.recursive)
+    await _in_root(ctx, args.path, work)
     return True

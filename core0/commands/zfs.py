@@ -21,7 +21,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Schema
-from core0.storage import paths, zfs
+from core0.storage import paths, tools, zfs, zfsconf
 from core0.storage.names import (
     DATASET_RE,
     PROP_RE,
@@ -51,10 +51,19 @@ class CreateArgs(Schema):
 async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     """Create a filesystem (mounted at once) or a volume (``volsize``; 412 on zfs-fuse,
     which has no zvols). 409 if it exists, 404 if the parent is missing (unless ``parents``),
-    400 for an invalid property."""
+    400 for an invalid property or size (``1.5G``: sizes are integers with a unit). A
+    ``mountpoint`` is a path inside the filesystem root (400 if the dataset would inherit one
+    outside it); lower roles get ``setuid=off,devices=off`` and nosuid,nodev mounts (403 for
+    ``setuid=on``/``devices=on``). A dataset whose mount fails is not left behind."""
+    props = zfsconf.policy(ctx, args.properties)
     be = await zfs.backend(ctx)
-    await be.create(args.name, args.type, args.volsize, args.properties, args.parents,
-                    args.sparse)
+    await zfsconf.check_inherited(ctx, be, args.name, props)
+    await be.create(args.name, args.type, args.volsize, props, args.parents, args.sparse)
+    try:
+        await zfsconf.verify(ctx, [args.name])
+    except Exception:
+        await be.destroy(args.name, True, False, False, True)
+        raise
     return {"name": args.name, "type": args.type}
 
 
@@ -108,9 +117,14 @@ class SetArgs(Schema):
 async def set_(ctx: Context, args: SetArgs) -> dict[str, Any]:
     """Set properties (``quota``, ``compression``, ``mountpoint``, user ``a:b`` ...). 400 for
     an invalid name or value, 412 for a value this ZFS lacks (compression=lz4 on zfs-fuse),
-    404 if the dataset is absent. Returns the properties as read back."""
+    404 if the dataset is absent, 403 for ``setuid=on``/``devices=on`` from a lower role.
+    ``mountpoint`` is a path inside the filesystem root. Returns the properties as read
+    back."""
+    props = zfsconf.policy(ctx, args.properties, creating=False)
     be = await zfs.backend(ctx)
-    await be.set_props(args.name, args.properties)
+    await be.set_props(args.name, props)
+    if "mountpoint" in props and "@" not in args.name:
+        await zfsconf.verify(ctx, [args.name])
     got = await be.get_props(args.name, list(args.properties))
     return {"name": args.name, "properties": got}
 
@@ -146,6 +160,8 @@ async def rename(ctx: Context, args: RenameArgs) -> dict[str, Any]:
     if not await be.exists(args.name):
         raise NotFound(f"dataset does not exist: {args.name}")
     await be.rename(args.name, args.new_name, args.recursive, args.parents)
+    if "@" not in args.new_name:
+        await zfsconf.verify(ctx, [args.new_name])
     return {"name": args.new_name, "old_name": args.name}
 
 
@@ -157,9 +173,12 @@ class MountArgs(Schema):
 
 @command("zfs.mount", MountArgs, role=Role.OPERATOR)
 async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
-    """Mount a filesystem at its ``mountpoint`` property. 409 if it is mounted already."""
+    """Mount a filesystem at its ``mountpoint`` property. 409 if it is mounted already, or
+    if its mount point is outside the filesystem root (the mount is detached at once); 412
+    for ``overlay`` on zfs-fuse (it cannot). Lower roles get a nosuid,nodev mount."""
     be = await zfs.backend(ctx)
     await be.mount(args.name, args.overlay)
+    await zfsconf.verify(ctx, [args.name])
     got = await be.get_props(args.name, ["mountpoint"])
     return {"name": args.name, "mountpoint": got.get("mountpoint", {}).get("value")}
 
@@ -234,8 +253,15 @@ async def clone(ctx: Context, args: CloneArgs) -> dict[str, Any]:
     snapshot is absent."""
     if args.origin.split("/")[0] != args.name.split("/")[0]:
         raise BadRequest("a clone lives in the pool of its origin")
+    props = zfsconf.policy(ctx, args.properties)
     be = await zfs.backend(ctx)
-    await be.clone(args.origin, args.name, args.properties, args.parents)
+    await zfsconf.check_inherited(ctx, be, args.name, props)
+    await be.clone(args.origin, args.name, props, args.parents)
+    try:
+        await zfsconf.verify(ctx, [args.name])
+    except Exception:
+        await be.destroy(args.name, True, False, False, True)
+        raise
     return {"name": args.name, "origin": args.origin}
 
 
@@ -354,7 +380,10 @@ async def receive(ctx: Context, args: ReceiveArgs) -> dict[str, Any]:
     """Receive a send stream from ``file`` on the node (a **file path on the node**) into
     dataset ``name`` (full streams create it; incremental ones need it, and ``force`` if it
     changed since its last snapshot). Progress lines ("received N bytes") every second.
-    409 if the target exists for a full stream, 404 if an incremental's base is missing."""
+    409 if the target exists for a full stream, 404 if an incremental's base is missing.
+    The datasets are received unmounted; a mount point the stream carries that lies outside
+    the filesystem root is moved inside it (``<root>/<mountpoint>``), then they are
+    mounted."""
     be = await zfs.backend(ctx)
     fd, path = paths.open_file(ctx, args.file, os.O_RDONLY)
     try:
@@ -363,9 +392,29 @@ async def receive(ctx: Context, args: ReceiveArgs) -> dict[str, Any]:
             raise BadRequest(f"empty stream file: {path}")
         ctx.emit(1, f"receiving {path} ({size} bytes) into {args.name}")
         await be.receive(args.name, fd, args.force,
-                         _progress(ctx, "received", lambda: os.lseek(fd, 0, os.SEEK_CUR)))
+                         _progress(ctx, "received", lambda: os.lseek(fd, 0, os.SEEK_CUR)),
+                         mount=False)
     finally:
         os.close(fd)
     if not await be.exists(args.name):
         raise Conflict(f"zfs receive ended but {args.name} does not exist")
+    if "@" not in args.name:
+        await _confine_received(ctx, be, args.name)
     return {"name": args.name, "file": path, "bytes": size}
+
+
+async def _confine_received(ctx: Context, be: Any, name: str) -> None:
+    """Move mount points of received datasets into the root, then mount them."""
+    res = await be.zfs("get", "-H", "-r", "-o", "name,value,source", "mountpoint", "--", name)
+    rows = [r for r in (ln.split("\t") for ln in res.stdout.splitlines())
+            if len(r) == 3 and "@" not in r[0]]
+    fsroot = ctx.config.main.filesystem_root
+    for ds, value, source in rows:
+        if value.startswith("/") and source in ("local", "received") and \
+                not zfsconf.inside_root(ctx, value):
+            inner = zfsconf.mountpoint(ctx, value, "mountpoint")
+            ctx.emit(4, f"{ds}: mountpoint {value} is outside {fsroot}: set to {inner}")
+            await be.set_props(ds, {"mountpoint": inner})
+    for ds, _value, _source in sorted(rows, key=lambda r: r[0].count("/")):
+        await tools.run(ctx, ["zfs", "mount", "--", ds], check=False)
+    await zfsconf.verify(ctx, [name])

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Schema
-from core0.storage import blockdev, paths, zfs
+from core0.storage import blockdev, paths, zfs, zfsconf, zfsfuse
 from core0.storage.names import ABS_PATH_RE, DEVICE_RE, POOL_RE, AbsPath, Pool, Props
 
 VDEV_KEYWORDS = ("mirror", "raidz", "raidz1", "raidz2", "raidz3", "spare", "log", "cache",
@@ -35,6 +35,10 @@ async def _vdevs(ctx: Context, vdevs: list[str], force: bool) -> list[str]:
     for v in vdevs:
         if v in VDEV_KEYWORDS:
             out.append(v)
+        elif v.startswith("/") and not v.startswith("/dev/") and not zfsconf.is_admin(ctx):
+            # ZFS opens a file vdev by its path, in its own process: no descriptor can pin it
+            raise Forbidden(f"arguments.vdevs: file vdevs ({v}) are for the admin role only",
+                            field="arguments.vdevs")
         elif v.startswith("/dev/") or not v.startswith("/"):
             name, path = blockdev.device(v)
             reasons = await blockdev.in_use(ctx, name)
@@ -79,17 +83,37 @@ class CreateArgs(Schema):
 async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     """Create a pool over ``vdevs``. 409 if the pool exists, or, unless ``force``, if a
     device is in use or a vdev carries a filesystem, a partition table or another pool's
-    label (zfs-fuse would overwrite them silently). Returns the pool's ``zpool.list`` row."""
+    label (zfs-fuse would overwrite them silently). ``mountpoint`` (default ``/<name>``) and
+    ``fs_properties.mountpoint`` are paths inside the filesystem root; lower roles get
+    ``setuid=off,devices=off`` (403 if asked on), may not give file vdevs (403) or a
+    ``cachefile`` path. Returns the pool's ``zpool.list`` row."""
     _pool_name(args.name)
+    fs_props = zfsconf.policy(ctx, args.fs_properties, "arguments.fs_properties")
+    props = _pool_props(ctx, args.properties)
     be = await zfs.backend(ctx)
     vdevs = await _vdevs(ctx, args.vdevs, args.force)
     mnt = args.mountpoint
-    if mnt and mnt.startswith("/"):
-        parent, _, last = mnt.rstrip("/").rpartition("/")
-        mnt = paths.resolve(ctx, parent or "/", kind="dir").rstrip("/") + "/" + last
-    await be.pool_create(args.name, vdevs, mnt, args.properties,
-                         args.fs_properties, args.force)
+    if mnt is None and "mountpoint" not in fs_props and \
+            ctx.config.main.filesystem_root.rstrip("/"):
+        mnt = "/" + args.name  # ZFS's default, inside the root
+    if mnt is not None:
+        mnt = zfsconf.mountpoint(ctx, mnt, "arguments.mountpoint")
+    await be.pool_create(args.name, vdevs, mnt, props, fs_props, args.force)
+    zfsfuse.remember_pool(ctx.config, args.name, vdevs=vdevs)
+    await zfsconf.verify(ctx, [args.name])
     return (await be.pool_list(args.name))[0]
+
+
+def _pool_props(ctx: Context, props: dict[str, str]) -> dict[str, str]:
+    """Pool properties: ``altroot`` inside the root; ``cachefile`` a path for admin only."""
+    out = dict(props)
+    if "altroot" in out:
+        out["altroot"] = zfsconf.mountpoint(ctx, out["altroot"], "arguments.properties.altroot")
+    cache = out.get("cachefile")
+    if cache not in (None, "", "none") and not zfsconf.is_admin(ctx):
+        raise Forbidden("arguments.properties.cachefile: a cache file path is for the admin "
+                        "role only (none is allowed)", field="arguments.properties.cachefile")
+    return out
 
 
 @dataclass(frozen=True)
@@ -139,8 +163,11 @@ async def import_(ctx: Context, args: ImportArgs) -> Any:
         return await be.pool_importable(dirs)
     if args.new_name is not None:
         _pool_name(args.new_name)
-    await be.pool_import(args.name, dirs, args.force, args.new_name, args.properties)
+    await be.pool_import(args.name, dirs, args.force, args.new_name,
+                         _pool_props(ctx, args.properties))
     want = args.new_name or args.name
+    zfsfuse.remember_pool(ctx.config, want, dirs=dirs)
+    await zfsconf.verify(ctx, [want])
     rows = await be.pool_list()
     return next((p for p in rows if want in (p["name"], p["guid"])), {"name": want})
 
@@ -163,6 +190,7 @@ async def export(ctx: Context, args: PoolArgs) -> dict[str, Any]:
     be = await zfs.backend(ctx)
     await _known(be, args.name)
     await be.pool_export(args.name, args.force)
+    zfsfuse.forget_pool(ctx.config, args.name)
     return {"name": args.name, "exported": True}
 
 
@@ -174,4 +202,5 @@ async def destroy(ctx: Context, args: PoolArgs) -> dict[str, Any]:
     be = await zfs.backend(ctx)
     await _known(be, args.name)
     await be.pool_destroy(args.name, args.force)
+    zfsfuse.forget_pool(ctx.config, args.name)
     return {"name": args.name, "destroyed": True}

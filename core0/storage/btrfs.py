@@ -102,6 +102,12 @@ async def scan(ctx: Context) -> None:
     await tools.run(ctx, ["btrfs", "device", "scan"], check=False)
 
 
+# struct btrfs_ioctl_vol_args (linux/btrfs.h): fd, name[4088]
+_VOL_ARGS = struct.Struct("=q4088s")
+#: _IOW(0x94, 14 / 15, struct btrfs_ioctl_vol_args)
+BTRFS_IOC_SUBVOL_CREATE = 0x5000940E
+BTRFS_IOC_SNAP_DESTROY = 0x5000940F
+
 # struct btrfs_ioctl_vol_args_v2 (linux/btrfs.h): fd, transid, flags, unused[4], name[4040]
 _VOL_ARGS_V2 = struct.Struct("=qQQ32s4040s")
 #: _IOW(BTRFS_IOCTL_MAGIC 0x94, 23, struct btrfs_ioctl_vol_args_v2)
@@ -156,3 +162,72 @@ async def snapshot(ctx: Context, source: str, destination: str,
     finally:
         os.close(src_fd)
     return src, dst
+
+
+def _vol_args(name: str) -> bytearray:
+    raw = name.encode()
+    if not raw or b"/" in raw or len(raw) > 255 or name in (".", ".."):
+        raise BadRequest(f"not a valid subvolume name: {name!r}")
+    return bytearray(_VOL_ARGS.pack(0, raw))
+
+
+def _ioctl_error(e: OSError, what: str, path: str) -> CommandError:
+    why = {errno.ENOTTY: f"{os.path.dirname(path)} is not on a btrfs filesystem",
+           errno.ENOTEMPTY: f"{path} holds nested subvolumes",
+           errno.EPERM: f"{path} is not a subvolume (or is the top level)",
+           errno.EINVAL: f"{path} is not a subvolume"}.get(e.errno or 0, e.strerror)
+    cls = _SNAP_ERRORS.get(e.errno or 0, Internal)
+    if e.errno == errno.ENOTEMPTY:
+        cls = Conflict
+    return cls(f"{what} {path}: {why}")
+
+
+async def subvol_create(ctx: Context, path: str) -> str:
+    """Create subvolume ``path`` with BTRFS_IOC_SUBVOL_CREATE on its parent directory's
+    descriptor (resolved inside the filesystem root; the kernel creates the entry in that very
+    directory) → its canonical path. 409 if it exists, 400 off btrfs."""
+    dir_fd, name, full = paths.open_parent(ctx, path)
+    try:
+        args = _vol_args(name)
+        await ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SUBVOL_CREATE, args, True)
+    except OSError as e:
+        raise _ioctl_error(e, "subvolume create", full) from None
+    finally:
+        os.close(dir_fd)
+    return full
+
+
+def open_subvolume(ctx: Context, path: str) -> tuple[int, int, str, str]:
+    """Resolve subvolume ``path`` inside the root → (readable fd of its parent directory,
+    readable fd of the subvolume, its name in the parent, canonical path). 400 unless it is a
+    subvolume. The caller closes both descriptors."""
+    try:
+        with paths.root_of(ctx) as root, root.at(path) as (pfd, name):
+            if not name:
+                raise BadRequest("refusing the filesystem root")
+            sfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=pfd)
+            try:
+                dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+            except BaseException:
+                os.close(sfd)
+                raise
+    except OSError as e:
+        from core0.fspath import oserror
+
+        raise oserror(e, path) from None
+    real = os.readlink(f"/proc/self/fd/{sfd}")
+    if os.fstat(sfd).st_ino != SUBVOL_INO:
+        os.close(sfd)
+        os.close(dfd)
+        raise BadRequest(f"{real} is not a btrfs subvolume")
+    return dfd, sfd, name, real
+
+
+async def subvol_delete(ctx: Context, dir_fd: int, name: str, real: str) -> None:
+    """BTRFS_IOC_SNAP_DESTROY of ``name`` in the parent directory descriptor (the kernel looks
+    the name up in that directory, never following a symlink, and refuses a non-subvolume)."""
+    try:
+        await ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name), True)
+    except OSError as e:
+        raise _ioctl_error(e, "subvolume delete", real) from None

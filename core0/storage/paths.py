@@ -20,7 +20,9 @@ def _root(ctx: Context) -> Root:
     return Root(ctx.config.main.filesystem_root)
 
 
-
+def root_of(ctx: Context) -> Root:
+    """The filesystem root of this node, opened (use it as a context manager)."""
+    return _root(ctx)
 
 def _real(fd: int) -> str:
     return os.readlink(f"/proc/self/fd/{fd}")

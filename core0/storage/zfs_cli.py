@@ -31,7 +31,7 @@ RULES: list[tools.Rule] = [
     (r"has children|use '-r'|use '-R'|dependent clones|snapshot is cloned|more recent",
      Conflict),
     (r"tag already exists|already exists|destination has snapshots|must destroy them|"
-     r"destination .* exists", Conflict),
+     r"destination .* exists|directory is not empty", Conflict),
     *tools.RULES,
 ]
 
@@ -213,7 +213,14 @@ class CliBackend:
                 raise BadRequest("arguments.volsize: required for a volume",
                                  field="arguments.volsize")
             argv += (["-s"] if sparse else []) + ["-V", volsize]
-        await self.zfs(*argv, "--", name)
+        existed = await self.exists(name)
+        try:
+            await self.zfs(*argv, "--", name)
+        except Exception:
+            # "created, but not mounted": a failed command leaves nothing behind
+            if not existed and await self.exists(name):
+                await tools.run(self.ctx, ["zfs", "destroy", "--", name], check=False)
+            raise
 
     async def list_datasets(self, name: str | None, types: list[str], recursive: bool,
                             depth: int | None) -> list[dict[str, Any]]:
@@ -326,6 +333,9 @@ class CliBackend:
             raise tools.tool_error(res, RULES)
 
     async def mount(self, name: str, overlay: bool) -> None:
+        if overlay and self.fuse:
+            raise PreconditionFailed("overlay mounts (-O) are not supported by zfs-fuse (its "
+                                     "daemon dies on them)")
         await self.zfs("mount", *(["-O"] if overlay else []), "--", name)
 
     async def _remount(self, names: list[str]) -> None:
@@ -450,8 +460,9 @@ class CliBackend:
             raise tools.tool_error(res, RULES)
 
     async def receive(self, name: str, fd: int, force: bool,
-                      progress: Callable[[], None] | None) -> None:
-        argv = ["zfs", "receive", *(["-F"] if force else []), "--", name]
+                      progress: Callable[[], None] | None, mount: bool = True) -> None:
+        argv = ["zfs", "receive", *(["-F"] if force else []), *([] if mount else ["-u"]),
+                "--", name]
         res = await tools.run_fds(argv, stdin=fd, stdout=None, progress=progress)
         if res.status != 0:
             raise tools.tool_error(res, RULES)
