@@ -72,12 +72,19 @@ if ARGV[4] == 'new' then
   redis.call('RPUSH', KEYS[1], '')
 else
   if redis.call('EXISTS', KEYS[2]) == 1 then
-    -- a result is there already (ours from an earlier delivery, or written by someone else):
-    -- it stands, but never stays without a TTL
-    if redis.call('TTL', KEYS[2]) == -1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-    if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
-    if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
-    return 0
+    -- a result is there already: ours from an earlier delivery stands (exactly one result);
+    -- anything else (written by a client, or moved there from another job's key with
+    -- BRPOPLPUSH, which ACLs cannot stop) is replaced by the real one
+    local ok, cur = pcall(cjson.decode, redis.call('LINDEX', KEYS[2], 0) or '')
+    local ok2, new = pcall(cjson.decode, ARGV[1])
+    if ok and ok2 and type(cur) == 'table' and type(new) == 'table'
+        and cur['id'] ~= nil and cur['id'] == new['id'] then
+      if redis.call('TTL', KEYS[2]) == -1 then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+      if redis.call('TTL', KEYS[1]) == -1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+      if ARGV[3] ~= '' then redis.call('LREM', KEYS[3], 1, ARGV[3]) end
+      return 0
+    end
+    redis.call('DEL', KEYS[2])
   end
   if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('RPUSH', KEYS[1], '') end
 end

@@ -170,12 +170,23 @@ def test_read_only_sees_no_secrets(r: redis.Redis) -> None:
     assert run(r, "default", "job.kill", {"id": sleeper})["state"] == "SUCCESS"
 
 
-def test_forged_result_key_gets_a_ttl(r: redis.Redis) -> None:
+def test_forged_or_moved_result_is_replaced_by_the_real_one(r: redis.Redis) -> None:
+    """A result key written before the job (a forged value, or another job's result moved
+    there with BRPOPLPUSH) never wins over the real result, and nothing stays without TTL."""
     jid = uuid.uuid4().hex
     r.rpush(f"result:{jid}", "forged")
     push(r, "default", "core.system", {"name": "true"}, id=jid)
-    assert wait_until(lambda: r.ttl(f"result:{jid}") > 0, 10), r.ttl(f"result:{jid}")
     assert wait_until(lambda: r.llen("core:default:processing") == 0, 10)
+    assert wait_until(lambda: r.lindex(f"result:{jid}", 0) not in (None, b"forged"), 10)
+    res = json.loads(r.lindex(f"result:{jid}", 0))
+    assert res["id"] == jid and res["state"] == "SUCCESS" and r.llen(f"result:{jid}") == 1
+    assert r.ttl(f"result:{jid}") > 0
+    other = run(r, "default", "core.ping", {})
+    moved = uuid.uuid4().hex
+    r.brpoplpush(f"result:{other['id']}", f"result:{moved}", 1)
+    push(r, "default", "core.system", {"name": "true"}, id=moved)
+    assert wait_until(lambda: json.loads(r.lindex(f"result:{moved}", 0))["id"] == moved, 10)
+    assert r.ttl(f"result:{moved}") > 0
 
 
 def test_id_after_a_huge_field_still_gets_its_result(r: redis.Redis) -> None:
