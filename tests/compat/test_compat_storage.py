@@ -97,8 +97,6 @@ def _spindown(cl: Any, disk: str, value: int) -> None:
         raise RuntimeError(f"Failed to spindown disk {disk} to {value}.")
 
 
-@pytest.mark.xfail(reason="disk.mount/umount argument forms: rewritten on another branch "
-                   "(options as a comma string, umount {source})", strict=False)
 def test_disk_mount_umount(cl: Any, record: Any, loops: Any, mnt: Path) -> None:
     for m in ("disk.mount", "disk.umount"):
         record(m, "**fails** until the disk.mount/umount rewrite lands: 0-core's `options` "
