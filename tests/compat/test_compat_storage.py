@@ -98,9 +98,6 @@ def _spindown(cl: Any, disk: str, value: int) -> None:
 
 
 def test_disk_mount_umount(cl: Any, record: Any, loops: Any, mnt: Path) -> None:
-    for m in ("disk.mount", "disk.umount"):
-        record(m, "**fails** until the disk.mount/umount rewrite lands: 0-core's `options` "
-               "string and umount `{source}` are refused (400)", works=False)
     dev = loops("256M")
     subprocess.run(["mkfs.btrfs", "-q", "-f", dev], check=True)
     cl.disk.mount(dev, str(mnt))  # options default [] → ""
