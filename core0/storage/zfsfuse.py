@@ -29,9 +29,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from core0.proc import process
 from core0.context import Context
 from core0.errors import PreconditionFailed, ToolError, Unavailable
+from core0.proc import process
 
 if TYPE_CHECKING:
     from core0.config import Config
