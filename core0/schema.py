@@ -7,6 +7,13 @@ A schema is a frozen dataclass deriving from :class:`Schema`. Field types may be
 Validation is strict: unknown fields are refused, values are never coerced (``"1"`` is not an
 int, ``true`` is not an int), and ``null`` means "not set" (the field's default applies, or
 the field is reported missing). Every error names the field path, e.g. ``arguments.env.PATH``.
+
+Text sources (a kernel command line, environment variables) give every value as a string:
+``parse(cls, data, text=True)`` converts a string to the field's type first — booleans from
+``1 true yes on`` / ``0 false no off`` (and ``""``, a bare flag, is true), integers with
+``int(s, 0)`` (``0x10`` too), numbers with ``float``, ``list[T]`` from ``a,b,c`` and
+``dict[str, T]`` from ``k:v,k2:v2`` (each item converted in turn) — then checks it exactly as
+any other value (constraints, literals). Strings that do not convert are errors naming the field.
 """
 
 from __future__ import annotations
@@ -89,8 +96,8 @@ class Schema:
     __unknown__: ClassVar[str] = "argument"
 
     @classmethod
-    def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
-        return parse(cls, data, path)
+    def parse(cls: type[S], data: Any, path: str = "arguments", *, text: bool = False) -> S:
+        return parse(cls, data, path, text=text)
 
 
 @dataclass(frozen=True)
@@ -119,8 +126,11 @@ def _has_default(f: dataclasses.Field[Any]) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
-def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
-    """Check ``data`` against schema ``cls`` and build it. Raises BadRequest naming the field."""
+def parse(cls: type[S], data: Any, path: str = "arguments", *, text: bool = False) -> S:
+    """Check ``data`` against schema ``cls`` and build it. Raises BadRequest naming the field.
+
+    ``text=True``: string values are first converted to their field's type (see the module
+    docstring), for values that come from a command line or the environment."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -137,7 +147,7 @@ def parse(cls: type[S], data: Any, path: str = "arguments") -> S:
             if _has_default(f) or _is_optional(tp):
                 continue
             raise BadRequest(f"{fpath}: required", field=fpath)
-        kwargs[name] = _check(tp, extras, value, fpath)
+        kwargs[name] = _check(tp, extras, value, fpath, text)
     try:
         return cls(**kwargs)
     except BadRequest:
@@ -172,11 +182,13 @@ def _tname(v: Any) -> str:
     return type(v).__name__
 
 
-def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str) -> Any:
+def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str, text: bool = False) -> Any:
     if get_origin(tp) is typing.Annotated:
         tp, *more = get_args(tp)
         extras = extras + tuple(more)
-    v = _check_type(tp, v, path)
+    if text and isinstance(v, str):
+        v = _from_text(tp, v, path)
+    v = _check_type(tp, v, path, text)
     for c in extras:
         if isinstance(c, Pattern):
             if not isinstance(v, str) or not c.check(v):
@@ -194,7 +206,47 @@ def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str) -> Any:
     return v
 
 
-def _check_type(tp: Any, v: Any, path: str) -> Any:
+_TRUE = ("1", "true", "yes", "on", "")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _from_text(tp: Any, raw: str, path: str) -> Any:
+    """The value a string stands for, by the field's type (unions and literals convert in
+    :func:`_check_type`, member by member); a string that does not convert is an error."""
+    origin = get_origin(tp)
+    if tp is bool:
+        low = raw.strip().lower()
+        if low in _TRUE or low in _FALSE:
+            return low in _TRUE
+        raise BadRequest(f"{path}: expected a boolean, got {raw!r:.80}", field=path)
+    if tp is int:
+        try:
+            return int(raw.strip(), 0)
+        except ValueError:
+            raise BadRequest(f"{path}: expected an integer, got {raw!r:.80}", field=path) from None
+    if tp is float:
+        try:
+            return float(raw)
+        except ValueError:
+            raise BadRequest(f"{path}: expected a number, got {raw!r:.80}", field=path) from None
+    if origin is list:
+        return [x for x in raw.split(",") if x]
+    if origin is dict:
+        out: dict[str, str] = {}
+        for item in raw.split(","):
+            if item:
+                k, sep, val = item.partition(":")
+                if not sep:
+                    raise BadRequest(f"{path}: expected key:value items, got {item!r:.80}",
+                                     field=path)
+                out[k] = val
+        return out
+    if isinstance(tp, type) and issubclass(tp, Schema):
+        raise BadRequest(f"{path}: cannot be set from text", field=path)
+    return raw
+
+
+def _check_type(tp: Any, v: Any, path: str, text: bool = False) -> Any:
     if tp is Any:
         return v
     origin = get_origin(tp)
@@ -203,13 +255,16 @@ def _check_type(tp: Any, v: Any, path: str) -> Any:
         errors = []
         for m in members:
             try:
-                return _check(m, (), v, path)
+                return _check(m, (), v, path, text)
             except BadRequest as e:
                 errors.append(str(e))
         raise BadRequest(errors[0] if len(errors) == 1 else f"{path}: no variant matches: "
                          + "; ".join(errors), field=path)
     if origin is Literal:
         choices = get_args(tp)
+        if text and isinstance(v, str) and v not in choices:
+            v = next((c for c in choices if not isinstance(c, str) and str(c).lower() == v.lower()),
+                     v)
         if v not in choices or isinstance(v, bool) != any(isinstance(c, bool) for c in choices):
             raise BadRequest(
                 f"{path}: must be one of {', '.join(repr(c) for c in choices)}", field=path
@@ -235,14 +290,14 @@ def _check_type(tp: Any, v: Any, path: str) -> Any:
         if not isinstance(v, list):
             raise BadRequest(f"{path}: expected an array, got {_tname(v)}", field=path)
         (item_tp,) = get_args(tp) or (Any,)
-        return [_check(item_tp, (), item, f"{path}[{i}]") for i, item in enumerate(v)]
+        return [_check(item_tp, (), item, f"{path}[{i}]", text) for i, item in enumerate(v)]
     if origin is dict:
         if not isinstance(v, dict):
             raise BadRequest(f"{path}: expected an object, got {_tname(v)}", field=path)
         _, val_tp = get_args(tp) or (str, Any)
-        return {k: _check(val_tp, (), item, f"{path}.{k}") for k, item in v.items()}
+        return {k: _check(val_tp, (), item, f"{path}.{k}", text) for k, item in v.items()}
     if isinstance(tp, type) and issubclass(tp, Schema):
-        return parse(tp, v, path)
+        return parse(tp, v, path, text=text)
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in a schema, not input
 
 

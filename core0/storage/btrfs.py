@@ -91,8 +91,8 @@ async def show(ctx: Context, target: str | None = None) -> list[dict[str, Any]]:
 
 
 async def df(ctx: Context, mountpoint: str) -> dict[str, Any]:
-    res = await tools.run(ctx, ["btrfs", "filesystem", "df", "--raw", "--", mountpoint],
-                          rules=RULES)
+    res = await tools.run(ctx, ["btrfs", "--format", "json", "filesystem", "df", "--raw", "--",
+                                mountpoint], rules=RULES)
     return parse.parse_btrfs_df(res.stdout)
 
 

@@ -289,6 +289,11 @@ def parse_zfs_holds(text: str) -> list[dict[str, Any]]:
 
 
 # ---------------------------------------------------------------- btrfs
+# ``filesystem df`` is read as json; the others stay text parsers: btrfs-progs 6.2 (Debian 12)
+# has no json for ``filesystem show`` and ``subvolume list`` ("output format json is unsupported
+# for this command"), and its json ``qgroup show`` aborts ("INTERNAL ERROR: unknown unit base")
+# on any qgroup with a limit. Its only working json commands are ``filesystem df`` and
+# ``device stats`` (which core0 does not use).
 
 
 def parse_btrfs_show(text: str) -> list[dict[str, Any]]:
@@ -321,16 +326,18 @@ def parse_btrfs_show(text: str) -> list[dict[str, Any]]:
 
 
 def parse_btrfs_df(text: str) -> dict[str, dict[str, Any]]:
-    """``btrfs filesystem df --raw`` → {data|metadata|system|globalreserve: {profile, total,
-    used}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        m = re.match(r"^(\w+),\s*([\w-]+):\s*total=(\S+),\s*used=(\S+)", line.strip())
-        if m:
-            out[m.group(1).lower()] = {"profile": m.group(2).lower(),
-                                       "total": parse_size(m.group(3)),
-                                       "used": parse_size(m.group(4))}
-    return out
+    """``btrfs --format json filesystem df --raw`` → {data|metadata|system|globalreserve:
+    {profile, total, used}} (a mixed group is ``data+metadata``)."""
+    try:
+        rows = json.loads(text).get("filesystem-df")
+    except (ValueError, AttributeError):
+        rows = None
+    if not isinstance(rows, list):
+        raise ValueError("btrfs filesystem df: no filesystem-df list in its json output")
+    return {str(r["bg-type"]).lower(): {"profile": str(r["bg-profile"]).lower(),
+                                        "total": parse_int(r.get("total")),
+                                        "used": parse_int(r.get("used"))}
+            for r in rows if isinstance(r, dict) and "bg-type" in r}
 
 
 _SUBVOL = re.compile(

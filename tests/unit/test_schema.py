@@ -79,3 +79,52 @@ def test_every_command_has_docstring_and_schema() -> None:
     assert len(specs) > 20
     for spec in specs:
         assert spec.doc and json_schema(spec.args)["type"] == "object"
+
+
+@dataclass(frozen=True)
+class TextArgs(Schema):
+    flag: bool = False
+    count: Annotated[int, Range(0, 10)] = 0
+    ratio: float = 0.0
+    names: list[str] = field(default_factory=list)
+    caps: dict[str, int] = field(default_factory=dict)
+    mode: Literal["a", "b"] = "a"
+    level: Literal[1, 2] = 1
+    maybe: int | None = None
+    name: str = ""
+    inner: Inner | None = None
+
+
+def test_text_values_are_converted_then_checked() -> None:
+    a = parse(TextArgs, {"flag": "yes", "count": "0x5", "ratio": "1.5", "names": "x,,y",
+                         "caps": "a:1,b:2", "mode": "b", "level": "2", "maybe": "7",
+                         "name": "0x5"}, text=True)
+    assert a == TextArgs(flag=True, count=5, ratio=1.5, names=["x", "y"], caps={"a": 1, "b": 2},
+                         mode="b", level=2, maybe=7, name="0x5")
+    assert parse(TextArgs, {"flag": ""}, text=True).flag is True  # a bare flag
+    assert parse(TextArgs, {"flag": "Off"}, text=True).flag is False
+    assert TextArgs.parse({"count": "3"}, text=True).count == 3
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"flag": "maybe"}, "arguments.flag: expected a boolean, got 'maybe'"),
+    ({"count": "ten"}, "arguments.count: expected an integer, got 'ten'"),
+    ({"count": "11"}, "arguments.count: must be <= 10"),
+    ({"ratio": "fast"}, "arguments.ratio: expected a number"),
+    ({"caps": "a:1,b"}, "arguments.caps: expected key:value items, got 'b'"),
+    ({"caps": "a:x"}, "arguments.caps.a: expected an integer, got 'x'"),
+    ({"mode": "c"}, "arguments.mode: must be one of"),
+    ({"level": "3"}, "arguments.level: must be one of"),
+    ({"inner": "x"}, "arguments.inner: cannot be set from text"),
+    ({"nosuch": "1"}, "arguments.nosuch: unknown argument"),
+])
+def test_text_errors_name_the_field(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        parse(TextArgs, data, text=True)
+
+
+def test_strings_are_not_converted_without_text() -> None:
+    with pytest.raises(BadRequest, match="expected an integer, got string"):
+        parse(TextArgs, {"count": "3"})
+    with pytest.raises(BadRequest, match="expected a boolean"):
+        parse(TextArgs, {"flag": "yes"})

@@ -127,10 +127,11 @@ Label: none  uuid: 11111111-2222-3333-4444-555555555555
 
 """
 
-BTRFS_DF = """Data, RAID1: total=67108864, used=0
-System, RAID1: total=8388608, used=16384
-Metadata, RAID1: total=33554432, used=131072
-GlobalReserve, single: total=5767168, used=0
+BTRFS_DF = """{"__header": {"version": "1"}, "filesystem-df": [
+  {"bg-type": "Data", "bg-profile": "RAID1", "total": "67108864", "used": "0"},
+  {"bg-type": "System", "bg-profile": "RAID1", "total": "8388608", "used": "16384"},
+  {"bg-type": "Metadata", "bg-profile": "RAID1", "total": "33554432", "used": "131072"},
+  {"bg-type": "GlobalReserve", "bg-profile": "single", "total": "5767168", "used": "0"}]}
 """
 
 SUBVOLS = (
@@ -240,6 +241,8 @@ def test_btrfs() -> None:
     df = parse.parse_btrfs_df(BTRFS_DF)
     assert df["data"] == {"profile": "raid1", "total": 67108864, "used": 0}
     assert df["globalreserve"]["profile"] == "single"
+    with pytest.raises(ValueError):
+        parse.parse_btrfs_df("Data, single: total=8388608, used=0\n")
     s1, s2 = parse.parse_subvol_list(SUBVOLS)
     assert s1["id"] == 256 and s1["parent_uuid"] is None and s1["path"] == "sv1"
     assert s2["parent_uuid"] == s1["uuid"] and s2["path"] == "snaps/snap 1"
