@@ -39,6 +39,8 @@ StreamCallback = Callable[[int, str, int], None]
 GRACE = 0.5
 #: seconds to open a connection (TCP + TLS + HELLO), at most
 CONNECT_TIMEOUT = 5.0
+#: seconds for a non-blocking request (RPUSH, EXISTS…) to be answered, at most
+REQUEST_TIMEOUT = 5.0
 _AUTH_KINDS = {"NOAUTH", "WRONGPASS", "NOPERM"}
 
 
@@ -195,7 +197,7 @@ class ResponseAPI:
                 lost = False
                 chunk = max(0.01, min(left, WAIT_CHUNK))
                 raw = yield from c._one(["BLMOVE", key, key, "RIGHT", "RIGHT", round(chunk, 3)],
-                                        time.monotonic() + chunk + GRACE)
+                                        time.monotonic() + chunk + GRACE, blocking=True)
             except TimeoutError:
                 continue  # the loop's own check raises once the caller's deadline is reached
             except ConnectionError:
@@ -228,7 +230,7 @@ class ResponseAPI:
             try:
                 resp = yield from c._one(
                     ["XREAD", "COUNT", 1000, "BLOCK", int(max(10, block * 1000)), "STREAMS",
-                     log_key, last], time.monotonic() + block + GRACE)
+                     log_key, last], time.monotonic() + block + GRACE, blocking=True)
                 if resp is None:
                     ended = yield from c._pipe([["EXISTS", c.keys.result(self.id)],
                                                 ["EXISTS", log_key]], deadline)
@@ -278,8 +280,10 @@ class ClientAPI:
 
     ``Client(host, port, password=None, unix_socket_path=None, ssl=False, *, url=None,
     username=None, …)``; ``url`` is ``redis://user:pass@host:port/``, ``rediss://…?ca=…``
-    or ``unix:///path`` (see ``core0_client.url``). ``timeout`` bounds every call (connect,
-    send, read) and is the default wait of ``get``; ``prefix`` and ``queue`` select a node
+    or ``unix:///path`` (see ``core0_client.url``). Every call has a deadline: connecting
+    takes at most ``connect_timeout``, a request at most ``request_timeout`` (both capped
+    by ``timeout``), reconnecting after a lost connection at most ``timeout``, and ``get``
+    waits its own timeout (default ``timeout``). ``prefix`` and ``queue`` select a node
     and queue on a shared Redis; ``max_reply_bytes`` bounds one reply."""
 
     keys: Keys
@@ -303,6 +307,7 @@ class ClientAPI:
         ssl_verify: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         connect_timeout: float = CONNECT_TIMEOUT,
+        request_timeout: float = REQUEST_TIMEOUT,
         prefix: str = "",
         queue: str = "default",
         retries: int = 20,
@@ -310,6 +315,7 @@ class ClientAPI:
     ):
         self.timeout = float(timeout)
         self.retries = retries
+        self.request_timeout = min(float(request_timeout), self.timeout)
         self.endpoint = endpoint(host, port, password, unix_socket_path, ssl, url, username,
                                  ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_verify)
         self.keys = Keys(prefix)
@@ -339,15 +345,21 @@ class ClientAPI:
         reached (a node that never answered is reported at once)."""
         return self._connected_once() and time.monotonic() + delay < deadline
 
-    def _pipe(self, cmds: list[list[Arg]], deadline: float | None = None) -> Gen:
+    def _pipe(self, cmds: list[list[Arg]], deadline: float | None = None,
+              blocking: bool = False) -> Gen:
         """Replies of ``cmds`` (one round trip), retried over lost connections until the
-        deadline; an error reply raises ServerError/AuthError."""
+        deadline (default: ``timeout`` from now); each attempt is bounded by
+        ``request_timeout`` unless ``blocking`` (then by the deadline, which the caller
+        sets to the command's own timeout plus GRACE). An error reply raises
+        ServerError/AuthError."""
         if deadline is None:
             deadline = time.monotonic() + self.timeout
         delay = 0.05
         for attempt in range(self.retries + 1):
+            attempt_deadline = deadline if blocking else min(
+                deadline, time.monotonic() + self.request_timeout)
             try:
-                replies = yield Call(cmds, deadline)
+                replies = yield Call(cmds, attempt_deadline)
                 break
             except ConnectionError:
                 if attempt == self.retries or not self._may_retry(deadline, delay):
@@ -361,8 +373,9 @@ class ClientAPI:
                 raise _reply_error(r)
         return replies
 
-    def _one(self, cmd: list[Arg], deadline: float | None = None) -> Gen:
-        return (yield from self._pipe([cmd], deadline))[0]
+    def _one(self, cmd: list[Arg], deadline: float | None = None,
+             blocking: bool = False) -> Gen:
+        return (yield from self._pipe([cmd], deadline, blocking))[0]
 
     def _g_push(self, cmds: Sequence[Command]) -> Gen:
         replies = yield from self._pipe([["RPUSH", self.queue_key, c.to_json()] for c in cmds])
