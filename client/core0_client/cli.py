@@ -201,8 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as e:
         _fail(2, e)
     if not words:
-        _parser().print_help(sys.stderr)
-        sys.exit(2)
+        _fail(2, "a command is expected (see core0ctl --help)")
     client: Client | None = None
     try:
         client = _client(ns)

@@ -97,8 +97,12 @@ def parse_url(url: str) -> Endpoint:
         raise URLError("a URL fragment (#…) is not allowed")
     params: dict[str, str] = {}
     for item in parts.query.split("&") if parts.query else []:
-        k, _, v = item.partition("=")
+        k, sep, v = item.partition("=")
         k = unquote(k)
+        if not sep and k != "insecure":
+            raise URLError(f"query parameter {k!r} needs a value ({k}=…)")
+        if not sep:
+            v = "1"
         if k in params:
             raise URLError(f"query parameter {k!r} given twice")
         params[k] = unquote(v)
