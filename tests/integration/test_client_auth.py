@@ -157,3 +157,13 @@ def test_unix_url_with_password(tls_redis: TLSRedis) -> None:
         assert exists(c) is False
     with Client(unix_socket_path=tls_redis.socket, username="alice", password=SECRET) as c:
         assert exists(c) is False
+
+
+def test_server_name(tls_redis: TLSRedis) -> None:
+    quoted = SECRET.replace("%", "%25")
+    with Client(url=tls_redis.url(password=quoted, extra="&server_name=localhost"),
+                timeout=10) as c:
+        assert exists(c) is False
+    with Client(url=tls_redis.url(password=quoted, extra="&server_name=elsewhere"),
+                timeout=10) as c, pytest.raises(ConnectionError):
+        exists(c)
