@@ -69,6 +69,15 @@ Op = Call | Sleep | Blocking
 Gen = Generator[Op, Any, Any]
 
 
+def abandon(gen: Gen) -> None:
+    """Close a generator whose call was cancelled (its ``finally`` blocks may not do I/O
+    any more: their attempt is dropped)."""
+    try:
+        gen.close()
+    except RuntimeError:
+        pass
+
+
 def default_callback(level: int, message: str, flags: int) -> None:
     """Print stdout records to stdout and stderr records to stderr."""
     if level == Level.STDOUT:

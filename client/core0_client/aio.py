@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from core0_client._api import Blocking, Call, ClientAPI, Gen, ResponseAPI, Sleep
+from core0_client._api import Blocking, Call, ClientAPI, Gen, ResponseAPI, Sleep, abandon
 from core0_client.atransport import AsyncPool
 
 __all__ = ["AsyncClient", "AsyncResponse"]
@@ -51,6 +51,9 @@ class AsyncClient(ClientAPI):
                     raise TypeError(f"unknown operation {op!r}")
             except Exception as e:  # handed to the generator, which may handle it
                 error = e
+            except BaseException:  # cancelled, interrupted: the call is abandoned
+                abandon(gen)
+                raise
 
     async def close(self) -> None:
         """Close the connections."""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from core0_client.errors import ConnectionError, Core0Error, TimeoutError
+from core0_client.errors import ConnectionError, Core0Error, ProtocolError, TimeoutError
 from core0_client.resp import Arg, Parser, pack
 from core0_client.transport import MAX_IDLE, check_hello, clean, hello, left, ssl_context, where
 from core0_client.url import Endpoint
@@ -70,6 +70,8 @@ class AsyncConnection:
                     if not chunk:
                         raise ConnectionError(f"{where(self.ep)} closed the connection")
                     self.parser.feed(chunk)
+                if self.parser.pending():
+                    raise ProtocolError("the server sent more than the replies asked for")
                 return out
         except Core0Error:
             raise
@@ -78,6 +80,11 @@ class AsyncConnection:
         except OSError as e:
             raise ConnectionError(f"connection to {where(self.ep)} lost: "
                                   f"{clean(e.strerror or str(e))}") from None
+
+    def stale(self) -> bool:
+        """Closed by the server, or holding data nobody asked for."""
+        return (self.reader is None or self.reader.at_eof() or self.parser.pending()
+                or bool(getattr(self.reader, "_buffer", b"")))
 
     def close(self) -> None:
         if self.writer is not None:
@@ -99,9 +106,20 @@ class AsyncPool:
         self.idle: list[AsyncConnection] = []
         self.connected_once = False
         self.closed = False
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(self, cmds: Sequence[Sequence[Arg]], deadline: float) -> list[Any]:
-        conn = self.idle.pop() if self.idle else None
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # connections belong to the loop that opened them
+            self.close()
+            self.closed = False
+            self.loop = loop
+        conn = None
+        while self.idle and conn is None:
+            conn = self.idle.pop()
+            if conn.stale():
+                conn.close()
+                conn = None
         if conn is None:
             conn = AsyncConnection(self.ep, self.max_bulk)
             await conn.open(min(deadline, time.monotonic() + self.connect_timeout))

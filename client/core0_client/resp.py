@@ -61,6 +61,10 @@ class Parser:
     def feed(self, data: bytes) -> None:
         self.buf += data
 
+    def pending(self) -> bool:
+        """Bytes are buffered beyond the replies taken."""
+        return len(self.buf) > self.pos
+
     def get(self) -> tuple[bool, Any]:
         """``(True, reply)`` when a whole reply is buffered, else ``(False, None)``."""
         start = self.pos

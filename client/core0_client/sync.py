@@ -13,6 +13,7 @@ from core0_client._api import (
     ResponseAPI,
     Sleep,
     StreamCallback,
+    abandon,
     default_callback,
 )
 from core0_client.transport import Pool
@@ -58,6 +59,9 @@ class Client(ClientAPI):
                     raise TypeError(f"unknown operation {op!r}")
             except Exception as e:  # handed to the generator, which may handle it
                 error = e
+            except BaseException:  # cancelled, interrupted: the call is abandoned
+                abandon(gen)
+                raise
 
     def close(self) -> None:
         """Close the connections."""

@@ -146,6 +146,8 @@ class Connection:
                 if not chunk:
                     raise ConnectionError(f"{where(self.ep)} closed the connection")
                 self.parser.feed(chunk)
+            if self.parser.pending():
+                raise ProtocolError("the server sent more than the replies asked for")
             return out
         except Core0Error:
             raise
@@ -154,6 +156,23 @@ class Connection:
         except OSError as e:
             raise ConnectionError(f"connection to {where(self.ep)} lost: "
                                   f"{clean(e.strerror or str(e))}") from None
+
+    def stale(self) -> bool:
+        """An idle connection that must not be reused: closed by the server, or holding
+        data nobody asked for."""
+        sock = self.sock
+        if sock is None or self.parser.pending():
+            return True
+        if isinstance(sock, ssl.SSLSocket):
+            return sock.pending() > 0  # (TLS session tickets make the raw socket readable)
+        try:
+            sock.settimeout(0)
+            sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True  # unsolicited data, or the end of the stream
 
     def close(self) -> None:
         if self.sock is not None:
@@ -179,8 +198,15 @@ class Pool:
         self.closed = False
 
     def execute(self, cmds: Sequence[Sequence[Arg]], deadline: float) -> list[Any]:
-        with self.lock:
-            conn = self.idle.pop() if self.idle else None
+        conn = None
+        while conn is None:
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            if conn is None:
+                break
+            if conn.stale():
+                conn.close()
+                conn = None
         if conn is None:
             conn = Connection(self.ep, self.max_bulk)
             conn.open(min(deadline, time.monotonic() + self.connect_timeout))

@@ -65,6 +65,7 @@ CASES: dict[str, tuple[dict[bytes, Any], str]] = {
     "no id": ({b"BLMOVE": result_of(b'{"state":"SUCCESS"}')}, "get"),
     "id a number": ({b"BLMOVE": result_of(b'{"id":5,"state":"SUCCESS"}')}, "get"),
     "another job's id": ({b"BLMOVE": result_of(b'{"id":"other","state":"SUCCESS"}')}, "get"),
+    "two replies to one request": ({b"RPUSH": b":1\r\n:1\r\n"}, "get"),
     "RESP garbage": ({b"BLMOVE": b"hello world\r\n"}, "get"),
     "RESP unknown type": ({b"BLMOVE": b"?what\r\n"}, "get"),
     "RESP bad length": ({b"BLMOVE": b"$abc\r\n"}, "get"),
