@@ -67,6 +67,12 @@ class FakeRedis:
                         continue
                     conn.sendall(reply)
 
+    def cut(self) -> None:
+        """Cut every open connection (as a restarting server does)."""
+        for c in list(self.conns):
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self.stopping.set()
         with contextlib.suppress(OSError):

@@ -42,6 +42,8 @@ CONNECT_TIMEOUT = 5.0
 #: seconds for a non-blocking request (RPUSH, EXISTS…) to be answered, at most
 REQUEST_TIMEOUT = 5.0
 _AUTH_KINDS = {"NOAUTH", "WRONGPASS", "NOPERM"}
+#: error replies of a Redis that will answer soon (retried like a lost connection)
+_TRANSIENT_KINDS = {"LOADING", "TRYAGAIN", "MASTERDOWN"}
 
 
 @dataclass(slots=True)
@@ -206,7 +208,8 @@ class ResponseAPI:
                 lost = False
                 chunk = max(0.01, min(left, WAIT_CHUNK))
                 raw = yield from c._one(["BLMOVE", key, key, "RIGHT", "RIGHT", round(chunk, 3)],
-                                        time.monotonic() + chunk + GRACE, blocking=True)
+                                        time.monotonic() + chunk + GRACE, blocking=True,
+                                        retry=False)
             except TimeoutError:
                 continue  # the loop's own check raises once the caller's deadline is reached
             except ConnectionError:
@@ -239,7 +242,8 @@ class ResponseAPI:
             try:
                 resp = yield from c._one(
                     ["XREAD", "COUNT", 1000, "BLOCK", int(max(10, block * 1000)), "STREAMS",
-                     log_key, last], time.monotonic() + block + GRACE, blocking=True)
+                     log_key, last], time.monotonic() + block + GRACE, blocking=True,
+                    retry=False)
                 if resp is None:
                     ended = yield from c._pipe([["EXISTS", c.keys.result(self.id)],
                                                 ["EXISTS", log_key]], deadline)
@@ -355,7 +359,7 @@ class ClientAPI:
         return self._connected_once() and time.monotonic() + delay < deadline
 
     def _pipe(self, cmds: list[list[Arg]], deadline: float | None = None,
-              blocking: bool = False) -> Gen:
+              blocking: bool = False, retry: bool = True) -> Gen:
         """Replies of ``cmds`` (one round trip), retried over lost connections until the
         deadline (default: ``timeout`` from now); each attempt is bounded by
         ``request_timeout`` unless ``blocking`` (then by the deadline, which the caller
@@ -366,25 +370,29 @@ class ClientAPI:
         delay = 0.05
         for attempt in range(self.retries + 1):
             attempt_deadline = deadline if blocking else min(
-                deadline, time.monotonic() + self.request_timeout)
+                deadline, time.monotonic() + self.request_timeout + len(cmds) / 1000)
             try:
                 replies = yield Call(cmds, attempt_deadline)
+                if not isinstance(replies, list) or len(replies) != len(cmds):
+                    raise ProtocolError("wrong number of replies")
+                busy = next((r for r in replies if isinstance(r, ErrorReply)
+                             and r.split(" ", 1)[0] in _TRANSIENT_KINDS), None)
+                if busy is not None:  # a restarted Redis loading its AOF: wait for it
+                    raise ConnectionError(f"the node's Redis is not ready: {clean(busy)}")
                 break
             except ConnectionError:
-                if attempt == self.retries or not self._may_retry(deadline, delay):
+                if not retry or attempt == self.retries or not self._may_retry(deadline, delay):
                     raise
                 yield Sleep(delay)
                 delay = min(delay * 2, 2.0)
-        if not isinstance(replies, list) or len(replies) != len(cmds):
-            raise ProtocolError("wrong number of replies")
         for r in replies:
             if isinstance(r, ErrorReply):
                 raise _reply_error(r)
         return replies
 
     def _one(self, cmd: list[Arg], deadline: float | None = None,
-             blocking: bool = False) -> Gen:
-        return (yield from self._pipe([cmd], deadline, blocking))[0]
+             blocking: bool = False, retry: bool = True) -> Gen:
+        return (yield from self._pipe([cmd], deadline, blocking, retry))[0]
 
     def _g_push(self, cmds: Sequence[Command]) -> Gen:
         replies = yield from self._pipe([["RPUSH", self.queue_key, c.to_json()] for c in cmds])

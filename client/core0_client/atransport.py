@@ -111,15 +111,13 @@ class AsyncPool:
     async def execute(self, cmds: Sequence[Sequence[Arg]], deadline: float) -> list[Any]:
         loop = asyncio.get_running_loop()
         if loop is not self.loop:  # connections belong to the loop that opened them
-            self.close()
-            self.closed = False
+            self.drop_idle()
             self.loop = loop
-        conn = None
-        while self.idle and conn is None:
-            conn = self.idle.pop()
-            if conn.stale():
-                conn.close()
-                conn = None
+        conn = self.idle.pop() if self.idle else None
+        if conn is not None and conn.stale():
+            conn.close()
+            self.drop_idle()
+            raise ConnectionError(f"{where(self.ep)} closed the connection")
         if conn is None:
             conn = AsyncConnection(self.ep, self.max_bulk)
             await conn.open(min(deadline, time.monotonic() + self.connect_timeout))
@@ -135,8 +133,11 @@ class AsyncPool:
             conn.close()
         return replies
 
-    def close(self) -> None:
-        self.closed = True
+    def drop_idle(self) -> None:
         idle, self.idle = self.idle, []
         for c in idle:
             c.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.drop_idle()

@@ -198,15 +198,14 @@ class Pool:
         self.closed = False
 
     def execute(self, cmds: Sequence[Sequence[Arg]], deadline: float) -> list[Any]:
-        conn = None
-        while conn is None:
-            with self.lock:
-                conn = self.idle.pop() if self.idle else None
-            if conn is None:
-                break
-            if conn.stale():
-                conn.close()
-                conn = None
+        with self.lock:
+            conn = self.idle.pop() if self.idle else None
+        if conn is not None and conn.stale():
+            # the server closed it (restarted?): drop every idle connection and say so, so
+            # that a waiting call checks its job is still known
+            conn.close()
+            self.drop_idle()
+            raise ConnectionError(f"{where(self.ep)} closed the connection")
         if conn is None:
             conn = Connection(self.ep, self.max_bulk)
             conn.open(min(deadline, time.monotonic() + self.connect_timeout))
@@ -223,9 +222,12 @@ class Pool:
         conn.close()
         return replies
 
-    def close(self) -> None:
+    def drop_idle(self) -> None:
         with self.lock:
-            self.closed = True
             idle, self.idle = self.idle, []
         for c in idle:
             c.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.drop_idle()

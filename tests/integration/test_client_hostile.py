@@ -220,3 +220,44 @@ def test_server_error_reply_is_typed() -> None:
         assert e.value.kind == "WRONGTYPE"
         r = ctl("--url", srv.url, "raw", "core.ping", "{}")
     assert r.returncode == 1 and "NOPERM" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_loading_redis_is_waited_for() -> None:
+    """A restarted Redis answering LOADING is retried until it serves (not an error)."""
+    n = {"rpush": 0}
+
+    def rpush(argv: list[bytes]) -> Reply:
+        n["rpush"] += 1
+        return b"-LOADING Redis is loading the dataset in memory\r\n" if n["rpush"] < 3 \
+            else b":1\r\n"
+
+    with FakeRedis(scripted({b"RPUSH": rpush, b"BLMOVE": result_of(OK)})) as srv, \
+            Client(url=srv.url, timeout=10) as c:
+        assert c.ping() == "PONG"
+    assert n["rpush"] == 3
+
+
+def test_lost_connection_resubmits_unknown_job() -> None:
+    """The connection drops while waiting; the node then knows nothing of the job: the
+    client reconnects and pushes the same command (same id) again."""
+    with FakeRedis(scripted({b"BLMOVE": result_of(OK), b"EXISTS": b":0\r\n"})) as srv, \
+            Client(url=srv.url, timeout=10) as c:
+        resp = c.raw("core.ping")
+        srv.cut()  # the node restarts (and lost the job)
+        assert resp.get(10).ok
+        pushes = [cmd for cmd in srv.commands if cmd[0] == b"RPUSH"]
+    assert len(pushes) == 2 and pushes[0] == pushes[1]
+
+
+def test_lost_connection_resubmits_unknown_job_async() -> None:
+    with FakeRedis(scripted({b"BLMOVE": result_of(OK), b"EXISTS": b":0\r\n"})) as srv:
+        async def go() -> None:
+            async with AsyncClient(url=srv.url, timeout=10) as ac:
+                resp = await ac.raw("core.ping")
+                srv.cut()
+                await asyncio.sleep(0.1)  # let the end of stream reach the idle connection
+                assert (await resp.get(10)).ok
+
+        asyncio.run(go())
+        pushes = [cmd for cmd in srv.commands if cmd[0] == b"RPUSH"]
+    assert len(pushes) == 2 and pushes[0] == pushes[1]
