@@ -19,7 +19,7 @@ Arg = bytes | str | int | float
 
 #: default bound of one bulk reply (a result holds at most 2 MiB of output tails + its data)
 DEFAULT_MAX_BULK = 64 << 20
-MAX_ITEMS = 1 << 20
+MAX_ITEMS = 1 << 16  # XREAD asks for 1000 entries; a HELLO map has ~14
 MAX_DEPTH = 8
 MAX_LINE = 64 << 10
 
