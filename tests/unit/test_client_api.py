@@ -4,12 +4,16 @@ the RESP parser's bounds."""
 from __future__ import annotations
 
 import inspect
+import json
 
 import pytest
 from core0_client import AsyncClient, Client, ProtocolError
 from core0_client.aio import AsyncResponse
+from core0_client.replies import parse_result
 from core0_client.resp import ErrorReply, Parser, pack
 from core0_client.sync import Response
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def public(obj: object) -> dict[str, str]:
@@ -97,3 +101,36 @@ def test_parser_refuses(data: bytes) -> None:
     p.feed(data)
     with pytest.raises(ProtocolError):
         p.get()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_parser_fuzz_only_protocol_errors(data: bytes) -> None:
+    p = Parser(max_bulk=1000)
+    p.feed(data)
+    try:
+        while p.get()[0]:
+            pass
+    except ProtocolError:
+        pass
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+FIELDS = st.sampled_from(["id", "state", "code", "data", "level", "streams", "critical",
+                          "starttime", "time", "tags", "container", "run", "command"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(FIELDS, JSON | st.just("SUCCESS") | st.just("job-1"), max_size=13)
+       | JSON)
+def test_result_fuzz_only_protocol_errors(obj: object) -> None:
+    raw = json.dumps(obj).encode()
+    try:
+        res = parse_result(raw, "job-1")
+    except ProtocolError:
+        return
+    assert res.id == "job-1" and isinstance(res.code, int) and isinstance(res.data, str)
+    assert all(isinstance(s, str) for s in res.streams) and len(res.streams) == 2
