@@ -37,6 +37,8 @@ StreamCallback = Callable[[int, str, int], None]
 
 #: time allowed past a blocking command's own timeout for its (empty) answer to arrive
 GRACE = 0.5
+#: longest pause between two reads of a result key when the user may not BLMOVE it
+POLL_MAX = 0.2
 #: seconds to open a connection (TCP + TLS + HELLO), at most
 CONNECT_TIMEOUT = 5.0
 #: seconds for a non-blocking request (RPUSH, EXISTS…) to be answered, at most
@@ -190,6 +192,7 @@ class ResponseAPI:
         checked = self.command is not None
         lost = False
         delay = 0.05
+        poll = 0.01
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -206,10 +209,24 @@ class ResponseAPI:
                         yield from c._one(["RPUSH", c.queue_key, self.command.to_json()],
                                           deadline)
                 lost = False
-                chunk = max(0.01, min(left, WAIT_CHUNK))
-                raw = yield from c._one(["BLMOVE", key, key, "RIGHT", "RIGHT", round(chunk, 3)],
-                                        time.monotonic() + chunk + GRACE, blocking=True,
-                                        retry=False)
+                if c._read_only_results:
+                    raw = yield from c._one(["LINDEX", key, -1], deadline, retry=False)
+                    if raw is None:
+                        yield Sleep(min(poll, max(0.0, deadline - time.monotonic())))
+                        poll = min(poll * 2, POLL_MAX)
+                        continue
+                else:
+                    chunk = max(0.01, min(left, WAIT_CHUNK))
+                    raw = yield from c._one(
+                        ["BLMOVE", key, key, "RIGHT", "RIGHT", round(chunk, 3)],
+                        time.monotonic() + chunk + GRACE, blocking=True, retry=False)
+            except AuthError as e:
+                if c._read_only_results or e.kind != "NOPERM":
+                    raise
+                # an ACL user that may only read result keys: poll (LINDEX) instead of the
+                # blocking BLMOVE onto itself, which writes
+                c._read_only_results = True
+                continue
             except TimeoutError:
                 continue  # the loop's own check raises once the caller's deadline is reached
             except ConnectionError:
@@ -333,6 +350,8 @@ class ClientAPI:
                                  ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_verify)
         self.keys = Keys(prefix)
         self.queue_key = self.keys.queue(queue)
+        #: the ACL user may read result keys but not BLMOVE them: poll
+        self._read_only_results = False
         self._open_pool(max_reply_bytes, min(connect_timeout, self.timeout))
         for name, cls in MANAGERS.items():
             setattr(self, name, cls(self))

@@ -4,6 +4,7 @@ made by the openssl CLI): CORE0_URL forms, refusals, and the password never show
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, kill_tree, require, wait_until
-from core0_client import AsyncClient, AuthError, Client, ConnectionError
+from core0_client import AsyncClient, AuthError, Client, ConnectionError, TimeoutError
 
 SECRET = "pw-Xq7%3Av"  # holds a "%": URLs must percent-encode it (%25)
 
@@ -167,3 +168,33 @@ def test_server_name(tls_redis: TLSRedis) -> None:
     with Client(url=tls_redis.url(password=quoted, extra="&server_name=elsewhere"),
                 timeout=10) as c, pytest.raises(ConnectionError):
         exists(c)
+
+
+def test_read_only_result_keys_are_polled(tls_redis: TLSRedis) -> None:
+    """An ACL user that may only read result keys (no BLMOVE onto itself) still gets its
+    results: the client falls back to reading them (LINDEX) until the deadline."""
+    import threading
+
+    import redis
+
+    admin = redis.Redis(unix_socket_path=tls_redis.socket, username="alice", password=SECRET)
+    admin.execute_command("ACL", "SETUSER", "reader", "on", f">{SECRET}", "resetkeys",
+                          "%R~result:*", "-@all", "+exists", "+ttl", "+lindex", "+blmove")
+    res = json.dumps({"id": "job-r1", "command": "core.ping", "state": "SUCCESS", "code": 0,
+                      "level": 20, "data": '"PONG"'})
+    admin.rpush("result:job-r1", res)
+    url = f"unix://reader:{SECRET.replace('%', '%25')}@{tls_redis.socket}"
+    with Client(url=url, timeout=10) as c:
+        assert c.response_for("job-r1").get(5).json() == "PONG"
+        assert c._read_only_results  # BLMOVE was refused (NOPERM): reads instead
+        admin.rpush("result:job-r2:flag", "")
+        later = res.replace("job-r1", "job-r2")
+        t = threading.Timer(0.3, lambda: admin.rpush("result:job-r2", later))
+        t.start()
+        assert c.response_for("job-r2").get(5).ok
+        t.join()
+        admin.rpush("result:job-r3:flag", "")
+        with pytest.raises(TimeoutError):
+            c.response_for("job-r3").get(0.5)
+    admin.delete("result:job-r1", "result:job-r2", "result:job-r2:flag", "result:job-r3:flag")
+    admin.close()
