@@ -81,6 +81,56 @@ def where(ep: Endpoint) -> str:
     return ep.display()
 
 
+def _connect(family: int, addr: Any, deadline: float) -> socket.socket:
+    timeout = left(deadline)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _resolve(host: str, port: int, deadline: float) -> list[tuple[int, Any]]:
+    """getaddrinfo, bounded by the deadline (it runs in a daemon thread: a stuck resolver
+    is left behind, not waited for)."""
+    try:  # an address needs no resolver
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return [(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))]
+    except OSError:
+        pass
+    out: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            out.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as e:
+            out.append(e)
+        done.set()
+
+    threading.Thread(target=run, daemon=True, name="core0-client-resolve").start()
+    if not done.wait(left(deadline)):
+        raise TimeoutError(f"resolving {host}: timed out")
+    if isinstance(out[0], OSError):
+        raise out[0]
+    return [(family, addr) for family, _, _, _, addr in out[0]]
+
+
+def _connect_tcp(host: str, port: int, deadline: float) -> socket.socket:
+    error: OSError | None = None
+    for family, addr in _resolve(host, port, deadline):
+        try:
+            return _connect(family, addr, deadline)
+        except builtins_timeout:
+            raise
+        except OSError as e:
+            error = e
+    raise error or OSError(f"no address for {host}")
+
+
 class Connection:
     """One blocking connection (TCP, TLS or unix socket)."""
 
@@ -93,15 +143,9 @@ class Connection:
         ep = self.ep
         try:
             if ep.unix_socket_path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(left(deadline))
-                try:
-                    sock.connect(ep.unix_socket_path)
-                except BaseException:
-                    sock.close()
-                    raise
+                sock = _connect(socket.AF_UNIX, ep.unix_socket_path, deadline)
             else:
-                sock = socket.create_connection((ep.host, ep.port), timeout=left(deadline))
+                sock = _connect_tcp(ep.host, ep.port, deadline)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
                 if ep.tls:
