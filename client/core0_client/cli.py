@@ -15,8 +15,9 @@ Connection: --url (or CORE0_URL): redis://user:pass@host:port/, rediss://user:pa
 CORE0_PASSWORD, CORE0_USER, CORE0_PREFIX, CORE0_QUEUE. Flags win over the URL.
 --timeout bounds every call (connect, send, read) and the wait for a result.
 Exit status: 0 on SUCCESS; for ``system``/``bash`` the program's own exit status; 1 for an
-error result or an unreachable node (the message goes to stderr), 2 for usage errors and
-replies that break the protocol, 3 for a timeout.
+error result or an unreachable node (the message goes to stderr), 2 for usage errors (also
+a 400 "bad request" result: the node refused the arguments) and replies that break the
+protocol, 3 for a timeout.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ def _finish(ns: argparse.Namespace, resp: Response, process: bool = False) -> in
             if not ns.json and not ns.stream:
                 print(f"exit code {status}", file=sys.stderr)
             return status if 0 <= status < 256 else 1
-        return 1
+        return 2 if res.code == Code.BAD_REQUEST else 1  # the node says: bad input
     return 0
 
 
