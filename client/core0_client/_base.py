@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from collections.abc import Sequence
 from typing import Any
 
-from core0_client.errors import ResultError
-from core0_client.managers import MANAGERS
-from core0_client.protocol import Command, Keys, Level, Result, State
+from core0_client.errors import ProtocolError, ResultError
+from core0_client.protocol import Command, Level, Result, State
+from core0_client.replies import load_json, result_data
 
 #: chunk of a blocking wait; the last chunk is cut to the caller's deadline
 WAIT_CHUNK = 10.0
@@ -28,6 +27,11 @@ def build(
     tags: Sequence[str] | None = None,
     id: str | None = None,
 ) -> Command:
+    """A Command with every option checked by type (a bad argument is a ValueError)."""
+    if not isinstance(command, str) or not command:
+        raise ValueError("command: a non-empty string")
+    if arguments is not None and not isinstance(arguments, dict):
+        raise ValueError(f"arguments: expected an object, got {type(arguments).__name__}")
     kw: dict[str, Any] = {}
     if id is not None:
         kw["id"] = id
@@ -58,69 +62,31 @@ def system_args(
     return {"name": argv[0], "args": argv[1:], "dir": dir, "stdin": stdin, "env": env}
 
 
+def error_message(result: Result) -> str:
+    """The message of a failed result: its JSON-encoded error string, else critical/data."""
+    msg = result.critical or result.data or result.stderr or result.state.value
+    if result.level == Level.RESULT_JSON and result.data:
+        try:
+            decoded = load_json(result.data, "result.data")
+        except ProtocolError:
+            return msg
+        if isinstance(decoded, str):
+            msg = decoded
+    return msg
+
+
 def check(result: Result) -> Result:
     """Raise ResultError unless the result is SUCCESS."""
     if result.state is not State.SUCCESS:
-        msg = result.critical or result.data or result.stderr or result.state.value
-        if result.level == Level.RESULT_JSON and result.data:
-            try:
-                decoded = json.loads(result.data)
-                if isinstance(decoded, str):
-                    msg = decoded
-            except ValueError:
-                pass
-        raise ResultError(f"{result.command}: {result.state.value}: {msg}", result.code, result)
+        raise ResultError(f"{result.command}: {result.state.value}: {error_message(result)}",
+                          result.code, result)
     return result
 
 
 def decode_json(result: Result) -> Any:
+    """The decoded level-20 data of a successful result."""
     check(result)
     if result.level != Level.RESULT_JSON:
         raise ResultError(f"{result.command}: result is not JSON (level {result.level})", 406,
                           result)
-    return json.loads(result.data) if result.data else None
-
-
-class ClientBase:
-    """Attributes shared by both clients."""
-
-    keys: Keys
-    queue_key: str
-
-    def _init_common(self, prefix: str, queue: str) -> None:
-        self.keys = Keys(prefix)
-        self.queue_key = self.keys.queue(queue)
-        for name, cls in MANAGERS.items():
-            setattr(self, name, cls(self))
-
-    def _connection_kwargs(self, host: str, port: int, password: str | None,
-                           username: str | None, unix_socket_path: str | None, ssl: bool,
-                           ssl_ca_certs: str | None, ssl_certfile: str | None,
-                           ssl_keyfile: str | None, ssl_verify: bool,
-                           timeout: float) -> dict[str, Any]:
-        kw: dict[str, Any] = {
-            "socket_timeout": WAIT_CHUNK + timeout,
-            "socket_connect_timeout": timeout,
-            "socket_keepalive": True,
-            "health_check_interval": 30,
-        }
-        if password:
-            kw["password"] = password
-        if username:
-            kw["username"] = username
-        if unix_socket_path:
-            kw.pop("socket_keepalive")
-            kw["unix_socket_path"] = unix_socket_path
-        else:
-            kw["host"] = host
-            kw["port"] = port
-            if ssl:
-                kw["ssl"] = True
-                kw["ssl_cert_reqs"] = "required" if ssl_verify else "none"
-                if ssl_ca_certs:
-                    kw["ssl_ca_certs"] = ssl_ca_certs
-                if ssl_certfile:
-                    kw["ssl_certfile"] = ssl_certfile
-                if ssl_keyfile:
-                    kw["ssl_keyfile"] = ssl_keyfile
-        return kw
+    return result_data(result)

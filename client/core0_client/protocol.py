@@ -22,6 +22,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from core0_client.errors import ProtocolError
+
 __all__ = [
     "ID_PATTERN",
     "Code",
@@ -117,15 +119,6 @@ FLAG_STREAM = 0x1
 FLAG_EOF_SUCCESS = 0x2
 FLAG_EOF_ERROR = 0x4
 FLAGS_EOF = FLAG_EOF_SUCCESS | FLAG_EOF_ERROR
-
-
-class ProtocolError(ValueError):
-    """A command that cannot be accepted. ``field`` names the offending field."""
-
-    def __init__(self, message: str, field: str | None = None, code: int = Code.BAD_REQUEST):
-        super().__init__(message)
-        self.field = field
-        self.code = code
 
 
 def new_id() -> str:

@@ -158,3 +158,13 @@ def test_core0ctl(node) -> None:  # type: ignore[no-untyped-def]
     assert r.stdout.strip() == "true"
     r = ctl(node, "commands")
     assert "core.ping" in r.stdout
+
+
+def test_core0ctl_bad_arguments_for_the_node(node) -> None:  # type: ignore[no-untyped-def]
+    """Arguments only the node can judge (its schema) are bad input too: one line, exit 2."""
+    for args in (["job", "kill"], ["raw", "core.system", '{"name": "echo", "x": 1}'],
+                 ["filesystem", "exists", "path=1"]):
+        r = ctl(node, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "400" in lines[0] and "Traceback" not in r.stderr
