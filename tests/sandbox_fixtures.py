@@ -131,6 +131,8 @@ class ContainerNode:
     ns: Netns
     pid: int
     dir: Path
+    #: the embedded Redis's TCP port on 127.0.0.1 *inside* ``ns``
+    port: int
 
     @property
     def state_dir(self) -> Path:
@@ -179,12 +181,13 @@ def start_container_node(ns: Netns, base: Path) -> ContainerNode:
     state.mkdir(parents=True)
     log = open(base / "node.log", "wb")
     root = Path(__file__).resolve().parent.parent
+    port = free_port()
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{ns.name}", "--", sys.executable, "-m", "core0", "dev",
-         "--state-dir", str(state), "--redis-port", "0"],
+         "--state-dir", str(state), "--redis-port", str(port)],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
     log.close()
-    node = ContainerNode(ns, proc.pid, base)
+    node = ContainerNode(ns, proc.pid, base, port)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -200,6 +203,16 @@ def start_container_node(ns: Netns, base: Path) -> ContainerNode:
                 raise RuntimeError("core0 dev did not come up:\n" + node.log_text()[-4000:]
                                    ) from None
             time.sleep(0.1)
+
+
+def in_netns(node: ContainerNode, script: str, *args: str, timeout: float = 300
+             ) -> subprocess.CompletedProcess[str]:
+    """Run a Python script in the node's netns (where its Redis TCP port is reachable)."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=f"{root}:{root / 'client'}")
+    return subprocess.run(["nsenter", f"--net=/run/netns/{node.ns.name}", "--", sys.executable,
+                           "-c", script, *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 def cleanup_containers(node: ContainerNode) -> None:

@@ -25,8 +25,8 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO
 
 from core0.errors import BadRequest
