@@ -260,3 +260,12 @@ def container_node() -> Iterator[ContainerNode]:
             node.stop()
             cleanup_containers(node)
             shutil.rmtree(base, ignore_errors=True)
+
+
+def build_probe(dest: Path) -> Path:
+    """The security probe (tests/sandbox_probe.c), linked statically, at ``dest``."""
+    require("gcc", "/usr/lib/x86_64-linux-gnu/libc.a")
+    src = Path(__file__).resolve().parent / "sandbox_probe.c"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(dest), str(src)], check=True,
+                   capture_output=True)
+    return dest

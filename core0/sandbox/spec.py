@@ -16,7 +16,8 @@ tests/integration/test_sandbox_security.py):
 - limits (memory, cpu shares/quota, pids) in ``linux.resources``, applied by the runtime on
   cgroup v1 or v2.
 
-``privileged`` lifts exactly what podman's ``--privileged`` lifts: all capabilities, no
+``privileged`` lifts exactly what podman's ``--privileged`` lifts: all capabilities (of the
+node's own bounding set), no
 seccomp filter, no masked or read-only paths, ``/sys`` and the cgroup fs read-write, every
 device allowed in the devices cgroup, ``noNewPrivileges`` off. (podman also bind-mounts the
 host's device nodes; core0 does not.)
@@ -114,6 +115,17 @@ class Sandbox:
     limits: Limits = field(default_factory=Limits)
 
 
+def host_caps() -> list[str]:
+    """The capabilities of core0's own bounding set (a privileged container gets these: a
+    runtime cannot grant more than it has, and podman does the same)."""
+    try:
+        with open("/proc/self/status") as f:
+            bnd = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapBnd:"))
+    except (OSError, StopIteration, ValueError):
+        return list(ALL_CAPS)
+    return [c for i, c in enumerate(ALL_CAPS) if bnd & (1 << i)]
+
+
 def _nofile() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = 1048576
@@ -144,7 +156,7 @@ def base_mounts(privileged: bool) -> list[dict[str, Any]]:
 
 def build(sb: Sandbox) -> dict[str, Any]:
     """The ``config.json`` of ``sb``."""
-    caps = ALL_CAPS if sb.privileged else DEFAULT_CAPS
+    caps = host_caps() if sb.privileged else DEFAULT_CAPS
     env = {"PATH": DEFAULT_PATH, "HOME": "/", "HOSTNAME": sb.hostname, **sb.env}
     args = [INIT_PATH, "--", *sb.args] if sb.args else [INIT_PATH, "-P"]
     nofile = _nofile()
