@@ -233,16 +233,17 @@ def cleanup_containers(node: ContainerNode) -> None:
     for p in sorted(points, reverse=True):
         subprocess.run(["umount", "-l", p], capture_output=True)
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
-        if name.startswith(f"core0-{_tag(node)}-"):
+        if name.startswith(f"core0-{node_tag(node)}-"):
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
     import glob
 
-    for d in glob.glob(f"/sys/fs/cgroup/*/core0-{_tag(node)}-*"):
+    for d in glob.glob(f"/sys/fs/cgroup/*/core0-{node_tag(node)}-*"):
         with contextlib.suppress(OSError):
             os.rmdir(d)
 
 
-def _tag(node: ContainerNode) -> str:
+def node_tag(node: ContainerNode) -> str:
+    """The node's tag in host-wide names (netns, cgroups, veths)."""
     import hashlib
 
     return hashlib.sha256(str(node.state_dir.resolve()).encode()).hexdigest()[:6]
