@@ -65,9 +65,9 @@ def oci_layout(tmp: Path, rootfs: Path, tag: str = "base") -> Path:
     run("umoci", "new", "--image", f"{layout}:{tag}")
     run("umoci", "unpack", "--image", f"{layout}:{tag}", str(bundle))
     subprocess.run(["cp", "-a", f"{rootfs}/.", str(bundle / "rootfs")], check=True)
+    run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
     run("umoci", "config", "--image", f"{layout}:{tag}", "--config.env", "FROM_IMAGE=yes",
         "--config.workingdir", "/root")
-    run("umoci", "repack", "--image", f"{layout}:{tag}", str(bundle))
     shutil.rmtree(bundle)
     return layout
 
@@ -76,6 +76,8 @@ def oci_layout(tmp: Path, rootfs: Path, tag: str = "base") -> Path:
 class Registry:
     port: int
     proc: subprocess.Popen[bytes]
+    #: the netns it listens in ("" = the host's)
+    ns: str = ""
 
     @property
     def host(self) -> str:
@@ -84,16 +86,20 @@ class Registry:
     def push(self, layout: Path, tag: str, repo: str) -> str:
         require("skopeo")
         ref = f"{self.host}/{repo}"
-        subprocess.run(["skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{tag}",
-                        f"docker://{ref}"], check=True, capture_output=True)
+        pre = ["nsenter", f"--net=/run/netns/{self.ns}", "--"] if self.ns else []
+        subprocess.run([*pre, "skopeo", "copy", "--dest-tls-verify=false",
+                        f"oci:{layout}:{tag}", f"docker://{ref}"], check=True,
+                       capture_output=True)
         return ref
 
 
 @contextlib.contextmanager
-def registry(tmp: Path) -> Iterator[Registry]:
-    """docker-registry (distribution) on 127.0.0.1, plain http, storage in ``tmp``."""
+def registry(tmp: Path, ns: str = "") -> Iterator[Registry]:
+    """docker-registry (distribution) on 127.0.0.1 (of netns ``ns``), plain http, storage in
+    ``tmp``."""
     require("docker-registry")
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     cfg = tmp / "registry.yml"
     cfg.write_text(f"""version: 0.1
 log:
@@ -104,19 +110,18 @@ storage:
 http:
   addr: 127.0.0.1:{port}
 """)
-    proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pre = ["nsenter", f"--net=/run/netns/{ns}", "--"] if ns else []
+    proc = subprocess.Popen([*pre, "docker-registry", "serve", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     try:
-        import socket
-
         def up() -> bool:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port),
-                                                                        0.2):
-                return True
-            return False
+            probe = ("import socket; socket.create_connection(('127.0.0.1', %d), 0.5)" % port)
+            return subprocess.run([*pre, sys.executable, "-c", probe],
+                                  capture_output=True).returncode == 0
 
         assert wait_until(up, 15), "docker-registry did not start"
-        yield Registry(port, proc)
+        yield Registry(port, proc, ns)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
