@@ -116,7 +116,7 @@ http:
                             start_new_session=True)
     try:
         def up() -> bool:
-            probe = ("import socket; socket.create_connection(('127.0.0.1', %d), 0.5)" % port)
+            probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 0.5)"
             return subprocess.run([*pre, sys.executable, "-c", probe],
                                   capture_output=True).returncode == 0
 
