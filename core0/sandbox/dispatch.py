@@ -65,8 +65,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         check_env(args.env)
     argv, env, cwd, stdin = _argv(cmd.command, args)
     rt = await runtime.choose(ctx.config.state_dir)
-    st = await rt.state(rec.runtime_id)
-    if st is None or st.status != "running":
+    if rec.state != "running" or not runtime.alive(rec.pid):
         raise Conflict(f"container {cid} is not running")
     exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd)
 

@@ -216,7 +216,7 @@ def nl_path(netns: str) -> str:
 async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None) -> None:
     """Remove everything made for ``rec`` (idempotent)."""
     rt = rt or await get_runtime(ctx)
-    await rt.stop(rec.runtime_id)
+    await rt.stop(rec.runtime_id, rec.pid if rec.state == "running" else 0)
     errors: list[str] = []
     if rec.ports:
         try:

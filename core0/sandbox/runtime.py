@@ -169,22 +169,33 @@ class Runtime:
             opts += ["--cwd", cwd]
         return self.argv("exec", *opts, "--", cid, *argv)
 
-    async def stop(self, cid: str, grace: float = 5.0) -> None:
-        """TERM the init, KILL every process after ``grace`` s, then delete."""
-        st = await self.state(cid)
-        if st is None:
-            return
-        if st.status in ("running", "paused", "created"):
-            await self.kill(cid, "TERM")
-            deadline = asyncio.get_running_loop().time() + grace
-            while asyncio.get_running_loop().time() < deadline:
-                st = await self.state(cid)
-                if st is None or st.status == "stopped":
+    async def stop(self, cid: str, pid: int = 0, grace: float = 5.0) -> None:
+        """TERM the init, KILL every process after ``grace`` s, then delete. With the init's
+        ``pid`` its end is watched in /proc (no runtime call per poll)."""
+        if not pid:
+            st = await self.state(cid)
+            if st is None:
+                return
+            pid = st.pid if st.status in ("running", "paused", "created") else 0
+        if pid and await self.kill(cid, "TERM"):
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + grace
+            while os.path.exists(f"/proc/{pid}") and alive(pid):
+                if loop.time() > deadline:
+                    await self.kill(cid, "KILL", all_procs=True)
                     break
-                await asyncio.sleep(0.05)
-            else:
-                await self.kill(cid, "KILL", all_procs=True)
+                await asyncio.sleep(0.01)
         await self.delete(cid, force=True)
+
+
+def alive(pid: int) -> bool:
+    """Not gone and not a zombie (a zombie init is as good as stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    return data[data.rfind(b")") + 2:][:1] != b"Z"
 
 
 # ---------------------------------------------------------------- the probe
