@@ -130,7 +130,7 @@ def clone_bench(work: Path, runs: int) -> None:
         for i in range(runs):
             cdir = work / f"c{mib}-{i}"
             cdir.mkdir()
-            times.append(timed(lambda cdir=cdir: roots.clone(lower, cdir)))  # type: ignore[misc]
+            times.append(timed(lambda c=cdir, lo=lower: roots.clone(lo, c)))  # type: ignore[misc]
             roots.drop(cdir)
         results[label] = median_ms(times)
         shutil.rmtree(lower)
