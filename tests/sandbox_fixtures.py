@@ -180,7 +180,7 @@ class ContainerNode:
         kill_tree(self.pid)
 
 
-def start_container_node(ns: Netns, base: Path) -> ContainerNode:
+def start_container_node(ns: Netns, base: Path, config: str | None = None) -> ContainerNode:
     require("redis-server", "nft", "dnsmasq", "nsenter", "runc")
     state = base / "state"
     state.mkdir(parents=True)
@@ -189,7 +189,8 @@ def start_container_node(ns: Netns, base: Path) -> ContainerNode:
     port = free_port()
     proc = subprocess.Popen(
         ["nsenter", f"--net=/run/netns/{ns.name}", "--", sys.executable, "-m", "core0", "dev",
-         "--state-dir", str(state), "--redis-port", str(port)],
+         "--state-dir", str(state), "--redis-port", str(port),
+         *(["--config", config] if config else [])],
         stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
     log.close()
     node = ContainerNode(ns, proc.pid, base, port)
@@ -255,11 +256,16 @@ def node_tag(node: ContainerNode) -> str:
 
 
 @contextlib.contextmanager
-def container_node() -> Iterator[ContainerNode]:
+def container_node(config: str = "") -> Iterator[ContainerNode]:
+    """A node in its own netns; ``config`` is the text of a config file for it."""
     require_root()
     base = Path(tempfile.mkdtemp(prefix="core0-ctr-"))
+    cfg = None
+    if config:
+        (base / "core0.toml").write_text(config)
+        cfg = str(base / "core0.toml")
     with netns("ctr") as ns:
-        node = start_container_node(ns, base)
+        node = start_container_node(ns, base, cfg)
         try:
             yield node
         finally:
