@@ -7,11 +7,20 @@ cgroup as the container's init): output, ``max_time``, kill and adoption after a
 restart work as for host jobs. Its pickup flag is set at once, so 0-core's clients waiting on
 ``result:<inner id>`` see it running; its result carries ``container: <id>``.
 
-Supported inside: ``core.system`` and ``bash`` (``sh -c`` in the container's root).
+Supported inside: ``core.system`` and ``bash`` (``sh -c`` in the container's root), run by the
+runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_root`` set to the
+container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
+in by the container cannot lead outside). Mounts made inside the container are not seen.
+
+Two rules keep an inner command from ever running on the host: ``recurring_period`` and
+``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
+and a ``filesystem.*`` job's stored form names no registered command, so a requeue after a
+dispatcher stop ends as UNKNOWN_CMD instead of running on the host.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +37,34 @@ if TYPE_CHECKING:
     from core0.context import Context
     from core0.jobs import Job
 
-SUPPORTED = ("core.system", "bash")
+SUPPORTED = ("core.system", "bash", "filesystem.*")
+#: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
+INSIDE_ONLY = "container.inside:"
+
+
+async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
+    argv, env, cwd, stdin = _argv(name, args)
+    rt = await runtime.choose(ctx.config.state_dir)
+    exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd)
+
+    async def run_inside(_ctx: Context, _args: Any) -> ProcessSpec:
+        return ProcessSpec(exec_argv, stdin=stdin,
+                           label=f"container {rec.id}: {' '.join(argv)}"[:200])
+
+    return run_inside
+
+
+def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
+    cfg = ctx.config
+    rootfs = Store(cfg.state_dir).dir(cid) / "rootfs"
+    inside = dataclasses.replace(cfg, main=dataclasses.replace(cfg.main,
+                                                               filesystem_root=str(rootfs)))
+
+    async def run_fs(c: Context, a: Any) -> Any:
+        c.config = inside
+        return await spec.handler(c, a)
+
+    return run_fs
 
 
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
@@ -53,7 +89,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     if spec is None or spec.internal:
         raise BadRequest(f"command.command: unknown command {cmd.command!r}",
                          field="command.command")
-    if cmd.command not in SUPPORTED:
+    fs = cmd.command.startswith("filesystem.")
+    if cmd.recurring_period or cmd.max_restart:
+        raise BadRequest("command: recurring_period and max_restart are not supported inside "
+                         "containers", field="command")
+    if cmd.command not in SUPPORTED and not fs:
         raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
                                  f"(supported: {', '.join(SUPPORTED)})")
     if spec.role > ctx.job.role:
@@ -63,19 +103,15 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         from core0.commands.core import check_env
 
         check_env(args.env)
-    argv, env, cwd, stdin = _argv(cmd.command, args)
-    rt = await runtime.choose(ctx.config.state_dir)
     if rec.state != "running" or not runtime.alive(rec.pid):
         raise Conflict(f"container {cid} is not running")
-    exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd)
-
-    async def run_inside(_ctx: Context, _args: Any) -> ProcessSpec:
-        return ProcessSpec(exec_argv, stdin=stdin, label=f"container {cid}: {' '.join(argv)}"
-                           [:200])
-
-    inner_spec = CommandSpec(cmd.command, run_inside, spec.args, spec.role, False, spec.doc)
+    handler = _fs_handler(ctx, rec.id, spec) if fs else await _exec_handler(ctx, rec, cmd.command,
+                                                                             args)
+    inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
+    if fs:
+        raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
         raise Conflict(f"a job with id {cmd.id} exists already")
