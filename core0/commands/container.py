@@ -30,9 +30,14 @@ _IMAGE = Annotated[str, Doc("image name (letters, digits, _ . - : / @; or a host
 
 def aliases(verb: str, args: type[Schema] = NoArgs, role: Role = Role.OPERATOR,
             inline: bool = False) -> Any:
-    """Register a handler as ``corex.<verb>`` and ``container.<verb>``."""
+    """Register a handler as ``corex.<verb>``, and ``container.<verb>`` as its alias (the
+    reference documents the command once)."""
     def deco(fn: Any) -> Any:
-        command(f"container.{verb}", args, role=role, inline=inline)(fn)
+        async def alias(ctx: Context, a: Any) -> Any:
+            return await fn(ctx, a)
+
+        alias.__doc__ = f"Alias of ``corex.{verb}``."
+        command(f"container.{verb}", args, role=role, inline=inline)(alias)
         return command(f"corex.{verb}", args, role=role, inline=inline)(fn)
 
     return deco
