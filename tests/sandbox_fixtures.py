@@ -256,10 +256,11 @@ def node_tag(node: ContainerNode) -> str:
 
 
 @contextlib.contextmanager
-def container_node(config: str = "") -> Iterator[ContainerNode]:
-    """A node in its own netns; ``config`` is the text of a config file for it."""
+def container_node(config: str = "", under: str | None = None) -> Iterator[ContainerNode]:
+    """A node in its own netns; ``config`` is the text of a config file for it, ``under`` the
+    directory its state dir is made in (a temp dir by default)."""
     require_root()
-    base = Path(tempfile.mkdtemp(prefix="core0-ctr-"))
+    base = Path(tempfile.mkdtemp(prefix="core0-ctr-", dir=under))
     cfg = None
     if config:
         (base / "core0.toml").write_text(config)

@@ -1,8 +1,9 @@
 """The container image store: import, pull, list, inspect, delete.
 
 An image is stored once, unpacked, under ``<state_dir>/sandbox/images/<digest of its name>/``:
-``rootfs/`` (the merged layers) and ``image.json`` (name, source, kind, layer digests, the
-OCI config's Env/Cmd/Entrypoint/WorkingDir, size, time). Each container start gets its own
+``rootfs/`` (the merged layers; a btrfs subvolume when the store is on btrfs) and
+``image.json`` (name, source, kind, layer digests, the OCI config's Env/Cmd/Entrypoint/
+WorkingDir, size, time, storage). Each container start gets its own
 clone of ``rootfs`` (see :mod:`core0.sandbox.roots`); the stored root is never written to.
 
 Sources (``container.image.import``):
@@ -23,6 +24,7 @@ renamed into place, so a half-imported image is never visible.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from core0.errors import BadRequest, Conflict, NotFound
-from core0.sandbox import unpack
+from core0.sandbox import roots, unpack
 
 #: layout of an OCI image layout dir
 OCI_LAYOUT = "oci-layout"
@@ -88,6 +90,8 @@ def delete(state_dir: Path, name: str) -> None:
     load(state_dir, name)
     trash = d.with_name(f".del-{d.name}-{os.getpid()}-{time.monotonic_ns()}")
     os.rename(d, trash)
+    if (trash / "rootfs").exists():
+        roots.remove_root_dir(trash / "rootfs")
     shutil.rmtree(trash)
 
 
@@ -245,7 +249,7 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=images_dir(state_dir)))
     try:
         dest = work / "rootfs"
-        dest.mkdir(mode=0o755)
+        storage = roots.make_root_dir(work, "rootfs")
         src = Path(source)
         if src.is_dir() and (src / OCI_LAYOUT).is_file():
             meta = _from_oci_layout(src, ref, dest)
@@ -258,7 +262,7 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
         if (work / "layout").exists():
             shutil.rmtree(work / "layout")
         meta.update(name=name, source=origin or source, size=_size(dest),
-                    created=int(time.time()))
+                    created=int(time.time()), storage=storage)
         (work / "image.json").write_text(json.dumps(meta, indent=1))
         try:
             os.rename(work, final)
@@ -266,5 +270,7 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
             raise Conflict(f"image {name} exists already") from None
         return meta
     except BaseException:
+        with contextlib.suppress(OSError):
+            roots.remove_root_dir(work / "rootfs")
         shutil.rmtree(work, ignore_errors=True)
         raise
