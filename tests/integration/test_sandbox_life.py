@@ -111,9 +111,13 @@ def test_kill9_dispatcher_adopts_and_terminate_leaves_nothing(cnode: ContainerNo
     found = ok(cnode, "corex.find", {"tags": ["life"]})
     assert {int(k) for k in found} == set(ids)
     assert ok(cnode, "corex.get", {"query": "c3"})["container"]["id"] == ids[3]
-    res = inside(cnode, ids[0], "echo still-here; cat /proc/1/cmdline")
+    res = inside(cnode, ids[0], "echo still-here; grep -E 'CapEff|NoNewPrivs|Seccomp:' "
+                 "/proc/self/status")
     assert res.state.value == "SUCCESS" and "still-here" in res.streams[0]
     assert res.container == ids[0]
+    # the sandbox of a command dispatched by the new dispatcher is the same (T10 after T3)
+    assert "00000000800405fb" in res.streams[0] and "NoNewPrivs:\t1" in res.streams[0]
+    assert "Seccomp:\t2" in res.streams[0]
     for cid in ids:
         ok(cnode, "corex.terminate", {"container": cid})
     for cid in ids:
@@ -151,4 +155,31 @@ def test_forward_and_nic_hotplug(cnode: ContainerNode, image: str) -> None:
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
     time.sleep(0.1)
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_failed_create_leaves_nothing(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    c = cnode.client()
+    try:
+        # fails after the root clone, the netns and the first nic were made
+        r = c.raw("corex.create", {"root": image, "nics": [
+            {"type": "default"}, {"type": "bridge", "id": "nope0"}]}).get(60)
+        assert r.state.value == "ERROR" and r.code == 404, r.data
+        assert c.raw("corex.create", {"root": "no-such-image"}).get(60).code == 404
+        assert c.raw("corex.terminate", {"container": 999}).get(60).code == 404
+        assert c.raw("corex.get", {"query": "nobody"}).get(60).code == 404
+        r = c.raw("corex.dispatch", {"container": 999, "command": {
+            "command": "bash", "arguments": {"script": "true"}}}).get(60)
+        assert r.code == 404
+        cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+        r = c.raw("corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {"script": "true"}, "recurring_period": 5}}).get(60)
+        assert r.code == 400
+        r = c.raw("corex.dispatch", {"container": cid, "command": {
+            "command": "info.cpu", "arguments": {}}}).get(60)
+        assert r.code == 412
+        ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        c.close()
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
