@@ -54,8 +54,10 @@ class NicConfig(Schema):
 @dataclass(frozen=True)
 class NicArgs(Schema):
     type: Annotated[Literal["default", "bridge", "zerotier", "macvlan", "passthrough", "vlan",
-                            "vxlan"], Doc("default and bridge are supported; others answer 412")]
-    id: Annotated[str, Doc("bridge: its name"), Len(0, 64), _NO_NUL] | None = None
+                            "vxlan"],
+                    Doc("default, bridge and macvlan are supported; others answer 412")]
+    id: Annotated[str, Doc("bridge: its name; macvlan: the parent link"), Len(0, 64),
+                  _NO_NUL] | None = None
     name: Annotated[str, Doc("name inside (default eth<index>)"),
                     Pattern(v.IFNAME_RE)] | None = None
     hwaddr: v.MAC | None = None
@@ -253,7 +255,7 @@ async def nic_remove(ctx: Context, args: NicRemoveArgs) -> None:
         from core0.errors import NotFound
 
         raise NotFound(f"container {rec.id} has no nic {args.index}")
-    await netsetup.remove_nic(ctx, rec.nics[args.index])
+    await netsetup.remove_nic(ctx, rec.nics[args.index], rec.netns)
     st.save(rec)
 
 

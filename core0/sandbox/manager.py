@@ -225,7 +225,7 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
             errors.append(f"forwards: {e}")
     for nic in rec.nics:
         try:
-            await netsetup.remove_nic(ctx, nic)
+            await netsetup.remove_nic(ctx, nic, rec.netns)
         except Exception as e:
             errors.append(f"nic {nic.host_link}: {e}")
     if rec.netns:

@@ -8,7 +8,9 @@ it by path. Its nics are configured from the node's side with netlink (no tool r
   enslaved to core0's NAT bridge ``core0`` (172.18.0.1/16, masquerade, DNS from a dnsmasq on
   the bridge), made on first use through ``bridge.create``. The container's address is
   172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1.
-- ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``.
+- ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``;
+- ``macvlan`` ``{id: parent link}``: a macvlan (bridge mode) made on the node, moved into the
+  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``.
 
 Port forwards go through ``nft.forward_add`` with owner ``container:<id>``, so they are in
 core0's one nft table and are removed together (``nft.owner_remove``) on terminate.
@@ -17,6 +19,7 @@ core0's one nft table and are removed together (``nft.owner_remove``) on termina
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +86,7 @@ def remove_netns(name: str) -> None:
 
 
 def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: str,
-          gateway: str | None) -> None:
+          gateway: str | None) -> str:
     """Make one veth nic (thread): peer inside the netns, host end in ``bridge``."""
     inner = nic.name or f"eth{index}"
     with nl.session() as r:
@@ -91,18 +94,56 @@ def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: 
                                    peer_netns=rec.netns, master=bridge, up=True))
     try:
         with nl.session(netns=rec.netns) as r:
-            if nic.hwaddr:
-                nl.link_set(r, inner, address=v.mac(nic.hwaddr))
-            nl.link_set(r, inner, state="up")
-            if cidr:
-                nl.addr_change(r, "add", inner, cidr)
-            if gateway:
-                nl.route_change(r, "add", dst="default", gw=gateway, dev=inner, metric=None,
-                                table=None)
+            _configure_inside(r, nic, inner, cidr, gateway)
     except BaseException:
         with nl.session() as r:
             nl.link_del(r, host_name)
         raise
+    return inner
+
+
+def _static(nic: Nic, index: int) -> tuple[str, str | None]:
+    """(cidr, gateway) of a nic's static config."""
+    if nic.config.get("dhcp"):
+        raise PreconditionFailed("dhcp nics are not supported yet (give config.cidr)")
+    cidr = str(v.interface(nic.config["cidr"], f"nics[{index}].config.cidr")) \
+        if nic.config.get("cidr") else ""
+    gw = str(v.ip(nic.config["gateway"], f"nics[{index}].config.gateway")) \
+        if nic.config.get("gateway") else None
+    return cidr, gw
+
+
+def _configure_inside(r: IPRoute, nic: Nic, inner: str, cidr: str, gateway: str | None) -> None:
+    if nic.hwaddr:
+        nl.link_set(r, inner, address=v.mac(nic.hwaddr))
+    nl.link_set(r, inner, state="up")
+    if cidr:
+        nl.addr_change(r, "add", inner, cidr)
+    if gateway:
+        nl.route_change(r, "add", dst="default", gw=gateway, dev=inner, metric=None, table=None)
+
+
+def _macvlan(rec: Record, nic: Nic, index: int, tmp_name: str, parent: str, cidr: str,
+             gateway: str | None) -> str:
+    """Make a macvlan on ``parent`` (thread), move it into the netns, name it there."""
+    inner = nic.name or f"eth{index}"
+    with nl.session() as r:
+        nl.link_add(r, nl.LinkSpec(name=tmp_name, kind="macvlan", parent=parent))
+        try:
+            nl.link_set(r, tmp_name, netns=rec.netns)
+        except BaseException:
+            nl.link_del(r, tmp_name)
+            raise
+    with nl.session(netns=rec.netns) as r:
+        try:
+            nl.link_set(r, tmp_name, ifname=inner)
+            _configure_inside(r, nic, inner, cidr, gateway)
+        except BaseException:
+            for name in (tmp_name, inner):
+                with contextlib.suppress(Exception):
+                    nl.link_del(r, name)
+            raise
+    return inner
 
 
 async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
@@ -118,20 +159,21 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         if index and any(n.type == "default" and n.state == "configured"
                          for n in rec.nics[:index]):
             raise Conflict("the container has a default nic already")
-    elif nic.type == "bridge":
+    elif nic.type in ("bridge", "macvlan"):
         if not nic.id:
-            raise BadRequest(f"nics[{index}].id: the bridge name is required", field="nics")
+            what = "bridge" if nic.type == "bridge" else "parent link"
+            raise BadRequest(f"nics[{index}].id: the {what} name is required", field="nics")
         bridge = v.ifname(nic.id, f"nics[{index}].id")
-        if nic.config.get("dhcp"):
-            raise PreconditionFailed("dhcp nics are not supported yet (give config.cidr)")
-        cidr = str(v.interface(nic.config["cidr"], f"nics[{index}].config.cidr")) \
-            if nic.config.get("cidr") else ""
-        gw = str(v.ip(nic.config["gateway"], f"nics[{index}].config.gateway")) \
-            if nic.config.get("gateway") else None
+        cidr, gw = _static(nic, index)
+        if nic.type == "macvlan":
+            nic.inner = await ctx.to_thread(_macvlan, rec, nic, index, host_name, bridge, cidr,
+                                            gw)
+            nic.ip, nic.state = cidr, "configured"
+            return nic
     else:
         raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
-                                 "(default and bridge are)")
-    await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
+                                 "(default, bridge and macvlan are)")
+    nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
     return nic
 
@@ -144,9 +186,18 @@ def _del_link(name: str) -> None:
             pass
 
 
-async def remove_nic(ctx: Context, nic: Nic) -> None:
-    if nic.host_link:
-        await ctx.to_thread(_del_link, nic.host_link)
+def _del_inner(netns: str, name: str) -> None:
+    with contextlib.suppress(NotFound), nl.session(netns=netns) as r:
+        nl.link_del(r, name)
+
+
+async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
+    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan)."""
+    if nic.state != "destroyed":
+        if nic.host_link:
+            await ctx.to_thread(_del_link, nic.host_link)
+        elif nic.inner and netns:
+            await ctx.to_thread(_del_inner, netns, nic.inner)
     nic.state = "destroyed"
 
 

@@ -39,6 +39,8 @@ class Nic:
     state: str = "configured"  #: configured | destroyed | error
     #: the host side of the veth (made by core0)
     host_link: str = ""
+    #: its name inside the container
+    inner: str = ""
     ip: str = ""  #: the address inside, with prefix
 
 

@@ -183,3 +183,27 @@ def test_failed_create_leaves_nothing(cnode: ContainerNode, image: str) -> None:
     finally:
         c.close()
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_macvlan_nic(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    # a veth end as the parent link (this kernel may have no dummy driver)
+    cnode.ns.run("ip", "link", "add", "mvpar0", "type", "veth", "peer", "name", "mvpar1")
+    cnode.ns.run("ip", "link", "set", "mvpar0", "up")
+    try:
+        cid = ok(cnode, "corex.create", {"root": image, "nics": [
+            {"type": "macvlan", "id": "mvpar0", "config": {"cidr": "10.98.0.5/24"}}]})
+        try:
+            res = inside(cnode, cid, "ip -o -4 addr show eth0")
+            assert "10.98.0.5/24" in res.streams[0]
+            nic = ok(cnode, "corex.nic-add", {"container": cid, "nic": {
+                "type": "macvlan", "id": "mvpar0", "config": {"cidr": "10.98.0.6/24"}}})
+            assert nic["index"] == 1
+            assert "10.98.0.6/24" in inside(cnode, cid, "ip -o -4 addr").streams[0]
+            ok(cnode, "corex.nic-remove", {"container": cid, "index": 1})
+            assert "10.98.0.6" not in inside(cnode, cid, "ip -o -4 addr").streams[0]
+        finally:
+            ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        cnode.ns.run("ip", "link", "del", "mvpar0")
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
