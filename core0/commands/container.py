@@ -86,7 +86,7 @@ class CreateArgs(Schema):
                                 "tarball, OCI layout) imported once under that path")]
     mount: Annotated[dict[str, Annotated[str, _NO_NUL, Len(1, 4096)]],
                      Doc("{host path: container path[:ro]} bind mounts; host paths outside "
-                         "main.filesystem_root need the admin role")] | None = None
+                         "main.filesystem_root need the admin role"), Len(0, 64)] | None = None
     host_network: bool = False
     nics: Annotated[list[NicArgs], Doc("default when omitted: [{type: default}]"),
                     Len(0, 16)] | None = None
@@ -98,7 +98,7 @@ class CreateArgs(Schema):
     storage: Annotated[str, Doc("accepted and ignored (0-core's flist storage)")] | None = None
     name: Annotated[str, NAME] | None = None
     identity: Annotated[str, Doc("accepted and ignored (zerotier identity)")] | None = None
-    env: dict[str, Annotated[str, _NO_NUL]] | None = None
+    env: Annotated[dict[str, Annotated[str, _NO_NUL]], Len(0, 1024)] | None = None
     cgroups: Annotated[list[list[str]], Doc("accepted and ignored (0-core's named cgroups); "
                                             "use limits")] | None = None
     tags: list[Annotated[str, Len(1, 128)]] | None = None

@@ -164,9 +164,9 @@ class Runtime:
             raise ValueError("empty argv")
         opts: list[str] = []
         for k, v in (env or {}).items():
-            opts += ["--env", f"{k}={v}"]
+            opts.append(f"--env={k}={v}")  # one argument: a value can never become an option
         if cwd:
-            opts += ["--cwd", cwd]
+            opts.append(f"--cwd={cwd}")
         return self.argv("exec", *opts, "--", cid, *argv)
 
     async def stop(self, cid: str, pid: int = 0, grace: float = 5.0) -> None:
