@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core0.errors import BadRequest, CommandError, Forbidden, NotFound
+from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
 from core0.registry import Role
 from core0.sandbox import images, netsetup, roots, runtime, spec
 from core0.sandbox.store import Nic, Record, Store
@@ -112,7 +112,10 @@ async def image_for(ctx: Context, root: str) -> str:
             images.load(sd, root)
             return root
         src = resolve_source(ctx, root, "root")
-        await ctx.to_thread(images.import_blocking, sd, root, src, "", root)
+        try:
+            await ctx.to_thread(images.import_blocking, sd, root, src, "", root)
+        except Conflict:
+            images.load(sd, root)  # imported by a concurrent create meanwhile
         return root
     images.load(sd, root)
     return root
@@ -143,11 +146,10 @@ async def create(ctx: Context, req: CreateRequest) -> int:
     image = await image_for(ctx, req.root)
     meta = images.load(ctx.config.state_dir, image)
     mounts = []
-    for i, (src, target) in enumerate(req.mounts.items()):
+    for src, target in req.mounts.items():
         ro = target.endswith(":ro")
         t = check_target(target[:-3] if ro else target, f"mount.{src}")
         mounts.append(spec.Mount(resolve_source(ctx, src, f"mount.{src}"), t, ro))
-        del i
     rt = await get_runtime(ctx)
     init = runtime.find_init()
     cid = st.allocate()

@@ -207,3 +207,19 @@ def test_macvlan_nic(cnode: ContainerNode, image: str) -> None:
     finally:
         cnode.ns.run("ip", "link", "del", "mvpar0")
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_host_network(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    cnode.ns.run("ip", "link", "add", "hn0", "type", "veth", "peer", "name", "hn1")
+    try:
+        cid = ok(cnode, "corex.create", {"root": image, "host_network": True,
+                                         "port": None, "nics": []})
+        try:
+            links = inside(cnode, cid, "ls /sys/class/net").streams[0].split()
+            assert {"hn0", "hn1", "lo"} <= set(links)  # the node's own links
+        finally:
+            ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        cnode.ns.run("ip", "link", "del", "hn0")
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
