@@ -309,8 +309,7 @@ async def image_import(ctx: Context, args: ImportArgs) -> dict[str, Any]:
     if ":" in path.rsplit("/", 1)[-1]:
         path, _, ref = path.rpartition(":")
     src = manager.resolve_source(ctx, path, "source")
-    return await ctx.to_thread(images.import_blocking, ctx.config.state_dir, args.name, src,
-                               ref, args.source)
+    return await manager.import_image(ctx, args.name, src, ref, args.source)
 
 
 @dataclass(frozen=True)
@@ -341,8 +340,7 @@ async def images_pull(ctx: Context, ref: str, name: str, tls_verify: bool) -> di
     try:
         await ctx.run(["skopeo", "copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}",
                        "--", f"docker://{ref}", f"oci:{tmp}/layout:img"], timeout=600)
-        return await ctx.to_thread(images.import_blocking, sd, name, f"{tmp}/layout", "img",
-                                   f"docker://{ref}")
+        return await manager.import_image(ctx, name, f"{tmp}/layout", "img", f"docker://{ref}")
     finally:
         await ctx.to_thread(shutil.rmtree, tmp, True)
 
@@ -372,4 +370,4 @@ async def image_delete(ctx: Context, args: ImageNameArgs) -> None:
     for rec in Store(ctx.config.state_dir).all():
         if rec.image == args.name:
             raise Conflict(f"container {rec.id} uses image {args.name}")
-    await ctx.to_thread(images.delete, ctx.config.state_dir, args.name)
+    await manager.delete_image(ctx, args.name)

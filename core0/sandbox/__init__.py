@@ -13,7 +13,11 @@ does that by hand.
   whiteouts);
 - :mod:`core0.sandbox.images` — the image store: import (directory, rootfs tarball, OCI
   layout, ``docker save`` archive), pull (skopeo), list/inspect/delete;
-- :mod:`core0.sandbox.roots` — a fresh root per start (overlayfs over the stored image);
+- :mod:`core0.sandbox.roots` — a fresh root per start (btrfs snapshot, or overlayfs over the
+  stored image), and :mod:`core0.sandbox.zfsroots` — the same on a ZFS image store (dataset +
+  snapshot per image, a clone per start);
+- :mod:`core0.sandbox.manager` — create/terminate/describe, in recorded steps;
+- :mod:`core0.sandbox.dispatch` — commands run inside a container as jobs of their own;
 - :mod:`core0.sandbox.store` — container records (ids, arguments, what was made for them);
 - :mod:`core0.sandbox.netsetup` — the default nic (a veth into the NAT bridge ``core0``).
 """

@@ -241,15 +241,22 @@ def _from_file(path: Path, ref: str, dest: Path, work: Path) -> dict[str, Any]:
 
 
 def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
-                    origin: str = "") -> dict[str, Any]:
-    """Import ``source`` (a canonical host path) as image ``name``; 409 when it exists."""
+                    origin: str = "", into: bool = False) -> dict[str, Any]:
+    """Import ``source`` (a canonical host path) as image ``name``; 409 when it exists.
+
+    ``into``: the image's dir exists already (a ZFS dataset made for it) and is filled in
+    place; otherwise a temporary dir is renamed into place at the end.
+    """
     final = image_dir(state_dir, name)
-    if final.exists():
+    if (final / "image.json").exists() or (final.exists() and not into):
         raise Conflict(f"image {name} exists already")
-    work = Path(tempfile.mkdtemp(prefix=".import-", dir=images_dir(state_dir)))
+    work = final if into else Path(tempfile.mkdtemp(prefix=".import-",
+                                                    dir=images_dir(state_dir)))
     try:
         dest = work / "rootfs"
-        storage = roots.make_root_dir(work, "rootfs")
+        storage = "zfs" if into else roots.make_root_dir(work, "rootfs")
+        if into:
+            dest.mkdir(mode=0o755)
         src = Path(source)
         if src.is_dir() and (src / OCI_LAYOUT).is_file():
             meta = _from_oci_layout(src, ref, dest)
@@ -264,13 +271,15 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
         meta.update(name=name, source=origin or source, size=_size(dest),
                     created=int(time.time()), storage=storage)
         (work / "image.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(work, final)
-        except OSError:
-            raise Conflict(f"image {name} exists already") from None
+        if not into:
+            try:
+                os.rename(work, final)
+            except OSError:
+                raise Conflict(f"image {name} exists already") from None
         return meta
     except BaseException:
         with contextlib.suppress(OSError):
             roots.remove_root_dir(work / "rootfs")
-        shutil.rmtree(work, ignore_errors=True)
+        if not into:
+            shutil.rmtree(work, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
 from core0.registry import Role
-from core0.sandbox import images, netsetup, roots, runtime, spec
+from core0.sandbox import images, netsetup, roots, runtime, spec, zfsroots
 from core0.sandbox.store import Nic, Record, Store
 
 if TYPE_CHECKING:
@@ -103,6 +103,38 @@ def resolve_source(ctx: Context, source: str, field_name: str) -> str:
     return real
 
 
+async def import_image(ctx: Context, name: str, source: str, ref: str = "",
+                       origin: str = "") -> dict[str, Any]:
+    """Import ``source`` as image ``name`` into the store (a ZFS dataset + snapshot per image
+    when the store is a dataset, see :mod:`.zfsroots`; a btrfs subvolume or a directory
+    otherwise)."""
+    sd = ctx.config.state_dir
+    store = zfsroots.store_dataset(images.images_dir(sd))
+    if not store:
+        return await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin)
+    if (images.image_dir(sd, name) / "image.json").exists():
+        raise Conflict(f"image {name} exists already")
+    if images.image_dir(sd, name).exists():  # left by an import that died half way
+        await zfsroots.destroy_image(ctx, store, name)
+    await zfsroots.create_image(ctx, store, name)
+    try:
+        meta = await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin, True)
+        await zfsroots.seal_image(ctx, store, name)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await zfsroots.destroy_image(ctx, store, name)
+        raise
+    return meta
+
+
+async def delete_image(ctx: Context, name: str) -> None:
+    sd = ctx.config.state_dir
+    if images.load(sd, name).get("storage") == "zfs":
+        await zfsroots.destroy_image(ctx, zfsroots.store_dataset(images.images_dir(sd)), name)
+    else:
+        await ctx.to_thread(images.delete, sd, name)
+
+
 async def image_for(ctx: Context, root: str) -> str:
     """The stored image a container's ``root`` names: an image name, or a host path (a
     directory, a tarball, an OCI layout) imported once under its own path as name."""
@@ -113,7 +145,7 @@ async def image_for(ctx: Context, root: str) -> str:
             return root
         src = resolve_source(ctx, root, "root")
         try:
-            await ctx.to_thread(images.import_blocking, sd, root, src, "", root)
+            await import_image(ctx, root, src, "", root)
         except Conflict:
             images.load(sd, root)  # imported by a concurrent create meanwhile
         return root
@@ -163,8 +195,15 @@ async def create(ctx: Context, req: CreateRequest) -> int:
     st.save(rec)
     cdir = st.dir(cid)
     try:
-        rootfs = await ctx.to_thread(roots.clone, images.rootfs(ctx.config.state_dir, image),
-                                     cdir)
+        if meta.get("storage") == "zfs":
+            store = zfsroots.store_dataset(images.images_dir(ctx.config.state_dir))
+            rec.clone_dataset = f"{store}/c{st.tag}-{cid}"
+            st.save(rec)
+            rootfs = await zfsroots.clone(ctx, store, image, f"c{st.tag}-{cid}",
+                                          cdir / "zroot")
+        else:
+            rootfs = await ctx.to_thread(roots.clone,
+                                         images.rootfs(ctx.config.state_dir, image), cdir)
         dns: list[str] = []
         if not req.host_network:
             await ctx.to_thread(netsetup.create_netns, rec.netns)
@@ -232,6 +271,8 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
             errors.append(f"nic {nic.host_link}: {e}")
     if rec.netns:
         await ctx.to_thread(netsetup.remove_netns, rec.netns)
+    if rec.clone_dataset:
+        await zfsroots.destroy_clone(ctx, rec.clone_dataset)
     await ctx.to_thread(roots.drop, _store(ctx).dir(rec.id))
     if errors:
         log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))

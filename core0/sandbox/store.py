@@ -63,6 +63,8 @@ class Record:
     state: str = "creating"  #: creating | running (as far as core0 knows; the runtime decides)
     pid: int = 0
     created: int = 0
+    #: the ZFS clone holding its root ("" on other storage)
+    clone_dataset: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
