@@ -104,6 +104,9 @@ class CreateArgs(Schema):
     tags: list[Annotated[str, Len(1, 128)]] | None = None
     limits: Annotated[LimitArgs, Doc("memory, cpu shares/quota, pids (cgroup v1 or v2)")
                       ] | None = None
+    restart: Annotated[Literal["no", "on-failure", "always"],
+                       Doc("restart the container when its init ends (an OOM kill, a "
+                           "signal), with backoff ≥ 1 s doubling to 60 s")] = "no"
 
 
 @aliases("create", CreateArgs)
@@ -139,7 +142,7 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments={k: val for k, val in ctx.job.cmd.arguments.items()})
+        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart)
     return await manager.create(ctx, req)
 
 

@@ -103,7 +103,10 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         from core0.commands.core import check_env
 
         check_env(args.env)
-    if rec.state != "running" or not runtime.alive(rec.pid):
+    from core0.sandbox.manager import init_pid
+
+    if rec.state != "running" or not runtime.alive(init_pid(Store(ctx.config.state_dir)
+                                                             .dir(cid), rec)):
         raise Conflict(f"container {cid} is not running")
     handler = _fs_handler(ctx, rec.id, spec) if fs else await _exec_handler(ctx, rec, cmd.command,
                                                                              args)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0.context import ProcessSpec
 from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
 from core0.registry import Role
 from core0.sandbox import images, netsetup, roots, runtime, spec, zfsroots
@@ -45,6 +47,9 @@ class CreateRequest:
     tags: list[str] = field(default_factory=list)
     limits: spec.Limits = field(default_factory=spec.Limits)
     arguments: dict[str, Any] = field(default_factory=dict)
+    #: no | on-failure | always (the init pauses, so it only ends by a signal or an OOM
+    #: kill: both policies restart it)
+    restart: str = "no"
 
 
 async def get_runtime(ctx: Context) -> runtime.Runtime:
@@ -237,6 +242,13 @@ async def create(ctx: Context, req: CreateRequest) -> int:
         rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
         rec.state = "running"
         st.save(rec)
+        if req.restart != "no":
+            rec.keeper = f"container-keeper.{st.tag}.{cid}"
+            st.save(rec)
+            ctx.engine.start_service(rec.keeper, ProcessSpec(
+                [sys.executable, "-m", "core0.sandbox.keeper", "--runtime", rt.binary,
+                 "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
+                label=f"keeper of container {cid}"), protected=True)
     except BaseException:
         with contextlib.suppress(Exception):
             await teardown(ctx, rec, rt)
@@ -257,7 +269,10 @@ def nl_path(netns: str) -> str:
 async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None) -> None:
     """Remove everything made for ``rec`` (idempotent)."""
     rt = rt or await get_runtime(ctx)
-    await rt.stop(rec.runtime_id, rec.pid if rec.state == "running" else 0)
+    if rec.keeper:
+        await ctx.engine.stop_service(rec.keeper)
+    await rt.stop(rec.runtime_id, init_pid(_store(ctx).dir(rec.id), rec)
+                  if rec.state == "running" else 0)
     errors: list[str] = []
     if rec.ports:
         try:
@@ -276,6 +291,14 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
     await ctx.to_thread(roots.drop, _store(ctx).dir(rec.id))
     if errors:
         log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))
+
+
+def init_pid(cdir: Path, rec: Record) -> int:
+    """The container's current init pid (a keeper's restart rewrites init.pid)."""
+    try:
+        return int((cdir / "init.pid").read_text().strip())
+    except (OSError, ValueError):
+        return rec.pid
 
 
 async def terminate(ctx: Context, cid: int) -> None:

@@ -65,6 +65,8 @@ class Record:
     created: int = 0
     #: the ZFS clone holding its root ("" on other storage)
     clone_dataset: str = ""
+    #: the service id of its keeper (restart policy), "" for none
+    keeper: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -223,3 +223,47 @@ def test_host_network(cnode: ContainerNode, image: str) -> None:
     finally:
         cnode.ns.run("ip", "link", "del", "hn0")
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_restart_policy(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    cid = ok(cnode, "corex.create", {"root": image, "nics": [], "restart": "always"})
+    try:
+        first = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+        assert first > 0
+        os.kill(first, signal.SIGKILL)
+
+        def restarted() -> bool:
+            c = ok(cnode, "corex.get", {"query": cid})["container"]
+            return c["status"] == "running" and c["pid"] not in (0, first)
+
+        assert wait_until(restarted, 30, 0.2), cnode.log_text()[-2000:]
+        res = inside(cnode, cid, "echo again")
+        assert res.streams[0] == "again\n"
+        # a dispatcher restart adopts the keeper: the container is still kept
+        old = cnode.dispatcher_pid()
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: _pingable(cnode) and _dispatcher(cnode) not in (0, old),
+                          30, 0.2)
+        second = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+        os.kill(second, signal.SIGKILL)
+        assert wait_until(lambda: ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+                          not in (0, second), 30, 0.2)
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+    assert not any("keeper" in j.get("id", "") for j in ok(cnode, "job.list", {}))
+
+
+def _dispatcher(cnode: ContainerNode) -> int:
+    try:
+        return cnode.dispatcher_pid()
+    except AssertionError:
+        return 0
+
+
+def _pingable(cnode: ContainerNode) -> bool:
+    try:
+        return ok(cnode, "core.ping", {}) is not None
+    except Exception:
+        return False
