@@ -101,3 +101,20 @@ def test_pids_limit_holds_fork_bomb(cnode: ContainerNode, image: str) -> None:
         assert st["status"] == "running"
     finally:
         terminate(cnode, cid)
+
+
+def test_cpu_limits_in_cgroup(cnode: ContainerNode, image: str) -> None:
+    cid = create(cnode, root=image, limits={"cpu_quota": 50000, "cpu_shares": 512})
+    try:
+        cg = Path(f"/sys/fs/cgroup/cpu/core0-{node_tag(cnode)}-{cid}")
+        if cg.exists():  # cgroup v1
+            assert (cg / "cpu.cfs_quota_us").read_text().strip() == "50000"
+            assert (cg / "cpu.cfs_period_us").read_text().strip() == "100000"
+            assert (cg / "cpu.shares").read_text().strip() == "512"
+        else:  # cgroup v2
+            cg = Path(f"/sys/fs/cgroup/core0-{node_tag(cnode)}-{cid}")
+            assert (cg / "cpu.max").read_text().split() == ["50000", "100000"]
+        pids = (cg / "cgroup.procs").read_text().split()
+        assert get(cnode, cid)["pid"] and str(get(cnode, cid)["pid"]) in pids
+    finally:
+        terminate(cnode, cid)
