@@ -73,6 +73,7 @@ def main() -> None:
             base_runs, core_runs, pod_runs = [], [], []
             podman = shutil.which("podman") is not None
             pod_argv = ["podman", "--root", str(work / "ps"), "--runroot", str(work / "pr"),
+                        "--storage-driver", "vfs",
                         "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend",
                         "file", "run", "--rm", "--network", "none", "--ulimit",
                         "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs",

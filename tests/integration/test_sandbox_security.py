@@ -67,7 +67,9 @@ def run_podman(root: Path, tmp: Path) -> dict[str, str]:
     require("podman")
     # podman raises these limits by default, which a host without CAP_SYS_RESOURCE refuses;
     # lower ones are always allowed (they do not change any row of the probe)
+    # vfs: podman's storage makes no mount of its own (overlay would bind its home)
     argv = ["podman", "--root", str(tmp / "storage"), "--runroot", str(tmp / "run"),
+            "--storage-driver", "vfs",
             "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file",
             "run", "--rm", "--network", "none",
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
