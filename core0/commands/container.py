@@ -10,11 +10,14 @@ field set) is read like any other. Every ``corex.<verb>`` is also ``container.<v
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound
 from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, command
@@ -118,11 +121,7 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     catatonit. ``nics`` default to one ``default`` nic (a veth into the NAT bridge core0,
     172.18.0.0/16); ``port`` forwards host ports to it. ``storage``, ``identity`` and
     ``cgroups`` are accepted and ignored."""
-    import re
-
     if args.privileged and ctx.job.role < Role.ADMIN:
-        from core0.errors import Forbidden
-
         raise Forbidden("privileged containers need the admin role")
     for k in args.env or {}:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
@@ -255,8 +254,6 @@ async def nic_remove(ctx: Context, args: NicRemoveArgs) -> None:
     st = Store(ctx.config.state_dir)
     rec = st.load(args.container)
     if not 0 <= args.index < len(rec.nics):
-        from core0.errors import NotFound
-
         raise NotFound(f"container {rec.id} has no nic {args.index}")
     await netsetup.remove_nic(ctx, rec.nics[args.index], rec.netns)
     st.save(rec)
@@ -331,11 +328,6 @@ async def image_pull(ctx: Context, args: PullArgs) -> dict[str, Any]:
 
 
 async def images_pull(ctx: Context, ref: str, name: str, tls_verify: bool) -> dict[str, Any]:
-    import shutil
-    import tempfile
-
-    from core0.errors import Conflict
-
     sd = ctx.config.state_dir
     if images.image_dir(sd, name).exists():
         raise Conflict(f"image {name} exists already")
@@ -368,8 +360,6 @@ async def image_inspect(ctx: Context, args: ImageNameArgs) -> dict[str, Any]:
 @command("container.image.delete", ImageNameArgs)
 async def image_delete(ctx: Context, args: ImageNameArgs) -> None:
     """Delete a stored image; 409 while a container uses it."""
-    from core0.errors import Conflict
-
     for rec in Store(ctx.config.state_dir).all():
         if rec.image == args.name:
             raise Conflict(f"container {rec.id} uses image {args.name}")

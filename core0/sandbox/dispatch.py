@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import ProtocolError, Result, decode_command, new_id
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from core0.context import Context
     from core0.jobs import Job
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SUPPORTED = ("core.system", "bash", "filesystem.*")
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
@@ -100,9 +102,10 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         raise Forbidden(f"{cmd.command} is not permitted for this queue")
     args: Any = spec.args.parse(cmd.arguments, "command.arguments")
     if cmd.command == "core.system":
-        from core0.commands.core import check_env
-
-        check_env(args.env)
+        for k, val in (args.env or {}).items():
+            if not _ENV_NAME.fullmatch(k) or "\0" in val:
+                raise BadRequest(f"command.arguments.env.{k}: not a valid variable",
+                                 field="command.arguments.env")
     from core0.sandbox.manager import init_pid
 
     if rec.state != "running" or not runtime.alive(init_pid(Store(ctx.config.state_dir)

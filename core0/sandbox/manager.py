@@ -13,6 +13,7 @@ a failure half way or a dispatcher crash): id → root clone → netns + nics �
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -236,8 +237,6 @@ async def create(ctx: Context, req: CreateRequest) -> int:
             netns="host" if req.host_network else nl_path(rec.netns),
             mounts=[*_write_etc(cdir, rec, dns), *mounts], privileged=req.privileged,
             limits=req.limits)
-        import json
-
         (cdir / "config.json").write_text(json.dumps(spec.build(sb), indent=1))
         rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
         rec.state = "running"
