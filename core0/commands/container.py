@@ -206,15 +206,16 @@ class InnerCommand(Schema):
 @dataclass(frozen=True)
 class DispatchArgs(Schema):
     container: Annotated[int, Range(1, 65535)]
-    command: Annotated[InnerCommand, Doc("the command to run inside: core.system, bash or "
-                                         "filesystem.*")]
+    command: Annotated[InnerCommand, Doc("the command to run inside: core.system, bash, "
+                                         "filesystem.*, job.list, job.kill")]
 
 
 @aliases("dispatch", DispatchArgs)
 async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     """Run a command inside a container: ``core.system`` and ``bash`` through the runtime's
-    exec (the container's namespaces, capabilities, seccomp filter and cgroup), and
-    ``filesystem.*`` confined to the container's root. The command must be allowed on this
+    exec (the container's namespaces, capabilities, seccomp filter and cgroup),
+    ``filesystem.*`` confined to the container's root, ``job.list``/``job.kill`` limited to
+    the container's own jobs. The command must be allowed on this
     queue's role; ``recurring_period``/``max_restart`` are refused. Returns the inner job id;
     its result (``container`` set to the id) is read like any other job's."""
     return await dsp.dispatch(ctx, args.container, {

@@ -12,10 +12,12 @@ runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_r
 container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
 in by the container cannot lead outside). Mounts made inside the container are not seen.
 
+``job.list``/``job.kill`` inside see and signal only the container's own inner jobs.
+
 Two rules keep an inner command from ever running on the host: ``recurring_period`` and
 ``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
-and a ``filesystem.*`` job's stored form names no registered command, so a requeue after a
-dispatcher stop ends as UNKNOWN_CMD instead of running on the host.
+and a builtin job's (``filesystem.*``, ``job.*``) stored form names no registered command,
+so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of running on the host.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from core0_client.protocol import ProtocolError, Result, decode_command, new_id
 
 from core0 import registry
 from core0.context import ProcessSpec
-from core0.errors import BadRequest, Conflict, Forbidden, PreconditionFailed
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.registry import CommandSpec
 from core0.sandbox import runtime
 from core0.sandbox.store import Store
@@ -39,7 +41,10 @@ if TYPE_CHECKING:
     from core0.jobs import Job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SUPPORTED = ("core.system", "bash", "filesystem.*")
+SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill")
+#: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
+#: only their own container's; a job adopted by a new dispatcher is not listed inside)
+_INNER: dict[str, int] = {}
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
 
@@ -69,6 +74,19 @@ def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
     return run_fs
 
 
+def _job_handler(cid: int, name: str) -> Any:
+    """job.list / job.kill limited to the container's own inner jobs."""
+    async def run_job(c: Context, a: Any) -> Any:
+        mine = {jid for jid, owner in _INNER.items() if owner == cid and jid in c.engine.table}
+        if a.id and a.id not in mine:
+            raise NotFound(f"no such job: {a.id}")
+        if name == "job.list":
+            return [d for d in c.engine.describe_all(a.id) if d["id"] in mine]
+        return c.engine.kill(a.id, a.signal)
+
+    return run_job
+
+
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     """(argv inside, env additions, cwd, stdin) of a supported inner command."""
     if name == "core.system":
@@ -92,6 +110,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         raise BadRequest(f"command.command: unknown command {cmd.command!r}",
                          field="command.command")
     fs = cmd.command.startswith("filesystem.")
+    jobs = cmd.command in ("job.list", "job.kill")
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
@@ -111,12 +130,16 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     if rec.state != "running" or not runtime.alive(init_pid(Store(ctx.config.state_dir)
                                                              .dir(cid), rec)):
         raise Conflict(f"container {cid} is not running")
-    handler = _fs_handler(ctx, rec.id, spec) if fs else await _exec_handler(ctx, rec, cmd.command,
-                                                                             args)
+    if fs:
+        handler = _fs_handler(ctx, rec.id, spec)
+    elif jobs:
+        handler = _job_handler(rec.id, cmd.command)
+    else:
+        handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs:
+    if fs or jobs:  # builtins: a requeue must never run them on the host
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
@@ -125,7 +148,12 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
 
     def mark(_job: Job, result: Result) -> None:
         result.container = cid
+        _INNER.pop(_job.id, None)
 
     job.run_end.append(mark)
+    if len(_INNER) > 100000:  # bound: jobs cancelled without a run end
+        for jid in [j for j in _INNER if j not in engine.table]:
+            del _INNER[jid]
+    _INNER[cmd.id] = cid
     engine.start(job)
     return cmd.id

@@ -121,3 +121,20 @@ def test_symlink_swap_race(ctr: Inside) -> None:
         ctr.c.raw("job.kill", {"id": swapper}).get(30)
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+def test_jobs_inside_are_scoped(ctr: Inside) -> None:
+    d = ctr.c.raw("corex.dispatch", {"container": ctr.cid, "command": {
+        "command": "bash", "arguments": {"script": "sleep 60"}}}).get(60)
+    sleeper = json.loads(d.data)
+    host = ctr.c.raw("bash", {"script": "sleep 60"})  # a host job: invisible inside
+    try:
+        ids = [j["id"] for j in ctr.ok("job.list", {})]
+        assert sleeper in ids and host.id not in ids
+        assert ctr.raw("job.kill", {"id": host.id}).code == 404
+        assert ctr.raw("job.list", {"id": host.id}).code == 404
+        assert ctr.ok("job.kill", {"id": sleeper}) is True
+        res = ctr.c.response_for(sleeper).get(60)
+        assert res.state.value == "KILLED" and res.container == ctr.cid
+    finally:
+        ctr.c.raw("job.kill", {"id": host.id}).get(30)
