@@ -12,12 +12,14 @@ runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_r
 container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
 in by the container cannot lead outside). Mounts made inside the container are not seen.
 
-``job.list``/``job.kill`` inside see and signal only the container's own inner jobs.
+``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
+``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
 
 Two rules keep an inner command from ever running on the host: ``recurring_period`` and
 ``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
-and a builtin job's (``filesystem.*``, ``job.*``) stored form names no registered command,
-so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of running on the host.
+and a builtin job's (``filesystem.*``, ``job.*``, ``process.*``) stored form names no
+registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
+running on the host.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ if TYPE_CHECKING:
     from core0.jobs import Job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill")
+SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill", "process.list",
+             "process.kill")
 #: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
 #: only their own container's; a job adopted by a new dispatcher is not listed inside)
 _INNER: dict[str, int] = {}
@@ -87,6 +90,31 @@ def _job_handler(cid: int, name: str) -> Any:
     return run_job
 
 
+def cgroup_pids(cg_path: str) -> set[int]:
+    """Host pids of the processes in a container's cgroup (v1 pids controller, or v2)."""
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        try:
+            with open(f"{base}{cg_path}/cgroup.procs") as f:
+                return {int(x) for x in f.read().split()}
+        except OSError:
+            continue
+    return set()
+
+
+def _process_handler(cg_path: str, spec: CommandSpec) -> Any:
+    """process.list / process.kill limited to the container's processes (host pids)."""
+    async def run_proc(c: Context, a: Any) -> Any:
+        mine = cgroup_pids(cg_path)
+        if a.pid and a.pid not in mine:
+            raise NotFound(f"no such process: {a.pid}")
+        out = await spec.handler(c, a)
+        if spec.name == "process.list":
+            return [p for p in out if p.get("pid") in mine]
+        return out
+
+    return run_proc
+
+
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     """(argv inside, env additions, cwd, stdin) of a supported inner command."""
     if name == "core.system":
@@ -111,6 +139,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
                          field="command.command")
     fs = cmd.command.startswith("filesystem.")
     jobs = cmd.command in ("job.list", "job.kill")
+    procs = cmd.command in ("process.list", "process.kill")
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
@@ -134,12 +163,14 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         handler = _fs_handler(ctx, rec.id, spec)
     elif jobs:
         handler = _job_handler(rec.id, cmd.command)
+    elif procs:
+        handler = _process_handler(rec.cgroups_path, spec)
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs or jobs:  # builtins: a requeue must never run them on the host
+    if fs or jobs or procs:  # builtins: a requeue must never run them on the host
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):

@@ -138,3 +138,15 @@ def test_jobs_inside_are_scoped(ctr: Inside) -> None:
         assert res.state.value == "KILLED" and res.container == ctr.cid
     finally:
         ctr.c.raw("job.kill", {"id": host.id}).get(30)
+
+
+def test_processes_inside_are_scoped(ctr: Inside) -> None:
+    import os
+
+    procs = ctr.ok("process.list", {})
+    pids = {p["pid"] for p in procs}
+    names = {p["name"] for p in procs}
+    assert "catatonit" in names or ".core0-init" in names  # the container's init
+    assert os.getpid() not in pids and 1 not in pids  # nothing of the host
+    assert ctr.raw("process.list", {"pid": os.getpid()}).code == 404
+    assert ctr.raw("process.kill", {"pid": os.getpid(), "signal": 18}).code == 404
