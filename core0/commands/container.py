@@ -216,8 +216,9 @@ async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     exec (the container's namespaces, capabilities, seccomp filter and cgroup),
     ``filesystem.*`` confined to the container's root, ``job.list``/``job.kill`` limited to
     the container's own jobs, ``process.list``/``process.kill`` to its cgroup's processes.
-    The command must be allowed on this queue's role; ``recurring_period``/``max_restart`` are refused. Returns the inner job id;
-    its result (``container`` set to the id) is read like any other job's."""
+    The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
+    are refused. Returns the inner job id; its result (``container`` set to the id) is read
+    like any other job's."""
     return await dsp.dispatch(ctx, args.container, {
         k: val for k, val in args.command.__dict__.items() if val is not None})
 
