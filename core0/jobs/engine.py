@@ -128,6 +128,11 @@ class JobEngine:
 
     # ------------------------------------------------------------ start
 
+    def new_job(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role, raw: bytes,
+                processing: str) -> Job:
+        """A job of this engine (for machinery below the engine: it never imports ``Job``)."""
+        return Job(self, cmd, spec, args, role, raw, processing)
+
     def start(self, job: Job, resume: jobstate.Saved | None = None) -> None:
         self.table[job.id] = job
         if not job.internal:

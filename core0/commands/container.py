@@ -1,0 +1,368 @@
+"""corex.* (0-core's container API, exact argument shapes) and container.* (its aliases and
+the image store).
+
+A container is an OCI bundle core0 writes (see :mod:`core0.sandbox`) run by crun or runc;
+PID 1 inside is a static init (catatonit), the root a fresh overlay clone of a stored image.
+Ids are small integers, as 0-core's clients expect. ``corex.dispatch`` runs ``core.system`` or
+``bash`` inside through the runtime's ``exec`` as a job of its own whose result (``container``
+field set) is read like any other. Every ``corex.<verb>`` is also ``container.<verb>``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from core0.context import Context
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound
+from core0.net import nft
+from core0.net import validate as v
+from core0.registry import Role, command
+from core0.sandbox import dispatch as dsp
+from core0.sandbox import images, manager, netsetup, spec
+from core0.sandbox.store import Nic, Store
+from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
+
+_NO_NUL = Pattern(r"[^\x00]*")
+_IMAGE = Annotated[str, Doc("image name (letters, digits, _ . - : / @; or a host path)"),
+                   Pattern(r"[A-Za-z0-9_/][A-Za-z0-9_.:/@+-]{0,255}")]
+
+
+def aliases(verb: str, args: type[Schema] = NoArgs, role: Role = Role.OPERATOR,
+            inline: bool = False) -> Any:
+    """Register a handler as ``corex.<verb>``, and ``container.<verb>`` as its alias (the
+    reference documents the command once)."""
+    def deco(fn: Any) -> Any:
+        async def alias(ctx: Context, a: Any) -> Any:
+            return await fn(ctx, a)
+
+        alias.__doc__ = f"Alias of ``corex.{verb}``."
+        command(f"container.{verb}", args, role=role, inline=inline)(alias)
+        return command(f"corex.{verb}", args, role=role, inline=inline)(fn)
+
+    return deco
+
+
+@dataclass(frozen=True)
+class NicConfig(Schema):
+    dhcp: bool | None = None
+    cidr: v.CIDR | None = None
+    gateway: v.ADDR | None = None
+    dns: list[v.ADDR] | None = None
+
+
+@dataclass(frozen=True)
+class NicArgs(Schema):
+    type: Annotated[Literal["default", "bridge", "zerotier", "macvlan", "passthrough", "vlan",
+                            "vxlan"],
+                    Doc("default, bridge and macvlan are supported; others answer 412")]
+    id: Annotated[str, Doc("bridge: its name; macvlan: the parent link"), Len(0, 64),
+                  _NO_NUL] | None = None
+    name: Annotated[str, Doc("name inside (default eth<index>)"),
+                    Pattern(v.IFNAME_RE)] | None = None
+    hwaddr: v.MAC | None = None
+    config: NicConfig | None = None
+    monitor: bool | None = None
+
+    def nic(self) -> Nic:
+        c = self.config or NicConfig()
+        cfg = {k: val for k, val in c.__dict__.items() if val is not None}
+        return Nic(type=self.type, id=self.id or "", name=self.name or "",
+                   hwaddr=self.hwaddr or "", config=cfg)
+
+
+@dataclass(frozen=True)
+class LimitArgs(Schema):
+    memory: Annotated[int, Doc("bytes"), Range(4 << 20, 1 << 50)] | None = None
+    cpu_shares: Annotated[int, Range(2, 262144)] | None = None
+    cpu_quota: Annotated[int, Doc("µs of CPU per period"), Range(1000, 1 << 40)] | None = None
+    cpu_period: Annotated[int, Doc("µs (default 100000)"), Range(1000, 1000000)] | None = None
+    pids: Annotated[int, Doc("max processes"), Range(1, 1 << 22)] | None = None
+
+
+@dataclass(frozen=True)
+class CreateArgs(Schema):
+    root: Annotated[_IMAGE, Doc("a stored image's name, or a host path (directory, rootfs "
+                                "tarball, OCI layout) imported once under that path")]
+    mount: Annotated[dict[str, Annotated[str, _NO_NUL, Len(1, 4096)]],
+                     Doc("{host path: container path[:ro]} bind mounts; host paths outside "
+                         "main.filesystem_root need the admin role"), Len(0, 64)] | None = None
+    host_network: bool = False
+    nics: Annotated[list[NicArgs], Doc("default when omitted: [{type: default}]"),
+                    Len(0, 16)] | None = None
+    port: Annotated[dict[str, Annotated[int, Range(1, 65535)]],
+                    Doc('{"<host src>": container port} (nft forwards, 0-core syntax)'),
+                    Len(0, 256)] | None = None
+    hostname: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")] | None = None
+    privileged: Annotated[bool, Doc("podman --privileged; needs the admin role")] = False
+    storage: Annotated[str, Doc("accepted and ignored (0-core's flist storage)")] | None = None
+    name: Annotated[str, NAME] | None = None
+    identity: Annotated[str, Doc("accepted and ignored (zerotier identity)")] | None = None
+    env: Annotated[dict[str, Annotated[str, _NO_NUL]], Len(0, 1024)] | None = None
+    cgroups: Annotated[list[list[str]], Doc("accepted and ignored (0-core's named cgroups); "
+                                            "use limits")] | None = None
+    tags: list[Annotated[str, Len(1, 128)]] | None = None
+    limits: Annotated[LimitArgs, Doc("memory, cpu shares/quota, pids (cgroup v1 or v2)")
+                      ] | None = None
+    restart: Annotated[Literal["no", "on-failure", "always"],
+                       Doc("restart the container when its init ends (an OOM kill, a "
+                           "signal), with backoff ≥ 1 s doubling to 60 s")] = "no"
+
+
+@aliases("create", CreateArgs)
+async def create(ctx: Context, args: CreateArgs) -> int:
+    """Create and start a container; returns its integer id. ``root`` is a stored image (see
+    container.image.import/pull) or a host path; each start gets a fresh overlay clone of it.
+    Defaults: containers-common capabilities and seccomp profile (stricter: no mount,
+    unshare, keyctl, ptrace), no_new_privs, masked/read-only paths, own namespaces, PID 1 =
+    catatonit. ``nics`` default to one ``default`` nic (a veth into the NAT bridge core0,
+    172.18.0.0/16); ``port`` forwards host ports to it. ``storage``, ``identity`` and
+    ``cgroups`` are accepted and ignored."""
+    if args.privileged and ctx.job.role < Role.ADMIN:
+        raise Forbidden("privileged containers need the admin role")
+    for k in args.env or {}:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+    nics = [{"type": "default"}] if args.nics is None else None
+    nic_list = [NicArgs(type="default").nic()] if nics else [n.nic() for n in args.nics or []]
+    ports = dict(args.port or {})
+    for src in ports:
+        nft.parse_source(src, f"port.{src}")
+    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
+        raise BadRequest("port: forwards need a default nic", field="port")
+    lim = args.limits or LimitArgs()
+    req = manager.CreateRequest(
+        root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
+        nics=[] if args.host_network else nic_list, ports=ports,
+        hostname=args.hostname or "", privileged=args.privileged, name=args.name or "",
+        env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
+        limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
+                           lim.pids),
+        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart)
+    return await manager.create(ctx, req)
+
+
+@aliases("list", role=Role.READ_ONLY)
+async def list_(ctx: Context, args: NoArgs) -> dict[str, Any]:
+    """All containers: {id: {cpu, rss, vms, swap, container: {arguments, root, pid, status,
+    oom_kills, nics, ports, …}}} (0-core's shape plus core0's fields)."""
+    return await manager.list_all(ctx)
+
+
+@dataclass(frozen=True)
+class GetArgs(Schema):
+    query: Annotated[int | Annotated[str, Len(1, 128)], Doc("id or name")]
+
+
+@aliases("get", GetArgs, role=Role.READ_ONLY)
+async def get(ctx: Context, args: GetArgs) -> dict[str, Any]:
+    """One container (by id or name), as in corex.list."""
+    rec = manager.find_record(ctx, args.query)
+    rt = await manager.get_runtime(ctx)
+    return manager.describe(rec, await rt.state(rec.runtime_id))
+
+
+@dataclass(frozen=True)
+class FindArgs(Schema):
+    tags: Annotated[list[str], Doc("containers having all of these tags")] | None = None
+
+
+@aliases("find", FindArgs, role=Role.READ_ONLY)
+async def find(ctx: Context, args: FindArgs) -> dict[str, Any]:
+    """Containers having all ``tags`` (all containers for none), as in corex.list."""
+    want = set(args.tags or [])
+    return {k: d for k, d in (await manager.list_all(ctx)).items()
+            if want <= set(d["container"]["tags"] or [])}
+
+
+@dataclass(frozen=True)
+class ContainerArgs(Schema):
+    container: Annotated[int, Range(1, 65535)]
+
+
+@aliases("terminate", ContainerArgs)
+async def terminate(ctx: Context, args: ContainerArgs) -> None:
+    """Stop a container (TERM, then KILL after 5 s) and remove everything made for it: its
+    runtime state and cgroup, port forwards, nics, netns, root clone and files."""
+    await manager.terminate(ctx, args.container)
+
+
+@dataclass(frozen=True)
+class InnerCommand(Schema):
+    command: Annotated[str, Len(1, 128)]
+    arguments: Any = None
+    queue: str | None = None
+    max_time: int | None = None
+    stream: bool = False
+    tags: list[str] | None = None
+    id: str | None = None
+    max_restart: int | None = None
+    recurring_period: int | None = None
+
+
+@dataclass(frozen=True)
+class DispatchArgs(Schema):
+    container: Annotated[int, Range(1, 65535)]
+    command: Annotated[InnerCommand, Doc("the command to run inside: core.system, bash, "
+                                         "filesystem.*, job.list/kill, process.list/kill")]
+
+
+@aliases("dispatch", DispatchArgs)
+async def dispatch(ctx: Context, args: DispatchArgs) -> str:
+    """Run a command inside a container: ``core.system`` and ``bash`` through the runtime's
+    exec (the container's namespaces, capabilities, seccomp filter and cgroup),
+    ``filesystem.*`` confined to the container's root, ``job.list``/``job.kill`` limited to
+    the container's own jobs, ``process.list``/``process.kill`` to its cgroup's processes.
+    The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
+    are refused. Returns the inner job id; its result (``container`` set to the id) is read
+    like any other job's."""
+    return await dsp.dispatch(ctx, args.container, {
+        k: val for k, val in args.command.__dict__.items() if val is not None})
+
+
+@dataclass(frozen=True)
+class NicAddArgs(Schema):
+    container: Annotated[int, Range(1, 65535)]
+    nic: NicArgs
+
+
+@aliases("nic-add", NicAddArgs)
+async def nic_add(ctx: Context, args: NicAddArgs) -> dict[str, Any]:
+    """Hot-plug a nic into a running container; returns it (with its index)."""
+    st = Store(ctx.config.state_dir)
+    rec = st.load(args.container)
+    if rec.host_network:
+        raise BadRequest("the container shares the node's network", field="container")
+    nic = args.nic.nic()
+    index = len(rec.nics)
+    rec.nics.append(nic)
+    await netsetup.add_nic(ctx, rec, nic, index, st.names(rec.id)["veth"])
+    st.save(rec)
+    return {"index": index, **nic.__dict__}
+
+
+@dataclass(frozen=True)
+class NicRemoveArgs(Schema):
+    container: Annotated[int, Range(1, 65535)]
+    index: Annotated[int, Range(0, 1024)]
+
+
+@aliases("nic-remove", NicRemoveArgs)
+async def nic_remove(ctx: Context, args: NicRemoveArgs) -> None:
+    """Unplug nic ``index``; it stays listed with state ``destroyed`` (as in 0-core)."""
+    st = Store(ctx.config.state_dir)
+    rec = st.load(args.container)
+    if not 0 <= args.index < len(rec.nics):
+        raise NotFound(f"container {rec.id} has no nic {args.index}")
+    await netsetup.remove_nic(ctx, rec.nics[args.index], rec.netns)
+    st.save(rec)
+
+
+@dataclass(frozen=True)
+class PortArgs(Schema):
+    container: Annotated[int, Range(1, 65535)]
+    host_port: Annotated[str, Doc("0-core forward source: port, ip:port, nic:port…"),
+                         Len(1, 80)] | Annotated[int, Range(1, 65535)]
+    container_port: Annotated[int, Range(1, 65535)]
+
+
+@aliases("portforward-add", PortArgs)
+async def portforward_add(ctx: Context, args: PortArgs) -> None:
+    """Forward a host port to the container's default nic (owner ``container:<id>``)."""
+    st = Store(ctx.config.state_dir)
+    rec = st.load(args.container)
+    src = str(args.host_port)
+    await netsetup.add_forwards(ctx, rec, {src: args.container_port})
+    rec.ports[src] = args.container_port
+    st.save(rec)
+
+
+@aliases("portforward-remove", PortArgs)
+async def portforward_remove(ctx: Context, args: PortArgs) -> None:
+    """Remove a port forward of the container."""
+    st = Store(ctx.config.state_dir)
+    rec = st.load(args.container)
+    src = str(args.host_port)
+    await netsetup.remove_forwards(ctx, rec, [src])
+    rec.ports.pop(src, None)
+    st.save(rec)
+
+
+# ---------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class ImportArgs(Schema):
+    name: _IMAGE
+    source: Annotated[str, Doc("host path: a directory, a rootfs tarball, an OCI layout "
+                               "(dir, or dir:ref) or a docker save / OCI archive"),
+                      Len(1, 4096), _NO_NUL]
+
+
+@command("container.image.import", ImportArgs)
+async def image_import(ctx: Context, args: ImportArgs) -> dict[str, Any]:
+    """Import an image into the store (unpacked once: layers through tarfile's data filter
+    and OCI whiteouts; device nodes, absolute, '..' and escaping links refused). Returns its
+    metadata; 409 when the name is taken."""
+    path, ref = args.source, ""
+    if ":" in path.rsplit("/", 1)[-1]:
+        path, _, ref = path.rpartition(":")
+    src = manager.resolve_source(ctx, path, "source")
+    return await manager.import_image(ctx, args.name, src, ref, args.source)
+
+
+@dataclass(frozen=True)
+class PullArgs(Schema):
+    ref: Annotated[str, Doc("registry reference host[:port]/repo[:tag|@digest]"),
+                   Pattern(r"[A-Za-z0-9][A-Za-z0-9_.:/@+-]{0,255}")]
+    name: _IMAGE | None = None
+    tls_verify: Annotated[bool, Doc("false for a plain-http registry")] = True
+
+
+@command("container.image.pull", PullArgs)
+async def image_pull(ctx: Context, args: PullArgs) -> dict[str, Any]:
+    """Pull an image from an OCI registry with skopeo (distribution API, token auth,
+    digest-verified) and import it; its name defaults to ``ref``."""
+    return await images_pull(ctx, args.ref, args.name or args.ref, args.tls_verify)
+
+
+async def images_pull(ctx: Context, ref: str, name: str, tls_verify: bool) -> dict[str, Any]:
+    sd = ctx.config.state_dir
+    if images.image_dir(sd, name).exists():
+        raise Conflict(f"image {name} exists already")
+    tmp = tempfile.mkdtemp(prefix=".pull-", dir=images.images_dir(sd))
+    try:
+        await ctx.run(["skopeo", "copy", "--quiet", f"--src-tls-verify={str(tls_verify).lower()}",
+                       "--", f"docker://{ref}", f"oci:{tmp}/layout:img"], timeout=600)
+        return await manager.import_image(ctx, name, f"{tmp}/layout", "img", f"docker://{ref}")
+    finally:
+        await ctx.to_thread(shutil.rmtree, tmp, True)
+
+
+@command("container.image.list", role=Role.READ_ONLY)
+async def image_list(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    """Stored images and their metadata."""
+    return images.list_all(ctx.config.state_dir)
+
+
+@dataclass(frozen=True)
+class ImageNameArgs(Schema):
+    name: _IMAGE
+
+
+@command("container.image.inspect", ImageNameArgs, role=Role.READ_ONLY)
+async def image_inspect(ctx: Context, args: ImageNameArgs) -> dict[str, Any]:
+    """One stored image's metadata (kind, source, layers, env/cmd/workdir, size)."""
+    return images.load(ctx.config.state_dir, args.name)
+
+
+@command("container.image.delete", ImageNameArgs)
+async def image_delete(ctx: Context, args: ImageNameArgs) -> None:
+    """Delete a stored image; 409 while a container uses it."""
+    for rec in Store(ctx.config.state_dir).all():
+        if rec.image == args.name:
+            raise Conflict(f"container {rec.id} uses image {args.name}")
+    await manager.delete_image(ctx, args.name)

@@ -1,0 +1,188 @@
+"""``corex.dispatch``: a command run inside a container, as a job of its own.
+
+The inner command is checked like one from the bus (protocol rules, its schema) and against
+the *outer* queue's role. It becomes a process job of the engine whose process is the
+runtime's ``exec`` into the container (same namespaces, capabilities, seccomp filter and
+cgroup as the container's init): output, ``max_time``, kill and adoption after a dispatcher
+restart work as for host jobs. Its pickup flag is set at once, so 0-core's clients waiting on
+``result:<inner id>`` see it running; its result carries ``container: <id>``.
+
+Supported inside: ``core.system`` and ``bash`` (``sh -c`` in the container's root), run by the
+runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_root`` set to the
+container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
+in by the container cannot lead outside). Mounts made inside the container are not seen.
+
+``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
+``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
+
+Two rules keep an inner command from ever running on the host: ``recurring_period`` and
+``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
+and a builtin job's (``filesystem.*``, ``job.*``, ``process.*``) stored form names no
+registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
+running on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from core0_client.protocol import ProtocolError, Result, decode_command, new_id
+
+from core0 import registry
+from core0.context import ProcessSpec
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
+from core0.registry import CommandSpec
+from core0.sandbox import runtime
+from core0.sandbox.store import Store
+
+if TYPE_CHECKING:
+    from core0.context import Context
+    from core0.jobs.job import Job
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill", "process.list",
+             "process.kill")
+#: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
+#: only their own container's; a job adopted by a new dispatcher is not listed inside)
+_INNER: dict[str, int] = {}
+#: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
+INSIDE_ONLY = "container.inside:"
+
+
+async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
+    argv, env, cwd, stdin = _argv(name, args)
+    rt = await runtime.choose(ctx.config.state_dir)
+    exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd)
+
+    async def run_inside(_ctx: Context, _args: Any) -> ProcessSpec:
+        return ProcessSpec(exec_argv, stdin=stdin,
+                           label=f"container {rec.id}: {' '.join(argv)}"[:200])
+
+    return run_inside
+
+
+def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
+    cfg = ctx.config
+    rootfs = Store(cfg.state_dir).dir(cid) / "rootfs"
+    inside = dataclasses.replace(cfg, main=dataclasses.replace(cfg.main,
+                                                               filesystem_root=str(rootfs)))
+
+    async def run_fs(c: Context, a: Any) -> Any:
+        c.config = inside
+        return await spec.handler(c, a)
+
+    return run_fs
+
+
+def _job_handler(cid: int, name: str) -> Any:
+    """job.list / job.kill limited to the container's own inner jobs."""
+    async def run_job(c: Context, a: Any) -> Any:
+        mine = {jid for jid, owner in _INNER.items() if owner == cid and jid in c.engine.table}
+        if a.id and a.id not in mine:
+            raise NotFound(f"no such job: {a.id}")
+        if name == "job.list":
+            return [d for d in c.engine.describe_all(a.id) if d["id"] in mine]
+        return c.engine.kill(a.id, a.signal)
+
+    return run_job
+
+
+def cgroup_pids(cg_path: str) -> set[int]:
+    """Host pids of the processes in a container's cgroup (v1 pids controller, or v2)."""
+    for base in ("/sys/fs/cgroup/pids", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        try:
+            with open(f"{base}{cg_path}/cgroup.procs") as f:
+                return {int(x) for x in f.read().split()}
+        except OSError:
+            continue
+    return set()
+
+
+def _process_handler(cg_path: str, spec: CommandSpec) -> Any:
+    """process.list / process.kill limited to the container's processes (host pids)."""
+    async def run_proc(c: Context, a: Any) -> Any:
+        mine = cgroup_pids(cg_path)
+        if a.pid and a.pid not in mine:
+            raise NotFound(f"no such process: {a.pid}")
+        out = await spec.handler(c, a)
+        if spec.name == "process.list":
+            return [p for p in out if p.get("pid") in mine]
+        return out
+
+    return run_proc
+
+
+def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
+    """(argv inside, env additions, cwd, stdin) of a supported inner command."""
+    if name == "core.system":
+        return [args.name, *args.args], dict(args.env or {}), args.dir, args.stdin.encode()
+    return ["sh", "-c", args.script], {}, "", args.stdin.encode()
+
+
+async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
+    """Start ``inner`` inside container ``cid``; returns the inner job id."""
+    rec = Store(ctx.config.state_dir).load(cid)
+    inner.setdefault("arguments", {})
+    inner.setdefault("id", new_id())
+    try:
+        cmd = decode_command(json.dumps(inner), ctx.config.bus.max_command_bytes)
+    except ProtocolError as e:
+        raise BadRequest(f"command: {e}", field="command") from None
+    spec = registry.get(cmd.command)
+    if spec is None or spec.internal:
+        raise BadRequest(f"command.command: unknown command {cmd.command!r}",
+                         field="command.command")
+    fs = cmd.command.startswith("filesystem.")
+    jobs = cmd.command in ("job.list", "job.kill")
+    procs = cmd.command in ("process.list", "process.kill")
+    if cmd.recurring_period or cmd.max_restart:
+        raise BadRequest("command: recurring_period and max_restart are not supported inside "
+                         "containers", field="command")
+    if cmd.command not in SUPPORTED and not fs:
+        raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
+                                 f"(supported: {', '.join(SUPPORTED)})")
+    if spec.role > ctx.job.role:
+        raise Forbidden(f"{cmd.command} is not permitted for this queue")
+    args: Any = spec.args.parse(cmd.arguments, "command.arguments")
+    if cmd.command == "core.system":
+        for k, val in (args.env or {}).items():
+            if not _ENV_NAME.fullmatch(k) or "\0" in val:
+                raise BadRequest(f"command.arguments.env.{k}: not a valid variable",
+                                 field="command.arguments.env")
+    from core0.sandbox.manager import init_pid
+
+    if rec.state != "running" or not runtime.alive(init_pid(Store(ctx.config.state_dir)
+                                                             .dir(cid), rec)):
+        raise Conflict(f"container {cid} is not running")
+    if fs:
+        handler = _fs_handler(ctx, rec.id, spec)
+    elif jobs:
+        handler = _job_handler(rec.id, cmd.command)
+    elif procs:
+        handler = _process_handler(rec.cgroups_path, spec)
+    else:
+        handler = await _exec_handler(ctx, rec, cmd.command, args)
+    inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
+    engine = ctx.engine
+    raw = cmd.to_json().encode()
+    if fs or jobs or procs:  # builtins: a requeue must never run them on the host
+        raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
+    processing = ctx.job.processing
+    if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
+        raise Conflict(f"a job with id {cmd.id} exists already")
+    job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, raw, processing)
+
+    def mark(_job: Job, result: Result) -> None:
+        result.container = cid
+        _INNER.pop(_job.id, None)
+
+    job.run_end.append(mark)
+    if len(_INNER) > 100000:  # bound: jobs cancelled without a run end
+        for jid in [j for j in _INNER if j not in engine.table]:
+            del _INNER[jid]
+    _INNER[cmd.id] = cid
+    engine.start(job)
+    return cmd.id

@@ -1,0 +1,381 @@
+"""Container lifecycle: create, describe, terminate. Used by ``core0.commands.container``.
+
+Nothing about a container lives only in the dispatcher's memory: the record is on the state
+dir (:mod:`.store`) and the runtime keeps its own state, so a new dispatcher lists, dispatches
+into and terminates the containers an old one created, by the same ids.
+
+Create order (each step recorded, so :func:`teardown` undoes exactly what was made, also after
+a failure half way or a dispatcher crash): id → root clone → netns + nics → forwards → bundle
+→ runtime start. Terminate runs it backwards: runtime stop + delete (its cgroup goes with it)
+→ forwards → nics → netns → root clone and the container dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core0.context import ProcessSpec
+from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
+from core0.registry import Role
+from core0.sandbox import images, netsetup, roots, runtime, spec, zfsroots
+from core0.sandbox.store import Nic, Record, Store
+
+if TYPE_CHECKING:
+    from core0.context import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CreateRequest:
+    root: str
+    mounts: dict[str, str] = field(default_factory=dict)
+    host_network: bool = False
+    nics: list[Nic] = field(default_factory=list)
+    ports: dict[str, int] = field(default_factory=dict)
+    hostname: str = ""
+    privileged: bool = False
+    name: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    tags: list[str] = field(default_factory=list)
+    limits: spec.Limits = field(default_factory=spec.Limits)
+    arguments: dict[str, Any] = field(default_factory=dict)
+    #: no | on-failure | always (the init pauses, so it only ends by a signal or an OOM
+    #: kill: both policies restart it)
+    restart: str = "no"
+
+
+async def get_runtime(ctx: Context) -> runtime.Runtime:
+    return await runtime.choose(ctx.config.state_dir)
+
+
+def _store(ctx: Context) -> Store:
+    return Store(ctx.config.state_dir)
+
+
+# ---------------------------------------------------------------- checks
+
+
+def check_target(target: str, field_name: str) -> str:
+    """A mount target inside the container: absolute, no ``..``, no NUL (the runtime resolves
+    it inside the container's root, so symlinks there cannot lead out)."""
+    if not target.startswith("/") or "\0" in target or len(target) > 4096:
+        raise BadRequest(f"{field_name}: the target must be an absolute path", field=field_name)
+    parts = target.split("/")
+    if ".." in parts:
+        raise BadRequest(f"{field_name}: '..' in the target", field=field_name)
+    norm = "/" + "/".join(p for p in parts if p not in ("", "."))
+    if norm in ("/", "/proc", "/sys", "/dev") or norm.startswith(("/proc/", "/sys/")):
+        raise BadRequest(f"{field_name}: cannot mount over {norm}", field=field_name)
+    return norm
+
+
+def resolve_source(ctx: Context, source: str, field_name: str) -> str:
+    """A host path for a bind mount or an import: resolved inside ``main.filesystem_root``
+    without following symlinks out of it; anywhere on the node for admin queues."""
+    from core0.fspath import Root, oserror
+
+    if not source.startswith("/") or "\0" in source:
+        raise BadRequest(f"{field_name}: the source must be an absolute path", field=field_name)
+    fs_root = ctx.config.main.filesystem_root
+    if ".." in source.split("/") and ctx.job.role < Role.ADMIN:
+        raise Forbidden(f"{field_name}: '..' in a host path needs the admin role")
+    base = "/" if ctx.job.role >= Role.ADMIN else fs_root
+    rel = source
+    if base != "/":
+        root_real = os.path.realpath(base)
+        if not (source == root_real or source.startswith(root_real.rstrip("/") + "/")):
+            raise Forbidden(f"{field_name}: {source} is outside {base} (needs the admin role)")
+        rel = source[len(root_real.rstrip("/")):] or "/"
+    try:
+        with Root(base) as root:
+            fd = root.open(rel, os.O_PATH)
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+    except OSError as e:
+        raise oserror(e, source) from None
+    except CommandError as e:
+        raise type(e)(f"{field_name}: {e.message}", field=field_name) from None
+    return real
+
+
+async def import_image(ctx: Context, name: str, source: str, ref: str = "",
+                       origin: str = "") -> dict[str, Any]:
+    """Import ``source`` as image ``name`` into the store (a ZFS dataset + snapshot per image
+    when the store is a dataset, see :mod:`.zfsroots`; a btrfs subvolume or a directory
+    otherwise)."""
+    sd = ctx.config.state_dir
+    store = zfsroots.store_dataset(images.images_dir(sd))
+    if not store:
+        return await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin)
+    if (images.image_dir(sd, name) / "image.json").exists():
+        raise Conflict(f"image {name} exists already")
+    if images.image_dir(sd, name).exists():  # left by an import that died half way
+        await zfsroots.destroy_image(ctx, store, name)
+    await zfsroots.create_image(ctx, store, name)
+    try:
+        meta = await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin, True)
+        await zfsroots.seal_image(ctx, store, name)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await zfsroots.destroy_image(ctx, store, name)
+        raise
+    return meta
+
+
+async def delete_image(ctx: Context, name: str) -> None:
+    sd = ctx.config.state_dir
+    if images.load(sd, name).get("storage") == "zfs":
+        await zfsroots.destroy_image(ctx, zfsroots.store_dataset(images.images_dir(sd)), name)
+    else:
+        await ctx.to_thread(images.delete, sd, name)
+
+
+async def image_for(ctx: Context, root: str) -> str:
+    """The stored image a container's ``root`` names: an image name, or a host path (a
+    directory, a tarball, an OCI layout) imported once under its own path as name."""
+    sd = ctx.config.state_dir
+    if root.startswith("/"):
+        with contextlib.suppress(NotFound):
+            images.load(sd, root)
+            return root
+        src = resolve_source(ctx, root, "root")
+        try:
+            await import_image(ctx, root, src, "", root)
+        except Conflict:
+            images.load(sd, root)  # imported by a concurrent create meanwhile
+        return root
+    images.load(sd, root)
+    return root
+
+
+# ---------------------------------------------------------------- create
+
+
+def _write_etc(cdir: Path, rec: Record, dns: list[str]) -> list[spec.Mount]:
+    files = {"hostname": rec.hostname + "\n",
+             "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{rec.hostname}\n"}
+    if dns:
+        files["resolv.conf"] = "".join(f"nameserver {d}\n" for d in dns)
+    elif rec.host_network:
+        with contextlib.suppress(OSError):
+            files["resolv.conf"] = Path("/etc/resolv.conf").read_text()
+    out = []
+    for name, text in files.items():
+        p = cdir / name
+        p.write_text(text)
+        out.append(spec.Mount(str(p), f"/etc/{name}"))
+    return out
+
+
+async def create(ctx: Context, req: CreateRequest) -> int:
+    """Create and start a container; returns its id."""
+    st = _store(ctx)
+    image = await image_for(ctx, req.root)
+    meta = images.load(ctx.config.state_dir, image)
+    mounts = []
+    for src, target in req.mounts.items():
+        ro = target.endswith(":ro")
+        t = check_target(target[:-3] if ro else target, f"mount.{src}")
+        mounts.append(spec.Mount(resolve_source(ctx, src, f"mount.{src}"), t, ro))
+    rt = await get_runtime(ctx)
+    init = runtime.find_init()
+    cid = st.allocate()
+    names = st.names(cid)
+    rec = Record(id=cid, name=req.name, tags=list(req.tags), root=req.root, image=image,
+                 hostname=req.hostname or f"core-{cid}", arguments=req.arguments,
+                 runtime_id=names["runtime_id"],
+                 netns="" if req.host_network else names["netns"],
+                 cgroups_path=names["cgroups_path"], host_network=req.host_network,
+                 privileged=req.privileged, created=int(time.time()))
+    st.save(rec)
+    cdir = st.dir(cid)
+    try:
+        if meta.get("storage") == "zfs":
+            store = zfsroots.store_dataset(images.images_dir(ctx.config.state_dir))
+            rec.clone_dataset = f"{store}/c{st.tag}-{cid}"
+            st.save(rec)
+            rootfs = await zfsroots.clone(ctx, store, image, f"c{st.tag}-{cid}",
+                                          cdir / "zroot")
+        else:
+            rootfs = await ctx.to_thread(roots.clone,
+                                         images.rootfs(ctx.config.state_dir, image), cdir)
+        dns: list[str] = []
+        if not req.host_network:
+            await ctx.to_thread(netsetup.create_netns, rec.netns)
+            for i, nic in enumerate(req.nics):
+                rec.nics.append(nic)
+                await netsetup.add_nic(ctx, rec, nic, i, names["veth"])
+                st.save(rec)
+                if nic.type == "default":
+                    dns.append(str(netsetup.GATEWAY))
+                dns += [str(d) for d in nic.config.get("dns") or []]
+            if req.ports:
+                rec.ports = dict(req.ports)
+                st.save(rec)
+                await netsetup.add_forwards(ctx, rec, req.ports)
+        env = {}
+        for item in meta.get("env") or []:
+            k, eq, val = str(item).partition("=")
+            if eq:
+                env[k] = val
+        env.update(req.env)
+        sb = spec.Sandbox(
+            rootfs=str(rootfs), init=init, args=[], hostname=rec.hostname,
+            cgroups_path=rec.cgroups_path, env=env,
+            cwd=str(meta.get("workdir") or "/"),
+            netns="host" if req.host_network else nl_path(rec.netns),
+            mounts=[*_write_etc(cdir, rec, dns), *mounts], privileged=req.privileged,
+            limits=req.limits)
+        (cdir / "config.json").write_text(json.dumps(spec.build(sb), indent=1))
+        rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
+        rec.state = "running"
+        st.save(rec)
+        if req.restart != "no":
+            rec.keeper = f"container-keeper.{st.tag}.{cid}"
+            st.save(rec)
+            ctx.engine.start_service(rec.keeper, ProcessSpec(
+                [sys.executable, "-m", "core0.sandbox.keeper", "--runtime", rt.binary,
+                 "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
+                label=f"keeper of container {cid}"), protected=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await teardown(ctx, rec, rt)
+        raise
+    log.info("container %d (%s) started: pid %d, image %s", cid, rec.name, rec.pid, image)
+    return cid
+
+
+def nl_path(netns: str) -> str:
+    from core0.net import netlink as nl
+
+    return nl.netns_path(netns)
+
+
+# ---------------------------------------------------------------- terminate
+
+
+async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None) -> None:
+    """Remove everything made for ``rec`` (idempotent)."""
+    rt = rt or await get_runtime(ctx)
+    if rec.keeper:
+        await ctx.engine.stop_service(rec.keeper)
+    await rt.stop(rec.runtime_id, init_pid(_store(ctx).dir(rec.id), rec)
+                  if rec.state == "running" else 0)
+    errors: list[str] = []
+    if rec.ports:
+        try:
+            await netsetup.remove_forwards(ctx, rec)
+        except Exception as e:
+            errors.append(f"forwards: {e}")
+    for nic in rec.nics:
+        try:
+            await netsetup.remove_nic(ctx, nic, rec.netns)
+        except Exception as e:
+            errors.append(f"nic {nic.host_link}: {e}")
+    if rec.netns:
+        await ctx.to_thread(netsetup.remove_netns, rec.netns)
+    if rec.clone_dataset:
+        await zfsroots.destroy_clone(ctx, rec.clone_dataset)
+    await ctx.to_thread(roots.drop, _store(ctx).dir(rec.id))
+    if errors:
+        log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))
+
+
+def init_pid(cdir: Path, rec: Record) -> int:
+    """The container's current init pid (a keeper's restart rewrites init.pid)."""
+    try:
+        return int((cdir / "init.pid").read_text().strip())
+    except (OSError, ValueError):
+        return rec.pid
+
+
+async def terminate(ctx: Context, cid: int) -> None:
+    st = _store(ctx)
+    if not st.dir(cid).exists():
+        raise NotFound(f"no such container: {cid}")
+    try:
+        rec = st.load(cid)
+    except NotFound:
+        # allocated by a create that died before its first record: only the dir is left
+        await ctx.to_thread(roots.drop, st.dir(cid))
+        return
+    await teardown(ctx, rec)
+
+
+# ---------------------------------------------------------------- describe
+
+
+def _cgroup_file(cg_path: str, controller: str, name: str) -> str | None:
+    for base in (f"/sys/fs/cgroup/{controller}", "/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        p = f"{base}{cg_path}/{name}"
+        with contextlib.suppress(OSError):
+            with open(p) as f:
+                return f.read()
+    return None
+
+
+def usage(rec: Record) -> dict[str, Any]:
+    """Memory use and OOM kills of the container's cgroup (v1 or v2)."""
+    out: dict[str, Any] = {"rss": 0, "oom_kills": 0}
+    text = _cgroup_file(rec.cgroups_path, "memory", "memory.usage_in_bytes") \
+        or _cgroup_file(rec.cgroups_path, "memory", "memory.current")
+    if text and text.strip().isdigit():
+        out["rss"] = int(text)
+    for name in ("memory.oom_control", "memory.events"):
+        text = _cgroup_file(rec.cgroups_path, "memory", name)
+        if text:
+            for line in text.splitlines():
+                k, _, val = line.partition(" ")
+                if k == "oom_kill" and val.strip().isdigit():
+                    out["oom_kills"] = int(val)
+            break
+    return out
+
+
+def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
+    """0-core's container entry: {cpu, rss, vms, swap, container: {arguments, root, pid, …}}."""
+    u = usage(rec)
+    status = state.status if state is not None else ("creating" if rec.state == "creating"
+                                                     else "gone")
+    return {
+        "cpu": 0.0, "rss": u["rss"], "vms": 0, "swap": 0,
+        "container": {
+            "id": rec.id, "name": rec.name, "tags": rec.tags, "root": rec.root,
+            "image": rec.image, "hostname": rec.hostname, "arguments": rec.arguments,
+            "pid": state.pid if state is not None and status != "stopped" else 0,
+            "status": status, "oom_kills": u["oom_kills"],
+            "nics": [n.__dict__ for n in rec.nics], "ports": rec.ports,
+            "host_network": rec.host_network, "privileged": rec.privileged,
+            "created": rec.created,
+        },
+    }
+
+
+async def list_all(ctx: Context) -> dict[str, dict[str, Any]]:
+    recs = _store(ctx).all()
+    if not recs:
+        return {}
+    rt = await get_runtime(ctx)
+    states = {s.id: s for s in await rt.list_all()}
+    return {str(r.id): describe(r, states.get(r.runtime_id)) for r in recs}
+
+
+def find_record(ctx: Context, query: int | str) -> Record:
+    st = _store(ctx)
+    if isinstance(query, int) or (isinstance(query, str) and query.isdigit()):
+        return st.load(int(query))
+    for r in st.all():
+        if r.name == query:
+            return r
+    raise NotFound(f"no container named {query}")

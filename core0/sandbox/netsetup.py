@@ -1,0 +1,221 @@
+"""Container networking: a named netns per container, nics made on the host side.
+
+Every container that does not share the node's network gets a named network namespace
+(``/run/netns/core0-<tag>-<id>``) made by core0 before the runtime starts; the OCI spec joins
+it by path. Its nics are configured from the node's side with netlink (no tool runs inside):
+
+- ``default``: a veth whose peer (``eth0``) is created inside the netns and whose host end is
+  enslaved to core0's NAT bridge ``core0`` (172.18.0.1/16, masquerade, DNS from a dnsmasq on
+  the bridge), made on first use through ``bridge.create``. The container's address is
+  172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1.
+- ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``;
+- ``macvlan`` ``{id: parent link}``: a macvlan (bridge mode) made on the node, moved into the
+  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``.
+
+Port forwards go through ``nft.forward_add`` with owner ``container:<id>``, so they are in
+core0's one nft table and are removed together (``nft.owner_remove``) on terminate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+from typing import TYPE_CHECKING, Any
+
+from core0 import registry
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.net import netlink as nl
+from core0.net import validate as v
+from core0.sandbox.store import Nic, Record
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from core0.context import Context
+
+BRIDGE = "core0"
+NETWORK = ipaddress.ip_network("172.18.0.0/16")
+GATEWAY = ipaddress.ip_address("172.18.0.1")
+_BRIDGE_LOCK = asyncio.Lock()
+
+
+def default_address(cid: int) -> str:
+    """0-core's address of container ``cid`` on the default network."""
+    return f"{NETWORK.network_address + cid + 1}/{NETWORK.prefixlen}"
+
+
+async def _call(ctx: Context, name: str, args: dict[str, Any]) -> Any:
+    """Run another domain's command handler in this job (its schema checks apply)."""
+    spec = registry.get(name)
+    if spec is None:
+        raise PreconditionFailed(f"this node has no {name} command")
+    return await spec.handler(ctx, spec.args.parse(args))
+
+
+async def ensure_bridge(ctx: Context) -> None:
+    """Make core0's NAT bridge unless it exists."""
+    async with _BRIDGE_LOCK:
+        def exists() -> bool:
+            with nl.session() as r:
+                return bool(r.link_lookup(ifname=BRIDGE))
+
+        if await ctx.to_thread(exists):
+            return
+        gw = f"{GATEWAY}/{NETWORK.prefixlen}"
+        try:
+            await _call(ctx, "bridge.create", {"name": BRIDGE, "network": {
+                "mode": "static", "nat": True, "cidr": gw}})
+        except Conflict:
+            if not await ctx.to_thread(exists):
+                raise
+
+
+def create_netns(name: str) -> None:
+    """The container's named netns with ``lo`` up (thread)."""
+    nl.netns_create(name)
+    with nl.session(netns=name) as r:
+        nl.link_set(r, "lo", state="up")
+
+
+def remove_netns(name: str) -> None:
+    try:
+        nl.netns_remove(name)
+    except NotFound:
+        pass
+
+
+def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: str,
+          gateway: str | None) -> str:
+    """Make one veth nic (thread): peer inside the netns, host end in ``bridge``."""
+    inner = nic.name or f"eth{index}"
+    with nl.session() as r:
+        nl.link_add(r, nl.LinkSpec(name=host_name, kind="veth", peer=inner,
+                                   peer_netns=rec.netns, master=bridge, up=True))
+    try:
+        with nl.session(netns=rec.netns) as r:
+            _configure_inside(r, nic, inner, cidr, gateway)
+    except BaseException:
+        with nl.session() as r:
+            nl.link_del(r, host_name)
+        raise
+    return inner
+
+
+def _static(nic: Nic, index: int) -> tuple[str, str | None]:
+    """(cidr, gateway) of a nic's static config."""
+    if nic.config.get("dhcp"):
+        raise PreconditionFailed("dhcp nics are not supported yet (give config.cidr)")
+    cidr = str(v.interface(nic.config["cidr"], f"nics[{index}].config.cidr")) \
+        if nic.config.get("cidr") else ""
+    gw = str(v.ip(nic.config["gateway"], f"nics[{index}].config.gateway")) \
+        if nic.config.get("gateway") else None
+    return cidr, gw
+
+
+def _configure_inside(r: IPRoute, nic: Nic, inner: str, cidr: str, gateway: str | None) -> None:
+    if nic.hwaddr:
+        nl.link_set(r, inner, address=v.mac(nic.hwaddr))
+    nl.link_set(r, inner, state="up")
+    if cidr:
+        nl.addr_change(r, "add", inner, cidr)
+    if gateway:
+        nl.route_change(r, "add", dst="default", gw=gateway, dev=inner, metric=None, table=None)
+
+
+def _macvlan(rec: Record, nic: Nic, index: int, tmp_name: str, parent: str, cidr: str,
+             gateway: str | None) -> str:
+    """Make a macvlan on ``parent`` (thread), move it into the netns, name it there."""
+    inner = nic.name or f"eth{index}"
+    with nl.session() as r:
+        nl.link_add(r, nl.LinkSpec(name=tmp_name, kind="macvlan", parent=parent))
+        try:
+            nl.link_set(r, tmp_name, netns=rec.netns)
+        except BaseException:
+            nl.link_del(r, tmp_name)
+            raise
+    with nl.session(netns=rec.netns) as r:
+        try:
+            nl.link_set(r, tmp_name, ifname=inner)
+            _configure_inside(r, nic, inner, cidr, gateway)
+        except BaseException:
+            for name in (tmp_name, inner):
+                with contextlib.suppress(Exception):
+                    nl.link_del(r, name)
+            raise
+    return inner
+
+
+async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
+    """Configure ``nic`` (the ``index``-th of the container; its host end is named
+    ``host_base`` + index) and return it as recorded."""
+    host_name = (host_base + (f"n{index}" if index else ""))[:15]
+    if nic.name and (nic.name.startswith("eth") and nic.name != f"eth{index}"):
+        raise BadRequest(f"nics[{index}].name: eth* names are reserved", field="nics")
+    if nic.type == "default":
+        await ensure_bridge(ctx)
+        cidr, bridge = default_address(rec.id), BRIDGE
+        gw: str | None = str(GATEWAY)
+        if index and any(n.type == "default" and n.state == "configured"
+                         for n in rec.nics[:index]):
+            raise Conflict("the container has a default nic already")
+    elif nic.type in ("bridge", "macvlan"):
+        if not nic.id:
+            what = "bridge" if nic.type == "bridge" else "parent link"
+            raise BadRequest(f"nics[{index}].id: the {what} name is required", field="nics")
+        bridge = v.ifname(nic.id, f"nics[{index}].id")
+        cidr, gw = _static(nic, index)
+        if nic.type == "macvlan":
+            nic.inner = await ctx.to_thread(_macvlan, rec, nic, index, host_name, bridge, cidr,
+                                            gw)
+            nic.ip, nic.state = cidr, "configured"
+            return nic
+    else:
+        raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
+                                 "(default, bridge and macvlan are)")
+    nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
+    nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
+    return nic
+
+
+def _del_link(name: str) -> None:
+    with nl.session() as r:
+        try:
+            nl.link_del(r, name)
+        except NotFound:
+            pass
+
+
+def _del_inner(netns: str, name: str) -> None:
+    with contextlib.suppress(NotFound), nl.session(netns=netns) as r:
+        nl.link_del(r, name)
+
+
+async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
+    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan)."""
+    if nic.state != "destroyed":
+        if nic.host_link:
+            await ctx.to_thread(_del_link, nic.host_link)
+        elif nic.inner and netns:
+            await ctx.to_thread(_del_inner, netns, nic.inner)
+    nic.state = "destroyed"
+
+
+async def add_forwards(ctx: Context, rec: Record, ports: dict[str, int]) -> None:
+    ip = next((n.ip.split("/")[0] for n in rec.nics
+               if n.type == "default" and n.state == "configured"), "")
+    if not ip:
+        raise BadRequest("port forwards need a default nic", field="port")
+    await _call(ctx, "nft.forward_add", {"owner": rec.owner, "ip": ip, "forwards": ports})
+
+
+async def remove_forwards(ctx: Context, rec: Record, sources: list[str] | None = None) -> None:
+    if sources is None:
+        await _call(ctx, "nft.owner_remove", {"owner": rec.owner})
+    else:
+        await _call(ctx, "nft.forward_remove", {"owner": rec.owner, "src": sources})
+
+
+def links_of(r: IPRoute, prefix: str) -> list[str]:
+    return [str(link.get("ifname")) for link in r.get_links()
+            if str(link.get("ifname")).startswith(prefix)]

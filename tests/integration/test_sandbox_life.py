@@ -1,0 +1,269 @@
+"""Container life: dispatcher kill -9 with 5 containers running (they keep running, same ids and
+pids, dispatch still works), port forwards and nic hot-plug, and nothing left behind after
+terminate (mounts, cgroups, links, netns, nft rules, files)."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, node_tag
+
+
+@pytest.fixture(scope="module")
+def cnode() -> Iterator[ContainerNode]:
+    with container_node() as n:
+        yield n
+
+
+def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
+    c = cnode.client()
+    try:
+        r = c.raw(command, args).get(120)
+    finally:
+        c.close()
+    assert r.state.value == "SUCCESS", (command, r.data)
+    return json.loads(r.data)
+
+
+def inside(cnode: ContainerNode, cid: int, script: str) -> Any:
+    inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+        "command": "bash", "arguments": {"script": script}}})
+    c = cnode.client()
+    try:
+        return c.response_for(inner).get(60)
+    finally:
+        c.close()
+
+
+def snapshot(cnode: ContainerNode) -> dict[str, Any]:
+    """What containers could leak, counted on the node's side."""
+    tag = node_tag(cnode)
+    ns = ["ip", "netns", "exec", cnode.ns.name]
+    links = subprocess.run([*ns, "ip", "-o", "link"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    rules = subprocess.run([*ns, "nft", "-a", "list", "ruleset"], capture_output=True,
+                           text=True, check=True).stdout
+    with open("/proc/self/mountinfo") as f:
+        mounts = [ln.split()[4] for ln in f]
+    base = cnode.state_dir / "sandbox"
+    return {
+        "mounts": sorted(m for m in mounts if m.startswith(str(cnode.dir)) or tag in m),
+        "cgroups": sorted(glob.glob(f"/sys/fs/cgroup/*/core0-{tag}-*")),
+        "links": sorted(ln.split(":")[1].split("@")[0].strip() for ln in links),
+        "netns": sorted(n for n in os.listdir("/run/netns") if tag in n),
+        "nft_rules": sum(1 for ln in rules.splitlines() if "# handle" in ln
+                         and ("dnat" in ln or "owner=" in ln)),
+        "files": sorted(os.listdir(base / "containers")),
+        "runtime": subprocess.run(["runc", "--root", str(base / "runc"), "list", "-q"],
+                                  capture_output=True, text=True).stdout.split(),
+    }
+
+
+@pytest.fixture(scope="module")
+def image(cnode: ContainerNode) -> str:
+    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
+    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
+    # warm-up: the first default nic makes the node's NAT bridge (it stays: not a leak)
+    cid = ok(cnode, "corex.create", {"root": "bb"})
+    ok(cnode, "corex.terminate", {"container": cid})
+    return "bb"
+
+
+def test_kill9_dispatcher_adopts_and_terminate_leaves_nothing(cnode: ContainerNode,
+                                                              image: str) -> None:
+    before = snapshot(cnode)
+    ids = [ok(cnode, "corex.create", {"root": image, "name": f"c{i}", "tags": ["life"],
+                                      "port": {str(18000 + i): 80}})
+           for i in range(5)]
+    assert sorted(ids) == sorted(set(ids))
+    listed = ok(cnode, "corex.list", {})
+    pids = {cid: listed[str(cid)]["container"]["pid"] for cid in ids}
+    assert all(p > 0 for p in pids.values())
+    during = snapshot(cnode)
+    assert len(during["cgroups"]) > len(before["cgroups"])
+    assert during["nft_rules"] >= before["nft_rules"] + 5
+    old = cnode.dispatcher_pid()
+    os.kill(old, signal.SIGKILL)
+    def back() -> bool:
+        try:
+            return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
+        except Exception:
+            return False
+
+    assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+    listed = ok(cnode, "corex.list", {})
+    assert {int(k) for k in listed} == set(ids)
+    for cid in ids:
+        assert listed[str(cid)]["container"]["pid"] == pids[cid]
+        assert listed[str(cid)]["container"]["status"] == "running"
+        os.kill(pids[cid], 0)  # alive
+    found = ok(cnode, "corex.find", {"tags": ["life"]})
+    assert {int(k) for k in found} == set(ids)
+    assert ok(cnode, "corex.get", {"query": "c3"})["container"]["id"] == ids[3]
+    res = inside(cnode, ids[0], "echo still-here; grep -E 'CapEff|NoNewPrivs|Seccomp:' "
+                 "/proc/self/status")
+    assert res.state.value == "SUCCESS" and "still-here" in res.streams[0]
+    assert res.container == ids[0]
+    # the sandbox of a command dispatched by the new dispatcher is the same (T10 after T3)
+    assert "00000000800405fb" in res.streams[0] and "NoNewPrivs:\t1" in res.streams[0]
+    assert "Seccomp:\t2" in res.streams[0]
+    for cid in ids:
+        ok(cnode, "corex.terminate", {"container": cid})
+    for cid in ids:
+        assert wait_until(lambda c=cid: not os.path.exists(f"/proc/{pids[c]}"), 10)
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_forward_and_nic_hotplug(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    cid = ok(cnode, "corex.create", {"root": image})
+    try:
+        ok(cnode, "corex.portforward-add", {"container": cid, "host_port": 18080,
+                                            "container_port": 80})
+        fwd = ok(cnode, "nft.forward_list", {"owner": f"container:{cid}"})
+        assert [f["port"] for f in fwd] == [80] and fwd[0]["ip"] == f"172.18.0.{cid + 1}"
+        ok(cnode, "corex.portforward-remove", {"container": cid, "host_port": 18080,
+                                               "container_port": 80})
+        assert ok(cnode, "nft.forward_list", {"owner": f"container:{cid}"}) == []
+        ok(cnode, "bridge.create", {"name": "hp0", "network": {"cidr": "10.99.0.1/24"}})
+        try:
+            nic = ok(cnode, "corex.nic-add", {"container": cid, "nic": {
+                "type": "bridge", "id": "hp0", "config": {"cidr": "10.99.0.5/24"}}})
+            assert nic["index"] == 1
+            res = inside(cnode, cid, "ip -o -4 addr show eth1")
+            assert "10.99.0.5/24" in res.streams[0]
+            # the node reaches it over the bridge (no NET_RAW inside for ping the other way)
+            assert cnode.ns.run("ping", "-c1", "-W2", "10.99.0.5", check=False).returncode == 0
+            ok(cnode, "corex.nic-remove", {"container": cid, "index": 1})
+            got = ok(cnode, "corex.get", {"query": cid})["container"]["nics"]
+            assert got[1]["state"] == "destroyed"
+            res = inside(cnode, cid, "ip link show eth1 2>&1 || echo gone")
+            assert "gone" in res.streams[0]
+        finally:
+            ok(cnode, "bridge.delete", {"name": "hp0"})
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    time.sleep(0.1)
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_failed_create_leaves_nothing(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    c = cnode.client()
+    try:
+        # fails after the root clone, the netns and the first nic were made
+        r = c.raw("corex.create", {"root": image, "nics": [
+            {"type": "default"}, {"type": "bridge", "id": "nope0"}]}).get(60)
+        assert r.state.value == "ERROR" and r.code == 404, r.data
+        assert c.raw("corex.create", {"root": "no-such-image"}).get(60).code == 404
+        assert c.raw("corex.terminate", {"container": 999}).get(60).code == 404
+        assert c.raw("corex.get", {"query": "nobody"}).get(60).code == 404
+        r = c.raw("corex.dispatch", {"container": 999, "command": {
+            "command": "bash", "arguments": {"script": "true"}}}).get(60)
+        assert r.code == 404
+        cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+        r = c.raw("corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {"script": "true"}, "recurring_period": 5}}).get(60)
+        assert r.code == 400
+        r = c.raw("corex.dispatch", {"container": cid, "command": {
+            "command": "info.cpu", "arguments": {}}}).get(60)
+        assert r.code == 412
+        ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        c.close()
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_macvlan_nic(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    # a veth end as the parent link (this kernel may have no dummy driver)
+    cnode.ns.run("ip", "link", "add", "mvpar0", "type", "veth", "peer", "name", "mvpar1")
+    cnode.ns.run("ip", "link", "set", "mvpar0", "up")
+    try:
+        cid = ok(cnode, "corex.create", {"root": image, "nics": [
+            {"type": "macvlan", "id": "mvpar0", "config": {"cidr": "10.98.0.5/24"}}]})
+        try:
+            res = inside(cnode, cid, "ip -o -4 addr show eth0")
+            assert "10.98.0.5/24" in res.streams[0]
+            nic = ok(cnode, "corex.nic-add", {"container": cid, "nic": {
+                "type": "macvlan", "id": "mvpar0", "config": {"cidr": "10.98.0.6/24"}}})
+            assert nic["index"] == 1
+            assert "10.98.0.6/24" in inside(cnode, cid, "ip -o -4 addr").streams[0]
+            ok(cnode, "corex.nic-remove", {"container": cid, "index": 1})
+            assert "10.98.0.6" not in inside(cnode, cid, "ip -o -4 addr").streams[0]
+        finally:
+            ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        cnode.ns.run("ip", "link", "del", "mvpar0")
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_host_network(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    cnode.ns.run("ip", "link", "add", "hn0", "type", "veth", "peer", "name", "hn1")
+    try:
+        cid = ok(cnode, "corex.create", {"root": image, "host_network": True,
+                                         "port": None, "nics": []})
+        try:
+            links = inside(cnode, cid, "ls /sys/class/net").streams[0].split()
+            assert {"hn0", "hn1", "lo"} <= set(links)  # the node's own links
+        finally:
+            ok(cnode, "corex.terminate", {"container": cid})
+    finally:
+        cnode.ns.run("ip", "link", "del", "hn0")
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_restart_policy(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    cid = ok(cnode, "corex.create", {"root": image, "nics": [], "restart": "always"})
+    try:
+        first = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+        assert first > 0
+        os.kill(first, signal.SIGKILL)
+
+        def restarted() -> bool:
+            c = ok(cnode, "corex.get", {"query": cid})["container"]
+            return c["status"] == "running" and c["pid"] not in (0, first)
+
+        assert wait_until(restarted, 30, 0.2), cnode.log_text()[-2000:]
+        res = inside(cnode, cid, "echo again")
+        assert res.streams[0] == "again\n"
+        # a dispatcher restart adopts the keeper: the container is still kept
+        old = cnode.dispatcher_pid()
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: _pingable(cnode) and _dispatcher(cnode) not in (0, old),
+                          30, 0.2)
+        second = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+        os.kill(second, signal.SIGKILL)
+        assert wait_until(lambda: ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
+                          not in (0, second), 30, 0.2)
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+    assert not any("keeper" in j.get("id", "") for j in ok(cnode, "job.list", {}))
+
+
+def _dispatcher(cnode: ContainerNode) -> int:
+    try:
+        return cnode.dispatcher_pid()
+    except AssertionError:
+        return 0
+
+
+def _pingable(cnode: ContainerNode) -> bool:
+    try:
+        return ok(cnode, "core.ping", {}) is not None
+    except Exception:
+        return False

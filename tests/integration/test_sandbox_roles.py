@@ -1,0 +1,87 @@
+"""Queue roles and containers: the inner command of corex.dispatch is checked against the outer
+queue's role; privileged containers and host paths outside ``main.filesystem_root`` need the
+admin role (symlinks cannot lead an operator's mount source out of the root)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node
+
+FSROOT = Path(tempfile.gettempdir()) / f"core0-fsroot-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def cnode() -> Iterator[ContainerNode]:
+    FSROOT.mkdir()
+    cfg = (f'[main]\ninclude = []\nfilesystem_root = "{FSROOT}"\n'
+           '[bus]\nqueues = {default = "admin", ops = "operator", ro = "read-only"}\n')
+    try:
+        with container_node(cfg) as n:
+            yield n
+    finally:
+        shutil.rmtree(FSROOT, ignore_errors=True)
+
+
+def run(cnode: ContainerNode, queue: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    r = redis.Redis(unix_socket_path=cnode.socket)
+    jid = uuid.uuid4().hex
+    r.rpush(f"core:{queue}", json.dumps({"id": jid, "command": command, "arguments": args}))
+    raw = r.brpoplpush(f"result:{jid}", f"result:{jid}", 60)
+    assert raw is not None, (queue, command)
+    return dict(json.loads(raw))
+
+
+@pytest.fixture(scope="module")
+def image(cnode: ContainerNode) -> str:
+    busybox_rootfs(FSROOT / "img")
+    (FSROOT / "data").mkdir()
+    (FSROOT / "data" / "f").write_text("shared")
+    (FSROOT / "link").symlink_to("/etc")
+    res = run(cnode, "ops", "container.image.import", {"name": "bb", "source": str(FSROOT / "img")})
+    assert res["state"] == "SUCCESS", res
+    return "bb"
+
+
+def test_operator_queue(cnode: ContainerNode, image: str) -> None:
+    res = run(cnode, "ops", "corex.create", {"root": image, "nics": [],
+                                             "mount": {str(FSROOT / "data"): "/data:ro"}})
+    assert res["state"] == "SUCCESS", res
+    cid = json.loads(res["data"])
+    try:
+        res = run(cnode, "ops", "corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {"script": "cat /data/f"}}})
+        assert res["code"] == 403, res
+        res = run(cnode, "default", "corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {"script": "cat /data/f"}}})
+        assert res["state"] == "SUCCESS"
+        inner = redis.Redis(unix_socket_path=cnode.socket).brpoplpush(
+            f"result:{json.loads(res['data'])}", "x", 60)
+        assert json.loads(inner)["streams"][0] == "shared"
+        assert run(cnode, "ro", "corex.list", {})["state"] == "SUCCESS"
+        assert run(cnode, "ro", "corex.terminate", {"container": cid})["code"] == 403
+    finally:
+        assert run(cnode, "ops", "corex.terminate", {"container": cid})["state"] == "SUCCESS"
+
+
+def test_operator_limits(cnode: ContainerNode, image: str) -> None:
+    base = {"root": image, "nics": []}
+    assert run(cnode, "ops", "corex.create", {**base, "privileged": True})["code"] == 403
+    assert run(cnode, "ops", "corex.create", {**base, "mount": {"/etc": "/x"}})["code"] == 403
+    # the symlink resolves inside the root (to <root>/etc, which does not exist)
+    res = run(cnode, "ops", "corex.create", {**base, "mount": {str(FSROOT / "link"): "/x"}})
+    assert res["code"] == 404, res
+    res = run(cnode, "ops", "corex.create", {**base, "mount": {
+        str(FSROOT / "data") + "/../../etc": "/x"}})
+    assert res["code"] == 403, res
+    assert run(cnode, "ops", "container.image.import", {
+        "name": "etc", "source": "/etc"})["code"] == 403
+    assert run(cnode, "ro", "corex.create", base)["code"] == 403
