@@ -211,6 +211,23 @@ class CloudConfigConfig:
 
 
 @dataclass(frozen=True)
+class VirtConfig:
+    """Virtual machines (``kvm.*``, see docs/kvm.md)."""
+
+    #: the libvirt URI core0 manages VMs through
+    uri: str = "qemu:///system"
+    #: VM files (overlays, console logs, static state); "" = <state_dir>/virt
+    dir: str = ""
+    #: auto (kvm where a probe guest really runs, else qemu/TCG), kvm or qemu
+    domain_type: str = "auto"
+    #: the kernel the KVM probe boots ("" = /boot/vmlinuz-<release> or /boot/vmlinuz)
+    probe_kernel: str = ""
+    #: the default nics' NAT bridge (0-core's kvm0) and its address
+    bridge: str = "kvm0"
+    bridge_cidr: str = "172.19.0.1/16"
+
+
+@dataclass(frozen=True)
 class Config:
     main: MainConfig = field(default_factory=MainConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
@@ -219,6 +236,7 @@ class Config:
     net: NetConfig = field(default_factory=NetConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     cloudconfig: CloudConfigConfig = field(default_factory=CloudConfigConfig)
+    virt: VirtConfig = field(default_factory=VirtConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the kernel command line as key -> value ("" for flags)
@@ -251,6 +269,7 @@ _SECTIONS = {
     "net": NetConfig,
     "services": ServicesConfig,
     "cloudconfig": CloudConfigConfig,
+    "virt": VirtConfig,
 }
 
 
@@ -439,6 +458,7 @@ def load(
             net=NetConfig(**merged["net"]),
             services=ServicesConfig(**merged["services"]),
             cloudconfig=CloudConfigConfig(**merged["cloudconfig"]),
+            virt=VirtConfig(**merged["virt"]),
             startup=startup,
             cmdline=cmd,
             sources=sources,

@@ -183,7 +183,7 @@ class Libvirtd:
                 sys.executable, __file__, "nsexec", str(self.base), "--", *argv]
 
     def _spawn(self, name: str, argv: list[str], ready: Path) -> None:
-        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        log = open(self.base / f"{name}.log", "ab")
         p = subprocess.Popen(self._argv(*argv), stdout=log, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()

@@ -88,6 +88,13 @@ def _start_event_loop() -> None:
         _event_thread.start()
 
 
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.unregisterCloseCallback()
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
 def event_name(event: int, detail: int) -> tuple[str, str]:
     """(event, detail) names of a lifecycle event's numbers."""
     name = EVENTS[event] if 0 <= event < len(EVENTS) else str(event)
@@ -216,13 +223,7 @@ class Conn:
         self._lost.set()
         self._publish({"event": "connection", "detail": "lost", "uuid": "", "name": ""})
 
-        def close() -> None:
-            with contextlib.suppress(Exception):
-                conn.unregisterCloseCallback()
-            with contextlib.suppress(Exception):
-                conn.close()
-
-        self._pool.submit(close)
+        self._pool.submit(_close_quietly, conn)
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, _opaque: object) -> None:
         loop = self._loop
