@@ -35,8 +35,15 @@ def _inside(ctx: Context, real: str) -> bool:
     return root == "/" or real == root or real.startswith(root.rstrip("/") + "/")
 
 
+def _no_dotdot(path: str, field: str) -> None:
+    if ".." in path.split("/"):
+        raise BadRequest(f"{field}: '..' is not allowed in a path", field=field)
+
+
 def resolve_file(ctx: Context, path: str, field: str) -> str:
-    """The canonical path of an existing regular file (or block device) inside the root."""
+    """The canonical path of an existing regular file (or block device) inside the root.
+    ``..`` is refused outright (400); a symlink is resolved inside the root."""
+    _no_dotdot(path, field)
     try:
         with _root(ctx) as root:
             fd = root.open(path, os.O_PATH)
@@ -57,6 +64,7 @@ def resolve_file(ctx: Context, path: str, field: str) -> str:
 
 def resolve_new(ctx: Context, path: str, field: str) -> str:
     """The canonical path for a new file: its parent exists inside the root, it does not."""
+    _no_dotdot(path, field)
     parent, _, name = path.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
         raise BadRequest(f"{field}: not a valid new file path: {path}", field=field)

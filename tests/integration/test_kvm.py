@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,7 +59,10 @@ class Env:
         return c
 
     def core0(self) -> Any:
-        return self.node.client()
+        """core0's own client (timeout 120 s: the first create runs the KVM probe)."""
+        from core0_client import Client
+
+        return Client(unix_socket_path=self.node.socket, timeout=120)
 
     def guest_args(self, name: str, **kw: Any) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -137,9 +139,8 @@ def env() -> Iterator[Env]:
 
 
 def _events(env: Env, job: str) -> list[dict[str, Any]]:
-    from core0_client.protocol import LogRecord
-
     import redis
+    from core0_client.protocol import LogRecord
 
     r = redis.Redis(unix_socket_path=env.node.socket)
     out = []
@@ -288,3 +289,80 @@ def test_libvirtd_restart_reconnects(env: Env) -> None:
     _assert_clean(env, uuid)
     with contextlib.suppress(Exception):
         c.job.kill(ev.id)
+
+
+# ---------------------------------------------------------------- hostile specs
+
+EVIL = "x'\"<>&]]></core0:vm><devices><disk type='file'><source file='/etc/shadow'/></disk>"
+
+
+def _bad(env: Env, **over: Any) -> int:
+    args = env.guest_args("bad")
+    args.update(over)
+    return code_of(env.core0().sync, "kvm.create", args)
+
+
+def test_hostile_specs_refused(env: Env) -> None:
+    (env.root / "link.qcow2").symlink_to("/etc/passwd")
+    for name in ("a<b", "../x", "-x", ".x", "a b", "a/b", "x" * 65, "", "a\nb", "vm'1"):
+        assert _bad(env, name=name) == 400, name
+    for media in ([{"url": "../../etc/passwd"}], [{"url": "/images/../../etc/passwd"}],
+                  [{"path": "/images/base.qcow2", "url": "/images/base.qcow2"}],
+                  [{"url": "/images/base.qcow2\x00"}], [{"url": "/images/base.qcow2",
+                                                         "type": "floppy"}],
+                  [{"url": "/images/base.qcow2", "junk": 1}]):
+        assert _bad(env, media=media) == 400, media
+    assert _bad(env, media=[{"url": "/link.qcow2"}]) in (400, 404)  # resolved inside root
+    assert _bad(env, media=[{"url": "nbd://10.0.0.1/x"}]) == 412
+    assert _bad(env, kernel="../../boot/vmlinuz") == 400
+    for cpu in (0, -1, 65, 10**9, "2", True, 1.5):
+        assert _bad(env, cpu=cpu) == 400, cpu
+    for mem in (0, 15, 1 << 22 + 1, 4 << 20, "512", 1e12):
+        assert _bad(env, memory=mem) == 400, mem
+    assert _bad(env, nics=[{"type": "bridge", "id": "br0'><x"}]) == 400
+    assert _bad(env, nics=[{"type": "default", "hwaddr": "00:11:22:33:44:5g"}]) == 400
+    assert _bad(env, nics=[{"type": "vxlan", "id": "7"}]) == 412
+    assert _bad(env, port={"8080": 70000}) == 400
+    assert _bad(env, port={"80'80": 80}) == 400
+    assert _bad(env, flist="https://hub/x.flist") == 412
+    assert _bad(env, surprise=1) == 400
+    assert _bad(env, cmdline="a\x00b") == 400
+    c = env.core0()
+    assert code_of(c.sync, "kvm.destroy", {"uuid": "../../x"}) == 400
+    assert code_of(c.sync, "kvm.create-image", {"file_name": "/../../tmp/x", "size": "1M"}) == 400
+    assert code_of(c.sync, "kvm.create-image", {"file_name": "/images/x", "size": "1M; rm"}) == 400
+    assert c.json("kvm.list") == []
+    assert not any((env.vdir).glob("*-*-*-*-*"))
+
+
+def test_xml_metacharacters_not_injected(env: Env) -> None:
+    """Strings that may carry XML metacharacters (tags, cmdline, file names) reach libvirt
+    escaped: the live domain XML parses back to exactly the values given, nothing more."""
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+
+    evil_file = env.root / "images" / "d'\"<>&.qcow2"
+    shutil.copy2(env.root / "images/base.qcow2", evil_file)
+    cmdline = "console=ttyS0 panic=-1 " + EVIL
+    args = env.guest_args("xmlvm", tags=[EVIL, "<tag/>"], cmdline=cmdline,
+                          media=[{"url": "/images/" + evil_file.name}])
+    c = env.core0()
+    uuid = c.json("kvm.create", args)
+    try:
+        conn = libvirt.open(env.lv.uri)
+        try:
+            xml = conn.lookupByUUIDString(uuid).XMLDesc(0)
+        finally:
+            conn.close()
+        root = ET.fromstring(xml)
+        assert root.findtext("os/cmdline") == cmdline
+        assert len(root.findall("os/kernel")) == 1 and len(root.findall("os/initrd")) == 1
+        sources = [d.find("source").get("file") for d in root.iterfind("devices/disk")]
+        assert sources == [str(evil_file)]
+        assert "/etc/shadow" not in [s for s in sources]
+        assert len(root.findall("devices/disk")) == 1
+        assert c.json("kvm.get", {"uuid": uuid})["tags"] == [EVIL, "<tag/>"]
+    finally:
+        c.sync("kvm.destroy", {"uuid": uuid})
+    _assert_clean(env, uuid)
