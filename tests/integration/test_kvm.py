@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import code_of, wait_until
+from conftest import code_of, require, wait_until
 from net_fixtures import NetNode, Netns, netns
 from virt_fixtures import MARKER, PAGE, Libvirtd, guest_files, libvirtd, wait_text
 
@@ -52,7 +52,10 @@ class Env:
 
     def client(self) -> Any:
         """0-core's own Python client, over the node's unix socket."""
-        from zeroos.core0.client import Client as ZeroClient
+        try:
+            from zeroos.core0.client import Client as ZeroClient
+        except ImportError:
+            require("zeroos.core0.client (pip install 0-core-client)")
 
         c = ZeroClient("localhost", timeout=120, testConnectionAttempts=0)
         c._redis = _Legacy(unix_socket_path=self.node.socket, socket_timeout=120)
@@ -76,8 +79,6 @@ class Env:
 
 
 def start_node(ns: Netns, base: Path, config: Path) -> NetNode:
-    from conftest import require
-
     require("redis-server", "nft", "dnsmasq")
     state = base / "state"
     state.mkdir(parents=True)
