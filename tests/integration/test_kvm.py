@@ -367,3 +367,69 @@ def test_xml_metacharacters_not_injected(env: Env) -> None:
     finally:
         c.sync("kvm.destroy", {"uuid": uuid})
     _assert_clean(env, uuid)
+
+
+def test_devices_images_and_power(env: Env) -> None:
+    import libvirt
+
+    c0 = env.client()
+    c = env.core0()
+    uuid = c.json("kvm.create", env.guest_args("dev1"))
+    console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
+    assert wait_text(console, MARKER, 120)
+
+    # images: create, convert (qemu-img), then hot-plug / limit / unplug
+    c.sync("kvm.create-image", {"file_name": "/images/d2.raw", "format": "raw", "size": "4M"})
+    assert code_of(c.sync, "kvm.create-image", {"file_name": "/images/d2.raw",
+                                                "size": "4M"}) == 409
+    c.sync("kvm.convert-image", {"input_file": "/images/d2.raw",
+                                 "output_file": "/images/d2.qcow2", "output_format": "qcow2"})
+    out = subprocess.run(["qemu-img", "info", "--output=json", str(env.root / "images/d2.qcow2")],
+                         capture_output=True, text=True, check=True).stdout
+    assert json.loads(out)["format"] == "qcow2"
+    c0.kvm.attach_disk(uuid, {"url": "/images/d2.qcow2"})
+    assert wait_text(console, "GUEST-DISK vdb", 60)
+    assert code_of(c.sync, "kvm.attach_disk", {"uuid": uuid,
+                                               "media": {"url": "/images/d2.qcow2"}}) == 409
+    c0.kvm.limit_disk_io(uuid, {"url": "/images/d2.qcow2"}, totalbytessecset=True,
+                         totalbytessec=1048576, readiopssecset=True, readiopssec=100)
+    conn = libvirt.open(env.lv.uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        tune = dom.blockIoTune("vdb", 0)
+        assert tune["total_bytes_sec"] == 1048576 and tune["read_iops_sec"] == 100
+        c0.kvm.detach_disk(uuid, {"url": "/images/d2.qcow2"})
+        assert wait_until(lambda: "d2.qcow2" not in dom.XMLDesc(0), 30)
+
+        # a second nic, bridged (onto kvm0 itself), then removed by MAC
+        c0.kvm.add_nic(uuid, "bridge", "kvm0", "52:54:00:aa:bb:cc")
+        assert "52:54:00:aa:bb:cc" in dom.XMLDesc(0)
+        assert code_of(c.sync, "kvm.add_nic", {"uuid": uuid, "type": "vxlan", "id": "5"}) == 412
+        c0.kvm.remove_nic(uuid, "bridge", None, "52:54:00:aa:bb:cc")
+        assert wait_until(lambda: "52:54:00:aa:bb:cc" not in dom.XMLDesc(0), 30)
+    finally:
+        conn.close()
+
+    rates = c0.kvm.infops(uuid)
+    assert set(rates) >= {"vcpu", "net", "block"} and rates["block"][0]["name"] == "vda"
+
+    # reset (hard) and reboot (ACPI, libvirt's fake reboot): the guest boots again each time
+    c0.kvm.reset(uuid)
+    assert wait_until(lambda: console.read_text(errors="replace").count(MARKER) >= 2, 120)
+    c0.kvm.reboot(uuid)
+    assert wait_until(lambda: console.read_text(errors="replace").count(MARKER) >= 3, 120)
+    assert c.json("kvm.get", {"uuid": uuid})["state"] == "running"
+
+    # portforward-add / -remove on a running VM
+    c.sync("kvm.portforward-add", {"uuid": uuid, "host_port": "9090", "container_port": 8080})
+    assert [f["src"] for f in c.nft.forward_list()] == ["9090|tcp"]
+    assert code_of(c.sync, "kvm.portforward-remove", {"uuid": uuid, "host_port": "9191",
+                                                      "container_port": 8080}) == 404
+    c.sync("kvm.portforward-remove", {"uuid": uuid, "host_port": "9090",
+                                      "container_port": 8080})
+    assert c.nft.forward_list() == []
+
+    # shutdown with a timeout: the guest obeys; the call returns once it is gone
+    c.sync("kvm.shutdown", {"uuid": uuid, "timeout": 60})
+    assert c.json("kvm.list") == []
+    _assert_clean(env, uuid)
