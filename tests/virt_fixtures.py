@@ -28,11 +28,13 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,8 @@ class Libvirtd:
 
     base: Path
     netns: str | None = None
+    #: also listen on TCP at this address, without authentication (a migration target)
+    listen: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     @property
@@ -178,7 +182,7 @@ class Libvirtd:
 
     def _argv(self, *argv: str) -> list[str]:
         pre = ["ip", "netns", "exec", self.netns] if self.netns else []
-        return [*pre, "unshare", "--mount", "--propagation", "private", "--",
+        return [*pre, "unshare", "--mount", "--uts", "--propagation", "private", "--",
                 sys.executable, __file__, "nsexec", str(self.base), "--", *argv]
 
     def _spawn(self, name: str, argv: list[str], ready: Path) -> None:
@@ -195,6 +199,13 @@ class Libvirtd:
         for d in BINDS:
             (self.base / d).mkdir(parents=True, exist_ok=True)
         (self.base / "etc" / "qemu.conf").write_text(QEMU_CONF)
+        # its own host uuid (and, through its UTS namespace, hostname): two fixtures are two
+        # hosts to libvirt, so a VM can migrate between them
+        conf = f'host_uuid = "{uuid.uuid4()}"\n'
+        if self.listen:
+            conf += (f'listen_tls = 0\nlisten_tcp = 1\nauth_tcp = "none"\n'
+                     f'listen_addr = "{self.listen}"\n')
+        (self.base / "etc" / "libvirtd.conf").write_text(conf)
         if "virtlogd" not in self.procs or self.procs["virtlogd"].poll() is not None:
             self._spawn("virtlogd", ["virtlogd", "-p", str(self.base / "virtlogd.pid")],
                         self.base / "run" / "virtlogd-sock")
@@ -203,7 +214,8 @@ class Libvirtd:
     def start_libvirtd(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket)
-        self._spawn("libvirtd", ["libvirtd", "-p", str(self.base / "libvirtd.pid")],
+        self._spawn("libvirtd", ["libvirtd", "-p", str(self.base / "libvirtd.pid"),
+                                 *(["--listen"] if self.listen else [])],
                     Path(self.socket))
         import libvirt
 
@@ -259,7 +271,7 @@ def _kill_group(p: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def libvirtd(netns: str | None = None) -> Iterator[Libvirtd]:
+def libvirtd(netns: str | None = None, listen: str | None = None) -> Iterator[Libvirtd]:
     """A private libvirtd (skips locally / fails in CI when libvirt or qemu is missing)."""
     from conftest import require, require_root
 
@@ -270,7 +282,7 @@ def libvirtd(netns: str | None = None) -> Iterator[Libvirtd]:
     except ImportError:
         require("python3-libvirt (pip install libvirt-python)")
     base = Path(tempfile.mkdtemp(prefix="core0-lv-", dir="/tmp"))
-    d = Libvirtd(base, netns)
+    d = Libvirtd(base, netns, listen)
     try:
         d.start()
         yield d
@@ -293,6 +305,7 @@ def wait_text(path: Path, text: str, timeout: float = 120) -> bool:
 
 
 def _nsexec(base: str, argv: list[str]) -> None:
+    socket.sethostname("lv-" + os.path.basename(base))
     for d, target in BINDS.items():
         os.makedirs(target, exist_ok=True)
         subprocess.run(["mount", "--bind", os.path.join(base, d), target], check=True)

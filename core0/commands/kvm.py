@@ -28,6 +28,7 @@ from core0.virt.spec import (
     GetArgs,
     ImageArgs,
     LimitArgs,
+    MigrateArgs,
     Nic,
     NicArgs,
     ShutdownArgs,
@@ -391,6 +392,21 @@ async def portforward_remove(ctx: Context, args: ForwardArgs) -> None:
     await v.domain(args.uuid)
     if not await network.remove_forwards(ctx, args.uuid, [str(args.host_port)]):
         raise NotFound(f"{args.uuid} has no forward from {args.host_port}")
+
+
+# ---------------------------------------------------------------- migration
+
+
+@command("kvm.migrate", MigrateArgs)
+async def migrate(ctx: Context, args: MigrateArgs) -> None:
+    """Live-migrate a VM to the libvirtd at ``desturi`` (peer to peer, tunnelled through
+    libvirt, bandwidth capped at 10 GiB/s, as 0-core). ``shared_storage``: the disks are on
+    storage the destination sees at the same paths; otherwise libvirt copies them (the
+    destination needs same-size files at the same paths). The VM's port forwards and static
+    lease on this node are released; its files here are kept. The destination runs it as a
+    transient domain under the same uuid."""
+    v = await _virt(ctx)
+    await v.migrate(args.uuid, args.desturi, args.shared_storage)
 
 
 # ---------------------------------------------------------------- events

@@ -324,6 +324,11 @@ class Virt:
             await network.remove_forwards(ctx, uuid)
             if rec and rec.get("mac"):
                 await network.remove_lease(ctx, str(rec["mac"]))
+            if rec and (rec.get("migrated") or rec.get("migrating")):
+                # the VM runs elsewhere now, maybe on these very files (shared storage)
+                log.info("virt: VM %s migrated to %s: network released, files kept", uuid,
+                         rec.get("migrated") or rec.get("migrating"))
+                return
             await asyncio.to_thread(shutil.rmtree, self.vm_dir(uuid), True)
             log.info("virt: cleaned up after VM %s", uuid)
         except Exception:
@@ -335,9 +340,38 @@ class Virt:
             live = await self.live_uuids()
         except CommandError:
             return
-        gone = (set(self.records()) | network.owners(self.node)) - live - self.creating
+        recs = self.records()
+        gone = (set(recs) | network.owners(self.node)) - live - self.creating
         for uuid in gone:
+            rec = recs.get(uuid) or {}
+            if rec.get("migrated") and not network.forwards_of(self.node, uuid):
+                continue  # handed over to another node: nothing of ours left
             await self.cleanup(uuid)
+
+    # ------------------------------------------------------------ migration
+
+    async def migrate(self, uuid: str, desturi: str, shared_storage: bool) -> None:
+        """Live-migrate a VM to another libvirtd (peer to peer, tunnelled through libvirt's
+        connection). The VM's forwards and lease here are released; its files stay (with
+        shared storage the destination runs on them)."""
+        lv = libvirt_module()
+        dom = await self.domain(uuid)
+        rec = self.record(uuid) or {"uuid": uuid}
+        rec["migrating"] = desturi
+        self._save_record(uuid, rec)
+        flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_TUNNELLED
+        flags |= lv.VIR_MIGRATE_UNSAFE if shared_storage else lv.VIR_MIGRATE_NON_SHARED_INC
+        params = {lv.VIR_MIGRATE_PARAM_BANDWIDTH: 10 * 1024}  # MiB/s, 0-core's 10 GB/s cap
+        try:
+            await self.conn.call(lambda c: dom.migrateToURI3(desturi, params, flags))
+        except Exception as e:
+            rec.pop("migrating", None)
+            self._save_record(uuid, rec)
+            raise lv_error(e, f"migration of {uuid} to {desturi}") from None
+        rec.pop("migrating", None)
+        rec["migrated"] = desturi
+        self._save_record(uuid, rec)
+        await self.cleanup(uuid)
 
 
 def _random_mac() -> str:

@@ -240,5 +240,11 @@ class ForwardArgs(Schema):
 @dataclass(frozen=True)
 class MigrateArgs(Schema):
     uuid: UUID
-    desturi: Annotated[str, Doc("libvirt URI of the destination"), Len(1, 512),
+    desturi: Annotated[str, Doc("libvirt URI of the destination's libvirtd (peer to peer: "
+                                "this node's libvirtd connects to it)"), Len(1, 512),
                        Pattern(r"[A-Za-z0-9+]+://[^\x00-\x20\x7f'\"<>]*")]
+    shared_storage: Annotated[bool, Doc("the VM's disk files are on storage the destination "
+                                        "sees at the same paths (libvirt cannot tell for "
+                                        "local paths); false: libvirt copies the disks "
+                                        "(the destination needs files of the same size at "
+                                        "the same paths)")] = False

@@ -433,3 +433,43 @@ def test_devices_images_and_power(env: Env) -> None:
     c.sync("kvm.shutdown", {"uuid": uuid, "timeout": 60})
     assert c.json("kvm.list") == []
     _assert_clean(env, uuid)
+
+
+def test_migrate_between_two_libvirtd(env: Env) -> None:
+    """kvm.migrate to a second libvirtd in a second network namespace (its own host uuid and
+    hostname), reached over TCP through a veth pair. Both libvirtds are on this host, so the
+    VM's files are on "shared storage"."""
+    c = env.core0()
+    uuid = c.json("kvm.create", env.guest_args("mig", nics=[]))
+    console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
+    assert wait_text(console, MARKER, 120)
+    with netns("dest") as ns_b:
+        env.ns.run("ip", "link", "add", "mg0", "type", "veth", "peer", "name", "mg1",
+                   "netns", ns_b.name)
+        env.ns.run("ip", "addr", "add", "10.250.0.1/30", "dev", "mg0")
+        env.ns.run("ip", "link", "set", "mg0", "up")
+        ns_b.run("ip", "addr", "add", "10.250.0.2/30", "dev", "mg1")
+        ns_b.run("ip", "link", "set", "mg1", "up")
+        with libvirtd(ns_b.name, listen="10.250.0.2") as lv_b:
+            _migrate(env, c, uuid, console, lv_b)
+    rec = json.loads((env.vdir / uuid / "vm.json").read_text())
+    assert rec["migrated"] == "qemu+tcp://10.250.0.2/system"
+    assert code_of(c.sync, "kvm.migrate", {"uuid": uuid, "desturi": rec["migrated"]}) == 404
+    shutil.rmtree(env.vdir / uuid)
+
+
+def _migrate(env: Env, c: Any, uuid: str, console: Path, lv_b: Libvirtd) -> None:
+    import libvirt
+
+    c.sync("kvm.migrate", {"uuid": uuid, "desturi": "qemu+tcp://10.250.0.2/system",
+                           "shared_storage": True})
+    assert c.json("kvm.list") == []
+    conn = libvirt.open(lv_b.uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        assert dom.name() == "mig" and dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        dom.reset(0)  # the guest lives on there: it boots again on the same console
+        assert wait_until(lambda: console.read_text(errors="replace").count(MARKER) >= 2, 120)
+        dom.destroy()
+    finally:
+        conn.close()
