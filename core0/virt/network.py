@@ -88,9 +88,25 @@ async def ensure_bridge(ctx: Context) -> Bridge:
         return br
 
 
+def _forget_lease(ctx: Context, bridge: str, mac: str) -> None:
+    """Drop ``mac``'s dynamic lease from the (stopped) dnsmasq's lease file."""
+    f = dnsmasq.bridge_dir(ctx.config.state_dir, bridge) / "leases"
+    try:
+        lines = f.read_text().splitlines(keepends=True)
+    except FileNotFoundError:
+        return
+    keep = [ln for ln in lines if not (len(ln.split()) > 1 and ln.split()[1].lower() == mac)]
+    if keep != lines:
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(f)
+
+
 async def _restart_dnsmasq(ctx: Context, old: netstate.NetState, new: netstate.NetState,
-                           name: str) -> None:
+                           name: str, forget: str = "") -> None:
     await dnsmasq.stop(ctx, name)
+    if forget:
+        _forget_lease(ctx, name, forget.lower())
     try:
         await dnsmasq.start(ctx, new.bridges[name])
     except BaseException:
@@ -114,6 +130,7 @@ async def add_lease(ctx: Context, mac: str, ip: str) -> None:
 
 
 async def remove_lease(ctx: Context, mac: str) -> bool:
+    """Remove the VM's static lease and forget its dynamic lease (dnsmasq restarts)."""
     name = ctx.config.virt.bridge
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
@@ -122,7 +139,7 @@ async def remove_lease(ctx: Context, mac: str) -> bool:
             return False
         new = st.copy()
         del new.bridges[name].hosts[mac]
-        await _restart_dnsmasq(ctx, st, new, name)
+        await _restart_dnsmasq(ctx, st, new, name, forget=mac)
         return True
 
 
