@@ -96,14 +96,18 @@ async def info(ctx: Context, path: str, fmt: str | None = None) -> list[dict[str
     return data if isinstance(data, list) else [data]
 
 
-async def check_image(ctx: Context, path: str, fmt: str | None, field: str) -> str:
-    """The image's format (given or detected); 400 when its backing chain leaves the root."""
+async def check_image(ctx: Context, path: str, fmt: str | None, field: str,
+                      backing: bool = True) -> str:
+    """The image's format (given or detected); 400 when its backing chain leaves the root
+    (or, ``backing=False``, when it has one at all)."""
     chain = await info(ctx, path, fmt)
+    if not backing and len(chain) > 1:
+        raise BadRequest(f"{field}: the image has a backing file", field=field)
     for img in chain[1:]:
-        backing = str(img.get("filename", ""))
-        if not _inside(ctx, os.path.realpath(backing)):
+        name = str(img.get("filename", ""))
+        if not _inside(ctx, os.path.realpath(name)):
             raise BadRequest(f"{field}: the image's backing file is outside the filesystem "
-                             f"root: {backing}", field=field)
+                             f"root: {name}", field=field)
     found = str(chain[0].get("format", "raw"))
     if found not in ("qcow2", "raw"):
         raise BadRequest(f"{field}: image format {found} is not supported (qcow2, raw)",

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.net import validate as nv
-from core0.virt import disks, network, probe
+from core0.virt import disks, fetch, network, probe
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
 from core0.virt.spec import CreateArgs, Media, Nic, host_limits, iotune_params
@@ -194,12 +194,22 @@ class Virt:
         counts: dict[str, int] = {}
         for i, m in enumerate(media):
             where = f"media[{i}]"
-            path = disks.resolve_file(ctx, m.source(where), where)
+            src = m.source(where, http=True)
             device = m.type or "disk"
             bus = m.bus or ("ide" if device == "cdrom" else "virtio")
-            fmt = "raw" if device == "cdrom" else await disks.check_image(ctx, path, m.format,
-                                                                          where)
-            if m.overlay:
+            overlay = m.overlay
+            if fetch.is_url(src):
+                path = str(await fetch.fetch(ctx, src, fetch.parse_checksum(
+                    m.checksum, f"{where}.checksum"), self.dir / "cache", where))
+                fmt = await disks.check_image(ctx, path, m.format, where, backing=False)
+                overlay = device == "disk"  # the cached image is shared: never written
+            else:
+                if m.checksum is not None:
+                    raise BadRequest(f"{where}.checksum: only with an http(s) url", field=where)
+                path = disks.resolve_file(ctx, src, where)
+                fmt = "raw" if device == "cdrom" else await disks.check_image(
+                    ctx, path, m.format, where)
+            if overlay:
                 if device == "cdrom":
                     raise BadRequest(f"{where}.overlay: not for a cdrom", field=where)
                 ov = str(vmdir / f"disk{i}.qcow2")

@@ -72,8 +72,9 @@ class Media(Schema):
     """A disk or cdrom: 0-core's ``{url, type, iotune}``, plus core0's ``path``, ``bus``,
     ``format`` and ``overlay``."""
 
-    url: Annotated[str, Doc("0-core's field: a file path (nbd://, zdb:// and http(s):// "
-                            "are refused: 412)"), Len(1, 4096),
+    url: Annotated[str, Doc("0-core's field: a file path, or an http(s) URL (kvm.create "
+                            "only: downloaded once, shared, booted through an overlay); "
+                            "nbd:// and zdb:// are refused (412)"), Len(1, 4096),
                    Pattern(r"[^\x00-\x1f\x7f]*")] | None = None
     path: Annotated[PATH, Doc("the image file (same as url)")] | None = None
     type: Annotated[Literal["disk", "cdrom"], Doc("disk (default) or cdrom")] | None = None
@@ -86,12 +87,17 @@ class Media(Schema):
                                  "(the image is a shared base, never written); the overlay "
                                  "goes with the VM")] = False
     iotune: Annotated[IOTune, Doc("I/O limits")] | None = None  # type: ignore[valid-type]
+    checksum: Annotated[str, Doc("http(s) url: the image's sha256:<hex> (checked; a cached "
+                                 "image with it is not downloaded again)"),
+                        Len(1, 80)] | None = None
 
-    def source(self, where: str) -> str:
+    def source(self, where: str, http: bool = False) -> str:
         if (self.url is None) == (self.path is None):
             raise BadRequest(f"{where}: give exactly one of url and path", field=where)
         src = self.url if self.url is not None else self.path
         assert src is not None
+        if http and src.startswith(("http://", "https://")):
+            return src
         if "://" in src:
             scheme = src.split("://", 1)[0]
             raise PreconditionFailed(f"{where}.url: {scheme}:// media are not supported by "

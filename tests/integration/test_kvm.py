@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -240,7 +241,6 @@ def test_lifecycle_with_0core_client(env: Env) -> None:
 
 
 def test_dispatcher_kill9_keeps_vms(env: Env) -> None:
-    import os
     import signal
 
     import psutil
@@ -486,3 +486,45 @@ def _migrate(env: Env, c: Any, uuid: str, console: Path, lv_b: Libvirtd) -> None
         dom.destroy()
     finally:
         conn.close()
+
+
+def test_http_media_downloaded_checked_and_cached(env: Env) -> None:
+    import hashlib
+
+    import redis
+    from core0_client.protocol import LogRecord
+
+    port = 18000 + os.getpid() % 1000
+    env.ns.spawn(sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port),
+                 "--directory", str(env.root / "images"))
+    url = f"http://127.0.0.1:{port}/base.qcow2"
+    assert wait_until(lambda: env.ns.run("curl", "-sf", "-o", "/dev/null", url,
+                                         check=False).returncode == 0, 20)
+    digest = hashlib.sha256((env.root / "images/base.qcow2").read_bytes()).hexdigest()
+    c = env.core0()
+    bad = env.guest_args("web", media=[{"url": url, "checksum": "sha256:" + "0" * 64}])
+    assert code_of(c.sync, "kvm.create", bad) == 400
+    cache = env.vdir / "cache"
+    assert [p.name for p in cache.iterdir()] == []
+    assert code_of(c.sync, "kvm.create", env.guest_args(
+        "web", media=[{"url": url + ".missing"}])) == 503
+    r = redis.Redis(unix_socket_path=env.node.socket)
+
+    def messages(job: str) -> list[str]:
+        return [LogRecord.from_json(f[b"record"]).message for _, f in r.xrange(f"log:{job}")]
+
+    args = env.guest_args("web", media=[{"url": url, "checksum": f"sha256:{digest}"}])
+    job = c.raw("kvm.create", args)
+    uuid = json.loads(job.get(120).data)
+    assert any(m.startswith(f"download {url}: ") and "bytes" in m for m in messages(job.id))
+    assert [p.name for p in cache.iterdir()] == [digest]
+    assert (env.vdir / uuid / "disk0.qcow2").exists()  # booted through an overlay
+    console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
+    assert wait_text(console, MARKER, 120)
+    assert wait_text(console, "GUEST-DISK vda", 30)
+    c.sync("kvm.destroy", {"uuid": uuid})
+    job = c.raw("kvm.create", args)
+    uuid = json.loads(job.get(120).data)
+    assert f"download {url}: cached ({digest})" in messages(job.id)
+    c.sync("kvm.destroy", {"uuid": uuid})
+    _assert_clean(env, uuid)
