@@ -8,10 +8,14 @@
   string pasting), and read back (disks, nics, serial file) from libvirt's live XML;
 - :mod:`core0.virt.disks` — media paths confined under the node's filesystem root, qcow2
   overlays per VM on a shared base image, ``qemu-img`` argv;
+- :mod:`core0.virt.fetch` — http(s) media: downloaded once with progress and a checksum,
+  cached as shared base images;
 - :mod:`core0.virt.probe` — the domain type chosen by a real probe (kvm only where a guest
   kernel really runs under it, else qemu/TCG);
-- :mod:`core0.virt.manager` — the VM registry (``<state_dir>/virt``), default-nic addresses,
-  port forwards (owner ``vm:<uuid>``) and cleanup when a VM stops.
+- :mod:`core0.virt.network` — the ``kvm0`` NAT bridge, per-VM static leases and port forwards
+  (owner ``vm:<uuid>``) on core0's network machinery;
+- :mod:`core0.virt.manager` — the VM records (``<virt dir>/<uuid>``), creation with rollback,
+  cleanup when a VM stops, reconciliation, migration.
 
 libvirt-python is imported lazily, so a node without it still starts (kvm.* answers 412).
 """
