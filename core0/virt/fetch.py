@@ -46,7 +46,7 @@ def parse_checksum(text: str | None, field: str) -> str | None:
 
 async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field: str) -> Path:
     """The cached image of ``url`` (downloaded now unless ``checksum``'s file is cached)."""
-    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    cache.mkdir(mode=0o711, parents=True, exist_ok=True)
     if checksum and (cache / checksum).is_file():
         ctx.emit(1, f"download {url}: cached ({checksum})")
         return cache / checksum

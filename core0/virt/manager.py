@@ -94,7 +94,10 @@ class Virt:
             return self
         async with self._ready_lock:
             if not self._ready:
-                self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # traversable (not listable) by the unprivileged user libvirt may run qemu as
+                # (Debian: libvirt-qemu); libvirt chowns the disk files themselves
+                self.dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+                os.chmod(self.dir, 0o711)
                 await self.conn.connection()
                 self.conn.listeners.append(self._on_event)
                 self._ready = True
@@ -263,7 +266,7 @@ class Virt:
                 with contextlib.suppress(NotFound):
                     await self.by_name(args.name)
                     raise Conflict(f"a VM named {args.name} exists already", field="name")
-                vmdir.mkdir(mode=0o700)
+                vmdir.mkdir(mode=0o711)
                 undo.append(lambda: asyncio.to_thread(shutil.rmtree, vmdir, True))
                 rec: dict[str, Any] = {"uuid": uuid, "name": args.name, "created": time.time()}
                 self._save_record(uuid, rec)
