@@ -283,6 +283,23 @@ class CloudConfigConfig(Section):
 
 
 @dataclass(frozen=True)
+class VirtConfig(Section):
+    """Virtual machines (``kvm.*``, see docs/kvm.md)."""
+
+    #: the libvirt URI core0 manages VMs through
+    uri: str = "qemu:///system"
+    #: VM files (overlays, console logs, static state); "" = <state_dir>/virt
+    dir: str = ""
+    #: auto (kvm where a probe guest really runs, else qemu/TCG), kvm or qemu
+    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
+    #: the kernel the KVM probe boots ("" = /boot/vmlinuz-<release> or /boot/vmlinuz)
+    probe_kernel: str = ""
+    #: the default nics' NAT bridge (0-core's kvm0) and its address
+    bridge: str = "kvm0"
+    bridge_cidr: str = "172.19.0.1/16"
+
+
+@dataclass(frozen=True)
 class Config(schema.Schema):
     """The whole configuration: one schema per ``[section]``, the startup services and users
     (checked by their own modules), the kernel command line and the files read."""
@@ -296,6 +313,7 @@ class Config(schema.Schema):
     net: NetConfig = field(default_factory=NetConfig)
     services: ServicesConfig = field(default_factory=ServicesConfig)
     cloudconfig: CloudConfigConfig = field(default_factory=CloudConfigConfig)
+    virt: VirtConfig = field(default_factory=VirtConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -338,6 +356,7 @@ _SECTIONS: dict[str, type[Section]] = {
     "net": NetConfig,
     "services": ServicesConfig,
     "cloudconfig": CloudConfigConfig,
+    "virt": VirtConfig,
 }
 
 

@@ -1,0 +1,428 @@
+"""kvm.*: virtual machines through libvirt, with 0-core's command names and argument shapes.
+
+VMs are transient libvirt domains (libvirtd runs qemu; the dispatcher can restart without
+touching them). The domain type comes from a real probe (kvm only where a guest kernel really
+runs under KVM, else qemu/TCG). Disks are files confined to the filesystem root, optionally a
+per-VM qcow2 overlay on a shared base image; the default nic is on core0's NAT bridge ``kvm0``
+with a fixed address per VM and nft port forwards owned by ``vm:<uuid>``. See docs/kvm.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from core0.context import Context
+from core0.errors import BadRequest, Conflict, NotFound
+from core0.registry import Role, command
+from core0.schema import NoArgs
+from core0.virt import disks, network
+from core0.virt import domain as dx
+from core0.virt.manager import Virt, lv_error, of
+from core0.virt.spec import (
+    ConvertArgs,
+    CreateArgs,
+    DiskArgs,
+    ForwardArgs,
+    GetArgs,
+    ImageArgs,
+    LimitArgs,
+    MigrateArgs,
+    Nic,
+    NicArgs,
+    ShutdownArgs,
+    UuidArgs,
+    iotune_params,
+)
+
+#: 0-core's output level of JSON data messages
+LEVEL_JSON = 20
+
+
+async def _virt(ctx: Context) -> Virt:
+    return await of(ctx).ready()
+
+
+async def _act(ctx: Context, uuid: str, what: str, fn: Any) -> Any:
+    v = await _virt(ctx)
+    dom = await v.domain(uuid)
+    try:
+        return await v.conn.call(lambda c: fn(dom))
+    except Exception as e:
+        raise lv_error(e, f"{what} {uuid}") from None
+
+
+@command("kvm.create", CreateArgs)
+async def create(ctx: Context, args: CreateArgs) -> str:
+    """Create and start a VM; returns its uuid. ``{name, media: [{url|path, type: disk|cdrom,
+    bus, format, overlay, iotune}], cpu, memory (MiB), nics: [{type: default|bridge, id,
+    hwaddr}], port: {"<host port>": guest port}, vnc, kernel, initrd, cmdline, tags}``. The
+    first medium is the boot device (or direct kernel boot). 0-core's ``flist``, ``mount``
+    and ``config`` are refused with 412 when set, ``share_cache``, ``storage`` and ``kvm``
+    are accepted and ignored. 409 when the name is taken; 400 for paths outside the
+    filesystem root, more than 4 vCPUs per host CPU or more memory than the host has."""
+    return await of(ctx).create(ctx, args)
+
+
+@command("kvm.destroy", UuidArgs)
+async def destroy(ctx: Context, args: UuidArgs) -> None:
+    """Force a VM off; its overlays, static lease and port forwards are removed."""
+    v = await _virt(ctx)
+    await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    await v.cleanup(args.uuid)
+
+
+@command("kvm.shutdown", ShutdownArgs)
+async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
+    """Ask the guest to power off (ACPI power button). With ``timeout``, wait that long for it
+    to stop, then destroy it; without, return at once (cleanup follows the stop)."""
+    v = await _virt(ctx)
+    await _act(ctx, args.uuid, "shutdown", lambda d: d.shutdown())
+    if args.timeout is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + args.timeout
+    while loop.time() < deadline:
+        if args.uuid not in await v.live_uuids():
+            await v.cleanup(args.uuid)
+            return
+        await asyncio.sleep(0.2)
+    try:
+        await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    except NotFound:
+        pass
+    await v.cleanup(args.uuid)
+
+
+@command("kvm.reboot", UuidArgs)
+async def reboot(ctx: Context, args: UuidArgs) -> None:
+    """Ask the guest to reboot (ACPI)."""
+    await _act(ctx, args.uuid, "reboot", lambda d: d.reboot(0))
+
+
+@command("kvm.reset", UuidArgs)
+async def reset(ctx: Context, args: UuidArgs) -> None:
+    """Hard-reset a VM."""
+    await _act(ctx, args.uuid, "reset", lambda d: d.reset(0))
+
+
+@command("kvm.pause", UuidArgs)
+async def pause(ctx: Context, args: UuidArgs) -> None:
+    """Suspend a VM's vCPUs (409 when it is not running)."""
+    await _act(ctx, args.uuid, "pause", lambda d: d.suspend())
+
+
+@command("kvm.resume", UuidArgs)
+async def resume(ctx: Context, args: UuidArgs) -> None:
+    """Resume a paused VM (409 when it is not paused)."""
+    await _act(ctx, args.uuid, "resume", lambda d: d.resume())
+
+
+@command("kvm.list", role=Role.READ_ONLY)
+async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
+    """The VMs: [{id, uuid, name, state (running|paused|shutoff|crashed…), vnc (port, -1 =
+    none), tags, ifctargets, default_ip, params (the create arguments), console (serial log
+    file)}]."""
+    v = await _virt(ctx)
+    doms = await v.conn.call(lambda c: c.listAllDomains(0))
+    out = []
+    for d in doms:
+        try:
+            item = await v.describe(d)
+        except NotFound:
+            continue  # gone meanwhile
+        if item["name"].startswith("core0-kvm-probe-"):
+            continue
+        out.append(item)
+    return sorted(out, key=lambda i: i["name"])
+
+
+@command("kvm.get", GetArgs, role=Role.READ_ONLY)
+async def get(ctx: Context, args: GetArgs) -> dict[str, Any]:
+    """One VM by ``uuid`` or ``name``: the kvm.list item (404 when there is none)."""
+    v = await _virt(ctx)
+    if (args.uuid is None) == (args.name is None):
+        raise BadRequest("give exactly one of uuid and name", field="uuid")
+    dom = await (v.domain(args.uuid) if args.uuid else v.by_name(args.name or ""))
+    return await v.describe(dom)
+
+
+def _stats(raw: dict[str, Any]) -> dict[str, Any]:
+    def group(prefix: str, keys: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        out = []
+        for i in range(int(raw.get(f"{prefix}.count", 0))):
+            out.append({name: raw.get(f"{prefix}.{i}.{k}", 0 if name != "name" else "")
+                        for name, k in keys})
+        return out
+
+    vcpus = []
+    for i in range(int(raw.get("vcpu.current", 0))):
+        vcpus.append({"state": raw.get(f"vcpu.{i}.state", 0), "time": raw.get(f"vcpu.{i}.time",
+                                                                              0)})
+    return {
+        "vcpu": vcpus,
+        "net": group("net", [("name", "name"), ("rxbytes", "rx.bytes"), ("rxpkts", "rx.pkts"),
+                             ("rxerrs", "rx.errs"), ("rxdrop", "rx.drop"),
+                             ("txbytes", "tx.bytes"), ("txpkts", "tx.pkts"),
+                             ("txerrs", "tx.errs"), ("txdrop", "tx.drop")]),
+        "block": group("block", [("name", "name"), ("rdbytes", "rd.bytes"),
+                                 ("rdtimes", "rd.times"), ("rdreqs", "rd.reqs"),
+                                 ("wrbytes", "wr.bytes"), ("wrtimes", "wr.times"),
+                                 ("wrreqs", "wr.reqs")]),
+        "cputime": raw.get("cpu.time", 0),
+    }
+
+
+async def _raw_stats(ctx: Context, uuid: str) -> dict[str, Any]:
+    from core0.virt.conn import libvirt_module
+
+    lv = libvirt_module()
+    v = await _virt(ctx)
+    dom = await v.domain(uuid)
+    flags = (lv.VIR_DOMAIN_STATS_VCPU | lv.VIR_DOMAIN_STATS_INTERFACE
+             | lv.VIR_DOMAIN_STATS_BLOCK | lv.VIR_DOMAIN_STATS_CPU_TOTAL)
+    try:
+        res = await v.conn.call(lambda c: c.domainListGetStats([dom], flags))
+    except Exception as e:
+        raise lv_error(e, f"stats of {uuid}") from None
+    return dict(res[0][1]) if res else {}
+
+
+@command("kvm.info", UuidArgs, role=Role.READ_ONLY)
+async def info(ctx: Context, args: UuidArgs) -> dict[str, Any]:
+    """Counters of a VM: {vcpu: [{state, time}], net: [{name, rx/tx bytes, pkts, errs,
+    drop}], block: [{name, rd/wr bytes, times, reqs}], cputime} (libvirt's domain stats)."""
+    return _stats(await _raw_stats(ctx, args.uuid))
+
+
+@command("kvm.infops", UuidArgs, role=Role.READ_ONLY)
+async def infops(ctx: Context, args: UuidArgs) -> dict[str, Any]:
+    """Rates of a VM over one second (two samples of kvm.info's counters): the same shape,
+    each counter per second (0-core read these from its aggregator, which core0 has not)."""
+    a = _stats(await _raw_stats(ctx, args.uuid))
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.sleep(1.0)
+    b = _stats(await _raw_stats(ctx, args.uuid))
+    dt = max(loop.time() - t0, 1e-3)
+
+    def rate(x: Any, y: Any) -> Any:
+        if isinstance(y, dict):
+            return {k: (val if k in ("name", "state") else rate(x.get(k, 0), val))
+                    for k, val in y.items()}
+        if isinstance(y, list):
+            return [rate(x[i] if i < len(x) else {}, item) for i, item in enumerate(y)]
+        return (y - x) / dt if isinstance(y, (int, float)) and isinstance(x, (int, float)) else y
+
+    return dict(rate(a, b))
+
+
+# ---------------------------------------------------------------- devices
+
+
+async def _live(ctx: Context, uuid: str) -> tuple[Virt, Any, dx.Live, str]:
+    v = await _virt(ctx)
+    dom = await v.domain(uuid)
+    try:
+        xml = await v.conn.call(lambda c: dom.XMLDesc(0))
+    except Exception as e:
+        raise lv_error(e) from None
+    return v, dom, dx.parse(xml), xml
+
+
+@command("kvm.attach_disk", DiskArgs)
+async def attach_disk(ctx: Context, args: DiskArgs) -> None:
+    """Hot-plug a disk (or cdrom) into a running VM (virtio disks appear as the next vdX)."""
+    from core0.virt.conn import libvirt_module
+
+    v, dom, live, _ = await _live(ctx, args.uuid)
+    m = args.media
+    path = disks.resolve_file(ctx, m.source("media"), "media")
+    if any(d["source"] == path for d in live.disks):
+        raise Conflict(f"media: {path} is attached already", field="media")
+    device = m.type or "disk"
+    bus = m.bus or ("ide" if device == "cdrom" else "virtio")
+    fmt = "raw" if device == "cdrom" else await disks.check_image(ctx, path, m.format, "media")
+    used = {d["target"] for d in live.disks}
+    n = 0
+    while dx.target_name(bus, n) in used:
+        n += 1
+    xml = dx.element_xml(dx.disk_element(dx.Disk(path, fmt, device, bus, dx.target_name(bus, n),
+                                                 iotune_params(m.iotune))))
+    lv = libvirt_module()
+    try:
+        await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
+    except Exception as e:
+        raise lv_error(e, "attach_disk") from None
+
+
+async def _detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> None:
+    """Detach a device and wait up to 3 s for libvirt's device-removed event."""
+    from core0.virt.conn import libvirt_module
+
+    lv = libvirt_module()
+    uuid = await v.conn.call(lambda c: dom.UUIDString())
+    with v.conn.subscribe() as sub:
+        try:
+            await v.conn.call(lambda c: dom.detachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
+        except Exception as e:
+            raise lv_error(e, what) from None
+        try:
+            async with asyncio.timeout(3):
+                while True:
+                    ev = await sub.get()
+                    if (ev["event"] == "device_removed" and ev["uuid"] == uuid
+                            and (not alias or ev["detail"] == alias)):
+                        return
+        except TimeoutError:
+            pass
+
+
+@command("kvm.detach_disk", DiskArgs)
+async def detach_disk(ctx: Context, args: DiskArgs) -> None:
+    """Hot-unplug a disk, found by its path; waits up to 3 s for the guest to let it go."""
+    v, dom, live, xml = await _live(ctx, args.uuid)
+    path = disks.resolve_file(ctx, args.media.source("media"), "media")
+    dev = dx.find_device(xml, "disk", source=path)
+    if dev is None:
+        raise NotFound(f"media: {path} is not attached to {args.uuid}")
+    alias = next((d["alias"] for d in live.disks if d["source"] == path), "")
+    await _detach(v, dom, dev, alias, "detach_disk")
+
+
+@command("kvm.add_nic", NicArgs)
+async def add_nic(ctx: Context, args: NicArgs) -> None:
+    """Hot-plug a nic: ``type`` bridge onto bridge ``id`` (vlan/vxlan need OVS: 412; a second
+    default nic: 409)."""
+    from core0.virt.conn import libvirt_module
+
+    v, dom, live, _ = await _live(ctx, args.uuid)
+    if args.type == "default":
+        raise Conflict("type: a VM has at most one default nic, given at creation")
+    nic = v._nic(Nic(args.type, args.id, args.hwaddr), 0)
+    if any(n["mac"].lower() == nic.mac.lower() for n in live.nics):
+        raise Conflict(f"hwaddr: {nic.mac} is in use on this VM already", field="hwaddr")
+    xml = dx.element_xml(dx.nic_element(nic))
+    lv = libvirt_module()
+    try:
+        await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
+    except Exception as e:
+        raise lv_error(e, "add_nic") from None
+
+
+@command("kvm.remove_nic", NicArgs)
+async def remove_nic(ctx: Context, args: NicArgs) -> None:
+    """Hot-unplug a nic, found by ``hwaddr`` (or the first on bridge ``id``)."""
+    v, dom, live, xml = await _live(ctx, args.uuid)
+    if args.hwaddr:
+        found = next((n for n in live.nics if n["mac"].lower() == args.hwaddr.lower()), None)
+    elif args.id:
+        found = next((n for n in live.nics if n["bridge"] == args.id), None)
+    else:
+        raise BadRequest("give hwaddr or id", field="hwaddr")
+    if found is None:
+        raise NotFound(f"no such nic on {args.uuid}")
+    dev = dx.find_device(xml, "interface", mac=found["mac"])
+    assert dev is not None
+    await _detach(v, dom, dev, found["alias"], "remove_nic")
+
+
+@command("kvm.limit_disk_io", LimitArgs)
+async def limit_disk_io(ctx: Context, args: Any) -> None:
+    """Set a disk's I/O limits (0-core's 42 iotune fields; a value applies when its ``*set``
+    flag is true)."""
+    from core0.virt.conn import libvirt_module
+
+    v, dom, live, _ = await _live(ctx, args.uuid)
+    path = disks.resolve_file(ctx, args.media.source("media"), "media")
+    disk = next((d for d in live.disks if d["source"] == path), None)
+    if disk is None:
+        raise NotFound(f"media: {path} is not attached to {args.uuid}")
+    params = iotune_params(args)
+    lv = libvirt_module()
+    try:
+        await v.conn.call(lambda c: dom.setBlockIoTune(disk["target"], params,
+                                                       lv.VIR_DOMAIN_AFFECT_LIVE))
+    except Exception as e:
+        raise lv_error(e, "limit_disk_io") from None
+
+
+# ---------------------------------------------------------------- images
+
+
+@command("kvm.create-image", ImageArgs)
+async def create_image(ctx: Context, args: ImageArgs) -> None:
+    """Create an image file (``qemu-img create``): {file_name, format qcow2|raw, size}."""
+    path = disks.resolve_new(ctx, args.file_name, "file_name")
+    await disks.create(ctx, path, args.format, args.size)
+
+
+@command("kvm.convert-image", ConvertArgs)
+async def convert_image(ctx: Context, args: ConvertArgs) -> None:
+    """Convert an image (``qemu-img convert``): {input_file, output_file, output_format}."""
+    src = disks.resolve_file(ctx, args.input_file, "input_file")
+    await disks.check_image(ctx, src, None, "input_file")
+    dst = disks.resolve_new(ctx, args.output_file, "output_file")
+    await disks.convert(ctx, src, dst, args.output_format)
+
+
+# ---------------------------------------------------------------- port forwards
+
+
+@command("kvm.portforward-add", ForwardArgs)
+async def portforward_add(ctx: Context, args: ForwardArgs) -> None:
+    """Forward ``host_port`` (or any nft source) to the VM's ``container_port`` on its default
+    nic (412 without one; 409 when the source is taken)."""
+    v = await _virt(ctx)
+    await v.domain(args.uuid)
+    rec = v.record(args.uuid) or {}
+    if not rec.get("ip"):
+        from core0.errors import PreconditionFailed
+
+        raise PreconditionFailed(f"{args.uuid} has no default nic")
+    await network.add_forwards(ctx, args.uuid, str(rec["ip"]),
+                               {str(args.host_port): args.container_port})
+
+
+@command("kvm.portforward-remove", ForwardArgs)
+async def portforward_remove(ctx: Context, args: ForwardArgs) -> None:
+    """Remove a forward of the VM (404 when it has none from ``host_port``)."""
+    v = await _virt(ctx)
+    await v.domain(args.uuid)
+    if not await network.remove_forwards(ctx, args.uuid, [str(args.host_port)]):
+        raise NotFound(f"{args.uuid} has no forward from {args.host_port}")
+
+
+# ---------------------------------------------------------------- migration
+
+
+@command("kvm.migrate", MigrateArgs)
+async def migrate(ctx: Context, args: MigrateArgs) -> None:
+    """Live-migrate a VM to the libvirtd at ``desturi`` (peer to peer, tunnelled through
+    libvirt, bandwidth capped at 10 GiB/s, as 0-core). ``shared_storage``: the disks are on
+    storage the destination sees at the same paths; otherwise libvirt copies them (the
+    destination needs same-size files at the same paths). The VM's port forwards and static
+    lease on this node are released; its files here are kept. The destination runs it as a
+    transient domain under the same uuid."""
+    v = await _virt(ctx)
+    await v.migrate(args.uuid, args.desturi, args.shared_storage)
+
+
+# ---------------------------------------------------------------- events
+
+
+@command("kvm.events", role=Role.READ_ONLY)
+async def events(ctx: Context, args: NoArgs) -> None:
+    """A long-running job publishing every libvirt lifecycle event as a level-20 message
+    ``{uuid, name, event, detail, sequence, time}`` (event: started, suspended, resumed,
+    stopped, shutdown, crashed, device_removed…; ``connection`` lost/reconnected when libvirtd
+    restarts). Read it through ``log:<id>`` (many readers) or ``stream:<id>``; stop it with
+    job.kill."""
+    v = await _virt(ctx)
+    with v.conn.subscribe() as sub:
+        ctx.emit(LEVEL_JSON, json.dumps({"event": "subscribed", "uuid": "", "name": "",
+                                         "detail": v.conn.uri}))
+        while True:
+            ev = await sub.get()
+            ctx.emit(LEVEL_JSON, json.dumps(ev, sort_keys=True))

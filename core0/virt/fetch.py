@@ -1,0 +1,102 @@
+"""http(s) media: downloaded once into ``<virt dir>/cache``, checked, shared as a base image.
+
+``media[].url = "https://…"`` with an optional ``checksum`` (``sha256:<hex>``): the image is
+streamed (urllib, in a worker thread) into a temp file in the cache with progress messages on
+the job's output (level 1: ``download <url>: <n>/<total> bytes``), its SHA-256 computed on
+the way, checked against ``checksum`` when given (400 on a mismatch, nothing kept), then
+renamed to ``cache/<sha256>``. With a checksum whose file is cached already nothing is
+downloaded. The cached image is never written: the VM always boots from a qcow2 overlay on
+it. Size is capped (``MAX_BYTES``); redirects are followed only to http(s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core0.errors import BadRequest, TooLarge, Unavailable
+
+if TYPE_CHECKING:
+    from core0.context import Context
+
+MAX_BYTES = 64 << 30
+CHUNK = 1 << 20
+CHECKSUM = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def is_url(src: str) -> bool:
+    return src.startswith(("http://", "https://"))
+
+
+def parse_checksum(text: str | None, field: str) -> str | None:
+    if text is None:
+        return None
+    m = CHECKSUM.fullmatch(text)
+    if not m:
+        raise BadRequest(f"{field}: checksum must be sha256:<64 hex digits>", field=field)
+    return m.group(1).lower()
+
+
+async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field: str) -> Path:
+    """The cached image of ``url`` (downloaded now unless ``checksum``'s file is cached)."""
+    cache.mkdir(mode=0o711, parents=True, exist_ok=True)
+    if checksum and (cache / checksum).is_file():
+        ctx.emit(1, f"download {url}: cached ({checksum})")
+        return cache / checksum
+    part = cache / f".part-{os.urandom(8).hex()}"
+    loop = asyncio.get_running_loop()
+
+    def progress(done: int, total: int) -> None:
+        loop.call_soon_threadsafe(ctx.emit, 1, f"download {url}: {done}/{total or '?'} bytes")
+
+    def download() -> str:
+        h = hashlib.sha256()
+        req = urllib.request.Request(url, headers={"User-Agent": "core0"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp, part.open("wb") as out:
+                if not is_url(resp.geturl()):
+                    raise BadRequest(f"{field}: redirected away from http(s)", field=field)
+                total = int(resp.headers.get("Content-Length") or 0)
+                if total > MAX_BYTES:
+                    raise TooLarge(f"{field}: {total} bytes is more than {MAX_BYTES}")
+                done, last = 0, -1
+                while True:
+                    chunk = resp.read(CHUNK)
+                    if not chunk:
+                        break
+                    done += len(chunk)
+                    if done > MAX_BYTES:
+                        raise TooLarge(f"{field}: more than {MAX_BYTES} bytes")
+                    h.update(chunk)
+                    out.write(chunk)
+                    step = done * 10 // total if total else done // (64 * CHUNK)
+                    if step != last:
+                        last = step
+                        progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+                progress(done, total)
+        except urllib.error.HTTPError as e:
+            raise Unavailable(f"{field}: {url}: HTTP {e.code}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise Unavailable(f"{field}: {url}: {e}") from None
+        return h.hexdigest()
+
+    try:
+        digest = await ctx.to_thread(download)
+        if checksum and digest != checksum:
+            raise BadRequest(f"{field}: checksum mismatch: got sha256:{digest}", field=field)
+        final = cache / digest
+        os.replace(part, final)
+        os.chmod(final, 0o400)
+        return final
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()

@@ -1,0 +1,404 @@
+"""The node's VMs: creation (with rollback), lookup, description, cleanup, reconciliation.
+
+VMs are transient libvirt domains: they run under libvirtd, not under the dispatcher, so a
+dispatcher restart leaves them running; the new dispatcher finds them (and their uuids) in
+libvirt, and core0's data about each in the domain's metadata. What core0 made for a VM outside
+libvirt — its directory ``<virt dir>/<uuid>`` (``vm.json``, overlays, the console log), its
+static lease and its port forwards — is removed when the VM stops, whoever stopped it (a
+command, the guest powering off, a crash): the libvirt ``stopped`` event triggers the cleanup,
+and a reconciliation at first use and after each reconnection catches stops that happened
+while no dispatcher was listening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+import uuid as uuidlib
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
+from core0.net import validate as nv
+from core0.virt import disks, fetch, network, probe
+from core0.virt import domain as dx
+from core0.virt.conn import Conn, libvirt_module
+from core0.virt.spec import CreateArgs, Media, Nic, host_limits, iotune_params
+
+if TYPE_CHECKING:
+    from core0.context import Context
+
+log = logging.getLogger(__name__)
+STATES = ["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
+          "pmsuspended"]
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_VIRTS: weakref.WeakKeyDictionary[Any, Virt] = weakref.WeakKeyDictionary()
+
+
+def of(ctx: Context) -> Virt:
+    """The dispatcher's Virt (one per job engine)."""
+    v = _VIRTS.get(ctx.engine)
+    if v is None:
+        v = _VIRTS[ctx.engine] = Virt(ctx)
+    return v
+
+
+def lv_error(e: Exception, what: str = "") -> CommandError:
+    """A libvirt error as a command error (404 no domain, 409 invalid state, else 500)."""
+    lv = libvirt_module()
+    if isinstance(e, CommandError):
+        return e
+    msg = f"{what}: {e}" if what else str(e)
+    if isinstance(e, lv.libvirtError):
+        code = e.get_error_code()
+        if code == lv.VIR_ERR_NO_DOMAIN:
+            return NotFound(msg)
+        if code in (lv.VIR_ERR_OPERATION_INVALID, lv.VIR_ERR_OPERATION_FAILED):
+            return Conflict(msg)
+        if code in (lv.VIR_ERR_XML_ERROR, lv.VIR_ERR_XML_DETAIL, lv.VIR_ERR_INVALID_ARG,
+                    lv.VIR_ERR_CONFIG_UNSUPPORTED):
+            return BadRequest(msg)
+    return Internal(msg)
+
+
+class Virt:
+    """VM bookkeeping of one dispatcher: the libvirt connection and core0's VM records."""
+
+    def __init__(self, ctx: Context):
+        cfg = ctx.config
+        self.conn = Conn(cfg.virt.uri)
+        self.dir = Path(cfg.virt.dir or cfg.state_dir / "virt")
+        #: the context background work (event-driven cleanup) runs with: the first command's
+        #: (its engine and configuration are the node's; its job is not used)
+        self.node = ctx
+        self._dtype: str | None = None
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._cleanups: dict[str, asyncio.Task[None]] = {}
+        self._create_lock = asyncio.Lock()
+        #: uuids being created (reconciliation leaves them alone)
+        self.creating: set[str] = set()
+
+    # ------------------------------------------------------------ setup
+
+    async def ready(self) -> Virt:
+        """Connect, subscribe the cleanup listener and reconcile (once)."""
+        if self._ready:
+            return self
+        async with self._ready_lock:
+            if not self._ready:
+                # traversable (not listable) by the unprivileged user libvirt may run qemu as
+                # (Debian: libvirt-qemu); libvirt chowns the disk files themselves
+                self.dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+                os.chmod(self.dir, 0o711)
+                await self.conn.connection()
+                self.conn.listeners.append(self._on_event)
+                self._ready = True
+                await self.reconcile()
+        return self
+
+    def _on_event(self, ev: dict[str, Any]) -> None:
+        if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
+            self.cleanup_soon(ev["uuid"])
+        elif ev["event"] == "connection" and ev["detail"] == "reconnected":
+            asyncio.ensure_future(self.reconcile())
+
+    async def domain_type(self) -> str:
+        if self._dtype is None:
+            v = self.node.config.virt
+            self._dtype = await probe.domain_type(self.conn, v.domain_type, v.probe_kernel,
+                                                  self.dir)
+        return self._dtype
+
+    # ------------------------------------------------------------ records
+
+    def vm_dir(self, uuid: str) -> Path:
+        return self.dir / uuid
+
+    def record(self, uuid: str) -> dict[str, Any] | None:
+        try:
+            return dict(json.loads((self.vm_dir(uuid) / "vm.json").read_text()))
+        except (OSError, ValueError):
+            return None
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        with contextlib.suppress(OSError):
+            for d in self.dir.iterdir():
+                if _UUID_RE.fullmatch(d.name):
+                    rec = self.record(d.name)
+                    out[d.name] = rec or {}
+        return out
+
+    def _save_record(self, uuid: str, rec: dict[str, Any]) -> None:
+        p = self.vm_dir(uuid) / "vm.json"
+        tmp = p.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, json.dumps(rec, sort_keys=True).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+
+    # ------------------------------------------------------------ lookup
+
+    async def domain(self, uuid: str) -> Any:
+        try:
+            return await self.conn.call(lambda c: c.lookupByUUIDString(uuid))
+        except Exception as e:
+            raise lv_error(e, f"no VM {uuid}") from None
+
+    async def by_name(self, name: str) -> Any:
+        try:
+            return await self.conn.call(lambda c: c.lookupByName(name))
+        except Exception as e:
+            raise lv_error(e, f"no VM named {name}") from None
+
+    async def live_uuids(self) -> set[str]:
+        doms = await self.conn.call(lambda c: c.listAllDomains(0))
+        return {d.UUIDString() for d in doms}
+
+    async def describe(self, dom: Any) -> dict[str, Any]:
+        """0-core's kvm.list item: {id, uuid, name, state, vnc, tags, ifctargets, default_ip,
+        params} (+ console: the serial log file)."""
+        def read() -> tuple[int, str, str, int, str]:
+            state = dom.state()[0]
+            return dom.ID(), dom.UUIDString(), dom.name(), state, dom.XMLDesc(0)
+
+        try:
+            did, uuid, name, state, xml = await self.conn.call(lambda c: read())
+        except Exception as e:
+            raise lv_error(e) from None
+        live = dx.parse(xml)
+        meta = live.meta
+        return {
+            "id": did, "uuid": uuid, "name": name,
+            "state": STATES[state] if 0 <= state < len(STATES) else str(state),
+            "vnc": live.vnc, "tags": meta.get("tags", []),
+            "ifctargets": [n["target"] for n in live.nics if n["target"]],
+            "default_ip": meta.get("default_ip", ""),
+            "params": meta.get("params", {}),
+            "console": live.serial_log,
+        }
+
+    # ------------------------------------------------------------ create
+
+    async def _media(self, ctx: Context, uuid: str, media: list[Media], vmdir: Path
+                     ) -> list[dx.Disk]:
+        out: list[dx.Disk] = []
+        counts: dict[str, int] = {}
+        for i, m in enumerate(media):
+            where = f"media[{i}]"
+            src = m.source(where, http=True)
+            device = m.type or "disk"
+            bus = m.bus or ("ide" if device == "cdrom" else "virtio")
+            overlay = m.overlay
+            if fetch.is_url(src):
+                path = str(await fetch.fetch(ctx, src, fetch.parse_checksum(
+                    m.checksum, f"{where}.checksum"), self.dir / "cache", where))
+                fmt = await disks.check_image(ctx, path, m.format, where, backing=False)
+                overlay = device == "disk"  # the cached image is shared: never written
+            else:
+                if m.checksum is not None:
+                    raise BadRequest(f"{where}.checksum: only with an http(s) url", field=where)
+                path = disks.resolve_file(ctx, src, where)
+                fmt = "raw" if device == "cdrom" else await disks.check_image(
+                    ctx, path, m.format, where)
+            if overlay:
+                if device == "cdrom":
+                    raise BadRequest(f"{where}.overlay: not for a cdrom", field=where)
+                ov = str(vmdir / f"disk{i}.qcow2")
+                await disks.overlay(ctx, path, fmt, ov)
+                path, fmt = ov, "qcow2"
+            n = counts.get(bus, 0)
+            counts[bus] = n + 1
+            out.append(dx.Disk(path, fmt, device, bus, dx.target_name(bus, n),
+                               iotune_params(m.iotune)))
+        return out
+
+    def _nic(self, n: Nic, i: int) -> dx.Nic:
+        where = f"nics[{i}]"
+        if n.type in ("vlan", "vxlan"):
+            from core0.errors import PreconditionFailed
+
+            raise PreconditionFailed(f"{where}.type: {n.type} nics need OVS, which this node "
+                                     "does not run")
+        if n.type == "bridge":
+            if not n.id:
+                raise BadRequest(f"{where}.id: the bridge name is required", field=where)
+            nv.ifname(n.id, f"{where}.id")
+            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else _random_mac()
+            return dx.Nic(n.id, mac, "bridge")
+        return dx.Nic(self.node.config.virt.bridge, "", "default")
+
+    async def create(self, ctx: Context, args: CreateArgs) -> str:
+        """Create and start a VM; everything made so far is undone when a step fails."""
+        args.check_unsupported()
+        host_limits(args.cpu, args.memory)
+        if not args.media and not args.kernel:
+            raise BadRequest("media: a boot disk (or kernel) is required", field="media")
+        if args.initrd and not args.kernel:
+            raise BadRequest("initrd: only with kernel", field="initrd")
+        kernel = disks.resolve_file(ctx, args.kernel, "kernel") if args.kernel else ""
+        initrd = disks.resolve_file(ctx, args.initrd, "initrd") if args.initrd else ""
+        nics = [self._nic(n, i) for i, n in enumerate(args.nics)]
+        defaults = [n for n in nics if n.kind == "default"]
+        if len(defaults) > 1:
+            raise BadRequest("nics: at most one default nic", field="nics")
+        if args.port and not defaults:
+            raise BadRequest("port: forwards need a default nic", field="port")
+        await self.ready()
+        dtype = await self.domain_type()
+        uuid = str(uuidlib.uuid4())
+        vmdir = self.vm_dir(uuid)
+        undo: list[Any] = []
+        self.creating.add(uuid)
+        async with self._create_lock:
+            try:
+                with contextlib.suppress(NotFound):
+                    await self.by_name(args.name)
+                    raise Conflict(f"a VM named {args.name} exists already", field="name")
+                vmdir.mkdir(mode=0o711)
+                undo.append(lambda: asyncio.to_thread(shutil.rmtree, vmdir, True))
+                rec: dict[str, Any] = {"uuid": uuid, "name": args.name, "created": time.time()}
+                self._save_record(uuid, rec)
+                meta: dict[str, Any] = {"tags": list(args.tags or ctx.tags),
+                                        "params": _params(args)}
+                if defaults:
+                    await network.ensure_bridge(ctx)
+                    used = {int(r.get("seq", 0)) for r in self.records().values()}
+                    seq = network.free_seq(used)
+                    mac, ip = network.address(ctx.config.virt.bridge_cidr, seq)
+                    if any(n.hwaddr for n in args.nics if n.type == "default"):
+                        mac = nv.mac(next(n.hwaddr for n in args.nics  # type: ignore[misc]
+                                          if n.type == "default" and n.hwaddr))
+                    defaults[0].mac = mac
+                    rec.update(seq=seq, mac=mac, ip=ip)
+                    meta["default_ip"] = ip
+                    self._save_record(uuid, rec)
+                    await network.add_lease(ctx, mac, ip)
+                    undo.append(lambda: network.remove_lease(ctx, mac))
+                    if args.port:
+                        await network.add_forwards(ctx, uuid, ip, args.port)
+                        undo.append(lambda: network.remove_forwards(ctx, uuid))
+                spec = dx.DomainSpec(
+                    name=args.name, uuid=uuid, memory=args.memory, vcpus=args.cpu, type=dtype,
+                    disks=await self._media(ctx, uuid, args.media, vmdir), nics=nics,
+                    serial_log=str(vmdir / "console.log"), vnc=args.vnc, kernel=kernel,
+                    initrd=initrd, cmdline=args.cmdline or "", meta=meta)
+                xml = dx.build(spec)
+                try:
+                    await self.conn.call(lambda c: c.createXML(xml, 0))
+                except Exception as e:
+                    raise lv_error(e, "libvirt refused the VM") from None
+            except BaseException:
+                for fn in reversed(undo):
+                    with contextlib.suppress(Exception):
+                        await fn()
+                raise
+            finally:
+                self.creating.discard(uuid)
+        return uuid
+
+    # ------------------------------------------------------------ cleanup
+
+    def cleanup_soon(self, uuid: str) -> asyncio.Task[None]:
+        task = self._cleanups.get(uuid)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._cleanup(uuid))
+            self._cleanups[uuid] = task
+            task.add_done_callback(lambda t: self._cleanups.pop(uuid, None)
+                                   if self._cleanups.get(uuid) is t else None)
+        return task
+
+    async def cleanup(self, uuid: str) -> None:
+        await asyncio.shield(self.cleanup_soon(uuid))
+
+    async def _cleanup(self, uuid: str) -> None:
+        """Remove the forwards, the static lease and the directory of a stopped VM."""
+        ctx = self.node
+        rec = self.record(uuid)
+        if rec is None and uuid not in network.owners(ctx):
+            return
+        try:
+            if uuid in await self.live_uuids():
+                return  # running again (or never stopped): nothing to clean
+        except CommandError:
+            return  # libvirt unreachable: the next reconciliation does it
+        try:
+            await network.remove_forwards(ctx, uuid)
+            if rec and rec.get("mac"):
+                await network.remove_lease(ctx, str(rec["mac"]))
+            if rec and (rec.get("migrated") or rec.get("migrating")):
+                # the VM runs elsewhere now, maybe on these very files (shared storage)
+                log.info("virt: VM %s migrated to %s: network released, files kept", uuid,
+                         rec.get("migrated") or rec.get("migrating"))
+                return
+            await asyncio.to_thread(shutil.rmtree, self.vm_dir(uuid), True)
+            log.info("virt: cleaned up after VM %s", uuid)
+        except Exception:
+            log.exception("virt: cleanup of VM %s failed", uuid)
+
+    async def reconcile(self) -> None:
+        """Clean up after every VM core0 has data for that libvirt no longer runs."""
+        try:
+            live = await self.live_uuids()
+        except CommandError:
+            return
+        recs = self.records()
+        gone = (set(recs) | network.owners(self.node)) - live - self.creating
+        for uuid in gone:
+            rec = recs.get(uuid) or {}
+            if rec.get("migrated") and not network.forwards_of(self.node, uuid):
+                continue  # handed over to another node: nothing of ours left
+            await self.cleanup(uuid)
+
+    # ------------------------------------------------------------ migration
+
+    async def migrate(self, uuid: str, desturi: str, shared_storage: bool) -> None:
+        """Live-migrate a VM to another libvirtd (peer to peer, tunnelled through libvirt's
+        connection). The VM's forwards and lease here are released; its files stay (with
+        shared storage the destination runs on them)."""
+        lv = libvirt_module()
+        dom = await self.domain(uuid)
+        rec = self.record(uuid) or {"uuid": uuid}
+        rec["migrating"] = desturi
+        self._save_record(uuid, rec)
+        flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_TUNNELLED
+        flags |= lv.VIR_MIGRATE_UNSAFE if shared_storage else lv.VIR_MIGRATE_NON_SHARED_INC
+        params = {lv.VIR_MIGRATE_PARAM_BANDWIDTH: 10 * 1024}  # MiB/s, 0-core's 10 GB/s cap
+        try:
+            await self.conn.call(lambda c: dom.migrateToURI3(desturi, params, flags))
+        except Exception as e:
+            rec.pop("migrating", None)
+            self._save_record(uuid, rec)
+            raise lv_error(e, f"migration of {uuid} to {desturi}") from None
+        rec.pop("migrating", None)
+        rec["migrated"] = desturi
+        self._save_record(uuid, rec)
+        await self.cleanup(uuid)
+
+
+def _random_mac() -> str:
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xfe) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _params(args: CreateArgs) -> dict[str, Any]:
+    """The create arguments kept in the domain's metadata (0-core's ``params``)."""
+    return {"name": args.name, "cpu": args.cpu, "memory": args.memory,
+            "media": [{k: val for k, val in (("url", m.url), ("path", m.path), ("type", m.type),
+                                             ("bus", m.bus), ("overlay", m.overlay))
+                       if val is not None} for m in args.media],
+            "nics": [{"type": n.type, "id": n.id, "hwaddr": n.hwaddr} for n in args.nics],
+            "port": dict(args.port or {}), "vnc": args.vnc, "kernel": args.kernel,
+            "initrd": args.initrd, "cmdline": args.cmdline}

@@ -1,0 +1,120 @@
+"""The domain type by a real probe: ``kvm`` only where a guest kernel really runs under KVM.
+
+libvirt's capabilities list ``kvm`` whenever ``/dev/kvm`` exists, also where KVM cannot run a
+normal guest (nested PVM: the kernel hangs in its decompressor). So, when capabilities offer
+kvm and ``/dev/kvm`` answers ``KVM_GET_API_VERSION``, core0 boots a probe kernel (no initramfs,
+``root=`` pointing nowhere) as a transient ``kvm`` domain: it must print its "cannot mount
+root" panic on the serial log within the timeout. Otherwise VMs use ``qemu`` (TCG). The result
+is cached per host boot and probe kernel in ``<virt dir>/probe.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import platform
+import uuid as uuidlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core0.virt import domain as dx
+
+if TYPE_CHECKING:
+    from core0.virt.conn import Conn
+
+log = logging.getLogger(__name__)
+PANIC = (b"Unable to mount root", b"Kernel panic")
+
+
+def kvm_device_ok() -> bool:
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def probe_kernel(configured: str) -> Path | None:
+    cands = [configured] if configured else [f"/boot/vmlinuz-{platform.release()}",
+                                             "/boot/vmlinuz"]
+    for c in cands:
+        p = Path(c)
+        if p.is_file():
+            return p
+    return None
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+async def domain_type(conn: Conn, mode: str, kernel_path: str, work: Path,
+                      timeout: float = 15.0) -> str:
+    """``qemu`` or ``kvm`` (``mode``: auto, qemu or kvm)."""
+    if mode in ("qemu", "kvm"):
+        return mode
+    caps = await conn.call(lambda c: c.getCapabilities())
+    if "type='kvm'" not in caps and 'type="kvm"' not in caps:
+        return "qemu"
+    if not kvm_device_ok():
+        return "qemu"
+    kernel = probe_kernel(kernel_path)
+    if kernel is None:
+        log.warning("virt: no probe kernel (virt.probe_kernel); using qemu (TCG)")
+        return "qemu"
+    st = kernel.stat()
+    key = f"{_boot_id()}|{kernel}|{st.st_size}|{st.st_mtime_ns}"
+    cache = work / "probe.json"
+    with contextlib.suppress(OSError, ValueError):
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return str(saved["type"])
+    ok = await _boot(conn, kernel, work, timeout)
+    result = "kvm" if ok else "qemu"
+    log.info("virt: KVM probe %s: domains are %s", "passed" if ok else "failed", result)
+    with contextlib.suppress(OSError):
+        cache.write_text(json.dumps({"key": key, "type": result}))
+    return result
+
+
+async def _boot(conn: Conn, kernel: Path, work: Path, timeout: float) -> bool:
+    serial = work / "probe-serial.log"
+    serial.unlink(missing_ok=True)
+    spec = dx.DomainSpec(name=f"core0-kvm-probe-{uuidlib.uuid4().hex[:8]}",
+                         uuid=str(uuidlib.uuid4()), memory=256, vcpus=1, type="kvm",
+                         serial_log=str(serial), kernel=str(kernel),
+                         cmdline="console=ttyS0 panic=-1 root=/dev/core0-none")
+    xml = dx.build(spec)
+    try:
+        dom = await conn.call(lambda c: c.createXML(xml, 0))
+    except Exception as e:
+        log.info("virt: KVM probe domain refused: %s", e)
+        return False
+    ok = False
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            with contextlib.suppress(OSError):
+                data = serial.read_bytes()
+                if any(p in data for p in PANIC):
+                    ok = True
+                    break
+            await asyncio.sleep(0.2)
+    finally:
+        with contextlib.suppress(Exception):
+            await conn.call(lambda c: dom.destroy())
+        serial.unlink(missing_ok=True)
+    return ok

@@ -1,0 +1,88 @@
+"""End to end, nested: the full image boots under qemu and runs a guest through core0's kvm.*.
+
+The node's libvirtd and virtlogd are the image's boot services; the guest (the busybox guest of
+tests/virt_fixtures.py) is uploaded through filesystem.*, created with ``kvm.create`` (direct
+kernel boot on a qcow2 overlay, a domain type the node's own probe picks: TCG inside TCG here),
+its console marker read back through core0, then destroyed. Slow: TCG in TCG.
+
+``CORE0_E2E_IMAGE=DIR`` reuses an image already built in DIR.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, require
+
+sys.path.insert(0, str(ROOT))
+from core0_client import Client
+from virt_fixtures import MARKER, guest_files
+
+from qemu.harness import VM, VMConfig
+
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    require("qemu-system-x86_64")
+    image_dir = Path(os.environ.get("CORE0_E2E_IMAGE") or ROOT / "build" / "image")
+    if not os.environ.get("CORE0_E2E_IMAGE"):
+        require("apt-get", "dpkg-deb", "depmod", "zstd")
+        res = subprocess.run(["bash", "initramfs-builder/build.sh", "full", "--out",
+                              str(image_dir)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=1200)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    tmp = tmp_path_factory.mktemp("kvmnested")
+    machine = VM(VMConfig(image_dir=image_dir, flavour="full", memory=1536,
+                          serial_log=tmp / "serial.log"))
+    machine.start()
+    machine.wait_ping(300)
+    yield machine
+    machine.close()
+
+
+def _wait_service(c: Client, sid: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if c.json("service.get", {"id": sid})["status"] == "running":
+            return
+        time.sleep(1)
+    raise AssertionError(f"service {sid} not running")
+
+
+def test_nested_guest_through_kvm_create(vm: VM) -> None:
+    kernel, initrd = guest_files()
+    c = Client("127.0.0.1", vm.port, timeout=600)
+    try:
+        _wait_service(c, "libvirtd")
+        c.json("filesystem.mkdir", {"path": "/var/lib/guest"})
+        c.upload("/var/lib/guest/vmlinuz", kernel.read_bytes())
+        c.upload("/var/lib/guest/initrd", initrd.read_bytes())
+        c.sync("kvm.create-image", {"file_name": "/var/lib/guest/base.qcow2", "size": "16M"})
+        uuid = c.json("kvm.create", {
+            "name": "nested", "cpu": 1, "memory": 192,
+            "media": [{"url": "/var/lib/guest/base.qcow2", "overlay": True}],
+            "kernel": "/var/lib/guest/vmlinuz", "initrd": "/var/lib/guest/initrd",
+            "cmdline": "console=ttyS0 panic=-1"})
+        console = c.json("kvm.get", {"uuid": uuid})["console"]
+        deadline = time.monotonic() + 1500
+        seen = False
+        while time.monotonic() < deadline and not seen:
+            try:
+                seen = MARKER.encode() in c.download(console)
+            except Exception:
+                pass
+            if not seen:
+                time.sleep(5)
+        assert seen, "no guest marker on the nested console"
+        assert [v["uuid"] for v in c.json("kvm.list")] == [uuid]
+        c.sync("kvm.destroy", {"uuid": uuid})
+        assert c.json("kvm.list") == []
+    finally:
+        c.close()
