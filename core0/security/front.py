@@ -71,15 +71,6 @@ def _encode(args: list[bytes]) -> bytes:
     return b"".join(out)
 
 
-def _length(args: list[bytes]) -> int:
-    """Bytes of ``args`` as one RESP array of bulk strings. hiredis accepts only canonical
-    lengths (no sign, no leading zero), so this is exactly what it consumed."""
-    n = 3 + len(str(len(args)))
-    for a in args:
-        n += 5 + len(str(len(a))) + len(a)
-    return n
-
-
 def declared_size(buf: bytes | bytearray, start: int, limit: int) -> int:
     """The size a partial request at ``buf[start:]`` announces so far (its header and every
     bulk header seen): lets a huge ``$<n>`` be refused before its data arrives."""
@@ -119,31 +110,35 @@ class RequestStream:
 
     def feed(self, data: bytes) -> bytes:
         """Take ``data`` from the client; return what to forward (complete requests only)."""
-        self.pending += data
+        pending = self.pending
+        pending += data
         out: list[bytes | bytearray] = []
+        pos = done = 0  # end of the parsed requests; end of what is already in ``out``
+        gets = self.reader.gets
         try:
             self.reader.feed(data)
-            pos = 0
-            while True:
-                req = self.reader.gets()
-                if req is False:
-                    break
-                if not isinstance(req, list) or not req or not all(
-                        isinstance(a, bytes) for a in req):
-                    raise Refused(PROTOCOL, b"".join(out))
-                n = _length(req)
-                new = RENAMED.get(req[0].upper())
-                if new is None:
-                    out.append(self.pending[pos:pos + n])
-                else:
-                    out.append(_encode([new, *req[1:]]))
+            while (req := gets()) is not False:
+                if type(req) is not list or not req:
+                    raise Refused(PROTOCOL, b"".join([*out, pending[done:pos]]))
+                # its size on the wire: hiredis accepts only canonical lengths (no sign, no
+                # leading zero), so this is exactly the bytes it consumed
+                n = 3 + len(str(len(req)))
+                for a in req:
+                    if type(a) is not bytes:
+                        raise Refused(PROTOCOL, b"".join([*out, pending[done:pos]]))
+                    n += 5 + len(str(len(a))) + len(a)
+                first = req[0]
+                if len(first) in (4, 10) and (new := RENAMED.get(first.upper())) is not None:
+                    out += (pending[done:pos], _encode([new, *req[1:]]))
+                    done = pos + n
                     self.renamed += 1
                 pos += n
                 self.requests += 1
         except hiredis.ProtocolError:
-            raise Refused(PROTOCOL, b"".join(out)) from None
-        del self.pending[:pos]
-        if self.pending and declared_size(self.pending, 0, self.max_request) > self.max_request:
+            raise Refused(PROTOCOL, b"".join([*out, pending[done:pos]])) from None
+        out.append(pending[done:pos])
+        del pending[:pos]
+        if pending and declared_size(pending, 0, self.max_request) > self.max_request:
             raise Refused(f"request larger than {self.max_request} bytes refused by the front",
                           b"".join(out))
         return b"".join(out)
