@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import ssl
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,10 +88,10 @@ def _replies(s: ssl.SSLSocket, n: int) -> list[Any]:
     return out
 
 
-@pytest.fixture(scope="module")
-def fnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontNode]:
+def _start(d: Path, redis_toml: str, up: Callable[[FrontNode], bool]) -> tuple[
+        FrontNode, subprocess.Popen[bytes]]:
+    """``core0 dev`` with TLS material from ``core0 tls init`` and a front; waits for ``up``."""
     require("redis-server", "openssl")
-    d = tmp_path_factory.mktemp("front")
     tls, state = d / "tls", d / "state"
     subprocess.run([sys.executable, "-m", "core0", "tls", "init", "--dir", str(tls),
                     "--name", "node.test"], check=True, cwd=str(ROOT), capture_output=True,
@@ -99,11 +102,43 @@ def fnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontNode]:
 [main]
 log_level = "debug"
 [redis]
-password = "{DEFAULT_PW}"
 tls_cert = "{tls}/server.crt"
 tls_key = "{tls}/server.key"
 tls_ca = "{tls}/ca.crt"
 front_port = {front}
+{redis_toml}
+""")
+    log = d / "node.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "core0", "dev", "--config", str(conf), "--state-dir",
+             str(state), "--redis-port", str(port)],
+            stdout=f, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
+    node = FrontNode(proc.pid, front, state, tls, log)
+    if not wait_until(lambda: up(node), 30):
+        _stop(proc)
+        raise RuntimeError("front did not come up:\n" + log.read_text()[-4000:])
+    return node, proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(30)
+    kill_tree(proc.pid)
+
+
+def _answers(node: FrontNode, **kw: Any) -> bool:
+    try:
+        return bool(node.client(**kw).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def fnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontNode]:
+    d = tmp_path_factory.mktemp("front")
+    node, proc = _start(d, f"""password = "{DEFAULT_PW}"
 [bus.queues]
 default = "admin"
 ops = "operator"
@@ -113,30 +148,11 @@ password = "{OPS_PW}"
 [users.ro]
 role = "read-only"
 password = "{RO_PW}"
-""")
-    log = d / "node.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core0", "dev", "--config", str(conf), "--state-dir",
-             str(state), "--redis-port", str(port)],
-            stdout=f, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
-    node = FrontNode(proc.pid, front, state, tls, log)
-
-    def up() -> bool:
-        try:
-            return bool(node.client(password=DEFAULT_PW).ping())
-        except (redis.RedisError, OSError):
-            return False
-
+""", lambda n: _answers(n, password=DEFAULT_PW))
     try:
-        if not wait_until(up, 30):
-            raise RuntimeError("front did not come up:\n" + log.read_text()[-4000:])
         yield node
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(30)
-        kill_tree(proc.pid)
+        _stop(proc)
 
 
 def test_acl_user_through_the_front(fnode: FrontNode) -> None:
@@ -319,6 +335,59 @@ def test_no_password_in_the_log(fnode: FrontNode) -> None:
         assert pw not in text
 
 
+def _accepts(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+        return True
+    except OSError:
+        return False
+
+
+def _front_pid(node: FrontNode) -> int | None:
+    import psutil
+
+    for k in psutil.Process(node.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if k.status() != psutil.STATUS_ZOMBIE and "front" in k.cmdline():
+                return int(k.pid)
+    return None
+
+
+def test_closed_node_front_is_loopback_only_until_a_credential(tmp_path: Path) -> None:
+    """No credential: the front, like Redis, serves 127.0.0.1 only (not ``redis.bind``, here
+    127.0.0.2); a user added live opens it there; the shim restarts a front that dies."""
+    node, proc = _start(tmp_path, 'bind = "127.0.0.2"', _answers)
+    try:
+        assert not _accepts("127.0.0.2", node.port)
+        pw = "closed-front-Pw-" + uuid.uuid4().hex
+        p = subprocess.run([sys.executable, "-m", "core0", "user", "add", "adm", "--role",
+                            "admin", "--state-dir", str(node.state), "--config",
+                            str(tmp_path / "core0.toml")], input=pw + "\n", text=True,
+                           capture_output=True, cwd=str(ROOT), timeout=60, check=False)
+        assert p.returncode == 0, p.stderr
+        assert wait_until(lambda: _accepts("127.0.0.2", node.port), 20)
+        remote = redis.Redis(host="127.0.0.2", port=node.port, ssl=True, ssl_ca_certs=node.ca,
+                             ssl_check_hostname=False, username="adm", password=pw,
+                             socket_timeout=30)
+        assert remote.execute_command("LTTL", "result:none") == -2
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.2", port=node.port, ssl=True, ssl_ca_certs=node.ca,
+                        ssl_check_hostname=False, socket_timeout=30).ping()
+        # supervised: a front that dies is started again
+        first = _front_pid(node)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: _front_pid(node) not in (None, first), 20)
+        assert wait_until(lambda: _accepts("127.0.0.2", node.port), 20)  # locked: bind
+        remote = redis.Redis(host="127.0.0.2", port=node.port, ssl=True, ssl_ca_certs=node.ca,
+                             ssl_check_hostname=False, username="adm", password=pw,
+                             socket_timeout=30)
+        assert remote.execute_command("LKEYEXISTS", "result:none") == 0
+        assert pw not in node.log.read_text(errors="replace")
+    finally:
+        _stop(proc)
+
+
 # ------------------------------------------------ the parts, without a node
 
 
@@ -341,3 +410,19 @@ def test_declared_size_and_acl_mode(tmp_path: Path) -> None:
     assert node_closed(acl) and not node_closed(acl, protected_mode=False)
     acl.write_text("user core0 on #ab ~* &* +@all\nuser default off resetkeys -@all\n")
     assert not node_closed(acl)
+
+
+def test_config_front_needs_tls_files_and_its_own_port(tmp_path: Path) -> None:
+    from core0.config import ConfigError, load
+
+    f = tmp_path / "c.toml"
+    for body, err in (("front_port = 7000\n", "needs redis.tls_cert"),
+                      ('front_port = 6379\nfront_tls = false\n', "also a port of redis-server"),
+                      ('front_port = 7000\ntls_port = 7000\ntls_cert = "c"\ntls_key = "k"\n',
+                       "also a port of redis-server")):
+        f.write_text(f'[main]\nstate_dir = "{tmp_path}"\n[redis]\n{body}')
+        with pytest.raises(ConfigError, match=err):
+            load(str(f), cmdline="", env={})
+    f.write_text(f'[main]\nstate_dir = "{tmp_path}"\n[redis]\nfront_port = 7000\n'
+                 'front_tls = false\n')
+    assert load(str(f), cmdline="", env={}).redis.front_port == 7000
