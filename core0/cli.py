@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         ("init", "run as PID 1 (mounts, reaper, services, supervisor)"),
         ("dev", "run the supervisor, an embedded redis-server and the dispatcher on this host"),
         ("dispatcher", "run the dispatcher alone (normally started by init or dev)"),
+        ("front", "serve 0-core's clients: TLS, LKEYEXISTS/LTTL (started by init or dev "
+                  "when redis.front_port is set)"),
     ):
         _add_config_flags(sub.add_parser(name, help=help_))
     from core0.security import cli as seccli
@@ -102,6 +104,11 @@ def main(argv: list[str] | None = None) -> None:
         # the embedded Redis: core0 connects as its own ACL user (secret in the state dir)
         dispatcher.main(internal_config(cfg),
                         lambda: internal_config(configmod.load(ns.config, overrides=overrides)))
+    elif ns.mode == "front":
+        setup_logging(cfg.main.log_level, "core0-front")
+        from core0.security import front
+
+        sys.exit(front.main(cfg))
     elif ns.mode == "dev":
         setup_logging(cfg.main.log_level, "core0")
         from core0.init.dev import run_dev

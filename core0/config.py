@@ -105,6 +105,11 @@ class RedisConfig(Section):
     tls_key: str = ""
     tls_ca: str = ""
     tls_auth_clients: bool = False
+    #: embedded: the front for 0-core's clients (core0/security/front.py): this TCP port
+    #: (0 = off) on ``bind``, forwarding each connection to the unix socket, renaming
+    #: LKEYEXISTS/LTTL; TLS with ``tls_cert``/``tls_key`` unless ``front_tls`` is false
+    front_port: int = 0
+    front_tls: bool = True
     #: embedded: extra ACL rules (``user …`` lines) appended to the ACL file core0 generates
     #: (<state_dir>/users.acl); the users ``default`` and ``core0`` cannot be redefined there
     aclfile: str = ""
@@ -514,6 +519,13 @@ def validate(cfg: Config) -> None:
     from core0.security.users import check_config_users
 
     check_config_users(cfg)
+    r = cfg.redis
+    if r.front_port and r.front_tls and not (r.tls_cert and r.tls_key):
+        raise ConfigError("redis.front_port (TLS) needs redis.tls_cert and redis.tls_key "
+                          "(`core0 tls init` makes them), or redis.front_tls = false")
+    if r.front_port and r.front_port in (r.tls_port, r.port if (not r.tls_port or r.plain_tcp)
+                                         else 0):
+        raise ConfigError(f"redis.front_port {r.front_port} is also a port of redis-server")
     if not cfg.redis.embedded and not cfg.redis.url:
         raise ConfigError("redis.url is required when redis.embedded = false")
     if not cfg.redis.embedded and cfg.redis.url.startswith("redis://") and not cfg.redis.insecure:

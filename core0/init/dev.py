@@ -28,6 +28,17 @@ def dispatcher_argv(config_path: str | None, overrides: dict[str, dict[str, Any]
     return argv
 
 
+def front_service(cfg: Config, config_path: str | None,
+                  overrides: dict[str, dict[str, Any]]) -> Service | None:
+    """``core0 front`` (0-core's clients: TLS, LKEYEXISTS/LTTL) when ``redis.front_port`` is
+    set and the Redis is the embedded one (the front forwards to its unix socket)."""
+    if not (cfg.redis.embedded and cfg.redis.front_port):
+        return None
+    argv = dispatcher_argv(config_path, overrides)
+    argv[argv.index("dispatcher")] = "front"
+    return Service("front", argv)
+
+
 def build_services(cfg: Config, config_path: str | None,
                    overrides: dict[str, dict[str, Any]]) -> tuple[Service | None, Service]:
     redis_svc = None
@@ -53,7 +64,8 @@ def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str,
 
     process.set_child_subreaper()
     redis_svc, disp = build_services(cfg, config_path, overrides)
-    services = [s for s in (redis_svc, disp) if s is not None]
+    front = front_service(cfg, config_path, overrides)
+    services = [s for s in (redis_svc, front, disp) if s is not None]
     sup = Supervisor(cfg.state_dir, services)
     sup.install_signals()
     sup.listen()
@@ -74,6 +86,6 @@ def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str,
     while not stop["now"]:
         sup.step(None)
     log.info("stopping")
-    sup.shutdown([disp] + ([redis_svc] if redis_svc else []))
+    sup.shutdown([disp] + [s for s in (front, redis_svc) if s is not None])
     (cfg.state_dir / "core0.pid").unlink(missing_ok=True)
     return 0

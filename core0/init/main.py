@@ -212,7 +212,7 @@ class Init:
             log.exception("net: boot network failed")
 
     def _core_services(self) -> None:
-        from core0.init.dev import build_services
+        from core0.init.dev import build_services, front_service
 
         assert self.sup is not None
         self.redis_svc, self.disp = build_services(self.cfg, self.config_path, self.overrides)
@@ -220,7 +220,8 @@ class Init:
         self.disp.env[PID1_ENV] = "1"
         # the dispatcher first: it imports while redis-server starts (it retries until
         # redis answers), and the redis readiness wait does not hold it back
-        for svc in (self.disp, self.redis_svc):
+        front = front_service(self.cfg, self.config_path, self.overrides)
+        for svc in (self.disp, self.redis_svc, front):
             if svc is not None:
                 self.sup.add_service(svc)
 

@@ -3,8 +3,10 @@
 
 One core0 node serves the whole suite. It runs in a network namespace of its own (its links,
 bridges and nft table never touch the host; it shares the host's mounts), listening on
-127.0.0.1 there; the test process joins that namespace (``setns``) for the suite, so the
-client connects the way a 0-core user's would. Disks are loop devices (``storage_fixtures``).
+127.0.0.1 there with a password and its front (TLS, 0-core's command names) on a port of its
+own; the test process joins that namespace (``setns``) for the suite, so the client connects
+the way a 0-core user's would: ``Client(host, port, password=…)``, nothing else changed.
+Disks are loop devices (``storage_fixtures``).
 
 Every test records what each client method did (``record``): the table in docs/compat.md is
 written from it (``CORE0_COMPAT_TABLE=docs/compat.md pytest tests/compat``). Under
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from conftest import IN_CI, free_port, kill_tree, require, require_root
 from net_fixtures import Netns, netns
 from storage_fixtures import umount_below
@@ -140,26 +142,18 @@ def _inside(ns: Netns) -> Iterator[None]:
         os.close(target)
 
 
-class LegacyCommandNames(redis.Redis):
-    """PyPI's 0-core-client (1.1.0a8, the ledis era) asks ``LKEYEXISTS``/``LTTL`` where
-    Redis says ``EXISTS``/``TTL``. 0-core's redis-proxy renamed them for such clients, and a
-    front serving them for core0 must do the same (docs/compat.md). Plain redis-server, what
-    this suite talks to, cannot: the suite's connection renames these two names, as 0-core's
-    proxy did, and nothing else."""
-
-    RENAMED = {"LKEYEXISTS": "EXISTS", "LTTL": "TTL"}
-
-    def execute_command(self, *args: Any, **options: Any) -> Any:
-        if args and args[0] in self.RENAMED:
-            args = (self.RENAMED[args[0]], *args[1:])
-        return super().execute_command(*args, **options)
-
-
 class Zos:
     """The node under test and a connected 0-core client."""
 
-    def __init__(self, ns: Netns, port: int, pid: int, base: Path):
+    def __init__(self, ns: Netns, port: int, pid: int, base: Path, front_port: int,
+                 password: str):
         self.ns, self.port, self.pid, self.base = ns, port, pid, base
+        #: the front (0-core's redis-proxy in core0's place: TLS, LKEYEXISTS/LTTL)
+        self.front_port = front_port
+        #: the ``default`` user's password: 0-core's one-argument AUTH
+        self.password = password
+        #: the node's CA (``core0 tls init``), which the client's side trusts
+        self.ca = base / "tls" / "ca.crt"
         self.client: Any = None
         #: where tests mount things
         self.mnt = base / "mnt"
@@ -174,31 +168,45 @@ def _start(ns: Netns, base: Path) -> Zos:
     state = base / "state"
     state.mkdir(parents=True)
     (base / "mnt").mkdir()
-    port = free_port()
+    port, front_port = free_port(), free_port()
+    password = secrets.token_urlsafe(18)
+    tls = base / "tls"
+    subprocess.run([sys.executable, "-m", "core0", "tls", "init", "--dir", str(tls)],
+                   check=True, cwd=str(ROOT), capture_output=True, timeout=120)
+    # as a node serving 0-core's clients: a credential (the default user, 0-core's
+    # one-argument AUTH) and the front on TLS, where 0-core's redis-proxy was
+    conf = base / "core0.toml"
+    conf.write_text(f"""[redis]
+password = "{password}"
+tls_cert = "{tls}/server.crt"
+tls_key = "{tls}/server.key"
+tls_ca = "{tls}/ca.crt"
+front_port = {front_port}
+""")
+    os.chmod(conf, 0o600)
     # only the network namespace is the node's own: it shares the host's mounts (loop devices
     # mounted by the tests, the cgroup hierarchies), which ``ip netns exec`` would hide
     with open(base / "node.log", "wb") as log:
         proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{ns.name}", "--",
-             sys.executable, "-m", "core0", "dev",
+             sys.executable, "-m", "core0", "dev", "--config", str(conf),
              "--state-dir", str(state), "--redis-port", str(port)],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), start_new_session=True)
-    return Zos(ns, port, proc.pid, base)
+    return Zos(ns, port, proc.pid, base, front_port, password)
 
 
 def _connect(zos: Zos) -> Any:
-    """THE connection of the suite (the one place to change when the node serves TLS).
-
-    0-core's client defaults to ``ssl=True``; core0 serves TLS to remote clients through its
-    node front, which this dev node does not run yet, so the suite connects with
-    ``ssl=False``. Everything else is the client's default (timeout 10 s, db 0, no password).
-    """
+    """THE connection of the suite: 0-core's client with its own defaults (``ssl=True``,
+    one-argument ``AUTH``, timeout 10 s, db 0, three connection attempts) on the node's
+    front, as a 0-core user connects to 0-core's redis-proxy. The client is unchanged: its
+    ledis-era ``LKEYEXISTS``/``LTTL`` reach Redis renamed by the front. Its redis-py verifies
+    the certificate against the default trust store, to which the user adds the node's CA
+    (here: ``SSL_CERT_FILE`` for the suite's process, set by ``zos``)."""
     zc = zeroos()
     deadline = time.monotonic() + 30
     while True:
         try:
-            c = zc.Client("127.0.0.1", zos.port, ssl=False, testConnectionAttempts=0)
-            c._redis.__class__ = LegacyCommandNames
+            c = zc.Client("127.0.0.1", zos.front_port, password=zos.password)
             c.ping()
             return c
         except Exception:
@@ -212,16 +220,22 @@ def _connect(zos: Zos) -> Any:
 def zos() -> Iterator[Zos]:
     """A core0 node in its own netns, and 0-core's client connected to it."""
     require_root()
-    require("redis-server", "nft", "dnsmasq", "ip", "nsenter")
+    require("redis-server", "nft", "dnsmasq", "ip", "nsenter", "openssl")
     zeroos()
     base = Path(tempfile.mkdtemp(prefix="core0-compat-"))
     with netns("compat") as ns:
         node = _start(ns, base)
+        trust = os.environ.get("SSL_CERT_FILE")
+        os.environ["SSL_CERT_FILE"] = str(node.ca)
         try:
             with _inside(ns):
                 node.client = _connect(node)
                 yield node
         finally:
+            if trust is None:
+                os.environ.pop("SSL_CERT_FILE", None)
+            else:
+                os.environ["SSL_CERT_FILE"] = trust
             with contextlib.suppress(ProcessLookupError):
                 os.kill(node.pid, signal.SIGTERM)
             deadline = time.monotonic() + 15
