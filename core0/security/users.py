@@ -18,7 +18,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from core0.errors import CommandError
+from core0.schema import Doc, Schema
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -112,6 +115,18 @@ def _check_queues(cfg: Config, queues: Any, where: str) -> tuple[str, ...] | Non
     return tuple(queues)
 
 
+@dataclass(frozen=True)
+class UserTable(Schema):
+    """A ``[users.<name>]`` table of the configuration."""
+
+    __unknown__: ClassVar[str] = "key"
+
+    role: Annotated[str, Doc("admin, operator or read-only")]
+    password: Annotated[str, Doc("the password (stored as its SHA-256 only)")] = ""
+    password_sha256: Annotated[str, Doc("or its SHA-256 (hex)")] = ""
+    queues: Annotated[list[str] | None, Doc("queues (default: every queue of the role)")] = None
+
+
 def config_users(cfg: Config) -> dict[str, User]:
     """Users defined by the configuration: ``redis.password`` (user ``default``) and the
     ``[users.<name>]`` tables."""
@@ -125,20 +140,18 @@ def config_users(cfg: Config) -> dict[str, User]:
         where = f"{spec.get('__source__', 'config')}: [users.{name}]"
         try:
             check_name(name, allow_default=False)
-            unknown = set(spec) - CONFIG_KEYS
-            if unknown:
-                raise UserError(f"unknown key {sorted(unknown)[0]}")
-            role = spec.get("role")
-            if not isinstance(role, str):
-                raise UserError("role is required (admin, operator or read-only)")
-            pw, ph = spec.get("password"), spec.get("password_sha256")
-            if isinstance(pw, str) and pw and not ph:
-                h = sha256_hex(check_password(pw))
-            elif isinstance(ph, str) and ph and not pw:
-                h = normalize_hash(ph)
+            try:  # the shape: core0.schema, the one validator (no secret in its messages)
+                t = UserTable.parse({k: v for k, v in spec.items() if k != "__source__"},
+                                    f"users.{name}")
+            except CommandError as e:
+                raise UserError(e.message.removeprefix(f"users.{name}.")) from None
+            if t.password and not t.password_sha256:
+                h = sha256_hex(check_password(t.password))
+            elif t.password_sha256 and not t.password:
+                h = normalize_hash(t.password_sha256)
             else:
                 raise UserError("exactly one of password, password_sha256 is required")
-            out[name] = User(name, check_role(role), h,
+            out[name] = User(name, check_role(t.role), h,
                              _check_queues(cfg, spec.get("queues"), where),
                              source=str(spec.get("__source__", "config")))
         except UserError as e:
