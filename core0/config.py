@@ -175,6 +175,16 @@ class BusConfig(Section):
     output_pending_bytes: int = 4 << 20
     output_backlog_bytes: int = 64 << 20
 
+    #: private queues: the ids of their commands must start with ``<queue>.``, and their users
+    #: may read only those jobs' results, streams and logs (ACL key patterns), see only those
+    #: jobs' arguments and act only on those jobs — users are isolated from each other
+    #: (core0's client makes such ids itself when given ``queue=``)
+    private_queues: list[str] = field(default_factory=list)
+
+    def private_prefix(self, queue: str) -> str | None:
+        """The id prefix required on ``queue`` (a queue name), or None."""
+        return f"{queue}." if queue in self.private_queues else None
+
     def role_cap(self, role: Role) -> int | None:
         """In-flight job cap of a role (None = admin: bounded by max_jobs only)."""
         return _per_role(self.role_max_jobs, role)
@@ -506,9 +516,15 @@ def validate(cfg: Config) -> None:
     from core0.registry import Role
 
     try:
-        cfg.bus.queue_roles()
+        roles = cfg.bus.queue_roles()
     except ValueError as e:
         raise ConfigError(f"bus.queues: {e}") from None
+    for q in cfg.bus.private_queues:
+        if q not in cfg.bus.queues:
+            raise ConfigError(f"bus.private_queues: {q!r} is not in bus.queues")
+        if roles[q] >= Role.ADMIN:
+            raise ConfigError(f"bus.private_queues: {q!r} is an admin queue (admin reads every "
+                              "job; make it private only below admin)")
     try:
         Role.parse(cfg.redis.default_role)
     except ValueError as e:

@@ -71,6 +71,12 @@ class Context:
         return self.job.role
 
     @property
+    def scope(self) -> str | None:
+        """The id prefix of the private queue this command arrived on (None: not private);
+        below admin, such a caller sees and acts only on its own queue's jobs."""
+        return getattr(self.job, "scope", None)
+
+    @property
     def tags(self) -> list[str]:
         return list(self.job.cmd.tags or [])
 

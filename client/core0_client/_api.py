@@ -27,7 +27,7 @@ from core0_client.errors import (
     TimeoutError,
 )
 from core0_client.managers import MANAGERS
-from core0_client.protocol import Command, Keys, Level
+from core0_client.protocol import Command, Keys, Level, new_id
 from core0_client.replies import parse_record, parse_result
 from core0_client.resp import DEFAULT_MAX_BULK, Arg, ErrorReply
 from core0_client.transport import clean
@@ -342,6 +342,7 @@ class ClientAPI:
         queue: str = "default",
         retries: int = 20,
         max_reply_bytes: int = DEFAULT_MAX_BULK,
+        id_prefix: str | None = None,
     ):
         self.timeout = float(timeout)
         self.retries = retries
@@ -350,6 +351,10 @@ class ClientAPI:
                                  ssl_ca_certs, ssl_certfile, ssl_keyfile, ssl_verify)
         self.keys = Keys(prefix)
         self.queue_key = self.keys.queue(queue)
+        #: prefix of the ids this client makes: ``<queue>.`` on any queue but ``default``
+        #: (a node's private queues require it; on other queues it is just part of the id)
+        self.id_prefix = f"{queue}." if id_prefix is None and queue != "default" else (
+            id_prefix or "")
         #: the ACL user may read result keys but not BLMOVE them: poll
         self._read_only_results = False
         self._open_pool(max_reply_bytes, min(connect_timeout, self.timeout))
@@ -425,6 +430,8 @@ class ClientAPI:
 
     def _g_raw(self, command: str, arguments: dict[str, Any] | None = None,
                **kw: Any) -> Gen:
+        if self.id_prefix and kw.get("id") is None:
+            kw["id"] = self.id_prefix + new_id()
         cmd = build(command, arguments, **kw)
         yield from self._g_push([cmd])
         return self._response_class(self, cmd.id, cmd)

@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
+from core0_client.protocol import (
+    Code,
+    Command,
+    Keys,
+    ProtocolError,
+    decode_command,
+    recover_id,
+)
 
 from core0 import registry
 from core0.boot.services import ServiceManager
@@ -87,6 +94,9 @@ class Dispatcher:
             import core0.commands._testhooks  # noqa: F401  (fault tests only)
         self.cfg = cfg
         self.roles = cfg.bus.queue_roles()
+        #: queue key → the id prefix its commands must carry (private queues)
+        self.private = {Keys(cfg.bus.prefix).queue(name): p for name in self.roles
+                        if (p := cfg.bus.private_prefix(name)) is not None}
         self.bus = Bus(cfg)
         self.reaper = process.Reaper()
         self.inotify = Inotify()
@@ -259,8 +269,8 @@ class Dispatcher:
                 pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
-                result = await self.engine.run_inline(cmd, spec, acc.args, role)
-                self.engine.remember(cmd.id, result, role)
+                result = await self.engine.run_inline(cmd, spec, acc.args, role, processing)
+                self.engine.remember(cmd.id, result, role, self.private.get(queue))
                 self.stats["inline"] += 1
                 pubs.append(Publish(cmd.id, result, raw, processing, mode))
             else:
@@ -293,6 +303,8 @@ class Dispatcher:
             # a big command is searched in a thread: the loop keeps serving
             job_id = (recover_id(raw) if len(raw) < (1 << 20)
                       else await asyncio.to_thread(recover_id, raw))
+            if job_id is not None and not self._id_allowed(queue, job_id):
+                job_id = None
             if job_id is None:
                 self.stats["dead_letters"] += 1
                 log.warning("dead letter on %s: %s", queue, e)
@@ -301,12 +313,19 @@ class Dispatcher:
                 return None
             self._error(pubs, job_id, "", BadRequest(str(e), code=e.code), raw, processing)
             return None
+        reason = None
         if colliding_id(cmd.id):
             # its result key would be another job's flag or run result: answering would
             # hijack that job, so it is refused like a command without an id
+            reason = "id names another job's keys"
+        elif not self._id_allowed(queue, cmd.id):
+            # a private queue's ids carry its name: the result would land where its users
+            # cannot read it (and others could), so it is not answered
+            reason = f"id must start with {self.private[queue]!r} on this private queue"
+        if reason is not None:
             self.stats["dead_letters"] += 1
-            log.warning("dead letter on %s: id %r names another job's keys", queue, cmd.id)
-            await self.bus.dead_letter(queue, raw, "id names another job's keys", None)
+            log.warning("dead letter on %s: id %r: %s", queue, cmd.id, reason)
+            await self.bus.dead_letter(queue, raw, reason, None)
             await self.bus.release(processing, raw)
             return None
         bad = self._check_limits(cmd)
@@ -329,6 +348,10 @@ class Dispatcher:
             self._error(pubs, cmd.id, cmd.command, e, raw, processing, cmd)
             return None
         return Accepted(cmd, spec, args, raw)
+
+    def _id_allowed(self, queue: str, job_id: str) -> bool:
+        prefix = self.private.get(queue)
+        return prefix is None or (job_id.startswith(prefix) and len(job_id) > len(prefix))
 
     def _check_limits(self, cmd: Command) -> CommandError | None:
         """Refuse out-of-range options."""

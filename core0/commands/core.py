@@ -147,8 +147,8 @@ async def subscribe(ctx: Context, args: SubscribeArgs) -> dict[str, Any]:
     if not await bus.exists(key) and args.id not in ctx.engine.table:
         raise NotFound(f"no such job output: {args.id}")
     # a role reads only the output of its own jobs and of lower roles' (unknown: admin only)
-    role = ctx.engine.role_of(args.id)
-    if (role is None and ctx.role < Role.ADMIN) or (role is not None and role > ctx.role):
+    access = ctx.engine.may_access(args.id, ctx.role, ctx.scope)
+    if not access and (access is False or ctx.role < Role.ADMIN):
         raise Forbidden(f"the output of {args.id} is not readable from this queue")
     conn = bus.blocking_client()
     last = "0-0"

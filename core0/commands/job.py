@@ -26,14 +26,14 @@ async def list_(ctx: Context, args: ListArgs) -> list[dict[str, Any]]:
     caller's queue are shown without their arguments (``redacted: true``)."""
     if args.id and args.id not in ctx.engine.table:
         raise NotFound(f"no such job: {args.id}")
-    return ctx.engine.describe_all(args.id, ctx.role)
+    return ctx.engine.describe_all(args.id, ctx.role, ctx.scope)
 
 
 def _own(ctx: Context, job_id: str) -> None:
-    """A queue may act only on jobs of its own role or below (Forbidden otherwise)."""
-    role = ctx.engine.role_of(job_id)
-    if role is not None and role > ctx.role:
-        raise Forbidden(f"job {job_id} belongs to a higher role than this queue's")
+    """A queue may act only on jobs of its own role or below, and a private queue only on
+    its own jobs (Forbidden otherwise)."""
+    if ctx.engine.may_access(job_id, ctx.role, ctx.scope) is False:
+        raise Forbidden(f"job {job_id} is not this queue's to act on")
 
 
 @dataclass(frozen=True)
@@ -70,4 +70,4 @@ async def unschedule(ctx: Context, args: IdArgs) -> bool:
 async def killall(ctx: Context, args: NoArgs) -> int:
     """SIGTERM every job of the caller's role or below but this one, subscribers and core0's
     own services; returns how many were signalled."""
-    return ctx.engine.killall(exclude={ctx.id}, role=ctx.role)
+    return ctx.engine.killall(exclude={ctx.id}, role=ctx.role, scope=ctx.scope)

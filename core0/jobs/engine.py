@@ -33,7 +33,7 @@ from core0.context import Context, ProcessSpec
 from core0.errors import Conflict, Killed, NotFound, Timeout
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.job import InlineJob, Job
+from core0.jobs.job import InlineJob, Job, visible_to
 from core0.jobs.output import QueueSlots
 from core0.jobs.result import TERMINATING, builtin_result, exception_result, process_result
 from core0.proc import process
@@ -91,7 +91,7 @@ class JobEngine:
         self.recent_max = 20000
         self.recent_bytes = 0
         #: id → role of recently finished jobs (who may read their output)
-        self.recent_roles: OrderedDict[str, Role] = OrderedDict()
+        self.recent_roles: OrderedDict[str, tuple[Role, str | None]] = OrderedDict()
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs")
@@ -128,6 +128,13 @@ class JobEngine:
 
     # ------------------------------------------------------------ start
 
+    def scope_of(self, processing: str) -> str | None:
+        """The id prefix of the private queue whose processing list this is (or None)."""
+        head = f"{self.cfg.bus.prefix}core:"
+        if not processing.startswith(head) or not processing.endswith(":processing"):
+            return None
+        return self.cfg.bus.private_prefix(processing[len(head):-len(":processing")])
+
     def new_job(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role, raw: bytes,
                 processing: str) -> Job:
         """A job of this engine (for machinery below the engine: it never imports ``Job``)."""
@@ -140,7 +147,8 @@ class JobEngine:
         self.started_total += 1
         job.task = asyncio.ensure_future(self._main(job, resume))
 
-    def remember(self, job_id: str, result_json: str, role: Role | None = None) -> None:
+    def remember(self, job_id: str, result_json: str, role: Role | None = None,
+                 scope: str | None = None) -> None:
         """Keep a finished job's result (and role) to re-answer a resubmission; the cache is
         bounded by count and by ``bus.result_cache_bytes``."""
         old = self.recent.pop(job_id, None)
@@ -153,7 +161,7 @@ class JobEngine:
             _, dropped = self.recent.popitem(last=False)
             self.recent_bytes -= len(dropped)
         if role is not None:
-            self.recent_roles[job_id] = role
+            self.recent_roles[job_id] = (role, scope)
             self.recent_roles.move_to_end(job_id)
             while len(self.recent_roles) > self.recent_max:
                 self.recent_roles.popitem(last=False)
@@ -163,7 +171,20 @@ class JobEngine:
         job = self.table.get(job_id)
         if job is not None:
             return job.role
-        return self.recent_roles.get(job_id)
+        known = self.recent_roles.get(job_id)
+        return known[0] if known else None
+
+    def may_access(self, job_id: str, viewer: Role, scope: str | None) -> bool | None:
+        """May a caller (role, private-queue scope) see/act on this running or recently
+        finished job? None when the job is unknown."""
+        job = self.table.get(job_id)
+        if job is not None:
+            return visible_to(job, viewer, scope)
+        known = self.recent_roles.get(job_id)
+        if known is None:
+            return None
+        role, job_scope = known
+        return viewer >= Role.ADMIN or (viewer >= role and job_scope == scope)
 
     async def _main(self, job: Job, resume: jobstate.Saved | None) -> None:
         result: Result | None = None
@@ -275,7 +296,7 @@ class JobEngine:
                                     job.cmd.stream, pub)
             except Exception:
                 log.exception("job %s: result not written", job.id)
-            self.remember(job.id, text, job.role)
+            self.remember(job.id, text, job.role, job.scope)
         self.store.remove(job.id)
         if self.table.pop(job.id, None) is not None and not job.internal:
             self.by_role[job.role] -= 1
@@ -312,10 +333,11 @@ class JobEngine:
     def _error(self, job: Job, exc: BaseException) -> Result:
         return exception_result(job.id, job.cmd.command, exc, job.starttime, job.cmd.tags)
 
-    async def run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role) -> str:
+    async def run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role,
+                         processing: str = "") -> str:
         """Run an inline command (quick, side-effect free, no max_time) right away; returns
         its result JSON."""
-        job = InlineJob(cmd, spec, role)
+        job = InlineJob(cmd, spec, role, self.scope_of(processing))
         try:
             value = await spec.handler(Context(self, job), args)  # type: ignore[arg-type]
             res = builtin_result(job, value)
@@ -458,25 +480,25 @@ class JobEngine:
         return True
 
     def killall(self, sig: int = signal.SIGTERM, exclude: set[str] | None = None,
-                role: Role = Role.ADMIN) -> int:
-        """Signal every job of ``role`` or below (never core0's own services, never
-        subscribers); returns how many."""
+                role: Role = Role.ADMIN, scope: str | None = None) -> int:
+        """Signal every job the caller (``role``, private-queue ``scope``) may act on (never
+        core0's own services, never subscribers); returns how many."""
         n = 0
         for job_id in list(self.table):
             job = self.table[job_id]
             if job.spec.name == "core.subscribe" or (exclude and job_id in exclude):
                 continue
-            if job.internal or job.role > role:
+            if job.internal or not visible_to(job, role, scope):
                 continue
             if self.kill(job_id, sig):
                 n += 1
         return n
 
-    def describe_all(self, job_id: str | None = None,
-                     viewer: Role = Role.ADMIN) -> list[dict[str, Any]]:
+    def describe_all(self, job_id: str | None = None, viewer: Role = Role.ADMIN,
+                     scope: str | None = None) -> list[dict[str, Any]]:
         jobs = [self.table[job_id]] if job_id and job_id in self.table else (
             [] if job_id else list(self.table.values()))
-        return [j.describe(viewer) for j in jobs]
+        return [j.describe(viewer, scope) for j in jobs]
 
     # ------------------------------------------------------------ services
 

@@ -38,6 +38,8 @@ class Job:
         self.role = role
         self.raw = raw
         self.processing = processing
+        #: the id prefix of the private queue it came from (None: not private)
+        self.scope = engine.scope_of(processing)
         self.state = "queued"
         self.run = 0
         self.restarts = 0
@@ -78,11 +80,12 @@ class Job:
     def killed(self) -> bool:
         return self.kill_signal in TERMINATING
 
-    def describe(self, viewer: Role = Role.ADMIN) -> dict[str, Any]:
-        """The job as job.list shows it. A viewer of a lower role than the job's sees no
-        arguments, stdin, environment or label (they may hold secrets)."""
+    def describe(self, viewer: Role = Role.ADMIN, scope: str | None = None) -> dict[str, Any]:
+        """The job as job.list shows it. A viewer of a lower role than the job's, or below
+        admin and outside the job's private queue, sees no arguments, stdin, environment or
+        label (they may hold secrets)."""
         cmd = self.cmd.to_dict()
-        redacted = viewer < self.role
+        redacted = not visible_to(self, viewer, scope)
         if redacted:
             cmd["arguments"] = {}
         d: dict[str, Any] = {
@@ -121,12 +124,25 @@ class Job:
 class InlineJob:
     """A stand-in job for inline commands (no task, no output, never a process)."""
 
-    def __init__(self, cmd: Command, spec: CommandSpec, role: Role):
+    def __init__(self, cmd: Command, spec: CommandSpec, role: Role, scope: str | None = None):
         self.cmd = cmd
         self.spec = spec
         self.role = role
+        #: the id prefix of the private queue it came from (None: not private)
+        self.scope = scope
         self.starttime = now_ms()
 
     @property
     def id(self) -> str:
         return self.cmd.id
+
+
+def visible_to(job: Job | InlineJob, viewer: Role, scope: str | None) -> bool:
+    """May a caller of role ``viewer`` from a queue with id scope ``scope`` see (and act on)
+    ``job``? Its role must be at least the job's; below admin, a job of a private queue is
+    visible only from that queue, and a caller on a private queue sees only its own jobs."""
+    if viewer < job.role:
+        return False
+    if viewer >= Role.ADMIN:
+        return True
+    return job.scope == scope

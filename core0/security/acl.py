@@ -64,9 +64,12 @@ def user_rules(cfg: Config, user: User) -> list[str]:
     rules = ["resetkeys", "resetchannels", "-@all", *CONNECTION_CMDS]
     if queues:
         rules.append("(+rpush " + " ".join(f"~{p}core:{glob_literal(q)}" for q in queues) + ")")
-    rules.append("(" + " ".join(RESULT_CMDS) + f" ~{p}result:*)")
-    rules.append("(" + " ".join(STREAM_CMDS) + f" ~{p}stream:*)")
-    rules.append("(" + " ".join(LOG_CMDS) + f" ~{p}log:*)")
+    # a user whose queues are all private reads only its own jobs' keys (ids "<queue>.…")
+    own = [f"{glob_literal(q)}.*" for q in queues]
+    ids = own if queues and all(q in cfg.bus.private_queues for q in queues) else ["*"]
+    for cmds, kind in ((RESULT_CMDS, "result"), (STREAM_CMDS, "stream"), (LOG_CMDS, "log")):
+        rules.append("(" + " ".join(cmds) + " " + " ".join(f"~{p}{kind}:{i}" for i in ids)
+                     + ")")
     return rules
 
 
