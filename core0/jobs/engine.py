@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import (
@@ -35,6 +34,7 @@ from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import InlineJob, Job, visible_to
 from core0.jobs.output import QueueSlots
+from core0.jobs.recent import RecentResults
 from core0.jobs.result import TERMINATING, builtin_result, exception_result, process_result
 from core0.proc import process
 from core0.proc.output import FileFollower, OutputParser
@@ -85,13 +85,9 @@ class JobEngine:
         self.shim = shim
         self.table: dict[str, Job] = {}
         self.queues = QueueSlots()
-        #: id → result JSON of recently finished jobs (answers resubmissions after Redis loss),
-        #: bounded by count and by bytes
-        self.recent: OrderedDict[str, str] = OrderedDict()
-        self.recent_max = 20000
-        self.recent_bytes = 0
-        #: id → role of recently finished jobs (who may read their output)
-        self.recent_roles: OrderedDict[str, tuple[Role, str | None]] = OrderedDict()
+        #: results (and owners) of recently finished jobs: re-answers resubmissions after
+        #: Redis lost them; bounded by count and by bytes
+        self.recent = RecentResults(cfg.bus.result_cache_bytes)
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs")
@@ -149,29 +145,15 @@ class JobEngine:
 
     def remember(self, job_id: str, result_json: str, role: Role | None = None,
                  scope: str | None = None) -> None:
-        """Keep a finished job's result (and role) to re-answer a resubmission; the cache is
-        bounded by count and by ``bus.result_cache_bytes``."""
-        old = self.recent.pop(job_id, None)
-        if old is not None:
-            self.recent_bytes -= len(old)
-        self.recent[job_id] = result_json
-        self.recent_bytes += len(result_json)
-        while self.recent and (len(self.recent) > self.recent_max
-                               or self.recent_bytes > self.cfg.bus.result_cache_bytes):
-            _, dropped = self.recent.popitem(last=False)
-            self.recent_bytes -= len(dropped)
-        if role is not None:
-            self.recent_roles[job_id] = (role, scope)
-            self.recent_roles.move_to_end(job_id)
-            while len(self.recent_roles) > self.recent_max:
-                self.recent_roles.popitem(last=False)
+        """Keep a finished job's result (and owner) to re-answer a resubmission."""
+        self.recent.add(job_id, result_json, role, scope)
 
     def role_of(self, job_id: str) -> Role | None:
         """The role of a running or recently finished job (None: unknown)."""
         job = self.table.get(job_id)
         if job is not None:
             return job.role
-        known = self.recent_roles.get(job_id)
+        known = self.recent.owner(job_id)
         return known[0] if known else None
 
     def may_access(self, job_id: str, viewer: Role, scope: str | None) -> bool | None:
@@ -180,7 +162,7 @@ class JobEngine:
         job = self.table.get(job_id)
         if job is not None:
             return visible_to(job, viewer, scope)
-        known = self.recent_roles.get(job_id)
+        known = self.recent.owner(job_id)
         if known is None:
             return None
         role, job_scope = known
