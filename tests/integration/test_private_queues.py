@@ -120,6 +120,7 @@ def test_users_see_and_touch_only_their_own_jobs(node: Node) -> None:
                 timeout=30) as bob:
         long = bob.raw("info.version", {}, recurring_period=3600)
         assert long.id.startswith("bob.")  # the client prefixes ids on its queue
+        assert wait_until(lambda: any(j["id"] == long.id for j in bob.json("job.list", {})), 10)
         with Client(port=node.port, username="alice", password=ALICE_PW, queue="alice",
                     timeout=30) as alice:
             assert alice.raw("info.version", {}, tags=[secret]).get().state.value == "SUCCESS"
