@@ -81,7 +81,10 @@ class Job:
         self.run = 0
         self.restarts = 0
         self.pid: int | None = None
+        #: the process's start time (clock ticks since boot): at or after ``start_ticks``, at or
+        #: before ``start_max`` (0: exactly ``start_ticks``)
         self.start_ticks = 0
+        self.start_max = 0
         self.starttime = now_ms()
         self.created = self.starttime
         self.label = cmd.command
@@ -424,17 +427,20 @@ class JobEngine:
             exe = find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
             job.start_ticks = boot_ticks()  # "spawned at or after": see _adopted_exit
+            job.start_max = 0
             self.store.save(job, state="spawning")
             try:
                 sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
-                                         stderr=fe, exe=exe)
+                                         stderr=fe, exe=exe, start_ticks=False)
             finally:
                 os.close(fo)
                 os.close(fe)
                 os.close(fi)
             if _CRASH_AFTER_SPAWN and job.comm == _CRASH_AFTER_SPAWN:
                 os._exit(70)  # fault tests: die in the instant between spawn and bookkeeping
-            job.pid, job.start_ticks = sp.pid, sp.start_ticks
+            # the child was forked between the two readings of the boot clock: that bracket
+            # tells it from a later process that reuses its pid (no read of /proc/<pid>/stat)
+            job.pid, job.start_max = sp.pid, boot_ticks()
             self.store.save(job, state="running")
             job.spawned.set()
             done = asyncio.ensure_future(self.reaper.watch(
@@ -442,6 +448,7 @@ class JobEngine:
         else:
             job.label = resume.label
             job.pid, job.start_ticks = resume.pid, resume.start_ticks
+            job.start_max = resume.start_max
             job.state = "running"
             job.spawned.set()
             offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
@@ -496,7 +503,7 @@ class JobEngine:
             log.warning("job %s: %d candidate process(es) for its exit status", job.id,
                         len(found))
             return None
-        alive = saved.pid and process.proc_start_ticks(saved.pid) == saved.start_ticks
+        alive = saved.pid and jobstate.same_process(saved, process.proc_start_ticks(saved.pid))
         status: int | None = None
         if self.shim is not None and saved.pid:
             status = await self.shim.wait_exit(saved.pid)
@@ -632,6 +639,7 @@ class JobEngine:
                     if found:
                         saved.state, saved.pid = "running", found
                         saved.start_ticks = process.proc_start_ticks(found)
+                        saved.start_max = 0
                 self.start(job, saved)
             n += 1
             log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)

@@ -47,6 +47,18 @@ class Saved:
     next_run: float = 0.0
     protected: bool = False
     comm: str = ""
+    #: the process started at or before this tick (0: exactly at ``start_ticks``)
+    start_max: int = 0
+
+
+def same_process(saved: Saved, start_ticks: int) -> bool:
+    """Whether a live process that started at ``start_ticks`` is the saved job's process (and
+    not a later one that got its pid)."""
+    if not start_ticks:
+        return False
+    if saved.start_max:
+        return saved.start_ticks <= start_ticks <= saved.start_max
+    return start_ticks == saved.start_ticks
 
 
 def _dirname(job_id: str) -> str:
@@ -102,6 +114,7 @@ class JobStore:
             "state": state,
             "pid": job.pid,
             "start_ticks": job.start_ticks,
+            "start_max": job.start_max,
             "starttime": job.starttime,
             "label": job.label,
             "status": status,
@@ -176,6 +189,7 @@ def _load(d: Path) -> Saved:
         next_run=float(body.get("next_run") or 0.0),
         protected=bool(body.get("protected")),
         comm=body.get("comm") or "",
+        start_max=int(body.get("start_max") or 0),
     )
 
 
