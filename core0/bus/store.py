@@ -32,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from core0.bus.resp import RespConnection, RespError, Script, SharedConnection
+from core0.bus.resp import RespError, Script, SharedConnection
 from core0.config import Config
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class PopLink:
     def __init__(self, cfg: Config, keys: Keys):
         self.cfg = cfg
         self.keys = keys
-        self.conn = RespConnection(cfg, [POP_MORE, PICKUP, PUBLISH])
+        self.conn = SharedConnection(cfg, [POP_MORE, PICKUP, PUBLISH])
 
     async def connect(self) -> None:
         await self.conn.connect()
@@ -171,7 +171,30 @@ class PopLink:
             [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
 
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
-        replies = await self.conn.execute(commands, timeout)
+        return self._check(await self.conn.execute(commands, timeout))
+
+    def submit(self, commands: list[list[Any]]) -> asyncio.Future[list[Any]]:
+        """Queue commands for the next write (see :meth:`replies`)."""
+        return self.conn.submit(commands)
+
+    async def replies(self, fut: asyncio.Future[list[Any]], timeout: float = 10.0) -> list[Any]:
+        """The replies of a :meth:`submit`."""
+        return self._check(await self.conn.wait(fut, timeout))
+
+    def publish_cmds(self, pubs: Sequence[Publish]) -> list[list[Any]]:
+        return [self._publish_cmd(p) for p in pubs]
+
+    def pickup_cmds(self, items: Sequence[tuple[str, str, bytes]]) -> list[list[Any]]:
+        return [PICKUP.call([self.keys.flag(jid), processing], [raw])
+                for jid, processing, raw in items]
+
+    def pop_cmd(self, blocking: bool, queue: str, processing: str, n: int) -> list[Any]:
+        """BLMOVE of one command (``blocking``) or a batched pop of up to ``n``."""
+        if blocking:
+            return ["BLMOVE", queue, processing, "LEFT", "RIGHT", self.cfg.bus.block_timeout]
+        return POP_MORE.call([queue, processing], [n])
+
+    def _check(self, replies: list[Any]) -> list[Any]:
         for r in replies:
             if isinstance(r, RespError):
                 if str(r).startswith("NOSCRIPT"):
