@@ -18,6 +18,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -150,6 +151,7 @@ def main() -> None:
         worker.terminate()
         node.stop()
         stop(srv)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
