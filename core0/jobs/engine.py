@@ -16,6 +16,7 @@ import signal
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -56,6 +57,10 @@ log = logging.getLogger(__name__)
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 
 GRACE = 2.0
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
 class Job:
@@ -186,6 +191,7 @@ class JobEngine:
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs")
+        inotify.watch_dir(str(self.store.out))  # every job's output files: one watch
         self._room = asyncio.Event()
         self._room.set()
         self.started_total = 0
@@ -366,7 +372,8 @@ class JobEngine:
             except Exception:
                 log.exception("job %s: result not written", job.id)
             self.remember(job.id, text, job.role)
-        self.store.remove(job.id)
+        if job.process:
+            self.store.remove(job.id, job.run)
         if self.table.pop(job.id, None) is not None and not job.internal:
             self.by_role[job.role] -= 1
         self._room.set()
@@ -407,19 +414,20 @@ class JobEngine:
     async def _process_run(
         self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
     ) -> Result:
-        run_dir = self.store.ensure_dir(job.id) if resume is None else self.store.dir(job.id)
-        out_path, err_path = run_dir / f"out.{job.run}", run_dir / f"err.{job.run}"
+        out_path, err_path = self.store.output_paths(job.id, job.run)
         done: asyncio.Future[int | None]
         offsets = (0, 0)
         if resume is None:
             assert ps is not None
             job.label = ps.label or " ".join(ps.argv)
+            self.store.new_run(job.id, job.run, bool(ps.stdin))
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
             fo = os.open(out_path, flags, 0o600)
             fe = os.open(err_path, flags, 0o600)
             if ps.stdin:
-                in_path = run_dir / f"in.{job.run}"
-                in_path.write_bytes(ps.stdin)
+                in_path = self.store.stdin_path(job.id, job.run)
+                with open(in_path, "wb", opener=_private) as stdin_file:
+                    stdin_file.write(ps.stdin)
                 fi = os.open(in_path, os.O_RDONLY | os.O_CLOEXEC)
             else:
                 fi = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -451,11 +459,11 @@ class JobEngine:
             job.start_max = resume.start_max
             job.state = "running"
             job.spawned.set()
-            offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
+            offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
             done = asyncio.ensure_future(self._adopted_exit(job, resume))
         backlog = self.cfg.bus.output_backlog_bytes
         followers = [
-            FileFollower(str(path), OutputParser(level), job.output.add, offset,
+            FileFollower(path, OutputParser(level), job.output.add, offset,
                          full=job.output.full, backlog_max=backlog)
             for path, level, offset in ((out_path, Level.STDOUT, offsets[0]),
                                         (err_path, Level.STDERR, offsets[1]))
@@ -623,7 +631,7 @@ class JobEngine:
                 cmd, spec, args, role = parse(saved)
             except Exception as e:
                 log.warning("job %s in state dir cannot be adopted: %s", saved.id, e)
-                self.store.remove(saved.id)
+                self.store.remove(saved.id, saved.run)
                 continue
             job = Job(self, cmd, spec, args, role, saved.raw, saved.processing)
             job.run = saved.run
@@ -635,7 +643,8 @@ class JobEngine:
                 job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))
             else:
                 if saved.state == "spawning":
-                    found = jobstate.find_writer(self.store.dir(job.id) / f"out.{saved.run}")
+                    found = jobstate.find_writer(
+                        Path(self.store.output_paths(job.id, saved.run)[0]))
                     if found:
                         saved.state, saved.pid = "running", found
                         saved.start_ticks = process.proc_start_ticks(found)
@@ -649,7 +658,7 @@ class JobEngine:
         await retry_forever("result", self.bus.publish,
                             [Publish(job.id, text, job.raw, job.processing, "owned")])
         self.remember(job.id, text)
-        self.store.remove(job.id)
+        self.store.remove(job.id, job.run)
         self.table.pop(job.id, None)
         self._room.set()
 
