@@ -2,16 +2,16 @@
 
 Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole job
 (the command, its role, its queue's processing list…), written when the first run is about to
-spawn; every later step of a run appends one short line with what changed: ``spawning`` (before
-the spawn), ``running`` (pid + start time), ``exited`` (wait status, written the moment the
-reaper hands it over, before the zombie is reaped), ``scheduled`` (between recurring runs) and
-``done`` (the result, before it is published). A line is one ``write`` on a descriptor kept
-open for the job's life (``O_APPEND``; fsync only off tmpfs), so a step costs one system call
-instead of a temp file, a rename and a directory entry (docs/performance.md). A line torn by a
-crash is ignored when loading; the state is the first line updated by every later one. A new
-dispatcher re-creates every job from these logs: it follows the output files again, learns the exit
-status of a still-running process from the supervisor, and publishes a result that was saved
-but not yet sent.
+spawn; every later step of a run appends one short line with only what changed: ``spawning``
+(the whole run, before the spawn), ``running`` (pid + start time), ``exited`` (wait status,
+written the moment the reaper hands it over, before the zombie is reaped), ``scheduled``
+(between recurring runs) and ``done`` (the result, before it is published). A line is one
+``write`` on a descriptor kept open for the job's life (``O_APPEND``; fsync only off tmpfs), so
+a step costs one system call instead of a temp file, a rename and a directory entry
+(docs/performance.md). A line torn by a crash is ignored when loading; the state is the first
+line updated by every later one. A new dispatcher re-creates every job from these logs: it
+follows the output files again, learns the exit status of a still-running process from the
+supervisor, and publishes a result that was saved but not yet sent.
 """
 
 from __future__ import annotations
@@ -120,7 +120,24 @@ class JobStore:
             head = json.dumps(body) + "\n"
         else:
             head = ""
-        step = {
+        step: dict[str, Any]
+        if head:  # the first record of this dispatcher: all of it
+            step = self._whole(job, state, status, result)
+        elif state == "running":  # what the spawn added
+            step = {"state": state, "pid": job.pid, "start_max": job.start_max}
+        elif state == "exited":
+            step = {"state": state, "status": status}
+        elif state == "done":
+            step = {"state": state, "result": result}
+        else:  # a run starts with "spawning": nothing of the last run stays
+            step = self._whole(job, state, status, result)
+        os.write(fd, (head + json.dumps(step) + "\n").encode())
+        if self.fsync:
+            os.fsync(fd)
+
+    @staticmethod
+    def _whole(job: Job, state: str, status: int | None, result: str | None) -> dict[str, Any]:
+        return {
             "run": job.run,
             "state": state,
             "pid": job.pid,
@@ -133,9 +150,6 @@ class JobStore:
             "next_run": job.next_run or 0.0,
             "comm": job.comm,
         }
-        os.write(fd, (head + json.dumps(step) + "\n").encode())
-        if self.fsync:
-            os.fsync(fd)
 
     def remove(self, job_id: str, run: int) -> None:
         """Forget a job: close its log, remove it and the files of its last run."""
