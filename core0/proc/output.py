@@ -126,6 +126,7 @@ class Tail:
 _libc = ctypes.CDLL(None, use_errno=True)
 IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
+IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
@@ -200,6 +201,10 @@ class Inotify:
             wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
             start = off + _EVENT.size
             off = start + length
+            if mask & IN_Q_OVERFLOW:  # events were lost: every follower reads on
+                fired.update(self._callbacks)
+                names.update(self._names)
+                continue
             if wd == self._dir_wd:
                 if length:
                     names.add(data[start:off].rstrip(b"\0"))
