@@ -132,7 +132,9 @@ class JobStore:
         else:  # a run starts with "spawning": nothing of the last run stays
             step = self._whole(job, state, status, result)
         os.write(fd, (head + json.dumps(step) + "\n").encode())
-        if self.fsync:
+        # a written line survives a crash of the dispatcher as it is; fsync is for a power loss,
+        # after which no pid means anything any more: the "running" step is not worth one
+        if self.fsync and (head or state != "running"):
             os.fsync(fd)
 
     @staticmethod
