@@ -15,11 +15,9 @@ import os
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
 from core0_client.protocol import (
     Code,
     Command,
@@ -30,20 +28,20 @@ from core0_client.protocol import (
 )
 
 from core0 import registry
-from core0.backoff import PERMANENT_EXIT, Backoff
+from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import CommandError, Conflict, NotFound
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.output import JobOutput, QueueSlots
+from core0.jobs.job import Job
+from core0.jobs.output import QueueSlots
 from core0.jobs.result import TERMINATING, builtin_result, error_result, process_result
 from core0.proc import process
 from core0.proc.output import FileFollower, OutputParser
 from core0.proc.process import find_executable
 from core0.proc.spawn import boot_ticks
-from core0.registry import CommandSpec, Role
-from core0.schema import Schema
+from core0.registry import Role
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -61,108 +59,6 @@ GRACE = 2.0
 
 def _private(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_CLOEXEC, 0o600)
-
-
-class Job:
-    """One accepted command and its runs."""
-
-    def __init__(
-        self,
-        engine: JobEngine,
-        cmd: Command,
-        spec: CommandSpec,
-        args: Schema,
-        role: Role,
-        raw: bytes,
-        processing: str,
-    ):
-        self.cmd = cmd
-        self.spec = spec
-        self.args = args
-        self.role = role
-        self.raw = raw
-        self.processing = processing
-        self.state = "queued"
-        self.run = 0
-        self.restarts = 0
-        self.pid: int | None = None
-        #: the process's start time (clock ticks since boot): at or after ``start_ticks``, at or
-        #: before ``start_max`` (0: exactly ``start_ticks``)
-        self.start_ticks = 0
-        self.start_max = 0
-        self.starttime = now_ms()
-        self.created = self.starttime
-        self.label = cmd.command
-        self.process = False
-        self.kill_signal: int | None = None
-        self.unscheduled = False
-        self.wake = asyncio.Event()
-        self.task: asyncio.Task[None] | None = None
-        self.output = JobOutput(engine, self)
-        self.ps: psutil.Process | None = None
-        self.next_run: float | None = None
-        #: restarted forever with backoff (services); exit 125 stops it
-        self.protected = False
-        #: the process name (/proc/<pid>/comm) of the current run
-        self.comm = ""
-        #: not from the bus: no result is published (services started by core0 itself)
-        self.internal = not processing
-        #: restart delays when protected (the supervisor's rule)
-        self.backoff = Backoff()
-        #: called after every run with its result (service managers watch these)
-        self.run_end: list[Callable[[Job, Result], None]] = []
-        #: set when the job is over; ``final`` holds its last result
-        self.done = asyncio.Event()
-        self.final: Result | None = None
-        #: the process was spawned (for readiness by delay)
-        self.spawned = asyncio.Event()
-
-    @property
-    def id(self) -> str:
-        return self.cmd.id
-
-    @property
-    def killed(self) -> bool:
-        return self.kill_signal in TERMINATING
-
-    def describe(self, viewer: Role = Role.ADMIN) -> dict[str, Any]:
-        """The job as job.list shows it. A viewer of a lower role than the job's sees no
-        arguments, stdin, environment or label (they may hold secrets)."""
-        cmd = self.cmd.to_dict()
-        redacted = viewer < self.role
-        if redacted:
-            cmd["arguments"] = {}
-        d: dict[str, Any] = {
-            "id": self.id,
-            "command": self.cmd.command,
-            "cmd": cmd,
-            "role": self.role.label,
-            "redacted": redacted,
-            "label": self.cmd.command if redacted else self.label,
-            "state": self.state,
-            "run": self.run,
-            "starttime": self.starttime,
-            "pid": self.pid or 0,
-            "queue": self.cmd.queue,
-            "tags": self.cmd.tags,
-            "cpu": 0.0,
-            "rss": 0,
-            "vms": 0,
-            "swap": 0,
-        }
-        if self.pid and self.state == "running":
-            try:
-                if self.ps is None or self.ps.pid != self.pid:
-                    self.ps = psutil.Process(self.pid)
-                    self.ps.cpu_percent(None)
-                with self.ps.oneshot():
-                    mem = self.ps.memory_info()
-                    d["cpu"] = self.ps.cpu_percent(None)
-                    d["rss"] = mem.rss
-                    d["vms"] = mem.vms
-            except psutil.Error:
-                pass
-        return d
 
 
 class JobEngine:
