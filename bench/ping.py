@@ -167,6 +167,7 @@ def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory],
         worker.join(10)
         node.stop()
         stop(srv)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main() -> None:

@@ -172,7 +172,8 @@ class Dispatcher:
         pop: one write per batch of work. Under load, pops are batched (up to ``bus.batch``
         commands per round trip); when the queue runs dry the loop switches to a blocking
         BLMOVE sent together with the last results, and probes for a backlog every few
-        commands so that a burst switches it back to batching."""
+        commands so that a burst switches it back to batching. The pickups of new jobs go out
+        in the same write as the next pop (no round trip of their own)."""
         queue = self.bus.keys.queue(name)
         processing = self.bus.keys.processing(queue)
         link = PopLink(self.cfg, self.bus.keys)
@@ -181,6 +182,9 @@ class Dispatcher:
         delay = 0.1
         idle = False  # the last batched pop found the queue empty
         streak = 0  # commands taken by BLMOVE since the last batched pop
+        #: a pop sent with the last pickups: (blocking, its replies)
+        sent: tuple[bool, asyncio.Future[list[Any]]] | None = None
+        block_wait = self.cfg.bus.block_timeout + 5
         try:
             while not self.stop_event.is_set():
                 try:
@@ -188,38 +192,67 @@ class Dispatcher:
                         await link.connect()
                         connected = True
                         await self.reconcile(queue, processing, role)
-                    room = self.engine.free_slots(role)
-                    if room == 0:
-                        if pending:
-                            written, _ = await link.publish_and_pop(pending, queue, processing, 0)
-                            self._settle(written)
-                            pending = []
-                        await self.engine.wait_room(role)
-                        continue
-                    if idle and streak < 4:
-                        written, item = await link.publish_and_block(pending, queue, processing)
+                    if sent is not None:
+                        blocking, fut = sent
+                        sent = None
+                        reply = (await link.replies(fut, block_wait))[0]
+                        raws = ([reply] if reply is not None else []) if blocking \
+                            else list(reply)
+                    else:
+                        room = self.engine.free_slots(role)
+                        if room == 0:
+                            if pending:
+                                written, _ = await link.publish_and_pop(pending, queue,
+                                                                        processing, 0)
+                                self._settle(written)
+                                pending = []
+                            await self.engine.wait_room(role)
+                            continue
+                        blocking = idle and streak < 4
+                        if blocking:
+                            written, item = await link.publish_and_block(pending, queue,
+                                                                         processing)
+                            raws = [item] if item is not None else []
+                        else:
+                            n = min(self.cfg.bus.batch, room)
+                            written, raws = await link.publish_and_pop(pending, queue,
+                                                                       processing, n)
                         pending = []
                         self._settle(written)
-                        if item is None:
+                    if blocking:
+                        if not raws:
                             streak = 0
                             continue
                         streak += 1
-                        raws = [item]
                     else:
-                        n = min(self.cfg.bus.batch, room)
-                        written, raws = await link.publish_and_pop(pending, queue, processing, n)
-                        pending = []
-                        self._settle(written)
                         streak = 0
                         idle = not raws
                         if idle:
                             continue
                     delay = 0.1
-                    pending = await self.handle(raws, queue, processing, role, link.pickup_many)
+                    pending, starts = await self.prepare(raws, queue, processing, role)
+                    if not starts:
+                        continue
+                    # the pickups, with the results so far and (room permitting) the next pop
+                    call = link.submit(link.publish_cmds(pending) + link.pickup_cmds(
+                        [(a.cmd.id, processing, a.raw) for a in starts]))
+                    room = self.engine.free_slots(role) - len(starts)
+                    if room > 0:
+                        blocking = idle and streak < 4
+                        sent = (blocking, link.submit([link.pop_cmd(
+                            blocking, queue, processing, min(self.cfg.bus.batch, room))]))
+                    replies = await link.replies(call)
+                    self._settle([bool(x) for x in replies[: len(pending)]])
+                    oks = [bool(x) for x in replies[len(pending):]]
+                    pending = []
+                    late = self.launch(starts, oks, processing, role)
+                    if late:  # rare (recurring limits): never held behind a blocking pop
+                        await self.bus.publish(late)
                 except TRANSIENT as e:
                     log.warning("queue %s: redis unavailable (%s); retry in %.1fs", queue, e, delay)
                     link.close()
                     connected = False
+                    sent = None
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
                     # unsent results are not lost: their commands are still in `processing`
@@ -246,6 +279,20 @@ class Dispatcher:
         """Handle popped commands; return the results to write (the caller sends them).
 
         ``owned``: their flags were set by an earlier delivery (reconcile)."""
+        pubs, starts = await self.prepare(raws, queue, processing, role, owned=owned)
+        if starts:
+            if owned:
+                oks = [True] * len(starts)
+            else:
+                oks = await pickup([(a.cmd.id, processing, a.raw) for a in starts])
+            pubs += self.launch(starts, oks, processing, role)
+        return pubs
+
+    async def prepare(
+        self, raws: list[bytes], queue: str, processing: str, role: Role, *, owned: bool = False
+    ) -> tuple[list[Publish], list[Accepted]]:
+        """Decode and answer what can be answered now (errors, inline commands, repeats);
+        return those results and the commands to start once picked up."""
         pubs: list[Publish] = []
         starts: list[Accepted] = []
         for raw in raws:
@@ -275,23 +322,25 @@ class Dispatcher:
                 pubs.append(Publish(cmd.id, result, raw, processing, mode))
             else:
                 starts.append(acc)
-        if starts:
-            if owned:
-                oks = [True] * len(starts)
-            else:
-                oks = await pickup([(a.cmd.id, processing, a.raw) for a in starts])
-            for acc, ok in zip(starts, oks, strict=True):
-                if not ok:
-                    self.stats["duplicates"] += 1
-                    continue
-                limit = self._recurring_limit(acc.cmd, role)
-                if limit is not None:
-                    self._error(pubs, acc.cmd.id, acc.cmd.command, limit, acc.raw, processing,
-                                acc.cmd, mode="owned")
-                    continue
-                self.stats["accepted"] += 1
-                job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
-                self.engine.start(job)
+        return pubs, starts
+
+    def launch(self, starts: list[Accepted], oks: list[bool], processing: str,
+               role: Role) -> list[Publish]:
+        """Start the picked-up commands (``oks``: the pickup of each); returns the results of
+        those refused at start."""
+        pubs: list[Publish] = []
+        for acc, ok in zip(starts, oks, strict=True):
+            if not ok:
+                self.stats["duplicates"] += 1
+                continue
+            limit = self._recurring_limit(acc.cmd, role)
+            if limit is not None:
+                self._error(pubs, acc.cmd.id, acc.cmd.command, limit, acc.raw, processing,
+                            acc.cmd, mode="owned")
+                continue
+            self.stats["accepted"] += 1
+            job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
+            self.engine.start(job)
         return pubs
 
     async def _accept(

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -142,3 +143,133 @@ async def _slot_owner(cfg: Config) -> tuple[str, int]:
         return node.host, int(node.port)
     finally:
         await rc.aclose()
+
+
+class _Call:
+    __slots__ = ("n", "replies", "fut")
+
+    def __init__(self, n: int, fut: asyncio.Future[list[Any]]):
+        self.n = n
+        self.replies: list[Any] = []
+        self.fut = fut
+
+
+class SharedConnection:
+    """One RESP connection shared by many coroutines, fully pipelined.
+
+    :meth:`submit` queues commands and returns a future of their replies; everything submitted
+    in one turn of the event loop goes out in one write (so eight jobs that end together cost
+    one ``send``), and one reader task hands the replies back in order. Connection problems
+    fail every call in flight with ``ConnectionError``; the next call connects again."""
+
+    def __init__(self, cfg: Config, scripts: Sequence[Script] = ()):
+        self._conn = RespConnection(cfg, scripts)
+        self._calls: deque[_Call] = deque()
+        self._out: list[bytes] = []
+        self._flushing = False
+        self._reader: asyncio.Task[None] | None = None
+        self._connecting: asyncio.Lock | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn.connected and self._reader is not None and not self._reader.done()
+
+    async def connect(self) -> None:
+        """Connect (again) unless connected; concurrent callers share one attempt."""
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self.connected:
+                return
+            self.close()
+            await self._conn.connect()
+            self._reader = asyncio.ensure_future(self._read_loop())
+
+    def close(self, why: str = "connection closed") -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        self._conn.close()
+        self._out.clear()
+        calls, self._calls = self._calls, deque()
+        for c in calls:
+            if not c.fut.done():
+                c.fut.set_exception(ConnectionError(why))
+                c.fut.exception()  # retrieved: a caller that went away leaves no warning
+
+    def submit(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
+        """Queue ``commands`` for the next write; the future gets their replies (error
+        replies as :class:`RespError` values). The caller must be connected."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        if not self.connected:
+            fut.set_exception(ConnectionError("not connected"))
+            return fut
+        self._calls.append(_Call(len(commands), fut))
+        self._out.append(b"".join([pack(c) for c in commands]))
+        if not self._flushing:
+            self._flushing = True
+            loop.call_soon(self._flush)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[list[Any]], timeout: float | None = 10.0
+                   ) -> list[Any]:
+        """Await a :meth:`submit` future; a timeout drops the connection (the reply stream
+        cannot be trusted any more)."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError:
+            self.close("redis did not answer in time")
+            raise
+
+    async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float | None = 10.0
+                      ) -> list[Any]:
+        """Connect if needed, send ``commands`` with whatever else goes out now, and return
+        their replies."""
+        if not self.connected:
+            await self.connect()
+        return await self.wait(self.submit(commands), timeout)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        if not self._out:
+            return
+        data = b"".join(self._out)
+        self._out.clear()
+        w = self._conn._w
+        if w is None:
+            self.close()
+            return
+        try:
+            w.write(data)
+        except Exception as e:
+            self.close(f"write failed: {e!r}")
+
+    async def _read_loop(self) -> None:
+        r = self._conn._r
+        parser = self._conn._parser
+        why = "redis closed the connection"
+        try:
+            assert r is not None
+            while True:
+                data = await r.read(65536)
+                if not data:
+                    break
+                parser.feed(data)
+                while self._calls:
+                    reply = parser.gets()
+                    if reply is False:
+                        break
+                    call = self._calls[0]
+                    call.replies.append(reply)
+                    if len(call.replies) == call.n:
+                        self._calls.popleft()
+                        if not call.fut.done():
+                            call.fut.set_result(call.replies)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            why = f"redis link failed: {e!r}"
+        if self._reader is asyncio.current_task():
+            self.close(why)

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core0.bus.endpoint import make_client
-from core0.bus.resp import RespConnection, RespError, Script
+from core0.bus.resp import RespError, Script, SharedConnection
 from core0.config import Config
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ class PopLink:
     def __init__(self, cfg: Config, keys: Keys):
         self.cfg = cfg
         self.keys = keys
-        self.conn = RespConnection(cfg, [POP_MORE, PICKUP, PUBLISH])
+        self.conn = SharedConnection(cfg, [POP_MORE, PICKUP, PUBLISH])
 
     async def connect(self) -> None:
         await self.conn.connect()
@@ -144,7 +144,30 @@ class PopLink:
             [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
 
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
-        replies = await self.conn.execute(commands, timeout)
+        return self._check(await self.conn.execute(commands, timeout))
+
+    def submit(self, commands: list[list[Any]]) -> asyncio.Future[list[Any]]:
+        """Queue commands for the next write (see :meth:`replies`)."""
+        return self.conn.submit(commands)
+
+    async def replies(self, fut: asyncio.Future[list[Any]], timeout: float = 10.0) -> list[Any]:
+        """The replies of a :meth:`submit`."""
+        return self._check(await self.conn.wait(fut, timeout))
+
+    def publish_cmds(self, pubs: Sequence[Publish]) -> list[list[Any]]:
+        return [self._publish_cmd(p) for p in pubs]
+
+    def pickup_cmds(self, items: Sequence[tuple[str, str, bytes]]) -> list[list[Any]]:
+        return [PICKUP.call([self.keys.flag(jid), processing], [raw])
+                for jid, processing, raw in items]
+
+    def pop_cmd(self, blocking: bool, queue: str, processing: str, n: int) -> list[Any]:
+        """BLMOVE of one command (``blocking``) or a batched pop of up to ``n``."""
+        if blocking:
+            return ["BLMOVE", queue, processing, "LEFT", "RIGHT", self.cfg.bus.block_timeout]
+        return POP_MORE.call([queue, processing], [n])
+
+    def _check(self, replies: list[Any]) -> list[Any]:
         for r in replies:
             if isinstance(r, RespError):
                 if str(r).startswith("NOSCRIPT"):
@@ -190,8 +213,11 @@ class Bus:
         self._publish = self.r.register_script(_PUBLISH)
         self._dead = self.r.register_script(_DEAD)
         self.ttl = cfg.bus.result_ttl
+        #: the job hot path's link (results and output records of jobs)
+        self.link = SharedConnection(cfg, [PUBLISH])
 
     async def close(self) -> None:
+        self.link.close()
         await self.r.aclose()
 
     def blocking_client(self) -> Any:
@@ -268,39 +294,47 @@ class Bus:
 
     async def finish(self, job_id: str, records: Sequence[LogRecord], stream: bool,
                      pub: Publish) -> bool:
-        """A job's last output records and its result, in one round trip. True if the result
-        was written."""
-        pipe = self.r.pipeline(transaction=False)
-        if records:
-            self._add_records(pipe, job_id, records, stream)
-        await self._publish(keys=self._pkeys(pub), args=self._pargs(pub), client=pipe)
-        replies = await pipe.execute()
+        """A job's last output records and its result, in one round trip (shared with every
+        other job that ends in the same turn of the event loop). True if the result was
+        written."""
+        cmds = self._record_cmds(job_id, records, stream) if records else []
+        cmds.append(PUBLISH.call(self._pkeys(pub), self._pargs(pub)))
+        replies = await self._fast(cmds)
         return bool(replies[-1])
 
     async def records(self, job_id: str, records: Sequence[LogRecord], stream: bool) -> None:
         """Append output records to ``log:<id>`` (always) and ``stream:<id>`` (if asked)."""
         if not records:
             return
-        pipe = self.r.pipeline(transaction=False)
-        self._add_records(pipe, job_id, records, stream)
-        await pipe.execute()
+        await self._fast(self._record_cmds(job_id, records, stream))
 
-    def _add_records(self, pipe: Any, job_id: str, records: Sequence[LogRecord],
-                     stream: bool) -> None:
+    async def _fast(self, cmds: list[list[Any]]) -> list[Any]:
+        """Commands of the job hot path over core0's own pipelined RESP link (cheaper than
+        redis-py's pipelines, which also ask SCRIPT EXISTS before every script call)."""
+        replies = await self.link.execute(cmds)
+        for r in replies:
+            if isinstance(r, RespError):
+                if str(r).startswith("NOSCRIPT"):
+                    self.link.close("redis lost core0's scripts")
+                    raise ConnectionError(f"redis lost core0's scripts: {r}")
+                raise RedisError(str(r))
+        return replies
+
+    def _record_cmds(self, job_id: str, records: Sequence[LogRecord],
+                     stream: bool) -> list[list[Any]]:
         log_key = self.keys.log(job_id)
-        for rec in records:
-            pipe.xadd(
-                log_key,
-                {"record": rec.to_json()},
-                maxlen=self.cfg.bus.log_max,
-                approximate=True,
-            )
-        pipe.expire(log_key, self.ttl)
+        maxlen = self.cfg.bus.log_max
+        cmds: list[list[Any]] = [
+            ["XADD", log_key, "MAXLEN", "~", maxlen, "*", "record", rec.to_json()]
+            for rec in records
+        ]
+        cmds.append(["EXPIRE", log_key, self.ttl])
         if stream:
             skey = self.keys.stream(job_id)
-            pipe.rpush(skey, *[r.to_json() for r in records])
-            pipe.ltrim(skey, -self.cfg.bus.stream_max, -1)
-            pipe.expire(skey, self.cfg.bus.stream_ttl)
+            cmds.append(["RPUSH", skey, *[r.to_json() for r in records]])
+            cmds.append(["LTRIM", skey, -self.cfg.bus.stream_max, -1])
+            cmds.append(["EXPIRE", skey, self.cfg.bus.stream_ttl])
+        return cmds
 
     # ------------------------------------------------------------ dead letters, stats
 

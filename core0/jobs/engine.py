@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import (
@@ -32,7 +33,7 @@ from core0.context import Context, ProcessSpec
 from core0.errors import Conflict, Killed, NotFound, Timeout
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.job import InlineJob, Job, visible_to
+from core0.jobs.job import InlineJob, Job, queue_scope, visible_to
 from core0.jobs.output import QueueSlots
 from core0.jobs.recent import RecentResults
 from core0.jobs.result import TERMINATING, builtin_result, exception_result, process_result
@@ -55,6 +56,10 @@ log = logging.getLogger(__name__)
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 
 GRACE = 2.0
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
 class JobEngine:
@@ -91,6 +96,7 @@ class JobEngine:
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs")
+        inotify.watch_dir(str(self.store.out))  # every job's output files: one watch
         self._room = asyncio.Event()
         self._room.set()
         self.started_total = 0
@@ -123,13 +129,6 @@ class JobEngine:
                    if j.role == role and j.cmd.recurring_period and not j.internal)
 
     # ------------------------------------------------------------ start
-
-    def scope_of(self, processing: str) -> str | None:
-        """The id prefix of the private queue whose processing list this is (or None)."""
-        head = f"{self.cfg.bus.prefix}core:"
-        if not processing.startswith(head) or not processing.endswith(":processing"):
-            return None
-        return self.cfg.bus.private_prefix(processing[len(head):-len(":processing")])
 
     def new_job(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role, raw: bytes,
                 processing: str) -> Job:
@@ -279,7 +278,8 @@ class JobEngine:
             except Exception:
                 log.exception("job %s: result not written", job.id)
             self.remember(job.id, text, job.role, job.scope)
-        self.store.remove(job.id)
+        if job.process:
+            self.store.remove(job.id, job.run)
         if self.table.pop(job.id, None) is not None and not job.internal:
             self.by_role[job.role] -= 1
         self._room.set()
@@ -319,7 +319,7 @@ class JobEngine:
                          processing: str = "") -> str:
         """Run an inline command (quick, side-effect free, no max_time) right away; returns
         its result JSON."""
-        job = InlineJob(cmd, spec, role, self.scope_of(processing))
+        job = InlineJob(cmd, spec, role, queue_scope(self.cfg, processing))
         try:
             value = await spec.handler(Context(self, job), args)  # type: ignore[arg-type]
             res = builtin_result(job, value)
@@ -330,19 +330,20 @@ class JobEngine:
     async def _process_run(
         self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
     ) -> Result:
-        run_dir = self.store.ensure_dir(job.id) if resume is None else self.store.dir(job.id)
-        out_path, err_path = run_dir / f"out.{job.run}", run_dir / f"err.{job.run}"
+        out_path, err_path = self.store.output_paths(job.id, job.run)
         done: asyncio.Future[int | None]
         offsets = (0, 0)
         if resume is None:
             assert ps is not None
             job.label = ps.label or " ".join(ps.argv)
+            self.store.new_run(job.id, job.run, bool(ps.stdin))
             flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
             fo = os.open(out_path, flags, 0o600)
             fe = os.open(err_path, flags, 0o600)
             if ps.stdin:
-                in_path = run_dir / f"in.{job.run}"
-                in_path.write_bytes(ps.stdin)
+                in_path = self.store.stdin_path(job.id, job.run)
+                with open(in_path, "wb", opener=_private) as stdin_file:
+                    stdin_file.write(ps.stdin)
                 fi = os.open(in_path, os.O_RDONLY | os.O_CLOEXEC)
             else:
                 fi = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -350,17 +351,20 @@ class JobEngine:
             exe = find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
             job.start_ticks = boot_ticks()  # "spawned at or after": see _adopted_exit
+            job.start_max = 0
             self.store.save(job, state="spawning")
             try:
                 sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
-                                         stderr=fe, exe=exe)
+                                         stderr=fe, exe=exe, start_ticks=False)
             finally:
                 os.close(fo)
                 os.close(fe)
                 os.close(fi)
             if _CRASH_AFTER_SPAWN and job.comm == _CRASH_AFTER_SPAWN:
                 os._exit(70)  # fault tests: die in the instant between spawn and bookkeeping
-            job.pid, job.start_ticks = sp.pid, sp.start_ticks
+            # the child was forked between the two readings of the boot clock: that bracket
+            # tells it from a later process that reuses its pid (no read of /proc/<pid>/stat)
+            job.pid, job.start_max = sp.pid, boot_ticks()
             self.store.save(job, state="running")
             job.spawned.set()
             done = asyncio.ensure_future(self.reaper.watch(
@@ -368,13 +372,14 @@ class JobEngine:
         else:
             job.label = resume.label
             job.pid, job.start_ticks = resume.pid, resume.start_ticks
+            job.start_max = resume.start_max
             job.state = "running"
             job.spawned.set()
-            offsets = (jobstate.data_start(out_path), jobstate.data_start(err_path))
+            offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
             done = asyncio.ensure_future(self._adopted_exit(job, resume))
         backlog = self.cfg.bus.output_backlog_bytes
         followers = [
-            FileFollower(str(path), OutputParser(level), job.output.add, offset,
+            FileFollower(path, OutputParser(level), job.output.add, offset,
                          full=job.output.full, backlog_max=backlog)
             for path, level, offset in ((out_path, Level.STDOUT, offsets[0]),
                                         (err_path, Level.STDERR, offsets[1]))
@@ -422,7 +427,7 @@ class JobEngine:
             log.warning("job %s: %d candidate process(es) for its exit status", job.id,
                         len(found))
             return None
-        alive = saved.pid and process.proc_start_ticks(saved.pid) == saved.start_ticks
+        alive = saved.pid and jobstate.same_process(saved, process.proc_start_ticks(saved.pid))
         status: int | None = None
         if self.shim is not None and saved.pid:
             status = await self.shim.wait_exit(saved.pid)
@@ -542,7 +547,7 @@ class JobEngine:
                 cmd, spec, args, role = parse(saved)
             except Exception as e:
                 log.warning("job %s in state dir cannot be adopted: %s", saved.id, e)
-                self.store.remove(saved.id)
+                self.store.remove(saved.id, saved.run)
                 continue
             job = Job(self, cmd, spec, args, role, saved.raw, saved.processing)
             job.run = saved.run
@@ -554,10 +559,12 @@ class JobEngine:
                 job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))
             else:
                 if saved.state == "spawning":
-                    found = jobstate.find_writer(self.store.dir(job.id) / f"out.{saved.run}")
+                    found = jobstate.find_writer(
+                        Path(self.store.output_paths(job.id, saved.run)[0]))
                     if found:
                         saved.state, saved.pid = "running", found
                         saved.start_ticks = process.proc_start_ticks(found)
+                        saved.start_max = 0
                 self.start(job, saved)
             n += 1
             log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
@@ -567,7 +574,7 @@ class JobEngine:
         await retry_forever("result", self.bus.publish,
                             [Publish(job.id, text, job.raw, job.processing, "owned")])
         self.remember(job.id, text)
-        self.store.remove(job.id)
+        self.store.remove(job.id, job.run)
         self.table.pop(job.id, None)
         self._room.set()
 

@@ -16,6 +16,7 @@ from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 
 if TYPE_CHECKING:
+    from core0.config import Config
     from core0.jobs.engine import JobEngine
 
 
@@ -39,12 +40,15 @@ class Job:
         self.raw = raw
         self.processing = processing
         #: the id prefix of the private queue it came from (None: not private)
-        self.scope = engine.scope_of(processing)
+        self.scope = queue_scope(engine.cfg, processing)
         self.state = "queued"
         self.run = 0
         self.restarts = 0
         self.pid: int | None = None
+        #: the process's start time (clock ticks since boot): at or after ``start_ticks``, at or
+        #: before ``start_max`` (0: exactly ``start_ticks``)
         self.start_ticks = 0
+        self.start_max = 0
         self.starttime = now_ms()
         self.created = self.starttime
         self.label = cmd.command
@@ -146,3 +150,11 @@ def visible_to(job: Job | InlineJob, viewer: Role, scope: str | None) -> bool:
     if viewer >= Role.ADMIN:
         return True
     return job.scope == scope
+
+
+def queue_scope(cfg: Config, processing: str) -> str | None:
+    """The id prefix of the private queue whose processing list this is (or None)."""
+    head = f"{cfg.bus.prefix}core:"
+    if not processing.startswith(head) or not processing.endswith(":processing"):
+        return None
+    return cfg.bus.private_prefix(processing[len(head):-len(":processing")])

@@ -1,17 +1,17 @@
-"""The persisted part of process jobs: one directory per job under ``<state_dir>/jobs``.
+"""The persisted part of process jobs: files under ``<state_dir>/jobs`` (see :class:`JobStore`).
 
-Each job has one append-only log, ``job.log``, of JSON lines. The first line is the whole job
+Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole job
 (the command, its role, its queue's processing list…), written when the first run is about to
-spawn; every later step of a run appends one short line with what changed: ``spawning`` (before
-the spawn), ``running`` (pid + start time), ``exited`` (wait status, written the moment the
-reaper hands it over, before the zombie is reaped), ``scheduled`` (between recurring runs) and
-``done`` (the result, before it is published). A line is one ``write`` on a descriptor kept
-open for the job's life (``O_APPEND``; fsync only off tmpfs), so a step costs one system call
-instead of a temp file, a rename and a directory entry (issue 11). A line torn by a crash is
-ignored when loading; the state is the first line updated by every later one. A new dispatcher
-re-creates every job from these logs: it follows the output files again, learns the exit
-status of a still-running process from the supervisor, and publishes a result that was saved
-but not yet sent.
+spawn; every later step of a run appends one short line with only what changed: ``spawning``
+(the whole run, before the spawn), ``running`` (pid + start time), ``exited`` (wait status,
+written the moment the reaper hands it over, before the zombie is reaped), ``scheduled``
+(between recurring runs) and ``done`` (the result, before it is published). A line is one
+``write`` on a descriptor kept open for the job's life (``O_APPEND``; fsync only off tmpfs), so
+a step costs one system call instead of a temp file, a rename and a directory entry
+(docs/performance.md). A line torn by a crash is ignored when loading; the state is the first
+line updated by every later one. A new dispatcher re-creates every job from these logs: it
+follows the output files again, learns the exit status of a still-running process from the
+supervisor, and publishes a result that was saved but not yet sent.
 """
 
 from __future__ import annotations
@@ -47,46 +47,67 @@ class Saved:
     next_run: float = 0.0
     protected: bool = False
     comm: str = ""
+    #: the process started at or before this tick (0: exactly at ``start_ticks``)
+    start_max: int = 0
 
 
-def _dirname(job_id: str) -> str:
+def same_process(saved: Saved, start_ticks: int) -> bool:
+    """Whether a live process that started at ``start_ticks`` is the saved job's process (and
+    not a later one that got its pid)."""
+    if not start_ticks:
+        return False
+    if saved.start_max:
+        return saved.start_ticks <= start_ticks <= saved.start_max
+    return start_ticks == saved.start_ticks
+
+
+def _name(job_id: str) -> str:
     # ids may be "." or ".."; the "j-" prefix keeps every id a plain name
     return "j-" + job_id
 
 
 class JobStore:
-    """The job logs under ``<state_dir>/jobs`` (one directory per process job): ``save`` a
-    job's step (one append; fsync when the directory is persistent), ``load_all`` what a
-    crashed dispatcher left, ``remove`` a finished job's directory."""
+    """The job logs under ``root``: ``j-<id>.log`` and, for a run with stdin, ``j-<id>.<run>.in``;
+    the output files ``j-<id>.<run>.out`` / ``.err`` in ``root/out``, one flat directory that
+    the dispatcher watches once (inotify events carry the file name), so a job costs no
+    directory of its own and no watch of its own."""
 
     def __init__(self, root: Path):
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.out = root / "out"
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._root, self._out = str(root), str(self.out)
         self.fsync = _is_persistent(root)
-        #: job id → the open descriptor of its job.log
+        #: job id → the open descriptor of its job log
         self._fds: dict[str, int] = {}
+        #: job id → (run, has stdin file) of the run whose files exist
+        self._files: dict[str, tuple[int, bool]] = {}
 
-    def dir(self, job_id: str) -> Path:
-        return self.root / _dirname(job_id)
+    def log_path(self, job_id: str) -> str:
+        return f"{self._root}/{_name(job_id)}.log"
 
-    def ensure_dir(self, job_id: str) -> Path:
-        """The job's directory, made on first use (once per job, not once per step)."""
-        d = self.dir(job_id)
-        if job_id not in self._fds:
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                pass
-        return d
+    def output_paths(self, job_id: str, run: int) -> tuple[str, str]:
+        """The stdout and stderr files of run ``run``."""
+        base = f"{self._out}/{_name(job_id)}.{run}"
+        return base + ".out", base + ".err"
+
+    def stdin_path(self, job_id: str, run: int) -> str:
+        return f"{self._root}/{_name(job_id)}.{run}.in"
+
+    def new_run(self, job_id: str, run: int, stdin: bool) -> None:
+        """Files of run ``run`` are about to be made: those of the run before go."""
+        prev = self._files.get(job_id)
+        if prev is not None and prev[0] != run:
+            self._unlink_run(job_id, *prev)
+        self._files[job_id] = (run, stdin)
 
     def save(self, job: Job, *, state: str, status: int | None = None,
              result: str | None = None) -> None:
         """Record a step of ``job`` (see the module docstring)."""
         fd = self._fds.get(job.id)
         if fd is None:
-            d = self.ensure_dir(job.id)
-            fd = os.open(d / "job.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                         0o600)
+            fd = os.open(self.log_path(job.id),
+                         os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
             self._fds[job.id] = fd
             try:
                 raw: dict[str, Any] = {"raw": job.raw.decode("utf-8")}
@@ -99,11 +120,31 @@ class JobStore:
             head = json.dumps(body) + "\n"
         else:
             head = ""
-        step = {
+        step: dict[str, Any]
+        if head:  # the first record of this dispatcher: all of it
+            step = self._whole(job, state, status, result)
+        elif state == "running":  # what the spawn added
+            step = {"state": state, "pid": job.pid, "start_max": job.start_max}
+        elif state == "exited":
+            step = {"state": state, "status": status}
+        elif state == "done":
+            step = {"state": state, "result": result}
+        else:  # a run starts with "spawning": nothing of the last run stays
+            step = self._whole(job, state, status, result)
+        os.write(fd, (head + json.dumps(step) + "\n").encode())
+        # a written line survives a crash of the dispatcher as it is; fsync is for a power loss,
+        # after which no pid means anything any more: the "running" step is not worth one
+        if self.fsync and (head or state != "running"):
+            os.fsync(fd)
+
+    @staticmethod
+    def _whole(job: Job, state: str, status: int | None, result: str | None) -> dict[str, Any]:
+        return {
             "run": job.run,
             "state": state,
             "pid": job.pid,
             "start_ticks": job.start_ticks,
+            "start_max": job.start_max,
             "starttime": job.starttime,
             "label": job.label,
             "status": status,
@@ -111,48 +152,68 @@ class JobStore:
             "next_run": job.next_run or 0.0,
             "comm": job.comm,
         }
-        os.write(fd, (head + json.dumps(step) + "\n").encode())
-        if self.fsync:
-            os.fsync(fd)
 
-    def remove(self, job_id: str) -> None:
-        """Forget a job: close its log and remove its directory."""
+    def remove(self, job_id: str, run: int) -> None:
+        """Forget a job: close its log, remove it and the files of its last run."""
         fd = self._fds.pop(job_id, None)
         if fd is not None:
             os.close(fd)
-        d = self.dir(job_id)
+        run, stdin = self._files.pop(job_id, (run, True))
+        self._unlink_run(job_id, run, stdin)
         try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            return
+            os.unlink(self.log_path(job_id))
         except OSError:
-            shutil.rmtree(d, ignore_errors=True)
-            return
-        for name in names:
+            pass
+
+    def _unlink_run(self, job_id: str, run: int, stdin: bool) -> None:
+        paths = [*self.output_paths(job_id, run)]
+        if stdin:
+            paths.append(self.stdin_path(job_id, run))
+        for path in paths:
             try:
-                os.unlink(d / name)
-            except IsADirectoryError:
-                shutil.rmtree(d / name, ignore_errors=True)
+                os.unlink(path)
             except OSError:
                 pass
-        try:
-            os.rmdir(d)
-        except OSError:
-            shutil.rmtree(d, ignore_errors=True)
 
     def load_all(self) -> list[Saved]:
-        """Every job a previous dispatcher left (unreadable ones are removed)."""
+        """Every job a previous dispatcher left (unreadable ones are removed, and so are
+        output files no job owns)."""
         out = []
-        for d in sorted(self.root.glob("j-*")):
+        stdins = []
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            name = entry.name
+            if not name.startswith("j-"):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)  # an older layout: not adoptable
+                continue
+            if name.endswith(".in"):
+                stdins.append(entry)
+                continue
+            if not name.endswith(".log"):
+                continue
             try:
-                out.append(_load(d))
+                saved = _load(Path(entry.path))
             except (OSError, ValueError, KeyError, TypeError):
-                shutil.rmtree(d, ignore_errors=True)
+                _unlink(entry.path)
+                continue
+            out.append(saved)
+        keep = {f"{_name(s.id)}.{s.run}" for s in out}
+        for entry in [*stdins, *os.scandir(self.out)]:
+            if entry.name.rsplit(".", 1)[0] not in keep:  # earlier runs', or no job's
+                _unlink(entry.path)
         return out
 
 
-def _load(d: Path) -> Saved:
-    lines = (d / "job.log").read_bytes().split(b"\n")
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _load(path: Path) -> Saved:
+    lines = path.read_bytes().split(b"\n")
     body = json.loads(lines[0])
     for line in lines[1:]:
         try:
@@ -178,6 +239,7 @@ def _load(d: Path) -> Saved:
         next_run=float(body.get("next_run") or 0.0),
         protected=bool(body.get("protected")),
         comm=body.get("comm") or "",
+        start_max=int(body.get("start_max") or 0),
     )
 
 

@@ -126,6 +126,7 @@ class Tail:
 _libc = ctypes.CDLL(None, use_errno=True)
 IN_MODIFY = 0x00000002
 IN_CLOSE_WRITE = 0x00000008
+IN_Q_OVERFLOW = 0x00004000
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
@@ -133,7 +134,11 @@ _EVENT = struct.Struct("iIII")
 
 
 class Inotify:
-    """One inotify instance for the dispatcher; calls a callback per modified watch."""
+    """One inotify instance for the dispatcher; calls a callback per modified watch.
+
+    Besides watches of single files (:meth:`add`), one directory can be watched once for all
+    the files in it (:meth:`watch_dir`, then :meth:`add_name` per file): its events carry the
+    file's name, so following a file there costs no ``inotify_add_watch``/``rm_watch``."""
 
     def __init__(self) -> None:
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
@@ -143,6 +148,10 @@ class Inotify:
         self.fd = fd
         self._callbacks: dict[int, Callable[[], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: the directory watched once, its watch, and its files followed (name → callback)
+        self.dir = ""
+        self._dir_wd = -1
+        self._names: dict[bytes, Callable[[], None]] = {}
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -165,22 +174,48 @@ class Inotify:
         if self._callbacks.pop(wd, None) is not None:
             _libc.inotify_rm_watch(self.fd, wd)
 
+    def watch_dir(self, path: str) -> None:
+        """Watch the files in directory ``path`` (one watch for all of them)."""
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), IN_MODIFY | IN_CLOSE_WRITE)
+        if wd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+        self.dir, self._dir_wd = path, int(wd)
+
+    def add_name(self, name: str, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when the file ``name`` in the watched directory is written."""
+        self._names[os.fsencode(name)] = callback
+
+    def remove_name(self, name: str) -> None:
+        self._names.pop(os.fsencode(name), None)
+
     def _read(self) -> None:
         try:
             data = os.read(self.fd, 65536)
         except BlockingIOError:
             return
         fired: set[int] = set()
+        names: set[bytes] = set()
         off = 0
         while off + _EVENT.size <= len(data):
             wd, mask, _cookie, length = _EVENT.unpack_from(data, off)
-            off += _EVENT.size + length
+            start = off + _EVENT.size
+            off = start + length
+            if mask & IN_Q_OVERFLOW:  # events were lost: every follower reads on
+                fired.update(self._callbacks)
+                names.update(self._names)
+                continue
+            if wd == self._dir_wd:
+                if length:
+                    names.add(data[start:off].rstrip(b"\0"))
+                continue
             if mask & IN_IGNORED:
                 self._callbacks.pop(wd, None)
                 continue
             fired.add(wd)
-        for wd in fired:
-            cb = self._callbacks.get(wd)
+        cbs = [self._callbacks.get(wd) for wd in fired]
+        cbs += [self._names.get(name) for name in names]
+        for cb in cbs:
             if cb is not None:
                 try:
                     cb()
@@ -233,11 +268,17 @@ class FileFollower:
         self._again = False
         self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self._wd: int | None = None
+        self._name: str | None = None
         self._inotify: Inotify | None = None
 
     def start(self, inotify: Inotify) -> None:
         self._inotify = inotify
-        self._wd = inotify.add(self.path, self.pump)
+        where, name = os.path.split(self.path)
+        if inotify.dir and where == inotify.dir:
+            self._name = name
+            inotify.add_name(name, self.pump)
+        else:
+            self._wd = inotify.add(self.path, self.pump)
         self.pump()  # what was written before the watch
 
     def pump(self, *, drain: bool = False) -> None:
@@ -311,6 +352,9 @@ class FileFollower:
         if self._inotify is not None and self._wd is not None:
             self._inotify.remove(self._wd)
             self._wd = None
+        if self._inotify is not None and self._name is not None:
+            self._inotify.remove_name(self._name)
+            self._name = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -180,11 +180,15 @@ async def spawn(
     stdout: int,
     stderr: int,
     exe: str | None = None,
+    start_ticks: bool = True,
 ) -> Spawned:
     """Start ``argv`` in a new session (see core0.proc.spawn). ``stdin``/``stdout``/``stderr`` are
     open fds. The executable is ``exe`` if given (already resolved by the caller), else
     resolved with the PATH of ``env``; FileNotFoundError if
-    missing, NotADirectoryError if ``cwd`` is not a directory."""
+    missing, NotADirectoryError if ``cwd`` is not a directory. ``start_ticks=False`` skips
+    reading the child's start time (``Spawned.start_ticks`` is 0): reading /proc/<pid>/stat
+    of a child that is still exec'ing waits for the exec, and a caller that brackets the
+    spawn with :func:`boot_ticks` knows the start time well enough."""
     env = dict(os.environ if env is None else env)
     path = exe or find_executable(argv[0], env)
     if path is None:
@@ -192,7 +196,7 @@ async def spawn(
     if cwd is not None and not os.path.isdir(cwd):
         raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {cwd}")
     pid = spawn_program(path, argv, env, (stdin, stdout, stderr), cwd)
-    return Spawned(pid, proc_start_ticks(pid))
+    return Spawned(pid, proc_start_ticks(pid) if start_ticks else 0)
 
 
 def killpg(pid: int, sig: int) -> bool:
