@@ -303,8 +303,9 @@ class VirtConfig(Section):
 
     #: the libvirt URI core0 manages VMs through
     uri: str = "qemu:///system"
-    #: VM files (overlays, console logs, static state); "" = <state_dir>/virt
-    dir: str = ""
+    #: VM files (overlays, console logs, downloaded images); outside the state dir, which is
+    #: private (0700) while qemu may run as an unprivileged user that must reach its disks
+    dir: str = "/var/lib/core0/virt"
     #: auto (kvm where a probe guest really runs, else qemu/TCG), kvm or qemu
     domain_type: Literal["auto", "kvm", "qemu"] = "auto"
     #: the kernel the KVM probe boots ("" = /boot/vmlinuz-<release> or /boot/vmlinuz)

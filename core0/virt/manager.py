@@ -74,7 +74,7 @@ class Virt:
     def __init__(self, ctx: Context):
         cfg = ctx.config
         self.conn = Conn(cfg.virt.uri)
-        self.dir = Path(cfg.virt.dir or cfg.state_dir / "virt")
+        self.dir = Path(cfg.virt.dir)
         #: the context background work (event-driven cleanup) runs with: the first command's
         #: (its engine and configuration are the node's; its job is not used)
         self.node = ctx
