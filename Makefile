@@ -35,6 +35,11 @@ bench: deps
 	$(VENV)/bin/python bench/net.py
 	$(VENV)/bin/python bench/boot.py
 	$(VENV)/bin/python bench/resp_link.py
+	$(VENV)/bin/python bench/spawn.py
+	$(VENV)/bin/python bench/idle.py
+	$(VENV)/bin/python bench/front.py
+	$(VENV)/bin/python bench/container.py
+	$(VENV)/bin/python bench/kvm.py
 	$(VENV)/bin/python bench/idle.py
 
 ## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full)
