@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core0.backoff import PERMANENT_EXIT, Backoff
-from core0.proc.spawn import reset_ignored_signals, spawn_program, wait_status
+from core0.proc.spawn import (
+    exited_children,
+    reap_zombie,
+    reset_ignored_signals,
+    spawn_program,
+)
 
 log = logging.getLogger("core0.shim")
 
@@ -177,22 +182,10 @@ class Supervisor:
     # ------------------------------------------------------------ reaping
 
     def reap(self) -> None:
-        while True:
-            try:
-                # peek first: while it is a zombie its start time and name can still be read
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if info is None or info.si_pid == 0:
-                return
-            pid, status = info.si_pid, wait_status(info)
+        # peeked: while it is a zombie its start time and name can still be read
+        for pid, status in exited_children():
             ticks, comm = _stat_of(pid)
-            try:
-                os.waitpid(pid, 0)
-            except ChildProcessError:
-                pass
+            reap_zombie(pid)
             svc = next((s for s in self.services if s.pid == pid), None)
             if svc is not None:
                 self._service_exited(svc, status)

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core0.proc.spawn import spawn_program, wait_status
+from core0.proc.spawn import exited_children, reap_zombie, spawn_program
 
 log = logging.getLogger(__name__)
 
@@ -117,27 +117,15 @@ class Reaper:
         return fut
 
     def reap(self) -> None:
-        while True:
-            try:
-                # peek first (WNOWAIT): the child stays a zombie until its status is persisted
-                info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-            except ChildProcessError:
-                return
-            except InterruptedError:
-                continue
-            if info is None or info.si_pid == 0:
-                return
-            pid, status = info.si_pid, wait_status(info)
+        # peeked: the child stays a zombie until its status is persisted (the hook)
+        for pid, status in exited_children():
             hook = self._before.pop(pid, None)
             if hook is not None:
                 try:
                     hook(status)
                 except Exception:
                     log.exception("exit hook of pid %d failed", pid)
-            try:
-                os.waitpid(pid, 0)  # a zombie: returns at once
-            except ChildProcessError:
-                pass
+            reap_zombie(pid)
             fut = self._waiters.pop(pid, None)
             if fut is not None:
                 if not fut.done():

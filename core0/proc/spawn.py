@@ -22,7 +22,7 @@ import platform
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 _ALL_SIGNALS = {s for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP)}
@@ -142,6 +142,31 @@ def reset_ignored_signals() -> list[int]:
         except (OSError, ValueError):
             continue
     return reset
+
+
+def exited_children() -> Iterator[tuple[int, int]]:
+    """Every exited child as (pid, wait status), *peeked* (``WNOWAIT``): each is still a
+    zombie when yielded, so its caller can read or persist what it needs before reaping it
+    (``os.waitpid(pid, 0)``, which it must do before asking for the next). The one loop of
+    both reapers (the shim's and the dispatcher's)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+        if info is None or info.si_pid == 0:
+            return
+        yield info.si_pid, wait_status(info)
+
+
+def reap_zombie(pid: int) -> None:
+    """Reap a child already known to have exited (returns at once)."""
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def wait_status(info: os.waitid_result) -> int:
