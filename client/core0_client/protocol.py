@@ -225,7 +225,7 @@ class Command:
         return not (self.queue or self.max_restart or self.recurring_period or self.stream)
 
 
-def _depth_ok(raw: bytes, limit: int) -> bool:
+def json_depth_ok(raw: bytes, limit: int) -> bool:
     """Cheap pre-parse check that JSON nesting stays under ``limit``.
 
     Counts brackets outside strings; runs in C-speed chunks for the common shallow case.
@@ -350,7 +350,7 @@ def decode_command(raw: bytes | str, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES,
             None,
             Code.TOO_LARGE,
         )
-    if not _depth_ok(raw, MAX_DEPTH):
+    if not json_depth_ok(raw, MAX_DEPTH):
         raise ProtocolError(f"command nesting deeper than {MAX_DEPTH}")
     try:
         text = raw.decode("utf-8")

@@ -11,35 +11,10 @@ import json
 from typing import Any
 
 from core0_client.errors import ProtocolError
-from core0_client.protocol import ID_PATTERN, LogRecord, Result, State
+from core0_client.protocol import ID_PATTERN, LogRecord, Result, State, json_depth_ok
 
 #: deepest JSON accepted in a reply (a result is 2 levels deep; level-20 data may be deeper)
 MAX_REPLY_DEPTH = 256
-
-
-def _depth_ok(raw: bytes, limit: int) -> bool:
-    """Bracket nesting outside strings stays within ``limit`` (cheap when shallow)."""
-    if raw.count(b"[") + raw.count(b"{") <= limit:
-        return True
-    depth = 0
-    in_str = esc = False
-    for b in raw:
-        if in_str:
-            if esc:
-                esc = False
-            elif b == 0x5C:
-                esc = True
-            elif b == 0x22:
-                in_str = False
-        elif b == 0x22:
-            in_str = True
-        elif b in (0x5B, 0x7B):
-            depth += 1
-            if depth > limit:
-                return False
-        elif b in (0x5D, 0x7D):
-            depth -= 1
-    return True
 
 
 def load_json(raw: bytes | str, what: str) -> Any:
@@ -56,7 +31,7 @@ def load_json(raw: bytes | str, what: str) -> Any:
         text = bytes(raw).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ProtocolError(f"{what} is not valid UTF-8 (byte {e.start})") from None
-    if not _depth_ok(bytes(raw), MAX_REPLY_DEPTH):
+    if not json_depth_ok(bytes(raw), MAX_REPLY_DEPTH):
         raise ProtocolError(f"{what} is nested deeper than {MAX_REPLY_DEPTH} levels")
     try:
         return json.loads(text)
