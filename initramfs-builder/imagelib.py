@@ -12,6 +12,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,8 +133,12 @@ def download(pkgs: Iterable[Package], cache: Path) -> dict[str, Path]:
     missing = [p for p in pkgs if not _intact(cache / _deb_name(p), p)]
     if missing:
         argv = ["apt-get", "download", "-q", *[f"{p.name}={p.version}" for p in missing]]
-        res = subprocess.run(argv, cwd=cache, capture_output=True, text=True, check=False)
-        if res.returncode != 0:
+        for attempt in range(4):  # a mirror's or the resolver's passing failure is retried
+            res = subprocess.run(argv, cwd=cache, capture_output=True, text=True, check=False)
+            if res.returncode == 0:
+                break
+            time.sleep(2 ** attempt * 2)
+        else:
             raise RuntimeError(f"apt-get download failed: {res.stderr.strip()[-2000:]}")
         for p in missing:
             # apt-get names files with the epoch encoded as %3a, the pool without the epoch
