@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core0_client.protocol import Code, Command, ProtocolError, decode_command, recover_id
+from redis.exceptions import RedisError
 
 from core0 import registry
 from core0.boot.services import ServiceManager
@@ -99,7 +100,8 @@ class Dispatcher:
         self.services = ServiceManager(cfg, self.engine)
         self.engine.node = self
         self.started = time.time()
-        self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0}
+        self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0,
+                      "redis_errors": 0}
         self._loops: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------ lifecycle
@@ -206,8 +208,13 @@ class Dispatcher:
                             continue
                     delay = 0.1
                     pending = await self.handle(raws, queue, processing, role, link.pickup_many)
-                except TRANSIENT as e:
-                    log.warning("queue %s: redis unavailable (%s); retry in %.1fs", queue, e, delay)
+                except (*TRANSIENT, RedisError) as e:
+                    # any error reply too (MOVED/ASK after a failover or resharding,
+                    # CLUSTERDOWN, OOM, NOPERM, LOADING…): the loop never ends on one. The link
+                    # is dropped, so the reconnect re-resolves the slot owner of a cluster.
+                    kind = "redis unavailable" if isinstance(e, TRANSIENT) else "redis error"
+                    log.warning("queue %s: %s (%s); retry in %.1fs", queue, kind, e, delay)
+                    self.stats["redis_errors"] += 1
                     link.close()
                     connected = False
                     await asyncio.sleep(delay)

@@ -1,0 +1,41 @@
+"""The pop loop survives Redis error replies (OOM, NOPERM) on a shared Redis: it backs off,
+logs, and serves again once Redis recovers (a real redis-server, a real core0 node)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import RedisServer, wait_until
+from fleet_fixtures import start_fleet_node
+
+
+def _errors(srv: RedisServer, kind: str) -> int:
+    stats = srv.client().info("errorstats")
+    return int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
+
+
+def test_pop_loop_survives_oom_and_noperm(redis_server: RedisServer, tmp_path: Path) -> None:
+    srv = redis_server
+    fn = start_fleet_node(srv, tmp_path, "n1", user=True)
+    admin = srv.client()
+    try:
+        with fn.node.client(timeout=20, prefix=fn.prefix) as c:
+            assert c.ping().startswith("PONG")
+            # OOM: every write (the pop loop's BLMOVE, its scripts) is refused
+            admin.config_set("maxmemory", "1")
+            assert wait_until(lambda: "OOM" in fn.node.log_text(), 20), fn.node.log_text()[-2000:]
+            before = _errors(srv, "OOM")
+            wait_until(lambda: False, 2)
+            # backed off, no busy loop: a handful of attempts in 2 s, not thousands
+            assert _errors(srv, "OOM") - before < 50
+            admin.config_set("maxmemory", "0")
+            assert c.ping().startswith("PONG")
+            # NOPERM: the node's ACL user loses its keys, live
+            admin.execute_command("ACL", "SETUSER", "n1", "resetkeys")
+            assert wait_until(lambda: "NOPERM" in fn.node.log_text(), 20), \
+                fn.node.log_text()[-2000:]
+            admin.execute_command("ACL", "SETUSER", "n1", "~{n1}:*", "~nodes:*")
+            assert c.ping().startswith("PONG")
+            assert "Traceback" not in fn.node.log_text()
+    finally:
+        fn.node.stop()
