@@ -35,6 +35,7 @@ from core0.errors import (
     Unavailable,
     UnknownCommand,
 )
+from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
 from core0.jobs.job import Job
@@ -103,6 +104,8 @@ class Dispatcher:
         self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0,
                       "redis_errors": 0}
         self._loops: list[asyncio.Task[None]] = []
+        #: this node's entry in the fleet's registry (nodes:<id>), when node.registry
+        self.node_registry: NodeRegistry | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -123,6 +126,9 @@ class Dispatcher:
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
+        if self.cfg.node.registry:
+            self.node_registry = NodeRegistry(self.cfg, self.bus.r, lambda: len(self.engine.table))
+            self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
         # boot services start while the bus already answers (core.ping, service.list…)
         self._loops.append(asyncio.ensure_future(self.services.boot()))
         await self.stop_event.wait()
@@ -134,6 +140,8 @@ class Dispatcher:
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.node_registry is not None:
+            await self.node_registry.remove()
         requeue = await self.engine.stop()
         for job in requeue:
             with contextlib.suppress(Exception):
