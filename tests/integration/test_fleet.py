@@ -5,7 +5,11 @@ mid-call, tag selection, and one node's ACL user kept off another node's keys.""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -104,6 +108,39 @@ def test_acl_user_cannot_touch_another_node(
         r.llen("{node2}:core:default")
     with pytest.raises(redis.exceptions.NoPermissionError):
         r.rpush("{node2}:core:default", "x")
+
+
+def _ctl(srv: RedisServer, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CORE0_")}
+    return subprocess.run([sys.executable, "-m", "core0_client.cli", "--socket", srv.socket,
+                           "--timeout", "20", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def test_cli_nodes_and_fan_out(fleet: tuple[RedisServer, dict[str, FleetNode]]) -> None:
+    srv, _ = fleet
+    r = _ctl(srv, "nodes")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NODE", "AGE", "UPTIME"]
+    assert sorted(line.split()[0] for line in lines[1:]) == sorted(TAGS)
+    r = _ctl(srv, "--json", "nodes")
+    assert {n["id"] for n in json.loads(r.stdout)} == set(TAGS)
+    r = _ctl(srv, "--node-tags", "web", "ping")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1] for line in r.stdout.splitlines()[1:]}
+    assert rows == {"node1": "SUCCESS", "node2": "SUCCESS", "node5": "SUCCESS"}
+    assert "core0ctl: 3/3 done, 0 failed" in r.stderr.splitlines()
+    r = _ctl(srv, "--nodes", "node1,ghost", "--json", "system", "--", "echo", "hi")
+    assert r.returncode == 1
+    out = json.loads(r.stdout)
+    assert out["node1"]["ok"] and out["node1"]["result"]["streams"][0] == "hi\n"
+    assert out["ghost"]["error"] == "not in the registry"
+    assert r.stderr.splitlines()[-1] == "core0ctl: 2/2 done, 1 failed"
+    r = _ctl(srv, "--node-tags", "db", "--stream", "system", "--", "echo", "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(x for x in r.stdout.splitlines() if x.endswith(": out")) == [
+        "node3: out", "node4: out"]
 
 
 def test_node_killed_mid_call_then_registry_shows_4(
