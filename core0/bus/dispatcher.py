@@ -35,6 +35,7 @@ from core0.errors import (
     Unavailable,
     UnknownCommand,
 )
+from core0.fleet.metrics import NodeMetrics
 from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
@@ -106,6 +107,11 @@ class Dispatcher:
         self._loops: list[asyncio.Task[None]] = []
         #: this node's entry in the fleet's registry (nodes:<id>), when node.registry
         self.node_registry: NodeRegistry | None = None
+        queues = {self.bus.keys.queue(q): (self.bus.keys.processing(self.bus.keys.queue(q)),
+                                           self.bus.keys.dead(self.bus.keys.queue(q)))
+                  for q in self.roles}
+        self.metrics = NodeMetrics(cfg, self.stats, lambda: len(self.engine.table), queues)
+        self.engine.on_result = self.metrics.result
 
     # ------------------------------------------------------------ lifecycle
 
@@ -126,6 +132,9 @@ class Dispatcher:
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
+        self.metrics.serve()
+        self._loops.append(asyncio.ensure_future(
+            self.metrics.watch_queues(self.bus.r, self.stop_event)))
         if self.cfg.node.registry:
             self.node_registry = NodeRegistry(self.cfg, self.bus.r, lambda: len(self.engine.table))
             self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
@@ -148,6 +157,7 @@ class Dispatcher:
                 await self.bus.r.delete(self.bus.keys.flag(job.id))
                 queue = job.processing.removesuffix(":processing")
                 await self.bus.requeue(queue, job.processing, job.raw)
+        self.metrics.close()
         await self.shim.close()
         await self.bus.close()
         self.reaper.uninstall()
@@ -364,6 +374,7 @@ class Dispatcher:
                mode: str = "new") -> None:
         self.stats["errors"] += 1
         res = exception_result(job_id, command, exc, tags=cmd.tags if cmd else None)
+        self.metrics.result(command, res.state.value, 0.0)
         pubs.append(Publish(job_id, res.to_json(), raw, processing, mode))
 
     # ------------------------------------------------------------ reconcile

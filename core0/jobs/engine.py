@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import (
@@ -98,6 +99,8 @@ class JobEngine:
         self._room = asyncio.Event()
         self._room.set()
         self.started_total = 0
+        #: called with (command, state, seconds) for each result written (the node's metrics)
+        self.on_result: Callable[[str, str, float], None] = lambda command, state, seconds: None
         self.stopping = False
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None
@@ -276,6 +279,7 @@ class JobEngine:
             except Exception:
                 log.exception("job %s: result not written", job.id)
             self.remember(job.id, text, job.role)
+            self.on_result(job.cmd.command, result.state.value, result.time / 1000)
         self.store.remove(job.id)
         if self.table.pop(job.id, None) is not None and not job.internal:
             self.by_role[job.role] -= 1
@@ -321,6 +325,7 @@ class JobEngine:
             res = builtin_result(job, value)
         except Exception as e:
             res = exception_result(cmd.id, cmd.command, e, job.starttime, cmd.tags)
+        self.on_result(cmd.command, res.state.value, res.time / 1000)
         return res.to_json()
 
     async def _process_run(
