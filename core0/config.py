@@ -312,8 +312,9 @@ class NodeConfig(Section):
     id: Annotated[str, schema.Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}|")] = ""
     #: labels a fleet selects nodes by (``Fleet.run(..., tags=[...])``)
     tags: list[str] = field(default_factory=list)
-    #: write the registry entry (off: the node is invisible to ``Fleet.nodes()``)
-    registry: bool = True
+    #: write the registry entry: auto = on a shared (not embedded) Redis only, yes, no (the
+    #: node is then invisible to ``Fleet.nodes()``)
+    registry: AutoYesNo = "auto"
     #: seconds between two heartbeats; the entry expires ``ttl`` seconds after the last one
     heartbeat: Annotated[float, schema.Range(0.1, 3600)] = 10.0
     ttl: Annotated[int, schema.Range(1, 86400)] = 30

@@ -135,7 +135,8 @@ class Dispatcher:
         self.metrics.serve()
         self._loops.append(asyncio.ensure_future(
             self.metrics.watch_queues(self.bus.r, self.stop_event)))
-        if self.cfg.node.registry:
+        if self.cfg.node.registry == "yes" or (self.cfg.node.registry == "auto"
+                                               and not self.cfg.redis.embedded):
             self.node_registry = NodeRegistry(self.cfg, self.bus.r, lambda: len(self.engine.table))
             self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
         # boot services start while the bus already answers (core.ping, service.list…)
