@@ -35,6 +35,7 @@ from core0.errors import (
     Unavailable,
     UnknownCommand,
 )
+from core0.fleet.aggregator import Aggregator
 from core0.fleet.metrics import NodeMetrics
 from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
@@ -112,6 +113,9 @@ class Dispatcher:
                   for q in self.roles}
         self.metrics = NodeMetrics(cfg, self.stats, lambda: len(self.engine.table), queues)
         self.engine.on_result = self.metrics.result
+        #: level-10 statistics of jobs (aggregator.query)
+        self.aggregator = Aggregator()
+        self.engine.on_stats = self.aggregator.feed_line
 
     # ------------------------------------------------------------ lifecycle
 

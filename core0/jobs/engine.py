@@ -101,6 +101,8 @@ class JobEngine:
         self.started_total = 0
         #: called with (command, state, seconds) for each result written (the node's metrics)
         self.on_result: Callable[[str, str, float], None] = lambda command, state, seconds: None
+        #: called with the text of each level-10 (statistics) message of a job (aggregator)
+        self.on_stats: Callable[[str], None] = lambda text: None
         self.stopping = False
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None

@@ -67,3 +67,26 @@ def test_core0_metrics_off_is_an_error(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, cwd=str(ROOT),
                        env={k: v for k, v in os.environ.items() if k != "CORE0_METRICS_PORT"})
     assert r.returncode == 2 and "metrics.port is 0" in r.stderr
+
+
+def test_aggregator_query_from_job_stats_lines(tmp_path: Path) -> None:
+    node = start_node(tmp_path / "state")
+    try:
+        with node.client(timeout=20) as c:
+            script = ("echo '10::test.temp:20|A|id=probe1,room=lab'; "
+                      "echo '10::test.temp:30|A|id=probe1,room=lab'; "
+                      "echo '10::test.other:1|A'; echo 'plain line'")
+            assert c.system(["sh", "-c", script]).get().state.value == "SUCCESS"
+            out = c.json("aggregator.query", {"key": "test.temp"})
+            assert list(out) == ["test.temp/probe1"]
+            st = out["test.temp/probe1"]
+            assert st["op"] == "A" and st["last_value"] in (20, 30) and st["last_time"] > 0
+            assert {t["Key"]: t["Value"] for t in st["tags"]} == {"id": "probe1", "room": "lab"}
+            assert set(st["current"]) == {"300", "3600"}
+            for sample in st["current"].values():
+                assert set(sample) == {"avg", "total", "max", "count", "start"}
+                assert sample["count"] >= 1 and sample["start"] > 0
+            assert "test.other" in c.json("aggregator.query", {})
+            assert c.json("aggregator.query", {"tags": {"room": "attic"}}) == {}
+    finally:
+        node.stop()
