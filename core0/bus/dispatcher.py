@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from core0 import registry
 from core0.boot.services import ServiceManager
+from core0.bus.endpoint import make_client
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.errors import (
@@ -141,7 +142,8 @@ class Dispatcher:
             self.metrics.watch_queues(self.bus.r, self.stop_event)))
         if self.cfg.node.registry == "yes" or (self.cfg.node.registry == "auto"
                                                and not self.cfg.redis.embedded):
-            self.node_registry = NodeRegistry(self.cfg, self.bus.r, lambda: len(self.engine.table))
+            r = make_client(self.cfg, cluster_wide=True) if self.cfg.redis.cluster else self.bus.r
+            self.node_registry = NodeRegistry(self.cfg, r, lambda: len(self.engine.table))
             self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
         # boot services start while the bus already answers (core.ping, service.list…)
         self._loops.append(asyncio.ensure_future(self.services.boot()))

@@ -37,7 +37,11 @@ def test_cluster_client_carries_credentials_and_tls(tmp_path: Path) -> None:
     cfg = _load(tmp_path, '[redis]\nembedded = false\ncluster = true\n'
                           'url = "rediss://bob:pw@db.example:7000"\n'
                           f'tls_ca = "{tmp_path}/ca.crt"\n[bus]\nprefix = "{{n1}}:"\n')
-    rc = make_client(cfg)
+    rc = make_client(cfg, cluster_wide=True)  # also what finds the node's slot owner
     kw = rc.connection_kwargs  # what every node connection of the cluster client uses
     assert kw["username"] == "bob" and kw["password"] == "pw"
     assert kw["ssl_ca_certs"] == f"{tmp_path}/ca.crt" and kw["ssl_cert_reqs"] == "required"
+    # the node's own client: bound to its slot's master, same credentials and TLS files
+    own = make_client(cfg).connection_pool.connection_kwargs
+    assert own["username"] == "bob" and own["password"] == "pw"
+    assert own["ssl_ca_certs"] == f"{tmp_path}/ca.crt" and own["slot_cfg"] is cfg
