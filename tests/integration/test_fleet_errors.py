@@ -39,3 +39,34 @@ def test_pop_loop_survives_oom_and_noperm(redis_server: RedisServer, tmp_path: P
             assert "Traceback" not in fn.node.log_text()
     finally:
         fn.node.stop()
+
+
+def test_result_written_during_oom_arrives_after(redis_server: RedisServer,
+                                                 tmp_path: Path) -> None:
+    """A job that ends while Redis refuses writes (OOM) keeps its result and writes it once
+    Redis takes writes again: exactly one result, the job not run twice."""
+    srv = redis_server
+    fn = start_fleet_node(srv, tmp_path, "n2")
+    admin = srv.client()
+    marker = tmp_path / "runs"
+    try:
+        with fn.node.client(timeout=30, prefix=fn.prefix) as c:
+            ended = tmp_path / "ended"
+            resp = c.system(["sh", "-c", f"echo x >> {marker}; sleep 1; echo done; "
+                                         f"touch {ended}"])
+            assert wait_until(lambda: marker.exists(), 10)
+            admin.config_set("maxmemory", "1")
+            # the job ends while its output and result cannot be written: kept and retried
+            assert wait_until(lambda: ended.exists(), 10)
+            assert wait_until(lambda: "redis refused" in fn.node.log_text(), 20), \
+                fn.node.log_text()[-2000:]
+            admin.config_set("maxmemory", "0")
+            res = resp.get()
+            assert res.state.value == "SUCCESS" and res.stdout == "done\n"
+            assert c.ping().startswith("PONG")
+            assert srv.client().llen(f"{fn.prefix}result:{resp.id}") == 1
+            assert marker.read_text() == "x\n"  # ran once
+            assert "result not written" not in fn.node.log_text()
+    finally:
+        admin.config_set("maxmemory", "0")
+        fn.node.stop()
