@@ -23,7 +23,7 @@ from typing import Any
 
 from core0_client._api import GRACE, ClientAPI, Gen, Sleep, _xread_entries
 from core0_client._base import build, error_message
-from core0_client.errors import Core0Error, ProtocolError
+from core0_client.errors import AuthError, Core0Error, ProtocolError, TimeoutError
 from core0_client.protocol import NODES_INDEX, Command, Keys, Result, State, node_key
 from core0_client.replies import parse_record, parse_result
 
@@ -34,6 +34,8 @@ ProgressCallback = Callable[[int, int, int], None]
 
 #: seconds between two checks that the nodes still waited for are in the registry
 LIVENESS_EVERY = 1.0
+#: longest wait for one node's result in a gathering round (then another node's is waited on)
+BLOCK_MAX = 0.25
 
 
 @dataclass
@@ -134,9 +136,15 @@ class FleetAPI:
     #: a Client or an AsyncClient on the shared Redis
     client: Any
 
-    def __init__(self, *args: Any, **kw: Any):
+    def __init__(self, *args: Any, registry_cache: float = 1.0, **kw: Any):
         kw.pop("prefix", None)
         self.client = self._client_class(*args, **kw)
+        #: seconds ``run``/``stream`` reuse a registry read (0: read it for every call; a node
+        #: that died meanwhile is reported lost by the liveness check)
+        self.registry_cache = float(registry_cache)
+        self._nodes_read: tuple[float, list[NodeInfo]] | None = None
+        #: read results by polling (the ACL user may not BLMOVE them)
+        self._poll = False
 
     def _drive(self, gen: Gen) -> Any:
         return self.client._drive(gen)
@@ -200,7 +208,11 @@ class FleetAPI:
         deadline = time.monotonic() + timeout
         queue = kw.pop("queue", None) or "default"
         out = FleetResult()
-        selected, missing = _select((yield from self._g_nodes()), ids, tags)
+        cached = self._nodes_read
+        if cached is None or time.monotonic() - cached[0] > self.registry_cache:
+            cached = (time.monotonic(), (yield from self._g_nodes()))
+            self._nodes_read = cached
+        selected, missing = _select(cached[1], ids, tags)
         for i in missing:
             out.nodes[i] = NodeResult(i, error="not in the registry")
         stream = bool(kw.pop("stream", False)) or callback is not None
@@ -216,24 +228,30 @@ class FleetAPI:
             if progress is not None:
                 progress(len(out.nodes), total, len(out.failed))
 
-        if pending:  # one pipelined round trip pushes to every node
-            yield from c._pipe(
-                [["RPUSH", p.keys.queue(queue), p.cmd.to_json()] for p in pending.values()],
-                retry=False)
+        # one pipelined write pushes to every node (and, without a callback, already waits
+        # for the first result)
+        push: list[list[Any]] = [["RPUSH", p.keys.queue(queue), p.cmd.to_json()]
+                                 for p in pending.values()]
+        if push and callback is not None:
+            yield from c._pipe(push, retry=False)
+            push = []
         next_check = time.monotonic() + LIVENESS_EVERY
         pause = 0.005
+        turn = 0
         while pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 for node, p in list(pending.items()):
                     done(node, NodeResult(node, p.cmd.id, error=f"timeout after {timeout:g}s"))
                 break
-            got = yield from self._g_collect(pending, callback, min(left, 0.5))
+            turn += 1
+            got = yield from self._g_collect(pending, callback, min(left, 0.5), turn, push)
+            push = []
             for node, res in got.items():
                 done(node, NodeResult(node, pending[node].cmd.id, res))
             if got:
                 pause = 0.005
-            elif callback is None:
+            elif callback is None and self._poll:
                 yield Sleep(min(pause, max(0.0, deadline - time.monotonic())))
                 pause = min(pause * 2, 0.1)
             if pending and time.monotonic() >= next_check:
@@ -246,10 +264,13 @@ class FleetAPI:
         return out
 
     def _g_collect(self, pending: dict[str, _Pending], callback: FleetCallback | None,
-                   block: float) -> Gen:
-        """Results that arrived (one pipelined round trip); with ``callback``, first relay
-        new output records of every node (one XREAD over all their logs, blocking up to
-        ``block``)."""
+                   block: float, turn: int, push: list[list[Any]]) -> Gen:
+        """Results that arrived (one pipelined round trip). Without ``callback``, the same
+        write also waits (BLMOVE onto itself, up to BLOCK_MAX) for one still-pending node's
+        result, a different node each turn, so results are read as they arrive without a
+        polling pause; with ``callback``, it first relays new output records of every node
+        (one XREAD over all their logs, blocking up to ``block``). ``push``: commands sent
+        first in the same write (the fan-out's RPUSHes)."""
         c = self.client
         if callback is not None:
             live = [p for p in pending.values() if not p.log_done]
@@ -272,8 +293,30 @@ class FleetAPI:
                             break
                         callback(p.info.id, rec.level, rec.message, rec.flags)
         nodes = list(pending)
-        raws = yield from c._pipe(
-            [["LINDEX", pending[n].keys.result(pending[n].cmd.id), -1] for n in nodes])
+        reads: list[list[Any]] = [["LINDEX", pending[n].keys.result(pending[n].cmd.id), -1]
+                                  for n in nodes]
+        waited = nodes[turn % len(nodes)]
+        if callback is None and not self._poll:
+            t = max(0.01, min(block, BLOCK_MAX))
+            key = pending[waited].keys.result(pending[waited].cmd.id)
+            try:
+                *raws, last = yield from c._pipe(
+                    [*push, *reads, ["BLMOVE", key, key, "RIGHT", "RIGHT", round(t, 3)]],
+                    time.monotonic() + t + GRACE, blocking=True, retry=False)
+            except AuthError as e:
+                if e.kind != "NOPERM" or push:
+                    raise
+                self._poll = True  # an ACL user that may read results but not BLMOVE them
+                return {}
+            except TimeoutError:  # a slow Redis: the next round reads again (pushes were sent)
+                return {}
+            raws = raws[len(push):]
+            if last is not None:
+                raws[nodes.index(waited)] = last
+        else:
+            if push:
+                yield from c._pipe(push, retry=False)
+            raws = yield from c._pipe(reads)
         got: dict[str, Result] = {}
         for node, raw in zip(nodes, raws, strict=True):
             p = pending[node]
