@@ -47,6 +47,10 @@ def shared_client(srv: RedisServer) -> redis.Redis:
     return srv.client()
 
 
+#: every cluster node requires it (so each connection, the slot lookup included, must AUTH)
+CLUSTER_PASSWORD = "cluster-secret"
+
+
 @dataclass
 class Cluster:
     """A real Redis Cluster: 3 masters + 3 replicas on loopback."""
@@ -58,7 +62,8 @@ class Cluster:
     def client(self) -> redis.RedisCluster:
         """A cluster client started from a node that was not killed."""
         live = [p for p in self.ports if p not in self.dead]
-        return redis.RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in live])
+        return redis.RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in live],
+                                  password=CLUSTER_PASSWORD)
 
     def kill(self, port: int) -> None:
         """SIGKILL one of the servers."""
@@ -125,23 +130,25 @@ def _cluster_up(base: Path, ports: list[int], pids: list[int]) -> None:
         proc = subprocess.Popen(
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled",
              "yes", "--cluster-config-file", str(d / "nodes.conf"), "--cluster-node-timeout",
-             "2000", "--save", "", "--appendonly", "no", "--dir", str(d)],
+             "2000", "--save", "", "--appendonly", "no", "--dir", str(d), "--requirepass",
+             CLUSTER_PASSWORD, "--masterauth", CLUSTER_PASSWORD],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         ports.append(port)
         pids.append(proc.pid)
     for p in ports:
-        r = redis.Redis(port=p)
+        r = redis.Redis(port=p, password=CLUSTER_PASSWORD)
         assert wait_until(lambda r=r: _pings(r), 10), "cluster redis-server did not start"
-    subprocess.run(["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
-                    "--cluster-replicas", "1", "--cluster-yes"], check=True, timeout=60,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["redis-cli", "--no-auth-warning", "-a", CLUSTER_PASSWORD, "--cluster",
+                    "create", *[f"127.0.0.1:{p}" for p in ports], "--cluster-replicas", "1",
+                    "--cluster-yes"], check=True, timeout=60, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
 
     def ready() -> bool:
         """Every node sees the cluster ok and 3 slot ranges with a replica each, and every
         replica is in sync with its master (so a failover can happen)."""
         try:
             for p in ports:
-                r = redis.Redis(port=p)
+                r = redis.Redis(port=p, password=CLUSTER_PASSWORD)
                 if b"cluster_state:ok" not in r.execute_command("CLUSTER", "INFO"):
                     return False
                 # [start, end, master, replica…] per range

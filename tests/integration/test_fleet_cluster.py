@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import kill_tree, start_node, wait_until
 from core0_client import Client
-from fleet_fixtures import Cluster, start_cluster
+from fleet_fixtures import CLUSTER_PASSWORD, Cluster, start_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def _node_client(cluster: Cluster, prefix: str) -> Client:
     port = cluster.owner(f"{prefix}core:default")
-    return Client("127.0.0.1", port, prefix=prefix, timeout=30)
+    return Client("127.0.0.1", port, prefix=prefix, timeout=30, password=CLUSTER_PASSWORD)
 
 
 def test_nodes_on_a_cluster_survive_a_master_failover(cluster: Cluster, tmp_path: Path) -> None:
@@ -36,12 +36,15 @@ def test_nodes_on_a_cluster_survive_a_master_failover(cluster: Cluster, tmp_path
     try:
         for nid in ("c1", "c2"):
             prefix = f"{{{nid}}}:"
+            # the password reaches the slot lookup, the pop link and the cluster client
             env = {"CORE0_REDIS_CLUSTER": "true", "CORE0_NODE_ID": nid,
+                   "CORE0_REDIS_PASSWORD": CLUSTER_PASSWORD,
                    "CORE0_NODE_HEARTBEAT": "1", "CORE0_NODE_TTL": "5",
                    "CORE0_BUS_BLOCK_TIMEOUT": "1"}
             nodes[nid] = start_node(tmp_path / nid, extra=["--redis-url", url, "--prefix",
                                                             prefix], env=env,
-                                    port=cluster.owner(f"{prefix}core:default"), prefix=prefix)
+                                    port=cluster.owner(f"{prefix}core:default"), prefix=prefix,
+                                    password=CLUSTER_PASSWORD)
         rc = cluster.client()
         assert wait_until(lambda: rc.exists("nodes:c1") and rc.exists("nodes:c2"), 10)
         for nid in nodes:
