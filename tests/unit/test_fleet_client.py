@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from core0_client.fleet import AsyncFleet, Fleet, FleetAPI, NodeInfo, _select
 from core0_client.fleetcli import FleetUsageError, fleet_command
 
