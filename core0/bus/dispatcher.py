@@ -238,7 +238,8 @@ class Dispatcher:
                     # CLUSTERDOWN, OOM, NOPERM, LOADING…): the loop never ends on one. The link
                     # is dropped, so the reconnect re-resolves the slot owner of a cluster.
                     kind = "redis unavailable" if isinstance(e, TRANSIENT) else "redis error"
-                    log.warning("queue %s: %s (%s); retry in %.1fs", queue, kind, e, delay)
+                    log.warning("queue %s: %s (%s); retry in %.1fs", queue, kind,
+                                str(e) or type(e).__name__, delay)
                     self.stats["redis_errors"] += 1
                     link.close()
                     connected = False

@@ -3,8 +3,11 @@ logs, and serves again once Redis recovers (a real redis-server, a real core0 no
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
+import pytest
 from conftest import RedisServer, wait_until
 from fleet_fixtures import start_fleet_node
 
@@ -69,4 +72,30 @@ def test_result_written_during_oom_arrives_after(redis_server: RedisServer,
             assert "result not written" not in fn.node.log_text()
     finally:
         admin.config_set("maxmemory", "0")
+        fn.node.stop()
+
+
+@pytest.mark.slow
+def test_redis_stopped_then_resumed(redis_server: RedisServer, tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP) for 15 s, then resumed: the node does not hammer it with
+    reconnects meanwhile, and serves new commands after."""
+    srv = redis_server
+    fn = start_fleet_node(srv, tmp_path, "n3")
+    admin = srv.client()
+    try:
+        with fn.node.client(timeout=30, prefix=fn.prefix) as c:
+            assert c.ping().startswith("PONG")
+            before = int(admin.info("stats")["total_connections_received"])
+            os.kill(srv.pid, signal.SIGSTOP)
+            try:
+                wait_until(lambda: False, 15)
+            finally:
+                os.kill(srv.pid, signal.SIGCONT)
+            assert c.ping().startswith("PONG")
+            attempts = int(admin.info("stats")["total_connections_received"]) - before
+            # backoff, not a busy loop: well under 50 connection attempts a minute
+            assert attempts < 30, attempts
+            assert c.system("echo after").get().stdout == "after\n"
+    finally:
+        os.kill(srv.pid, signal.SIGCONT)
         fn.node.stop()
