@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, ReadOnlyError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -108,8 +109,20 @@ def _slot_bound(base: type[aioredis.Connection]) -> type[aioredis.Connection]:
             self.host, self.port = await slot_owner(self._slot_cfg)
             await super()._connect()
 
+        async def read_response(self, *args: Any, **kw: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kw)
+            except _MOVED as e:
+                # this server no longer serves the slot (failover, resharding): drop the
+                # connection, so the retry reconnects to the slot's new master
+                await self.disconnect()
+                raise RedisConnectionError(f"the node's slot moved: {e}") from e
+
     return SlotBound
 
+
+#: replies of a server that no longer serves the node's slot
+_MOVED = (MovedError, AskError, ReadOnlyError)
 
 #: cluster nodes seen in the last slot map, asked when the configured one does not answer
 _known_nodes: list[tuple[str, int]] = []

@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import kill_tree, start_node, wait_until
 from core0_client import Client
 from fleet_fixtures import CLUSTER_PASSWORD, Cluster, start_cluster
+from redis.crc import key_slot
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +71,35 @@ def test_nodes_on_a_cluster_survive_a_master_failover(cluster: Cluster, tmp_path
     finally:
         for n in nodes.values():
             n.stop()
+
+
+def test_manual_failover_moves_the_node(cluster: Cluster, tmp_path: Path) -> None:
+    """CLUSTER FAILOVER: the old master stays up as a replica and answers MOVED; the node's
+    connections drop it and reach the new master."""
+    prefix = "{m1}:"
+    key = f"{prefix}core:default"
+    old = cluster.owner(key)
+    url = f"redis://127.0.0.1:{old}"  # the lookup node itself becomes a replica
+    env = {"CORE0_REDIS_CLUSTER": "true", "CORE0_NODE_ID": "m1",
+           "CORE0_REDIS_PASSWORD": CLUSTER_PASSWORD, "CORE0_BUS_BLOCK_TIMEOUT": "1"}
+    node = start_node(tmp_path / "m1", extra=["--redis-url", url, "--prefix", prefix], env=env,
+                      port=old, prefix=prefix, password=CLUSTER_PASSWORD)
+    try:
+        with _node_client(cluster, prefix) as c:
+            assert c.system("echo before").get().stdout == "before\n"
+        slots = redis.Redis(port=old, password=CLUSTER_PASSWORD).execute_command(
+            "CLUSTER SLOTS")
+        replica = next(int(e[3][1]) for e in slots
+                       if int(e[0]) <= key_slot(key.encode()) <= int(e[1]))
+        redis.Redis(port=replica, password=CLUSTER_PASSWORD).execute_command(
+            "CLUSTER", "FAILOVER")
+        assert wait_until(lambda: cluster.owner(key) == replica, 30), "no failover"
+        with _node_client(cluster, prefix) as c:
+            assert wait_until(lambda: _pong(c), 30), node.log_text()[-3000:]
+            assert c.system("echo after").get().stdout == "after\n"
+        assert "Traceback" not in node.log_text()
+    finally:
+        node.stop()
 
 
 def _pong(c: Client) -> bool:
