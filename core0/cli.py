@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         ("dispatcher", "run the dispatcher alone (normally started by init or dev)"),
         ("front", "serve 0-core's clients: TLS, LKEYEXISTS/LTTL (started by init or dev "
                   "when redis.front_port is set)"),
+        ("metrics", "print the running node's Prometheus metrics (metrics.port)"),
     ):
         _add_config_flags(sub.add_parser(name, help=help_))
     from core0.security import cli as seccli
@@ -109,6 +110,17 @@ def main(argv: list[str] | None = None) -> None:
         from core0.security import front
 
         sys.exit(front.main(cfg))
+    elif ns.mode == "metrics":
+        if not cfg.metrics.port:
+            print("core0: metrics.port is 0: the metrics endpoint is off", file=sys.stderr)
+            sys.exit(2)
+        from core0.fleet.metrics import fetch
+
+        try:
+            sys.stdout.buffer.write(fetch(cfg))
+        except OSError as e:
+            print(f"core0: metrics endpoint unreachable: {e}", file=sys.stderr)
+            sys.exit(1)
     elif ns.mode == "dev":
         setup_logging(cfg.main.log_level, "core0")
         from core0.init.dev import run_dev

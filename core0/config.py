@@ -316,6 +316,32 @@ class VirtConfig(Section):
 
 
 @dataclass(frozen=True)
+class NodeConfig(Section):
+    """This node in a fleet: its registry entry ``nodes:<id>`` (core0/fleet/registry.py)."""
+
+    #: the node's id in the registry ("" = the hostname)
+    id: Annotated[str, schema.Pattern(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}|")] = ""
+    #: labels a fleet selects nodes by (``Fleet.run(..., tags=[...])``)
+    tags: list[str] = field(default_factory=list)
+    #: write the registry entry: auto = on a shared (not embedded) Redis only, yes, no (the
+    #: node is then invisible to ``Fleet.nodes()``)
+    registry: AutoYesNo = "auto"
+    #: seconds between two heartbeats; the entry expires ``ttl`` seconds after the last one
+    heartbeat: Annotated[float, schema.Range(0.1, 3600)] = 10.0
+    ttl: Annotated[int, schema.Range(1, 86400)] = 30
+
+
+@dataclass(frozen=True)
+class MetricsConfig(Section):
+    """The Prometheus text endpoint (core0/fleet/metrics.py)."""
+
+    #: loopback HTTP port of ``/metrics`` (0 = off)
+    port: Port = 0
+    #: address it listens on (loopback unless you mean otherwise)
+    bind: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
 class Config(schema.Schema):
     """The whole configuration: one schema per ``[section]``, the startup services and users
     (checked by their own modules), the kernel command line and the files read."""
@@ -330,6 +356,8 @@ class Config(schema.Schema):
     services: ServicesConfig = field(default_factory=ServicesConfig)
     cloudconfig: CloudConfigConfig = field(default_factory=CloudConfigConfig)
     virt: VirtConfig = field(default_factory=VirtConfig)
+    node: NodeConfig = field(default_factory=NodeConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -373,6 +401,8 @@ _SECTIONS: dict[str, type[Section]] = {
     "services": ServicesConfig,
     "cloudconfig": CloudConfigConfig,
     "virt": VirtConfig,
+    "node": NodeConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -543,6 +573,9 @@ def validate(cfg: Config) -> None:
     if r.front_port and r.front_port in (r.tls_port, r.port if (not r.tls_port or r.plain_tcp)
                                          else 0):
         raise ConfigError(f"redis.front_port {r.front_port} is also a port of redis-server")
+    if r.cluster and not hash_tagged(cfg.bus.prefix):
+        raise ConfigError("redis.cluster needs a hash-tagged bus.prefix such as '{node1}:' "
+                          "(all of a node's keys in one slot)")
     if not cfg.redis.embedded and not cfg.redis.url:
         raise ConfigError("redis.url is required when redis.embedded = false")
     if not cfg.redis.embedded and cfg.redis.url.startswith("redis://") and not cfg.redis.insecure:
@@ -552,6 +585,14 @@ def validate(cfg: Config) -> None:
                 "refusing a remote Redis over plain TCP: use rediss:// (TLS) or unix://, "
                 "or set redis.insecure = true"
             )
+
+
+def hash_tagged(prefix: str) -> bool:
+    """The prefix carries a Redis Cluster hash tag (``{x}``, non-empty, the first ``{…}``), so
+    every key built on it hashes to one slot."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1)
+    return start >= 0 and end > start + 1
 
 
 def hint_types() -> dict[str, dict[str, Any]]:

@@ -15,6 +15,7 @@ from core0.proc.output import Message
 if TYPE_CHECKING:
     from core0.boot.services import ServiceManager
     from core0.config import Config
+    from core0.fleet.aggregator import Aggregator
     from core0.jobs.engine import JobEngine
     from core0.jobs.job import Job
     from core0.registry import Role
@@ -29,6 +30,8 @@ class Node(Protocol):
     """The running node as handlers see it (the dispatcher implements it)."""
 
     services: ServiceManager
+    #: level-10 statistics of jobs (core0.fleet.aggregator)
+    aggregator: Aggregator
 
     async def reload(self) -> dict[str, Any]:
         """Re-read the configuration and apply service changes."""

@@ -191,7 +191,7 @@ class Node:
 
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
                env: dict[str, str] | None = None, port: int | None = None,
-               prefix: str = "") -> Node:
+               prefix: str = "", password: str | None = None) -> Node:
     """Start ``core0 dev`` and wait until core.ping answers."""
     require("redis-server")
     import subprocess  # test fixture only
@@ -212,7 +212,7 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
     node = Node(proc.pid, port, state_dir, log)
     from core0_client import Client
 
-    c = Client("127.0.0.1", port, timeout=5, retries=2, prefix=prefix)
+    c = Client("127.0.0.1", port, timeout=5, retries=2, prefix=prefix, password=password)
     deadline = time.monotonic() + 30
     while True:
         try:

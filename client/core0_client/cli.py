@@ -8,6 +8,8 @@
     core0ctl raw core.system '{"name": "uname", "args": ["-a"]}'
     core0ctl disk list                 # any command: <domain> <action> [key=value ...]
     core0ctl zfs create name=tank/data # values are JSON when they parse, strings otherwise
+    core0ctl nodes                     # a fleet on a shared Redis: its registered nodes
+    core0ctl --node-tags web ping      # fan-out: --nodes a,b,c | --node-tags t (fleetcli)
 
 Connection: --url (or CORE0_URL): redis://user:pass@host:port/, rediss://user:pass@host:port/
 ?ca=ca.pem[&cert=..&key=..] (TLS), unix:///path/to/redis.sock; or --host/--port (or --socket),
@@ -90,6 +92,8 @@ def _parser(words: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--queue-name", help="named sequential job queue")
     ap.add_argument("--recurring", type=int, help="run every N seconds")
     ap.add_argument("--tags", help="comma-separated tags")
+    ap.add_argument("--nodes", help="fleet: run on these registered nodes (comma-separated ids)")
+    ap.add_argument("--node-tags", help="fleet: run on the nodes carrying all these tags")
     if words:
         ap.add_argument("words", nargs=argparse.REMAINDER, help="command and its arguments")
     return ap
@@ -205,12 +209,20 @@ def main(argv: list[str] | None = None) -> None:
         _fail(2, "a command is expected (see core0ctl --help)")
     client: Client | None = None
     try:
-        client = _client(ns)
         opts: dict[str, Any] = {
             "id": ns.id, "max_time": ns.max_time, "queue": ns.queue_name,
             "recurring_period": ns.recurring, "stream": ns.stream,
             "tags": ns.tags.split(",") if ns.tags else None,
         }
+        if words == ["nodes"] or ns.nodes or ns.node_tags:  # the fleet on a shared Redis
+            from core0_client import fleetcli
+
+            try:
+                status = fleetcli.run(ns, _endpoint(ns), words, opts)
+            except fleetcli.FleetUsageError as e:
+                raise UsageError(str(e)) from None
+            sys.exit(status)
+        client = _client(ns)
         status = _run(ns, client, words, opts)
     except (UsageError, URLError) as e:
         _fail(2, e)

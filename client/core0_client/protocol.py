@@ -172,6 +172,17 @@ class Keys:
         return f"{self.prefix}core0:node"
 
 
+#: the fleet's node registry: ``nodes:<id>`` (JSON, with a TTL) and an index of the ids by
+#: expiry time (a sorted set, trimmed and given a TTL on every heartbeat)
+NODES_PREFIX = "nodes:"
+NODES_INDEX = "nodes:{index}"
+
+
+def node_key(node_id: str) -> str:
+    """The registry entry of a node (outside any node's prefix: every node's, in one place)."""
+    return f"{NODES_PREFIX}{node_id}"
+
+
 _COMMAND_FIELDS = {
     "id",
     "command",

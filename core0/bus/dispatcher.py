@@ -28,9 +28,11 @@ from core0_client.protocol import (
     decode_command,
     recover_id,
 )
+from redis.exceptions import RedisError
 
 from core0 import registry
 from core0.boot.services import ServiceManager
+from core0.bus.endpoint import make_client
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.errors import (
@@ -41,6 +43,9 @@ from core0.errors import (
     Unavailable,
     UnknownCommand,
 )
+from core0.fleet.aggregator import Aggregator
+from core0.fleet.metrics import NodeMetrics
+from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
 from core0.jobs.job import Job
@@ -109,8 +114,19 @@ class Dispatcher:
         self.services = ServiceManager(cfg, self.engine)
         self.engine.node = self
         self.started = time.time()
-        self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0}
+        self.stats = {"accepted": 0, "inline": 0, "errors": 0, "dead_letters": 0, "duplicates": 0,
+                      "redis_errors": 0}
         self._loops: list[asyncio.Task[None]] = []
+        #: this node's entry in the fleet's registry (nodes:<id>), when node.registry
+        self.node_registry: NodeRegistry | None = None
+        queues = {self.bus.keys.queue(q): (self.bus.keys.processing(self.bus.keys.queue(q)),
+                                           self.bus.keys.dead(self.bus.keys.queue(q)))
+                  for q in self.roles}
+        self.metrics = NodeMetrics(cfg, self.stats, lambda: len(self.engine.table), queues)
+        self.engine.on_result = self.metrics.result
+        #: level-10 statistics of jobs (aggregator.query)
+        self.aggregator = Aggregator()
+        self.engine.on_stats = self.aggregator.feed_line
 
     # ------------------------------------------------------------ lifecycle
 
@@ -131,6 +147,14 @@ class Dispatcher:
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
+        self.metrics.serve()
+        self._loops.append(asyncio.ensure_future(
+            self.metrics.watch_queues(self.bus.r, self.stop_event)))
+        if self.cfg.node.registry == "yes" or (self.cfg.node.registry == "auto"
+                                               and not self.cfg.redis.embedded):
+            r = make_client(self.cfg, cluster_wide=True) if self.cfg.redis.cluster else self.bus.r
+            self.node_registry = NodeRegistry(self.cfg, r, lambda: len(self.engine.table))
+            self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
         # boot services start while the bus already answers (core.ping, service.list…)
         self._loops.append(asyncio.ensure_future(self.services.boot()))
         await self.stop_event.wait()
@@ -142,12 +166,15 @@ class Dispatcher:
         for t in self._loops:
             t.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
+        if self.node_registry is not None:
+            await self.node_registry.remove()
         requeue = await self.engine.stop()
         for job in requeue:
             with contextlib.suppress(Exception):
                 await self.bus.r.delete(self.bus.keys.flag(job.id))
                 queue = job.processing.removesuffix(":processing")
                 await self.bus.requeue(queue, job.processing, job.raw)
+        self.metrics.close()
         await self.shim.close()
         await self.bus.close()
         self.reaper.uninstall()
@@ -248,8 +275,14 @@ class Dispatcher:
                     late = self.launch(starts, oks, processing, role)
                     if late:  # rare (recurring limits): never held behind a blocking pop
                         await self.bus.publish(late)
-                except TRANSIENT as e:
-                    log.warning("queue %s: redis unavailable (%s); retry in %.1fs", queue, e, delay)
+                except (*TRANSIENT, RedisError) as e:
+                    # any error reply too (MOVED/ASK after a failover or resharding,
+                    # CLUSTERDOWN, OOM, NOPERM, LOADING…): the loop never ends on one. The link
+                    # is dropped, so the reconnect re-resolves the slot owner of a cluster.
+                    kind = "redis unavailable" if isinstance(e, TRANSIENT) else "redis error"
+                    log.warning("queue %s: %s (%s); retry in %.1fs", queue, kind,
+                                str(e) or type(e).__name__, delay)
+                    self.stats["redis_errors"] += 1
                     link.close()
                     connected = False
                     sent = None
@@ -421,6 +454,7 @@ class Dispatcher:
                mode: str = "new") -> None:
         self.stats["errors"] += 1
         res = exception_result(job_id, command, exc, tags=cmd.tags if cmd else None)
+        self.metrics.result(command, res.state.value, 0.0)
         pubs.append(Publish(job_id, res.to_json(), raw, processing, mode))
 
     # ------------------------------------------------------------ reconcile

@@ -15,6 +15,10 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import AskError, MovedError, ReadOnlyError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core0.config import Config
 
@@ -92,13 +96,107 @@ def timeouts(cfg: Config) -> dict[str, Any]:
     }
 
 
-def make_client(cfg: Config, *, single: bool = False, ep: Endpoint | None = None) -> Any:
-    """A redis.asyncio client (a cluster client with ``redis.cluster``) for the endpoint."""
+def _slot_bound(base: type[aioredis.Connection]) -> type[aioredis.Connection]:
+    class SlotBound(base):  # type: ignore[valid-type,misc]
+        """A connection to whichever master serves the node's hash slot, looked up at each
+        (re)connect: after a failover the next connection reaches the promoted replica."""
+
+        def __init__(self, *, slot_cfg: Config, **kw: Any):
+            super().__init__(**kw)
+            self._slot_cfg = slot_cfg
+
+        async def _connect(self) -> None:
+            self.host, self.port = await slot_owner(self._slot_cfg)
+            await super()._connect()
+
+        async def read_response(self, *args: Any, **kw: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kw)
+            except _MOVED as e:
+                # this server no longer serves the slot (failover, resharding): drop the
+                # connection, so the retry reconnects to the slot's new master
+                await self.disconnect()
+                raise RedisConnectionError(f"the node's slot moved: {e}") from e
+
+    return SlotBound
+
+
+#: replies of a server that no longer serves the node's slot
+_MOVED = (MovedError, AskError, ReadOnlyError)
+
+#: cluster nodes seen in the last slot map, asked when the configured one does not answer
+_known_nodes: list[tuple[str, int]] = []
+
+
+async def slot_owner(cfg: Config) -> tuple[str, int]:
+    """The master serving this node's hash slot (every key of a node shares its hash tag):
+    ``CLUSTER SLOTS`` asked of the configured node, else of a node seen in an earlier slot map,
+    with the endpoint's credentials and TLS files like any other connection."""
+    ep = endpoint(cfg)
+    slot = key_slot(f"{cfg.bus.prefix}core:default".encode())
+    error: Exception = ConnectionError("no cluster node answers")
+    for host, port in dict.fromkeys([(ep.host, ep.port), *_known_nodes]):
+        kw = {**replace(ep, host=host, port=port, cluster=False).redis_kwargs(),
+              **timeouts(cfg)}
+        kw.pop("db", None)
+        r = aioredis.Redis(**kw)
+        try:
+            reply = await r.execute_command("CLUSTER SLOTS")
+        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+            error = e
+            continue
+        finally:
+            await r.aclose()
+        owner, nodes = _owner_in(reply, slot)
+        _known_nodes[:] = nodes
+        if owner is None:
+            raise ConnectionError(f"no cluster node serves slot {slot} (CLUSTERDOWN?)")
+        return owner
+    raise ConnectionError(f"cannot reach the cluster to find slot {slot}'s master: {error}")
+
+
+def _owner_in(reply: Any, slot: int) -> tuple[tuple[str, int] | None, list[tuple[str, int]]]:
+    """(the master of ``slot``, every node) in a CLUSTER SLOTS reply (raw, or as redis-py
+    parses it: {(start, end): {"primary": (host, port), "replicas": [...]}})."""
+    owner = None
+    nodes: list[tuple[str, int]] = []
+
+    def addr(a: Any) -> tuple[str, int]:
+        host = a[0].decode() if isinstance(a[0], bytes) else str(a[0])
+        return host, int(a[1])
+
+    if isinstance(reply, dict):
+        for (start, end), v in reply.items():
+            members = [addr(v["primary"]), *[addr(x) for x in v.get("replicas", [])]]
+            nodes += members
+            if int(start) <= slot <= int(end):
+                owner = members[0]
+    else:
+        for entry in reply:
+            members = [addr(x) for x in entry[2:]]
+            nodes += members
+            if int(entry[0]) <= slot <= int(entry[1]):
+                owner = members[0]
+    return owner, list(dict.fromkeys(nodes))
+
+
+def make_client(cfg: Config, *, single: bool = False, ep: Endpoint | None = None,
+                cluster_wide: bool = False) -> Any:
+    """A redis.asyncio client for the endpoint. With ``redis.cluster``: a client of the master
+    serving the node's own slot (all of its keys, scripts and pipelines included), or, with
+    ``cluster_wide``, a cluster client (keys of any slot: the fleet's registry)."""
     ep = ep or endpoint(cfg)
     kw = {**ep.redis_kwargs(), **timeouts(cfg)}
-    if ep.cluster:
+    if ep.cluster and cluster_wide:
         kw.pop("db")
         return RedisCluster(**kw)
+    if ep.cluster:
+        kw.pop("db")
+        conn_class = _slot_bound(aioredis.SSLConnection if ep.tls else aioredis.Connection)
+        kw.pop("ssl", None)
+        pool = aioredis.ConnectionPool(connection_class=conn_class, socket_keepalive=True,
+                                       max_connections=2 if single else 64, slot_cfg=cfg, **kw)
+        return aioredis.Redis(connection_pool=pool)
     if ep.path is not None:
         pool = aioredis.ConnectionPool(connection_class=aioredis.UnixDomainSocketConnection,
                                        max_connections=2 if single else 64, **kw)

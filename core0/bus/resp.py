@@ -20,7 +20,7 @@ from typing import Any
 
 import hiredis
 
-from core0.bus.endpoint import endpoint, make_client
+from core0.bus.endpoint import endpoint, slot_owner
 from core0.config import Config
 
 Arg = bytes | str | int | float
@@ -81,7 +81,7 @@ class RespConnection:
         else:
             host, port = ep.host, ep.port
             if ep.cluster:
-                host, port = await _slot_owner(self.cfg)
+                host, port = await slot_owner(self.cfg)
             self._r, self._w = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=ep.ssl_context(),
                                         server_hostname=host if ep.tls else None), timeout)
@@ -130,19 +130,6 @@ class RespConnection:
                 continue
             out.append(reply)
         return out
-
-
-async def _slot_owner(cfg: Config) -> tuple[str, int]:
-    """The master serving this node's hash slot (every key of a node shares its hash tag)."""
-    rc = make_client(cfg)
-    try:
-        await rc.initialize()
-        node = rc.get_node_from_key(f"{cfg.bus.prefix}core:default")
-        if node is None:
-            raise ConnectionError("no cluster node serves this node's hash slot")
-        return node.host, int(node.port)
-    finally:
-        await rc.aclose()
 
 
 class _Call:

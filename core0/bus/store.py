@@ -26,8 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from core0_client.protocol import Keys, LogRecord
+from redis.exceptions import (
+    AskError,
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    MovedError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core0.bus.endpoint import make_client
@@ -381,10 +392,25 @@ class Bus:
 
 
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, TimeoutError)
+#: error replies of a Redis that will take the write later (full, ACL changed live, a cluster
+#: failing over or resharding, loading): retried like a lost connection
+RETRY_REPLIES = ("OOM", "NOPERM", "CLUSTERDOWN", "MOVED", "ASK", "TRYAGAIN", "MASTERDOWN",
+                 "READONLY", "LOADING", "BUSY")
+
+
+#: the same, as redis-py raises them (it strips the reply's first word from the message)
+RETRY_ERRORS = (OutOfMemoryError, NoPermissionError, ClusterDownError, MovedError, AskError,
+                TryAgainError, MasterDownError, ReadOnlyError, BusyLoadingError)
+
+
+def retryable(e: RedisError) -> bool:
+    """The error is one Redis will stop answering (see RETRY_REPLIES)."""
+    return isinstance(e, RETRY_ERRORS) or str(e).split(" ", 1)[0] in RETRY_REPLIES
 
 
 async def retry_forever(what: str, fn: Any, *args: Any, stop: asyncio.Event | None = None) -> Any:
-    """Call ``fn(*args)`` until it succeeds, backing off 0.1 s → 5 s on Redis connection errors."""
+    """Call ``fn(*args)`` until it succeeds, backing off 0.1 s → 5 s on Redis connection errors
+    and on the error replies of :data:`RETRY_REPLIES`."""
     delay = 0.1
     while True:
         try:
@@ -395,5 +421,9 @@ async def retry_forever(what: str, fn: Any, *args: Any, stop: asyncio.Event | No
             log.warning("%s: redis unavailable (%s); retrying in %.1fs", what, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-        except RedisError:
-            raise
+        except RedisError as e:
+            if not retryable(e) or (stop is not None and stop.is_set()):
+                raise
+            log.warning("%s: redis refused (%s); retrying in %.1fs", what, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,6 +101,10 @@ class JobEngine:
         self._room = asyncio.Event()
         self._room.set()
         self.started_total = 0
+        #: called with (command, state, seconds) for each result written (the node's metrics)
+        self.on_result: Callable[[str, str, float], None] = lambda command, state, seconds: None
+        #: called with the text of each level-10 (statistics) message of a job (aggregator)
+        self.on_stats: Callable[[str], None] = lambda text: None
         self.stopping = False
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None
@@ -150,22 +155,14 @@ class JobEngine:
     def role_of(self, job_id: str) -> Role | None:
         """The role of a running or recently finished job (None: unknown)."""
         job = self.table.get(job_id)
-        if job is not None:
-            return job.role
-        known = self.recent.owner(job_id)
-        return known[0] if known else None
+        return job.role if job is not None else self.recent.role(job_id)
 
     def may_access(self, job_id: str, viewer: Role, scope: str | None) -> bool | None:
         """May a caller (role, private-queue scope) see/act on this running or recently
         finished job? None when the job is unknown."""
         job = self.table.get(job_id)
-        if job is not None:
-            return visible_to(job, viewer, scope)
-        known = self.recent.owner(job_id)
-        if known is None:
-            return None
-        role, job_scope = known
-        return viewer >= Role.ADMIN or (viewer >= role and job_scope == scope)
+        return visible_to(job, viewer, scope) if job else self.recent.visible(job_id, viewer,
+                                                                               scope)
 
     async def _main(self, job: Job, resume: jobstate.Saved | None) -> None:
         result: Result | None = None
@@ -278,6 +275,7 @@ class JobEngine:
             except Exception:
                 log.exception("job %s: result not written", job.id)
             self.remember(job.id, text, job.role, job.scope)
+            self.on_result(job.cmd.command, result.state.value, result.time / 1000)
         if job.process:
             self.store.remove(job.id, job.run)
         if self.table.pop(job.id, None) is not None and not job.internal:
@@ -325,6 +323,7 @@ class JobEngine:
             res = builtin_result(job, value)
         except Exception as e:
             res = exception_result(cmd.id, cmd.command, e, job.starttime, cmd.tags)
+        self.on_result(cmd.command, res.state.value, res.time / 1000)
         return res.to_json()
 
     async def _process_run(

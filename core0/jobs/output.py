@@ -52,6 +52,8 @@ class JobOutput:
                 self.data, self.level = m.text, m.level
             elif m.level == Level.CRITICAL:
                 self.critical = m.text
+            elif m.level == Level.STATSD:
+                self.engine.on_stats(m.text)
             self._pending.append(LogRecord(self.job.id, m.level, m.text, 0, now))
             self._pending_bytes += len(m.text) + 64
             for w in self.watchers:

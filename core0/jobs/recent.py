@@ -44,3 +44,15 @@ class RecentResults:
 
     def owner(self, job_id: str) -> tuple[Role, str | None] | None:
         return self.owners.get(job_id)
+
+    def role(self, job_id: str) -> Role | None:
+        known = self.owners.get(job_id)
+        return known[0] if known else None
+
+    def visible(self, job_id: str, viewer: Role, scope: str | None) -> bool | None:
+        """The rule of ``job.visible_to`` for a finished job (None: unknown)."""
+        known = self.owners.get(job_id)
+        if known is None:
+            return None
+        role, job_scope = known
+        return viewer >= Role.ADMIN or (viewer >= role and job_scope == scope)

@@ -22,6 +22,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (2, "init", ("core0.init",)),
     (2, "bus", ("core0.bus",)),
     (3, "context", ("core0.context",)),
+    (3, "fleet", ("core0.fleet",)),
     (4, "machinery", ("core0.storage", "core0.net", "core0.sandbox", "core0.virt")),
     (5, "jobs", ("core0.jobs",)),
     (6, "boot", ("core0.boot",)),
