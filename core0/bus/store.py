@@ -328,6 +328,10 @@ class Bus:
                 if str(r).startswith("NOSCRIPT"):
                     self.link.close("redis lost core0's scripts")
                     raise ConnectionError(f"redis lost core0's scripts: {r}")
+                if str(r).startswith(("MOVED", "ASK", "READONLY", "CLUSTERDOWN", "MASTERDOWN")):
+                    # the slot moved (failover, resharding): reconnect, which looks up the
+                    # slot's master again
+                    self.link.close(f"redis: {r}")
                 raise RedisError(str(r))
         return replies
 
