@@ -207,14 +207,16 @@ class InnerCommand(Schema):
 class DispatchArgs(Schema):
     container: Annotated[int, Range(1, 65535)]
     command: Annotated[InnerCommand, Doc("the command to run inside: core.system, bash, "
-                                         "filesystem.*, job.list/kill, process.list/kill")]
+                                         "filesystem.*, info.*, job.list/kill, "
+                                         "process.list/kill")]
 
 
 @aliases("dispatch", DispatchArgs)
 async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     """Run a command inside a container: ``core.system`` and ``bash`` through the runtime's
     exec (the container's namespaces, capabilities, seccomp filter and cgroup),
-    ``filesystem.*`` confined to the container's root, ``job.list``/``job.kill`` limited to
+    ``filesystem.*`` confined to the container's root, ``info.*`` answered for the
+    container (its cpuset, memory cgroup, netns, mounts), ``job.list``/``job.kill`` limited to
     the container's own jobs, ``process.list``/``process.kill`` to its cgroup's processes.
     The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
     are refused. Returns the inner job id; its result (``container`` set to the id) is read

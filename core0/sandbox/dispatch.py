@@ -12,12 +12,15 @@ runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_r
 container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
 in by the container cannot lead outside). Mounts made inside the container are not seen.
 
+``info.*`` is answered for the container (its cpuset, memory cgroup, netns, mounts; see
+:mod:`core0.sandbox.info`).
+
 ``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
 ``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
 
 Two rules keep an inner command from ever running on the host: ``recurring_period`` and
 ``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
-and a builtin job's (``filesystem.*``, ``job.*``, ``process.*``) stored form names no
+and a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``) stored form names no
 registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
 running on the host.
 """
@@ -43,8 +46,10 @@ if TYPE_CHECKING:
     from core0.jobs.job import Job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill", "process.list",
-             "process.kill")
+SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "job.list", "job.kill",
+             "process.list", "process.kill")
+#: the info.* commands answered for a container
+INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port", "info.version")
 #: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
 #: only their own container's; a job adopted by a new dispatcher is not listed inside)
 _INNER: dict[str, int] = {}
@@ -115,6 +120,19 @@ def _process_handler(cg_path: str, spec: CommandSpec) -> Any:
     return run_proc
 
 
+def _info_handler(ctx: Context, rec: Any, name: str) -> Any:
+    """info.* answered for the container (see :mod:`core0.sandbox.info`)."""
+    from core0.sandbox import info
+    from core0.sandbox.manager import init_pid
+
+    cdir = Store(ctx.config.state_dir).dir(rec.id)
+
+    async def run_info(c: Context, _a: Any) -> Any:
+        return await c.to_thread(info.answer, name, rec, init_pid(cdir, rec), cdir / "rootfs")
+
+    return run_info
+
+
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     """(argv inside, env additions, cwd, stdin) of a supported inner command."""
     if name == "core.system":
@@ -138,10 +156,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     fs = cmd.command.startswith("filesystem.")
     jobs = cmd.command in ("job.list", "job.kill")
     procs = cmd.command in ("process.list", "process.kill")
+    infos = cmd.command in INFO
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
-    if cmd.command not in SUPPORTED and not fs:
+    if cmd.command not in SUPPORTED and not fs and not infos:
         raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
                                  f"(supported: {', '.join(SUPPORTED)})")
     if spec.role > ctx.job.role:
@@ -163,12 +182,14 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         handler = _job_handler(rec.id, cmd.command)
     elif procs:
         handler = _process_handler(rec.cgroups_path, spec)
+    elif infos:
+        handler = _info_handler(ctx, rec, cmd.command)
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs or jobs or procs:  # builtins: a requeue must never run them on the host
+    if fs or jobs or procs or infos:  # builtins: a requeue must never run them on the host
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
