@@ -47,6 +47,7 @@ class Saved:
     next_run: float = 0.0
     protected: bool = False
     comm: str = ""
+    container: int = 0
 
 
 def _dirname(job_id: str) -> str:
@@ -96,6 +97,8 @@ class JobStore:
                 "id": job.id, **raw, "processing": job.processing, "role": job.role.label,
                 "starttime": job.starttime, "protected": job.protected,
             }
+            if job.container:  # a job dispatched into a container (its results name it)
+                body["container"] = job.container
             head = json.dumps(body) + "\n"
         else:
             head = ""
@@ -178,6 +181,7 @@ def _load(d: Path) -> Saved:
         next_run=float(body.get("next_run") or 0.0),
         protected=bool(body.get("protected")),
         comm=body.get("comm") or "",
+        container=int(body.get("container") or 0),
     )
 
 

@@ -195,6 +195,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
         raise Conflict(f"a job with id {cmd.id} exists already")
     job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, raw, processing)
+    job.container = cid  # persisted with the job: an adopting dispatcher sets it too
 
     def mark(_job: Job, result: Result) -> None:
         result.container = cid
