@@ -10,6 +10,8 @@ field set) is read like any other. Every ``corex.<verb>`` is also ``container.<v
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -17,12 +19,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, Forbidden, NotFound
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, command
 from core0.sandbox import dispatch as dsp
-from core0.sandbox import images, manager, netsetup, spec
+from core0.sandbox import images, manager, netsetup, persist, spec
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
 
@@ -110,6 +112,9 @@ class CreateArgs(Schema):
     restart: Annotated[Literal["no", "on-failure", "always"],
                        Doc("restart the container when its init ends (an OOM kill, a "
                            "signal), with backoff ≥ 1 s doubling to 60 s")] = "no"
+    persistent: Annotated[bool, Doc("declare it in main.persistent_dir (needs name): it comes "
+                                    "back after a reboot; re-declaring the same spec returns "
+                                    "the running one, a changed spec recreates it")] = False
 
 
 @aliases("create", CreateArgs)
@@ -134,6 +139,12 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
         raise BadRequest("port: forwards need a default nic", field="port")
     lim = args.limits or LimitArgs()
+    spec_hash, prefer = "", 0
+    if args.persistent:
+        found = await _declared_running(ctx, args)
+        if isinstance(found, int):
+            return found
+        spec_hash, prefer = found
     req = manager.CreateRequest(
         root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
         nics=[] if args.host_network else nic_list, ports=ports,
@@ -141,8 +152,46 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart)
-    return await manager.create(ctx, req)
+        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart,
+        spec_hash=spec_hash, prefer_id=prefer)
+    cid = await manager.create(ctx, req)
+    if args.persistent:
+        persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid)
+    return cid
+
+
+def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
+    """The arguments a declaration records: set ones only, ``mount`` sources resolved for
+    the declaring queue's role (the boot's re-declaration runs as admin)."""
+    out = {k: val for k, val in dataclasses.asdict(args).items()
+           if val is not None and k != "persistent"}
+    if args.mount:
+        out["mount"] = {manager.resolve_source(ctx, src, f"mount.{src}"): t
+                        for src, t in args.mount.items()}
+    return out
+
+
+async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, int]:
+    """A persistent create: the id of the running container of that name with the same spec
+    hash, else (hash, the id to prefer) after tearing down the stale one."""
+    if not ctx.config.main.persistent_dir:
+        raise PreconditionFailed("persistent containers need main.persistent_dir")
+    if not args.name:
+        raise BadRequest("name: a persistent container needs a name", field="name")
+    h = persist.spec_hash(_declared_args(ctx, args))
+    same = [r for r in Store(ctx.config.state_dir).all() if r.name == args.name]
+    rt = await manager.get_runtime(ctx)
+    for r in same:
+        if not r.spec_hash:
+            raise Conflict(f"container {r.id} is named {args.name} already")
+    for r in same:
+        st = await rt.state(r.runtime_id) if r.state == "running" else None
+        if r.spec_hash == h and st is not None and st.status == "running":
+            return r.id
+    for r in same:
+        await manager.teardown(ctx, r, rt)
+    decl = persist.declaration(ctx.config, args.name)
+    return h, int(decl.get("id") or 0) if decl else 0
 
 
 @aliases("list", role=Role.READ_ONLY)
@@ -186,8 +235,14 @@ class ContainerArgs(Schema):
 @aliases("terminate", ContainerArgs)
 async def terminate(ctx: Context, args: ContainerArgs) -> None:
     """Stop a container (TERM, then KILL after 5 s) and remove everything made for it: its
-    runtime state and cgroup, port forwards, nics, netns, root clone and files."""
+    runtime state and cgroup, port forwards, nics, netns, root clone and files (and the
+    declaration of a persistent one)."""
+    rec = None
+    with contextlib.suppress(NotFound):
+        rec = Store(ctx.config.state_dir).load(args.container)
     await manager.terminate(ctx, args.container)
+    if rec is not None and rec.spec_hash:
+        persist.undeclare(ctx.config, rec.name)
 
 
 @dataclass(frozen=True)
