@@ -24,7 +24,7 @@ from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, command
 from core0.sandbox import dispatch as dsp
-from core0.sandbox import images, manager, netsetup, persist, spec
+from core0.sandbox import foreground, images, manager, netsetup, persist, spec
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
 
@@ -423,3 +423,61 @@ async def image_delete(ctx: Context, args: ImageNameArgs) -> None:
         if rec.image == args.name:
             raise Conflict(f"container {rec.id} uses image {args.name}")
     await manager.delete_image(ctx, args.name)
+
+
+# ---------------------------------------------------------------- foreground (services)
+
+
+@dataclass(frozen=True)
+class RunArgs(Schema):
+    root: Annotated[_IMAGE, Doc("a stored image's name, or a host path (as in corex.create)")]
+    command: Annotated[list[Annotated[str, _NO_NUL, Len(0, 4096)]],
+                       Doc("argv run by the container's init (PATH of the image)"), Len(1, 256)]
+    name: Annotated[str, NAME, Doc("default: the job id (svc-<service id>)")] | None = None
+    env: Annotated[dict[str, Annotated[str, _NO_NUL]], Len(0, 1024)] | None = None
+    hostname: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")] | None = None
+    host_network: bool = False
+    nics: Annotated[list[NicArgs], Doc("default when omitted: [{type: default}]"),
+                    Len(0, 16)] | None = None
+    port: Annotated[dict[str, Annotated[int, Range(1, 65535)]], Len(0, 256)] | None = None
+    mount: Annotated[dict[str, Annotated[str, _NO_NUL, Len(1, 4096)]], Len(0, 64)] | None = None
+    limits: LimitArgs | None = None
+    privileged: Annotated[bool, Doc("needs the admin role")] = False
+    tags: list[Annotated[str, Len(1, 128)]] | None = None
+
+
+@command("container.run", RunArgs)
+async def run(ctx: Context, args: RunArgs) -> Any:
+    """Run a container in the foreground as this job's process: the runtime's ``run`` of a
+    fresh clone, the init running ``command``; its output is the job's, its exit status the
+    command's. Made for boot services (``[startup.<id>] container = {…}``): supervised,
+    restarted and drift-checked like any service; the container is listed by corex.list
+    (``service`` set) and torn down when the run ends (or, after a dispatcher restart, when
+    the next run starts)."""
+    if args.privileged and ctx.job.role < Role.ADMIN:
+        raise Forbidden("privileged containers need the admin role")
+    for k in args.env or {}:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+    nic_list = ([NicArgs(type="default").nic()] if args.nics is None
+                else [n.nic() for n in args.nics])
+    ports = dict(args.port or {})
+    for src in ports:
+        nft.parse_source(src, f"port.{src}")
+    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
+        raise BadRequest("port: forwards need a default nic", field="port")
+    job_id = ctx.job.id
+    await foreground.settle(ctx, job_id)
+    lim = args.limits or LimitArgs()
+    req = manager.CreateRequest(
+        root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
+        nics=[] if args.host_network else nic_list, ports=ports,
+        hostname=args.hostname or "", privileged=args.privileged,
+        name=args.name or re.sub(r"[^A-Za-z0-9_.-]", "-", job_id)[:128],
+        env=dict(args.env or {}), tags=list(args.tags or ctx.tags),
+        limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
+                           lim.pids),
+        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id)
+    rec, process_spec = await manager.prepare_foreground(ctx, req)
+    foreground.watch(ctx, rec)
+    return process_spec
