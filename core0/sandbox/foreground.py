@@ -2,10 +2,10 @@
 containers): the teardown after each run.
 
 The job's process is the runtime's ``run`` (the container's whole life). When a run ends,
-a ``run_end`` hook tears the container down (runtime state, nics, netns, root clone). A job
-adopted by a new dispatcher has no hook any more: its container is torn down when the
-job's next run starts (:func:`settle`, by the job id recorded in the container's
-``service`` field), or by ``corex.terminate``.
+a ``run_end`` hook tears the container down (runtime state, nics, netns, root clone). A new
+dispatcher puts the hook back on the jobs it adopted and terminates the containers whose
+job is gone (:func:`reattach`, by the job id recorded in the container's ``service``
+field); :func:`settle` removes what an earlier run left before the next one starts.
 """
 
 from __future__ import annotations
@@ -59,3 +59,24 @@ def watch(ctx: Context, rec: Record) -> None:
 
     hook = ended
     job.run_end.append(hook)
+
+
+def reattach(engine: Any, state_dir: Any) -> None:
+    """Dispatcher start: the teardown hook again on every adopted job running a container,
+    and ``corex.terminate`` (a job of core0's own) for a service container whose job is
+    gone."""
+    from core0_client.protocol import Command
+
+    from core0.context import Context
+
+    for rec in Store(state_dir).all():
+        if not rec.service:
+            continue
+        job = engine.table.get(rec.service)
+        if job is not None:
+            watch(Context(engine, job), rec)
+            continue
+        with contextlib.suppress(Exception):
+            engine.submit_internal(Command(command="corex.terminate",
+                                           arguments={"container": rec.id},
+                                           id=f"orphan-container:{rec.id}"))

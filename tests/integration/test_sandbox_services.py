@@ -1,7 +1,8 @@
 """Boot services as containers: ``[startup.<id>] container = {root, command, …}`` runs as
 ``container.run`` (the runtime's foreground run of a fresh clone), supervised like any
 service: ready by its output, restarted when its process dies, restarted by ``core.reload``
-when its spec changes, and torn down (netns, clone, runtime state) when it stops."""
+when its spec changes, adopted across a dispatcher kill -9, and torn down (netns, clone,
+runtime state) when it stops."""
 
 from __future__ import annotations
 
@@ -96,6 +97,21 @@ def test_boot_service_as_container() -> None:
             assert wait_until(lambda: up(ct2["pid"]), 60, 0.2), node.log_text()[-3000:]
             ct3 = service_container(node)
             assert ct3 is not None and hostname_of(node, ct3["id"]) == "svc2"
+
+            # a dispatcher kill -9: the run is adopted (same container, same pid) and its
+            # teardown hook put back
+            old = node.dispatcher_pid()
+            os.kill(old, signal.SIGKILL)
+
+            def back() -> bool:
+                try:
+                    return node.dispatcher_pid() != old and service_container(node) is not None
+                except Exception:
+                    return False
+
+            assert wait_until(back, 60, 0.2), node.log_text()[-3000:]
+            ct4 = service_container(node)
+            assert ct4 is not None and (ct4["id"], ct4["pid"]) == (ct3["id"], ct3["pid"])
 
             # stopped: everything made for it goes
             ok(node, "service.stop", {"id": "web"})
