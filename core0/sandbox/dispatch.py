@@ -50,9 +50,6 @@ SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "job.list", "job.k
              "process.list", "process.kill")
 #: the info.* commands answered for a container
 INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port", "info.version")
-#: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
-#: only their own container's; a job adopted by a new dispatcher is not listed inside)
-_INNER: dict[str, int] = {}
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
 
@@ -85,7 +82,8 @@ def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
 def _job_handler(cid: int, name: str) -> Any:
     """job.list / job.kill limited to the container's own inner jobs."""
     async def run_job(c: Context, a: Any) -> Any:
-        mine = {jid for jid, owner in _INNER.items() if owner == cid and jid in c.engine.table}
+        # the container's own inner jobs (Job.container: kept across dispatcher restarts)
+        mine = {jid for jid, j in c.engine.table.items() if j.container == cid}
         if a.id and a.id not in mine:
             raise NotFound(f"no such job: {a.id}")
         if name == "job.list":
@@ -198,13 +196,8 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     job.container = cid  # persisted with the job: an adopting dispatcher sets it too
 
     def mark(_job: Job, result: Result) -> None:
-        result.container = cid
-        _INNER.pop(_job.id, None)
+        result.container = cid  # builtin results too
 
     job.run_end.append(mark)
-    if len(_INNER) > 100000:  # bound: jobs cancelled without a run end
-        for jid in [j for j in _INNER if j not in engine.table]:
-            del _INNER[jid]
-    _INNER[cmd.id] = cid
     engine.start(job)
     return cmd.id

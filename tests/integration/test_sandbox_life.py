@@ -287,6 +287,15 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
                 return False
 
         assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+        # job.list inside the container sees the adopted inner job
+        listed = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "job.list", "arguments": {}}})
+        c = cnode.client()
+        try:
+            ids = [j["id"] for j in json.loads(c.response_for(listed).get(60).data)]
+        finally:
+            c.close()
+        assert inner in ids
         assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
         c = cnode.client()
         try:
