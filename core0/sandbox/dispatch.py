@@ -118,15 +118,19 @@ def _process_handler(cg_path: str, spec: CommandSpec) -> Any:
     return run_proc
 
 
-def _info_handler(ctx: Context, rec: Any, name: str) -> Any:
+def _info_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
     """info.* answered for the container (see :mod:`core0.sandbox.info`)."""
     from core0.sandbox import info
     from core0.sandbox.manager import init_pid
 
     cdir = Store(ctx.config.state_dir).dir(rec.id)
 
-    async def run_info(c: Context, _a: Any) -> Any:
-        return await c.to_thread(info.answer, name, rec, init_pid(cdir, rec), cdir / "rootfs")
+    async def run_info(c: Context, a: Any) -> Any:
+        host = None
+        if spec.name in info.FROM_HOST or (spec.name == "info.nic" and rec.host_network):
+            host = await spec.handler(c, a)
+        return await c.to_thread(info.answer, spec.name, rec, init_pid(cdir, rec),
+                                 cdir / "rootfs", host)
 
     return run_info
 
@@ -181,7 +185,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     elif procs:
         handler = _process_handler(rec.cgroups_path, spec)
     elif infos:
-        handler = _info_handler(ctx, rec, cmd.command)
+        handler = _info_handler(ctx, rec, spec)
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)

@@ -28,7 +28,6 @@ from typing import Any
 
 import psutil
 
-from core0.commands import info as host_info
 from core0.sandbox.dispatch import cgroup_pids
 from core0.sandbox.manager import _cgroup_file
 from core0.sandbox.store import Record
@@ -52,12 +51,11 @@ def _cpu_list(text: str) -> set[int]:
     return out
 
 
-def cpu(rec: Record) -> list[dict[str, Any]]:
-    """The node's CPUs that the container's cpuset allows."""
+def cpu(rec: Record, cpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The node's CPUs (``cpus``: the host's info.cpu) that the container's cpuset allows."""
     text = (_cgroup_file(rec.cgroups_path, "cpuset", "cpuset.effective_cpus")
             or _cgroup_file(rec.cgroups_path, "cpuset", "cpuset.cpus.effective")
             or _cgroup_file(rec.cgroups_path, "cpuset", "cpuset.cpus"))
-    cpus = host_info._cpuinfo()
     allowed = _cpu_list(text) if text and text.strip() else None
     return [c for c in cpus if allowed is None or c.get("cpu") in allowed]
 
@@ -112,8 +110,6 @@ def _net_dev(pid: int) -> dict[str, list[int]]:
 
 def nic(rec: Record, pid: int) -> list[dict[str, Any]]:
     """The links of the container's netns, in the shape of the host's ``info.nic``."""
-    if rec.host_network:
-        return host_info.nic_info()
     from core0.net.netns import session
 
     counters = _net_dev(pid)
@@ -243,10 +239,18 @@ def port(rec: Record, pid: int) -> list[dict[str, Any]]:
     return out
 
 
-def answer(name: str, rec: Record, pid: int, rootfs: Path) -> Any:
-    """The answer to inner ``info.<name>`` for container ``rec`` whose init is ``pid``."""
+#: answered by the host's own command (``host`` in :func:`answer`), then filtered for cpu
+FROM_HOST = ("info.cpu", "info.version")
+
+
+def answer(name: str, rec: Record, pid: int, rootfs: Path, host: Any = None) -> Any:
+    """The answer to inner ``info.<name>`` for container ``rec`` whose init is ``pid``;
+    ``host`` is the host command's answer for the commands in :data:`FROM_HOST` and for
+    ``info.nic`` of a container on the node's network."""
     if name == "info.cpu":
-        return cpu(rec)
+        return cpu(rec, host)
+    if name == "info.version" or (name == "info.nic" and rec.host_network):
+        return host
     if name == "info.mem":
         return mem(rec)
     if name == "info.nic":
@@ -257,6 +261,4 @@ def answer(name: str, rec: Record, pid: int, rootfs: Path) -> Any:
         return os_(rec, rootfs)
     if name == "info.port":
         return port(rec, pid)
-    if name == "info.version":
-        return host_info.version_info()
     raise ValueError(f"{name} is not answered for containers")

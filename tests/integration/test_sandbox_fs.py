@@ -113,7 +113,8 @@ def test_symlink_swap_race(ctr: Inside) -> None:
                 ctr.write("/data/d/out", b"W")
                 assert not (outside / "out").exists()
             data = ctr.read("/data/d/secret")
-            assert data in (None, b"CTR"), data
+            # b"": read while the container's cp had created the file but not written it
+            assert data in (None, b"", b"CTR"), data
             seen["CTR" if data else "none"] += 1
         assert sorted(p.name for p in outside.iterdir()) == ["secret"]
         assert (outside / "secret").read_text() == "HOST"
