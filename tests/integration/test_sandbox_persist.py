@@ -58,6 +58,13 @@ def test_declared_container_survives_reboot_and_follows_its_spec() -> None:
     nbase.mkdir()
     cfg = base / "core0.toml"
     cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
+    try:
+        _scenario(base, pdir, nbase, cfg)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _scenario(base: Path, pdir: Path, nbase: Path, cfg: Path) -> None:
     with netns("pst") as ns:
         node = start_container_node(ns, nbase, str(cfg))
         try:
@@ -111,7 +118,6 @@ def test_declared_container_survives_reboot_and_follows_its_spec() -> None:
         finally:
             node.stop()
             cleanup_containers(node)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def reboot_dispatcher(node: ContainerNode) -> ContainerNode:
