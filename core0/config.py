@@ -211,6 +211,9 @@ class MainConfig(Section):
     fd_idle: int = 300
     #: filesystem.open tokens one role (queue role) may hold at once (503 beyond)
     fd_max: int = 256
+    #: a directory on a persistent disk or dataset ("" = none): container images and the
+    #: declared (``persistent``) containers live there and come back after a reboot
+    persistent_dir: Annotated[str, schema.Pattern(r"(/.*)?")] = ""
 
 
 @dataclass(frozen=True)

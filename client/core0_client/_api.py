@@ -305,7 +305,124 @@ def _xread_entries(resp: Any) -> list[tuple[str, dict[bytes, Any]]]:
     return out
 
 
-class ClientAPI:
+class CommandAPI:
+    """The command-level API shared by a node's client and a container's client
+    (``c.container.client(id)``): ``raw``, ``sync``, ``json``, ``system``, ``bash``,
+    ``upload``/``download``. A subclass supplies ``_g_raw`` (how a command is submitted)
+    and ``_drive``."""
+
+    def _drive(self, gen: Gen) -> Any:
+        raise NotImplementedError
+
+    def _g_raw(self, command: str, arguments: dict[str, Any] | None = None,
+               **kw: Any) -> Gen:
+        raise NotImplementedError
+        yield  # pragma: no cover - a generator
+
+
+    def _g_json(self, command: str, arguments: dict[str, Any] | None = None,
+                timeout: float | None = None, **kw: Any) -> Gen:
+        resp = yield from self._g_raw(command, arguments, **kw)
+        return decode_json((yield from resp._g_get(timeout)))
+
+    def _g_sync(self, command: str, arguments: dict[str, Any] | None, timeout: float | None,
+                **kw: Any) -> Gen:
+        resp = yield from self._g_raw(command, arguments, **kw)
+        return check((yield from resp._g_get(timeout)))
+
+    def _g_upload(self, remote: str, data: bytes, mode: str) -> Gen:
+        fd = yield from self._g_json("filesystem.open", {"file": remote, "mode": mode})
+        try:
+            for off in range(0, len(data), 512 * 1024):
+                block = base64.b64encode(data[off : off + 512 * 1024]).decode()
+                yield from self._g_json("filesystem.write", {"fd": fd, "block": block})
+        finally:
+            yield from self._g_json("filesystem.close", {"fd": fd})
+        return len(data)
+
+    def _g_download(self, remote: str) -> Gen:
+        fd = yield from self._g_json("filesystem.open", {"file": remote, "mode": "r"})
+        parts = []
+        try:
+            while True:
+                block = yield from self._g_json("filesystem.read", {"fd": fd})
+                if not isinstance(block, str):
+                    raise ProtocolError("filesystem.read: expected a base64 string")
+                try:
+                    raw = base64.b64decode(block, validate=True)
+                except ValueError:
+                    raise ProtocolError("filesystem.read: invalid base64") from None
+                if not raw:
+                    break
+                parts.append(raw)
+        finally:
+            yield from self._g_json("filesystem.close", {"fd": fd})
+        return b"".join(parts)
+
+    def _g_upload_file(self, remote: str, local: str) -> Gen:
+        data = yield Blocking(_read_file, (local,))
+        return (yield from self._g_upload(remote, data, "w"))
+
+    def _g_download_file(self, remote: str, local: str) -> Gen:
+        data = yield from self._g_download(remote)
+        return (yield Blocking(_write_file, (local, data)))
+
+    # ------------------------------------------------------------ API
+
+    def raw(
+        self,
+        command: str,
+        arguments: dict[str, Any] | None = None,
+        queue: str | None = None,
+        max_time: int | None = None,
+        stream: bool = False,
+        tags: Sequence[str] | None = None,
+        id: str | None = None,
+        recurring_period: int | None = None,
+        max_restart: int | None = None,
+    ) -> Any:
+        """Submit a command; returns its Response at once."""
+        return self._drive(self._g_raw(
+            command, arguments, queue=queue, max_time=max_time, stream=stream, tags=tags, id=id,
+            recurring_period=recurring_period, max_restart=max_restart))
+
+    def sync(self, command: str, arguments: dict[str, Any] | None = None,
+             timeout: float | None = None, **kw: Any) -> Any:
+        """Submit and wait; raise ResultError unless SUCCESS."""
+        return self._drive(self._g_sync(command, arguments, timeout, **kw))
+
+    def json(self, command: str, arguments: dict[str, Any] | None = None,
+             timeout: float | None = None, **kw: Any) -> Any:
+        """Submit, wait, and return the decoded level-20 data."""
+        return self._drive(self._g_json(command, arguments, timeout, **kw))
+
+    def system(self, cmdline: str | Sequence[str], dir: str = "", stdin: str = "",
+               env: dict[str, str] | None = None, **kw: Any) -> Any:
+        """Run a program (the command line is split with shlex; no shell runs it)."""
+        return self.raw("core.system", system_args(cmdline, dir, stdin, env), **kw)
+
+    def bash(self, script: str, stdin: str = "", **kw: Any) -> Any:
+        """Run a shell script (admin queues only)."""
+        return self.raw("bash", {"script": script, "stdin": stdin}, **kw)
+
+    def upload(self, remote: str, data: bytes, mode: str = "w") -> Any:
+        """Write ``data`` to a file on the node (512 KiB blocks)."""
+        return self._drive(self._g_upload(remote, bytes(data), mode))
+
+    def download(self, remote: str) -> Any:
+        """Read a whole file from the node."""
+        return self._drive(self._g_download(remote))
+
+    def upload_file(self, remote: str, local: str) -> Any:
+        """Copy a local file to the node."""
+        return self._drive(self._g_upload_file(remote, local))
+
+    def download_file(self, remote: str, local: str) -> Any:
+        """Copy a file of the node to a local file."""
+        return self._drive(self._g_download_file(remote, local))
+
+
+class ClientAPI(CommandAPI):
     """A node's command bus, ``Client`` or ``AsyncClient``.
 
     ``Client(host, port, password=None, unix_socket_path=None, ssl=False, *, url=None,
@@ -423,11 +540,6 @@ class ClientAPI:
         for r in replies:
             _int(r, "RPUSH")
 
-    def _g_json(self, command: str, arguments: dict[str, Any] | None = None,
-                timeout: float | None = None, **kw: Any) -> Gen:
-        resp = yield from self._g_raw(command, arguments, **kw)
-        return decode_json((yield from resp._g_get(timeout)))
-
     def _g_raw(self, command: str, arguments: dict[str, Any] | None = None,
                **kw: Any) -> Gen:
         if self.id_prefix and kw.get("id") is None:
@@ -436,73 +548,14 @@ class ClientAPI:
         yield from self._g_push([cmd])
         return self._response_class(self, cmd.id, cmd)
 
-    def _g_sync(self, command: str, arguments: dict[str, Any] | None, timeout: float | None,
-                **kw: Any) -> Gen:
-        resp = yield from self._g_raw(command, arguments, **kw)
-        return check((yield from resp._g_get(timeout)))
-
     def _g_submit_many(self, commands: Sequence[Command]) -> Gen:
         yield from self._g_push(commands)
         return [self._response_class(self, c.id, c) for c in commands]
-
-    def _g_upload(self, remote: str, data: bytes, mode: str) -> Gen:
-        fd = yield from self._g_json("filesystem.open", {"file": remote, "mode": mode})
-        try:
-            for off in range(0, len(data), 512 * 1024):
-                block = base64.b64encode(data[off : off + 512 * 1024]).decode()
-                yield from self._g_json("filesystem.write", {"fd": fd, "block": block})
-        finally:
-            yield from self._g_json("filesystem.close", {"fd": fd})
-        return len(data)
-
-    def _g_download(self, remote: str) -> Gen:
-        fd = yield from self._g_json("filesystem.open", {"file": remote, "mode": "r"})
-        parts = []
-        try:
-            while True:
-                block = yield from self._g_json("filesystem.read", {"fd": fd})
-                if not isinstance(block, str):
-                    raise ProtocolError("filesystem.read: expected a base64 string")
-                try:
-                    raw = base64.b64decode(block, validate=True)
-                except ValueError:
-                    raise ProtocolError("filesystem.read: invalid base64") from None
-                if not raw:
-                    break
-                parts.append(raw)
-        finally:
-            yield from self._g_json("filesystem.close", {"fd": fd})
-        return b"".join(parts)
-
-    def _g_upload_file(self, remote: str, local: str) -> Gen:
-        data = yield Blocking(_read_file, (local,))
-        return (yield from self._g_upload(remote, data, "w"))
-
-    def _g_download_file(self, remote: str, local: str) -> Gen:
-        data = yield from self._g_download(remote)
-        return (yield Blocking(_write_file, (local, data)))
 
     def _g_ping(self) -> Gen:
         return str((yield from self._g_json("core.ping")))
 
     # ------------------------------------------------------------ API
-
-    def raw(
-        self,
-        command: str,
-        arguments: dict[str, Any] | None = None,
-        queue: str | None = None,
-        max_time: int | None = None,
-        stream: bool = False,
-        tags: Sequence[str] | None = None,
-        id: str | None = None,
-        recurring_period: int | None = None,
-        max_restart: int | None = None,
-    ) -> Any:
-        """Submit a command; returns its Response at once."""
-        return self._drive(self._g_raw(
-            command, arguments, queue=queue, max_time=max_time, stream=stream, tags=tags, id=id,
-            recurring_period=recurring_period, max_restart=max_restart))
 
     def submit_many(self, commands: Sequence[Command]) -> Any:
         """Submit many commands in one round trip (pipelined); returns their Responses."""
@@ -512,28 +565,9 @@ class ClientAPI:
         """A handle on a job submitted elsewhere (e.g. before a restart)."""
         return self._response_class(self, id)
 
-    def sync(self, command: str, arguments: dict[str, Any] | None = None,
-             timeout: float | None = None, **kw: Any) -> Any:
-        """Submit and wait; raise ResultError unless SUCCESS."""
-        return self._drive(self._g_sync(command, arguments, timeout, **kw))
-
-    def json(self, command: str, arguments: dict[str, Any] | None = None,
-             timeout: float | None = None, **kw: Any) -> Any:
-        """Submit, wait, and return the decoded level-20 data."""
-        return self._drive(self._g_json(command, arguments, timeout, **kw))
-
     def ping(self) -> Any:
         """``core.ping``: 'PONG <version>'."""
         return self._drive(self._g_ping())
-
-    def system(self, cmdline: str | Sequence[str], dir: str = "", stdin: str = "",
-               env: dict[str, str] | None = None, **kw: Any) -> Any:
-        """Run a program (the command line is split with shlex; no shell runs it)."""
-        return self.raw("core.system", system_args(cmdline, dir, stdin, env), **kw)
-
-    def bash(self, script: str, stdin: str = "", **kw: Any) -> Any:
-        """Run a shell script (admin queues only)."""
-        return self.raw("bash", {"script": script, "stdin": stdin}, **kw)
 
     def subscribe(self, job_id: str, id: str | None = None) -> Any:
         """A job relaying another job's output (read it with ``.stream()``)."""
@@ -542,19 +576,3 @@ class ClientAPI:
     def commands(self) -> Any:
         """Every command of the node, with its role and argument schema."""
         return self.json("core.commands")
-
-    def upload(self, remote: str, data: bytes, mode: str = "w") -> Any:
-        """Write ``data`` to a file on the node (512 KiB blocks)."""
-        return self._drive(self._g_upload(remote, bytes(data), mode))
-
-    def download(self, remote: str) -> Any:
-        """Read a whole file from the node."""
-        return self._drive(self._g_download(remote))
-
-    def upload_file(self, remote: str, local: str) -> Any:
-        """Copy a local file to the node."""
-        return self._drive(self._g_upload_file(remote, local))
-
-    def download_file(self, remote: str, local: str) -> Any:
-        """Copy a file of the node to a local file."""
-        return self._drive(self._g_download_file(remote, local))

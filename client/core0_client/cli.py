@@ -10,6 +10,10 @@
     core0ctl zfs create name=tank/data # values are JSON when they parse, strings otherwise
     core0ctl nodes                     # a fleet on a shared Redis: its registered nodes
     core0ctl --node-tags web ping      # fan-out: --nodes a,b,c | --node-tags t (fleetcli)
+    core0ctl container create busybox hostname=web   # prints the new container's id
+    core0ctl container list            # also: get, find, terminate ID, nic-add, image list …
+    core0ctl container exec 3 -- ls -l /   # a program inside container 3 (its exit status)
+    core0ctl container bash 3 'echo $HOSTNAME'
 
 Connection: --url (or CORE0_URL): redis://user:pass@host:port/, rediss://user:pass@host:port/
 ?ca=ca.pem[&cert=..&key=..] (TLS), unix:///path/to/redis.sock; or --host/--port (or --socket),
@@ -32,6 +36,7 @@ import sys
 from typing import Any, NoReturn
 
 from core0_client._base import error_message
+from core0_client.container import ContainerClient
 from core0_client.errors import (
     ConnectionError,
     Core0Error,
@@ -274,24 +279,10 @@ def _run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, An
         print(c.ping())
         return 0
     if head == "system":
-        env: dict[str, str] = {}
-        cwd, stdin = "", ""
-        while rest and rest[0].startswith("--") and rest[0] != "--":
-            flag = rest.pop(0)
-            if flag.startswith("--dir="):
-                cwd = flag[6:]
-            elif flag.startswith("--env="):
-                k, _, v = flag[6:].partition("=")
-                env[k] = v
-            elif flag == "--stdin":
-                stdin = sys.stdin.read()
-            else:
-                raise UsageError(f"system: unknown option {flag}")
-        if rest and rest[0] == "--":
-            rest = rest[1:]
-        if not rest:
-            raise UsageError("system: nothing to run (core0ctl system -- PROGRAM [ARGS])")
+        cwd, env, stdin, rest = _system_opts("system", rest)
         return _finish(ns, c.system(rest, dir=cwd, stdin=stdin, env=env or None, **opts), True)
+    if head == "container" and rest and rest[0] in ("exec", "bash"):
+        return _container_run(ns, c, rest, opts)
     if head == "bash":
         if not rest:
             raise UsageError("bash: script missing (core0ctl bash SCRIPT)")
@@ -342,6 +333,50 @@ def _run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, An
         for name, w in zip(req, positional, strict=False):
             args[name] = _value(w)
     return _finish(ns, c.raw(command, args, **opts))
+
+
+def _system_opts(what: str, rest: list[str]) -> tuple[str, dict[str, str], str, list[str]]:
+    """(dir, env, stdin, argv) of ``[--dir=D] [--env=K=V]… [--stdin] [--] PROGRAM [ARGS]``."""
+    env: dict[str, str] = {}
+    cwd, stdin = "", ""
+    rest = list(rest)
+    while rest and rest[0].startswith("--") and rest[0] != "--":
+        flag = rest.pop(0)
+        if flag.startswith("--dir="):
+            cwd = flag[6:]
+        elif flag.startswith("--env="):
+            k, _, v = flag[6:].partition("=")
+            env[k] = v
+        elif flag == "--stdin":
+            stdin = sys.stdin.read()
+        else:
+            raise UsageError(f"{what}: unknown option {flag}")
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if not rest:
+        raise UsageError(f"{what}: nothing to run (core0ctl {what} -- PROGRAM [ARGS])")
+    return cwd, env, stdin, rest
+
+
+def _container_run(ns: argparse.Namespace, c: Client, rest: list[str],
+                   opts: dict[str, Any]) -> int:
+    """``container exec ID [--dir=…] [--env=K=V] -- PROGRAM [ARGS]`` and ``container bash ID
+    SCRIPT``: the command runs inside the container (corex.dispatch); the exit status is
+    the program's, as for ``system``/``bash``."""
+    verb, words = rest[0], rest[1:]
+    if not words or not words[0].isdigit():
+        raise UsageError(f"container {verb}: container id expected "
+                         f"(core0ctl container {verb} ID …)")
+    inside = ContainerClient(c, int(words[0]))
+    words = words[1:]
+    if verb == "bash":
+        if words and words[0] == "--":
+            words = words[1:]
+        if not words:
+            raise UsageError("container bash: script missing (core0ctl container bash ID SCRIPT)")
+        return _finish(ns, inside.bash(" ".join(words), **opts), True)
+    cwd, env, stdin, argv = _system_opts("container exec", words)
+    return _finish(ns, inside.system(argv, dir=cwd, stdin=stdin, env=env or None, **opts), True)
 
 
 def _json_args(text: str) -> dict[str, Any]:

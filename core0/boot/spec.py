@@ -51,6 +51,8 @@ class StartupTable(Schema):
     max_restart: Annotated[int, Range(0)] = 0
     max_time: Annotated[int, Range(0)] = 0
     tags: list[str] = field(default_factory=list)
+    #: a boot service as a container: ``container.run``'s arguments (root, command, …)
+    container: dict[str, Any] | None = None
 
 
 class SpecError(ValueError):
@@ -277,7 +279,12 @@ def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
         enabled = evaluate(t.condition, cmdline)
     except SpecError as e:
         raise SpecError(f"{where}.condition: {e}") from None
-    args = substitute(conditional_args(t.args, cmdline, f"{where}.args"), cmdline)
+    name, raw_args = t.name, t.args
+    if t.container is not None:
+        if t.name != "core.system" or t.args:
+            raise SpecError(f"{where}.container: excludes name and args")
+        name, raw_args = "container.run", t.container
+    args = substitute(conditional_args(raw_args, cmdline, f"{where}.args"), cmdline)
     if t.running_match:
         try:
             re.compile(t.running_match)
@@ -291,7 +298,7 @@ def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
     if sid in after or sid in before:
         raise SpecError(f"{where}: a service cannot depend on itself")
     spec = ServiceSpec(
-        id=sid, source=source, name=t.name, args=args, after=after, before=before,
+        id=sid, source=source, name=name, args=args, after=after, before=before,
         condition=t.condition, enabled=enabled, running_delay=t.running_delay,
         running_match=t.running_match, protected=t.protected,
         recurring_period=t.recurring_period, max_restart=t.max_restart, max_time=t.max_time,

@@ -143,6 +143,12 @@ class Dispatcher:
             self.engine.shim = self.shim
         await retry_forever("connect", self.bus.ping)
         adopted = self.engine.adopt_all(self._parse_saved)
+        try:  # declared containers (main.persistent_dir) come back: core0/sandbox/persist.py
+            from core0.sandbox import persist
+
+            persist.restore(self.engine, self.cfg)
+        except Exception:
+            log.exception("declared containers not restored")
         log.info("dispatcher up (pid %d); adopted %d job(s); queues %s", os.getpid(), adopted,
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():

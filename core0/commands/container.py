@@ -10,6 +10,8 @@ field set) is read like any other. Every ``corex.<verb>`` is also ``container.<v
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import re
 import shutil
 import tempfile
@@ -17,12 +19,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, Forbidden, NotFound
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, command
 from core0.sandbox import dispatch as dsp
-from core0.sandbox import images, manager, netsetup, spec
+from core0.sandbox import foreground, images, manager, netsetup, persist, spec
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
 
@@ -110,6 +112,9 @@ class CreateArgs(Schema):
     restart: Annotated[Literal["no", "on-failure", "always"],
                        Doc("restart the container when its init ends (an OOM kill, a "
                            "signal), with backoff ≥ 1 s doubling to 60 s")] = "no"
+    persistent: Annotated[bool, Doc("declare it in main.persistent_dir (needs name): it comes "
+                                    "back after a reboot; re-declaring the same spec returns "
+                                    "the running one, a changed spec recreates it")] = False
 
 
 @aliases("create", CreateArgs)
@@ -134,6 +139,12 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
         raise BadRequest("port: forwards need a default nic", field="port")
     lim = args.limits or LimitArgs()
+    spec_hash, prefer = "", 0
+    if args.persistent:
+        found = await _declared_running(ctx, args)
+        if isinstance(found, int):
+            return found
+        spec_hash, prefer = found
     req = manager.CreateRequest(
         root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
         nics=[] if args.host_network else nic_list, ports=ports,
@@ -141,8 +152,46 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart)
-    return await manager.create(ctx, req)
+        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart,
+        spec_hash=spec_hash, prefer_id=prefer)
+    cid = await manager.create(ctx, req)
+    if args.persistent:
+        persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid)
+    return cid
+
+
+def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
+    """The arguments a declaration records: set ones only, ``mount`` sources resolved for
+    the declaring queue's role (the boot's re-declaration runs as admin)."""
+    out = {k: val for k, val in dataclasses.asdict(args).items()
+           if val is not None and k != "persistent"}
+    if args.mount:
+        out["mount"] = {manager.resolve_source(ctx, src, f"mount.{src}"): t
+                        for src, t in args.mount.items()}
+    return out
+
+
+async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, int]:
+    """A persistent create: the id of the running container of that name with the same spec
+    hash, else (hash, the id to prefer) after tearing down the stale one."""
+    if not ctx.config.main.persistent_dir:
+        raise PreconditionFailed("persistent containers need main.persistent_dir")
+    if not args.name:
+        raise BadRequest("name: a persistent container needs a name", field="name")
+    h = persist.spec_hash(_declared_args(ctx, args))
+    same = [r for r in Store(ctx.config.state_dir).all() if r.name == args.name]
+    rt = await manager.get_runtime(ctx)
+    for r in same:
+        if not r.spec_hash:
+            raise Conflict(f"container {r.id} is named {args.name} already")
+    for r in same:
+        st = await rt.state(r.runtime_id) if r.state == "running" else None
+        if r.spec_hash == h and st is not None and st.status == "running":
+            return r.id
+    for r in same:
+        await manager.teardown(ctx, r, rt)
+    decl = persist.declaration(ctx.config, args.name)
+    return h, int(decl.get("id") or 0) if decl else 0
 
 
 @aliases("list", role=Role.READ_ONLY)
@@ -186,8 +235,14 @@ class ContainerArgs(Schema):
 @aliases("terminate", ContainerArgs)
 async def terminate(ctx: Context, args: ContainerArgs) -> None:
     """Stop a container (TERM, then KILL after 5 s) and remove everything made for it: its
-    runtime state and cgroup, port forwards, nics, netns, root clone and files."""
+    runtime state and cgroup, port forwards, nics, netns, root clone and files (and the
+    declaration of a persistent one)."""
+    rec = None
+    with contextlib.suppress(NotFound):
+        rec = Store(ctx.config.state_dir).load(args.container)
     await manager.terminate(ctx, args.container)
+    if rec is not None and rec.spec_hash:
+        persist.undeclare(ctx.config, rec.name)
 
 
 @dataclass(frozen=True)
@@ -207,14 +262,16 @@ class InnerCommand(Schema):
 class DispatchArgs(Schema):
     container: Annotated[int, Range(1, 65535)]
     command: Annotated[InnerCommand, Doc("the command to run inside: core.system, bash, "
-                                         "filesystem.*, job.list/kill, process.list/kill")]
+                                         "filesystem.*, info.*, job.list/kill, "
+                                         "process.list/kill")]
 
 
 @aliases("dispatch", DispatchArgs)
 async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     """Run a command inside a container: ``core.system`` and ``bash`` through the runtime's
     exec (the container's namespaces, capabilities, seccomp filter and cgroup),
-    ``filesystem.*`` confined to the container's root, ``job.list``/``job.kill`` limited to
+    ``filesystem.*`` confined to the container's root, ``info.*`` answered for the
+    container (its cpuset, memory cgroup, netns, mounts), ``job.list``/``job.kill`` limited to
     the container's own jobs, ``process.list``/``process.kill`` to its cgroup's processes.
     The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
     are refused. Returns the inner job id; its result (``container`` set to the id) is read
@@ -366,3 +423,61 @@ async def image_delete(ctx: Context, args: ImageNameArgs) -> None:
         if rec.image == args.name:
             raise Conflict(f"container {rec.id} uses image {args.name}")
     await manager.delete_image(ctx, args.name)
+
+
+# ---------------------------------------------------------------- foreground (services)
+
+
+@dataclass(frozen=True)
+class RunArgs(Schema):
+    root: Annotated[_IMAGE, Doc("a stored image's name, or a host path (as in corex.create)")]
+    command: Annotated[list[Annotated[str, _NO_NUL, Len(0, 4096)]],
+                       Doc("argv run by the container's init (PATH of the image)"), Len(1, 256)]
+    name: Annotated[str, NAME, Doc("default: the job id (svc-<service id>)")] | None = None
+    env: Annotated[dict[str, Annotated[str, _NO_NUL]], Len(0, 1024)] | None = None
+    hostname: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}")] | None = None
+    host_network: bool = False
+    nics: Annotated[list[NicArgs], Doc("default when omitted: [{type: default}]"),
+                    Len(0, 16)] | None = None
+    port: Annotated[dict[str, Annotated[int, Range(1, 65535)]], Len(0, 256)] | None = None
+    mount: Annotated[dict[str, Annotated[str, _NO_NUL, Len(1, 4096)]], Len(0, 64)] | None = None
+    limits: LimitArgs | None = None
+    privileged: Annotated[bool, Doc("needs the admin role")] = False
+    tags: list[Annotated[str, Len(1, 128)]] | None = None
+
+
+@command("container.run", RunArgs)
+async def run(ctx: Context, args: RunArgs) -> Any:
+    """Run a container in the foreground as this job's process: the runtime's ``run`` of a
+    fresh clone, the init running ``command``; its output is the job's, its exit status the
+    command's. Made for boot services (``[startup.<id>] container = {…}``): supervised,
+    restarted and drift-checked like any service; the container is listed by corex.list
+    (``service`` set) and torn down when the run ends (or, after a dispatcher restart, when
+    the next run starts)."""
+    if args.privileged and ctx.job.role < Role.ADMIN:
+        raise Forbidden("privileged containers need the admin role")
+    for k in args.env or {}:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+    nic_list = ([NicArgs(type="default").nic()] if args.nics is None
+                else [n.nic() for n in args.nics])
+    ports = dict(args.port or {})
+    for src in ports:
+        nft.parse_source(src, f"port.{src}")
+    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
+        raise BadRequest("port: forwards need a default nic", field="port")
+    job_id = ctx.job.id
+    await foreground.settle(ctx, job_id)
+    lim = args.limits or LimitArgs()
+    req = manager.CreateRequest(
+        root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
+        nics=[] if args.host_network else nic_list, ports=ports,
+        hostname=args.hostname or "", privileged=args.privileged,
+        name=args.name or re.sub(r"[^A-Za-z0-9_.-]", "-", job_id)[:128],
+        env=dict(args.env or {}), tags=list(args.tags or ctx.tags),
+        limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
+                           lim.pids),
+        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id)
+    rec, process_spec = await manager.prepare_foreground(ctx, req)
+    foreground.watch(ctx, rec)
+    return process_spec

@@ -553,6 +553,7 @@ class JobEngine:
             job.starttime = saved.starttime
             job.process = True
             job.protected = saved.protected and job.internal
+            job.container = saved.container
             if saved.state == "done" and saved.result:
                 self.table[job.id] = job
                 job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))

@@ -64,6 +64,8 @@ class Job:
         self.protected = False
         #: the process name (/proc/<pid>/comm) of the current run
         self.comm = ""
+        #: the container the job runs in (corex.dispatch; 0 = the host): set on its results
+        self.container = 0
         #: not from the bus: no result is published (services started by core0 itself)
         self.internal = not processing
         #: restart delays when protected (the supervisor's rule)

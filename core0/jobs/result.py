@@ -89,6 +89,7 @@ def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
         starttime=job.starttime,
         time=now_ms() - job.starttime,
         tags=job.cmd.tags,
+        container=job.container,
     )
 
 

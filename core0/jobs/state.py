@@ -49,6 +49,7 @@ class Saved:
     comm: str = ""
     #: the process started at or before this tick (0: exactly at ``start_ticks``)
     start_max: int = 0
+    container: int = 0
 
 
 def same_process(saved: Saved, start_ticks: int) -> bool:
@@ -117,6 +118,8 @@ class JobStore:
                 "id": job.id, **raw, "processing": job.processing, "role": job.role.label,
                 "starttime": job.starttime, "protected": job.protected,
             }
+            if job.container:  # a job dispatched into a container (its results name it)
+                body["container"] = job.container
             head = json.dumps(body) + "\n"
         else:
             head = ""
@@ -240,6 +243,7 @@ def _load(path: Path) -> Saved:
         protected=bool(body.get("protected")),
         comm=body.get("comm") or "",
         start_max=int(body.get("start_max") or 0),
+        container=int(body.get("container") or 0),
     )
 
 

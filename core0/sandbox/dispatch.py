@@ -12,12 +12,15 @@ runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_r
 container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
 in by the container cannot lead outside). Mounts made inside the container are not seen.
 
+``info.*`` is answered for the container (its cpuset, memory cgroup, netns, mounts; see
+:mod:`core0.sandbox.info`).
+
 ``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
 ``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
 
 Two rules keep an inner command from ever running on the host: ``recurring_period`` and
 ``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
-and a builtin job's (``filesystem.*``, ``job.*``, ``process.*``) stored form names no
+and a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``) stored form names no
 registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
 running on the host.
 """
@@ -43,11 +46,10 @@ if TYPE_CHECKING:
     from core0.jobs.job import Job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill", "process.list",
-             "process.kill")
-#: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
-#: only their own container's; a job adopted by a new dispatcher is not listed inside)
-_INNER: dict[str, int] = {}
+SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "job.list", "job.kill",
+             "process.list", "process.kill")
+#: the info.* commands answered for a container
+INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port", "info.version")
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
 
@@ -80,7 +82,8 @@ def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
 def _job_handler(cid: int, name: str) -> Any:
     """job.list / job.kill limited to the container's own inner jobs."""
     async def run_job(c: Context, a: Any) -> Any:
-        mine = {jid for jid, owner in _INNER.items() if owner == cid and jid in c.engine.table}
+        # the container's own inner jobs (Job.container: kept across dispatcher restarts)
+        mine = {jid for jid, j in c.engine.table.items() if j.container == cid}
         if a.id and a.id not in mine:
             raise NotFound(f"no such job: {a.id}")
         if name == "job.list":
@@ -115,6 +118,23 @@ def _process_handler(cg_path: str, spec: CommandSpec) -> Any:
     return run_proc
 
 
+def _info_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
+    """info.* answered for the container (see :mod:`core0.sandbox.info`)."""
+    from core0.sandbox import info
+    from core0.sandbox.manager import init_pid
+
+    cdir = Store(ctx.config.state_dir).dir(rec.id)
+
+    async def run_info(c: Context, a: Any) -> Any:
+        host = None
+        if spec.name in info.FROM_HOST or (spec.name == "info.nic" and rec.host_network):
+            host = await spec.handler(c, a)
+        return await c.to_thread(info.answer, spec.name, rec, init_pid(cdir, rec),
+                                 cdir / "rootfs", host)
+
+    return run_info
+
+
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     """(argv inside, env additions, cwd, stdin) of a supported inner command."""
     if name == "core.system":
@@ -138,10 +158,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     fs = cmd.command.startswith("filesystem.")
     jobs = cmd.command in ("job.list", "job.kill")
     procs = cmd.command in ("process.list", "process.kill")
+    infos = cmd.command in INFO
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
-    if cmd.command not in SUPPORTED and not fs:
+    if cmd.command not in SUPPORTED and not fs and not infos:
         raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
                                  f"(supported: {', '.join(SUPPORTED)})")
     if spec.role > ctx.job.role:
@@ -163,26 +184,24 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         handler = _job_handler(rec.id, cmd.command)
     elif procs:
         handler = _process_handler(rec.cgroups_path, spec)
+    elif infos:
+        handler = _info_handler(ctx, rec, spec)
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs or jobs or procs:  # builtins: a requeue must never run them on the host
+    if fs or jobs or procs or infos:  # builtins: a requeue must never run them on the host
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
         raise Conflict(f"a job with id {cmd.id} exists already")
     job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, raw, processing)
+    job.container = cid  # persisted with the job: an adopting dispatcher sets it too
 
     def mark(_job: Job, result: Result) -> None:
-        result.container = cid
-        _INNER.pop(_job.id, None)
+        result.container = cid  # builtin results too
 
     job.run_end.append(mark)
-    if len(_INNER) > 100000:  # bound: jobs cancelled without a run end
-        for jid in [j for j in _INNER if j not in engine.table]:
-            del _INNER[jid]
-    _INNER[cmd.id] = cid
     engine.start(job)
     return cmd.id

@@ -51,6 +51,15 @@ class CreateRequest:
     #: no | on-failure | always (the init pauses, so it only ends by a signal or an OOM
     #: kill: both policies restart it)
     restart: str = "no"
+    #: the command the init runs (a service container, :func:`prepare_foreground`); empty:
+    #: the init pauses and commands come through dispatch
+    command: list[str] = field(default_factory=list)
+    #: hash of a declared (persistent) container's spec, see :mod:`.persist`
+    spec_hash: str = ""
+    #: the id to take when free (a declared container keeps its id across reboots)
+    prefer_id: int = 0
+    #: the service that runs it in the foreground ("" for a detached container)
+    service: str = ""
 
 
 async def get_runtime(ctx: Context) -> runtime.Runtime:
@@ -179,7 +188,48 @@ def _write_etc(cdir: Path, rec: Record, dns: list[str]) -> list[spec.Mount]:
 
 
 async def create(ctx: Context, req: CreateRequest) -> int:
-    """Create and start a container; returns its id."""
+    """Create and start a container (detached: the runtime exits once the init runs);
+    returns its id."""
+    rec, rt = await prepare(ctx, req)
+    st = _store(ctx)
+    cid, cdir = rec.id, st.dir(rec.id)
+    try:
+        rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
+        rec.state = "running"
+        st.save(rec)
+        if req.restart != "no":
+            rec.keeper = f"container-keeper.{st.tag}.{cid}"
+            st.save(rec)
+            ctx.engine.start_service(rec.keeper, ProcessSpec(
+                [sys.executable, "-m", "core0.sandbox.keeper", "--runtime", rt.binary,
+                 "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
+                label=f"keeper of container {cid}"), protected=True)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await teardown(ctx, rec, rt)
+        raise
+    log.info("container %d (%s) started: pid %d, image %s", cid, rec.name, rec.pid,
+             rec.image)
+    return cid
+
+
+async def prepare_foreground(ctx: Context, req: CreateRequest) -> tuple[Record, ProcessSpec]:
+    """Everything of a container but its start: the ProcessSpec that runs it in the
+    foreground (``runtime run``, the init running ``req.command``), so the job engine
+    supervises the container as a process job (boot services as containers). The caller
+    tears it down (:func:`teardown`) when that process has ended."""
+    rec, rt = await prepare(ctx, req)
+    cdir = _store(ctx).dir(rec.id)
+    rec.state = "running"
+    _store(ctx).save(rec)
+    argv = rt.argv("run", "--bundle", str(cdir), "--pid-file", str(cdir / "init.pid"), "--",
+                   rec.runtime_id)
+    return rec, ProcessSpec(argv, label=f"container {rec.id}: {' '.join(req.command)}"[:200])
+
+
+async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Runtime]:
+    """Allocate an id and make the container's root clone, netns, nics, forwards and bundle
+    (recorded step by step; torn down on failure)."""
     st = _store(ctx)
     image = await image_for(ctx, req.root)
     meta = images.load(ctx.config.state_dir, image)
@@ -190,14 +240,15 @@ async def create(ctx: Context, req: CreateRequest) -> int:
         mounts.append(spec.Mount(resolve_source(ctx, src, f"mount.{src}"), t, ro))
     rt = await get_runtime(ctx)
     init = runtime.find_init()
-    cid = st.allocate()
+    cid = st.allocate(req.prefer_id)
     names = st.names(cid)
     rec = Record(id=cid, name=req.name, tags=list(req.tags), root=req.root, image=image,
                  hostname=req.hostname or f"core-{cid}", arguments=req.arguments,
                  runtime_id=names["runtime_id"],
                  netns="" if req.host_network else names["netns"],
                  cgroups_path=names["cgroups_path"], host_network=req.host_network,
-                 privileged=req.privileged, created=int(time.time()))
+                 privileged=req.privileged, created=int(time.time()),
+                 spec_hash=req.spec_hash, service=req.service)
     st.save(rec)
     cdir = st.dir(cid)
     try:
@@ -231,29 +282,18 @@ async def create(ctx: Context, req: CreateRequest) -> int:
                 env[k] = val
         env.update(req.env)
         sb = spec.Sandbox(
-            rootfs=str(rootfs), init=init, args=[], hostname=rec.hostname,
+            rootfs=str(rootfs), init=init, args=list(req.command), hostname=rec.hostname,
             cgroups_path=rec.cgroups_path, env=env,
             cwd=str(meta.get("workdir") or "/"),
             netns="host" if req.host_network else nl_path(rec.netns),
             mounts=[*_write_etc(cdir, rec, dns), *mounts], privileged=req.privileged,
             limits=req.limits)
         (cdir / "config.json").write_text(json.dumps(spec.build(sb), indent=1))
-        rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
-        rec.state = "running"
-        st.save(rec)
-        if req.restart != "no":
-            rec.keeper = f"container-keeper.{st.tag}.{cid}"
-            st.save(rec)
-            ctx.engine.start_service(rec.keeper, ProcessSpec(
-                [sys.executable, "-m", "core0.sandbox.keeper", "--runtime", rt.binary,
-                 "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
-                label=f"keeper of container {cid}"), protected=True)
     except BaseException:
         with contextlib.suppress(Exception):
             await teardown(ctx, rec, rt)
         raise
-    log.info("container %d (%s) started: pid %d, image %s", cid, rec.name, rec.pid, image)
-    return cid
+    return rec, rt
 
 
 def nl_path(netns: str) -> str:
@@ -357,7 +397,8 @@ def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
             "status": status, "oom_kills": u["oom_kills"],
             "nics": [n.__dict__ for n in rec.nics], "ports": rec.ports,
             "host_network": rec.host_network, "privileged": rec.privileged,
-            "created": rec.created,
+            "created": rec.created, "persistent": bool(rec.spec_hash),
+            "service": rec.service,
         },
     }
 

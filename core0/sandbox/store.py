@@ -17,6 +17,7 @@ so several nodes on one host (tests) never collide.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -67,6 +68,10 @@ class Record:
     clone_dataset: str = ""
     #: the service id of its keeper (restart policy), "" for none
     keeper: str = ""
+    #: a declared container's spec hash (``persistent``: recorded in main.persistent_dir)
+    spec_hash: str = ""
+    #: the boot service running it in the foreground ("" for a detached container)
+    service: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,9 +105,14 @@ class Store:
     def ids(self) -> list[int]:
         return sorted(int(p.name) for p in self.base.iterdir() if p.name.isdigit())
 
-    def allocate(self) -> int:
-        """Reserve the lowest free id (its directory); 503 at the limit."""
+    def allocate(self, prefer: int = 0) -> int:
+        """Reserve ``prefer`` when free, else the lowest free id (its directory); 503 at the
+        limit."""
         used = set(self.ids())
+        if 0 < prefer <= MAX_CONTAINERS and prefer not in used:
+            with contextlib.suppress(FileExistsError):
+                self.dir(prefer).mkdir(mode=0o700)
+                return prefer
         for cid in range(1, MAX_CONTAINERS + 1):
             if cid in used:
                 continue

@@ -177,8 +177,8 @@ def test_failed_create_leaves_nothing(cnode: ContainerNode, image: str) -> None:
             "command": "bash", "arguments": {"script": "true"}, "recurring_period": 5}}).get(60)
         assert r.code == 400
         r = c.raw("corex.dispatch", {"container": cid, "command": {
-            "command": "info.cpu", "arguments": {}}}).get(60)
-        assert r.code == 412
+            "command": "info.dmi", "arguments": {}}}).get(60)
+        assert r.code == 412  # not answered for containers
         ok(cnode, "corex.terminate", {"container": cid})
     finally:
         c.close()
@@ -267,3 +267,42 @@ def _pingable(cnode: ContainerNode) -> bool:
         return ok(cnode, "core.ping", {}) is not None
     except Exception:
         return False
+
+
+def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, image: str) -> None:
+    """An inner job running across a dispatcher kill -9: the new dispatcher adopts it and
+    its result still carries ``container`` (persisted with the job's step log)."""
+    cid = ok(cnode, "corex.create", {"root": image})
+    try:
+        inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {
+                "script": "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo went"}}})
+        old = cnode.dispatcher_pid()
+        os.kill(old, signal.SIGKILL)
+
+        def back() -> bool:
+            try:
+                return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
+            except Exception:
+                return False
+
+        assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+        # job.list inside the container sees the adopted inner job
+        listed = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "job.list", "arguments": {}}})
+        c = cnode.client()
+        try:
+            ids = [j["id"] for j in json.loads(c.response_for(listed).get(60).data)]
+        finally:
+            c.close()
+        assert inner in ids
+        assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
+        c = cnode.client()
+        try:
+            res = c.response_for(inner).get(60)
+        finally:
+            c.close()
+        assert res.state.value == "SUCCESS" and "went" in res.streams[0]
+        assert res.container == cid
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})

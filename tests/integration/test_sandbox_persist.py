@@ -1,0 +1,137 @@
+"""Declared containers (``main.persistent_dir``): they come back after a reboot (the node
+stopped, its state dir wiped, started again with the same persistent dir) under the same
+id and name, from images kept under the persistent dir; re-declaring the same spec keeps the
+running container, a changed spec recreates it; terminate forgets the declaration."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from conftest import require_root, wait_until
+from net_fixtures import netns
+from sandbox_fixtures import (
+    ContainerNode,
+    busybox_rootfs,
+    cleanup_containers,
+    start_container_node,
+)
+
+
+def ok(node: ContainerNode, command: str, args: dict[str, Any]) -> Any:
+    c = node.client()
+    try:
+        r = c.raw(command, args).get(120)
+    finally:
+        c.close()
+    assert r.state.value == "SUCCESS", (command, r.data, node.log_text()[-3000:])
+    return json.loads(r.data)
+
+
+def inside(node: ContainerNode, cid: int, script: str) -> str:
+    c = node.client()
+    try:
+        r = c.container.client(cid).bash(script).get(60)
+    finally:
+        c.close()
+    assert r.state.value == "SUCCESS", r.streams
+    return str(r.stdout)
+
+
+def reboot(node: ContainerNode, cfg: Path) -> ContainerNode:
+    """Stop the node, drop everything it ran (as a power cycle would), wipe its state dir
+    (the tmpfs), start it again with the same configuration."""
+    node.stop()
+    cleanup_containers(node)
+    shutil.rmtree(node.state_dir)
+    return start_container_node(node.ns, node.dir, str(cfg))
+
+
+def test_declared_container_survives_reboot_and_follows_its_spec() -> None:
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="core0-persist-"))
+    pdir = base / "persist"
+    nbase = base / "node"
+    nbase.mkdir()
+    cfg = base / "core0.toml"
+    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
+    try:
+        _scenario(base, pdir, nbase, cfg)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _scenario(base: Path, pdir: Path, nbase: Path, cfg: Path) -> None:
+    with netns("pst") as ns:
+        node = start_container_node(ns, nbase, str(cfg))
+        try:
+            root = busybox_rootfs(base / "rootfs")
+            ok(node, "container.image.import", {"name": "bb", "source": str(root)})
+            assert (node.state_dir / "sandbox" / "images").is_symlink()
+            ok(node, "corex.create", {"root": "bb"})  # id 1: the declared one gets 2
+            spec = {"root": "bb", "name": "web", "hostname": "web1", "persistent": True,
+                    "tags": ["keep"]}
+            cid = ok(node, "corex.create", spec)
+            assert cid == 2
+            pid = ok(node, "corex.get", {"query": cid})["container"]["pid"]
+            # the same spec again: the running container, untouched
+            assert ok(node, "corex.create", spec) == cid
+            assert ok(node, "corex.get", {"query": cid})["container"]["pid"] == pid
+            inside(node, cid, "echo scratch > /tmp/f")
+            assert len(list((pdir / "containers").glob("*.json"))) == 1
+
+            node = reboot(node, cfg)
+            def up() -> bool:
+                entry = ok(node, "corex.list", {}).get(str(cid))
+                return entry is not None and entry["container"]["status"] == "running"
+
+            assert wait_until(up, 60), node.log_text()[-3000:]
+            got = ok(node, "corex.get", {"query": "web"})["container"]
+            assert (got["id"], got["hostname"], got["tags"], got["persistent"]) == \
+                (cid, "web1", ["keep"], True)
+            assert list(ok(node, "corex.list", {})) == [str(cid)]  # the undeclared one: gone
+            assert inside(node, cid, "hostname; cat /tmp/f 2>/dev/null || echo fresh") == \
+                "web1\nfresh\n"  # a fresh clone of the kept image
+
+            # a changed spec: recreated (new init, new hostname), same id
+            pid = got["pid"]
+            cid2 = ok(node, "corex.create", {**spec, "hostname": "web2"})
+            got = ok(node, "corex.get", {"query": "web"})["container"]
+            assert cid2 == cid and got["pid"] != pid and got["hostname"] == "web2"
+            decl = json.loads(next((pdir / "containers").glob("*.json")).read_text())
+            assert decl["arguments"]["hostname"] == "web2"
+
+            # a dispatcher restart re-declares it: kept as is
+            pid = got["pid"]
+            node = reboot_dispatcher(node)
+            got = ok(node, "corex.get", {"query": "web"})["container"]
+            assert (got["id"], got["pid"]) == (cid, pid)
+
+            ok(node, "corex.terminate", {"container": cid})
+            assert list((pdir / "containers").glob("*.json")) == []
+            node = reboot(node, cfg)
+            assert ok(node, "corex.list", {}) == {}
+            assert [i["name"] for i in ok(node, "container.image.list", {})] == ["bb"]
+        finally:
+            node.stop()
+            cleanup_containers(node)
+
+
+def reboot_dispatcher(node: ContainerNode) -> ContainerNode:
+    import os
+    import signal
+
+    old = node.dispatcher_pid()
+    os.kill(old, signal.SIGKILL)
+
+    def back() -> bool:
+        try:
+            return node.dispatcher_pid() != old and ok(node, "core.ping", {}) is not None
+        except Exception:
+            return False
+
+    assert wait_until(back, 60, 0.2), node.log_text()[-3000:]
+    return node
