@@ -69,6 +69,20 @@ METHODS = [
     "config.get",
     "cgroup.list", "cgroup.ensure", "cgroup.remove", "cgroup.tasks", "cgroup.task_add",
     "cgroup.task_remove", "cgroup.reset", "cgroup.memory", "cgroup.cpuset",
+    "container.create", "container.list", "container.find", "container.get",
+    "container.terminate", "container.nic_add", "container.nic_remove",
+    "container.portforward_add", "container.portforward_remove", "container.backup",
+    "container.restore", "container.client",
+    "container.client.system", "container.client.bash", "container.client.raw",
+    "container.client.sync", "container.client.json", "container.client.ping",
+    "container.client.subscribe", "container.client.info", "container.client.job",
+    "container.client.process", "container.client.filesystem", "container.client.ip",
+    "container.client.zerotier",
+    "kvm.create", "kvm.list", "kvm.get", "kvm.info", "kvm.infops", "kvm.pause", "kvm.resume",
+    "kvm.reboot", "kvm.reset", "kvm.shutdown", "kvm.destroy", "kvm.attach_disk",
+    "kvm.detach_disk", "kvm.add_nic", "kvm.remove_nic", "kvm.limit_disk_io",
+    "kvm.migrate", "kvm.prepare_migration_target", "kvm.create_image", "kvm.convert_image",
+    "kvm.portforward_add", "kvm.portforward_remove",
 ]
 
 _RESULTS: dict[str, tuple[str, bool]] = {}
