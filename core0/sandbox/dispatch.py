@@ -44,7 +44,13 @@ if TYPE_CHECKING:
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SUPPORTED = ("core.system", "bash", "filesystem.*", "job.list", "job.kill", "process.list",
-             "process.kill")
+             "process.kill", "core.ping", "core.subscribe", "info.cpu", "info.mem", "info.os",
+             "info.version", "info.disk")
+#: answered by the node's own handler: facts a container sees the same (its /proc is the
+#: node's), the node's version, and following a job's output (0-core's coreX answered these
+#: inside; ``info.nic``/``info.port``/``ip.*`` would need the container's netns: not yet)
+NODE_FACTS = ("core.ping", "core.subscribe", "info.cpu", "info.mem", "info.os", "info.version",
+              "info.disk")
 #: inner job id → container id, of the inner jobs this dispatcher started (job.* inside see
 #: only their own container's; a job adopted by a new dispatcher is not listed inside)
 _INNER: dict[str, int] = {}
@@ -138,6 +144,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     fs = cmd.command.startswith("filesystem.")
     jobs = cmd.command in ("job.list", "job.kill")
     procs = cmd.command in ("process.list", "process.kill")
+    facts = cmd.command in NODE_FACTS
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
@@ -163,12 +170,14 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         handler = _job_handler(rec.id, cmd.command)
     elif procs:
         handler = _process_handler(rec.cgroups_path, spec)
+    elif facts:
+        handler = spec.handler
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs or jobs or procs:  # builtins: a requeue must never run them on the host
+    if fs or jobs or procs or facts:  # builtins: a requeue must never run them on the host
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
