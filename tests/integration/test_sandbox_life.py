@@ -177,7 +177,7 @@ def test_failed_create_leaves_nothing(cnode: ContainerNode, image: str) -> None:
             "command": "bash", "arguments": {"script": "true"}, "recurring_period": 5}}).get(60)
         assert r.code == 400
         r = c.raw("corex.dispatch", {"container": cid, "command": {
-            "command": "info.cpu", "arguments": {}}}).get(60)
+            "command": "info.nic", "arguments": {}}}).get(60)
         assert r.code == 412
         ok(cnode, "corex.terminate", {"container": cid})
     finally:
