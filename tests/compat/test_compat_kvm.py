@@ -195,10 +195,10 @@ def test_devices_images_reboot_shutdown(kvm: Kvm, zc: Any, record: Any) -> None:
             assert _wait(lambda: "d.qcow2" not in dom.XMLDesc(0))
             record("kvm.detach_disk", "`None`; unplugged")
             mac = "52:54:00:aa:bb:cd"
-            cl.kvm.add_nic(uuid, "bridge", "kvm0", mac)
+            assert cl.kvm.add_nic(uuid, "bridge", "kvm0", mac) is None
             assert mac in dom.XMLDesc(0)
-            record("kvm.add_nic", "the nic added (bridge or default; vlan/vxlan: "
-                   "`ResultError` 412)")
+            record("kvm.add_nic", "`None`; a bridge nic hot-plugged (a second default nic: "
+                   "`ResultError` 409; vlan/vxlan: 412)")
             with pytest.raises(zc.ResultError) as e:
                 cl.kvm.add_nic(uuid, "vxlan", "5")
             assert e.value.code == 412
