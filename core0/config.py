@@ -122,14 +122,11 @@ class RedisConfig(Section):
 
 
 def _per_role(table: dict[str, int], role: Role) -> int | None:
+    """``table``'s value for ``role`` (None: admin, or not listed)."""
     from core0.registry import Role as R
 
-    if role >= R.ADMIN:
-        return None
-    for name, value in table.items():
-        if R.parse(name) == role:
-            return int(value)
-    return None
+    return None if role >= R.ADMIN else next(
+        (int(v) for k, v in table.items() if R.parse(k) == role), None)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from core0.commands.compat import NotImplemented501
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
@@ -481,3 +482,39 @@ async def run(ctx: Context, args: RunArgs) -> Any:
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)
     return process_spec
+
+
+# ---------------------------------------------------------------- not served (501)
+
+
+@dataclass(frozen=True)
+class NotServedArgs(Schema):
+    """What 0-core's client sends to these (ignored)."""
+
+    container: Any = None
+    url: Any = None
+
+
+_NOT_SERVED = {
+    "backup": "core0 has no restic backups of containers: a container's root is an overlay "
+              "clone of a stored image (container.image.*); back up the data you mount into "
+              "it",
+    "restore": "core0 has no restic backups of containers: create the container again from "
+               "its image (container.image.*)",
+    "zerotier.info": "core0 does not run ZeroTier (zerotier-one and a controller account "
+                     "would be needed): use bridge, macvlan or default nics",
+    "zerotier.list": "core0 does not run ZeroTier (zerotier-one and a controller account "
+                     "would be needed): use bridge, macvlan or default nics",
+}
+
+
+def _not_served(verb: str, reason: str) -> None:
+    async def not_served(ctx: Context, args: NotServedArgs) -> None:
+        raise NotImplemented501(f"corex.{verb} is not implemented by core0 (501): {reason}")
+
+    not_served.__doc__ = f"Not served (501): {reason}."
+    aliases(verb, NotServedArgs, role=Role.READ_ONLY)(not_served)
+
+
+for _verb, _reason in _NOT_SERVED.items():
+    _not_served(_verb, _reason)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from core0.commands.compat import NotImplemented501
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role, command
-from core0.schema import NoArgs
+from core0.schema import NoArgs, Schema
 from core0.virt import disks, network
 from core0.virt import domain as dx
 from core0.virt.manager import Virt, lv_error, of
@@ -426,3 +428,24 @@ async def events(ctx: Context, args: NoArgs) -> None:
         while True:
             ev = await sub.get()
             ctx.emit(LEVEL_JSON, json.dumps(ev, sort_keys=True))
+
+
+@dataclass(frozen=True)
+class PrepareArgs(Schema):
+    """What 0-core's client sends (ignored)."""
+
+    uuid: Any = None
+    nics: Any = None
+    port: Any = None
+
+
+@command("kvm.prepare_migration_target", PrepareArgs)
+async def prepare_migration_target(ctx: Context, args: PrepareArgs) -> None:
+    """Not served (501): 0-core set up the incoming VM's nics and port forwards on the
+    destination node beforehand; core0 migrates between libvirtds with ``kvm.migrate``,
+    and the destination's nics (bridges) must exist there already."""
+    raise NotImplemented501(
+        "kvm.prepare_migration_target is not implemented by core0 (501): core0 migrates "
+        "between libvirtds with kvm.migrate {uuid, desturi, shared_storage}; the bridges the "
+        "VM's nics use must exist on the destination, and port forwards are added there with "
+        "kvm.portforward-add after the migration")

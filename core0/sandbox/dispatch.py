@@ -47,9 +47,12 @@ if TYPE_CHECKING:
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "job.list", "job.kill",
-             "process.list", "process.kill")
+             "process.list", "process.kill", "core.ping", "core.subscribe")
 #: the info.* commands answered for a container
 INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port", "info.version")
+#: answered by the node's own handler (0-core's coreX answered these inside): the node's
+#: version and following a job's output
+NODE_FACTS = ("core.ping", "core.subscribe")
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
 
@@ -159,6 +162,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     jobs = cmd.command in ("job.list", "job.kill")
     procs = cmd.command in ("process.list", "process.kill")
     infos = cmd.command in INFO
+    facts = cmd.command in NODE_FACTS
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
@@ -186,12 +190,15 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         handler = _process_handler(rec.cgroups_path, spec)
     elif infos:
         handler = _info_handler(ctx, rec, spec)
+    elif facts:
+        handler = spec.handler
     else:
         handler = await _exec_handler(ctx, rec, cmd.command, args)
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    if fs or jobs or procs or infos:  # builtins: a requeue must never run them on the host
+    # builtins: a requeue must never run them on the host
+    if fs or jobs or procs or infos or facts:
         raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):

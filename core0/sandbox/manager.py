@@ -383,6 +383,13 @@ def usage(rec: Record) -> dict[str, Any]:
     return out
 
 
+def _nic_arg(n: Any) -> dict[str, Any]:
+    """A nic as 0-core listed it in a container's arguments: {type, id, name, hwaddr, config,
+    state}."""
+    return {"type": n.type, "id": n.id, "name": n.name or n.inner, "hwaddr": n.hwaddr,
+            "config": n.config, "state": n.state}
+
+
 def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
     """0-core's container entry: {cpu, rss, vms, swap, container: {arguments, root, pid, …}}."""
     u = usage(rec)
@@ -392,7 +399,10 @@ def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
         "cpu": 0.0, "rss": u["rss"], "vms": 0, "swap": 0,
         "container": {
             "id": rec.id, "name": rec.name, "tags": rec.tags, "root": rec.root,
-            "image": rec.image, "hostname": rec.hostname, "arguments": rec.arguments,
+            "image": rec.image, "hostname": rec.hostname,
+            # 0-core kept the job's tags and the nics (with their state) in the arguments
+            "arguments": {**rec.arguments, "tags": rec.tags,
+                          "nics": [_nic_arg(n) for n in rec.nics]},
             "pid": state.pid if state is not None and status != "stopped" else 0,
             "status": status, "oom_kills": u["oom_kills"],
             "nics": [n.__dict__ for n in rec.nics], "ports": rec.ports,

@@ -81,6 +81,8 @@ class Virt:
         self._dtype: str | None = None
         self._ready = False
         self._ready_lock = asyncio.Lock()
+        self._probe_lock = asyncio.Lock()
+        self._probe_task: asyncio.Future[str] | None = None
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         self._create_lock = asyncio.Lock()
         #: uuids being created (reconciliation leaves them alone)
@@ -102,7 +104,18 @@ class Virt:
                 self.conn.listeners.append(self._on_event)
                 self._ready = True
                 await self.reconcile()
+                # the KVM probe (up to its timeout, once per host boot) starts with the first
+                # kvm.* command, so that a create that follows (0-core's client waits 10 s by
+                # default) does not wait for it
+                self._probe_task = asyncio.ensure_future(self._probe_quietly())
         return self
+
+    async def _probe_quietly(self) -> str:
+        try:
+            return await self.domain_type()
+        except Exception as e:  # the create that needs it probes again and reports
+            log.warning("virt: KVM probe failed: %s", e)
+            return ""
 
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
@@ -111,11 +124,12 @@ class Virt:
             asyncio.ensure_future(self.reconcile())
 
     async def domain_type(self) -> str:
-        if self._dtype is None:
-            v = self.node.config.virt
-            self._dtype = await probe.domain_type(self.conn, v.domain_type, v.probe_kernel,
-                                                  self.dir)
-        return self._dtype
+        async with self._probe_lock:
+            if self._dtype is None:
+                v = self.node.config.virt
+                self._dtype = await probe.domain_type(self.conn, v.domain_type,
+                                                      v.probe_kernel, self.dir)
+            return self._dtype
 
     # ------------------------------------------------------------ records
 

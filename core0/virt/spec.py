@@ -251,6 +251,7 @@ class MigrateArgs(Schema):
                        Pattern(r"[A-Za-z0-9+]+://[^\x00-\x20\x7f'\"<>]*")]
     shared_storage: Annotated[bool, Doc("the VM's disk files are on storage the destination "
                                         "sees at the same paths (libvirt cannot tell for "
-                                        "local paths); false: libvirt copies the disks "
-                                        "(the destination needs files of the same size at "
-                                        "the same paths)")] = False
+                                        "local paths), 0-core's only mode and so the "
+                                        "default; false: libvirt copies the disks (the "
+                                        "destination needs files of the same size at the "
+                                        "same paths)")] = True

@@ -69,6 +69,20 @@ METHODS = [
     "config.get",
     "cgroup.list", "cgroup.ensure", "cgroup.remove", "cgroup.tasks", "cgroup.task_add",
     "cgroup.task_remove", "cgroup.reset", "cgroup.memory", "cgroup.cpuset",
+    "container.create", "container.list", "container.find", "container.get",
+    "container.terminate", "container.nic_add", "container.nic_remove",
+    "container.portforward_add", "container.portforward_remove", "container.backup",
+    "container.restore", "container.client",
+    "container.client.system", "container.client.bash", "container.client.raw",
+    "container.client.sync", "container.client.json", "container.client.ping",
+    "container.client.subscribe", "container.client.info", "container.client.job",
+    "container.client.process", "container.client.filesystem", "container.client.ip",
+    "container.client.zerotier",
+    "kvm.create", "kvm.list", "kvm.get", "kvm.info", "kvm.infops", "kvm.pause", "kvm.resume",
+    "kvm.reboot", "kvm.reset", "kvm.shutdown", "kvm.destroy", "kvm.attach_disk",
+    "kvm.detach_disk", "kvm.add_nic", "kvm.remove_nic", "kvm.limit_disk_io",
+    "kvm.migrate", "kvm.prepare_migration_target", "kvm.create_image", "kvm.convert_image",
+    "kvm.portforward_add", "kvm.portforward_remove",
 ]
 
 _RESULTS: dict[str, tuple[str, bool]] = {}
@@ -127,7 +141,7 @@ def _setns(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def _inside(ns: Netns) -> Iterator[None]:
+def inside(ns: Netns) -> Iterator[None]:
     """The test process inside ``ns``'s network namespace for the block."""
     home = os.open("/proc/self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
@@ -164,7 +178,8 @@ class Zos:
         return ""
 
 
-def _start(ns: Netns, base: Path) -> Zos:
+def start(ns: Netns, base: Path, extra: str = "") -> Zos:
+    """Start a node in ``ns`` with the front; ``extra``: more of its config file (TOML)."""
     state = base / "state"
     state.mkdir(parents=True)
     (base / "mnt").mkdir()
@@ -182,7 +197,7 @@ tls_cert = "{tls}/server.crt"
 tls_key = "{tls}/server.key"
 tls_ca = "{tls}/ca.crt"
 front_port = {front_port}
-""")
+""" + extra)
     os.chmod(conf, 0o600)
     # only the network namespace is the node's own: it shares the host's mounts (loop devices
     # mounted by the tests, the cgroup hierarchies), which ``ip netns exec`` would hide
@@ -195,7 +210,7 @@ front_port = {front_port}
     return Zos(ns, port, proc.pid, base, front_port, password)
 
 
-def _connect(zos: Zos) -> Any:
+def connect(zos: Zos) -> Any:
     """THE connection of the suite: 0-core's client with its own defaults (``ssl=True``,
     one-argument ``AUTH``, timeout 10 s, db 0, three connection attempts) on the node's
     front, as a 0-core user connects to 0-core's redis-proxy. The client is unchanged: its
@@ -224,31 +239,36 @@ def zos() -> Iterator[Zos]:
     zeroos()
     base = Path(tempfile.mkdtemp(prefix="core0-compat-"))
     with netns("compat") as ns:
-        node = _start(ns, base)
+        node = start(ns, base)
         trust = os.environ.get("SSL_CERT_FILE")
         os.environ["SSL_CERT_FILE"] = str(node.ca)
         try:
-            with _inside(ns):
-                node.client = _connect(node)
+            with inside(ns):
+                node.client = connect(node)
                 yield node
         finally:
             if trust is None:
                 os.environ.pop("SSL_CERT_FILE", None)
             else:
                 os.environ["SSL_CERT_FILE"] = trust
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(node.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline:
-                try:
-                    if os.waitpid(node.pid, os.WNOHANG)[0]:
-                        break
-                except ChildProcessError:
-                    break
-                time.sleep(0.05)
-            kill_tree(node.pid)
-            umount_below(str(node.mnt))
+            stop(node)
             shutil.rmtree(base, ignore_errors=True)
+
+
+def stop(node: Zos) -> None:
+    """Stop the node (TERM, then its whole tree), unmount what tests left below its mnt."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(node.pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(node.pid, os.WNOHANG)[0]:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.05)
+    kill_tree(node.pid)
+    umount_below(str(node.mnt))
 
 
 @pytest.fixture

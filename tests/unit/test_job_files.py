@@ -59,7 +59,7 @@ def _job(job_id: str, run: int = 1) -> Any:
     return SimpleNamespace(id=job_id, raw=b'{"id":"x"}', processing="core:default:processing",
                            role=SimpleNamespace(label="admin"), starttime=1, protected=False,
                            run=run, pid=None, start_ticks=10, start_max=0, label="true",
-                           next_run=None, comm="true")
+                           next_run=None, comm="true", container=0)
 
 
 def test_job_store_flat_layout_and_steps(tmp_path: Path) -> None:
