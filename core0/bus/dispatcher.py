@@ -60,6 +60,9 @@ from core0.schema import Schema
 log = logging.getLogger(__name__)
 
 
+#: commands taken one by one (BLMOVE) before a batched pop probes for a backlog again
+PROBE_EVERY = 16
+
 _COLLIDING_ID = re.compile(r".*:(flag|[0-9]+)")
 
 
@@ -204,7 +207,7 @@ class Dispatcher:
         """Take commands from one queue. Results of inline commands ride along with the next
         pop: one write per batch of work. Under load, pops are batched (up to ``bus.batch``
         commands per round trip); when the queue runs dry the loop switches to a blocking
-        BLMOVE sent together with the last results, and probes for a backlog every few
+        BLMOVE sent together with the last results, and probes for a backlog every PROBE_EVERY
         commands so that a burst switches it back to batching. The pickups of new jobs go out
         in the same write as the next pop (no round trip of their own)."""
         queue = self.bus.keys.queue(name)
@@ -241,7 +244,7 @@ class Dispatcher:
                                 pending = []
                             await self.engine.wait_room(role)
                             continue
-                        blocking = idle and streak < 4
+                        blocking = idle and streak < PROBE_EVERY
                         if blocking:
                             written, item = await link.publish_and_block(pending, queue,
                                                                          processing)
@@ -271,7 +274,7 @@ class Dispatcher:
                         [(a.cmd.id, processing, a.raw) for a in starts]))
                     room = self.engine.free_slots(role) - len(starts)
                     if room > 0:
-                        blocking = idle and streak < 4
+                        blocking = idle and streak < PROBE_EVERY
                         sent = (blocking, link.submit([link.pop_cmd(
                             blocking, queue, processing, min(self.cfg.bus.batch, room))]))
                     replies = await link.replies(call)

@@ -202,21 +202,33 @@ class SharedConnection:
     async def wait(self, fut: asyncio.Future[list[Any]], timeout: float | None = 10.0
                    ) -> list[Any]:
         """Await a :meth:`submit` future; a timeout drops the connection (the reply stream
-        cannot be trusted any more)."""
+        cannot be trusted any more) and fails every call in flight. A timer handle rather
+        than ``asyncio.timeout`` + ``shield``: this is the hot path of every round trip."""
+        if fut.done():
+            return fut.result()
+        timer = None
+        if timeout is not None:
+            timer = asyncio.get_running_loop().call_later(timeout, self._expire, fut)
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.shield(fut)
-        except TimeoutError:
-            self.close("redis did not answer in time")
-            raise
+            return await fut
+        finally:
+            if timer is not None:
+                timer.cancel()
 
-    async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float | None = 10.0
-                      ) -> list[Any]:
-        """Connect if needed, send ``commands`` with whatever else goes out now, and return
-        their replies."""
+    def _expire(self, fut: asyncio.Future[list[Any]]) -> None:
+        if not fut.done():
+            self.close("redis did not answer in time")
+
+    async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float | None = 10.0,
+                      *, now: bool = False) -> list[Any]:
+        """Connect if needed, send ``commands`` with whatever else goes out now (``now``: at
+        once, for a caller that only waits for them), and return their replies."""
         if not self.connected:
             await self.connect()
-        return await self.wait(self.submit(commands), timeout)
+        fut = self.submit(commands)
+        if now:
+            self._flush()
+        return await self.wait(fut, timeout)
 
     def _flush(self) -> None:
         self._flushing = False

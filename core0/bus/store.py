@@ -155,7 +155,7 @@ class PopLink:
             [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
 
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
-        return self._check(await self.conn.execute(commands, timeout))
+        return self._check(await self.conn.execute(commands, timeout, now=True))
 
     def submit(self, commands: list[list[Any]]) -> asyncio.Future[list[Any]]:
         """Queue commands for the next write (see :meth:`replies`)."""

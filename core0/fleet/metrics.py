@@ -71,16 +71,22 @@ class NodeMetrics:
                                    buckets=BUCKETS, registry=self.registry)
         self.registry.register(_Live(self))  # type: ignore[arg-type]
         self._server: Any = None
+        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         psutil.cpu_percent(interval=None)  # the first call only starts the measurement
 
     # ------------------------------------------------------------ hooks
 
     def result(self, command: str, state: str, seconds: float) -> None:
         """Count one result (the engine's and the dispatcher's hook)."""
-        spec = registry.get(command)
-        name = command if spec is not None and not spec.internal else ""
-        self.commands.labels(name, state).inc()
-        self.durations.labels(name).observe(max(0.0, seconds))
+        pair = self._children.get((command, state))
+        if pair is None:  # labels() takes a lock and builds a key: once per pair
+            spec = registry.get(command)
+            name = command if spec is not None and not spec.internal else ""
+            pair = (self.commands.labels(name, state), self.durations.labels(name))
+            if len(self._children) < 4096:
+                self._children[(command, state)] = pair
+        pair[0].inc()
+        pair[1].observe(max(0.0, seconds))
 
     # ------------------------------------------------------------ scrape
 
