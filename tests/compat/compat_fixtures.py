@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import IN_CI, free_port, kill_tree, require, require_root
+from conftest import free_port, kill_tree, require, require_root, unavailable
 from net_fixtures import Netns, netns
 from storage_fixtures import umount_below
 
@@ -93,9 +93,7 @@ def zeroos() -> Any:
     try:
         import zeroos.core0.client as zc
     except ImportError:
-        if IN_CI:
-            pytest.fail("0-core-client is not installed (scripts/install-deps.sh installs it)")
-        pytest.skip("0-core-client is not installed")
+        unavailable("0-core-client is not installed (scripts/install-deps.sh installs it)")
     return zc
 
 

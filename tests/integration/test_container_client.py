@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import IN_CI
+from conftest import unavailable
 from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, in_netns
 
 SCRIPT = """
@@ -52,9 +52,7 @@ def _zeroos() -> None:
     try:
         import zeroos.core0.client  # noqa: F401
     except ImportError:
-        if IN_CI:
-            pytest.fail("0-core-client is not installed")
-        pytest.skip("0-core-client is not installed")
+        unavailable("0-core-client is not installed (scripts/install-deps.sh installs it)")
 
 
 def test_zeroos_client_container_lifecycle(cnode: ContainerNode) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import IN_CI, Node, require, require_root, start_node, wait_until
+from conftest import Node, require, require_root, start_node, unavailable, wait_until
 
 if TYPE_CHECKING:
     from storage_fixtures import Loops
@@ -36,9 +36,7 @@ def _sf() -> Any:
 def need(cond: bool, msg: str) -> None:
     """Skip locally, fail in CI (like conftest.require) when a precondition is missing."""
     if not cond:
-        if IN_CI:
-            pytest.fail(msg)
-        pytest.skip(msg)
+        unavailable(msg)
 
 
 class Hostile:
