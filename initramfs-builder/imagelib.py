@@ -133,11 +133,12 @@ def download(pkgs: Iterable[Package], cache: Path) -> dict[str, Path]:
     missing = [p for p in pkgs if not _intact(cache / _deb_name(p), p)]
     if missing:
         argv = ["apt-get", "download", "-q", *[f"{p.name}={p.version}" for p in missing]]
-        for attempt in range(4):  # a mirror's or the resolver's passing failure is retried
+        # a mirror's or the resolver's passing failure is retried (for about 3 minutes)
+        for attempt in range(7):
             res = subprocess.run(argv, cwd=cache, capture_output=True, text=True, check=False)
             if res.returncode == 0:
                 break
-            time.sleep(2 ** attempt * 2)
+            time.sleep(min(2 ** attempt * 2, 60))
         else:
             raise RuntimeError(f"apt-get download failed: {res.stderr.strip()[-2000:]}")
         for p in missing:
