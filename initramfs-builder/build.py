@@ -4,13 +4,14 @@
     python3 initramfs-builder/build.py [--flavour core|full] [--out build/image]
 
 Everything comes from Debian packages (``apt-get download`` + ``dpkg-deb -x``, no maintainer
-scripts, cached under ``build/cache``) and from PyPI wheels (cp311, cached): the kernel and the
-modules the image's drivers need (``depmod`` writes their dependency data), busybox, python3.11
-with a trimmed standard library, core0 + core0_client from this repository and their pure or
-manylinux deps, redis-server, and (``full``) btrfs-progs, zfs-fuse, nftables, dnsmasq, iproute2,
-qemu and libvirt. Shared libraries are found from ELF NEEDED entries. The initramfs is written
-by a deterministic cpio (newc) writer (sorted, root-owned, fixed mtime, with /dev/console and
-/dev/urandom nodes, so Python's hash seeding never waits for the kernel's entropy pool).
+scripts, cached under ``imagelib.default_cache()``) and from PyPI wheels (cp311, cached): the
+kernel and the modules the image's drivers need (``depmod`` writes their dependency data),
+busybox, python3.11 with a trimmed standard library, core0 + core0_client from this repository
+and their pure or manylinux deps, redis-server, and (``full``) btrfs-progs, zfs-fuse, nftables,
+dnsmasq, iproute2, qemu and libvirt. Shared libraries are found from ELF NEEDED entries. The
+initramfs is written by a deterministic cpio (newc) writer (sorted, root-owned, fixed mtime,
+with /dev/console and /dev/urandom nodes, so Python's hash seeding never waits for the kernel's
+entropy pool).
 
 Output in ``--out``: ``vmlinuz``, ``initramfs.cpio.<xz|zst|gz>`` (``initramfs-full…`` for the
 full flavour), ``manifest.json`` (``manifest-full.json``): files with sizes and sha256, package
@@ -464,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("flavour", nargs="?", default="core", choices=["core", "full"])
     ap.add_argument("--out", default=str(REPO / "build/image"))
-    ap.add_argument("--cache", default=str(REPO / "build/cache"))
+    ap.add_argument("--cache", default=str(imagelib.default_cache()))
     ap.add_argument("--work", default=str(REPO / "build/work"))
     ap.add_argument("--compress", default=os.environ.get("COMPRESS", "zstd"),
                     choices=sorted(COMPRESSORS),

@@ -126,6 +126,18 @@ def _deb_name(pkg: Package) -> str:
     return pkg.filename
 
 
+def default_cache() -> Path:
+    """Where downloaded packages and wheels are kept between builds: ``$CORE0_BUILD_CACHE``,
+    else ``$XDG_CACHE_HOME/core0/image`` (``~/.cache``): outside the work tree, so a fresh
+    clone (CI) reuses what an earlier build on the machine fetched (every .deb is checked
+    against its size; names carry the exact version)."""
+    env = os.environ.get("CORE0_BUILD_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "core0" / "image"
+
+
 def download(pkgs: Iterable[Package], cache: Path) -> dict[str, Path]:
     """The .deb of each package, downloaded into ``cache`` unless present and intact."""
     cache.mkdir(parents=True, exist_ok=True)

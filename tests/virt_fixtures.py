@@ -11,12 +11,12 @@ The client reaches the daemon through its socket path:
 cgroups, namespaces or a security driver (what a test VM can do). Teardown destroys every
 domain, then kills qemu (by the pid files libvirt wrote), libvirtd and virtlogd by PID.
 
-**Guest.** ``guest_files()`` downloads Debian's kernel package (``apt-get download``, cached in
-``build/cache``), takes busybox (static) and the virtio/ACPI-button modules, and writes a cpio
-initramfs whose ``/init`` prints :data:`MARKER` on the serial console, reports disks as they
-appear (``GUEST-DISK vdX``), takes a DHCP lease (``GUEST-IP a.b.c.d``), serves HTTP on port 8080
-(busybox httpd, page = :data:`PAGE`) and powers off when the ACPI power button is pressed
-(``kvm.shutdown``).
+**Guest.** ``guest_files()`` downloads Debian's kernel package (``apt-get download``, kept in
+the image builder's cache), takes busybox (static) and the virtio/ACPI-button modules, and
+writes a cpio initramfs whose ``/init`` prints :data:`MARKER` on the serial console, reports
+disks as they appear (``GUEST-DISK vdX``), takes a DHCP lease (``GUEST-IP a.b.c.d``), serves
+HTTP on port 8080 (busybox httpd, page = :data:`PAGE`) and powers off when the ACPI power button
+is pressed (``kvm.shutdown``).
 
 Run as a script (``python tests/virt_fixtures.py nsexec <base> -- argv…``) it is the wrapper
 that makes the bind mounts inside the new mount namespace, then execs ``argv``.
@@ -40,7 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / "build" / "cache"
+sys.path.insert(0, str(ROOT / "initramfs-builder"))
+import imagelib  # type: ignore[import-not-found]  # noqa: E402
+
+#: the image builder's cache (outside the work tree: shared by clones on one machine)
+CACHE = imagelib.default_cache()
 MARKER = "CORE0-GUEST-UP"
 PAGE = "core0-guest-page"
 BINDS = {"run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt",
@@ -117,7 +121,8 @@ def _busybox() -> Path:
 
 
 def guest_files() -> tuple[Path, Path]:
-    """(vmlinuz, initramfs) of the test guest, built once into build/cache/virt-guest."""
+    """(vmlinuz, initramfs) of the test guest, built once into the image builder's cache
+    (``virt-guest/``)."""
     sys.path.insert(0, str(ROOT / "initramfs-builder"))
     import imagelib
 
