@@ -58,7 +58,7 @@ def _wait_service(c: Client, sid: str, timeout: float = 300) -> None:
 
 def test_nested_guest_through_kvm_create(vm: VM) -> None:
     kernel, initrd = guest_files()
-    c = Client("127.0.0.1", vm.port, timeout=600)
+    c = Client("127.0.0.1", vm.port, vm.password, timeout=600)
     try:
         _wait_service(c, "libvirtd")
         c.json("filesystem.mkdir", {"path": "/var/lib/guest"})
