@@ -93,9 +93,9 @@ def test_manual_failover_moves_the_node(cluster: Cluster, tmp_path: Path) -> Non
                        if int(e[0]) <= key_slot(key.encode()) <= int(e[1]))
         redis.Redis(port=replica, password=CLUSTER_PASSWORD).execute_command(
             "CLUSTER", "FAILOVER")
-        assert wait_until(lambda: cluster.owner(key) == replica, 30), "no failover"
+        assert wait_until(lambda: cluster.owner(key) == replica, 120), "no failover"
         with _node_client(cluster, prefix) as c:
-            assert wait_until(lambda: _pong(c), 30), node.log_text()[-3000:]
+            assert wait_until(lambda: _pong(c), 120), node.log_text()[-3000:]
             assert c.system("echo after").get().stdout == "after\n"
         assert "Traceback" not in node.log_text()
     finally:
