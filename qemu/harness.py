@@ -127,21 +127,6 @@ def make_config_drive(src: Path | dict[str, str], out: Path, fmt: str = "iso") -
 
 # ---------------------------------------------------------------- KVM probe
 
-def _kvm_device_ok() -> bool:
-    import fcntl
-
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, 0xAE00) == 12  # KVM_GET_API_VERSION
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -153,7 +138,9 @@ def probe_kvm(kernel: Path, timeout: float = 10.0, cache: Path | None = None) ->
     """Does a guest kernel really run under KVM here? Boots ``kernel`` without an initramfs
     under KVM: it must reach its "cannot mount root" panic (all of early boot and the
     initcalls) within ``timeout``. Cached per host boot, qemu binary and kernel."""
-    if not _kvm_device_ok():
+    from core0.virt.probe import kvm_device_ok  # the one /dev/kvm check
+
+    if not kvm_device_ok():
         return False
     qemu = shutil.which(QEMU) or QEMU
     key = "|".join([_boot_id(), str(os.stat(qemu).st_mtime) if os.path.exists(qemu) else "",

@@ -92,6 +92,22 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
             k.send_signal(sig)
 
 
+def stop_tree(pid: int, grace: float = 15.0) -> None:
+    """Stop a node started by a test: TERM it, reap it (it is the test's child) for up to
+    ``grace`` seconds, then KILL whatever is left of its tree."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0]:
+                break
+        except ChildProcessError:
+            break
+        time.sleep(0.05)
+    kill_tree(pid)
+
+
 @dataclass
 class RedisServer:
     port: int

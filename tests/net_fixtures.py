@@ -131,19 +131,9 @@ class NetNode:
         return ""
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.05)
-        from conftest import kill_tree
+        from conftest import stop_tree
 
-        kill_tree(self.pid)
+        stop_tree(self.pid)
 
 
 def start_node_in(ns: Netns, base: Path, config: str | None = None) -> NetNode:

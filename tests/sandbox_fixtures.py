@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, kill_tree, require, require_root, wait_until
+from conftest import free_port, require, require_root, stop_tree, wait_until
 from net_fixtures import Netns, netns
 
 BUSYBOX = "/bin/busybox"
@@ -167,17 +167,7 @@ class ContainerNode:
         raise AssertionError("no dispatcher")
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                if os.waitpid(self.pid, os.WNOHANG)[0]:
-                    break
-            except ChildProcessError:
-                break
-            time.sleep(0.05)
-        kill_tree(self.pid)
+        stop_tree(self.pid)
 
 
 def start_container_node(ns: Netns, base: Path, config: str | None = None) -> ContainerNode:

@@ -20,7 +20,6 @@ import ctypes
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, kill_tree, require, require_root, unavailable
+from conftest import free_port, require, require_root, stop_tree, unavailable
 from net_fixtures import Netns, netns
 from storage_fixtures import umount_below
 
@@ -255,17 +254,7 @@ def zos() -> Iterator[Zos]:
 
 def stop(node: Zos) -> None:
     """Stop the node (TERM, then its whole tree), unmount what tests left below its mnt."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(node.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        try:
-            if os.waitpid(node.pid, os.WNOHANG)[0]:
-                break
-        except ChildProcessError:
-            break
-        time.sleep(0.05)
-    kill_tree(node.pid)
+    stop_tree(node.pid)
     umount_below(str(node.mnt))
 
 
