@@ -6,7 +6,7 @@ FLAVOUR ?= core
 PYTEST_ARGS ?=
 LINT_PATHS := core0 client tests bench qemu initramfs-builder
 
-.PHONY: deps run test lint docs bench image vm clean
+.PHONY: deps prefetch run test lint docs bench image vm clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -16,11 +16,16 @@ run: deps
 	$(VENV)/bin/core0 dev --state-dir $(STATE) --redis-port $(PORT)
 
 ## install everything, then run the whole test suite (what CI runs)
-test: deps
+test: deps prefetch
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/mypy
 	$(VENV)/bin/core0 docs --check
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+## download the node image's Debian packages and wheels into the build cache (the e2e tests
+## build images from it; fetching while installing keeps network needs out of the test run)
+prefetch: deps
+	bash initramfs-builder/build.sh full --fetch-only
 
 lint:
 	$(VENV)/bin/ruff check $(LINT_PATHS)

@@ -333,26 +333,65 @@ def kernel(stage: Stage, ktree: Path, wanted: list[str], out_dir: Path) -> tuple
 
 # ---------------------------------------------------------------- python
 
+WHEEL_PLATFORM = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+                  "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+                  *[arg for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
+                                  "manylinux2014_x86_64", "linux_x86_64", "any")
+                    for arg in ("--platform", p)]]
+
+
+def tested_pins(reqs: list[str]) -> list[str]:
+    """The list's ``name==version`` pins, each moved to the version installed beside this builder.
+
+    The image then carries the versions the test suite ran against, and the builder needs no
+    release that the index which installed the virtualenv lacks (a mirror may hold an older one).
+    """
+    from importlib import metadata
+
+    out = []
+    for req in reqs:
+        name, sep, ver = req.partition("==")
+        try:
+            ver = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+        out.append(f"{name}=={ver}" if sep or ver else name)
+    return out
+
+
+def download_wheels(reqs: list[str], cache: Path) -> Path:
+    """The wheels of ``reqs`` (cp311 manylinux or pure) in ``cache/wheels``, fetched if absent.
+
+    An index's or the resolver's passing failure is retried for about 3 minutes.
+    """
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    have = {w.name.split("-")[0].lower().replace("_", "-") + "==" + w.name.split("-")[1]
+            for w in wheels.glob("*.whl")}
+    if all(r.lower().replace("_", "-") in have for r in reqs):
+        return wheels
+    argv = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "download",
+            "--dest", str(wheels), *WHEEL_PLATFORM, *reqs]
+    for attempt in range(7):
+        res = subprocess.run(argv, env=dict(os.environ, PIP_NO_INPUT="1"), check=False,
+                             capture_output=True, text=True)
+        if res.returncode == 0:
+            return wheels
+        log(f"pip download failed (attempt {attempt + 1}), retrying")
+        time.sleep(min(2 ** attempt * 2, 60))
+    raise SystemExit(f"pip download failed: {res.stderr.strip()[-2000:]}")
+
+
 def python_packages(stage: Stage, reqs: list[str], cache: Path) -> dict[str, str]:
     """Wheels (cp311 manylinux or pure) into dist-packages; core0 and its client from here."""
     target = stage.root / "usr/lib/python3/dist-packages"
     target.mkdir(parents=True, exist_ok=True)
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    plat = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-            "--abi", "cp311", "--abi", "abi3", "--abi", "none"]
-    for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
-              "linux_x86_64", "any"):
-        plat += ["--platform", p]
+    reqs = tested_pins(reqs)
+    wheels = download_wheels(reqs, cache)
     pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
     env = dict(os.environ, PIP_NO_INPUT="1")
-    have = {w.name.split("-")[0].lower().replace("_", "-") + "==" + w.name.split("-")[1]
-            for w in wheels.glob("*.whl")}
-    if not all(r.lower() in have for r in reqs):
-        subprocess.run([*pip, "download", "--dest", str(wheels), *plat, *reqs], check=True,
-                       env=env)
     subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--target",
-                    str(target), "--no-compile", *plat, *reqs], check=True, env=env)
+                    str(target), "--no-compile", *WHEEL_PLATFORM, *reqs], check=True, env=env)
     # PyYAML's libyaml binding: core0 uses the pure-Python SafeLoader (core0/boot/safeyaml.py)
     unused = [*target.glob("yaml/_yaml.*.so"), *target.glob("_yaml")]
     for junk in list(target.glob("*.dist-info/RECORD")) + list(target.glob("bin")) + unused:
@@ -472,6 +511,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="zstd (default: unpacks twice as fast as xz at boot), xz, gzip")
     ap.add_argument("--sources", default="core0", choices=["core0", "all"],
                     help="which Python modules keep their .py files (default: core0's only)")
+    ap.add_argument("--fetch-only", action="store_true",
+                    help="only download the flavour's packages and wheels into --cache (CI "
+                         "runs this while installing, so image builds in tests need no network)")
     ns = ap.parse_args(argv)
     t0 = time.monotonic()
     out_dir, cache, work = Path(ns.out), Path(ns.cache), Path(ns.work) / ns.flavour
@@ -480,6 +522,10 @@ def main(argv: list[str] | None = None) -> None:
 
     log(f"{ns.flavour}: resolving and fetching {len(spec.packages)} package(s) + deps")
     pkgs, trees, ktree = fetch(spec, cache)
+    if ns.fetch_only:
+        download_wheels(tested_pins(spec.pip), cache)
+        log(f"{ns.flavour}: packages and wheels in {cache} ({time.monotonic() - t0:.0f}s)")
+        return
     sysroot = work / "sysroot"
     imagelib.merge_trees(trees, sysroot)
     t_fetch = time.monotonic()
