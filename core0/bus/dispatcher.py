@@ -231,7 +231,7 @@ class Dispatcher:
                     if sent is not None:
                         blocking, fut = sent
                         sent = None
-                        reply = (await link.replies(fut, block_wait))[0]
+                        reply = (await link.replies(fut))[0]
                         raws = ([reply] if reply is not None else []) if blocking \
                             else list(reply)
                     else:
@@ -276,7 +276,8 @@ class Dispatcher:
                     if room > 0:
                         blocking = idle and streak < PROBE_EVERY
                         sent = (blocking, link.submit([link.pop_cmd(
-                            blocking, queue, processing, min(self.cfg.bus.batch, room))]))
+                            blocking, queue, processing, min(self.cfg.bus.batch, room))],
+                            block_wait if blocking else 10.0))
                     replies = await link.replies(call)
                     self._settle([bool(x) for x in replies[: len(pending)]])
                     oks = [bool(x) for x in replies[len(pending):]]
