@@ -522,4 +522,14 @@ class Dispatcher:
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:
     os.chdir("/")
     reset_ignored_signals()
+    if os.environ.get("C0PROF"):
+        import cProfile
+        pr = cProfile.Profile()
+        pr.enable()
+        try:
+            asyncio.run(Dispatcher(cfg, reload_config).run())
+        finally:
+            pr.disable()
+            pr.dump_stats(os.environ["C0PROF"])
+        return
     asyncio.run(Dispatcher(cfg, reload_config).run())
