@@ -231,10 +231,10 @@ class SharedConnection:
             self._watchdog = loop.call_at(deadline + 0.05, self._check_deadlines)
         self._out.append(b"".join([pack(c) for c in commands]))
         if now:
-            self._flush()
+            self.flush()
         elif not self._flushing:
             self._flushing = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self.flush)
         return fut
 
     def _check_deadlines(self) -> None:
@@ -265,7 +265,8 @@ class SharedConnection:
             await self.connect()
         return await self.wait(self.submit(commands, timeout, now=now))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write everything queued, now."""
         self._flushing = False  # a flush still scheduled finds nothing to write
         if not self._out:
             return

@@ -163,6 +163,10 @@ class PopLink:
         ``timeout`` seconds or the link is dropped."""
         return self.conn.submit(commands, timeout)
 
+    def flush(self) -> None:
+        """Write what is queued now (not at the next turn of the event loop)."""
+        self.conn.flush()
+
     async def replies(self, fut: asyncio.Future[list[Any]]) -> list[Any]:
         """The replies of a :meth:`submit`."""
         return self._check(await self.conn.wait(fut))

@@ -291,7 +291,11 @@ class JobEngine:
         deadline = asyncio.timeout(job.cmd.max_time)
         try:
             async with deadline:
-                value = await job.spec.handler(ctx, job.args)
+                value, job.prebuilt = job.prebuilt, None
+                if value is None:
+                    value = await job.spec.handler(ctx, job.args)
+                elif isinstance(value, BaseException):
+                    raise value
             if isinstance(value, ProcessSpec):
                 job.process = True
                 return await self._process_run(job, value, None)
