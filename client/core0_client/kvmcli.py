@@ -2,13 +2,15 @@
 
     core0ctl kvm list                                 # a table (--json: kvm.list as is)
     core0ctl kvm create web --disk /images/base.qcow2:overlay --memory 512 --nic default \\
-        --port 8080:80 --tag web                      # prints the new VM's uuid
+        --forward 8080:80 --vm-tag web                # prints the new VM's uuid
     core0ctl kvm create k --kernel /images/vmlinuz --initrd /images/initrd.cpio \\
         --cmdline 'console=ttyS0' --disk /images/data.raw --persistent
     core0ctl kvm destroy web                          # a uuid or a name
-    core0ctl kvm shutdown web [--timeout 60]          # also: reboot reset pause resume get
+    core0ctl kvm shutdown web [timeout=60]            # also: reboot reset pause resume get
                                                       # info infops
-Any other ``kvm <action> key=value…`` is sent as is (see ``core0ctl commands``).
+Any other ``kvm <action> key=value…`` is sent as is (see ``core0ctl commands``). The options
+are not named ``--port``/``--tags``/``--timeout``: those are core0ctl's own (they may follow
+the command).
 """
 
 from __future__ import annotations
@@ -47,19 +49,20 @@ def _create_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cpu", type=int)
     ap.add_argument("--memory", type=int, help="MiB")
     ap.add_argument("--nic", action="append", default=[], help="default | bridge:NAME[:MAC]")
-    ap.add_argument("--port", action="append", default=[], help="HOST:GUEST (repeatable)")
+    ap.add_argument("--forward", action="append", default=[],
+                    help="HOST:GUEST port forward (repeatable)")
     ap.add_argument("--kernel")
     ap.add_argument("--initrd")
     ap.add_argument("--cmdline")
     ap.add_argument("--vnc", action="store_true", default=None)
-    ap.add_argument("--tag", action="append", default=[])
+    ap.add_argument("--vm-tag", action="append", default=[])
     ap.add_argument("--persistent", action="store_true", default=None,
                     help="declared: created again after a reboot (main.persistent_dir)")
     return ap
 
 
 def _media(spec: str) -> dict[str, Any]:
-    path, flags = spec, []
+    path, flags = spec, list[str]()
     while True:
         head, sep, tail = path.rpartition(":")
         if sep and tail in ("overlay", "cdrom"):
@@ -92,7 +95,7 @@ def _ports(specs: list[str]) -> dict[str, int]:
     for s in specs:
         src, sep, dst = s.rpartition(":")
         if not sep or not src or not dst.isdigit():
-            raise KvmUsageError(f"--port: HOST:GUEST expected, got {s!r}")
+            raise KvmUsageError(f"--forward: HOST:GUEST expected, got {s!r}")
         out[src] = int(dst)
     return out
 
@@ -113,10 +116,10 @@ def create_args(words: list[str], kv: KeyValues) -> dict[str, Any]:
         args["media"] = [_media(d) for d in ns.disk]
     if ns.nic:
         args["nics"] = [_nic(n) for n in ns.nic]
-    if ns.port:
-        args["port"] = _ports(ns.port)
-    if ns.tag:
-        args["tags"] = ns.tag
+    if ns.forward:
+        args["port"] = _ports(ns.forward)
+    if ns.vm_tag:
+        args["tags"] = ns.vm_tag
     args.update(extra)
     return args
 
@@ -157,14 +160,9 @@ def run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, Any
             return finish(ns, c.raw("kvm.list", kv, **opts))
         print(table(c.json("kvm.list")))
         return 0
-    timeout = None
-    if verb == "shutdown" and len(words) == 3 and words[1] == "--timeout":
-        timeout, words = float(words[2]), words[:1]
     if len(words) != 1:
         raise KvmUsageError(f"kvm {verb}: one VM (uuid or name) expected")
     if verb == "get" and not _UUID.fullmatch(words[0]):
         return finish(ns, c.raw("kvm.get", {"name": words[0], **kv}, **opts))
     args = {"uuid": resolve(c, words[0]), **kv}
-    if timeout is not None:
-        args["timeout"] = timeout
     return finish(ns, c.raw(ONE_VM[verb], args, **opts))
