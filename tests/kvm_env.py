@@ -74,12 +74,12 @@ def start_node(ns: Netns, base: Path, config: Path) -> NetNode:
     require("redis-server", "nft", "dnsmasq")
     state = base / "state"
     state.mkdir(parents=True)
-    return _spawn_node(ns, base, config)
+    return spawn_node(ns, base, config)
 
 
-def _spawn_node(ns: Netns, base: Path, config: Path) -> NetNode:
+def spawn_node(ns: Netns, base: Path, config: Path) -> NetNode:
     log = open(base / "node.log", "ab")  # the child keeps it
-    root = Path(__file__).resolve().parent.parent.parent
+    root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns.name, sys.executable, "-m", "core0", "dev",
          "--state-dir", str(base / "state"), "--redis-port", "0", "--config", str(config)],

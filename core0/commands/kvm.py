@@ -10,16 +10,17 @@ with a fixed address per VM and nft port forwards owned by ``vm:<uuid>``. See do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from core0.commands.compat import NotImplemented501
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
 from core0.schema import NoArgs, Schema
-from core0.virt import disks, network
+from core0.virt import disks, network, persist
 from core0.virt import domain as dx
 from core0.virt.manager import Virt, lv_error, of
 from core0.virt.spec import (
@@ -63,24 +64,78 @@ async def create(ctx: Context, args: CreateArgs) -> str:
     first medium is the boot device (or direct kernel boot). 0-core's ``flist``, ``mount``
     and ``config`` are refused with 412 when set, ``share_cache``, ``storage`` and ``kvm``
     are accepted and ignored. 409 when the name is taken; 400 for paths outside the
-    filesystem root, more than 4 vCPUs per host CPU or more memory than the host has."""
-    return await of(ctx).create(ctx, args)
+    filesystem root, more than 4 vCPUs per host CPU or more memory than the host has.
+    ``persistent`` (needs main.persistent_dir): declared, created again with the same name and
+    uuid after a reboot; the same spec again returns the running VM, a changed one
+    recreates it."""
+    v = of(ctx)
+    if not args.persistent:
+        return await v.create(ctx, args)
+    if not ctx.config.main.persistent_dir:
+        raise PreconditionFailed("persistent VMs need main.persistent_dir")
+    h = persist.hash_of(args)
+    await v.ready()
+    with contextlib.suppress(NotFound):
+        dom = await v.by_name(args.name)
+        cur = await v.describe(dom)
+        meta = (await _live_of(v, dom)).meta
+        if not meta.get("declared"):
+            raise Conflict(f"a VM named {args.name} exists already (not declared)",
+                           field="name")
+        if meta["declared"] == h and cur["state"] in ("running", "paused", "blocked"):
+            persist.declare(ctx.config, args, cur["uuid"])
+            return str(cur["uuid"])
+        with contextlib.suppress(NotFound):  # a changed spec: the old one goes
+            await _act(ctx, cur["uuid"], "destroy", lambda d: d.destroy())
+        await v.cleanup(cur["uuid"])
+    decl = persist.declaration(ctx.config, args.name) or {}
+    uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h)
+    persist.declare(ctx.config, args, uuid)
+    return uuid
+
+
+async def _live_of(v: Virt, dom: Any) -> dx.Live:
+    try:
+        return dx.parse(await v.conn.call(lambda c: dom.XMLDesc(0)))
+    except Exception as e:
+        raise lv_error(e) from None
+
+
+async def _declared_name(ctx: Context, uuid: str) -> str:
+    """The name of VM ``uuid`` when it is a declared one, else ""."""
+    v = await _virt(ctx)
+    with contextlib.suppress(NotFound):
+        dom = await v.domain(uuid)
+        if (await _live_of(v, dom)).meta.get("declared"):
+            return str(await v.conn.call(lambda c: dom.name()))
+    return ""
+
+
+def _undeclare(ctx: Context, name: str) -> None:
+    if name:
+        persist.undeclare(ctx.config, name)
 
 
 @command("kvm.destroy", UuidArgs)
 async def destroy(ctx: Context, args: UuidArgs) -> None:
-    """Force a VM off; its overlays, static lease and port forwards are removed."""
+    """Force a VM off; its overlays, static lease and port forwards are removed (and the
+    declaration of a persistent one)."""
     v = await _virt(ctx)
+    declared = await _declared_name(ctx, args.uuid)
     await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    _undeclare(ctx, declared)
     await v.cleanup(args.uuid)
 
 
 @command("kvm.shutdown", ShutdownArgs)
 async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
     """Ask the guest to power off (ACPI power button). With ``timeout``, wait that long for it
-    to stop, then destroy it; without, return at once (cleanup follows the stop)."""
+    to stop, then destroy it; without, return at once (cleanup follows the stop). A
+    persistent VM's declaration is removed."""
     v = await _virt(ctx)
+    declared = await _declared_name(ctx, args.uuid)
     await _act(ctx, args.uuid, "shutdown", lambda d: d.shutdown())
+    _undeclare(ctx, declared)
     if args.timeout is None:
         return
     loop = asyncio.get_running_loop()

@@ -201,6 +201,7 @@ class Virt:
             "default_ip": meta.get("default_ip", ""),
             "params": meta.get("params", {}),
             "console": live.serial_log,
+            "persistent": bool(meta.get("declared")),
         }
 
     # ------------------------------------------------------------ create
@@ -253,8 +254,11 @@ class Virt:
             return dx.Nic(n.id, mac, "bridge")
         return dx.Nic(self.node.config.virt.bridge, "", "default")
 
-    async def create(self, ctx: Context, args: CreateArgs) -> str:
-        """Create and start a VM; everything made so far is undone when a step fails."""
+    async def create(self, ctx: Context, args: CreateArgs, prefer_uuid: str = "",
+                     declared: str = "") -> str:
+        """Create and start a VM; everything made so far is undone when a step fails.
+        ``prefer_uuid``: the uuid to give it when no running VM has it (a declared VM coming
+        back); ``declared``: its declaration's hash, kept in the metadata."""
         args.check_unsupported()
         host_limits(args.cpu, args.memory)
         if not args.media and not args.kernel:
@@ -272,6 +276,9 @@ class Virt:
         await self.ready()
         dtype = await self.domain_type()
         uuid = str(uuidlib.uuid4())
+        if prefer_uuid and prefer_uuid not in await self.live_uuids():
+            await self.cleanup(prefer_uuid)  # what a stopped run of it left
+            uuid = prefer_uuid
         vmdir = self.vm_dir(uuid)
         undo: list[Any] = []
         self.creating.add(uuid)
@@ -286,6 +293,8 @@ class Virt:
                 self._save_record(uuid, rec)
                 meta: dict[str, Any] = {"tags": list(args.tags or ctx.tags),
                                         "params": _params(args)}
+                if declared:
+                    meta["declared"] = declared
                 if defaults:
                     await network.ensure_bridge(ctx)
                     used = {int(r.get("seq", 0)) for r in self.records().values()}
