@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
+from core0.init import libvirtd as embedded_libvirtd
 from core0.net import validate as nv
 from core0.virt import disks, fetch, network, probe
 from core0.virt import domain as dx
@@ -73,7 +74,7 @@ class Virt:
 
     def __init__(self, ctx: Context):
         cfg = ctx.config
-        self.conn = Conn(cfg.virt.uri)
+        self.conn = Conn(embedded_libvirtd.uri(cfg))  # virt.uri, or the embedded daemon's
         self.dir = Path(cfg.virt.dir)
         #: the context background work (event-driven cleanup) runs with: the first command's
         #: (its engine and configuration are the node's; its job is not used)
