@@ -13,17 +13,17 @@ import asyncio
 import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from core0.commands.compat import NotImplemented501
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
-from core0.schema import NoArgs, Schema
-from core0.virt import disks, network, persist
+from core0.schema import Doc, Len, NoArgs, Range, Schema
+from core0.virt import disks, incoming, network, persist
 from core0.virt import domain as dx
 from core0.virt.manager import Virt, lv_error, of
 from core0.virt.spec import (
+    UUID,
     ConvertArgs,
     CreateArgs,
     DiskArgs,
@@ -487,20 +487,24 @@ async def events(ctx: Context, args: NoArgs) -> None:
 
 @dataclass(frozen=True)
 class PrepareArgs(Schema):
-    """What 0-core's client sends (ignored)."""
+    """0-core's arguments: the VM's uuid, nics and forwards (as in its ``params``)."""
 
-    uuid: Any = None
-    nics: Any = None
-    port: Any = None
+    uuid: UUID
+    nics: Annotated[list[Nic], Doc("the VM's nics (a default nic with its hwaddr)"),
+                    Len(0, 8)] | None = None
+    port: Annotated[dict[str, Annotated[int, Range(1, 65535)]],
+                    Doc('forwards {"<host port or nft source>": guest port} to make here'),
+                    Len(0, 256)] | None = None
 
 
 @command("kvm.prepare_migration_target", PrepareArgs)
-async def prepare_migration_target(ctx: Context, args: PrepareArgs) -> None:
-    """Not served (501): 0-core set up the incoming VM's nics and port forwards on the
-    destination node beforehand; core0 migrates between libvirtds with ``kvm.migrate``,
-    and the destination's nics (bridges) must exist there already."""
-    raise NotImplemented501(
-        "kvm.prepare_migration_target is not implemented by core0 (501): core0 migrates "
-        "between libvirtds with kvm.migrate {uuid, desturi, shared_storage}; the bridges the "
-        "VM's nics use must exist on the destination, and port forwards are added there with "
-        "kvm.portforward-add after the migration")
+async def prepare_migration_target(ctx: Context, args: PrepareArgs) -> dict[str, Any]:
+    """On the destination node, before ``kvm.migrate`` on the source: make the VM's nics'
+    bridges (core0's NAT bridge for a default nic, with a static lease for its ``hwaddr`` at
+    the address that MAC encodes, so the guest keeps its address; a ``bridge`` nic's bridge
+    must exist here: 412) and its port forwards (owner ``vm:<uuid>``). They are removed when
+    the VM stops here, like those of a VM created here. Returns {uuid, mac, ip}. 409 when the
+    VM runs here already or the address is another VM's."""
+    v = await _virt(ctx)
+    return await incoming.prepare(v, ctx, args.uuid, list(args.nics or []),
+                                  dict(args.port or {}))

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.init import libvirtd as embedded_libvirtd
 from core0.net import validate as nv
-from core0.virt import disks, fetch, network, probe
+from core0.virt import disks, fetch, incoming, network, probe
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
 from core0.virt.spec import CreateArgs, Media, Nic, host_limits, iotune_params
@@ -121,6 +121,8 @@ class Virt:
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
             self.cleanup_soon(ev["uuid"])
+        elif ev["event"] in ("started", "resumed") and ev["uuid"]:
+            self.arrived(ev["uuid"])
         elif ev["event"] == "connection" and ev["detail"] == "reconnected":
             asyncio.ensure_future(self.reconcile())
 
@@ -307,6 +309,9 @@ class Virt:
                     defaults[0].mac = mac
                     rec.update(seq=seq, mac=mac, ip=ip)
                     meta["default_ip"] = ip
+                    for n in meta["params"]["nics"]:  # what kvm.prepare_migration_target
+                        if n["type"] == "default":  # needs from kvm.get's params
+                            n["hwaddr"] = mac
                     self._save_record(uuid, rec)
                     await network.add_lease(ctx, mac, ip)
                     undo.append(lambda: network.remove_lease(ctx, mac))
@@ -352,6 +357,8 @@ class Virt:
         rec = self.record(uuid)
         if rec is None and uuid not in network.owners(ctx):
             return
+        if rec and incoming.waiting(rec):
+            return  # prepared for an incoming migration that has not arrived yet
         try:
             if uuid in await self.live_uuids():
                 return  # running again (or never stopped): nothing to clean
@@ -378,6 +385,8 @@ class Virt:
         except CommandError:
             return
         recs = self.records()
+        for uuid in live & set(recs):
+            self.arrived(uuid)
         gone = (set(recs) | network.owners(self.node)) - live - self.creating
         for uuid in gone:
             rec = recs.get(uuid) or {}
@@ -386,6 +395,13 @@ class Virt:
             await self.cleanup(uuid)
 
     # ------------------------------------------------------------ migration
+
+    def arrived(self, uuid: str) -> None:
+        """VM ``uuid`` runs here: a prepared incoming record becomes an ordinary one."""
+        rec = self.record(uuid)
+        if rec is not None and rec.get("incoming"):
+            rec.pop("incoming")
+            self._save_record(uuid, rec)
 
     async def migrate(self, uuid: str, desturi: str, shared_storage: bool) -> None:
         """Live-migrate a VM to another libvirtd (peer to peer, tunnelled through libvirt's
