@@ -119,10 +119,16 @@ def _undeclare(ctx: Context, name: str) -> None:
 @command("kvm.destroy", UuidArgs)
 async def destroy(ctx: Context, args: UuidArgs) -> None:
     """Force a VM off; its overlays, static lease and port forwards are removed (and the
-    declaration of a persistent one)."""
+    declaration of a persistent one). For a VM prepared here by
+    kvm.prepare_migration_target that has not arrived: what was prepared is released."""
     v = await _virt(ctx)
     declared = await _declared_name(ctx, args.uuid)
-    await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    try:
+        await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    except NotFound:
+        if await v.cancel_incoming(args.uuid):
+            return
+        raise
     _undeclare(ctx, declared)
     await v.cleanup(args.uuid)
 

@@ -396,6 +396,16 @@ class Virt:
 
     # ------------------------------------------------------------ migration
 
+    async def cancel_incoming(self, uuid: str) -> bool:
+        """Release what kvm.prepare_migration_target made for a VM that has not arrived."""
+        rec = self.record(uuid)
+        if rec is None or not rec.get("incoming") or uuid in await self.live_uuids():
+            return False
+        rec["incoming"] = 0
+        self._save_record(uuid, rec)
+        await self.cleanup(uuid)
+        return True
+
     def arrived(self, uuid: str) -> None:
         """VM ``uuid`` runs here: a prepared incoming record becomes an ordinary one."""
         rec = self.record(uuid)
@@ -439,6 +449,8 @@ def _params(args: CreateArgs) -> dict[str, Any]:
             "media": [{k: val for k, val in (("url", m.url), ("path", m.path), ("type", m.type),
                                              ("bus", m.bus), ("overlay", m.overlay))
                        if val is not None} for m in args.media],
-            "nics": [{"type": n.type, "id": n.id, "hwaddr": n.hwaddr} for n in args.nics],
+            "nics": [{k: val for k, val in (("type", n.type), ("id", n.id),
+                                             ("hwaddr", n.hwaddr)) if val is not None}
+                     for n in args.nics],
             "port": dict(args.port or {}), "vnc": args.vnc, "kernel": args.kernel,
             "initrd": args.initrd, "cmdline": args.cmdline}
