@@ -466,10 +466,12 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
     libvirt, bandwidth capped at 10 GiB/s, as 0-core). ``shared_storage``: the disks are on
     storage the destination sees at the same paths; otherwise libvirt copies them (the
     destination needs same-size files at the same paths). The VM's port forwards and static
-    lease on this node are released; its files here are kept. The destination runs it as a
-    transient domain under the same uuid."""
+    lease on this node are released; its files here are kept (a declared VM's declaration
+    is removed). The destination runs it as a transient domain under the same uuid."""
     v = await _virt(ctx)
+    declared = await _declared_name(ctx, args.uuid)
     await v.migrate(args.uuid, args.desturi, args.shared_storage)
+    _undeclare(ctx, declared)  # it runs elsewhere now
 
 
 # ---------------------------------------------------------------- events
