@@ -3,13 +3,13 @@
 The mechanism is the containers' (:mod:`core0.declared`): ``kvm.create {persistent: true}``
 records the VM's arguments, their hash and its uuid in
 ``<persistent_dir>/vms/<digest of the name>.json``; each dispatcher start re-submits
-``kvm.create`` for every record as a job of core0's own (retried each second for up to
-:data:`RETRIES` s while libvirtd, a boot service, is not up yet). A VM of that name running
-with the same hash (kept in the domain's metadata, ``declared``) is kept, so a dispatcher
-restart changes nothing; one with another hash is destroyed and created again; a gone one is
-created again under its recorded uuid. ``kvm.destroy`` and ``kvm.shutdown`` of a declared VM
-delete its record; a guest that powers itself off stays declared (it comes back at the next
-dispatcher start).
+``kvm.create`` for every record as a job of core0's own (a failed one is retried each
+second, :data:`RETRIES` times: libvirtd, a boot service, may not be up yet). A VM of that
+name running with the same hash (kept in the domain's metadata, ``declared``) is kept, so
+a dispatcher restart changes nothing; one with another hash is destroyed and created
+again; a gone one is created again under its recorded uuid. ``kvm.destroy``,
+``kvm.shutdown`` and ``kvm.migrate`` of a declared VM delete its record; a guest that powers
+itself off stays declared (it comes back at the next dispatcher start).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from core0.config import Config
     from core0.virt.spec import CreateArgs
 
-#: seconds a re-creation at start is retried (1 s apart) while libvirtd is not answering
+#: how many times a failed re-creation at start is retried (1 s apart; libvirtd may be starting)
 RETRIES = 120
 VMS = Declarations(kind="vms", command="kvm.create", job_prefix="declared-vm", what="VM",
                    retries=RETRIES)
