@@ -116,6 +116,9 @@ class CreateArgs(Schema):
     persistent: Annotated[bool, Doc("declare it in main.persistent_dir (needs name): it comes "
                                     "back after a reboot; re-declaring the same spec returns "
                                     "the running one, a changed spec recreates it")] = False
+    userns: Annotated[bool, Doc("run it in a user namespace with a uid/gid range of its own "
+                                "(its root is an unprivileged host uid; not with "
+                                "privileged)")] = False
 
 
 @aliases("create", CreateArgs)
@@ -154,7 +157,7 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
         arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart,
-        spec_hash=spec_hash, prefer_id=prefer)
+        spec_hash=spec_hash, prefer_id=prefer, userns=args.userns)
     cid = await manager.create(ctx, req)
     if args.persistent:
         persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid)
@@ -445,6 +448,7 @@ class RunArgs(Schema):
     limits: LimitArgs | None = None
     privileged: Annotated[bool, Doc("needs the admin role")] = False
     tags: list[Annotated[str, Len(1, 128)]] | None = None
+    userns: Annotated[bool, Doc("a user namespace of its own (as in corex.create)")] = False
 
 
 @command("container.run", RunArgs)
@@ -478,7 +482,8 @@ async def run(ctx: Context, args: RunArgs) -> Any:
         env=dict(args.env or {}), tags=list(args.tags or ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id)
+        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id,
+        userns=args.userns)
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)
     return process_spec
