@@ -169,6 +169,8 @@ def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     the declaring queue's role (the boot's re-declaration runs as admin)."""
     out = {k: val for k, val in dataclasses.asdict(args).items()
            if val is not None and k != "persistent"}
+    if not args.userns:  # (added later: declarations made before hash the same)
+        del out["userns"]
     if args.mount:
         out["mount"] = {manager.resolve_source(ctx, src, f"mount.{src}"): t
                         for src, t in args.mount.items()}
