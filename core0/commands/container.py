@@ -142,6 +142,14 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         nft.parse_source(src, f"port.{src}")
     if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
         raise BadRequest("port: forwards need a default nic", field="port")
+    if args.persistent:
+        async with persist.name_lock(args.name or ""):
+            return await _create(ctx, args, nic_list, ports)
+    return await _create(ctx, args, nic_list, ports)
+
+
+async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: dict[str, int]
+                  ) -> int:
     lim = args.limits or LimitArgs()
     spec_hash, prefer = "", 0
     if args.persistent:

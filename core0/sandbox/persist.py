@@ -18,11 +18,13 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +37,28 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: the most declarations read at a start (a bound on the directory)
 MAX_DECLARED = 1024
+
+
+#: one lock per declared name being created (dropped when nobody holds or waits for it)
+_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+
+@contextlib.asynccontextmanager
+async def name_lock(name: str) -> AsyncIterator[None]:
+    """Serialise the creates of declared name ``name`` in this dispatcher: a second
+    concurrent persistent create of the same name waits, then finds the first one's
+    container running with the same spec hash (or replaces it)."""
+    lock, users = _locks.get(name) or (asyncio.Lock(), 0)
+    _locks[name] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _locks[name]
+        if users <= 1:
+            del _locks[name]
+        else:
+            _locks[name] = (lock, users - 1)
 
 
 def base(cfg: Config) -> Path | None:
@@ -127,6 +151,25 @@ def link_images(cfg: Config) -> None:
     os.symlink(target, link)
 
 
+def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
+    """Terminate (a ``corex.terminate`` job of core0's own) each running declared container
+    whose declaration was removed meanwhile (e.g. while the node was down)."""
+    from core0.sandbox.store import Store
+
+    names = {d["name"] for d in declared(cfg)}
+    for rec in Store(cfg.state_dir).all():
+        if not rec.spec_hash or rec.name in names:
+            continue
+        cmd = Command(command="corex.terminate", arguments={"container": rec.id},
+                      id=f"undeclared:{rec.id}:{rec.created}")
+        try:
+            engine.submit_internal(cmd)
+            log.info("declared container %s (%d): no declaration any more, terminated",
+                     rec.name, rec.id)
+        except Exception as e:
+            log.warning("undeclared container %s not terminated: %s", rec.name, e)
+
+
 def restore(engine: JobEngine, cfg: Config) -> int:
     """Dispatcher start: link the image store and re-declare every recorded container (a
     ``corex.create`` job of core0's own each). Returns how many were submitted. Also
@@ -138,6 +181,7 @@ def restore(engine: JobEngine, cfg: Config) -> int:
         return 0
     link_images(cfg)
     n = 0
+    _forget_undeclared(engine, cfg)
     for d in declared(cfg):
         cmd = Command(command="corex.create", arguments={**d["arguments"], "persistent": True},
                       id=f"declared:{hashlib.sha256(d['name'].encode()).hexdigest()[:16]}")
