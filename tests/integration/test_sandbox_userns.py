@@ -207,3 +207,34 @@ def test_privileged_with_userns_is_refused(cnode: ContainerNode, root: Path) -> 
     assert "privileged and userns" in r.data
     assert sorted(os.listdir(cnode.state_dir / "sandbox" / "containers")) == before
     assert slots(cnode) == {}
+
+
+def test_host_network_and_restart(cnode: ContainerNode, root: Path) -> None:
+    """With host_network the node's sysfs is bound read-only (a new one needs a netns of the
+    user namespace); with a restart policy a new init joins the same pinned namespace."""
+    h = ok(cnode, "corex.create", {"root": str(root), "host_network": True, "userns": True})
+    try:
+        code, out, err = sh(cnode, h, "cat /proc/self/uid_map; touch /sys/x 2>&1; "
+                                      "ls /sys/class/net")
+        assert code == 0, err
+        base = ok(cnode, "corex.get", {"query": h})["container"]["userns"]["uid"]
+        assert out.split()[:2] == ["0", str(base)]
+        assert "Read-only file system" in out
+    finally:
+        ok(cnode, "corex.terminate", {"container": h})
+    r = ok(cnode, "corex.create", {"root": str(root), "nics": [], "userns": True,
+                                   "restart": "always"})
+    try:
+        before = ok(cnode, "corex.get", {"query": r})["container"]
+        os.kill(before["pid"], signal.SIGKILL)
+
+        def restarted() -> bool:
+            got = ok(cnode, "corex.get", {"query": r})["container"]
+            return got["status"] == "running" and got["pid"] not in (0, before["pid"])
+
+        assert wait_until(restarted, 60)
+        code, out, _ = sh(cnode, r, "cat /proc/self/uid_map; ip -o link | wc -l")
+        assert code == 0 and out.split() == ["0", str(before["userns"]["uid"]), "65536", "1"]
+    finally:
+        ok(cnode, "corex.terminate", {"container": r})
+    assert slots(cnode) == {}
