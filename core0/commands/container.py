@@ -128,8 +128,9 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     Defaults: containers-common capabilities and seccomp profile (stricter: no mount,
     unshare, keyctl, ptrace), no_new_privs, masked/read-only paths, own namespaces, PID 1 =
     catatonit. ``nics`` default to one ``default`` nic (a veth into the NAT bridge core0,
-    172.18.0.0/16); ``port`` forwards host ports to it. ``storage``, ``identity`` and
-    ``cgroups`` are accepted and ignored."""
+    172.18.0.0/16); ``port`` forwards host ports to it. ``userns`` runs it in a user
+    namespace with a uid/gid range of its own (refused with ``privileged``). ``storage``,
+    ``identity`` and ``cgroups`` are accepted and ignored."""
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
     for k in args.env or {}:

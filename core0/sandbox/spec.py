@@ -16,6 +16,11 @@ tests/integration/test_sandbox_security.py):
 - limits (memory, cpu shares/quota, pids) in ``linux.resources``, applied by the runtime on
   cgroup v1 or v2.
 
+With a user namespace (``userns_base``: :mod:`.userns`) the same defaults apply inside it;
+the container joins the namespace core0 made (``userns_path``, which also owns its netns, so a
+fresh sysfs and the ping sysctl still work), with the uid/gid mappings runc expects; with
+``host_network`` /sys is the node's sysfs bound recursively read-only instead.
+
 ``privileged`` lifts exactly what podman's ``--privileged`` lifts: all capabilities (of the
 node's own bounding set), no
 seccomp filter, no masked or read-only paths, ``/sys`` and the cgroup fs read-write, every
