@@ -167,9 +167,9 @@ def test_concurrent_declarations_and_a_removed_declaration() -> None:
                 for p in (pdir / "containers").glob("*.json"):
                     p.unlink()  # the declaration goes while the dispatcher is away
                 node = reboot_dispatcher(node)
-                assert wait_until(lambda: ok(node, "corex.list", {}) == {}, 60), \
-                    node.log_text()[-3000:]
-                assert not (node.state_dir / "sandbox" / "containers" / str(cid)).exists()
+                cdir = node.state_dir / "sandbox" / "containers" / str(cid)
+                assert wait_until(lambda: ok(node, "corex.list", {}) == {}
+                                  and not cdir.exists(), 60), node.log_text()[-3000:]
             finally:
                 node.stop()
                 cleanup_containers(node)
