@@ -19,10 +19,13 @@ ranges in use; terminate frees the slots the container owns. A slot whose contai
 - btrfs snapshot / ZFS clone: every entry's owner is shifted with ``lchown`` (a metadata
   change only, copy-on-write of the metadata blocks; the data is not copied).
 
-The idmapped mount needs a user namespace carrying the mapping: a short-lived child
-(:data:`_HOLDER`) unshares one, core0 writes its maps, opens ``/proc/<child>/ns/user`` and lets
-it exit. runc 1.1 has no idmapped mounts of its own (that came with runc 1.2), so core0 makes
-this one; bind-mounted volumes are *not* idmapped (see docs/containers.md).
+**Namespaces.** core0 makes the container's user namespace (and its netns, owned by it) with
+a short-lived child (:data:`_HOLDER`): the child unshares a user namespace, core0 writes its
+maps, the child unshares a netns inside it, core0 pins both with bind mounts (``<container
+dir>/userns`` and ``/run/netns/<name>``) and lets the child exit; the spec joins both by path
+(:func:`make_namespaces` says why). The same namespace idmaps the overlay's lower layer: runc
+1.1 has no idmapped mounts of its own (they came with runc 1.2). Bind-mounted volumes are
+*not* idmapped (see docs/containers.md).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 from pathlib import Path
 
 from core0.errors import Internal, PreconditionFailed, Unavailable
@@ -47,6 +51,8 @@ FIRST = 1 << 20
 SLOTS = 1000
 
 _libc = ctypes.CDLL(None, use_errno=True)
+#: one allocator per dispatcher (its threads): slots are taken under it
+_lock = threading.Lock()
 # the new mount API's syscall numbers are the same on every architecture
 SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442
 AT_FDCWD = -100
@@ -93,6 +99,11 @@ def _owner(slot_dir: Path) -> int:
 
 def allocate(state_dir: Path, cid: int) -> int:
     """Reserve a free range for container ``cid``; returns its host base uid/gid."""
+    with _lock:  # (a stale slot taken back by two creates at once must go to one only)
+        return _allocate(state_dir, cid)
+
+
+def _allocate(state_dir: Path, cid: int) -> int:
     d = _dir(state_dir)
     containers = state_dir / "sandbox" / "containers"
     for slot in range(SLOTS):
@@ -128,9 +139,10 @@ def free(state_dir: Path, cid: int) -> None:
     d = state_dir / "sandbox" / "userns"
     if not d.is_dir():
         return
-    for sd in d.iterdir():
-        if sd.name.isdigit() and _owner(sd) == cid:
-            _release(sd)
+    with _lock:
+        for sd in d.iterdir():
+            if sd.name.isdigit() and _owner(sd) == cid:
+                _release(sd)
 
 
 def in_use(state_dir: Path) -> dict[int, int]:

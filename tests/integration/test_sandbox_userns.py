@@ -175,6 +175,27 @@ def test_dispatch_adoption_and_free(cnode: ContainerNode, root: Path) -> None:
     assert not list((cnode.state_dir / "sandbox" / "containers").iterdir())
 
 
+def test_concurrent_creates_get_disjoint_ranges(cnode: ContainerNode, root: Path) -> None:
+    c = cnode.client()
+    try:
+        pending = [c.raw("corex.create", {"root": str(root), "nics": [], "userns": True})
+                   for _ in range(4)]
+        results = [r.get(120) for r in pending]
+    finally:
+        c.close()
+    ids = [json.loads(r.data) for r in results if r.state.value == "SUCCESS"]
+    try:
+        assert len(ids) == 4, [r.data for r in results]
+        bases = sorted(ok(cnode, "corex.get", {"query": i})["container"]["userns"]["uid"]
+                       for i in ids)
+        assert all(b - a >= userns.SIZE for a, b in zip(bases, bases[1:], strict=False))
+        assert sorted(slots(cnode)) == bases and sorted(slots(cnode).values()) == sorted(ids)
+    finally:
+        for i in ids:
+            ok(cnode, "corex.terminate", {"container": i})
+    assert slots(cnode) == {}
+
+
 def test_security_rows_equal_or_stricter(cnode: ContainerNode, root: Path) -> None:
     plain = run_core0(cnode, root)
     ours = run_core0(cnode, root, userns=True)
