@@ -259,3 +259,17 @@ def test_host_network_and_restart(cnode: ContainerNode, root: Path) -> None:
     finally:
         ok(cnode, "corex.terminate", {"container": r})
     assert slots(cnode) == {}
+
+
+def test_container_run_in_userns(cnode: ContainerNode, root: Path) -> None:
+    """container.run (boot services) takes userns too; its teardown frees the range."""
+    c = cnode.client()
+    try:
+        r = c.raw("container.run", {"root": str(root), "nics": [], "userns": True,
+                                    "command": ["/bin/cat", "/proc/self/uid_map"]}).get(120)
+    finally:
+        c.close()
+    assert r.state.value == "SUCCESS", r
+    fields = r.streams[0].split()
+    assert fields[0] == "0" and int(fields[1]) >= userns.FIRST and fields[2] == "65536"
+    assert wait_until(lambda: slots(cnode) == {} and ok(cnode, "corex.list", {}) == {}, 30)
