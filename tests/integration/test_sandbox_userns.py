@@ -19,7 +19,13 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, build_probe, busybox_rootfs, container_node
+from sandbox_fixtures import (
+    ContainerNode,
+    build_probe,
+    busybox_rootfs,
+    container_node,
+    node_tag,
+)
 from test_sandbox_security import EPERM_CALLS, run_core0
 
 from core0.sandbox import userns
@@ -173,6 +179,11 @@ def test_dispatch_adoption_and_free(cnode: ContainerNode, root: Path) -> None:
                 ok(cnode, "corex.terminate", {"container": cid})
     assert slots(cnode) == {}
     assert not list((cnode.state_dir / "sandbox" / "containers").iterdir())
+    # nothing left: no pinned namespace, idmapped layer, overlay or netns
+    with open("/proc/self/mountinfo") as f:
+        assert not [ln for ln in f if str(cnode.state_dir) in ln]
+    tag = node_tag(cnode)
+    assert not [n for n in os.listdir("/run/netns") if tag in n]
 
 
 def test_concurrent_creates_get_disjoint_ranges(cnode: ContainerNode, root: Path) -> None:
