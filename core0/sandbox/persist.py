@@ -18,9 +18,14 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
+
+from core0_client.protocol import Command
 
 from core0.declared import MAX_DECLARED, Declarations, base, spec_hash
 
@@ -29,11 +34,32 @@ if TYPE_CHECKING:
     from core0.jobs.engine import JobEngine
 
 __all__ = ["MAX_DECLARED", "base", "declaration", "declare", "declared", "link_images",
-           "restore", "spec_hash", "undeclare"]
+           "name_lock", "restore", "spec_hash", "undeclare"]
 log = logging.getLogger(__name__)
 #: the declared containers (the record files and their re-submission: core0/declared.py)
 CONTAINERS = Declarations(kind="containers", command="corex.create", job_prefix="declared",
                           what="container")
+
+#: one lock per declared name being created (dropped when nobody holds or waits for it)
+_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+
+@contextlib.asynccontextmanager
+async def name_lock(name: str) -> AsyncIterator[None]:
+    """Serialise the creates of declared name ``name`` in this dispatcher: a second
+    concurrent persistent create of the same name waits, then finds the first one's
+    container running with the same spec hash (or replaces it)."""
+    lock, users = _locks.get(name) or (asyncio.Lock(), 0)
+    _locks[name] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _locks[name]
+        if users <= 1:
+            del _locks[name]
+        else:
+            _locks[name] = (lock, users - 1)
 
 
 def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
@@ -86,4 +112,24 @@ def restore(engine: JobEngine, cfg: Config) -> int:
     if base(cfg) is None:
         return 0
     link_images(cfg)
+    _forget_undeclared(engine, cfg)
     return CONTAINERS.restore(engine, cfg)
+
+
+def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
+    """Terminate (a ``corex.terminate`` job of core0's own) each running declared container
+    whose declaration was removed meanwhile (e.g. while the node was down)."""
+    from core0.sandbox.store import Store
+
+    names = {d["name"] for d in declared(cfg)}
+    for rec in Store(cfg.state_dir).all():
+        if not rec.spec_hash or rec.name in names:
+            continue
+        cmd = Command(command="corex.terminate", arguments={"container": rec.id},
+                      id=f"undeclared:{rec.id}:{rec.created}")
+        try:
+            engine.submit_internal(cmd)
+            log.info("declared container %s (%d): no declaration any more, terminated",
+                     rec.name, rec.id)
+        except Exception as e:
+            log.warning("undeclared container %s not terminated: %s", rec.name, e)
