@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hi
 
 from core0 import schema
 from core0.errors import BadRequest
+from core0.virtconfig import VirtConfig
 
 if TYPE_CHECKING:  # imported lazily: PID 1 loads the config without the command registry
     from core0.registry import Role
@@ -298,24 +299,6 @@ class CloudConfigConfig(Section):
 
 
 @dataclass(frozen=True)
-class VirtConfig(Section):
-    """Virtual machines (``kvm.*``, see docs/kvm.md)."""
-
-    #: the libvirt URI core0 manages VMs through
-    uri: str = "qemu:///system"
-    #: VM files (overlays, console logs, downloaded images); outside the state dir, which is
-    #: private (0700) while qemu may run as an unprivileged user that must reach its disks
-    dir: str = "/var/lib/core0/virt"
-    #: auto (kvm where a probe guest really runs, else qemu/TCG), kvm or qemu
-    domain_type: Literal["auto", "kvm", "qemu"] = "auto"
-    #: the kernel the KVM probe boots ("" = /boot/vmlinuz-<release> or /boot/vmlinuz)
-    probe_kernel: str = ""
-    #: the default nics' NAT bridge (0-core's kvm0) and its address
-    bridge: str = "kvm0"
-    bridge_cidr: str = "172.19.0.1/16"
-
-
-@dataclass(frozen=True)
 class NodeConfig(Section):
     """This node in a fleet: its registry entry ``nodes:<id>`` (core0/fleet/registry.py)."""
 
@@ -392,7 +375,7 @@ class Config(schema.Schema):
         return d
 
 
-_SECTIONS: dict[str, type[Section]] = {
+_SECTIONS: dict[str, type[schema.Schema]] = {  # VirtConfig: core0/virtconfig.py
     "main": MainConfig,
     "redis": RedisConfig,
     "bus": BusConfig,

@@ -14,6 +14,7 @@
     core0ctl container list            # also: get, find, terminate ID, nic-add, image list …
     core0ctl container exec 3 -- ls -l /   # a program inside container 3 (its exit status)
     core0ctl container bash 3 'echo $HOSTNAME'
+    core0ctl kvm list                  # VMs (kvmcli): create NAME --disk … , destroy NAME …
 
 Connection: --url (or CORE0_URL): redis://user:pass@host:port/, rediss://user:pass@host:port/
 ?ca=ca.pem[&cert=..&key=..] (TLS), unix:///path/to/redis.sock; or --host/--port (or --socket),
@@ -35,6 +36,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from core0_client import kvmcli
 from core0_client._base import error_message
 from core0_client.container import ContainerClient
 from core0_client.errors import (
@@ -283,6 +285,11 @@ def _run(ns: argparse.Namespace, c: Client, words: list[str], opts: dict[str, An
         return _finish(ns, c.system(rest, dir=cwd, stdin=stdin, env=env or None, **opts), True)
     if head == "container" and rest and rest[0] in ("exec", "bash"):
         return _container_run(ns, c, rest, opts)
+    if head == "kvm" and rest and rest[0] in kvmcli.VERBS:
+        try:
+            return kvmcli.run(ns, c, rest, opts, _finish, _kv)
+        except kvmcli.KvmUsageError as e:
+            raise UsageError(str(e)) from None
     if head == "bash":
         if not rest:
             raise UsageError("bash: script missing (core0ctl bash SCRIPT)")

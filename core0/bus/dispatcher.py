@@ -152,6 +152,12 @@ class Dispatcher:
             persist.restore(self.engine, self.cfg)
         except Exception:
             log.exception("declared containers not restored")
+        try:  # and declared VMs: core0/virt/persist.py
+            from core0.virt import persist as vm_persist
+
+            vm_persist.restore(self.engine, self.cfg)
+        except Exception:
+            log.exception("declared VMs not restored")
         log.info("dispatcher up (pid %d); adopted %d job(s); queues %s", os.getpid(), adopted,
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():

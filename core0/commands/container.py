@@ -116,6 +116,9 @@ class CreateArgs(Schema):
     persistent: Annotated[bool, Doc("declare it in main.persistent_dir (needs name): it comes "
                                     "back after a reboot; re-declaring the same spec returns "
                                     "the running one, a changed spec recreates it")] = False
+    userns: Annotated[bool, Doc("run it in a user namespace with a uid/gid range of its own "
+                                "(its root is an unprivileged host uid; not with "
+                                "privileged)")] = False
 
 
 @aliases("create", CreateArgs)
@@ -125,8 +128,9 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     Defaults: containers-common capabilities and seccomp profile (stricter: no mount,
     unshare, keyctl, ptrace), no_new_privs, masked/read-only paths, own namespaces, PID 1 =
     catatonit. ``nics`` default to one ``default`` nic (a veth into the NAT bridge core0,
-    172.18.0.0/16); ``port`` forwards host ports to it. ``storage``, ``identity`` and
-    ``cgroups`` are accepted and ignored."""
+    172.18.0.0/16); ``port`` forwards host ports to it. ``userns`` runs it in a user
+    namespace with a uid/gid range of its own (refused with ``privileged``). ``storage``,
+    ``identity`` and ``cgroups`` are accepted and ignored."""
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
     for k in args.env or {}:
@@ -139,6 +143,14 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         nft.parse_source(src, f"port.{src}")
     if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
         raise BadRequest("port: forwards need a default nic", field="port")
+    if args.persistent:
+        async with persist.name_lock(args.name or ""):
+            return await _create(ctx, args, nic_list, ports)
+    return await _create(ctx, args, nic_list, ports)
+
+
+async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: dict[str, int]
+                  ) -> int:
     lim = args.limits or LimitArgs()
     spec_hash, prefer = "", 0
     if args.persistent:
@@ -154,7 +166,7 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
         arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart,
-        spec_hash=spec_hash, prefer_id=prefer)
+        spec_hash=spec_hash, prefer_id=prefer, userns=args.userns)
     cid = await manager.create(ctx, req)
     if args.persistent:
         persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid)
@@ -166,6 +178,8 @@ def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     the declaring queue's role (the boot's re-declaration runs as admin)."""
     out = {k: val for k, val in dataclasses.asdict(args).items()
            if val is not None and k != "persistent"}
+    if not args.userns:  # (added later: declarations made before hash the same)
+        del out["userns"]
     if args.mount:
         out["mount"] = {manager.resolve_source(ctx, src, f"mount.{src}"): t
                         for src, t in args.mount.items()}
@@ -445,6 +459,7 @@ class RunArgs(Schema):
     limits: LimitArgs | None = None
     privileged: Annotated[bool, Doc("needs the admin role")] = False
     tags: list[Annotated[str, Len(1, 128)]] | None = None
+    userns: Annotated[bool, Doc("a user namespace of its own (as in corex.create)")] = False
 
 
 @command("container.run", RunArgs)
@@ -478,7 +493,8 @@ async def run(ctx: Context, args: RunArgs) -> Any:
         env=dict(args.env or {}), tags=list(args.tags or ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id)
+        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id,
+        userns=args.userns)
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)
     return process_spec

@@ -10,19 +10,20 @@ with a fixed address per VM and nft port forwards owned by ``vm:<uuid>``. See do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from core0.commands.compat import NotImplemented501
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
-from core0.schema import NoArgs, Schema
-from core0.virt import disks, network
+from core0.schema import Doc, Len, NoArgs, Range, Schema
+from core0.virt import disks, incoming, network, persist
 from core0.virt import domain as dx
 from core0.virt.manager import Virt, lv_error, of
 from core0.virt.spec import (
+    UUID,
     ConvertArgs,
     CreateArgs,
     DiskArgs,
@@ -63,24 +64,84 @@ async def create(ctx: Context, args: CreateArgs) -> str:
     first medium is the boot device (or direct kernel boot). 0-core's ``flist``, ``mount``
     and ``config`` are refused with 412 when set, ``share_cache``, ``storage`` and ``kvm``
     are accepted and ignored. 409 when the name is taken; 400 for paths outside the
-    filesystem root, more than 4 vCPUs per host CPU or more memory than the host has."""
-    return await of(ctx).create(ctx, args)
+    filesystem root, more than 4 vCPUs per host CPU or more memory than the host has.
+    ``persistent`` (needs main.persistent_dir): declared, created again with the same name and
+    uuid after a reboot; the same spec again returns the running VM, a changed one
+    recreates it."""
+    v = of(ctx)
+    if not args.persistent:
+        return await v.create(ctx, args)
+    if not ctx.config.main.persistent_dir:
+        raise PreconditionFailed("persistent VMs need main.persistent_dir")
+    h = persist.hash_of(args)
+    await v.ready()
+    with contextlib.suppress(NotFound):
+        dom = await v.by_name(args.name)
+        cur = await v.describe(dom)
+        meta = (await _live_of(v, dom)).meta
+        if not meta.get("declared"):
+            raise Conflict(f"a VM named {args.name} exists already (not declared)",
+                           field="name")
+        if meta["declared"] == h and cur["state"] in ("running", "paused", "blocked"):
+            persist.declare(ctx.config, args, cur["uuid"])
+            return str(cur["uuid"])
+        with contextlib.suppress(NotFound):  # a changed spec: the old one goes
+            await _act(ctx, cur["uuid"], "destroy", lambda d: d.destroy())
+        await v.cleanup(cur["uuid"])
+    decl = persist.declaration(ctx.config, args.name) or {}
+    uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h)
+    persist.declare(ctx.config, args, uuid)
+    return uuid
+
+
+async def _live_of(v: Virt, dom: Any) -> dx.Live:
+    try:
+        return dx.parse(await v.conn.call(lambda c: dom.XMLDesc(0)))
+    except Exception as e:
+        raise lv_error(e) from None
+
+
+async def _declared_name(ctx: Context, uuid: str) -> str:
+    """The name of VM ``uuid`` when it is a declared one, else ""."""
+    v = await _virt(ctx)
+    with contextlib.suppress(NotFound):
+        dom = await v.domain(uuid)
+        if (await _live_of(v, dom)).meta.get("declared"):
+            return str(await v.conn.call(lambda c: dom.name()))
+    return ""
+
+
+def _undeclare(ctx: Context, name: str) -> None:
+    if name:
+        persist.undeclare(ctx.config, name)
 
 
 @command("kvm.destroy", UuidArgs)
 async def destroy(ctx: Context, args: UuidArgs) -> None:
-    """Force a VM off; its overlays, static lease and port forwards are removed."""
+    """Force a VM off; its overlays, static lease and port forwards are removed (and the
+    declaration of a persistent one). For a VM prepared here by
+    kvm.prepare_migration_target that has not arrived: what was prepared is released."""
     v = await _virt(ctx)
-    await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    declared = await _declared_name(ctx, args.uuid)
+    try:
+        await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+    except NotFound:
+        if await v.cancel_incoming(args.uuid):
+            return
+        raise
+    _undeclare(ctx, declared)
     await v.cleanup(args.uuid)
 
 
 @command("kvm.shutdown", ShutdownArgs)
 async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
     """Ask the guest to power off (ACPI power button). With ``timeout``, wait that long for it
-    to stop, then destroy it; without, return at once (cleanup follows the stop)."""
+    to stop, then destroy it; without, return at once (cleanup follows the stop). A
+    persistent VM's declaration is removed."""
     v = await _virt(ctx)
+    declared = await _declared_name(ctx, args.uuid)
     await _act(ctx, args.uuid, "shutdown", lambda d: d.shutdown())
+    _undeclare(ctx, declared)
     if args.timeout is None:
         return
     loop = asyncio.get_running_loop()
@@ -405,10 +466,12 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
     libvirt, bandwidth capped at 10 GiB/s, as 0-core). ``shared_storage``: the disks are on
     storage the destination sees at the same paths; otherwise libvirt copies them (the
     destination needs same-size files at the same paths). The VM's port forwards and static
-    lease on this node are released; its files here are kept. The destination runs it as a
-    transient domain under the same uuid."""
+    lease on this node are released; its files here are kept (a declared VM's declaration
+    is removed). The destination runs it as a transient domain under the same uuid."""
     v = await _virt(ctx)
+    declared = await _declared_name(ctx, args.uuid)
     await v.migrate(args.uuid, args.desturi, args.shared_storage)
+    _undeclare(ctx, declared)  # it runs elsewhere now
 
 
 # ---------------------------------------------------------------- events
@@ -432,20 +495,24 @@ async def events(ctx: Context, args: NoArgs) -> None:
 
 @dataclass(frozen=True)
 class PrepareArgs(Schema):
-    """What 0-core's client sends (ignored)."""
+    """0-core's arguments: the VM's uuid, nics and forwards (as in its ``params``)."""
 
-    uuid: Any = None
-    nics: Any = None
-    port: Any = None
+    uuid: UUID
+    nics: Annotated[list[Nic], Doc("the VM's nics (a default nic with its hwaddr)"),
+                    Len(0, 8)] | None = None
+    port: Annotated[dict[str, Annotated[int, Range(1, 65535)]],
+                    Doc('forwards {"<host port or nft source>": guest port} to make here'),
+                    Len(0, 256)] | None = None
 
 
 @command("kvm.prepare_migration_target", PrepareArgs)
-async def prepare_migration_target(ctx: Context, args: PrepareArgs) -> None:
-    """Not served (501): 0-core set up the incoming VM's nics and port forwards on the
-    destination node beforehand; core0 migrates between libvirtds with ``kvm.migrate``,
-    and the destination's nics (bridges) must exist there already."""
-    raise NotImplemented501(
-        "kvm.prepare_migration_target is not implemented by core0 (501): core0 migrates "
-        "between libvirtds with kvm.migrate {uuid, desturi, shared_storage}; the bridges the "
-        "VM's nics use must exist on the destination, and port forwards are added there with "
-        "kvm.portforward-add after the migration")
+async def prepare_migration_target(ctx: Context, args: PrepareArgs) -> dict[str, Any]:
+    """On the destination node, before ``kvm.migrate`` on the source: make the VM's nics'
+    bridges (core0's NAT bridge for a default nic, with a static lease for its ``hwaddr`` at
+    the address that MAC encodes, so the guest keeps its address; a ``bridge`` nic's bridge
+    must exist here: 412) and its port forwards (owner ``vm:<uuid>``). They are removed when
+    the VM stops here, like those of a VM created here. Returns {uuid, mac, ip}. 409 when the
+    VM runs here already or the address is another VM's."""
+    v = await _virt(ctx)
+    return await incoming.prepare(v, ctx, args.uuid, list(args.nics or []),
+                                  dict(args.port or {}))

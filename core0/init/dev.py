@@ -12,6 +12,7 @@ from typing import Any
 
 from core0 import redis_server
 from core0.config import Config
+from core0.init import libvirtd
 from core0.init.supervise import Service, Supervisor
 from core0.security.acl import internal_config
 from core0.security.node import record
@@ -65,7 +66,8 @@ def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str,
     process.set_child_subreaper()
     redis_svc, disp = build_services(cfg, config_path, overrides)
     front = front_service(cfg, config_path, overrides)
-    services = [s for s in (redis_svc, front, disp) if s is not None]
+    virt = libvirtd.services(cfg)  # [virt] libvirtd = "embedded": virtlogd + libvirtd
+    services = [s for s in (redis_svc, front, *virt, disp) if s is not None]
     sup = Supervisor(cfg.state_dir, services)
     sup.install_signals()
     sup.listen()
@@ -86,6 +88,21 @@ def run_dev(cfg: Config, config_path: str | None, overrides: dict[str, dict[str,
     while not stop["now"]:
         sup.step(None)
     log.info("stopping")
-    sup.shutdown([disp] + [s for s in (front, redis_svc) if s is not None])
+    if virt:
+        _destroy_domains(cfg, sup)  # the embedded libvirtd's VMs go with it
+    sup.shutdown([disp] + [s for s in (front, redis_svc) if s is not None] + virt[::-1])
     (cfg.state_dir / "core0.pid").unlink(missing_ok=True)
     return 0
+
+
+def _destroy_domains(cfg: Config, sup: Supervisor) -> None:
+    """Destroy the embedded libvirtd's VMs, reaping meanwhile: their qemu processes are this
+    subreaper's children, and libvirtd waits for each to be gone."""
+    import threading
+
+    sup.stopping = True  # nothing is restarted from here on
+    t = threading.Thread(target=libvirtd.destroy_domains, args=(cfg,), daemon=True)
+    t.start()
+    while t.is_alive():
+        sup.step(0.1)
+        t.join(0.05)

@@ -19,5 +19,7 @@ does that by hand.
 - :mod:`core0.sandbox.manager` — create/terminate/describe, in recorded steps;
 - :mod:`core0.sandbox.dispatch` — commands run inside a container as jobs of their own;
 - :mod:`core0.sandbox.store` — container records (ids, arguments, what was made for them);
-- :mod:`core0.sandbox.netsetup` — the default nic (a veth into the NAT bridge ``core0``).
+- :mod:`core0.sandbox.netsetup` — the default nic (a veth into the NAT bridge ``core0``);
+- :mod:`core0.sandbox.userns` — ``userns: true``: a uid/gid range per container, its user
+  namespace (owning its netns) and a root clone that belongs to the range.
 """

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
 from core0.registry import Role
-from core0.sandbox import images, netsetup, roots, runtime, spec, zfsroots
+from core0.sandbox import images, netsetup, roots, runtime, spec, userns, zfsroots
 from core0.sandbox.store import Nic, Record, Store
 
 if TYPE_CHECKING:
@@ -60,6 +60,8 @@ class CreateRequest:
     prefer_id: int = 0
     #: the service that runs it in the foreground ("" for a detached container)
     service: str = ""
+    #: run it in a user namespace of its own uid/gid range (:mod:`.userns`)
+    userns: bool = False
 
 
 async def get_runtime(ctx: Context) -> runtime.Runtime:
@@ -231,6 +233,10 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
     """Allocate an id and make the container's root clone, netns, nics, forwards and bundle
     (recorded step by step; torn down on failure)."""
     st = _store(ctx)
+    if req.userns and req.privileged:
+        raise BadRequest("privileged and userns exclude each other: privileged gives the "
+                         "container the node's powers, a user namespace takes them away",
+                         field="userns")
     image = await image_for(ctx, req.root)
     meta = images.load(ctx.config.state_dir, image)
     mounts = []
@@ -252,18 +258,20 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
     st.save(rec)
     cdir = st.dir(cid)
     try:
-        if meta.get("storage") == "zfs":
-            store = zfsroots.store_dataset(images.images_dir(ctx.config.state_dir))
-            rec.clone_dataset = f"{store}/c{st.tag}-{cid}"
+        if req.userns:
+            rec.userns_base = await ctx.to_thread(userns.allocate, ctx.config.state_dir, cid)
             st.save(rec)
-            rootfs = await zfsroots.clone(ctx, store, image, f"c{st.tag}-{cid}",
-                                          cdir / "zroot")
+            ns_fd = await userns.make_namespaces(cdir, rec.userns_base, rec.netns)
+            try:
+                rootfs = await _clone(ctx, rec, meta, cdir, ns_fd)
+            finally:
+                os.close(ns_fd)
         else:
-            rootfs = await ctx.to_thread(roots.clone,
-                                         images.rootfs(ctx.config.state_dir, image), cdir)
+            rootfs = await _clone(ctx, rec, meta, cdir)
         dns: list[str] = []
         if not req.host_network:
-            await ctx.to_thread(netsetup.create_netns, rec.netns)
+            if not req.userns:  # (made with the user namespace that owns it)
+                await ctx.to_thread(netsetup.create_netns, rec.netns)
             for i, nic in enumerate(req.nics):
                 rec.nics.append(nic)
                 await netsetup.add_nic(ctx, rec, nic, i, names["veth"])
@@ -287,13 +295,40 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
             cwd=str(meta.get("workdir") or "/"),
             netns="host" if req.host_network else nl_path(rec.netns),
             mounts=[*_write_etc(cdir, rec, dns), *mounts], privileged=req.privileged,
-            limits=req.limits)
+            limits=req.limits, userns_base=rec.userns_base, userns_size=userns.SIZE,
+            userns_path=str(cdir / "userns") if req.userns else "")
+        if rec.userns_base:
+            await ctx.to_thread(userns.reachable, ctx.config.state_dir, cdir, rec.userns_base)
         (cdir / "config.json").write_text(json.dumps(spec.build(sb), indent=1))
     except BaseException:
         with contextlib.suppress(Exception):
             await teardown(ctx, rec, rt)
         raise
     return rec, rt
+
+
+async def _clone(ctx: Context, rec: Record, meta: dict[str, Any], cdir: Path,
+                 userns_fd: int = -1) -> Path:
+    """The container's fresh root clone (ZFS clone, btrfs snapshot or overlay), owned by its
+    uid range when it has a user namespace: the overlay's lower layer is an idmapped mount
+    of the image (O(1)), a snapshot or clone has its owners shifted (metadata only)."""
+    sd, base = ctx.config.state_dir, rec.userns_base
+    if meta.get("storage") == "zfs":
+        store = zfsroots.store_dataset(images.images_dir(sd))
+        rec.clone_dataset = f"{store}/c{_store(ctx).tag}-{rec.id}"
+        _store(ctx).save(rec)
+        rootfs = await zfsroots.clone(ctx, store, rec.image, f"c{_store(ctx).tag}-{rec.id}",
+                                      cdir / "zroot")
+    else:
+        lower = images.rootfs(sd, rec.image)
+        if base and not roots.is_subvolume(lower):
+            lower = await userns.idmap_lower(lower, cdir, userns_fd)
+            return await ctx.to_thread(roots.clone, lower, cdir, base)
+        rootfs = await ctx.to_thread(roots.clone, lower, cdir)
+    if base:
+        n = await ctx.to_thread(userns.shift_tree, rootfs, base)
+        log.debug("container %d: %d entries shifted to uid %d", rec.id, n, base)
+    return rootfs
 
 
 def nl_path(netns: str) -> str:
@@ -328,6 +363,7 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
     if rec.clone_dataset:
         await zfsroots.destroy_clone(ctx, rec.clone_dataset)
     await ctx.to_thread(roots.drop, _store(ctx).dir(rec.id))
+    await ctx.to_thread(userns.free, ctx.config.state_dir, rec.id)
     if errors:
         log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))
 
@@ -349,6 +385,7 @@ async def terminate(ctx: Context, cid: int) -> None:
     except NotFound:
         # allocated by a create that died before its first record: only the dir is left
         await ctx.to_thread(roots.drop, st.dir(cid))
+        await ctx.to_thread(userns.free, ctx.config.state_dir, cid)
         return
     await teardown(ctx, rec)
 
@@ -409,6 +446,9 @@ def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
             "host_network": rec.host_network, "privileged": rec.privileged,
             "created": rec.created, "persistent": bool(rec.spec_hash),
             "service": rec.service,
+            # the host ids its uid/gid 0..size-1 are (0: no user namespace)
+            "userns": {"uid": rec.userns_base, "gid": rec.userns_base,
+                       "size": userns.SIZE} if rec.userns_base else None,
         },
     }
 

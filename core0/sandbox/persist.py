@@ -18,91 +18,66 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import os
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command
+
+from core0.declared import MAX_DECLARED, Declarations, base, spec_hash
 
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.jobs.engine import JobEngine
 
+__all__ = ["MAX_DECLARED", "base", "declaration", "declare", "declared", "link_images",
+           "name_lock", "restore", "spec_hash", "undeclare"]
 log = logging.getLogger(__name__)
-#: the most declarations read at a start (a bound on the directory)
-MAX_DECLARED = 1024
+#: the declared containers (the record files and their re-submission: core0/declared.py)
+CONTAINERS = Declarations(kind="containers", command="corex.create", job_prefix="declared",
+                          what="container")
+
+#: one lock per declared name being created (dropped when nobody holds or waits for it)
+_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
 
-def base(cfg: Config) -> Path | None:
-    pd = cfg.main.persistent_dir
-    return Path(pd) if pd else None
-
-
-def _dir(cfg: Config) -> Path:
-    b = base(cfg)
-    if b is None:
-        raise ValueError("main.persistent_dir is not set")
-    d = b / "containers"
-    d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return d
-
-
-def _file(cfg: Config, name: str) -> Path:
-    return _dir(cfg) / (hashlib.sha256(name.encode()).hexdigest()[:32] + ".json")
-
-
-def spec_hash(arguments: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of a declared container's arguments."""
-    text = json.dumps({k: v for k, v in arguments.items() if k != "persistent"},
-                      sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+@contextlib.asynccontextmanager
+async def name_lock(name: str) -> AsyncIterator[None]:
+    """Serialise the creates of declared name ``name`` in this dispatcher: a second
+    concurrent persistent create of the same name waits, then finds the first one's
+    container running with the same spec hash (or replaces it)."""
+    lock, users = _locks.get(name) or (asyncio.Lock(), 0)
+    _locks[name] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = _locks[name]
+        if users <= 1:
+            del _locks[name]
+        else:
+            _locks[name] = (lock, users - 1)
 
 
 def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError):
-        d = json.loads(_file(cfg, name).read_text())
-        if isinstance(d, dict) and d.get("name") == name:
-            return d
-    return None
+    return CONTAINERS.declaration(cfg, name)
 
 
 def declare(cfg: Config, name: str, arguments: dict[str, Any], cid: int) -> None:
     """Record (or update) the declaration of container ``name``."""
-    path = _file(cfg, name)
-    tmp = path.with_suffix(".tmp")
-    body = {"name": name, "id": cid, "hash": spec_hash(arguments), "arguments": arguments}
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(body, indent=1, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    CONTAINERS.declare(cfg, name, arguments, id=cid)
 
 
 def undeclare(cfg: Config, name: str) -> None:
-    if base(cfg) is not None:
-        with contextlib.suppress(FileNotFoundError):
-            _file(cfg, name).unlink()
+    CONTAINERS.undeclare(cfg, name)
 
 
 def declared(cfg: Config) -> list[dict[str, Any]]:
     """Every readable declaration (unreadable ones are logged and skipped)."""
-    out = []
-    for p in sorted(_dir(cfg).glob("*.json"))[:MAX_DECLARED]:
-        try:
-            d = json.loads(p.read_text())
-            if isinstance(d, dict) and isinstance(d.get("arguments"), dict) and d.get("name"):
-                out.append(d)
-                continue
-        except (OSError, ValueError):
-            pass
-        log.warning("declared container %s is unreadable: skipped", p.name)
-    return out
+    return CONTAINERS.declared(cfg)
 
 
 def link_images(cfg: Config) -> None:
@@ -137,22 +112,24 @@ def restore(engine: JobEngine, cfg: Config) -> int:
     if base(cfg) is None:
         return 0
     link_images(cfg)
-    n = 0
-    for d in declared(cfg):
-        cmd = Command(command="corex.create", arguments={**d["arguments"], "persistent": True},
-                      id=f"declared:{hashlib.sha256(d['name'].encode()).hexdigest()[:16]}")
-        try:
-            job = engine.submit_internal(cmd)
-        except Exception as e:
-            log.warning("declared container %s not restored: %s", d["name"], e)
+    _forget_undeclared(engine, cfg)
+    return CONTAINERS.restore(engine, cfg)
+
+
+def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
+    """Terminate (a ``corex.terminate`` job of core0's own) each running declared container
+    whose declaration was removed meanwhile (e.g. while the node was down)."""
+    from core0.sandbox.store import Store
+
+    names = {d["name"] for d in declared(cfg)}
+    for rec in Store(cfg.state_dir).all():
+        if not rec.spec_hash or rec.name in names:
             continue
-
-        def report(_job: Any, result: Any, name: str = d["name"]) -> None:
-            if result.state.value != "SUCCESS":
-                log.warning("declared container %s not restored: %s", name, result.data)
-            else:
-                log.info("declared container %s: id %s", name, result.data)
-
-        job.run_end.append(report)
-        n += 1
-    return n
+        cmd = Command(command="corex.terminate", arguments={"container": rec.id},
+                      id=f"undeclared:{rec.id}:{rec.created}")
+        try:
+            engine.submit_internal(cmd)
+            log.info("declared container %s (%d): no declaration any more, terminated",
+                     rec.name, rec.id)
+        except Exception as e:
+            log.warning("undeclared container %s not terminated: %s", rec.name, e)

@@ -83,9 +83,10 @@ def _check(p: Path) -> str:
     return s
 
 
-def clone(lower: Path, cdir: Path) -> Path:
+def clone(lower: Path, cdir: Path, owner: int = 0) -> Path:
     """A writable clone of ``lower`` at ``cdir/rootfs`` (a btrfs snapshot when ``lower`` is a
-    subvolume, an overlay mount otherwise); returns that path."""
+    subvolume, an overlay mount otherwise); returns that path. ``owner``: the uid/gid the
+    overlay's upper dir (so the clone's ``/``) belongs to."""
     if is_subvolume(lower):
         src = os.open(lower, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -100,6 +101,8 @@ def clone(lower: Path, cdir: Path) -> Path:
     upper, work, merged = cdir / "upper", cdir / "work", cdir / "rootfs"
     for d in (upper, work, merged):
         d.mkdir(mode=0o755, exist_ok=True)
+    if owner:
+        os.chown(upper, owner, owner)
     opts = f"lowerdir={_check(lower)},upperdir={_check(upper)},workdir={_check(work)}"
     if _libc.mount(b"overlay", str(merged).encode(), b"overlay", MS_NODEV,
                    opts.encode()) != 0:
@@ -121,19 +124,41 @@ def is_mounted(path: Path) -> bool:
     return False
 
 
-def drop(cdir: Path) -> None:
-    """Unmount the container's root (and anything left below it) and remove its dir."""
-    merged = cdir / "rootfs"
+def mounts_below(path: Path) -> list[str]:
+    """Mount points at or below ``path``, deepest first."""
+    target = os.path.realpath(path)
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4:
+                p = fields[4].encode().decode("unicode_escape")
+                if p == target or p.startswith(target + "/"):
+                    out.append(p)
+    return sorted(set(out), key=lambda p: (-p.count("/"), p))
+
+
+def _unmount(point: str) -> None:
     for _ in range(8):
-        if not is_mounted(merged):
-            break
-        if _libc.umount2(str(merged).encode(), MNT_DETACH) != 0:
+        if not is_mounted(Path(point)):
+            return
+        if _libc.umount2(point.encode(), MNT_DETACH) != 0:
             err = ctypes.get_errno()
             if err == errno.EINVAL:  # not a mount point (any more)
-                break
-            raise Internal(f"unmount {merged}: {os.strerror(err)}")
-    if is_mounted(merged):
-        raise Internal(f"{merged} is still mounted")
+                return
+            raise Internal(f"unmount {point}: {os.strerror(err)}")
+    if is_mounted(Path(point)):
+        raise Internal(f"{point} is still mounted")
+
+
+def drop(cdir: Path) -> None:
+    """Unmount the container's root and anything left below its dir (an idmapped lower
+    layer, :mod:`.userns`), then remove the dir."""
+    merged = cdir / "rootfs"
+    _unmount(str(merged))
+    if cdir.exists():
+        for point in mounts_below(cdir):
+            _unmount(point)
     if is_subvolume(merged):
         _vol_ioctl(cdir, "rootfs", BTRFS_IOC_SNAP_DESTROY)
     with contextlib.suppress(FileNotFoundError):

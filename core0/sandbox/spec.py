@@ -16,6 +16,11 @@ tests/integration/test_sandbox_security.py):
 - limits (memory, cpu shares/quota, pids) in ``linux.resources``, applied by the runtime on
   cgroup v1 or v2.
 
+With a user namespace (``userns_base``: :mod:`.userns`) the same defaults apply inside it;
+the container joins the namespace core0 made (``userns_path``, which also owns its netns, so a
+fresh sysfs and the ping sysctl still work), with the uid/gid mappings runc expects; with
+``host_network`` /sys is the node's sysfs bound recursively read-only instead.
+
 ``privileged`` lifts exactly what podman's ``--privileged`` lifts: all capabilities (of the
 node's own bounding set), no
 seccomp filter, no masked or read-only paths, ``/sys`` and the cgroup fs read-write, every
@@ -113,6 +118,12 @@ class Sandbox:
     mounts: list[Mount] = field(default_factory=list)
     privileged: bool = False
     limits: Limits = field(default_factory=Limits)
+    #: host base uid/gid of the container's user namespace (its range: ``userns_size``
+    #: ids); 0 = no user namespace
+    userns_base: int = 0
+    userns_size: int = 65536
+    #: the (pinned) user namespace to join, made by core0 with the netns it owns
+    userns_path: str = ""
 
 
 def host_caps() -> list[str]:
@@ -132,9 +143,17 @@ def _nofile() -> int:
     return want if hard == resource.RLIM_INFINITY else min(want, hard)
 
 
-def base_mounts(privileged: bool) -> list[dict[str, Any]]:
-    """runc's default mounts (proc, /dev tmpfs, devpts, shm, mqueue, sysfs, cgroup)."""
+def base_mounts(privileged: bool, userns: bool = False) -> list[dict[str, Any]]:
+    """runc's default mounts (proc, /dev tmpfs, devpts, shm, mqueue, sysfs, cgroup). With
+    ``userns`` (a user namespace sharing the node's netns: ``host_network``) /sys is the
+    node's sysfs bound recursively read-only: a new sysfs needs a netns owned by the user
+    namespace."""
     ro = [] if privileged else ["ro"]
+    sysfs: dict[str, Any] = {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+                             "options": ["nosuid", "noexec", "nodev", *ro]}
+    if userns:
+        sysfs = {"destination": "/sys", "type": "bind", "source": "/sys",
+                 "options": ["rbind", "nosuid", "noexec", "nodev", "rro"]}
     return [
         {"destination": "/proc", "type": "proc", "source": "proc",
          "options": ["nosuid", "noexec", "nodev"]},
@@ -147,8 +166,7 @@ def base_mounts(privileged: bool) -> list[dict[str, Any]]:
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
          "options": ["nosuid", "noexec", "nodev"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-         "options": ["nosuid", "noexec", "nodev", *ro]},
+        sysfs,
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", *ro]},
     ]
@@ -170,7 +188,7 @@ def build(sb: Sandbox) -> dict[str, Any]:
         "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
         "noNewPrivileges": not sb.privileged,
     }
-    mounts = base_mounts(sb.privileged)
+    mounts = base_mounts(sb.privileged, bool(sb.userns_base) and sb.netns == "host")
     mounts.append({"destination": INIT_PATH, "type": "bind", "source": sb.init,
                    "options": ["bind", "ro", "nosuid", "nodev"]})
     for m in sb.mounts:
@@ -179,6 +197,9 @@ def build(sb: Sandbox) -> dict[str, Any]:
                                    *(["ro"] if m.readonly else [])]})
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount",
                                                               "cgroup")]
+    if sb.userns_base:
+        namespaces.insert(0, {"type": "user", **({"path": sb.userns_path}
+                                                 if sb.userns_path else {})})
     if sb.netns == "new":
         namespaces.append({"type": "network"})
     elif sb.netns != "host":
@@ -189,7 +210,12 @@ def build(sb: Sandbox) -> dict[str, Any]:
         "resources": {"devices": [{"allow": sb.privileged, "access": "rwm"}],
                       **sb.limits.resources()},
     }
+    if sb.userns_base:
+        ids = [{"containerID": 0, "hostID": sb.userns_base, "size": sb.userns_size}]
+        linux["uidMappings"] = ids
+        linux["gidMappings"] = [dict(m) for m in ids]
     if sb.netns != "host":
+        # (ids of the writer's user namespace: with userns, the container's own gid 0)
         linux["sysctl"] = {"net.ipv4.ping_group_range": "0 0"}
     if not sb.privileged:
         linux["maskedPaths"] = list(MASKED_PATHS)

@@ -72,6 +72,8 @@ class Record:
     spec_hash: str = ""
     #: the boot service running it in the foreground ("" for a detached container)
     service: str = ""
+    #: host base uid/gid of its user namespace (:mod:`.userns`), 0 = none
+    userns_base: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

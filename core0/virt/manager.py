@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
+from core0.init import libvirtd as embedded_libvirtd
 from core0.net import validate as nv
-from core0.virt import disks, fetch, network, probe
+from core0.virt import disks, fetch, incoming, network, probe
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
 from core0.virt.spec import CreateArgs, Media, Nic, host_limits, iotune_params
@@ -73,7 +74,7 @@ class Virt:
 
     def __init__(self, ctx: Context):
         cfg = ctx.config
-        self.conn = Conn(cfg.virt.uri)
+        self.conn = Conn(embedded_libvirtd.uri(cfg))  # virt.uri, or the embedded daemon's
         self.dir = Path(cfg.virt.dir)
         #: the context background work (event-driven cleanup) runs with: the first command's
         #: (its engine and configuration are the node's; its job is not used)
@@ -120,6 +121,8 @@ class Virt:
     def _on_event(self, ev: dict[str, Any]) -> None:
         if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
             self.cleanup_soon(ev["uuid"])
+        elif ev["event"] in ("started", "resumed") and ev["uuid"]:
+            self.arrived(ev["uuid"])
         elif ev["event"] == "connection" and ev["detail"] == "reconnected":
             asyncio.ensure_future(self.reconcile())
 
@@ -201,6 +204,7 @@ class Virt:
             "default_ip": meta.get("default_ip", ""),
             "params": meta.get("params", {}),
             "console": live.serial_log,
+            "persistent": bool(meta.get("declared")),
         }
 
     # ------------------------------------------------------------ create
@@ -253,8 +257,11 @@ class Virt:
             return dx.Nic(n.id, mac, "bridge")
         return dx.Nic(self.node.config.virt.bridge, "", "default")
 
-    async def create(self, ctx: Context, args: CreateArgs) -> str:
-        """Create and start a VM; everything made so far is undone when a step fails."""
+    async def create(self, ctx: Context, args: CreateArgs, prefer_uuid: str = "",
+                     declared: str = "") -> str:
+        """Create and start a VM; everything made so far is undone when a step fails.
+        ``prefer_uuid``: the uuid to give it when no running VM has it (a declared VM coming
+        back); ``declared``: its declaration's hash, kept in the metadata."""
         args.check_unsupported()
         host_limits(args.cpu, args.memory)
         if not args.media and not args.kernel:
@@ -272,6 +279,9 @@ class Virt:
         await self.ready()
         dtype = await self.domain_type()
         uuid = str(uuidlib.uuid4())
+        if prefer_uuid and prefer_uuid not in await self.live_uuids():
+            await self.cleanup(prefer_uuid)  # what a stopped run of it left
+            uuid = prefer_uuid
         vmdir = self.vm_dir(uuid)
         undo: list[Any] = []
         self.creating.add(uuid)
@@ -286,6 +296,8 @@ class Virt:
                 self._save_record(uuid, rec)
                 meta: dict[str, Any] = {"tags": list(args.tags or ctx.tags),
                                         "params": _params(args)}
+                if declared:
+                    meta["declared"] = declared
                 if defaults:
                     await network.ensure_bridge(ctx)
                     used = {int(r.get("seq", 0)) for r in self.records().values()}
@@ -297,6 +309,9 @@ class Virt:
                     defaults[0].mac = mac
                     rec.update(seq=seq, mac=mac, ip=ip)
                     meta["default_ip"] = ip
+                    for n in meta["params"]["nics"]:  # what kvm.prepare_migration_target
+                        if n["type"] == "default":  # needs from kvm.get's params
+                            n["hwaddr"] = mac
                     self._save_record(uuid, rec)
                     await network.add_lease(ctx, mac, ip)
                     undo.append(lambda: network.remove_lease(ctx, mac))
@@ -342,6 +357,8 @@ class Virt:
         rec = self.record(uuid)
         if rec is None and uuid not in network.owners(ctx):
             return
+        if rec and incoming.waiting(rec):
+            return  # prepared for an incoming migration that has not arrived yet
         try:
             if uuid in await self.live_uuids():
                 return  # running again (or never stopped): nothing to clean
@@ -368,6 +385,8 @@ class Virt:
         except CommandError:
             return
         recs = self.records()
+        for uuid in live & set(recs):
+            self.arrived(uuid)
         gone = (set(recs) | network.owners(self.node)) - live - self.creating
         for uuid in gone:
             rec = recs.get(uuid) or {}
@@ -376,6 +395,23 @@ class Virt:
             await self.cleanup(uuid)
 
     # ------------------------------------------------------------ migration
+
+    async def cancel_incoming(self, uuid: str) -> bool:
+        """Release what kvm.prepare_migration_target made for a VM that has not arrived."""
+        rec = self.record(uuid)
+        if rec is None or not rec.get("incoming") or uuid in await self.live_uuids():
+            return False
+        rec["incoming"] = 0
+        self._save_record(uuid, rec)
+        await self.cleanup(uuid)
+        return True
+
+    def arrived(self, uuid: str) -> None:
+        """VM ``uuid`` runs here: a prepared incoming record becomes an ordinary one."""
+        rec = self.record(uuid)
+        if rec is not None and rec.get("incoming"):
+            rec.pop("incoming")
+            self._save_record(uuid, rec)
 
     async def migrate(self, uuid: str, desturi: str, shared_storage: bool) -> None:
         """Live-migrate a VM to another libvirtd (peer to peer, tunnelled through libvirt's
@@ -413,6 +449,8 @@ def _params(args: CreateArgs) -> dict[str, Any]:
             "media": [{k: val for k, val in (("url", m.url), ("path", m.path), ("type", m.type),
                                              ("bus", m.bus), ("overlay", m.overlay))
                        if val is not None} for m in args.media],
-            "nics": [{"type": n.type, "id": n.id, "hwaddr": n.hwaddr} for n in args.nics],
+            "nics": [{k: val for k, val in (("type", n.type), ("id", n.id),
+                                             ("hwaddr", n.hwaddr)) if val is not None}
+                     for n in args.nics],
             "port": dict(args.port or {}), "vnc": args.vnc, "kernel": args.kernel,
             "initrd": args.initrd, "cmdline": args.cmdline}

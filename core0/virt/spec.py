@@ -154,6 +154,10 @@ class CreateArgs(Schema):
                                           "flist: 412 when given)"), Len(0, 64)] | None = None
     storage: Annotated[str, Doc("0-core: the flist's storage URL (ignored)"),
                        Len(0, 4096)] | None = None
+    persistent: Annotated[bool, Doc("declare it in main.persistent_dir: it is created again "
+                                    "(same name and uuid) after a reboot; re-declaring the "
+                                    "same spec returns the running VM, a changed spec "
+                                    "recreates it")] = False
 
     def check_unsupported(self) -> None:
         if self.flist:

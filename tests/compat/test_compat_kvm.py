@@ -139,11 +139,22 @@ def test_create_state_stats_power(kvm: Kvm, zc: Any, record: Any) -> None:
         assert cl.kvm.reset(uuid) is None and _state(cl, uuid) == "running"
         record("kvm.reset", "`None`; hard reset")
 
-        with pytest.raises(zc.ResultError) as e:
-            cl.kvm.prepare_migration_target(uuid)
-        assert e.value.code == 501 and "kvm.migrate" in e.value.message
-        record("kvm.prepare_migration_target", "`ResultError` 501: nothing to prepare on a "
-               "core0 destination (docs/compat.md)", works=False)
+        with pytest.raises(zc.ResultError) as e:  # it runs here: not a destination
+            cl.kvm.prepare_migration_target(uuid, nics=vm["params"]["nics"])
+        assert e.value.code == 409
+        # this node as the destination of another VM (its nics as kvm.get shows them)
+        incoming = str(uuidlib.uuid4())
+        mac = "00:28:06:82:7f:01"
+        assert cl.kvm.prepare_migration_target(
+            incoming, nics=[{"type": "default", "hwaddr": mac}], port={18091: 80}) is None
+        fwd = cl.json("nft.forward_list", {})
+        assert any(f["owner"] == f"vm:{incoming}" and f["port"] == 80 for f in fwd)
+        assert mac in cl.json("bridge.info", {"name": "kvm0"})["hosts"]
+        assert cl.kvm.destroy(incoming) is None  # releases what was prepared
+        fwd = cl.json("nft.forward_list", {})
+        assert not any(f["owner"] == f"vm:{incoming}" for f in fwd)
+        record("kvm.prepare_migration_target", "`None`; the default nic's lease (the address "
+               "its MAC encodes) and the forwards made here before `migrate` on the source")
     finally:
         assert cl.kvm.destroy(uuid) is None
     assert all(i["uuid"] != uuid for i in cl.kvm.list())

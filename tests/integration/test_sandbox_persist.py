@@ -135,3 +135,43 @@ def reboot_dispatcher(node: ContainerNode) -> ContainerNode:
 
     assert wait_until(back, 60, 0.2), node.log_text()[-3000:]
     return node
+
+
+def test_concurrent_declarations_and_a_removed_declaration() -> None:
+    """Two persistent creates of one name at once give one container (serialised); a
+    declaration removed while the dispatcher is down tears its container down."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="core0-persist-"))
+    pdir, nbase, cfg = base / "persist", base / "node", base / "core0.toml"
+    nbase.mkdir()
+    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
+    try:
+        with netns("pst") as ns:
+            node = start_container_node(ns, nbase, str(cfg))
+            try:
+                root = busybox_rootfs(base / "rootfs")
+                ok(node, "container.image.import", {"name": "bb", "source": str(root)})
+                spec = {"root": "bb", "name": "db", "nics": [], "persistent": True}
+                c = node.client()
+                try:
+                    pending = [c.raw("corex.create", spec) for _ in range(3)]
+                    results = [r.get(120) for r in pending]
+                finally:
+                    c.close()
+                assert all(r.state.value == "SUCCESS" for r in results), results
+                ids = {json.loads(r.data) for r in results}
+                assert len(ids) == 1
+                listed = ok(node, "corex.list", {})
+                assert [d["container"]["name"] for d in listed.values()] == ["db"]
+                cid = ids.pop()
+                for p in (pdir / "containers").glob("*.json"):
+                    p.unlink()  # the declaration goes while the dispatcher is away
+                node = reboot_dispatcher(node)
+                cdir = node.state_dir / "sandbox" / "containers" / str(cid)
+                assert wait_until(lambda: ok(node, "corex.list", {}) == {}
+                                  and not cdir.exists(), 60), node.log_text()[-3000:]
+            finally:
+                node.stop()
+                cleanup_containers(node)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

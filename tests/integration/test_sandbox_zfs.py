@@ -4,6 +4,7 @@ start, destroyed on terminate. Run under ``flock /tmp/core0-zfs.lock`` (the daem
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,23 @@ def test_zfs_dataset_and_clone_per_start(zfs_daemon, pools, tmp_path: Path  # ty
                 assert r.state.value == "SUCCESS", r.data
                 ids.append(json.loads(r.data))
             assert len(datasets(f"{pool}/images")) == 5
+            # a userns container: the clone's owners are shifted into its range
+            os.chmod(node.dir, 0o711)
+            r = c.raw("corex.create", {"root": "bb", "nics": [], "userns": True}).get(120)
+            assert r.state.value == "SUCCESS", r.data
+            ucid = json.loads(r.data)
+            first = json.loads(c.raw("corex.get", {"query": ucid}).get(60).data
+                               )["container"]["userns"]["uid"]
+            croot = node.state_dir / "sandbox" / "containers" / str(ucid) / "zroot" / "rootfs"
+            assert os.lstat(croot / "bin" / "busybox").st_uid == first
+            d = c.raw("corex.dispatch", {"container": ucid, "command": {
+                "command": "bash", "arguments": {"script": "cat /proc/self/uid_map; "
+                                                           "touch /made"}}}).get(60)
+            res = c.response_for(json.loads(d.data)).get(60)
+            assert res.code == 0 and res.streams[0].split() == ["0", str(first), "65536"], res
+            assert os.stat(croot / "made").st_uid == first
+            r = c.raw("corex.terminate", {"container": ucid}).get(120)
+            assert r.state.value == "SUCCESS", r.data
             d = c.raw("corex.dispatch", {"container": ids[0], "command": {
                 "command": "bash", "arguments": {"script": "echo mine > /etc/only-here; "
                                                            "echo ok"}}}).get(60)

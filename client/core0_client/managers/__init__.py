@@ -6,8 +6,8 @@ awaitable of it for ``AsyncClient``. Each domain module lists its managers in ``
 
 from __future__ import annotations
 
-from core0_client.managers import container, core, net, service, storage
+from core0_client.managers import container, core, kvm, net, service, storage
 
 MANAGERS: dict[str, type] = {}
-for _mod in (container, core, net, service, storage):
+for _mod in (container, core, kvm, net, service, storage):
     MANAGERS.update(_mod.MANAGERS)

@@ -1,0 +1,64 @@
+"""Declared VMs that come back after a reboot (``[main] persistent_dir``).
+
+The mechanism is the containers' (:mod:`core0.declared`): ``kvm.create {persistent: true}``
+records the VM's arguments, their hash and its uuid in
+``<persistent_dir>/vms/<digest of the name>.json``; each dispatcher start re-submits
+``kvm.create`` for every record as a job of core0's own (a failed one is retried each
+second, :data:`RETRIES` times: libvirtd, a boot service, may not be up yet). A VM of that
+name running with the same hash (kept in the domain's metadata, ``declared``) is kept, so
+a dispatcher restart changes nothing; one with another hash is destroyed and created
+again; a gone one is created again under its recorded uuid. ``kvm.destroy``,
+``kvm.shutdown`` and ``kvm.migrate`` of a declared VM delete its record; a guest that powers
+itself off stays declared (it comes back at the next dispatcher start).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from core0.declared import Declarations, spec_hash
+
+if TYPE_CHECKING:
+    from core0.config import Config
+    from core0.virt.spec import CreateArgs
+
+#: how many times a failed re-creation at start is retried (1 s apart; libvirtd may be starting)
+RETRIES = 120
+VMS = Declarations(kind="vms", command="kvm.create", job_prefix="declared-vm", what="VM",
+                   retries=RETRIES)
+
+
+def arguments(args: CreateArgs) -> dict[str, Any]:
+    """The arguments a declaration records (the set ones, without ``persistent``)."""
+    return _drop_none({k: v for k, v in dataclasses.asdict(args).items()
+                       if k != "persistent"})
+
+
+def _drop_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _drop_none(x) for k, x in v.items() if x is not None}
+    if isinstance(v, list):
+        return [_drop_none(x) for x in v]
+    return v
+
+
+def hash_of(args: CreateArgs) -> str:
+    return spec_hash(arguments(args))
+
+
+def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
+    return VMS.declaration(cfg, name)
+
+
+def declare(cfg: Config, args: CreateArgs, uuid: str) -> None:
+    VMS.declare(cfg, args.name, arguments(args), uuid=uuid)
+
+
+def undeclare(cfg: Config, name: str) -> None:
+    VMS.undeclare(cfg, name)
+
+
+def restore(engine: Any, cfg: Config) -> int:
+    """Dispatcher start: re-submit ``kvm.create`` for every declared VM."""
+    return VMS.restore(engine, cfg)

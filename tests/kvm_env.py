@@ -1,0 +1,159 @@
+"""The kvm integration tests' shared environment: a network namespace holding a core0 node
+(``core0 dev``) and a private libvirtd/virtlogd (:mod:`virt_fixtures`), and the guest's files
+under the node's filesystem root. Used by tests/integration/test_kvm*.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require, wait_until
+from net_fixtures import NetNode, Netns, netns
+from virt_fixtures import Libvirtd, guest_files, libvirtd
+
+
+class _Legacy(__import__("redis").Redis):  # type: ignore[misc]
+    """PyPI's 0-core-client (1.1.0a8, the ledis era) asks ``LKEYEXISTS``/``LTTL``; 0-core's
+    redis proxy renamed them to ``EXISTS``/``TTL``, and so does this connection (nothing
+    else is changed)."""
+
+    RENAMED = {"LKEYEXISTS": "EXISTS", "LTTL": "TTL"}
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        if args and args[0] in self.RENAMED:
+            args = (self.RENAMED[args[0]], *args[1:])
+        return super().execute_command(*args, **options)
+
+
+@dataclass
+class Env:
+    ns: Netns
+    lv: Libvirtd
+    node: NetNode
+    root: Path  #: the node's filesystem root
+    vdir: Path  #: virt.dir
+    config: Path
+
+    def client(self) -> Any:
+        """0-core's own Python client, over the node's unix socket."""
+        try:
+            from zeroos.core0.client import Client as ZeroClient
+        except ImportError:
+            require("zeroos.core0.client (pip install 0-core-client)")
+
+        c = ZeroClient("localhost", timeout=120, testConnectionAttempts=0)
+        c._redis = _Legacy(unix_socket_path=self.node.socket, socket_timeout=120)
+        return c
+
+    def core0(self) -> Any:
+        """core0's own client (timeout 120 s: the first create runs the KVM probe)."""
+        from core0_client import Client
+
+        return Client(unix_socket_path=self.node.socket, timeout=120)
+
+    def guest_args(self, name: str, **kw: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "name": name, "cpu": 1, "memory": 256,
+            "media": [{"url": "/images/base.qcow2", "overlay": True}],
+            "kernel": "/images/vmlinuz", "initrd": "/images/initrd.cpio",
+            "cmdline": "console=ttyS0 panic=-1", "nics": [{"type": "default"}],
+        }
+        args.update(kw)
+        return args
+
+
+def start_node(ns: Netns, base: Path, config: Path) -> NetNode:
+    require("redis-server", "nft", "dnsmasq")
+    state = base / "state"
+    state.mkdir(parents=True)
+    return spawn_node(ns, base, config)
+
+
+def spawn_node(ns: Netns, base: Path, config: Path) -> NetNode:
+    log = open(base / "node.log", "ab")  # the child keeps it
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, sys.executable, "-m", "core0", "dev",
+         "--state-dir", str(base / "state"), "--redis-port", "0", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
+    log.close()
+    node = NetNode(ns, proc.pid, base)
+    ok = wait_until(lambda: _pings(node), 30)
+    if not ok:
+        node.stop()
+        raise RuntimeError("core0 dev did not come up:\n" + node.log_text()[-4000:])
+    return node
+
+
+def _pings(node: NetNode) -> bool:
+    try:
+        c = node.client()
+        try:
+            c.ping()
+        finally:
+            c.close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    kernel, initrd = guest_files()
+    base = Path(tempfile.mkdtemp(prefix="core0-kvm-", dir="/tmp"))
+    root = base / "root"
+    (root / "images").mkdir(parents=True)
+    shutil.copy2(kernel, root / "images" / "vmlinuz")
+    shutil.copy2(initrd, root / "images" / "initrd.cpio")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "images/base.qcow2"),
+                    "64M"], check=True)
+    try:
+        with netns("host") as ns, libvirtd(ns.name) as lv:
+            cfg = base / "core0.toml"
+            cfg.write_text(
+                f'[main]\nfilesystem_root = "{root}"\n'
+                f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
+                f'probe_kernel = "{root / "images/vmlinuz"}"\n')
+            node = start_node(ns, base, cfg)
+            try:
+                yield Env(ns, lv, node, root, base / "virt", cfg)
+            finally:
+                node.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def events_of(env: Env, job: str) -> list[dict[str, Any]]:
+    import redis
+    from core0_client.protocol import LogRecord
+
+    r = redis.Redis(unix_socket_path=env.node.socket)
+    out = []
+    for _, f in r.xrange(f"log:{job}"):
+        rec = LogRecord.from_json(f[b"record"])
+        if rec.level == 20:
+            out.append(json.loads(rec.message))
+    return out
+
+
+def seen(env: Env, job: str, uuid: str, event: str) -> bool:
+    return any(e["uuid"] == uuid and e["event"] == event for e in events_of(env, job))
+
+
+def assert_clean(env: Env, uuid: str) -> None:
+    c = env.core0()
+    assert c.nft.forward_list() == [] or all(
+        f["owner"] != f"vm:{uuid}" for f in c.nft.forward_list())
+    info = c.bridge.info("kvm0")
+    assert info["nics"] == [], info
+    assert all(not m.startswith("00:28:06:82") for m in info["hosts"]), info["hosts"]
+    assert all(not lease["mac"].startswith("00:28:06:82") for lease in info["leases"]), info
+    assert not (env.vdir / uuid).exists()
