@@ -108,6 +108,10 @@ class JobEngine:
         self.stopping = False
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None
+        #: pids of the jobs adopted at start (never the process of a job lost while spawning)
+        self._adopted_pids: set[int] = set()
+        #: jobs lost while spawning → the processes that may be theirs (see _run_once)
+        self._candidates: dict[str, list[list[Any]]] = {}
 
     # ------------------------------------------------------------ capacity
 
@@ -288,6 +292,17 @@ class JobEngine:
 
     async def _run_once(self, job: Job, resume: jobstate.Saved | None) -> Result:
         job.output.reset()
+        if resume is not None and resume.state == "spawning":
+            found = await self._spawn_candidates(resume)
+            if found == []:
+                # its dispatcher died between writing "spawning" down and the spawn: it never
+                # started, so it starts now (at least once; never twice: a process of its
+                # would be a candidate, alive or reaped by the shim)
+                log.warning("job %s: never spawned (its dispatcher died first): starting it",
+                            job.id)
+                resume = None
+            else:
+                self._candidates[job.id] = found
         if resume is not None and resume.state in ("spawning", "running", "exited"):
             job.process = True
             job.starttime = resume.starttime
@@ -414,11 +429,17 @@ class JobEngine:
         if saved.state == "exited":
             return saved.status
         if saved.state == "spawning":
-            # spawned in the instant before the old dispatcher died and already gone: the
-            # supervisor reaped it; find it by name and start time (unambiguous, or unknown)
-            found = await self.shim.find(saved.comm, saved.start_ticks) if self.shim else []
-            claimed = {j.pid for j in self.table.values()}
-            found = [m for m in found if m[0] not in claimed]
+            # spawned in the instant before the old dispatcher died: the supervisor reaped it
+            # or has it running; found by name and start time (unambiguous, or unknown)
+            found = self._candidates.pop(job.id, None) or []
+            if len(found) == 1 and found[0][1] is None:  # still running (outputs closed)
+                job.pid = found[0][0]
+                self.store.save(job, state="running")
+                assert self.shim is not None
+                status = await self.shim.wait_exit(job.pid)
+                if status is not None:
+                    self.store.save(job, state="exited", status=status)
+                return status
             if len(found) == 1:
                 job.pid = found[0][0]
                 self.store.save(job, state="exited", status=found[0][1])
@@ -541,7 +562,9 @@ class JobEngine:
     def adopt_all(self, parse: Any) -> int:
         """Re-create the jobs a previous dispatcher left in the state dir. Returns how many."""
         n = 0
-        for saved in self.store.load_all():
+        every = list(self.store.load_all())
+        self._adopted_pids |= {s.pid for s in every if s.pid}
+        for saved in every:
             try:
                 cmd, spec, args, role = parse(saved)
             except Exception as e:
@@ -569,6 +592,18 @@ class JobEngine:
             n += 1
             log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
         return n
+
+    async def _spawn_candidates(self, saved: jobstate.Saved) -> list[list[Any]] | None:
+        """The processes that may be a job's whose dispatcher died while spawning it:
+        ``[[pid, status or None while running, start ticks], …]``; None when nobody can tell
+        (no shim)."""
+        if self.shim is None or not self.shim.connected:
+            return None
+        found = await self.shim.find(saved.comm, saved.start_ticks)
+        # never another job's: one in the table, or one adopted with its pid that has ended
+        # since (the shim itself leaves out every process watched by pid)
+        claimed = {j.pid for j in self.table.values()} | self._adopted_pids
+        return [m for m in found if m[0] not in claimed]
 
     async def _publish_saved(self, job: Job, text: str) -> None:
         await retry_forever("result", self.bus.publish,
