@@ -255,10 +255,10 @@ class Supervisor:
             if isinstance(since, int):
                 matches = [[pid, st, ticks] for pid, (st, _, ticks, c) in self.inherited.items()
                            if c == comm and ticks >= since and (pid, ticks) not in self.claimed]
-                for pid in self.children():
-                    ticks, c = _stat_of(pid)
-                    if c == comm and ticks >= since and (pid, ticks) not in self.claimed:
-                        matches.append([pid, None, ticks])
+                for kid in self.children():
+                    ticks, c = _stat_of(kid)
+                    if c == comm and ticks >= since and (kid, ticks) not in self.claimed:
+                        matches.append([kid, None, ticks])
             self._send(conn, {"op": "found", "rid": msg.get("rid"), "matches": matches})
             return
         if msg.get("op") != "watch":

@@ -32,6 +32,7 @@ from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import Conflict, Killed, NotFound, Timeout
+from core0.jobs import adopt
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import InlineJob, Job, queue_scope, visible_to
@@ -109,9 +110,9 @@ class JobEngine:
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None
         #: pids of the jobs adopted at start (never the process of a job lost while spawning)
-        self._adopted_pids: set[int] = set()
+        self.adopted_pids: set[int] = set()
         #: jobs lost while spawning → the processes that may be theirs (see _run_once)
-        self._candidates: dict[str, list[list[Any]]] = {}
+        self.candidates: dict[str, list[list[Any]]] = {}
 
     # ------------------------------------------------------------ capacity
 
@@ -293,7 +294,7 @@ class JobEngine:
     async def _run_once(self, job: Job, resume: jobstate.Saved | None) -> Result:
         job.output.reset()
         if resume is not None and resume.state == "spawning":
-            found = await self._spawn_candidates(resume)
+            found = await adopt.spawn_candidates(self, resume)
             if found == []:
                 # its dispatcher died between writing "spawning" down and the spawn: it never
                 # started, so it starts now (at least once; never twice: a process of its
@@ -301,8 +302,8 @@ class JobEngine:
                 log.warning("job %s: never spawned (its dispatcher died first): starting it",
                             job.id)
                 resume = None
-            else:
-                self._candidates[job.id] = found
+            elif found is not None:
+                self.candidates[job.id] = found
         if resume is not None and resume.state in ("spawning", "running", "exited"):
             job.process = True
             job.starttime = resume.starttime
@@ -364,7 +365,7 @@ class JobEngine:
             job.state = "running"
             exe = find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
-            job.start_ticks = boot_ticks()  # "spawned at or after": see _adopted_exit
+            job.start_ticks = boot_ticks()  # "spawned at or after": see adopt.adopted_exit
             job.start_max = 0
             self.store.save(job, state="spawning")
             try:
@@ -390,7 +391,7 @@ class JobEngine:
             job.state = "running"
             job.spawned.set()
             offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
-            done = asyncio.ensure_future(self._adopted_exit(job, resume))
+            done = asyncio.ensure_future(adopt.adopted_exit(self, job, resume))
         backlog = self.cfg.bus.output_backlog_bytes
         followers = [
             FileFollower(path, OutputParser(level), job.output.add, offset,
@@ -424,39 +425,6 @@ class JobEngine:
         job.output.followers = []
         job.pid = None
         return process_result(job, status, timed_out)
-
-    async def _adopted_exit(self, job: Job, saved: jobstate.Saved) -> int | None:
-        if saved.state == "exited":
-            return saved.status
-        if saved.state == "spawning":
-            # spawned in the instant before the old dispatcher died: the supervisor reaped it
-            # or has it running; found by name and start time (unambiguous, or unknown)
-            found = self._candidates.pop(job.id, None) or []
-            if len(found) == 1 and found[0][1] is None:  # still running (outputs closed)
-                job.pid = found[0][0]
-                self.store.save(job, state="running")
-                assert self.shim is not None
-                status = await self.shim.wait_exit(job.pid)
-                if status is not None:
-                    self.store.save(job, state="exited", status=status)
-                return status
-            if len(found) == 1:
-                job.pid = found[0][0]
-                self.store.save(job, state="exited", status=found[0][1])
-                return int(found[0][1])
-            log.warning("job %s: %d candidate process(es) for its exit status", job.id,
-                        len(found))
-            return None
-        alive = saved.pid and jobstate.same_process(saved, process.proc_start_ticks(saved.pid))
-        status: int | None = None
-        if self.shim is not None and saved.pid:
-            status = await self.shim.wait_exit(saved.pid)
-        if status is None and alive and saved.pid:
-            # not under our supervisor (a dispatcher run on its own): we can see the end only
-            await jobstate.wait_gone(saved.pid)
-        if status is not None:
-            self.store.save(job, state="exited", status=status)
-        return status
 
     # ------------------------------------------------------------ control
 
@@ -563,7 +531,7 @@ class JobEngine:
         """Re-create the jobs a previous dispatcher left in the state dir. Returns how many."""
         n = 0
         every = list(self.store.load_all())
-        self._adopted_pids |= {s.pid for s in every if s.pid}
+        self.adopted_pids |= {s.pid for s in every if s.pid}
         for saved in every:
             try:
                 cmd, spec, args, role = parse(saved)
@@ -592,18 +560,6 @@ class JobEngine:
             n += 1
             log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
         return n
-
-    async def _spawn_candidates(self, saved: jobstate.Saved) -> list[list[Any]] | None:
-        """The processes that may be a job's whose dispatcher died while spawning it:
-        ``[[pid, status or None while running, start ticks], …]``; None when nobody can tell
-        (no shim)."""
-        if self.shim is None or not self.shim.connected:
-            return None
-        found = await self.shim.find(saved.comm, saved.start_ticks)
-        # never another job's: one in the table, or one adopted with its pid that has ended
-        # since (the shim itself leaves out every process watched by pid)
-        claimed = {j.pid for j in self.table.values()} | self._adopted_pids
-        return [m for m in found if m[0] not in claimed]
 
     async def _publish_saved(self, job: Job, text: str) -> None:
         await retry_forever("result", self.bus.publish,
