@@ -245,20 +245,22 @@ class Supervisor:
 
     def _handle(self, conn: socket.socket, msg: dict[str, object]) -> None:
         if msg.get("op") == "find":
-            # processes reaped here whose name and start time fit a job that was being
-            # spawned when its dispatcher died (its pid was never written down)
-            comm, since = msg.get("comm"), msg.get("since")
-            # (those reaped here, and those still running here: a job whose process closed
-            # its output files; both never watched by pid), after reaping what is pending
+            # the processes that may be a job's that was being spawned when its dispatcher
+            # died (its pid was never written down): started at or after ``since``, reaped
+            # here or still running here (one that closed its output files), never watched by
+            # pid; with their names (a program may exec another), after reaping what is
+            # pending
+            since = msg.get("since")
             self.reap()
-            matches: list[list[int | None]] = []
+            matches: list[list[int | str | None]] = []
             if isinstance(since, int):
-                matches = [[pid, st, ticks] for pid, (st, _, ticks, c) in self.inherited.items()
-                           if c == comm and ticks >= since and (pid, ticks) not in self.claimed]
+                matches = [[pid, st, ticks, c] for pid, (st, _, ticks, c)
+                           in self.inherited.items()
+                           if ticks >= since and (pid, ticks) not in self.claimed]
                 for kid in self.children():
                     ticks, c = _stat_of(kid)
-                    if c == comm and ticks >= since and (kid, ticks) not in self.claimed:
-                        matches.append([kid, None, ticks])
+                    if ticks >= since and (kid, ticks) not in self.claimed:
+                        matches.append([kid, None, ticks, c])
             self._send(conn, {"op": "found", "rid": msg.get("rid"), "matches": matches})
             return
         if msg.get("op") != "watch":

@@ -25,15 +25,15 @@ log = logging.getLogger("core0.jobs.engine")
 
 async def spawn_candidates(engine: JobEngine, saved: jobstate.Saved) -> list[list[Any]] | None:
     """The processes that may be a job's whose dispatcher died while spawning it:
-    ``[[pid, status or None while running, start ticks], …]``; None when nobody can tell
-    (no shim)."""
+    ``[[pid, status or None while running, start ticks, comm], …]``, started between the
+    spawn and this dispatcher's start; None when nobody can tell (no shim)."""
     if engine.shim is None or not engine.shim.connected:
         return None
     found = await engine.shim.find(saved.comm, saved.start_ticks)
     # never another job's: one in the table, or one adopted with its pid that has ended
     # since (the shim itself leaves out every process watched by pid)
     claimed = {j.pid for j in engine.table.values()} | engine.adopted_pids
-    return [m for m in found if m[0] not in claimed]
+    return [m for m in found if m[0] not in claimed and m[2] <= engine.started_ticks]
 
 
 async def adopted_exit(engine: JobEngine, job: Job, saved: jobstate.Saved) -> int | None:
@@ -41,31 +41,31 @@ async def adopted_exit(engine: JobEngine, job: Job, saved: jobstate.Saved) -> in
     if saved.state == "exited":
         return saved.status
     if saved.state == "spawning":
-        # spawned in the instant before the old dispatcher died: the supervisor reaped it
-        # or has it running; found by name and start time (unambiguous, or unknown)
+        # spawned in the instant before the old dispatcher died: the one candidate of its
+        # name, else the only candidate (its program exec'd another), else unknown
         found = engine.candidates.pop(job.id, None) or []
-        if len(found) == 1 and found[0][1] is None:  # still running (outputs closed)
-            job.pid = found[0][0]
+        named = [m for m in found if m[3] == saved.comm]
+        pick = named if len(named) == 1 else found if len(found) == 1 else []
+        if not pick:
+            log.warning("job %s: %d candidate process(es) for its exit status", job.id,
+                        len(found))
+            return None
+        pid, status = int(pick[0][0]), pick[0][1]
+        job.pid = pid
+        if status is None:  # still running (it closed its output files)
             engine.store.save(job, state="running")
             assert engine.shim is not None
-            ended = await engine.shim.wait_exit(job.pid)
-            if ended is not None:
-                engine.store.save(job, state="exited", status=ended)
-            return ended
-        if len(found) == 1:
-            job.pid = found[0][0]
-            engine.store.save(job, state="exited", status=found[0][1])
-            return int(found[0][1])
-        log.warning("job %s: %d candidate process(es) for its exit status", job.id,
-                    len(found))
-        return None
+            status = await engine.shim.wait_exit(pid)
+        if status is not None:
+            engine.store.save(job, state="exited", status=status)
+        return None if status is None else int(status)
     alive = saved.pid and jobstate.same_process(saved, process.proc_start_ticks(saved.pid))
-    status: int | None = None
+    exited: int | None = None
     if engine.shim is not None and saved.pid:
-        status = await engine.shim.wait_exit(saved.pid)
-    if status is None and alive and saved.pid:
+        exited = await engine.shim.wait_exit(saved.pid)
+    if exited is None and alive and saved.pid:
         # not under our supervisor (a dispatcher run on its own): we can see the end only
         await jobstate.wait_gone(saved.pid)
-    if status is not None:
-        engine.store.save(job, state="exited", status=status)
-    return status
+    if exited is not None:
+        engine.store.save(job, state="exited", status=exited)
+    return exited

@@ -111,6 +111,8 @@ class JobEngine:
         self.node: Node | None = None
         #: pids of the jobs adopted at start (never the process of a job lost while spawning)
         self.adopted_pids: set[int] = set()
+        #: when this dispatcher started (boot ticks): no earlier job's process started later
+        self.started_ticks = boot_ticks()
         #: jobs lost while spawning → the processes that may be theirs (see _run_once)
         self.candidates: dict[str, list[list[Any]]] = {}
 
