@@ -2,10 +2,11 @@
 status of each one's process, from the job log, the supervisor (the shim) or the process itself.
 
 A job whose dispatcher died between writing "spawning" down and writing the pid is settled by
-asking the supervisor for the processes of its name started since, reaped or still running,
-leaving out every process that belongs to another job (watched by pid there, in the job table,
-or read from a job log at adoption): one candidate is its process; none means it never
-started (it is started now); several leave its status unknown.
+asking the supervisor for the processes started since, reaped or still running, leaving out
+every process that belongs to another job (watched by pid there, in the job table, or read
+from a job log at adoption) and those started after this dispatcher: none means it never
+started (it is started now); one of its name, else a single one of any name (a program may
+exec another), is its process; several leave its status unknown.
 """
 
 from __future__ import annotations
