@@ -101,6 +101,8 @@ def _parser(words: bool = True) -> argparse.ArgumentParser:
     ap.add_argument("--tags", help="comma-separated tags")
     ap.add_argument("--nodes", help="fleet: run on these registered nodes (comma-separated ids)")
     ap.add_argument("--node-tags", help="fleet: run on the nodes carrying all these tags")
+    ap.add_argument("--cluster", action="store_true",
+                    help="fleet: the Redis is a Redis Cluster (the URL names any of its nodes)")
     if words:
         ap.add_argument("words", nargs=argparse.REMAINDER, help="command and its arguments")
     return ap

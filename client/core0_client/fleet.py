@@ -130,14 +130,25 @@ def _select(nodes: list[NodeInfo], ids: Sequence[str] | None,
 
 class FleetAPI:
     """The nodes sharing one Redis. ``Fleet(url=…)`` takes the arguments of ``Client``
-    (no ``prefix``: every node has its own, read from the registry)."""
+    (no ``prefix``: every node has its own, read from the registry); ``cluster=True`` (blocking
+    ``Fleet`` only): the URL names a node of a Redis Cluster and each command goes to its
+    slot's master."""
 
     _client_class: type[ClientAPI] = ClientAPI
     #: a Client or an AsyncClient on the shared Redis
     client: Any
 
-    def __init__(self, *args: Any, registry_cache: float = 1.0, **kw: Any):
+    def __init__(self, *args: Any, registry_cache: float = 1.0, cluster: bool = False,
+                 **kw: Any):
         kw.pop("prefix", None)
+        if cluster:  # every command to its slot's master (core0_client.cluster)
+            from core0_client.sync import Client
+
+            if self._client_class is not Client:
+                raise ValueError("cluster=True: the blocking Fleet only")
+            from core0_client.cluster import ClusterClient
+
+            self._client_class = ClusterClient
         self.client = self._client_class(*args, **kw)
         #: seconds ``run``/``stream`` reuse a registry read (0: read it for every call; a node
         #: that died meanwhile is reported lost by the liveness check)

@@ -110,7 +110,8 @@ def run(ns: argparse.Namespace, ep: Endpoint, words: list[str], opts: dict[str, 
     """``core0ctl nodes`` or a fan-out; returns the exit status."""
     f = Fleet(ep.host, ep.port, password=ep.password, unix_socket_path=ep.unix_socket_path,
               ssl=ep.tls, username=ep.username, ssl_ca_certs=ep.ca, ssl_certfile=ep.cert,
-              ssl_keyfile=ep.key, ssl_verify=ep.verify, timeout=ns.timeout)
+              ssl_keyfile=ep.key, ssl_verify=ep.verify, timeout=ns.timeout,
+              cluster=bool(getattr(ns, "cluster", False)))
     try:
         if words == ["nodes"]:
             return _nodes(f, ns.json)

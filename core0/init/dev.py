@@ -11,6 +11,7 @@ import sys
 from typing import Any
 
 from core0 import redis_server
+from core0.backoff import Backoff
 from core0.config import Config
 from core0.init import libvirtd
 from core0.init.supervise import Service, Supervisor
@@ -55,6 +56,9 @@ def build_services(cfg: Config, config_path: str | None,
     env = dict(os.environ)
     env["CORE0_SHIM_SOCKET"] = str(cfg.state_dir / "shim.sock")
     disp = Service("dispatcher", dispatcher_argv(config_path, overrides), env=env)
+    fast = os.environ.get("CORE0_TEST_RESTART_DELAY")
+    if fast:  # chaos tests (tests/chaos): kill the dispatcher 20 times in a minute
+        disp.backoff = Backoff(first=float(fast), cap=float(fast))
     return redis_svc, disp
 
 

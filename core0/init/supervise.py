@@ -83,6 +83,10 @@ class Supervisor:
         self.sel = selectors.DefaultSelector()
         #: exit statuses of inherited processes: pid → (status, time reaped, start ticks, comm)
         self.inherited: OrderedDict[int, tuple[int, float, int, str]] = OrderedDict()
+        #: (pid, start ticks) of processes a dispatcher watched by pid: they belong to a job
+        #: whose pid was written down, so ``find`` never offers them to a job lost while
+        #: being spawned (bounded with ``inherited``)
+        self.claimed: set[tuple[int, int]] = set()
         self.watchers: dict[int, list[socket.socket]] = {}
         self.conns: dict[socket.socket, bytearray] = {}
         self.stopping = False
@@ -193,7 +197,8 @@ class Supervisor:
             self.reaped_orphans += 1
             self.inherited[pid] = (status, time.time(), ticks, comm)
             while len(self.inherited) > 8192:
-                self.inherited.popitem(last=False)
+                old, entry = self.inherited.popitem(last=False)
+                self.claimed.discard((old, entry[2]))
             for conn in self.watchers.pop(pid, []):
                 self._send(conn, {"op": "exit", "pid": pid, "status": status})
 
@@ -240,11 +245,22 @@ class Supervisor:
 
     def _handle(self, conn: socket.socket, msg: dict[str, object]) -> None:
         if msg.get("op") == "find":
-            # processes reaped here whose name and start time fit a job that was being
-            # spawned when its dispatcher died (its pid was never written down)
-            comm, since = msg.get("comm"), msg.get("since")
-            matches = [[pid, st, ticks] for pid, (st, _, ticks, c) in self.inherited.items()
-                       if c == comm and isinstance(since, int) and ticks >= since]
+            # the processes that may be a job's that was being spawned when its dispatcher
+            # died (its pid was never written down): started at or after ``since``, reaped
+            # here or still running here (one that closed its output files), never watched by
+            # pid; with their names (a program may exec another), after reaping what is
+            # pending
+            since = msg.get("since")
+            self.reap()
+            matches: list[list[int | str | None]] = []
+            if isinstance(since, int):
+                matches = [[pid, st, ticks, c] for pid, (st, _, ticks, c)
+                           in self.inherited.items()
+                           if ticks >= since and (pid, ticks) not in self.claimed]
+                for kid in self.children():
+                    ticks, c = _stat_of(kid)
+                    if ticks >= since and (kid, ticks) not in self.claimed:
+                        matches.append([kid, None, ticks, c])
             self._send(conn, {"op": "found", "rid": msg.get("rid"), "matches": matches})
             return
         if msg.get("op") != "watch":
@@ -253,9 +269,11 @@ class Supervisor:
         if not isinstance(pid, int):
             return
         if pid in self.inherited:
-            status = self.inherited[pid][0]
+            status, _, ticks, _ = self.inherited[pid]
+            self.claimed.add((pid, ticks))
             self._send(conn, {"op": "exit", "pid": pid, "status": status})
         elif _parent_of(pid) == os.getpid():
+            self.claimed.add((pid, _stat_of(pid)[0]))
             self.watchers.setdefault(pid, []).append(conn)
         else:
             self._send(conn, {"op": "unknown", "pid": pid})

@@ -25,6 +25,7 @@ from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import Conflict, Killed, NotFound, Timeout
+from core0.jobs import adopt
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import InlineJob, Job, queue_scope, visible_to
@@ -101,6 +102,12 @@ class JobEngine:
         self.stopping = False
         #: the running node, for handlers (Context.node); set by the dispatcher
         self.node: Node | None = None
+        #: pids of the jobs adopted at start (never the process of a job lost while spawning)
+        self.adopted_pids: set[int] = set()
+        #: when this dispatcher started (boot ticks): no earlier job's process started later
+        self.started_ticks = boot_ticks()
+        #: jobs lost while spawning → the processes that may be theirs (see _run_once)
+        self.candidates: dict[str, list[list[Any]]] = {}
 
     # ------------------------------------------------------------ capacity
 
@@ -281,6 +288,17 @@ class JobEngine:
 
     async def _run_once(self, job: Job, resume: jobstate.Saved | None) -> Result:
         job.output.reset()
+        if resume is not None and resume.state == "spawning":
+            found = await adopt.spawn_candidates(self, resume)
+            if found == []:
+                # its dispatcher died between writing "spawning" down and the spawn: it never
+                # started, so it starts now (at least once; never twice: a process of its
+                # would be a candidate, alive or reaped by the shim)
+                log.warning("job %s: never spawned (its dispatcher died first): starting it",
+                            job.id)
+                resume = None
+            elif found is not None:
+                self.candidates[job.id] = found
         if resume is not None and resume.state in ("spawning", "running", "exited"):
             job.process = True
             job.starttime = resume.starttime
@@ -346,7 +364,7 @@ class JobEngine:
             job.state = "running"
             exe = find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
-            job.start_ticks = boot_ticks()  # "spawned at or after": see _adopted_exit
+            job.start_ticks = boot_ticks()  # "spawned at or after": see adopt.adopted_exit
             job.start_max = 0
             self.store.save(job, state="spawning")
             try:
@@ -372,7 +390,7 @@ class JobEngine:
             job.state = "running"
             job.spawned.set()
             offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
-            done = asyncio.ensure_future(self._adopted_exit(job, resume))
+            done = asyncio.ensure_future(adopt.adopted_exit(self, job, resume))
         backlog = self.cfg.bus.output_backlog_bytes
         followers = [
             FileFollower(path, OutputParser(level), job.output.add, offset,
@@ -409,33 +427,6 @@ class JobEngine:
         job.output.followers = []
         job.pid = None
         return process_result(job, status, timed_out)
-
-    async def _adopted_exit(self, job: Job, saved: jobstate.Saved) -> int | None:
-        if saved.state == "exited":
-            return saved.status
-        if saved.state == "spawning":
-            # spawned in the instant before the old dispatcher died and already gone: the
-            # supervisor reaped it; find it by name and start time (unambiguous, or unknown)
-            found = await self.shim.find(saved.comm, saved.start_ticks) if self.shim else []
-            claimed = {j.pid for j in self.table.values()}
-            found = [m for m in found if m[0] not in claimed]
-            if len(found) == 1:
-                job.pid = found[0][0]
-                self.store.save(job, state="exited", status=found[0][1])
-                return int(found[0][1])
-            log.warning("job %s: %d candidate process(es) for its exit status", job.id,
-                        len(found))
-            return None
-        alive = saved.pid and jobstate.same_process(saved, process.proc_start_ticks(saved.pid))
-        status: int | None = None
-        if self.shim is not None and saved.pid:
-            status = await self.shim.wait_exit(saved.pid)
-        if status is None and alive and saved.pid:
-            # not under our supervisor (a dispatcher run on its own): we can see the end only
-            await jobstate.wait_gone(saved.pid)
-        if status is not None:
-            self.store.save(job, state="exited", status=status)
-        return status
 
     # ------------------------------------------------------------ control
 
@@ -541,7 +532,9 @@ class JobEngine:
     def adopt_all(self, parse: Any) -> int:
         """Re-create the jobs a previous dispatcher left in the state dir. Returns how many."""
         n = 0
-        for saved in self.store.load_all():
+        every = list(self.store.load_all())
+        self.adopted_pids |= {s.pid for s in every if s.pid}
+        for saved in every:
             try:
                 cmd, spec, args, role = parse(saved)
             except Exception as e:

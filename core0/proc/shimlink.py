@@ -8,10 +8,11 @@ them. Messages:
 * dispatcher → shim ``{"op": "watch", "pid": P}``
 * shim → dispatcher ``{"op": "exit", "pid": P, "status": S}`` (now, if P was reaped already, or
   when it is) or ``{"op": "unknown", "pid": P}`` (P is neither alive under the shim nor recorded).
-* dispatcher → shim ``{"op": "find", "rid": R, "comm": C, "since": T}``: which processes named C,
-  started at or after boot tick T, did the shim reap? (a job spawned in the instant before its
-  dispatcher died, whose pid was never written down) → ``{"op": "found", "rid": R,
-  "matches": [[pid, status, start_ticks], …]}``.
+* dispatcher → shim ``{"op": "find", "rid": R, "comm": C, "since": T}``: which processes
+  started at or after boot tick T did the shim reap, or has it running, that no dispatcher
+  watched by pid? (a job spawned in the instant before its dispatcher died, whose pid was never
+  written down) → ``{"op": "found", "rid": R, "matches": [[pid, status or None while running,
+  start_ticks, comm], …]}``.
 """
 
 from __future__ import annotations
@@ -97,14 +98,15 @@ class ShimLink:
             await self._writer.drain()
         return await asyncio.shield(fut)
 
-    async def find(self, comm: str, since: int) -> list[list[int]]:
-        """Processes named ``comm`` started at/after ``since`` that the shim reaped:
-        ``[[pid, status, start_ticks], …]`` ([] without a shim)."""
+    async def find(self, comm: str, since: int) -> list[list[Any]]:
+        """Processes started at/after ``since`` that the shim reaped or has running, never
+        watched by pid: ``[[pid, status or None, start_ticks, comm], …]`` ([] without a
+        shim)."""
         if not self.connected:
             return []
         assert self._writer is not None
         self._rid += 1
-        fut: asyncio.Future[list[list[int]]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
         self._finds[self._rid] = fut
         self._writer.write(pack({"op": "find", "rid": self._rid, "comm": comm, "since": since}))
         await self._writer.drain()
