@@ -47,9 +47,19 @@ bench: deps
 	$(VENV)/bin/python bench/kvm.py
 	$(VENV)/bin/python bench/idle.py
 
-## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full)
+## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full);
+## FORMAT=iso also makes a hybrid BIOS/UEFI ISO of it, FORMAT=ipxe an iPXE script (BASE_URL=…)
+FORMAT ?=
+BASE_URL ?= http://boot.example/core0/
 image: deps
 	bash initramfs-builder/build.sh $(FLAVOUR)
+ifeq ($(FORMAT),iso)
+	$(VENV)/bin/python initramfs-builder/media.py iso --flavour $(FLAVOUR)
+else ifeq ($(FORMAT),ipxe)
+	$(VENV)/bin/python initramfs-builder/media.py ipxe --flavour $(FLAVOUR) --base-url $(BASE_URL)
+else ifneq ($(FORMAT),)
+	$(error FORMAT=$(FORMAT): iso or ipxe (the A/B disk image is not built yet))
+endif
 
 ## boot it under qemu with the node's Redis forwarded to $(PORT) (see qemu/boot --help)
 vm: image

@@ -6,8 +6,12 @@ In one run, interleaved:
   ``config.json`` for the same image (args ``/bin/true``, no network namespace path), timed
   from this process;
 * ``podman run --rm --network none --rootfs <same root> /bin/true`` when podman works here;
-* core0 over Redis with the client: ``corex.create`` (no nic), ``corex.dispatch`` of
-  ``core.system /bin/true`` and waiting for its result, ``corex.terminate``;
+* core0 over Redis with the client, ``container.run`` of ``/bin/true`` (no nic): one job that
+  clones the root, runs the runtime's ``run`` with the command as the init's child, tears
+  down (the same life as the baseline's, through the bus);
+* core0 over Redis with the client, 0-core's three steps: ``corex.create`` (no nic),
+  ``corex.dispatch`` of ``core.system /bin/true`` and waiting for its result,
+  ``corex.terminate``;
 * the root clone alone (core0's overlay clone + drop) of an image holding 100 MB and 1 GB of
   data: it should not grow with the data.
 
@@ -92,12 +96,20 @@ def main() -> None:
                 assert res.state.value == "SUCCESS", res
                 c.json("corex.terminate", {"container": cid})
 
+            def core0_run() -> None:
+                res = c.raw("container.run", {"root": "bb", "command": ["/bin/true"],
+                                              "nics": []}).get(60)
+                assert res.state.value == "SUCCESS", res
+
+            run_runs: list[float] = []
             if podman and subprocess.run(pod_argv, capture_output=True).returncode != 0:
                 podman = False
             core0()  # warm-up (runtime probe)
+            core0_run()
             for i in range(opts.runs):
                 base_runs.append(timed(lambda i=i: baseline(i)))  # type: ignore[misc]
                 core_runs.append(timed(core0))
+                run_runs.append(timed(core0_run))
                 if podman:
                     pod_runs.append(timed(lambda: subprocess.run(pod_argv, check=True,
                                                                  capture_output=True))
@@ -106,6 +118,9 @@ def main() -> None:
         b, k = median_ms(base_runs), median_ms(core_runs)
         print(f"create + run /bin/true + terminate, median of {opts.runs}:")
         print(f"  baseline {rt_name} run          {b:8.1f} ms")
+        r = median_ms(run_runs)
+        print(f"  core0 container.run (one job: clone, run, teardown) {r:8.1f} ms   "
+              f"ratio {r / b:5.2f}x")
         print(f"  core0 (bus, create/dispatch/terminate) {k:8.1f} ms   ratio {k / b:5.2f}x")
         if pod_runs:
             p = median_ms(pod_runs)

@@ -67,6 +67,9 @@ class CommandSpec:
     doc: str
     #: used by core0 itself only; refused (UNKNOWN_CMD) when it comes over the bus
     internal: bool = False
+    #: the handler only builds a ProcessSpec, with no side effect: it runs while the pickup
+    #: is in flight, so the process starts as soon as the pickup is confirmed
+    builds_process: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The public description (core.commands)."""
@@ -90,11 +93,14 @@ def command(
     role: Role = Role.OPERATOR,
     inline: bool = False,
     internal: bool = False,
+    builds_process: bool = False,
 ) -> Callable[[F], F]:
     """Register ``handler`` as command ``name``.
 
     ``inline`` marks a command that is quick and has no side effects (it may run on the
     dispatcher's pop loop and be answered in the same Redis round trip as its pickup).
+    ``builds_process``: the handler only returns a :class:`~core0.context.ProcessSpec` and
+    touches nothing (see :attr:`CommandSpec.builds_process`).
     """
 
     def deco(fn: F) -> F:
@@ -106,7 +112,8 @@ def command(
         doc = inspect.cleandoc(fn.__doc__ or "")
         if not doc:
             raise TypeError(f"handler of {name!r} needs a docstring (it is the reference)")
-        _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal)
+        _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal,
+                                      builds_process)
         return fn
 
     return deco

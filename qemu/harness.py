@@ -50,6 +50,8 @@ DEFAULT_IMAGE_DIR = REPO / "build" / "image"
 CACHE_DIR = REPO / "build" / "cache"
 QEMU = "qemu-system-x86_64"
 BASE_CMDLINE = ["console=ttyS0", "panic=-1", "random.trust_cpu=on"]
+#: UEFI firmware for qemu (Debian's ovmf)
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 
 class VMError(RuntimeError):
@@ -275,6 +277,14 @@ class VMConfig:
     #: the node's Redis password (None: a fresh random one; "": no credential, and then the
     #: node serves loopback only, which the host cannot reach)
     password: str | None = None
+    #: boot from this medium (an ISO from initramfs-builder/media.py) through the firmware
+    #: instead of qemu's ``-kernel``; its kernel command line is the medium's own
+    boot_iso: Path | None = None
+    #: "bios" (SeaBIOS) or "uefi" (OVMF)
+    firmware: str = "bios"
+    #: network boot: the URL (or TFTP name) the firmware's iPXE gets by DHCP (an iPXE script
+    #: from initramfs-builder/media.py); the host is 10.0.2.2 for the guest
+    netboot: str | None = None
 
 
 def free_port() -> int:
@@ -334,11 +344,23 @@ class VM:
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}"
                        for h, g in [(self.port, 6379), *c.forwards])
         argv = [QEMU, "-machine", f"pc,accel={self.accel}", "-cpu", cpu, "-m", str(c.memory),
-                "-smp", str(c.cpus), "-nodefaults", "-no-user-config", "-display", "none",
-                "-kernel", str(kernel), "-initrd", str(initrd),
-                "-append", " ".join(self.cmdline()),
-                "-netdev", f"user,id=n0,{fwd}",
-                "-device", "virtio-net-pci,netdev=n0,romfile=",
+                "-smp", str(c.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
+        if c.netboot is not None:
+            argv += ["-boot", "order=n"]
+        elif c.boot_iso is None:
+            argv += ["-kernel", str(kernel), "-initrd", str(initrd),
+                     "-append", " ".join(self.cmdline())]
+        else:
+            argv += ["-drive", f"file={c.boot_iso},if=ide,index=1,media=cdrom,readonly=on",
+                     "-boot", "order=d"]
+        if c.firmware == "uefi":
+            argv += ["-bios", str(OVMF)]
+        elif c.firmware != "bios":
+            raise VMError(f"firmware {c.firmware!r}: bios or uefi")
+        boot = f",bootfile={c.netboot}" if c.netboot is not None else ""
+        rom = "" if c.netboot is not None else ",romfile="  # iPXE only to boot from it
+        argv += ["-netdev", f"user,id=n0,{fwd}{boot}",
+                "-device", f"virtio-net-pci,netdev=n0{rom}",
                 "-device", "virtio-rng-pci"]
         if c.console_stdout:
             argv += ["-chardev", f"stdio,id=con0,signal=off,logfile={self.serial_log}",

@@ -24,6 +24,9 @@ from typing import Any
 
 from core0_client.errors import ProtocolError
 
+#: one compact encoder for every record (json.dumps with options builds a new one per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
 __all__ = [
     "ID_PATTERN",
     "Code",
@@ -228,7 +231,7 @@ class Command:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return _COMPACT.encode(self.to_dict())
 
     @property
     def is_plain(self) -> bool:
@@ -473,7 +476,7 @@ class Result:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return _COMPACT.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Result:
@@ -542,7 +545,7 @@ class LogRecord:
         }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"))
+        return _COMPACT.encode(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LogRecord:

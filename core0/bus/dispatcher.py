@@ -48,7 +48,7 @@ from core0.fleet.metrics import NodeMetrics
 from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
-from core0.jobs.job import Job
+from core0.jobs.job import Job, prebuild
 from core0.jobs.result import exception_result
 from core0.proc import process
 from core0.proc.output import Inotify
@@ -237,7 +237,7 @@ class Dispatcher:
                     if sent is not None:
                         blocking, fut = sent
                         sent = None
-                        reply = (await link.replies(fut, block_wait))[0]
+                        reply = (await link.replies(fut))[0]
                         raws = ([reply] if reply is not None else []) if blocking \
                             else list(reply)
                     else:
@@ -282,12 +282,19 @@ class Dispatcher:
                     if room > 0:
                         blocking = idle and streak < PROBE_EVERY
                         sent = (blocking, link.submit([link.pop_cmd(
-                            blocking, queue, processing, min(self.cfg.bus.batch, room))]))
+                            blocking, queue, processing, min(self.cfg.bus.batch, room))],
+                            block_wait if blocking else 10.0))
+                    # out now; the programs' specs are built while Redis answers
+                    link.flush()
+                    jobs = [Job(self.engine, a.cmd, a.spec, a.args, role, a.raw, processing)
+                            for a in starts]
+                    for job in jobs:
+                        await prebuild(self.engine, job)
                     replies = await link.replies(call)
                     self._settle([bool(x) for x in replies[: len(pending)]])
                     oks = [bool(x) for x in replies[len(pending):]]
                     pending = []
-                    late = self.launch(starts, oks, processing, role)
+                    late = self.launch(starts, oks, processing, role, jobs)
                     if late:  # rare (recurring limits): never held behind a blocking pop
                         await self.bus.publish(late)
                 except (*TRANSIENT, RedisError) as e:
@@ -373,11 +380,11 @@ class Dispatcher:
         return pubs, starts
 
     def launch(self, starts: list[Accepted], oks: list[bool], processing: str,
-               role: Role) -> list[Publish]:
-        """Start the picked-up commands (``oks``: the pickup of each); returns the results of
-        those refused at start."""
+               role: Role, jobs: list[Job] | None = None) -> list[Publish]:
+        """Start the picked-up commands (``oks``: the pickup of each; ``jobs``: their Job
+        objects if already made); returns the results of those refused at start."""
         pubs: list[Publish] = []
-        for acc, ok in zip(starts, oks, strict=True):
+        for i, (acc, ok) in enumerate(zip(starts, oks, strict=True)):
             if not ok:
                 self.stats["duplicates"] += 1
                 continue
@@ -387,7 +394,8 @@ class Dispatcher:
                             acc.cmd, mode="owned")
                 continue
             self.stats["accepted"] += 1
-            job = Job(self.engine, acc.cmd, acc.spec, acc.args, role, acc.raw, processing)
+            job = jobs[i] if jobs is not None else Job(self.engine, acc.cmd, acc.spec,
+                                                       acc.args, role, acc.raw, processing)
             self.engine.start(job)
         return pubs
 
@@ -527,4 +535,14 @@ class Dispatcher:
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:
     os.chdir("/")
     reset_ignored_signals()
+    if os.environ.get("C0PROF"):
+        import cProfile
+        pr = cProfile.Profile()
+        pr.enable()
+        try:
+            asyncio.run(Dispatcher(cfg, reload_config).run())
+        finally:
+            pr.disable()
+            pr.dump_stats(os.environ["C0PROF"])
+        return
     asyncio.run(Dispatcher(cfg, reload_config).run())

@@ -31,16 +31,8 @@ class RespError(Exception):
 
 
 def pack(args: Sequence[Arg]) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        if isinstance(a, bytes):
-            b = a
-        elif isinstance(a, str):
-            b = a.encode()
-        else:
-            b = repr(a).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+    """One command in RESP (hiredis's C packer: str as UTF-8, numbers as their repr)."""
+    return hiredis.pack_command(tuple(args))  # type: ignore[arg-type]  # (its stub: 1-tuple)
 
 
 class Script:
@@ -133,12 +125,32 @@ class RespConnection:
 
 
 class _Call:
-    __slots__ = ("n", "replies", "fut")
+    __slots__ = ("n", "replies", "fut", "deadline")
 
-    def __init__(self, n: int, fut: asyncio.Future[list[Any]]):
+    def __init__(self, n: int, fut: asyncio.Future[list[Any]], deadline: float):
         self.n = n
         self.replies: list[Any] = []
         self.fut = fut
+        self.deadline = deadline
+
+
+class _Replies(asyncio.Protocol):
+    """The transport's protocol once the connection is set up: replies are parsed and handed
+    to their calls as the bytes arrive, with no reader task in between."""
+
+    def __init__(self, owner: SharedConnection):
+        self.owner = owner
+
+    def data_received(self, data: bytes) -> None:
+        self.owner._received(data)
+
+    def eof_received(self) -> bool:
+        self.owner._lost(self, "redis closed the connection")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._lost(self, f"redis link failed: {exc!r}" if exc else
+                         "redis closed the connection")
 
 
 class SharedConnection:
@@ -146,20 +158,27 @@ class SharedConnection:
 
     :meth:`submit` queues commands and returns a future of their replies; everything submitted
     in one turn of the event loop goes out in one write (so eight jobs that end together cost
-    one ``send``), and one reader task hands the replies back in order. Connection problems
-    fail every call in flight with ``ConnectionError``; the next call connects again."""
+    one ``send``), and the transport's protocol hands the replies back in order as they arrive
+    (no reader task: one hop of the event loop less per round trip). Each call has a deadline;
+    one watchdog timer per connection (not a timer per call) drops the connection when a call
+    is overdue. Connection problems fail every call in flight with ``ConnectionError``; the
+    next call connects again."""
 
     def __init__(self, cfg: Config, scripts: Sequence[Script] = ()):
         self._conn = RespConnection(cfg, scripts)
         self._calls: deque[_Call] = deque()
         self._out: list[bytes] = []
         self._flushing = False
-        self._reader: asyncio.Task[None] | None = None
+        self._transport: asyncio.BaseTransport | None = None
+        self._protocol: _Replies | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._connecting: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def connected(self) -> bool:
-        return self._conn.connected and self._reader is not None and not self._reader.done()
+        t = self._transport
+        return t is not None and not t.is_closing()
 
     async def connect(self) -> None:
         """Connect (again) unless connected; concurrent callers share one attempt."""
@@ -170,12 +189,18 @@ class SharedConnection:
                 return
             self.close()
             await self._conn.connect()
-            self._reader = asyncio.ensure_future(self._read_loop())
+            w = self._conn._w
+            assert w is not None
+            self._protocol = _Replies(self)
+            self._transport = w.transport
+            self._transport.set_protocol(self._protocol)
+            self._loop = asyncio.get_running_loop()
 
     def close(self, why: str = "connection closed") -> None:
-        reader, self._reader = self._reader, None
-        if reader is not None and reader is not asyncio.current_task():
-            reader.cancel()
+        self._transport = self._protocol = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._conn.close()
         self._out.clear()
         calls, self._calls = self._calls, deque()
@@ -184,91 +209,92 @@ class SharedConnection:
                 c.fut.set_exception(ConnectionError(why))
                 c.fut.exception()  # retrieved: a caller that went away leaves no warning
 
-    def submit(self, commands: Sequence[Sequence[Arg]]) -> asyncio.Future[list[Any]]:
-        """Queue ``commands`` for the next write; the future gets their replies (error
-        replies as :class:`RespError` values). The caller must be connected."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Any]] = loop.create_future()
-        if not self.connected:
+    def _lost(self, protocol: _Replies, why: str) -> None:
+        if protocol is self._protocol:  # not an older connection's late news
+            self.close(why)
+
+    def submit(self, commands: Sequence[Sequence[Arg]], timeout: float = 10.0, *,
+               now: bool = False) -> asyncio.Future[list[Any]]:
+        """Queue ``commands`` for the next write (``now``: write at once, with whatever else
+        is queued); the future gets their replies (error replies as :class:`RespError`
+        values) within ``timeout`` seconds, or the connection is dropped. The caller must be
+        connected."""
+        loop = self._loop
+        if loop is None or not self.connected:
+            fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             fut.set_exception(ConnectionError("not connected"))
             return fut
-        self._calls.append(_Call(len(commands), fut))
+        fut = loop.create_future()
+        deadline = loop.time() + timeout
+        self._calls.append(_Call(len(commands), fut, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline + 0.05, self._check_deadlines)
         self._out.append(b"".join([pack(c) for c in commands]))
-        if not self._flushing:
+        if now:
+            self.flush()
+        elif not self._flushing:
             self._flushing = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self.flush)
         return fut
 
-    async def wait(self, fut: asyncio.Future[list[Any]], timeout: float | None = 10.0
-                   ) -> list[Any]:
-        """Await a :meth:`submit` future; a timeout drops the connection (the reply stream
-        cannot be trusted any more) and fails every call in flight. A timer handle rather
-        than ``asyncio.timeout`` + ``shield``: this is the hot path of every round trip."""
+    def _check_deadlines(self) -> None:
+        """The watchdog: drop the connection if a call is overdue (the reply stream cannot
+        be trusted any more), else sleep until the next deadline."""
+        self._watchdog = None
+        loop = self._loop
+        if not self._calls or loop is None:
+            return
+        now = loop.time()
+        first = min(c.deadline for c in self._calls)
+        if first <= now:
+            self.close("redis did not answer in time")
+            return
+        self._watchdog = loop.call_at(first + 0.05, self._check_deadlines)
+
+    async def wait(self, fut: asyncio.Future[list[Any]]) -> list[Any]:
+        """Await a :meth:`submit` future (its deadline was set by :meth:`submit`)."""
         if fut.done():
             return fut.result()
-        timer = None
-        if timeout is not None:
-            timer = asyncio.get_running_loop().call_later(timeout, self._expire, fut)
-        try:
-            return await fut
-        finally:
-            if timer is not None:
-                timer.cancel()
+        return await fut
 
-    def _expire(self, fut: asyncio.Future[list[Any]]) -> None:
-        if not fut.done():
-            self.close("redis did not answer in time")
-
-    async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float | None = 10.0,
+    async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float = 10.0,
                       *, now: bool = False) -> list[Any]:
         """Connect if needed, send ``commands`` with whatever else goes out now (``now``: at
         once, for a caller that only waits for them), and return their replies."""
         if not self.connected:
             await self.connect()
-        fut = self.submit(commands)
-        if now:
-            self._flush()
-        return await self.wait(fut, timeout)
+        return await self.wait(self.submit(commands, timeout, now=now))
 
-    def _flush(self) -> None:
-        self._flushing = False
+    def flush(self) -> None:
+        """Write everything queued, now."""
+        self._flushing = False  # a flush still scheduled finds nothing to write
         if not self._out:
             return
         data = b"".join(self._out)
         self._out.clear()
-        w = self._conn._w
-        if w is None:
+        t = self._transport
+        if t is None:
             self.close()
             return
         try:
-            w.write(data)
+            t.write(data)  # type: ignore[attr-defined]
         except Exception as e:
             self.close(f"write failed: {e!r}")
 
-    async def _read_loop(self) -> None:
-        r = self._conn._r
+    def _received(self, data: bytes) -> None:
         parser = self._conn._parser
-        why = "redis closed the connection"
+        calls = self._calls
         try:
-            assert r is not None
-            while True:
-                data = await r.read(65536)
-                if not data:
+            parser.feed(data)
+            while calls:
+                reply = parser.gets()
+                if reply is False:
                     break
-                parser.feed(data)
-                while self._calls:
-                    reply = parser.gets()
-                    if reply is False:
-                        break
-                    call = self._calls[0]
-                    call.replies.append(reply)
-                    if len(call.replies) == call.n:
-                        self._calls.popleft()
-                        if not call.fut.done():
-                            call.fut.set_result(call.replies)
-        except asyncio.CancelledError:
-            raise
+                call = calls[0]
+                call.replies.append(reply)
+                if len(call.replies) == call.n:
+                    calls.popleft()
+                    if not call.fut.done():
+                        call.fut.set_result(call.replies)
         except Exception as e:
-            why = f"redis link failed: {e!r}"
-        if self._reader is asyncio.current_task():
-            self.close(why)
+            self.close(f"redis link failed: {e!r}")

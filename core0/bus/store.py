@@ -157,13 +157,19 @@ class PopLink:
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
         return self._check(await self.conn.execute(commands, timeout, now=True))
 
-    def submit(self, commands: list[list[Any]]) -> asyncio.Future[list[Any]]:
-        """Queue commands for the next write (see :meth:`replies`)."""
-        return self.conn.submit(commands)
+    def submit(self, commands: list[list[Any]], timeout: float = 10.0
+               ) -> asyncio.Future[list[Any]]:
+        """Queue commands for the next write (see :meth:`replies`), answered within
+        ``timeout`` seconds or the link is dropped."""
+        return self.conn.submit(commands, timeout)
 
-    async def replies(self, fut: asyncio.Future[list[Any]], timeout: float = 10.0) -> list[Any]:
+    def flush(self) -> None:
+        """Write what is queued now (not at the next turn of the event loop)."""
+        self.conn.flush()
+
+    async def replies(self, fut: asyncio.Future[list[Any]]) -> list[Any]:
         """The replies of a :meth:`submit`."""
-        return self._check(await self.conn.wait(fut, timeout))
+        return self._check(await self.conn.wait(fut))
 
     def publish_cmds(self, pubs: Sequence[Publish]) -> list[list[Any]]:
         return [self._publish_cmd(p) for p in pubs]

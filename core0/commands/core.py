@@ -52,7 +52,7 @@ class SystemArgs(Schema):
     stdin: Annotated[str, Doc("text fed to the program's standard input")] = ""
 
 
-@command("core.system", SystemArgs, role=Role.ADMIN)
+@command("core.system", SystemArgs, role=Role.ADMIN, builds_process=True)
 async def system(ctx: Context, args: SystemArgs) -> ProcessSpec:
     """Run a program (no shell). The result's ``streams`` hold the tails of stdout and stderr,
     ``code`` is ``1000 + exit status`` (0 on success); output lines ``20:::`` … ``:::`` become
@@ -74,7 +74,7 @@ class BashArgs(Schema):
     stdin: Annotated[str, Doc("text fed to the script's standard input")] = ""
 
 
-@command("bash", BashArgs, role=Role.ADMIN)
+@command("bash", BashArgs, role=Role.ADMIN, builds_process=True)
 async def bash(ctx: Context, args: BashArgs) -> ProcessSpec:
     """Run a shell script with ``bash -c`` (``sh -c`` where bash is missing). Admin queues only:
     this is the one command that runs a shell, on purpose."""

@@ -18,14 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core0_client.protocol import (
-    Code,
-    Command,
-    Level,
-    Result,
-    State,
-    now_ms,
-)
+from core0_client.protocol import Code, Command, Level, Result, State, now_ms
 
 from core0 import registry
 from core0.backoff import PERMANENT_EXIT
@@ -316,7 +309,11 @@ class JobEngine:
         deadline = asyncio.timeout(job.cmd.max_time)
         try:
             async with deadline:
-                value = await job.spec.handler(ctx, job.args)
+                value, job.prebuilt = job.prebuilt, None
+                if value is None:
+                    value = await job.spec.handler(ctx, job.args)
+                elif isinstance(value, BaseException):
+                    raise value
             if isinstance(value, ProcessSpec):
                 job.process = True
                 return await self._process_run(job, value, None)
@@ -410,7 +407,10 @@ class JobEngine:
             if job.cmd.max_time:
                 remaining = max(0.0, job.cmd.max_time - (now_ms() - job.starttime) / 1000)
             try:
-                status = await asyncio.wait_for(asyncio.shield(done), remaining)
+                if remaining is None and resume is None:  # no layers: a loop turn each
+                    status = await done  # (a cancel: the reaper still records the exit)
+                else:
+                    status = await asyncio.wait_for(asyncio.shield(done), remaining)
             except TimeoutError:
                 timed_out = True
                 assert job.pid is not None

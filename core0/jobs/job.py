@@ -70,6 +70,9 @@ class Job:
         self.internal = not processing
         #: restart delays when protected (the supervisor's rule)
         self.backoff = Backoff()
+        #: the first run's handler outcome (a ProcessSpec or the error it raised), built
+        #: while the pickup was in flight (:meth:`JobEngine.prebuild`)
+        self.prebuilt: Any = None
         #: called after every run with its result (service managers watch these)
         self.run_end: list[Callable[[Job, Result], None]] = []
         #: set when the job is over; ``final`` holds its last result
@@ -160,3 +163,15 @@ def queue_scope(cfg: Config, processing: str) -> str | None:
     if not processing.startswith(head) or not processing.endswith(":processing"):
         return None
     return cfg.bus.private_prefix(processing[len(head):-len(":processing")])
+
+
+async def prebuild(engine: JobEngine, job: Job) -> None:
+    """Run a ``builds_process`` handler ahead of the job, while its pickup is in flight (no
+    side effect: its ProcessSpec, or its error, is kept for the first run)."""
+    if job.spec.builds_process and not job.cmd.max_time:
+        from core0.context import Context
+
+        try:
+            job.prebuilt = await job.spec.handler(Context(engine, job), job.args)  # type: ignore[arg-type]
+        except Exception as e:
+            job.prebuilt = e

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: builtins' values: anything not JSON-native as its str() (one encoder, built once)
+_LENIENT = json.JSONEncoder(default=str)
+
 #: signals after which a job counts as KILLED rather than failed
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 #: commands whose error text is also the result's stderr (0-core's client raises with it)
@@ -30,7 +33,7 @@ def builtin_result(job: Job | InlineJob, value: Any) -> Result:
         command=job.cmd.command,
         state=State.SUCCESS,
         code=0,
-        data=json.dumps(value, default=str),
+        data=_LENIENT.encode(value),
         level=Level.RESULT_JSON,
         starttime=job.starttime,
         time=now_ms() - job.starttime,

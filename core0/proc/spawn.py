@@ -35,6 +35,20 @@ except ImportError:  # pragma: no cover
     _FORK_EXEC = False
 
 
+#: ``KEY=value`` entries already encoded (the same node environment goes to every job)
+_ENTRIES: dict[tuple[str, str], bytes] = {}
+
+
+def _env_entry(key: str, value: str) -> bytes:
+    entry = _ENTRIES.get((key, value))
+    if entry is None:
+        entry = os.fsencode(key) + b"=" + os.fsencode(value)
+        if len(_ENTRIES) >= 2048:
+            _ENTRIES.clear()
+        _ENTRIES[(key, value)] = entry
+    return entry
+
+
 def spawn_program(
     path: str,
     argv: Sequence[str],
@@ -52,7 +66,7 @@ def spawn_program(
         actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
         return os.posix_spawn(path, list(argv), dict(env), file_actions=actions,
                               setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS)
-    env_list = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    env_list = [_env_entry(k, v) for k, v in env.items()]
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     try:
         fork_exec: Any = _posixsubprocess.fork_exec

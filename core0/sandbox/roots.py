@@ -114,27 +114,26 @@ def clone(lower: Path, cdir: Path, owner: int = 0) -> Path:
     return merged
 
 
-def is_mounted(path: Path) -> bool:
-    target = os.path.realpath(path)
+def _mount_points() -> list[str]:
+    """Every mount point of this mount namespace (octal escapes of /proc decoded)."""
+    out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[4].encode().decode("unicode_escape") == target:
-                return True
-    return False
+            fields = line.split(" ", 5)
+            if len(fields) > 4:
+                p = fields[4]
+                out.append(p.encode().decode("unicode_escape") if "\\" in p else p)
+    return out
+
+
+def is_mounted(path: Path) -> bool:
+    return os.path.realpath(path) in _mount_points()
 
 
 def mounts_below(path: Path) -> list[str]:
     """Mount points at or below ``path``, deepest first."""
     target = os.path.realpath(path)
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4:
-                p = fields[4].encode().decode("unicode_escape")
-                if p == target or p.startswith(target + "/"):
-                    out.append(p)
+    out = [p for p in _mount_points() if p == target or p.startswith(target + "/")]
     return sorted(set(out), key=lambda p: (-p.count("/"), p))
 
 

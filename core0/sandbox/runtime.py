@@ -169,9 +169,18 @@ class Runtime:
             opts.append(f"--cwd={cwd}")
         return self.argv("exec", *opts, "--", cid, *argv)
 
+    def known(self, cid: str) -> bool:
+        """Does the runtime hold state for ``cid``? (runc and crun keep a directory per
+        container in their ``--root`` from create to delete; a foreground ``run`` removes it
+        when the container ends.)"""
+        return (self.root / cid).is_dir()
+
     async def stop(self, cid: str, pid: int = 0, grace: float = 5.0) -> None:
         """TERM the init, KILL every process after ``grace`` s, then delete. With the init's
-        ``pid`` its end is watched in /proc (no runtime call per poll)."""
+        ``pid`` its end is watched in /proc (no runtime call per poll). Nothing to do (no
+        runtime call) once the runtime has no state for it: a foreground run that ended."""
+        if not self.known(cid):
+            return
         if not pid:
             st = await self.state(cid)
             if st is None:
