@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hi
 
 from core0 import schema
 from core0.errors import BadRequest
+from core0.segconfig import SegmentsConfig
 from core0.virtconfig import VirtConfig
 
 if TYPE_CHECKING:  # imported lazily: PID 1 loads the config without the command registry
@@ -341,6 +342,7 @@ class Config(schema.Schema):
     virt: VirtConfig = field(default_factory=VirtConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -386,6 +388,7 @@ _SECTIONS: dict[str, type[schema.Schema]] = {  # VirtConfig: core0/virtconfig.py
     "virt": VirtConfig,
     "node": NodeConfig,
     "metrics": MetricsConfig,
+    "segments": SegmentsConfig,
 }
 
 

@@ -117,11 +117,17 @@ def env() -> Iterator[Env]:
                     "64M"], check=True)
     try:
         with netns("host") as ns, libvirtd(ns.name) as lv:
+            # an underlay for vlan/vxlan segments (core0/net/segments.py)
+            ns.run("ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+            ns.run("ip", "addr", "add", "10.231.8.1/24", "dev", "under0")
+            for link in ("under0", "under1"):
+                ns.run("ip", "link", "set", link, "up")
             cfg = base / "core0.toml"
             cfg.write_text(
                 f'[main]\nfilesystem_root = "{root}"\n'
                 f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
-                f'probe_kernel = "{root / "images/vmlinuz"}"\n')
+                f'probe_kernel = "{root / "images/vmlinuz"}"\n'
+                '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.8.2"]\n')
             node = start_node(ns, base, cfg)
             try:
                 yield Env(ns, lv, node, root, base / "virt", cfg)

@@ -356,14 +356,32 @@ async def detach_disk(ctx: Context, args: DiskArgs) -> None:
 
 @command("kvm.add_nic", NicArgs)
 async def add_nic(ctx: Context, args: NicArgs) -> None:
-    """Hot-plug a nic: ``type`` bridge onto bridge ``id`` (vlan/vxlan need OVS: 412; a second
-    default nic: 409)."""
-    from core0.virt.conn import libvirt_module
+    """Hot-plug a nic: ``type`` bridge onto bridge ``id``, vlan/vxlan onto the node's segment
+    bridge of VLAN id/VNI ``id`` (docs/networking.md; a second default nic: 409)."""
+    from core0.net import segments
 
     v, dom, live, _ = await _live(ctx, args.uuid)
     if args.type == "default":
         raise Conflict("type: a VM has at most one default nic, given at creation")
     nic = v._nic(Nic(args.type, args.id, args.hwaddr), 0)
+    pinned = ""
+    if args.type in ("vlan", "vxlan"):
+        pinned = await ctx.to_thread(segments.ensure, ctx.config.segments, args.type, args.id,
+                                     None, "id", True)
+    try:
+        await _plug(v, dom, live, nic)
+    except BaseException:
+        if pinned:
+            segments.unpin(pinned)
+            await ctx.to_thread(segments.collect)  # a segment made for nothing goes again
+        raise
+    if pinned:
+        segments.unpin(pinned)
+
+
+async def _plug(v: Virt, dom: Any, live: Any, nic: Any) -> None:
+    from core0.virt.conn import libvirt_module
+
     if any(n["mac"].lower() == nic.mac.lower() for n in live.nics):
         raise Conflict(f"hwaddr: {nic.mac} is in use on this VM already", field="hwaddr")
     xml = dx.element_xml(dx.nic_element(nic))
@@ -381,7 +399,12 @@ async def remove_nic(ctx: Context, args: NicArgs) -> None:
     if args.hwaddr:
         found = next((n for n in live.nics if n["mac"].lower() == args.hwaddr.lower()), None)
     elif args.id:
-        found = next((n for n in live.nics if n["bridge"] == args.id), None)
+        bridge = args.id
+        if args.type in ("vlan", "vxlan"):
+            from core0.net import segments
+
+            bridge = segments.names(args.type, args.id)[2]
+        found = next((n for n in live.nics if n["bridge"] == bridge), None)
     else:
         raise BadRequest("give hwaddr or id", field="hwaddr")
     if found is None:
@@ -389,6 +412,10 @@ async def remove_nic(ctx: Context, args: NicArgs) -> None:
     dev = dx.find_device(xml, "interface", mac=found["mac"])
     assert dev is not None
     await _detach(v, dom, dev, found["alias"], "remove_nic")
+    if found["bridge"].startswith(("c0vxb", "c0vlb")):  # a segment left without ports goes
+        from core0.net import segments
+
+        await ctx.to_thread(segments.collect)
 
 
 @command("kvm.limit_disk_io", LimitArgs)

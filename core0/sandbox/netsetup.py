@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from core0 import registry
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.net import netlink as nl
+from core0.net import segments
 from core0.net import validate as v
 from core0.sandbox.store import Nic, Record
 
@@ -170,9 +171,20 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
                                             gw)
             nic.ip, nic.state = cidr, "configured"
             return nic
+    elif nic.type in ("vlan", "vxlan"):  # a veth into the segment's bridge (segments.py)
+        cidr, gw = _static(nic, index)
+        bridge = await ctx.to_thread(segments.ensure, ctx.config.segments, nic.type, nic.id,
+                                     None, f"nics[{index}].id", True)
+        try:
+            nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr,
+                                            gw)
+        finally:
+            segments.unpin(bridge)
+        nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
+        return nic
     else:
         raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
-                                 "(default, bridge and macvlan are)")
+                                 "(default, bridge, macvlan, vlan and vxlan are)")
     nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
     return nic
@@ -196,6 +208,8 @@ async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
     if nic.state != "destroyed":
         if nic.host_link:
             await ctx.to_thread(_del_link, nic.host_link)
+            if nic.type in ("vlan", "vxlan"):
+                await ctx.to_thread(segments.collect)
         elif nic.inner and netns:
             await ctx.to_thread(_del_inner, netns, nic.inner)
     nic.state = "destroyed"

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.init import libvirtd as embedded_libvirtd
+from core0.net import segments
 from core0.net import validate as nv
 from core0.virt import disks, fetch, incoming, network, probe
 from core0.virt import domain as dx
@@ -244,11 +245,10 @@ class Virt:
 
     def _nic(self, n: Nic, i: int) -> dx.Nic:
         where = f"nics[{i}]"
-        if n.type in ("vlan", "vxlan"):
-            from core0.errors import PreconditionFailed
-
-            raise PreconditionFailed(f"{where}.type: {n.type} nics need OVS, which this node "
-                                     "does not run")
+        if n.type in ("vlan", "vxlan"):  # a port of the segment's bridge (made in create)
+            _, _, bridge = segments.names(n.type, n.id, f"{where}.id")
+            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else _random_mac()
+            return dx.Nic(bridge, mac, "bridge")
         if n.type == "bridge":
             if not n.id:
                 raise BadRequest(f"{where}.id: the bridge name is required", field=where)
@@ -277,6 +277,26 @@ class Virt:
         if args.port and not defaults:
             raise BadRequest("port: forwards need a default nic", field="port")
         await self.ready()
+        pinned = [await asyncio.to_thread(segments.ensure, ctx.config.segments, n.type, n.id,
+                                          None, f"nics[{i}].id", True)
+                  for i, n in enumerate(args.nics) if n.type in ("vlan", "vxlan")]
+        try:
+            uuid = await self._create(ctx, args, nics, defaults, prefer_uuid, declared,
+                                     (kernel, initrd))
+        except BaseException:
+            for bridge in pinned:
+                segments.unpin(bridge)
+            if pinned:  # segments made for nothing go again
+                await asyncio.to_thread(segments.collect)
+            raise
+        for bridge in pinned:
+            segments.unpin(bridge)
+        return uuid
+
+    async def _create(self, ctx: Context, args: CreateArgs, nics: list[dx.Nic],
+                      defaults: list[dx.Nic], prefer_uuid: str, declared: str,
+                      boot: tuple[str, str]) -> str:
+        kernel, initrd = boot
         dtype = await self.domain_type()
         uuid = str(uuidlib.uuid4())
         if prefer_uuid and prefer_uuid not in await self.live_uuids():
@@ -374,6 +394,7 @@ class Virt:
                          rec.get("migrated") or rec.get("migrating"))
                 return
             await asyncio.to_thread(shutil.rmtree, self.vm_dir(uuid), True)
+            await asyncio.to_thread(segments.collect)  # vlan/vxlan segments left unused
             log.info("virt: cleaned up after VM %s", uuid)
         except Exception:
             log.exception("virt: cleanup of VM %s failed", uuid)

@@ -111,8 +111,10 @@ class Nic(Schema):
 
     type: Annotated[Literal["default", "bridge", "vlan", "vxlan"],
                     Doc("default: core0's NAT bridge kvm0 (DHCP, fixed address per VM); "
-                        "bridge: onto bridge ``id``; vlan/vxlan need OVS (412)")] = "default"
-    id: Annotated[str, Doc("bridge name (type bridge)"), Len(0, 64)] | None = None
+                        "bridge: onto bridge ``id``; vlan/vxlan: VLAN id/VNI ``id``, a segment "
+                        "bridge of the node (docs/networking.md)")] = "default"
+    id: Annotated[str, Doc("bridge name (bridge), VLAN id (vlan), VNI (vxlan)"),
+                  Len(0, 64)] | None = None
     hwaddr: v.MAC | None = None
 
 

@@ -71,9 +71,14 @@ def kvm() -> Iterator[Kvm]:
     trust = os.environ.get("SSL_CERT_FILE")
     try:
         with netns("ckvm") as ns, libvirtd(ns.name) as lv:
+            # an underlay for vlan/vxlan segments (core0/net/segments.py)
+            ns.run("ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+            for link in ("under0", "under1"):
+                ns.run("ip", "link", "set", link, "up")
             node = start(ns, base, f'[main]\nfilesystem_root = "{root}"\n'
                          f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
-                         f'probe_kernel = "{root / "images/vmlinuz"}"\n')
+                         f'probe_kernel = "{root / "images/vmlinuz"}"\n'
+                         '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.9.2"]\n')
             os.environ["SSL_CERT_FILE"] = str(node.ca)
             try:
                 with inside(ns):
@@ -208,11 +213,13 @@ def test_devices_images_reboot_shutdown(kvm: Kvm, zc: Any, record: Any) -> None:
             mac = "52:54:00:aa:bb:cd"
             assert cl.kvm.add_nic(uuid, "bridge", "kvm0", mac) is None
             assert mac in dom.XMLDesc(0)
-            record("kvm.add_nic", "`None`; a bridge nic hot-plugged (a second default nic: "
-                   "`ResultError` 409; vlan/vxlan: 412)")
-            with pytest.raises(zc.ResultError) as e:
-                cl.kvm.add_nic(uuid, "vxlan", "5")
-            assert e.value.code == 412
+            record("kvm.add_nic", "`None`; a bridge nic hot-plugged; vlan/vxlan: a port of "
+                   "the node's segment bridge for that VLAN id/VNI (a second default nic: "
+                   "`ResultError` 409)")
+            assert cl.kvm.add_nic(uuid, "vxlan", "5") is None
+            assert "c0vxb5" in dom.XMLDesc(0)
+            cl.kvm.remove_nic(uuid, "vxlan", "5", None)
+            assert _wait(lambda: "c0vxb5" not in dom.XMLDesc(0))
             cl.kvm.remove_nic(uuid, "bridge", None, mac)
             assert _wait(lambda: mac not in dom.XMLDesc(0))
             record("kvm.remove_nic", "`None`; the nic unplugged (matched by hwaddr)")

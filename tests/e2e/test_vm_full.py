@@ -117,6 +117,12 @@ def test_link_kinds_this_host_lacks(vm: VM) -> None:
         c.ip.link.set("d1", netns=ns, master="b0")
         assert c.ip.link.get("d1", netns=ns)["master"] == "b0"
         assert c.ip.link.get("b0", netns=ns)["type"] == "bond"
+        # a VLAN segment (vlan nics of VMs and containers: core0/net/segments.py) on d0
+        code = ("from core0.net import segments; from core0.segconfig import SegmentsConfig; "
+                f"c = SegmentsConfig(parent='d0'); print(segments.ensure(c, 'vlan', 200, "
+                f"netns='{ns}')); print(segments.collect(netns='{ns}'))")
+        res = c.system(f"python3.11 -c \"{code}\"").get(120)
+        assert res.stdout.split() == ["c0vlb200", "['c0vlb200']"], (res.stdout, res.stderr)
     finally:
         c.ip.netns.delete(ns)
         c.close()

@@ -184,7 +184,9 @@ def test_hostile_specs_refused(env: Env) -> None:
         assert _bad(env, memory=mem) == 400, mem
     assert _bad(env, nics=[{"type": "bridge", "id": "br0'><x"}]) == 400
     assert _bad(env, nics=[{"type": "default", "hwaddr": "00:11:22:33:44:5g"}]) == 400
-    assert _bad(env, nics=[{"type": "vxlan", "id": "7"}]) == 412
+    assert _bad(env, nics=[{"type": "vxlan", "id": "0"}]) == 400
+    assert _bad(env, nics=[{"type": "vlan", "id": "4095"}]) == 400
+    assert _bad(env, nics=[{"type": "vxlan", "id": "7;x"}]) == 400
     assert _bad(env, port={"8080": 70000}) == 400
     assert _bad(env, port={"80'80": 80}) == 400
     assert _bad(env, flist="https://hub/x.flist") == 412
@@ -274,9 +276,17 @@ def _devices(env: Env, c0: Any, c: Any, uuid: str) -> None:
         # a second nic, bridged (onto kvm0 itself), then removed by MAC
         c0.kvm.add_nic(uuid, "bridge", "kvm0", "52:54:00:aa:bb:cc")
         assert "52:54:00:aa:bb:cc" in dom.XMLDesc(0)
-        assert code_of(c.sync, "kvm.add_nic", {"uuid": uuid, "type": "vxlan", "id": "5"}) == 412
         c0.kvm.remove_nic(uuid, "bridge", None, "52:54:00:aa:bb:cc")
         assert wait_until(lambda: "52:54:00:aa:bb:cc" not in dom.XMLDesc(0), 30)
+        # a vxlan nic: a port of the node's segment bridge for VNI 5, made on demand and
+        # removed with its last port (core0/net/segments.py)
+        c0.kvm.add_nic(uuid, "vxlan", "5", "52:54:00:aa:bb:cd")
+        assert "c0vxb5" in dom.XMLDesc(0)
+        assert "vxlan id 5" in env.ns.run("ip", "-d", "link", "show", "c0vx5").stdout
+        c0.kvm.remove_nic(uuid, "vxlan", "5", None)
+        assert wait_until(lambda: "52:54:00:aa:bb:cd" not in dom.XMLDesc(0), 30)
+        assert wait_until(lambda: env.ns.run("ip", "link", "show", "c0vxb5",
+                                             check=False).returncode != 0, 10)
     finally:
         conn.close()
 
