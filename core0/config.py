@@ -213,6 +213,9 @@ class MainConfig(Section):
     #: a directory on a persistent disk or dataset ("" = none): container images and the
     #: declared (``persistent``) containers live there and come back after a reboot
     persistent_dir: Annotated[str, schema.Pattern(r"(/.*)?")] = ""
+    #: ``core0 init``: the disk mounted on persistent_dir at boot (``/dev/…``, ``LABEL=…``)
+    persistent_device: Annotated[str, schema.Pattern(
+        r"(/dev/[A-Za-z0-9/_.-]+|LABEL=[A-Za-z0-9_.-]{1,64})?")] = ""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command
 
+from core0.errors import PreconditionFailed
+
 if TYPE_CHECKING:
     from core0.config import Config
 
@@ -33,9 +35,34 @@ MAX_DECLARED = 1024
 
 
 def base(cfg: Config) -> Path | None:
-    """``main.persistent_dir`` (None when unset)."""
+    """``main.persistent_dir`` (None when unset); 412 while its ``persistent_device`` is not
+    mounted there (nothing is written to the RAM file system below it)."""
     pd = cfg.main.persistent_dir
+    if pd and not persistent_ready(cfg):
+        raise PreconditionFailed(f"the persistent disk {cfg.main.persistent_device} is not "
+                                 f"mounted on {pd} (see {PERSISTENT_STATE} in the state dir)")
     return Path(pd) if pd else None
+
+
+#: init's word on the persistent disk, in the state dir (core0/init/persistent.py)
+PERSISTENT_STATE = "persistent.json"
+
+
+def persistent_state(cfg: Config) -> dict[str, Any] | None:
+    """What ``core0 init`` wrote about ``persistent_device`` (None: nothing yet)."""
+    try:
+        return dict(json.loads((Path(cfg.state_dir) / PERSISTENT_STATE).read_text()))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def persistent_ready(cfg: Config) -> bool:
+    """May ``persistent_dir`` be used? Without ``persistent_device``: yes (a directory the
+    operator provides); with one: once init has mounted it."""
+    if not cfg.main.persistent_device:
+        return True
+    st = persistent_state(cfg)
+    return bool(st and st.get("mounted"))
 
 
 def spec_hash(arguments: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from core0_client.protocol import (
 )
 from redis.exceptions import RedisError
 
-from core0 import registry
+from core0 import declared, registry
 from core0.boot.services import ServiceManager
 from core0.bus.endpoint import make_client
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
@@ -146,18 +146,10 @@ class Dispatcher:
             self.engine.shim = self.shim
         await retry_forever("connect", self.bus.ping)
         adopted = self.engine.adopt_all(self._parse_saved)
-        try:  # declared containers (main.persistent_dir) come back: core0/sandbox/persist.py
-            from core0.sandbox import persist
-
-            persist.restore(self.engine, self.cfg)
-        except Exception:
-            log.exception("declared containers not restored")
-        try:  # and declared VMs: core0/virt/persist.py
-            from core0.virt import persist as vm_persist
-
-            vm_persist.restore(self.engine, self.cfg)
-        except Exception:
-            log.exception("declared VMs not restored")
+        if self.cfg.main.persistent_device:  # init mounts it meanwhile (core0/init/persistent.py)
+            self._loops.append(asyncio.ensure_future(self._restore_declared(wait=True)))
+        else:
+            await self._restore_declared()
         log.info("dispatcher up (pid %d); adopted %d job(s); queues %s", os.getpid(), adopted,
                  {q: r.label for q, r in self.roles.items()})
         for name, role in self.roles.items():
@@ -315,6 +307,31 @@ class Dispatcher:
                     pending = []
         finally:
             link.close()
+
+    async def _restore_declared(self, wait: bool = False) -> None:
+        """Declared containers and VMs (main.persistent_dir) come back; ``wait``: first for
+        init's word on the persistent disk (it is mounted after the drivers load)."""
+        if wait:
+            for _ in range(900):  # 3 minutes
+                if declared.persistent_state(self.cfg) is not None:
+                    break
+                await asyncio.sleep(0.2)
+            if not declared.persistent_ready(self.cfg):
+                log.error("persistent disk %s not mounted: declared containers and VMs stay "
+                          "down", self.cfg.main.persistent_device)
+                return
+        try:  # declared containers come back: core0/sandbox/persist.py
+            from core0.sandbox import persist
+
+            persist.restore(self.engine, self.cfg)
+        except Exception:
+            log.exception("declared containers not restored")
+        try:  # and declared VMs: core0/virt/persist.py
+            from core0.virt import persist as vm_persist
+
+            vm_persist.restore(self.engine, self.cfg)
+        except Exception:
+            log.exception("declared VMs not restored")
 
     def _settle(self, written: list[bool]) -> None:
         self.stats["duplicates"] += written.count(False)

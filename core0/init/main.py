@@ -162,6 +162,10 @@ class Init:
         self._core_services()
         if cfg.init.modules:
             self._modules()
+        if cfg.main.persistent_device:  # once the drivers are loaded: core0/init/persistent.py
+            from core0.init import persistent
+
+            persistent.mount_persistent(cfg)
         self._network()
         self._write_state()
         log.info("boot: services started %.2fs after init", time.monotonic() - self.boot_started)
