@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hi
 
 from core0 import schema
 from core0.errors import BadRequest
+from core0.image.config import ImageConfig
 
 if TYPE_CHECKING:  # imported lazily: PID 1 loads the config without the command registry
     from core0.registry import Role
@@ -358,6 +359,7 @@ class Config(schema.Schema):
     virt: VirtConfig = field(default_factory=VirtConfig)
     node: NodeConfig = field(default_factory=NodeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -392,17 +394,10 @@ class Config(schema.Schema):
         return d
 
 
-_SECTIONS: dict[str, type[Section]] = {
-    "main": MainConfig,
-    "redis": RedisConfig,
-    "bus": BusConfig,
-    "init": InitConfig,
-    "net": NetConfig,
-    "services": ServicesConfig,
-    "cloudconfig": CloudConfigConfig,
-    "virt": VirtConfig,
-    "node": NodeConfig,
-    "metrics": MetricsConfig,
+_SECTIONS: dict[str, type[schema.Schema]] = {
+    "main": MainConfig, "redis": RedisConfig, "bus": BusConfig, "init": InitConfig,
+    "net": NetConfig, "services": ServicesConfig, "cloudconfig": CloudConfigConfig,
+    "virt": VirtConfig, "node": NodeConfig, "metrics": MetricsConfig, "image": ImageConfig,
 }
 
 

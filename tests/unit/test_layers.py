@@ -17,13 +17,15 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (0, "core", ("core0", "core0.errors", "core0.schema", "core0.fspath", "core0.config",
                  "core0.registry", "core0.docs", "core0.redis_server", "core0.backoff",
-                 "core0.mountinfo", "core0.security", "core0.fswalk")),
+                 "core0.mountinfo", "core0.security", "core0.fswalk",
+                 "core0.image.config")),  # the [image] section, loaded by core0.config
     (1, "proc", ("core0.proc",)),
     (2, "init", ("core0.init",)),
     (2, "bus", ("core0.bus",)),
     (3, "context", ("core0.context",)),
     (3, "fleet", ("core0.fleet",)),
-    (4, "machinery", ("core0.storage", "core0.net", "core0.sandbox", "core0.virt")),
+    (4, "machinery", ("core0.storage", "core0.net", "core0.sandbox", "core0.virt",
+                      "core0.image")),
     (5, "jobs", ("core0.jobs",)),
     (6, "boot", ("core0.boot",)),
     (7, "commands", ("core0.commands",)),
