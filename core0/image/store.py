@@ -162,7 +162,7 @@ class Store:
             return None
         return Slot(digest, path, manifest)
 
-    def list(self) -> list[Slot]:
+    def slots_list(self) -> list[Slot]:
         out = []
         with contextlib.suppress(FileNotFoundError):
             for p in sorted(self.slots.iterdir()):
@@ -174,7 +174,7 @@ class Store:
     def prune(self, keep: set[str | None]) -> list[str]:
         """Remove slots not in ``keep`` and leftover incoming directories; → removed digests."""
         removed = []
-        for s in self.list():
+        for s in self.slots_list():
             if s.digest not in keep:
                 shutil.rmtree(s.path, ignore_errors=True)
                 removed.append(s.digest)
