@@ -25,7 +25,7 @@ from conftest import ROOT, Node, require, start_node
 from wire import cmd, push, result
 
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
-import sign  # noqa: E402  (the image builder's signing step)
+import sign  # the image builder's signing step
 
 INITRD = "initramfs.cpio.zst"
 
