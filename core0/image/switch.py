@@ -11,7 +11,7 @@ image it is. Only a dispatcher whose supervisor is the node's init may switch: u
 from __future__ import annotations
 
 import os
-import shlex
+import re
 from collections.abc import Awaitable, Callable, Sequence
 
 from core0.errors import PreconditionFailed
@@ -35,13 +35,10 @@ def require_node_init() -> None:
 
 
 def next_cmdline(current: str, digest: str) -> str:
-    """The running kernel's command line with ``core0.image=<digest>`` (one, last)."""
-    try:
-        words = shlex.split(current)
-    except ValueError:
-        words = current.split()
-    words = [w for w in words if not w.startswith(CMDLINE_KEY + "=")]
-    return " ".join([*map(shlex.quote, words), f"{CMDLINE_KEY}={digest}"])
+    """The running kernel's command line with ``core0.image=<digest>`` (one, last). The text
+    is kept as it is (the kernel's own double-quote rules), only earlier marks are removed."""
+    kept = re.sub(rf"(?:^|\s){re.escape(CMDLINE_KEY)}=\S*", "", current).strip()
+    return f"{kept} {CMDLINE_KEY}={digest}".strip()
 
 
 def current_cmdline() -> str:
