@@ -165,9 +165,16 @@ async def _roll_back(store: Store, state: dict[str, Any], digest: str,
                         "time": round(time.time(), 3)}
     entry = store.record(state, "rollback", digest=digest, to=target, how="kexec")
     store.save(state)
-    await switch.load(run, slot)
-    await switch.execute(run)
-    return entry  # not reached: kexec -e replaced the kernel
+    try:
+        await switch.load(run, slot, store, [slot])
+        await switch.execute(run)
+    except Exception as e:  # recorded, and this process ends: no retry loop
+        state["pending"] = None
+        state["current"] = digest
+        entry = store.record(state, "rollback-failed", digest=digest, to=target,
+                             reason=str(e)[:300])
+        store.save(state)
+    return entry  # on success not reached: kexec -e replaced the kernel
 
 
 def main(argv: list[str] | None = None) -> int:

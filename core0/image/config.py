@@ -25,7 +25,9 @@ class ImageConfig(schema.Schema):
     #: seconds a freshly switched image has to answer ``core.ping`` with every protected startup
     #: service running; past it the node goes back to the previous image by itself
     boot_deadline: Annotated[float, schema.Range(5, 86400)] = 300.0
-    #: where images are staged ("" = <main.persistent_dir>/images, else <state_dir>/images)
+    #: where images are staged without a persistent dir ("" = <state_dir>/images; the node
+    #: image says /var/lib/core0/images: its initramfs's own filesystem, carried across kexec).
+    #: With ``main.persistent_dir`` they are in <persistent_dir>/images
     dir: Annotated[str, schema.Pattern(r"(/.*)?")] = ""
     #: largest artifact (vmlinuz, initramfs) accepted, in bytes
     max_bytes: Annotated[int, schema.Range(1 << 20)] = 2 << 30

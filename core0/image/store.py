@@ -1,6 +1,6 @@
 """Where images are staged and what the node knows about them.
 
-Layout of the images directory (``image.dir``, else ``<main.persistent_dir>/images``, else
+Layout of the images directory (``<main.persistent_dir>/images``, else ``image.dir``, else
 ``<state_dir>/images``)::
 
     state.json                 current, previous, pending switch, history (atomic writes)
@@ -44,10 +44,10 @@ STATE = "state.json"
 
 def images_dir(cfg: Config) -> Path:
     """The images directory for this configuration."""
-    if cfg.image.dir:
-        return Path(cfg.image.dir)
     if cfg.main.persistent_dir:
         return Path(cfg.main.persistent_dir) / "images"
+    if cfg.image.dir:
+        return Path(cfg.image.dir)
     return cfg.state_dir / "images"
 
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 from core0.errors import PreconditionFailed
-from core0.image.store import CMDLINE_KEY, Slot
+from core0.image import carry as carry_mod
+from core0.image.store import CMDLINE_KEY, Slot, Store
 from core0.proc.process import RunResult
 
 #: runs a tool to its end without raising on its status (``ctx.run(..., check=False)`` in a
@@ -46,21 +49,33 @@ def current_cmdline() -> str:
         return f.read().strip()
 
 
-async def load(run: Run, slot: Slot) -> list[str]:
+async def load(run: Run, slot: Slot, store: Store | None = None,
+               carry: Sequence[Slot] = ()) -> list[str]:
     """``kexec -l`` the slot's kernel and initramfs (kexec_file_load first: the kernel checks
-    the image itself; the older kexec_load where that is refused). Returns the argv used."""
+    the image itself; the older kexec_load where that is refused). When ``store`` lives in the
+    initramfs's own filesystem, its state and the ``carry`` slots ride along in a second cpio
+    archive (core0.image.carry). Returns the argv used."""
     require_node_init()
     cmdline = next_cmdline(current_cmdline(), slot.digest)
-    base = [KEXEC, "-l", str(slot.kernel), f"--initrd={slot.initramfs}",
-            f"--command-line={cmdline}"]
-    errors = []
-    for how in ("--kexec-file-syscall", "--kexec-syscall"):
-        argv = [*base[:1], how, *base[1:]]
-        res = await run(argv)
-        if res.status == 0:
-            return argv
-        errors.append(f"{how}: {res.stderr.strip()[-300:]}")
-    raise PreconditionFailed("kexec -l failed: " + "; ".join(errors))
+    initrd = slot.initramfs
+    tmp: Path | None = None
+    if store is not None and carry_mod.carried(store):
+        tmp = store.root / f".kexec-initrd-{secrets.token_hex(6)}"
+        initrd = carry_mod.initrd_with(slot.initramfs, tmp, store, carry)
+    try:
+        base = [KEXEC, "-l", str(slot.kernel), f"--initrd={initrd}",
+                f"--command-line={cmdline}"]
+        errors = []
+        for how in ("--kexec-file-syscall", "--kexec-syscall"):
+            argv = [*base[:1], how, *base[1:]]
+            res = await run(argv)
+            if res.status == 0:
+                return argv
+            errors.append(f"{how}: {res.stderr.strip()[-300:]}")
+        raise PreconditionFailed("kexec -l failed: " + "; ".join(errors))
+    finally:
+        if tmp is not None:  # the kernel holds its own copy once loaded
+            tmp.unlink(missing_ok=True)
 
 
 async def execute(run: Run) -> None:

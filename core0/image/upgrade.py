@@ -106,17 +106,26 @@ async def upgrade(ctx: Context, *, url: str | None, path: str | None, sha256: st
 
 
 async def switch_to(ctx: Context, store: Store, slot: Slot, event: str) -> list[str]:
-    """Load ``slot`` with kexec, record the pending switch, and start it once the command's
-    result is written. Returns the kexec argv."""
+    """Record the pending switch to ``slot``, load it with kexec (the images carried along
+    when they live in the initramfs: the target and the running image), and start it once the
+    command's result is written. Returns the kexec argv."""
     run = _runner(ctx)
-    argv = await switch.load(run, slot)
     state = store.state()
     running = booted_digest(ctx.config)
+    before = dict(state)
     state["pending"] = {"digest": slot.digest, "from": running, "boots": 0,
                         "time": round(time.time(), 3)}
     store.record(state, event, digest=slot.digest, version=slot.version, how="kexec",
                  **{"from": running})
     store.save(state)
+    carry = [s for s in (slot, store.slot(running)) if s is not None]
+    try:
+        argv = await switch.load(run, slot, store, carry)
+    except BaseException as e:
+        before["history"] = state["history"]
+        store.record(before, "switch-failed", digest=slot.digest, reason=str(e)[:300])
+        store.save(before)
+        raise
     task = asyncio.ensure_future(_execute_after_result(ctx, run))
     _pending.add(task)
     task.add_done_callback(_pending.discard)

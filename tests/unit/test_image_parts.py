@@ -60,8 +60,11 @@ def test_images_dir_and_booted_digest(tmp_path: Path) -> None:
                          env={}, overrides={"main": {"state_dir": str(tmp_path)}})
     assert images_dir(cfg) == tmp_path / "images" and booted_digest(cfg) is None
     cfg = configmod.load(None, cmdline=f"core0.image={D} core0.image.dir=/data/img", env={},
-                         overrides={"main": {"persistent_dir": "/p"}})
+                         overrides={"main": {"state_dir": str(tmp_path)}})
     assert booted_digest(cfg) == D and images_dir(cfg) == Path("/data/img")
+    cfg = configmod.load(None, cmdline="core0.image.dir=/data/img", env={},
+                         overrides={"main": {"persistent_dir": "/p"}})
+    assert images_dir(cfg) == Path("/p/images")  # a disk wins
     cfg = configmod.load(None, cmdline="core0.image=../../etc", env={},
                          overrides={"main": {"persistent_dir": "/p"}})
     assert booted_digest(cfg) is None and images_dir(cfg) == Path("/p/images")
@@ -87,3 +90,43 @@ def test_store_stage_prune_and_history_bound(tmp_path: Path) -> None:
     assert len(hist) == 200 and hist[-1]["n"] == 249
     with pytest.raises(ValueError):
         store.stage(store.incoming(), "../x")
+
+
+def _newc_entries(data: bytes) -> dict[str, tuple[int, bytes]]:
+    """name → (mode, contents) of a newc archive (the kernel's reading of it)."""
+    out: dict[str, tuple[int, bytes]] = {}
+    off = 0
+    while True:
+        assert data[off:off + 6] == b"070701", off
+        f = [int(data[off + 6 + 8 * i: off + 14 + 8 * i], 16) for i in range(13)]
+        mode, size, namesize = f[1], f[6], f[11]
+        name = data[off + 110: off + 110 + namesize - 1].decode()
+        off += 110 + namesize
+        off += -off % 4
+        if name == "TRAILER!!!":
+            return out
+        out[name] = (mode, data[off: off + size])
+        off += size + (-size % 4)
+
+
+def test_carried_initrd_is_the_initramfs_then_a_cpio_of_the_store(tmp_path: Path) -> None:
+    from core0.image.carry import initrd_with
+
+    store = Store(tmp_path / "var/lib/core0/images")
+    inc = store.incoming()
+    (inc / "manifest.json").write_text(json.dumps({"version": "v", "initramfs": "i.cpio.zst"}))
+    (inc / "i.cpio.zst").write_bytes(b"x" * 1001)
+    slot = store.stage(inc, D)
+    state = store.state()
+    store.record(state, "staged", digest=D)
+    store.save(state)
+    out = initrd_with(slot.initramfs, tmp_path / "initrd", store, [slot, slot])
+    data = out.read_bytes()
+    assert data[:1001] == b"x" * 1001 and data[1001:1004] == b"\0\0\0"  # 4-byte boundary
+    entries = _newc_entries(data[1004:])
+    rel = str(store.root.relative_to("/"))
+    assert json.loads(entries[f"{rel}/state.json"][1])["history"][0]["digest"] == D
+    assert entries[f"{rel}/slots/{D}/i.cpio.zst"][1] == b"x" * 1001
+    assert entries[f"{rel}/slots/{D}/manifest.json"][0] == 0o100400
+    assert entries[rel.split("/")[0]][0] == 0o40755  # parents first, as images have them
+    assert entries[rel][0] == entries[f"{rel}/slots/{D}"][0] == 0o40700
