@@ -25,8 +25,9 @@ class UpgradeArgs(Schema):
                       Pattern(r"[0-9a-f]{64}")] = None
     signature: Annotated[str | None, Doc("the minisign signature (.minisig text); default: "
                                          "fetched beside the manifest"), Len(1, 4096)] = None
-    switch: Annotated[Literal["kexec", "none"], Doc("kexec: switch at once after the result; "
-                                                    "none: stage only")] = "kexec"
+    switch: Annotated[Literal["kexec", "reboot", "none"], Doc(
+        "kexec: kexec -e at once after the result; reboot: an ordered reboot (as core.reboot) "
+        "that ends in the new kernel, no firmware; none: stage only")] = "kexec"
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,8 @@ async def upgrade(ctx: Context, args: UpgradeArgs) -> dict[str, Any]:
     ``sha256`` when given), verify the manifest's minisign signature against
     ``image.trusted_keys`` and then every artifact's sha256 **before** anything is staged (a
     refused image leaves nothing behind), stage it beside the current one (the previous one
-    stays), and switch by kexec once this result is written (``switch: none`` stages only).
+    stays), and switch by kexec once this result is written (``switch: reboot``: an ordered
+    reboot ending in the new kernel; ``none``: stage only).
     Progress is on the job's output (``stream: true``). Returns ``digest``, ``version``,
     ``path`` and the ``kexec`` argv. 400 for a bad signature or hash, 412 without trusted
     keys or (kexec) when core0 is not the machine's init."""

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import posixpath
 import shutil
+import signal
 import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
@@ -55,10 +57,10 @@ def _signature_name(src: fetch.Reader) -> str:
 
 async def upgrade(ctx: Context, *, url: str | None, path: str | None, sha256: str | None,
                   signature: str | None, how: str) -> dict[str, Any]:
-    """Verify and stage an image, then switch to it (``how``: kexec or none)."""
+    """Verify and stage an image, then switch to it (``how``: kexec, reboot or none)."""
     cfg = ctx.config
     keys = verify.trusted_keys(cfg.image.trusted_keys)
-    if how == "kexec":
+    if how != "none":
         switch.require_node_init()
         if shutil.which(switch.KEXEC) is None:
             raise PreconditionFailed("kexec is not installed on this node")
@@ -100,22 +102,24 @@ async def upgrade(ctx: Context, *, url: str | None, path: str | None, sha256: st
     store.save(state)
     out: dict[str, Any] = {"digest": v.digest, "version": v.version, "path": str(slot.path),
                            "switch": how}
-    if how == "kexec":
-        out["kexec"] = await switch_to(ctx, store, slot, "upgrade")
+    if how != "none":
+        out["kexec"] = await switch_to(ctx, store, slot, "upgrade", how)
     return out
 
 
-async def switch_to(ctx: Context, store: Store, slot: Slot, event: str) -> list[str]:
+async def switch_to(ctx: Context, store: Store, slot: Slot, event: str,
+                    how: str = "kexec") -> list[str]:
     """Record the pending switch to ``slot``, load it with kexec (the images carried along
     when they live in the initramfs: the target and the running image), and start it once the
-    command's result is written. Returns the kexec argv."""
+    command's result is written: ``kexec -e`` at once (``how`` kexec), or an ordered reboot
+    through PID 1 that ends in the loaded kernel (``how`` reboot). Returns the kexec argv."""
     run = _runner(ctx)
     state = store.state()
     running = booted_digest(ctx.config)
     before = dict(state)
     state["pending"] = {"digest": slot.digest, "from": running, "boots": 0,
                         "time": round(time.time(), 3)}
-    store.record(state, event, digest=slot.digest, version=slot.version, how="kexec",
+    store.record(state, event, digest=slot.digest, version=slot.version, how=how,
                  **{"from": running})
     store.save(state)
     carry = [s for s in (slot, store.slot(running)) if s is not None]
@@ -126,21 +130,28 @@ async def switch_to(ctx: Context, store: Store, slot: Slot, event: str) -> list[
         store.record(before, "switch-failed", digest=slot.digest, reason=str(e)[:300])
         store.save(before)
         raise
-    task = asyncio.ensure_future(_execute_after_result(ctx, run))
+    task = asyncio.ensure_future(_execute_after_result(ctx, run, how))
     _pending.add(task)
     task.add_done_callback(_pending.discard)
     return argv
 
 
-async def _execute_after_result(ctx: Context, run: switch.Run) -> None:
+async def _execute_after_result(ctx: Context, run: switch.Run, how: str) -> None:
     deadline = time.monotonic() + RESULT_WAIT
     while ctx.id not in ctx.engine.recent and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
-    log.warning("%s: kexec -e", ctx.job.cmd.command)
+    log.warning("%s: %s", ctx.job.cmd.command,
+                "kexec -e" if how == "kexec" else "ordered reboot into the loaded kernel")
     try:
-        await switch.execute(run)
+        if how == "kexec":
+            await switch.execute(run)
+        else:
+            switch.require_node_init()
+            os.kill(1, signal.SIGINT)  # core.reboot's path: PID 1 ends it with reboot(KEXEC)
+            return
     except Exception as e:  # the result is out already: log and record it
-        log.error("kexec -e failed: %s", e)
+        log.error("switch failed: %s", e)
+        await run([switch.KEXEC, "-u"])  # a later core.reboot must not boot it
         store = store_of(ctx)
         state = store.state()
         state["pending"] = None

@@ -1,9 +1,14 @@
-"""End to end: a verified upgrade by kexec under qemu. Two core images, A and B (versions
-``+a`` and ``+b``), are built and signed with a key made here; A boots with that key trusted
-(``core0.image.trusted_keys=`` on the kernel command line), a signed image with a wrong hash
-is refused, then ``core.upgrade`` fetches B from an HTTP server on the host (qemu's user
-network reaches the host's loopback as 10.0.2.2), verifies and stages it, and kexecs: the same
-qemu process then answers with B's version and digest, and B's boot assessment passes.
+"""End to end: a verified upgrade by kexec under qemu, and the automatic rollback.
+
+Two core images, A and B (versions ``+a`` and ``+b``), are built and signed with a key made
+here; A boots with that key trusted (``core0.image.trusted_keys=`` on the kernel command
+line), a signed image with a wrong hash is refused, then ``core.upgrade`` fetches B from an
+HTTP server on the host (qemu's user network reaches the host's loopback as 10.0.2.2),
+verifies and stages it, and kexecs: the same qemu process then answers with B's version and
+digest, and B's boot assessment passes. Then a broken image C (B with a dispatcher that exits
+at once, signed all the same) is installed: C never answers core.ping, so after
+``boot_deadline`` the node kexecs back to B by itself, and ``image.history`` says so (the
+images directory rides along each kexec: the node has no disk).
 
 Run under ``flock /tmp/core0-vm.lock`` on a shared machine.
 """
@@ -14,6 +19,8 @@ import functools
 import hashlib
 import http.server
 import json
+import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -27,11 +34,16 @@ from conftest import ROOT, require
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
+import imagelib  # the image builder's cpio writer
 import sign  # the image builder's signing step
 
 from qemu.harness import VM, VMConfig, VMError
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
+#: seconds a switched-to image has to become healthy (B needs ~25 s under TCG on a quiet host)
+DEADLINE = 180
+BROKEN = b'raise SystemExit("image C is broken on purpose (tests/e2e/test_upgrade.py)")\n'
+SITE = "usr/lib/python3/dist-packages/core0/bus"
 
 
 def build(out: Path, work: Path, tag: str, key: Path) -> Path:
@@ -51,11 +63,35 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                    capture_output=True, stdin=subprocess.DEVNULL)
     out = {"key": sign.public_key(pub)}
     for tag in ("a", "b"):
-        img = build(d / tag, d / "work", tag, sec)
-        raw = (img / "manifest.json").read_bytes()
-        out[tag] = {"dir": img, "digest": hashlib.sha256(raw).hexdigest(),
+        build(d / tag, d / "work", tag, sec)
+    broken(d / "b", d / "c", sec)
+    for tag in ("a", "b", "c"):
+        raw = (d / tag / "manifest.json").read_bytes()
+        out[tag] = {"dir": d / tag, "digest": hashlib.sha256(raw).hexdigest(),
                     "version": json.loads(raw)["version"]}
     return out
+
+
+def broken(b: Path, c: Path, key: Path) -> None:
+    """Image C: B's kernel and initramfs followed by a cpio that replaces the dispatcher with
+    one that exits at once (its .pyc emptied, so Python compiles the new source), and a new
+    manifest (version +c, the new sha256) signed with the trusted key."""
+    c.mkdir()
+    shutil.copy2(b / "vmlinuz", c / "vmlinuz")
+    manifest = json.loads((b / "manifest.json").read_text())
+    initrd = c / manifest["initramfs"]
+    with initrd.open("wb") as f:
+        f.write((b / manifest["initramfs"]).read_bytes())
+        f.write(b"\0" * (-f.tell() % 4))
+        w = imagelib.CpioWriter(f)
+        w.add(imagelib.Entry(f"{SITE}/dispatcher.py", stat.S_IFREG | 0o644, BROKEN))
+        w.add(imagelib.Entry(f"{SITE}/__pycache__/dispatcher.cpython-311.pyc",
+                             stat.S_IFREG | 0o644, b""))
+        w.finish()
+    manifest["version"] = "0.1.0+c"
+    manifest["sha256"][manifest["initramfs"]] = imagelib.sha256_file(initrd)
+    (c / "manifest.json").write_text(json.dumps(manifest))
+    sign.sign(c / "manifest.json", key, "core0 image 0.1.0+c core (broken on purpose)")
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -81,7 +117,7 @@ def vm(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iter
     tmp = tmp_path_factory.mktemp("vm")
     machine = VM(VMConfig(image_dir=images["a"]["dir"], serial_log=tmp / "serial.log",
                           append=[f"core0.image.trusted_keys={images['key']}",
-                                  "core0.image.boot_deadline=600"]))
+                                  f"core0.image.boot_deadline={DEADLINE}"]))
     machine.start()
     machine.wait_ping(300)
     yield machine
@@ -142,5 +178,51 @@ def test_upgrade_to_b_by_kexec(vm: VM, images: dict[str, Any], server: int) -> N
             break
         time.sleep(2)
     events = [(h["event"], h.get("digest")) for h in hist["history"]]
-    assert ("booted", b["digest"]) in events, hist
+    # A's records came along: the images directory rode the kexec in a second cpio
+    assert [e for e in events if e[1] == b["digest"]] == [
+        ("staged", b["digest"]), ("upgrade", b["digest"]), ("booted", b["digest"])], hist
+    cur = ok(vm.command("image.current"))
+    assert cur["digest"] == b["digest"] and cur["staged"] is True
+
+
+def wait_version(vm: VM, version: str, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    ver: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            if vm.redis_ping():
+                ver = ok(vm.command("info.version", timeout=30))
+                if ver["version"] == version:
+                    return ver
+        except (VMError, OSError, AssertionError):
+            if not vm.running():
+                raise
+        time.sleep(2)
+    raise AssertionError(f"no {version} within {timeout:.0f}s (last {ver})\n{vm.tail()}")
+
+
+def test_a_broken_image_rolls_back_by_itself(vm: VM, images: dict[str, Any],
+                                             server: int) -> None:
+    b, c = images["b"], images["c"]
+    url = f"http://10.0.2.2:{server}/c/manifest.json"
+    out = ok(vm.command("core.upgrade", {"url": url, "sha256": c["digest"]}, timeout=600))
+    assert out["digest"] == c["digest"] and out["switch"] == "kexec"
+    t = time.monotonic()
+    # C's redis answers but nothing takes the job: after DEADLINE s C kexecs back to B
+    ver = wait_version(vm, b["version"], DEADLINE + 600)
+    assert ver["image"]["digest"] == b["digest"]
+    print(f"\nbroken C → back on B {time.monotonic() - t:.0f}s after core.upgrade's result")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        hist = ok(vm.command("image.history"))
+        events = [(h["event"], h.get("digest")) for h in hist["history"]]
+        if events[-1] == ("booted", b["digest"]):
+            break
+        time.sleep(2)
+    tail = events[events.index(("upgrade", c["digest"])):]
+    assert tail == [("upgrade", c["digest"]), ("failed", c["digest"]),
+                    ("rollback", c["digest"]), ("booted", b["digest"])], hist
+    failed = next(h for h in hist["history"] if h["event"] == "failed")
+    assert "not healthy" in failed["reason"] and "core.ping" in failed["reason"], failed
+    assert next(h for h in hist["history"] if h["event"] == "rollback")["to"] == b["digest"]
     assert ok(vm.command("image.current"))["digest"] == b["digest"]

@@ -249,7 +249,7 @@ def test_refused_before_anything_is_staged(inode: Node, keys: dict[str, Any], fs
     ({}, 400),
     ({"url": "http://127.0.0.1:1/m.json", "path": "/imgs/a/manifest.json"}, 400),
     ({"path": "/imgs/a/manifest.json", "sha256": "not-hex"}, 400),
-    ({"path": "/imgs/a/manifest.json", "switch": "reboot"}, 400),
+    ({"path": "/imgs/a/manifest.json", "switch": "firmware"}, 400),
 ])
 def test_hostile_sources_are_refused(inode: Node, fsroot: Path, args: dict[str, Any],
                                      code: int) -> None:
@@ -278,6 +278,8 @@ def test_a_switch_is_refused_on_a_host(inode: Node, fsroot: Path) -> None:
     before anything is fetched or loaded."""
     before = slots_of(inode)
     res = call(inode, "core.upgrade", {"path": "/imgs/a/manifest.json"})
+    assert res["code"] == 412 and "kexec" in res["data"], res
+    res = call(inode, "core.upgrade", {"path": "/imgs/a/manifest.json", "switch": "reboot"})
     assert res["code"] == 412 and "kexec" in res["data"], res
     assert call(inode, "image.rollback")["code"] == 412
     nothing_staged(inode, before)
