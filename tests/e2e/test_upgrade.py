@@ -185,44 +185,88 @@ def test_upgrade_to_b_by_kexec(vm: VM, images: dict[str, Any], server: int) -> N
     assert cur["digest"] == b["digest"] and cur["staged"] is True
 
 
-def wait_version(vm: VM, version: str, timeout: float) -> dict[str, Any]:
+def answer(vm: VM, name: str, args: dict[str, Any] | None = None) -> Any:
+    """The command's data, or None while the node does not answer (kexec, a broken image)."""
+    try:
+        res = vm.command(name, args, timeout=20)
+    except (VMError, OSError):
+        if not vm.running():
+            raise vm.died() from None
+        return None
+    if res.get("state") != "SUCCESS":
+        return None
+    return json.loads(res["data"]) if res.get("level") == 20 else res["streams"][0]
+
+
+def boot_id(vm: VM) -> str | None:
+    out = answer(vm, "core.system", {"name": "cat", "args": ["/proc/sys/kernel/random/boot_id"]})
+    return None if out is None else str(out).strip()
+
+
+def wait_boot(vm: VM, version: str, old_boot: str, timeout: float) -> dict[str, Any]:
+    """info.version of a new boot (another boot_id) running ``version``."""
     deadline = time.monotonic() + timeout
-    ver: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        try:
-            if vm.redis_ping():
-                ver = ok(vm.command("info.version", timeout=30))
-                if ver["version"] == version:
-                    return ver
-        except (VMError, OSError, AssertionError):
-            if not vm.running():
-                raise
+        if vm.redis_ping():
+            now = boot_id(vm)
+            ver = answer(vm, "info.version") if now not in (None, old_boot) else None
+            if ver is not None and ver["version"] == version:
+                return dict(ver)
         time.sleep(2)
-    raise AssertionError(f"no {version} within {timeout:.0f}s (last {ver})\n{vm.tail()}")
+    raise AssertionError(f"no new boot of {version} within {timeout:.0f}s\n{vm.tail()}")
+
+
+def wait_history(vm: VM, last: str, timeout: float = 300) -> list[dict[str, Any]]:
+    """image.history once its newest event is one of ``last``'s kind (or the timeout)."""
+    deadline = time.monotonic() + timeout
+    hist: dict[str, Any] = {"history": []}
+    while time.monotonic() < deadline:
+        hist = answer(vm, "image.history") or hist
+        if hist["history"] and hist["history"][-1]["event"] in (last, "failed"):
+            break
+        time.sleep(2)
+    return list(hist["history"])
 
 
 def test_a_broken_image_rolls_back_by_itself(vm: VM, images: dict[str, Any],
                                              server: int) -> None:
     b, c = images["b"], images["c"]
+    old_boot = boot_id(vm)
+    assert old_boot
     url = f"http://10.0.2.2:{server}/c/manifest.json"
     out = ok(vm.command("core.upgrade", {"url": url, "sha256": c["digest"]}, timeout=600))
     assert out["digest"] == c["digest"] and out["switch"] == "kexec"
     t = time.monotonic()
-    # C's redis answers but nothing takes the job: after DEADLINE s C kexecs back to B
-    ver = wait_version(vm, b["version"], DEADLINE + 600)
+    # C's redis answers but nothing takes a job: after DEADLINE s C kexecs back to B
+    ver = wait_boot(vm, b["version"], old_boot, DEADLINE + 600)
     assert ver["image"]["digest"] == b["digest"]
     print(f"\nbroken C → back on B {time.monotonic() - t:.0f}s after core.upgrade's result")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        hist = ok(vm.command("image.history"))
-        events = [(h["event"], h.get("digest")) for h in hist["history"]]
-        if events[-1] == ("booted", b["digest"]):
-            break
-        time.sleep(2)
+    history = wait_history(vm, "booted")
+    hist = {"history": history}
+    events = [(h["event"], h.get("digest")) for h in history]
     tail = events[events.index(("upgrade", c["digest"])):]
     assert tail == [("upgrade", c["digest"]), ("failed", c["digest"]),
                     ("rollback", c["digest"]), ("booted", b["digest"])], hist
-    failed = next(h for h in hist["history"] if h["event"] == "failed")
+    failed = next(h for h in history if h["event"] == "failed")
     assert "not healthy" in failed["reason"] and "core.ping" in failed["reason"], failed
-    assert next(h for h in hist["history"] if h["event"] == "rollback")["to"] == b["digest"]
+    assert next(h for h in history if h["event"] == "rollback")["to"] == b["digest"]
     assert ok(vm.command("image.current"))["digest"] == b["digest"]
+
+
+def test_switch_by_ordered_reboot(vm: VM, images: dict[str, Any], server: int) -> None:
+    """``switch: reboot``: the node shuts down in order (as core.reboot) and its final
+    reboot(2) starts the loaded kernel instead of the firmware: back to A's version."""
+    a = images["a"]
+    old_boot = boot_id(vm)
+    assert old_boot
+    url = f"http://10.0.2.2:{server}/a/manifest.json"
+    out = ok(vm.command("core.upgrade", {"url": url, "switch": "reboot"}, timeout=600))
+    assert out["digest"] == a["digest"] and out["switch"] == "reboot"
+    ver = wait_boot(vm, a["version"], old_boot, 600)
+    assert ver["image"]["digest"] == a["digest"]
+    history = wait_history(vm, "booted")
+    last = history[-2:]
+    assert [(h["event"], h["digest"]) for h in last] == [("upgrade", a["digest"]),
+                                                         ("booted", a["digest"])], history
+    assert last[0]["how"] == "reboot"
+    assert "reboot into the kexec-loaded kernel" in vm.serial_log.read_text(errors="replace")
