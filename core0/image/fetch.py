@@ -94,8 +94,8 @@ class PathReader:
     def open(self, name: str) -> tuple[BinaryIO, int]:
         path = posixpath.join(self.dir, name) if name else self.path
         try:
-            with Root(self.root) as root:
-                fd = root.open(path, os.O_RDONLY)
+            with Root(self.root) as root:  # O_NONBLOCK: a FIFO must not hang the open
+                fd = root.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as e:
             err = oserror(e, path)
             err.field = "path"
@@ -106,6 +106,7 @@ class PathReader:
         if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             raise BadRequest(f"path: not a regular file: {path}", field="path")
+        os.set_blocking(fd, True)
         return os.fdopen(fd, "rb"), st.st_size
 
 

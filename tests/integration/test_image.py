@@ -40,12 +40,12 @@ def keypair(d: Path, name: str) -> tuple[Path, str]:
 
 
 def make_image(d: Path, version: str, key: Path, *, initrd: str = INITRD,
-               tamper: Callable[[Path], None] | None = None) -> Path:
+               tamper: Callable[[Path], None] | None = None, initrd_size: int = 700_000) -> Path:
     """An image directory as the builder writes it (artifacts, manifest, signature); the
     artifacts are random bytes (staging never boots them). → the manifest's path."""
     d.mkdir(parents=True, exist_ok=True)
     sums = {}
-    for name, size in (("vmlinuz", 300_000), (initrd, 700_000)):
+    for name, size in (("vmlinuz", 300_000), (initrd, initrd_size)):
         data = os.urandom(size)
         if "/" not in name:
             (d / name).write_bytes(data)
@@ -82,7 +82,8 @@ def node_config(d: Path, trusted: list[str], fsroot: Path, extra: str = "") -> s
 def inode(tmp_path_factory: pytest.TempPathFactory, keys: dict[str, Any],
           fsroot: Path) -> Iterator[Node]:
     d = tmp_path_factory.mktemp("node")
-    n = start_node(d / "state", config=node_config(d, [keys["trusted"][1]], fsroot))
+    n = start_node(d / "state", config=node_config(d, [keys["trusted"][1]], fsroot,
+                                                   "max_bytes = 1048576\n"))
     yield n
     n.stop()
 
@@ -240,6 +241,7 @@ def test_refused_before_anything_is_staged(inode: Node, keys: dict[str, Any], fs
     ({"path": "relative/manifest.json"}, 400),
     ({"path": "/escape/manifest.json"}, 404),  # a symlink to / resolves inside the root
     ({"path": "/imgs"}, 400),  # a directory
+    ({"path": "/fifo"}, 400),  # never opened for reading (it would block)
     ({"url": "file:///etc/passwd"}, 400),
     ({"url": "ftp://example.org/manifest.json"}, 400),
     ({"url": "http://user:secret@127.0.0.1:1/manifest.json"}, 400),
@@ -253,6 +255,8 @@ def test_refused_before_anything_is_staged(inode: Node, keys: dict[str, Any], fs
 ])
 def test_hostile_sources_are_refused(inode: Node, fsroot: Path, args: dict[str, Any],
                                      code: int) -> None:
+    if not (fsroot / "fifo").exists():
+        os.mkfifo(fsroot / "fifo")
     esc = fsroot / "escape"
     esc.mkdir(exist_ok=True)
     if not (esc / "manifest.json").is_symlink():
@@ -270,6 +274,16 @@ def test_artifact_names_from_a_signed_manifest_cannot_leave_the_directory(
     before = slots_of(inode)
     res = call(inode, "core.upgrade", {"path": "/evil/manifest.json", "switch": "none"})
     assert res["code"] == 400 and "initramfs" in res["data"], res
+    nothing_staged(inode, before)
+
+
+def test_an_artifact_over_max_bytes_is_refused(inode: Node, keys: dict[str, Any],
+                                               http_dir: tuple[Path, str]) -> None:
+    d, base = http_dir
+    make_image(d / "big", "5.0", keys["trusted"][0], initrd_size=(1 << 20) + 1)
+    before = slots_of(inode)
+    res = call(inode, "core.upgrade", {"url": f"{base}/big/manifest.json", "switch": "none"})
+    assert res["code"] == 413 and "max_bytes" in res["data"], res
     nothing_staged(inode, before)
 
 
