@@ -130,3 +130,18 @@ def test_carried_initrd_is_the_initramfs_then_a_cpio_of_the_store(tmp_path: Path
     assert entries[f"{rel}/slots/{D}/manifest.json"][0] == 0o100400
     assert entries[rel.split("/")[0]][0] == 0o40755  # parents first, as images have them
     assert entries[rel][0] == entries[f"{rel}/slots/{D}"][0] == 0o40700
+
+
+def test_init_starts_the_assessment_only_for_a_switched_boot() -> None:
+    from core0.init.dev import assess_service, dispatcher_argv
+    from core0.init.supervise import Service
+
+    disp = Service("dispatcher", dispatcher_argv("/etc/c.toml", {"main": {"debug": True}}),
+                   env={"CORE0_PID1": "1"})
+    plain = configmod.load(None, cmdline="console=ttyS0", env={})
+    assert assess_service(plain, disp) is None
+    switched = configmod.load(None, cmdline=f"console=ttyS0 core0.image={D}", env={})
+    svc = assess_service(switched, disp)
+    assert svc is not None and svc.env == {"CORE0_PID1": "1"}
+    assert svc.argv[1:3] == ["-m", "core0.image.assess"]
+    assert svc.argv[3:] == disp.argv[4:] and "--config" in svc.argv
