@@ -59,23 +59,28 @@ async def _call(r: Any, prefix: str, name: str, timeout: float) -> dict[str, Any
 
 
 async def health(cfg: configmod.Config) -> str | None:
-    """None when the node answers core.ping and every protected service runs; else why not."""
+    """None when the node answers core.ping and every protected service runs; else why not
+    (naming the step that failed)."""
     from core0.bus.endpoint import make_client
     from core0.security.acl import internal_config
 
     r = make_client(internal_config(cfg), single=True)
+    # a result wait shorter than the client's socket timeout (bus.block_timeout + 5)
+    wait = max(1.0, cfg.bus.block_timeout)
+    step = "core.ping"
     try:
-        res = await _call(r, cfg.bus.prefix, "core.ping", 10)
+        res = await _call(r, cfg.bus.prefix, step, wait)
         if res.get("state") != "SUCCESS":
-            return f"core.ping: {res.get('state')} {str(res.get('data'))[:200]}"
-        res = await _call(r, cfg.bus.prefix, "service.list", 10)
+            return f"{step}: {res.get('state')} {str(res.get('data'))[:200]}"
+        step = "service.list"
+        res = await _call(r, cfg.bus.prefix, step, wait)
         if res.get("state") != "SUCCESS":
-            return f"service.list: {res.get('state')} {str(res.get('data'))[:200]}"
+            return f"{step}: {res.get('state')} {str(res.get('data'))[:200]}"
         down = [f"{s['id']} ({s['status']})" for s in json.loads(res["data"])
                 if s.get("protected") and s.get("status") != "running"]
         return f"protected services not running: {', '.join(down)}" if down else None
     except Exception as e:  # any failure to reach the node is the answer
-        return f"{type(e).__name__}: {e}"[:300]
+        return f"{step}: {type(e).__name__}: {e}"[:300]
     finally:
         await r.aclose()
 
