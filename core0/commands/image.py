@@ -79,9 +79,11 @@ async def list_images(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
 
 @command("image.history", HistoryArgs, role=Role.READ_ONLY, inline=True)
 async def history(ctx: Context, args: HistoryArgs) -> dict[str, Any]:
-    """What happened to images, newest last: ``staged``, ``upgrade``/``rollback`` (a switch),
-    ``booted`` (passed the boot assessment), ``failed`` (with the reason), ``rollback-*`` and
-    ``switch-failed``; plus the ``pending`` switch, if any."""
+    """What happened to images, newest last: ``staged``, ``upgrade``/``rollback`` (a switch
+    by command: ``digest`` its target, ``from`` the running image, ``how``), ``booted`` (passed
+    the boot assessment), ``failed`` (with the ``reason``), ``rollback`` after a failure
+    (``digest`` the failed image, ``to`` its target, ``how``), ``rollback-refused``,
+    ``rollback-failed`` and ``switch-failed``; plus ``pending``, ``current``, ``previous``."""
     state = up.store_of(ctx).state()
     return {"history": state["history"][-args.limit:], "pending": state["pending"],
             "current": state["current"], "previous": state["previous"]}

@@ -270,3 +270,20 @@ def test_switch_by_ordered_reboot(vm: VM, images: dict[str, Any], server: int) -
                                                          ("booted", a["digest"])], history
     assert last[0]["how"] == "reboot"
     assert "reboot into the kexec-loaded kernel" in vm.serial_log.read_text(errors="replace")
+
+
+def test_image_rollback_goes_back_to_the_previous_image(vm: VM, images: dict[str, Any]) -> None:
+    """A came from B (which rode along in the carried images): image.rollback kexecs to B."""
+    b = images["b"]
+    assert ok(vm.command("image.previous"))["digest"] == b["digest"]
+    listed = {i["digest"]: i for i in ok(vm.command("image.list"))}
+    assert listed[images["a"]["digest"]]["running"] and listed[b["digest"]]["previous"]
+    old_boot = boot_id(vm)
+    assert old_boot
+    out = ok(vm.command("image.rollback", timeout=120))
+    assert out["digest"] == b["digest"] and out["switch"] == "kexec"
+    ver = wait_boot(vm, b["version"], old_boot, 600)
+    assert ver["image"]["digest"] == b["digest"]
+    history = wait_history(vm, "booted")
+    assert [(h["event"], h["digest"]) for h in history[-2:]] == [("rollback", b["digest"]),
+                                                                 ("booted", b["digest"])]
