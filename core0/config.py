@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hi
 
 from core0 import schema
 from core0.errors import BadRequest
+from core0.image.config import ImageConfig
 from core0.segconfig import SegmentsConfig
 from core0.virtconfig import VirtConfig
 
@@ -346,6 +347,7 @@ class Config(schema.Schema):
     node: NodeConfig = field(default_factory=NodeConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -380,17 +382,10 @@ class Config(schema.Schema):
         return d
 
 
-_SECTIONS: dict[str, type[schema.Schema]] = {  # VirtConfig: core0/virtconfig.py
-    "main": MainConfig,
-    "redis": RedisConfig,
-    "bus": BusConfig,
-    "init": InitConfig,
-    "net": NetConfig,
-    "services": ServicesConfig,
-    "cloudconfig": CloudConfigConfig,
-    "virt": VirtConfig,
-    "node": NodeConfig,
-    "metrics": MetricsConfig,
+_SECTIONS: dict[str, type[schema.Schema]] = {  # [virt], [segments], [image]: own modules
+    "main": MainConfig, "redis": RedisConfig, "bus": BusConfig, "init": InitConfig,
+    "net": NetConfig, "services": ServicesConfig, "cloudconfig": CloudConfigConfig,
+    "virt": VirtConfig, "node": NodeConfig, "metrics": MetricsConfig, "image": ImageConfig,
     "segments": SegmentsConfig,
 }
 

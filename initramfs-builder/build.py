@@ -36,6 +36,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import imagelib  # noqa: E402
+import sign  # noqa: E402
 
 PY = "python3.11"
 #: parts of the standard library a node never imports (kept although they look optional:
@@ -382,8 +383,9 @@ def download_wheels(reqs: list[str], cache: Path) -> Path:
     raise SystemExit(f"pip download failed: {res.stderr.strip()[-2000:]}")
 
 
-def python_packages(stage: Stage, reqs: list[str], cache: Path) -> dict[str, str]:
-    """Wheels (cp311 manylinux or pure) into dist-packages; core0 and its client from here."""
+def python_packages(stage: Stage, reqs: list[str], cache: Path, tag: str = "") -> dict[str, str]:
+    """Wheels (cp311 manylinux or pure) into dist-packages; core0 and its client from here
+    (core0's version + ``tag``, see sign.tagged_version)."""
     target = stage.root / "usr/lib/python3/dist-packages"
     target.mkdir(parents=True, exist_ok=True)
     reqs = tested_pins(reqs)
@@ -409,7 +411,8 @@ def python_packages(stage: Stage, reqs: list[str], cache: Path) -> dict[str, str
     sys.path.insert(0, str(REPO))
     from core0 import __version__
 
-    versions["core0"] = __version__
+    versions["core0"] = sign.tagged_version(__version__, tag)
+    sign.stamp_version(target / "core0", versions["core0"])
     for name, mod in (("core0", "core0.cli"), ("core0ctl", "core0_client.cli")):
         script = stage.root / "usr/bin" / name
         script.write_text(f"#!/usr/bin/{PY}\nimport sys\nfrom {mod} import main\n"
@@ -514,6 +517,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fetch-only", action="store_true",
                     help="only download the flavour's packages and wheels into --cache (CI "
                          "runs this while installing, so image builds in tests need no network)")
+    ap.add_argument("--version-tag", default="", help="core0's version in the image becomes "
+                    "<version>+<tag> (told apart in upgrade tests and rollouts)")
+    ap.add_argument("--sign-key", help="minisign secret key (no password: minisign -G -W): "
+                    "writes manifest*.json.minisig (docs/images.md)")
     ns = ap.parse_args(argv)
     t0 = time.monotonic()
     out_dir, cache, work = Path(ns.out), Path(ns.cache), Path(ns.work) / ns.flavour
@@ -543,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     if (HERE / f"rootfs-{ns.flavour}").is_dir():  # what only this flavour adds (services…)
         stage.copy_tree(HERE / f"rootfs-{ns.flavour}")
     n_applets = stage.busybox_links()
-    versions = python_packages(stage, spec.pip, cache)
+    versions = python_packages(stage, spec.pip, cache, ns.version_tag)
     with (stage.root / "etc/os-release").open("a") as rel:
         rel.write(f'VERSION_ID="{versions["core0"]}"\nVARIANT_ID={ns.flavour}\n')
     libs = stage.shared_libraries()
@@ -566,6 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     sizes["total"] = sizes["vmlinuz"] + sizes["initramfs"]
     info: dict[str, object] = {
         "flavour": ns.flavour,
+        "version": versions["core0"],
         "kernel": release,
         "initramfs": image.name,
         "compression": ns.compress,
@@ -577,6 +585,12 @@ def main(argv: list[str] | None = None) -> None:
         "build_seconds": round(time.monotonic() - t0, 1),
     }
     data = manifest(stage, out_dir / f"manifest{suffix}.json", info)
+    if ns.sign_key:
+        sign.sign(out_dir / f"manifest{suffix}.json", Path(ns.sign_key),
+                  f"core0 image {versions['core0']} {ns.flavour}")
+        log(f"signed: manifest{suffix}.json.minisig")
+    else:  # a signature left by an earlier build would not match this manifest
+        (out_dir / f"manifest{suffix}.json.minisig").unlink(missing_ok=True)
     mb = 1 << 20
     log(f"{ns.flavour} image in {out_dir}: vmlinuz {sizes['vmlinuz'] / mb:.1f} MiB, "
         f"{image.name} {sizes['initramfs'] / mb:.1f} MiB ({raw / mb:.1f} MiB unpacked, "

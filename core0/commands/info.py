@@ -246,7 +246,10 @@ def version_info() -> dict[str, Any]:
 
 @command("info.version", role=Role.READ_ONLY, inline=True)
 async def version(ctx: Context, args: NoArgs) -> dict[str, Any]:
-    """core0's version, and the branch/revision it was built from (when stamped)."""
-    return version_info()
+    """core0's version, and the branch/revision it was built from (when stamped); ``image``:
+    the running image's digest and staged slot (image.current, docs/images.md)."""
+    from core0.image.store import Store, images_dir
+
+    return {**version_info(), "image": Store(images_dir(ctx.config)).running(ctx.config)}
 
 

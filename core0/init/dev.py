@@ -41,6 +41,16 @@ def front_service(cfg: Config, config_path: str | None,
     return Service("front", argv)
 
 
+def assess_service(cfg: Config, disp: Service) -> Service | None:
+    """A boot made by the kexec switch (``core0.image=`` on the kernel command line) is judged
+    by ``core0.image.assess``, a process of its own (docs/images.md); it exits 125 when done."""
+    if "core0.image" not in cfg.cmdline:
+        return None
+    argv = disp.argv[:]
+    argv[argv.index("-m") + 1: argv.index("dispatcher") + 1] = ["core0.image.assess"]
+    return Service("image-assess", argv, env=disp.env)
+
+
 def build_services(cfg: Config, config_path: str | None,
                    overrides: dict[str, dict[str, Any]]) -> tuple[Service | None, Service]:
     redis_svc = None

@@ -216,7 +216,7 @@ class Init:
             log.exception("net: boot network failed")
 
     def _core_services(self) -> None:
-        from core0.init.dev import build_services, front_service
+        from core0.init.dev import assess_service, build_services, front_service
 
         assert self.sup is not None
         self.redis_svc, self.disp = build_services(self.cfg, self.config_path, self.overrides)
@@ -225,7 +225,7 @@ class Init:
         # the dispatcher first: it imports while redis-server starts (it retries until
         # redis answers), and the redis readiness wait does not hold it back
         front = front_service(self.cfg, self.config_path, self.overrides)
-        for svc in (self.disp, self.redis_svc, front):
+        for svc in (self.disp, self.redis_svc, front, assess_service(self.cfg, self.disp)):
             if svc is not None:
                 self.sup.add_service(svc)
 

@@ -23,6 +23,9 @@ LINUX_REBOOT_CMD_RESTART = 0x01234567
 LINUX_REBOOT_CMD_HALT = 0xCDEF0123
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
 LINUX_REBOOT_CMD_CAD_OFF = 0x00000000
+LINUX_REBOOT_CMD_KEXEC = 0x45584543
+#: "1" when a kernel was loaded with kexec -l (core.upgrade with switch "reboot")
+KEXEC_LOADED = "/sys/kernel/kexec_loaded"
 
 Action = Literal["reboot", "poweroff", "halt"]
 
@@ -66,16 +69,29 @@ def cad_to_signal() -> None:
         log.debug("reboot(CAD_OFF): %s", os.strerror(err))
 
 
+def kexec_loaded() -> bool:
+    """A kernel is loaded for kexec: an ordered reboot ends in it, not in the firmware
+    (docs/images.md, ``switch: "reboot"``)."""
+    try:
+        with open(KEXEC_LOADED) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
 def power(action: Action) -> None:
-    """sync, then reboot(2). Returns only on failure (raising PowerError)."""
+    """sync, then reboot(2) (into the kexec-loaded kernel when there is one). Returns only on
+    failure (raising PowerError)."""
     _require_pid1()
-    cmd = _COMMANDS[action]
+    cmd, label = _COMMANDS[action], str(action)
+    if action == "reboot" and kexec_loaded() and in_initial_pid_namespace():
+        cmd, label = LINUX_REBOOT_CMD_KEXEC, "reboot into the kexec-loaded kernel"
     sync()
-    log.warning("%s now", action)
+    log.warning("%s now", label)
     for h in logging.getLogger().handlers:
         h.flush()
     if _libc.reboot(ctypes.c_int(cmd).value) != 0:
         err = ctypes.get_errno()
-        raise PowerError(err, f"reboot({action}): {os.strerror(err)}")
+        raise PowerError(err, f"reboot({label}): {os.strerror(err)}")
     # a power off without a power-off driver halts: nothing more can happen
-    raise PowerError(f"reboot({action}) returned")
+    raise PowerError(f"reboot({label}) returned")

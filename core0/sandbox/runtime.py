@@ -220,7 +220,11 @@ def _probe_config(init: str) -> dict[str, Any]:
                     "capabilities": {"bounding": [], "effective": [], "permitted": []}},
         "root": {"path": "rootfs", "readonly": True},
         "hostname": "probe",
+        # /dev as a tmpfs of its own, as in every container's spec: the runtimes make the
+        # device nodes there (a node's state dir is a nodev tmpfs, where they could not open)
         "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"},
+                   {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                    "options": ["nosuid", "strictatime", "mode=755", "size=64k"]},
                    {"destination": "/init", "type": "bind", "source": init,
                     "options": ["bind", "ro"]}],
         "linux": {"namespaces": [{"type": t} for t in ("pid", "mount", "ipc", "uts",
@@ -233,6 +237,7 @@ async def _works(binary: str, base: Path, init: str) -> bool:
         bundle = Path(d)
         (bundle / "rootfs").mkdir()
         (bundle / "rootfs" / "proc").mkdir()
+        (bundle / "rootfs" / "dev").mkdir()
         (bundle / "rootfs" / "init").touch()
         (bundle / "config.json").write_text(json.dumps(_probe_config(init)))
         root = bundle / "state"
