@@ -178,6 +178,10 @@ def _write_etc(cdir: Path, rec: Record, dns: list[str]) -> list[spec.Mount]:
              "hosts": f"127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t{rec.hostname}\n"}
     if dns:
         files["resolv.conf"] = "".join(f"nameserver {d}\n" for d in dns)
+    elif any(n.config.get("dhcp") for n in rec.nics):
+        # the DHCP client has written it already, and rewrites it (core0/sandbox/dhcp.py)
+        lease = cdir / "resolv.conf"
+        files["resolv.conf"] = lease.read_text() if lease.exists() else ""
     elif rec.host_network:
         with contextlib.suppress(OSError):
             files["resolv.conf"] = Path("/etc/resolv.conf").read_text()

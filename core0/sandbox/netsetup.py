@@ -28,7 +28,8 @@ from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.net import netlink as nl
 from core0.net import segments
 from core0.net import validate as v
-from core0.sandbox.store import Nic, Record
+from core0.sandbox import dhcp
+from core0.sandbox.store import Nic, Record, Store
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -105,8 +106,11 @@ def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: 
 
 def _static(nic: Nic, index: int) -> tuple[str, str | None]:
     """(cidr, gateway) of a nic's static config."""
-    if nic.config.get("dhcp"):
-        raise PreconditionFailed("dhcp nics are not supported yet (give config.cidr)")
+    if nic.config.get("dhcp"):  # the address comes from a DHCP server (sandbox/dhcp.py)
+        if nic.config.get("cidr") or nic.config.get("gateway"):
+            raise BadRequest(f"nics[{index}].config: dhcp or cidr/gateway, not both",
+                             field="nics")
+        return "", None
     cidr = str(v.interface(nic.config["cidr"], f"nics[{index}].config.cidr")) \
         if nic.config.get("cidr") else ""
     gw = str(v.ip(nic.config["gateway"], f"nics[{index}].config.gateway")) \
@@ -170,7 +174,7 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
             nic.inner = await ctx.to_thread(_macvlan, rec, nic, index, host_name, bridge, cidr,
                                             gw)
             nic.ip, nic.state = cidr, "configured"
-            return nic
+            return await _leased(ctx, rec, nic, index)
     elif nic.type in ("vlan", "vxlan"):  # a veth into the segment's bridge (segments.py)
         cidr, gw = _static(nic, index)
         bridge = await ctx.to_thread(segments.ensure, ctx.config.segments, nic.type, nic.id,
@@ -181,12 +185,30 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         finally:
             segments.unpin(bridge)
         nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
-        return nic
+        return await _leased(ctx, rec, nic, index)
     else:
         raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
                                  "(default, bridge, macvlan, vlan and vxlan are)")
     nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
+    return await _leased(ctx, rec, nic, index)
+
+
+async def _leased(ctx: Context, rec: Record, nic: Nic, index: int) -> Nic:
+    """A ``dhcp`` nic's address from its DHCP server (the link is removed when none comes)."""
+    if not nic.config.get("dhcp"):
+        return nic
+    if nic.type == "default":
+        raise BadRequest(f"nics[{index}].config.dhcp: the default nic's address is fixed",
+                         field="nics")
+    try:
+        nic.ip = await dhcp.configure(ctx, rec, nic, nic.inner,
+                                      Store(ctx.config.state_dir).dir(rec.id),
+                                      f"nics[{index}]")
+    except BaseException:
+        await remove_nic(ctx, nic, rec.netns)
+        nic.state = "error"
+        raise
     return nic
 
 
@@ -206,6 +228,7 @@ def _del_inner(netns: str, name: str) -> None:
 async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
     """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan)."""
     if nic.state != "destroyed":
+        await dhcp.release(ctx, nic, netns)
         if nic.host_link:
             await ctx.to_thread(_del_link, nic.host_link)
             if nic.type in ("vlan", "vxlan"):
