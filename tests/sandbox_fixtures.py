@@ -14,6 +14,7 @@ Test fixtures may use subprocess; core0 itself never does.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from conftest import free_port, require, require_root, stop_tree, wait_until
 from net_fixtures import Netns, netns
@@ -272,3 +274,33 @@ def build_probe(dest: Path) -> Path:
     subprocess.run(["gcc", "-static", "-O1", "-o", str(dest), str(src)], check=True,
                    capture_output=True)
     return dest
+
+
+# ---------------------------------------------------------------- commands on a node
+
+
+def call(node: ContainerNode, command: str, args: dict[str, Any], timeout: float = 300) -> Any:
+    """The result of one command on ``node`` (whatever its state)."""
+    c = node.client()
+    try:
+        return c.raw(command, args).get(timeout)
+    finally:
+        c.close()
+
+
+def ok(node: ContainerNode, command: str, args: dict[str, Any], timeout: float = 300) -> Any:
+    """The JSON data of one command that must succeed."""
+    r = call(node, command, args, timeout)
+    assert r.state.value == "SUCCESS", (command, r.data)
+    return json.loads(r.data)
+
+
+def inside(node: ContainerNode, cid: int, script: str, timeout: float = 60) -> Any:
+    """The result of ``sh -c script`` dispatched into container ``cid``."""
+    inner = ok(node, "corex.dispatch", {"container": cid, "command": {
+        "command": "bash", "arguments": {"script": script}}})
+    c = node.client()
+    try:
+        return c.response_for(inner).get(timeout)
+    finally:
+        c.close()

@@ -12,7 +12,6 @@ output (level 1: ``fetch <name>: <n>/<total> bytes``), streamed to the caller wi
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import posixpath
 import stat
@@ -24,11 +23,11 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from core0.errors import BadRequest, CommandError, TooLarge, Unavailable
 from core0.fspath import Root, oserror
+from core0.streamcopy import copy_hashed
 
 if TYPE_CHECKING:
     from core0.context import Context
 
-CHUNK = 1 << 20
 MAX_URL = 2048
 
 
@@ -147,27 +146,8 @@ async def fetch_artifact(ctx: Context, src: Reader, name: str, sha256: str, dest
 
     def copy() -> str:
         f, total = src.open(name)
-        h = hashlib.sha256()
         with f, out_path.open("xb") as out:
-            if total > max_bytes:
-                raise TooLarge(f"{name}: {total} bytes is more than image.max_bytes")
-            done, last = 0, -1
-            while True:
-                chunk = f.read(CHUNK)
-                if not chunk:
-                    break
-                done += len(chunk)
-                if done > max_bytes:
-                    raise TooLarge(f"{name}: more than image.max_bytes ({max_bytes})")
-                h.update(chunk)
-                out.write(chunk)
-                step = done * 10 // total if total else done // (16 * CHUNK)
-                if step != last:
-                    last = step
-                    progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
-        return h.hexdigest()
+            return copy_hashed(f, out, total, max_bytes, f"{name} (image.max_bytes)", progress)
 
     try:
         digest = await ctx.to_thread(copy)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import re
 import urllib.error
@@ -21,13 +20,13 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core0.errors import BadRequest, TooLarge, Unavailable
+from core0.errors import BadRequest, Unavailable
+from core0.streamcopy import copy_hashed
 
 if TYPE_CHECKING:
     from core0.context import Context
 
 MAX_BYTES = 64 << 30
-CHUNK = 1 << 20
 CHECKSUM = re.compile(r"sha256:([0-9a-fA-F]{64})")
 
 
@@ -57,37 +56,17 @@ async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field
         loop.call_soon_threadsafe(ctx.emit, 1, f"download {url}: {done}/{total or '?'} bytes")
 
     def download() -> str:
-        h = hashlib.sha256()
         req = urllib.request.Request(url, headers={"User-Agent": "core0"})
         try:
             with urllib.request.urlopen(req, timeout=30) as resp, part.open("wb") as out:
                 if not is_url(resp.geturl()):
                     raise BadRequest(f"{field}: redirected away from http(s)", field=field)
                 total = int(resp.headers.get("Content-Length") or 0)
-                if total > MAX_BYTES:
-                    raise TooLarge(f"{field}: {total} bytes is more than {MAX_BYTES}")
-                done, last = 0, -1
-                while True:
-                    chunk = resp.read(CHUNK)
-                    if not chunk:
-                        break
-                    done += len(chunk)
-                    if done > MAX_BYTES:
-                        raise TooLarge(f"{field}: more than {MAX_BYTES} bytes")
-                    h.update(chunk)
-                    out.write(chunk)
-                    step = done * 10 // total if total else done // (64 * CHUNK)
-                    if step != last:
-                        last = step
-                        progress(done, total)
-                out.flush()
-                os.fsync(out.fileno())
-                progress(done, total)
+                return copy_hashed(resp, out, total, MAX_BYTES, field, progress)
         except urllib.error.HTTPError as e:
             raise Unavailable(f"{field}: {url}: HTTP {e.code}") from None
         except (urllib.error.URLError, OSError) as e:
             raise Unavailable(f"{field}: {url}: {e}") from None
-        return h.hexdigest()
 
     try:
         digest = await ctx.to_thread(download)

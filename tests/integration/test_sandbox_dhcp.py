@@ -4,15 +4,13 @@ renewing client; no server → 412 and nothing left; the client goes with the ni
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import require, wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node
+from sandbox_fixtures import ContainerNode, busybox_rootfs, call, container_node, ok
 
 pytestmark = pytest.mark.root
 
@@ -28,18 +26,8 @@ def cnode() -> Iterator[ContainerNode]:
         yield n
 
 
-def call(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    c = cnode.client()
-    try:
-        return c.raw(command, args).get(120)
-    finally:
-        c.close()
 
 
-def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    r = call(cnode, command, args)
-    assert r.state.value == "SUCCESS", (command, r.data)
-    return json.loads(r.data)
 
 
 def inside(cnode: ContainerNode, cid: int, script: str) -> str:

@@ -20,8 +20,10 @@ import pytest
 from sandbox_fixtures import (
     ContainerNode,
     busybox_rootfs,
+    call,
     container_node,
     oci_layout,
+    ok,
     registry,
 )
 
@@ -42,19 +44,8 @@ def rootfs(work: Path) -> Path:
     return busybox_rootfs(work / "rootfs")
 
 
-def call(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    c = cnode.client()
-    try:
-        r = c.raw(command, args).get(300)
-        return r
-    finally:
-        c.close()
 
 
-def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    r = call(cnode, command, args)
-    assert r.state.value == "SUCCESS", (command, r.data)
-    return json.loads(r.data)
 
 
 def run_in(cnode: ContainerNode, image: str, script: str, **create: Any) -> str:

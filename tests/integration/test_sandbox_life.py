@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, node_tag
+from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, inside, node_tag, ok
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +26,8 @@ def cnode() -> Iterator[ContainerNode]:
         yield n
 
 
-def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    c = cnode.client()
-    try:
-        r = c.raw(command, args).get(120)
-    finally:
-        c.close()
-    assert r.state.value == "SUCCESS", (command, r.data)
-    return json.loads(r.data)
 
 
-def inside(cnode: ContainerNode, cid: int, script: str) -> Any:
-    inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
-        "command": "bash", "arguments": {"script": script}}})
-    c = cnode.client()
-    try:
-        return c.response_for(inner).get(60)
-    finally:
-        c.close()
 
 
 def snapshot(cnode: ContainerNode) -> dict[str, Any]:

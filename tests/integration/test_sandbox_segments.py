@@ -4,7 +4,6 @@ hot-plugged onto a segment works, and the segment goes with its last nic."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, node_tag
+from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, node_tag, ok
 
 pytestmark = pytest.mark.root
 
@@ -31,14 +30,6 @@ def cnode() -> Iterator[ContainerNode]:
         yield n
 
 
-def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    c = cnode.client()
-    try:
-        r = c.raw(command, args).get(120)
-    finally:
-        c.close()
-    assert r.state.value == "SUCCESS", (command, r.data)
-    return json.loads(r.data)
 
 
 def pings(cnode: ContainerNode, cid: int, addr: str) -> bool:

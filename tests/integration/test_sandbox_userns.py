@@ -15,7 +15,6 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import wait_until
@@ -23,8 +22,10 @@ from sandbox_fixtures import (
     ContainerNode,
     build_probe,
     busybox_rootfs,
+    call,
     container_node,
     node_tag,
+    ok,
 )
 from test_sandbox_security import EPERM_CALLS, run_core0
 
@@ -47,18 +48,8 @@ def root(cnode: ContainerNode) -> Path:
     return r
 
 
-def call(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    c = cnode.client()
-    try:
-        return c.raw(command, args).get(120)
-    finally:
-        c.close()
 
 
-def ok(cnode: ContainerNode, command: str, args: dict[str, Any]) -> Any:
-    r = call(cnode, command, args)
-    assert r.state.value == "SUCCESS", (command, r.data)
-    return json.loads(r.data)
 
 
 def sh(cnode: ContainerNode, cid: int, script: str) -> tuple[int, str, str]:
