@@ -119,14 +119,21 @@ class RedisServer:
         return redis.Redis(unix_socket_path=self.socket)
 
 
-def start_redis(tmp: Path, appendonly: bool = False) -> RedisServer:
+def start_redis(tmp: Path, appendonly: bool = False, bind: str = "127.0.0.1",
+                netns: str | None = None) -> RedisServer:
+    """A redis-server (``netns``: inside that network namespace, listening on ``bind``; its
+    unix socket reaches it from anywhere on this machine)."""
     require("redis-server")
     import subprocess  # test fixture only: core0 itself never uses subprocess
 
     port = free_port()
     sock = str(tmp / "redis.sock")
     proc = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
+        [*(["ip", "netns", "exec", netns] if netns else []),
+         "redis-server", "--port", str(port), "--bind", bind, "--unixsocket", sock,
+         # off the loopback only in a namespace of the test's own (fleet_fixtures.fleet_lan),
+         # whose nodes log in as ACL users
+         "--protected-mode", "yes" if bind == "127.0.0.1" else "no",
          "--unixsocketperm", "700", "--save", "", "--appendonly",
          "yes" if appendonly else "no", "--dir", str(tmp), "--maxmemory-policy", "noeviction"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -207,15 +214,18 @@ class Node:
 
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
                env: dict[str, str] | None = None, port: int | None = None,
-               prefix: str = "", password: str | None = None) -> Node:
-    """Start ``core0 dev`` and wait until core.ping answers."""
+               prefix: str = "", password: str | None = None, netns: str | None = None,
+               socket_path: str | None = None) -> Node:
+    """Start ``core0 dev`` and wait until core.ping answers (``netns``: inside that network
+    namespace; ``socket_path``: its Redis's unix socket, to ask from here)."""
     require("redis-server")
     import subprocess  # test fixture only
 
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log = state_dir.parent / f"{state_dir.name}.log"
-    argv = [sys.executable, "-m", "core0", "dev", "--state-dir", str(state_dir),
+    argv = [*(["ip", "netns", "exec", netns] if netns else []),
+            sys.executable, "-m", "core0", "dev", "--state-dir", str(state_dir),
             "--redis-port", str(port)]
     if config:
         argv += ["--config", config]
@@ -228,7 +238,8 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
     node = Node(proc.pid, port, state_dir, log)
     from core0_client import Client
 
-    c = Client("127.0.0.1", port, timeout=5, retries=2, prefix=prefix, password=password)
+    c = Client("127.0.0.1", port, timeout=5, retries=2, prefix=prefix, password=password,
+               unix_socket_path=socket_path)
     deadline = time.monotonic() + 30
     while True:
         try:

@@ -3,9 +3,12 @@ hash-tagged prefix and node id, optionally as its own ACL user."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 from conftest import Node, RedisServer, start_node
@@ -19,6 +22,9 @@ class FleetNode:
     id: str
     prefix: str
     node: Node
+    #: its network namespace and address on the fleet's LAN ("": the host's)
+    netns: str = ""
+    addr: str = ""
 
 
 def node_user(srv: RedisServer, node_id: str, password: str) -> None:
@@ -28,19 +34,81 @@ def node_user(srv: RedisServer, node_id: str, password: str) -> None:
         "~nodes:*", "+@all", "-@dangerous", "+info")
 
 
+@dataclass
+class Lan:
+    """A network for a fleet: a bridge in a hub namespace holding the shared redis-server;
+    each node joins it from a namespace of its own (:meth:`join`), with its own address."""
+
+    hub: Any  # net_fixtures.Netns
+    stack: contextlib.ExitStack
+    net: str = "10.240.0"
+    nodes: int = 0
+
+    @property
+    def redis_addr(self) -> str:
+        return f"{self.net}.1"
+
+    def join(self) -> tuple[str, str]:
+        """A new namespace on the LAN: (its name, its address)."""
+        from net_fixtures import netns
+
+        self.nodes += 1
+        ns = self.stack.enter_context(netns(f"fl{self.nodes}"))
+        link = f"fl{self.nodes}h"
+        self.hub.run("ip", "link", "add", link, "type", "veth", "peer", "name", "eth0",
+                     "netns", ns.name)
+        self.hub.run("ip", "link", "set", link, "master", "br0", "up")
+        addr = f"{self.net}.{10 + self.nodes}"
+        ns.run("ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+        ns.run("ip", "link", "set", "eth0", "up")
+        return ns.name, addr
+
+
+@contextlib.contextmanager
+def fleet_lan(base: Path) -> Iterator[tuple[Lan, RedisServer]]:
+    """A hub namespace with a bridge and the fleet's redis-server on it (and its unix socket
+    for the tests); everything removed afterwards (by PID and by namespace name)."""
+    from conftest import kill_tree, require_root, start_redis
+    from net_fixtures import netns
+
+    require_root()
+    with contextlib.ExitStack() as stack:
+        hub = stack.enter_context(netns("hub"))
+        hub.run("ip", "link", "add", "br0", "type", "bridge")
+        hub.run("ip", "addr", "add", "10.240.0.1/24", "dev", "br0")
+        hub.run("ip", "link", "set", "br0", "up")
+        lan = Lan(hub, stack)
+        srv = start_redis(base, bind=lan.redis_addr, netns=hub.name)
+        try:
+            yield lan, srv
+        finally:
+            kill_tree(srv.pid)
+
+
 def start_fleet_node(srv: RedisServer, base: Path, node_id: str, *, tags: str = "",
-                     user: bool = False, env: dict[str, str] | None = None) -> FleetNode:
-    """``core0 dev`` on the shared Redis (its unix socket), prefix ``{<id>}:``."""
+                     user: bool = False, env: dict[str, str] | None = None,
+                     lan: Lan | None = None) -> FleetNode:
+    """``core0 dev`` on the shared Redis (its unix socket), prefix ``{<id>}:``; with ``lan``:
+    in a network namespace of its own, reaching Redis over the LAN at its own address."""
     prefix = f"{{{node_id}}}:"
     e = {"CORE0_BUS_BLOCK_TIMEOUT": "1", "CORE0_NODE_ID": node_id, "CORE0_NODE_TAGS": tags,
          "CORE0_NODE_HEARTBEAT": "1", "CORE0_NODE_TTL": "3", **(env or {})}
     if user:
         node_user(srv, node_id, f"pw-{node_id}")
         e.update(CORE0_REDIS_USERNAME=node_id, CORE0_REDIS_PASSWORD=f"pw-{node_id}")
-    n = start_node(base / node_id, extra=["--redis-url", f"unix://{srv.socket}",
+    if lan is None:
+        n = start_node(base / node_id, extra=["--redis-url", f"unix://{srv.socket}",
+                                              "--prefix", prefix],
+                       env=e, port=srv.port, prefix=prefix)
+        return FleetNode(node_id, prefix, n)
+    ns, addr = lan.join()
+    # plain TCP on a LAN of the test's own namespaces (TLS to a remote Redis: test_redis_tls)
+    e["CORE0_REDIS_INSECURE"] = "true"
+    n = start_node(base / node_id, extra=["--redis-url",
+                                          f"redis://{lan.redis_addr}:{srv.port}",
                                           "--prefix", prefix],
-                   env=e, port=srv.port, prefix=prefix)
-    return FleetNode(node_id, prefix, n)
+                   env=e, port=srv.port, prefix=prefix, netns=ns, socket_path=srv.socket)
+    return FleetNode(node_id, prefix, n, ns, addr)
 
 
 def shared_client(srv: RedisServer) -> redis.Redis:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require, wait_until
+from conftest import free_port, require, wait_until
 from net_fixtures import NetNode, Netns, netns
 from virt_fixtures import Libvirtd, guest_files, libvirtd
 
@@ -105,6 +105,10 @@ def _pings(node: NetNode) -> bool:
         return False
 
 
+#: the node's Prometheus endpoint (inside its namespace): per-VM monitors
+METRICS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
     kernel, initrd = guest_files()
@@ -127,7 +131,8 @@ def env() -> Iterator[Env]:
                 f'[main]\nfilesystem_root = "{root}"\n'
                 f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
                 f'probe_kernel = "{root / "images/vmlinuz"}"\n'
-                '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.8.2"]\n')
+                '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.8.2"]\n'
+                f'[metrics]\nport = {METRICS_PORT}\n')
             node = start_node(ns, base, cfg)
             try:
                 yield Env(ns, lv, node, root, base / "virt", cfg)

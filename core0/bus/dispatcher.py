@@ -155,6 +155,7 @@ class Dispatcher:
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
         self.metrics.serve()
+        self.metrics.samplers += [self._containers_sample, self._vms_sample]
         self._loops.append(asyncio.ensure_future(
             self.metrics.watch_queues(self.bus.r, self.stop_event)))
         if self.cfg.node.registry == "yes" or (self.cfg.node.registry == "auto"
@@ -332,6 +333,19 @@ class Dispatcher:
             vm_persist.restore(self.engine, self.cfg)
         except Exception:
             log.exception("declared VMs not restored")
+
+    async def _containers_sample(self) -> list[Any]:
+        """The containers' cgroup figures for the metrics endpoint (core0/sandbox)."""
+        from core0.sandbox import manager
+
+        return await asyncio.to_thread(manager.monitor, self.cfg.state_dir)
+
+    async def _vms_sample(self) -> list[Any]:
+        """The VMs' figures for the metrics endpoint, once kvm.* is in use (core0/virt)."""
+        from core0.virt import manager as vms
+
+        virt = vms.current()
+        return await virt.monitor() if virt is not None else []
 
     def _settle(self, written: list[bool]) -> None:
         self.stats["duplicates"] += written.count(False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import psutil
@@ -72,6 +72,10 @@ class NodeMetrics:
         self.registry.register(_Live(self))  # type: ignore[arg-type]
         self._server: Any = None
         self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        #: workload monitors (containers, VMs): called every QUEUE_EVERY s in the event loop
+        #: by :meth:`watch_queues`; their last samples are served at scrape time
+        self.samplers: list[Callable[[], Awaitable[list[Sample]]]] = []
+        self.samples: list[Sample] = []
         psutil.cpu_percent(interval=None)  # the first call only starts the measurement
 
     # ------------------------------------------------------------ hooks
@@ -106,6 +110,7 @@ class NodeMetrics:
             ql.add_metric([queue, kind], n)
         yield ql
         yield from host_metrics([self.cfg.main.filesystem_root, self.cfg.main.state_dir])
+        yield from workload_metrics(self.samples)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -144,10 +149,33 @@ class NodeMetrics:
                     self.lengths[k] = int(n)
             except Exception as e:  # the pop loop reports Redis trouble; stale values stay
                 log.debug("metrics: queue lengths not read (%s)", e)
+            samples: list[Sample] = []
+            for sampler in self.samplers:
+                try:
+                    samples += await sampler()
+                except Exception as e:  # a monitor that fails leaves the others' samples
+                    log.debug("metrics: a workload monitor failed (%s)", e)
+            self.samples = samples
             try:
                 await asyncio.wait_for(stop.wait(), QUEUE_EVERY)
             except TimeoutError:
                 pass
+
+
+#: one workload measurement: (metric, help, kind of counter, labels, value)
+Sample = tuple[str, str, str, dict[str, str], float]
+
+
+def workload_metrics(samples: Iterable[Sample]) -> Iterable[Metric]:
+    """The containers' and VMs' measurements as metric families (one per metric name)."""
+    families: dict[str, Any] = {}
+    for name, text, kind, labels, value in samples:
+        fam = families.get(name)
+        if fam is None:
+            cls = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            fam = families[name] = cls(name, text, labels=sorted(labels))
+        fam.add_metric([labels[k] for k in sorted(labels)], value)
+    yield from families.values()
 
 
 def fetch(cfg: Config, timeout: float = 10.0) -> bytes:

@@ -474,3 +474,33 @@ def find_record(ctx: Context, query: int | str) -> Record:
         if r.name == query:
             return r
     raise NotFound(f"no container named {query}")
+
+
+def monitor(state_dir: Path) -> list[tuple[str, str, str, dict[str, str], float]]:
+    """Every container's cgroup figures for the metrics endpoint (core0/fleet/metrics.py):
+    memory in use, CPU time, OOM kills."""
+    out: list[tuple[str, str, str, dict[str, str], float]] = []
+    for rec in Store(state_dir).all():
+        labels = {"container": str(rec.id), "name": rec.name or ""}
+        u = usage(rec)
+        out.append(("core0_container_memory_bytes", "Memory in use by a container's cgroup",
+                    "gauge", labels, float(u["rss"])))
+        out.append(("core0_container_oom_kills", "OOM kills in a container's cgroup",
+                    "counter", labels, float(u["oom_kills"])))
+        cpu = _cpu_seconds(rec.cgroups_path)
+        if cpu is not None:
+            out.append(("core0_container_cpu_seconds", "CPU time of a container's cgroup",
+                        "counter", labels, cpu))
+    return out
+
+
+def _cpu_seconds(cg_path: str) -> float | None:
+    text = _cgroup_file(cg_path, "cpu", "cpu.stat")  # v2: usage_usec
+    for line in (text or "").splitlines():
+        k, _, val = line.partition(" ")
+        if k == "usage_usec" and val.strip().isdigit():
+            return int(val) / 1e6
+    text = _cgroup_file(cg_path, "cpuacct", "cpuacct.usage")  # v1: nanoseconds
+    if text and text.strip().isdigit():
+        return int(text) / 1e9
+    return None

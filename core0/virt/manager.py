@@ -52,6 +52,11 @@ def of(ctx: Context) -> Virt:
     return v
 
 
+def current() -> Virt | None:
+    """The dispatcher's Virt if a ``kvm.*`` command has made it (None otherwise)."""
+    return next(iter(_VIRTS.values()), None)
+
+
 def lv_error(e: Exception, what: str = "") -> CommandError:
     """A libvirt error as a command error (404 no domain, 409 invalid state, else 500)."""
     lv = libvirt_module()
@@ -89,6 +94,28 @@ class Virt:
         self._create_lock = asyncio.Lock()
         #: uuids being created (reconciliation leaves them alone)
         self.creating: set[str] = set()
+
+    async def monitor(self) -> list[tuple[str, str, str, dict[str, str], float]]:
+        """Every VM's figures for the metrics endpoint (core0/fleet/metrics.py): CPU time,
+        memory, vCPUs, running or not. Nothing (and no connection made) until a ``kvm.*``
+        command has connected."""
+        if not self._ready:
+            return []
+
+        def read(c: Any) -> list[tuple[str, str, list[int]]]:
+            return [(d.UUIDString(), d.name(), d.info()) for d in c.listAllDomains(0)]
+
+        out: list[tuple[str, str, str, dict[str, str], float]] = []
+        for uuid, name, (state, _max_kib, mem_kib, vcpus, cpu_ns) in await self.conn.call(read):
+            labels = {"uuid": uuid, "name": name}
+            out += [("core0_vm_cpu_seconds", "CPU time of a VM", "counter", labels,
+                     cpu_ns / 1e9),
+                    ("core0_vm_memory_bytes", "Memory of a VM", "gauge", labels,
+                     mem_kib * 1024.0),
+                    ("core0_vm_vcpus", "vCPUs of a VM", "gauge", labels, float(vcpus)),
+                    ("core0_vm_running", "1 while a VM runs", "gauge", labels,
+                     1.0 if state == 1 else 0.0)]
+        return out
 
     # ------------------------------------------------------------ setup
 

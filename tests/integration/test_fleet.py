@@ -1,5 +1,6 @@
 """A fleet of 5 core0 nodes (``core0 dev``, each with its own ``{nodeN}:`` prefix, node id and
-ACL user) on one shared real redis-server: the registry, fan-out with ``Fleet``, a node killed
+ACL user, each in a network namespace of its own with its own address, reaching Redis over a
+bridge) on one shared real redis-server: the registry, fan-out with ``Fleet``, a node killed
 mid-call, tag selection, and one node's ACL user kept off another node's keys."""
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import RedisServer, kill_tree, start_redis, wait_until
+from conftest import RedisServer, kill_tree, wait_until
 from core0_client.fleet import AsyncFleet, Fleet
-from fleet_fixtures import FleetNode, start_fleet_node
+from fleet_fixtures import FleetNode, fleet_lan, start_fleet_node
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +29,15 @@ TAGS = {"node1": "web,eu", "node2": "web,us", "node3": "db,eu", "node4": "db,us"
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer,
                                                                        dict[str, FleetNode]]]:
     base = tmp_path_factory.mktemp("fleet")
-    srv = start_redis(base)
-    nodes: dict[str, FleetNode] = {}
-    try:
-        for nid, tags in TAGS.items():
-            nodes[nid] = start_fleet_node(srv, base, nid, tags=tags, user=True)
-        yield srv, nodes
-    finally:
-        for fn in nodes.values():
-            fn.node.stop()
-        kill_tree(srv.pid)
+    with fleet_lan(base) as (lan, srv):
+        nodes: dict[str, FleetNode] = {}
+        try:
+            for nid, tags in TAGS.items():
+                nodes[nid] = start_fleet_node(srv, base, nid, tags=tags, user=True, lan=lan)
+            yield srv, nodes
+        finally:
+            for fn in nodes.values():
+                fn.node.stop()
 
 
 def _fleet(srv: RedisServer) -> Fleet:
@@ -50,6 +50,10 @@ def test_registry_lists_every_node(fleet: tuple[RedisServer, dict[str, FleetNode
         assert wait_until(lambda: len(f.nodes()) == 5, 10)
         infos = {n.id: n for n in f.nodes()}
     assert set(infos) == set(TAGS)
+    # each node in a network namespace of its own, with its own address on the LAN
+    assert len({fn.netns for fn in nodes.values()}) == 5
+    for nid, fn in nodes.items():
+        assert infos[nid].entry["addresses"] == [fn.addr], (nid, infos[nid].entry["addresses"])
     n1 = infos["node1"]
     assert n1.prefix == "{node1}:" and n1.tags == ["web", "eu"]
     assert "core" in n1.entry["capabilities"] and n1.entry["version"]

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import Env, assert_clean, env, events_of, seen
+from kvm_env import METRICS_PORT, Env, assert_clean, env, events_of, seen
 from net_fixtures import netns
+from prometheus_client.parser import text_string_to_metric_families
 from virt_fixtures import MARKER, PAGE, Libvirtd, libvirtd, wait_text
 
 __all__ = ["env"]  # the fixture
@@ -249,6 +250,18 @@ def _devices(env: Env, c0: Any, c: Any, uuid: str) -> None:
 
     console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
     assert wait_text(console, MARKER, 120)
+
+    # per-VM monitors on the node's Prometheus endpoint
+    def vm_samples() -> dict[str, float]:
+        text = env.ns.run("curl", "-sf", "-m", "10",
+                          f"http://127.0.0.1:{METRICS_PORT}/metrics").stdout
+        return {s.name: s.value for fam in text_string_to_metric_families(text)
+                for s in fam.samples if s.labels.get("uuid") == uuid}
+
+    assert wait_until(lambda: vm_samples().get("core0_vm_running") == 1.0, 30), vm_samples()
+    got = vm_samples()
+    assert got["core0_vm_cpu_seconds_total"] > 0 and got["core0_vm_vcpus"] >= 1
+    assert got["core0_vm_memory_bytes"] >= 64 << 20
 
     # images: create, convert (qemu-img), then hot-plug / limit / unplug
     c.sync("kvm.create-image", {"file_name": "/images/d2.raw", "format": "raw", "size": "4M"})
