@@ -45,7 +45,7 @@ bench: deps
 	$(VENV)/bin/python bench/front.py
 	$(VENV)/bin/python bench/container.py
 	$(VENV)/bin/python bench/kvm.py
-	$(VENV)/bin/python bench/idle.py
+	$(VENV)/bin/python bench/upgrade.py
 
 ## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full);
 ## FORMAT=iso also makes a hybrid BIOS/UEFI ISO of it, FORMAT=ipxe an iPXE script (BASE_URL=…)
