@@ -124,7 +124,8 @@ def main() -> None:
         print(f"  core0 (bus, create/dispatch/terminate) {k:8.1f} ms   ratio {k / b:5.2f}x")
         if pod_runs:
             p = median_ms(pod_runs)
-            print(f"  podman run --rm               {p:8.1f} ms   core0 is {p / k:5.2f}x faster")
+            print(f"  podman run --rm               {p:8.1f} ms   container.run is {p / r:5.2f}x "
+                  f"faster, create/dispatch/terminate {p / k:5.2f}x")
         else:
             print("  podman: does not run here")
         clone_bench(work, opts.runs)
