@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from redis.crc import key_slot
 
-from core0_client._api import Arg, Blocking, Call, Gen, Sleep, abandon
+from core0_client._api import Arg
 from core0_client.resp import ErrorReply
 from core0_client.sync import Client
 from core0_client.transport import Pool
@@ -126,31 +125,6 @@ class ClusterClient(Client):
                 else:
                     replies[i] = reply
         return replies
-
-    def _drive(self, gen: Gen) -> Any:
-        """``Client._drive``, with each round trip routed over the cluster."""
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                op = gen.throw(error) if error is not None else gen.send(value)
-            except StopIteration as stop:
-                return stop.value
-            value, error = None, None
-            try:
-                if isinstance(op, Call):
-                    value = self._execute(op.cmds, op.deadline)
-                elif isinstance(op, Sleep):
-                    time.sleep(op.seconds)
-                elif isinstance(op, Blocking):
-                    value = op.fn(*op.args)
-                else:  # pragma: no cover - the generators yield nothing else
-                    raise TypeError(f"unknown operation {op!r}")
-            except Exception as e:  # handed to the generator, which may handle it
-                error = e
-            except BaseException:
-                abandon(gen)
-                raise
 
     def close(self) -> None:
         """Close every master's connections."""

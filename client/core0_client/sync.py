@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from core0_client._api import (
+    Arg,
     Blocking,
     Call,
     ClientAPI,
@@ -39,6 +41,10 @@ class Client(ClientAPI):
     def _connected_once(self) -> bool:
         return self.pool.connected_once
 
+    def _execute(self, cmds: Sequence[Sequence[Arg]], deadline: float) -> list[Any]:
+        """One round trip (a cluster client routes it to the slots' owners)."""
+        return self.pool.execute(cmds, deadline)
+
     def _drive(self, gen: Gen) -> Any:
         value: Any = None
         error: BaseException | None = None
@@ -50,7 +56,7 @@ class Client(ClientAPI):
             value, error = None, None
             try:
                 if isinstance(op, Call):
-                    value = self.pool.execute(op.cmds, op.deadline)
+                    value = self._execute(op.cmds, op.deadline)
                 elif isinstance(op, Sleep):
                     time.sleep(op.seconds)
                 elif isinstance(op, Blocking):
