@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -161,11 +160,13 @@ def destroy_domains(cfg: Config, timeout: float = 20.0) -> int:
 
 
 def _nsexec(b: str, argv: list[str]) -> None:
-    """Inside the daemon's new mount namespace: the bind mounts, then exec the daemon."""
-    mount = shutil.which("mount") or "/bin/mount"
+    """Inside the daemon's new mount namespace: the bind mounts (mount(2), as init's own),
+    then exec the daemon."""
+    from core0.init import mounts
+
     for d, target in BINDS.items():
         os.makedirs(target, exist_ok=True)
-        subprocess.run([mount, "--bind", "--", os.path.join(b, d), target], check=True)
+        mounts.mount(os.path.join(b, d), target, "", mounts.MS_BIND)
     os.execvp(argv[0], argv)
 
 
