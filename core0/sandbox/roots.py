@@ -16,13 +16,13 @@ The overlay options are a comma/colon separated string, so the paths in it are c
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import shutil
 import struct
+import time
 from pathlib import Path
 
 from core0.errors import Internal, PreconditionFailed
@@ -160,5 +160,13 @@ def drop(cdir: Path) -> None:
             _unmount(point)
     if is_subvolume(merged):
         _vol_ioctl(cdir, "rootfs", BTRFS_IOC_SNAP_DESTROY)
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(cdir)
+    for attempt in range(10):  # a process of the container may still write a last file
+        try:
+            shutil.rmtree(cdir)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY or attempt == 9:
+                raise
+            time.sleep(0.1)
