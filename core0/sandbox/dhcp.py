@@ -37,13 +37,19 @@ case "$1" in
     [ "$CORE0_DHCP_RENEW" = 1 ] || $BB ip -4 addr flush dev "$interface"
     $BB ip link set "$interface" up ;;
   bound|renew)
-    $BB ip -4 addr flush dev "$interface"
-    $BB ip addr add "$ip/$mask" dev "$interface"
+    # a renewal that keeps the address touches nothing: the container never sees its
+    # address, route or resolv.conf missing for a moment
+    if ! $BB ip -4 -o addr show dev "$interface" | $BB grep -q " inet $ip/$mask "; then
+      $BB ip -4 addr flush dev "$interface"
+      $BB ip addr add "$ip/$mask" dev "$interface"
+    fi
     for r in $router; do $BB ip route replace default via "$r" dev "$interface"; break; done
     if [ -n "$dns" ]; then
       : > {resolv}.new
       for d in $dns; do echo "nameserver $d" >> {resolv}.new; done
-      $BB cat {resolv}.new > {resolv}
+      # resolv.conf is bind-mounted into the container (its inode must stay): rewritten in
+      # place, and only when it changes
+      $BB cmp -s {resolv}.new {resolv} || $BB cat {resolv}.new > {resolv}
       $BB rm -f {resolv}.new
     fi ;;
 esac
