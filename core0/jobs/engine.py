@@ -31,11 +31,17 @@ from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import InlineJob, Job, queue_scope, visible_to
 from core0.jobs.output import QueueSlots
 from core0.jobs.recent import RecentResults
-from core0.jobs.result import TERMINATING, builtin_result, exception_result, process_result
+from core0.jobs.result import (
+    TERMINATING,
+    builtin_result,
+    derivable,
+    exception_result,
+    process_result,
+)
 from core0.proc import process
 from core0.proc.output import FileFollower, OutputParser
 from core0.proc.process import find_executable
-from core0.proc.spawn import boot_ticks
+from core0.proc.spawn import boot_ticks, devnull_fd
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 
@@ -51,10 +57,6 @@ log = logging.getLogger(__name__)
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 
 GRACE = 2.0
-
-
-def _private(path: str, flags: int) -> int:
-    return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
 class JobEngine:
@@ -265,7 +267,7 @@ class JobEngine:
             log.info("service %s stopped (%s)", job.id, result.state.value)
         else:
             records = await job.output.final_records(ok)
-            if job.process:
+            if job.process and not derivable(job, result):
                 self.store.save(job, state="done", result=text)
             pub = Publish(job.id, text, job.raw, job.processing, "owned")
             try:
@@ -351,16 +353,10 @@ class JobEngine:
             assert ps is not None
             job.label = ps.label or " ".join(ps.argv)
             self.store.new_run(job.id, job.run, bool(ps.stdin))
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_CLOEXEC
-            fo = os.open(out_path, flags, 0o600)
-            fe = os.open(err_path, flags, 0o600)
-            if ps.stdin:
-                in_path = self.store.stdin_path(job.id, job.run)
-                with open(in_path, "wb", opener=_private) as stdin_file:
-                    stdin_file.write(ps.stdin)
-                fi = os.open(in_path, os.O_RDONLY | os.O_CLOEXEC)
-            else:
-                fi = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            # the very open files the child writes are the followers' (below): its exit
+            # closes nothing of ours, so it wakes no watcher
+            fo, fe = self.store.open_outputs(job.id, job.run)
+            fi = self.store.open_stdin(job.id, job.run, ps.stdin) if ps.stdin else devnull_fd()
             job.state = "running"
             exe = find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
@@ -370,10 +366,13 @@ class JobEngine:
             try:
                 sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
                                          stderr=fe, exe=exe, start_ticks=False)
-            finally:
+            except BaseException:
                 os.close(fo)
                 os.close(fe)
-                os.close(fi)
+                raise
+            finally:
+                if ps.stdin:
+                    os.close(fi)
             if _CRASH_AFTER_SPAWN and job.comm == _CRASH_AFTER_SPAWN:
                 os._exit(70)  # fault tests: die in the instant between spawn and bookkeeping
             # the child was forked between the two readings of the boot clock: that bracket
@@ -392,11 +391,12 @@ class JobEngine:
             offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
             done = asyncio.ensure_future(adopt.adopted_exit(self, job, resume))
         backlog = self.cfg.bus.output_backlog_bytes
+        fds = (fo, fe) if resume is None else (None, None)
         followers = [
             FileFollower(path, OutputParser(level), job.output.add, offset,
-                         full=job.output.full, backlog_max=backlog)
-            for path, level, offset in ((out_path, Level.STDOUT, offsets[0]),
-                                        (err_path, Level.STDERR, offsets[1]))
+                         full=job.output.full, backlog_max=backlog, fd=fd)
+            for path, level, offset, fd in ((out_path, Level.STDOUT, offsets[0], fds[0]),
+                                            (err_path, Level.STDERR, offsets[1], fds[1]))
         ]
         job.output.followers = followers
         for f in followers:

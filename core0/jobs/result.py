@@ -61,6 +61,13 @@ def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | 
     )
 
 
+def derivable(job: Job, result: Result) -> bool:
+    """Whether a next dispatcher would make the same result from the job's "exited" record and
+    its output files (a plain exit of a one-shot job): then no "done" record is written."""
+    return (result.state in (State.SUCCESS, State.ERROR) and job.run == 1 and not job.protected
+            and not job.cmd.recurring_period and not job.cmd.max_restart)
+
+
 def process_result(job: Job, status: int | None, timed_out: bool) -> Result:
     """A process's exit: ``1000 + status`` (``1128 + N`` by signal N), TIMEOUT or KILLED."""
     out = job.output

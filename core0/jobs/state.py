@@ -5,7 +5,9 @@ Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line 
 spawn; every later step of a run appends one short line with only what changed: ``spawning``
 (the whole run, before the spawn), ``running`` (pid + start time), ``exited`` (wait status,
 written the moment the reaper hands it over, before the zombie is reaped), ``scheduled``
-(between recurring runs) and ``done`` (the result, before it is published). A line is one
+(between recurring runs) and ``done`` (the result, before it is published; only when a next
+dispatcher could not make the same result from ``exited`` and the output files: a timeout,
+a kill, a recurring, restarting or protected job). A line is one
 ``write`` on a descriptor kept open for the job's life (``O_APPEND``; fsync only off tmpfs), so
 a step costs one system call instead of a temp file, a rename and a directory entry
 (docs/performance.md). A line torn by a crash is ignored when loading; the state is the first
@@ -95,6 +97,30 @@ class JobStore:
     def stdin_path(self, job_id: str, run: int) -> str:
         return f"{self._root}/{_name(job_id)}.{run}.in"
 
+    def open_outputs(self, job_id: str, run: int) -> tuple[int, int]:
+        """Make run ``run``'s stdout and stderr files; their fds are read-write (the child
+        appends to them, the followers read and punch them)."""
+        fds = []
+        for path in self.output_paths(job_id, run):
+            flags = os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            try:  # a new file: no truncation (which would be an inotify event)
+                fds.append(os.open(path, flags | os.O_EXCL, 0o600))
+            except FileExistsError:  # left by a run before a crash
+                fds.append(os.open(path, flags | os.O_TRUNC, 0o600))
+        return fds[0], fds[1]
+
+    def open_stdin(self, job_id: str, run: int, data: bytes) -> int:
+        """Write run ``run``'s stdin file (private); a read-only fd of it."""
+        path = self.stdin_path(job_id, run)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
     def new_run(self, job_id: str, run: int, stdin: bool) -> None:
         """Files of run ``run`` are about to be made: those of the run before go."""
         prev = self._files.get(job_id)
@@ -162,11 +188,11 @@ class JobStore:
         if fd is not None:
             os.close(fd)
         run, stdin = self._files.pop(job_id, (run, True))
-        self._unlink_run(job_id, run, stdin)
-        try:
+        try:  # the log first: a job whose log is there still has its output files
             os.unlink(self.log_path(job_id))
         except OSError:
             pass
+        self._unlink_run(job_id, run, stdin)
 
     def _unlink_run(self, job_id: str, run: int, stdin: bool) -> None:
         paths = [*self.output_paths(job_id, run)]

@@ -125,8 +125,11 @@ class Tail:
 
 _libc = ctypes.CDLL(None, use_errno=True)
 IN_MODIFY = 0x00000002
-IN_CLOSE_WRITE = 0x00000008
 IN_Q_OVERFLOW = 0x00004000
+#: what wakes a follower: a write. Not IN_CLOSE_WRITE: a close adds no data (and the files'
+#: last close is the follower's own, at the end, or the exited child's, whose output is
+#: drained at its exit anyway)
+_WATCH = IN_MODIFY
 IN_IGNORED = 0x00008000
 IN_NONBLOCK = 0o4000
 IN_CLOEXEC = 0o2000000
@@ -163,7 +166,7 @@ class Inotify:
         os.close(self.fd)
 
     def add(self, path: str, callback: Callable[[], None]) -> int:
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), IN_MODIFY | IN_CLOSE_WRITE)
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), _WATCH)
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
@@ -176,7 +179,7 @@ class Inotify:
 
     def watch_dir(self, path: str) -> None:
         """Watch the files in directory ``path`` (one watch for all of them)."""
-        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), IN_MODIFY | IN_CLOSE_WRITE)
+        wd = _libc.inotify_add_watch(self.fd, os.fsencode(path), _WATCH)
         if wd < 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err), path)
@@ -253,6 +256,7 @@ class FileFollower:
         *,
         full: Callable[[], bool] | None = None,
         backlog_max: int = 0,
+        fd: int | None = None,
     ):
         self.path = path
         self.parser = parser
@@ -266,7 +270,8 @@ class FileFollower:
         self.backlog_max = backlog_max
         self.skipped = 0
         self._again = False
-        self._fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        #: read-write (holes are punched); ``fd`` (taken over) when the caller has it open
+        self._fd = fd if fd is not None else os.open(path, os.O_RDWR | os.O_CLOEXEC)
         self._wd: int | None = None
         self._name: str | None = None
         self._inotify: Inotify | None = None

@@ -49,6 +49,17 @@ def _env_entry(key: str, value: str) -> bytes:
     return entry
 
 
+_DEVNULL = -1
+
+
+def devnull_fd() -> int:
+    """A read-only ``/dev/null`` opened once (close-on-exec), the stdin of jobs without one."""
+    global _DEVNULL
+    if _DEVNULL < 0:
+        _DEVNULL = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _DEVNULL
+
+
 def spawn_program(
     path: str,
     argv: Sequence[str],
