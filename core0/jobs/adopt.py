@@ -11,9 +11,12 @@ exec another), is its process; several leave its status unknown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0.bus.store import Publish, retry_forever
 from core0.jobs import state as jobstate
 from core0.proc import process
 
@@ -70,3 +73,49 @@ async def adopted_exit(engine: JobEngine, job: Job, saved: jobstate.Saved) -> in
     if exited is not None:
         engine.store.save(job, state="exited", status=exited)
     return exited
+
+
+def adopt_all(engine: JobEngine, parse: Any) -> int:
+    """Re-create the jobs a previous dispatcher left in the state dir (``parse``: a saved job →
+    its command, spec, arguments and role). Returns how many."""
+    from core0.jobs.job import Job
+
+    n = 0
+    every = list(engine.store.load_all())
+    engine.adopted_pids |= {s.pid for s in every if s.pid}
+    for saved in every:
+        try:
+            cmd, spec, args, role = parse(saved)
+        except Exception as e:
+            log.warning("job %s in state dir cannot be adopted: %s", saved.id, e)
+            engine.store.remove(saved.id, saved.run)
+            continue
+        job = Job(engine, cmd, spec, args, role, saved.raw, saved.processing)
+        job.run = saved.run
+        job.starttime = saved.starttime
+        job.process = True
+        job.protected = saved.protected and job.internal
+        job.container = saved.container
+        if saved.state == "done" and saved.result:
+            engine.table[job.id] = job
+            job.task = asyncio.ensure_future(_publish_saved(engine, job, saved.result))
+        else:
+            if saved.state == "spawning":
+                found = jobstate.find_writer(
+                    Path(engine.store.output_paths(job.id, saved.run)[0]))
+                if found:
+                    saved.state, saved.pid = "running", found
+                    saved.start_ticks = process.proc_start_ticks(found)
+                    saved.start_max = 0
+            engine.start(job, saved)
+        n += 1
+        log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
+    return n
+
+
+async def _publish_saved(engine: JobEngine, job: Job, text: str) -> None:
+    await retry_forever("result", engine.bus.publish,
+                        [Publish(job.id, text, job.raw, job.processing, "owned")])
+    engine.remember(job.id, text)
+    engine.store.remove(job.id, job.run)
+    engine.forget(job.id)

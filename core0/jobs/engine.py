@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
 
 GRACE = 2.0
+#: seconds after which published jobs' files are removed at the latest (JobStore.sweep)
+SWEEP_AFTER = 0.05
 
 
 class JobEngine:
@@ -110,6 +112,7 @@ class JobEngine:
         self.started_ticks = boot_ticks()
         #: jobs lost while spawning → the processes that may be theirs (see _run_once)
         self.candidates: dict[str, list[list[Any]]] = {}
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ capacity
 
@@ -279,7 +282,10 @@ class JobEngine:
             self.remember(job.id, text, job.role, job.scope)
             self.on_result(job.cmd.command, result.state.value, result.time / 1000)
         if job.process:
-            self.store.remove(job.id, job.run)
+            self.store.remove_later(job.id, job.run)
+            if self._sweep_timer is None:
+                self._sweep_timer = asyncio.get_running_loop().call_later(SWEEP_AFTER,
+                                                                          self._sweep)
         if self.table.pop(job.id, None) is not None and not job.internal:
             self.by_role[job.role] -= 1
         self._room.set()
@@ -408,6 +414,7 @@ class JobEngine:
                 remaining = max(0.0, job.cmd.max_time - (now_ms() - job.starttime) / 1000)
             try:
                 if remaining is None and resume is None:  # no layers: a loop turn each
+                    self.store.sweep()  # while the process runs
                     status = await done  # (a cancel: the reaper still records the exit)
                 else:
                     status = await asyncio.wait_for(asyncio.shield(done), remaining)
@@ -531,45 +538,16 @@ class JobEngine:
 
     def adopt_all(self, parse: Any) -> int:
         """Re-create the jobs a previous dispatcher left in the state dir. Returns how many."""
-        n = 0
-        every = list(self.store.load_all())
-        self.adopted_pids |= {s.pid for s in every if s.pid}
-        for saved in every:
-            try:
-                cmd, spec, args, role = parse(saved)
-            except Exception as e:
-                log.warning("job %s in state dir cannot be adopted: %s", saved.id, e)
-                self.store.remove(saved.id, saved.run)
-                continue
-            job = Job(self, cmd, spec, args, role, saved.raw, saved.processing)
-            job.run = saved.run
-            job.starttime = saved.starttime
-            job.process = True
-            job.protected = saved.protected and job.internal
-            job.container = saved.container
-            if saved.state == "done" and saved.result:
-                self.table[job.id] = job
-                job.task = asyncio.ensure_future(self._publish_saved(job, saved.result))
-            else:
-                if saved.state == "spawning":
-                    found = jobstate.find_writer(
-                        Path(self.store.output_paths(job.id, saved.run)[0]))
-                    if found:
-                        saved.state, saved.pid = "running", found
-                        saved.start_ticks = process.proc_start_ticks(found)
-                        saved.start_max = 0
-                self.start(job, saved)
-            n += 1
-            log.info("adopted job %s (%s, pid %s)", job.id, saved.state, saved.pid)
-        return n
+        return adopt.adopt_all(self, parse)
 
-    async def _publish_saved(self, job: Job, text: str) -> None:
-        await retry_forever("result", self.bus.publish,
-                            [Publish(job.id, text, job.raw, job.processing, "owned")])
-        self.remember(job.id, text)
-        self.store.remove(job.id, job.run)
-        self.table.pop(job.id, None)
+    def forget(self, job_id: str) -> None:
+        """A job that took no slot of the table's count is over (adoption's republish)."""
+        self.table.pop(job_id, None)
         self._room.set()
+
+    def _sweep(self) -> None:
+        self._sweep_timer = None
+        self.store.sweep()
 
     async def stop(self) -> list[Job]:
         """Dispatcher shutdown: process jobs keep running (adopted by the next dispatcher);
@@ -588,4 +566,5 @@ class JobEngine:
         tasks = [j.task for j in self.table.values() if j.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        self.store.sweep()
         return requeue

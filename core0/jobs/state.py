@@ -85,6 +85,8 @@ class JobStore:
         self._fds: dict[str, int] = {}
         #: job id → (run, has stdin file) of the run whose files exist
         self._files: dict[str, tuple[int, bool]] = {}
+        #: job id → run: published jobs whose files go at the next :meth:`sweep`
+        self._doomed: dict[str, int] = {}
 
     def log_path(self, job_id: str) -> str:
         return f"{self._root}/{_name(job_id)}.log"
@@ -123,6 +125,8 @@ class JobStore:
 
     def new_run(self, job_id: str, run: int, stdin: bool) -> None:
         """Files of run ``run`` are about to be made: those of the run before go."""
+        if job_id in self._doomed:  # the same id again before the sweep: its old files go now
+            self.remove(job_id, self._doomed.pop(job_id))
         prev = self._files.get(job_id)
         if prev is not None and prev[0] != run:
             self._unlink_run(job_id, *prev)
@@ -181,6 +185,21 @@ class JobStore:
             "next_run": job.next_run or 0.0,
             "comm": job.comm,
         }
+
+    def remove_later(self, job_id: str, run: int) -> None:
+        """:meth:`remove` at the next :meth:`sweep`: for a job whose result is published, so
+        that the unlinks run while the dispatcher waits (for the next job's process), not
+        between a result and the next command. A crash before the sweep is harmless: the next
+        dispatcher publishes again, and the result already there stands."""
+        self._doomed[job_id] = run
+
+    def sweep(self) -> int:
+        """Remove what :meth:`remove_later` left; returns how many jobs."""
+        n = len(self._doomed)
+        while self._doomed:
+            job_id, run = self._doomed.popitem()
+            self.remove(job_id, run)
+        return n
 
     def remove(self, job_id: str, run: int) -> None:
         """Forget a job: close its log, remove it and the files of its last run."""
