@@ -27,6 +27,24 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 sys.path.insert(0, str(ROOT / "tests"))
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                   items: list[pytest.Item]) -> None:
+    """The long fuzz run goes last and starts in the background now (see its module)."""
+    import fuzz_background as fuzz
+
+    last = [i for i in items if i.nodeid.endswith("test_fuzz_atheris.py::test_fuzz_wire_atheris")]
+    for i in last:
+        items.remove(i)
+    items.extend(last)
+    fuzz.start_background(items)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import fuzz_background as fuzz
+
+    fuzz.stop_background()
+
+
 def unavailable(reason: str) -> NoReturn:
     """The test cannot run here: skip locally, fail under CI=true (CI must provide it).
     The only way a test skips: never a bare ``pytest.skip``."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -47,25 +48,25 @@ def seeds(target: Target, where: Path) -> None:
 
 def main() -> None:
     logging.disable(logging.CRITICAL)  # dead letters and refusals are logged by the dispatcher
-    target = Target()
+    args = list(sys.argv)
+    # temporary files go inside the artifacts' directory when there is one: libFuzzer ends the
+    # process with exit() at -max_total_time, so nothing of ours runs after it to remove them
+    prefix = [a.split("=", 1)[1] for a in args if a.startswith("-artifact_prefix=")]
+    where = os.path.dirname(prefix[-1]) if prefix and prefix[-1].endswith("/") else None
+    target = Target(where)
 
     def one(data: bytes) -> None:
         if not data:
             return
         target.check(data[1:], ROLES[data[0] % len(ROLES)])
 
-    args = list(sys.argv)
     corpus = None
     if not any(not a.startswith("-") for a in args[1:]):
-        corpus = tempfile.TemporaryDirectory(prefix="core0-fuzz-corpus-")
+        corpus = tempfile.TemporaryDirectory(prefix="core0-fuzz-corpus-", dir=where)
         seeds(target, Path(corpus.name))
         args.append(corpus.name)
     atheris.Setup(args, one)
-    try:
-        atheris.Fuzz()
-    finally:
-        if corpus is not None:
-            corpus.cleanup()
+    atheris.Fuzz()
 
 
 if __name__ == "__main__":

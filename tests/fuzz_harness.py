@@ -39,8 +39,8 @@ class Target:
     """A dispatcher built from a default configuration (state in a temp dir), never run:
     only its decode/validate/route step is called."""
 
-    def __init__(self) -> None:
-        self.tmp = tempfile.TemporaryDirectory(prefix="core0-fuzz-")
+    def __init__(self, where: str | None = None) -> None:
+        self.tmp = tempfile.TemporaryDirectory(prefix="core0-fuzz-", dir=where)
         cfg = load(None, cmdline="", env={},
                    overrides={"main": {"state_dir": self.tmp.name, "include": []}})
         self.disp = Dispatcher(cfg)
