@@ -77,7 +77,10 @@ def _hub(stack: contextlib.ExitStack) -> Iterator[Lan]:
 
     require_root()
     hub = stack.enter_context(netns("hub"))
-    hub.run("ip", "link", "add", "br0", "type", "bridge")
+    # a MAC of its own: a bridge without one takes its lowest port's, so it would change as
+    # nodes join, and the nodes' ARP entries for Redis would go stale (their packets lost
+    # until the entry is probed again: seconds without Redis, heartbeats missed)
+    hub.run("ip", "link", "add", "br0", "address", "02:c0:00:00:00:01", "type", "bridge")
     hub.run("ip", "addr", "add", "10.240.0.1/24", "dev", "br0")
     hub.run("ip", "link", "set", "br0", "up")
     yield Lan(hub, stack)
