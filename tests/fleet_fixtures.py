@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 from conftest import Node, RedisServer, start_node
-from redis.cluster import ClusterNode
+from redis.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 
@@ -196,10 +196,10 @@ class Cluster:
         """The server's unix socket (reaches it from any namespace of this machine)."""
         return self.sockets[self.ports.index(port)]
 
-    def client(self) -> redis.RedisCluster:
+    def client(self) -> RedisCluster:
         """A cluster client started from the nodes that were not killed."""
         live = [p for p in self.ports if p not in self.dead]
-        return redis.RedisCluster(startup_nodes=[ClusterNode(self.host(p), p) for p in live],
+        return RedisCluster(startup_nodes=[ClusterNode(self.host(p), p) for p in live],
                                   password=CLUSTER_PASSWORD)
 
     def kill(self, port: int) -> None:
