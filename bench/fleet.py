@@ -26,6 +26,7 @@ import shutil
 import statistics
 import sys
 import time
+from typing import Any
 
 from _common import ROOT, start_redis, stop, tmpdir
 
@@ -42,40 +43,64 @@ def _median(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
 
 
 class CPU:
-    """User + system CPU seconds of a set of processes (and their children)."""
+    """User + system CPU seconds of groups of processes (each with its children)."""
 
-    def __init__(self, pids: list[int]):
+    def __init__(self, groups: dict[str, list[int]], alone: tuple[str, ...] = ()):
+        """``alone``: groups counted without their children (this process: the nodes it
+        started are its children)."""
         import psutil
 
-        self.procs = []
-        for pid in pids:
-            p = psutil.Process(pid)
-            self.procs += [p, *p.children(recursive=True)]
+        self.groups: dict[str, list[Any]] = {}
+        for name, pids in groups.items():
+            procs = []
+            for pid in pids:
+                p = psutil.Process(pid)
+                procs += [p, *([] if name in alone else p.children(recursive=True))]
+            self.groups[name] = procs
 
-    def seconds(self) -> float:
+    def seconds(self) -> dict[str, float]:
         import psutil
 
-        total = 0.0
-        for p in self.procs:
-            try:
-                t = p.cpu_times()
-            except psutil.Error:
-                continue
-            total += t.user + t.system
-        return total
+        out = {}
+        for name, procs in self.groups.items():
+            total = 0.0
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                except psutil.Error:
+                    continue
+                total += t.user + t.system
+            out[name] = total
+        return out
 
 
-def _cpu_per_call(cpu: CPU, fn, idle_rate: float, span: float = 3.0) -> float:  # type: ignore[no-untyped-def]
-    """CPU seconds (all processes) per call of ``fn``, called for ``span`` seconds (CPU times
-    tick in 10 ms steps per process: a long span keeps that error small), idle background
-    subtracted."""
+def _cpu_per_call(cpu: CPU, fn, idle: dict[str, float],  # type: ignore[no-untyped-def]
+                  span: float = 6.0, gap: float = 0.02) -> tuple[dict[str, float], float]:
+    """(CPU seconds per call of ``fn`` by group, idle background subtracted; mean wall seconds
+    per call). ``fn`` is called for ``span`` seconds, ``gap`` apart, so each call is alone as
+    in the wall-time medians, and what a node still does after answering (its bookkeeping)
+    is counted with the call; a long span keeps the error of CPU times (10 ms ticks per
+    process) small."""
     calls = 0
+    busy = 0.0
     c0, t0 = cpu.seconds(), time.perf_counter()
     while time.perf_counter() - t0 < span:
+        t = time.perf_counter()
         fn()
+        busy += time.perf_counter() - t
         calls += 1
+        time.sleep(gap)
     c1, t1 = cpu.seconds(), time.perf_counter()
-    return max(0.0, (c1 - c0) - idle_rate * (t1 - t0)) / calls
+    return ({k: max(0.0, (c1[k] - c0[k]) - idle[k] * (t1 - t0)) / calls for k in c0},
+            busy / calls)
+
+
+#: the nodes' registry heartbeat (s), and the span the idle background is measured over
+HEARTBEAT = 5
+IDLE_SPAN = 2 * HEARTBEAT
+
+#: the CPU figures of each fleet size measured, printed after the wall times
+CPU_ROWS: list[tuple[str, ...]] = []
 
 
 def measure(n: int, rounds: int) -> tuple[str, ...]:
@@ -90,7 +115,7 @@ def measure(n: int, rounds: int) -> tuple[str, ...]:
         for i in range(n):
             nid = f"node{i}"
             prefix = f"{{{nid}}}:"
-            env = {"CORE0_NODE_ID": nid, "CORE0_NODE_HEARTBEAT": "5"}
+            env = {"CORE0_NODE_ID": nid, "CORE0_NODE_HEARTBEAT": str(HEARTBEAT)}
             nodes.append(start_node(tmp / nid, extra=["--redis-url", f"unix://{sock}",
                                                       "--prefix", prefix],
                                     env=env, port=port, prefix=prefix))
@@ -113,22 +138,30 @@ def measure(n: int, rounds: int) -> tuple[str, ...]:
             fan_t = _median(fan, rounds)
             seq_t = _median(lambda: [c.ping() for c in clients], rounds)
             # the CPU side: every process of the fleet, this one included
-            cpu = CPU([proc.pid, os.getpid(), *[nd.pid for nd in nodes]])
+            cpu = CPU({"client": [os.getpid()], "redis": [proc.pid],
+                       "nodes": [nd.pid for nd in nodes]}, alone=("client",))
+            # the idle background over two heartbeats of every node
             c0 = cpu.seconds()
-            time.sleep(3)
-            idle_rate = (cpu.seconds() - c0) / 3
-            fan_cpu = _cpu_per_call(cpu, fan, idle_rate)
-            single_cpu = _cpu_per_call(cpu, clients[0].ping, idle_rate)
+            time.sleep(IDLE_SPAN)
+            idle = {k: (v - c0[k]) / IDLE_SPAN for k, v in cpu.seconds().items()}
+            fan_cpu, fan_mean = _cpu_per_call(cpu, fan, idle)
+            ping_cpu, ping_mean = _cpu_per_call(cpu, clients[0].ping, idle)
         for c in clients:
             c.close()
         cores = os.cpu_count() or 1
-        floor = fan_cpu / cores
-        return (f"{n} nodes", f"{single * 1000:.2f} ms",
-                f"{fan_t * 1000:.2f} ms ({fan_t / single:.2f}× slowest single)",
-                f"{seq_t * 1000:.2f} ms ({seq_t / fan_t:.2f}× fan-out)",
-                f"{single_cpu * 1000:.2f} ms",
-                f"{fan_cpu * 1000:.2f} ms",
-                f"{floor * 1000:.2f} ms ({floor / single:.2f}× slowest single)")
+        total = sum(fan_cpu.values())
+        ms = 1000
+        CPU_ROWS.append((
+            f"{n} nodes",
+            f"{sum(ping_cpu.values()) * ms:.2f} ms (nodes {ping_cpu['nodes'] * ms:.2f})",
+            f"{total * ms:.2f} ms (nodes {fan_cpu['nodes'] * ms:.2f}, redis "
+            f"{fan_cpu['redis'] * ms:.2f}, client {fan_cpu['client'] * ms:.2f})",
+            f"{fan_mean * ms:.2f} ms",
+            f"{total / cores * ms:.2f} ms ({total / cores / single:.2f}×)",
+            f"{fan_cpu['client'] * ms:.2f} ms ({fan_cpu['client'] / single:.2f}×)"))
+        return (f"{n} nodes", f"{single * ms:.2f} ms",
+                f"{fan_t * ms:.2f} ms ({fan_t / single:.2f}× slowest single)",
+                f"{seq_t * ms:.2f} ms ({seq_t / fan_t:.2f}× fan-out)")
     finally:
         for nd in nodes:
             nd.stop()
@@ -142,14 +175,21 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=21)
     ns = ap.parse_args()
     rows: list[tuple[str, ...]] = [
-        ("fleet", "slowest single ping", "fan-out (Fleet.run)", "sequential loop",
-         "CPU per ping", "CPU per fan-out", f"CPU floor on {os.cpu_count()} cores")]
+        ("fleet", "slowest single ping", "fan-out (Fleet.run)", "sequential loop")]
     for n in (int(x) for x in ns.nodes.split(",")):
         rows.append(measure(n, ns.rounds))
+    _print(rows)
+    cores = os.cpu_count()
+    print(f"\nCPU (user + system, idle background subtracted; {cores} cores; ratios: × the "
+          "slowest single ping above)")
+    _print([("fleet", "CPU per single ping", "CPU per fan-out", "fan-out wall (same calls)",
+             f"floor: all CPU / {cores} cores", "floor: client CPU (1 thread)"), *CPU_ROWS])
+
+
+def _print(rows: list[tuple[str, ...]]) -> None:
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
-
 
 if __name__ == "__main__":
     main()
