@@ -1,5 +1,6 @@
 """Chaos: the Redis Cluster master serving a node's slot SIGKILLed while clients keep a steady
-load on that node; a replica takes over.
+load on that node; a replica takes over. The cluster's servers are on the fleet's LAN, the
+node in a network namespace of its own on it (fleet_fixtures.cluster_lan).
 
 Clients speak the raw wire protocol (RPUSH of command JSON, as 0-core's clients and redis-cli
 scripts do) on one connection to the slot's master, and call a command *accepted* once WAIT
@@ -22,8 +23,8 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import kill_tree, start_node, wait_until
-from fleet_fixtures import CLUSTER_PASSWORD, Cluster, start_cluster
+from conftest import wait_until
+from fleet_fixtures import Cluster, Lan, Unsettled, cluster_lan, start_cluster_node
 
 pytestmark = pytest.mark.slow
 
@@ -34,11 +35,9 @@ QUEUE = f"{PREFIX}core:default"
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = start_cluster(tmp_path)
-    yield c
-    for pid in c.pids:
-        kill_tree(pid)
+def lan_cluster(tmp_path: Path) -> Iterator[tuple[Lan, Cluster]]:
+    with cluster_lan(tmp_path) as (lan, c):
+        yield lan, c
 
 
 def _raw(jid: str, seq: int, marks: Path) -> str:
@@ -64,8 +63,7 @@ class Owner:
     def get(self) -> redis.Redis:
         if self.r is None:
             port = self.cluster.owner(QUEUE)
-            self.r = redis.Redis(port=port, password=CLUSTER_PASSWORD, socket_timeout=5,
-                                 single_connection_client=True)
+            self.r = self.cluster.redis(port, socket_timeout=5, single_connection_client=True)
         return self.r
 
     def drop(self) -> None:
@@ -82,7 +80,7 @@ def _push(owner: Owner, items: list[tuple[str, str]]) -> bool:
         r.rpush(QUEUE, *[raw for _, raw in items])
         replicas = int(r.info("replication")["connected_slaves"])
         return replicas == 0 or int(r.execute_command("WAIT", replicas, 2000)) >= replicas
-    except (redis.RedisError, OSError):
+    except (redis.RedisError, OSError, Unsettled):
         owner.drop()
         return False
 
@@ -116,14 +114,13 @@ def _client(cluster: Cluster, wid: int, marks: Path, stop: threading.Event,
                     "errors": errors}
 
 
-def test_cluster_master_killed_under_load(cluster: Cluster, tmp_path: Path) -> None:
+def test_cluster_master_killed_under_load(lan_cluster: tuple[Lan, Cluster],
+                                          tmp_path: Path) -> None:
+    lan, cluster = lan_cluster
     victim = cluster.owner(QUEUE)
     # the URL names a node that is not killed below: the slot lookup starts there
-    url = f"redis://127.0.0.1:{next(p for p in cluster.ports if p != victim)}"
-    env = {"CORE0_REDIS_CLUSTER": "true", "CORE0_NODE_ID": "k1",
-           "CORE0_REDIS_PASSWORD": CLUSTER_PASSWORD, "CORE0_BUS_BLOCK_TIMEOUT": "1"}
-    node = start_node(tmp_path / "k1", extra=["--redis-url", url, "--prefix", PREFIX], env=env,
-                      port=victim, prefix=PREFIX, password=CLUSTER_PASSWORD)
+    url_port = next(p for p in cluster.ports if p != victim)
+    node = start_cluster_node(cluster, lan, tmp_path, "k1", url_port=url_port).node
     marks = tmp_path / "marks"
     stop = threading.Event()
     out: dict[int, dict[str, Any]] = {}
@@ -135,13 +132,9 @@ def test_cluster_master_killed_under_load(cluster: Cluster, tmp_path: Path) -> N
         time.sleep(4)  # load before the kill
         cluster.kill(victim)
 
-        def promoted() -> bool:
-            try:
-                return cluster.owner(QUEUE) != victim
-            except Exception:
-                return False
-
-        assert wait_until(promoted, 60, step=0.2), "no replica took over"
+        # every live server names the promoted replica
+        assert wait_until(lambda: cluster.settled_owner(QUEUE) not in (None, victim), 60,
+                          step=0.2), "no replica took over"
         time.sleep(4)  # load after the failover
         stop.set()
         for t in threads:
@@ -151,7 +144,7 @@ def test_cluster_master_killed_under_load(cluster: Cluster, tmp_path: Path) -> N
         assert not errors, errors
         accepted = [i for w in out.values() for i in w["accepted"]]
         assert len(accepted) == len(set(accepted))
-        r = redis.Redis(port=cluster.owner(QUEUE), password=CLUSTER_PASSWORD)
+        r = cluster.redis(cluster.owner(QUEUE))
 
         def answered() -> bool:
             pipe = r.pipeline(transaction=False)
