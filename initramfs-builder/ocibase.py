@@ -33,12 +33,13 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (REPO / "client", REPO):  # core0's image store (and the client's error codes)
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
 
 import imagelib  # noqa: E402
 
-from core0.errors import Error  # noqa: E402
+from core0.errors import CommandError as Error  # noqa: E402
 from core0.sandbox import images  # noqa: E402
 
 #: transports skopeo copies into a local layout first (``oci:`` is read in place)
@@ -99,6 +100,7 @@ def layout_of(reference: str, work: Path) -> tuple[Path, str]:
         raise BaseError(reference, "skopeo is needed to copy it (deps/apt-image.txt)")
     dest = work / "base-layout"
     shutil.rmtree(dest, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
     res = subprocess.run([skopeo, "copy", "--quiet", "--", reference, f"oci:{dest}:base"],
                          capture_output=True, text=True, timeout=1800, check=False)
     if res.returncode != 0:
