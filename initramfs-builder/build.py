@@ -13,6 +13,10 @@ initramfs is written by a deterministic cpio (newc) writer (sorted, root-owned, 
 with /dev/console and /dev/urandom nodes, so Python's hash seeding never waits for the kernel's
 entropy pool).
 
+With ``--base <reference>`` (``oci:<layout>[:<tag>]``, ``oci-archive:``, ``docker-archive:``,
+``docker://``) the root starts from that OCI image's layers, unpacked by the container image
+store's safe unpacker, and the builder's content goes on top (ocibase.py, docs/images.md).
+
 Output in ``--out``: ``vmlinuz``, ``initramfs.cpio.<xz|zst|gz>`` (``initramfs-full…`` for the
 full flavour), ``manifest.json`` (``manifest-full.json``): files with sizes and sha256, package
 and wheel versions, sizes.
