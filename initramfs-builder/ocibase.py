@@ -126,6 +126,9 @@ def unpack(reference: str, work: Path, keep_kernel: bool) -> Base:
     base = Base(reference, root, meta)
     relative_links(root)
     merge_usr(reference, root)
+    if keep_kernel and base.kernel_release() is None:
+        raise BaseError(reference, "--kernel-from base: the image holds no "
+                        "/boot/vmlinuz-<release> with /lib/modules/<release>")
     return base
 
 

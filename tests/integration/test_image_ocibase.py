@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -239,3 +240,45 @@ def test_archives_go_through_skopeo_and_the_same_unpacker(tmp_path: Path, layout
     assert not (tmp_path / "work/base-layout").exists()  # the temporary layout is gone
     if transport == "oci-archive":  # copied as is: the same manifest
         assert base.meta["digest"] == manifest_digest(layout, "node")
+
+
+
+def test_kernel_from_base_needs_a_kernel_in_the_base(tmp_path: Path, layout: Path) -> None:
+    res = builder("--base", f"oci:{layout}:node", "--kernel-from", "base", "--out",
+                  str(tmp_path / "out"), "--work", str(tmp_path / "work"), timeout=300)
+    assert res.returncode != 0 and "holds no /boot/vmlinuz-<release>" in res.stderr, res.stderr
+    assert not (tmp_path / "out/manifest.json").exists()
+
+
+def test_kernel_from_base(built: dict[str, Any], tmp_path: Path) -> None:
+    """A base holding a kernel (Debian's, from the builder's package cache, with its
+    filesystem modules only): its vmlinuz is the image's, its modules stay, depmod ran."""
+    import imagelib
+
+    trees = sorted((imagelib.default_cache() / "x").glob("linux-image-*"))
+    if not trees:
+        pytest.fail("the builder's cache holds no extracted kernel package after a build")
+    ktree = trees[-1]
+    release = next((ktree / "lib/modules").iterdir()).name
+    root = tmp_path / "k-root"
+    mods = root / "usr/lib/modules" / release
+    (root / "boot").mkdir(parents=True)
+    (mods / "kernel").mkdir(parents=True)
+    os.symlink("usr/lib", root / "lib")
+    shutil.copy2(ktree / f"boot/vmlinuz-{release}", root / "boot")
+    for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        shutil.copy2(ktree / "lib/modules" / release / f, mods)
+    shutil.copytree(ktree / "lib/modules" / release / "kernel/fs/btrfs", mods / "kernel/fs/btrfs")
+    lay = oci_layout(tmp_path, root, tag="k")
+    res = builder("--base", f"oci:{lay}:k", "--kernel-from", "base", "--compress", "gzip",
+                  "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    man = json.loads((tmp_path / "out/manifest.json").read_text())
+    assert man["kernel"] == release and man["base"]["kernel_from"] == "base"
+    vmlinuz = (tmp_path / "out/vmlinuz").read_bytes()
+    assert vmlinuz == (ktree / f"boot/vmlinuz-{release}").read_bytes()
+    files = read_cpio(tmp_path / "out" / man["initramfs"])
+    assert f"usr/lib/modules/{release}/kernel/fs/btrfs/btrfs.ko" in files
+    dep = files[f"usr/lib/modules/{release}/modules.dep"][1].decode()
+    assert "kernel/fs/btrfs/btrfs.ko:" in dep  # depmod ran on the final root
+    assert not any(n.startswith("boot/") for n in files)
