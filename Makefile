@@ -3,6 +3,7 @@ VENV    := .venv
 STATE   ?= /run/core0-dev
 PORT    ?= 6379
 FLAVOUR ?= core
+BASE    ?=
 PYTEST_ARGS ?=
 LINT_PATHS := core0 client tests bench qemu initramfs-builder
 
@@ -52,7 +53,7 @@ bench: deps
 FORMAT ?=
 BASE_URL ?= http://boot.example/core0/
 image: deps
-	bash initramfs-builder/build.sh $(FLAVOUR)
+	bash initramfs-builder/build.sh $(FLAVOUR) $(if $(BASE),--base $(BASE))
 ifeq ($(FORMAT),iso)
 	$(VENV)/bin/python initramfs-builder/media.py iso --flavour $(FLAVOUR)
 else ifeq ($(FORMAT),ipxe)

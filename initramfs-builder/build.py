@@ -13,6 +13,10 @@ initramfs is written by a deterministic cpio (newc) writer (sorted, root-owned, 
 with /dev/console and /dev/urandom nodes, so Python's hash seeding never waits for the kernel's
 entropy pool).
 
+With ``--base <reference>`` (``oci:<layout>[:<tag>]``, ``oci-archive:``, ``docker-archive:``,
+``docker://``) the root starts from that OCI image's layers, unpacked by the container image
+store's safe unpacker, and the builder's content goes on top (ocibase.py, docs/images.md).
+
 Output in ``--out``: ``vmlinuz``, ``initramfs.cpio.<xz|zst|gz>`` (``initramfs-full…`` for the
 full flavour), ``manifest.json`` (``manifest-full.json``): files with sizes and sha256, package
 and wheel versions, sizes.
@@ -36,6 +40,8 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import imagelib  # noqa: E402
+import ocibase  # noqa: E402
+import pystage  # noqa: E402
 import sign  # noqa: E402
 
 PY = "python3.11"
@@ -332,123 +338,6 @@ def kernel(stage: Stage, ktree: Path, wanted: list[str], out_dir: Path) -> tuple
     return release, len(chosen)
 
 
-# ---------------------------------------------------------------- python
-
-WHEEL_PLATFORM = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-                  "--abi", "cp311", "--abi", "abi3", "--abi", "none",
-                  *[arg for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64",
-                                  "manylinux2014_x86_64", "linux_x86_64", "any")
-                    for arg in ("--platform", p)]]
-
-
-def tested_pins(reqs: list[str]) -> list[str]:
-    """The list's ``name==version`` pins, each moved to the version installed beside this builder.
-
-    The image then carries the versions the test suite ran against, and the builder needs no
-    release that the index which installed the virtualenv lacks (a mirror may hold an older one).
-    """
-    from importlib import metadata
-
-    out = []
-    for req in reqs:
-        name, sep, ver = req.partition("==")
-        try:
-            ver = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-        out.append(f"{name}=={ver}" if sep or ver else name)
-    return out
-
-
-def download_wheels(reqs: list[str], cache: Path) -> Path:
-    """The wheels of ``reqs`` (cp311 manylinux or pure) in ``cache/wheels``, fetched if absent.
-
-    An index's or the resolver's passing failure is retried for about 3 minutes.
-    """
-    wheels = cache / "wheels"
-    wheels.mkdir(parents=True, exist_ok=True)
-    have = {w.name.split("-")[0].lower().replace("_", "-") + "==" + w.name.split("-")[1]
-            for w in wheels.glob("*.whl")}
-    if all(r.lower().replace("_", "-") in have for r in reqs):
-        return wheels
-    argv = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", "download",
-            "--dest", str(wheels), *WHEEL_PLATFORM, *reqs]
-    for attempt in range(7):
-        res = subprocess.run(argv, env=dict(os.environ, PIP_NO_INPUT="1"), check=False,
-                             capture_output=True, text=True)
-        if res.returncode == 0:
-            return wheels
-        log(f"pip download failed (attempt {attempt + 1}), retrying")
-        time.sleep(min(2 ** attempt * 2, 60))
-    raise SystemExit(f"pip download failed: {res.stderr.strip()[-2000:]}")
-
-
-def python_packages(stage: Stage, reqs: list[str], cache: Path, tag: str = "") -> dict[str, str]:
-    """Wheels (cp311 manylinux or pure) into dist-packages; core0 and its client from here
-    (core0's version + ``tag``, see sign.tagged_version)."""
-    target = stage.root / "usr/lib/python3/dist-packages"
-    target.mkdir(parents=True, exist_ok=True)
-    reqs = tested_pins(reqs)
-    wheels = download_wheels(reqs, cache)
-    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
-    env = dict(os.environ, PIP_NO_INPUT="1")
-    subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--target",
-                    str(target), "--no-compile", *WHEEL_PLATFORM, *reqs], check=True, env=env)
-    # PyYAML's libyaml binding: core0 uses the pure-Python SafeLoader (core0/boot/safeyaml.py)
-    unused = [*target.glob("yaml/_yaml.*.so"), *target.glob("_yaml")]
-    for junk in list(target.glob("*.dist-info/RECORD")) + list(target.glob("bin")) + unused:
-        if junk.is_dir():
-            shutil.rmtree(junk)
-        else:
-            junk.unlink()
-    versions: dict[str, str] = {}
-    for d in target.glob("*.dist-info"):
-        name, _, ver = d.name[: -len(".dist-info")].partition("-")
-        versions[name] = ver
-    for pkg, src in (("core0", REPO / "core0"), ("core0_client", REPO / "client/core0_client")):
-        shutil.copytree(src, target / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-                        dirs_exist_ok=True)
-    sys.path.insert(0, str(REPO))
-    from core0 import __version__
-
-    versions["core0"] = sign.tagged_version(__version__, tag)
-    sign.stamp_version(target / "core0", versions["core0"])
-    for name, mod in (("core0", "core0.cli"), ("core0ctl", "core0_client.cli")):
-        script = stage.root / "usr/bin" / name
-        script.write_text(f"#!/usr/bin/{PY}\nimport sys\nfrom {mod} import main\n"
-                          f"sys.exit(main())\n")
-        script.chmod(0o755)
-    return versions
-
-
-def compile_python(stage: Stage, sources: str) -> None:
-    """Byte-compile with unchecked hashes (valid whatever the file times are). With
-    ``sources = "core0"`` only core0 and its client keep their .py files (readable
-    tracebacks); the standard library and the wheels ship sourceless .pyc, which is smaller
-    and unpacks faster at boot."""
-    if sys.version_info[:2] != (3, 11):
-        log(f"python {sys.version.split()[0]} cannot compile for 3.11: no .pyc in the image")
-        return
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    site = stage.root / "usr/lib/python3/dist-packages"
-    ours = [site / "core0", site / "core0_client"]
-    rest = [stage.root / "usr/lib" / PY, site]
-    base = [sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode",
-            "unchecked-hash", "-s", str(stage.root), "-p", "/"]
-    if sources == "all":
-        subprocess.run([*base, *map(str, rest)], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
-        return
-    subprocess.run([*base, *map(str, ours)], check=True, env=env, stdout=subprocess.DEVNULL)
-    skip = "|".join(re.escape(str(d)) for d in ours)
-    subprocess.run([*base, "-b", "-x", f"^({skip})", *map(str, rest)], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    for d in rest:
-        for py in d.rglob("*.py"):
-            if not any(py.is_relative_to(o) for o in ours) and py.with_suffix(".pyc").exists():
-                py.unlink()
-
-
 # ---------------------------------------------------------------- archive
 
 def write_archive(stage: Stage, path: Path, compress: str, mtime: int) -> int:
@@ -521,16 +410,29 @@ def main(argv: list[str] | None = None) -> None:
                     "<version>+<tag> (told apart in upgrade tests and rollouts)")
     ap.add_argument("--sign-key", help="minisign secret key (no password: minisign -G -W): "
                     "writes manifest*.json.minisig (docs/images.md)")
+    ap.add_argument("--base", help="an OCI image as the base of the root: oci:<layout>[:<tag>], "
+                    "oci-archive:<tar>, docker-archive:<tar>, docker://<host>/<repo>:<tag> "
+                    "(docs/images.md)")
+    ap.add_argument("--kernel-from", default="debian", choices=["debian", "base"],
+                    help="the kernel and modules: Debian's package (default) or the base's "
+                         "/boot/vmlinuz-* and /lib/modules/<release>")
     ns = ap.parse_args(argv)
+    if ns.kernel_from == "base" and not ns.base:
+        ap.error("--kernel-from base needs --base")
     t0 = time.monotonic()
     out_dir, cache, work = Path(ns.out), Path(ns.cache), Path(ns.work) / ns.flavour
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = Spec.load(HERE / f"{ns.flavour}.list")
+    base = None
+    if ns.base and not ns.fetch_only:  # first: a bad base fails before anything is fetched
+        base = ocibase.unpack(ns.base, work, keep_kernel=ns.kernel_from == "base")
+        log(f"base {ns.base}: manifest {base.meta['digest']}, unpacked in "
+            f"{time.monotonic() - t0:.1f}s")
 
     log(f"{ns.flavour}: resolving and fetching {len(spec.packages)} package(s) + deps")
     pkgs, trees, ktree = fetch(spec, cache)
     if ns.fetch_only:
-        download_wheels(tested_pins(spec.pip), cache)
+        pystage.download_wheels(pystage.tested_pins(spec.pip), cache)
         log(f"{ns.flavour}: packages and wheels in {cache} ({time.monotonic() - t0:.0f}s)")
         return
     sysroot = work / "sysroot"
@@ -550,14 +452,20 @@ def main(argv: list[str] | None = None) -> None:
     if (HERE / f"rootfs-{ns.flavour}").is_dir():  # what only this flavour adds (services…)
         stage.copy_tree(HERE / f"rootfs-{ns.flavour}")
     n_applets = stage.busybox_links()
-    versions = python_packages(stage, spec.pip, cache, ns.version_tag)
+    versions = pystage.python_packages(stage.root, spec.pip, cache, ns.version_tag)
     with (stage.root / "etc/os-release").open("a") as rel:
         rel.write(f'VERSION_ID="{versions["core0"]}"\nVARIANT_ID={ns.flavour}\n')
     libs = stage.shared_libraries()
-    release, n_mods = kernel(stage, ktree, spec.modules, out_dir)
-    compile_python(stage, ns.sources)
+    if base is not None and ns.kernel_from == "base":
+        release, n_mods = ocibase.base_kernel(base, out_dir)
+    else:
+        release, n_mods = kernel(stage, ktree, spec.modules, out_dir)
+    pystage.compile_python(stage.root, ns.sources)
     log(f"staged: {n_applets} busybox applets, {len(libs)} shared libraries, {n_mods} modules "
         f"(kernel {release}) in {time.monotonic() - t_fetch:.1f}s")
+    if base is not None:
+        log(ocibase.compose(base, stage.root, work, release, ns.kernel_from))
+        stage = Stage(base.root, sysroot)
 
     suffix = "" if ns.flavour == "core" else f"-{ns.flavour}"
     ext = COMPRESSORS[ns.compress][1]
@@ -582,6 +490,7 @@ def main(argv: list[str] | None = None) -> None:
                    image.name: imagelib.sha256_file(image)},
         "packages": {p.name: p.version for p in sorted(pkgs.values(), key=lambda p: p.name)},
         "python": versions,
+        **({"base": base.record(ns.kernel_from)} if base is not None else {}),
         "build_seconds": round(time.monotonic() - t0, 1),
     }
     data = manifest(stage, out_dir / f"manifest{suffix}.json", info)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build the core0 node image into build/image/: bash initramfs-builder/build.sh [core|full]
-# (extra flags go to build.py: --out DIR, --compress xz|zstd|gzip). Needs root only for
+# (extra flags go to build.py: --out DIR, --compress xz|zstd|gzip, --base <OCI image>, e.g.
+# --base oci:<layout>:<tag> or docker-archive:<tar>: docs/images.md). Needs root only for
 # nothing; needs apt lists (apt-get update) and the tools of deps/apt-image.txt.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

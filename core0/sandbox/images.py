@@ -141,7 +141,8 @@ def _verified(layout: Path, digest: str) -> Path:
     return p
 
 
-def _pick_manifest(layout: Path, ref: str) -> dict[str, Any]:
+def _pick_manifest(layout: Path, ref: str) -> tuple[dict[str, Any], str]:
+    """(the image manifest named ``ref``, or the only one for this architecture, its digest)."""
     with open(layout / "index.json", "rb") as f:
         index = _read_json(f, "index.json")
     for _ in range(4):  # an index may point to a nested index (multi-arch)
@@ -161,7 +162,7 @@ def _pick_manifest(layout: Path, ref: str) -> dict[str, Any]:
         if m.get("mediaType") in INDEX_TYPES or doc.get("manifests") is not None:
             index, ref = doc, ""
             continue
-        return dict(doc)
+        return dict(doc), str(m["digest"])
     raise BadRequest("OCI layout: indexes nested too deep")
 
 
@@ -179,10 +180,17 @@ def _config_fields(cfg: dict[str, Any]) -> dict[str, Any]:
             "architecture": str(cfg.get("architecture") or "")}
 
 
-def _from_oci_layout(layout: Path, ref: str, dest: Path) -> dict[str, Any]:
+def unpack_layout(layout: Path, ref: str, dest: Path) -> dict[str, Any]:
+    """Unpack image ``ref`` (or the layout's only image) of an OCI layout into ``dest``,
+    every blob verified against its digest, every layer through the safe unpacker.
+
+    Returns ``kind``, ``digest`` (the manifest's), ``config`` (the config's digest),
+    ``layers`` and the config's Env/Cmd/Entrypoint/WorkingDir/architecture. Also used by the
+    node image builder (initramfs-builder/ocibase.py) for an image's base.
+    """
     if not (layout / OCI_LAYOUT).is_file():
         raise BadRequest(f"not an OCI image layout: {layout}")
-    man = _pick_manifest(layout, ref)
+    man, digest = _pick_manifest(layout, ref)
     with open(_verified(layout, man["config"]["digest"]), "rb") as f:
         cfg = _read_json(f, "image config")
     layers = []
@@ -193,7 +201,8 @@ def _from_oci_layout(layout: Path, ref: str, dest: Path) -> dict[str, Any]:
         with open(blob, "rb") as f:
             unpack.extract_layer(f, dest)
         layers.append(layer["digest"])
-    return {"kind": "oci-layout", "layers": layers, **_config_fields(cfg)}
+    return {"kind": "oci-layout", "digest": digest, "config": man["config"]["digest"],
+            "layers": layers, **_config_fields(cfg)}
 
 
 def _from_docker_archive(tf: tarfile.TarFile, dest: Path) -> dict[str, Any]:
@@ -234,7 +243,7 @@ def _from_file(path: Path, ref: str, dest: Path, work: Path) -> dict[str, Any]:
             layout = work / "layout"
             layout.mkdir()
             unpack.extract_layer(None, layout, str(path))
-            return {**_from_oci_layout(layout, ref, dest), "kind": "oci-archive"}
+            return {**unpack_layout(layout, ref, dest), "kind": "oci-archive"}
     unpack.extract_layer(None, dest, str(path))
     return {"kind": "rootfs-tar", "layers": [], "env": [], "cmd": [], "entrypoint": [],
             "workdir": ""}
@@ -259,7 +268,7 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
             dest.mkdir(mode=0o755)
         src = Path(source)
         if src.is_dir() and (src / OCI_LAYOUT).is_file():
-            meta = _from_oci_layout(src, ref, dest)
+            meta = unpack_layout(src, ref, dest)
         elif src.is_dir():
             unpack.copy_tree(src, dest)
             meta = {"kind": "directory", "layers": [], "env": [], "cmd": [],

@@ -1,8 +1,10 @@
 """End to end: a verified upgrade by kexec under qemu, and the automatic rollback.
 
 Two core images, A and B (versions ``+a`` and ``+b``), are built and signed with a key made
-here; A boots with that key trusted (``core0.image.trusted_keys=`` on the kernel command
-line), a signed image with a wrong hash is refused, then ``core.upgrade`` fetches B from an
+here; B is built on an OCI image layout made here with umoci (``build.sh --base oci:…``: a
+marker file and a tool that only the base holds, found on the node after the upgrade); A
+boots with that key trusted (``core0.image.trusted_keys=`` on the kernel command line), a
+signed image with a wrong hash is refused, then ``core.upgrade`` fetches B from an
 HTTP server on the host (qemu's user network reaches the host's loopback as 10.0.2.2),
 verifies and stages it, and kexecs: the same qemu process then answers with B's version and
 digest, and B's boot assessment passes. Then a broken image C (B with a dispatcher that exits
@@ -31,6 +33,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, require
+from sandbox_fixtures import oci_layout
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
@@ -44,31 +47,50 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
 DEADLINE = 180
 BROKEN = b'raise SystemExit("image C is broken on purpose (tests/e2e/test_upgrade.py)")\n'
 SITE = "usr/lib/python3/dist-packages/core0/bus"
+#: what only B's OCI base holds
+MARKER = "B's root came from an OCI image made by tests/e2e/test_upgrade.py\n"
+TOOL = "#!/bin/sh\necho \"base tool of B, args: $*\"\n"
 
 
-def build(out: Path, work: Path, tag: str, key: Path) -> Path:
+def build(out: Path, work: Path, tag: str, key: Path, base: str = "") -> Path:
+    extra = ["--base", base] if base else []
     res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out),
-                          "--work", str(work), "--version-tag", tag, "--sign-key", str(key)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
+                          "--work", str(work), "--version-tag", tag, "--sign-key", str(key),
+                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return out
 
 
+def base_layout(d: Path) -> tuple[Path, str]:
+    """An OCI layout (umoci) whose image ``b`` holds the marker and the tool; → (layout, the
+    digest of its manifest)."""
+    root = d / "b-root"
+    (root / "etc").mkdir(parents=True)
+    (root / "usr/local/bin").mkdir(parents=True)
+    (root / "etc/b-base-marker").write_text(MARKER)
+    (root / "usr/local/bin/b-tool").write_text(TOOL)
+    (root / "usr/local/bin/b-tool").chmod(0o755)
+    layout = oci_layout(d, root, tag="b")
+    index = json.loads((layout / "index.json").read_text())
+    return layout, str(index["manifests"][0]["digest"])
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    require("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod", "zstd", "minisign")
+    require("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod", "zstd", "minisign", "umoci")
     d = tmp_path_factory.mktemp("images")
     sec, pub = d / "k.sec", d / "k.pub"
     subprocess.run(["minisign", "-G", "-W", "-p", str(pub), "-s", str(sec)], check=True,
                    capture_output=True, stdin=subprocess.DEVNULL)
-    out = {"key": sign.public_key(pub)}
-    for tag in ("a", "b"):
-        build(d / tag, d / "work", tag, sec)
+    layout, base_digest = base_layout(d)
+    out = {"key": sign.public_key(pub), "base_digest": base_digest}
+    build(d / "a", d / "work", "a", sec)
+    build(d / "b", d / "work", "b", sec, base=f"oci:{layout}:b")
     broken(d / "b", d / "c", sec)
     for tag in ("a", "b", "c"):
         raw = (d / tag / "manifest.json").read_bytes()
         out[tag] = {"dir": d / tag, "digest": hashlib.sha256(raw).hexdigest(),
-                    "version": json.loads(raw)["version"]}
+                    "version": json.loads(raw)["version"], "base": json.loads(raw).get("base")}
     return out
 
 
@@ -183,6 +205,11 @@ def test_upgrade_to_b_by_kexec(vm: VM, images: dict[str, Any], server: int) -> N
         ("staged", b["digest"]), ("upgrade", b["digest"]), ("booted", b["digest"])], hist
     cur = ok(vm.command("image.current"))
     assert cur["digest"] == b["digest"] and cur["staged"] is True
+    # B's root is its OCI base with core0 on top: what only the base holds is on the node
+    assert b["base"]["digest"] == images["base_digest"] and images["a"]["base"] is None
+    assert vm.system("cat", "/etc/b-base-marker")["streams"][0] == MARKER
+    ran = vm.system("/usr/local/bin/b-tool", "hello")["streams"][0]
+    assert ran.strip() == "base tool of B, args: hello"
 
 
 def answer(vm: VM, name: str, args: dict[str, Any] | None = None) -> Any:
