@@ -1,8 +1,14 @@
-"""Container networking: a named netns per container, nics made on the host side.
+"""Container networking: a named netns per container with nics, made on the host side.
 
-Every container that does not share the node's network gets a named network namespace
-(``/run/netns/core0-<tag>-<id>``) made by core0 before the runtime starts; the OCI spec joins
-it by path. Its nics are configured from the node's side with netlink (no tool runs inside):
+A container created with nics (and every userns container, whose netns must belong to its
+user namespace) gets a named network namespace (``/run/netns/core0-<tag>-<id>``) made by core0
+before the runtime starts; the OCI spec joins it by path. A container created without nics
+gets the anonymous netns the runtime makes for its init (runc and crun bring its ``lo`` up):
+no bind mount, no netlink session, nothing to remove on terminate. When a nic is added to it
+later, :func:`pin_init_netns` binds ``/proc/<init>/ns/net`` at the container's netns name and
+points ``config.json`` at that path (a keeper's restart joins it again), so from then on it is
+a named netns like the others. Its nics are configured from the node's side with netlink (no
+tool runs inside):
 
 - ``default``: a veth whose peer (``eth0``) is created inside the netns and whose host end is
   enslaved to core0's NAT bridge ``core0`` (172.18.0.1/16, masquerade, DNS from a dnsmasq on
@@ -20,11 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0 import registry
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.errors import BadRequest, Conflict, Internal, NotFound, PreconditionFailed
 from core0.net import netlink as nl
 from core0.net import segments
 from core0.net import validate as v
@@ -85,6 +97,137 @@ def remove_netns(name: str) -> None:
         nl.netns_remove(name)
     except NotFound:
         pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
+CLONE_NEWNET = 0x40000000
+
+
+def pin_netns(src: str, name: str, lo_up: bool = True) -> None:
+    """``src`` (a netns file, e.g. ``/proc/<pid>/ns/net``) as the named netns ``name`` (like
+    ``ip netns attach``), ``lo`` up unless told otherwise (thread)."""
+    path = Path(nl.netns_path(name))
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    d = os.fsencode(path.parent)
+    if _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:  # as netns_create does
+        if _libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0 or \
+                _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:
+            raise Internal(f"make {path.parent} a shared mount: "
+                           f"{os.strerror(ctypes.get_errno())}")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    except FileExistsError:
+        raise Conflict(f"network namespace {name} exists already") from None
+    if _libc.mount(os.fsencode(src), os.fsencode(path), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise Internal(f"bind {src} on {path}: {os.strerror(err)}")
+    if lo_up:
+        with nl.session(netns=name) as r:
+            nl.link_set(r, "lo", state="up")
+
+
+def _same_ns(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _join_named(config: Path, path: str) -> None:
+    """Point the bundle's ``config.json`` at the named netns ``path`` (atomic rewrite)."""
+    spec = json.loads(config.read_text())
+    for ns in spec.get("linux", {}).get("namespaces", []):
+        if ns.get("type") == "network":
+            ns["path"] = path
+    tmp = config.with_name(config.name + ".tmp")
+    tmp.write_text(json.dumps(spec))
+    os.replace(tmp, config)
+
+
+def _pin_init(rec: Record, pid: int, cdir: Path) -> None:
+    """Name the netns of init ``pid`` (thread): config.json first (a restart between the two
+    steps fails to find the path and is retried by its keeper, never gets a new empty netns),
+    then the bind mount; the config is put back when the bind fails."""
+    src, path = f"/proc/{pid}/ns/net", nl.netns_path(rec.netns)
+    config = cdir / "config.json"
+    if os.path.exists(path):
+        if _same_ns(src, path):  # pinned by an earlier nic-add whose record was not saved
+            _join_named(config, path)
+            return
+        raise Conflict(f"network namespace {rec.netns} exists already")
+    _join_named(config, path)
+    try:
+        pin_netns(src, rec.netns, lo_up=False)
+    except BaseException:
+        spec = json.loads(config.read_text())
+        for ns in spec.get("linux", {}).get("namespaces", []):
+            if ns.get("type") == "network":
+                ns.pop("path", None)
+        config.write_text(json.dumps(spec))
+        raise
+
+
+async def pin_init_netns(ctx: Context, rec: Record) -> None:
+    """Give a container running in its runtime-made anonymous netns (``rec.netns_anon``) its
+    named netns: the netns of its running init, bound at ``rec.netns`` (recorded at once)."""
+    if not rec.netns_anon:
+        return
+    from core0.sandbox import runtime
+
+    rt = await runtime.choose(ctx.config.state_dir)
+    st = await rt.state(rec.runtime_id)
+    if st is None or st.status != "running" or not st.pid:
+        raise Conflict(f"container {rec.id} is not running: no nic can be added")
+    store = Store(ctx.config.state_dir)
+    await ctx.to_thread(_pin_init, rec, st.pid, store.dir(rec.id))
+    rec.netns_anon = False
+    store.save(rec)
+
+
+def _enter_fd(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def session_of(rec: Record, pid: int) -> Iterator[IPRoute]:
+    """An IPRoute in the container's netns (thread): its named netns, or, while it is still
+    anonymous, the netns of its init ``pid``."""
+    if not rec.netns_anon:
+        with nl.session(netns=rec.netns) as r:
+            yield r
+        return
+    from pyroute2 import IPRoute
+
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _enter_fd(target)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+        finally:
+            try:
+                _enter_fd(home)
+            except OSError:  # pragma: no cover - cannot happen with our own open fd
+                os._exit(70)  # a worker thread left in a container's netns: never go on
+    finally:
+        os.close(target)
+        os.close(home)
+    fd = sock.detach()
+    try:
+        r = IPRoute(fileno=fd, groups=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: str,
@@ -154,6 +297,7 @@ def _macvlan(rec: Record, nic: Nic, index: int, tmp_name: str, parent: str, cidr
 async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
     """Configure ``nic`` (the ``index``-th of the container; its host end is named
     ``host_base`` + index) and return it as recorded."""
+    await pin_init_netns(ctx, rec)
     host_name = (host_base + (f"n{index}" if index else ""))[:15]
     if nic.name and (nic.name.startswith("eth") and nic.name != f"eth{index}"):
         raise BadRequest(f"nics[{index}].name: eth* names are reserved", field="nics")
