@@ -16,7 +16,11 @@ tool runs inside):
   172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1.
 - ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``;
 - ``macvlan`` ``{id: parent link}``: a macvlan (bridge mode) made on the node, moved into the
-  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``.
+  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``;
+- ``passthrough`` ``{id: a link of the node}``: that link itself moved into the netns, named
+  ``eth<index>`` (or the nic's name) there, with ``config.cidr``/``gateway`` (or dhcp); on
+  nic-remove and terminate it goes back to the node's netns under its own name (down, without
+  the addresses it had inside).
 
 Port forwards go through ``nft.forward_add`` with owner ``container:<id>``, so they are in
 core0's one nft table and are removed together (``nft.owner_remove``) on terminate.
@@ -294,6 +298,64 @@ def _macvlan(rec: Record, nic: Nic, index: int, tmp_name: str, parent: str, cidr
     return inner
 
 
+def _passthrough(rec: Record, nic: Nic, index: int, tmp_name: str, link: str, cidr: str,
+                 gateway: str | None) -> str:
+    """Move the node's link ``link`` into the netns (thread), named ``eth<index>`` there (or
+    the nic's name): down and renamed ``tmp_name`` on the node first, so no name inside can
+    clash; everything undone when a step fails."""
+    inner = nic.name or f"eth{index}"
+    if link in ("lo", BRIDGE):
+        raise BadRequest(f"nics[{index}].id: {link} cannot be passed through", field="nics")
+    with nl.session() as r:
+        if not r.link_lookup(ifname=link):
+            raise NotFound(f"nics[{index}].id: the node has no link {link}")
+        nl.link_set(r, link, state="down")
+        nl.link_set(r, link, ifname=tmp_name)
+        try:
+            nl.link_set(r, tmp_name, netns=rec.netns)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                nl.link_set(r, tmp_name, ifname=link)
+            raise
+    try:
+        with nl.session(netns=rec.netns) as r:
+            nl.link_set(r, tmp_name, ifname=inner)
+            _configure_inside(r, nic, inner, cidr, gateway)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _give_back(rec.netns, (tmp_name, inner), link)
+        raise
+    return inner
+
+
+def _give_back(netns: str, names: tuple[str, ...], original: str) -> None:
+    """Move a passed-through link (the first of ``names`` found in ``netns``) back to the
+    node's netns under its ``original`` name (thread). Its addresses and routes stay behind
+    (the kernel drops them with the move)."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with nl.session(netns=netns) as r:
+            name = next((n for n in names if r.link_lookup(ifname=n)), "")
+            if not name:
+                return
+            idx = r.link_lookup(ifname=name)[0]
+            nl.link_set(r, name, state="down")
+            # a name of its own on the way (the original may be taken inside)
+            tmp = original if not r.link_lookup(ifname=original) else f"pt{idx}"[:15]
+            if tmp != name:
+                nl.link_set(r, name, ifname=tmp)
+            try:
+                r.link("set", index=idx, net_ns_fd=home)
+            except Exception as e:
+                raise nl.nl_error(e, f"move {name} back to the node") from None
+    finally:
+        os.close(home)
+    if tmp != original:
+        with nl.session() as r:
+            if r.link_lookup(ifname=tmp) and not r.link_lookup(ifname=original):
+                nl.link_set(r, tmp, ifname=original)
+
+
 async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
     """Configure ``nic`` (the ``index``-th of the container; its host end is named
     ``host_base`` + index) and return it as recorded."""
@@ -319,6 +381,16 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
                                             gw)
             nic.ip, nic.state = cidr, "configured"
             return await _leased(ctx, rec, nic, index)
+    elif nic.type == "passthrough":
+        if not nic.id:
+            raise BadRequest(f"nics[{index}].id: the node's link to pass through is required",
+                             field="nics")
+        link = v.ifname(nic.id, f"nics[{index}].id")
+        cidr, gw = _static(nic, index)
+        nic.inner = await ctx.to_thread(_passthrough, rec, nic, index, host_name, link, cidr,
+                                        gw)
+        nic.ip, nic.state = cidr, "configured"
+        return await _leased(ctx, rec, nic, index)
     elif nic.type in ("vlan", "vxlan"):  # a veth into the segment's bridge (segments.py)
         cidr, gw = _static(nic, index)
         bridge = await ctx.to_thread(segments.ensure, ctx.config.segments, nic.type, nic.id,
@@ -331,8 +403,9 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
         return await _leased(ctx, rec, nic, index)
     else:
-        raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
-                                 "(default, bridge, macvlan, vlan and vxlan are)")
+        raise PreconditionFailed(f"nic type {nic.type} is not supported (default, bridge, "
+                                 "macvlan, passthrough, vlan and vxlan are; zerotier needs "
+                                 "zerotier-one, which core0 does not run)")
     nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
     return await _leased(ctx, rec, nic, index)
@@ -370,10 +443,14 @@ def _del_inner(netns: str, name: str) -> None:
 
 
 async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
-    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan)."""
+    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan); a
+    passed-through link goes back to the node under its own name."""
     if nic.state != "destroyed":
         await dhcp.release(ctx, nic, netns)
-        if nic.host_link:
+        if nic.type == "passthrough":
+            if nic.inner and netns:
+                await ctx.to_thread(_give_back, netns, (nic.inner,), nic.id)
+        elif nic.host_link:
             await ctx.to_thread(_del_link, nic.host_link)
             if nic.type in ("vlan", "vxlan"):
                 await ctx.to_thread(segments.collect)
