@@ -85,7 +85,7 @@ def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
             a = await c.to_thread(fsowner.chown_args, rootfs, a, base)
         out = await spec.handler(c, a)
         if base and spec.name in ("filesystem.open", "filesystem.mkdir"):
-            await c.to_thread(fsowner.created, spec.name, a, out, rootfs, base)
+            await c.to_thread(fsowner.created, spec.name, a, rootfs, base)
         return out
 
     return run_fs

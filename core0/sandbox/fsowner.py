@@ -4,10 +4,11 @@ The dispatcher runs ``filesystem.*`` for a container as host root, in the contai
 clone (paths resolved fd by fd inside it, :mod:`core0.fspath`). In a userns container every
 entry of that clone belongs to the container's uid/gid range (shifted, or idmapped lower
 layer), so an entry owned by host uid or gid 0 there can only be one core0 just made: it is
-given to the container's root (the range's first host id) through the descriptor it was made
-or opened as, never a path resolved again. ``filesystem.chown`` takes the container's ids
-(numbers, or names from the container's own ``/etc/passwd`` and ``/etc/group``), shifted
-into the range.
+given to the container's root (the range's first host id), through an ``O_PATH`` descriptor
+of it opened inside the root like every ``filesystem.*`` path (a container swapping the entry
+meanwhile can only have one of its own changed to its own root). ``filesystem.chown`` takes
+the container's ids (numbers, or names from the container's own ``/etc/passwd`` and
+``/etc/group``), shifted into the range.
 """
 
 from __future__ import annotations
@@ -25,33 +26,32 @@ from core0.sandbox.userns import SIZE
 
 
 def _give(fd: int, base: int) -> None:
-    """Host-root owner/group of ``fd`` → the range's root (set-id bits put back: chown
-    clears them)."""
+    """Host-root owner/group of the entry ``fd`` (an ``O_PATH`` fd is fine: changed through
+    its ``/proc/self/fd`` link, that exact inode) → the range's root; set-id bits put back
+    (chown clears them). Symlinks are left alone."""
     st = os.fstat(fd)
     uid = base if st.st_uid == 0 else -1
     gid = base if st.st_gid == 0 else -1
-    if uid == gid == -1:
+    if uid == gid == -1 or stat.S_ISLNK(st.st_mode):
         return
-    os.fchown(fd, uid, gid)
-    if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    os.chown(f"/proc/self/fd/{fd}", uid, gid)
+    if st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+        os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode))
 
 
-def created(name: str, args: Any, out: Any, rootfs: Path, base: int) -> None:
-    """After ``filesystem.open`` (its token's fd) or ``filesystem.mkdir`` (each directory of
-    the path, walked again inside the root): host-root owners → the range's root."""
+def created(name: str, args: Any, rootfs: Path, base: int) -> None:
+    """After ``filesystem.open`` (its file) or ``filesystem.mkdir`` (each directory of the
+    path), walked again inside the root: host-root owners → the range's root."""
+    path = args.file if name == "filesystem.open" else args.path
+    parts = [p for p in str(path).split("/") if p not in ("", ".")]
     if name == "filesystem.open":
-        from core0.commands import filesystem
-
-        f = filesystem._FILES.get(out)
-        if f is not None:
-            _give(f.fd, base)
-        return
-    parts = [p for p in str(args.path).split("/") if p not in ("", ".")]
+        parts_list = [parts]
+    else:
+        parts_list = [parts[:i] for i in range(1, len(parts) + 1)]
     with Root(str(rootfs)) as root:
-        for i in range(1, len(parts) + 1):
+        for comps in parts_list:
             try:
-                fd = root.opendir("/".join(parts[:i]))
+                fd = root.open("/".join(comps), os.O_PATH)
             except (OSError, NotFound, BadRequest):
                 return  # gone or swapped meanwhile: nothing of ours further down
             try:
