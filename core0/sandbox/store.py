@@ -20,6 +20,7 @@ so several nodes on one host (tests) never collide.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -96,7 +97,10 @@ class Record:
         return f"container:{self.id}"
 
 
+@functools.lru_cache(maxsize=64)
 def node_tag(state_dir: Path) -> str:
+    """A short tag of the node's state dir (its real path) for host-wide names (computed
+    once per dispatcher: a path resolution per container step adds up)."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
