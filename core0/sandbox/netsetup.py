@@ -141,38 +141,60 @@ def _same_ns(a: str, b: str) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _join_named(config: Path, path: str) -> None:
-    """Point the bundle's ``config.json`` at the named netns ``path`` (atomic rewrite)."""
+def _join_named(config: Path, path: str | None) -> None:
+    """Point the bundle's ``config.json`` at the named netns ``path`` (None: back to a new
+    netns of the runtime's); an atomic rewrite."""
     spec = json.loads(config.read_text())
     for ns in spec.get("linux", {}).get("namespaces", []):
         if ns.get("type") == "network":
-            ns["path"] = path
+            if path is None:
+                ns.pop("path", None)
+            else:
+                ns["path"] = path
     tmp = config.with_name(config.name + ".tmp")
     tmp.write_text(json.dumps(spec))
     os.replace(tmp, config)
 
 
+def _in_cgroup(pid: int, cg_path: str) -> bool:
+    """Is ``pid`` in the container's cgroup (or below it), in any hierarchy?"""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
+    except OSError:
+        return False
+    return any(p == cg_path or p.startswith(cg_path + "/") for p in paths)
+
+
 def _pin_init(rec: Record, pid: int, cdir: Path) -> None:
     """Name the netns of init ``pid`` (thread): config.json first (a restart between the two
     steps fails to find the path and is retried by its keeper, never gets a new empty netns),
-    then the bind mount; the config is put back when the bind fails."""
-    src, path = f"/proc/{pid}/ns/net", nl.netns_path(rec.netns)
+    then the bind mount; the config is put back when the bind fails. The netns is taken
+    through an fd opened before checking that ``pid`` is still in the container's cgroup (a
+    pid reused meanwhile is refused)."""
+    path = nl.netns_path(rec.netns)
     config = cdir / "config.json"
-    if os.path.exists(path):
-        if _same_ns(src, path):  # pinned by an earlier nic-add whose record was not saved
-            _join_named(config, path)
-            return
-        raise Conflict(f"network namespace {rec.netns} exists already")
-    _join_named(config, path)
     try:
-        pin_netns(src, rec.netns, lo_up=False)
-    except BaseException:
-        spec = json.loads(config.read_text())
-        for ns in spec.get("linux", {}).get("namespaces", []):
-            if ns.get("type") == "network":
-                ns.pop("path", None)
-        config.write_text(json.dumps(spec))
-        raise
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        raise Conflict(f"container {rec.id} is not running: no nic can be added") from None
+    try:
+        if not _in_cgroup(pid, rec.cgroups_path):
+            raise Conflict(f"container {rec.id} is not running: no nic can be added")
+        src = f"/proc/self/fd/{fd}"
+        if os.path.exists(path):
+            if _same_ns(src, path):  # pinned by an earlier nic-add whose record was lost
+                _join_named(config, path)
+                return
+            raise Conflict(f"network namespace {rec.netns} exists already")
+        _join_named(config, path)
+        try:
+            pin_netns(src, rec.netns, lo_up=False)
+        except BaseException:
+            _join_named(config, None)
+            raise
+    finally:
+        os.close(fd)
 
 
 async def pin_init_netns(ctx: Context, rec: Record) -> None:
