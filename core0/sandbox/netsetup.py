@@ -40,10 +40,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0 import registry
-from core0.errors import BadRequest, Conflict, Internal, NotFound, PreconditionFailed
+from core0.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Internal,
+    NotFound,
+    PreconditionFailed,
+)
 from core0.net import netlink as nl
 from core0.net import segments
 from core0.net import validate as v
+from core0.registry import Role
 from core0.sandbox import dhcp
 from core0.sandbox.store import Nic, Record, Store
 
@@ -381,6 +389,9 @@ def _give_back(netns: str, names: tuple[str, ...], original: str) -> None:
 async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
     """Configure ``nic`` (the ``index``-th of the container; its host end is named
     ``host_base`` + index) and return it as recorded."""
+    if nic.type == "passthrough" and ctx.job.role < Role.ADMIN:
+        raise Forbidden("a passthrough nic takes a link away from the node: it needs the "
+                        "admin role")
     await pin_init_netns(ctx, rec)
     host_name = (host_base + (f"n{index}" if index else ""))[:15]
     if nic.name and (nic.name.startswith("eth") and nic.name != f"eth{index}"):
@@ -407,7 +418,12 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         if not nic.id:
             raise BadRequest(f"nics[{index}].id: the node's link to pass through is required",
                              field="nics")
+        if nic.hwaddr:
+            raise BadRequest(f"nics[{index}].hwaddr: a passed-through link keeps its own "
+                             "address", field="nics")
         link = v.ifname(nic.id, f"nics[{index}].id")
+        if link.startswith(host_base[:6]):  # another container's veth end (vc<tag>…)
+            raise BadRequest(f"nics[{index}].id: {link} is a container's link", field="nics")
         cidr, gw = _static(nic, index)
         nic.inner = await ctx.to_thread(_passthrough, rec, nic, index, host_name, link, cidr,
                                         gw)
