@@ -8,16 +8,23 @@ In one run, interleaved:
 * ``podman run --rm --network none --rootfs <same root> /bin/true`` when podman works here;
 * core0 over Redis with the client, ``container.run`` of ``/bin/true`` (no nic): one job that
   clones the root, runs the runtime's ``run`` with the command as the init's child, tears
-  down (the same life as the baseline's, through the bus);
+  down (the same life as the baseline's, through the bus); timed until its result, the
+  teardown that follows it is waited for (untimed) before the next measurement;
 * core0 over Redis with the client, 0-core's three steps: ``corex.create`` (no nic),
   ``corex.dispatch`` of ``core.system /bin/true`` and waiting for its result,
   ``corex.terminate``;
 * the root clone alone (core0's overlay clone + drop) of an image holding 100 MB and 1 GB of
   data: it should not grow with the data.
 
+Everything the baseline and core0 touch (the root, the baseline's bundle and runtime state,
+core0's state dir with its image store, clones and job files) is on one tmpfs
+(``/dev/shm``), as a node's state dir is; ``--disk`` puts it all in a temp dir on disk
+instead (core0 then fsyncs its job steps, `core0/jobs/state.py`). The root clone benchmark
+always uses a temp dir on disk.
+
 Prints medians and ratios. Needs root, runc, a static busybox, redis-server, nft, dnsmasq.
 
-    .venv/bin/python bench/container.py [--runs 15]
+    .venv/bin/python bench/container.py [--runs 15] [--disk]
 """
 
 from __future__ import annotations
@@ -52,15 +59,20 @@ def median_ms(xs: list[float]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--disk", action="store_true",
+                    help="everything on disk instead of a tmpfs")
     opts = ap.parse_args()
     from sandbox_fixtures import busybox_rootfs, container_node
 
     from core0.sandbox import runtime, spec
 
-    work = Path(tempfile.mkdtemp(prefix="core0-bench-ctr-"))
+    shm = "/dev/shm" if not opts.disk and os.path.isdir("/dev/shm") else None
+    work = Path(tempfile.mkdtemp(prefix="core0-bench-ctr-", dir=shm))
+    disk = Path(tempfile.mkdtemp(prefix="core0-bench-clone-"))
+    print(f"state dir, roots and bundles on {'a tmpfs' if shm else 'disk'} ({work})")
     try:
         rootfs = busybox_rootfs(work / "rootfs")
-        with container_node() as node:
+        with container_node(under=str(work)) as node:
             c = node.client()
             c.raw("container.image.import", {"name": "bb", "source": str(rootfs)}).get(60)
             rt_name = "runc"
@@ -101,7 +113,15 @@ def main() -> None:
                                               "nics": []}).get(60)
                 assert res.state.value == "SUCCESS", res
 
+            def settled() -> None:
+                """Untimed: the run's teardown (after its result) done before the next
+                measurement, so it never runs during the baseline's or podman's."""
+                deadline = time.monotonic() + 30
+                while any(records.iterdir()) and time.monotonic() < deadline:
+                    time.sleep(0.002)
+
             run_runs: list[float] = []
+            records = node.state_dir / "sandbox" / "containers"  # a dir per container
             if podman and subprocess.run(pod_argv, capture_output=True).returncode != 0:
                 podman = False
             core0()  # warm-up (runtime probe)
@@ -110,6 +130,7 @@ def main() -> None:
                 base_runs.append(timed(lambda i=i: baseline(i)))  # type: ignore[misc]
                 core_runs.append(timed(core0))
                 run_runs.append(timed(core0_run))
+                settled()
                 if podman:
                     pod_runs.append(timed(lambda: subprocess.run(pod_argv, check=True,
                                                                  capture_output=True))
@@ -128,9 +149,19 @@ def main() -> None:
                   f"faster, create/dispatch/terminate {p / k:5.2f}x")
         else:
             print("  podman: does not run here")
-        clone_bench(work, opts.runs)
+        # per round (measured back to back, so a load change on a shared host moves both)
+        ratio = statistics.median(x / y for x, y in zip(run_runs, base_runs, strict=True))
+        extra = median_ms([x - y for x, y in zip(run_runs, base_runs, strict=True)])
+        line = (f"  per round, median: container.run {ratio:5.2f}x the baseline, "
+                f"+{extra:.1f} ms")
+        if pod_runs:
+            faster = statistics.median(x / y for x, y in zip(pod_runs, run_runs, strict=True))
+            line += f"; podman {faster:5.2f}x container.run"
+        print(line)
+        clone_bench(disk, opts.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(disk, ignore_errors=True)
 
 
 def clone_bench(work: Path, runs: int) -> None:

@@ -61,10 +61,12 @@ class NicConfig(Schema):
 class NicArgs(Schema):
     type: Annotated[Literal["default", "bridge", "zerotier", "macvlan", "passthrough", "vlan",
                             "vxlan"],
-                    Doc("default, bridge, macvlan, vlan and vxlan (a segment bridge of the node: "
-                        "docs/networking.md) are supported; others answer 412")]
-    id: Annotated[str, Doc("bridge: its name; macvlan: the parent link; vlan: the VLAN id; "
-                           "vxlan: the VNI"), Len(0, 64),
+                    Doc("default, bridge, macvlan, passthrough, vlan and vxlan (a segment "
+                        "bridge of the node: docs/networking.md) are supported; zerotier "
+                        "answers 412")]
+    id: Annotated[str, Doc("bridge: its name; macvlan: the parent link; passthrough: the "
+                           "node's link moved in; vlan: the VLAN id; vxlan: the VNI"),
+                  Len(0, 64),
                   _NO_NUL] | None = None
     name: Annotated[str, Doc("name inside (default eth<index>)"),
                     Pattern(v.IFNAME_RE)] | None = None

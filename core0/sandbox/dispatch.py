@@ -10,7 +10,10 @@ restart work as for host jobs. Its pickup flag is set at once, so 0-core's clien
 Supported inside: ``core.system`` and ``bash`` (``sh -c`` in the container's root), run by the
 runtime's exec; ``filesystem.*``, run by the dispatcher with ``main.filesystem_root`` set to the
 container's root clone (paths resolved fd by fd inside it, symlinks included: a symlink swapped
-in by the container cannot lead outside). Mounts made inside the container are not seen.
+in by the container cannot lead outside). Mounts made inside the container are not seen. In a
+container with a user namespace, what they create belongs to the container's root (the
+range's first host uid/gid, never host root) and ``filesystem.chown`` takes the container's
+ids and names (:mod:`.fsowner`).
 
 ``info.*`` is answered for the container (its cpuset, memory cgroup, netns, mounts; see
 :mod:`core0.sandbox.info`).
@@ -38,7 +41,7 @@ from core0 import registry
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.registry import CommandSpec
-from core0.sandbox import runtime
+from core0.sandbox import fsowner, runtime
 from core0.sandbox.store import Store
 
 if TYPE_CHECKING:
@@ -69,15 +72,21 @@ async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
     return run_inside
 
 
-def _fs_handler(ctx: Context, cid: int, spec: CommandSpec) -> Any:
+def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
     cfg = ctx.config
-    rootfs = Store(cfg.state_dir).dir(cid) / "rootfs"
+    rootfs = Store(cfg.state_dir).dir(rec.id) / "rootfs"
     inside = dataclasses.replace(cfg, main=dataclasses.replace(cfg.main,
                                                                filesystem_root=str(rootfs)))
+    base = rec.userns_base
 
     async def run_fs(c: Context, a: Any) -> Any:
         c.config = inside
-        return await spec.handler(c, a)
+        if base and spec.name == "filesystem.chown":
+            a = await c.to_thread(fsowner.chown_args, rootfs, a, base)
+        out = await spec.handler(c, a)
+        if base and spec.name in ("filesystem.open", "filesystem.mkdir"):
+            await c.to_thread(fsowner.created, spec.name, a, rootfs, base)
+        return out
 
     return run_fs
 
@@ -183,7 +192,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
                                                              .dir(cid), rec)):
         raise Conflict(f"container {cid} is not running")
     if fs:
-        handler = _fs_handler(ctx, rec.id, spec)
+        handler = _fs_handler(ctx, rec, spec)
     elif jobs:
         handler = _job_handler(rec.id, cmd.command)
     elif procs:

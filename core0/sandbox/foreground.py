@@ -2,7 +2,8 @@
 containers): the teardown after each run.
 
 The job's process is the runtime's ``run`` (the container's whole life). When a run ends,
-a ``run_end`` hook tears the container down (runtime state, nics, netns, root clone). A new
+a ``run_end`` hook tears the container down (runtime state, nics, netns, root clone), once
+the job's result is written (the client waits for the result, not for the cleanup). A new
 dispatcher puts the hook back on the jobs it adopted and terminates the containers whose
 job is gone (:func:`reattach`, by the job id recorded in the container's ``service``
 field); :func:`settle` removes what an earlier run left before the next one starts.
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 #: job id → the teardown in progress of its last run's container
 _PENDING: dict[str, asyncio.Task[None]] = {}
+#: seconds a teardown waits for its job's result to be written first
+RESULT_FIRST = 0.05
 
 
 async def settle(ctx: Context, job_id: str) -> None:
@@ -45,6 +48,11 @@ def watch(ctx: Context, rec: Record) -> None:
 
     async def down() -> None:
         try:
+            # after the job's result is out (its client waits for that, not for the
+            # cleanup); a service going on to its next run: a moment later (that run's
+            # settle waits for this teardown anyway)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(job.done.wait(), RESULT_FIRST)
             await manager.teardown(ctx, rec)
         except Exception:
             log.exception("container %d of %s: teardown failed", rec.id, job.id)

@@ -110,11 +110,11 @@ def _net_dev(pid: int) -> dict[str, list[int]]:
 
 def nic(rec: Record, pid: int) -> list[dict[str, Any]]:
     """The links of the container's netns, in the shape of the host's ``info.nic``."""
-    from core0.net.netns import session
+    from core0.sandbox.netsetup import session_of
 
     counters = _net_dev(pid)
     out = []
-    with session(rec.netns) as r:
+    with session_of(rec, pid) as r:
         addrs: dict[int, list[dict[str, str]]] = {}
         for a in r.get_addr():
             fam = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}.get(a["family"])

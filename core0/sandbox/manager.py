@@ -6,8 +6,10 @@ into and terminates the containers an old one created, by the same ids.
 
 Create order (each step recorded, so :func:`teardown` undoes exactly what was made, also after
 a failure half way or a dispatcher crash): id → root clone → netns + nics → forwards → bundle
-→ runtime start. Terminate runs it backwards: runtime stop + delete (its cgroup goes with it)
-→ forwards → nics → netns → root clone and the container dir.
+→ runtime start. A container without nics has no named netns: the runtime makes an anonymous
+one for its init (see :mod:`.netsetup`), named only if a nic is added later. Terminate runs
+it backwards: runtime stop + delete (its cgroup goes with it) → forwards → nics → netns →
+root clone and the container dir.
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
                  netns="" if req.host_network else names["netns"],
                  cgroups_path=names["cgroups_path"], host_network=req.host_network,
                  privileged=req.privileged, created=int(time.time()),
-                 spec_hash=req.spec_hash, service=req.service)
+                 spec_hash=req.spec_hash, service=req.service,
+                 # no nic: the runtime's own anonymous netns (lo up), named if a nic comes
+                 netns_anon=not (req.host_network or req.userns or req.nics))
     st.save(rec)
     cdir = st.dir(cid)
     try:
@@ -274,7 +278,8 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
             rootfs = await _clone(ctx, rec, meta, cdir)
         dns: list[str] = []
         if not req.host_network:
-            if not req.userns:  # (made with the user namespace that owns it)
+            if not req.userns and not rec.netns_anon:  # (userns: made with the user
+                # namespace that owns it; netns_anon: the runtime makes it)
                 await ctx.to_thread(netsetup.create_netns, rec.netns)
             for i, nic in enumerate(req.nics):
                 rec.nics.append(nic)
@@ -297,13 +302,14 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
             rootfs=str(rootfs), init=init, args=list(req.command), hostname=rec.hostname,
             cgroups_path=rec.cgroups_path, env=env,
             cwd=str(meta.get("workdir") or "/"),
-            netns="host" if req.host_network else nl_path(rec.netns),
+            netns="host" if req.host_network else "new" if rec.netns_anon
+            else nl_path(rec.netns),
             mounts=[*_write_etc(cdir, rec, dns), *mounts], privileged=req.privileged,
             limits=req.limits, userns_base=rec.userns_base, userns_size=userns.SIZE,
             userns_path=str(cdir / "userns") if req.userns else "")
         if rec.userns_base:
             await ctx.to_thread(userns.reachable, ctx.config.state_dir, cdir, rec.userns_base)
-        (cdir / "config.json").write_text(json.dumps(spec.build(sb), indent=1))
+        (cdir / "config.json").write_text(json.dumps(spec.build(sb)))
     except BaseException:
         with contextlib.suppress(Exception):
             await teardown(ctx, rec, rt)

@@ -1,8 +1,14 @@
-"""Container networking: a named netns per container, nics made on the host side.
+"""Container networking: a named netns per container with nics, made on the host side.
 
-Every container that does not share the node's network gets a named network namespace
-(``/run/netns/core0-<tag>-<id>``) made by core0 before the runtime starts; the OCI spec joins
-it by path. Its nics are configured from the node's side with netlink (no tool runs inside):
+A container created with nics (and every userns container, whose netns must belong to its
+user namespace) gets a named network namespace (``/run/netns/core0-<tag>-<id>``) made by core0
+before the runtime starts; the OCI spec joins it by path. A container created without nics
+gets the anonymous netns the runtime makes for its init (runc and crun bring its ``lo`` up):
+no bind mount, no netlink session, nothing to remove on terminate. When a nic is added to it
+later, :func:`pin_init_netns` binds ``/proc/<init>/ns/net`` at the container's netns name and
+points ``config.json`` at that path (a keeper's restart joins it again), so from then on it is
+a named netns like the others. Its nics are configured from the node's side with netlink (no
+tool runs inside):
 
 - ``default``: a veth whose peer (``eth0``) is created inside the netns and whose host end is
   enslaved to core0's NAT bridge ``core0`` (172.18.0.1/16, masquerade, DNS from a dnsmasq on
@@ -10,7 +16,11 @@ it by path. Its nics are configured from the node's side with netlink (no tool r
   172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1.
 - ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``;
 - ``macvlan`` ``{id: parent link}``: a macvlan (bridge mode) made on the node, moved into the
-  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``.
+  netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``;
+- ``passthrough`` ``{id: a link of the node}``: that link itself moved into the netns, named
+  ``eth<index>`` (or the nic's name) there, with ``config.cidr``/``gateway`` (or dhcp); on
+  nic-remove and terminate it goes back to the node's netns under its own name (down, without
+  the addresses it had inside).
 
 Port forwards go through ``nft.forward_add`` with owner ``container:<id>``, so they are in
 core0's one nft table and are removed together (``nft.owner_remove``) on terminate.
@@ -20,14 +30,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
+import json
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0 import registry
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    Internal,
+    NotFound,
+    PreconditionFailed,
+)
 from core0.net import netlink as nl
 from core0.net import segments
 from core0.net import validate as v
+from core0.registry import Role
 from core0.sandbox import dhcp
 from core0.sandbox.store import Nic, Record, Store
 
@@ -85,6 +109,159 @@ def remove_netns(name: str) -> None:
         nl.netns_remove(name)
     except NotFound:
         pass
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
+CLONE_NEWNET = 0x40000000
+
+
+def pin_netns(src: str, name: str, lo_up: bool = True) -> None:
+    """``src`` (a netns file, e.g. ``/proc/<pid>/ns/net``) as the named netns ``name`` (like
+    ``ip netns attach``), ``lo`` up unless told otherwise (thread)."""
+    path = Path(nl.netns_path(name))
+    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    d = os.fsencode(path.parent)
+    if _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:  # as netns_create does
+        if _libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0 or \
+                _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:
+            raise Internal(f"make {path.parent} a shared mount: "
+                           f"{os.strerror(ctypes.get_errno())}")
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+    except FileExistsError:
+        raise Conflict(f"network namespace {name} exists already") from None
+    if _libc.mount(os.fsencode(src), os.fsencode(path), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise Internal(f"bind {src} on {path}: {os.strerror(err)}")
+    if lo_up:
+        with nl.session(netns=name) as r:
+            nl.link_set(r, "lo", state="up")
+
+
+def _same_ns(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _join_named(config: Path, path: str | None) -> None:
+    """Point the bundle's ``config.json`` at the named netns ``path`` (None: back to a new
+    netns of the runtime's); an atomic rewrite."""
+    spec = json.loads(config.read_text())
+    for ns in spec.get("linux", {}).get("namespaces", []):
+        if ns.get("type") == "network":
+            if path is None:
+                ns.pop("path", None)
+            else:
+                ns["path"] = path
+    tmp = config.with_name(config.name + ".tmp")
+    tmp.write_text(json.dumps(spec))
+    os.replace(tmp, config)
+
+
+def _in_cgroup(pid: int, cg_path: str) -> bool:
+    """Is ``pid`` in the container's cgroup (or below it), in any hierarchy?"""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
+    except OSError:
+        return False
+    return any(p == cg_path or p.startswith(cg_path + "/") for p in paths)
+
+
+def _pin_init(rec: Record, pid: int, cdir: Path) -> None:
+    """Name the netns of init ``pid`` (thread): config.json first (a restart between the two
+    steps fails to find the path and is retried by its keeper, never gets a new empty netns),
+    then the bind mount; the config is put back when the bind fails. The netns is taken
+    through an fd opened before checking that ``pid`` is still in the container's cgroup (a
+    pid reused meanwhile is refused)."""
+    path = nl.netns_path(rec.netns)
+    config = cdir / "config.json"
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        raise Conflict(f"container {rec.id} is not running: no nic can be added") from None
+    try:
+        if not _in_cgroup(pid, rec.cgroups_path):
+            raise Conflict(f"container {rec.id} is not running: no nic can be added")
+        src = f"/proc/self/fd/{fd}"
+        if os.path.exists(path):
+            if _same_ns(src, path):  # pinned by an earlier nic-add whose record was lost
+                _join_named(config, path)
+                return
+            raise Conflict(f"network namespace {rec.netns} exists already")
+        _join_named(config, path)
+        try:
+            pin_netns(src, rec.netns, lo_up=False)
+        except BaseException:
+            _join_named(config, None)
+            raise
+    finally:
+        os.close(fd)
+
+
+async def pin_init_netns(ctx: Context, rec: Record) -> None:
+    """Give a container running in its runtime-made anonymous netns (``rec.netns_anon``) its
+    named netns: the netns of its running init, bound at ``rec.netns`` (recorded at once)."""
+    if not rec.netns_anon:
+        return
+    from core0.sandbox import runtime
+
+    rt = await runtime.choose(ctx.config.state_dir)
+    st = await rt.state(rec.runtime_id)
+    if st is None or st.status != "running" or not st.pid:
+        raise Conflict(f"container {rec.id} is not running: no nic can be added")
+    store = Store(ctx.config.state_dir)
+    await ctx.to_thread(_pin_init, rec, st.pid, store.dir(rec.id))
+    rec.netns_anon = False
+    store.save(rec)
+
+
+def _enter_fd(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+@contextlib.contextmanager
+def session_of(rec: Record, pid: int) -> Iterator[IPRoute]:
+    """An IPRoute in the container's netns (thread): its named netns, or, while it is still
+    anonymous, the netns of its init ``pid``."""
+    if not rec.netns_anon:
+        with nl.session(netns=rec.netns) as r:
+            yield r
+        return
+    from pyroute2 import IPRoute
+
+    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _enter_fd(target)
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+        finally:
+            try:
+                _enter_fd(home)
+            except OSError:  # pragma: no cover - cannot happen with our own open fd
+                os._exit(70)  # a worker thread left in a container's netns: never go on
+    finally:
+        os.close(target)
+        os.close(home)
+    fd = sock.detach()
+    try:
+        r = IPRoute(fileno=fd, groups=0)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 def _veth(rec: Record, nic: Nic, index: int, host_name: str, bridge: str, cidr: str,
@@ -151,9 +328,71 @@ def _macvlan(rec: Record, nic: Nic, index: int, tmp_name: str, parent: str, cidr
     return inner
 
 
+def _passthrough(rec: Record, nic: Nic, index: int, tmp_name: str, link: str, cidr: str,
+                 gateway: str | None) -> str:
+    """Move the node's link ``link`` into the netns (thread), named ``eth<index>`` there (or
+    the nic's name): down and renamed ``tmp_name`` on the node first, so no name inside can
+    clash; everything undone when a step fails."""
+    inner = nic.name or f"eth{index}"
+    if link in ("lo", BRIDGE):
+        raise BadRequest(f"nics[{index}].id: {link} cannot be passed through", field="nics")
+    with nl.session() as r:
+        if not r.link_lookup(ifname=link):
+            raise NotFound(f"nics[{index}].id: the node has no link {link}")
+        nl.link_set(r, link, state="down")
+        nl.link_set(r, link, ifname=tmp_name)
+        try:
+            nl.link_set(r, tmp_name, netns=rec.netns)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                nl.link_set(r, tmp_name, ifname=link)
+            raise
+    try:
+        with nl.session(netns=rec.netns) as r:
+            nl.link_set(r, tmp_name, ifname=inner)
+            _configure_inside(r, nic, inner, cidr, gateway)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _give_back(rec.netns, (tmp_name, inner), link)
+        raise
+    return inner
+
+
+def _give_back(netns: str, names: tuple[str, ...], original: str) -> None:
+    """Move a passed-through link (the first of ``names`` found in ``netns``) back to the
+    node's netns under its ``original`` name (thread). Its addresses and routes stay behind
+    (the kernel drops them with the move)."""
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with nl.session(netns=netns) as r:
+            name = next((n for n in names if r.link_lookup(ifname=n)), "")
+            if not name:
+                return
+            idx = r.link_lookup(ifname=name)[0]
+            nl.link_set(r, name, state="down")
+            # a name of its own on the way (the original may be taken inside)
+            tmp = original if not r.link_lookup(ifname=original) else f"pt{idx}"[:15]
+            if tmp != name:
+                nl.link_set(r, name, ifname=tmp)
+            try:
+                r.link("set", index=idx, net_ns_fd=home)
+            except Exception as e:
+                raise nl.nl_error(e, f"move {name} back to the node") from None
+    finally:
+        os.close(home)
+    if tmp != original:
+        with nl.session() as r:
+            if r.link_lookup(ifname=tmp) and not r.link_lookup(ifname=original):
+                nl.link_set(r, tmp, ifname=original)
+
+
 async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: str) -> Nic:
     """Configure ``nic`` (the ``index``-th of the container; its host end is named
     ``host_base`` + index) and return it as recorded."""
+    if nic.type == "passthrough" and ctx.job.role < Role.ADMIN:
+        raise Forbidden("a passthrough nic takes a link away from the node: it needs the "
+                        "admin role")
+    await pin_init_netns(ctx, rec)
     host_name = (host_base + (f"n{index}" if index else ""))[:15]
     if nic.name and (nic.name.startswith("eth") and nic.name != f"eth{index}"):
         raise BadRequest(f"nics[{index}].name: eth* names are reserved", field="nics")
@@ -175,6 +414,21 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
                                             gw)
             nic.ip, nic.state = cidr, "configured"
             return await _leased(ctx, rec, nic, index)
+    elif nic.type == "passthrough":
+        if not nic.id:
+            raise BadRequest(f"nics[{index}].id: the node's link to pass through is required",
+                             field="nics")
+        if nic.hwaddr:
+            raise BadRequest(f"nics[{index}].hwaddr: a passed-through link keeps its own "
+                             "address", field="nics")
+        link = v.ifname(nic.id, f"nics[{index}].id")
+        if link.startswith(host_base[:6]):  # another container's veth end (vc<tag>…)
+            raise BadRequest(f"nics[{index}].id: {link} is a container's link", field="nics")
+        cidr, gw = _static(nic, index)
+        nic.inner = await ctx.to_thread(_passthrough, rec, nic, index, host_name, link, cidr,
+                                        gw)
+        nic.ip, nic.state = cidr, "configured"
+        return await _leased(ctx, rec, nic, index)
     elif nic.type in ("vlan", "vxlan"):  # a veth into the segment's bridge (segments.py)
         cidr, gw = _static(nic, index)
         bridge = await ctx.to_thread(segments.ensure, ctx.config.segments, nic.type, nic.id,
@@ -187,8 +441,9 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
         return await _leased(ctx, rec, nic, index)
     else:
-        raise PreconditionFailed(f"nic type {nic.type} is not supported yet "
-                                 "(default, bridge, macvlan, vlan and vxlan are)")
+        raise PreconditionFailed(f"nic type {nic.type} is not supported (default, bridge, "
+                                 "macvlan, passthrough, vlan and vxlan are; zerotier needs "
+                                 "zerotier-one, which core0 does not run)")
     nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
     return await _leased(ctx, rec, nic, index)
@@ -226,10 +481,14 @@ def _del_inner(netns: str, name: str) -> None:
 
 
 async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
-    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan)."""
+    """Delete a nic: its host end (veth), or the link inside ``netns`` (macvlan); a
+    passed-through link goes back to the node under its own name."""
     if nic.state != "destroyed":
         await dhcp.release(ctx, nic, netns)
-        if nic.host_link:
+        if nic.type == "passthrough":
+            if nic.inner and netns:
+                await ctx.to_thread(_give_back, netns, (nic.inner,), nic.id)
+        elif nic.host_link:
             await ctx.to_thread(_del_link, nic.host_link)
             if nic.type in ("vlan", "vxlan"):
                 await ctx.to_thread(segments.collect)

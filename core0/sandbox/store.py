@@ -4,9 +4,11 @@ Each container has a directory ``<state_dir>/sandbox/containers/<id>/``: its OCI
 (``config.json``, the root clone ``rootfs`` with ``upper``/``work``), the init's log, the files
 bind-mounted into it (``resolv.conf``, ``hosts``, ``hostname``) and ``container.json``, the
 record (arguments, image, nics, forwards, names of its netns, cgroup and runtime id). The
-record is written atomically (temp file, fsync, rename) before anything is made and after each
+record is written atomically (temp file, rename) before anything is made and after each
 change, so a dispatcher killed at any point leaves enough for the next one to list the
-container (same id, same pid: the runtime knows it) or to clean up what was half made.
+container (same id, same pid: the runtime knows it) or to clean up what was half made. It is
+not fsynced: it describes kernel objects (mounts, namespaces, links, processes) that a power
+loss or a kernel crash ends anyway, and on a node the state dir is a tmpfs.
 
 Ids are allocated by ``mkdir`` of the lowest free integer (atomic: two creates never get the
 same id); the directory disappears on terminate, which frees the id.
@@ -18,6 +20,7 @@ so several nodes on one host (tests) never collide.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +77,10 @@ class Record:
     service: str = ""
     #: host base uid/gid of its user namespace (:mod:`.userns`), 0 = none
     userns_base: int = 0
+    #: its netns is still the anonymous one the runtime made for its init (a container
+    #: created without nics); :func:`.netsetup.pin_init_netns` names it ``netns`` when a nic
+    #: is added
+    netns_anon: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +97,10 @@ class Record:
         return f"container:{self.id}"
 
 
+@functools.lru_cache(maxsize=64)
 def node_tag(state_dir: Path) -> str:
+    """A short tag of the node's state dir (its real path) for host-wide names (computed
+    once per dispatcher: a path resolution per container step adds up)."""
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
@@ -136,7 +146,6 @@ class Store:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(rec.to_json(), indent=1, sort_keys=True).encode())
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, d / "container.json")

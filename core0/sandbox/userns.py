@@ -64,7 +64,7 @@ MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV = 0x1, 0x2, 0x4
 MOUNT_ATTR_IDMAP = 0x100000
 _MOUNT_ATTR = struct.Struct("=QQQQ")  # attr_set, attr_clr, propagation, userns_fd
 
-MS_BIND, MS_REC, MS_SHARED = 4096, 16384, 1 << 20
+MS_BIND = 4096
 
 #: the child making a user namespace (then, on request, a netns in it) and holding them
 #: until core0 has pinned them
@@ -256,7 +256,9 @@ async def make_namespaces(cdir: Path, base: int, netns: str = "", timeout: float
         if netns:
             os.write(in_w, b"n")
             await step(b"n")
-            await asyncio.to_thread(_pin_netns, f"/proc/{sp.pid}/ns/net", netns)
+            from core0.sandbox.netsetup import pin_netns
+
+            await asyncio.to_thread(pin_netns, f"/proc/{sp.pid}/ns/net", netns)
         return os.open(cdir / "userns", os.O_RDONLY | os.O_CLOEXEC)
     finally:
         os.close(in_w)  # the holder reads EOF and exits
@@ -273,23 +275,6 @@ def _bind_ns(src: str, dst: Path) -> None:
     if _libc.mount(src.encode(), os.fsencode(dst), None, MS_BIND, None) != 0:
         err = ctypes.get_errno()
         raise Internal(f"bind {src} on {dst}: {os.strerror(err)}")
-
-
-def _pin_netns(src: str, name: str) -> None:
-    """``src`` (a netns) as the named netns ``name`` (like ``ip netns attach``), ``lo`` up."""
-    from core0.net import netlink as nl
-
-    path = Path(nl.netns_path(name))
-    path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-    d = os.fsencode(path.parent)
-    if _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:  # as netns_create does
-        if _libc.mount(d, d, b"none", MS_BIND | MS_REC, None) != 0 or \
-                _libc.mount(b"", d, None, MS_SHARED | MS_REC, None) != 0:
-            raise Internal(f"make {path.parent} a shared mount: "
-                           f"{os.strerror(ctypes.get_errno())}")
-    _bind_ns(src, path)
-    with nl.session(netns=name) as r:
-        nl.link_set(r, "lo", state="up")
 
 
 async def idmap_lower(lower: Path, cdir: Path, userns_fd: int) -> Path:

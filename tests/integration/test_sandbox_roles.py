@@ -85,3 +85,27 @@ def test_operator_limits(cnode: ContainerNode, image: str) -> None:
     assert run(cnode, "ops", "container.image.import", {
         "name": "etc", "source": "/etc"})["code"] == 403
     assert run(cnode, "ro", "corex.create", base)["code"] == 403
+
+
+def test_passthrough_nic_needs_admin(cnode: ContainerNode, image: str) -> None:
+    """A passthrough nic takes a link away from the node: 403 for an operator queue (the link
+    stays on the node)."""
+    res = run(cnode, "ops", "corex.create", {"root": image, "nics": [
+        {"type": "passthrough", "id": "lo"}]})
+    assert res["state"] == "ERROR" and res["code"] == 403, res
+    res = run(cnode, "ops", "corex.create", {"root": image, "nics": []})
+    assert res["state"] == "SUCCESS", res
+    cid = json.loads(res["data"])
+    try:
+        res = run(cnode, "ops", "corex.nic-add", {"container": cid, "nic": {
+            "type": "passthrough", "id": "lo"}})
+        assert res["state"] == "ERROR" and res["code"] == 403, res
+        # an admin may not pass lo through either (400), nor give the link another address
+        res = run(cnode, "default", "corex.nic-add", {"container": cid, "nic": {
+            "type": "passthrough", "id": "lo"}})
+        assert res["code"] == 400, res
+        res = run(cnode, "default", "corex.nic-add", {"container": cid, "nic": {
+            "type": "passthrough", "id": "x0", "hwaddr": "02:00:00:00:00:01"}})
+        assert res["code"] == 400, res
+    finally:
+        assert run(cnode, "ops", "corex.terminate", {"container": cid})["state"] == "SUCCESS"

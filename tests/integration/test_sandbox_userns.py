@@ -275,3 +275,66 @@ def test_container_run_in_userns(cnode: ContainerNode, root: Path) -> None:
     fields = r.streams[0].split()
     assert fields[0] == "0" and int(fields[1]) >= userns.FIRST and fields[2] == "65536"
     assert wait_until(lambda: slots(cnode) == {} and ok(cnode, "corex.list", {}) == {}, 30)
+
+
+def _inner(cnode: ContainerNode, cid: int, command: str, arguments: dict[str, object]) -> object:
+    inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+        "command": command, "arguments": arguments}})
+    c = cnode.client()
+    try:
+        r = c.response_for(inner).get(60)
+    finally:
+        c.close()
+    assert r.state.value == "SUCCESS", (command, r.data)
+    return json.loads(r.data) if r.data else None
+
+
+def test_filesystem_commands_write_as_the_containers_root(cnode: ContainerNode,
+                                                          root: Path) -> None:
+    """``filesystem.*`` dispatched into a userns container: what it makes belongs to the
+    container's root (host: the range's first uid/gid; inside: 0:0), never host root;
+    ``filesystem.chown`` takes the container's ids and names."""
+    import base64
+
+    cid = ok(cnode, "corex.create", {"root": str(root), "nics": [], "userns": True})
+    try:
+        base = ok(cnode, "corex.get", {"query": cid})["container"]["userns"]["uid"]
+        _inner(cnode, cid, "filesystem.mkdir", {"path": "/fresh/sub/dir"})
+        token = _inner(cnode, cid, "filesystem.open", {"file": "/fresh/sub/dir/f",
+                                                       "mode": "w", "perm": 0o4755})
+        _inner(cnode, cid, "filesystem.write", {"fd": token,
+                                                "block": base64.b64encode(b"hi").decode()})
+        _inner(cnode, cid, "filesystem.close", {"fd": token})
+        token = _inner(cnode, cid, "filesystem.open", {"file": "/made-by-open", "mode": "x"})
+        _inner(cnode, cid, "filesystem.close", {"fd": token})
+        rootfs = cnode.state_dir / "sandbox" / "containers" / str(cid) / "rootfs"
+        for rel in ("fresh", "fresh/sub", "fresh/sub/dir", "fresh/sub/dir/f", "made-by-open"):
+            st = os.lstat(rootfs / rel)
+            assert (st.st_uid, st.st_gid) == (base, base), rel
+        # the set-uid bit asked for is kept (chown clears it)
+        assert os.lstat(rootfs / "fresh/sub/dir/f").st_mode & 0o7777 == 0o4755
+        code, out, err = sh(cnode, cid, "ls -lnd /fresh /fresh/sub/dir /fresh/sub/dir/f "
+                                        "/made-by-open; cat /fresh/sub/dir/f")
+        assert code == 0, err
+        rows = [ln.split() for ln in out.splitlines()]
+        assert [r[2:4] for r in rows[:4]] == [["0", "0"]] * 4, out
+        assert out.endswith("hi")
+        # chown by the container's ids and names (root's group from its /etc/group)
+        _inner(cnode, cid, "filesystem.chown", {"path": "/made-by-open", "user": "7",
+                                                "group": "root"})
+        st = os.lstat(rootfs / "made-by-open")
+        assert (st.st_uid, st.st_gid) == (base + 7, base)
+        code, out, err = sh(cnode, cid, "stat -c '%u %g' /made-by-open")
+        assert (code, out.strip()) == (0, "7 0"), err
+        r = call(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "filesystem.chown", "arguments": {"path": "/made-by-open",
+                                                         "user": "nobody-here"}}})
+        inner = json.loads(r.data)
+        c = cnode.client()
+        try:
+            res = c.response_for(inner).get(60)
+        finally:
+            c.close()
+        assert res.code == 404, res.data
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})

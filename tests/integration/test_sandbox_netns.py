@@ -1,0 +1,144 @@
+"""A container created without nics runs in the anonymous netns its runtime makes (only ``lo``,
+up; no /run/netns entry); a nic added later names that netns (``/run/netns/<name>``), and
+every later path works on it: nic-remove, a second nic, a dispatcher kill -9, a keeper's
+restart of the init (which joins the named netns again), terminate leaving nothing."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_until
+from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, inside, node_tag, ok
+
+
+@pytest.fixture(scope="module")
+def cnode() -> Iterator[ContainerNode]:
+    with container_node() as n:
+        yield n
+
+
+@pytest.fixture(scope="module")
+def image(cnode: ContainerNode) -> str:
+    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
+    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
+    cid = ok(cnode, "corex.create", {"root": "bb"})  # makes the NAT bridge (it stays)
+    ok(cnode, "corex.terminate", {"container": cid})
+    return "bb"
+
+
+def snapshot(cnode: ContainerNode) -> dict[str, Any]:
+    tag = node_tag(cnode)
+    links = cnode.ns.run("ip", "-o", "link").stdout.splitlines()
+    with open("/proc/self/mountinfo") as f:
+        mounts = [ln.split()[4] for ln in f]
+    return {
+        "mounts": sorted(m for m in mounts if m.startswith(str(cnode.dir)) or tag in m),
+        "cgroups": sorted(glob.glob(f"/sys/fs/cgroup/*/core0-{tag}-*")),
+        "links": sorted(ln.split(":")[1].split("@")[0].strip() for ln in links),
+        "netns": sorted(n for n in os.listdir("/run/netns") if tag in n),
+        "files": sorted(os.listdir(cnode.state_dir / "sandbox" / "containers")),
+    }
+
+
+def _links(cnode: ContainerNode, cid: int) -> list[str]:
+    res = inside(cnode, cid, "ip -o link | cut -d: -f2,3")
+    assert res.state.value == "SUCCESS", res.data
+    return [ln.strip() for ln in res.streams[0].splitlines()]
+
+
+def _dispatcher(cnode: ContainerNode) -> int:
+    try:
+        return cnode.dispatcher_pid()
+    except AssertionError:
+        return 0
+
+
+def _pingable(cnode: ContainerNode) -> bool:
+    try:
+        return ok(cnode, "core.ping", {}) is not None
+    except Exception:
+        return False
+
+
+def _pid(cnode: ContainerNode, cid: int) -> int:
+    return int(ok(cnode, "corex.get", {"query": cid})["container"]["pid"])
+
+
+def test_no_nic_then_hot_nic(cnode: ContainerNode, image: str) -> None:
+    before = snapshot(cnode)
+    tag = node_tag(cnode)
+    cid = ok(cnode, "corex.create", {"root": image, "nics": [], "restart": "always"})
+    name = f"core0-{tag}-{cid}"
+    try:
+        # the runtime's own netns: only lo, up; nothing named, nothing mounted
+        links = _links(cnode, cid)
+        assert len(links) == 1 and links[0].startswith("lo:") and ",UP," in links[0], links
+        assert name not in os.listdir("/run/netns")
+        nics = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "info.nic", "arguments": {}}})
+        c = cnode.client()
+        try:
+            res = c.response_for(nics).get(60)
+        finally:
+            c.close()
+        assert res.state.value == "SUCCESS", res.data
+        assert [n["name"] for n in json.loads(res.data)] == ["lo"]
+
+        # a nic names the init's netns and is configured in it
+        nic = ok(cnode, "corex.nic-add", {"container": cid, "nic": {"type": "default"}})
+        assert nic["index"] == 0
+        assert name in os.listdir("/run/netns")
+        init_ns = os.stat(f"/proc/{_pid(cnode, cid)}/ns/net")
+        named = os.stat(f"/run/netns/{name}")
+        assert (init_ns.st_dev, init_ns.st_ino) == (named.st_dev, named.st_ino)
+        addr = f"172.18.{(cid + 1) >> 8}.{(cid + 1) & 255}"
+        res = inside(cnode, cid, "ip -o -4 addr show eth0; ip route")
+        assert res.state.value == "SUCCESS", (res.data, res.streams)
+        assert f"{addr}/16" in res.streams[0] and "default via 172.18.0.1" in res.streams[0]
+        cnode.ns.run("ping", "-c", "1", "-W", "2", addr)  # reachable from the node
+
+        # a dispatcher kill -9: the next one removes and adds nics in the same netns
+        old = cnode.dispatcher_pid()
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: _pingable(cnode) and _dispatcher(cnode) not in (0, old),
+                          60, 0.2), cnode.log_text()[-3000:]
+        ok(cnode, "corex.nic-remove", {"container": cid, "index": 0})
+        assert [ln for ln in _links(cnode, cid) if ln.startswith("eth0")] == []
+        ok(cnode, "corex.nic-add", {"container": cid, "nic": {"type": "default"}})
+        assert any(ln.startswith("eth1") for ln in _links(cnode, cid))
+
+        # the keeper restarts a killed init in the same (named) netns: its nic is still there
+        first = _pid(cnode, cid)
+        os.kill(first, signal.SIGKILL)
+        assert wait_until(lambda: _pid(cnode, cid) not in (0, first), 30, 0.2), \
+            cnode.log_text()[-2000:]
+        again = os.stat(f"/proc/{_pid(cnode, cid)}/ns/net")
+        assert (again.st_dev, again.st_ino) == (named.st_dev, named.st_ino)
+        assert any(ln.startswith("eth1") for ln in _links(cnode, cid))
+        cnode.ns.run("ping", "-c", "1", "-W", "2", addr)
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def test_container_run_without_nic(cnode: ContainerNode, image: str) -> None:
+    """``container.run`` with no nic: only lo inside, nothing named or left behind."""
+    before = snapshot(cnode)
+    c = cnode.client()
+    try:
+        res = c.raw("container.run", {"root": image, "nics": [],
+                                      "command": ["/bin/sh", "-c", "ip -o link"]}).get(60)
+    finally:
+        c.close()
+    assert res.state.value == "SUCCESS", (res.data, res.streams)
+    lines = res.streams[0].splitlines()
+    assert len(lines) == 1 and "lo:" in lines[0], lines
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
