@@ -179,13 +179,23 @@ def main() -> None:
     ap.add_argument("--pipelined", type=int, default=20000)
     ap.add_argument("--rq", type=int, default=500, help="rq round trips (0 = skip rq)")
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median kept)")
+    ap.add_argument("--pin", choices=("none", "one", "split"), default="none",
+                    help="CPU placement: none (the scheduler's), one (every process on the "
+                         "last CPU: the chain's CPU cost without cross-CPU wakeups), split "
+                         "(servers on the last CPU, the client on the first: a client of "
+                         "its own, as a remote one)")
     ns = ap.parse_args()
     dirs = scratch_dirs()
     runs: dict[tuple[str, str, str, str], list[float]] = {}
     rq_rate = 0.0
     try:
         with contextlib.ExitStack() as stack:
+            cpus = sorted(os.sched_getaffinity(0))
+            if ns.pin != "none":
+                os.sched_setaffinity(0, {cpus[-1]})  # inherited by every server started
             settings = {kind: stack.enter_context(setting(d)) for kind, d in dirs.items()}
+            if ns.pin == "split":
+                os.sched_setaffinity(0, {cpus[0]})
             for raw, core0, _ in settings.values():  # warm up everything
                 for tr in ("tcp", "unix"):
                     sequential(raw[tr], 200)
@@ -216,7 +226,7 @@ def main() -> None:
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
                      f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×"))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, placement: {ns.pin}")
     table(rows)
     # the spread: on a few vCPUs one round's figure depends on where the scheduler put the
     # client, redis-server and the worker (a wakeup across vCPUs costs more than the work)
