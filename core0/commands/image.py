@@ -25,9 +25,11 @@ class UpgradeArgs(Schema):
                       Pattern(r"[0-9a-f]{64}")] = None
     signature: Annotated[str | None, Doc("the minisign signature (.minisig text); default: "
                                          "fetched beside the manifest"), Len(1, 4096)] = None
-    switch: Annotated[Literal["kexec", "reboot", "none"], Doc(
+    switch: Annotated[Literal["kexec", "reboot", "none"] | None, Doc(
         "kexec: kexec -e at once after the result; reboot: an ordered reboot (as core.reboot) "
-        "that ends in the new kernel, no firmware; none: stage only")] = "kexec"
+        "that ends in the new kernel, no firmware (on the A/B disk: into the written slot "
+        "through the firmware and GRUB); none: stage only; default: reboot on a node booted "
+        "from the A/B disk, else kexec")] = None
 
 
 @dataclass(frozen=True)
