@@ -213,10 +213,12 @@ def _commit(cfg: configmod.Config, disk: str) -> dict[str, Any]:
     """A passed boot of slot ``disk``: GRUB's known-good slot from now on."""
     try:
         env = slots.read_grubenv(cfg)
+        # what GRUB left: a trial boot shows its boots left after GRUB's countdown
+        seen = {"grubenv": {k: v for k, v in env.items() if k.startswith("core0_")}}
         if env.get("core0_try", "") not in ("", disk):
-            return {"grubenv": "another slot is on trial: left as it is"}
+            return {**seen, "note": "another slot is on trial: grubenv left as it is"}
         slots.update_grubenv(cfg, core0_slot=disk, core0_try="", core0_tries="0")
-        return {}
+        return seen
     except Exception as e:
         log.error("grubenv: slot %s not made the known-good one: %s", disk, e)
         return {"grubenv_error": str(e)[:300]}

@@ -129,10 +129,22 @@ async def disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str], 
     if isinstance(image, dict):
         digest, version = image.get("core0_digest", ""), image.get("core0_version", "")
     else:
-        ctx.emit(1, f"{event}: writing slot {target} ({slots.label(target)})")
-        await asyncio.to_thread(slots.install, cfg, image, target)
-        ctx.emit(1, f"{event}: slot {target} written and verified")
         digest, version = image.digest, image.version
+        env = await asyncio.to_thread(slots.read_grubenv, cfg)
+        if env.get("core0_slot") != booted:
+            raise PreconditionFailed(
+                f"this boot of slot {booted} is on trial (its assessment has not passed): "
+                f"slot {target} holds the known-good image and is not overwritten")
+        ctx.emit(1, f"{event}: writing slot {target} ({slots.label(target)})")
+        try:
+            await asyncio.to_thread(slots.install, cfg, image, target)
+        except BaseException as e:
+            state = store.state()
+            store.record(state, "switch-failed", digest=digest, slot=target,
+                         reason=f"writing slot {target}: {e}"[:300])
+            store.save(state)
+            raise
+        ctx.emit(1, f"{event}: slot {target} written and verified")
     state = store.state()
     running = booted_digest(cfg)
     before = dict(state)
