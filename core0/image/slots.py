@@ -26,7 +26,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from core0.errors import PreconditionFailed
 
@@ -230,17 +230,3 @@ def install(cfg: Config, image: Slot, slot: str) -> dict[str, str]:
         if parse_env((root / SLOT_ENV).read_bytes()) != env:
             raise PreconditionFailed(f"slot {slot}: slot.env differs after writing")
     return env
-
-
-def describe(cfg: Config) -> dict[str, Any]:
-    """The booted slot and the grubenv (for image.current / image.list); {} off the disk."""
-    slot = booted_slot(cfg)
-    if slot is None:
-        return {}
-    out: dict[str, Any] = {"slot": slot}
-    try:
-        env = read_grubenv(cfg)
-        out["grubenv"] = {k: v for k, v in env.items() if k.startswith("core0_")}
-    except Exception as e:  # a report: the reason, not a failure of the command
-        out["grubenv_error"] = str(e)[:200]
-    return out
