@@ -142,8 +142,9 @@ def _run(argv: list[str]) -> None:
 def _need(*tools: str) -> None:
     for t in tools:
         if shutil.which(t) is None:
-            raise SystemExit(f"{t} not found (deps/apt-image.txt: parted, dosfstools, mtools, "
-                             "e2fsprogs, grub-common, grub-pc-bin, grub-efi-amd64-bin)")
+            raise SystemExit(f"{t} not found (deps/apt-image.txt, deps/apt-storage.txt: "
+                             "parted, dosfstools, mtools, e2fsprogs, grub-common, grub-pc-bin, "
+                             "grub-efi-amd64-bin)")
 
 
 def slot_files(image: Path, flavour: str, dest: Path) -> dict[str, str]:

@@ -117,6 +117,9 @@ def test_disk_boots_under_seabios(vm: VM, images: dict[str, Any]) -> None:
     history = wait_history(vm, "booted")
     assert [(h["event"], h["digest"], h.get("slot")) for h in history] == [
         ("booted", images["a"]["digest"], "a")], history
+    # slot b is empty: nothing to roll back to (refused before anything changes)
+    res = vm.command("image.rollback", timeout=60)
+    assert res["state"] == "ERROR" and res["code"] == 404 and "slot b" in str(res["data"]), res
 
 
 def test_upgrade_a_to_b_in_place(vm: VM, images: dict[str, Any], server: int) -> None:
