@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 #: longest wait for the result to be written before kexec -e runs anyway
 RESULT_WAIT = 10.0
 _pending: set[asyncio.Task[None]] = set()
+#: the job writing a slot and the grubenv (one at a time)
+_disk_busy: set[str] = set()
 
 
 def store_of(ctx: Context) -> Store:
@@ -124,6 +126,17 @@ async def disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str], 
     for a rollback) into the inactive slot, record the pending switch, set the grubenv trial
     and, once the result is written, reboot through the firmware (``how`` reboot) or kexec
     into the slot's kernel (``how`` kexec)."""
+    if _disk_busy:
+        raise PreconditionFailed("another switch of the A/B disk is in progress")
+    _disk_busy.add(ctx.id)
+    try:
+        return await _disk_switch(ctx, store, image, event, how, booted)
+    finally:
+        _disk_busy.discard(ctx.id)
+
+
+async def _disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str], event: str,
+                       how: str, booted: str) -> dict[str, Any]:
     cfg = ctx.config
     target = slots.other(booted)
     if isinstance(image, dict):
