@@ -49,7 +49,8 @@ bench: deps
 	$(VENV)/bin/python bench/upgrade.py
 
 ## build the node image (kernel + initramfs + manifest) into build/image/ (FLAVOUR=core|full);
-## FORMAT=iso also makes a hybrid BIOS/UEFI ISO of it, FORMAT=ipxe an iPXE script (BASE_URL=…)
+## FORMAT=iso also makes a hybrid BIOS/UEFI ISO of it, FORMAT=ipxe an iPXE script (BASE_URL=…),
+## FORMAT=disk a raw BIOS/UEFI disk image with A/B slots and a persistent partition
 FORMAT ?=
 BASE_URL ?= http://boot.example/core0/
 image: deps
@@ -58,8 +59,10 @@ ifeq ($(FORMAT),iso)
 	$(VENV)/bin/python initramfs-builder/media.py iso --flavour $(FLAVOUR)
 else ifeq ($(FORMAT),ipxe)
 	$(VENV)/bin/python initramfs-builder/media.py ipxe --flavour $(FLAVOUR) --base-url $(BASE_URL)
+else ifeq ($(FORMAT),disk)
+	$(VENV)/bin/python initramfs-builder/disk.py --flavour $(FLAVOUR)
 else ifneq ($(FORMAT),)
-	$(error FORMAT=$(FORMAT): iso or ipxe (the A/B disk image is not built yet))
+	$(error FORMAT=$(FORMAT): iso, ipxe or disk)
 endif
 
 ## boot it under qemu with the node's Redis forwarded to $(PORT) (see qemu/boot --help)

@@ -280,6 +280,9 @@ class VMConfig:
     #: boot from this medium (an ISO from initramfs-builder/media.py) through the firmware
     #: instead of qemu's ``-kernel``; its kernel command line is the medium's own
     boot_iso: Path | None = None
+    #: boot from this raw disk (the A/B disk image from initramfs-builder/disk.py) through the
+    #: firmware, as the machine's first disk (virtio-blk, written in place)
+    boot_disk: Path | None = None
     #: "bios" (SeaBIOS) or "uefi" (OVMF)
     firmware: str = "bios"
     #: network boot: the URL (or TFTP name) the firmware's iPXE gets by DHCP (an iPXE script
@@ -347,6 +350,9 @@ class VM:
                 "-smp", str(c.cpus), "-nodefaults", "-no-user-config", "-display", "none"]
         if c.netboot is not None:
             argv += ["-boot", "order=n"]
+        elif c.boot_disk is not None:
+            argv += ["-drive", f"file={c.boot_disk},if=none,id=boot,format=raw",
+                     "-device", "virtio-blk-pci,drive=boot,bootindex=0"]
         elif c.boot_iso is None:
             argv += ["-kernel", str(kernel), "-initrd", str(initrd),
                      "-append", " ".join(self.cmdline())]

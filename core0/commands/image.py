@@ -25,9 +25,11 @@ class UpgradeArgs(Schema):
                       Pattern(r"[0-9a-f]{64}")] = None
     signature: Annotated[str | None, Doc("the minisign signature (.minisig text); default: "
                                          "fetched beside the manifest"), Len(1, 4096)] = None
-    switch: Annotated[Literal["kexec", "reboot", "none"], Doc(
+    switch: Annotated[Literal["kexec", "reboot", "none"] | None, Doc(
         "kexec: kexec -e at once after the result; reboot: an ordered reboot (as core.reboot) "
-        "that ends in the new kernel, no firmware; none: stage only")] = "kexec"
+        "that ends in the new kernel, no firmware (on the A/B disk: into the written slot "
+        "through the firmware and GRUB); none: stage only; default: reboot on a node booted "
+        "from the A/B disk, else kexec")] = None
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,8 @@ async def upgrade(ctx: Context, args: UpgradeArgs) -> dict[str, Any]:
 @command("image.current", role=Role.READ_ONLY, inline=True)
 async def current(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """The running image: ``digest`` (from ``core0.image=`` on the kernel command line; null
-    when booted from outside), core0's ``version``, ``staged``, and the slot's details."""
+    when booted from outside), core0's ``version``, ``staged``, and the slot's details
+    (``slot``: a or b on a node booted from the A/B disk)."""
     return up.store_of(ctx).running(ctx.config)
 
 
@@ -91,6 +94,7 @@ async def history(ctx: Context, args: HistoryArgs) -> dict[str, Any]:
 
 @command("image.rollback", role=Role.ADMIN)
 async def rollback(ctx: Context, args: NoArgs) -> dict[str, Any]:
-    """Switch back to the previous image by kexec (after this result is written). 404 when
-    no previous image is staged; 412 when core0 is not the machine's init."""
+    """Switch back to the previous image by kexec (after this result is written); on a node
+    booted from the A/B disk: to the other slot's image by GRUB's environment and a reboot.
+    404 when no previous image is staged; 412 when core0 is not the machine's init."""
     return await up.rollback(ctx)

@@ -17,6 +17,12 @@ previous image when it is staged; an ordered reboot (what the machine's firmware
 is not; nothing when this boot was itself an automatic rollback (no loop) or when this process
 is not supervised by the node's init (``rollback-refused``). Every outcome is in
 ``image.history``: never silent.
+
+On a node booted from the A/B disk image (``core0.slot=``, core0.image.slots) the state lives
+on the persistent partition (this process waits for init to mount it); a pass makes the slot
+the known-good one in GRUB's environment, a failure ends the trial there and reboots through
+the firmware, so GRUB boots the other slot; a trial GRUB gave up on (its boots spent before an
+assessment could act: a kernel that does not start) is recorded as ``failed`` by the next boot.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from core0 import config as configmod
-from core0.image import switch
+from core0.image import slots, switch
 from core0.image.store import Store, booted_digest, images_dir
 
 log = logging.getLogger("core0.image.assess")
@@ -92,15 +98,22 @@ def since_boot() -> float:
 async def judge(cfg: configmod.Config, check: Check = health, step: float = 2.0) -> dict[str, Any]:
     """Assess this boot and act (see the module docstring); → the history entry it ended with
     (``{}`` when this boot names no image or its image was assessed already)."""
+    disk = slots.booted_slot(cfg)
+    if cfg.main.persistent_device:
+        await wait_persistent(cfg)
     store = Store(images_dir(cfg))
     digest = booted_digest(cfg)
     if digest is None:
         return {}
     state = store.state()
     pending = state["pending"] if isinstance(state["pending"], dict) else None
+    given_up: dict[str, Any] = {}
+    if disk is not None and pending is not None and pending.get("digest") != digest:
+        given_up = _trial_given_up(cfg, store, state, pending, disk)
+        pending = None
     if pending is None or pending.get("digest") != digest:
         if state["current"] == digest:
-            return {}  # assessed in an earlier run of this process
+            return given_up  # assessed in an earlier run of this process
         # the images dir did not survive the switch (not persistent): judge it all the same
         pending = {"digest": digest, "from": None, "boots": 0, "note": "no earlier state"}
     pending["boots"] = int(pending.get("boots", 0)) + 1
@@ -127,20 +140,23 @@ async def judge(cfg: configmod.Config, check: Check = health, step: float = 2.0)
             state["previous"] = pending.get("from") or state["previous"]
         state["current"] = digest
         entry = store.record(state, "booted", digest=digest, version=version, seconds=seconds)
+        if disk is not None:
+            entry.update(slot=disk, **_commit(cfg, disk))
         store.save(state)
         log.info("image %s passed its boot assessment (%.1fs)", digest[:12], seconds)
         return entry
     store.record(state, "failed", digest=digest, version=version, seconds=seconds,
                  reason=reason)
     log.error("image %s failed its boot assessment: %s", digest[:12], reason)
-    return await _roll_back(store, state, digest, pending)
+    return await _roll_back(cfg, store, state, digest, pending)
 
 
-async def _roll_back(store: Store, state: dict[str, Any], digest: str,
+async def _roll_back(cfg: configmod.Config, store: Store, state: dict[str, Any], digest: str,
                      pending: dict[str, Any]) -> dict[str, Any]:
     """Go back to the image this one came from (kexec when staged, else an ordered reboot)."""
     target = pending.get("from")
     slot = store.slot(target)
+    disk = slots.booted_slot(cfg)
     if pending.get("auto"):
         entry = store.record(state, "rollback-failed", digest=digest,
                              reason="this boot was an automatic rollback already: staying")
@@ -153,6 +169,8 @@ async def _roll_back(store: Store, state: dict[str, Any], digest: str,
                              reason=str(e))
         store.save(state)
         return entry
+    if disk is not None:
+        return _disk_roll_back(cfg, store, state, digest, target, disk)
     if slot is None:
         entry = store.record(state, "rollback", digest=digest, to=None, how="reboot",
                              note="the previous image is not staged: an ordered reboot into "
@@ -180,6 +198,73 @@ async def _roll_back(store: Store, state: dict[str, Any], digest: str,
                              reason=str(e)[:300])
         store.save(state)
     return entry  # on success not reached: kexec -e replaced the kernel
+
+
+async def wait_persistent(cfg: configmod.Config, timeout: float = 120.0) -> None:
+    """Until init has tried to mount the persistent disk (the images' state lives there)."""
+    from core0.declared import persistent_state
+
+    deadline = time.monotonic() + timeout
+    while persistent_state(cfg) is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+
+
+def _commit(cfg: configmod.Config, disk: str) -> dict[str, Any]:
+    """A passed boot of slot ``disk``: GRUB's known-good slot from now on."""
+    try:
+        env = slots.read_grubenv(cfg)
+        # what GRUB left: a trial boot shows its boots left after GRUB's countdown
+        seen = {"grubenv": {k: v for k, v in env.items() if k.startswith("core0_")}}
+        if env.get("core0_try", "") not in ("", disk):
+            return {**seen, "note": "another slot is on trial: grubenv left as it is"}
+        slots.update_grubenv(cfg, core0_slot=disk, core0_try="", core0_tries="0")
+        return seen
+    except Exception as e:
+        log.error("grubenv: slot %s not made the known-good one: %s", disk, e)
+        return {"grubenv_error": str(e)[:300]}
+
+
+def _trial_given_up(cfg: configmod.Config, store: Store, state: dict[str, Any],
+                    pending: dict[str, Any], disk: str) -> dict[str, Any]:
+    """GRUB booted slot ``disk`` while another image was pending: its trial boots were spent
+    before an assessment could end it (a kernel or an init that did not start)."""
+    entry = store.record(state, "failed", digest=pending.get("digest"),
+                         slot=pending.get("slot"),
+                         reason=f"slot {pending.get('slot')}: no boot of it passed its "
+                                f"assessment; GRUB went back to slot {disk}")
+    state["pending"] = None
+    store.save(state)
+    try:
+        env = slots.read_grubenv(cfg)
+        if env.get("core0_try") and env.get("core0_try") != disk:
+            slots.update_grubenv(cfg, core0_try="", core0_tries="0")
+    except Exception as e:
+        log.error("grubenv: %s", e)
+    return entry
+
+
+def _disk_roll_back(cfg: configmod.Config, store: Store, state: dict[str, Any], digest: str,
+                    target: str | None, disk: str) -> dict[str, Any]:
+    """End this slot's trial in the grubenv and reboot: GRUB boots the known-good slot."""
+    try:
+        env = slots.read_grubenv(cfg)
+        if env.get("core0_slot") == disk:
+            raise RuntimeError(f"slot {disk} is the known-good slot itself: nothing to go "
+                               "back to")
+        slots.update_grubenv(cfg, core0_try="", core0_tries="0")
+    except Exception as e:
+        entry = store.record(state, "rollback-failed", digest=digest, slot=disk,
+                             reason=str(e)[:300])
+        store.save(state)
+        return entry
+    back = slots.other(disk)
+    state["current"] = target
+    state["pending"] = {"digest": target, "from": digest, "boots": 0, "auto": True,
+                        "slot": back, "time": round(time.time(), 3)}
+    entry = store.record(state, "rollback", digest=digest, to=target, how="reboot", slot=back)
+    store.save(state)
+    os.kill(1, signal.SIGINT)  # an ordered reboot: GRUB boots slot ``back``
+    return entry
 
 
 def main(argv: list[str] | None = None) -> int:

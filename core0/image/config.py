@@ -25,6 +25,9 @@ class ImageConfig(schema.Schema):
     #: seconds a freshly switched image has to answer ``core.ping`` with every protected startup
     #: service running; past it the node goes back to the previous image by itself
     boot_deadline: Annotated[float, schema.Range(5, 86400)] = 300.0
+    #: boots GRUB gives a newly written slot of the A/B disk image before it falls back to
+    #: the known-good slot (initramfs-builder/disk.py; a failed assessment ends it at once)
+    boot_tries: Annotated[int, schema.Range(1, 9)] = 3
     #: where images are staged without a persistent dir ("" = <state_dir>/images; the node
     #: image says /var/lib/core0/images: its initramfs's own filesystem, carried across kexec).
     #: With ``main.persistent_dir`` they are in <persistent_dir>/images

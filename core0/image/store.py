@@ -195,4 +195,7 @@ class Store:
             out["note"] = "booted from outside (no core0.image= on the kernel command line)"
         if slot is not None:
             out.update({k: v for k, v in slot.describe().items() if k != "version"})
+        disk_slot = cfg.cmdline.get("core0.slot", "")
+        if disk_slot in ("a", "b"):  # booted from the A/B disk image (core0.image.slots)
+            out["slot"] = disk_slot
         return out

@@ -50,13 +50,14 @@ def current_cmdline() -> str:
 
 
 async def load(run: Run, slot: Slot, store: Store | None = None,
-               carry: Sequence[Slot] = ()) -> list[str]:
+               carry: Sequence[Slot] = (), cmdline: str | None = None) -> list[str]:
     """``kexec -l`` the slot's kernel and initramfs (kexec_file_load first: the kernel checks
     the image itself; the older kexec_load where that is refused). When ``store`` lives in the
     initramfs's own filesystem, its state and the ``carry`` slots ride along in a second cpio
-    archive (core0.image.carry). Returns the argv used."""
+    archive (core0.image.carry). ``cmdline``: the new kernel's command line (default: the
+    running one with ``core0.image=`` replaced). Returns the argv used."""
     require_node_init()
-    cmdline = next_cmdline(current_cmdline(), slot.digest)
+    cmdline = cmdline or next_cmdline(current_cmdline(), slot.digest)
     initrd = slot.initramfs
     tmp: Path | None = None
     if store is not None and carry_mod.carried(store):

@@ -7,11 +7,17 @@ their sha256 checked against the signed manifest (the directory is removed on an
 a refused image leaves no slot, no state and no history); then the slot is staged beside the
 current one, the history records it, and the switch is loaded (``kexec -l``). The kexec itself
 happens after the command's result is written.
+
+On a node booted from the A/B disk image (``core0.slot=`` on the kernel command line,
+core0.image.slots) the verified image is written into the **inactive slot partition** instead,
+GRUB's environment is set to try it (``image.boot_tries`` boots), and the switch is a reboot
+through the firmware (the default there) or a kexec into the written kernel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import posixpath
@@ -22,7 +28,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from core0.errors import NotFound, PreconditionFailed
-from core0.image import fetch, switch, verify
+from core0.image import fetch, slots, switch, verify
 from core0.image.store import Slot, Store, booted_digest, images_dir
 
 if TYPE_CHECKING:
@@ -35,6 +41,8 @@ log = logging.getLogger(__name__)
 #: longest wait for the result to be written before kexec -e runs anyway
 RESULT_WAIT = 10.0
 _pending: set[asyncio.Task[None]] = set()
+#: the job writing a slot and the grubenv (one at a time)
+_disk_busy: set[str] = set()
 
 
 def store_of(ctx: Context) -> Store:
@@ -56,13 +64,16 @@ def _signature_name(src: fetch.Reader) -> str:
 
 
 async def upgrade(ctx: Context, *, url: str | None, path: str | None, sha256: str | None,
-                  signature: str | None, how: str) -> dict[str, Any]:
-    """Verify and stage an image, then switch to it (``how``: kexec, reboot or none)."""
+                  signature: str | None, how: str | None) -> dict[str, Any]:
+    """Verify and stage an image, then switch to it (``how``: kexec, reboot or none; None:
+    reboot on a node booted from the A/B disk, kexec elsewhere)."""
     cfg = ctx.config
     keys = verify.trusted_keys(cfg.image.trusted_keys)
+    disk = slots.booted_slot(cfg)
+    how = how or ("reboot" if disk else "kexec")
     if how != "none":
         switch.require_node_init()
-        if shutil.which(switch.KEXEC) is None:
+        if (disk is None or how == "kexec") and shutil.which(switch.KEXEC) is None:
             raise PreconditionFailed("kexec is not installed on this node")
     src = fetch.reader(ctx, url, path)
     ctx.emit(1, f"upgrade: manifest {src.label}")
@@ -102,8 +113,82 @@ async def upgrade(ctx: Context, *, url: str | None, path: str | None, sha256: st
     store.save(state)
     out: dict[str, Any] = {"digest": v.digest, "version": v.version, "path": str(slot.path),
                            "switch": how}
-    if how != "none":
+    if how != "none" and disk is not None:
+        out.update(await disk_switch(ctx, store, slot, "upgrade", how, disk))
+    elif how != "none":
         out["kexec"] = await switch_to(ctx, store, slot, "upgrade", how)
+    return out
+
+
+async def disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str], event: str,
+                      how: str, booted: str) -> dict[str, Any]:
+    """On the A/B disk: write ``image`` (a staged Slot; or the inactive slot's own slot.env
+    for a rollback) into the inactive slot, record the pending switch, set the grubenv trial
+    and, once the result is written, reboot through the firmware (``how`` reboot) or kexec
+    into the slot's kernel (``how`` kexec)."""
+    if _disk_busy:
+        raise PreconditionFailed("another switch of the A/B disk is in progress")
+    _disk_busy.add(ctx.id)
+    try:
+        return await _disk_switch(ctx, store, image, event, how, booted)
+    finally:
+        _disk_busy.discard(ctx.id)
+
+
+async def _disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str], event: str,
+                       how: str, booted: str) -> dict[str, Any]:
+    cfg = ctx.config
+    target = slots.other(booted)
+    if isinstance(image, dict):
+        digest, version = image.get("core0_digest", ""), image.get("core0_version", "")
+    else:
+        digest, version = image.digest, image.version
+        env = await asyncio.to_thread(slots.read_grubenv, cfg)
+        if env.get("core0_slot") != booted:
+            raise PreconditionFailed(
+                f"this boot of slot {booted} is on trial (its assessment has not passed): "
+                f"slot {target} holds the known-good image and is not overwritten")
+        ctx.emit(1, f"{event}: writing slot {target} ({slots.label(target)})")
+        try:
+            await asyncio.to_thread(slots.install, cfg, image, target)
+        except BaseException as e:
+            state = store.state()
+            store.record(state, "switch-failed", digest=digest, slot=target,
+                         reason=f"writing slot {target}: {e}"[:300])
+            store.save(state)
+            raise
+        ctx.emit(1, f"{event}: slot {target} written and verified")
+    state = store.state()
+    running = booted_digest(cfg)
+    before = dict(state)
+    state["pending"] = {"digest": digest, "from": running, "boots": 0, "slot": target,
+                        "time": round(time.time(), 3)}
+    store.record(state, event, digest=digest, version=version, how=how, slot=target,
+                 **{"from": running})
+    store.save(state)
+    run = _runner(ctx)
+    out: dict[str, Any] = {"slot": target, "switch": how}
+    try:
+        env = await asyncio.to_thread(slots.update_grubenv, cfg, core0_try=target,
+                                      core0_tries=str(cfg.image.boot_tries))
+        out["grubenv"] = {k: v for k, v in env.items() if k.startswith("core0_")}
+        if how == "kexec" and not isinstance(image, dict):
+            cmdline = switch.next_cmdline(switch.current_cmdline(), digest)
+            cmdline = slots.with_slot(cmdline, target)
+            out["kexec"] = await switch.load(run, image, cmdline=cmdline)
+        else:
+            await run([switch.KEXEC, "-u"])  # the firmware (GRUB) boots, not a loaded kernel
+    except BaseException as e:
+        before["history"] = state["history"]
+        store.record(before, "switch-failed", digest=digest, reason=str(e)[:300])
+        store.save(before)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(slots.update_grubenv, cfg, core0_try="", core0_tries="0")
+        raise
+    task = asyncio.ensure_future(_execute_after_result(ctx, run, "kexec" if "kexec" in out
+                                                       else "reboot"))
+    _pending.add(task)
+    task.add_done_callback(_pending.discard)
     return out
 
 
@@ -160,9 +245,17 @@ async def _execute_after_result(ctx: Context, run: switch.Run, how: str) -> None
 
 
 async def rollback(ctx: Context) -> dict[str, Any]:
-    """Switch to the previous image by kexec (404 when none is staged; 412 off the node)."""
+    """Switch to the previous image by kexec (404 when none is staged; 412 off the node);
+    on the A/B disk: to the other slot's image by the grubenv and a reboot."""
     switch.require_node_init()
     store = store_of(ctx)
+    booted = slots.booted_slot(ctx.config)
+    if booted is not None:
+        env = await asyncio.to_thread(slots.slot_env, ctx.config, slots.other(booted))
+        if not env.get("core0_initrd"):
+            raise NotFound(f"slot {slots.other(booted)} holds no image")
+        return {"digest": env.get("core0_digest"), "version": env.get("core0_version"),
+                **await disk_switch(ctx, store, env, "rollback", "reboot", booted)}
     target = store.slot(store.state()["previous"])
     if target is None:
         raise NotFound("no previous image staged (image.previous)")
