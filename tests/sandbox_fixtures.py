@@ -304,3 +304,10 @@ def inside(node: ContainerNode, cid: int, script: str, timeout: float = 60) -> A
         return c.response_for(inner).get(timeout)
     finally:
         c.close()
+
+
+def import_busybox(node: ContainerNode, name: str = "bb") -> str:
+    """A busybox root made in the node's dir and imported as image ``name``; returns it."""
+    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=node.dir)) / "rootfs")
+    ok(node, "container.image.import", {"name": name, "source": str(root)})
+    return name

@@ -9,14 +9,12 @@ import glob
 import json
 import os
 import signal
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, inside, node_tag, ok
+from sandbox_fixtures import ContainerNode, container_node, import_busybox, inside, node_tag, ok
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +25,7 @@ def cnode() -> Iterator[ContainerNode]:
 
 @pytest.fixture(scope="module")
 def image(cnode: ContainerNode) -> str:
-    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
-    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
+    import_busybox(cnode)
     cid = ok(cnode, "corex.create", {"root": "bb"})  # makes the NAT bridge (it stays)
     ok(cnode, "corex.terminate", {"container": cid})
     return "bb"

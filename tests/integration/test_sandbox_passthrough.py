@@ -5,13 +5,11 @@ in the node's netns; the other end stays on the node and reaches the container t
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, inside, ok
+from sandbox_fixtures import ContainerNode, container_node, import_busybox, inside, ok
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +20,7 @@ def cnode() -> Iterator[ContainerNode]:
 
 @pytest.fixture(scope="module")
 def image(cnode: ContainerNode) -> str:
-    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
-    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
+    import_busybox(cnode)
     return "bb"
 
 
