@@ -36,7 +36,8 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     for i in last:
         items.remove(i)
     items.extend(last)
-    fuzz.start_background(items)
+    if not config.option.collectonly:
+        fuzz.start_background(items)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

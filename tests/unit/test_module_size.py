@@ -1,4 +1,4 @@
-"""Small modules: none of core0's or the client's over 600 lines."""
+"""Small modules (none of core0's or the client's over 600 lines) and unique test basenames."""
 
 from __future__ import annotations
 
@@ -16,3 +16,12 @@ def test_no_module_over_600_lines() -> None:
             if n > LIMIT:
                 big[str(f.relative_to(ROOT))] = n
     assert not big, f"modules over {LIMIT} lines: {big}"
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest's default (rootdir) import mode refuses two test files with one basename."""
+    seen: dict[str, list[str]] = {}
+    for f in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(f.name, []).append(str(f.relative_to(ROOT)))
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    assert not dup, f"test modules sharing a basename: {dup}"
