@@ -1,6 +1,7 @@
 """The one restart backoff of supervised things (design.md section 4), shared by the shim's
 supervisor (redis-server, the dispatcher, NIC DHCP clients) and the job engine (protected
-services: boot services, dnsmasq…).
+services: boot services, dnsmasq…), and the retry loops of the bus (the pop loop's reconnects,
+``retry_forever``), of libvirt's reconnect and of busy storage tools (:meth:`Backoff.retrying`).
 
 The rule: the first restart waits ``first`` (1 s), each further one twice as long up to ``cap``
 (60 s); a run that lasted ``healthy`` (10 s) or more resets the delay. A process that exits
@@ -9,6 +10,7 @@ The rule: the first restart waits ``first`` (1 s), each further one twice as lon
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +35,14 @@ class Backoff:
 
     def __post_init__(self) -> None:
         self.delay = self.first
+
+    @classmethod
+    def retrying(cls, first: float, cap: float,
+                 clock: Callable[[], float] = time.monotonic) -> Backoff:
+        """The delays of a retry loop (a reconnect, a busy tool): ``first``, doubling up to
+        ``cap``. Nothing "runs healthy" there: only :meth:`reset` (after a success) starts
+        over."""
+        return cls(first=first, cap=cap, healthy=math.inf, clock=clock)
 
     def started(self) -> None:
         """It starts (now, by ``clock``)."""

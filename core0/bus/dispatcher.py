@@ -31,6 +31,7 @@ from core0_client.protocol import (
 from redis.exceptions import RedisError
 
 from core0 import declared, registry
+from core0.backoff import Backoff
 from core0.boot.services import ServiceManager
 from core0.bus.endpoint import make_client
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
@@ -214,7 +215,7 @@ class Dispatcher:
         link = PopLink(self.cfg, self.bus.keys)
         pending: list[Publish] = []
         connected = False
-        delay = 0.1
+        backoff = Backoff.retrying(0.1, 5.0)
         idle = False  # the last batched pop found the queue empty
         streak = 0  # commands taken by BLMOVE since the last batched pop
         #: a pop sent with the last pickups: (blocking, its replies)
@@ -264,7 +265,7 @@ class Dispatcher:
                         idle = not raws
                         if idle:
                             continue
-                    delay = 0.1
+                    backoff.reset()
                     pending, starts = await self.prepare(raws, queue, processing, role)
                     if not starts:
                         continue
@@ -295,6 +296,7 @@ class Dispatcher:
                     # CLUSTERDOWN, OOM, NOPERM, LOADING…): the loop never ends on one. The link
                     # is dropped, so the reconnect re-resolves the slot owner of a cluster.
                     kind = "redis unavailable" if isinstance(e, TRANSIENT) else "redis error"
+                    delay = backoff.next()
                     log.warning("queue %s: %s (%s); retry in %.1fs", queue, kind,
                                 str(e) or type(e).__name__, delay)
                     self.stats["redis_errors"] += 1
@@ -302,7 +304,6 @@ class Dispatcher:
                     connected = False
                     sent = None
                     await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
                     # unsent results are not lost: their commands are still in `processing`
                     # and reconcile answers them again (from the recent-results cache)
                     pending = []

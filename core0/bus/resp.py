@@ -20,7 +20,7 @@ from typing import Any
 
 import hiredis
 
-from core0.bus.endpoint import endpoint, slot_owner
+from core0.bus.endpoint import endpoint, slot_owner, timeouts
 from core0.config import Config
 
 Arg = bytes | str | int | float
@@ -66,7 +66,7 @@ class RespConnection:
         self.close()
         self._parser = hiredis.Reader(replyError=RespError)
         ep = endpoint(self.cfg)  # the same endpoint as redis.asyncio's (bus.endpoint)
-        timeout = 5.0
+        timeout = float(timeouts(self.cfg)["socket_connect_timeout"])
         if ep.path is not None:
             self._r, self._w = await asyncio.wait_for(
                 asyncio.open_unix_connection(ep.path), timeout)

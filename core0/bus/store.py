@@ -41,6 +41,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core0.backoff import Backoff
 from core0.bus.endpoint import make_client
 from core0.bus.resp import RespError, Script, SharedConnection
 from core0.config import Config
@@ -421,19 +422,19 @@ def retryable(e: RedisError) -> bool:
 async def retry_forever(what: str, fn: Any, *args: Any, stop: asyncio.Event | None = None) -> Any:
     """Call ``fn(*args)`` until it succeeds, backing off 0.1 s → 5 s on Redis connection errors
     and on the error replies of :data:`RETRY_REPLIES`."""
-    delay = 0.1
+    backoff = Backoff.retrying(0.1, 5.0)
     while True:
         try:
             return await fn(*args)
         except TRANSIENT as e:
             if stop is not None and stop.is_set():
                 raise
+            delay = backoff.next()
             log.warning("%s: redis unavailable (%s); retrying in %.1fs", what, e, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
         except RedisError as e:
             if not retryable(e) or (stop is not None and stop.is_set()):
                 raise
+            delay = backoff.next()
             log.warning("%s: redis refused (%s); retrying in %.1fs", what, e, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)

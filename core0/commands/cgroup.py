@@ -15,11 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from core0 import mountinfo
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
 from core0.schema import NAME, Doc, NoArgs, Range, Schema
-from core0.storage import parse
 
 PARENT = "core0"
 Subsystem = Literal["cpuset", "memory"]
@@ -61,8 +61,7 @@ def _write(path: str, value: str) -> None:
 
 def hierarchy(subsystem: str) -> Hierarchy:
     """Where ``subsystem``'s groups live (412 if the machine has no such controller)."""
-    with open("/proc/self/mountinfo") as f:
-        mounts = parse.parse_mountinfo(f.read())
+    mounts = mountinfo.read()
     for m in mounts:
         if m.fstype == "cgroup2":
             try:

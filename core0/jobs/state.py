@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0 import mountinfo
+
 if TYPE_CHECKING:
     from core0.jobs.job import Job
 
@@ -295,16 +297,10 @@ def _load(path: Path) -> Saved:
 def _is_persistent(path: Path) -> bool:
     """fsync only where it means something (not on tmpfs)."""
     try:
-        with open("/proc/self/mounts") as f:
-            best, fstype = "", ""
-            p = str(path.resolve())
-            for line in f:
-                parts = line.split()
-                if len(parts) > 2 and p.startswith(parts[1]) and len(parts[1]) >= len(best):
-                    best, fstype = parts[1], parts[2]
-        return fstype not in ("tmpfs", "ramfs")
+        mount = mountinfo.containing(str(path.resolve()))
     except OSError:
         return True
+    return mount is None or mount.fstype not in ("tmpfs", "ramfs")
 
 
 def data_start(path: Path) -> int:

@@ -28,6 +28,7 @@ from typing import Any
 
 import psutil
 
+from core0 import mountinfo
 from core0.sandbox.dispatch import cgroup_pids
 from core0.sandbox.manager import _cgroup_file
 from core0.sandbox.store import Record
@@ -145,20 +146,12 @@ def disk(rec: Record, pid: int) -> list[dict[str, Any]]:
     """The container's root and bind mounts (its mount table, seen through its init)."""
     out = []
     skip = {"proc", "sysfs", "cgroup", "cgroup2", "devpts", "mqueue", "tmpfs", "devtmpfs"}
-    try:
-        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        f, rf = left.split(), right.split()
-        if len(f) < 6 or len(rf) < 2 or rf[0] in skip:
+    for m in mountinfo.of_pid(pid):
+        mp = m.mountpoint
+        if m.fstype in skip or mp.startswith(("/proc", "/sys", "/dev", "/.core0-init", "/etc/")):
             continue
-        mp = f[4].replace("\\040", " ")
-        if mp.startswith(("/proc", "/sys", "/dev", "/.core0-init")) or mp.startswith("/etc/"):
-            continue
-        entry: dict[str, Any] = {"device": rf[1], "mountpoint": mp, "fstype": rf[0],
-                                 "opts": f[5]}
+        entry: dict[str, Any] = {"device": m.source, "mountpoint": mp, "fstype": m.fstype,
+                                 "opts": ",".join(m.options)}
         with contextlib.suppress(OSError):
             # through the init's root: the path resolves inside the container
             s = os.statvfs(f"/proc/{pid}/root{mp}")

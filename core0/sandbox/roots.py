@@ -25,6 +25,7 @@ import struct
 import time
 from pathlib import Path
 
+from core0 import mountinfo
 from core0.errors import Internal, PreconditionFailed
 from core0.storage.btrfs import SUBVOL_INO, snapshot_ioctl
 
@@ -114,27 +115,15 @@ def clone(lower: Path, cdir: Path, owner: int = 0) -> Path:
     return merged
 
 
-def _mount_points() -> list[str]:
-    """Every mount point of this mount namespace (octal escapes of /proc decoded)."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split(" ", 5)
-            if len(fields) > 4:
-                p = fields[4]
-                out.append(p.encode().decode("unicode_escape") if "\\" in p else p)
-    return out
-
-
 def is_mounted(path: Path) -> bool:
-    return os.path.realpath(path) in _mount_points()
+    """Something is mounted at ``path`` (resolved) in this mount namespace."""
+    target = os.path.realpath(path)
+    return any(m.mountpoint == target for m in mountinfo.read())
 
 
 def mounts_below(path: Path) -> list[str]:
     """Mount points at or below ``path``, deepest first."""
-    target = os.path.realpath(path)
-    out = [p for p in _mount_points() if p == target or p.startswith(target + "/")]
-    return sorted(set(out), key=lambda p: (-p.count("/"), p))
+    return mountinfo.below(os.path.realpath(path))
 
 
 def _unmount(point: str) -> None:

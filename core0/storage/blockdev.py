@@ -10,6 +10,7 @@ import shutil
 import stat
 from typing import Any
 
+from core0 import mountinfo
 from core0.context import Context
 from core0.errors import BadRequest, NotFound
 from core0.storage import parse, tools
@@ -103,8 +104,8 @@ def read_only(name: str) -> bool:
 
 
 def mounts() -> list[parse.Mount]:
-    with open("/proc/self/mountinfo") as f:
-        return parse.parse_mountinfo(f.read())
+    """The node's mount table (core0.mountinfo)."""
+    return mountinfo.read()
 
 
 def swaps() -> set[str]:

@@ -24,6 +24,7 @@ import os
 import re
 from pathlib import Path
 
+from core0 import mountinfo
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
 
 MS_RDONLY = 1
@@ -300,9 +301,4 @@ def mount_ids() -> set[int]:
 
 def _live_ids() -> dict[int, str]:
     """mount id → "majmin mountpoint" of every current mount."""
-    out: dict[int, str] = {}
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            p = line.split()
-            out[int(p[0])] = f"{p[2]} {p[4]}"
-    return out
+    return {m.mount_id: f"{m.majmin} {m.mountpoint}" for m in mountinfo.read()}

@@ -13,6 +13,7 @@ import re
 import signal
 from collections.abc import Callable, Sequence
 
+from core0.backoff import Backoff
 from core0.context import Context
 from core0.errors import (
     BadRequest,
@@ -98,12 +99,13 @@ async def retry_busy(
     deadline = loop.time() + budget
     res = await ctx.run(argv, check=False)
     told = False
+    backoff = Backoff.retrying(delay, 1.0, clock=loop.time)
     while res.status != 0 and re.search(busy, res.stderr) and loop.time() < deadline:
-        if not told and delay >= 0.4:
+        wait = backoff.next()
+        if not told and wait >= 0.4:
             ctx.emit(4, f"{os.path.basename(argv[0])} reports busy; retrying")
             told = True
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
+        await asyncio.sleep(wait)
         res = await ctx.run(argv, check=False)
     if res.status != 0:
         raise tool_error(res, rules)

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core0.backoff import Backoff
 from core0.errors import PreconditionFailed, Unavailable
 
 if TYPE_CHECKING:
@@ -236,13 +237,12 @@ class Conn:
         no command comes."""
         while not self.closed:
             await self._lost.wait()
-            delay = 1.0
+            backoff = Backoff.retrying(1.0, 10.0)
             while not self.closed and self._conn is None:
-                await asyncio.sleep(delay)
+                await asyncio.sleep(backoff.next())
                 try:
                     await self.connection()
                 except Unavailable:
-                    delay = min(delay * 2, 10.0)
                     continue
                 self.reconnects += 1
                 log.info("libvirt: reconnected to %s", self.uri)

@@ -69,3 +69,35 @@ def test_custom_limits_and_permanent_exit() -> None:
     b = Backoff(first=0.5, cap=3, healthy=5)
     assert [b.next(0) for _ in range(5)] == [0.5, 1, 2, 3, 3]
     assert PERMANENT_EXIT == 125
+
+
+def test_retrying_doubles_to_its_cap_and_never_resets_by_itself() -> None:
+    """A retry loop's delays (the pop loop's reconnects, retry_forever): 0.1 s doubling to
+    5 s; however long the clock runs between failures, only reset() starts over."""
+    clock = FakeClock()
+    b = Backoff.retrying(0.1, 5.0, clock=clock)
+    waits = []
+    for _ in range(9):
+        b.started()  # harmless here
+        clock.advance(3600)  # an hour between two failures is not a healthy run
+        waits.append(b.next())
+        clock.advance(waits[-1])
+    assert waits == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
+    assert b.next(1e9) == 5.0
+    b.reset()  # a success
+    assert [b.next() for _ in range(3)] == [0.1, 0.2, 0.4]
+
+
+def test_retrying_a_busy_tool_within_a_budget() -> None:
+    """storage.tools.retry_busy's shape: waits from 0.05 s doubling to 1 s, on a fake clock,
+    until a 30 s budget is spent: the waits add up to the budget (one last may overrun it)."""
+    clock = FakeClock()
+    b = Backoff.retrying(0.05, 1.0, clock=clock)
+    deadline = clock() + 30
+    waits = []
+    while clock() < deadline:
+        waits.append(b.next())
+        clock.advance(waits[-1])
+    assert waits[:6] == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]
+    assert set(waits[5:]) == {1.0}
+    assert 30 <= sum(waits) < 31
