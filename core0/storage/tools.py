@@ -99,7 +99,7 @@ async def retry_busy(
     deadline = loop.time() + budget
     res = await ctx.run(argv, check=False)
     told = False
-    backoff = Backoff.retrying(delay, 1.0, clock=loop.time)
+    backoff = Backoff.retrying(delay, 1.0)
     while res.status != 0 and re.search(busy, res.stderr) and loop.time() < deadline:
         wait = backoff.next()
         if not told and wait >= 0.4:
