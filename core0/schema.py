@@ -53,9 +53,11 @@ class Doc:
 
 @dataclass(frozen=True)
 class Pattern:
-    """The string must fully match this regular expression."""
+    """The string must fully match this regular expression. ``what`` names what it is in
+    errors (``'x y' is not a service id``); without it the error quotes the regex."""
 
     regex: str
+    what: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_re", re.compile(self.regex))
@@ -192,7 +194,8 @@ def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str, text: bool = Fal
     for c in extras:
         if isinstance(c, Pattern):
             if not isinstance(v, str) or not c.check(v):
-                raise BadRequest(f"{path}: {v!r:.80} does not match {c.regex}", field=path)
+                why = f"is not {c.what}" if c.what else f"does not match {c.regex}"
+                raise BadRequest(f"{path}: {v!r:.80} {why}", field=path)
         elif isinstance(c, Range):
             if c.min is not None and v < c.min:
                 raise BadRequest(f"{path}: must be >= {c.min:g}", field=path)
@@ -257,9 +260,14 @@ def _check_type(tp: Any, v: Any, path: str, text: bool = False) -> Any:
             try:
                 return _check(m, (), v, path, text)
             except BadRequest as e:
-                errors.append(str(e))
-        raise BadRequest(errors[0] if len(errors) == 1 else f"{path}: no variant matches: "
-                         + "; ".join(errors), field=path)
+                errors.append((m, str(e)))
+        # the one variant of the value's kind (``list[str] | str`` given a string) says best
+        # what is wrong; otherwise every variant's complaint
+        fits = [msg for m, msg in errors if _same_kind(m, v)]
+        if len(fits) == 1:
+            raise BadRequest(fits[0], field=path)
+        raise BadRequest(errors[0][1] if len(errors) == 1 else f"{path}: no variant matches: "
+                         + "; ".join(msg for _, msg in errors), field=path)
     if origin is Literal:
         choices = get_args(tp)
         if text and isinstance(v, str) and v not in choices:
@@ -299,6 +307,28 @@ def _check_type(tp: Any, v: Any, path: str, text: bool = False) -> Any:
     if isinstance(tp, type) and issubclass(tp, Schema):
         return parse(tp, v, path, text=text)
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in a schema, not input
+
+
+def _same_kind(tp: Any, v: Any) -> bool:
+    """Whether ``v`` has the JSON kind of type ``tp`` (whatever its constraints)."""
+    while get_origin(tp) is typing.Annotated:
+        tp = get_args(tp)[0]
+    origin = get_origin(tp)
+    if _is_union(tp):
+        return any(_same_kind(m, v) for m in get_args(tp))
+    if origin is Literal:
+        return any(type(c) is type(v) for c in get_args(tp))
+    if tp in (bool, str):
+        return type(v) is tp
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if origin is list:
+        return isinstance(v, list)
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, Schema)):
+        return isinstance(v, dict)
+    return tp is Any
 
 
 # ---------------------------------------------------------------- JSON schema
