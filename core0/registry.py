@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from core0.schema import NoArgs, Schema, json_schema
+from core0.schema import NoArgs, Pattern, Schema, json_schema
 
 if TYPE_CHECKING:
     from core0.context import Context
@@ -54,6 +54,10 @@ class Role(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
 
+
+#: a role name as :meth:`Role.parse` reads it (any case; read-only, read_only, readonly, ro)
+ROLE_NAME = Pattern(r"(?i)\s*(admin|operator|read[-_]?only|ro)\s*",
+                    what="a known role (admin, operator or read-only)")
 
 Handler = Callable[["Context", Any], Awaitable[Any]]
 F = TypeVar("F", bound=Handler)

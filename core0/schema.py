@@ -34,6 +34,7 @@ __all__ = [
     "Pattern",
     "Range",
     "Schema",
+    "Secret",
     "parse",
     "json_schema",
     "ID",
@@ -64,6 +65,11 @@ class Pattern:
 
     def check(self, v: str) -> bool:
         return bool(self._re.fullmatch(v))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The value is a secret (a password): errors never quote it."""
 
 
 @dataclass(frozen=True)
@@ -191,11 +197,13 @@ def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str, text: bool = Fal
     if text and isinstance(v, str):
         v = _from_text(tp, v, path)
     v = _check_type(tp, v, path, text)
+    secret = any(isinstance(c, Secret) for c in extras)
     for c in extras:
         if isinstance(c, Pattern):
             if not isinstance(v, str) or not c.check(v):
                 why = f"is not {c.what}" if c.what else f"does not match {c.regex}"
-                raise BadRequest(f"{path}: {v!r:.80} {why}", field=path)
+                shown = "the value" if secret else f"{v!r:.80}"
+                raise BadRequest(f"{path}: {shown} {why}", field=path)
         elif isinstance(c, Range):
             if c.min is not None and v < c.min:
                 raise BadRequest(f"{path}: must be >= {c.min:g}", field=path)
