@@ -35,6 +35,8 @@ __all__ = [
     "Range",
     "Schema",
     "Secret",
+    "check",
+    "check_field",
     "parse",
     "json_schema",
     "ID",
@@ -162,6 +164,20 @@ def parse(cls: type[S], data: Any, path: str = "arguments", *, text: bool = Fals
         raise
     except (TypeError, ValueError) as e:
         raise BadRequest(f"{path}: {e}", field=path) from None
+
+
+def check_field(cls: type[Schema], name: str, value: Any, path: str | None = None) -> Any:
+    """Check ``value`` against the field ``name`` of ``cls`` alone, for a document applied key
+    by key (a bad key fails only its own part). ``null`` is an error here: the caller holds
+    the key. Errors name ``path`` (default: the field's name)."""
+    tp, extras, _ = _fields(cls)[name]
+    return _check(tp, extras, value, path or name)
+
+
+def check(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against one field type (``Annotated`` constraints included), for the
+    items of a list checked one by one (a bad item fails only itself)."""
+    return _check(tp, (), value, path)
 
 
 def _is_optional(tp: Any) -> bool:
