@@ -260,7 +260,14 @@ def test_service_order_is_the_smallest_topological_order(
 
 
 def test_cloudconfig_entries_are_checked_by_schema() -> None:
-    from core0.boot.cloudnet import _check
+    from core0.boot.cloudconfig import UserData
+    from core0.boot.cloudnet import Network, _check
+    from core0.schema import check_field
+
+    def net(ethernets: dict[str, Any]) -> Network:
+        n: Network = check_field(UserData, "network", {"ethernets": ethernets})
+        _check(n)
+        return n
 
     wf = cloudparse.write_file({"path": "/etc/x", "content": 1, "permissions": 0o600,
                                 "append": True}, "write_files[0]")
@@ -272,7 +279,7 @@ def test_cloudconfig_entries_are_checked_by_schema() -> None:
                        ("/x", "write_files[0]: expected an object")):
         with pytest.raises(BadRequest, match=msg.replace("[", r"\[").replace("]", r"\]")):
             cloudparse.write_file(entry, "write_files[0]")
-    assert _check({"lan": {"match": {"name": "e*"}, "addresses": ["10.0.0.2/24"],
+    assert net({"lan": {"match": {"name": "e*"}, "addresses": ["10.0.0.2/24"],
                            "routes": [{"to": "10.1.0.0/16", "via": "10.0.0.1", "metric": 5}],
                            "nameservers": {"addresses": ["10.0.0.1"]}, "mtu": 1400}})
     for eth, msg in (({"bogus": 1}, "lan.bogus: unknown key"),
@@ -282,7 +289,7 @@ def test_cloudconfig_entries_are_checked_by_schema() -> None:
                      ({"dhcp6": True}, "dhcp6: not supported"),
                      ({"addresses": ["nope"]}, "bad address")):
         with pytest.raises(BadRequest, match=msg):
-            _check({"lan": eth})
+            net({"lan": eth})
 
 
 def test_write_files_onto_a_directory_leaves_no_temp_file(tmp_path: Path) -> None:
