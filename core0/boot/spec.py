@@ -34,7 +34,6 @@ JOB_PREFIX = "svc:"
 RESERVED = {"cloudconfig", "cloudconfig-runcmd"}
 
 
-
 @dataclass(frozen=True)
 class StartupTable(Schema):
     """One ``[startup.<id>]`` table as written (docs/config.md), checked strictly."""

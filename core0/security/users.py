@@ -110,9 +110,10 @@ def _check_queues(cfg: Config, queues: list[str] | None, where: str) -> tuple[st
 #: a password: 8 to 512 characters on one line (it is a line of the ACL file); never quoted
 PASSWORD = Annotated[str, Doc("the password (stored as its SHA-256 only)"), Len(8, 512),
                      Pattern(r"[^\r\n\x00]*", what="one line"), Secret()]
-#: a SHA-256 in hex, optionally with Redis's leading ``#`` (any case)
+#: a SHA-256 in hex, optionally with Redis's leading ``#`` (any case); never quoted either
 SHA256_HEX = Annotated[str, Doc("or its SHA-256 (hex)"),
-                       Pattern(r"\s*#?[0-9A-Fa-f]{64}\s*", what="64 hex digits (a SHA-256)")]
+                       Pattern(r"\s*#?[0-9A-Fa-f]{64}\s*", what="64 hex digits (a SHA-256)"),
+                       Secret()]
 
 
 @dataclass(frozen=True)
