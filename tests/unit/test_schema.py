@@ -153,3 +153,19 @@ def test_union_errors_come_from_the_variant_of_the_values_kind(data: dict[str, A
     assert message in e.value.message
     assert parse(Ids, {"ids": ["a", "b"]}).ids == ["a", "b"]
     assert parse(Ids, {"ids": "ab"}).ids == "ab"
+
+
+def test_secret_values_are_never_quoted() -> None:
+    from core0.schema import Secret, check_field
+
+    @dataclass(frozen=True)
+    class Login(Schema):
+        password: Annotated[str, Len(8), Pattern(r"[^\n]*", what="one line"), Secret()]
+
+    with pytest.raises(BadRequest) as e:
+        parse(Login, {"password": "hunter2-long\nsecond"})
+    assert e.value.message == "arguments.password: the value is not one line"
+    with pytest.raises(BadRequest) as e:
+        check_field(Login, "password", "hunter2")
+    assert e.value.message == "password: length must be >= 8"
+    assert check_field(Login, "password", "long enough") == "long enough"
