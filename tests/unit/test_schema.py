@@ -8,7 +8,17 @@ from typing import Annotated, Any, Literal
 import pytest
 
 from core0.errors import BadRequest
-from core0.schema import Doc, Len, Pattern, Range, Schema, json_schema, parse
+from core0.schema import (
+    Doc,
+    Len,
+    Pattern,
+    Range,
+    Schema,
+    Secret,
+    check_field,
+    json_schema,
+    parse,
+)
 
 
 @dataclass(frozen=True)
@@ -155,13 +165,12 @@ def test_union_errors_come_from_the_variant_of_the_values_kind(data: dict[str, A
     assert parse(Ids, {"ids": "ab"}).ids == "ab"
 
 
+@dataclass(frozen=True)
+class Login(Schema):
+    password: Annotated[str, Len(8), Pattern(r"[^\n]*", what="one line"), Secret()]
+
+
 def test_secret_values_are_never_quoted() -> None:
-    from core0.schema import Secret, check_field
-
-    @dataclass(frozen=True)
-    class Login(Schema):
-        password: Annotated[str, Len(8), Pattern(r"[^\n]*", what="one line"), Secret()]
-
     with pytest.raises(BadRequest) as e:
         parse(Login, {"password": "hunter2-long\nsecond"})
     assert e.value.message == "arguments.password: the value is not one line"
