@@ -46,30 +46,38 @@ def _constraints(s: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def _anchor(name: str) -> str:
+    return name.replace(".", "")
+
+
 def render() -> str:
     registry.load_all()
     out = [HEADER]
     aliases = registry.aliases()
-    hidden = {a for names in aliases.values() for a in names}
     by_domain: dict[str, list[registry.CommandSpec]] = {}
+    alias_of: dict[str, list[registry.CommandSpec]] = {}
     for spec in registry.all_commands():
-        if spec.name not in hidden:  # an alias is listed once, under its canonical name
-            by_domain.setdefault(spec.name.split(".")[0], []).append(spec)
+        domain = spec.name.split(".")[0]
+        # an alias is listed once: a line of its domain pointing at its canonical command
+        (by_domain if spec.alias_of is None else alias_of).setdefault(domain, []).append(spec)
     out.append("## Contents\n")
-    for domain, specs in by_domain.items():
-        out.append(f"- **{domain}**: " + ", ".join(f"[`{s.name}`](#{s.name.replace('.', '')})"
-                                                   for s in specs))
+    for domain in sorted(by_domain.keys() | alias_of.keys()):
+        links = [f"[`{s.name}`](#{_anchor(s.name)})" for s in by_domain.get(domain, [])]
+        if domain in alias_of:
+            links.append(f"[aliases](#{domain}-aliases)")
+        out.append(f"- **{domain}**: " + ", ".join(links))
     out.append("")
-    for domain, specs in by_domain.items():
+    for domain in sorted(by_domain.keys() | alias_of.keys()):
         out.append(f"## {domain}\n")
-        for spec in specs:
+        for spec in by_domain.get(domain, []):
             out.append(f"### {spec.name}\n")
             flags = (" · inline" if spec.inline else "") + (
                 " · internal (not accepted from the bus)" if spec.internal else "")
             out.append(f"Role: **{spec.role.label}**{flags}\n")
             if spec.name in aliases:
-                names = ", ".join(f"`{a}`" for a in aliases[spec.name])
-                out.append(f"Also accepted as {names} (the same command).\n")
+                where = sorted({a.split(".")[0] for a in aliases[spec.name]})
+                out.append("Also accepted under another name: " + ", ".join(
+                    f"[{d} aliases](#{d}-aliases)" for d in where) + ".\n")
             out.append(spec.doc + "\n")
             schema = json_schema(spec.args)
             props = schema.get("properties", {}) if schema else {}
@@ -89,6 +97,14 @@ def render() -> str:
                 out.append("")
             else:
                 out.append("No arguments.\n")
+        if domain in alias_of:
+            out.append(f"### {domain} aliases\n")
+            out.append("Each name is the command it points at (the same handler, arguments "
+                       "and role).\n")
+            for spec in alias_of[domain]:
+                of = spec.alias_of or ""
+                out.append(f"- `{spec.name}` → [`{of}`](#{_anchor(of)})")
+            out.append("")
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -13,6 +13,7 @@ it and whether it may run inline (quick and free of side effects). ``core.comman
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import importlib
 import inspect
@@ -21,12 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from core0.schema import NoArgs, Schema, json_schema
+from core0.schema import NoArgs, Pattern, Schema, json_schema
 
 if TYPE_CHECKING:
     from core0.context import Context
 
-__all__ = ["CommandSpec", "Role", "aliases", "command", "get", "all_commands", "load_all"]
+__all__ = ["CommandSpec", "Role", "alias", "aliases", "command", "get", "all_commands",
+           "load_all"]
 
 
 class Role(enum.IntEnum):
@@ -53,6 +55,10 @@ class Role(enum.IntEnum):
         return self.name.lower().replace("_", "-")
 
 
+#: a role name as :meth:`Role.parse` reads it (any case; read-only, read_only, readonly, ro)
+ROLE_NAME = Pattern(r"(?i)\s*(admin|operator|read[-_]?only|ro)\s*",
+                    what="a known role (admin, operator or read-only)")
+
 Handler = Callable[["Context", Any], Awaitable[Any]]
 F = TypeVar("F", bound=Handler)
 
@@ -70,6 +76,8 @@ class CommandSpec:
     #: the handler only builds a ProcessSpec, with no side effect: it runs while the pickup
     #: is in flight, so the process starts as soon as the pickup is confirmed
     builds_process: bool = False
+    #: the canonical name when this name is an alias of it (same handler, schema and role)
+    alias_of: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The public description (core.commands)."""
@@ -104,19 +112,38 @@ def command(
     """
 
     def deco(fn: F) -> F:
-        if name in _REGISTRY:
-            raise RuntimeError(f"command {name!r} registered twice")
+        _free(name)
         is_async = inspect.iscoroutinefunction(fn)
         if not is_async:
             raise TypeError(f"handler of {name!r} must be async")
         doc = inspect.cleandoc(fn.__doc__ or "")
         if not doc:
             raise TypeError(f"handler of {name!r} needs a docstring (it is the reference)")
+        # stacked @command decorators: the outer one (registered last) is the canonical name
+        for other in [s for s in _REGISTRY.values() if s.handler is fn]:
+            _REGISTRY[other.name] = dataclasses.replace(other, alias_of=name)
         _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal,
                                       builds_process)
         return fn
 
     return deco
+
+
+def alias(name: str, of: str) -> None:
+    """Register ``name`` as an alias of the registered command ``of``: the same handler,
+    schema, role and flags (the dispatcher and the role checks see no difference); the
+    reference lists it once, as a line pointing at ``of``."""
+    target = _REGISTRY.get(of)
+    if target is None:
+        raise RuntimeError(f"alias {name!r}: no command {of!r}")
+    _free(name)
+    canonical = target.alias_of or of
+    _REGISTRY[name] = dataclasses.replace(_REGISTRY[canonical], name=name, alias_of=canonical)
+
+
+def _free(name: str) -> None:
+    if name in _REGISTRY:
+        raise RuntimeError(f"command {name!r} registered twice")
 
 
 def get(name: str) -> CommandSpec | None:
@@ -128,12 +155,15 @@ def all_commands() -> list[CommandSpec]:
 
 
 def aliases() -> dict[str, list[str]]:
-    """Names that share one handler, as ``{canonical: [aliases]}``. The canonical name is the
-    outermost ``@command`` (the first one in the source; decorators register bottom-up)."""
-    by_handler: dict[Handler, list[str]] = {}
-    for name, spec in _REGISTRY.items():
-        by_handler.setdefault(spec.handler, []).append(name)
-    return {names[-1]: names[-2::-1] for names in by_handler.values() if len(names) > 1}
+    """Aliases by canonical name, as ``{canonical: [aliases, sorted]}``: those made with
+    :func:`alias`, and stacked ``@command`` decorators (the outermost, first in the source,
+    is the canonical name; decorators register bottom-up)."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(_REGISTRY):
+        of = _REGISTRY[name].alias_of
+        if of is not None:
+            out.setdefault(of, []).append(name)
+    return out
 
 
 _loaded = False

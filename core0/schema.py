@@ -34,6 +34,9 @@ __all__ = [
     "Pattern",
     "Range",
     "Schema",
+    "Secret",
+    "check",
+    "check_field",
     "parse",
     "json_schema",
     "ID",
@@ -53,15 +56,22 @@ class Doc:
 
 @dataclass(frozen=True)
 class Pattern:
-    """The string must fully match this regular expression."""
+    """The string must fully match this regular expression. ``what`` names what it is in
+    errors (``'x y' is not a service id``); without it the error quotes the regex."""
 
     regex: str
+    what: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_re", re.compile(self.regex))
 
     def check(self, v: str) -> bool:
         return bool(self._re.fullmatch(v))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Secret:
+    """The value is a secret (a password): errors never quote it."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +166,20 @@ def parse(cls: type[S], data: Any, path: str = "arguments", *, text: bool = Fals
         raise BadRequest(f"{path}: {e}", field=path) from None
 
 
+def check_field(cls: type[Schema], name: str, value: Any, path: str | None = None) -> Any:
+    """Check ``value`` against the field ``name`` of ``cls`` alone, for a document applied key
+    by key (a bad key fails only its own part). ``null`` is an error here: the caller holds
+    the key. Errors name ``path`` (default: the field's name)."""
+    tp, extras, _ = _fields(cls)[name]
+    return _check(tp, extras, value, path or name)
+
+
+def check(tp: Any, value: Any, path: str) -> Any:
+    """Check ``value`` against one field type (``Annotated`` constraints included), for the
+    items of a list checked one by one (a bad item fails only itself)."""
+    return _check(tp, (), value, path)
+
+
 def _is_optional(tp: Any) -> bool:
     return _is_union(tp) and type(None) in get_args(tp)
 
@@ -189,10 +213,13 @@ def _check(tp: Any, extras: tuple[Any, ...], v: Any, path: str, text: bool = Fal
     if text and isinstance(v, str):
         v = _from_text(tp, v, path)
     v = _check_type(tp, v, path, text)
+    secret = any(isinstance(c, Secret) for c in extras)
     for c in extras:
         if isinstance(c, Pattern):
             if not isinstance(v, str) or not c.check(v):
-                raise BadRequest(f"{path}: {v!r:.80} does not match {c.regex}", field=path)
+                why = f"is not {c.what}" if c.what else f"does not match {c.regex}"
+                shown = "the value" if secret else f"{v!r:.80}"
+                raise BadRequest(f"{path}: {shown} {why}", field=path)
         elif isinstance(c, Range):
             if c.min is not None and v < c.min:
                 raise BadRequest(f"{path}: must be >= {c.min:g}", field=path)
@@ -257,9 +284,14 @@ def _check_type(tp: Any, v: Any, path: str, text: bool = False) -> Any:
             try:
                 return _check(m, (), v, path, text)
             except BadRequest as e:
-                errors.append(str(e))
-        raise BadRequest(errors[0] if len(errors) == 1 else f"{path}: no variant matches: "
-                         + "; ".join(errors), field=path)
+                errors.append((m, str(e)))
+        # the one variant of the value's kind (``list[str] | str`` given a string) says best
+        # what is wrong; otherwise every variant's complaint
+        fits = [msg for m, msg in errors if _same_kind(m, v)]
+        if len(fits) == 1:
+            raise BadRequest(fits[0], field=path)
+        raise BadRequest(errors[0][1] if len(errors) == 1 else f"{path}: no variant matches: "
+                         + "; ".join(msg for _, msg in errors), field=path)
     if origin is Literal:
         choices = get_args(tp)
         if text and isinstance(v, str) and v not in choices:
@@ -299,6 +331,28 @@ def _check_type(tp: Any, v: Any, path: str, text: bool = False) -> Any:
     if isinstance(tp, type) and issubclass(tp, Schema):
         return parse(tp, v, path, text=text)
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in a schema, not input
+
+
+def _same_kind(tp: Any, v: Any) -> bool:
+    """Whether ``v`` has the JSON kind of type ``tp`` (whatever its constraints)."""
+    while get_origin(tp) is typing.Annotated:
+        tp = get_args(tp)[0]
+    origin = get_origin(tp)
+    if _is_union(tp):
+        return any(_same_kind(m, v) for m in get_args(tp))
+    if origin is Literal:
+        return any(type(c) is type(v) for c in get_args(tp))
+    if tp in (bool, str):
+        return type(v) is tp
+    if tp is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if tp is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if origin is list:
+        return isinstance(v, list)
+    if origin is dict or (isinstance(tp, type) and issubclass(tp, Schema)):
+        return isinstance(v, dict)
+    return tp is Any
 
 
 # ---------------------------------------------------------------- JSON schema

@@ -24,16 +24,16 @@ the others, nor the boot.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-import re
 import shlex
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from core0.boot.cloudfiles import ensure_file, read_file
-from core0.boot.cloudnet import apply_v2
+from core0.boot.cloudnet import Network, apply_v2
 from core0.boot.cloudparse import (
     decode_content,
     parse,
@@ -47,15 +47,40 @@ from core0.boot.spec import ServiceSpec
 from core0.errors import BadRequest, CommandError
 from core0.fspath import Root
 from core0.jobs.env import job_env
+from core0.schema import SAFE_TEXT, Pattern, Schema, check, check_field
 
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.context import Context
 
-SUPPORTED = {"hostname", "write_files", "ssh_authorized_keys", "bootcmd", "runcmd", "network"}
 SSH_SERVICES = {"ssh", "sshd", "dropbear"}
-_HOSTNAME = re.compile(r"(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_HOSTNAME = (r"(?=.{1,64}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+             r"(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*")
+#: one authorized key: a line (blanks around it are dropped)
+_SSH_KEY = Annotated[str, Pattern(r"\s*[^\n\x00]*\s*", what="one line")]
+#: a bootcmd/runcmd entry: the argv (numbers are words), or a string split with shlex
+COMMAND = Annotated[str, SAFE_TEXT] | list[Annotated[str, SAFE_TEXT] | int | float]
+
+
+@dataclasses.dataclass(frozen=True)
+class UserData(Schema):
+    """The user-data keys core0 applies. Each key is checked on its own when its step runs
+    (:func:`check_field`), so a bad key fails its step only; list entries of ``write_files``
+    (:class:`~core0.boot.cloudparse.WriteFile`), ``bootcmd`` and ``runcmd`` (:data:`COMMAND`)
+    are checked one by one, each failing alone. Any other key is listed as ignored (cloud-init
+    has many core0 does not apply)."""
+
+    __unknown__ = "key"
+
+    hostname: Annotated[str, Pattern(_HOSTNAME, what="a valid host name")] | None = None
+    write_files: list[Any] | None = None
+    ssh_authorized_keys: list[_SSH_KEY] | _SSH_KEY | None = None
+    bootcmd: list[Any] | str | None = None
+    runcmd: list[Any] | str | None = None
+    network: Network | None = None
+
+
+SUPPORTED = {f.name for f in dataclasses.fields(UserData)}
 
 
 def wanted(cfg: Config) -> bool:
@@ -95,8 +120,7 @@ def _fail(step: dict[str, Any], e: BaseException) -> dict[str, Any]:
 def apply_hostname(cfg: Config, root: Root, name: Any) -> dict[str, Any]:
     step = _step("hostname", hostname=name)
     try:
-        if not isinstance(name, str) or not _HOSTNAME.fullmatch(name):
-            raise BadRequest(f"hostname {name!r}: not a valid host name")
+        name = check_field(UserData, "hostname", name)
         allowed = setting_on(cfg.cloudconfig.hostname)
         if allowed or cfg.cloudconfig.root != "/":
             step["changed"] = ensure_file(root, "/etc/hostname", (name + "\n").encode(), 0o644)
@@ -114,8 +138,10 @@ def apply_hostname(cfg: Config, root: Root, name: Any) -> dict[str, Any]:
 
 def apply_write_files(root: Root, entries: Any) -> dict[str, Any]:
     step = _step("write_files", files=[])
-    if not isinstance(entries, list):
-        return _fail(step, BadRequest("write_files: expected a list"))
+    try:
+        entries = check_field(UserData, "write_files", entries)
+    except BadRequest as e:
+        return _fail(step, e)
     for i, entry in enumerate(entries):
         item: dict[str, Any] = {"path": entry.get("path") if isinstance(entry, dict) else None}
         try:
@@ -146,14 +172,8 @@ def apply_write_files(root: Root, entries: Any) -> dict[str, Any]:
 def apply_ssh_keys(cfg: Config, root: Root, keys: Any) -> dict[str, Any]:
     step = _step("ssh_authorized_keys", path="/root/.ssh/authorized_keys")
     try:
-        if isinstance(keys, str):
-            keys = [keys]
-        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
-            raise BadRequest("ssh_authorized_keys: expected a list of strings")
-        new = [k.strip() for k in keys if k.strip()]
-        for k in new:
-            if "\n" in k or "\0" in k:
-                raise BadRequest("ssh_authorized_keys: a key must be one line")
+        keys = check_field(UserData, "ssh_authorized_keys", keys)
+        new = [k.strip() for k in ([keys] if isinstance(keys, str) else keys) if k.strip()]
         old = (read_file(root, "/root/.ssh/authorized_keys") or b"").decode("utf-8", "replace")
         lines = [ln for ln in old.splitlines()]
         have = {ln.strip() for ln in lines}
@@ -173,42 +193,41 @@ def apply_ssh_keys(cfg: Config, root: Root, keys: Any) -> dict[str, Any]:
     return step
 
 
-def command_argv(entry: Any) -> list[str]:
-    """A bootcmd/runcmd entry → argv: a list is the argv, a string is split with shlex."""
+def command_argv(entry: Any, where: str = "command") -> list[str]:
+    """A bootcmd/runcmd entry (:data:`COMMAND`) → argv: a list is the argv, a string is split
+    with shlex."""
+    entry = check(COMMAND, entry, where)
     if isinstance(entry, str):
         try:
             argv = shlex.split(entry)
         except ValueError as e:
-            raise BadRequest(f"{entry!r}: {e}") from None
-    elif isinstance(entry, list) and all(isinstance(a, (str, int, float)) and
-                                         not isinstance(a, bool) for a in entry):
-        argv = [str(a) for a in entry]
+            raise BadRequest(f"{where}: {entry!r}: {e}") from None
     else:
-        raise BadRequest(f"{entry!r}: expected a string or a list of strings")
+        argv = [str(a) for a in entry]
     if not argv:
-        raise BadRequest("empty command")
-    if any("\0" in a for a in argv):
-        raise BadRequest("NUL byte in a command")
+        raise BadRequest(f"{where}: empty command")
     return argv
 
 
 async def run_commands(ctx: Context, cfg: Config, name: str, entries: Any,
                        force: bool) -> dict[str, Any]:
     step = _step(name, commands=[])
+    try:
+        entries = check_field(UserData, name, entries)
+    except BadRequest as e:
+        return _fail(step, e)
     if isinstance(entries, str):
         entries = [entries]
-    if not isinstance(entries, list):
-        return _fail(step, BadRequest(f"{name}: expected a list"))
     digest = hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()[:16]
     marker = state_dir(cfg) / f"ran-{name}-{digest}"
     if marker.exists() and not force:
         step["detail"] = "already ran this boot (force: true runs it again)"
         return step
     env = job_env(None)
-    for entry in entries:
+    for i, entry in enumerate(entries):
         item: dict[str, Any] = {"command": entry}
         try:
-            argv = command_argv(entry)
+            argv = command_argv(entry, f"{name}[{i}]")
             ctx.emit(1, f"{name}: {shlex.join(argv)}")
             res = await ctx.run(argv, env=env, timeout=cfg.cloudconfig.command_timeout,
                                 check=False)
@@ -231,14 +250,11 @@ async def run_commands(ctx: Context, cfg: Config, name: str, entries: Any,
 async def apply_network(ctx: Context, cfg: Config, root: Root, net: Any) -> dict[str, Any]:
     step = _step("network")
     try:
-        if not isinstance(net, dict):
-            raise BadRequest("network: expected a mapping")
-        if net.get("config") == "disabled":
+        network: Network = check_field(UserData, "network", net)
+        if network.config == "disabled":
             step["detail"] = "disabled"
             return step
-        if net.get("version") not in (2, None):
-            raise BadRequest(f"network: version {net.get('version')!r} not supported (use 2)")
-        step.update(await apply_v2(ctx, cfg, root, net))
+        step.update(await apply_v2(ctx, cfg, root, network))
     except Exception as e:
         _fail(step, e)
     return step

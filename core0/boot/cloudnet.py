@@ -14,7 +14,7 @@ import fnmatch
 import ipaddress
 import socket
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from core0.boot.cloudfiles import ensure_file
 from core0.boot.node import on_node
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from core0.config import Config
     from core0.context import Context
     from core0.fspath import Root
+
 
 @dataclass(frozen=True)
 class Match(Schema):
@@ -75,14 +76,23 @@ class Ethernet(Schema):
     critical: bool = False
 
 
-def _check(ethernets: Any) -> dict[str, dict[str, Any]]:
-    """Check every entry against :class:`Ethernet` (BadRequest naming the key); the entries are
-    then applied as given."""
-    if not isinstance(ethernets, dict):
-        raise BadRequest("network.ethernets: expected a mapping")
-    for eid, conf in ethernets.items():
+@dataclass(frozen=True)
+class Network(Schema):
+    """The ``network`` key of user-data, or a config drive's network-config (netplan v2;
+    ``config: disabled`` turns it off, as cloud-init reads it)."""
+
+    __unknown__ = "key"
+
+    version: Literal[2] | None = None
+    config: str | None = None
+    renderer: str | None = None  # accepted, not used
+    ethernets: dict[str, Ethernet] = field(default_factory=dict)
+
+
+def _check(net: Network) -> None:
+    """What the schema cannot say: dhcp6 is not served, addresses are CIDRs."""
+    for eid, eth in net.ethernets.items():
         where = f"network.ethernets.{eid}"
-        eth = Ethernet.parse(conf, where)
         if eth.dhcp6:
             raise BadRequest(f"{where}.dhcp6: not supported")
         for a in eth.addresses:
@@ -90,27 +100,23 @@ def _check(ethernets: Any) -> dict[str, dict[str, Any]]:
                 ipaddress.ip_interface(a)
             except ValueError:
                 raise BadRequest(f"{where}.addresses: bad address {a!r}") from None
-    return ethernets
 
 
-def _nics(eid: str, conf: dict[str, Any], links: dict[str, dict[str, Any]]) -> list[str]:
-    match = conf.get("match")
-    if not match:
+def _nics(eid: str, eth: Ethernet, links: dict[str, dict[str, Any]]) -> list[str]:
+    match = eth.match
+    if match is None or match == Match():
         return [eid] if eid in links else []
-    if not isinstance(match, dict):
-        raise BadRequest(f"network.ethernets.{eid}.match: expected a mapping")
     out = []
     for name, info in links.items():
-        if "name" in match and not fnmatch.fnmatchcase(name, str(match["name"])):
+        if match.name is not None and not fnmatch.fnmatchcase(name, match.name):
             continue
-        mac = match.get("macaddress")
-        if mac and str(info.get("mac", "")).lower() != str(mac).lower():
+        if match.macaddress and str(info.get("mac", "")).lower() != match.macaddress.lower():
             continue
         out.append(name)
     return sorted(out)
 
 
-def _apply_sync(ethernets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _apply_sync(ethernets: dict[str, Ethernet]) -> list[dict[str, Any]]:
     from pyroute2 import IPRoute
 
     results = []
@@ -118,87 +124,79 @@ def _apply_sync(ethernets: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         links = {str(lk.get("ifname")): {"index": int(lk["index"]), "mac": lk.get("address"),
                                          "mtu": lk.get("mtu"), "up": bool(lk["flags"] & 1)}
                  for lk in r.get_links()}
-        for eid, conf in ethernets.items():
+        for eid, eth in ethernets.items():
             item: dict[str, Any] = {"id": eid, "ok": True, "changed": False, "nics": []}
             results.append(item)
             try:
-                nics = _nics(eid, conf, links)
+                nics = _nics(eid, eth, links)
                 if not nics:
                     raise BadRequest(f"network.ethernets.{eid}: no such NIC")
                 item["nics"] = nics
                 for nic in nics:
-                    item["changed"] |= _apply_nic(r, links[nic], conf)
+                    item["changed"] |= _apply_nic(r, links[nic], eth)
             except Exception as e:
                 item["ok"] = False
                 item["error"] = getattr(e, "message", None) or f"{type(e).__name__}: {e}"
     return results
 
 
-def _apply_nic(r: Any, link: dict[str, Any], conf: dict[str, Any]) -> bool:
+def _apply_nic(r: Any, link: dict[str, Any], eth: Ethernet) -> bool:
     idx = link["index"]
     changed = False
-    mtu = conf.get("mtu")
-    if mtu and link["mtu"] != mtu:
-        r.link("set", index=idx, mtu=int(mtu))
+    if eth.mtu and link["mtu"] != eth.mtu:
+        r.link("set", index=idx, mtu=eth.mtu)
         changed = True
     if not link["up"]:
         r.link("set", index=idx, state="up")
         changed = True
     have = {(str(a.get("address")), int(a["prefixlen"])) for a in r.get_addr(index=idx)}
-    for cidr in conf.get("addresses") or []:
+    for cidr in eth.addresses:
         iface = ipaddress.ip_interface(cidr)
         if (str(iface.ip), iface.network.prefixlen) not in have:
             r.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
             changed = True
-    routes = [{"to": "default", "via": conf[k]} for k in ("gateway4", "gateway6") if conf.get(k)]
-    routes += list(conf.get("routes") or [])
-    for rt in routes:
+    routes = [Route(to="default", via=gw) for gw in (eth.gateway4, eth.gateway6) if gw]
+    for rt in [*routes, *eth.routes]:
         changed |= _route(r, idx, rt)
     return changed
 
 
-def _route(r: Any, idx: int, rt: Any) -> bool:
-    if not isinstance(rt, dict) or "to" not in rt:
-        raise BadRequest(f"route {rt!r}: needs 'to'")
-    via = ipaddress.ip_address(rt["via"]) if rt.get("via") else None
-    to = str(rt["to"])
-    if to == "default":
+def _route(r: Any, idx: int, rt: Route) -> bool:
+    via = ipaddress.ip_address(rt.via) if rt.via else None
+    if rt.to == "default":
         dst = ipaddress.ip_network("0.0.0.0/0" if via is None or via.version == 4 else "::/0")
     else:
-        dst = ipaddress.ip_network(to, strict=False)
+        dst = ipaddress.ip_network(rt.to, strict=False)
     fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
-    metric = rt.get("metric")
     for cur in r.get_routes(family=fam, table=254):
         cur_dst = cur.get("dst")
         if (int(cur["dst_len"]) == dst.prefixlen
                 and (cur_dst or str(dst.network_address)) == str(dst.network_address)
                 and cur.get("oif") == idx
                 and (cur.get("gateway") or None) == (str(via) if via else None)
-                and (metric is None or cur.get("priority") == metric)):
+                and (rt.metric is None or cur.get("priority") == rt.metric)):
             return False
     kw: dict[str, Any] = {"dst": str(dst), "oif": idx}
     if via is not None:
         kw["gateway"] = str(via)
-    if metric is not None:
-        kw["priority"] = int(metric)
+    if rt.metric is not None:
+        kw["priority"] = rt.metric
     r.route("replace", **kw)
     return True
 
 
-def _resolv(ethernets: dict[str, dict[str, Any]]) -> str | None:
+def _resolv(ethernets: dict[str, Ethernet]) -> str | None:
     servers: list[str] = []
     search: list[str] = []
-    for conf in ethernets.values():
-        ns = conf.get("nameservers") or {}
-        if not isinstance(ns, dict):
-            raise BadRequest("nameservers: expected a mapping")
-        for a in ns.get("addresses") or []:
+    for eth in ethernets.values():
+        ns = eth.nameservers or Nameservers()
+        for a in ns.addresses:
             ipaddress.ip_address(a)
             if a not in servers:
-                servers.append(str(a))
-        for s in ns.get("search") or []:
-            if str(s) not in search:
-                search.append(str(s))
+                servers.append(a)
+        for s in ns.search:
+            if s not in search:
+                search.append(s)
     if not servers and not search:
         return None
     lines = ([f"search {' '.join(search)}"] if search else []) + [
@@ -206,20 +204,17 @@ def _resolv(ethernets: dict[str, dict[str, Any]]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
-async def apply_v2(ctx: Context, cfg: Config, root: Root, net: dict[str, Any]) -> dict[str, Any]:
-    """Apply ``net`` (v2); returns the step's fields (``ethernets`` results, ``changed``)."""
-    ethernets = _check(net.get("ethernets") or {})
-    unknown = sorted(set(net) - {"version", "ethernets", "renderer"})
-    if unknown:
-        raise BadRequest(f"network: unsupported keys {', '.join(unknown)} (ethernets only)")
-    statics = {k: v for k, v in ethernets.items()}
-    results = await ctx.to_thread(_apply_sync, statics)
+async def apply_v2(ctx: Context, cfg: Config, root: Root, net: Network) -> dict[str, Any]:
+    """Apply ``net`` (v2, checked by :class:`Network`); returns the step's fields
+    (``ethernets`` results, ``changed``)."""
+    _check(net)
+    ethernets = net.ethernets
+    results = await ctx.to_thread(_apply_sync, ethernets)
     out: dict[str, Any] = {"ethernets": results,
                            "changed": any(x["changed"] for x in results),
                            "ok": all(x["ok"] for x in results)}
     for item in results:
-        conf = ethernets[item["id"]]
-        if conf.get("dhcp4") and item["ok"]:
+        if ethernets[item["id"]].dhcp4 and item["ok"]:
             item["dhcp4"] = [_dhcp(ctx, cfg, nic) for nic in item["nics"]]
     text = _resolv(ethernets)
     if text is not None:

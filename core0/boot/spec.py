@@ -22,15 +22,16 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from core0.errors import CommandError
-from core0.schema import Len, Range, Schema
+from core0.schema import Len, Pattern, Range, Schema
 
 PHASES = ("init", "net", "boot")
 #: service ids: also the suffix of their job id ``svc:<id>``
 SERVICE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+#: a service id or a phase name (the phases match it too), in ``after`` and ``before``
+_ID = Annotated[str, Pattern(SERVICE_ID.pattern, what="a service id")]
 JOB_PREFIX = "svc:"
 #: ids core0 declares itself (cloud-config stages)
 RESERVED = {"cloudconfig", "cloudconfig-runcmd"}
-
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ class StartupTable(Schema):
 
     name: Annotated[str, Len(1)] = "core.system"
     args: dict[str, Any] = field(default_factory=dict)
-    after: list[str] | str = field(default_factory=list)
-    before: list[str] | str = field(default_factory=list)
+    after: list[_ID] | _ID = field(default_factory=list)
+    before: list[_ID] | _ID = field(default_factory=list)
     condition: str = ""
     running_delay: float = 0.0
     running_match: str = ""
@@ -252,12 +253,9 @@ class ServiceSpec:
         )
 
 
-def _names(raw: list[str] | str, where: str) -> tuple[str, ...]:
-    names = [raw] if isinstance(raw, str) else raw
-    for x in names:
-        if x not in PHASES and not SERVICE_ID.fullmatch(x):
-            raise SpecError(f"{where}: {x!r} is not a service id")
-    return tuple(dict.fromkeys(names))
+def _names(raw: list[str] | str) -> tuple[str, ...]:
+    """``after``/``before`` (checked by :class:`StartupTable`) as a tuple without repeats."""
+    return tuple(dict.fromkeys([raw] if isinstance(raw, str) else raw))
 
 
 def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
@@ -290,8 +288,7 @@ def parse_spec(sid: str, raw: Mapping[str, Any], cmdline: Mapping[str, str],
             re.compile(t.running_match)
         except re.error as e:
             raise SpecError(f"{where}.running_match: bad regex: {e}") from None
-    after = _names(t.after, f"{where}.after")
-    before = _names(t.before, f"{where}.before")
+    after, before = _names(t.after), _names(t.before)
     for b in before:
         if b in PHASES:
             raise SpecError(f"{where}.before: {b!r} is a phase; use after = [...] to pick one")
@@ -407,41 +404,25 @@ def plan(startup: Mapping[str, Mapping[str, Any]], cmdline: Mapping[str, str],
 
 
 def find_cycles(deps: Mapping[str, list[str]]) -> list[list[str]]:
-    """Strongly connected components with more than one member (Tarjan), each as a list in
-    dependency order."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on: set[str] = set()
+    """Dependency cycles, each as a list in dependency order (each member depends on the next,
+    the last on the first), starting at its smallest id. graphlib names one cycle per
+    :class:`graphlib.CycleError`: its members are set aside and the rest is checked again, so
+    every independent cycle is reported (a service on two cycles that share members is reported
+    with the first one)."""
     out: list[list[str]] = []
-    counter = [0]
-
-    def visit(v: str) -> None:
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in deps.get(v, []):
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(list(reversed(comp)))
-
-    for v in sorted(deps):
-        if v not in index:
-            visit(v)
-    return out
+    removed: set[str] = set()
+    while True:
+        graph = {sid: [d for d in deps[sid] if d not in removed]
+                 for sid in sorted(deps) if sid not in removed}
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+            return out
+        except graphlib.CycleError as e:
+            # graphlib's list: each node precedes (is a dependency of) the next; first == last
+            cycle = list(reversed(e.args[1][1:]))
+            start = cycle.index(min(cycle))
+            out.append(cycle[start:] + cycle[:start])
+            removed.update(cycle)
 
 
 def topo_order(deps: Mapping[str, list[str]], phase: Mapping[str, int]) -> list[str]:

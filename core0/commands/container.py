@@ -23,7 +23,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
 from core0.net import validate as v
-from core0.registry import Role, command
+from core0.registry import Role, alias, command
 from core0.sandbox import dispatch as dsp
 from core0.sandbox import foreground, images, manager, netsetup, persist, spec
 from core0.sandbox.store import Nic, Store
@@ -36,15 +36,12 @@ _IMAGE = Annotated[str, Doc("image name (letters, digits, _ . - : / @; or a host
 
 def aliases(verb: str, args: type[Schema] = NoArgs, role: Role = Role.OPERATOR,
             inline: bool = False) -> Any:
-    """Register a handler as ``corex.<verb>``, and ``container.<verb>`` as its alias (the
-    reference documents the command once)."""
+    """Register a handler as ``corex.<verb>``, and ``container.<verb>`` as its alias through
+    the registry (the same handler, schema and role; the reference lists the alias once)."""
     def deco(fn: Any) -> Any:
-        async def alias(ctx: Context, a: Any) -> Any:
-            return await fn(ctx, a)
-
-        alias.__doc__ = f"Alias of ``corex.{verb}``."
-        command(f"container.{verb}", args, role=role, inline=inline)(alias)
-        return command(f"corex.{verb}", args, role=role, inline=inline)(fn)
+        command(f"corex.{verb}", args, role=role, inline=inline)(fn)
+        alias(f"container.{verb}", of=f"corex.{verb}")
+        return fn
 
     return deco
 

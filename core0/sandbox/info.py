@@ -163,6 +163,25 @@ def disk(rec: Record, pid: int) -> list[dict[str, Any]]:
     return out
 
 
+def parse_os_release(text: str) -> dict[str, str]:
+    """os-release(5) ``KEY=value`` lines: a value is shell-quoted (``"..."``, ``'...'``,
+    backslash escapes), ``#`` starts a comment; a line that is not one assignment is skipped,
+    as systemd does."""
+    import shlex
+
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        try:
+            words = shlex.split(line, comments=True)
+        except ValueError:  # unbalanced quotes
+            continue
+        if len(words) == 1:
+            k, sep, v = words[0].partition("=")
+            if sep and k.isidentifier():
+                out[k] = v
+    return out
+
+
 def os_(rec: Record, rootfs: Path) -> dict[str, Any]:
     """The node's kernel; the container's hostname, process count and os-release."""
     boot = psutil.boot_time()
@@ -178,9 +197,7 @@ def os_(rec: Record, rootfs: Path) -> dict[str, Any]:
         with contextlib.suppress(OSError, ValueError):
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             with os.fdopen(fd) as f:
-                for line in f.read(65536).splitlines():
-                    k, _, v = line.partition("=")
-                    rel[k.strip()] = v.strip().strip('"')
+                rel = parse_os_release(f.read(65536))
             break
     out.update(hostname=rec.hostname or f"container-{rec.id}",
                procs=len(cgroup_pids(rec.cgroups_path)), platform=rel.get("ID", ""),

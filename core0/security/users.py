@@ -18,16 +18,16 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 from core0.errors import CommandError
-from core0.schema import Doc, Schema
+from core0.registry import ROLE_NAME
+from core0.schema import Doc, Len, Pattern, Schema, Secret
 
 if TYPE_CHECKING:
     from core0.config import Config
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 #: core0's own connection; never configurable, never listed as a client user
 INTERNAL_USER = "core0"
 #: Redis's user for clients that send a one-argument AUTH (0-core's clients)
@@ -46,19 +46,12 @@ def sha256_hex(password: str) -> str:
 
 def normalize_hash(value: str) -> str:
     """A SHA-256 given in hex (optionally with Redis's leading ``#``), lower-cased."""
-    h = value.strip().lower().removeprefix("#")
-    if not HEX64_RE.match(h):
-        raise UserError("password_sha256 must be 64 hex digits")
-    return h
+    return _one(_Hash, "password_sha256", value).strip().lower().removeprefix("#")
 
 
 def check_password(password: str) -> str:
     """Refuse passwords that would be weak or break the ACL file; return it unchanged."""
-    if len(password) < 8:
-        raise UserError("the password must have at least 8 characters")
-    if len(password) > 512 or any(c in password for c in "\r\n\0"):
-        raise UserError("the password must be at most 512 characters, without line breaks")
-    return password
+    return _one(_Password, "password", password)
 
 
 def check_name(name: str, *, allow_default: bool = True) -> str:
@@ -104,27 +97,56 @@ class User:
         return sorted(q for q, r in cfg.bus.queue_roles().items() if r == mine)
 
 
-def _check_queues(cfg: Config, queues: Any, where: str) -> tuple[str, ...] | None:
+def _check_queues(cfg: Config, queues: list[str] | None, where: str) -> tuple[str, ...] | None:
+    """The queues of a user (their type is the schema's): each must be one of bus.queues."""
     if queues is None:
         return None
-    if not isinstance(queues, list) or not all(isinstance(q, str) for q in queues):
-        raise UserError(f"{where}: queues must be a list of queue names")
     for q in queues:
         if q not in cfg.bus.queues:
             raise UserError(f"{where}: queue {q!r} is not in bus.queues")
     return tuple(queues)
 
 
+#: a password: 8 to 512 characters on one line (it is a line of the ACL file); never quoted
+PASSWORD = Annotated[str, Doc("the password (stored as its SHA-256 only)"), Len(8, 512),
+                     Pattern(r"[^\r\n\x00]*", what="one line"), Secret()]
+#: a SHA-256 in hex, optionally with Redis's leading ``#`` (any case); never quoted either
+SHA256_HEX = Annotated[str, Doc("or its SHA-256 (hex)"),
+                       Pattern(r"\s*#?[0-9A-Fa-f]{64}\s*", what="64 hex digits (a SHA-256)"),
+                       Secret()]
+
+
 @dataclass(frozen=True)
 class UserTable(Schema):
-    """A ``[users.<name>]`` table of the configuration."""
+    """A ``[users.<name>]`` table of the configuration. Each key is checked here; what spans
+    keys or needs the rest of the configuration (exactly one of password, password_sha256;
+    the queues exist in bus.queues) is checked by :func:`config_users`."""
 
     __unknown__: ClassVar[str] = "key"
 
-    role: Annotated[str, Doc("admin, operator or read-only")]
-    password: Annotated[str, Doc("the password (stored as its SHA-256 only)")] = ""
-    password_sha256: Annotated[str, Doc("or its SHA-256 (hex)")] = ""
+    role: Annotated[str, Doc("admin, operator or read-only"), ROLE_NAME]
+    password: PASSWORD | None = None
+    password_sha256: SHA256_HEX | None = None
     queues: Annotated[list[str] | None, Doc("queues (default: every queue of the role)")] = None
+
+
+@dataclass(frozen=True)
+class _Password(Schema):
+    password: PASSWORD
+
+
+@dataclass(frozen=True)
+class _Hash(Schema):
+    password_sha256: SHA256_HEX
+
+
+def _one(schema: type[Schema], key: str, value: str) -> str:
+    """Check one value against the field ``key`` of ``schema`` (UserError: the key, the rule;
+    never the value of a secret)."""
+    try:
+        return str(getattr(schema.parse({key: value}, "user"), key))
+    except CommandError as e:
+        raise UserError(e.message.removeprefix("user.")) from None
 
 
 def config_users(cfg: Config) -> dict[str, User]:
@@ -145,14 +167,13 @@ def config_users(cfg: Config) -> dict[str, User]:
                                     f"users.{name}")
             except CommandError as e:
                 raise UserError(e.message.removeprefix(f"users.{name}.")) from None
-            if t.password and not t.password_sha256:
-                h = sha256_hex(check_password(t.password))
-            elif t.password_sha256 and not t.password:
+            if t.password is not None and t.password_sha256 is None:
+                h = sha256_hex(t.password)
+            elif t.password_sha256 is not None and t.password is None:
                 h = normalize_hash(t.password_sha256)
             else:
                 raise UserError("exactly one of password, password_sha256 is required")
-            out[name] = User(name, check_role(t.role), h,
-                             _check_queues(cfg, spec.get("queues"), where),
+            out[name] = User(name, check_role(t.role), h, _check_queues(cfg, t.queues, where),
                              source=str(spec.get("__source__", "config")))
         except UserError as e:
             raise UserError(f"{where}: {e}") from None

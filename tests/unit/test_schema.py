@@ -8,7 +8,17 @@ from typing import Annotated, Any, Literal
 import pytest
 
 from core0.errors import BadRequest
-from core0.schema import Doc, Len, Pattern, Range, Schema, json_schema, parse
+from core0.schema import (
+    Doc,
+    Len,
+    Pattern,
+    Range,
+    Schema,
+    Secret,
+    check_field,
+    json_schema,
+    parse,
+)
 
 
 @dataclass(frozen=True)
@@ -128,3 +138,43 @@ def test_strings_are_not_converted_without_text() -> None:
         parse(TextArgs, {"count": "3"})
     with pytest.raises(BadRequest, match="expected a boolean"):
         parse(TextArgs, {"flag": "yes"})
+
+
+@dataclass(frozen=True)
+class Ids(Schema):
+    ids: list[Annotated[str, Pattern(r"[a-z]+", what="an id")]] | Annotated[
+        str, Pattern(r"[a-z]+", what="an id")] = "x"
+    port: int | str | None = None
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"ids": "a b"}, "arguments.ids: 'a b' is not an id"),
+    ({"ids": ["a", "B"]}, "arguments.ids[1]: 'B' is not an id"),
+    ({"ids": 3}, "no variant matches: arguments.ids: expected an array, got integer; "
+                 "arguments.ids: expected a string, got integer"),
+    ({"port": 1.5}, "no variant matches"),
+])
+def test_union_errors_come_from_the_variant_of_the_values_kind(data: dict[str, Any],
+                                                               message: str) -> None:
+    """``list[T] | T``: a string is judged as T, a list as list[T]; a value of neither kind
+    gets every variant's complaint. A Pattern's ``what`` names the rule in the message."""
+    with pytest.raises(BadRequest) as e:
+        parse(Ids, data)
+    assert message in e.value.message
+    assert parse(Ids, {"ids": ["a", "b"]}).ids == ["a", "b"]
+    assert parse(Ids, {"ids": "ab"}).ids == "ab"
+
+
+@dataclass(frozen=True)
+class Login(Schema):
+    password: Annotated[str, Len(8), Pattern(r"[^\n]*", what="one line"), Secret()]
+
+
+def test_secret_values_are_never_quoted() -> None:
+    with pytest.raises(BadRequest) as e:
+        parse(Login, {"password": "hunter2-long\nsecond"})
+    assert e.value.message == "arguments.password: the value is not one line"
+    with pytest.raises(BadRequest) as e:
+        check_field(Login, "password", "hunter2")
+    assert e.value.message == "password: length must be >= 8"
+    assert check_field(Login, "password", "long enough") == "long enough"

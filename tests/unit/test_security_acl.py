@@ -62,14 +62,24 @@ def test_user_rules_escape_prefix_and_limit_queues(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("table, message", [
-    ('[users.x]\nrole = "root"\npassword = "longenough"\n', "unknown role"),
+    ('[users.x]\nrole = "root"\npassword = "longenough"\n', "role: 'root' is not a known role"),
     ('[users.x]\nrole = "admin"\n', "exactly one of"),
-    ('[users.x]\nrole = "admin"\npassword = "short"\n', "at least 8"),
-    ('[users.x]\nrole = "admin"\npassword_sha256 = "abc"\n', "64 hex"),
+    ('[users.x]\nrole = "admin"\npassword = "short"\n', "password: length must be >= 8"),
+    ('[users.x]\nrole = "admin"\npassword_sha256 = "abc"\n',
+     "password_sha256: the value is not 64 hex digits"),
     ('[users.x]\nrole = "admin"\npassword = "longenough"\nqueues = ["nope"]\n', "not in bus"),
     ('[users.x]\nrole = "admin"\npassword = "longenough"\nshell = true\n', "unknown key"),
     ('[users.core0]\nrole = "admin"\npassword = "longenough"\n', "core0's own"),
     ('[users.default]\nrole = "admin"\npassword = "longenough"\n', "redis.password"),
+    ('[users.x]\nrole = "admin"\npassword = "longenough\\nuser y on"\n',
+     "password: the value is not one line"),
+    ('[users.x]\nrole = "admin"\npassword = "longenough"\npassword_sha256 = "' + "a" * 64
+     + '"\n', "exactly one of"),
+    ('[users.x]\nrole = 1\npassword = "longenough"\n', "role: expected a string"),
+    ('[users.x]\nrole = "admin"\npassword = "longenough"\nqueues = "default"\n',
+     "queues: expected an array"),
+    ('[users.x]\nrole = "admin"\npassword = "longenough"\nqueues = ["default", 2]\n',
+     r"queues\[1\]: expected a string"),
     ('[redis]\ndefault_role = "god"\n', "default_role"),
     ('[redis]\ntls_port = 6390\n', "tls_cert"),
 ])
@@ -77,6 +87,25 @@ def test_bad_user_tables(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message) as ei:
         cfg_of(tmp_path, table)
     assert "longenough" not in str(ei.value)
+
+
+def test_user_table_spellings(tmp_path: Path) -> None:
+    """Role names in any case and Redis's ``#`` before a hash are accepted, as Role.parse and
+    normalize_hash read them; the runtime path (new_user) applies the same password rule."""
+    from core0.security.users import config_users
+
+    digest = hashlib.sha256(PW.encode()).hexdigest()
+    cfg = cfg_of(tmp_path, '[bus.queues]\ndefault = "admin"\nro = "read-only"\n'
+                 '[users.a]\nrole = " Read_Only "\npassword = "' + PW + '"\n'
+                 '[users.b]\nrole = "RO"\npassword_sha256 = "#' + digest.upper() + '"\n')
+    users = config_users(cfg)
+    assert (users["a"].role, users["b"].role) == ("read-only", "read-only")
+    assert users["a"].hash == users["b"].hash == digest
+    with pytest.raises(UserError, match="password: length must be >= 8"):
+        new_user(cfg, "c", "admin", "short")
+    with pytest.raises(UserError, match="password: the value is not one line") as ei:
+        new_user(cfg, "c", "admin", "secret-1\nsecret-2")
+    assert "secret" not in str(ei.value)
 
 
 def test_runtime_store_and_files(tmp_path: Path) -> None:

@@ -72,7 +72,8 @@ def _spec(sid: str, **kw: Any) -> dict[str, Any]:
     (_spec("a", nosuch=1), "[startup.a].nosuch: unknown key"),
     (_spec("a", tags=["x", 1]), "tags[1]: expected a string"),
     (_spec("a", name=""), "name: length must be >= 1"),
-    (_spec("a", after="b c"), "not a service id"),
+    (_spec("a", after="b c"), ".after: 'b c' is not a service id"),
+    (_spec("a", before=["ok", "b c"]), ".before[1]: 'b c' is not a service id"),
     (_spec("a", running_delay="1"), "running_delay: expected a number"),
     (_spec("a", running_match="("), "bad regex"),
     (_spec("a", protected="yes"), "protected: expected a boolean"),
@@ -133,6 +134,21 @@ def test_cycles_and_unknown_dependencies() -> None:
     assert "unknown service 'ghost'" in p.errors["e"]
     assert "d" not in p.errors and "ok" not in p.errors
     assert sorted(map(sorted, find_cycles({"x": ["x2"], "x2": ["x"], "y": []}))) == [["x", "x2"]]
+
+
+def test_every_independent_cycle_is_reported() -> None:
+    """graphlib names one cycle at a time: each is reported (in dependency order, from its
+    smallest id), and what merely depends on a cycle is not part of it."""
+    deps = {"b": ["c"], "c": ["a"], "a": ["b"], "y": ["x"], "x": ["y"], "z": ["a", "x"],
+            "free": []}
+    assert sorted(find_cycles(deps)) == [["a", "b", "c"], ["x", "y"]]
+    assert find_cycles({"a": [], "b": ["a"]}) == []
+    p = plan({"x": _spec("x", after=["y"]), "y": _spec("y", after=["x"]),
+              "p": _spec("p", before=["q"]), "q": _spec("q", before=["p"]),
+              "dep": _spec("dep", after=["x"])}, {})
+    assert p.errors["x"] == p.errors["y"] == "dependency cycle: x → y → x"
+    assert p.errors["p"] == p.errors["q"] == "dependency cycle: p → q → p"
+    assert "dep" not in p.errors and sorted(p.order) == ["dep", "p", "q", "x", "y"]
 
 
 def test_reserved_ids_and_phase_names() -> None:
@@ -244,7 +260,14 @@ def test_service_order_is_the_smallest_topological_order(
 
 
 def test_cloudconfig_entries_are_checked_by_schema() -> None:
-    from core0.boot.cloudnet import _check
+    from core0.boot.cloudconfig import UserData
+    from core0.boot.cloudnet import Network, _check
+    from core0.schema import check_field
+
+    def net(ethernets: dict[str, Any]) -> Network:
+        n: Network = check_field(UserData, "network", {"ethernets": ethernets})
+        _check(n)
+        return n
 
     wf = cloudparse.write_file({"path": "/etc/x", "content": 1, "permissions": 0o600,
                                 "append": True}, "write_files[0]")
@@ -256,7 +279,7 @@ def test_cloudconfig_entries_are_checked_by_schema() -> None:
                        ("/x", "write_files[0]: expected an object")):
         with pytest.raises(BadRequest, match=msg.replace("[", r"\[").replace("]", r"\]")):
             cloudparse.write_file(entry, "write_files[0]")
-    assert _check({"lan": {"match": {"name": "e*"}, "addresses": ["10.0.0.2/24"],
+    assert net({"lan": {"match": {"name": "e*"}, "addresses": ["10.0.0.2/24"],
                            "routes": [{"to": "10.1.0.0/16", "via": "10.0.0.1", "metric": 5}],
                            "nameservers": {"addresses": ["10.0.0.1"]}, "mtu": 1400}})
     for eth, msg in (({"bogus": 1}, "lan.bogus: unknown key"),
@@ -266,7 +289,7 @@ def test_cloudconfig_entries_are_checked_by_schema() -> None:
                      ({"dhcp6": True}, "dhcp6: not supported"),
                      ({"addresses": ["nope"]}, "bad address")):
         with pytest.raises(BadRequest, match=msg):
-            _check({"lan": eth})
+            net({"lan": eth})
 
 
 def test_write_files_onto_a_directory_leaves_no_temp_file(tmp_path: Path) -> None:
