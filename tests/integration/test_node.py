@@ -129,15 +129,27 @@ def test_max_jobs_back_pressure(tmp_path: Path) -> None:
     queue, not in memory) and takes them again as jobs end."""
     cfg = _cfg(tmp_path, "[bus]\nmax_jobs = 2\n")
     node = start_node(tmp_path / "state", config=cfg)
+    marks, go = tmp_path / "marks", tmp_path / "go"
+    # each job notes its start, then holds its slot until the test lets it go: nothing here
+    # depends on how fast the machine is
+    hold = f"echo x >> {marks}; while [ ! -e {go} ]; do sleep 0.05; done"
     try:
         c = node.client(timeout=30)
-        resps = [c.system("sleep 1") for _ in range(5)]
-        time.sleep(0.5)
+        resps = [c.system(["sh", "-c", hold]) for _ in range(5)]
         r = node.redis()
-        assert r.llen("core:default") >= 2, "commands should wait in the queue"
+
+        def started() -> int:
+            return len(marks.read_text().split()) if marks.exists() else 0
+
+        # the pop loop decides whether to take more when it launches jobs, before they run:
+        # two jobs seen running means that decision is made (no sleep needed to see it)
+        assert wait_until(lambda: started() == 2, 30), started()
+        assert r.llen("core:default") == 3, "commands should wait in the queue"
+        assert started() == 2
+        go.touch()
         for resp in resps:
             assert resp.get(30).state.value == "SUCCESS"
-        assert r.llen("core:default") == 0
+        assert started() == 5 and r.llen("core:default") == 0
         c.close()
     finally:
         node.stop()
