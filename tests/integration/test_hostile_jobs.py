@@ -130,12 +130,12 @@ def test_colliding_ids_are_refused(r: redis.Redis) -> None:
     dead = r.llen("core:ro:dead")
     push(r, "ro", "core.ping", {}, id=f"{victim}:flag")
     push(r, "ro", "core.ping", {}, id=f"{rc}:1")
-    assert wait_until(lambda: r.llen("core:ro:dead") == dead + 2, 5)
+    assert wait_until(lambda: r.llen("core:ro:dead") == dead + 2, 30)
     assert r.llen(f"result:{victim}:flag") == 0 and r.llen(f"result:{rc}:1") == 0
     res = run(r, "default", "core.system", {"name": "true"}, id=victim)
     assert res["state"] == "SUCCESS"
     push(r, "default", "info.version", {}, id=rc, recurring_period=1)
-    run1 = r.brpoplpush(f"result:{rc}:1", f"result:{rc}:1", 5)
+    run1 = r.brpoplpush(f"result:{rc}:1", f"result:{rc}:1", 30)
     assert run1 is not None and json.loads(run1)["id"] == rc
     run(r, "default", "job.unschedule", {"id": rc})
     assert result(r, rc)["state"] == "SUCCESS"
@@ -147,7 +147,7 @@ def test_no_self_subscription_and_named_queues_per_role(r: redis.Redis) -> None:
     assert res["code"] == 400 and "itself" in res["critical"]
     # a read-only job holding named queue "backup" does not hold up admin's "backup"
     push(r, "ro", "info.version", {}, recurring_period=3600, queue="backup")
-    res = run(r, "default", "core.system", {"name": "true"}, queue="backup", timeout=5)
+    res = run(r, "default", "core.system", {"name": "true"}, queue="backup", timeout=30)
     assert res["state"] == "SUCCESS"
 
 
@@ -157,7 +157,7 @@ def test_read_only_sees_no_secrets(r: redis.Redis) -> None:
                    {"name": "sh", "args": ["-c", f"echo {secret}; sleep 30"],
                     "env": {"PASSWORD": secret}, "stdin": secret})
     assert wait_until(lambda: any(j["id"] == sleeper for j in
-                                  run(r, "default", "job.list", {})["data_json"]), 5)
+                                  run(r, "default", "job.list", {})["data_json"]), 30)
     ro_view = run(r, "ro", "job.list", {})
     assert secret not in json.dumps(ro_view)
     mine = [j for j in ro_view["data_json"] if j["id"] == sleeper]
