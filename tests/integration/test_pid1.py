@@ -3,6 +3,7 @@ signals, supervision, ordered shutdown, power commands and the crash action."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -277,8 +278,12 @@ def test_crash_action_freeze_keeps_pid1(pid1, tmp_path: Path) -> None:
                    check=True, timeout=120)
 
     def orphans() -> list[int]:
-        return [p.pid for p in psutil.Process(init).children()
-                if str(go) in " ".join(p.cmdline())]
+        found = []
+        for p in psutil.Process(init).children():
+            with contextlib.suppress(psutil.Error):
+                if str(go) in " ".join(p.cmdline()):
+                    found.append(p.pid)
+        return found
 
     assert wait_until(lambda: len(orphans()) == 1, 30), "the orphan did not land on PID 1"
     pid = orphans()[0]
