@@ -35,17 +35,22 @@ def test_redis_frozen_30s_with_jobs_in_flight(redis_server: RedisServer,
             assert wait_until(lambda: marks.exists() and len(marks.read_text().split()) == 6,
                               20)
             before = int(admin.info("stats")["total_connections_received"])
+            stopped = time.monotonic()
             os.kill(srv.pid, signal.SIGSTOP)
             try:
-                time.sleep(STOPPED)
+                time.sleep(STOPPED)  # the frozen window, not a sync point
             finally:
                 os.kill(srv.pid, signal.SIGCONT)
             resumed = time.monotonic()
             attempts = int(admin.info("stats")["total_connections_received"]) - before
+            window = time.monotonic() - stopped
             assert c.ping().startswith("PONG")
             served = time.monotonic() - resumed
-            # backoff, not a busy loop: under 50 connection attempts a minute
-            assert attempts < 50 * STOPPED / 60, attempts
+            # backoff, not a busy loop: under 50 connection attempts a minute of the window
+            # actually measured. A rate bound, never a speed one: a loaded machine makes the
+            # node try less often, and a stretched window is counted, so only a node that
+            # retries too fast fails it (docs/developing.md, "Testing").
+            assert attempts < 50 * window / 60, (attempts, window)
             for j in jobs:
                 res = j.get(60)
                 assert res.state.value == "SUCCESS", res

@@ -10,7 +10,8 @@ verifies and stages it, and kexecs: the same qemu process then answers with B's 
 digest, and B's boot assessment passes. Then a broken image C (B with a dispatcher that exits
 at once, signed all the same) is installed: C never answers core.ping, so after
 ``boot_deadline`` the node kexecs back to B by itself, and ``image.history`` says so (the
-images directory rides along each kexec: the node has no disk).
+images directory rides along each kexec: the node has no disk). How fast a switch is gets
+measured by bench/upgrade.py, not here.
 
 Run under ``flock /tmp/core0-vm.lock`` on a shared machine.
 """
@@ -173,8 +174,7 @@ def test_upgrade_to_b_by_kexec(vm: VM, images: dict[str, Any], server: int) -> N
     out = ok(vm.command("core.upgrade", {"url": url, "sha256": b["digest"]}, timeout=600))
     assert out["digest"] == b["digest"] and out["version"] == b["version"]
     assert out["switch"] == "kexec" and out["kexec"][0] == "kexec"
-    t = time.monotonic()
-    deadline = t + 600
+    deadline = time.monotonic() + 600
     ver: dict[str, Any] = {}
     while time.monotonic() < deadline:
         try:
@@ -186,7 +186,6 @@ def test_upgrade_to_b_by_kexec(vm: VM, images: dict[str, Any], server: int) -> N
             if not vm.running():
                 raise
         time.sleep(1)
-    print(f"\nkexec A → B: B answered {time.monotonic() - t:.1f}s after core.upgrade's result")
     assert ver.get("version") == b["version"], vm.tail()
     assert ver["image"]["digest"] == b["digest"]
     assert vm.system("cat", "/proc/sys/kernel/random/boot_id")["streams"][0].strip() != boot_id
@@ -263,11 +262,9 @@ def test_a_broken_image_rolls_back_by_itself(vm: VM, images: dict[str, Any],
     url = f"http://10.0.2.2:{server}/c/manifest.json"
     out = ok(vm.command("core.upgrade", {"url": url, "sha256": c["digest"]}, timeout=600))
     assert out["digest"] == c["digest"] and out["switch"] == "kexec"
-    t = time.monotonic()
     # C's redis answers but nothing takes a job: after DEADLINE s C kexecs back to B
     ver = wait_boot(vm, b["version"], old_boot, DEADLINE + 600)
     assert ver["image"]["digest"] == b["digest"]
-    print(f"\nbroken C → back on B {time.monotonic() - t:.0f}s after core.upgrade's result")
     history = wait_history(vm, "booted")
     hist = {"history": history}
     events = [(h["event"], h.get("digest")) for h in history]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,12 @@ def _errors(srv: RedisServer, kind: str) -> int:
     return int(stats.get(f"errorstat_{kind}", {}).get("count", 0))
 
 
+# The backoff checks below bound how often the node tries while Redis refuses or is frozen, per
+# second of the window actually measured: a loaded machine makes the node try less often, and a
+# window stretched by a slow test process is counted as such, so they fail only when the node
+# really retries too fast (docs/developing.md, "Testing": not too soon, not too often).
+
+
 def test_pop_loop_survives_oom_and_noperm(redis_server: RedisServer, tmp_path: Path) -> None:
     srv = redis_server
     fn = start_fleet_node(srv, tmp_path, "n1", user=True)
@@ -27,10 +34,11 @@ def test_pop_loop_survives_oom_and_noperm(redis_server: RedisServer, tmp_path: P
             # OOM: every write (the pop loop's BLMOVE, its scripts) is refused
             admin.config_set("maxmemory", "1")
             assert wait_until(lambda: "OOM" in fn.node.log_text(), 20), fn.node.log_text()[-2000:]
-            before = _errors(srv, "OOM")
-            wait_until(lambda: False, 2)
-            # backed off, no busy loop: a handful of attempts in 2 s, not thousands
-            assert _errors(srv, "OOM") - before < 50
+            before, t0 = _errors(srv, "OOM"), time.monotonic()
+            wait_until(lambda: False, 2)  # a window to count attempts in, not a sync point
+            attempts, window = _errors(srv, "OOM") - before, time.monotonic() - t0
+            # backed off, no busy loop: a handful of attempts a second, not thousands
+            assert attempts < 25 * window, (attempts, window)
             admin.config_set("maxmemory", "0")
             assert c.ping().startswith("PONG")
             # NOPERM: the node's ACL user loses its keys, live
@@ -86,15 +94,18 @@ def test_redis_stopped_then_resumed(redis_server: RedisServer, tmp_path: Path) -
         with fn.node.client(timeout=30, prefix=fn.prefix) as c:
             assert c.ping().startswith("PONG")
             before = int(admin.info("stats")["total_connections_received"])
+            t0 = time.monotonic()
             os.kill(srv.pid, signal.SIGSTOP)
             try:
-                wait_until(lambda: False, 15)
+                wait_until(lambda: False, 15)  # the frozen window, not a sync point
             finally:
                 os.kill(srv.pid, signal.SIGCONT)
             assert c.ping().startswith("PONG")
             attempts = int(admin.info("stats")["total_connections_received"]) - before
-            # backoff, not a busy loop: well under 50 connection attempts a minute
-            assert attempts < 30, attempts
+            window = time.monotonic() - t0
+            # backoff, not a busy loop: well under 50 connection attempts a minute (2 a second
+            # over the 15 s window, counting the reconnect after SIGCONT)
+            assert attempts < 2 * window, (attempts, window)
             assert c.system("echo after").get().stdout == "after\n"
     finally:
         os.kill(srv.pid, signal.SIGCONT)

@@ -2,7 +2,7 @@
 
 One node with three queues (default = admin, ops = operator, ro = read-only) and small caps, so
 the limits are reached with few commands. Every test ends with the admin queue still answering
-a ping within a second.
+a ping (its latency is a benchmark's business, not a test's: bench/ping.py).
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,7 +83,8 @@ def run(r: redis.Redis, bus_queue: str, command: str, args: dict[str, Any] | Non
 
 
 def assert_admin_alive(r: redis.Redis) -> None:
-    res = run(r, "default", "core.ping", {}, timeout=1)
+    """The admin queue is served (a starved queue never answers: the timeout is generous)."""
+    res = run(r, "default", "core.ping", {}, timeout=30)
     assert res["state"] == "SUCCESS"
 
 
@@ -105,12 +105,17 @@ def test_recurring_flood_from_read_only_is_capped(r: redis.Redis) -> None:
 def test_in_flight_cap_of_a_role_leaves_admin_served(r: redis.Redis) -> None:
     ids = [push(r, "ops", "info.version", {}, recurring_period=3600) for _ in range(40)]
     assert wait_until(lambda: r.llen("core:ops") == 35, 10), r.llen("core:ops")
-    time.sleep(0.3)
-    assert r.llen("core:ops") == 35, "the operator queue kept popping past its cap"
     assert_admin_alive(r)
-    assert run(r, "default", "core.system", {"name": "true"})["state"] == "SUCCESS"
+    # no sleep to see that nothing more is popped: each admin job that ends wakes the operator
+    # queue's loop (a slot freed), which checks its room again and would pop now. The second
+    # job's result comes after the first one's end was fully handled, so a pop past the cap
+    # would have reached Redis before it.
+    for _ in range(2):
+        assert run(r, "default", "core.system", {"name": "true"})["state"] == "SUCCESS"
+    assert r.llen("core:ops") == 35, "the operator queue kept popping past its cap"
+    ops = [j for j in run(r, "default", "job.list", {})["data_json"] if j["id"] in ids]
+    assert len(ops) == 5, [j["id"] for j in ops]
     r.delete("core:ops")
-    assert len(ids) == 40
 
 
 def test_recurring_period_is_bounded(r: redis.Redis) -> None:
@@ -125,12 +130,12 @@ def test_colliding_ids_are_refused(r: redis.Redis) -> None:
     dead = r.llen("core:ro:dead")
     push(r, "ro", "core.ping", {}, id=f"{victim}:flag")
     push(r, "ro", "core.ping", {}, id=f"{rc}:1")
-    assert wait_until(lambda: r.llen("core:ro:dead") == dead + 2, 5)
+    assert wait_until(lambda: r.llen("core:ro:dead") == dead + 2, 30)
     assert r.llen(f"result:{victim}:flag") == 0 and r.llen(f"result:{rc}:1") == 0
     res = run(r, "default", "core.system", {"name": "true"}, id=victim)
     assert res["state"] == "SUCCESS"
     push(r, "default", "info.version", {}, id=rc, recurring_period=1)
-    run1 = r.brpoplpush(f"result:{rc}:1", f"result:{rc}:1", 5)
+    run1 = r.brpoplpush(f"result:{rc}:1", f"result:{rc}:1", 30)
     assert run1 is not None and json.loads(run1)["id"] == rc
     run(r, "default", "job.unschedule", {"id": rc})
     assert result(r, rc)["state"] == "SUCCESS"
@@ -142,7 +147,7 @@ def test_no_self_subscription_and_named_queues_per_role(r: redis.Redis) -> None:
     assert res["code"] == 400 and "itself" in res["critical"]
     # a read-only job holding named queue "backup" does not hold up admin's "backup"
     push(r, "ro", "info.version", {}, recurring_period=3600, queue="backup")
-    res = run(r, "default", "core.system", {"name": "true"}, queue="backup", timeout=5)
+    res = run(r, "default", "core.system", {"name": "true"}, queue="backup", timeout=30)
     assert res["state"] == "SUCCESS"
 
 
@@ -152,7 +157,7 @@ def test_read_only_sees_no_secrets(r: redis.Redis) -> None:
                    {"name": "sh", "args": ["-c", f"echo {secret}; sleep 30"],
                     "env": {"PASSWORD": secret}, "stdin": secret})
     assert wait_until(lambda: any(j["id"] == sleeper for j in
-                                  run(r, "default", "job.list", {})["data_json"]), 5)
+                                  run(r, "default", "job.list", {})["data_json"]), 30)
     ro_view = run(r, "ro", "job.list", {})
     assert secret not in json.dumps(ro_view)
     mine = [j for j in ro_view["data_json"] if j["id"] == sleeper]
@@ -204,19 +209,36 @@ def test_id_after_a_huge_field_still_gets_its_result(r: redis.Redis) -> None:
 
 
 def test_result_cache_and_output_are_bounded_by_bytes(hnode: Node, r: redis.Redis) -> None:
+    """The dispatcher's RSS and open fds stay bounded under a flood of big results and a job
+    printing as fast as it can.
+
+    These bounds cannot fail because the machine is slow or loaded: they bound the *growth* of
+    memory, and everything the dispatcher holds is bounded in bytes by the config, never by
+    time (recent results: ``result_cache_bytes``; a job's output waiting for Redis:
+    ``output_pending_bytes``, beyond which its output files stop being read; a backlog beyond
+    ``output_backlog_bytes`` stays on disk and is skipped). A slower machine or Redis only
+    makes the job wait longer for room, it does not make the dispatcher hold more. The
+    bounds sit far above those caps (Python's allocator keeps freed arenas: RSS shows the
+    high-water mark) and far below what an unbounded holder would reach."""
     proc = psutil.Process(hnode.dispatcher_pid())
-    base = proc.memory_info().rss
+    base, fds = proc.memory_info().rss, proc.num_fds()
     ids = [push(r, "ro", "core.commands", {}) for _ in range(1500)]
     for jid in ids:
         assert result(r, jid, 30)["state"] == "SUCCESS"
     grown = proc.memory_info().rss - base
     # 1,500 results of ~90 KB each would be ~135 MB if the cache were bounded by count only
+    # (result_cache_bytes is 2 MB here)
     assert grown < 80 << 20, f"dispatcher grew by {grown >> 20} MiB"
-    # a job printing 64 KiB lines as fast as it can, with stream: true
+    # a job printing 64 KiB lines as fast as it can, with stream: true: 384 MiB of output
+    # (output_pending_bytes is 1 MB, output_backlog_bytes 8 MB here)
     script = "import sys\nline = 'x' * 65535 + '\\n'\nfor _ in range(6000): sys.stdout.write(line)"
     res = run(r, "default", "core.system", {"name": "python3", "args": ["-c", script]},
               timeout=120, stream=True)
     assert res["state"] == "SUCCESS"
     grown = proc.memory_info().rss - base
     assert grown < 200 << 20, f"dispatcher grew by {grown >> 20} MiB"
+    # every job is over: their pipes, output files and pidfds are closed again (the wait only
+    # lets the last job's files be closed after its result). The slack allows for more Redis
+    # connections in the pools; one fd leaked per command would be 1,500.
+    assert wait_until(lambda: proc.num_fds() <= fds + 64, 30), (fds, proc.num_fds())
     assert_admin_alive(r)

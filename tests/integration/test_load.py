@@ -2,7 +2,8 @@
 
 Every id must end with exactly one result: none lost, none duplicated, nothing left in the
 processing list, every key core0 wrote with a TTL — also when redis-server or the dispatcher
-is killed with SIGKILL in the middle (the supervisor restarts them).
+is killed with SIGKILL in the middle (the supervisor restarts them). Throughput is a
+benchmark's figure (bench/ping.py), not these tests'.
 """
 
 from __future__ import annotations
@@ -72,12 +73,7 @@ def _check(node, out) -> None:  # type: ignore[no-untyped-def]
 def test_load_20000_exactly_once(tmp_path) -> None:
     node = start_node(tmp_path / "state")
     try:
-        t = time.monotonic()
-        out = _run_load(node)
-        elapsed = time.monotonic() - t
-        _check(node, out)
-        print(f"\n20,000 commands through 8 clients in {elapsed:.1f}s "
-              f"({TOTAL / elapsed:.0f}/s)")
+        _check(node, _run_load(node))
     finally:
         node.stop()
 
@@ -136,8 +132,10 @@ def test_dispatcher_kill9_adopts_running_jobs(tmp_path) -> None:
         new = node.dispatcher_pid()
         assert new != old
         bad = [k for w in out.values() for k, v in w["states"].items() if v != "SUCCESS"]
-        for k in bad:
+        for k in bad[:5]:  # what the node logged about them, shown with the failure below
             print("\n".join(line for line in node.log_text().splitlines() if k in line))
+        # the load itself: every id exactly one successful result across the kill
+        _check(node, out)
         for s in sleepers:
             res = s.get(30)
             assert res.state.value == "SUCCESS", res

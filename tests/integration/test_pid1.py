@@ -3,12 +3,12 @@ signals, supervision, ordered shutdown, power commands and the crash action."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -144,6 +144,7 @@ def test_10000_orphans_reaped_and_exit_codes_exact(pid1, tmp_path: Path) -> None
         assert wait_until(lambda: not _zombies_under(init), 5), _zombies_under(init)
         disp = node.service_pid("dispatcher")
         assert disp and not _zombies_under(disp)
+        # a figure for the log (what the test asserts is above: exact codes, no zombie)
         print(f"\nPID 1 RSS growth over 12,000 orphans: {(_rss(init) - rss0) >> 10} KiB")
         assert node.proc.poll() is None and nspid(init)[-1] == 1
     finally:
@@ -261,12 +262,36 @@ def test_crash_action_reboot_never_returns(pid1) -> None:
 
 
 @pytest.mark.root
-def test_crash_action_freeze_keeps_pid1(pid1) -> None:
+def test_crash_action_freeze_keeps_pid1(pid1, tmp_path: Path) -> None:
+    require("nsenter")
     node = pid1(init='fault = "raise"\ncrash_action = "freeze"', wait=False)
+    init = node.init_pid
     assert wait_until(lambda: "crash action: freeze" in node.log_text(), 30)
-    time.sleep(1)
+    # No sleep to see PID 1 stay: an orphan that lands on it after the crash and is then
+    # reaped shows PID 1 past the crash path, in freeze()'s reaping loop, alive.
+    go = tmp_path / "go"
+    orphan = ("import os, time\n"
+              "if os.fork() == 0:\n"
+              f"    while not os.path.exists({str(go)!r}): time.sleep(0.02)\n"
+              "    os._exit(3)\n")
+    subprocess.run(["nsenter", "-t", str(init), "-p", "-m", sys.executable, "-c", orphan],
+                   check=True, timeout=120)
+
+    def orphans() -> list[int]:
+        found = []
+        for p in psutil.Process(init).children():
+            with contextlib.suppress(psutil.Error):
+                if str(go) in " ".join(p.cmdline()):
+                    found.append(p.pid)
+        return found
+
+    assert wait_until(lambda: len(orphans()) == 1, 30), "the orphan did not land on PID 1"
+    pid = orphans()[0]
+    go.touch()
+    assert wait_until(lambda: not psutil.pid_exists(pid), 30), "PID 1 does not reap"
     assert node.proc.poll() is None, "PID 1 must stay"
-    assert nspid(node.init_pid)[-1] == 1
+    assert psutil.Process(init).status() != psutil.STATUS_ZOMBIE
+    assert nspid(init)[-1] == 1
 
 
 def test_power_commands_refused_outside_init(client) -> None:

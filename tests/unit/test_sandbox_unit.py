@@ -9,12 +9,17 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import unavailable
 
 from core0.sandbox import seccomp, spec, unpack
 
-PROFILE_PRESENT = os.path.exists(seccomp.PROFILE)
-needs_profile = pytest.mark.skipif(not PROFILE_PRESENT and os.environ.get("CI") != "true",
-                                   reason="containers-common's seccomp.json is not installed")
+
+@pytest.fixture
+def profile() -> None:
+    """The tests resolving the seccomp profile need containers-common's seccomp.json (skipped
+    locally without it, failed under CI=true)."""
+    if not os.path.exists(seccomp.PROFILE):
+        unavailable(f"containers-common's seccomp profile is not installed ({seccomp.PROFILE})")
 
 
 def _names(profile: dict, action: str) -> set[str]:
@@ -22,7 +27,7 @@ def _names(profile: dict, action: str) -> set[str]:
             for n in r["names"]}
 
 
-@needs_profile
+@pytest.mark.usefixtures("profile")
 def test_seccomp_resolved_for_arch_and_caps() -> None:
     plain = seccomp.resolve(spec.DEFAULT_CAPS)
     assert plain["defaultAction"] == "SCMP_ACT_ERRNO"
@@ -37,7 +42,7 @@ def test_seccomp_resolved_for_arch_and_caps() -> None:
         assert "includes" not in r and "excludes" not in r
 
 
-@needs_profile
+@pytest.mark.usefixtures("profile")
 def test_seccomp_hardened() -> None:
     prof = seccomp.default(spec.DEFAULT_CAPS)
     allowed = _names(prof, "SCMP_ACT_ALLOW")
@@ -61,7 +66,7 @@ def test_seccomp_hardened() -> None:
     assert "ptrace" in _names(ptr, "SCMP_ACT_ALLOW")
 
 
-@needs_profile
+@pytest.mark.usefixtures("profile")
 def test_spec_defaults() -> None:
     sb = spec.Sandbox(rootfs="/r", init="/usr/bin/catatonit", args=[], hostname="h",
                       cgroups_path="/c", netns="/run/netns/x",
