@@ -56,7 +56,8 @@ async def upgrade(ctx: Context, args: UpgradeArgs) -> dict[str, Any]:
 async def current(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """The running image: ``digest`` (from ``core0.image=`` on the kernel command line; null
     when booted from outside), core0's ``version``, ``staged``, and the slot's details
-    (``slot``: a or b on a node booted from the A/B disk)."""
+    (``base``: the OCI image its root was built from, or null; ``slot``: a or b on a node
+    booted from the A/B disk)."""
     return up.store_of(ctx).running(ctx.config)
 
 

@@ -77,10 +77,19 @@ class Slot:
     def initramfs(self) -> Path:
         return self.path / str(self.manifest["initramfs"])
 
+    @property
+    def base(self) -> dict[str, str] | None:
+        """The OCI image the node's root was built from (reference and manifest digest, from
+        the signed manifest), or None for an image built from Debian packages alone."""
+        base = self.manifest.get("base")
+        if not isinstance(base, dict):
+            return None
+        return {"reference": str(base.get("reference", "")), "digest": str(base.get("digest", ""))}
+
     def describe(self) -> dict[str, Any]:
         return {"digest": self.digest, "version": self.version,
                 "flavour": self.manifest.get("flavour", ""),
-                "kernel": self.manifest.get("kernel", ""),
+                "kernel": self.manifest.get("kernel", ""), "base": self.base,
                 "sizes": self.manifest.get("sizes", {}), "path": str(self.path)}
 
 

@@ -40,7 +40,8 @@ def keypair(d: Path, name: str) -> tuple[Path, str]:
 
 
 def make_image(d: Path, version: str, key: Path, *, initrd: str = INITRD,
-               tamper: Callable[[Path], None] | None = None, initrd_size: int = 700_000) -> Path:
+               tamper: Callable[[Path], None] | None = None, initrd_size: int = 700_000,
+               base: dict[str, Any] | None = None) -> Path:
     """An image directory as the builder writes it (artifacts, manifest, signature); the
     artifacts are random bytes (staging never boots them). → the manifest's path."""
     d.mkdir(parents=True, exist_ok=True)
@@ -53,7 +54,8 @@ def make_image(d: Path, version: str, key: Path, *, initrd: str = INITRD,
     manifest = d / "manifest.json"
     manifest.write_text(json.dumps({"flavour": "core", "version": version, "kernel": "6.1.0",
                                     "initramfs": initrd, "sha256": sums,
-                                    "sizes": {"vmlinuz": 300_000}}))
+                                    "sizes": {"vmlinuz": 300_000},
+                                    **({"base": base} if base is not None else {})}))
     sign.sign(manifest, key, f"core0 image {version} core")
     if tamper is not None:
         tamper(d)
@@ -137,7 +139,7 @@ def test_upgrade_from_a_path_stages_the_verified_image(inode: Node, keys: dict[s
         assert (slot / name).stat().st_mode & 0o777 == 0o400
     listed = data(call(inode, "image.list"))
     entry = next(i for i in listed if i["digest"] == digest)
-    assert entry["version"] == "1.0+a" and not entry["running"]
+    assert entry["version"] == "1.0+a" and not entry["running"] and entry["base"] is None
     hist = data(call(inode, "image.history"))
     staged = [h for h in hist["history"] if h["event"] == "staged" and h["digest"] == digest]
     assert staged and staged[-1]["signed"] == "core0 image 1.0+a core"
@@ -316,3 +318,17 @@ def test_malformed_trusted_key_is_refused(tmp_path: Path, fsroot: Path) -> None:
         assert res["code"] == 412 and "not a minisign public key" in res["data"], res
     finally:
         n.stop()
+
+
+def test_an_image_built_on_an_oci_base_names_it(inode: Node, keys: dict[str, Any],
+                                                fsroot: Path) -> None:
+    """The base recorded in the signed manifest (build.sh --base) is listed beside the image:
+    which OCI image (reference, manifest digest) the node's root came from."""
+    base = {"reference": "oci:/src/node:1", "digest": "sha256:" + "ab" * 32,
+            "config": "sha256:" + "cd" * 32, "layers": [], "kernel_from": "debian"}
+    manifest = make_image(fsroot / "imgs" / "based", "1.0+based", keys["trusted"][0], base=base)
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    data(call(inode, "core.upgrade", {"path": "/imgs/based/manifest.json", "sha256": digest,
+                                      "switch": "none"}))
+    entry = next(i for i in data(call(inode, "image.list")) if i["digest"] == digest)
+    assert entry["base"] == {"reference": "oci:/src/node:1", "digest": "sha256:" + "ab" * 32}
