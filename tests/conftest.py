@@ -22,6 +22,8 @@ import pytest
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
+#: fixtures shared by many test modules (e.g. ``cnode``, a container node per module)
+pytest_plugins = ["sandbox_fixtures"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 sys.path.insert(0, str(ROOT / "tests"))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import free_port, require, require_root, stop_tree, wait_until
 from net_fixtures import Netns, netns
 
@@ -265,6 +266,14 @@ def container_node(config: str = "", under: str | None = None) -> Iterator[Conta
             node.stop()
             cleanup_containers(node)
             shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cnode() -> Iterator[ContainerNode]:
+    """A container node per test module (a module that needs another config defines its own
+    ``cnode``); conftest.py makes this a fixture of every test module."""
+    with container_node() as n:
+        yield n
 
 
 def build_probe(dest: Path) -> Path:

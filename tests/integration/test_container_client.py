@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import unavailable
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, in_netns
+from sandbox_fixtures import ContainerNode, busybox_rootfs, in_netns
 
 SCRIPT = """
 import json, sys
@@ -40,12 +38,6 @@ cl.container.terminate(cid)
 out["after"] = cl.container.list()
 print(json.dumps(out))
 """
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
 
 
 def _zeroos() -> None:

@@ -14,13 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
+from sandbox_fixtures import ContainerNode, busybox_rootfs
 
 
 class Inside:

@@ -12,7 +12,6 @@ import subprocess
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +20,10 @@ from sandbox_fixtures import (
     ContainerNode,
     busybox_rootfs,
     call,
-    container_node,
     oci_layout,
     ok,
     registry,
 )
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
 
 
 @pytest.fixture(scope="module")

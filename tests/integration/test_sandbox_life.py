@@ -11,23 +11,12 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, inside, node_tag, ok
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
-
-
-
-
+from sandbox_fixtures import ContainerNode, busybox_rootfs, inside, node_tag, ok
 
 
 def snapshot(cnode: ContainerNode) -> dict[str, Any]:

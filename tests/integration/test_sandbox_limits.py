@@ -5,18 +5,11 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, node_tag
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
+from sandbox_fixtures import ContainerNode, busybox_rootfs, node_tag
 
 
 @pytest.fixture(scope="module")

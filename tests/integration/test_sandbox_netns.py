@@ -9,18 +9,11 @@ import glob
 import json
 import os
 import signal
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, container_node, import_busybox, inside, node_tag, ok
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
+from sandbox_fixtures import ContainerNode, import_busybox, inside, node_tag, ok
 
 
 @pytest.fixture(scope="module")

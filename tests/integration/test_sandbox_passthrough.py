@@ -9,13 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, container_node, import_busybox, inside, ok
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
+from sandbox_fixtures import ContainerNode, import_busybox, inside, ok
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,13 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import require, unavailable
-from sandbox_fixtures import ContainerNode, build_probe, busybox_rootfs, container_node
+from sandbox_fixtures import ContainerNode, build_probe, busybox_rootfs
 
 EPERM_CALLS = ("sys:mount", "sys:unshare-user", "sys:keyctl", "sys:ptrace-pid1", "sys:bpf")
-
-
-@pytest.fixture(scope="module")
-def cnode() -> Iterator[ContainerNode]:
-    with container_node() as n:
-        yield n
 
 
 @pytest.fixture(scope="module")
