@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from core0.virt import probe
 
 KVM_CAPS = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/>" \
