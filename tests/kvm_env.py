@@ -159,10 +159,36 @@ def seen(env: Env, job: str, uuid: str, event: str) -> bool:
     return any(e["uuid"] == uuid and e["event"] == event for e in events_of(env, job))
 
 
-def assert_clean(env: Env, uuid: str) -> None:
+def live_rules(env: Env) -> list[dict[str, Any]]:
+    """Every rule of the kernel's live ruleset in the node's namespace (``nft -j``)."""
+    out = env.ns.run("nft", "-j", "list", "ruleset").stdout
+    return [o["rule"] for o in json.loads(out)["nftables"] if "rule" in o]
+
+
+def dnat_ports(rule: dict[str, Any]) -> list[int]:
+    """The destination ports a live DNAT rule matches (``[]`` for any other rule)."""
+    exprs = rule.get("expr", [])
+    if not any("dnat" in e for e in exprs):
+        return []
+    return [m["right"] for e in exprs if (m := e.get("match"))
+            and m.get("left", {}).get("payload", {}).get("field") == "dport"
+            and isinstance(m.get("right"), int)]
+
+
+def vm_rules(env: Env, uuid: str) -> list[dict[str, Any]]:
+    """The live rules tagged with VM ``uuid``'s owner."""
+    return [r for r in live_rules(env) if r.get("comment") == f"owner=vm:{uuid}"]
+
+
+def assert_clean(env: Env, uuid: str, ports: tuple[int, ...] = ()) -> None:
+    """Nothing of VM ``uuid`` is left: no forward in core0's state, no rule tagged with its
+    owner (or DNATing one of ``ports``) in the kernel's live ruleset, no nic/host/lease on
+    kvm0, no directory."""
     c = env.core0()
-    assert c.nft.forward_list() == [] or all(
-        f["owner"] != f"vm:{uuid}" for f in c.nft.forward_list())
+    assert all(f["owner"] != f"vm:{uuid}" for f in c.nft.forward_list())
+    for rule in live_rules(env):
+        assert uuid not in rule.get("comment", ""), rule
+        assert not set(ports) & set(dnat_ports(rule)), rule
     info = c.bridge.info("kvm0")
     assert info["nics"] == [], info
     assert all(not m.startswith("00:28:06:82") for m in info["hosts"]), info["hosts"]

@@ -60,23 +60,44 @@ def _boot_id() -> str:
         return ""
 
 
+def decide(mode: str, caps: str, device_ok: bool, kernel: Path | None) -> tuple[str | None, str]:
+    """The decision before any boot: ``(type, why)``, or ``(None, why)`` when only a probe
+    boot can tell (``kvm`` offered, ``/dev/kvm`` answers, a probe kernel exists)."""
+    if mode in ("qemu", "kvm"):
+        return mode, f"virt.domain_type is {mode}"
+    if "type='kvm'" not in caps and 'type="kvm"' not in caps:
+        return "qemu", "libvirt's capabilities offer no kvm domain"
+    if not device_ok:
+        return "qemu", "/dev/kvm does not answer KVM_GET_API_VERSION"
+    if kernel is None:
+        return "qemu", "no probe kernel (virt.probe_kernel)"
+    return None, "probe boot"
+
+
+def boot_reason(ok: bool, kernel: Path, timeout: float) -> str:
+    """Why a probe boot's outcome chose its type."""
+    if ok:
+        return f"the probe kernel {kernel} panicked as expected under kvm"
+    return (f"the probe kernel {kernel} did not reach its root-mount panic within "
+            f"{timeout:g}s under kvm")
+
+
 async def domain_type(conn: Conn, mode: str, kernel_path: str, work: Path,
                       timeout: float = 15.0) -> str:
-    """``qemu`` or ``kvm`` (``mode``: auto, qemu or kvm)."""
-    if mode in ("qemu", "kvm"):
-        return mode
-    caps = await conn.call(lambda c: c.getCapabilities())
-    if "type='kvm'" not in caps and 'type="kvm"' not in caps:
-        return "qemu"
-    if not kvm_device_ok():
-        return "qemu"
-    kernel = probe_kernel(kernel_path)
-    if kernel is None:
-        log.warning("virt: no probe kernel (virt.probe_kernel); using qemu (TCG)")
-        return "qemu"
+    """``qemu`` or ``kvm`` (``mode``: auto, qemu or kvm). The decision and its reason are
+    written to ``<work>/probe.json`` (``{key, type, reason}``)."""
+    cache = work / "probe.json"
+    caps = "" if mode in ("qemu", "kvm") else await conn.call(lambda c: c.getCapabilities())
+    kernel = probe_kernel(kernel_path) if mode not in ("qemu", "kvm") else None
+    chosen, why = decide(mode, caps, mode in ("qemu", "kvm") or kvm_device_ok(), kernel)
+    if chosen is not None:
+        if why.startswith("no probe kernel"):
+            log.warning("virt: no probe kernel (virt.probe_kernel); using qemu (TCG)")
+        _save(cache, {"key": "", "type": chosen, "reason": why})
+        return chosen
+    assert kernel is not None
     st = kernel.stat()
     key = f"{_boot_id()}|{kernel}|{st.st_size}|{st.st_mtime_ns}"
-    cache = work / "probe.json"
     with contextlib.suppress(OSError, ValueError):
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
@@ -84,9 +105,13 @@ async def domain_type(conn: Conn, mode: str, kernel_path: str, work: Path,
     ok = await _boot(conn, kernel, work, timeout)
     result = "kvm" if ok else "qemu"
     log.info("virt: KVM probe %s: domains are %s", "passed" if ok else "failed", result)
-    with contextlib.suppress(OSError):
-        cache.write_text(json.dumps({"key": key, "type": result}))
+    _save(cache, {"key": key, "type": result, "reason": boot_reason(ok, kernel, timeout)})
     return result
+
+
+def _save(cache: Path, rec: dict[str, str]) -> None:
+    with contextlib.suppress(OSError):
+        cache.write_text(json.dumps(rec))
 
 
 async def _boot(conn: Conn, kernel: Path, work: Path, timeout: float) -> bool:

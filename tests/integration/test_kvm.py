@@ -14,13 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import METRICS_PORT, Env, assert_clean, env, events_of, seen
+from kvm_env import METRICS_PORT, Env, assert_clean, dnat_ports, env, events_of, seen, vm_rules
 from net_fixtures import netns
 from prometheus_client.parser import text_string_to_metric_families
 from virt_fixtures import MARKER, PAGE, Libvirtd, libvirtd, wait_text
@@ -30,11 +31,60 @@ __all__ = ["env"]  # the fixture
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
 
+def _reader(env: Env, job: str, out: list[dict[str, Any]]) -> threading.Thread:
+    """A client of its own following job ``job``'s output stream (its events) until it ends."""
+
+    def follow(level: int, message: str, _flags: int) -> None:
+        if level == 20:
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(message))
+
+    def run() -> None:
+        c = env.core0()
+        try:
+            c.response_for(job).stream(follow, timeout=1200)
+        finally:
+            c.close()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def stopped_detail(env: Env, job: str, uuid: str) -> str | None:
+    """The detail of VM ``uuid``'s ``stopped`` event in events job ``job`` (None: none yet)."""
+    got = [e["detail"] for e in events_of(env, job)
+           if e["uuid"] == uuid and e["event"] == "stopped"]
+    return got[-1] if got else None
+
+
+def qemu_pid(uuid: str) -> int | None:
+    """The pid of the qemu process running VM ``uuid`` (its ``-uuid`` argument, from /proc)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and os.path.basename(cmd[0]).startswith("qemu-system") and uuid in cmd:
+            return int(p.pid)
+    return None
+
+
+def dispatchers(env: Env) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(env.node.pid).children(recursive=True)
+            if "dispatcher" in " ".join(p.cmdline())]
+
+
 def test_lifecycle_with_0core_client(env: Env) -> None:
     c0 = env.client()
     c = env.core0()
     ev = c.raw("kvm.events", {})
     assert wait_until(lambda: any(e["event"] == "subscribed" for e in events_of(env, ev.id)), 30)
+    # two clients follow the events job's stream at once
+    got1: list[dict[str, Any]] = []
+    got2: list[dict[str, Any]] = []
+    readers = [_reader(env, ev.id, got1), _reader(env, ev.id, got2)]
 
     # create (0-core's create has no kernel/initrd arguments: the raw call carries them)
     uuid = c0.json("kvm.create", env.guest_args("vm1", port={"8080": 8080}, tags=["t1"]))
@@ -76,6 +126,8 @@ def test_lifecycle_with_0core_client(env: Env) -> None:
     fwd = c.nft.forward_list()
     assert fwd == [{"owner": f"vm:{uuid}", "src": "8080|tcp", "ip": got["default_ip"],
                     "port": 8080}]
+    live = vm_rules(env, uuid)  # the kernel's live ruleset carries it, tagged with the owner
+    assert live and all(dnat_ports(r) == [8080] for r in live), live
 
     def answers() -> bool:
         r = env.ns.run("curl", "-s", "-m", "3", "http://172.19.0.1:8080/", check=False)
@@ -84,12 +136,21 @@ def test_lifecycle_with_0core_client(env: Env) -> None:
     assert wait_until(answers, 60)
 
     # ACPI shutdown: the guest powers off by itself; cleanup follows the stopped event
-    c0.kvm.shutdown(uuid)
-    assert wait_text(console, "GUEST-POWEROFF", 60) or not console.exists()
+    # (the console is read through a descriptor opened now: the cleanup removes the file)
+    with console.open("rb") as fh:
+        text = bytearray()
+
+        def powered_off() -> bool:
+            text.extend(fh.read())
+            return b"GUEST-POWEROFF" in text
+
+        c0.kvm.shutdown(uuid)
+        assert wait_until(powered_off, 60), text[-1500:]
     assert wait_until(lambda: c0.kvm.list() == [], 60)
-    assert wait_until(lambda: seen(env, ev.id, uuid, "stopped"), 10)
+    assert wait_until(lambda: stopped_detail(env, ev.id, uuid) is not None, 10)
+    assert stopped_detail(env, ev.id, uuid) == "shutdown"  # the guest's own poweroff
     assert wait_until(lambda: not (env.vdir / uuid).exists(), 30)
-    assert_clean(env, uuid)
+    assert_clean(env, uuid, ports=(8080,))
 
     # destroy of a second VM
     uuid2 = c0.json("kvm.create", env.guest_args("vm2"))
@@ -98,23 +159,36 @@ def test_lifecycle_with_0core_client(env: Env) -> None:
     assert c0.kvm.list() == []
     assert_clean(env, uuid2)
     assert wait_until(lambda: seen(env, ev.id, uuid2, "stopped"), 10)
+    assert stopped_detail(env, ev.id, uuid2) == "destroyed"
     assert code_of(c.sync, "kvm.destroy", {"uuid": uuid2}) == 404
     c.job.kill(ev.id)
+    for t in readers:
+        t.join(60)
+        assert not t.is_alive()
+
+    def transitions(evs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+        return [(e["uuid"], e["event"], e["detail"]) for e in evs if e["uuid"] in (uuid, uuid2)]
+
+    logged = transitions(events_of(env, ev.id))
+    assert (uuid, "stopped", "shutdown") in logged and (uuid2, "stopped", "destroyed") in logged
+    assert transitions(got1) == logged and transitions(got2) == logged
 
 
 def test_dispatcher_kill9_keeps_vms(env: Env) -> None:
     import signal
 
-    import psutil
-
     c = env.core0()
     uuids = [c.json("kvm.create", env.guest_args(f"k{i}")) for i in range(3)]
+    for u in uuids:  # each guest is up before the dispatcher dies
+        console = Path(c.json("kvm.get", {"uuid": u})["console"])
+        assert wait_text(console, MARKER, 240), console.read_text(errors="replace")[-1500:]
     before = {i["uuid"]: i["name"] for i in c.json("kvm.list")}
     assert set(before) == set(uuids)
-    disp = [p for p in psutil.Process(env.node.pid).children(recursive=True)
-            if "dispatcher" in " ".join(p.cmdline())]
-    assert disp
-    os.kill(disp[0].pid, signal.SIGKILL)
+    pids = {u: qemu_pid(u) for u in uuids}
+    assert all(pids.values()), pids
+    disp = dispatchers(env)
+    assert len(disp) == 1
+    os.kill(disp[0], signal.SIGKILL)
 
     def relisted() -> bool:
         try:
@@ -127,8 +201,11 @@ def test_dispatcher_kill9_keeps_vms(env: Env) -> None:
             return False
 
     assert wait_until(relisted, 60)
+    now = dispatchers(env)
+    assert len(now) == 1 and now[0] != disp[0]
     c = env.core0()
     assert all(i["state"] == "running" for i in c.json("kvm.list"))
+    assert {u: qemu_pid(u) for u in uuids} == pids  # the very same qemu processes
     for u in uuids:
         c.sync("kvm.destroy", {"uuid": u})
     assert c.json("kvm.list") == []
@@ -141,13 +218,17 @@ def test_libvirtd_restart_reconnects(env: Env) -> None:
     ev = c.raw("kvm.events", {})
     assert wait_until(lambda: any(e["event"] == "subscribed" for e in events_of(env, ev.id)), 30)
     uuid = c.json("kvm.create", env.guest_args("rv"))
+    pid = qemu_pid(uuid)
+    assert pid
     env.lv.kill_libvirtd()
     assert wait_until(lambda: any(e["event"] == "connection" and e["detail"] == "lost"
                                   for e in events_of(env, ev.id)), 30)
     env.lv.start_libvirtd()
     assert wait_until(lambda: any(e["event"] == "connection" and e["detail"] == "reconnected"
                                   for e in events_of(env, ev.id)), 60)
-    assert [i["uuid"] for i in c.json("kvm.list")] == [uuid]
+    assert [(i["uuid"], i["state"]) for i in c.json("kvm.list")] == [(uuid, "running")]
+    assert c.json("kvm.get", {"uuid": uuid})["state"] == "running"
+    assert qemu_pid(uuid) == pid  # the guest lived through it
     c.sync("kvm.destroy", {"uuid": uuid})
     assert wait_until(lambda: seen(env, ev.id, uuid, "stopped"), 10)
     assert_clean(env, uuid)
@@ -202,20 +283,34 @@ def test_hostile_specs_refused(env: Env) -> None:
 
 
 def test_xml_metacharacters_not_injected(env: Env) -> None:
-    """Strings that may carry XML metacharacters (tags, cmdline, file names) reach libvirt
-    escaped: the live domain XML parses back to exactly the values given, nothing more."""
+    """Strings that may carry XML metacharacters (tags, cmdline, kernel/initrd/media file
+    names, by url and by path, a hot-plugged disk) reach libvirt escaped: the live domain XML
+    parses back to exactly the values given, nothing more. A bridge name is an ifname (400)."""
     import xml.etree.ElementTree as ET
 
     import libvirt
 
-    evil_file = env.root / "images" / "d'\"<>&.qcow2"
-    shutil.copy2(env.root / "images/base.qcow2", evil_file)
+    meta = "'\"<>&]]>"
+    images = env.root / "images"
+    evil_file, evil_path, evil_hot = (images / f"d{meta}.qcow2", images / f"p{meta}.qcow2",
+                                      images / f"h{meta}.qcow2")
+    for f in (evil_file, evil_path, evil_hot):
+        shutil.copy2(images / "base.qcow2", f)
+    kernel, initrd = images / f"k{meta}.bin", images / f"i{meta}.cpio"
+    shutil.copy2(images / "vmlinuz", kernel)
+    shutil.copy2(images / "initrd.cpio", initrd)
     cmdline = "console=ttyS0 panic=-1 " + EVIL
     args = env.guest_args("xmlvm", tags=[EVIL, "<tag/>"], cmdline=cmdline,
-                          media=[{"url": "/images/" + evil_file.name}])
+                          kernel="/images/" + kernel.name, initrd="/images/" + initrd.name,
+                          media=[{"url": "/images/" + evil_file.name},
+                                 {"path": "/images/" + evil_path.name}])
     c = env.core0()
     uuid = c.json("kvm.create", args)
     try:
+        c.sync("kvm.attach_disk", {"uuid": uuid, "media": {"path": "/images/" + evil_hot.name}})
+        for bad in ("br0'><x", "br<0", "a&b", "br 0", "br/0", "x" * 16, "br0\"", ""):
+            assert code_of(c.sync, "kvm.add_nic", {"uuid": uuid, "type": "bridge",
+                                                   "id": bad}) == 400, bad
         conn = libvirt.open(env.lv.uri)
         try:
             xml = conn.lookupByUUIDString(uuid).XMLDesc(0)
@@ -223,26 +318,83 @@ def test_xml_metacharacters_not_injected(env: Env) -> None:
             conn.close()
         root = ET.fromstring(xml)
         assert root.findtext("os/cmdline") == cmdline
-        assert len(root.findall("os/kernel")) == 1 and len(root.findall("os/initrd")) == 1
-        sources = [d.find("source").get("file") for d in root.iterfind("devices/disk")]
-        assert sources == [str(evil_file)]
-        assert "/etc/shadow" not in [s for s in sources]
-        assert len(root.findall("devices/disk")) == 1
+        assert [k.text for k in root.findall("os/kernel")] == [str(kernel)]
+        assert [i.text for i in root.findall("os/initrd")] == [str(initrd)]
+        disks = root.findall("devices/disk")
+        sources = [d.find("source").get("file") for d in disks]  # type: ignore[union-attr]
+        assert sources == [str(evil_file), str(evil_path), str(evil_hot)], sources
+        assert len(root.findall("devices/interface")) == 1  # the default nic only
         assert c.json("kvm.get", {"uuid": uuid})["tags"] == [EVIL, "<tag/>"]
+        # the KVM probe's outcome: here /dev/kvm cannot run a guest, so TCG
+        assert root.get("type") == "qemu"
+        _assert_probe_recorded(env)
     finally:
         c.sync("kvm.destroy", {"uuid": uuid})
     assert_clean(env, uuid)
 
 
+def _assert_probe_recorded(env: Env) -> None:
+    """probe.json holds the probe's decision (qemu) and why, the reason this host gives."""
+    import libvirt
+
+    from core0.virt import probe
+
+    rec = json.loads((env.vdir / "probe.json").read_text())
+    assert rec["type"] == "qemu", rec
+    conn = libvirt.open(env.lv.uri)
+    try:
+        caps = conn.getCapabilities()
+    finally:
+        conn.close()
+    kernel = probe.probe_kernel(str(env.root / "images/vmlinuz"))
+    chosen, why = probe.decide("auto", caps, probe.kvm_device_ok(), kernel)
+    if chosen is None:  # kvm offered and /dev/kvm answers: the probe boot said no
+        assert kernel is not None
+        why = probe.boot_reason(False, kernel, 15)
+    assert rec["reason"] == why, rec
+
+
 def test_devices_images_and_power(env: Env) -> None:
     c0 = env.client()
     c = env.core0()
+    ev = c.raw("kvm.events", {})
+    assert wait_until(lambda: any(e["event"] == "subscribed" for e in events_of(env, ev.id)), 30)
     uuid = c.json("kvm.create", env.guest_args("dev1"))
     try:
         _devices(env, c0, c, uuid)
+        # kvm.shutdown with a timeout ended in the guest's own poweroff, not the fallback
+        assert wait_until(lambda: stopped_detail(env, ev.id, uuid) is not None, 10)
+        assert stopped_detail(env, ev.id, uuid) == "shutdown"
     finally:
         with contextlib.suppress(Exception):
             c.sync("kvm.destroy", {"uuid": uuid})
+        with contextlib.suppress(Exception):
+            c.job.kill(ev.id)
+
+
+def test_shutdown_timeout_destroys_a_deaf_guest(env: Env) -> None:
+    """A guest without ACPI (``acpi=off``: no power button) ignores kvm.shutdown's request:
+    once the timeout is over the VM is destroyed (stopped event detail ``destroyed``)."""
+    c = env.core0()
+    ev = c.raw("kvm.events", {})
+    assert wait_until(lambda: any(e["event"] == "subscribed" for e in events_of(env, ev.id)), 30)
+    uuid = c.json("kvm.create", env.guest_args("deaf", nics=[],
+                                               cmdline="console=ttyS0 panic=-1 acpi=off"))
+    try:
+        console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
+        assert wait_text(console, MARKER, 120), console.read_text(errors="replace")[-1500:]
+        with console.open("rb") as fh:
+            c.sync("kvm.shutdown", {"uuid": uuid, "timeout": 8})
+            assert c.json("kvm.list") == []
+            assert b"GUEST-POWEROFF" not in fh.read()
+        assert wait_until(lambda: stopped_detail(env, ev.id, uuid) is not None, 10)
+        assert stopped_detail(env, ev.id, uuid) == "destroyed"
+        assert_clean(env, uuid)
+    finally:
+        with contextlib.suppress(Exception):
+            c.sync("kvm.destroy", {"uuid": uuid})
+        with contextlib.suppress(Exception):
+            c.job.kill(ev.id)
 
 
 def _devices(env: Env, c0: Any, c: Any, uuid: str) -> None:
@@ -325,6 +477,7 @@ def _devices(env: Env, c0: Any, c: Any, uuid: str) -> None:
     c.sync("kvm.portforward-remove", {"uuid": uuid, "host_port": "9090",
                                       "container_port": 8080})
     assert c.nft.forward_list() == []
+    assert vm_rules(env, uuid) == []  # gone from the kernel's ruleset too
 
     # shutdown with a timeout: the guest obeys; the call returns once it is gone
     c.sync("kvm.shutdown", {"uuid": uuid, "timeout": 60})
