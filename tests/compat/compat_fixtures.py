@@ -161,13 +161,21 @@ def _committed_table(path: Path) -> str:
     return text[text.index(_START) + len(_START):text.index(_END)].strip("\n")
 
 
+_DESELECTED: list[str] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Remember compat tests left out by ``-k``/``-m``: the run is then a selection."""
+    _DESELECTED.extend(i.nodeid for i in items if "test_compat_" in i.nodeid)
+
+
 def _full_run(session: pytest.Session) -> bool:
-    """Whether this session ran every file of the compat suite (not a selection)."""
+    """Whether this session ran every test of the compat suite (not a selection)."""
     here = Path(__file__).resolve().parent
     files = {p.name for p in here.glob("test_compat_*.py")}
     ran = {Path(str(i.fspath)).name for i in session.items}
-    return bool(files) and files <= ran and not session.config.getoption("keyword", "") \
-        and not session.config.getoption("markexpr", "")
+    picked = any("::" in str(a) for a in session.config.args)
+    return bool(files) and files <= ran and not _DESELECTED and not picked
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
