@@ -225,7 +225,7 @@ def test_container_client(cl: Any, zc: Any, zos: Zos, record: Any, cid: int) -> 
     assert "cannot run inside a container" in str(ei.value)
     record("container.client.ip", "`RuntimeError('failed to dispatch command to container: "
            "… cannot run inside a container yet (supported: …)')`: the client wraps every "
-           "failed `corex.dispatch` so (the code, 412, is not shown); use nic_add/nic_remove",
+           "failed `corex.dispatch` in it, so the code (412) is not shown; use nic_add/nic_remove",
            works=False)
     for call in (cc.zerotier.info, cc.zerotier.list):
         with pytest.raises(zc.ResultError) as e:
