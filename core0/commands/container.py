@@ -510,6 +510,7 @@ class NotServedArgs(Schema):
 
     container: Any = None
     url: Any = None
+    flist: Any = None
 
 
 _NOT_SERVED = {
@@ -518,6 +519,9 @@ _NOT_SERVED = {
               "it",
     "restore": "core0 has no restic backups of containers: create the container again from "
                "its image (container.image.*)",
+    "flist-layer": "core0 does not mount flists (0-fs/g8ufs is not supported): a "
+                   "container's root is an OCI image stored with container.image.*; "
+                   "create the container from an image that has the layer",
     "zerotier.info": "core0 does not run ZeroTier (zerotier-one and a controller account "
                      "would be needed): use bridge, macvlan or default nics",
     "zerotier.list": "core0 does not run ZeroTier (zerotier-one and a controller account "

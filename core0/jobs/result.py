@@ -23,7 +23,7 @@ _LENIENT = json.JSONEncoder(default=str)
 #: signals after which a job counts as KILLED rather than failed
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 #: commands whose error text is also the result's stderr (0-core's client raises with it)
-_STDERR_ERRORS = ("disk.", "btrfs.")
+_STDERR_ERRORS = ("disk.", "btrfs.", "zerotier.", "rtinfo.")
 
 
 def builtin_result(job: Job | InlineJob, value: Any) -> Result:
@@ -53,7 +53,8 @@ def error_result(cmd_id: str, command: str, exc: CommandError, starttime: int | 
         data=json.dumps(exc.message),
         level=Level.RESULT_JSON,
         critical=exc.message,
-        # 0-core's disk.*/btrfs.* were tools: its client reads their failure from stderr
+        # 0-core's disk.*/btrfs.*/zerotier.*/rtinfo.* were tools: its client reads their
+        # failure from stderr
         streams=["", exc.message] if command.startswith(_STDERR_ERRORS) else ["", ""],
         starttime=start,
         time=now_ms() - start,

@@ -37,10 +37,10 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 CLONE_NEWNET = 0x40000000
 
 #: every method of every 0-core client manager core0 serves. PyPI's 0-core-client (1.1.0a8)
-#: has most of them; the methods only 0-core's last client has (its git master: info.dmi,
-#: ip.bond, disk.spindown/seektime, cgroup, job.unschedule, ip.link.mtu, bridge.nic_*) are
-#: called through the PyPI client's own ``json``/``raw`` with exactly the arguments that
-#: client sends.
+#: has most of them; the methods only 0-core's last client has (threefoldtech/0-core's git
+#: master client: info.dmi, ip.bond, disk.spindown/seektime, cgroup, job.unschedule,
+#: ip.link.mtu, bridge.nic_*, container.layer, zfs, rtinfo, socat) are called through the PyPI
+#: client's own ``json``/``raw``/``filesystem`` with exactly the arguments that client sends.
 METHODS = [
     "ping", "system", "bash", "subscribe", "raw", "sync", "json", "response_for",
     "info.cpu", "info.nic", "info.mem", "info.disk", "info.os", "info.port", "info.version",
@@ -66,12 +66,17 @@ METHODS = [
     "logger.set_level", "logger.reopen", "logger.subscribe", "logger.unsubscribe",
     "nft.open_port", "nft.drop_port", "nft.list", "nft.rule_exists",
     "config.get",
+    "aggregator.query",
+    "zfs.config", "zfs.purge", "zfs.set_cache",
+    "zerotier.join", "zerotier.leave", "zerotier.list", "zerotier.info",
+    "rtinfo.start", "rtinfo.stop", "rtinfo.list",
+    "socat.list", "socat.reserve",
     "cgroup.list", "cgroup.ensure", "cgroup.remove", "cgroup.tasks", "cgroup.task_add",
     "cgroup.task_remove", "cgroup.reset", "cgroup.memory", "cgroup.cpuset",
     "container.create", "container.list", "container.find", "container.get",
     "container.terminate", "container.nic_add", "container.nic_remove",
     "container.portforward_add", "container.portforward_remove", "container.backup",
-    "container.restore", "container.client",
+    "container.restore", "container.layer", "container.client",
     "container.client.system", "container.client.bash", "container.client.raw",
     "container.client.sync", "container.client.json", "container.client.ping",
     "container.client.subscribe", "container.client.info", "container.client.job",
@@ -84,7 +89,18 @@ METHODS = [
     "kvm.portforward_add", "kvm.portforward_remove",
 ]
 
+#: rows that are 0-core *server* commands no client has a method for: sent with ``json``
+SERVER_COMMANDS = {
+    "container.portforward_add": "corex.portforward-add",
+    "container.portforward_remove": "corex.portforward-remove",
+    "kvm.create_image": "kvm.create-image", "kvm.convert_image": "kvm.convert-image",
+    "kvm.portforward_add": "kvm.portforward-add",
+    "kvm.portforward_remove": "kvm.portforward-remove",
+}
+
 _RESULTS: dict[str, tuple[str, bool]] = {}
+TABLE = ROOT / "docs" / "compat.md"
+_START, _END = "<!-- compat-table -->", "<!-- /compat-table -->"
 
 
 def zeroos() -> Any:
@@ -108,23 +124,92 @@ def record() -> Any:
     return rec
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    target = os.environ.get("CORE0_COMPAT_TABLE")
-    if not target or not _RESULTS:
-        return
+def render_table() -> str:
+    """The method table of docs/compat.md, from what this session recorded."""
     def cell(m: str) -> str:
         return _RESULTS.get(m, ("**fails** (see the suite)", False))[0].replace("|", "\\|")
 
-    rows = [f"| `{m}` | {cell(m)} |" for m in METHODS]
+    def name(m: str) -> str:
+        if m in SERVER_COMMANDS:
+            return f"`{m}` (server command `{SERVER_COMMANDS[m]}`, sent with `json`)"
+        return f"`{m}`"
+
+    rows = [f"| {name(m)} | {cell(m)} |" for m in METHODS]
     n = sum(1 for m in METHODS if _RESULTS.get(m, ("", False))[1])
-    table = "\n".join([f"{n} of {len(METHODS)} methods work.", "",
-                       "| client method | what the client gets from core0 |", "|---|---|",
-                       *rows])
-    path = Path(target)
+    return "\n".join([f"{n} of {len(METHODS)} methods work; the others answer as documented "
+                      "(501 with the reason, or 412).", "",
+                      "| client method | what the client gets from core0 |", "|---|---|",
+                      *rows])
+
+
+#: rows whose answer depends on the machine (a DMI table, the bonding driver): their text is
+#: not compared with the committed table
+HOST_DEPENDENT = {"info.dmi", "ip.bond.add", "ip.bond.delete", "ip.bond.list"}
+
+
+def _rows(table: str) -> dict[str, str]:
+    """method → its table line."""
+    out = {}
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            out[line.split("`")[1]] = line
+    return out
+
+
+def _committed_table(path: Path) -> str:
     text = path.read_text()
-    start, end = "<!-- compat-table -->", "<!-- /compat-table -->"
-    a, b = text.index(start) + len(start), text.index(end)
-    path.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+    return text[text.index(_START) + len(_START):text.index(_END)].strip("\n")
+
+
+_DESELECTED: list[str] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Remember compat tests left out by ``-k``/``-m``: the run is then a selection."""
+    _DESELECTED.extend(i.nodeid for i in items if "test_compat_" in i.nodeid)
+
+
+def _full_run(session: pytest.Session) -> bool:
+    """Whether this session ran every test of the compat suite (not a selection)."""
+    here = Path(__file__).resolve().parent
+    files = {p.name for p in here.glob("test_compat_*.py")}
+    ran = {Path(str(i.fspath)).name for i in session.items}
+    picked = any("::" in str(a) for a in session.config.args)
+    return bool(files) and files <= ran and not _DESELECTED and not picked
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the table (``CORE0_COMPAT_TABLE``), and after a full run check that every
+    method was recorded and that docs/compat.md's table is the recorded one: under
+    ``CI=true`` a missing method or a drifted table fails the session."""
+    if not _RESULTS:
+        return
+    target = os.environ.get("CORE0_COMPAT_TABLE")
+    if target:
+        path = Path(target)
+        text = path.read_text()
+        a, b = text.index(_START) + len(_START), text.index(_END)
+        path.write_text(text[:a] + "\n" + render_table() + "\n" + text[b:])
+        return
+    if not _full_run(session):
+        return
+    problems = [f"not recorded (neither working nor a documented answer): {m}"
+                for m in METHODS if m not in _RESULTS]
+    ours = _rows(render_table())
+    committed = _rows(_committed_table(TABLE))
+    problems += [f"docs/compat.md lacks the row of {m}" for m in ours if m not in committed]
+    problems += [f"docs/compat.md has a row for {m}, which the suite does not call"
+                 for m in committed if m not in ours]
+    problems += [f"docs/compat.md's row of {m} differs from the recording: {committed[m]!r} "
+                 f"(recorded: {ours[m]!r})" for m in ours
+                 if m in committed and m not in HOST_DEPENDENT and committed[m] != ours[m]]
+    if not problems:
+        return
+    msg = "compat suite deviations:\n  " + "\n  ".join(problems) + \
+        "\n(regenerate: CORE0_COMPAT_TABLE=docs/compat.md pytest tests/compat)"
+    print("\n" + msg, file=sys.stderr)
+    if os.environ.get("CI") == "true":
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # ---------------------------------------------------------------- the node and the client

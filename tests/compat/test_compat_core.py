@@ -182,14 +182,134 @@ def test_config_and_logger(cl: Any, zc: Any, record: Any) -> None:
                "`log:<id>` streams / `core.subscribe` (docs/compat.md)", works=False)
 
 
-def test_not_served_answers_501(cl: Any, zc: Any) -> None:
-    """zerotier/rtinfo/socat: a clear 501 naming the alternative, never UNKNOWN_CMD."""
-    with pytest.raises(zc.ResultError) as e:
-        cl.zerotier.list()
-    assert e.value.code == 501 and "ZeroTier" in e.value.message
-    r = cl.raw("zerotier.join", {"network": "1d71939404587f3c"}).get()
-    assert (r.state, r.code) == ("ERROR", 501)
-    for name, args in (("rtinfo.list", {}), ("socat.reserve", {"number": 2})):
-        r = cl.raw(name, args).get()
-        assert (r.state, r.code) == ("ERROR", 501), name
-    assert "nft.forward_add" in json.loads(cl.raw("socat.list", {}).get().data)
+ZT = "core0 does not run ZeroTier"
+RT = "core0 has no rtinfo agent"
+SOCAT = "nft.forward_add"
+
+
+def _reason(r: Any) -> str:
+    """The text of a failed job's result (its data, a JSON string)."""
+    return str(json.loads(r.data)) if r.data else ""
+
+
+def test_not_served_answers_501(cl: Any, zc: Any, record: Any) -> None:
+    """zerotier/rtinfo/socat: a clear 501 naming the reason, never UNKNOWN_CMD, through the
+    client's own methods where it has them (PyPI: zerotier.*; master: rtinfo, socat)."""
+    net = "1d71939404587f3c"
+    for method, call in (("zerotier.join", lambda: cl.zerotier.join(net)),
+                         ("zerotier.leave", lambda: cl.zerotier.leave(net))):
+        with pytest.raises(RuntimeError) as rt:
+            call()  # the client raises RuntimeError(msg, stderr): the code is not kept
+        assert rt.value.args[0].startswith("failed to")
+        assert ZT in str(rt.value.args[1]), rt.value.args
+        r = cl.raw(method, {"network": net}).get()  # the same request: its code
+        assert (r.state, r.code) == ("ERROR", 501) and ZT in _reason(r)
+        record(method, "`RuntimeError('failed to … zerotier network', <stderr naming the "
+               "reason>)`; the job's code is 501: core0 does not run ZeroTier "
+               "(docs/compat.md)", works=False)
+    for method, call in (("zerotier.list", cl.zerotier.list),
+                         ("zerotier.info", cl.zerotier.info)):
+        with pytest.raises(zc.ResultError) as e:
+            call()
+        assert e.value.code == 501 and ZT in e.value.message, e.value
+        record(method, "`ResultError` 501: core0 does not run ZeroTier (docs/compat.md)",
+               works=False)
+    # the master client: rtinfo.start/stop use raw(...).get() and raise RuntimeError on
+    # failure, list and socat.* use json
+    for method, args, reason in (
+            ("rtinfo.start", {"host": "127.0.0.1", "port": 8999, "disks": []}, RT),
+            ("rtinfo.stop", {"host": "127.0.0.1", "port": 8999}, RT)):
+        r = cl.raw(method, args).get()
+        assert (r.state, r.code) == ("ERROR", 501) and reason in _reason(r), r
+        assert reason in r.stderr, r.stderr
+        record(method, "the job fails with code 501, the reason in its data and stderr (the "
+               "client's `RuntimeError`): core0 has no rtinfo agent (docs/compat.md)",
+               works=False)
+    for method, args, reason, row in (
+            ("rtinfo.list", {}, RT, "core0 has no rtinfo agent"),
+            ("socat.list", {}, SOCAT, "core0's forwards are `nft.forward_*`"),
+            ("socat.reserve", {"number": 2}, SOCAT, "core0's forwards are `nft.forward_*`")):
+        with pytest.raises(zc.ResultError) as e:
+            cl.json(method, args)
+        assert e.value.code == 501 and reason in e.value.message, e.value
+        record(method, f"`ResultError` 501: {row} (docs/compat.md)", works=False)
+
+
+def test_aggregator_query(cl: Any, record: Any) -> None:
+    """aggregator.query (PyPI and master: ``query(key=None, **tags)``) after a job's stats
+    lines (``10::key:value|A|tags``)."""
+    key = "compat.temp." + os.urandom(3).hex()
+    script = (f"echo '10::{key}:20|A|id=probe1,room=lab'; "
+              f"echo '10::{key}:30|A|id=probe1,room=lab'; echo 'plain line'")
+    assert cl.bash(script).get().state == "SUCCESS"
+    out = cl.aggregator.query(key)
+    assert list(out) == [f"{key}/probe1"]
+    st = out[f"{key}/probe1"]
+    assert st["op"] == "A" and st["last_value"] in (20, 30) and st["last_time"] > 0
+    assert {t["Key"]: t["Value"] for t in st["tags"]} == {"id": "probe1", "room": "lab"}
+    assert set(st["current"]) == {"300", "3600"}
+    for sample in st["current"].values():
+        assert {"avg", "total", "max", "count", "start"} <= set(sample) and sample["count"] >= 1
+    assert f"{key}/probe1" in cl.aggregator.query()  # the client's default: every key
+    assert cl.aggregator.query(key, room="lab") == out
+    assert cl.aggregator.query(key, room="attic") == {}
+    record("aggregator.query", "{\"key/id\": {op, last_value, last_time, tags [{Key, Value}], "
+           "current {\"300\", \"3600\": {avg, total, max, count, start}}}} from jobs' `10::` "
+           "lines; tags filter")
+
+
+ROUTER = "/var/cache/router.yaml"
+
+
+def test_zfs_router_config(cl: Any, record: Any) -> None:
+    """threefoldtech/0-core master's ``zfs`` manager is file I/O on the 0-fs router table:
+    ``config`` = filesystem.exists + download + yaml.load, ``config = t`` = upload of
+    yaml.dump({pools, lookup, cache}), ``purge`` = filesystem.remove, ``set_cache(dest)`` =
+    ``config = {pools: {local: {"00:FF": dest}}, lookup: [local], cache: [local]}``."""
+    import io
+
+    import yaml
+
+    if cl.filesystem.exists(ROUTER):  # the node shares this machine's files: keep its own
+        saved = io.BytesIO()
+        cl.filesystem.download(ROUTER, saved)
+    else:
+        saved = None
+
+    def get_config() -> Any:
+        if not cl.filesystem.exists(ROUTER):
+            return None
+        buf = io.BytesIO()
+        cl.filesystem.download(ROUTER, buf)
+        buf.seek(0)
+        return yaml.safe_load(buf)
+
+    def set_config(table: dict[str, Any]) -> None:
+        final = {"pools": table["pools"], "lookup": table["lookup"],
+                 "cache": table.get("cache", [])}
+        assert cl.filesystem.upload(ROUTER, io.BytesIO(yaml.dump(final).encode())) is None
+
+    try:
+        table = {"pools": {"local": {"00:FF": "redis://192.168.1.2:6379"}},
+                 "lookup": ["local"], "cache": []}
+        set_config(table)
+        assert get_config() == table
+        record("zfs.config", "get: the table (dict) or `None` when absent; set: `None`, the "
+               "YAML written (filesystem.exists/download/upload of /var/cache/router.yaml)")
+        dest = "zdb://127.0.0.1:9900"
+        set_config({"pools": {"local": {"00:FF": dest}}, "lookup": ["local"],
+                    "cache": ["local"]})
+        assert get_config() == {"pools": {"local": {"00:FF": dest}}, "lookup": ["local"],
+                                "cache": ["local"]}
+        record("zfs.set_cache", "`None`; the table is one local pool for every hash, "
+               "lookup and cache (filesystem.upload)")
+        assert cl.filesystem.remove(ROUTER) in (None, True)
+        assert get_config() is None
+        record("zfs.purge", "`None`; the file is gone, `config` is `None` again "
+               "(filesystem.remove)")
+    finally:
+        if saved is not None:
+            saved.seek(0)
+            cl.filesystem.upload(ROUTER, saved)
+        elif cl.filesystem.exists(ROUTER):
+            cl.filesystem.remove(ROUTER)

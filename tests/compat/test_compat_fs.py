@@ -28,12 +28,29 @@ def test_filesystem_manager(cl: Any, zc: Any, record: Any, tmp_path: Path) -> No
     data = os.urandom(100_000)  # encodebytes: 76-character lines
     fd = fs.open(str(d / "f.bin"), "w")
     assert isinstance(fd, str) and fd
-    record("filesystem.open", "a file token (str); modes r, w, a, x, +")
     assert fs.write(fd, data) == len(data)
     record("filesystem.write", "bytes written; MIME base64 with line breaks accepted")
     closed = fs.close(fd)
     record("filesystem.close", f"`{closed!r}`")
     assert (d / "f.bin").read_bytes() == data
+    # the client's other modes: a (append), x (create: the file must not exist), + (r/w)
+    (d / "app.bin").write_bytes(b"head")
+    fd = fs.open(str(d / "app.bin"), "a")
+    fs.write(fd, b"tail")
+    fs.close(fd)
+    assert (d / "app.bin").read_bytes() == b"headtail"
+    fd = fs.open(str(d / "new.bin"), "x")
+    fs.write(fd, b"new")
+    fs.close(fd)
+    assert (d / "new.bin").read_bytes() == b"new"
+    fd = fs.open(str(d / "new.bin"), "r+")
+    assert fs.read(fd) == b"new"
+    fs.close(fd)
+    with pytest.raises(zc.ResultError) as e:  # the docstring's bare "+": Go's mode parser
+        fs.open(str(d / "new.bin"), "+")
+    assert e.value.code == 400 and "'r+'" in e.value.message
+    record("filesystem.open", "a file token (str); modes r, w, a (append), x (new file), "
+           "r+/w+/a+/x+ (read/write); a bare `+` is `ResultError` 400 naming the modes")
     fd = fs.open(str(d / "f.bin"))
     assert fs.read(fd) == data and fs.read(fd) == b""
     fs.close(fd)

@@ -110,7 +110,14 @@ def test_create_state_stats_power(kvm: Kvm, zc: Any, record: Any) -> None:
     uuid = json.loads(res.data)
     assert res.state == "SUCCESS" and uuidlib.UUID(uuid)
     record("kvm.create", "`Return` (sync) whose `data` is the uuid (JSON); the client's "
-           "defaults (cpu 2, memory 512 MiB) and media/nics/port/tags honoured")
+           "defaults (cpu 2, memory 512 MiB) and media/nics/port/tags honoured; the master "
+           "client's `flist`/`config`: `ResultError` 412 (no flists)")
+    for extra, word in (({"flist": "https://hub.grid.tf/x/vm.flist"}, "flist"),
+                        ({"config": {"/etc/x": "y"}}, "config")):
+        with pytest.raises(zc.ResultError) as e:
+            cl.sync("kvm.create", {"name": "fl", "media": [{"url": "/images/blank.qcow2"}],
+                                   "cpu": 2, "memory": 512, **extra})
+        assert e.value.code == 412 and word in str(e.value), e.value
     try:
         items = cl.kvm.list()
         vm = next(i for i in items if i["uuid"] == uuid)
@@ -205,17 +212,16 @@ def test_devices_images_reboot_shutdown(kvm: Kvm, zc: Any, record: Any) -> None:
             dom = conn.lookupByUUIDString(uuid)
             tune = dom.blockIoTune("vdb", 0)
             assert tune["total_bytes_sec"] == 1048576 and tune["read_iops_sec"] == 100
-            record("kvm.limit_disk_io", "`None`; the disk's I/O tune set live (every field "
-                   "the client sends)")
+            record("kvm.limit_disk_io", "`None`; the disk's I/O tune set live (checked: "
+                   "total bytes/s and read IOPS/s)")
             assert cl.kvm.detach_disk(uuid, {"url": "/images/d.qcow2"}) is None
             assert _wait(lambda: "d.qcow2" not in dom.XMLDesc(0))
             record("kvm.detach_disk", "`None`; unplugged")
             mac = "52:54:00:aa:bb:cd"
             assert cl.kvm.add_nic(uuid, "bridge", "kvm0", mac) is None
             assert mac in dom.XMLDesc(0)
-            record("kvm.add_nic", "`None`; a bridge nic hot-plugged; vlan/vxlan: a port of "
-                   "the node's segment bridge for that VLAN id/VNI (a second default nic: "
-                   "`ResultError` 409)")
+            record("kvm.add_nic", "`None`; a bridge nic hot-plugged; vxlan: a port of "
+                   "the node's segment bridge for that VNI")
             assert cl.kvm.add_nic(uuid, "vxlan", "5") is None
             assert "c0vxb5" in dom.XMLDesc(0)
             cl.kvm.remove_nic(uuid, "vxlan", "5", None)

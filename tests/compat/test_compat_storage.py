@@ -86,8 +86,9 @@ def test_disk_manager(cl: Any, record: Any, loops: Any) -> None:
     assert cl.raw("disk.spindown", {"disk": dev, "spindown": 241}).get().code == 400
     r = cl.raw("disk.spindown", {"disk": dev, "spindown": 1}).get()
     assert r.state == "ERROR" and r.code == 412 and "ATA" in r.stderr
-    record("disk.spindown", "not verified here (no ATA disk): arguments accepted, 241+ is 400, "
-           "a loop device answers 412 with the reason in stderr", works=False)
+    record("disk.spindown", "a device without ATA commands (here: loop) answers 412 with the "
+           "reason in stderr, the client raises; 241+ is 400 (the ATA standby itself needs an "
+           "ATA disk: not verified here)", works=False)
 
 
 def _spindown(cl: Any, disk: str, value: int) -> None:
@@ -105,9 +106,18 @@ def test_disk_mount_umount(cl: Any, record: Any, loops: Any, mnt: Path) -> None:
         assert any(m["mountpoint"] == str(mnt) for m in cl.json("disk.mounts", {})[dev])
         m = cl.json("disk.mounts", {})[dev][0]
         assert m["filesystem"] == "btrfs" and isinstance(m["options"], dict)
-        record("disk.mount", "`None`; mounted (options: the client's comma string)")
     finally:
         cl.disk.umount(dev)
+    assert str(mnt) not in {m["mountpoint"] for ms in cl.json("disk.mounts", {}).values()
+                            for m in ms}
+    cl.disk.mount(dev, str(mnt), ["ro"])  # an options list: the client joins it with ","
+    try:
+        m = next(m for m in cl.json("disk.mounts", {})[dev] if m["mountpoint"] == str(mnt))
+        assert "ro" in m["options"] and "rw" not in m["options"], m
+        record("disk.mount", "`None`; mounted (options: the client's comma string, e.g. "
+               "`[\"ro\"]` mounts read-only)")
+    finally:
+        cl.disk.umount(str(mnt))  # by mount point
     assert str(mnt) not in {m["mountpoint"] for ms in cl.json("disk.mounts", {}).values()
                             for m in ms}
     record("disk.umount", "`None`; unmounted (source: a device or a mount point)")
