@@ -265,8 +265,8 @@ def test_crash_action_reboot_never_returns(pid1) -> None:
 def test_crash_action_freeze_keeps_pid1(pid1, tmp_path: Path) -> None:
     require("nsenter")
     node = pid1(init='fault = "raise"\ncrash_action = "freeze"', wait=False)
-    init = node.init_pid
     assert wait_until(lambda: "crash action: freeze" in node.log_text(), 30)
+    init = node.init_pid  # unshare has forked it by now (it wrote the line)
     # No sleep to see PID 1 stay: an orphan that lands on it after the crash and is then
     # reaped shows PID 1 past the crash path, in freeze()'s reaping loop, alive.
     go = tmp_path / "go"
