@@ -315,6 +315,22 @@ def inside(node: ContainerNode, cid: int, script: str, timeout: float = 60) -> A
         c.close()
 
 
+def dispatcher_or_zero(node: ContainerNode) -> int:
+    """The node's dispatcher pid, 0 while none runs (e.g. between a kill and its restart)."""
+    try:
+        return node.dispatcher_pid()
+    except AssertionError:
+        return 0
+
+
+def pingable(node: ContainerNode) -> bool:
+    """The node answers core.ping."""
+    try:
+        return ok(node, "core.ping", {}) is not None
+    except Exception:
+        return False
+
+
 def import_busybox(node: ContainerNode, name: str = "bb") -> str:
     """A busybox root made in the node's dir and imported as image ``name``; returns it."""
     root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=node.dir)) / "rootfs")

@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, inside, node_tag, ok
+from sandbox_fixtures import (
+    ContainerNode,
+    busybox_rootfs,
+    dispatcher_or_zero,
+    inside,
+    node_tag,
+    ok,
+    pingable,
+)
 
 
 def snapshot(cnode: ContainerNode) -> dict[str, Any]:
@@ -216,7 +224,7 @@ def test_restart_policy(cnode: ContainerNode, image: str) -> None:
         # a dispatcher restart adopts the keeper: the container is still kept
         old = cnode.dispatcher_pid()
         os.kill(old, signal.SIGKILL)
-        assert wait_until(lambda: _pingable(cnode) and _dispatcher(cnode) not in (0, old),
+        assert wait_until(lambda: pingable(cnode) and dispatcher_or_zero(cnode) not in (0, old),
                           30, 0.2)
         second = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
         os.kill(second, signal.SIGKILL)
@@ -226,20 +234,6 @@ def test_restart_policy(cnode: ContainerNode, image: str) -> None:
         ok(cnode, "corex.terminate", {"container": cid})
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
     assert not any("keeper" in j.get("id", "") for j in ok(cnode, "job.list", {}))
-
-
-def _dispatcher(cnode: ContainerNode) -> int:
-    try:
-        return cnode.dispatcher_pid()
-    except AssertionError:
-        return 0
-
-
-def _pingable(cnode: ContainerNode) -> bool:
-    try:
-        return ok(cnode, "core.ping", {}) is not None
-    except Exception:
-        return False
 
 
 def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, image: str) -> None:

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, import_busybox, inside, node_tag, ok
+from sandbox_fixtures import (
+    ContainerNode,
+    dispatcher_or_zero,
+    import_busybox,
+    inside,
+    node_tag,
+    ok,
+    pingable,
+)
 
 
 @pytest.fixture(scope="module")
@@ -42,20 +50,6 @@ def _links(cnode: ContainerNode, cid: int) -> list[str]:
     res = inside(cnode, cid, "ip -o link | cut -d: -f2,3")
     assert res.state.value == "SUCCESS", res.data
     return [ln.strip() for ln in res.streams[0].splitlines()]
-
-
-def _dispatcher(cnode: ContainerNode) -> int:
-    try:
-        return cnode.dispatcher_pid()
-    except AssertionError:
-        return 0
-
-
-def _pingable(cnode: ContainerNode) -> bool:
-    try:
-        return ok(cnode, "core.ping", {}) is not None
-    except Exception:
-        return False
 
 
 def _pid(cnode: ContainerNode, cid: int) -> int:
@@ -98,7 +92,7 @@ def test_no_nic_then_hot_nic(cnode: ContainerNode, image: str) -> None:
         # a dispatcher kill -9: the next one removes and adds nics in the same netns
         old = cnode.dispatcher_pid()
         os.kill(old, signal.SIGKILL)
-        assert wait_until(lambda: _pingable(cnode) and _dispatcher(cnode) not in (0, old),
+        assert wait_until(lambda: pingable(cnode) and dispatcher_or_zero(cnode) not in (0, old),
                           60, 0.2), cnode.log_text()[-3000:]
         ok(cnode, "corex.nic-remove", {"container": cid, "index": 0})
         assert [ln for ln in _links(cnode, cid) if ln.startswith("eth0")] == []
