@@ -239,7 +239,7 @@ def report(runs: int, rt_name: str, base_runs: list[float], core_runs: list[floa
     for (label, _, prt), pr in zip(pods, pod_runs, strict=True):
         faster = statistics.median(x / y for x, y in zip(pr, run_runs, strict=True))
         slower = statistics.median(x / y for x, y in zip(pr, full_runs, strict=True))
-        line += (f"; {label.split(' run')[0]} [{prt}] {faster:5.2f}x container.run "
+        line += (f"; {label.replace(' run --rm', '')} [{prt}] {faster:5.2f}x container.run "
                  f"({slower:5.2f}x with its teardown)")
     print(line)
 
