@@ -31,6 +31,7 @@ from core0.storage.btrfs import SUBVOL_INO, snapshot_ioctl
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 MS_NODEV = 4
 
 
@@ -127,12 +128,13 @@ def mounts_below(path: Path) -> list[str]:
 
 
 def _unmount(point: str) -> None:
+    """Unmount everything stacked at ``point`` (never a mount it is only below: umount2
+    refuses a path that is not a mount's root with EINVAL, which ends the loop, so no
+    mountinfo read is needed; symlinks are not followed)."""
     for _ in range(8):
-        if not is_mounted(Path(point)):
-            return
-        if _libc.umount2(point.encode(), MNT_DETACH) != 0:
+        if _libc.umount2(point.encode(), MNT_DETACH | UMOUNT_NOFOLLOW) != 0:
             err = ctypes.get_errno()
-            if err == errno.EINVAL:  # not a mount point (any more)
+            if err in (errno.EINVAL, errno.ENOENT):  # not a mount point (any more), gone
                 return
             raise Internal(f"unmount {point}: {os.strerror(err)}")
     if is_mounted(Path(point)):
