@@ -5,9 +5,10 @@ built and signed as in test_upgrade.py (its helpers). A disk made from A boots t
 firmware to an answered ``core.ping``, under OVMF (UEFI) and under SeaBIOS; on the SeaBIOS
 machine ``core.upgrade`` writes B into slot b, sets GRUB's environment and reboots: GRUB counts
 the trial down and boots slot b, B answers and its boot assessment makes b the known-good slot.
-Then C is written into slot a and started by kexec: C never answers, so its assessment ends the
-trial and reboots through the firmware, GRUB boots slot b again, and ``image.history`` holds
-C's failure; the grubenv on the disk says so too. The images' state lives on the disk's persistent
+``image.rollback`` then goes back to A the same way (slot a on trial, A commits it). Then C is
+written into slot b and started by kexec: C never answers, so its assessment ends the trial and
+reboots through the firmware, GRUB boots slot a again, and ``image.history`` holds C's failure;
+the grubenv on the disk says so too. The images' state lives on the disk's persistent
 partition, so the history survives every reboot.
 
 Run under ``flock /tmp/core0-vm.lock`` on a shared machine.
@@ -146,31 +147,54 @@ def test_upgrade_a_to_b_in_place(vm: VM, images: dict[str, Any], server: int) ->
     assert "core0.slot=b" in env and "BOOT_IMAGE=(hd0,gpt4)/vmlinuz" in env, env
 
 
-def test_broken_image_rolls_back_to_b(vm: VM, images: dict[str, Any], server: int) -> None:
-    b, c = images["b"], images["c"]
+def test_rollback_to_a(vm: VM, images: dict[str, Any]) -> None:
+    a, b = images["a"], images["b"]
+    old_boot = boot_id(vm)
+    assert old_boot
+    out = ok(vm.command("image.rollback", timeout=120))
+    assert (out["digest"], out["version"], out["slot"], out["switch"]) == (
+        a["digest"], a["version"], "a", "reboot"), out
+    # slot a is written already: nothing is copied, only the trial is set
+    assert out["grubenv"]["core0_try"] == "a" and out["grubenv"]["core0_slot"] == "b", out
+    ver = wait_boot(vm, a["version"], old_boot, 600)
+    assert ver["image"]["digest"] == a["digest"]
+    history = wait_history(vm, "booted")
+    assert [(h["event"], h["digest"]) for h in history[-2:]] == [
+        ("rollback", a["digest"]), ("booted", a["digest"])], history
+    assert (history[-2]["from"], history[-2]["slot"], history[-2]["how"]) == (
+        b["digest"], "a", "reboot"), history[-2]
+    assert history[-1]["grubenv"] == {"core0_slot": "b", "core0_try": "a",
+                                      "core0_tries": "2"}, history[-1]
+    cur = ok(vm.command("image.current"))
+    assert (cur["slot"], cur["digest"]) == ("a", a["digest"]), cur
+    # A's assessment committed slot a: a second rollback would go to B in slot b
+    assert ok(vm.command("image.history"))["previous"] == b["digest"]
+
+
+def test_broken_image_rolls_back_to_a(vm: VM, images: dict[str, Any], server: int) -> None:
+    a, c = images["a"], images["c"]
     old_boot = boot_id(vm)
     assert old_boot
     url = f"http://10.0.2.2:{server}/c/manifest.json"
     out = ok(vm.command("core.upgrade", {"url": url, "sha256": c["digest"], "switch": "kexec"},
                         timeout=600))
-    assert (out["digest"], out["slot"], out["kexec"][0]) == (c["digest"], "a", "kexec"), out
-    # C (slot a, by kexec) never answers; after DEADLINE s it reboots, GRUB boots slot b
-    ver = wait_boot(vm, b["version"], old_boot, DEADLINE + 900)
-    assert ver["image"]["digest"] == b["digest"]
+    assert (out["digest"], out["slot"], out["kexec"][0]) == (c["digest"], "b", "kexec"), out
+    # C (slot b, by kexec) never answers; after DEADLINE s it reboots, GRUB boots slot a
+    ver = wait_boot(vm, a["version"], old_boot, DEADLINE + 900)
+    assert ver["image"]["digest"] == a["digest"]
     history = wait_history(vm, "booted")
     events = [(h["event"], h.get("digest")) for h in history]
     tail = events[events.index(("upgrade", c["digest"])):]
     assert tail == [("upgrade", c["digest"]), ("failed", c["digest"]),
-                    ("rollback", c["digest"]), ("booted", b["digest"])], history
+                    ("rollback", c["digest"]), ("booted", a["digest"])], history
     failed = next(h for h in history if h["event"] == "failed")
     assert "not healthy" in failed["reason"] and "core.ping" in failed["reason"], failed
-    back = next(h for h in history if h["event"] == "rollback")
-    assert (back["to"], back["slot"], back["how"]) == (b["digest"], "b", "reboot"), back
+    back = history[events.index(("rollback", c["digest"]))]
+    assert (back["to"], back["slot"], back["how"]) == (a["digest"], "a", "reboot"), back
     cur = ok(vm.command("image.current"))
-    assert (cur["slot"], cur["digest"]) == ("b", b["digest"]), cur
-    assert "core0: slot b" in vm.serial_log.read_text(errors="replace")
-    vm.stop()  # the grubenv as GRUB reads it from the disk: b known-good, no trial
+    assert (cur["slot"], cur["digest"]) == ("a", a["digest"]), cur
+    vm.stop()  # the grubenv as GRUB reads it from the disk: a known-good, no trial
     esp = vm.cfg.boot_disk, 2 * disk.MiB
     env = subprocess.run(["mtype", "-i", f"{esp[0]}@@{esp[1]}", "::/boot/grub/grubenv"],
                          capture_output=True, check=True, env={"MTOOLS_SKIP_CHECK": "1"}).stdout
-    assert slots.parse_env(env) == {"core0_slot": "b", "core0_try": "", "core0_tries": "0"}
+    assert slots.parse_env(env) == {"core0_slot": "a", "core0_try": "", "core0_tries": "0"}
