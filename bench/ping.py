@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
-from _common import ROOT, rate, start_core0, start_redis, stop, table
+from _common import ROOT, rate, start_core0, start_redis, stop
 
 Factory = Callable[[float], redis.Redis]
 
@@ -259,21 +259,29 @@ def main() -> None:
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
     results = {k: statistics.median(v) for k, v in runs.items()}
-    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw")]
+    # "paired": the median of each round's core0 ÷ raw (the two measured one after the other,
+    # so a slow drift of the machine's load cancels out)
+    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw",
+             "paired")]
     for kind, d in dirs.items():
         for tr in ("tcp", "unix"):
             for mode, label in (("seq", "sequential"), ("pipe", f"{ns.pipelined} pipelined")):
                 raw_r = results[(kind, tr, "raw", mode)]
                 c_r = results[(kind, tr, "core0", mode)]
+                paired = statistics.median(
+                    c / r for c, r in zip(runs[(kind, tr, "core0", mode)],
+                                          runs[(kind, tr, "raw", mode)], strict=True))
                 rows.append((f"{kind} ({fs_type(d.parent)}), {tr}: {label}", f"{raw_r:.0f}",
-                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×"))
+                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×", f"{paired:.2f}×"))
     if rq_rate:
         c_r = results[("tmpfs", "tcp", "core0", "seq")]
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
-                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×"))
+                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
           f"{os.cpu_count()} CPUs, placement: {ns.pin}")
-    table(rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
     # the spread: on a few vCPUs one round's figure depends on where the scheduler put the
     # client, redis-server and the worker (a wakeup across vCPUs costs more than the work)
     # CPU per command: where the work is, free of the scheduler's placement luck (a round
