@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import redis
-from _common import ROOT, rate, start_core0, start_redis, stop, table
+from _common import ROOT, rate, start_core0, start_redis, stop
 
 Factory = Callable[[float], redis.Redis]
 
@@ -137,6 +137,38 @@ def fs_type(path: Path) -> str:
     return kind
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def core0_processes(root: int) -> dict[str, int]:
+    """The processes of a ``core0 dev`` tree: supervisor, redis-server, dispatcher."""
+    out = {"supervisor": root}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid != root:
+            continue
+        if cmd.startswith(b"redis-server"):
+            out["redis-server"] = int(entry)
+        elif b"dispatcher" in cmd:
+            out["dispatcher"] = int(entry)
+    return out
+
+
 def scratch_dirs() -> dict[str, Path]:
     """A scratch dir on a tmpfs (/dev/shm) and one on a disk (/var/tmp, else the repo's build/)."""
     out = {"tmpfs": Path(tempfile.mkdtemp(prefix="bench-ping-", dir="/dev/shm"))}
@@ -151,9 +183,11 @@ def scratch_dirs() -> dict[str, Path]:
 
 
 @contextlib.contextmanager
-def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory], int]]:
+def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory], int,
+                                          dict[str, dict[str, int]]]]:
     """A raw redis + worker and a core0 node with their files in ``tmp``:
-    ({transport: raw factory}, {transport: core0 factory}, raw TCP port)."""
+    ({transport: raw factory}, {transport: core0 factory}, raw TCP port,
+    {"raw"/"core0": {process name: pid}})."""
     srv, rport, rsock = start_redis(tmp)
     worker = mp.get_context("spawn").Process(target=raw_worker, args=(rsock, "core:default"),
                                              daemon=True)
@@ -164,7 +198,10 @@ def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory],
                "unix": lambda t: redis.Redis(unix_socket_path=rsock, socket_timeout=t)}
         core0 = {"tcp": lambda t: redis.Redis(port=node.port, socket_timeout=t),
                  "unix": lambda t: redis.Redis(unix_socket_path=node.socket, socket_timeout=t)}
-        yield raw, core0, rport
+        assert worker.pid is not None
+        procs = {"raw": {"redis-server": srv.pid, "worker": worker.pid},
+                 "core0": core0_processes(node.pid)}
+        yield raw, core0, rport, procs
     finally:
         worker.terminate()
         worker.join(10)
@@ -187,6 +224,9 @@ def main() -> None:
     ns = ap.parse_args()
     dirs = scratch_dirs()
     runs: dict[tuple[str, str, str, str], list[float]] = {}
+    #: CPU seconds of each server/worker process over the rounds, and the commands done
+    cpu: dict[tuple[str, str, str, str, str], float] = {}
+    done: dict[tuple[str, str, str, str], int] = {}
     rq_rate = 0.0
     try:
         with contextlib.ExitStack() as stack:
@@ -196,40 +236,70 @@ def main() -> None:
             settings = {kind: stack.enter_context(setting(d)) for kind, d in dirs.items()}
             if ns.pin == "split":
                 os.sched_setaffinity(0, {cpus[0]})
-            for raw, core0, _ in settings.values():  # warm up everything
+            for raw, core0, _, _ in settings.values():  # warm up everything
                 for tr in ("tcp", "unix"):
                     sequential(raw[tr], 200)
                     sequential(core0[tr], 200)
             for _ in range(ns.rounds):
-                for kind, (raw, core0, _) in settings.items():
+                for kind, (raw, core0, _, procs) in settings.items():
                     for tr in ("tcp", "unix"):
                         for who, f in (("raw", raw[tr]), ("core0", core0[tr])):
                             for mode, fn, n in (("seq", sequential, ns.n),
                                                 ("pipe", pipelined, ns.pipelined)):
+                                before = {p: cpu_seconds(pid) for p, pid in procs[who].items()}
                                 runs.setdefault((kind, tr, who, mode), []).append(fn(f, n))
+                                for p, pid in procs[who].items():
+                                    key = (kind, tr, who, mode, p)
+                                    cpu[key] = cpu.get(key, 0.0) + cpu_seconds(pid) - before[p]
+                                done[(kind, tr, who, mode)] = done.get((kind, tr, who, mode),
+                                                                       0) + n
             if ns.rq:
                 rq_rate = rq_sequential(settings["tmpfs"][2], ns.rq)
     finally:
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
     results = {k: statistics.median(v) for k, v in runs.items()}
-    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw")]
+    # "paired": the median of each round's core0 ÷ raw (the two measured one after the other,
+    # so a slow drift of the machine's load cancels out)
+    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw",
+             "paired")]
     for kind, d in dirs.items():
         for tr in ("tcp", "unix"):
             for mode, label in (("seq", "sequential"), ("pipe", f"{ns.pipelined} pipelined")):
                 raw_r = results[(kind, tr, "raw", mode)]
                 c_r = results[(kind, tr, "core0", mode)]
+                paired = statistics.median(
+                    c / r for c, r in zip(runs[(kind, tr, "core0", mode)],
+                                          runs[(kind, tr, "raw", mode)], strict=True))
                 rows.append((f"{kind} ({fs_type(d.parent)}), {tr}: {label}", f"{raw_r:.0f}",
-                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×"))
+                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×", f"{paired:.2f}×"))
     if rq_rate:
         c_r = results[("tmpfs", "tcp", "core0", "seq")]
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
-                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×"))
+                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
           f"{os.cpu_count()} CPUs, placement: {ns.pin}")
-    table(rows)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
     # the spread: on a few vCPUs one round's figure depends on where the scheduler put the
     # client, redis-server and the worker (a wakeup across vCPUs costs more than the work)
+    # CPU per command: where the work is, free of the scheduler's placement luck (a round
+    # trip's rate also depends on which vCPU each process wakes up on)
+    print("CPU per command, user+sys µs (sequential | pipelined):")
+    for kind in dirs:
+        for tr in ("tcp", "unix"):
+            parts = []
+            for who in ("raw", "core0"):
+                names = sorted({k[4] for k in cpu if k[:3] == (kind, tr, who)})
+                figs = []
+                for mode in ("seq", "pipe"):
+                    per = {p: cpu[(kind, tr, who, mode, p)] / done[(kind, tr, who, mode)] * 1e6
+                           for p in names}
+                    figs.append(" + ".join(f"{p} {v:.0f}" for p, v in per.items() if v >= 0.5)
+                                + f" = {sum(per.values()):.0f}")
+                parts.append(f"{who}: {' | '.join(figs)}")
+            print(f"  {kind} {tr}: " + "; ".join(parts))
     print("rounds' spread (min–max /s): " + "; ".join(
         f"{kind} {tr} {who}: {min(runs[(kind, tr, who, 'seq')]):.0f}–"
         f"{max(runs[(kind, tr, who, 'seq')]):.0f}"
