@@ -44,8 +44,9 @@ import sign  # the image builder's signing step
 from qemu.harness import VM, VMConfig, VMError
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
-#: seconds a switched-to image has to become healthy (B needs ~25 s under TCG on a quiet host)
-DEADLINE = 180
+#: seconds a switched-to image has to become healthy (B needs ~25 s under TCG on a quiet host;
+#: the disk e2e runs with 60)
+DEADLINE = 90
 BROKEN = b'raise SystemExit("image C is broken on purpose (tests/e2e/test_upgrade.py)")\n'
 SITE = "usr/lib/python3/dist-packages/core0/bus"
 #: what only B's OCI base holds
