@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -210,6 +211,10 @@ def alive(pid: int) -> bool:
 # ---------------------------------------------------------------- the probe
 
 _chosen: dict[str, str] = {}
+#: one probe at a time: concurrent first creates (declared containers coming back together)
+#: would otherwise probe at once, and a failed probe's cleanup would remove the other's cgroup
+_probing = asyncio.Lock()
+_probes = itertools.count(1)
 
 
 def _probe_config(init: str) -> dict[str, Any]:
@@ -241,16 +246,17 @@ async def _works(binary: str, base: Path, init: str) -> bool:
         (bundle / "rootfs" / "init").touch()
         (bundle / "config.json").write_text(json.dumps(_probe_config(init)))
         root = bundle / "state"
+        cid = f"probe-{os.getpid()}-{next(_probes)}"  # its cgroup is /<cid>: never shared
         try:
             res = await process.run([binary, "--root", str(root), "run", "--bundle",
-                                     str(bundle), "--", f"probe-{os.getpid()}"], timeout=30)
+                                     str(bundle), "--", cid], timeout=30)
         except FileNotFoundError:
             return False
         if res.status != 0:
             log.info("runtime %s refused this host: %s", binary, res.stderr.strip()[-300:])
             with contextlib.suppress(Exception):
                 await process.run([binary, "--root", str(root), "delete", "--force", "--",
-                                   f"probe-{os.getpid()}"], timeout=30)
+                                   cid], timeout=30)
         return res.status == 0
 
 
@@ -261,17 +267,22 @@ async def choose(state_dir: Path, prefer: str | None = None) -> Runtime:
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = prefer or ""
     if key not in _chosen:
-        init = find_init()
-        for name in ([prefer] if prefer else list(CANDIDATES)):
-            path = shutil.which(name)
-            if path and await _works(path, base, init):
-                _chosen[key] = path
-                break
-        else:
-            raise PreconditionFailed("no OCI runtime works on this node (tried "
-                                     f"{', '.join([prefer] if prefer else CANDIDATES)})")
+        async with _probing:
+            if key not in _chosen:  # not found by a probe this one waited for
+                await _probe(key, prefer, base)
     path = _chosen[key]
     return Runtime(path, base / os.path.basename(path))
+
+
+async def _probe(key: str, prefer: str | None, base: Path) -> None:
+    init = find_init()
+    for name in ([prefer] if prefer else list(CANDIDATES)):
+        path = shutil.which(name)
+        if path and await _works(path, base, init):
+            _chosen[key] = path
+            return
+    raise PreconditionFailed("no OCI runtime works on this node (tried "
+                             f"{', '.join([prefer] if prefer else CANDIDATES)})")
 
 
 def require_known(st: State | None, cid: str) -> State:
