@@ -67,7 +67,8 @@ def tmpdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix, dir=base))
 
 
-def table(rows: list[tuple[str, str, str, str]]) -> None:
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
+def table(rows: list[tuple[str, ...]]) -> None:
+    """Rows of text cells as left-aligned columns (the first row is the header)."""
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))

@@ -22,6 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from core0 import mountinfo
+from core0.mountinfo import Mount
+
 CG = Path("/sys/fs/cgroup")
 UNIFIED = CG / "unified"
 HUGETLB = CG / "hugetlb"
@@ -31,9 +34,12 @@ class HostStateError(RuntimeError):
     """The host's cgroups are not in the state the change expects: nothing was touched."""
 
 
-def _mounts() -> list[list[str]]:
-    with open("/proc/mounts") as f:
-        return [line.split() for line in f]
+def _mounts() -> list[Mount]:
+    return mountinfo.read()
+
+
+def _hugetlb_v1(m: Mount) -> bool:
+    return m.fstype == "cgroup" and "hugetlb" in m.super_options
 
 
 def _words(path: Path) -> list[str]:
@@ -42,7 +48,7 @@ def _words(path: Path) -> list[str]:
 
 def state() -> str:
     """One line describing the cgroup state the change touches."""
-    v1 = [m[1] for m in _mounts() if m[2] == "cgroup" and "hugetlb" in m[3].split(",")]
+    v1 = [m.mountpoint for m in _mounts() if _hugetlb_v1(m)]
     return (f"unified controllers {_words(UNIFIED / 'cgroup.controllers')}, subtree_control "
             f"{_words(UNIFIED / 'cgroup.subtree_control')}, hugetlb v1 mounts {v1}")
 
@@ -51,11 +57,11 @@ def _check() -> bool:
     """Raise unless the host is hybrid with hugetlb alone on v2; returns whether hugetlb is
     enabled in the v2 root's ``cgroup.subtree_control``."""
     mounts = _mounts()
-    if not any(m[1] == str(UNIFIED) and m[2] == "cgroup2" for m in mounts):
+    if not any(m.mountpoint == str(UNIFIED) and m.fstype == "cgroup2" for m in mounts):
         raise HostStateError(f"no cgroup2 hierarchy at {UNIFIED} (not a hybrid host)")
-    if not any(m[1] == str(CG) and m[2] == "tmpfs" for m in mounts):
+    if not any(m.mountpoint == str(CG) and m.fstype == "tmpfs" for m in mounts):
         raise HostStateError(f"{CG} is not a tmpfs")
-    if any(m[2] == "cgroup" and "hugetlb" in m[3].split(",") for m in mounts):
+    if any(_hugetlb_v1(m) for m in mounts):
         raise HostStateError("hugetlb is already mounted as a v1 hierarchy")
     if HUGETLB.exists():
         raise HostStateError(f"{HUGETLB} already exists")

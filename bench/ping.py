@@ -37,8 +37,9 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psutil
 import redis
-from _common import ROOT, rate, start_core0, start_redis, stop
+from _common import ROOT, rate, start_core0, start_redis, stop, table
 
 Factory = Callable[[float], redis.Redis]
 
@@ -138,34 +139,26 @@ def fs_type(path: Path) -> str:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    """User + system CPU time of a process (all its threads) so far."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+        t = psutil.Process(pid).cpu_times()
+    except psutil.Error:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return t.user + t.system
 
 
 def core0_processes(root: int) -> dict[str, int]:
     """The processes of a ``core0 dev`` tree: supervisor, redis-server, dispatcher."""
     out = {"supervisor": root}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for child in psutil.Process(root).children():
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError, IndexError):
+            cmd = child.cmdline()
+        except psutil.Error:
             continue
-        if ppid != root:
-            continue
-        if cmd.startswith(b"redis-server"):
-            out["redis-server"] = int(entry)
-        elif b"dispatcher" in cmd:
-            out["dispatcher"] = int(entry)
+        if cmd and cmd[0].startswith("redis-server"):
+            out["redis-server"] = child.pid
+        elif any("dispatcher" in a for a in cmd):
+            out["dispatcher"] = child.pid
     return out
 
 
@@ -279,11 +272,7 @@ def main() -> None:
                      f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
           f"{os.cpu_count()} CPUs, placement: {ns.pin}")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(c.ljust(widths[i]) for i, c in enumerate(r)))
-    # the spread: on a few vCPUs one round's figure depends on where the scheduler put the
-    # client, redis-server and the worker (a wakeup across vCPUs costs more than the work)
+    table(rows)
     # CPU per command: where the work is, free of the scheduler's placement luck (a round
     # trip's rate also depends on which vCPU each process wakes up on)
     print("CPU per command, user+sys µs (sequential | pipelined):")
@@ -300,6 +289,8 @@ def main() -> None:
                                 + f" = {sum(per.values()):.0f}")
                 parts.append(f"{who}: {' | '.join(figs)}")
             print(f"  {kind} {tr}: " + "; ".join(parts))
+    # the spread: on a few vCPUs one round's figure depends on where the scheduler put the
+    # client, redis-server and the worker (a wakeup across vCPUs costs more than the work)
     print("rounds' spread (min–max /s): " + "; ".join(
         f"{kind} {tr} {who}: {min(runs[(kind, tr, who, 'seq')]):.0f}–"
         f"{max(runs[(kind, tr, who, 'seq')]):.0f}"

@@ -211,9 +211,8 @@ def alive(pid: int) -> bool:
 # ---------------------------------------------------------------- the probe
 
 _chosen: dict[str, str] = {}
-#: one probe at a time: concurrent first creates (declared containers coming back together)
-#: would otherwise probe at once, and a failed probe's cleanup would remove the other's cgroup
-_probing = asyncio.Lock()
+#: each probe run has a container name (and so a cgroup) of its own: first creates that come
+#: together (declared containers coming back) probe at once without touching each other's
 _probes = itertools.count(1)
 
 
@@ -267,9 +266,7 @@ async def choose(state_dir: Path, prefer: str | None = None) -> Runtime:
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = prefer or ""
     if key not in _chosen:
-        async with _probing:
-            if key not in _chosen:  # not found by a probe this one waited for
-                await _probe(key, prefer, base)
+        await _probe(key, prefer, base)
     path = _chosen[key]
     return Runtime(path, base / os.path.basename(path))
 

@@ -1,6 +1,6 @@
 """The OCI runtime probe (core0.sandbox.runtime.choose) with a real runtime, called by many
-first creates at once (declared containers coming back together): one probe runs, every caller
-gets the runtime, and no probe cgroup or state is left behind."""
+first creates at once (declared containers coming back together): every caller gets the same
+runtime, and no probe cgroup or state is left behind."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from core0.proc import process
 from core0.sandbox import runtime
 
 
-def test_concurrent_first_choices_share_one_probe(tmp_path: Path) -> None:
+def test_concurrent_first_choices_get_one_runtime(tmp_path: Path) -> None:
     require("runc")
     runtime._chosen.clear()
     try:
