@@ -71,6 +71,11 @@ def download_wheels(reqs: list[str], cache: Path) -> Path:
     raise SystemExit(f"pip download failed: {res.stderr.strip()[-2000:]}")
 
 
+def _is_elf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
 def python_packages(root: Path, reqs: list[str], cache: Path, tag: str = "") -> dict[str, str]:
     """Wheels (cp311 manylinux or pure) into dist-packages; core0 and its client from here
     (core0's version + ``tag``, see sign.tagged_version)."""
@@ -82,6 +87,14 @@ def python_packages(root: Path, reqs: list[str], cache: Path, tag: str = "") -> 
     env = dict(os.environ, PIP_NO_INPUT="1")
     subprocess.run([*pip, "install", "--no-index", "--find-links", str(wheels), "--target",
                     str(target), "--no-compile", *WHEEL_PLATFORM, *reqs], check=True, env=env)
+    # the wheels' shared objects carry debug symbols the node never reads (uvloop's: 13 MB of
+    # its 14 MB); binutils is a build dependency (deps/apt-image.txt)
+    objects = sorted(str(p) for p in target.rglob("*.so*") if p.is_file() and _is_elf(p))
+    strip = shutil.which("strip")
+    if objects and strip is None:
+        raise SystemExit("strip not found: install binutils (deps/apt-image.txt)")
+    if objects:
+        subprocess.run([str(strip), "--strip-unneeded", "--", *objects], check=True)
     # PyYAML's libyaml binding: core0 uses the pure-Python SafeLoader (core0/boot/safeyaml.py)
     unused = [*target.glob("yaml/_yaml.*.so"), *target.glob("_yaml")]
     for junk in list(target.glob("*.dist-info/RECORD")) + list(target.glob("bin")) + unused:

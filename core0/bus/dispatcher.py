@@ -564,17 +564,31 @@ class Dispatcher:
         return cmd, spec, spec.args.parse(cmd.arguments), Role.parse(saved.role)
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The dispatcher's event loop: uvloop's (libuv) when it is installed, asyncio's own when
+    not or when ``CORE0_EVENT_LOOP=asyncio``. uvloop takes 8–12 % off a ``core.ping``'s round
+    trip (docs/performance.md, "The event loop"); nothing in core0 depends on which one runs."""
+    if os.environ.get("CORE0_EVENT_LOOP", "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
 def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None:
     os.chdir("/")
     reset_ignored_signals()
-    if os.environ.get("C0PROF"):
-        import cProfile
-        pr = cProfile.Profile()
-        pr.enable()
-        try:
-            asyncio.run(Dispatcher(cfg, reload_config).run())
-        finally:
-            pr.disable()
-            pr.dump_stats(os.environ["C0PROF"])
-        return
-    asyncio.run(Dispatcher(cfg, reload_config).run())
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        if os.environ.get("C0PROF"):
+            import cProfile
+            pr = cProfile.Profile()
+            pr.enable()
+            try:
+                runner.run(Dispatcher(cfg, reload_config).run())
+            finally:
+                pr.disable()
+                pr.dump_stats(os.environ["C0PROF"])
+            return
+        runner.run(Dispatcher(cfg, reload_config).run())

@@ -83,18 +83,29 @@ class Reaper:
         self._early: dict[int, int] = {}
         self._before: dict[int, Callable[[int], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._own_handler = False
         self.orphans_reaped = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        loop.add_signal_handler(signal.SIGCHLD, self.reap)
+        try:
+            loop.add_signal_handler(signal.SIGCHLD, self.reap)
+            self._own_handler = False
+        except RuntimeError:
+            # uvloop keeps SIGCHLD for its own subprocesses (core0 starts none through it):
+            # a plain handler that hands the reap to the loop, the signal-safe way
+            signal.signal(signal.SIGCHLD, lambda _sig, _frame: loop.call_soon_threadsafe(self.reap))
+            self._own_handler = True
         # children that exited before the handler was installed
         self.reap()
 
     def uninstall(self) -> None:
         if self._loop is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_signal_handler(signal.SIGCHLD)
+                if self._own_handler:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                else:
+                    self._loop.remove_signal_handler(signal.SIGCHLD)
 
     def watch(self, pid: int,
               before_reap: Callable[[int], None] | None = None) -> asyncio.Future[int]:
