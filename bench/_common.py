@@ -72,3 +72,11 @@ def table(rows: list[tuple[str, ...]]) -> None:
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+
+
+def event_loop() -> str:
+    """The event loop the dispatchers started by this bench run on (core0/bus/dispatcher.py)."""
+    sys.path.insert(0, str(ROOT))
+    from core0.bus.dispatcher import loop_factory
+
+    return "asyncio" if loop_factory() is None else "uvloop"

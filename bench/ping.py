@@ -39,7 +39,7 @@ from pathlib import Path
 
 import psutil
 import redis
-from _common import ROOT, rate, start_core0, start_redis, stop, table
+from _common import ROOT, event_loop, rate, start_core0, start_redis, stop, table
 
 Factory = Callable[[float], redis.Redis]
 
@@ -271,7 +271,7 @@ def main() -> None:
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
                      f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
-          f"{os.cpu_count()} CPUs, placement: {ns.pin}")
+          f"{os.cpu_count()} CPUs, placement: {ns.pin}, dispatcher loop: {event_loop()}")
     table(rows)
     # CPU per command: where the work is, free of the scheduler's placement luck (a round
     # trip's rate also depends on which vCPU each process wakes up on)

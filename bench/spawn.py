@@ -32,7 +32,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from _common import ROOT, tmpdir
+from _common import ROOT, event_loop, tmpdir
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -176,7 +176,8 @@ def main() -> None:
         if opts.disk:
             _rmdir_empty(base)
     where = "disk" if opts.disk else "tmpfs"
-    print(f"state dir on {where}; medians of {opts.n}; bare posix_spawn+wait = {bare:.2f} ms")
+    print(f"state dir on {where}; medians of {opts.n}; bare posix_spawn+wait = {bare:.2f} ms; "
+          f"dispatcher loop: {event_loop()}")
     print(f"{'ballast':>8} {'ping ms':>8} {'system ms':>10} {'overhead/bare':>14} "
           f"{'8 in flight/s':>14} {'bash -c true ms':>16}")
     for ballast, ping, system, rate8, bash in rows:
