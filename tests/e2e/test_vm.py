@@ -109,6 +109,12 @@ def test_node_is_core0_init_with_network(vm: VM) -> None:
         assert target in mounts, target
 
 
+def test_dispatcher_runs_on_uvloop(vm: VM) -> None:
+    # a job's parent is the dispatcher: the image's has uvloop's loop mapped, not a fallback
+    maps = out(vm, "sh", "-c", 'cat "/proc/$PPID/maps"')
+    assert "/uvloop/loop." in maps
+
+
 def test_config_drive_is_attached(vm: VM) -> None:
     # a NoCloud drive: virtio-blk (loaded at boot by modalias), iso9660 labelled cidata
     assert out(vm, "findfs", "LABEL=cidata").strip() == "/dev/vda"
