@@ -42,6 +42,7 @@ bench: deps
 	$(VENV)/bin/python bench/boot.py
 	$(VENV)/bin/python bench/resp_link.py
 	$(VENV)/bin/python bench/spawn.py
+	$(VENV)/bin/python bench/loop_ab.py
 	$(VENV)/bin/python bench/idle.py
 	$(VENV)/bin/python bench/front.py
 	$(VENV)/bin/python bench/container.py

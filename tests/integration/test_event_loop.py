@@ -7,10 +7,10 @@ uvloop keeps SIGCHLD for its own subprocesses, so the reaper installs a plain ha
 
 from __future__ import annotations
 
-import asyncio
-import os
+import json
 import signal
-from collections.abc import Callable
+import subprocess  # test only: the reaper runs in a process of its own
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +18,6 @@ import uvloop
 from conftest import Node, start_node
 
 from core0.bus.dispatcher import loop_factory
-from core0.proc import process
-from core0.proc.spawn import devnull_fd, spawn_program
 
 
 def test_loop_factory_default_and_override(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,43 +27,57 @@ def test_loop_factory_default_and_override(monkeypatch: pytest.MonkeyPatch) -> N
     assert loop_factory() is None
 
 
-async def _children(n: int) -> list[int]:
-    """Start ``n`` children that exit with 0..n-1 (and one that dies of SIGTERM), await each
-    through the reaper; returns their raw wait statuses."""
-    loop = asyncio.get_running_loop()
+#: run in a process of its own: the suite's process has other children (nodes), which a
+#: reaper installed here would reap too, and which would stay after the test
+_REAPER_RUN = """
+import asyncio, json, os, signal, sys
+import uvloop
+from core0.proc import process
+from core0.proc.spawn import devnull_fd, spawn_program
+
+async def children(n):
     reaper = process.Reaper()
-    reaper.install(loop)
-    seen_hook: list[int] = []
+    reaper.install(asyncio.get_running_loop())
+    hooks = []
     try:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         fds = (devnull_fd(), devnull_fd(), devnull_fd())
         waits = []
         for i in range(n):
             pid = spawn_program("/bin/sh", ["sh", "-c", f"exit {i}"], env, fds)
-            waits.append(reaper.watch(pid, seen_hook.append))
+            waits.append(reaper.watch(pid, hooks.append))
         pid = spawn_program("/bin/sh", ["sh", "-c", "kill -TERM $$"], env, fds)
-        waits.append(reaper.watch(pid, seen_hook.append))
+        waits.append(reaper.watch(pid, hooks.append))
         statuses = list(await asyncio.wait_for(asyncio.gather(*waits), 30))
     finally:
         reaper.uninstall()
-    # the exit hook ran for each child, while it was still a zombie
-    assert sorted(seen_hook) == sorted(statuses)
-    return statuses
+    return statuses, hooks
+
+factory = uvloop.new_event_loop if sys.argv[1] == "uvloop" else None
+with asyncio.Runner(loop_factory=factory) as runner:
+    statuses, hooks = runner.run(children(20))
+try:
+    os.waitpid(-1, os.WNOHANG)
+    left = True
+except ChildProcessError:
+    left = False
+print(json.dumps({"codes": [process.exit_code(s) for s in statuses],
+                  "hooks": sorted(hooks) == sorted(statuses), "left": left,
+                  "sigchld_default": signal.getsignal(signal.SIGCHLD) == signal.SIG_DFL}))
+"""
 
 
-@pytest.mark.parametrize("factory", [None, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
-def test_reaper_under_each_loop(factory: Callable[[], asyncio.AbstractEventLoop] | None) -> None:
-    before = signal.getsignal(signal.SIGCHLD)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        statuses = runner.run(_children(20))
-    codes = [process.exit_code(s) for s in statuses]
-    assert codes[:20] == [(i, 0) for i in range(20)]
-    assert codes[20] == (-1, signal.SIGTERM)
-    # uninstall leaves SIGCHLD as it found it (default), under either loop
-    assert signal.getsignal(signal.SIGCHLD) in (before, signal.SIG_DFL)
-    # and no child of ours is left, zombie or not
-    with pytest.raises(ChildProcessError):
-        os.waitpid(-1, os.WNOHANG)
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_reaper_under_each_loop(loop: str) -> None:
+    run = subprocess.run([sys.executable, "-c", _REAPER_RUN, loop], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    out = json.loads(run.stdout)
+    assert out["codes"][:20] == [[i, 0] for i in range(20)]
+    assert out["codes"][20] == [-1, signal.SIGTERM]
+    assert out["hooks"]  # the exit hook ran for each child, while it was still a zombie
+    assert not out["left"]  # nothing left, zombie or not
+    assert out["sigchld_default"]  # uninstall leaves SIGCHLD at its default, under either loop
 
 
 def _maps(pid: int) -> str:
