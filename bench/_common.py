@@ -76,7 +76,6 @@ def table(rows: list[tuple[str, ...]]) -> None:
 
 def event_loop() -> str:
     """The event loop the dispatchers started by this bench run on (core0/bus/dispatcher.py)."""
-    sys.path.insert(0, str(ROOT))
     from core0.bus.dispatcher import loop_factory
 
     return "asyncio" if loop_factory() is None else "uvloop"

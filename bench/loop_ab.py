@@ -10,28 +10,17 @@ and the dispatchers' CPU per ping. Both nodes and their directories are removed 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
-import uuid
 
 import psutil
 import redis
 from _common import table, tmpdir
+from ping import sequential
 from spawn import round_trips
 
 LOOPS = {"asyncio": {"CORE0_EVENT_LOOP": "asyncio"}, "uvloop": {"CORE0_EVENT_LOOP": "uvloop"}}
-
-
-def pings(r: redis.Redis, n: int) -> float:
-    """Sequential core.ping per second (the client of bench/ping.py)."""
-    t = time.perf_counter()
-    for _ in range(n):
-        jid = uuid.uuid4().hex
-        r.rpush("core:default", json.dumps({"id": jid, "command": "core.ping", "arguments": {}}))
-        assert r.blpop([f"result:{jid}"], 10) is not None
-    return n / (time.perf_counter() - t)
 
 
 def per_round(a: list[float], b: list[float]) -> str:
@@ -52,13 +41,15 @@ def main() -> None:
     try:
         for name, env in LOOPS.items():
             nodes[name] = start_node(work / name, env=env)
-        conns = {(name, "tcp"): redis.Redis(port=node.port, socket_timeout=30)
+        #: (node, transport) → a connection factory, as bench/ping.py's client takes it
+        conns = {(name, "tcp"): (lambda t, port=node.port: redis.Redis(port=port, socket_timeout=t))
                  for name, node in nodes.items()}
-        conns.update({(name, "unix"): redis.Redis(unix_socket_path=node.socket, socket_timeout=30)
+        conns.update({(name, "unix"): (lambda t, sock=node.socket:
+                                       redis.Redis(unix_socket_path=sock, socket_timeout=t))
                       for name, node in nodes.items()})
         disp = {name: psutil.Process(node.dispatcher_pid()) for name, node in nodes.items()}
-        for c in conns.values():
-            pings(c, 200)  # warm up
+        for connect in conns.values():
+            sequential(connect, 200)  # warm up
         rates: dict[tuple[str, str], list[float]] = {k: [] for k in conns}
         cpu: dict[str, list[float]] = {name: [] for name in nodes}
         system: dict[str, list[float]] = {name: [] for name in nodes}
@@ -67,14 +58,14 @@ def main() -> None:
             for name in order:
                 for tr in ("tcp", "unix"):
                     c0 = disp[name].cpu_times()
-                    rates[(name, tr)].append(pings(conns[(name, tr)], opts.n))
+                    rates[(name, tr)].append(sequential(conns[(name, tr)], opts.n))
                     c1 = disp[name].cpu_times()
                     cpu[name].append((c1.user + c1.system - c0.user - c0.system) / opts.n * 1e6)
                 if opts.jobs:
-                    system[name].append(round_trips(conns[(name, "unix")], "core.system",
-                                                    {"name": "true"}, opts.jobs))
-        for c in conns.values():
-            c.close()
+                    r = conns[(name, "unix")](30)
+                    system[name].append(round_trips(r, "core.system", {"name": "true"},
+                                                    opts.jobs))
+                    r.close()
     finally:
         for node in nodes.values():
             node.stop()

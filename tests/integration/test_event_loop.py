@@ -80,32 +80,25 @@ def test_reaper_under_each_loop(loop: str) -> None:
     assert out["sigchld_default"]  # uninstall leaves SIGCHLD at its default, under either loop
 
 
-def _maps(pid: int) -> str:
-    return Path(f"/proc/{pid}/maps").read_text()
-
-
-def _dispatcher(node: Node) -> int:
+def _check_node(node: Node, on_uvloop: bool) -> None:
+    """Which loop the node's dispatcher has mapped (/proc), and that a process job still gets
+    its exit status (SIGCHLD through the loop's reaper)."""
     pid = node.dispatcher_pid()
     assert pid
-    return pid
-
-
-def test_node_dispatcher_runs_on_uvloop(node: Node, tmp_path: Path) -> None:
-    assert "uvloop/loop." in _maps(_dispatcher(node))
-    # a process job completes with its exit status on it (SIGCHLD through the plain handler)
+    assert ("uvloop/loop." in Path(f"/proc/{pid}/maps").read_text()) is on_uvloop
     c = node.client()
     res = c.system("sh -c 'exit 7'").get(30)
     assert res.code == 1007, res
     c.close()
 
 
+def test_node_dispatcher_runs_on_uvloop(node: Node) -> None:
+    _check_node(node, on_uvloop=True)
+
+
 def test_node_on_asyncio_when_asked(tmp_path: Path) -> None:
     n = start_node(tmp_path / "state", env={"CORE0_EVENT_LOOP": "asyncio"})
     try:
-        assert "uvloop/loop." not in _maps(_dispatcher(n))
-        c = n.client()
-        res = c.system("sh -c 'exit 7'").get(30)
-        assert res.code == 1007, res
-        c.close()
+        _check_node(n, on_uvloop=False)
     finally:
         n.stop()
