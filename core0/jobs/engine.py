@@ -353,7 +353,7 @@ class JobEngine:
         self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
     ) -> Result:
         out_path, err_path = self.store.output_paths(job.id, job.run)
-        done: asyncio.Future[int | None]
+        done: asyncio.Future[Any]
         offsets = (0, 0)
         if resume is None:
             assert ps is not None
@@ -386,8 +386,8 @@ class JobEngine:
             job.pid, job.start_max = sp.pid, boot_ticks()
             self.store.save(job, state="running")
             job.spawned.set()
-            done = asyncio.ensure_future(self.reaper.watch(
-                sp.pid, lambda status: self.store.save(job, state="exited", status=status)))
+            done = self.reaper.watch(
+                sp.pid, lambda status: self.store.save(job, state="exited", status=status))
         else:
             job.label = resume.label
             job.pid, job.start_ticks = resume.pid, resume.start_ticks
@@ -406,7 +406,7 @@ class JobEngine:
         ]
         job.output.followers = followers
         for f in followers:
-            f.start(self.inotify)
+            f.start(self.inotify, fresh=resume is None)
         timed_out = False
         try:
             remaining = None

@@ -1,13 +1,13 @@
 """The persisted part of process jobs: files under ``<state_dir>/jobs`` (see :class:`JobStore`).
 
 Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole job
-(the command, its role, its queue's processing list…), written when the first run is about to
-spawn; every later step of a run appends one short line with only what changed: ``spawning``
-(the whole run, before the spawn), ``running`` (pid + start time), ``exited`` (wait status,
-written the moment the reaper hands it over, before the zombie is reaped), ``scheduled``
-(between recurring runs) and ``done`` (the result, before it is published; only when a next
-dispatcher could not make the same result from ``exited`` and the output files: a timeout,
-a kill, a recurring, restarting or protected job). A line is one
+(the command, its role, its queue's processing list…) with its first step, written when the
+first run is about to spawn; every later step of a run appends one short line with only what
+changed: ``spawning`` (the whole run, before the spawn), ``running`` (pid + start time),
+``exited`` (wait status, written the moment the reaper hands it over, before the zombie is
+reaped), ``scheduled`` (between recurring runs) and ``done`` (the result, before it is
+published; only when a next dispatcher could not make the same result from ``exited`` and the
+output files: a timeout, a kill, a recurring, restarting or protected job). A line is one
 ``write`` on a descriptor kept open for the job's life (``O_APPEND``; fsync only off tmpfs), so
 a step costs one system call instead of a temp file, a rename and a directory entry
 (docs/performance.md). A line torn by a crash is ignored when loading; the state is the first
@@ -152,24 +152,22 @@ class JobStore:
             }
             if job.container:  # a job dispatched into a container (its results name it)
                 body["container"] = job.container
-            head = json.dumps(body) + "\n"
-        else:
-            head = ""
-        step: dict[str, Any]
-        if head:  # the first record of this dispatcher: all of it
-            step = self._whole(job, state, status, result)
-        elif state == "running":  # what the spawn added
-            step = {"state": state, "pid": job.pid, "start_max": job.start_max}
-        elif state == "exited":
-            step = {"state": state, "status": status}
+            # the first record: the whole job and its step, one line (one encoding)
+            body.update(self._whole(job, state, status, result))
+            line = json.dumps(body) + "\n"
+        elif state == "running":  # what the spawn added (the steps of every run: no encoder)
+            line = f'{{"state": "running", "pid": {int(job.pid or 0)}, ' \
+                   f'"start_max": {int(job.start_max)}}}\n'
+        elif state == "exited" and status is not None:
+            line = f'{{"state": "exited", "status": {int(status)}}}\n'
         elif state == "done":
-            step = {"state": state, "result": result}
+            line = json.dumps({"state": state, "result": result}) + "\n"
         else:  # a run starts with "spawning": nothing of the last run stays
-            step = self._whole(job, state, status, result)
-        os.write(fd, (head + json.dumps(step) + "\n").encode())
+            line = json.dumps(self._whole(job, state, status, result)) + "\n"
+        os.write(fd, line.encode())
         # a written line survives a crash of the dispatcher as it is; fsync is for a power loss,
         # after which no pid means anything any more: the "running" step is not worth one
-        if self.fsync and (head or state != "running"):
+        if self.fsync and state != "running":
             os.fsync(fd)
 
     @staticmethod

@@ -276,12 +276,22 @@ class FileFollower:
         self._name: str | None = None
         self._inotify: Inotify | None = None
 
-    def start(self, inotify: Inotify) -> None:
+    @property
+    def fd(self) -> int:
+        """The followed file's descriptor (-1 once stopped)."""
+        return self._fd
+
+    def start(self, inotify: Inotify, *, fresh: bool = False) -> None:
+        """Follow the file. ``fresh``: this dispatcher made it empty, in the directory
+        ``inotify`` watches, so every write to it so far has its event waiting in the inotify
+        queue (read only by the event loop): nothing is read now."""
         self._inotify = inotify
         where, name = os.path.split(self.path)
         if inotify.dir and where == inotify.dir:
             self._name = name
             inotify.add_name(name, self.pump)
+            if fresh:
+                return
         else:
             self._wd = inotify.add(self.path, self.pump)
         self.pump()  # what was written before the watch
@@ -345,9 +355,9 @@ class FileFollower:
 
     def finish(self) -> None:
         """Drain what is left, flush the parser and stop following."""
-        if self._fd >= 0:
+        if self._fd >= 0 and os.pread(self._fd, 1, self.offset):  # anything left unread
             self._skip_backlog()
-        self.pump(drain=True)
+            self.pump(drain=True)
         msgs = self.parser.close()
         if msgs:
             self.sink(msgs)

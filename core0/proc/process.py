@@ -3,7 +3,8 @@
 Rules (design.md section 4): every child is started through core0.proc.spawn in its own session
 (so its process group can be signalled as a whole), with default signal dispositions and an
 empty signal mask; nothing else in the process calls ``wait``. The reaper runs on
-SIGCHLD in the event loop, loops ``waitpid(-1, WNOHANG)`` and routes each status to the future
+SIGCHLD in the event loop (read from a signalfd), peeks at every exited child with
+``waitid(WNOWAIT)``, runs its exit hook, reaps it and routes its status to the future
 registered for that pid. Orphans re-parented to us (we are a child subreaper) are reaped too.
 
 There is no ``subprocess``, no ``asyncio.create_subprocess_*`` and no shell anywhere.
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core0.proc.spawn import exited_children, reap_zombie, spawn_program
+from core0.proc.spawn import block_sigchld, exited_children, reap_zombie, spawn_program
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,20 @@ def find_executable(name: str, env: Mapping[str, str] | None = None) -> str | No
     return found
 
 
+_SFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
+
+
+def signalfd(sig: int) -> int:
+    """A new non-blocking ``signalfd`` for one signal (the caller blocks the signal)."""
+    mask = (ctypes.c_uint64 * 16)()  # glibc's sigset_t: 1024 bits
+    mask[(sig - 1) // 64] = 1 << ((sig - 1) % 64)
+    fd = _libc.signalfd(-1, ctypes.byref(mask), _SFD_FLAGS)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
 class Reaper:
     """The one reaper of a process: routes every child's wait status by pid."""
 
@@ -84,9 +99,17 @@ class Reaper:
         self._before: dict[int, Callable[[int], None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._own_handler = False
+        self._sigfd = -1
         self.orphans_reaped = 0
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Reap on every SIGCHLD, in ``loop``.
+
+        The signal is blocked in this thread (and so in every thread started later) and read
+        from a ``signalfd`` the loop watches like any descriptor: an exit costs the loop one
+        readable fd, instead of a signal delivery, its handler and the wake-up of the loop
+        (docs/performance.md, "Fifth pass"). A handler stays installed for a SIGCHLD that
+        reaches a thread started before, or comes while a spawn clears the mask."""
         self._loop = loop
         try:
             loop.add_signal_handler(signal.SIGCHLD, self.reap)
@@ -96,12 +119,31 @@ class Reaper:
             # a plain handler that hands the reap to the loop, the signal-safe way
             signal.signal(signal.SIGCHLD, lambda _sig, _frame: loop.call_soon_threadsafe(self.reap))
             self._own_handler = True
+        try:
+            self._sigfd = signalfd(signal.SIGCHLD)
+        except OSError as e:
+            log.warning("no signalfd (%s): reaping on the signal handler", e)
+        else:
+            block_sigchld(True)
+            loop.add_reader(self._sigfd, self._on_signalfd)
         # children that exited before the handler was installed
+        self.reap()
+
+    def _on_signalfd(self) -> None:
+        try:
+            os.read(self._sigfd, 4096)  # one record: a blocked SIGCHLD is pending once
+        except BlockingIOError:
+            pass
         self.reap()
 
     def uninstall(self) -> None:
         if self._loop is not None:
             with contextlib.suppress(Exception):
+                if self._sigfd >= 0:
+                    self._loop.remove_reader(self._sigfd)
+                    os.close(self._sigfd)
+                    self._sigfd = -1
+                    block_sigchld(False)
                 if self._own_handler:
                     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 else:

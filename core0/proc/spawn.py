@@ -51,6 +51,26 @@ def _env_entry(key: str, value: str) -> bytes:
 
 _DEVNULL = -1
 
+#: SIGCHLD is blocked in this process (see :func:`block_sigchld`)
+_SIGCHLD_BLOCKED = False
+_SIG_BLOCK, _SIG_UNBLOCK = 0, 1
+_CHLD_SET = (ctypes.c_uint64 * 16)(1 << (signal.SIGCHLD - 1))
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _sigmask(how: int) -> bool:
+    """Block or unblock SIGCHLD in this thread (a ctypes call: ``signal.pthread_sigmask``
+    builds a set of every signal it returns)."""
+    return bool(_libc.pthread_sigmask(how, ctypes.byref(_CHLD_SET), None) == 0)
+
+
+def block_sigchld(block: bool) -> None:
+    """Block SIGCHLD in this thread and those it starts from now on (the dispatcher's reaper
+    reads it from a signalfd); the spawns of this process unblock it for their children."""
+    global _SIGCHLD_BLOCKED
+    _sigmask(_SIG_BLOCK if block else _SIG_UNBLOCK)
+    _SIGCHLD_BLOCKED = block
+
 
 def devnull_fd() -> int:
     """A read-only ``/dev/null`` opened once (close-on-exec), the stdin of jobs without one."""
@@ -79,6 +99,9 @@ def spawn_program(
                               setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS)
     env_list = [_env_entry(k, v) for k, v in env.items()]
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    # the child inherits the signal mask: SIGCHLD, which the dispatcher's reaper blocks to read
+    # it from a signalfd, is unblocked around the spawn
+    blocked = _SIGCHLD_BLOCKED and _sigmask(_SIG_UNBLOCK)
     try:
         fork_exec: Any = _posixsubprocess.fork_exec
         pid = fork_exec(
@@ -93,6 +116,8 @@ def spawn_program(
             None, True,                  # preexec_fn, allow_vfork
         )
     finally:
+        if blocked:
+            _sigmask(_SIG_BLOCK)
         os.close(err_w)
     try:
         data = b""
