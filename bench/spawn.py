@@ -1,6 +1,9 @@
 """The cost of a process job (issue 11): ``core.system /bin/true`` against a bare spawn.
 
-One run prints, as medians over N round trips (one command in flight unless said):
+One run prints, as medians over N round trips (one command in flight unless said), each
+sequential figure measured in several rounds that take the bare spawn, the ping and the job in
+turn (this machine drifts by tens of percent within minutes; a ratio is taken within a round,
+then the median of the rounds is printed with their spread):
 
 * bare ``os.posix_spawn("/bin/true")`` + ``waitpid`` in this Python process (the floor);
 * ``core.ping`` round trip (the bus, no process);
@@ -132,7 +135,10 @@ def cpu_mode(work: Path, n: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("-n", type=int, default=300, help="round trips per figure")
+    ap.add_argument("-n", type=int, default=300, help="round trips per figure and round")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="rounds of (bare spawn, ping, system) per node; the ratio is the "
+                         "median of the rounds' ratios")
     ap.add_argument("--disk", action="store_true", help="state dir on disk instead of tmpfs")
     ap.add_argument("--cpu", action="store_true",
                     help="the dispatcher's CPU time per command instead (n defaults to 1000)")
@@ -155,20 +161,25 @@ def main() -> None:
                 _rmdir_empty(base)
         return
     rows = []
+    bares: list[float] = []
     try:
-        bare = bare_spawn(opts.n)
         for ballast in (0, 500):
             env = {"CORE0_TEST_BALLAST_MB": str(ballast)} if ballast else None
             node = start_node(work / f"state{ballast}", env=env)
             try:
                 r = node.redis()
-                round_trips(r, "core.system", {"name": "true"}, 20)  # warm up
-                ping = round_trips(r, "core.ping", {}, opts.n)
-                system = round_trips(r, "core.system", {"name": "true"}, opts.n)
+                round_trips(r, "core.system", {"name": "true"}, 100)  # warm up
+                rounds = []
+                for _ in range(opts.rounds):  # the machine drifts: pair each figure's parts
+                    bare = bare_spawn(opts.n)
+                    ping = round_trips(r, "core.ping", {}, opts.n)
+                    system = round_trips(r, "core.system", {"name": "true"}, opts.n)
+                    rounds.append((bare, ping, system, (system - ping) / bare))
+                bares += [x[0] for x in rounds]
                 rate8 = in_flight(r, "core.system", {"name": "true"}, opts.n * 2)
                 bash = round_trips(r, "core.system", {"name": "bash", "args": ["-c", "true"]},
                                    max(50, opts.n // 3))
-                rows.append((ballast, ping, system, rate8, bash))
+                rows.append((ballast, rounds, rate8, bash))
             finally:
                 node.stop()
     finally:
@@ -176,14 +187,16 @@ def main() -> None:
         if opts.disk:
             _rmdir_empty(base)
     where = "disk" if opts.disk else "tmpfs"
-    print(f"state dir on {where}; medians of {opts.n}; bare posix_spawn+wait = {bare:.2f} ms; "
-          f"dispatcher loop: {event_loop()}")
+    print(f"state dir on {where}; {opts.rounds} rounds of {opts.n} each (bare spawn, ping, "
+          f"system in turn; medians); bare posix_spawn+wait = {statistics.median(bares):.2f} "
+          f"ms; dispatcher loop: {event_loop()}")
     print(f"{'ballast':>8} {'ping ms':>8} {'system ms':>10} {'overhead/bare':>14} "
-          f"{'8 in flight/s':>14} {'bash -c true ms':>16}")
-    for ballast, ping, system, rate8, bash in rows:
-        over = (system - ping) / bare
-        print(f"{ballast:>6}MB {ping:8.2f} {system:10.2f} {over:13.2f}x {rate8:14.0f} "
-              f"{bash:16.2f}")
+          f"{'(rounds)':>12} {'8 in flight/s':>14} {'bash -c true ms':>16}")
+    for ballast, rounds, rate8, bash in rows:
+        ping, system, over = (statistics.median(x[i] for x in rounds) for i in (1, 2, 3))
+        spread = f"{min(x[3] for x in rounds):.2f}-{max(x[3] for x in rounds):.2f}"
+        print(f"{ballast:>6}MB {ping:8.2f} {system:10.2f} {over:13.2f}x {spread:>12} "
+              f"{rate8:14.0f} {bash:16.2f}")
     print(f"load average {os.getloadavg()[0]:.1f}")
     print("targets: overhead/bare <= 1.5x sequential; >= 1000/s with 8 in flight; "
           "flat with ballast")
