@@ -53,22 +53,23 @@ _DEVNULL = -1
 
 #: SIGCHLD is blocked in this process (see :func:`block_sigchld`)
 _SIGCHLD_BLOCKED = False
-_SIG_BLOCK, _SIG_UNBLOCK = 0, 1
-_CHLD_SET = (ctypes.c_uint64 * 16)(1 << (signal.SIGCHLD - 1))
+_SigSet = ctypes.c_uint64 * 16  # glibc's sigset_t: 1024 bits
+_CHLD_SET = _SigSet(1 << (signal.SIGCHLD - 1))
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _sigmask(how: int) -> bool:
-    """Block or unblock SIGCHLD in this thread (a ctypes call: ``signal.pthread_sigmask``
-    builds a set of every signal it returns)."""
-    return bool(_libc.pthread_sigmask(how, ctypes.byref(_CHLD_SET), None) == 0)
+def _sigmask(how: int, old: ctypes.Array[ctypes.c_uint64] | None = None) -> bool:
+    """``pthread_sigmask(how, {SIGCHLD}, old)`` through ctypes (``signal.pthread_sigmask``
+    builds a set of every signal it returns); True on success."""
+    return bool(_libc.pthread_sigmask(how, ctypes.byref(_CHLD_SET),
+                                      None if old is None else ctypes.byref(old)) == 0)
 
 
 def block_sigchld(block: bool) -> None:
     """Block SIGCHLD in this thread and those it starts from now on (the dispatcher's reaper
     reads it from a signalfd); the spawns of this process unblock it for their children."""
     global _SIGCHLD_BLOCKED
-    _sigmask(_SIG_BLOCK if block else _SIG_UNBLOCK)
+    _sigmask(signal.SIG_BLOCK if block else signal.SIG_UNBLOCK)
     _SIGCHLD_BLOCKED = block
 
 
@@ -101,7 +102,9 @@ def spawn_program(
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     # the child inherits the signal mask: SIGCHLD, which the dispatcher's reaper blocks to read
     # it from a signalfd, is unblocked around the spawn
-    blocked = _SIGCHLD_BLOCKED and _sigmask(_SIG_UNBLOCK)
+    mask = _SigSet() if _SIGCHLD_BLOCKED else None
+    if mask is not None and not _sigmask(signal.SIG_UNBLOCK, mask):
+        mask = None
     try:
         fork_exec: Any = _posixsubprocess.fork_exec
         pid = fork_exec(
@@ -116,8 +119,8 @@ def spawn_program(
             None, True,                  # preexec_fn, allow_vfork
         )
     finally:
-        if blocked:
-            _sigmask(_SIG_BLOCK)
+        if mask is not None:  # this thread's mask as it was
+            _libc.pthread_sigmask(signal.SIG_SETMASK, ctypes.byref(mask), None)
         os.close(err_w)
     try:
         data = b""
