@@ -276,11 +276,6 @@ class FileFollower:
         self._name: str | None = None
         self._inotify: Inotify | None = None
 
-    @property
-    def fd(self) -> int:
-        """The followed file's descriptor (-1 once stopped)."""
-        return self._fd
-
     def start(self, inotify: Inotify, *, fresh: bool = False) -> None:
         """Follow the file. ``fresh``: this dispatcher made it empty, in the directory
         ``inotify`` watches, so every write to it so far has its event waiting in the inotify

@@ -24,7 +24,13 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from core0.proc.spawn import block_sigchld, exited_children, reap_zombie, spawn_program
+from core0.proc.spawn import (
+    block_sigchld,
+    exited_children,
+    reap_zombie,
+    sigchld_fd,
+    spawn_program,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +82,6 @@ def find_executable(name: str, env: Mapping[str, str] | None = None) -> str | No
     return found
 
 
-_SFD_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC
-
-
-def signalfd(sig: int) -> int:
-    """A new non-blocking ``signalfd`` for one signal (the caller blocks the signal)."""
-    mask = (ctypes.c_uint64 * 16)()  # glibc's sigset_t: 1024 bits
-    mask[(sig - 1) // 64] = 1 << ((sig - 1) % 64)
-    fd = _libc.signalfd(-1, ctypes.byref(mask), _SFD_FLAGS)
-    if fd < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return int(fd)
-
-
 class Reaper:
     """The one reaper of a process: routes every child's wait status by pid."""
 
@@ -120,7 +112,7 @@ class Reaper:
             signal.signal(signal.SIGCHLD, lambda _sig, _frame: loop.call_soon_threadsafe(self.reap))
             self._own_handler = True
         try:
-            self._sigfd = signalfd(signal.SIGCHLD)
+            self._sigfd = sigchld_fd()
         except OSError as e:
             log.warning("no signalfd (%s): reaping on the signal handler", e)
         else:

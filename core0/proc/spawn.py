@@ -65,6 +65,16 @@ def _sigmask(how: int, old: ctypes.Array[ctypes.c_uint64] | None = None) -> bool
                                       None if old is None else ctypes.byref(old)) == 0)
 
 
+def sigchld_fd() -> int:
+    """A new non-blocking ``signalfd`` for SIGCHLD (read it once :func:`block_sigchld` holds
+    the signal back)."""
+    fd = _libc.signalfd(-1, ctypes.byref(_CHLD_SET), os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(fd)
+
+
 def block_sigchld(block: bool) -> None:
     """Block SIGCHLD in this thread and those it starts from now on (the dispatcher's reaper
     reads it from a signalfd); the spawns of this process unblock it for their children."""
