@@ -37,7 +37,7 @@ import disk  # the disk image builder
 import sign
 
 from core0.image import slots
-from qemu.harness import BASE_CMDLINE, OVMF, VM, VMConfig
+from qemu.harness import BASE_CMDLINE, OVMF, VM, GuestStalled, VMConfig
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
 #: seconds a newly booted slot has to become healthy (~20-30 s to a ping under TCG)
@@ -97,6 +97,7 @@ def vm(images: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Iter
     machine.close()
 
 
+@pytest.mark.flaky(reruns=1, only_rerun=[GuestStalled])  # a VM of its own
 def test_disk_boots_under_ovmf(images: dict[str, Any], tmp_path: Path) -> None:
     if not OVMF.is_file():
         require(str(OVMF))

@@ -24,9 +24,11 @@ import pytest
 from conftest import ROOT, require, stop_tree
 
 sys.path.insert(0, str(ROOT))
-from qemu.harness import BASE_CMDLINE, OVMF, VM, VMConfig, free_port
+from qemu.harness import BASE_CMDLINE, OVMF, VM, GuestStalled, VMConfig, free_port
 
-pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200)]
+#: each test boots a VM of its own: run again once if its guest kernel stalled
+pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200),
+              pytest.mark.flaky(reruns=1, only_rerun=[GuestStalled])]
 
 MEDIA = ROOT / "initramfs-builder" / "media.py"
 

@@ -24,7 +24,7 @@ import redis
 from conftest import ROOT, free_port, require, wait_until
 
 sys.path.insert(0, str(ROOT))
-from qemu.harness import VM, VMConfig
+from qemu.harness import VM, GuestStalled, VMConfig
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -100,6 +100,7 @@ def test_printed_url_drives_the_node(booted: tuple[str, int, Path]) -> None:
     r.close()
 
 
+@pytest.mark.flaky(reruns=1, only_rerun=[GuestStalled])  # a VM of its own
 def test_no_credential_serves_loopback_only(image_dir: Path, tmp_path: Path) -> None:
     """Booted without a credential, the node's bus is out of the host's reach and the console
     says how to open it."""
@@ -114,6 +115,7 @@ def test_no_credential_serves_loopback_only(image_dir: Path, tmp_path: Path) -> 
         assert not vm.redis_ping(5.0)
 
 
+@pytest.mark.flaky(reruns=1, only_rerun=[GuestStalled])  # a VM of its own
 def test_config_drive_credentials(image_dir: Path, tmp_path: Path) -> None:
     """A users table written by cloud-config from the config drive, applied by its runcmd,
     opens a node booted without any credential."""

@@ -90,3 +90,29 @@ def test_the_helpers_exist() -> None:
     names = {n.name for n in ast.parse(HELPERS_HOME.read_text()).body
              if isinstance(n, ast.FunctionDef)}
     assert HELPERS <= names
+
+
+def reruns_in(source: str) -> list[tuple[int, str]]:
+    """(line, call) of every ``flaky(...)`` marker that is not exactly one rerun on
+    ``GuestStalled`` (pytest-rerunfailures; docs/developing.md, "Tests under qemu")."""
+    bad = []
+    for node in ast.walk(ast.parse(source)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "flaky"):
+            kw = {k.arg: ast.unparse(k.value) for k in node.keywords}
+            if node.args or kw != {"reruns": "1", "only_rerun": "[GuestStalled]"}:
+                bad.append((node.lineno, ast.unparse(node)))
+    return bad
+
+
+def test_a_test_is_run_again_only_for_a_guest_stall() -> None:
+    """A rerun hides whatever it reruns: the one allowed is a VM test's single rerun after its
+    guest kernel stalled under the emulator; nothing in the suite reruns on any other error."""
+    assert reruns_in("import pytest\nm = pytest.mark.flaky(reruns=3)\n"
+                     "n = pytest.mark.flaky(reruns=1, only_rerun=[GuestStalled])\n") \
+        == [(2, "pytest.mark.flaky(reruns=3)")]
+    found = {str(f.relative_to(TESTS.parent)): hits for f in sorted(TESTS.rglob("*.py"))
+             if (hits := reruns_in(f.read_text()))}
+    assert not found, found
+    config = (TESTS.parent / "setup.cfg").read_text()
+    assert "--reruns" not in config and "only_rerun" not in config
