@@ -300,7 +300,7 @@ class VMConfig:
 
 
 #: the guest kernel's own report that a CPU stopped making progress
-STALL = re.compile(r"BUG: soft lockup|rcu: INFO: rcu_\w+ (self-)?detected stall")
+STALL = re.compile(r"BUG: soft lockup|rcu: INFO: rcu_\w+ (self-)?detected (expedited )?stall")
 #: console lines worth seeing whatever came after them (``VM.tail``)
 LANDMARK = re.compile(r"Linux version|reboot: |Power down|BUG:|rcu: INFO|stall"
                       r"|Kernel panic|Out of memory|oom-kill|blocked for more than"

@@ -19,6 +19,8 @@ REBOOT = ("2026-11-27 10:45:29,347 core0-init[1] WARNING core0.init: SIGINT: reb
           "[   14.367556] reboot: Restarting system\n")
 LOCKUP = "[  287.3] watchdog: BUG: soft lockup - CPU#0 stuck for 23s! [python3.11:88]\n"
 RCU = "[  301.1] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+EXPEDITED = "[  301.2] rcu: INFO: rcu_preempt detected expedited stalls on CPUs/tasks: {\n"
+SELF = "[  301.3] rcu: INFO: rcu_preempt self-detected stall on CPU\n"
 NOISE = "".join(f"[  287.{i}]  ? exit_to_user_mode_prepare+0x44/0x240\n" for i in range(200))
 
 
@@ -39,7 +41,7 @@ def test_a_quiet_console_gives_a_plain_error(tmp_path: Path) -> None:
 
 
 def test_a_soft_lockup_or_rcu_stall_gives_guest_stalled(tmp_path: Path) -> None:
-    for report in (LOCKUP, RCU):
+    for report in (LOCKUP, RCU, EXPEDITED, SELF):
         vm = vm_with_console(tmp_path, BOOT + REBOOT + BOOT + report + NOISE)
         err = vm.timed_out("the node did not come back")
         assert isinstance(err, GuestStalled), report
