@@ -302,7 +302,7 @@ class VMConfig:
 #: the guest kernel's own report that a CPU stopped making progress
 STALL = re.compile(r"BUG: soft lockup|rcu: INFO: rcu_\w+ (self-)?detected (expedited )?stall")
 #: console lines worth seeing whatever came after them (``VM.tail``)
-LANDMARK = re.compile(r"Linux version|reboot: |Power down|BUG:|rcu: INFO|stall"
+LANDMARK = re.compile(r"Linux version|reboot: |Power down|BUG:|rcu: INFO"
                       r"|Kernel panic|Out of memory|oom-kill|blocked for more than"
                       r"|Call Trace|core0-[a-z]+\[\d+\] (WARNING|ERROR|CRITICAL)|Traceback")
 
