@@ -62,9 +62,10 @@ class VMError(RuntimeError):
 class GuestStalled(VMError):
     """A wait ran out and the guest's own kernel had reported a stall on the console (a soft
     lockup or an RCU stall): the emulated machine stopped making progress under the node.
-    Under TCG this has been seen once, a kernel stuck in ``vfork`` on one vCPU while the other
-    made a directory (docs/developing.md, "Tests under qemu"); the e2e tests that boot a VM of
-    their own are run again once on this error, and on no other."""
+    Under TCG this was seen with both vCPUs stuck at code the kernel was rewriting (the memcg
+    static branch, at the first memory cgroup; the image's init now makes that cgroup at boot:
+    docs/developing.md, "Tests under qemu"); the e2e tests that boot a VM of their own are run
+    again once on this error, and on no other."""
 
 
 # ---------------------------------------------------------------- image files

@@ -196,6 +196,10 @@ def v1_controllers() -> list[str]:
     return out
 
 
+#: an empty memory cgroup kept for the node's life (:func:`pin_memcg`)
+MEMCG_PIN = "core0-memcg"
+
+
 def _enable_controllers(base: str) -> None:
     """Delegate every available controller to child cgroups (best effort)."""
     try:
@@ -203,6 +207,31 @@ def _enable_controllers(base: str) -> None:
         Path(base, "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in ctrls))
     except OSError as e:
         log.debug("cgroup controllers not enabled: %s", e)
+        return
+    pin_memcg(base)
+
+
+def pin_memcg(base: str = "/sys/fs/cgroup") -> bool:
+    """Make the first memory cgroup now, while PID 1 is alone, and keep it: True if it exists.
+
+    The kernel switches memory-cgroup accounting on with *static keys* — it rewrites its own
+    code on every CPU — when the first memory cgroup comes to life (kmem accounting, one way)
+    and whenever the count of memory cgroups goes from 0 to 1 or back (socket accounting).
+    Left to the first container, that happens in the middle of the node's work (crun's mkdir,
+    allocations on the other CPUs). On hardware that is only a cost; under TCG (qemu without
+    KVM: CI, ``qemu/boot`` on a machine without it) rewriting code that another vCPU runs can
+    livelock the guest: seen with both vCPUs stuck at ``kmem_cache_alloc``'s patched branch,
+    one in crun's ``mkdir`` of a container's cgroup (docs/developing.md, "Tests under qemu").
+    With this cgroup the keys flip once at boot and the count never falls back to zero."""
+    path = Path(base, MEMCG_PIN)
+    try:
+        if "memory" not in Path(base, "cgroup.subtree_control").read_text().split():
+            return False
+        path.mkdir(exist_ok=True)
+    except OSError as e:
+        log.debug("memory cgroup %s not made: %s", path, e)
+        return False
+    return True
 
 
 def unmount_all() -> list[str]:

@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, require
 
 sys.path.insert(0, str(ROOT))
+from core0.init.mounts import MEMCG_PIN
 from qemu.harness import VM, VMConfig, VMError
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -107,6 +108,15 @@ def test_node_is_core0_init_with_network(vm: VM) -> None:
     for target in (" /proc ", " /sys ", " /dev ", " /dev/pts ", " /run ", " /tmp ",
                    " /sys/fs/cgroup "):
         assert target in mounts, target
+
+
+def test_memory_cgroup_made_at_boot(vm: VM) -> None:
+    """init makes the first memory cgroup while it is alone and keeps it (mounts.pin_memcg:
+    the kernel's memcg static keys flip at boot, not under crun's first mkdir)."""
+    base = "/sys/fs/cgroup"
+    assert "memory" in out(vm, "cat", f"{base}/cgroup.subtree_control").split()
+    assert out(vm, "cat", f"{base}/{MEMCG_PIN}/memory.max").strip() == "max"
+    assert out(vm, "cat", f"{base}/{MEMCG_PIN}/cgroup.procs").strip() == ""
 
 
 def test_dispatcher_runs_on_uvloop(vm: VM) -> None:
