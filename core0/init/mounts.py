@@ -208,11 +208,12 @@ def _enable_controllers(base: str) -> None:
     except OSError as e:
         log.debug("cgroup controllers not enabled: %s", e)
         return
-    pin_memcg(base)
+    if "memory" in ctrls:
+        pin_memcg(base)
 
 
-def pin_memcg(base: str = "/sys/fs/cgroup") -> bool:
-    """Make the first memory cgroup now, while PID 1 is alone, and keep it: True if it exists.
+def pin_memcg(base: str) -> None:
+    """Make the first memory cgroup now, while PID 1 is alone, and keep it.
 
     The kernel switches memory-cgroup accounting on with *static keys* — it rewrites its own
     code on every CPU — when the first memory cgroup comes to life (kmem accounting, one way)
@@ -225,13 +226,9 @@ def pin_memcg(base: str = "/sys/fs/cgroup") -> bool:
     With this cgroup the keys flip once at boot and the count never falls back to zero."""
     path = Path(base, MEMCG_PIN)
     try:
-        if "memory" not in Path(base, "cgroup.subtree_control").read_text().split():
-            return False
         path.mkdir(exist_ok=True)
     except OSError as e:
         log.debug("memory cgroup %s not made: %s", path, e)
-        return False
-    return True
 
 
 def unmount_all() -> list[str]:
