@@ -22,12 +22,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], int, str]:
+def start_redis(tmp: Path, aof: bool = False,
+                name: str = "raw") -> tuple[subprocess.Popen[bytes], int, str]:
+    """A plain redis-server with its files in ``tmp`` (``aof``: an AOF with ``appendfsync
+    everysec``, core0's default); (process, TCP port, unix socket)."""
     port = free_port()
-    sock = str(tmp / "raw-redis.sock")
+    sock = str(tmp / f"{name}-redis.sock")
+    persist = ["--appendonly", "yes", "--appendfsync", "everysec",
+               "--appendfilename", f"{name}.aof", "--appenddirname", f"{name}-aof"
+               ] if aof else ["--appendonly", "no"]
     p = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock,
-         "--save", "", "--appendonly", "no", "--dir", str(tmp)],
+         "--save", "", *persist, "--dir", str(tmp)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     import redis
 

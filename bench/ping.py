@@ -6,9 +6,12 @@ over the unix socket. Per setting, a raw worker and a core0 node whose redis-ser
 files in that kind of directory are measured with the same client code, in interleaved rounds
 (median kept): the client RPUSHes 0-core-format command JSON and BLPOPs ``result:<id>``.
 
-* raw worker: a separate process doing BLMOVE → json.loads → RPUSH+EXPIRE (pipelined) — the
-  protocol floor, without any of core0's guarantees (no dedupe, no flag, no reliable release,
-  no AOF);
+* raw worker: a separate process doing BLMOVE → json.loads → RPUSH+EXPIRE+LREM (pipelined) —
+  the protocol floor, without any of core0's guarantees (no dedupe, no flag, no AOF);
+* guarded worker (sequential only): the same loop keeping core0's promises with core0's own
+  scripts (exactly one result per id, the flag 0-core's clients read) on a redis-server with
+  core0's AOF (bench/_floor.py) — what the promises cost whoever keeps them, so that
+  "core0 ÷ guarded" is what core0's own machinery costs;
 * core0: ``core0 dev`` (supervisor + embedded redis-server with its AOF, appendfsync as
   configured: everysec by default + dispatcher), command core.ping;
 * rq: rq's SimpleWorker (no fork per job: rq's fastest mode), ``enqueue`` + ``latest_result``
@@ -40,22 +43,9 @@ from pathlib import Path
 import psutil
 import redis
 from _common import ROOT, event_loop, rate, start_core0, start_redis, stop, table
+from _floor import worker
 
 Factory = Callable[[float], redis.Redis]
-
-
-def raw_worker(sock: str, queue: str) -> None:
-    r = redis.Redis(unix_socket_path=sock)
-    proc = queue + ":processing"
-    while True:
-        raw = r.blmove(queue, proc, 0, "LEFT", "RIGHT")
-        cmd = json.loads(raw)
-        res = json.dumps({"id": cmd["id"], "command": cmd["command"], "data": '"PONG"',
-                          "level": 20, "state": "SUCCESS", "code": 0})
-        pipe = r.pipeline(transaction=False)
-        pipe.rpush(f"result:{cmd['id']}", res)
-        pipe.expire(f"result:{cmd['id']}", 300)
-        pipe.execute()
 
 
 def _cmd(jid: str) -> str:
@@ -175,31 +165,51 @@ def scratch_dirs() -> dict[str, Path]:
     return out
 
 
+def transports(port: int, sock: str) -> dict[str, Factory]:
+    """Client factories for one server: {"tcp"/"unix": timeout → client}."""
+    def tcp(t: float) -> redis.Redis:
+        return redis.Redis(port=port, socket_timeout=t)
+
+    def unix(t: float) -> redis.Redis:
+        return redis.Redis(unix_socket_path=sock, socket_timeout=t)
+
+    return {"tcp": tcp, "unix": unix}
+
+
 @contextlib.contextmanager
-def setting(tmp: Path) -> Iterator[tuple[dict[str, Factory], dict[str, Factory], int,
+def setting(tmp: Path) -> Iterator[tuple[dict[str, dict[str, Factory]], int,
                                           dict[str, dict[str, int]]]]:
-    """A raw redis + worker and a core0 node with their files in ``tmp``:
-    ({transport: raw factory}, {transport: core0 factory}, raw TCP port,
-    {"raw"/"core0": {process name: pid}})."""
-    srv, rport, rsock = start_redis(tmp)
-    worker = mp.get_context("spawn").Process(target=raw_worker, args=(rsock, "core:default"),
-                                             daemon=True)
-    worker.start()
-    node = start_core0(tmp)
+    """A raw redis + worker, a guarded one (bench/_floor.py) and a core0 node with their files
+    in ``tmp``: ({"raw"/"guarded"/"core0": {transport: factory}}, raw TCP port,
+    {"raw"/"guarded"/"core0": {process name: pid}})."""
+    ctx = mp.get_context("spawn")
+    servers, workers = [], []
+    node = None
     try:
-        raw = {"tcp": lambda t: redis.Redis(port=rport, socket_timeout=t),
-               "unix": lambda t: redis.Redis(unix_socket_path=rsock, socket_timeout=t)}
-        core0 = {"tcp": lambda t: redis.Redis(port=node.port, socket_timeout=t),
-                 "unix": lambda t: redis.Redis(unix_socket_path=node.socket, socket_timeout=t)}
-        assert worker.pid is not None
-        procs = {"raw": {"redis-server": srv.pid, "worker": worker.pid},
-                 "core0": core0_processes(node.pid)}
-        yield raw, core0, rport, procs
+        for name in ("raw", "guarded"):
+            srv, port, sock = start_redis(tmp, aof=name == "guarded", name=name)
+            servers.append((srv, port, sock))
+            w = ctx.Process(target=worker, args=(sock, name == "guarded", "", False),
+                            daemon=True)
+            w.start()
+            workers.append(w)
+        node = start_core0(tmp)
+        ports = {"raw": (servers[0][1], servers[0][2]), "guarded": (servers[1][1], servers[1][2]),
+                 "core0": (node.port, node.socket)}
+        factories = {who: transports(port, sock) for who, (port, sock) in ports.items()}
+        procs = {who: {"redis-server": srv.pid, "worker": w.pid or 0}
+                 for who, (srv, _, _), w in zip(("raw", "guarded"), servers, workers,
+                                                strict=True)}
+        procs["core0"] = core0_processes(node.pid)
+        yield factories, servers[0][1], procs
     finally:
-        worker.terminate()
-        worker.join(10)
-        node.stop()
-        stop(srv)
+        for w in workers:
+            w.terminate()
+            w.join(10)
+        if node is not None:
+            node.stop()
+        for srv, _, _ in servers:
+            stop(srv)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -229,16 +239,19 @@ def main() -> None:
             settings = {kind: stack.enter_context(setting(d)) for kind, d in dirs.items()}
             if ns.pin == "split":
                 os.sched_setaffinity(0, {cpus[0]})
-            for raw, core0, _, _ in settings.values():  # warm up everything
+            for workers, _, _ in settings.values():  # warm up everything
                 for tr in ("tcp", "unix"):
-                    sequential(raw[tr], 200)
-                    sequential(core0[tr], 200)
+                    for by_tr in workers.values():
+                        sequential(by_tr[tr], 200)
             for _ in range(ns.rounds):
-                for kind, (raw, core0, _, procs) in settings.items():
+                for kind, (workers, _, procs) in settings.items():
                     for tr in ("tcp", "unix"):
-                        for who, f in (("raw", raw[tr]), ("core0", core0[tr])):
+                        for who, by_tr in workers.items():
+                            f = by_tr[tr]
                             for mode, fn, n in (("seq", sequential, ns.n),
                                                 ("pipe", pipelined, ns.pipelined)):
+                                if who == "guarded" and mode == "pipe":
+                                    continue
                                 before = {p: cpu_seconds(pid) for p, pid in procs[who].items()}
                                 runs.setdefault((kind, tr, who, mode), []).append(fn(f, n))
                                 for p, pid in procs[who].items():
@@ -247,29 +260,39 @@ def main() -> None:
                                 done[(kind, tr, who, mode)] = done.get((kind, tr, who, mode),
                                                                        0) + n
             if ns.rq:
-                rq_rate = rq_sequential(settings["tmpfs"][2], ns.rq)
+                rq_rate = rq_sequential(settings["tmpfs"][1], ns.rq)
     finally:
         for d in dirs.values():
             shutil.rmtree(d, ignore_errors=True)
     results = {k: statistics.median(v) for k, v in runs.items()}
-    # "paired": the median of each round's core0 ÷ raw (the two measured one after the other,
-    # so a slow drift of the machine's load cancels out)
-    rows = [("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw",
-             "paired")]
+    # "paired" and the guarded ratios: the median of each round's ratio (the two measured one
+    # after the other, so a slow drift of the machine's load cancels out)
+    rows: list[tuple[str, ...]] = [
+        ("setting (state dir, transport)", "raw worker/s", "core0/s", "core0 ÷ raw", "paired",
+         "guarded/s", "guarded ÷ raw", "core0 ÷ guarded")]
+
+    def paired(a: str, b: str, key: tuple[str, str, str]) -> float:
+        kind, tr, mode = key
+        return statistics.median(x / y for x, y in zip(runs[(kind, tr, a, mode)],
+                                                       runs[(kind, tr, b, mode)], strict=True))
+
     for kind, d in dirs.items():
         for tr in ("tcp", "unix"):
             for mode, label in (("seq", "sequential"), ("pipe", f"{ns.pipelined} pipelined")):
                 raw_r = results[(kind, tr, "raw", mode)]
                 c_r = results[(kind, tr, "core0", mode)]
-                paired = statistics.median(
-                    c / r for c, r in zip(runs[(kind, tr, "core0", mode)],
-                                          runs[(kind, tr, "raw", mode)], strict=True))
+                guard = ("", "", "")
+                if mode == "seq":
+                    g_r = results[(kind, tr, "guarded", mode)]
+                    guard = (f"{g_r:.0f}", f"{paired('guarded', 'raw', (kind, tr, mode)):.2f}×",
+                             f"{paired('core0', 'guarded', (kind, tr, mode)):.2f}×")
                 rows.append((f"{kind} ({fs_type(d.parent)}), {tr}: {label}", f"{raw_r:.0f}",
-                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×", f"{paired:.2f}×"))
+                             f"{c_r:.0f}", f"{c_r / raw_r:.2f}×",
+                             f"{paired('core0', 'raw', (kind, tr, mode)):.2f}×", *guard))
     if rq_rate:
         c_r = results[("tmpfs", "tcp", "core0", "seq")]
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
-                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", ""))
+                     f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", "", "", "", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
           f"{os.cpu_count()} CPUs, placement: {ns.pin}, dispatcher loop: {event_loop()}")
     table(rows)
@@ -279,10 +302,12 @@ def main() -> None:
     for kind in dirs:
         for tr in ("tcp", "unix"):
             parts = []
-            for who in ("raw", "core0"):
+            for who in ("raw", "guarded", "core0"):
                 names = sorted({k[4] for k in cpu if k[:3] == (kind, tr, who)})
                 figs = []
                 for mode in ("seq", "pipe"):
+                    if (kind, tr, who, mode) not in done:
+                        continue
                     per = {p: cpu[(kind, tr, who, mode, p)] / done[(kind, tr, who, mode)] * 1e6
                            for p in names}
                     figs.append(" + ".join(f"{p} {v:.0f}" for p, v in per.items() if v >= 0.5)
@@ -294,7 +319,7 @@ def main() -> None:
     print("rounds' spread (min–max /s): " + "; ".join(
         f"{kind} {tr} {who}: {min(runs[(kind, tr, who, 'seq')]):.0f}–"
         f"{max(runs[(kind, tr, who, 'seq')]):.0f}"
-        for kind in dirs for tr in ("tcp", "unix") for who in ("raw", "core0")))
+        for kind in dirs for tr in ("tcp", "unix") for who in ("raw", "guarded", "core0")))
 
 
 if __name__ == "__main__":

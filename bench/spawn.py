@@ -12,7 +12,11 @@ then the median of the rounds is printed with their spread):
 * ``core.system /bin/true`` with 8 in flight (commands per second; target ≥ 1,000/s);
 * ``bash -c true``;
 * the same sequential figure with 500 MiB of ballast in the dispatcher (fork cost must not grow
-  with the dispatcher's memory: core0 spawns with vfork).
+  with the dispatcher's memory: core0 spawns with vfork);
+* the same overhead for two raw workers in the same rounds (bench/_floor.py): one that keeps
+  no promise (the protocol's floor) and one that keeps core0's (pickup flag before the spawn,
+  job log, output files, the publish script, an AOF): the difference between them is what the
+  promises cost on this machine, whoever keeps them.
 
 The state dir is a tmpfs (``/dev/shm``), as on a node; ``--disk`` puts it on disk instead.
 Everything it starts is stopped and its directory removed.
@@ -25,17 +29,23 @@ N sequential commands (default 1,000).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing as mp
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
-from _common import ROOT, event_loop, tmpdir
+from _common import ROOT, event_loop, start_redis, stop, tmpdir
+from _floor import worker
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -133,6 +143,32 @@ def cpu_mode(work: Path, n: int) -> None:
     print(f"process job over ping: {system[0] - ping[0]:.3f} ms of dispatcher CPU")
 
 
+@contextlib.contextmanager
+def floors(work: Path, durable: bool) -> Iterator[dict[str, redis.Redis]]:
+    """The plain and the guarded raw worker (bench/_floor.py), each on a redis-server of its
+    own with its files in ``work``: {"plain"/"guarded": a client}."""
+    ctx = mp.get_context("spawn")
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+    try:
+        clients = {}
+        for name in ("plain", "guarded"):
+            d = work / f"floor-{name}"
+            d.mkdir()
+            (d / "jobs").mkdir()
+            srv, port, sock = start_redis(d, aof=name == "guarded", name=name)
+            w = ctx.Process(target=worker, args=(sock, name == "guarded", str(d / "jobs"),
+                                                 durable), daemon=True)
+            w.start()
+            started.append((srv, w))
+            clients[name] = redis.Redis(port=port)
+        yield clients
+    finally:
+        for srv, w in started:
+            w.terminate()
+            w.join(10)
+            stop(srv)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=300, help="round trips per figure and round")
@@ -162,7 +198,17 @@ def main() -> None:
         return
     rows = []
     bares: list[float] = []
+    floor_rounds: dict[str, list[float]] = {"plain": [], "guarded": []}
     try:
+        with floors(work, opts.disk) as floor:
+            for c in floor.values():
+                round_trips(c, "core.system", {"name": "true"}, 100)  # warm up
+            for _ in range(opts.rounds):
+                bare = bare_spawn(opts.n)
+                for name, c in floor.items():
+                    ping = round_trips(c, "core.ping", {}, opts.n)
+                    system = round_trips(c, "core.system", {"name": "true"}, opts.n)
+                    floor_rounds[name].append((system - ping) / bare)
         for ballast in (0, 500):
             env = {"CORE0_TEST_BALLAST_MB": str(ballast)} if ballast else None
             node = start_node(work / f"state{ballast}", env=env)
@@ -197,6 +243,11 @@ def main() -> None:
         spread = f"{min(x[3] for x in rounds):.2f}-{max(x[3] for x in rounds):.2f}"
         print(f"{ballast:>6}MB {ping:8.2f} {system:10.2f} {over:13.2f}x {spread:>12} "
               f"{rate8:14.0f} {bash:16.2f}")
+    for name, label in (("plain", "raw worker, no promises"),
+                        ("guarded", "raw worker keeping core0's promises")):
+        fr = floor_rounds[name]
+        print(f"{label}: overhead/bare {statistics.median(fr):.2f}x "
+              f"({min(fr):.2f}-{max(fr):.2f})")
     print(f"load average {os.getloadavg()[0]:.1f}")
     print("targets: overhead/bare <= 1.5x sequential; >= 1000/s with 8 in flight; "
           "flat with ballast")
