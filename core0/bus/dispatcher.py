@@ -582,14 +582,4 @@ def main(cfg: Config, reload_config: Callable[[], Config] | None = None) -> None
     os.chdir("/")
     reset_ignored_signals()
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        if os.environ.get("C0PROF"):
-            import cProfile
-            pr = cProfile.Profile()
-            pr.enable()
-            try:
-                runner.run(Dispatcher(cfg, reload_config).run())
-            finally:
-                pr.disable()
-                pr.dump_stats(os.environ["C0PROF"])
-            return
         runner.run(Dispatcher(cfg, reload_config).run())
