@@ -21,13 +21,19 @@ between ``guarded`` and core0, what core0's own machinery costs (docs/performanc
 
 from __future__ import annotations
 
+import contextlib
 import json
+import multiprocessing as mp
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
-from _common import ROOT
+from _common import ROOT, start_redis, stop
 
 sys.path.insert(0, str(ROOT))
 from core0.bus.store import _PICKUP, _PUBLISH
@@ -103,3 +109,39 @@ def worker(sock: str, guarded: bool, jobs: str = "", durable: bool = False) -> N
             pipe.expire(key, 300)
             pipe.lrem(PROCESSING, 1, raw)  # type: ignore[arg-type]
             pipe.execute()
+
+
+@dataclass
+class Floor:
+    """A started worker: its redis-server's TCP port and unix socket, and both pids."""
+
+    port: int
+    sock: str
+    server_pid: int
+    worker_pid: int
+
+
+@contextlib.contextmanager
+def floors(tmp: Path, durable: bool = False) -> Iterator[dict[str, Floor]]:
+    """The plain and the guarded worker, each in a process of its own on a redis-server of its
+    own with its files under ``tmp`` (the guarded one's with an AOF): {"plain"/"guarded": …};
+    everything is stopped at the end."""
+    ctx = mp.get_context("spawn")
+    started: list[tuple[subprocess.Popen[bytes], Any]] = []
+    try:
+        out = {}
+        for name in ("plain", "guarded"):
+            d = tmp / f"floor-{name}"
+            (d / "jobs").mkdir(parents=True)
+            srv, port, sock = start_redis(d, aof=name == "guarded", name=name)
+            w = ctx.Process(target=worker, args=(sock, name == "guarded", str(d / "jobs"),
+                                                 durable), daemon=True)
+            started.append((srv, w))
+            w.start()
+            out[name] = Floor(port, sock, srv.pid, w.pid or 0)
+        yield out
+    finally:
+        for server, proc in started:
+            proc.terminate()
+            proc.join(10)
+            stop(server)

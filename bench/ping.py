@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
@@ -42,8 +41,8 @@ from pathlib import Path
 
 import psutil
 import redis
-from _common import ROOT, event_loop, rate, start_core0, start_redis, stop, table
-from _floor import worker
+from _common import ROOT, event_loop, rate, start_core0, stop, table
+from _floor import floors
 
 Factory = Callable[[float], redis.Redis]
 
@@ -182,34 +181,21 @@ def setting(tmp: Path) -> Iterator[tuple[dict[str, dict[str, Factory]], int,
     """A raw redis + worker, a guarded one (bench/_floor.py) and a core0 node with their files
     in ``tmp``: ({"raw"/"guarded"/"core0": {transport: factory}}, raw TCP port,
     {"raw"/"guarded"/"core0": {process name: pid}})."""
-    ctx = mp.get_context("spawn")
-    servers, workers = [], []
     node = None
     try:
-        for name in ("raw", "guarded"):
-            srv, port, sock = start_redis(tmp, aof=name == "guarded", name=name)
-            servers.append((srv, port, sock))
-            w = ctx.Process(target=worker, args=(sock, name == "guarded", "", False),
-                            daemon=True)
-            w.start()
-            workers.append(w)
-        node = start_core0(tmp)
-        ports = {"raw": (servers[0][1], servers[0][2]), "guarded": (servers[1][1], servers[1][2]),
-                 "core0": (node.port, node.socket)}
-        factories = {who: transports(port, sock) for who, (port, sock) in ports.items()}
-        procs = {who: {"redis-server": srv.pid, "worker": w.pid or 0}
-                 for who, (srv, _, _), w in zip(("raw", "guarded"), servers, workers,
-                                                strict=True)}
-        procs["core0"] = core0_processes(node.pid)
-        yield factories, servers[0][1], procs
+        with floors(tmp) as started:
+            node = start_core0(tmp)
+            raw, guarded = started["plain"], started["guarded"]
+            factories = {"raw": transports(raw.port, raw.sock),
+                         "guarded": transports(guarded.port, guarded.sock),
+                         "core0": transports(node.port, node.socket)}
+            procs = {who: {"redis-server": f.server_pid, "worker": f.worker_pid}
+                     for who, f in (("raw", raw), ("guarded", guarded))}
+            procs["core0"] = core0_processes(node.pid)
+            yield factories, raw.port, procs
     finally:
-        for w in workers:
-            w.terminate()
-            w.join(10)
         if node is not None:
             node.stop()
-        for srv, _, _ in servers:
-            stop(srv)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

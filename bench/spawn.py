@@ -29,23 +29,18 @@ N sequential commands (default 1,000).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import redis
-from _common import ROOT, event_loop, start_redis, stop, tmpdir
-from _floor import worker
+from _common import ROOT, event_loop, tmpdir
+from _floor import floors
 
 sys.path.insert(0, str(ROOT / "tests"))
 
@@ -143,32 +138,6 @@ def cpu_mode(work: Path, n: int) -> None:
     print(f"process job over ping: {system[0] - ping[0]:.3f} ms of dispatcher CPU")
 
 
-@contextlib.contextmanager
-def floors(work: Path, durable: bool) -> Iterator[dict[str, redis.Redis]]:
-    """The plain and the guarded raw worker (bench/_floor.py), each on a redis-server of its
-    own with its files in ``work``: {"plain"/"guarded": a client}."""
-    ctx = mp.get_context("spawn")
-    started: list[tuple[subprocess.Popen[bytes], Any]] = []
-    try:
-        clients = {}
-        for name in ("plain", "guarded"):
-            d = work / f"floor-{name}"
-            d.mkdir()
-            (d / "jobs").mkdir()
-            srv, port, sock = start_redis(d, aof=name == "guarded", name=name)
-            w = ctx.Process(target=worker, args=(sock, name == "guarded", str(d / "jobs"),
-                                                 durable), daemon=True)
-            w.start()
-            started.append((srv, w))
-            clients[name] = redis.Redis(port=port)
-        yield clients
-    finally:
-        for srv, w in started:
-            w.terminate()
-            w.join(10)
-            stop(srv)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=300, help="round trips per figure and round")
@@ -200,7 +169,8 @@ def main() -> None:
     bares: list[float] = []
     floor_rounds: dict[str, list[float]] = {"plain": [], "guarded": []}
     try:
-        with floors(work, opts.disk) as floor:
+        with floors(work, opts.disk) as started:
+            floor = {name: redis.Redis(port=f.port) for name, f in started.items()}
             for c in floor.values():
                 round_trips(c, "core.system", {"name": "true"}, 100)  # warm up
             for _ in range(opts.rounds):
