@@ -132,6 +132,15 @@ def _fields(cls: type[Schema]) -> dict[str, tuple[Any, tuple[Any, ...], dataclas
     return out
 
 
+def _all_defaulted(cls: type[Schema]) -> bool:
+    """True when every field of ``cls`` has a default (cached on the class)."""
+    cached = cls.__dict__.get("__schema_all_defaulted__")
+    if cached is None:
+        cached = all(_has_default(f) for _, _, f in _fields(cls).values())
+        cls.__schema_all_defaulted__ = cached  # type: ignore[attr-defined]
+    return bool(cached)
+
+
 def _has_default(f: dataclasses.Field[Any]) -> bool:
     return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
@@ -141,8 +150,16 @@ def parse(cls: type[S], data: Any, path: str = "arguments", *, text: bool = Fals
 
     ``text=True``: string values are first converted to their field's type (see the module
     docstring), for values that come from a command line or the environment."""
-    if data is None:
-        data = {}
+    if not data:
+        if data is None or data == {}:
+            data = {}
+            if _all_defaulted(cls):  # nothing to check: every field takes its default
+                try:
+                    return cls()
+                except BadRequest:
+                    raise
+                except (TypeError, ValueError) as e:
+                    raise BadRequest(f"{path}: {e}", field=path) from None
     if not isinstance(data, dict):
         raise BadRequest(f"{path}: expected an object, got {_tname(data)}", field=path)
     fields = _fields(cls)

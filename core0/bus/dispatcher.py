@@ -70,10 +70,10 @@ _COLLIDING_ID = re.compile(r".*:(flag|[0-9]+)")
 def colliding_id(job_id: str) -> bool:
     """True for ids whose keys are another job's: ``result:<x>:flag`` is job x's pickup flag
     and ``result:<x>:<n>`` run n of recurring job x."""
-    return _COLLIDING_ID.fullmatch(job_id) is not None
+    return ":" in job_id and _COLLIDING_ID.fullmatch(job_id) is not None
 
 
-@dataclass
+@dataclass(slots=True)
 class Accepted:
     cmd: Command
     spec: CommandSpec
@@ -382,29 +382,34 @@ class Dispatcher:
         return those results and the commands to start once picked up."""
         pubs: list[Publish] = []
         starts: list[Accepted] = []
+        mode = "owned" if owned else "new"
+        scope = self.private.get(queue)
+        engine = self.engine
         for raw in raws:
             acc = await self._accept(raw, queue, processing, role, pubs)
             if acc is None:
                 continue
             cmd, spec = acc.cmd, acc.spec
-            mode = "owned" if owned else "new"
-            if cmd.id in self.engine.table:  # a copy of a job running here
+            if cmd.id in engine.table:  # a copy of a job running here
                 self.stats["duplicates"] += 1
                 pubs.append(Publish(cmd.id, "", raw, processing, "drop"))
                 continue
-            cached = self.engine.recent.get(cmd.id)
-            owner = self.engine.role_of(cmd.id)
-            if cached is not None and owner is not None and owner != role:
-                # another role's job had this id: never hand its result to this queue
-                self._error(pubs, cmd.id, cmd.command, Conflict(
-                    f"id {cmd.id} is taken by another job"), raw, processing, cmd)
-                continue
+            cached = engine.recent.get(cmd.id)
             if cached is not None:  # finished here; re-answer if Redis lost the result
-                pubs.append(Publish(cmd.id, cached, raw, processing, mode))
+                owner = engine.role_of(cmd.id)
+                if owner is not None and owner != role:
+                    # another role's job had this id: never hand its result to this queue
+                    self._error(pubs, cmd.id, cmd.command, Conflict(
+                        f"id {cmd.id} is taken by another job"), raw, processing, cmd)
+                else:
+                    pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
-                result = await self.engine.run_inline(cmd, spec, acc.args, role, processing)
-                self.engine.remember(cmd.id, result, role, self.private.get(queue))
+                # not remembered (engine.recent): an inline command is side-effect free, so a
+                # resubmission after Redis lost its result runs it again, and the publish
+                # script still writes one result per id (docs/performance.md, "The inline path")
+                result = await engine.run_inline(cmd, spec, acc.args, role, scope)
+                engine.remember(cmd.id, result, role, scope)
                 self.stats["inline"] += 1
                 pubs.append(Publish(cmd.id, result, raw, processing, mode))
             else:

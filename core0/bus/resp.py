@@ -219,8 +219,8 @@ class SharedConnection:
         is queued); the future gets their replies (error replies as :class:`RespError`
         values) within ``timeout`` seconds, or the connection is dropped. The caller must be
         connected."""
-        loop = self._loop
-        if loop is None or not self.connected:
+        loop, t = self._loop, self._transport
+        if loop is None or t is None or t.is_closing():
             fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             fut.set_exception(ConnectionError("not connected"))
             return fut
@@ -229,7 +229,8 @@ class SharedConnection:
         self._calls.append(_Call(len(commands), fut, deadline))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline + 0.05, self._check_deadlines)
-        self._out.append(b"".join([pack(c) for c in commands]))
+        self._out.append(b"".join([hiredis.pack_command(tuple(c))  # type: ignore[arg-type]
+                                   for c in commands]))
         if now:
             self.flush()
         elif not self._flushing:

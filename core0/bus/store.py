@@ -118,7 +118,7 @@ return 1
 """
 
 
-@dataclass
+@dataclass(slots=True)
 class Publish:
     """One result to write (see :meth:`Bus.publish`)."""
 
@@ -156,7 +156,11 @@ class PopLink:
             [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
 
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
-        return self._check(await self.conn.execute(commands, timeout, now=True))
+        """Send ``commands`` now (connecting first if the link dropped); their replies."""
+        conn = self.conn
+        if not conn.connected:
+            await conn.connect()
+        return self._check(await conn.submit(commands, timeout, now=True))
 
     def submit(self, commands: list[list[Any]], timeout: float = 10.0
                ) -> asyncio.Future[list[Any]]:
@@ -170,7 +174,7 @@ class PopLink:
 
     async def replies(self, fut: asyncio.Future[list[Any]]) -> list[Any]:
         """The replies of a :meth:`submit`."""
-        return self._check(await self.conn.wait(fut))
+        return self._check(await fut)
 
     def publish_cmds(self, pubs: Sequence[Publish]) -> list[list[Any]]:
         return [self._publish_cmd(p) for p in pubs]

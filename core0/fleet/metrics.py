@@ -22,13 +22,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import generate_latest, start_http_server
+from prometheus_client.utils import floatToGoString
 
 from core0 import registry
 from core0.config import Config
@@ -64,14 +71,12 @@ class NodeMetrics:
         self.queues = dict(queues)
         self.lengths: dict[tuple[str, str], int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
-        self.commands = Counter("core0_commands", "Results written, by command and state",
-                                ["command", "state"], registry=self.registry)
-        self.durations = Histogram("core0_job_duration_seconds",
-                                   "Durations of the commands answered", ["command"],
-                                   buckets=BUCKETS, registry=self.registry)
+        #: (command label, state) → results written; command label → [bucket counts, sum]
+        self.counts: dict[tuple[str, str], int] = {}
+        self.durations: dict[str, list[Any]] = {}
+        self._labels: dict[str, str] = {}  # command → its label ("" when unknown)
         self.registry.register(_Live(self))  # type: ignore[arg-type]
         self._server: Any = None
-        self._children: dict[tuple[str, str], tuple[Any, Any]] = {}
         #: workload monitors (containers, VMs): called every QUEUE_EVERY s in the event loop
         #: by :meth:`watch_queues`; their last samples are served at scrape time
         self.samplers: list[Callable[[], Awaitable[list[Sample]]]] = []
@@ -81,16 +86,28 @@ class NodeMetrics:
     # ------------------------------------------------------------ hooks
 
     def result(self, command: str, state: str, seconds: float) -> None:
-        """Count one result (the engine's and the dispatcher's hook)."""
-        pair = self._children.get((command, state))
-        if pair is None:  # labels() takes a lock and builds a key: once per pair
+        """Count one result (the engine's and the dispatcher's hook).
+
+        Plain dict and list increments, read by :meth:`live` at scrape time: every result
+        passes here on the dispatcher's hot path, and prometheus_client's own Counter and
+        Histogram (a lock per value, per update) cost a sequential ``core.ping`` about 8 %
+        of its rate (docs/performance.md, "The inline path"). The event loop's thread is the
+        only writer; a scrape (the HTTP server's thread) reads a snapshot."""
+        name = self._labels.get(command)
+        if name is None:
             spec = registry.get(command)
             name = command if spec is not None and not spec.internal else ""
-            pair = (self.commands.labels(name, state), self.durations.labels(name))
-            if len(self._children) < 4096:
-                self._children[(command, state)] = pair
-        pair[0].inc()
-        pair[1].observe(max(0.0, seconds))
+            if len(self._labels) < 4096:
+                self._labels[command] = name
+        key = (name, state)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
+        h = self.durations.get(name)
+        if h is None:
+            h = self.durations[name] = [[0] * (len(BUCKETS) + 1), 0.0]
+        seconds = max(0.0, seconds)
+        h[0][bisect_left(BUCKETS, seconds)] += 1  # the first bucket whose bound is >= it
+        h[1] += seconds
 
     # ------------------------------------------------------------ scrape
 
@@ -99,6 +116,20 @@ class NodeMetrics:
         return bytes(generate_latest(self.registry))
 
     def live(self) -> Iterable[Metric]:
+        results = CounterMetricFamily("core0_commands", "Results written, by command and state",
+                                      labels=["command", "state"])
+        for (name, state), n in sorted(self.counts.copy().items()):
+            results.add_metric([name, state], float(n))
+        yield results
+        hist = HistogramMetricFamily("core0_job_duration_seconds",
+                                     "Durations of the commands answered", labels=["command"])
+        for name, (buckets, total) in sorted(self.durations.copy().items()):
+            cumulative, acc = [], 0
+            for bound, n in zip((*BUCKETS, float("inf")), list(buckets), strict=True):
+                acc += n
+                cumulative.append((floatToGoString(bound), float(acc)))
+            hist.add_metric([name], cumulative, sum_value=total)
+        yield hist
         ev = CounterMetricFamily("core0_dispatcher_events", "Dispatcher events", labels=["event"])
         for k, v in sorted(self.stats.items()):
             ev.add_metric([k], float(v))

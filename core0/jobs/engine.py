@@ -28,7 +28,7 @@ from core0.errors import Conflict, Killed, NotFound, Timeout
 from core0.jobs import adopt
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.job import InlineJob, Job, queue_scope, visible_to
+from core0.jobs.job import InlineJob, Job, visible_to
 from core0.jobs.output import QueueSlots
 from core0.jobs.recent import RecentResults
 from core0.jobs.result import (
@@ -337,10 +337,10 @@ class JobEngine:
         return exception_result(job.id, job.cmd.command, exc, job.starttime, job.cmd.tags)
 
     async def run_inline(self, cmd: Command, spec: CommandSpec, args: Schema, role: Role,
-                         processing: str = "") -> str:
+                         scope: str | None = None) -> str:
         """Run an inline command (quick, side-effect free, no max_time) right away; returns
-        its result JSON."""
-        job = InlineJob(cmd, spec, role, queue_scope(self.cfg, processing))
+        its result JSON. ``scope``: the id prefix of the private queue it came from."""
+        job = InlineJob(cmd, spec, role, scope)
         try:
             value = await spec.handler(Context(self, job), args)  # type: ignore[arg-type]
             res = builtin_result(job, value)

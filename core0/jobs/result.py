@@ -35,6 +35,7 @@ def builtin_result(job: Job | InlineJob, value: Any) -> Result:
         code=0,
         data=_LENIENT.encode(value),
         level=Level.RESULT_JSON,
+        streams=["", ""],
         starttime=job.starttime,
         time=now_ms() - job.starttime,
         tags=job.cmd.tags,

@@ -9,6 +9,7 @@ from core0_client.protocol import (
     ID_PATTERN,
     Command,
     Keys,
+    Level,
     LogRecord,
     ProtocolError,
     Result,
@@ -125,3 +126,43 @@ def test_reserved_id_prefixes() -> None:
         assert e.value.field == "id"
         assert decode_command(json.dumps({"id": jid, "command": "core.ping"}),
                               internal=True).id == jid
+
+
+_ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=12)  # surrogates too
+
+
+@settings(max_examples=400, deadline=None)
+@given(jid=_ANY_TEXT, name=_ANY_TEXT, state=st.sampled_from(list(State)),
+       code=st.integers(-2**40, 2**40) | st.booleans(),
+       level=st.sampled_from([0, 20, 30, *Level]), data=_ANY_TEXT, critical=_ANY_TEXT,
+       streams=st.lists(_ANY_TEXT, max_size=3), starttime=st.integers(0, 2**63),
+       time=st.integers(0, 10**9) | st.floats(0, 10, allow_nan=False),
+       tags=st.none() | st.lists(_ANY_TEXT, max_size=3),
+       container=st.integers(0, 10**6), run=st.none() | st.integers(0, 10**6))
+def test_result_to_json_is_the_generic_encoding(  # type: ignore[no-untyped-def]
+        jid, name, state, code, level, data, critical, streams, starttime, time, tags,
+        container, run) -> None:
+    """The hot path's layout of a result is byte for byte what the json module makes of
+    its dict, for every value the fields can hold (odd types take the generic encoder)."""
+    r = Result(jid, name, state, code=code, data=data, level=level, streams=streams,
+               critical=critical, starttime=starttime, time=time, tags=tags,
+               container=container, run=run)
+    assert r.to_json() == json.dumps(r.to_dict(), separators=(",", ":"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(jid=st.from_regex(ID_PATTERN, fullmatch=True).filter(
+           lambda s: not s.startswith(("svc:", "dhcp:", "dnsmasq.", "core0."))),
+       name=st.text(min_size=1, max_size=20), args=st.none() | st.dictionaries(
+           st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3))
+def test_short_and_full_command_forms_decode_alike(jid: str, name: str, args) -> None:  # type: ignore[no-untyped-def]
+    """{id, command[, arguments]} (core0's client) and every field sent with its null or zero
+    (0-core's clients) are the same command."""
+    short = {"id": jid, "command": name} | ({} if args is None else {"arguments": args})
+    full = {"id": jid, "command": name, "arguments": args, "queue": None, "max_time": 0,
+            "max_restart": 0, "recurring_period": 0, "stream": False, "tags": None,
+            "stats_interval": 0, "log_levels": None}
+    assert decode_command(json.dumps(short)) == decode_command(json.dumps(full))
+    with pytest.raises(ProtocolError) as e:
+        decode_command(json.dumps(short | {"arguments": args or {}, "bogus": 1}))
+    assert e.value.field == "bogus"

@@ -11,6 +11,7 @@ from core0.errors import BadRequest
 from core0.schema import (
     Doc,
     Len,
+    NoArgs,
     Pattern,
     Range,
     Schema,
@@ -42,6 +43,40 @@ class Args(Schema):
 def test_defaults_and_null_means_unset() -> None:
     a = parse(Args, {"name": "x", "count": None, "env": None})
     assert a.count == 1 and a.env is None
+
+
+@dataclass(frozen=True)
+class AllDefaults(Schema):
+    count: int = 1
+    items: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.count > 5:
+            raise ValueError("count above 5")
+
+
+@dataclass(frozen=True)
+class LateDefault(Schema):
+    count: int = 9  # its default breaks its own rule: the empty form is checked too
+
+    def __post_init__(self) -> None:
+        if self.count > 5:
+            raise ValueError("count above 5")
+
+
+def test_empty_arguments_take_the_defaults_and_keep_every_check() -> None:
+    """No arguments (absent, null or {}) build the defaults without walking the fields; what
+    the fields require still holds, and only an object is an object."""
+    for empty in (None, {}):
+        assert parse(AllDefaults, empty) == AllDefaults() == parse(AllDefaults, {"count": None})
+        assert parse(NoArgs, empty) == NoArgs()
+    with pytest.raises(BadRequest, match="arguments.name: required"):
+        parse(Args, {})
+    with pytest.raises(BadRequest, match="count above 5"):
+        parse(LateDefault, {})
+    for not_object in ([], "", 0, False):
+        with pytest.raises(BadRequest, match="expected an object"):
+            parse(AllDefaults, not_object)
 
 
 @pytest.mark.parametrize("data,path", [
