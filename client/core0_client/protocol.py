@@ -495,6 +495,7 @@ class Result:
         if (type(lv) is int or type(lv) is Level) and _plain_ints(
                 self.code, self.starttime, self.time, self.container) \
                 and (self.run is None or type(self.run) is int) and type(self.data) is str \
+                and type(self.id) is str and type(self.command) is str \
                 and type(self.critical) is str and _str_list(st) \
                 and (t is None or _str_list(t)):
             q = _quote

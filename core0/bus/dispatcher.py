@@ -405,9 +405,6 @@ class Dispatcher:
                     pubs.append(Publish(cmd.id, cached, raw, processing, mode))
                 continue
             if spec.inline and cmd.is_plain and not cmd.max_time:
-                # not remembered (engine.recent): an inline command is side-effect free, so a
-                # resubmission after Redis lost its result runs it again, and the publish
-                # script still writes one result per id (docs/performance.md, "The inline path")
                 result = await engine.run_inline(cmd, spec, acc.args, role, scope)
                 engine.remember(cmd.id, result, role, scope)
                 self.stats["inline"] += 1

@@ -132,10 +132,10 @@ _ANY_TEXT = st.text(st.characters(blacklist_categories=()), max_size=12)  # surr
 
 
 @settings(max_examples=400, deadline=None)
-@given(jid=_ANY_TEXT, name=_ANY_TEXT, state=st.sampled_from(list(State)),
+@given(jid=_ANY_TEXT | st.none(), name=_ANY_TEXT, state=st.sampled_from(list(State)),
        code=st.integers(-2**40, 2**40) | st.booleans(),
        level=st.sampled_from([0, 20, 30, *Level]), data=_ANY_TEXT, critical=_ANY_TEXT,
-       streams=st.lists(_ANY_TEXT, max_size=3), starttime=st.integers(0, 2**63),
+       streams=st.lists(_ANY_TEXT | st.none(), max_size=3), starttime=st.integers(0, 2**63),
        time=st.integers(0, 10**9) | st.floats(0, 10, allow_nan=False),
        tags=st.none() | st.lists(_ANY_TEXT, max_size=3),
        container=st.integers(0, 10**6), run=st.none() | st.integers(0, 10**6))
