@@ -229,8 +229,7 @@ class SharedConnection:
         self._calls.append(_Call(len(commands), fut, deadline))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline + 0.05, self._check_deadlines)
-        self._out.append(b"".join([hiredis.pack_command(tuple(c))  # type: ignore[arg-type]
-                                   for c in commands]))
+        self._out.append(b"".join([pack(c) for c in commands]))
         if now:
             self.flush()
         elif not self._flushing:
@@ -252,19 +251,13 @@ class SharedConnection:
             return
         self._watchdog = loop.call_at(first + 0.05, self._check_deadlines)
 
-    async def wait(self, fut: asyncio.Future[list[Any]]) -> list[Any]:
-        """Await a :meth:`submit` future (its deadline was set by :meth:`submit`)."""
-        if fut.done():
-            return fut.result()
-        return await fut
-
     async def execute(self, commands: Sequence[Sequence[Arg]], timeout: float = 10.0,
                       *, now: bool = False) -> list[Any]:
         """Connect if needed, send ``commands`` with whatever else goes out now (``now``: at
         once, for a caller that only waits for them), and return their replies."""
         if not self.connected:
             await self.connect()
-        return await self.wait(self.submit(commands, timeout, now=now))
+        return await self.submit(commands, timeout, now=now)
 
     def flush(self) -> None:
         """Write everything queued, now."""
