@@ -354,7 +354,7 @@ def decode_command(raw: bytes | str, max_bytes: int = DEFAULT_MAX_COMMAND_BYTES,
             None,
             Code.TOO_LARGE,
         )
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not json_depth_ok(raw, MAX_DEPTH):
+    if not json_depth_ok(raw, MAX_DEPTH):
         raise ProtocolError(f"command nesting deeper than {MAX_DEPTH}")
     try:
         text = raw.decode("utf-8")

@@ -219,8 +219,8 @@ class SharedConnection:
         is queued); the future gets their replies (error replies as :class:`RespError`
         values) within ``timeout`` seconds, or the connection is dropped. The caller must be
         connected."""
-        loop, t = self._loop, self._transport
-        if loop is None or t is None or t.is_closing():
+        loop = self._loop
+        if loop is None or not self.connected:
             fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             fut.set_exception(ConnectionError("not connected"))
             return fut
