@@ -10,14 +10,12 @@ its console marker read back through core0, then destroyed. Slow: TCG in TCG.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from core0_client import Client
@@ -31,13 +29,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(2400)]
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     require("qemu-system-x86_64")
-    image_dir = Path(os.environ.get("CORE0_E2E_IMAGE") or ROOT / "build" / "image")
-    if not os.environ.get("CORE0_E2E_IMAGE"):
-        require("apt-get", "dpkg-deb", "depmod", "zstd")
-        res = subprocess.run(["bash", "initramfs-builder/build.sh", "full", "--out",
-                              str(image_dir)], cwd=ROOT, capture_output=True, text=True,
-                             timeout=1200)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    image_dir = node_image("full")
     tmp = tmp_path_factory.mktemp("kvmnested")
     machine = VM(VMConfig(image_dir=image_dir, flavour="full", memory=1536,
                           serial_log=tmp / "serial.log"))

@@ -13,7 +13,6 @@ and password digest on the kernel command line it holds).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, require, stop_tree
+from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from qemu.harness import BASE_CMDLINE, OVMF, VM, GuestStalled, VMConfig, free_port
@@ -36,15 +36,7 @@ MEDIA = ROOT / "initramfs-builder" / "media.py"
 @pytest.fixture(scope="module")
 def image_dir() -> Path:
     require("qemu-system-x86_64", "grub-mkrescue", "xorriso", "mformat")
-    prebuilt = os.environ.get("CORE0_E2E_IMAGE")
-    if prebuilt:
-        return Path(prebuilt)
-    require("apt-get", "dpkg-deb", "depmod", "zstd")
-    out = ROOT / "build" / "image"
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out
+    return node_image("core")
 
 
 def medium_args(vm: VM, hostname: str) -> list[str]:

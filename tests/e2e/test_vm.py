@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from core0.init.mounts import MEMCG_PIN
@@ -37,18 +38,7 @@ write_files:
 @pytest.fixture(scope="module")
 def image_dir() -> Path:
     require("qemu-system-x86_64", "genisoimage")
-    prebuilt = os.environ.get("CORE0_E2E_IMAGE")
-    if prebuilt:
-        return Path(prebuilt)
-    require("apt-get", "dpkg-deb", "depmod", "zstd")
-    out = ROOT / "build" / "image"
-    t = time.monotonic()
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    print(f"\nimage built in {time.monotonic() - t:.0f}s:\n"
-          + "\n".join(line for line in res.stdout.splitlines() if line.startswith("[image]")))
-    return out
+    return node_image("core")
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ guest's qemu), then power off.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from core0_client import Client
@@ -28,15 +26,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1500)]
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory):
     require("qemu-system-x86_64")
-    image_dir = Path(os.environ.get("CORE0_E2E_IMAGE") or ROOT / "build" / "image")
-    if not os.environ.get("CORE0_E2E_IMAGE"):
-        require("apt-get", "dpkg-deb", "depmod", "zstd")
-        t = time.monotonic()
-        res = subprocess.run(["bash", "initramfs-builder/build.sh", "full", "--out",
-                              str(image_dir)], cwd=ROOT, capture_output=True, text=True,
-                             timeout=1200)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        print(f"\nfull image built in {time.monotonic() - t:.0f}s")
+    image_dir = node_image("full")
     tmp = tmp_path_factory.mktemp("vmfull")
     machine = VM(VMConfig(image_dir=image_dir, flavour="full", memory=1536,
                           serial_log=tmp / "serial.log"))

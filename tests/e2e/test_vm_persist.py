@@ -9,7 +9,6 @@ as its init), and after a reboot of the node it is running again, by itself.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import node_image
 from sandbox_fixtures import busybox_rootfs
 
 sys.path.insert(0, str(ROOT))
@@ -34,15 +34,7 @@ PERSIST = "/var/lib/core0/persist"
 @pytest.fixture(scope="module")
 def image_dir() -> Path:
     require("qemu-system-x86_64", "mkfs.ext4")
-    prebuilt = os.environ.get("CORE0_E2E_IMAGE")
-    if prebuilt:
-        return Path(prebuilt)
-    require("apt-get", "dpkg-deb", "depmod", "zstd")
-    out = ROOT / "build" / "image"
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "full", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out
+    return node_image("full")
 
 
 def data_disk(tmp: Path) -> Path:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import ROOT, free_port, require, wait_until
+from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from qemu.harness import VM, GuestStalled, VMConfig
@@ -32,15 +33,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1200)]
 @pytest.fixture(scope="module")
 def image_dir() -> Path:
     require("qemu-system-x86_64")
-    prebuilt = os.environ.get("CORE0_E2E_IMAGE")
-    if prebuilt:
-        return Path(prebuilt)
-    require("apt-get", "dpkg-deb", "depmod", "zstd")
-    out = ROOT / "build" / "image"
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out
+    return node_image("core")
 
 
 @pytest.fixture(scope="module")
