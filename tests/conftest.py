@@ -23,7 +23,7 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 #: fixtures shared by many test modules (e.g. ``cnode``, a container node per module)
-pytest_plugins = ["sandbox_fixtures"]
+pytest_plugins = ["sandbox_fixtures", "image_fixtures"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 sys.path.insert(0, str(ROOT / "tests"))

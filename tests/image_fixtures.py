@@ -1,20 +1,23 @@
-"""The node image the end-to-end tests boot: each flavour is built once per test session.
+"""The node images the end-to-end tests boot, each built once per test session.
 
 Six modules boot the plain image (``core``: test_vm, test_media, test_vm_security; ``full``:
-test_kvm_nested, test_vm_full, test_vm_persist). They used to build it each for itself, the
-same bytes every time (the build is deterministic): 26 s per ``core`` build and 49 s per
-``full`` build here, about 2.5 minutes of the suite spent on copies. The build itself is still
-run and checked once per flavour; the images of the upgrade tests (versions, keys, OCI bases)
-are their own.
+test_kvm_nested, test_vm_full, test_vm_persist), and two build signed, versioned images (A, B…:
+test_boot_disk, test_upgrade). They used to build them each for itself, the same bytes every
+time (the build is deterministic): 26 s per ``core`` build and 49 s per ``full`` build here,
+about three minutes of the suite spent on copies. Each distinct image is still built and
+checked once.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, require
 
 #: flavour → the directory its image was built into during this session
@@ -41,3 +44,45 @@ def node_image(flavour: str = "core") -> Path:
           + "\n".join(line for line in res.stdout.splitlines() if line.startswith("[image]")))
     _BUILT[flavour] = out
     return out
+
+
+def build(out: Path, work: Path, tag: str, key: Path, base: str = "") -> Path:
+    """A ``core`` image with version tag ``tag``, signed with ``key`` (on the OCI image
+    ``base`` if given), built into ``out``."""
+    extra = ["--base", base] if base else []
+    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out),
+                          "--work", str(work), "--version-tag", tag, "--sign-key", str(key),
+                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
+
+
+@dataclass
+class SignedBuilds:
+    """Images signed with one key made for the session (``sec``/``pub``, minisign); each
+    (tag, base) is built once and copied where a test module serves it from."""
+
+    root: Path
+    sec: Path
+    pub: Path
+    _built: dict[tuple[str, str], Path] = field(default_factory=dict)
+
+    def image(self, tag: str, dest: Path, base: str = "") -> Path:
+        """The image ``tag`` (on ``base``), copied to ``dest``."""
+        src = self._built.get((tag, base))
+        if src is None:
+            src = build(self.root / f"{tag}-{len(self._built)}", self.root / "work", tag,
+                        self.sec, base)
+            self._built[(tag, base)] = src
+        shutil.copytree(src, dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def signed_builds(tmp_path_factory: pytest.TempPathFactory) -> SignedBuilds:
+    require("apt-get", "dpkg-deb", "depmod", "zstd", "minisign")
+    d = tmp_path_factory.mktemp("signed-images")
+    sec, pub = d / "k.sec", d / "k.pub"
+    subprocess.run(["minisign", "-G", "-W", "-p", str(pub), "-s", str(sec)], check=True,
+                   capture_output=True, stdin=subprocess.DEVNULL)
+    return SignedBuilds(d, sec, pub)

@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, require
-from test_upgrade import _Quiet, answer, boot_id, broken, build, ok, wait_boot, wait_history
+from image_fixtures import SignedBuilds
+from test_upgrade import _Quiet, answer, boot_id, broken, ok, wait_boot, wait_history
 
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
@@ -45,17 +46,14 @@ DEADLINE = 60
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    require("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod", "zstd", "minisign",
-            "parted", "mkfs.vfat", "mke2fs", "mcopy", "grub-mkimage")
+def images(tmp_path_factory: pytest.TempPathFactory,
+           signed_builds: SignedBuilds) -> dict[str, Any]:
+    require("qemu-system-x86_64", "parted", "mkfs.vfat", "mke2fs", "mcopy", "grub-mkimage")
     d = tmp_path_factory.mktemp("images")
-    sec, pub = d / "k.sec", d / "k.pub"
-    subprocess.run(["minisign", "-G", "-W", "-p", str(pub), "-s", str(sec)], check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
-    out: dict[str, Any] = {"key": sign.public_key(pub)}
+    out: dict[str, Any] = {"key": sign.public_key(signed_builds.pub)}
     for tag in ("a", "b"):
-        build(d / tag, d / "work", tag, sec)
-    broken(d / "b", d / "c", sec)
+        signed_builds.image(tag, d / tag)
+    broken(d / "b", d / "c", signed_builds.sec)
     for tag in ("a", "b", "c"):
         raw = (d / tag / "manifest.json").read_bytes()
         out[tag] = {"dir": d / tag, "digest": hashlib.sha256(raw).hexdigest(),

@@ -24,7 +24,6 @@ import http.server
 import json
 import shutil
 import stat
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import SignedBuilds
 from sandbox_fixtures import oci_layout
 
 sys.path.insert(0, str(ROOT))
@@ -54,15 +54,6 @@ MARKER = "B's root came from an OCI image made by tests/e2e/test_upgrade.py\n"
 TOOL = "#!/bin/sh\necho \"base tool of B, args: $*\"\n"
 
 
-def build(out: Path, work: Path, tag: str, key: Path, base: str = "") -> Path:
-    extra = ["--base", base] if base else []
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out),
-                          "--work", str(work), "--version-tag", tag, "--sign-key", str(key),
-                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    return out
-
-
 def base_layout(d: Path) -> tuple[Path, str]:
     """An OCI layout (umoci) whose image ``b`` holds the marker and the tool; → (layout, the
     digest of its manifest)."""
@@ -78,17 +69,15 @@ def base_layout(d: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    require("qemu-system-x86_64", "apt-get", "dpkg-deb", "depmod", "zstd", "minisign", "umoci")
+def images(tmp_path_factory: pytest.TempPathFactory,
+           signed_builds: SignedBuilds) -> dict[str, Any]:
+    require("qemu-system-x86_64", "umoci")
     d = tmp_path_factory.mktemp("images")
-    sec, pub = d / "k.sec", d / "k.pub"
-    subprocess.run(["minisign", "-G", "-W", "-p", str(pub), "-s", str(sec)], check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
     layout, base_digest = base_layout(d)
-    out = {"key": sign.public_key(pub), "base_digest": base_digest}
-    build(d / "a", d / "work", "a", sec)
-    build(d / "b", d / "work", "b", sec, base=f"oci:{layout}:b")
-    broken(d / "b", d / "c", sec)
+    out = {"key": sign.public_key(signed_builds.pub), "base_digest": base_digest}
+    signed_builds.image("a", d / "a")
+    signed_builds.image("b", d / "b", base=f"oci:{layout}:b")
+    broken(d / "b", d / "c", signed_builds.sec)
     for tag in ("a", "b", "c"):
         raw = (d / tag / "manifest.json").read_bytes()
         out[tag] = {"dir": d / tag, "digest": hashlib.sha256(raw).hexdigest(),
