@@ -1,7 +1,7 @@
 """End to end: the raw disk image with an A/B layout (initramfs-builder/disk.py) under qemu.
 
 Images A, B (versions ``+a``, ``+b``) and a broken C (B whose dispatcher exits at once) are
-built and signed as in test_upgrade.py (its helpers). A disk made from A boots through the
+built and signed once per session (tests/image_fixtures.py). A disk made from A boots through the
 firmware to an answered ``core.ping``, under OVMF (UEFI) and under SeaBIOS; on the SeaBIOS
 machine ``core.upgrade`` writes B into slot b, sets GRUB's environment and reboots: GRUB counts
 the trial down and boots slot b, B answers and its boot assessment makes b the known-good slot.
