@@ -24,6 +24,14 @@ from conftest import ROOT, require
 _BUILT: dict[str, Path] = {}
 
 
+def _build_sh(*args: str) -> subprocess.CompletedProcess[str]:
+    """``initramfs-builder/build.sh`` with ``args``; fails the test with its output's tail."""
+    res = subprocess.run(["bash", "initramfs-builder/build.sh", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return res
+
+
 def node_image(flavour: str = "core") -> Path:
     """The directory holding ``flavour``'s image built from this tree (``build/image``; both
     flavours live side by side there), or ``CORE0_E2E_IMAGE`` when set (an image already
@@ -37,9 +45,7 @@ def node_image(flavour: str = "core") -> Path:
     require("apt-get", "dpkg-deb", "depmod", "zstd")
     out = ROOT / "build" / "image"
     t = time.monotonic()
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", flavour, "--out", str(out)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = _build_sh(flavour, "--out", str(out))
     print(f"\n{flavour} image built in {time.monotonic() - t:.0f}s:\n"
           + "\n".join(line for line in res.stdout.splitlines() if line.startswith("[image]")))
     _BUILT[flavour] = out
@@ -50,10 +56,8 @@ def build(out: Path, work: Path, tag: str, key: Path, base: str = "") -> Path:
     """A ``core`` image with version tag ``tag``, signed with ``key`` (on the OCI image
     ``base`` if given), built into ``out``."""
     extra = ["--base", base] if base else []
-    res = subprocess.run(["bash", "initramfs-builder/build.sh", "core", "--out", str(out),
-                          "--work", str(work), "--version-tag", tag, "--sign-key", str(key),
-                          *extra], cwd=ROOT, capture_output=True, text=True, timeout=1200)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    _build_sh("core", "--out", str(out), "--work", str(work), "--version-tag", tag,
+              "--sign-key", str(key), *extra)
     return out
 
 
