@@ -156,6 +156,7 @@ class PopLink:
             [p.result_json, self.cfg.bus.result_ttl, p.raw if p.raw is not None else b"", p.mode])
 
     async def run(self, commands: list[list[Any]], timeout: float = 10.0) -> list[Any]:
+        """Send ``commands`` now (connecting first if the link dropped); their replies."""
         return self._check(await self.conn.execute(commands, timeout, now=True))
 
     def submit(self, commands: list[list[Any]], timeout: float = 10.0
