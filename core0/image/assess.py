@@ -9,7 +9,11 @@ A boot **passes** when ``core.ping`` is answered through the node's Redis (the w
 redis-server, the dispatcher's pop loop, a job, its result) and every *protected* startup
 service reports ``running`` (``service.list``). It **fails** when that is not so within
 ``image.boot_deadline`` seconds of the kernel's start (CLOCK_BOOTTIME; at least one check is
-made), or when the same pending image has started ``MAX_BOOTS`` times (a crash loop).
+made), or as soon as the supervisor reports a crash loop: the dispatcher or the embedded
+redis-server ended ``image.crash_limit`` times before the first passing check, or ended with
+"do not restart" (asked over the shim socket; a broken image is rolled back in seconds, not
+after the deadline), or when the same pending image has started ``MAX_BOOTS`` times (a boot
+loop).
 
 On a pass: ``current`` = this image, ``previous`` = the one it came from, history ``booted``.
 On a failure: history ``failed`` (with the reason), then ``rollback``: a kexec into the
@@ -91,6 +95,30 @@ async def health(cfg: configmod.Config) -> str | None:
         await r.aclose()
 
 
+#: the supervised processes a passing check needs
+CORE_SERVICES = ("dispatcher", "redis-server")
+
+
+def crash_loop(cfg: configmod.Config) -> str | None:
+    """Why the node cannot become healthy, from its supervisor's counts (None: no crash loop,
+    or no supervisor to ask)."""
+    from core0.proc import shimlink
+
+    path = os.environ.get("CORE0_SHIM_SOCKET") or str(cfg.state_dir / "shim.sock")
+    services = shimlink.services(path)
+    for svc in services or []:
+        if svc.get("name") not in CORE_SERVICES:
+            continue
+        exits, last = int(svc.get("exits") or 0), svc.get("last_exit")
+        how = "" if last is None else \
+            f" (last: {f'status {last}' if last >= 0 else f'signal {-last}'})"
+        if svc.get("permanent"):
+            return f"the {svc['name']} stopped for good{how}"
+        if cfg.image.crash_limit and exits >= cfg.image.crash_limit:
+            return f"the {svc['name']} ended {exits} times{how}"
+    return None
+
+
 def since_boot() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME)
 
@@ -126,11 +154,14 @@ async def judge(cfg: configmod.Config, check: Check = health, step: float = 2.0)
         reason = f"started {pending['boots']} times without passing"
     else:
         while True:
+            crashed = await asyncio.to_thread(crash_loop, cfg)
             reason = await check(cfg)
-            if reason is None or since_boot() >= cfg.image.boot_deadline:
+            if reason is None or crashed or since_boot() >= cfg.image.boot_deadline:
                 break
             await asyncio.sleep(step)
-        if reason is not None:
+        if reason is not None and crashed:
+            reason = f"not healthy {since_boot():.0f}s after boot: {crashed}; {reason}"
+        elif reason is not None:
             reason = f"not healthy {cfg.image.boot_deadline:.0f}s after boot: {reason}"
     state = store.state()
     state["pending"] = None

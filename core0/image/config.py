@@ -25,6 +25,10 @@ class ImageConfig(schema.Schema):
     #: seconds a freshly switched image has to answer ``core.ping`` with every protected startup
     #: service running; past it the node goes back to the previous image by itself
     boot_deadline: Annotated[float, schema.Range(5, 86400)] = 300.0
+    #: a crash loop fails the boot before the deadline: the dispatcher or the embedded
+    #: redis-server ended this many times before the first passing check (0: never early;
+    #: an exit with status 125, "do not restart", fails it at once)
+    crash_limit: Annotated[int, schema.Range(0, 1000)] = 3
     #: boots GRUB gives a newly written slot of the A/B disk image before it falls back to
     #: the known-good slot (initramfs-builder/disk.py; a failed assessment ends it at once)
     boot_tries: Annotated[int, schema.Range(1, 9)] = 3

@@ -59,8 +59,16 @@ class Service:
     next_start: float | None = None
     permanent: bool = False
     starts: int = 0
+    #: times it ended (by any cause) and how the last time ended (exit code, -signal)
+    exits: int = 0
+    last_exit: int | None = None
     history: list[float] = field(default_factory=list)
     stdout: int | None = None
+
+    def status(self) -> dict[str, object]:
+        """What the shim socket's ``services`` op tells about it."""
+        return {"name": self.name, "pid": self.pid, "starts": self.starts, "exits": self.exits,
+                "last_exit": self.last_exit, "permanent": self.permanent}
 
 
 def spawn_session(argv: list[str], env: dict[str, str] | None = None,
@@ -173,6 +181,8 @@ class Supervisor:
         ran = time.monotonic() - svc.started
         svc.pid = None
         code = os.waitstatus_to_exitcode(status)
+        svc.exits += 1
+        svc.last_exit = code
         log.warning("%s exited (%s) after %.1fs", svc.name,
                     f"status {code}" if code >= 0 else f"signal {-code}", ran)
         if self.stopping:
@@ -262,6 +272,11 @@ class Supervisor:
                     if ticks >= since and (kid, ticks) not in self.claimed:
                         matches.append([kid, None, ticks, c])
             self._send(conn, {"op": "found", "rid": msg.get("rid"), "matches": matches})
+            return
+        if msg.get("op") == "services":
+            # how the supervised services fared (the boot assessment: a crash loop)
+            self._send(conn, {"op": "services", "rid": msg.get("rid"),
+                              "services": [s.status() for s in self.services]})
             return
         if msg.get("op") != "watch":
             return

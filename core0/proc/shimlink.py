@@ -13,6 +13,9 @@ them. Messages:
   watched by pid? (a job spawned in the instant before its dispatcher died, whose pid was never
   written down) → ``{"op": "found", "rid": R, "matches": [[pid, status or None while running,
   start_ticks, comm], …]}``.
+* the boot assessment → shim ``{"op": "services", "rid": R}`` → ``{"op": "services", "rid": R,
+  "services": [{"name", "pid", "starts", "exits", "last_exit", "permanent"}, …]}``: how each
+  supervised process fared since the shim started (:func:`services`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,28 @@ def read_frame(sock: socket.socket, buf: bytearray) -> list[Any]:
         out.append(msgpack.unpackb(bytes(buf[4 : 4 + n]), raw=False))
         del buf[: 4 + n]
     return out
+
+
+def services(path: str, timeout: float = 2.0) -> list[dict[str, Any]] | None:
+    """The supervised services' starts and exits, asked over the shim socket at ``path``
+    (blocking, at most ``timeout`` seconds); None when no shim answers there."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            sock.sendall(pack({"op": "services", "rid": 1}))
+            buf = bytearray()
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    return None
+                buf += data
+                for msg in read_frame(sock, buf):
+                    if isinstance(msg, dict) and msg.get("op") == "services":
+                        return [s for s in msg.get("services") or [] if isinstance(s, dict)]
+    except (OSError, ValueError) as e:
+        log.debug("no supervisor at %s: %s", path, e)
+        return None
 
 
 class ShimLink:

@@ -132,6 +132,13 @@ def test_dispatcher_killed_20_times_under_load(tmp_path: Path) -> None:
             r.lrange("core:default:processing", 0, 5)
         assert r.llen("core:default") == 0
         assert wait_until(lambda: not keys_without_ttl(r), 20), keys_without_ttl(r)[:10]
+        # the supervisor counted every end, and how the last one came (what the boot
+        # assessment reads to tell a crash loop: core0/image/assess.py)
+        from core0.proc import shimlink
+
+        disp = next(s for s in shimlink.services(str(node.state_dir / "shim.sock")) or []
+                    if s["name"] == "dispatcher")
+        assert (disp["exits"], disp["last_exit"], disp["starts"]) == (KILLS, -9, KILLS + 1), disp
         print(f"\n{kills} dispatcher kills in {chaos_s:.0f}s under {CLIENTS} clients: "
               f"{len(submitted)} commands ({len(marked)} process jobs), each exactly one "
               f"result, none run twice")

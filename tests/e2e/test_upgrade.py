@@ -8,8 +8,9 @@ signed image with a wrong hash is refused, then ``core.upgrade`` fetches B from 
 HTTP server on the host (qemu's user network reaches the host's loopback as 10.0.2.2),
 verifies and stages it, and kexecs: the same qemu process then answers with B's version and
 digest, and B's boot assessment passes. Then a broken image C (B with a dispatcher that exits
-at once, signed all the same) is installed: C never answers core.ping, so after
-``boot_deadline`` the node kexecs back to B by itself, and ``image.history`` says so (the
+at once, signed all the same) is installed: C never answers core.ping, and once its
+supervisor has seen the dispatcher end ``image.crash_limit`` times (well before
+``boot_deadline``) the node kexecs back to B by itself, and ``image.history`` says so (the
 images directory rides along each kexec: the node has no disk). How fast a switch is gets
 measured by bench/upgrade.py, not here.
 
@@ -252,7 +253,8 @@ def test_a_broken_image_rolls_back_by_itself(vm: VM, images: dict[str, Any],
     url = f"http://10.0.2.2:{server}/c/manifest.json"
     out = ok(vm.command("core.upgrade", {"url": url, "sha256": c["digest"]}, timeout=600))
     assert out["digest"] == c["digest"] and out["switch"] == "kexec"
-    # C's redis answers but nothing takes a job: after DEADLINE s C kexecs back to B
+    # C's redis answers but its dispatcher dies at each start: once the supervisor has seen
+    # it end image.crash_limit times, C kexecs back to B (long before DEADLINE)
     ver = wait_boot(vm, b["version"], old_boot, DEADLINE + 600)
     assert ver["image"]["digest"] == b["digest"]
     history = wait_history(vm, "booted")
@@ -263,6 +265,8 @@ def test_a_broken_image_rolls_back_by_itself(vm: VM, images: dict[str, Any],
                     ("rollback", c["digest"]), ("booted", b["digest"])], hist
     failed = next(h for h in history if h["event"] == "failed")
     assert "not healthy" in failed["reason"] and "core.ping" in failed["reason"], failed
+    assert "the dispatcher ended 3 times (last: status 1)" in failed["reason"], failed
+    assert failed["seconds"] < DEADLINE, failed
     assert next(h for h in history if h["event"] == "rollback")["to"] == b["digest"]
     assert ok(vm.command("image.current"))["digest"] == b["digest"]
 
