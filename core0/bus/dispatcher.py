@@ -45,7 +45,7 @@ from core0.errors import (
     UnknownCommand,
 )
 from core0.fleet.aggregator import Aggregator
-from core0.fleet.metrics import NodeMetrics
+from core0.fleet.metrics import NodeMetrics, service_samples
 from core0.fleet.registry import NodeRegistry
 from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
@@ -156,7 +156,8 @@ class Dispatcher:
         for name, role in self.roles.items():
             self._loops.append(asyncio.ensure_future(self._pop_loop(name, role)))
         self.metrics.serve()
-        self.metrics.samplers += [self._containers_sample, self._vms_sample]
+        self.metrics.samplers += [self._containers_sample, self._vms_sample,
+                                  self._supervisor_sample]
         self._loops.append(asyncio.ensure_future(
             self.metrics.watch_queues(self.bus.r, self.stop_event)))
         if self.cfg.node.registry == "yes" or (self.cfg.node.registry == "auto"
@@ -347,6 +348,10 @@ class Dispatcher:
 
         virt = vms.current()
         return await virt.monitor() if virt is not None else []
+
+    async def _supervisor_sample(self) -> list[Any]:
+        """Starts and ends of what the supervisor runs, for the metrics endpoint."""
+        return service_samples(await self.shim.services())
 
     def _settle(self, written: list[bool]) -> None:
         self.stats["duplicates"] += written.count(False)

@@ -11,6 +11,8 @@ What is exported, on ``http://<metrics.bind>:<metrics.port>/metrics`` (loopback 
   dead_letters, duplicates, redis_errors);
 * ``core0_jobs_running``; ``core0_queue_length{queue, list}`` (the queue, its processing
   list and its dead letters; refreshed from Redis every few seconds);
+* ``core0_service_starts_total{service}``, ``core0_service_ends_total{service}``: how often the
+  supervisor started each process it runs and how often one ended (a crash loop shows here);
 * host monitors: ``core0_host_cpu_percent``, ``core0_host_load1``, ``core0_host_memory_bytes
   {kind}``, ``core0_host_disk_bytes{path, kind}``, ``core0_host_net_bytes_total{nic,
   direction}`` and ``core0_host_net_packets_total{nic, direction}``.
@@ -195,6 +197,20 @@ class NodeMetrics:
 
 #: one workload measurement: (metric, help, kind of counter, labels, value)
 Sample = tuple[str, str, str, dict[str, str], float]
+
+
+def service_samples(services: Iterable[Mapping[str, Any]]) -> list[Sample]:
+    """Starts and ends of the processes the supervisor runs (the dispatcher, redis-server,
+    libvirtd, DHCP clients…; its ``services`` op): a dispatcher that keeps crashing shows here,
+    not only in a log."""
+    out: list[Sample] = []
+    for svc in services:
+        labels = {"service": str(svc.get("name"))}
+        out += [("core0_service_starts", "Starts of each process the supervisor runs",
+                 "counter", labels, float(svc.get("starts") or 0)),
+                ("core0_service_ends", "Ends (exits, signals) of each process the supervisor "
+                 "runs", "counter", labels, float(svc.get("exits") or 0))]
+    return out
 
 
 def workload_metrics(samples: Iterable[Sample]) -> Iterable[Metric]:

@@ -77,14 +77,16 @@ def services(path: str, timeout: float = 2.0) -> list[dict[str, Any]] | None:
 
 
 class ShimLink:
-    """Dispatcher side: ask the shim for exit statuses of adopted pids."""
+    """Dispatcher side: ask the shim for exit statuses of adopted pids, for processes lost
+    while being spawned, and for the supervised services' counts (the metrics)."""
 
     def __init__(self, path: str):
         self.path = path
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._waiters: dict[int, asyncio.Future[int | None]] = {}
-        self._finds: dict[int, asyncio.Future[list[list[int]]]] = {}
+        #: requests answered by rid ("find" → "found", "services" → "services")
+        self._asks: dict[int, asyncio.Future[list[Any]]] = {}
         self._rid = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -127,13 +129,21 @@ class ShimLink:
         """Processes started at/after ``since`` that the shim reaped or has running, never
         watched by pid: ``[[pid, status or None, start_ticks, comm], …]`` ([] without a
         shim)."""
+        return await self._ask({"op": "find", "comm": comm, "since": since})
+
+    async def services(self) -> list[dict[str, Any]]:
+        """How the supervised services fared: ``[{"name", "pid", "starts", "exits",
+        "last_exit", "permanent"}, …]`` ([] without a shim)."""
+        return [s for s in await self._ask({"op": "services"}) if isinstance(s, dict)]
+
+    async def _ask(self, msg: dict[str, Any]) -> list[Any]:
         if not self.connected:
             return []
         assert self._writer is not None
         self._rid += 1
-        fut: asyncio.Future[list[list[Any]]] = asyncio.get_running_loop().create_future()
-        self._finds[self._rid] = fut
-        self._writer.write(pack({"op": "find", "rid": self._rid, "comm": comm, "since": since}))
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._asks[self._rid] = fut
+        self._writer.write(pack({**msg, "rid": self._rid}))
         await self._writer.drain()
         return await asyncio.shield(fut)
 
@@ -146,10 +156,10 @@ class ShimLink:
                 if n > MAX_FRAME:
                     raise ValueError("frame too large")
                 msg = msgpack.unpackb(await self._reader.readexactly(n), raw=False)
-                if msg.get("op") == "found":
-                    ff = self._finds.pop(msg.get("rid"), None)
+                if msg.get("op") in ("found", "services"):
+                    ff = self._asks.pop(msg.get("rid"), None)
                     if ff is not None and not ff.done():
-                        ff.set_result(list(msg.get("matches") or []))
+                        ff.set_result(list(msg.get("matches") or msg.get("services") or []))
                     continue
                 pid = msg.get("pid")
                 fut = self._waiters.pop(pid, None)
@@ -166,9 +176,9 @@ class ShimLink:
                 if not fut.done():
                     fut.set_result(None)
             self._waiters.clear()
-            for ff in self._finds.values():
+            for ff in self._asks.values():
                 if not ff.done():
                     ff.set_result([])
-            self._finds.clear()
+            self._asks.clear()
             if self._writer is not None:
                 self._writer.close()

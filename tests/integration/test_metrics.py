@@ -58,6 +58,21 @@ def test_metrics_endpoint(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
         assert ("core0_commands_total", (("command", "core.ping"),
                                          ("state", "SUCCESS"))) in _samples(r.stdout)
+        # the supervisor's counts: the dispatcher killed once is started twice, ended once
+        def service(name: str) -> tuple[float, float] | None:
+            try:
+                got = scrape()
+            except OSError:  # the dispatcher (the endpoint's server) is starting again
+                return None
+            lab = (("service", name),)
+            if ("core0_service_starts_total", lab) not in got:
+                return None
+            return (got[("core0_service_starts_total", lab)],
+                    got[("core0_service_ends_total", lab)])
+        assert wait_until(lambda: service("dispatcher") == (1, 0), 15), service("dispatcher")
+        os.kill(node.dispatcher_pid(), 9)
+        assert wait_until(lambda: service("dispatcher") == (2, 1), 30), service("dispatcher")
+        assert service("redis-server") == (1, 0)
     finally:
         node.stop()
 
