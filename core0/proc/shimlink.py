@@ -13,9 +13,10 @@ them. Messages:
   watched by pid? (a job spawned in the instant before its dispatcher died, whose pid was never
   written down) → ``{"op": "found", "rid": R, "matches": [[pid, status or None while running,
   start_ticks, comm], …]}``.
-* the boot assessment → shim ``{"op": "services", "rid": R}`` → ``{"op": "services", "rid": R,
-  "services": [{"name", "pid", "starts", "exits", "last_exit", "permanent"}, …]}``: how each
-  supervised process fared since the shim started (:func:`services`).
+* the boot assessment (:func:`services`) and the dispatcher's metrics
+  (:meth:`ShimLink.services`) → shim ``{"op": "services", "rid": R}`` → ``{"op": "services",
+  "rid": R, "services": [{"name", "pid", "starts", "exits", "last_exit", "permanent"}, …]}``:
+  how each supervised process fared since the shim started.
 """
 
 from __future__ import annotations
@@ -134,18 +135,27 @@ class ShimLink:
     async def services(self) -> list[dict[str, Any]]:
         """How the supervised services fared: ``[{"name", "pid", "starts", "exits",
         "last_exit", "permanent"}, …]`` ([] without a shim)."""
-        return [s for s in await self._ask({"op": "services"}) if isinstance(s, dict)]
+        # bounded: a supervisor that does not know the op (an older one) never answers it
+        return [s for s in await self._ask({"op": "services"}, timeout=2.0)
+                if isinstance(s, dict)]
 
-    async def _ask(self, msg: dict[str, Any]) -> list[Any]:
+    async def _ask(self, msg: dict[str, Any], timeout: float | None = None) -> list[Any]:
+        """Send ``msg`` with a request id; its answer's list ([] without a shim, or after
+        ``timeout`` seconds)."""
         if not self.connected:
             return []
         assert self._writer is not None
         self._rid += 1
+        rid = self._rid
         fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._asks[self._rid] = fut
-        self._writer.write(pack({**msg, "rid": self._rid}))
+        self._asks[rid] = fut
+        self._writer.write(pack({**msg, "rid": rid}))
         await self._writer.drain()
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            self._asks.pop(rid, None)
+            return []
 
     async def _read_loop(self) -> None:
         assert self._reader is not None
