@@ -15,6 +15,18 @@ from core0.init.supervise import Service, Supervisor
 from core0.proc import shimlink
 
 
+def ask(path: str) -> list[dict[str, object]]:
+    """The ``services`` answer through the dispatcher's client (ShimLink)."""
+    async def go() -> list[dict[str, object]]:
+        link = shimlink.ShimLink(path)
+        assert await link.connect()
+        try:
+            return await link.services()
+        finally:
+            await link.close()
+    return asyncio.run(go())
+
+
 def test_services_op_from_both_clients(tmp_path: Path) -> None:
     disp = Service("dispatcher", ["true"], starts=3, exits=2, last_exit=-9)
     redis = Service("redis-server", ["true"], starts=1, pid=4242)
@@ -34,15 +46,7 @@ def test_services_op_from_both_clients(tmp_path: Path) -> None:
                 {"name": "dispatcher", "pid": None, "starts": 3, "exits": 2, "last_exit": -9,
                  "permanent": False}]
         assert shimlink.services(path) == want
-
-        async def ask() -> list[dict[str, object]]:
-            link = shimlink.ShimLink(path)
-            assert await link.connect()
-            try:
-                return await link.services()
-            finally:
-                await link.close()
-        assert asyncio.run(ask()) == want
+        assert ask(path) == want
     finally:
         stop.set()
         t.join(5)
@@ -61,16 +65,8 @@ def test_a_shim_that_never_answers(tmp_path: Path) -> None:
         t0 = time.monotonic()
         assert shimlink.services(path, timeout=0.3) is None
         assert time.monotonic() - t0 < 2
-
-        async def ask() -> list[dict[str, object]]:
-            link = shimlink.ShimLink(path)
-            assert await link.connect()
-            try:
-                return await link.services()
-            finally:
-                await link.close()
         t0 = time.monotonic()
-        assert asyncio.run(ask()) == []
+        assert ask(path) == []
         assert time.monotonic() - t0 < 5
         assert shimlink.services(str(tmp_path / "nothing.sock")) is None
     finally:
