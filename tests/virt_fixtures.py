@@ -13,7 +13,9 @@ domain, then kills qemu (by the pid files libvirt wrote), libvirtd and virtlogd 
 
 **Guest.** ``guest_files()`` downloads Debian's kernel package (``apt-get download``, kept in
 the image builder's cache), takes busybox (static) and the virtio/ACPI-button modules, and
-writes a cpio initramfs whose ``/init`` prints :data:`MARKER` on the serial console, reports
+writes a cpio initramfs whose ``/init`` opens the ACPI power button's input device, then prints
+:data:`MARKER` on the serial console (so a test that saw the marker may press the button: the
+event is queued, never lost to a listener not started yet), reports
 disks as they appear (``GUEST-DISK vdX``), takes a DHCP lease (``GUEST-IP a.b.c.d``), serves
 HTTP on port 8080 (busybox httpd, page = :data:`PAGE`) and powers off when the ACPI power button
 is pressed (``kvm.shutdown``).
@@ -70,12 +72,14 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in {' '.join(MODULES)}; do insmod /lib/mod/$m.ko 2>/dev/null; done
-echo {MARKER}
 for e in /sys/class/input/event*; do
   if grep -q "Power Button" $e/device/name 2>/dev/null; then
-    (head -c 1 /dev/input/${{e##*/}} >/dev/null; echo GUEST-POWEROFF; poweroff -f) &
+    exec 3</dev/input/${{e##*/}}
+    (head -c 1 <&3 >/dev/null; echo GUEST-POWEROFF; poweroff -f) &
+    exec 3<&-
   fi
 done
+echo {MARKER}
 (seen=""; while true; do for b in /sys/block/vd*; do n=${{b##*/}};
   case " $seen " in *" $n "*) ;; *) [ -e $b ] && seen="$seen $n" && echo "GUEST-DISK $n";; esac;
   done; sleep 0.3; done) &
