@@ -51,7 +51,7 @@ from core0.jobs import state as jobstate
 from core0.jobs.engine import JobEngine
 from core0.jobs.job import Job, prebuild
 from core0.jobs.result import exception_result
-from core0.proc import process
+from core0.proc import process, shimlink
 from core0.proc.output import Inotify
 from core0.proc.shimlink import ShimLink
 from core0.proc.spawn import reset_ignored_signals
@@ -109,8 +109,7 @@ class Dispatcher:
         self.bus = Bus(cfg)
         self.reaper = process.Reaper()
         self.inotify = Inotify()
-        shim_path = os.environ.get("CORE0_SHIM_SOCKET") or str(cfg.state_dir / "shim.sock")
-        self.shim = ShimLink(shim_path)
+        self.shim = ShimLink(shimlink.socket_path(cfg.state_dir))
         self.engine = JobEngine(cfg, self.bus, self.reaper, self.inotify, None)
         self.stop_event = asyncio.Event()
         #: re-reads the configuration from the same sources (core.reload, SIGHUP)

@@ -104,8 +104,7 @@ def crash_loop(cfg: configmod.Config) -> str | None:
     or no supervisor to ask)."""
     from core0.proc import shimlink
 
-    path = os.environ.get("CORE0_SHIM_SOCKET") or str(cfg.state_dir / "shim.sock")
-    services = shimlink.services(path)
+    services = shimlink.services(shimlink.socket_path(cfg.state_dir))
     for svc in services or []:
         if svc.get("name") not in CORE_SERVICES:
             continue

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -53,6 +55,12 @@ def read_frame(sock: socket.socket, buf: bytearray) -> list[Any]:
         out.append(msgpack.unpackb(bytes(buf[4 : 4 + n]), raw=False))
         del buf[: 4 + n]
     return out
+
+
+def socket_path(state_dir: Path) -> str:
+    """Where the supervisor's socket is for a process it started (``CORE0_SHIM_SOCKET``), or
+    under ``state_dir``."""
+    return os.environ.get("CORE0_SHIM_SOCKET") or str(state_dir / "shim.sock")
 
 
 def services(path: str, timeout: float = 2.0) -> list[dict[str, Any]] | None:
