@@ -11,7 +11,8 @@ A worker is one plain blocking loop (redis-py, no event loop, no registry, no sc
   the job's files, as core0's overlaps building its spec) before a process starts, so an id
   never runs twice; the result written by the publish script (exactly one result per id,
   the flag kept for 0-core's clients, TTLs); for a process, a job log written at ``spawning``,
-  ``running`` and ``exited`` (fsync'd when ``durable``, as core0 does on a disk state dir), the
+  ``running`` and ``exited`` (when ``durable``, synced to the disk at most once a second, as
+  core0 does on a disk state dir with ``appendfsync everysec``: core0/jobs/logsync.py), the
   exit status peeked before the reap, and stdout/stderr in files of their own that are read back
   for the result. Its redis-server keeps an AOF (``appendfsync everysec``, core0's default).
 
@@ -27,6 +28,7 @@ import multiprocessing as mp
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,14 @@ def worker(sock: str, guarded: bool, jobs: str = "", durable: bool = False) -> N
     env = dict(os.environ)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     new = os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    synced = 0.0  # when a job log was last synced (durable)
+
+    def sync(fd: int) -> None:
+        nonlocal synced
+        if durable and time.monotonic() - synced >= 1.0:
+            os.fsync(fd)
+            synced = time.monotonic()
+
     while True:
         raw: bytes = r.blmove(QUEUE, PROCESSING, 0, "LEFT", "RIGHT")  # type: ignore[assignment]
         cmd = json.loads(raw)
@@ -80,8 +90,7 @@ def worker(sock: str, guarded: bool, jobs: str = "", durable: bool = False) -> N
                     for fd in (log, out, err):
                         os.close(fd)
                     continue
-                if durable:
-                    os.fsync(log)
+                sync(log)
                 pid = os.posix_spawn("/bin/true", ["true"], env, setsid=True, file_actions=[
                     (os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, out, 1),
                     (os.POSIX_SPAWN_DUP2, err, 2)])
@@ -89,8 +98,7 @@ def worker(sock: str, guarded: bool, jobs: str = "", durable: bool = False) -> N
                 info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
                 assert info is not None
                 os.write(log, f'{{"state":"exited","status":{info.si_status}}}\n'.encode())
-                if durable:
-                    os.fsync(log)
+                sync(log)
                 os.waitpid(pid, 0)
                 data = os.pread(out, 1 << 20, 0).decode(errors="replace")
                 os.pread(err, 1 << 20, 0)

@@ -23,7 +23,8 @@ In one run, interleaved:
 Everything the baseline and core0 touch (the root, the baseline's bundle and runtime state,
 core0's state dir with its image store, clones and job files) is on one tmpfs
 (``/dev/shm``), as a node's state dir is; ``--disk`` puts it all in a temp dir on disk
-instead (core0 then fsyncs its job steps, `core0/jobs/state.py`). The root clone benchmark
+instead (core0 then syncs its job steps as its AOF, ``redis.appendfsync``:
+`core0/jobs/logsync.py`). The root clone benchmark
 always uses a temp dir on disk.
 
 ``--runtime crun|runc`` fails unless core0 picked that runtime (``auto``: whichever). A node

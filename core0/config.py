@@ -99,7 +99,8 @@ class RedisConfig(Section):
     appendonly: bool = True
     #: Redis writes the AOF before it replies with every setting, so a redis-server crash loses
     #: no acknowledged write with "everysec" either; "always" adds power-loss durability (which
-    #: a tmpfs state dir does not have) at a cost on disks
+    #: a tmpfs state dir does not have) at a cost on disks. The job logs in the state dir are
+    #: synced by the same policy (core0.jobs.logsync), with a remote Redis too
     appendfsync: Literal["always", "everysec", "no"] = "everysec"
     maxmemory: str = "0"
     #: embedded: TLS listener port (0 = none) and its files

@@ -125,7 +125,8 @@ class Dispatcher:
         queues = {self.bus.keys.queue(q): (self.bus.keys.processing(self.bus.keys.queue(q)),
                                            self.bus.keys.dead(self.bus.keys.queue(q)))
                   for q in self.roles}
-        self.metrics = NodeMetrics(cfg, self.stats, lambda: len(self.engine.table), queues)
+        self.metrics = NodeMetrics(cfg, self.stats, lambda: len(self.engine.table), queues,
+                                   lambda: self.engine.store.sync.synced)
         self.engine.on_result = self.metrics.result
         #: level-10 statistics of jobs (aggregator.query)
         self.aggregator = Aggregator()

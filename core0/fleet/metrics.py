@@ -66,10 +66,13 @@ class NodeMetrics:
     whose lengths :meth:`watch_queues` keeps current."""
 
     def __init__(self, cfg: Config, stats: Mapping[str, int], jobs: Callable[[], int],
-                 queues: Mapping[str, tuple[str, str]]):
+                 queues: Mapping[str, tuple[str, str]],
+                 log_syncs: Callable[[], int] = lambda: 0):
         self.cfg = cfg
         self.stats = stats
         self.jobs = jobs
+        #: syncs of the job logs to their disk so far (core0.jobs.logsync)
+        self.log_syncs = log_syncs
         self.queues = dict(queues)
         self.lengths: dict[tuple[str, str], int] = {}
         self.registry = CollectorRegistry(auto_describe=False)
@@ -137,6 +140,10 @@ class NodeMetrics:
             ev.add_metric([k], float(v))
         yield ev
         yield GaugeMetricFamily("core0_jobs_running", "Jobs in flight", value=self.jobs())
+        yield CounterMetricFamily(
+            "core0_job_log_syncs", "Syncs of the process jobs' logs to their disk "
+            "(redis.appendfsync: one per step with always, at most one a second with "
+            "everysec; none on a tmpfs)", value=float(self.log_syncs()))
         ql = GaugeMetricFamily("core0_queue_length", "Lengths of the node's Redis lists",
                                labels=["queue", "list"])
         for (queue, kind), n in sorted(self.lengths.items()):

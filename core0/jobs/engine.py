@@ -94,7 +94,7 @@ class JobEngine:
         self.recent = RecentResults(cfg.bus.result_cache_bytes)
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
-        self.store = jobstate.JobStore(cfg.state_dir / "jobs")
+        self.store = jobstate.JobStore(cfg.state_dir / "jobs", sync=cfg.redis.appendfsync)
         inotify.watch_dir(str(self.store.out))  # every job's output files: one watch
         self._room = asyncio.Event()
         self._room.set()
@@ -567,4 +567,5 @@ class JobEngine:
         if tasks:
             await asyncio.wait(tasks, timeout=5)
         self.store.sweep()
+        self.store.sync.close()  # what the last second wrote, on the disk before we go
         return requeue

@@ -8,10 +8,11 @@ changed: ``spawning`` (the whole run, before the spawn), ``running`` (pid + star
 reaped), ``scheduled`` (between recurring runs) and ``done`` (the result, before it is
 published; only when a next dispatcher could not make the same result from ``exited`` and the
 output files: a timeout, a kill, a recurring, restarting or protected job). A line is one
-``write`` on a descriptor kept open for the job's life (``O_APPEND``; fsync only off tmpfs), so
-a step costs one system call instead of a temp file, a rename and a directory entry
-(docs/performance.md). A line torn by a crash is ignored when loading; the state is the first
-line updated by every later one. A new dispatcher re-creates every job from these logs: it
+``write`` on a descriptor kept open for the job's life (``O_APPEND``; synced to a disk as the
+node's Redis AOF is, ``redis.appendfsync``: core0.jobs.logsync), so a step costs one system
+call instead of a temp file, a rename and a directory entry (docs/performance.md). A line
+torn by a crash is ignored when loading; the state is the first line updated by every later
+one. A new dispatcher re-creates every job from these logs: it
 follows the output files again, learns the exit status of a still-running process from the
 supervisor, and publishes a result that was saved but not yet sent.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0 import mountinfo
+from core0.jobs.logsync import LogSync
 
 if TYPE_CHECKING:
     from core0.jobs.job import Job
@@ -77,12 +79,13 @@ class JobStore:
     the dispatcher watches once (inotify events carry the file name), so a job costs no
     directory of its own and no watch of its own."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, sync: str = "everysec"):
         self.root = root
         self.out = root / "out"
         self.out.mkdir(parents=True, exist_ok=True)
         self._root, self._out = str(root), str(self.out)
-        self.fsync = _is_persistent(root)
+        #: ``sync``: when steps reach the disk (``always``/``everysec``/``no``; never on a tmpfs)
+        self.sync = LogSync(sync if _is_persistent(root) else "no", root)
         #: job id → the open descriptor of its job log
         self._fds: dict[str, int] = {}
         #: job id → (run, has stdin file) of the run whose files exist
@@ -165,10 +168,10 @@ class JobStore:
         else:  # a run starts with "spawning": nothing of the last run stays
             line = json.dumps(self._whole(job, state, status, result)) + "\n"
         os.write(fd, line.encode())
-        # a written line survives a crash of the dispatcher as it is; fsync is for a power loss,
-        # after which no pid means anything any more: the "running" step is not worth one
-        if self.fsync and state != "running":
-            os.fsync(fd)
+        # a written line survives a crash of the dispatcher as it is; a sync is for a power
+        # loss, after which no pid means anything any more: the "running" step is not worth one
+        if state != "running":
+            self.sync.after_write(fd)
 
     @staticmethod
     def _whole(job: Job, state: str, status: int | None, result: str | None) -> dict[str, Any]:
@@ -293,7 +296,7 @@ def _load(path: Path) -> Saved:
 
 
 def _is_persistent(path: Path) -> bool:
-    """fsync only where it means something (not on tmpfs)."""
+    """Sync only where it means something (not on tmpfs)."""
     try:
         mount = mountinfo.containing(str(path.resolve()))
     except OSError:

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
-from conftest import ROOT, free_port, start_node, wait_until
+from conftest import ROOT, free_port, start_node, unavailable, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -105,3 +108,54 @@ def test_aggregator_query_from_job_stats_lines(tmp_path: Path) -> None:
             assert c.json("aggregator.query", {"tags": {"room": "attic"}}) == {}
     finally:
         node.stop()
+
+
+def test_job_log_syncs_follow_appendfsync(tmp_path: Path) -> None:
+    """On a disk state dir the job logs are synced as the AOF is: every step that matters with
+    ``always``, at most once a second with ``everysec`` (the default); a tmpfs never."""
+    from core0.jobs.state import _is_persistent
+
+    disk = tmp_path if _is_persistent(tmp_path) else None
+    shm = Path("/dev/shm")
+    if disk is None or not shm.is_dir() or _is_persistent(shm):
+        unavailable("a disk directory and a tmpfs at /dev/shm")
+    shm_dir = Path(tempfile.mkdtemp(prefix="core0-test-", dir=shm))
+    got = {}
+    try:
+        for name, state, policy in (("always", disk / "a", "always"),
+                                    ("everysec", disk / "e", None),
+                                    ("tmpfs", shm_dir / "t", "always")):
+            port = free_port()
+            env = {"CORE0_METRICS_PORT": str(port)}
+            if policy:
+                env["CORE0_REDIS_APPENDFSYNC"] = policy
+            node = start_node(state, env=env)
+            try:
+                with node.client(timeout=20) as c:
+                    t0 = time.monotonic()
+                    for _ in range(20):
+                        assert c.system("true").get().state == "SUCCESS"
+                    elapsed = time.monotonic() - t0
+                url = f"http://127.0.0.1:{port}/metrics"
+
+                def syncs(url: str = url) -> float:
+                    with urllib.request.urlopen(url, timeout=10) as r:
+                        return _samples(r.read().decode())[("core0_job_log_syncs_total", ())]
+
+                if name == "everysec":  # the last steps are synced within a second
+                    before = syncs()
+                    time.sleep(1.5)
+                    after = syncs()
+                    assert after == syncs()
+                    got[name] = (before, after, elapsed)
+                else:
+                    got[name] = (syncs(), syncs(), elapsed)
+            finally:
+                node.stop()
+    finally:
+        shutil.rmtree(shm_dir, ignore_errors=True)
+    # two synced steps per job (spawning, exited), each before the dispatcher goes on
+    assert got["always"][0] == 40
+    before, after, elapsed = got["everysec"]
+    assert 1 <= after <= int(elapsed) + 3, got
+    assert got["tmpfs"][0] == 0
