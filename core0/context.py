@@ -52,6 +52,8 @@ class ProcessSpec:
     stdin: bytes = b""
     #: a label for job.list (defaults to argv)
     label: str = ""
+    #: ``argv[0]`` already resolved by the handler (else the engine looks it up in PATH)
+    exe: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

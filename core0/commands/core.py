@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -59,12 +58,14 @@ async def system(ctx: Context, args: SystemArgs) -> ProcessSpec:
     level-20 data. A program that is not found gives 404."""
     check_env(args.env)
     env = job_env(args.env)
-    if find_executable(args.name, env) is None:
+    exe = find_executable(args.name, env)
+    if exe is None:
         raise NotFound(f"executable not found: {args.name}")
     if args.dir and not os.path.isdir(args.dir):
         raise NotFound(f"no such directory: {args.dir}")
     return ProcessSpec(
-        [args.name, *args.args], env=env, cwd=args.dir or None, stdin=args.stdin.encode()
+        [args.name, *args.args], env=env, cwd=args.dir or None, stdin=args.stdin.encode(),
+        exe=exe,
     )
 
 
@@ -79,9 +80,10 @@ async def bash(ctx: Context, args: BashArgs) -> ProcessSpec:
     """Run a shell script with ``bash -c`` (``sh -c`` where bash is missing). Admin queues only:
     this is the one command that runs a shell, on purpose."""
     env = job_env(None)
-    shell = shutil.which("bash", path=env["PATH"]) or "sh"
+    bash = find_executable("bash", env)  # remembered: not a stat per PATH entry per job
+    shell = bash or "sh"
     return ProcessSpec([shell, "-c", args.script], env=env, stdin=args.stdin.encode(),
-                       label=f"bash: {args.script[:80]}")
+                       label=f"bash: {args.script[:80]}", exe=bash)
 
 
 @command("core.state", role=Role.READ_ONLY, inline=True)

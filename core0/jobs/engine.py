@@ -364,7 +364,7 @@ class JobEngine:
             fo, fe = self.store.open_outputs(job.id, job.run)
             fi = self.store.open_stdin(job.id, job.run, ps.stdin) if ps.stdin else devnull_fd()
             job.state = "running"
-            exe = find_executable(ps.argv[0], ps.env)
+            exe = ps.exe or find_executable(ps.argv[0], ps.env)
             job.comm = os.path.basename(exe or ps.argv[0])[:15]
             job.start_ticks = boot_ticks()  # "spawned at or after": see adopt.adopted_exit
             job.start_max = 0
