@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import unavailable
+from conftest import unavailable, wait_until
 
 from core0.jobs import logsync
 from core0.jobs.state import JobStore, _is_persistent
@@ -43,15 +43,6 @@ def disk_dir(tmp_path: Path) -> Iterator[Path]:
     unavailable("no directory on a disk to test syncing in")
 
 
-def _wait(pred: Any, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(0.01)
-    return bool(pred())
-
-
 def test_always_syncs_each_step_that_matters_before_returning(disk_dir: Path) -> None:
     store = JobStore(disk_dir / "jobs", sync="always")
     assert store.sync.policy == "always"
@@ -79,13 +70,13 @@ def test_everysec_syncs_in_a_thread_at_most_once_a_second(disk_dir: Path) -> Non
     # written at once, whatever the sync: another reader (a next dispatcher) sees every step
     for job in jobs:
         assert b'"state": "spawning"' in Path(store.log_path(job.id)).read_bytes()
-    assert _wait(lambda: not sync.pending())
+    assert wait_until(lambda: not sync.pending())
     assert sync.synced >= 1
     for _ in range(40):  # 200 steps of the same five logs within ~0.8 s
         for job in jobs:
             store.save(job, state="exited", status=0)
         time.sleep(0.02)
-    assert _wait(lambda: not sync.pending())
+    assert wait_until(lambda: not sync.pending())
     elapsed = time.monotonic() - t0
     # the steps of every log in one pass; passes at most one a second (plus the first)
     assert 2 <= sync.synced <= int(elapsed / logsync.INTERVAL) + 2
@@ -99,7 +90,7 @@ def test_close_syncs_what_is_pending_and_later_steps_inline(disk_dir: Path) -> N
     for job in (a, b):
         store.new_run(job.id, 1, stdin=False)
     store.save(a, state="spawning")
-    assert _wait(lambda: store.sync.synced == 1)
+    assert wait_until(lambda: store.sync.synced == 1)
     store.save(b, state="spawning")  # waits for the next pass (a second after the first)
     assert store.sync.pending()
     store.sync.close()  # does not wait for it: syncs now
