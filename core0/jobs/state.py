@@ -12,9 +12,9 @@ output files: a timeout, a kill, a recurring, restarting or protected job). A li
 node's Redis AOF is, ``redis.appendfsync``: core0.jobs.logsync), so a step costs one system
 call instead of a temp file, a rename and a directory entry (docs/performance.md). A line
 torn by a crash is ignored when loading; the state is the first line updated by every later
-one. A new dispatcher re-creates every job from these logs: it
-follows the output files again, learns the exit status of a still-running process from the
-supervisor, and publishes a result that was saved but not yet sent.
+one. A new dispatcher re-creates every job from these logs: it follows the output files again,
+learns the exit status of a still-running process from the supervisor, and publishes a result
+that was saved but not yet sent.
 """
 
 from __future__ import annotations
