@@ -312,13 +312,13 @@ class Bus:
     # ------------------------------------------------------------ output records
 
     async def finish(self, job_id: str, records: Sequence[LogRecord], stream: bool,
-                     pub: Publish) -> bool:
+                     pub: Publish, now: bool = False) -> bool:
         """A job's last output records and its result, in one round trip (shared with every
-        other job that ends in the same turn of the event loop). True if the result was
-        written."""
+        other job that ends in the same turn of the event loop; ``now``: no other is about
+        to end, write at once). True if the result was written."""
         cmds = self._record_cmds(job_id, records, stream) if records else []
         cmds.append(PUBLISH.call(self._pkeys(pub), self._pargs(pub)))
-        replies = await self._fast(cmds)
+        replies = await self._fast(cmds, now)
         return bool(replies[-1])
 
     async def records(self, job_id: str, records: Sequence[LogRecord], stream: bool) -> None:
@@ -327,10 +327,11 @@ class Bus:
             return
         await self._fast(self._record_cmds(job_id, records, stream))
 
-    async def _fast(self, cmds: list[list[Any]]) -> list[Any]:
+    async def _fast(self, cmds: list[list[Any]], now: bool = False) -> list[Any]:
         """Commands of the job hot path over core0's own pipelined RESP link (cheaper than
-        redis-py's pipelines, which also ask SCRIPT EXISTS before every script call)."""
-        replies = await self.link.execute(cmds)
+        redis-py's pipelines, which also ask SCRIPT EXISTS before every script call);
+        ``now``: written at once, else at the end of this turn of the event loop."""
+        replies = await self.link.execute(cmds, now=now)
         for r in replies:
             if isinstance(r, RespError):
                 if str(r).startswith("NOSCRIPT"):

@@ -11,37 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core0_client.protocol import Code, Command, Level, Result, State, now_ms
+from core0_client.protocol import Code, Command, Result, State, now_ms
 
 from core0 import registry
 from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
 from core0.errors import Conflict, Killed, NotFound, Timeout
-from core0.jobs import adopt
+from core0.jobs import adopt, procrun
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import InlineJob, Job, visible_to
-from core0.jobs.output import QueueSlots
+from core0.jobs.output import Final, QueueSlots
 from core0.jobs.recent import RecentResults
 from core0.jobs.result import (
     TERMINATING,
     builtin_result,
     derivable,
     exception_result,
-    process_result,
 )
 from core0.proc import process
-from core0.proc.output import FileFollower, OutputParser
-from core0.proc.process import find_executable
-from core0.proc.spawn import boot_ticks, devnull_fd
+from core0.proc.spawn import boot_ticks
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
 
@@ -53,10 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: fault tests only: the dispatcher dies right after spawning a program of this name
-_CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
-
-GRACE = 2.0
 #: seconds after which published jobs' files are removed at the latest (JobStore.sweep)
 SWEEP_AFTER = 0.05
 
@@ -113,6 +104,9 @@ class JobEngine:
         #: jobs lost while spawning → the processes that may be theirs (see _run_once)
         self.candidates: dict[str, list[list[Any]]] = {}
         self._sweep_timer: asyncio.TimerHandle | None = None
+        #: process jobs whose exit was seen and whose result is not written yet: the last of
+        #: them writes the results of all at once, with no turn of the event loop in between
+        self._ending: set[str] = set()
 
     # ------------------------------------------------------------ capacity
 
@@ -146,10 +140,22 @@ class JobEngine:
         return Job(self, cmd, spec, args, role, raw, processing)
 
     def start(self, job: Job, resume: jobstate.Saved | None = None) -> None:
+        """Give a job its task. A picked-up job whose program was built while its pickup was
+        in flight (:func:`~core0.jobs.job.prebuild`) and that waits for no named queue has
+        its process spawned here, in this turn of the event loop: the task's first turn
+        comes after the spawn instead of before it (docs/performance.md)."""
         self.table[job.id] = job
         if not job.internal:
             self.by_role[job.role] += 1
         self.started_total += 1
+        if resume is None and isinstance(job.prebuilt, ProcessSpec) and not job.cmd.queue:
+            ps, job.prebuilt = job.prebuilt, None
+            job.run, job.eager, job.process = 1, True, True
+            job.starttime = now_ms()
+            try:
+                job.launched = procrun.spawn(self, job, ps)
+            except Exception as e:  # the run's result, made by the task like any other
+                job.prebuilt = e
         job.task = asyncio.ensure_future(self._main(job, resume))
 
     def remember(self, job_id: str, result_json: str, role: Role | None = None,
@@ -183,7 +189,9 @@ class JobEngine:
                     resume = None
                     if job.unscheduled or job.killed:
                         break
-                if resume is None:
+                if job.eager:
+                    job.eager = False
+                elif resume is None:
                     job.run += 1
                 result = await self._run_once(job, resume)
                 resume = None
@@ -197,6 +205,7 @@ class JobEngine:
                 delay = self._next_delay(job, result)
                 if delay is None:
                     break
+                job.output.run_over()
                 result.run = job.run
                 if not job.internal:
                     await retry_forever("run result", self.bus.publish_run, job.id, job.run,
@@ -258,6 +267,7 @@ class JobEngine:
             pass
 
     async def _finish(self, job: Job, result: Result) -> None:
+        self._ending.discard(job.id)
         if job.run > 1 or job.cmd.recurring_period:
             result.run = job.run
         ok = result.state is State.SUCCESS
@@ -269,16 +279,21 @@ class JobEngine:
                 log.exception("job %s: EOF record lost", job.id)
             log.info("service %s stopped (%s)", job.id, result.state.value)
         else:
-            records = await job.output.final_records(ok)
+            final = job.output.final_records(ok)
             if job.process and not derivable(job, result):
                 self.store.save(job, state="done", result=text)
             pub = Publish(job.id, text, job.raw, job.processing, "owned")
             try:
                 # the last output records, the EOF record and the result: one round trip
-                await retry_forever("result", self.bus.finish, job.id, records,
-                                    job.cmd.stream, pub)
+                await self._write_result(job, final, pub)
             except Exception:
                 log.exception("job %s: result not written", job.id)
+            if final.late_eof is not None:  # a job that wrote nothing: its EOF just after
+                try:
+                    await retry_forever("output", self.bus.records, job.id, [final.late_eof],
+                                        False)
+                except Exception:
+                    log.exception("job %s: EOF record lost", job.id)
             self.remember(job.id, text, job.role, job.scope)
             self.on_result(job.cmd.command, result.state.value, result.time / 1000)
         if job.process:
@@ -291,6 +306,20 @@ class JobEngine:
         self._room.set()
         job.final = result
         job.done.set()
+
+    async def _write_result(self, job: Job, final: Final, pub: Publish) -> None:
+        """The job's last records and its result, at once when no other job is about to end.
+        An output write still in flight went out on the same link before them; should this
+        write fail, that one is waited for before the result is written again, so a result
+        never comes before its output."""
+        args = (job.id, final.records, job.cmd.stream, pub, not self._ending)
+        if final.writing is not None:
+            try:
+                await self.bus.finish(*args)
+                return
+            except Exception:
+                await asyncio.shield(final.writing)
+        await retry_forever("result", self.bus.finish, *args)
 
     # ------------------------------------------------------------ one run
 
@@ -310,7 +339,9 @@ class JobEngine:
         if resume is not None and resume.state in ("spawning", "running", "exited"):
             job.process = True
             job.starttime = resume.starttime
-            return await self._process_run(job, None, resume)
+            return await procrun.run(self, job, None, resume)
+        if job.launched is not None:  # spawned by start()
+            return await procrun.run(self, job, None, None)
         job.state = "running"
         job.starttime = now_ms()
         ctx = Context(self, job)
@@ -324,7 +355,7 @@ class JobEngine:
                     raise value
             if isinstance(value, ProcessSpec):
                 job.process = True
-                return await self._process_run(job, value, None)
+                return await procrun.run(self, job, value, None)
             return builtin_result(job, value)
         except TimeoutError as e:
             if deadline.expired():  # max_time, not a timeout of the handler's own
@@ -349,91 +380,10 @@ class JobEngine:
         self.on_result(cmd.command, res.state.value, res.time / 1000)
         return res.to_json()
 
-    async def _process_run(
-        self, job: Job, ps: ProcessSpec | None, resume: jobstate.Saved | None
-    ) -> Result:
-        out_path, err_path = self.store.output_paths(job.id, job.run)
-        done: asyncio.Future[Any]
-        offsets = (0, 0)
-        if resume is None:
-            assert ps is not None
-            job.label = ps.label or " ".join(ps.argv)
-            self.store.new_run(job.id, job.run, bool(ps.stdin))
-            # the very open files the child writes are the followers' (below): its exit
-            # closes nothing of ours, so it wakes no watcher
-            fo, fe = self.store.open_outputs(job.id, job.run)
-            fi = self.store.open_stdin(job.id, job.run, ps.stdin) if ps.stdin else devnull_fd()
-            job.state = "running"
-            exe = ps.exe or find_executable(ps.argv[0], ps.env)
-            job.comm = os.path.basename(exe or ps.argv[0])[:15]
-            job.start_ticks = boot_ticks()  # "spawned at or after": see adopt.adopted_exit
-            job.start_max = 0
-            self.store.save(job, state="spawning")
-            try:
-                sp = await process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
-                                         stderr=fe, exe=exe, start_ticks=False)
-            except BaseException:
-                os.close(fo)
-                os.close(fe)
-                raise
-            finally:
-                if ps.stdin:
-                    os.close(fi)
-            if _CRASH_AFTER_SPAWN and job.comm == _CRASH_AFTER_SPAWN:
-                os._exit(70)  # fault tests: die in the instant between spawn and bookkeeping
-            # the child was forked between the two readings of the boot clock: that bracket
-            # tells it from a later process that reuses its pid (no read of /proc/<pid>/stat)
-            job.pid, job.start_max = sp.pid, boot_ticks()
-            self.store.save(job, state="running")
-            job.spawned.set()
-            done = self.reaper.watch(
-                sp.pid, lambda status: self.store.save(job, state="exited", status=status))
-        else:
-            job.label = resume.label
-            job.pid, job.start_ticks = resume.pid, resume.start_ticks
-            job.start_max = resume.start_max
-            job.state = "running"
-            job.spawned.set()
-            offsets = (jobstate.data_start(Path(out_path)), jobstate.data_start(Path(err_path)))
-            done = asyncio.ensure_future(adopt.adopted_exit(self, job, resume))
-        backlog = self.cfg.bus.output_backlog_bytes
-        fds = (fo, fe) if resume is None else (None, None)
-        followers = [
-            FileFollower(path, OutputParser(level), job.output.add, offset,
-                         full=job.output.full, backlog_max=backlog, fd=fd)
-            for path, level, offset, fd in ((out_path, Level.STDOUT, offsets[0], fds[0]),
-                                            (err_path, Level.STDERR, offsets[1], fds[1]))
-        ]
-        job.output.followers = followers
-        for f in followers:
-            f.start(self.inotify, fresh=resume is None)
-        timed_out = False
-        try:
-            remaining = None
-            if job.cmd.max_time:
-                remaining = max(0.0, job.cmd.max_time - (now_ms() - job.starttime) / 1000)
-            try:
-                if remaining is None and resume is None:  # no layers: a loop turn each
-                    self.store.sweep()  # while the process runs
-                    status = await done  # (a cancel: the reaper still records the exit)
-                else:
-                    status = await asyncio.wait_for(asyncio.shield(done), remaining)
-            except TimeoutError:
-                timed_out = True
-                assert job.pid is not None
-                await process.terminate_group(job.pid, done, GRACE)  # type: ignore[arg-type]
-                status = await done
-        except asyncio.CancelledError:
-            # the dispatcher is stopping: leave the process running for the next one
-            for f in followers:
-                f.stop()
-            job.output.followers = []
-            raise
-        for f in followers:
-            f.finish()
-        job.output.followers = []
-        job.pid = None
-        return process_result(job, status, timed_out)
+    def exited(self, job: Job, status: int) -> None:
+        """The reaper's hook for a job's process, still a zombie: its exit written down."""
+        self.store.save(job, state="exited", status=status)
+        self._ending.add(job.id)
 
     # ------------------------------------------------------------ control
 
@@ -445,7 +395,7 @@ class JobEngine:
         if job.pid and job.state == "running":
             process.killpg(job.pid, sig)
             if sig in TERMINATING and sig != signal.SIGKILL:
-                asyncio.get_running_loop().call_later(GRACE * 5, self._force_kill, job)
+                asyncio.get_running_loop().call_later(procrun.GRACE * 5, self._force_kill, job)
         elif sig in TERMINATING and job.task is not None:
             if job.state in ("queued", "scheduled") or not job.process:
                 job.task.cancel()

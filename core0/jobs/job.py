@@ -73,6 +73,11 @@ class Job:
         #: the first run's handler outcome (a ProcessSpec or the error it raised), built
         #: while the pickup was in flight (:meth:`JobEngine.prebuild`)
         self.prebuilt: Any = None
+        #: its first run's process, spawned in the turn that started the job
+        #: (:meth:`JobEngine.start`): the exit's future and the output files' fds
+        self.launched: tuple[asyncio.Future[int], int, int] | None = None
+        #: the first run was begun by :meth:`JobEngine.start` (its number is counted)
+        self.eager = False
         #: called after every run with its result (service managers watch these)
         self.run_end: list[Callable[[Job, Result], None]] = []
         #: set when the job is over; ``final`` holds its last result

@@ -215,6 +215,22 @@ async def spawn(
     exe: str | None = None,
     start_ticks: bool = True,
 ) -> Spawned:
+    """:func:`spawn_now`, for callers in a coroutine."""
+    return spawn_now(argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+                     exe=exe, start_ticks=start_ticks)
+
+
+def spawn_now(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    stdin: int,
+    stdout: int,
+    stderr: int,
+    exe: str | None = None,
+    start_ticks: bool = True,
+) -> Spawned:
     """Start ``argv`` in a new session (see core0.proc.spawn). ``stdin``/``stdout``/``stderr`` are
     open fds. The executable is ``exe`` if given (already resolved by the caller), else
     resolved with the PATH of ``env``; FileNotFoundError if

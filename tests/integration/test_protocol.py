@@ -260,3 +260,32 @@ def test_job_runs_in_own_process_group(r) -> None:
     pid, pgid, sid = res["streams"][0].split()
     assert pid == pgid == sid
     assert int(pid) != os.getpid()
+
+
+@pytest.mark.parametrize("name,flag", [("true", FLAG_EOF_SUCCESS), ("false", FLAG_EOF_ERROR)])
+def test_silent_job_log_ends_after_its_result(r, name, flag) -> None:
+    """A process job that writes nothing gets its log:<id> EOF record one write after its
+    result (creating the stream is off the result's path); a reader blocked on the log before
+    the job ends wakes with it."""
+    jid = push(r, cmd("core.system", {"name": "sh", "args": ["-c", f"sleep 0.3; {name}"]}))
+    blocked = r.xread({f"log:{jid}": "0-0"}, block=5000)  # before the job ends
+    assert blocked, "the reader of a silent job's log was not woken"
+    res = result(r, jid)
+    assert res["state"] == ("SUCCESS" if name == "true" else "ERROR")
+    assert wait_for(lambda: r.xlen(f"log:{jid}") == 1, 2)
+    (_, fields), = r.xrange(f"log:{jid}")
+    rec = LogRecord.from_json(fields[b"record"])
+    assert rec.eof and rec.flags & flag and rec.message == ""
+    assert r.ttl(f"log:{jid}") > 0
+
+
+def test_exec_failure_at_spawn_is_a_result(r, tmp_path) -> None:
+    """A program the handler accepts but the kernel refuses to run (an executable file that
+    is no program: ENOEXEC) gives the job an error result naming it; the next job runs."""
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"\x00\x01not a program\n")
+    junk.chmod(0o755)
+    res = run(r, "core.system", {"name": str(junk)})
+    assert res["state"] == "ERROR" and "junk" in res["data"] + res["streams"][1], res
+    assert run(r, "core.system", {"name": "true"})["state"] == "SUCCESS"
+    assert wait_for(lambda: r.llen("core:default:processing") == 0, 5)
