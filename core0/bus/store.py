@@ -316,10 +316,21 @@ class Bus:
         """A job's last output records and its result, in one round trip (shared with every
         other job that ends in the same turn of the event loop; ``now``: no other is about
         to end, write at once). True if the result was written."""
+        if not self.link.connected:
+            await self.link.connect()
+        return await self.finished(self.submit_finish(job_id, records, stream, pub, now))
+
+    def submit_finish(self, job_id: str, records: Sequence[LogRecord], stream: bool,
+                      pub: Publish, now: bool = False) -> asyncio.Future[list[Any]]:
+        """:meth:`finish` queued from outside a coroutine (see :meth:`finished`); a link
+        that is down gives a future that fails with ConnectionError."""
         cmds = self._record_cmds(job_id, records, stream) if records else []
         cmds.append(PUBLISH.call(self._pkeys(pub), self._pargs(pub)))
-        replies = await self._fast(cmds, now)
-        return bool(replies[-1])
+        return self.link.submit(cmds, now=now)
+
+    async def finished(self, fut: asyncio.Future[list[Any]]) -> bool:
+        """The outcome of a :meth:`submit_finish`: True if the result was written."""
+        return bool(self._checked(await fut)[-1])
 
     async def records(self, job_id: str, records: Sequence[LogRecord], stream: bool) -> None:
         """Append output records to ``log:<id>`` (always) and ``stream:<id>`` (if asked)."""
@@ -331,7 +342,9 @@ class Bus:
         """Commands of the job hot path over core0's own pipelined RESP link (cheaper than
         redis-py's pipelines, which also ask SCRIPT EXISTS before every script call);
         ``now``: written at once, else at the end of this turn of the event loop."""
-        replies = await self.link.execute(cmds, now=now)
+        return self._checked(await self.link.execute(cmds, now=now))
+
+    def _checked(self, replies: list[Any]) -> list[Any]:
         for r in replies:
             if isinstance(r, RespError):
                 if str(r).startswith("NOSCRIPT"):

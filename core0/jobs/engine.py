@@ -26,7 +26,7 @@ from core0.errors import Conflict, Killed, NotFound, Timeout
 from core0.jobs import adopt, procrun
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
-from core0.jobs.job import InlineJob, Job, visible_to
+from core0.jobs.job import Ended, InlineJob, Job, visible_to
 from core0.jobs.output import Final, QueueSlots
 from core0.jobs.recent import RecentResults
 from core0.jobs.result import (
@@ -76,6 +76,7 @@ class JobEngine:
         self.cfg = cfg
         self.bus = bus
         self.reaper = reaper
+        reaper.after_pass.append(self._results_now)
         self.inotify = inotify
         self.shim = shim
         self.table: dict[str, Job] = {}
@@ -268,24 +269,24 @@ class JobEngine:
 
     async def _finish(self, job: Job, result: Result) -> None:
         self._ending.discard(job.id)
-        if job.run > 1 or job.cmd.recurring_period:
-            result.run = job.run
-        ok = result.state is State.SUCCESS
-        text = result.to_json()
+        ended, job.ended = job.ended, None
         if job.internal:
+            if job.run > 1 or job.cmd.recurring_period:
+                result.run = job.run
+            text = result.to_json()
             try:
-                await job.output.close(ok)
+                await job.output.close(result.state is State.SUCCESS)
             except Exception:
                 log.exception("job %s: EOF record lost", job.id)
             log.info("service %s stopped (%s)", job.id, result.state.value)
         else:
-            final = job.output.final_records(ok)
-            if job.process and not derivable(job, result):
-                self.store.save(job, state="done", result=text)
-            pub = Publish(job.id, text, job.raw, job.processing, "owned")
+            if ended is not None:
+                text, final, pub, sent = ended.text, ended.final, ended.pub, ended.sent
+            else:
+                (text, final, pub), sent = self._final(job, result), None
             try:
                 # the last output records, the EOF record and the result: one round trip
-                await self._write_result(job, final, pub)
+                await self._write_result(job, final, pub, sent)
             except Exception:
                 log.exception("job %s: result not written", job.id)
             if final.late_eof is not None:  # a job that wrote nothing: its EOF just after
@@ -307,18 +308,35 @@ class JobEngine:
         job.final = result
         job.done.set()
 
-    async def _write_result(self, job: Job, final: Final, pub: Publish) -> None:
-        """The job's last records and its result, at once when no other job is about to end.
-        An output write still in flight went out on the same link before them; should this
-        write fail, that one is waited for before the result is written again, so a result
-        never comes before its output."""
+    def _final(self, job: Job, result: Result) -> tuple[str, Final, Publish]:
+        """A bus job's result as written: its JSON, what its output leaves, its publish (and
+        the ``done`` step, where the next dispatcher could not make the same result)."""
+        if job.run > 1 or job.cmd.recurring_period:
+            result.run = job.run
+        text = result.to_json()
+        final = job.output.final_records(result.state is State.SUCCESS)
+        if job.process and not derivable(job, result):
+            self.store.save(job, state="done", result=text)
+        return text, final, Publish(job.id, text, job.raw, job.processing, "owned")
+
+    async def _write_result(self, job: Job, final: Final, pub: Publish,
+                            sent: asyncio.Future[list[Any]] | None) -> None:
+        """The job's last records and its result (``sent``: already queued by the reaper's
+        turn), at once when no other job is about to end. An output write still in flight
+        went out on the same link before them; should this write fail, that one is waited
+        for before the result is written again, so a result never comes before its
+        output."""
         args = (job.id, final.records, job.cmd.stream, pub, not self._ending)
-        if final.writing is not None:
+        if sent is not None or final.writing is not None:
             try:
-                await self.bus.finish(*args)
+                if sent is not None:
+                    await self.bus.finished(sent)
+                else:
+                    await self.bus.finish(*args)
                 return
             except Exception:
-                await asyncio.shield(final.writing)
+                if final.writing is not None:
+                    await asyncio.shield(final.writing)
         await retry_forever("result", self.bus.finish, *args)
 
     # ------------------------------------------------------------ one run
@@ -383,7 +401,29 @@ class JobEngine:
     def exited(self, job: Job, status: int) -> None:
         """The reaper's hook for a job's process, still a zombie: its exit written down."""
         self.store.save(job, state="exited", status=status)
+        job.exit_status = status
         self._ending.add(job.id)
+
+    def _results_now(self) -> None:
+        """After a pass of the reaper: the results of the jobs that ended in it and have no
+        further run (no recurrence, restart, max_time or run hooks) are made and sent in
+        this turn of the event loop, in one write; their tasks, woken in the next turn,
+        await the replies and do the rest (docs/performance.md)."""
+        sent = False
+        for job_id in list(self._ending):
+            job = self.table.get(job_id)
+            if (job is None or not job.awaiting_exit or job.exit_status is None
+                    or job.internal or job.protected or job.run_end or job.cmd.max_time
+                    or job.cmd.recurring_period or job.cmd.max_restart):
+                continue
+            self._ending.discard(job_id)
+            result = procrun.ended(job, job.exit_status, False)
+            text, final, pub = self._final(job, result)
+            job.ended = Ended(result, text, final, pub, self.bus.submit_finish(
+                job.id, final.records, job.cmd.stream, pub))
+            sent = True
+        if sent:
+            self.bus.link.flush()
 
     # ------------------------------------------------------------ control
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psutil
 from core0_client.protocol import Command, Result, now_ms
 
 from core0.backoff import Backoff
-from core0.jobs.output import JobOutput
+from core0.bus.store import Publish
+from core0.jobs.output import Final, JobOutput
 from core0.jobs.result import TERMINATING
 from core0.registry import CommandSpec, Role
 from core0.schema import Schema
@@ -78,6 +80,12 @@ class Job:
         self.launched: tuple[asyncio.Future[int], int, int] | None = None
         #: the first run was begun by :meth:`JobEngine.start` (its number is counted)
         self.eager = False
+        #: the wait status of the current run's process, once the reaper saw its exit
+        self.exit_status: int | None = None
+        #: the task waits for the process's exit (its output followed, nothing else to do)
+        self.awaiting_exit = False
+        #: the result made and sent in the reaper's turn (JobEngine._results_now)
+        self.ended: Ended | None = None
         #: called after every run with its result (service managers watch these)
         self.run_end: list[Callable[[Job, Result], None]] = []
         #: set when the job is over; ``final`` holds its last result
@@ -133,6 +141,18 @@ class Job:
             except psutil.Error:
                 pass
         return d
+
+
+@dataclass(slots=True)
+class Ended:
+    """A job's last result, made and queued for Redis in the turn its process's exit was
+    seen; the job's task awaits ``sent`` and does the rest."""
+
+    result: Result
+    text: str
+    final: Final
+    pub: Publish
+    sent: asyncio.Future[list[Any]]
 
 
 class InlineJob:

@@ -34,6 +34,7 @@ def spawn(engine: JobEngine, job: Job, ps: ProcessSpec) -> tuple[asyncio.Future[
     """A process run's start: its files, the ``spawning`` step, the spawn, the ``running``
     step. Returns the future of its exit status and the output files' fds."""
     job.label = ps.label or " ".join(ps.argv)
+    job.exit_status = None
     engine.store.new_run(job.id, job.run, bool(ps.stdin))
     # the very open files the child writes are the followers' (below): its exit
     # closes nothing of ours, so it wakes no watcher
@@ -108,7 +109,13 @@ async def run(
         try:
             if remaining is None and resume is None:  # no layers: a loop turn each
                 engine.store.sweep()  # while the process runs
-                status = await done  # (a cancel: the reaper still records the exit)
+                job.awaiting_exit = True
+                try:
+                    status = await done  # (a cancel: the reaper still records the exit)
+                finally:
+                    job.awaiting_exit = False
+                if job.ended is not None:  # made in the reaper's turn
+                    return job.ended.result
             else:
                 status = await asyncio.wait_for(asyncio.shield(done), remaining)
         except TimeoutError:
@@ -122,8 +129,13 @@ async def run(
             f.stop()
         job.output.followers = []
         raise
-    job.output.ending = True  # the rest of the output goes with the result
-    for f in followers:
+    return ended(job, status, timed_out)
+
+
+def ended(job: Job, status: int, timed_out: bool) -> Result:
+    """The run's end: the rest of its output read (it goes with the result), its result."""
+    job.output.ending = True
+    for f in job.output.followers:
         f.finish()
     job.output.followers = []
     job.pid = None

@@ -93,6 +93,9 @@ class Reaper:
         self._own_handler = False
         self._sigfd = -1
         self.orphans_reaped = 0
+        #: called after each pass that reaped a watched child, in the same turn of the loop
+        #: (the job engine writes the results of the jobs that ended there)
+        self.after_pass: list[Callable[[], None]] = []
 
     def install(self, loop: asyncio.AbstractEventLoop) -> None:
         """Reap on every SIGCHLD, in ``loop``.
@@ -162,6 +165,7 @@ class Reaper:
         return fut
 
     def reap(self) -> None:
+        watched = False
         # peeked: the child stays a zombie until its status is persisted (the hook)
         for pid, status in exited_children():
             hook = self._before.pop(pid, None)
@@ -173,6 +177,7 @@ class Reaper:
             reap_zombie(pid)
             fut = self._waiters.pop(pid, None)
             if fut is not None:
+                watched = True
                 if not fut.done():
                     fut.set_result(status)
             else:
@@ -181,6 +186,12 @@ class Reaper:
                 self._early[pid] = status
                 if len(self._early) > 4096:
                     self._early.pop(next(iter(self._early)))
+        if watched:
+            for cb in self.after_pass:
+                try:
+                    cb()
+                except Exception:
+                    log.exception("after-reap hook failed")
 
 
 @dataclass(frozen=True)

@@ -289,3 +289,20 @@ def test_exec_failure_at_spawn_is_a_result(r, tmp_path) -> None:
     assert res["state"] == "ERROR" and "junk" in res["data"] + res["streams"][1], res
     assert run(r, "core.system", {"name": "true"})["state"] == "SUCCESS"
     assert wait_for(lambda: r.llen("core:default:processing") == 0, 5)
+
+
+def test_output_is_written_before_results_of_jobs_ending_together(r) -> None:
+    """Jobs that end in the same pass of the reaper have their results sent from that turn,
+    in one write: each one's output (and, for a job that wrote some, its EOF record) is in
+    log:<id> and stream:<id> by the time its result can be read."""
+    script = "for i in 1 2 3; do echo line$i; done; echo err >&2"
+    ids = [push(r, cmd("core.system", {"name": "sh", "args": ["-c", script]}, stream=True))
+           for _ in range(16)]
+    for jid in ids:
+        res = result(r, jid)
+        assert res["state"] == "SUCCESS" and res["streams"] == ["line1\nline2\nline3\n", "err\n"]
+        msgs = [LogRecord.from_json(f[b"record"]) for _, f in r.xrange(f"log:{jid}")]
+        assert sorted(m.message for m in msgs if not m.eof) == ["err", "line1", "line2", "line3"]
+        assert msgs[-1].eof and msgs[-1].flags & FLAG_EOF_SUCCESS
+        streamed = [LogRecord.from_json(x) for x in r.lrange(f"stream:{jid}", 0, -1)]
+        assert len(streamed) == 5 and streamed[-1].eof
