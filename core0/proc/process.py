@@ -249,7 +249,8 @@ def spawn_now(
     reading the child's start time (``Spawned.start_ticks`` is 0): reading /proc/<pid>/stat
     of a child that is still exec'ing waits for the exec, and a caller that brackets the
     spawn with :func:`boot_ticks` knows the start time well enough."""
-    env = dict(os.environ if env is None else env)
+    if env is None:
+        env = dict(os.environ)
     path = exe or find_executable(argv[0], env)
     if path is None:
         raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")

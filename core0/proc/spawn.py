@@ -49,6 +49,22 @@ def _env_entry(key: str, value: str) -> bytes:
     return entry
 
 
+#: the last environment spawned with, and its entries: jobs mostly share one
+_LAST_ENV: tuple[dict[str, str], list[bytes]] | None = None
+
+
+def _env_list(env: Mapping[str, str]) -> list[bytes]:
+    """``env`` as execve's ``KEY=value`` entries (the last list again when ``env`` equals
+    the last one: one dict comparison in C instead of an entry per variable)."""
+    global _LAST_ENV
+    last = _LAST_ENV
+    if last is not None and last[0] == env:
+        return last[1]
+    entries = [_env_entry(k, v) for k, v in env.items()]
+    _LAST_ENV = (dict(env), entries)
+    return entries
+
+
 _DEVNULL = -1
 
 #: SIGCHLD is blocked in this process (see :func:`block_sigchld`)
@@ -108,7 +124,7 @@ def spawn_program(
         actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
         return os.posix_spawn(path, list(argv), dict(env), file_actions=actions,
                               setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS)
-    env_list = [_env_entry(k, v) for k, v in env.items()]
+    env_list = _env_list(env)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     # the child inherits the signal mask: SIGCHLD, which the dispatcher's reaper blocks to read
     # it from a signalfd, is unblocked around the spawn

@@ -306,3 +306,14 @@ def test_output_is_written_before_results_of_jobs_ending_together(r) -> None:
         assert msgs[-1].eof and msgs[-1].flags & FLAG_EOF_SUCCESS
         streamed = [LogRecord.from_json(x) for x in r.lrange(f"stream:{jid}", 0, -1)]
         assert len(streamed) == 5 and streamed[-1].eof
+
+
+def test_each_job_gets_its_own_environment(r) -> None:
+    """The spawn reuses the encoded environment of the job before only when it is equal:
+    alternating environments each reach their own job."""
+    for value in ("1", None, "2", "2", None, "1"):
+        args: dict = {"name": "sh", "args": ["-c", 'echo "A=${A-unset}"']}
+        if value is not None:
+            args["env"] = {"A": value}
+        res = run(r, "core.system", args)
+        assert res["streams"][0] == f"A={value or 'unset'}\n"
