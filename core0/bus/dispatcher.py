@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
-import re
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from core0_client.protocol import (
@@ -33,7 +32,9 @@ from redis.exceptions import RedisError
 from core0 import declared, registry
 from core0.backoff import Backoff
 from core0.boot.services import ServiceManager
+from core0.bus.batch import Accepted, Picked, colliding_id
 from core0.bus.endpoint import make_client
+from core0.bus.resp import RespError
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
 from core0.errors import (
@@ -56,30 +57,12 @@ from core0.proc.output import Inotify
 from core0.proc.shimlink import ShimLink
 from core0.proc.spawn import reset_ignored_signals
 from core0.registry import CommandSpec, Role
-from core0.schema import Schema
 
 log = logging.getLogger(__name__)
 
 
 #: commands taken one by one (BLMOVE) before a batched pop probes for a backlog again
 PROBE_EVERY = 16
-
-_COLLIDING_ID = re.compile(r".*:(flag|[0-9]+)")
-
-
-def colliding_id(job_id: str) -> bool:
-    """True for ids whose keys are another job's: ``result:<x>:flag`` is job x's pickup flag
-    and ``result:<x>:<n>`` run n of recurring job x."""
-    return ":" in job_id and _COLLIDING_ID.fullmatch(job_id) is not None
-
-
-@dataclass(slots=True)
-class Accepted:
-    cmd: Command
-    spec: CommandSpec
-    args: Schema
-    raw: bytes
-
 
 class Dispatcher:
     """The node's consumer of the bus, one pop loop per queue (``bus.queues``).
@@ -271,8 +254,10 @@ class Dispatcher:
                     if not starts:
                         continue
                     # the pickups, with the results so far and (room permitting) the next pop
+                    picked = Picked(len(pending), starts, processing, role)
                     call = link.submit(link.publish_cmds(pending) + link.pickup_cmds(
-                        [(a.cmd.id, processing, a.raw) for a in starts]))
+                        [(a.cmd.id, processing, a.raw) for a in starts]),
+                        on_reply=functools.partial(self._on_picked, picked))
                     room = self.engine.free_slots(role) - len(starts)
                     if room > 0:
                         blocking = idle and streak < PROBE_EVERY
@@ -285,11 +270,12 @@ class Dispatcher:
                             for a in starts]
                     for job in jobs:
                         await prebuild(self.engine, job)
+                    picked.jobs = jobs
                     replies = await link.replies(call)
-                    self._settle([bool(x) for x in replies[: len(pending)]])
-                    oks = [bool(x) for x in replies[len(pending):]]
                     pending = []
-                    late = self.launch(starts, oks, processing, role, jobs)
+                    if not picked.done:  # the replies came before the jobs were built
+                        self._start_picked(picked, replies)
+                    late = picked.late
                     if late:  # rare (recurring limits): never held behind a blocking pop
                         await self.bus.publish(late)
                 except (*TRANSIENT, RedisError) as e:
@@ -417,6 +403,23 @@ class Dispatcher:
             else:
                 starts.append(acc)
         return pubs, starts
+
+    def _on_picked(self, picked: Picked, replies: list[Any]) -> None:
+        """The pickups' replies, as the link parses them: jobs already built start in this
+        turn of the event loop, not in the pop loop's next one (docs/performance.md)."""
+        if picked.jobs is None or picked.done or any(isinstance(r, RespError) for r in replies):
+            return  # not built yet, or an error reply: the pop loop takes it
+        try:
+            self._start_picked(picked, replies)
+        except Exception:
+            log.exception("starting picked-up jobs failed")
+
+    def _start_picked(self, picked: Picked, replies: list[Any]) -> None:
+        picked.done = True
+        n = picked.results
+        self._settle([bool(x) for x in replies[:n]])
+        picked.late = self.launch(picked.starts, [bool(x) for x in replies[n:]],
+                                  picked.processing, picked.role, picked.jobs)
 
     def launch(self, starts: list[Accepted], oks: list[bool], processing: str,
                role: Role, jobs: list[Job] | None = None) -> list[Publish]:

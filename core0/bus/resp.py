@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import hiredis
@@ -125,13 +125,15 @@ class RespConnection:
 
 
 class _Call:
-    __slots__ = ("n", "replies", "fut", "deadline")
+    __slots__ = ("n", "replies", "fut", "deadline", "on_reply")
 
-    def __init__(self, n: int, fut: asyncio.Future[list[Any]], deadline: float):
+    def __init__(self, n: int, fut: asyncio.Future[list[Any]], deadline: float,
+                 on_reply: Callable[[list[Any]], None] | None = None):
         self.n = n
         self.replies: list[Any] = []
         self.fut = fut
         self.deadline = deadline
+        self.on_reply = on_reply
 
 
 class _Replies(asyncio.Protocol):
@@ -214,11 +216,13 @@ class SharedConnection:
             self.close(why)
 
     def submit(self, commands: Sequence[Sequence[Arg]], timeout: float = 10.0, *,
-               now: bool = False) -> asyncio.Future[list[Any]]:
+               now: bool = False, on_reply: Callable[[list[Any]], None] | None = None
+               ) -> asyncio.Future[list[Any]]:
         """Queue ``commands`` for the next write (``now``: write at once, with whatever else
         is queued); the future gets their replies (error replies as :class:`RespError`
-        values) within ``timeout`` seconds, or the connection is dropped. The caller must be
-        connected."""
+        values) within ``timeout`` seconds, or the connection is dropped. ``on_reply`` is
+        called with the replies as they are parsed, before the future's waiters wake (a turn
+        of the event loop later); it must not raise. The caller must be connected."""
         loop = self._loop
         if loop is None or not self.connected:
             fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
@@ -226,7 +230,7 @@ class SharedConnection:
             return fut
         fut = loop.create_future()
         deadline = loop.time() + timeout
-        self._calls.append(_Call(len(commands), fut, deadline))
+        self._calls.append(_Call(len(commands), fut, deadline, on_reply))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline + 0.05, self._check_deadlines)
         self._out.append(b"".join([pack(c) for c in commands]))
@@ -289,6 +293,8 @@ class SharedConnection:
                 if len(call.replies) == call.n:
                     calls.popleft()
                     if not call.fut.done():
+                        if call.on_reply is not None:
+                            call.on_reply(call.replies)
                         call.fut.set_result(call.replies)
         except Exception as e:
             self.close(f"redis link failed: {e!r}")

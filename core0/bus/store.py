@@ -21,7 +21,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,11 +159,13 @@ class PopLink:
         """Send ``commands`` now (connecting first if the link dropped); their replies."""
         return self._check(await self.conn.execute(commands, timeout, now=True))
 
-    def submit(self, commands: list[list[Any]], timeout: float = 10.0
+    def submit(self, commands: list[list[Any]], timeout: float = 10.0,
+               on_reply: Callable[[list[Any]], None] | None = None
                ) -> asyncio.Future[list[Any]]:
         """Queue commands for the next write (see :meth:`replies`), answered within
-        ``timeout`` seconds or the link is dropped."""
-        return self.conn.submit(commands, timeout)
+        ``timeout`` seconds or the link is dropped (``on_reply``: see
+        :meth:`SharedConnection.submit`)."""
+        return self.conn.submit(commands, timeout, on_reply=on_reply)
 
     def flush(self) -> None:
         """Write what is queued now (not at the next turn of the event loop)."""
