@@ -283,6 +283,7 @@ class JobEngine:
             if ended is not None:
                 text, final, pub, sent = ended.text, ended.final, ended.pub, ended.sent
             else:
+                await job.output.settle()
                 (text, final, pub), sent = self._final(job, result), None
             try:
                 # the last output records, the EOF record and the result: one round trip
@@ -414,7 +415,8 @@ class JobEngine:
             job = self.table.get(job_id)
             if (job is None or not job.awaiting_exit or job.exit_status is None
                     or job.internal or job.protected or job.run_end or job.cmd.max_time
-                    or job.cmd.recurring_period or job.cmd.max_restart):
+                    or job.cmd.recurring_period or job.cmd.max_restart
+                    or job.output.retrying):
                 continue
             self._ending.discard(job_id)
             result = procrun.ended(job, job.exit_status, False)

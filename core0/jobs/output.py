@@ -45,6 +45,9 @@ class JobOutput:
         self._flusher: asyncio.Task[None] | None = None
         #: the flusher's batch is on its way to Redis (its first write, not a retry)
         self._writing = False
+        #: the flusher's batch waits to be written again (Redis away): what comes after it
+        #: waits for it (:meth:`settle`)
+        self.retrying = False
         #: the job's output files; paused while too much waits for Redis (backpressure)
         self.followers: list[FileFollower] = []
         self.wrote = False
@@ -110,11 +113,11 @@ class JobOutput:
                 try:  # first write: queued on the link ahead of anything submitted later
                     await self.engine.bus.records(self.job.id, batch, self.job.cmd.stream)
                 except Exception:
-                    self._writing = False
+                    self._writing, self.retrying = False, True
                     await retry_forever("output", self.engine.bus.records, self.job.id, batch,
                                         self.job.cmd.stream)
                 finally:
-                    self._writing = False
+                    self._writing = self.retrying = False
                 for f in self.followers:  # room again: read on
                     f.resume()
         except Exception:
@@ -126,6 +129,12 @@ class JobOutput:
         """Too much output waits for Redis: stop reading the job's output files."""
         return self._pending_bytes >= self.engine.cfg.bus.output_pending_bytes
 
+    async def settle(self) -> None:
+        """Wait for an output write that Redis refused until it is written again (so that
+        nothing written later overtakes it); a first write in flight is not waited for."""
+        if self._flusher is not None and self.retrying:
+            await asyncio.shield(self._flusher)
+
     def final_records(self, ok: bool) -> Final:
         """What is left to write when the job ends (see :class:`Final`): the last output and
         the EOF record (0-core's meta flags 0x2 / 0x4), written by the caller with the
@@ -133,7 +142,7 @@ class JobOutput:
         result instead: its ``log:<id>`` does not exist yet, and creating a stream is most of
         what that write costs Redis (about 15 µs, 30–40 µs of a sequential ``core.system``
         round trip: docs/performance.md). A reader that sees the result finds every output
-        record already written."""
+        record already written. Call :meth:`settle` first."""
         records, self._pending, self._pending_bytes = self._pending, [], 0
         # a flusher that has not taken its batch yet finds nothing left
         writing = self._flusher if self._writing else None
