@@ -47,8 +47,8 @@ def spawn(engine: JobEngine, job: Job, ps: ProcessSpec) -> tuple[asyncio.Future[
     job.start_max = 0
     engine.store.save(job, state="spawning")
     try:
-        sp = process.spawn_now(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo,
-                               stderr=fe, exe=exe, start_ticks=False)
+        sp = process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo, stderr=fe,
+                           exe=exe, start_ticks=False)
     except BaseException:
         os.close(fo)
         os.close(fe)

@@ -215,23 +215,7 @@ def proc_start_ticks(pid: int) -> int:
         return 0
 
 
-async def spawn(
-    argv: Sequence[str],
-    *,
-    env: Mapping[str, str] | None = None,
-    cwd: str | None = None,
-    stdin: int,
-    stdout: int,
-    stderr: int,
-    exe: str | None = None,
-    start_ticks: bool = True,
-) -> Spawned:
-    """:func:`spawn_now`, for callers in a coroutine."""
-    return spawn_now(argv, env=env, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
-                     exe=exe, start_ticks=start_ticks)
-
-
-def spawn_now(
+def spawn(
     argv: Sequence[str],
     *,
     env: Mapping[str, str] | None = None,
@@ -388,7 +372,7 @@ async def run(
     try:
         os.set_blocking(out_w, True)
         os.set_blocking(err_w, True)
-        sp = await spawn(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
+        sp = spawn(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
     except BaseException:
         for fd in (out_r, err_r) + ((in_w,) if in_w is not None else ()):
             os.close(fd)

@@ -104,7 +104,7 @@ class Runtime:
         before = log_path.stat().st_size
         try:
             try:
-                sp = await process.spawn(argv, stdin=nul, stdout=out, stderr=out)
+                sp = process.spawn(argv, stdin=nul, stdout=out, stderr=out)
             except FileNotFoundError:
                 raise PreconditionFailed(f"{self.binary} is not installed on this node"
                                          ) from None

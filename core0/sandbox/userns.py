@@ -230,8 +230,8 @@ async def make_namespaces(cdir: Path, base: int, netns: str = "", timeout: float
     in_r, in_w = os.pipe2(os.O_CLOEXEC)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     try:
-        sp = await process.spawn([sys.executable, "-c", _HOLDER], stdin=in_r, stdout=out_w,
-                                 stderr=out_w, start_ticks=False)
+        sp = process.spawn([sys.executable, "-c", _HOLDER], stdin=in_r, stdout=out_w,
+                           stderr=out_w, start_ticks=False)
     except BaseException:
         for fd in (in_r, in_w, out_r, out_w):
             os.close(fd)

@@ -133,7 +133,7 @@ async def run_fds(
     null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
     try:
         try:
-            sp = await process.spawn(
+            sp = process.spawn(
                 list(argv),
                 stdin=null if stdin is None else stdin,
                 stdout=null if stdout is None else stdout,
