@@ -270,10 +270,9 @@ class JobEngine:
     async def _finish(self, job: Job, result: Result) -> None:
         self._ending.discard(job.id)
         ended, job.ended = job.ended, None
+        if job.run > 1 or job.cmd.recurring_period:
+            result.run = job.run
         if job.internal:
-            if job.run > 1 or job.cmd.recurring_period:
-                result.run = job.run
-            text = result.to_json()
             try:
                 await job.output.close(result.state is State.SUCCESS)
             except Exception:
@@ -312,8 +311,6 @@ class JobEngine:
     def _final(self, job: Job, result: Result) -> tuple[str, Final, Publish]:
         """A bus job's result as written: its JSON, what its output leaves, its publish (and
         the ``done`` step, where the next dispatcher could not make the same result)."""
-        if job.run > 1 or job.cmd.recurring_period:
-            result.run = job.run
         text = result.to_json()
         final = job.output.final_records(result.state is State.SUCCESS)
         if job.process and not derivable(job, result):

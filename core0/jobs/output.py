@@ -95,12 +95,15 @@ class JobOutput:
                 keep.append(rec)
             keep.reverse()
             self._pending, self._pending_bytes = keep, size
-        if self._pending and self._flusher is None and not self.ending:
-            self._flusher = asyncio.ensure_future(self._flush())
+        if not self.ending:
+            self._kick()
 
     def run_over(self) -> None:
         """A run ended and another follows: what the end of this one left is written now."""
         self.ending = False
+        self._kick()
+
+    def _kick(self) -> None:
         if self._pending and self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
 
@@ -146,15 +149,11 @@ class JobOutput:
         records, self._pending, self._pending_bytes = self._pending, [], 0
         # a flusher that has not taken its batch yet finds nothing left
         writing = self._flusher if self._writing else None
-        late = None
-        if records or self.wrote or self.job.cmd.stream or self.job.process:
-            flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
-            eof = LogRecord(self.job.id, 0, "", flag, time.time_ns())
-            if records or self.wrote or self.job.cmd.stream:
-                records.append(eof)
-            else:
-                late = eof
-        return Final(records, late, writing)
+        eof = LogRecord(self.job.id, 0, "", FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR,
+                        time.time_ns())
+        if records or self.wrote or self.job.cmd.stream:
+            return Final([*records, eof], None, writing)
+        return Final(records, eof if self.job.process else None, writing)
 
     async def close(self, ok: bool) -> None:
         """Flush, then send the EOF record (0-core's meta flags 0x2 / 0x4)."""
