@@ -6,6 +6,9 @@ turn (this machine drifts by tens of percent within minutes; a ratio is taken wi
 then the median of the rounds is printed with their spread):
 
 * bare ``os.posix_spawn("/bin/true")`` + ``waitpid`` in this Python process (the floor);
+  and the same after 1 ms of CPU work before each spawn (untimed): a parent that was busy
+  before it spawns, as any server is, gets its child placed and woken differently by the
+  scheduler (docs/performance.md, "Seventh pass"); printed beside the target, not instead;
 * ``core.ping`` round trip (the bus, no process);
 * ``core.system /bin/true`` round trip, sequential, and its overhead over a ping, as a multiple
   of the bare spawn (target ≤ 1.5×);
@@ -45,10 +48,16 @@ from _floor import floors
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def bare_spawn(n: int) -> float:
-    """Median ms of posix_spawn + waitpid of /bin/true."""
+def bare_spawn(n: int, busy: float = 0.0) -> float:
+    """Median ms of posix_spawn + waitpid of /bin/true (``busy``: ms of CPU work, untimed,
+    before each spawn, as a server has done before it spawns: see docs/performance.md,
+    "Seventh pass")."""
     times = []
     for _ in range(n):
+        if busy:
+            end = time.perf_counter() + busy / 1000
+            while time.perf_counter() < end:
+                pass
         t = time.perf_counter()
         pid = os.posix_spawn("/bin/true", ["true"], os.environ)
         os.waitpid(pid, 0)
@@ -167,6 +176,7 @@ def main() -> None:
         return
     rows = []
     bares: list[float] = []
+    busies: list[float] = []
     floor_rounds: dict[str, list[float]] = {"plain": [], "guarded": []}
     try:
         with floors(work, opts.disk) as started:
@@ -190,8 +200,11 @@ def main() -> None:
                     bare = bare_spawn(opts.n)
                     ping = round_trips(r, "core.ping", {}, opts.n)
                     system = round_trips(r, "core.system", {"name": "true"}, opts.n)
-                    rounds.append((bare, ping, system, (system - ping) / bare))
+                    busy = bare_spawn(opts.n, busy=1.0)
+                    rounds.append((bare, ping, system, (system - ping) / bare, busy,
+                                   (system - ping) / busy))
                 bares += [x[0] for x in rounds]
+                busies += [x[4] for x in rounds]
                 rate8 = in_flight(r, "core.system", {"name": "true"}, opts.n * 2)
                 bash = round_trips(r, "core.system", {"name": "bash", "args": ["-c", "true"]},
                                    max(50, opts.n // 3))
@@ -213,6 +226,10 @@ def main() -> None:
         spread = f"{min(x[3] for x in rounds):.2f}-{max(x[3] for x in rounds):.2f}"
         print(f"{ballast:>6}MB {ping:8.2f} {system:10.2f} {over:13.2f}x {spread:>12} "
               f"{rate8:14.0f} {bash:16.2f}")
+    print(f"bare spawn after 1 ms of CPU work in the parent (as a busy server spawns) = "
+          f"{statistics.median(busies):.2f} ms; overhead over a ping / that: "
+          + ", ".join(f"{ballast}MB {statistics.median(x[5] for x in rounds):.2f}x"
+                      for ballast, rounds, _, _ in rows))
     for name, label in (("plain", "raw worker, no promises"),
                         ("guarded", "raw worker keeping core0's promises")):
         fr = floor_rounds[name]
