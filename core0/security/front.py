@@ -17,6 +17,12 @@ proxy, as 0-core's was — but a thin one:
 * a request larger than ``max_request`` bytes (declared or buffered), an inline command or
   anything that is not an array of bulk strings is refused with a Redis-style error and the
   connection is closed; at most ``max_clients`` connections;
+* until a client has authenticated (where Redis's ``default`` user needs a password), its
+  requests are held to Redis's own limits for unauthenticated clients (10 arguments of
+  16 KiB, CVE-2021-32675) by a strict parser of their own, nothing after an ``AUTH`` is read
+  before Redis has answered it, and a client that has not authenticated within
+  ``AUTH_TIMEOUT`` is disconnected: a proxy that buffered 8 MiB for anyone would undo that
+  protection (40 such connections cost the front 700 MB before);
 * while the node is *closed* (no credential: Redis's ``default`` user has no password) it
   serves loopback only, as redis-server does (docs/security.md); it follows live changes of
   the ACL file (``core0 user add``/``remove``) by re-binding.
@@ -33,6 +39,7 @@ import ipaddress
 import logging
 import signal
 import ssl
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +59,13 @@ HANDSHAKE_TIMEOUT = 10.0
 LOOPBACK = "127.0.0.1"
 CHUNK = 65536
 PROTOCOL = "Protocol error: the front takes RESP arrays of bulk strings only (no inline commands)"
+#: Redis's limits for a client that has not authenticated (networking.c, CVE-2021-32675)
+PREAUTH_ARGS = 10
+PREAUTH_BULK = 16384
+#: seconds a client has to authenticate (where a password is needed) before it is disconnected
+AUTH_TIMEOUT = 10.0
+#: Redis's own bound on a request's argument count ("invalid multibulk length")
+MAX_ARGS = 1024 * 1024
 
 
 class Refused(Exception):
@@ -97,19 +111,133 @@ def declared_size(buf: bytes | bytearray, start: int, limit: int) -> int:
     return max(size, len(buf) - start)
 
 
-class RequestStream:
-    """Client bytes in, the bytes to send to Redis out (requests renamed where needed)."""
+def _int(buf: bytes | bytearray, start: int, end: int) -> int:
+    """The canonical non-negative integer ``buf[start:end]`` (no sign, no leading zero), or -1."""
+    digits = bytes(buf[start:end])
+    if not digits.isdigit() or (len(digits) > 1 and digits[0:1] == b"0") or len(digits) > 18:
+        return -1
+    return int(digits)
 
-    def __init__(self, max_request: int = MAX_REQUEST):
+
+def preauth_request(buf: bytes | bytearray, pos: int) -> tuple[list[bytes], int] | None:
+    """The request of a client that has not authenticated at ``buf[pos:]``: its arguments
+    and where it ends, or None while it is incomplete. Strict RESP (an array of at most
+    ``PREAUTH_ARGS`` bulk strings of at most ``PREAUTH_BULK`` bytes each), as Redis holds such
+    a client; anything else raises :class:`Refused` before more of it is buffered."""
+    end = buf.find(b"\r\n", pos, pos + 24)
+    if end < 0:
+        if len(buf) - pos >= 24 or buf[pos:pos + 1] not in (b"*", b""):
+            raise Refused(PROTOCOL)
+        return None
+    count = _int(buf, pos + 1, end) if buf[pos:pos + 1] == b"*" else -1
+    if count < 1:
+        raise Refused(PROTOCOL)
+    if count > PREAUTH_ARGS:
+        raise Refused("Protocol error: unauthenticated multibulk length (the front, as Redis, "
+                      f"takes at most {PREAUTH_ARGS} arguments before AUTH)")
+    args: list[bytes] = []
+    at = end + 2
+    for _ in range(count):
+        end = buf.find(b"\r\n", at, at + 24)
+        if end < 0:
+            if len(buf) - at >= 24 or buf[at:at + 1] not in (b"$", b""):
+                raise Refused(PROTOCOL)
+            return None
+        size = _int(buf, at + 1, end) if buf[at:at + 1] == b"$" else -1
+        if size < 0:
+            raise Refused(PROTOCOL)
+        if size > PREAUTH_BULK:
+            raise Refused("Protocol error: unauthenticated bulk length (the front, as Redis, "
+                          f"takes at most {PREAUTH_BULK} bytes per argument before AUTH)")
+        at = end + 2
+        if len(buf) < at + size + 2:
+            return None
+        if buf[at + size:at + size + 2] != b"\r\n":
+            raise Refused(PROTOCOL)
+        args.append(bytes(buf[at:at + size]))
+        at += size + 2
+    return args, at
+
+
+def _is_auth(args: list[bytes]) -> bool:
+    """``AUTH …`` or ``HELLO <ver> … AUTH user pass …``: a request that may authenticate."""
+    name = args[0].upper()
+    return name == b"AUTH" or (name == b"HELLO" and any(a.upper() == b"AUTH" for a in args[2:]))
+
+
+class RequestStream:
+    """Client bytes in, the bytes to send to Redis out (requests renamed where needed).
+
+    ``authed=False`` (Redis's ``default`` user needs a password): until Redis has accepted an
+    ``AUTH`` (or ``HELLO … AUTH``) of this client, requests are parsed by
+    :func:`preauth_request` under Redis's unauthenticated limits, the replies to them are
+    read too (:meth:`replies`), and nothing after an ``AUTH`` is parsed before its reply is in
+    (:attr:`waiting`; :meth:`resume` then goes on). Afterwards hiredis' reader takes over."""
+
+    def __init__(self, max_request: int = MAX_REQUEST, authed: bool = True):
         self.reader = hiredis.Reader()
         self.max_request = max_request
         #: bytes fed to the reader and not yet forwarded (the start of a partial request)
         self.pending = bytearray()
         self.requests = 0
         self.renamed = 0
+        self.authed = authed
+        #: before authentication: bytes received and not yet forwarded
+        self.held = bytearray()
+        #: before authentication: the requests forwarded and not yet answered (True: an AUTH)
+        self.inflight: deque[bool] = deque()
+        self._replies: hiredis.Reader | None = None if authed else hiredis.Reader()
+
+    @property
+    def waiting(self) -> bool:
+        """An ``AUTH`` of an unauthenticated client is in flight: read nothing more."""
+        return not self.authed and any(self.inflight)
 
     def feed(self, data: bytes) -> bytes:
         """Take ``data`` from the client; return what to forward (complete requests only)."""
+        if not self.authed:
+            self.held += data
+            return self.resume()
+        return self._feed(data)
+
+    def resume(self) -> bytes:
+        """What can be forwarded of the held bytes now (after an ``AUTH`` was answered)."""
+        if self.authed:
+            data, self.held = bytes(self.held), bytearray()
+            return self._feed(data) if data else b""
+        held, pos, out = self.held, 0, []
+        try:
+            while not self.waiting and (got := preauth_request(held, pos)) is not None:
+                args, end = got
+                new = RENAMED.get(args[0].upper())
+                out.append(_encode([new, *args[1:]]) if new else bytes(held[pos:end]))
+                self.renamed += new is not None
+                self.inflight.append(_is_auth(args))
+                self.requests += 1
+                pos = end
+        except Refused as e:
+            raise Refused(str(e), b"".join(out)) from None
+        del held[:pos]
+        return b"".join(out)
+
+    def replies(self, data: bytes) -> bool:
+        """Redis's replies to this client (passed on as they are): True when one of them
+        answered an ``AUTH`` (accepted or not), so that :meth:`resume` may go on."""
+        if self.authed or self._replies is None:
+            return False
+        self._replies.feed(data)
+        settled = False
+        while self.inflight and (reply := self._replies.gets()) is not False:
+            if self.inflight.popleft():
+                settled = True
+                if not isinstance(reply, hiredis.ReplyError):
+                    self.authed = True
+                    self.inflight.clear()
+                    self._replies = None
+                    break
+        return settled
+
+    def _feed(self, data: bytes) -> bytes:
         pending = self.pending
         pending += data
         out: list[bytes | bytearray] = []
@@ -136,6 +264,9 @@ class RequestStream:
                 self.requests += 1
         except hiredis.ProtocolError:
             raise Refused(PROTOCOL, b"".join([*out, pending[done:pos]])) from None
+        except MemoryError:  # hiredis makes a list of the announced length at once
+            raise Refused(f"request larger than {self.max_request} bytes refused by the front",
+                          b"".join([*out, pending[done:pos]])) from None
         out.append(pending[done:pos])
         del pending[:pos]
         if pending and declared_size(pending, 0, self.max_request) > self.max_request:
@@ -171,6 +302,21 @@ def node_closed(aclfile: Path, protected_mode: bool = True) -> bool:
     return True
 
 
+def default_needs_auth(aclfile: Path) -> bool:
+    """True unless Redis's ``default`` user is on without a password (then every client is
+    authenticated from the start, and the front has no reason to hold it to the limits of an
+    unauthenticated one). Read from the ACL file redis-server enforces; unreadable: True."""
+    try:
+        text = aclfile.read_text()
+    except OSError:
+        return True
+    for line in text.splitlines():
+        words = line.split()
+        if words[:2] == ["user", "default"]:
+            return not ("on" in words and "nopass" in words)
+    return True
+
+
 def _loopback(peer: Any) -> bool:
     if not isinstance(peer, tuple) or not peer:
         return True  # a unix socket
@@ -184,13 +330,19 @@ class Front:
 
     def __init__(self, upstream: str, *, tls: ssl.SSLContext | None = None,
                  max_request: int = MAX_REQUEST, max_clients: int = MAX_CLIENTS,
-                 closed: Callable[[], bool] = lambda: False):
+                 closed: Callable[[], bool] = lambda: False,
+                 needs_auth: Callable[[], bool] = lambda: False,
+                 auth_timeout: float = AUTH_TIMEOUT):
         self.upstream = upstream
         self.tls = tls
         self.max_request = max_request
         self.max_clients = max_clients
         #: True: only loopback clients are served (the node has no credential)
         self.closed = closed
+        #: True: a client must authenticate to Redis (its requests are held to Redis's
+        #: unauthenticated limits until it has, and it has ``auth_timeout`` seconds to)
+        self.needs_auth = needs_auth
+        self.auth_timeout = auth_timeout
         self.clients: set[asyncio.Task[None]] = set()
         self.served = 0
 
@@ -230,13 +382,17 @@ class Front:
             await self._refuse(writer, "the node's Redis is not reachable")
             return
         self.served += 1
+        stream = RequestStream(self.max_request, authed=not self.needs_auth())
+        settled = asyncio.Event()  # an AUTH in flight was answered
         try:
-            pipes = [asyncio.create_task(self._requests(reader, writer, up_w)),
-                     asyncio.create_task(self._replies(up_r, writer))]
+            pipes = [asyncio.create_task(self._requests(reader, writer, up_w, stream, settled)),
+                     asyncio.create_task(self._replies(up_r, writer, stream, settled))]
+            if not stream.authed:
+                pipes.append(asyncio.create_task(self._auth_deadline(writer, stream)))
             done, rest = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
             if pipes[0] in done and pipes[0].exception() is None and pipes[1] in rest:
                 # the client finished sending (EOF): let Redis answer what it has, then end
-                await asyncio.wait(rest, timeout=5)
+                await asyncio.wait([pipes[1]], timeout=5)
             for t in pipes:
                 t.cancel()
             await asyncio.gather(*pipes, return_exceptions=True)
@@ -245,18 +401,31 @@ class Front:
             with contextlib.suppress(Exception):
                 await up_w.wait_closed()
 
+    async def _auth_deadline(self, writer: asyncio.StreamWriter, stream: RequestStream) -> None:
+        """End a connection that has not authenticated in time (returns only then)."""
+        await asyncio.sleep(self.auth_timeout)
+        if not stream.authed:
+            await self._refuse(writer, "authentication timeout: AUTH first (front)")
+            return
+        await asyncio.get_running_loop().create_future()  # authenticated: nothing to end
+
     async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        up: asyncio.StreamWriter) -> None:
-        stream = RequestStream(self.max_request)
+                        up: asyncio.StreamWriter, stream: RequestStream,
+                        settled: asyncio.Event) -> None:
         while True:
-            data = await reader.read(CHUNK)
-            if not data:
-                with contextlib.suppress(OSError):
-                    if up.can_write_eof():
-                        up.write_eof()
-                return
+            if stream.waiting:  # an unauthenticated client's AUTH is in flight
+                await settled.wait()
+                settled.clear()
+                data = b""
+            else:
+                data = await reader.read(CHUNK)
+                if not data:
+                    with contextlib.suppress(OSError):
+                        if up.can_write_eof():
+                            up.write_eof()
+                    return
             try:
-                out = stream.feed(data)
+                out = stream.feed(data) if data else stream.resume()
             except Refused as e:
                 # the requests before it run (as Redis would run them); its error may overtake
                 # their replies; nothing more goes upstream and the connection ends
@@ -269,12 +438,15 @@ class Front:
                 up.write(out)
                 await up.drain()
 
-    async def _replies(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _replies(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       stream: RequestStream, settled: asyncio.Event) -> None:
         while True:
             data = await up.read(CHUNK)
             if not data:
                 return
             writer.write(data)
+            if stream.replies(data):
+                settled.set()
             await writer.drain()
 
     async def close(self) -> None:
@@ -295,7 +467,8 @@ async def serve(cfg: Config, stop: asyncio.Event, watch: float = 2.0) -> None:
     aclfile = cfg.state_dir / "users.acl"
     front = Front(cfg.redis_socket, tls=tls,
                   max_request=max(MAX_REQUEST, 4 * cfg.bus.max_command_bytes),
-                  closed=lambda: node_closed(aclfile, r.protected_mode))
+                  closed=lambda: node_closed(aclfile, r.protected_mode),
+                  needs_auth=lambda: default_needs_auth(aclfile))
 
     def wanted() -> list[str]:
         return [LOOPBACK] if front.closed() else _hosts(r.bind)

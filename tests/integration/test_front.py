@@ -31,7 +31,15 @@ import redis
 import redis.asyncio
 from conftest import ROOT, free_port, kill_tree, require, wait_until
 
-from core0.security.front import RequestStream, declared_size, node_closed
+from core0.security.front import (
+    Front,
+    Refused,
+    RequestStream,
+    declared_size,
+    default_needs_auth,
+    node_closed,
+    preauth_request,
+)
 
 DEFAULT_PW = "front-default-Pw-4711"
 OPS_PW = "front-ops-Pw-0815-secret"
@@ -273,10 +281,92 @@ def test_huge_bulk_refused(fnode: FrontNode) -> None:
     assert len(got) == 1  # and the connection is closed
     # growing without a declared size is bounded too
     with contextlib.closing(fnode.raw()) as s:
-        s.sendall(b"*2\r\n$4\r\nECHO\r\n$99999999\r\n")
-        got = _replies(s, 2)
-    assert len(got) == 1 and "larger than" in str(got[0])
+        s.sendall(_resp("AUTH", "ops", OPS_PW) + b"*2\r\n$4\r\nECHO\r\n$99999999\r\n")
+        got = _replies(s, 3)
+    assert len(got) == 2 and got[0] == b"OK" and "larger than" in str(got[1])
     assert fnode.internal().llen("core:ops") == 0
+
+
+def test_unauthenticated_clients_held_to_redis_limits(fnode: FrontNode) -> None:
+    """Before AUTH, Redis takes 10 arguments of 16 KiB (CVE-2021-32675); the front must not
+    buffer more for such a client (it held 8 MiB twice per connection: 40 connections cost it
+    700 MB), and holds what follows an AUTH until Redis has answered it, as Redis does."""
+    import psutil
+
+    pid = _front_pid(fnode)
+    assert pid is not None
+    front = psutil.Process(pid)
+    before = front.memory_info().rss
+    socks = []
+    try:
+        for _ in range(40):
+            s = fnode.raw()
+            s.sendall(b"*2\r\n$4\r\nECHO\r\n$8000000\r\n" + b"x" * (1 << 20))
+            socks.append(s)
+        grown = front.memory_info().rss - before
+        got = [_replies(s, 2) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    assert all(len(g) == 1 and "unauthenticated bulk length" in str(g[0]) for g in got), got
+    assert grown < 32 << 20, grown
+    with contextlib.closing(fnode.raw()) as s:  # 11 arguments
+        s.sendall(_resp("ECHO", *["a"] * 10))
+        got = _replies(s, 2)
+    assert len(got) == 1 and "unauthenticated multibulk length" in str(got[0])
+    big = "result:" + "k" * 100_000
+    # pipelined with its AUTH, a big request is taken once Redis has accepted the AUTH
+    with contextlib.closing(fnode.raw()) as s:
+        s.sendall(_resp("PING") + _resp("AUTH", "ops", OPS_PW) + _resp("LKEYEXISTS", big)
+                  + _resp("LTTL", "result:none"))
+        got = _replies(s, 4)
+    assert str(got[0]).startswith("NOAUTH") and got[1:] == [b"OK", 0, -2]
+    # HELLO 3 … AUTH authenticates too (a RESP3 map in reply)
+    with contextlib.closing(fnode.raw()) as s:
+        s.sendall(_resp("HELLO", "3", "AUTH", "ops", OPS_PW) + _resp("LKEYEXISTS", big))
+        got = _replies(s, 2)
+    assert isinstance(got[0], dict) and got[1] == 0
+    # a refused AUTH leaves the limits in place
+    with contextlib.closing(fnode.raw()) as s:
+        s.sendall(_resp("AUTH", "ops", "wrong-password") + _resp("LKEYEXISTS", big))
+        got = _replies(s, 3)
+    assert len(got) == 2 and str(got[0]).startswith("WRONGPASS")
+    assert "unauthenticated bulk length" in str(got[1])
+    assert fnode.client(username="ops", password=OPS_PW).ping()
+
+
+def test_unauthenticated_client_disconnected_after_the_auth_timeout(fnode: FrontNode) -> None:
+    """A front in this process (plain TCP, short timeout) before the node's real Redis: a
+    client that does not authenticate in time is disconnected; one that does stays."""
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        front = Front(str(fnode.state / "redis.sock"), needs_auth=lambda: True,
+                      auth_timeout=0.5)
+        server = await asyncio.start_server(front.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
+            ok_r, ok_w = await asyncio.open_connection("127.0.0.1", port)
+            ok_w.write(_resp("AUTH", "ops", OPS_PW))
+            idle_data = await asyncio.wait_for(idle_r.read(), 10)  # until the front closes it
+            ok_w.write(_resp("LTTL", "result:none"))
+            reader = hiredis.Reader()
+            ok_got: list[Any] = []
+            while len(ok_got) < 2:
+                reader.feed(await asyncio.wait_for(ok_r.read(4096), 10))
+                while (x := reader.gets()) is not False:
+                    ok_got.append(x)
+            ok_w.close()
+            idle_w.close()
+            reader = hiredis.Reader()
+            reader.feed(idle_data)
+            return [reader.gets()], ok_got
+        finally:
+            server.close()
+            await front.close()
+
+    idle, ok = asyncio.run(scenario())
+    assert "authentication timeout" in str(idle[0])
+    assert ok == [b"OK", -2]
 
 
 def test_inline_commands_refused(fnode: FrontNode) -> None:
@@ -401,6 +491,29 @@ def test_request_stream_renames_only_the_two_names() -> None:
     assert (rs.requests, rs.renamed) == (4, 2)
 
 
+def test_request_stream_before_auth() -> None:
+    rs = RequestStream(1 << 20, authed=False)
+    blob = _resp("lkeyexists", "a") + _resp("AUTH", "pw") + _resp("GET", "x" * 20_000)
+    out = b"".join(rs.feed(blob[i:i + 7]) for i in range(0, len(blob), 7))
+    # the AUTH is in flight: nothing after it is parsed (nor refused) yet
+    assert out == _resp("EXISTS", "a") + _resp("AUTH", "pw") and rs.waiting
+    assert not rs.replies(b"$-1\r\n") and rs.waiting  # the reply to the first request
+    assert rs.replies(b"+OK\r\n") and rs.authed and not rs.waiting
+    assert rs.resume() == _resp("GET", "x" * 20_000)
+    rs = RequestStream(1 << 20, authed=False)
+    assert rs.feed(_resp("HELLO", "3", "auth", "u", "p")) and rs.waiting
+    assert rs.replies(b"-WRONGPASS invalid\r\n") and not rs.authed and not rs.waiting
+    for bad, why in ((b"PING\r\n", "Protocol error"), (b"*0\r\n", "Protocol error"),
+                     (b"*01\r\n", "Protocol error"), (b"*1\r\n$-1\r\n", "Protocol error"),
+                     (b"*1\r\n$2\r\nabcd", "Protocol error"),
+                     (b"*11\r\n", "multibulk length"), (b"*1\r\n$16385\r\n", "bulk length"),
+                     (b"*1\r\n$" + b"9" * 30, "Protocol error")):
+        with pytest.raises(Refused, match=why):
+            RequestStream(1 << 20, authed=False).feed(bad)
+    assert preauth_request(b"*1\r\n$4\r\nPI", 0) is None
+    assert preauth_request(b"*1\r\n$4\r\nPING\r\n", 0) == ([b"PING"], 14)
+
+
 def test_declared_size_and_acl_mode(tmp_path: Path) -> None:
     assert declared_size(b"*2\r\n$4\r\nECHO\r\n$1000\r\n", 0, 1 << 20) > 1000
     assert declared_size(b"*2\r\n$4\r\nEC", 0, 1 << 20) == 14  # announced so far
@@ -408,8 +521,10 @@ def test_declared_size_and_acl_mode(tmp_path: Path) -> None:
     assert node_closed(acl)
     acl.write_text("user core0 on #ab ~* &* +@all\nuser default on nopass ~* &* +@all\n")
     assert node_closed(acl) and not node_closed(acl, protected_mode=False)
+    assert not default_needs_auth(acl)
     acl.write_text("user core0 on #ab ~* &* +@all\nuser default off resetkeys -@all\n")
-    assert not node_closed(acl)
+    assert not node_closed(acl) and default_needs_auth(acl)
+    assert default_needs_auth(tmp_path / "missing.acl")
 
 
 def test_config_front_needs_tls_files_and_its_own_port(tmp_path: Path) -> None:
