@@ -111,12 +111,20 @@ def declared_size(buf: bytes | bytearray, start: int, limit: int) -> int:
     return max(size, len(buf) - start)
 
 
-def _int(buf: bytes | bytearray, start: int, end: int) -> int:
-    """The canonical non-negative integer ``buf[start:end]`` (no sign, no leading zero), or -1."""
-    digits = bytes(buf[start:end])
-    if not digits.isdigit() or (len(digits) > 1 and digits[0:1] == b"0") or len(digits) > 18:
-        return -1
-    return int(digits)
+def _header(buf: bytes | bytearray, pos: int, mark: bytes) -> tuple[int, int] | None:
+    """The header line ``<mark><n>\\r\\n`` at ``buf[pos:]``: (n, where its line ends), None
+    while incomplete; :class:`Refused` unless ``n`` is a canonical non-negative integer (no
+    sign, no leading zero, as hiredis and Redis read them)."""
+    end = buf.find(b"\r\n", pos, pos + 24)
+    if end < 0:
+        if len(buf) - pos >= 24 or buf[pos:pos + 1] not in (mark, b""):
+            raise Refused(PROTOCOL)
+        return None
+    digits = bytes(buf[pos + 1:end])
+    if (buf[pos:pos + 1] != mark or not digits.isdigit()
+            or (len(digits) > 1 and digits[0:1] == b"0")):
+        raise Refused(PROTOCOL)
+    return int(digits), end + 2
 
 
 def preauth_request(buf: bytes | bytearray, pos: int) -> tuple[list[bytes], int] | None:
@@ -124,32 +132,22 @@ def preauth_request(buf: bytes | bytearray, pos: int) -> tuple[list[bytes], int]
     and where it ends, or None while it is incomplete. Strict RESP (an array of at most
     ``PREAUTH_ARGS`` bulk strings of at most ``PREAUTH_BULK`` bytes each), as Redis holds such
     a client; anything else raises :class:`Refused` before more of it is buffered."""
-    end = buf.find(b"\r\n", pos, pos + 24)
-    if end < 0:
-        if len(buf) - pos >= 24 or buf[pos:pos + 1] not in (b"*", b""):
-            raise Refused(PROTOCOL)
+    if (head := _header(buf, pos, b"*")) is None:
         return None
-    count = _int(buf, pos + 1, end) if buf[pos:pos + 1] == b"*" else -1
+    count, at = head
     if count < 1:
         raise Refused(PROTOCOL)
     if count > PREAUTH_ARGS:
         raise Refused("Protocol error: unauthenticated multibulk length (the front, as Redis, "
                       f"takes at most {PREAUTH_ARGS} arguments before AUTH)")
     args: list[bytes] = []
-    at = end + 2
     for _ in range(count):
-        end = buf.find(b"\r\n", at, at + 24)
-        if end < 0:
-            if len(buf) - at >= 24 or buf[at:at + 1] not in (b"$", b""):
-                raise Refused(PROTOCOL)
+        if (head := _header(buf, at, b"$")) is None:
             return None
-        size = _int(buf, at + 1, end) if buf[at:at + 1] == b"$" else -1
-        if size < 0:
-            raise Refused(PROTOCOL)
+        size, at = head
         if size > PREAUTH_BULK:
             raise Refused("Protocol error: unauthenticated bulk length (the front, as Redis, "
                           f"takes at most {PREAUTH_BULK} bytes per argument before AUTH)")
-        at = end + 2
         if len(buf) < at + size + 2:
             return None
         if buf[at + size:at + size + 2] != b"\r\n":
