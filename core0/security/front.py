@@ -284,35 +284,31 @@ def ssl_context(cert: str, key: str, ca: str = "", auth_clients: bool = False) -
     return ctx
 
 
-def node_closed(aclfile: Path, protected_mode: bool = True) -> bool:
-    """True while the node is closed: Redis's ``default`` user needs no password (or the ACL
-    file is not there yet). Read from the ACL file redis-server enforces."""
-    if not protected_mode:
-        return False
+def _passwordless(aclfile: Path) -> bool | None:
+    """Whether Redis's ``default`` user is on without a password, read from the ACL file
+    redis-server enforces (None: no such file, or no ``default`` user in it yet)."""
     try:
         text = aclfile.read_text()
     except OSError:
-        return True
+        return None
     for line in text.splitlines():
         words = line.split()
         if words[:2] == ["user", "default"]:
             return "on" in words and "nopass" in words
-    return True
+    return None
+
+
+def node_closed(aclfile: Path, protected_mode: bool = True) -> bool:
+    """True while the node is closed: Redis's ``default`` user needs no password (or the ACL
+    file is not there yet)."""
+    return protected_mode and _passwordless(aclfile) is not False
 
 
 def default_needs_auth(aclfile: Path) -> bool:
     """True unless Redis's ``default`` user is on without a password (then every client is
     authenticated from the start, and the front has no reason to hold it to the limits of an
-    unauthenticated one). Read from the ACL file redis-server enforces; unreadable: True."""
-    try:
-        text = aclfile.read_text()
-    except OSError:
-        return True
-    for line in text.splitlines():
-        words = line.split()
-        if words[:2] == ["user", "default"]:
-            return not ("on" in words and "nopass" in words)
-    return True
+    unauthenticated one); also True while the ACL file cannot tell."""
+    return _passwordless(aclfile) is not True
 
 
 def _loopback(peer: Any) -> bool:
