@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import signal
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Code, Level, Result, State, now_ms
 
-from core0.errors import CommandError, Internal, TimedOut
+from core0.errors import CommandError, Internal, TimedOut, Unavailable
 from core0.proc import process
 
 if TYPE_CHECKING:
@@ -24,6 +25,8 @@ _LENIENT = json.JSONEncoder(default=str)
 TERMINATING = {signal.SIGTERM, signal.SIGKILL, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP}
 #: commands whose error text is also the result's stderr (0-core's client raises with it)
 _STDERR_ERRORS = ("disk.", "btrfs.", "zerotier.", "rtinfo.")
+#: a full filesystem or an exhausted table: a condition of the node, not a handler's bug
+_EXHAUSTED = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE, errno.ENOMEM})
 
 
 def builtin_result(job: Job | InlineJob, value: Any) -> Result:
@@ -109,11 +112,17 @@ def exception_result(cmd_id: str, command: str, exc: BaseException, starttime: i
                      tags: list[str] | None = None) -> Result:
     """The one mapping of an exception to a result: a typed error keeps its state and code; a
     ``TimeoutError`` that is not the engine's ``max_time`` is a 504 (:class:`TimedOut`);
-    anything else is a handler bug: 500, logged with its traceback."""
+    an ``OSError`` that says the node ran out of something (a full state dir or disk, no file
+    descriptor or memory left) is a 503 (:class:`Unavailable`: it passes once space or fds are
+    freed); anything else is a handler bug: 500, logged with its traceback."""
     if isinstance(exc, CommandError):
         err = exc
     elif isinstance(exc, TimeoutError):
         err = TimedOut(f"timed out: {exc}" if str(exc) else "timed out waiting inside the command")
+    elif isinstance(exc, OSError) and exc.errno in _EXHAUSTED:
+        where = f": {exc.filename}" if exc.filename else ""
+        log.warning("%s (%s): %s%s", command or "command", cmd_id, exc.strerror, where)
+        err = Unavailable(f"the node is out of resources: {exc.strerror}{where}")
     else:
         log.error("%s (%s) failed", command or "command", cmd_id, exc_info=exc)
         err = Internal(f"internal error: {exc!r}")

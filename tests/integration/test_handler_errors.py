@@ -4,12 +4,15 @@ not max_time's TIMEOUT (408). Uses the test-only ``test.raise`` (CORE0_TEST_POIS
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import start_node
+from conftest import require_root, start_node
 from wire import cmd, push, result, run, wait_for
 
 
@@ -68,3 +71,38 @@ def test_killed_while_running_is_killed(r: redis.Redis) -> None:
     assert run(r, "job.kill", {"id": jid})["state"] == "SUCCESS"
     res = result(r, jid, 10)
     assert res["state"] == "KILLED" and res["code"] == 499
+
+
+def test_a_full_state_dir_is_a_503_and_passes(tmp_path: Path) -> None:
+    """A job that cannot write its log because the node's state dir is full is refused with a
+    503 saying so (a condition of the node, not a handler's bug: no traceback), pings still
+    answer, and the same command runs once space is freed. Redis keeps no file in this state
+    dir here (no AOF), so only core0's own writes meet the full filesystem."""
+    require_root()
+    state = tmp_path / "state"
+    state.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(state)], check=True)
+    conf = tmp_path / "core0.toml"
+    conf.write_text("[redis]\nappendonly = false\n")
+    node = None
+    try:
+        node = start_node(state, config=str(conf))
+        r = node.redis()
+        with open(state / "fill", "wb") as f:
+            with contextlib.suppress(OSError):  # ENOSPC: the filesystem is full
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+        res = run(r, "core.system", {"name": "echo", "args": ["full"]})
+        assert (res["state"], res["code"]) == ("ERROR", 503), res
+        assert "No space left on device" in res["critical"]
+        assert run(r, "core.ping")["state"] == "SUCCESS"
+        (state / "fill").unlink()
+        res = run(r, "core.system", {"name": "echo", "args": ["room again"]})
+        assert (res["state"], res["streams"][0]) == ("SUCCESS", "room again\n"), res
+        assert "Traceback" not in node.log_text()
+        r.close()
+    finally:
+        if node is not None:
+            node.stop()
+        subprocess.run(["umount", "-l", str(state)], check=False)
