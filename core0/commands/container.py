@@ -25,7 +25,7 @@ from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, alias, command
 from core0.sandbox import dispatch as dsp
-from core0.sandbox import foreground, images, manager, netsetup, persist, spec
+from core0.sandbox import foreground, images, manager, netsetup, persist, spec, volumes
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
 
@@ -44,6 +44,24 @@ def aliases(verb: str, args: type[Schema] = NoArgs, role: Role = Role.OPERATOR,
         return fn
 
     return deco
+
+
+#: nics of a container (a create's, and live ones after nic-add)
+MAX_NICS = 16
+#: the kernel's MAX_ARG_STRLEN: no "NAME=value" string of an exec may be as long
+MAX_ENV_STRING = 32 * 4096
+
+
+def check_env(env: dict[str, str]) -> None:
+    """400 for a variable the container's init could not be started with: a name that is
+    no shell name, or ``NAME=value`` of 128 KiB or more (execve refuses it with E2BIG, and
+    the detached init would die at once while the create answered with its id)."""
+    for k, val in env.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+        if len(k.encode()) + 1 + len(val.encode()) >= MAX_ENV_STRING:
+            raise BadRequest(f"env.{k}: longer than a variable may be (128 KiB with its "
+                             "name)", field=f"env.{k}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,11 @@ class NicArgs(Schema):
     monitor: bool | None = None
 
     def nic(self) -> Nic:
+        """The nic to record (400 for a ``dns`` entry that is no IP address: it is written
+        into the container's resolv.conf)."""
         c = self.config or NicConfig()
+        for i, d in enumerate(c.dns or []):
+            v.ip(d, f"nic.config.dns[{i}]")
         cfg = {k: val for k, val in c.__dict__.items() if val is not None}
         return Nic(type=self.type, id=self.id or "", name=self.name or "",
                    hwaddr=self.hwaddr or "", config=cfg)
@@ -96,7 +118,7 @@ class CreateArgs(Schema):
                          "main.filesystem_root need the admin role"), Len(0, 64)] | None = None
     host_network: bool = False
     nics: Annotated[list[NicArgs], Doc("default when omitted: [{type: default}]"),
-                    Len(0, 16)] | None = None
+                    Len(0, MAX_NICS)] | None = None
     port: Annotated[dict[str, Annotated[int, Range(1, 65535)]],
                     Doc('{"<host src>": container port} (nft forwards, 0-core syntax)'),
                     Len(0, 256)] | None = None
@@ -134,9 +156,7 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     ``identity`` and ``cgroups`` are accepted and ignored."""
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
-    for k in args.env or {}:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+    check_env(args.env or {})
     nics = [{"type": "default"}] if args.nics is None else None
     nic_list = [NicArgs(type="default").nic()] if nics else [n.nic() for n in args.nics or []]
     ports = dict(args.port or {})
@@ -182,7 +202,7 @@ def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     if not args.userns:  # (added later: declarations made before hash the same)
         del out["userns"]
     if args.mount:
-        out["mount"] = {manager.resolve_source(ctx, src, f"mount.{src}"): t
+        out["mount"] = {volumes.resolve_source(ctx, src, f"mount.{src}"): t
                         for src, t in args.mount.items()}
     return out
 
@@ -213,7 +233,9 @@ async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, 
 @aliases("list", role=Role.READ_ONLY)
 async def list_(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """All containers: {id: {cpu, rss, vms, swap, container: {arguments, root, pid, status,
-    oom_kills, nics, ports, …}}} (0-core's shape plus core0's fields)."""
+    oom_kills, nics, ports, …}}} (0-core's shape plus core0's fields). A queue that may not
+    see the creating queue's jobs (a lower role; below admin, another private queue) gets
+    the values of ``env``, ``command``, ``identity`` and ``storage`` as ``<redacted>``."""
     return await manager.list_all(ctx)
 
 
@@ -227,7 +249,7 @@ async def get(ctx: Context, args: GetArgs) -> dict[str, Any]:
     """One container (by id or name), as in corex.list."""
     rec = manager.find_record(ctx, args.query)
     rt = await manager.get_runtime(ctx)
-    return manager.describe(rec, await rt.state(rec.runtime_id))
+    return manager.describe(rec, await rt.state(rec.runtime_id), ctx.job.role, ctx.scope)
 
 
 @dataclass(frozen=True)
@@ -304,15 +326,28 @@ class NicAddArgs(Schema):
 
 @aliases("nic-add", NicAddArgs)
 async def nic_add(ctx: Context, args: NicAddArgs) -> dict[str, Any]:
-    """Hot-plug a nic into a running container; returns it (with its index)."""
+    """Hot-plug a nic into a running container; returns it (with its index). 409 when it
+    has 16 live nics already (as a create takes at most)."""
     st = Store(ctx.config.state_dir)
     rec = st.load(args.container)
     if rec.host_network:
         raise BadRequest("the container shares the node's network", field="container")
+    live = sum(1 for n in rec.nics if n.state != "destroyed")
+    if live >= MAX_NICS:  # (as a create takes at most)
+        raise Conflict(f"container {rec.id} has {MAX_NICS} nics already", field="nic")
+    if len(rec.nics) > 1024:  # (removed ones stay listed; nic-remove takes index ≤ 1024)
+        raise Conflict(f"container {rec.id} has had 1025 nics: no more", field="nic")
     nic = args.nic.nic()
     index = len(rec.nics)
     rec.nics.append(nic)
-    await netsetup.add_nic(ctx, rec, nic, index, st.names(rec.id)["veth"])
+    try:
+        await netsetup.add_nic(ctx, rec, nic, index, st.names(rec.id)["veth"])
+    except BaseException:
+        # not listed: the record may have been saved meanwhile (the netns named on the
+        # first nic of a container without one), and a nic that failed is not there
+        rec.nics.remove(nic)
+        st.save(rec)
+        raise
     st.save(rec)
     return {"index": index, **nic.__dict__}
 
@@ -383,8 +418,11 @@ async def image_import(ctx: Context, args: ImportArgs) -> dict[str, Any]:
     path, ref = args.source, ""
     if ":" in path.rsplit("/", 1)[-1]:
         path, _, ref = path.rpartition(":")
-    src = manager.resolve_source(ctx, path, "source")
-    return await manager.import_image(ctx, args.name, src, ref, args.source)
+    if args.name.startswith("/") and args.name != args.source:
+        raise BadRequest("name: a name starting with '/' is the host path a create's root "
+                         "imports itself; import under that name only from that path",
+                         field="name")
+    return await manager.import_path(ctx, args.name, path, ref, args.source, "source")
 
 
 @dataclass(frozen=True)
@@ -399,6 +437,9 @@ class PullArgs(Schema):
 async def image_pull(ctx: Context, args: PullArgs) -> dict[str, Any]:
     """Pull an image from an OCI registry with skopeo (distribution API, token auth,
     digest-verified) and import it; its name defaults to ``ref``."""
+    if args.name and args.name.startswith("/"):
+        raise BadRequest("name: a name starting with '/' is the host path a create's root "
+                         "imports itself", field="name")
     return await images_pull(ctx, args.ref, args.name or args.ref, args.tls_verify)
 
 
@@ -463,19 +504,18 @@ class RunArgs(Schema):
     userns: Annotated[bool, Doc("a user namespace of its own (as in corex.create)")] = False
 
 
-@command("container.run", RunArgs)
+@command("container.run", RunArgs, role=Role.ADMIN)
 async def run(ctx: Context, args: RunArgs) -> Any:
     """Run a container in the foreground as this job's process: the runtime's ``run`` of a
     fresh clone, the init running ``command``; its output is the job's, its exit status the
     command's. Made for boot services (``[startup.<id>] container = {…}``): supervised,
     restarted and drift-checked like any service; the container is listed by corex.list
     (``service`` set) and torn down when the run ends (or, after a dispatcher restart, when
-    the next run starts)."""
+    the next run starts). It runs a program of the caller's choice, so it needs the admin
+    role, as ``core.system`` and ``bash`` do (also through corex.dispatch)."""
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
-    for k in args.env or {}:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
-            raise BadRequest(f"env.{k}: not a valid variable name", field=f"env.{k}")
+    check_env(args.env or {})
     nic_list = ([NicArgs(type="default").nic()] if args.nics is None
                 else [n.nic() for n in args.nics])
     ports = dict(args.port or {})

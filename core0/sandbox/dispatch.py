@@ -92,14 +92,18 @@ def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
 
 
 def _job_handler(cid: int, name: str) -> Any:
-    """job.list / job.kill limited to the container's own inner jobs."""
+    """job.list / job.kill limited to the container's own inner jobs, with the host
+    commands' rules on top: jobs of a higher role (or, below admin, of another private
+    queue) are listed redacted and may not be killed (403)."""
     async def run_job(c: Context, a: Any) -> Any:
         # the container's own inner jobs (Job.container: kept across dispatcher restarts)
         mine = {jid for jid, j in c.engine.table.items() if j.container == cid}
         if a.id and a.id not in mine:
             raise NotFound(f"no such job: {a.id}")
         if name == "job.list":
-            return [d for d in c.engine.describe_all(a.id) if d["id"] in mine]
+            return [d for d in c.engine.describe_all(a.id, c.role, c.scope) if d["id"] in mine]
+        if c.engine.may_access(a.id, c.role, c.scope) is False:
+            raise Forbidden(f"job {a.id} is not this queue's to act on")
         return c.engine.kill(a.id, a.signal)
 
     return run_job
@@ -158,7 +162,14 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     """Start ``inner`` inside container ``cid``; returns the inner job id."""
     rec = Store(ctx.config.state_dir).load(cid)
     inner.setdefault("arguments", {})
-    inner.setdefault("id", new_id())
+    # on a private queue the inner job's id carries the queue's prefix too, as every id
+    # of that queue must: its result, stream and log keys are then where the caller (and
+    # only the caller) may read them
+    prefix = ctx.scope or ""
+    inner.setdefault("id", prefix + new_id())
+    if prefix and not str(inner["id"]).startswith(prefix):
+        raise BadRequest(f"command.id: must start with {prefix!r} on this private queue",
+                         field="command.id")
     try:
         cmd = decode_command(json.dumps(inner), ctx.config.bus.max_command_bytes)
     except ProtocolError as e:

@@ -5,11 +5,11 @@ dir (:mod:`.store`) and the runtime keeps its own state, so a new dispatcher lis
 into and terminates the containers an old one created, by the same ids.
 
 Create order (each step recorded, so :func:`teardown` undoes exactly what was made, also after
-a failure half way or a dispatcher crash): id → root clone → netns + nics → forwards → bundle
-→ runtime start. A container without nics has no named netns: the runtime makes an anonymous
-one for its init (see :mod:`.netsetup`), named only if a nic is added later. Terminate runs
-it backwards: runtime stop + delete (its cgroup goes with it) → forwards → nics → netns →
-root clone and the container dir.
+a failure half way or a dispatcher crash): id → volume binds (:mod:`.volumes`) → root clone →
+netns + nics → forwards → bundle → runtime start. A container without nics has no named
+netns: the runtime makes an anonymous one for its init (see :mod:`.netsetup`), named only if
+a nic is added later. Terminate runs it backwards: runtime stop + delete (its cgroup goes
+with it) → forwards → nics → netns → root clone, volume binds and the container dir.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0.context import ProcessSpec
-from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
+from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role
 from core0.sandbox import images, netsetup, roots, runtime, spec, userns, zfsroots
 from core0.sandbox.store import Nic, Record, Store
+from core0.sandbox.volumes import Source, check_target, check_targets, open_source
 
 if TYPE_CHECKING:
     from core0.context import Context
@@ -77,49 +79,20 @@ def _store(ctx: Context) -> Store:
 # ---------------------------------------------------------------- checks
 
 
-def check_target(target: str, field_name: str) -> str:
-    """A mount target inside the container: absolute, no ``..``, no NUL (the runtime resolves
-    it inside the container's root, so symlinks there cannot lead out)."""
-    if not target.startswith("/") or "\0" in target or len(target) > 4096:
-        raise BadRequest(f"{field_name}: the target must be an absolute path", field=field_name)
-    parts = target.split("/")
-    if ".." in parts:
-        raise BadRequest(f"{field_name}: '..' in the target", field=field_name)
-    norm = "/" + "/".join(p for p in parts if p not in ("", "."))
-    if norm in ("/", "/proc", "/sys", "/dev") or norm.startswith(("/proc/", "/sys/")):
-        raise BadRequest(f"{field_name}: cannot mount over {norm}", field=field_name)
-    return norm
-
-
-def resolve_source(ctx: Context, source: str, field_name: str) -> str:
-    """A host path for a bind mount or an import: resolved inside ``main.filesystem_root``
-    without following symlinks out of it; anywhere on the node for admin queues."""
-    from core0.fspath import Root, oserror
-
-    if not source.startswith("/") or "\0" in source:
-        raise BadRequest(f"{field_name}: the source must be an absolute path", field=field_name)
-    fs_root = ctx.config.main.filesystem_root
-    if ".." in source.split("/") and ctx.job.role < Role.ADMIN:
-        raise Forbidden(f"{field_name}: '..' in a host path needs the admin role")
-    base = "/" if ctx.job.role >= Role.ADMIN else fs_root
-    rel = source
-    if base != "/":
-        root_real = os.path.realpath(base)
-        if not (source == root_real or source.startswith(root_real.rstrip("/") + "/")):
-            raise Forbidden(f"{field_name}: {source} is outside {base} (needs the admin role)")
-        rel = source[len(root_real.rstrip("/")):] or "/"
+async def import_path(ctx: Context, name: str, source: str, ref: str, origin: str,
+                      field_name: str) -> dict[str, Any]:
+    """Import the host path ``source`` (checked for the queue's role) as image ``name``:
+    read through the descriptor it was resolved to, only a directory or a regular file (a
+    FIFO or a device would block or stream forever: 400)."""
+    fd = open_source(ctx, source, field_name)
     try:
-        with Root(base) as root:
-            fd = root.open(rel, os.O_PATH)
-            try:
-                real = os.readlink(f"/proc/self/fd/{fd}")
-            finally:
-                os.close(fd)
-    except OSError as e:
-        raise oserror(e, source) from None
-    except CommandError as e:
-        raise type(e)(f"{field_name}: {e.message}", field=field_name) from None
-    return real
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode)):
+            raise BadRequest(f"{field_name}: {source} is neither a directory nor a regular "
+                             "file", field=field_name)
+        return await import_image(ctx, name, f"/proc/self/fd/{fd}", ref, origin or source)
+    finally:
+        os.close(fd)
 
 
 async def import_image(ctx: Context, name: str, source: str, ref: str = "",
@@ -162,9 +135,8 @@ async def image_for(ctx: Context, root: str) -> str:
         with contextlib.suppress(NotFound):
             images.load(sd, root)
             return root
-        src = resolve_source(ctx, root, "root")
         try:
-            await import_image(ctx, root, src, "", root)
+            await import_path(ctx, root, root, "", root, "root")
         except Conflict:
             images.load(sd, root)  # imported by a concurrent create meanwhile
         return root
@@ -238,18 +210,30 @@ async def prepare_foreground(ctx: Context, req: CreateRequest) -> tuple[Record, 
 async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Runtime]:
     """Allocate an id and make the container's root clone, netns, nics, forwards and bundle
     (recorded step by step; torn down on failure)."""
-    st = _store(ctx)
     if req.userns and req.privileged:
         raise BadRequest("privileged and userns exclude each other: privileged gives the "
                          "container the node's powers, a user namespace takes them away",
                          field="userns")
     image = await image_for(ctx, req.root)
     meta = images.load(ctx.config.state_dir, image)
-    mounts = []
-    for src, target in req.mounts.items():
-        ro = target.endswith(":ro")
-        t = check_target(target[:-3] if ro else target, f"mount.{src}")
-        mounts.append(spec.Mount(resolve_source(ctx, src, f"mount.{src}"), t, ro))
+    sources: list[Source] = []
+    try:
+        for src, target in req.mounts.items():
+            ro = target.endswith(":ro")
+            t = check_target(target[:-3] if ro else target, f"mount.{src}")
+            sources.append(Source(open_source(ctx, src, f"mount.{src}"), f"mount.{src}", t,
+                                  ro))
+        return await _prepare(ctx, req, image, meta, sources)
+    finally:
+        for source in sources:
+            os.close(source.fd)
+
+
+async def _prepare(ctx: Context, req: CreateRequest, image: str, meta: dict[str, Any],
+                   sources: list[Source]) -> tuple[Record, runtime.Runtime]:
+    """:func:`prepare` once the image is known and the volumes' sources are resolved
+    (``sources``: their descriptors, closed by the caller)."""
+    st = _store(ctx)
     rt = await get_runtime(ctx)
     init = runtime.find_init()
     cid = st.allocate(req.prefer_id)
@@ -261,11 +245,17 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
                  cgroups_path=names["cgroups_path"], host_network=req.host_network,
                  privileged=req.privileged, created=int(time.time()),
                  spec_hash=req.spec_hash, service=req.service,
+                 role=int(ctx.job.role), scope=ctx.scope or "",
                  # no nic: the runtime's own anonymous netns (lo up), named if a nic comes
                  netns_anon=not (req.host_network or req.userns or req.nics))
     st.save(rec)
     cdir = st.dir(cid)
     try:
+        # the volumes: each source bound, from the descriptor it was resolved to, below the
+        # container's dir; the runtime mounts these (a path it would resolve again could
+        # meanwhile, or at a keeper's restart, lead anywhere through a swapped symlink)
+        mounts = [spec.Mount(str(await ctx.to_thread(roots.pin_source, v.fd, cdir, i)),
+                             v.target, v.readonly) for i, v in enumerate(sources)]
         if req.userns:
             rec.userns_base = await ctx.to_thread(userns.allocate, ctx.config.state_dir, cid)
             st.save(rec)
@@ -276,6 +266,7 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
                 os.close(ns_fd)
         else:
             rootfs = await _clone(ctx, rec, meta, cdir)
+        await ctx.to_thread(check_targets, rootfs, sources)
         dns: list[str] = []
         if not req.host_network:
             if not req.userns and not rec.netns_anon:  # (userns: made with the user
@@ -437,8 +428,32 @@ def _nic_arg(n: Any) -> dict[str, Any]:
             "config": n.config, "state": n.state}
 
 
-def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
-    """0-core's container entry: {cpu, rss, vms, swap, container: {arguments, root, pid, …}}."""
+#: arguments that may hold secrets (``identity``: a zerotier private key, ``storage``: a URL
+#: with credentials in 0-core); redacted for viewers who may not see the creator's jobs
+SECRET_ARGS = ("env", "identity", "storage", "command")
+REDACTED = "<redacted>"
+
+
+def visible_args(rec: Record, viewer: Role, scope: str | None) -> dict[str, Any]:
+    """The container's arguments as ``viewer`` (a role, a private-queue scope) may see them:
+    as given when it may see the creating queue's jobs (job.list's rule: at least the
+    creator's role, and below admin the same private queue), else with the values of
+    :data:`SECRET_ARGS` (each env variable's value) replaced by ``<redacted>``."""
+    args = dict(rec.arguments)
+    if viewer >= rec.role and (viewer >= Role.ADMIN or (scope or "") == rec.scope):
+        return args
+    for k in SECRET_ARGS:
+        if k == "env" and isinstance(args.get(k), dict):
+            args[k] = {name: REDACTED for name in args[k]}
+        elif args.get(k) is not None:
+            args[k] = REDACTED
+    return args
+
+
+def describe(rec: Record, state: runtime.State | None, viewer: Role = Role.ADMIN,
+             scope: str | None = None) -> dict[str, Any]:
+    """0-core's container entry: {cpu, rss, vms, swap, container: {arguments, root, pid, …}}
+    as ``viewer`` may see it (:func:`visible_args`)."""
     u = usage(rec)
     status = state.status if state is not None else ("creating" if rec.state == "creating"
                                                      else "gone")
@@ -448,7 +463,7 @@ def describe(rec: Record, state: runtime.State | None) -> dict[str, Any]:
             "id": rec.id, "name": rec.name, "tags": rec.tags, "root": rec.root,
             "image": rec.image, "hostname": rec.hostname,
             # 0-core kept the job's tags and the nics (with their state) in the arguments
-            "arguments": {**rec.arguments, "tags": rec.tags,
+            "arguments": {**visible_args(rec, viewer, scope), "tags": rec.tags,
                           "nics": [_nic_arg(n) for n in rec.nics]},
             "pid": state.pid if state is not None and status != "stopped" else 0,
             "status": status, "oom_kills": u["oom_kills"],
@@ -469,12 +484,14 @@ async def list_all(ctx: Context) -> dict[str, dict[str, Any]]:
         return {}
     rt = await get_runtime(ctx)
     states = {s.id: s for s in await rt.list_all()}
-    return {str(r.id): describe(r, states.get(r.runtime_id)) for r in recs}
+    return {str(r.id): describe(r, states.get(r.runtime_id), ctx.job.role, ctx.scope)
+            for r in recs}
 
 
 def find_record(ctx: Context, query: int | str) -> Record:
     st = _store(ctx)
-    if isinstance(query, int) or (isinstance(query, str) and query.isdigit()):
+    if isinstance(query, int) or (query.isascii() and query.isdigit()):
+        # (isascii: str.isdigit() also takes '²', which int() refuses)
         return st.load(int(query))
     for r in st.all():
         if r.name == query:

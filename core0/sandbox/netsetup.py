@@ -409,6 +409,16 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
             raise BadRequest(f"nics[{index}].id: the {what} name is required", field="nics")
         bridge = v.ifname(nic.id, f"nics[{index}].id")
         cidr, gw = _static(nic, index)
+        if nic.type == "macvlan" and bridge.startswith(host_base[:6]):
+            # (frames of a macvlan on a container's veth end go straight into that container)
+            raise BadRequest(f"nics[{index}].id: {bridge} is a container's link", field="nics")
+        if bridge == BRIDGE and cidr and ipaddress.ip_interface(cidr).ip in NETWORK:
+            # the NAT network's addresses are core0's: the gateway's (DNS, NAT for every
+            # container) and each container's own (id + 1); a static one taken here would
+            # answer ARP for another's
+            raise BadRequest(f"nics[{index}].config.cidr: the addresses of {NETWORK} are "
+                             f"core0's (the node's {GATEWAY}, each container's default "
+                             "nic): use a default nic", field="nics")
         if nic.type == "macvlan":
             nic.inner = await ctx.to_thread(_macvlan, rec, nic, index, host_name, bridge, cidr,
                                             gw)

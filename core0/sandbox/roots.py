@@ -21,6 +21,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import struct
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 UMOUNT_NOFOLLOW = 8
 MS_NODEV = 4
+MS_BIND, MS_REC = 4096, 16384
 
 
 # struct btrfs_ioctl_vol_args: fd, name[4088]; _IOW(0x94, 14 / 15, that struct)
@@ -143,12 +145,16 @@ def _unmount(point: str) -> None:
 
 def drop(cdir: Path) -> None:
     """Unmount the container's root and anything left below its dir (an idmapped lower
-    layer, :mod:`.userns`), then remove the dir."""
+    layer, :mod:`.userns`; the volumes' binds, :func:`pin_source`), then remove the dir
+    (Internal, and nothing removed, while something is still mounted below it)."""
     merged = cdir / "rootfs"
     _unmount(str(merged))
     if cdir.exists():
         for point in mounts_below(cdir):
             _unmount(point)
+        left = mounts_below(cdir)
+        if left:  # never remove files through a mount (a volume's source is the user's)
+            raise Internal(f"still mounted below {cdir}: {', '.join(left)[:500]}")
     if is_subvolume(merged):
         _vol_ioctl(cdir, "rootfs", BTRFS_IOC_SNAP_DESTROY)
     for attempt in range(10):  # a process of the container may still write a last file
@@ -161,3 +167,25 @@ def drop(cdir: Path) -> None:
             if e.errno != errno.ENOTEMPTY or attempt == 9:
                 raise
             time.sleep(0.1)
+
+
+def pin_source(fd: int, cdir: Path, index: int) -> Path:
+    """Bind the volume source opened as ``fd`` (an ``O_PATH`` descriptor, resolved and
+    checked by the caller) at ``cdir/vol/<index>`` and return that path, which the container's
+    spec then names: the kernel takes the mount from the descriptor (``/proc/self/fd/N``
+    names the opened object itself, no path is walked again), and nothing below the
+    container's dir (mode 0700, core0's) can be swapped by anyone else. :func:`drop` unmounts
+    it with everything else below the dir."""
+    vol = cdir / "vol"
+    vol.mkdir(mode=0o711, exist_ok=True)
+    os.chmod(vol, 0o711)  # (search only: the runtime of a userns container is its root)
+    point = vol / str(index)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        point.mkdir(mode=0o755)
+    else:
+        os.close(os.open(point, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    if _libc.mount(f"/proc/self/fd/{fd}".encode(), str(point).encode(), None,
+                   MS_BIND | MS_REC, None) != 0:
+        err = ctypes.get_errno()
+        raise Internal(f"bind the volume source on {point}: {os.strerror(err)}")
+    return point

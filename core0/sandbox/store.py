@@ -81,6 +81,11 @@ class Record:
     #: created without nics); :func:`.netsetup.pin_init_netns` names it ``netns`` when a nic
     #: is added
     netns_anon: bool = False
+    #: the role (``core0.registry.Role`` value) and private-queue scope ("" for none) of the
+    #: queue that created it: viewers below them see its secret arguments redacted
+    #: (records made before these fields: admin)
+    role: int = 3
+    scope: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

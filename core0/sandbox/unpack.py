@@ -148,25 +148,62 @@ def extract_layer(fileobj: IO[bytes] | None, dest: Path, path: str | None = None
     return n
 
 
-def copy_tree(src: Path, dest: Path) -> int:
+def copy_tree(src: Path | int, dest: Path) -> int:
     """Copy a directory tree (files, dirs, symlinks as links) into ``dest``; special files
-    (devices, FIFOs, sockets) are refused. Returns the number of entries copied."""
-    n = 0
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        rel = os.path.relpath(dirpath, src)
-        out = dest if rel == "." else dest / rel
-        for name in [*dirnames, *filenames]:
-            s = os.path.join(dirpath, name)
-            d = out / name
-            st = os.lstat(s)
-            if stat.S_ISLNK(st.st_mode):
-                os.symlink(os.readlink(s), d)
-            elif stat.S_ISDIR(st.st_mode):
-                d.mkdir(mode=stat.S_IMODE(st.st_mode) & 0o1777)
-            elif stat.S_ISREG(st.st_mode):
-                shutil.copy2(s, d, follow_symlinks=False)
-                os.chmod(d, stat.S_IMODE(st.st_mode) & 0o777)
-            else:
-                raise UnsafeMember(f"special file in the source directory: {s!r:.200}")
-            n += 1
-    return n
+    (devices, FIFOs, sockets) are refused. Returns the number of entries copied.
+
+    ``src`` is a path or a descriptor of the directory (an ``O_PATH`` one is fine). The tree
+    is walked on descriptors (:func:`core0.fswalk.walk`: ``O_NOFOLLOW`` at every step, no path
+    string resolved again) and each file is read through the descriptor its type was checked
+    on, so a directory swapped for a symlink while it is copied (by a container writing into
+    a volume, say) can never make the copy read anything outside ``src``.
+    """
+    from core0 import fswalk
+
+    top = os.open(src, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if isinstance(src, Path) \
+        else os.open(f"/proc/self/fd/{src}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dirs: dict[tuple[int, int], Path] = {}
+    count = [0]
+
+    def visit(pfd: int, name: str, efd: int, st: os.stat_result) -> None:
+        if not name:  # the top directory itself
+            dirs[(st.st_dev, st.st_ino)] = dest
+            return
+        pst = os.fstat(pfd)
+        d = dirs[(pst.st_dev, pst.st_ino)] / name
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(name, dir_fd=pfd), d)
+        elif stat.S_ISDIR(st.st_mode):
+            d.mkdir(mode=stat.S_IMODE(st.st_mode) & 0o1777)
+            dirs[(st.st_dev, st.st_ino)] = d
+        elif stat.S_ISREG(st.st_mode):
+            _copy_file(efd, st, d)
+        else:
+            raise UnsafeMember(f"special file in the source directory: {name!r:.200}")
+        count[0] += 1
+
+    try:
+        fswalk.walk(top, "", visit=visit)
+    finally:
+        os.close(top)
+    return count[0]
+
+
+def _copy_file(efd: int, st: os.stat_result, dest: Path) -> None:
+    """Copy the regular file opened as ``efd`` (``O_PATH``) to ``dest``: reopened through the
+    descriptor (the same inode, checked), mode without set-id bits, times kept."""
+    fd = os.open(f"/proc/self/fd/{efd}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        got = os.fstat(fd)
+        if (got.st_dev, got.st_ino) != (st.st_dev, st.st_ino):
+            raise UnsafeMember(f"source file changed while copied: {dest.name!r:.200}")
+        out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            while os.sendfile(out, fd, None, 1 << 30) > 0:
+                pass
+            os.fchmod(out, stat.S_IMODE(st.st_mode) & 0o777)
+            os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
