@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from core0_client.protocol import Command
 
 from core0.errors import PreconditionFailed
+from core0.registry import Role
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -70,6 +71,18 @@ def spec_hash(arguments: dict[str, Any]) -> str:
     text = json.dumps({k: v for k, v in arguments.items() if k != "persistent"},
                       sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def declared_role(declaration: dict[str, Any]) -> Role:
+    """The role a declaration is restored with: the declaring queue's (``role`` in its
+    record), so that its host paths are resolved again as that queue's were — inside
+    ``main.filesystem_root`` below admin, where a component swapped for a symlink meanwhile
+    leads nowhere; admin for records without one (made by admin queues or before the field)
+    and never above admin."""
+    try:
+        return Role(min(int(declaration.get("role", Role.ADMIN)), Role.ADMIN))
+    except (TypeError, ValueError):
+        return Role.READ_ONLY
 
 
 def _digest(name: str) -> str:
@@ -159,7 +172,7 @@ class Declarations:
                           id=f"{self.job_prefix}:{_digest(d['name'])[:16]}",
                           max_restart=self.retries or None)
             try:
-                job = engine.submit_internal(cmd)
+                job = engine.submit_internal(cmd, role=declared_role(d))
             except Exception as e:
                 log.warning("declared %s %s not restored: %s", self.what, d["name"], e)
                 continue

@@ -190,13 +190,14 @@ async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: di
         spec_hash=spec_hash, prefer_id=prefer, userns=args.userns)
     cid = await manager.create(ctx, req)
     if args.persistent:
-        persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid)
+        persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid,
+                        ctx.job.role)
     return cid
 
 
 def _declared_args(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     """The arguments a declaration records: set ones only, ``mount`` sources resolved for
-    the declaring queue's role (the boot's re-declaration runs as admin)."""
+    the declaring queue's role (the boot's re-declaration runs with that role again)."""
     out = {k: val for k, val in dataclasses.asdict(args).items()
            if val is not None and k != "persistent"}
     if not args.userns:  # (added later: declarations made before hash the same)

@@ -475,18 +475,20 @@ class JobEngine:
 
     # ------------------------------------------------------------ services
 
-    def submit_internal(self, cmd: Command, *, protected: bool = False) -> Job:
+    def submit_internal(self, cmd: Command, *, protected: bool = False,
+                        role: Role = Role.ADMIN) -> Job:
         """Run any registered command as a job of core0's own (boot services, cloud-config…):
         same engine, options and adoption as bus jobs, but no result is written to Redis
-        (watch ``job.run_end`` / ``job.done``). BadRequest on bad arguments, NotFound for an
-        unknown command, Conflict if the id is taken."""
+        (watch ``job.run_end`` / ``job.done``). ``role``: the role it runs with (admin; a
+        declaration made by a lower role is restored with that role). BadRequest on bad
+        arguments, NotFound for an unknown command, Conflict if the id is taken."""
         spec = registry.get(cmd.command)
         if spec is None:
             raise NotFound(f"unknown command {cmd.command!r}")
         if cmd.id in self.table:
             raise Conflict(f"a job named {cmd.id} is running already")
         args = spec.args.parse(cmd.arguments)
-        job = Job(self, cmd, spec, args, Role.ADMIN, cmd.to_json().encode(), "")
+        job = Job(self, cmd, spec, args, role, cmd.to_json().encode(), "")
         job.protected = protected
         self.start(job)
         return job

@@ -7,8 +7,10 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
   empty directory), so images survive a wiped tmpfs;
 - ``corex.create {persistent: true, name}`` records the container's arguments, the hash of
   its spec and its id in ``<persistent_dir>/containers/<digest of the name>.json`` (0600,
-  written atomically). Host paths of ``mount`` are recorded as resolved for the declaring
-  queue's role, so a re-declaration at boot (run with the admin role) mounts the same paths;
+  written atomically), with the declaring queue's role. Host paths of ``mount`` are recorded
+  as resolved for that role, and the re-declaration at boot runs with it: below admin they are
+  resolved inside ``main.filesystem_root`` again, so a component swapped for a symlink while
+  the node was down leads nowhere (the container is then not restored, and the log says why);
 - each dispatcher start re-submits ``corex.create`` for every record, as a job of core0's own:
   a container of that name running with the same spec hash is kept (a dispatcher restart
   changes nothing), one that is gone or whose spec hash differs is torn down and created
@@ -66,9 +68,10 @@ def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
     return CONTAINERS.declaration(cfg, name)
 
 
-def declare(cfg: Config, name: str, arguments: dict[str, Any], cid: int) -> None:
-    """Record (or update) the declaration of container ``name``."""
-    CONTAINERS.declare(cfg, name, arguments, id=cid)
+def declare(cfg: Config, name: str, arguments: dict[str, Any], cid: int, role: int) -> None:
+    """Record (or update) the declaration of container ``name``, made by a queue of
+    ``role`` (it is restored with that role: :func:`core0.declared.declared_role`)."""
+    CONTAINERS.declare(cfg, name, arguments, id=cid, role=int(role))
 
 
 def undeclare(cfg: Config, name: str) -> None:

@@ -175,3 +175,57 @@ def test_concurrent_declarations_and_a_removed_declaration() -> None:
                 cleanup_containers(node)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_declaration_is_restored_with_the_declaring_role() -> None:
+    """An operator's declared container is restored with the operator role: its volume's
+    host path is resolved inside ``main.filesystem_root`` again, so a directory replaced by
+    a symlink to a host directory while the node was down is not mounted (the container is
+    not restored and the log says why); before, the boot restored it as admin, which
+    followed the symlink out of the root."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="core0-persist-role-"))
+    pdir, nbase, fsroot, secret = (base / "persist", base / "node", base / "fsroot",
+                                   base / "secret")
+    for d in (nbase, fsroot / "vol" / "d", secret):
+        d.mkdir(parents=True)
+    (fsroot / "vol" / "d" / "f").write_text("inside")
+    (secret / "f").write_text("HOST-SECRET")
+    cfg = base / "core0.toml"
+    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\nfilesystem_root = "{fsroot}"\n'
+                   '[bus]\nqueues = {default = "admin", ops = "operator"}\n')
+    from core0_client import Client
+
+    try:
+        with netns("psr") as ns:
+            node = start_container_node(ns, nbase, str(cfg))
+            try:
+                ok(node, "container.image.import", {"name": "bb",
+                                                    "source": str(busybox_rootfs(base / "r"))})
+                ops = Client(unix_socket_path=node.socket, timeout=60, queue="ops")
+                try:
+                    r = ops.raw("corex.create", {
+                        "root": "bb", "name": "vic", "persistent": True,
+                        "mount": {str(fsroot / "vol" / "d"): "/x"}}).get(120)
+                finally:
+                    ops.close()
+                assert r.state.value == "SUCCESS", r.data
+                cid = json.loads(r.data)
+                assert inside(node, cid, "cat /x/f") == "inside"
+                decl = json.loads(next((pdir / "containers").glob("*.json")).read_text())
+                assert decl["role"] == 2  # the operator's
+
+                node.stop()
+                cleanup_containers(node)
+                shutil.rmtree(node.state_dir)
+                shutil.rmtree(fsroot / "vol" / "d")
+                (fsroot / "vol" / "d").symlink_to(secret)
+                node = start_container_node(ns, nbase, str(cfg))
+                assert wait_until(lambda: "declared container vic not restored"
+                                  in node.log_text(), 60), node.log_text()[-3000:]
+                assert ok(node, "corex.list", {}) == {}
+            finally:
+                node.stop()
+                cleanup_containers(node)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
