@@ -567,10 +567,15 @@ class Dispatcher:
                                                      self.bus.pickup_many))
 
     def _parse_saved(self, saved: jobstate.Saved) -> tuple[Command, CommandSpec, Any, Role]:
+        """A saved job as the engine adopts it (a container's inner one: ``adopted_spec``)."""
         cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes, internal=True)
         spec = registry.get(cmd.command)
         if spec is None:
             raise ValueError(f"unknown command {cmd.command}")
+        if saved.container:
+            from core0.sandbox.dispatch import adopted_spec
+
+            spec = adopted_spec(spec, saved.container)
         return cmd, spec, spec.args.parse(cmd.arguments), Role.parse(saved.role)
 
 

@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 
 #: fault tests only: the dispatcher dies right after spawning a program of this name
 _CRASH_AFTER_SPAWN = os.environ.get("CORE0_TEST_CRASH_AFTER_SPAWN", "")
+#: fault tests only: the dispatcher dies once (per state dir) between writing ``spawning``
+#: down and spawning a program of one of these names (comma-separated)
+_CRASH_BEFORE_SPAWN = set(filter(None, os.environ.get("CORE0_TEST_CRASH_BEFORE_SPAWN",
+                                                      "").split(",")))
 
 #: seconds between a group's TERM and its KILL (max_time, kill)
 GRACE = 2.0
@@ -46,6 +50,8 @@ def spawn(engine: JobEngine, job: Job, ps: ProcessSpec) -> tuple[asyncio.Future[
     job.start_ticks = boot_ticks()  # "spawned at or after": see adopt.adopted_exit
     job.start_max = 0
     engine.store.save(job, state="spawning")
+    if _CRASH_BEFORE_SPAWN and job.comm in _CRASH_BEFORE_SPAWN:
+        _crash_once(engine)
     try:
         sp = process.spawn(ps.argv, env=ps.env, cwd=ps.cwd, stdin=fi, stdout=fo, stderr=fe,
                            exe=exe, start_ticks=False)
@@ -65,6 +71,15 @@ def spawn(engine: JobEngine, job: Job, ps: ProcessSpec) -> tuple[asyncio.Future[
     job.spawned.set()
     done = engine.reaper.watch(sp.pid, lambda status: engine.exited(job, status))
     return done, fo, fe
+
+
+def _crash_once(engine: JobEngine) -> None:
+    """Fault tests: die here the first time only (the job is then started again by the next
+    dispatcher, which must not die in the same place)."""
+    mark = Path(engine.store.root) / "test-crashed-before-spawn"
+    if not mark.exists():
+        mark.touch()
+        os._exit(70)
 
 
 async def run(

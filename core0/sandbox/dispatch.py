@@ -21,11 +21,14 @@ ids and names (:mod:`.fsowner`).
 ``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
 ``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
 
-Two rules keep an inner command from ever running on the host: ``recurring_period`` and
-``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler),
-and a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``) stored form names no
+Three rules keep an inner command from ever running on the host: ``recurring_period`` and
+``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler);
+a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``) stored form names no
 registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
-running on the host.
+running on the host; and an inner process job adopted by the next dispatcher is given
+:func:`adopted_spec`, so the one case where adoption calls a handler again — its dispatcher
+died after writing ``spawning`` and before the spawn, so it never started — runs it inside its
+container again (or answers 409 when the container is gone), never with the host's handler.
 """
 
 from __future__ import annotations
@@ -70,6 +73,27 @@ async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
                            label=f"container {rec.id}: {' '.join(argv)}"[:200])
 
     return run_inside
+
+
+def adopted_spec(spec: CommandSpec, cid: int) -> CommandSpec:
+    """The spec of an inner process job of container ``cid`` adopted from the state dir
+    (``spec``: the registry's, for ``core.system`` or ``bash``): its handler is called only
+    when the job never spawned, and builds the runtime's exec into the container as
+    :func:`dispatch` did; 409 if the container is no longer running."""
+    async def run_again_inside(ctx: Context, args: Any) -> Any:
+        from core0.sandbox.manager import init_pid
+
+        st = Store(ctx.config.state_dir)
+        try:
+            rec = st.load(cid)
+        except NotFound:
+            rec = None
+        if rec is None or rec.state != "running" or not runtime.alive(init_pid(st.dir(cid), rec)):
+            raise Conflict(f"container {cid} is not running: {spec.name} did not run")
+        handler = await _exec_handler(ctx, rec, spec.name, args)
+        return await handler(ctx, args)
+
+    return CommandSpec(spec.name, run_again_inside, spec.args, spec.role, False, spec.doc)
 
 
 def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
@@ -230,5 +254,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         result.container = cid  # builtin results too
 
     job.run_end.append(mark)
+    if not (fs or jobs or procs or infos or facts):
+        # spawned by engine.start in this turn, so its ``spawning`` step is written before
+        # this command's result, which hands out the inner id, can reach anyone: a
+        # dispatcher killed right after it still finds the job to adopt (a turn later, the
+        # job could be lost with its flag set and no result ever)
+        job.prebuilt = await handler(ctx, args)
     engine.start(job)
     return cmd.id

@@ -19,6 +19,7 @@ from conftest import wait_until
 from sandbox_fixtures import (
     ContainerNode,
     busybox_rootfs,
+    container_node,
     dispatcher_or_zero,
     inside,
     node_tag,
@@ -244,6 +245,8 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
         inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
             "command": "bash", "arguments": {
                 "script": "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo went"}}})
+        # the inner job's first step is on disk before the inner id reaches the caller
+        assert (cnode.state_dir / "jobs" / f"j-{inner}.log").exists()
         old = cnode.dispatcher_pid()
         os.kill(old, signal.SIGKILL)
 
@@ -262,7 +265,7 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
             ids = [j["id"] for j in json.loads(c.response_for(listed).get(60).data)]
         finally:
             c.close()
-        assert inner in ids
+        assert inner in ids, cnode.log_text()[-5000:]
         assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
         c = cnode.client()
         try:
@@ -273,3 +276,32 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
         assert res.container == cid
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
+
+
+def test_inner_job_never_spawned_runs_inside_after_a_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher dies after writing an inner job's ``spawning`` step and before the
+    spawn (a fault hook, once): the next dispatcher starts the job again — inside its
+    container, as the runtime's exec; before, adoption called the registry's handler, which
+    ran the container's command on the host."""
+    monkeypatch.setenv("CORE0_TEST_CRASH_BEFORE_SPAWN", "runc,crun")
+    mark = f"core0-where-{os.getpid()}-{time.monotonic_ns()}"
+    with container_node() as node:
+        root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=node.dir)) / "rootfs")
+        ok(node, "container.image.import", {"name": "bb", "source": str(root)})
+        cid = ok(node, "corex.create", {"root": "bb", "nics": []})
+        old = node.dispatcher_pid()
+        inner = ok(node, "corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {"script": f"echo ran > /tmp/{mark}; echo done"}}})
+        c = node.client()
+        try:
+            res = c.response_for(inner).get(90)
+        finally:
+            c.close()
+        assert (node.state_dir / "jobs" / "test-crashed-before-spawn").exists()
+        assert node.dispatcher_pid() != old, "the dispatcher should have died once"
+        assert res.state.value == "SUCCESS" and res.stdout == "done\n", (res, node.log_text())
+        assert res.container == cid
+        assert not Path(f"/tmp/{mark}").exists(), "the container's command ran on the host"
+        assert inside(node, cid, f"cat /tmp/{mark}").stdout == "ran\n"
+        ok(node, "corex.terminate", {"container": cid})

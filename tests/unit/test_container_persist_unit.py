@@ -9,6 +9,8 @@ import pytest
 
 from core0 import config
 from core0.config import Config, MainConfig
+from core0.declared import declared_role
+from core0.registry import Role
 from core0.sandbox import persist
 
 
@@ -27,9 +29,13 @@ def test_spec_hash_ignores_persistent_and_order() -> None:
 def test_declare_roundtrip(tmp_path: Path) -> None:
     cfg = cfg_for(tmp_path)
     args = {"root": "bb", "name": "web/1:x"}
-    persist.declare(cfg, "web/1:x", args, 3)
+    persist.declare(cfg, "web/1:x", args, 3, Role.OPERATOR)
     d = persist.declaration(cfg, "web/1:x")
     assert d is not None and d["id"] == 3 and d["hash"] == persist.spec_hash(args)
+    assert declared_role(d) == Role.OPERATOR  # restored with the declaring queue's role
+    assert declared_role({}) == Role.ADMIN  # records made before the field: admin's
+    assert declared_role({"role": 7}) == Role.ADMIN and declared_role({"role": "x"}) == \
+        Role.READ_ONLY  # never above admin; unreadable: the least
     files = list((tmp_path / "persist" / "containers").iterdir())
     assert len(files) == 1 and files[0].stat().st_mode & 0o777 == 0o600
     (files[0].parent / "junk.json").write_text("{not json")
