@@ -164,8 +164,7 @@ class ContainerNode:
         import psutil
 
         # not a child of the dispatcher: between its vfork and its exec, a job's process
-        # still shows the dispatcher's command line (killing that one instead made
-        # test_adopted_inner_job_result_names_its_container fail under load)
+        # still shows the dispatcher's command line
         for k in psutil.Process(self.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 if ("dispatcher" in " ".join(k.cmdline()) and k.status() != "zombie"
