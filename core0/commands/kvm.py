@@ -19,7 +19,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Range, Schema
-from core0.virt import disks, incoming, network, persist
+from core0.virt import disks, guard, incoming, network, persist
 from core0.virt import domain as dx
 from core0.virt.manager import Virt, lv_error, of
 from core0.virt.spec import (
@@ -36,6 +36,9 @@ from core0.virt.spec import (
     NicArgs,
     ShutdownArgs,
     UuidArgs,
+    check_desturi,
+    check_iotune,
+    check_slot,
     iotune_params,
 )
 
@@ -195,9 +198,7 @@ async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
             item = await v.describe(d)
         except NotFound:
             continue  # gone meanwhile
-        if item["name"].startswith("core0-kvm-probe-"):
-            continue
-        out.append(item)
+        out.append(item)  # describe refuses (404) domains that are not core0's
     return sorted(out, key=lambda i: i["name"])
 
 
@@ -301,23 +302,53 @@ async def attach_disk(ctx: Context, args: DiskArgs) -> None:
 
     v, dom, live, _ = await _live(ctx, args.uuid)
     m = args.media
-    path = disks.resolve_file(ctx, m.source("media"), "media")
+    ids: set[guard.Ident] = set()
+    path = disks.resolve_file(ctx, m.source("media"), "media", ids)
     if any(d["source"] == path for d in live.disks):
         raise Conflict(f"media: {path} is attached already", field="media")
     device = m.type or "disk"
     bus = m.bus or ("ide" if device == "cdrom" else "virtio")
-    fmt = "raw" if device == "cdrom" else await disks.check_image(ctx, path, m.format, "media")
+    fmt = ("raw" if device == "cdrom"
+           else await disks.check_image(ctx, path, m.format, "media", ids=ids))
     used = {d["target"] for d in live.disks}
     n = 0
     while dx.target_name(bus, n) in used:
         n += 1
+    check_slot(bus, n, "media")
+    tune = iotune_params(m.iotune)
+    check_iotune(tune, "media.iotune")
     xml = dx.element_xml(dx.disk_element(dx.Disk(path, fmt, device, bus, dx.target_name(bus, n),
-                                                 iotune_params(m.iotune))))
+                                                 tune)))
     lv = libvirt_module()
+    # the guest is paused while the disk goes in, until qemu's new files are checked
+    held = await ctx.to_thread(_held, args.uuid)
+    state = await _act(ctx, args.uuid, "attach_disk", lambda d: d.state()[0])
+    paused = state == lv.VIR_DOMAIN_RUNNING
+    if paused:
+        await _act(ctx, args.uuid, "pause for attach_disk", lambda d: d.suspend())
     try:
-        await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
-    except Exception as e:
-        raise lv_error(e, "attach_disk") from None
+        try:
+            await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
+        except Exception as e:
+            raise lv_error(e, "attach_disk") from None
+        try:
+            await v.check_files(args.uuid, ids, held)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await v.conn.call(lambda c: dom.detachDeviceFlags(xml,
+                                                                  lv.VIR_DOMAIN_AFFECT_LIVE))
+            raise
+    finally:
+        if paused:
+            await _act(ctx, args.uuid, "resume after attach_disk", lambda d: d.resume())
+
+
+def _held(uuid: str) -> set[guard.Ident]:
+    """The files VM ``uuid``'s qemu holds open now."""
+    pid = guard.qemu_pid(uuid)
+    if pid is None:
+        raise NotFound(f"no qemu process runs VM {uuid}")
+    return set(guard.open_files(pid))
 
 
 async def _detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> None:
@@ -430,6 +461,7 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
     if disk is None:
         raise NotFound(f"media: {path} is not attached to {args.uuid}")
     params = iotune_params(args)
+    check_iotune(params, "iotune")
     lv = libvirt_module()
     try:
         await v.conn.call(lambda c: dom.setBlockIoTune(disk["target"], params,
@@ -443,18 +475,20 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
 
 @command("kvm.create-image", ImageArgs)
 async def create_image(ctx: Context, args: ImageArgs) -> None:
-    """Create an image file (``qemu-img create``): {file_name, format qcow2|raw, size}."""
-    path = disks.resolve_new(ctx, args.file_name, "file_name")
-    await disks.create(ctx, path, args.format, args.size)
+    """Create an image file (``qemu-img create``): {file_name, format qcow2|raw, size}; 409
+    when the name exists."""
+    with disks.new_file(ctx, args.file_name, "file_name") as path:
+        await disks.create(ctx, path, args.format, args.size)
 
 
 @command("kvm.convert-image", ConvertArgs)
 async def convert_image(ctx: Context, args: ConvertArgs) -> None:
-    """Convert an image (``qemu-img convert``): {input_file, output_file, output_format}."""
+    """Convert an image (``qemu-img convert``): {input_file, output_file, output_format}; 409
+    when the output exists, which is removed again when the conversion fails."""
     src = disks.resolve_file(ctx, args.input_file, "input_file")
     await disks.check_image(ctx, src, None, "input_file")
-    dst = disks.resolve_new(ctx, args.output_file, "output_file")
-    await disks.convert(ctx, src, dst, args.output_format)
+    with disks.new_file(ctx, args.output_file, "output_file") as dst:
+        await disks.convert(ctx, src, dst, args.output_format)
 
 
 # ---------------------------------------------------------------- port forwards
@@ -495,6 +529,7 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
     destination needs same-size files at the same paths). The VM's port forwards and static
     lease on this node are released; its files here are kept (a declared VM's declaration
     is removed). The destination runs it as a transient domain under the same uuid."""
+    check_desturi(args.desturi)
     v = await _virt(ctx)
     declared = await _declared_name(ctx, args.uuid)
     await v.migrate(args.uuid, args.desturi, args.shared_storage)

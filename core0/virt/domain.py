@@ -153,6 +153,9 @@ class Live:
     vnc: int
     serial_log: str
     meta: dict[str, Any]
+    #: the domain carries core0's metadata element: core0 made it (here, or on the node it
+    #: migrated from); a domain without it is someone else's and kvm.* leaves it alone
+    core0: bool = False
 
 
 def parse(xml: str) -> Live:
@@ -193,7 +196,8 @@ def parse(xml: str) -> Live:
             meta = dict(json.loads(m.text))
         except (ValueError, TypeError):
             meta = {}
-    return Live(disks, nics, vnc, log.get("file", "") if log is not None else "", meta)
+    return Live(disks, nics, vnc, log.get("file", "") if log is not None else "", meta,
+                m is not None)
 
 
 def element_xml(e: ET.Element) -> str:

@@ -29,10 +29,18 @@ from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.init import libvirtd as embedded_libvirtd
 from core0.net import segments
 from core0.net import validate as nv
-from core0.virt import disks, fetch, incoming, network, probe
+from core0.virt import disks, fetch, guard, incoming, network, probe
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
-from core0.virt.spec import CreateArgs, Media, Nic, host_limits, iotune_params
+from core0.virt.spec import (
+    CreateArgs,
+    Media,
+    Nic,
+    check_iotune,
+    check_slot,
+    host_limits,
+    iotune_params,
+)
 
 if TYPE_CHECKING:
     from core0.context import Context
@@ -41,6 +49,8 @@ log = logging.getLogger(__name__)
 STATES = ["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
           "pmsuspended"]
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+#: qemu refusing an image another process holds (its write or shared lock)
+_LOCKED = re.compile(r'Failed to get (shared )?"(write|consistent read)" lock')
 _VIRTS: weakref.WeakKeyDictionary[Any, Virt] = weakref.WeakKeyDictionary()
 
 
@@ -72,6 +82,8 @@ def lv_error(e: Exception, what: str = "") -> CommandError:
         if code in (lv.VIR_ERR_XML_ERROR, lv.VIR_ERR_XML_DETAIL, lv.VIR_ERR_INVALID_ARG,
                     lv.VIR_ERR_CONFIG_UNSUPPORTED):
             return BadRequest(msg)
+        if _LOCKED.search(msg):  # qemu's image lock: the file is in use (by another VM)
+            return Conflict(msg)
     return Internal(msg)
 
 
@@ -196,16 +208,33 @@ class Virt:
     # ------------------------------------------------------------ lookup
 
     async def domain(self, uuid: str) -> Any:
+        """The libvirt domain of VM ``uuid``: 404 when there is none, or when it is not
+        core0's (a domain defined by someone else, the KVM probe's)."""
         try:
-            return await self.conn.call(lambda c: c.lookupByUUIDString(uuid))
+            dom = await self.conn.call(lambda c: c.lookupByUUIDString(uuid))
         except Exception as e:
             raise lv_error(e, f"no VM {uuid}") from None
+        await self._own(dom, f"no VM {uuid}")
+        return dom
 
-    async def by_name(self, name: str) -> Any:
+    async def by_name(self, name: str, owned: bool = True) -> Any:
+        """The domain named ``name`` (``owned``: only core0's, like :meth:`domain`)."""
         try:
-            return await self.conn.call(lambda c: c.lookupByName(name))
+            dom = await self.conn.call(lambda c: c.lookupByName(name))
         except Exception as e:
             raise lv_error(e, f"no VM named {name}") from None
+        if owned:
+            await self._own(dom, f"no VM named {name}")
+        return dom
+
+    async def _own(self, dom: Any, msg: str) -> None:
+        """404 unless ``dom`` is one of core0's VMs."""
+        try:
+            name, xml = await self.conn.call(lambda c: (dom.name(), dom.XMLDesc(0)))
+        except Exception as e:
+            raise lv_error(e, msg) from None
+        if not owned(name, dx.parse(xml)):
+            raise NotFound(f"{msg} (a libvirt domain core0 did not create is left alone)")
 
     async def live_uuids(self) -> set[str]:
         doms = await self.conn.call(lambda c: c.listAllDomains(0))
@@ -223,6 +252,8 @@ class Virt:
         except Exception as e:
             raise lv_error(e) from None
         live = dx.parse(xml)
+        if not owned(name, live):
+            raise NotFound(f"no VM {uuid}")
         meta = live.meta
         return {
             "id": did, "uuid": uuid, "name": name,
@@ -237,8 +268,9 @@ class Virt:
 
     # ------------------------------------------------------------ create
 
-    async def _media(self, ctx: Context, uuid: str, media: list[Media], vmdir: Path
-                     ) -> list[dx.Disk]:
+    async def _media(self, ctx: Context, uuid: str, media: list[Media], vmdir: Path,
+                     ids: set[guard.Ident]) -> list[dx.Disk]:
+        """The disks of a spec (overlays made); ``ids`` gets every file qemu may open."""
         out: list[dx.Disk] = []
         counts: dict[str, int] = {}
         for i, m in enumerate(media):
@@ -251,18 +283,20 @@ class Virt:
                 path = str(await fetch.fetch(ctx, src, fetch.parse_checksum(
                     m.checksum, f"{where}.checksum"), self.dir / "cache", where))
                 fmt = await disks.check_image(ctx, path, m.format, where, backing=False)
+                ids.add(guard.ident(os.stat(path)))
                 overlay = device == "disk"  # the cached image is shared: never written
             else:
                 if m.checksum is not None:
                     raise BadRequest(f"{where}.checksum: only with an http(s) url", field=where)
-                path = disks.resolve_file(ctx, src, where)
+                path = disks.resolve_file(ctx, src, where, ids)
                 fmt = "raw" if device == "cdrom" else await disks.check_image(
-                    ctx, path, m.format, where)
+                    ctx, path, m.format, where, ids=ids)
             if overlay:
                 if device == "cdrom":
                     raise BadRequest(f"{where}.overlay: not for a cdrom", field=where)
                 ov = str(vmdir / f"disk{i}.qcow2")
                 await disks.overlay(ctx, path, fmt, ov)
+                ids.add(guard.ident(os.stat(ov)))
                 path, fmt = ov, "qcow2"
             n = counts.get(bus, 0)
             counts[bus] = n + 1
@@ -291,6 +325,14 @@ class Virt:
         back); ``declared``: its declaration's hash, kept in the metadata."""
         args.check_unsupported()
         host_limits(args.cpu, args.memory)
+        if args.name.startswith(probe.PREFIX):
+            raise BadRequest(f"name: {probe.PREFIX}* names are the KVM probe's", field="name")
+        counts: dict[str, int] = {}
+        for i, m in enumerate(args.media):
+            bus = m.bus or ("ide" if m.type == "cdrom" else "virtio")
+            counts[bus] = counts.get(bus, 0) + 1
+            check_slot(bus, counts[bus] - 1, f"media[{i}]")
+            check_iotune(iotune_params(m.iotune), f"media[{i}].iotune")
         if not args.media and not args.kernel:
             raise BadRequest("media: a boot disk (or kernel) is required", field="media")
         if args.initrd and not args.kernel:
@@ -335,7 +377,7 @@ class Virt:
         async with self._create_lock:
             try:
                 with contextlib.suppress(NotFound):
-                    await self.by_name(args.name)
+                    await self.by_name(args.name, owned=False)  # whoever's it is
                     raise Conflict(f"a VM named {args.name} exists already", field="name")
                 vmdir.mkdir(mode=0o711)
                 undo.append(lambda: asyncio.to_thread(shutil.rmtree, vmdir, True))
@@ -365,16 +407,25 @@ class Virt:
                     if args.port:
                         await network.add_forwards(ctx, uuid, ip, args.port)
                         undo.append(lambda: network.remove_forwards(ctx, uuid))
+                ids: set[guard.Ident] = set()
                 spec = dx.DomainSpec(
                     name=args.name, uuid=uuid, memory=args.memory, vcpus=args.cpu, type=dtype,
-                    disks=await self._media(ctx, uuid, args.media, vmdir), nics=nics,
+                    disks=await self._media(ctx, uuid, args.media, vmdir, ids), nics=nics,
                     serial_log=str(vmdir / "console.log"), vnc=args.vnc, kernel=kernel,
                     initrd=initrd, cmdline=args.cmdline or "", meta=meta)
                 xml = dx.build(spec)
-                try:
-                    await self.conn.call(lambda c: c.createXML(xml, 0))
+                lv = libvirt_module()
+                try:  # paused: nothing runs until qemu's files are checked
+                    dom = await self.conn.call(
+                        lambda c: c.createXML(xml, lv.VIR_DOMAIN_START_PAUSED))
                 except Exception as e:
                     raise lv_error(e, "libvirt refused the VM") from None
+                undo.append(lambda: self.conn.call(lambda c: dom.destroy()))
+                await self.check_files(uuid, ids)
+                try:
+                    await self.conn.call(lambda c: dom.resume())
+                except Exception as e:
+                    raise lv_error(e, "resume of the new VM") from None
             except BaseException:
                 for fn in reversed(undo):
                     with contextlib.suppress(Exception):
@@ -383,6 +434,24 @@ class Virt:
             finally:
                 self.creating.discard(uuid)
         return uuid
+
+    async def check_files(self, uuid: str, ids: set[guard.Ident],
+                          before: set[guard.Ident] | None = None) -> None:
+        """409 when VM ``uuid``'s qemu holds open a file that is not one core0 resolved
+        (``ids``) or held ``before``: a path or an image header changed between core0's
+        check and qemu's open (core0/virt/guard.py)."""
+        def check() -> list[str]:
+            pid = guard.qemu_pid(uuid)
+            if pid is None:
+                raise Internal(f"cannot find the qemu process of VM {uuid} to check its files")
+            return guard.unexpected(pid, ids, before)
+
+        extra = await asyncio.to_thread(check)
+        if extra:
+            log.warning("virt: VM %s: qemu opened files core0 did not check: %s", uuid, extra)
+            raise Conflict("media: a disk image or a directory on its path changed while the "
+                           "VM was being made (qemu opened a file core0 did not check)",
+                           field="media")
 
     # ------------------------------------------------------------ cleanup
 
@@ -483,6 +552,12 @@ class Virt:
         rec["migrated"] = desturi
         self._save_record(uuid, rec)
         await self.cleanup(uuid)
+
+
+def owned(name: str, live: dx.Live) -> bool:
+    """Whether a domain is one of core0's VMs: it carries core0's metadata and is not a KVM
+    probe."""
+    return live.core0 and not name.startswith(probe.PREFIX)
 
 
 def _random_mac() -> str:

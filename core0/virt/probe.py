@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 PANIC = (b"Unable to mount root", b"Kernel panic")
+#: the names of the probe's domains (refused as VM names: kvm.* leaves them alone)
+PREFIX = "core0-kvm-probe-"
 
 
 def kvm_device_ok() -> bool:
@@ -117,7 +119,7 @@ def _save(cache: Path, rec: dict[str, str]) -> None:
 async def _boot(conn: Conn, kernel: Path, work: Path, timeout: float) -> bool:
     serial = work / "probe-serial.log"
     serial.unlink(missing_ok=True)
-    spec = dx.DomainSpec(name=f"core0-kvm-probe-{uuidlib.uuid4().hex[:8]}",
+    spec = dx.DomainSpec(name=f"{PREFIX}{uuidlib.uuid4().hex[:8]}",
                          uuid=str(uuidlib.uuid4()), memory=256, vcpus=1, type="kvm",
                          serial_log=str(serial), kernel=str(kernel),
                          cmdline="console=ttyS0 panic=-1 root=/dev/core0-none")

@@ -9,7 +9,10 @@ which escapes whatever is left, so even a value that passed could not add an ele
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -17,6 +20,9 @@ from core0.errors import BadRequest, PreconditionFailed
 from core0.net import validate as v
 from core0.schema import Doc, Len, Pattern, Range, Schema
 
+#: text that can go into XML and through libvirt's UTF-8: no control characters, no lone
+#: surrogates (JSON can carry them; they cannot be encoded), no U+FFFE/U+FFFF (not XML)
+TEXT = r"[^\x00-\x1f\x7f\ud800-\udfff\ufffe\uffff]*"
 #: a VM name: what libvirt, a file name and a log line can all carry
 VM_NAME = Annotated[str, Doc("VM name: letters, digits, _ . - (1-64, no leading . or -)"),
                     Pattern(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")]
@@ -24,8 +30,8 @@ UUID = Annotated[str, Doc("the VM's uuid (kvm.create's result)"),
                  Pattern(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
                          r"[0-9a-fA-F]{12}")]
 PATH = Annotated[str, Doc("a file path (confined to the filesystem root)"), Len(1, 4096),
-                 Pattern(r"[^\x00-\x1f\x7f]*")]
-TAG = Annotated[str, Len(0, 128), Pattern(r"[^\x00-\x1f\x7f]*")]
+                 Pattern(TEXT, "a path without control characters")]
+TAG = Annotated[str, Len(0, 128), Pattern(TEXT, "a tag without control characters")]
 
 #: 0-core's iotune names → libvirt's (``<iotune>`` elements and virDomainSetBlockIoTune keys)
 IOTUNE_NAMES: dict[str, str] = {}
@@ -67,6 +73,83 @@ def iotune_params(tune: Any) -> dict[str, int | str]:
     return out
 
 
+def check_iotune(params: dict[str, int | str], field: str) -> None:
+    """400 for I/O limits libvirt or qemu would refuse only after the VM started (500): a
+    ``*_max`` without its base value, a ``*_max_length`` without its ``*_max``, a total with
+    a read/write value of the same unit."""
+    def on(key: str) -> bool:
+        return bool(params.get(key))
+
+    for unit in ("bytes_sec", "iops_sec"):
+        if (on(f"total_{unit}") or on(f"total_{unit}_max")) and (
+                on(f"read_{unit}") or on(f"write_{unit}") or on(f"read_{unit}_max")
+                or on(f"write_{unit}_max")):
+            raise BadRequest(f"{field}: total and read/write {unit} limits cannot be set "
+                             "together", field=field)
+        for what in ("total", "read", "write"):
+            base, top = f"{what}_{unit}", f"{what}_{unit}_max"
+            if on(top) and not on(base):
+                raise BadRequest(f"{field}: {top} needs {base}", field=field)
+            if on(f"{top}_length") and not on(top):
+                raise BadRequest(f"{field}: {top}_length needs {top}", field=field)
+
+
+#: devices one bus of the VM's machine (i440fx ``pc``) takes: its one IDE controller has 4
+BUS_SLOTS = {"ide": 4}
+
+
+def check_slot(bus: str, index: int, field: str) -> None:
+    """400 when a bus has no room left for another device."""
+    most = BUS_SLOTS.get(bus)
+    if most is not None and index >= most:
+        raise BadRequest(f"{field}: at most {most} {bus} devices (disks and cdroms)",
+                         field=field)
+
+
+#: libvirt transports a migration may use: the destination's libvirtd over the network
+MIGRATE_SCHEMES = ("qemu", "qemu+tcp", "qemu+tls", "qemu+ssh")
+
+
+def check_desturi(uri: str) -> None:
+    """400 unless ``uri`` names another host's libvirtd over a network transport, with no
+    parameters: this node's libvirtd (root) connects to it, and libvirt's URI parameters
+    run programs (``qemu+ext``, ssh's ``command=``/``netcat=``), open local sockets
+    (``socket=``, ``qemu+unix``) or read key files (``keyfile=``, ``pkipath=``)."""
+    field = "desturi"
+    if not uri.isascii() or any(ch in uri for ch in "?#\\"):
+        raise BadRequest(f"{field}: no URI parameters (?…) or fragments are allowed",
+                         field=field)
+    try:
+        u = urllib.parse.urlsplit(uri)
+        port = u.port
+        host = u.hostname or ""
+    except ValueError as e:
+        raise BadRequest(f"{field}: not a valid URI: {e}", field=field) from None
+    if u.scheme not in MIGRATE_SCHEMES:
+        raise BadRequest(f"{field}: transport {u.scheme} is not allowed (one of "
+                         f"{', '.join(MIGRATE_SCHEMES)})", field=field)
+    if u.path != "/system":
+        raise BadRequest(f"{field}: the path must be /system (the destination's system "
+                         "libvirtd)", field=field)
+    if u.password is not None or (u.username is not None and (
+            u.scheme != "qemu+ssh" or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}",
+                                                       u.username))):
+        raise BadRequest(f"{field}: a user name only with qemu+ssh (no password)", field=field)
+    if port == 0:
+        raise BadRequest(f"{field}: port 0", field=field)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,62}\.?)*", host) or (
+                host.lower().rstrip(".") == "localhost"
+                or host.lower().rstrip(".").endswith(".localhost")):
+            raise BadRequest(f"{field}: the destination must be another host", field=field) \
+                from None
+        return
+    if ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
+        raise BadRequest(f"{field}: {ip} is not another host's address", field=field)
+
+
 @dataclass(frozen=True)
 class Media(Schema):
     """A disk or cdrom: 0-core's ``{url, type, iotune}``, plus core0's ``path``, ``bus``,
@@ -75,7 +158,7 @@ class Media(Schema):
     url: Annotated[str, Doc("0-core's field: a file path, or an http(s) URL (kvm.create "
                             "only: downloaded once, shared, booted through an overlay); "
                             "nbd:// and zdb:// are refused (412)"), Len(1, 4096),
-                   Pattern(r"[^\x00-\x1f\x7f]*")] | None = None
+                   Pattern(TEXT, "a path or URL without control characters")] | None = None
     path: Annotated[PATH, Doc("the image file (same as url)")] | None = None
     type: Annotated[Literal["disk", "cdrom"], Doc("disk (default) or cdrom")] | None = None
     bus: Annotated[Literal["virtio", "ide", "sata", "scsi"],
@@ -143,7 +226,8 @@ class CreateArgs(Schema):
     kernel: Annotated[PATH, Doc("direct boot: the kernel")] | None = None
     initrd: Annotated[PATH, Doc("direct boot: the initramfs")] | None = None
     cmdline: Annotated[str, Doc("direct boot: the kernel command line"), Len(0, 2048),
-                       Pattern(r"[^\x00-\x1f\x7f]*")] | None = None
+                       Pattern(TEXT, "a command line without control characters")
+                       ] | None = None
     tags: Annotated[list[TAG], Doc("tags shown by kvm.list"), Len(0, 32)] | None = None
     kvm: Annotated[bool, Doc("0-core: ask for KVM; core0 uses KVM whenever its probe shows a "
                              "guest runs under it, so this is accepted and ignored")] = False
