@@ -86,14 +86,14 @@ async def create(ctx: Context, args: CreateArgs) -> str:
             raise Conflict(f"a VM named {args.name} exists already (not declared)",
                            field="name")
         if meta["declared"] == h and cur["state"] in ("running", "paused", "blocked"):
-            persist.declare(ctx.config, args, cur["uuid"])
+            persist.declare(ctx.config, args, cur["uuid"], ctx.job.role)
             return str(cur["uuid"])
         with contextlib.suppress(NotFound):  # a changed spec: the old one goes
             await _act(ctx, cur["uuid"], "destroy", lambda d: d.destroy())
         await v.cleanup(cur["uuid"])
     decl = persist.declaration(ctx.config, args.name) or {}
     uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h)
-    persist.declare(ctx.config, args, uuid)
+    persist.declare(ctx.config, args, uuid, ctx.job.role)
     return uuid
 
 

@@ -51,8 +51,11 @@ def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
     return VMS.declaration(cfg, name)
 
 
-def declare(cfg: Config, args: CreateArgs, uuid: str) -> None:
-    VMS.declare(cfg, args.name, arguments(args), uuid=uuid)
+def declare(cfg: Config, args: CreateArgs, uuid: str, role: int) -> None:
+    """Record (or update) the declaration of VM ``args.name``, made by a queue of ``role``
+    (it is restored with that role, so its paths are resolved as that queue's were:
+    :func:`core0.declared.declared_role`)."""
+    VMS.declare(cfg, args.name, arguments(args), uuid=uuid, role=int(role))
 
 
 def undeclare(cfg: Config, name: str) -> None:

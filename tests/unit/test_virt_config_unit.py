@@ -9,7 +9,9 @@ import pytest
 
 from core0 import config
 from core0.config import Config, MainConfig
+from core0.declared import declared_role
 from core0.init import libvirtd
+from core0.registry import Role
 from core0.virt import persist
 from core0.virt.spec import CreateArgs
 
@@ -44,9 +46,10 @@ def test_vm_declaration(tmp_path: Path) -> None:
                                                                    "memory": 512}))
     assert "persistent" not in persist.arguments(a)
     assert persist.arguments(a)["media"] == [{"url": "/i/a.qcow2", "overlay": False}]
-    persist.declare(cfg, a, "0b7e3c4e-0000-4000-8000-000000000001")
+    persist.declare(cfg, a, "0b7e3c4e-0000-4000-8000-000000000001", Role.OPERATOR)
     d = persist.declaration(cfg, "vm")
     assert d is not None and d["uuid"].endswith("01") and d["hash"] == persist.hash_of(a)
+    assert declared_role(d) == Role.OPERATOR  # restored with the declaring queue's role
     assert CreateArgs.parse({**d["arguments"], "persistent": True}) == a  # re-submittable
     assert (tmp_path / "p" / "vms").is_dir()
     persist.undeclare(cfg, "vm")
