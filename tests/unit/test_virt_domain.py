@@ -9,7 +9,7 @@ import pytest
 from core0.errors import BadRequest, PreconditionFailed
 from core0.virt import domain as dx
 from core0.virt import network
-from core0.virt.spec import CreateArgs, IOTune, Media, iotune_params
+from core0.virt.spec import CreateArgs, IOTune, Media, check_desturi, iotune_params
 
 EVIL = "a'\"<>&]]></cmdline><initrd>/etc/shadow</initrd>"
 
@@ -95,3 +95,16 @@ def test_create_args_accepts_0core_fields() -> None:
     a.check_unsupported()
     with pytest.raises(PreconditionFailed):
         CreateArgs.parse({"name": "x", "flist": "https://hub/x.flist"}).check_unsupported()
+
+
+def test_migration_destination_names() -> None:
+    """kvm.migrate's host check: DNS names label by label. The first version matched the
+    whole name with one nested pattern, which backtracked exponentially: a 40-character
+    near-miss would have held the dispatcher's event loop for hours (a ReDoS from any
+    queue that may migrate)."""
+    check_desturi("qemu+ssh://root@node-2.example.org/system")
+    check_desturi("qemu+tls://10.0.0.2/system")
+    for host in ("a" * 40 + "!", "a" * 5000, "x..y", "-a.b", "a" * 64 + ".b", "localhost",
+                 "vm.localhost.", "127.0.0.1", "[::1]"):
+        with pytest.raises(BadRequest):
+            check_desturi(f"qemu+tcp://{host}/system")
