@@ -18,6 +18,7 @@ reproduced through the bus, and what core0 answers now.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -169,6 +170,30 @@ def test_volume_of_the_wrong_type(cnode: ContainerNode, image: str) -> None:
     assert all("/sandbox/containers/" not in m for m in mounts_under(cnode.state_dir))
 
 
+@contextlib.contextmanager
+def swapping(sub: Path, target: Path) -> Iterator[None]:
+    """While the block runs, a thread keeps swapping the directory ``sub`` for a symlink to
+    ``target`` and back."""
+    stop = threading.Event()
+
+    def swap() -> None:
+        aside = sub.with_name(sub.name + ".dir")
+        while not stop.is_set():
+            os.rename(sub, aside)
+            os.symlink(target, sub)
+            time.sleep(0.0005)
+            os.unlink(sub)
+            os.rename(aside, sub)
+
+    t = threading.Thread(target=swap, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join(10)
+
+
 def test_import_source_swapped_while_copied(cnode: ContainerNode, secret_dir: Path) -> None:
     """While an operator imports a directory, a subdirectory keeps being swapped for a
     symlink to a host directory outside the root: no import ever holds the host's file
@@ -180,28 +205,12 @@ def test_import_source_swapped_while_copied(cnode: ContainerNode, secret_dir: Pa
     sub = src / "sub"
     sub.mkdir()
     (sub / "g").write_text("mine")
-    stop = threading.Event()
-
-    def swap() -> None:
-        while not stop.is_set():
-            with_dir = sub.with_name("sub.dir")
-            os.rename(sub, with_dir)
-            os.symlink(secret_dir, sub)
-            time.sleep(0.0005)
-            os.unlink(sub)
-            os.rename(with_dir, sub)
-
-    t = threading.Thread(target=swap, daemon=True)
-    t.start()
     names = [f"race{i}" for i in range(12)]
-    try:
+    with swapping(sub, secret_dir):
         for name in names:
             res = run(cnode, "ops", "container.image.import", {"name": name,
                                                                "source": str(src)})
             assert res["state"] == "SUCCESS" or res["code"] in (404, 409), res
-    finally:
-        stop.set()
-        t.join(10)
     leaked = []
     for top, _dirs, files in os.walk(cnode.state_dir / "sandbox" / "images"):
         for f in files:
@@ -230,19 +239,7 @@ def test_copy_tree_under_swaps(tmp_path: Path, secret_dir: Path) -> None:
     sub = src / "sub"
     sub.mkdir()
     (sub / "g").write_text("mine")
-    stop = threading.Event()
-
-    def swap() -> None:
-        while not stop.is_set():
-            os.rename(sub, src / "sub.dir")
-            os.symlink(secret_dir, sub)
-            time.sleep(0.0005)
-            os.unlink(sub)
-            os.rename(src / "sub.dir", sub)
-
-    t = threading.Thread(target=swap, daemon=True)
-    t.start()
-    try:
+    with swapping(sub, secret_dir):
         for n in range(200):
             dest = tmp_path / f"dest{n}"
             dest.mkdir()
@@ -251,9 +248,6 @@ def test_copy_tree_under_swaps(tmp_path: Path, secret_dir: Path) -> None:
             assert d.is_symlink() or not (d / "f").exists(), n
             assert sorted(os.listdir(secret_dir)) == ["f"], n
             shutil.rmtree(dest)
-    finally:
-        stop.set()
-        t.join(10)
 
 
 def test_import_of_a_fifo(cnode: ContainerNode) -> None:
