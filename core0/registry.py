@@ -54,6 +54,15 @@ class Role(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
 
+    def sees(self, scope: str | None, owner: Role, owner_scope: str | None) -> bool:
+        """May a caller of this role, from a queue of id scope ``scope`` (None: not a private
+        queue), see and act on what a queue of role ``owner`` and scope ``owner_scope`` made
+        (a job, a container's secrets)? At least the owner's role; below admin, a private
+        queue's things only from that queue, and a private queue's caller only its own."""
+        if self < owner:
+            return False
+        return self >= Role.ADMIN or owner_scope == scope
+
 
 #: a role name as :meth:`Role.parse` reads it (any case; read-only, read_only, readonly, ro)
 ROLE_NAME = Pattern(r"(?i)\s*(admin|operator|read[-_]?only|ro)\s*",

@@ -175,11 +175,7 @@ def visible_to(job: Job | InlineJob, viewer: Role, scope: str | None) -> bool:
     """May a caller of role ``viewer`` from a queue with id scope ``scope`` see (and act on)
     ``job``? Its role must be at least the job's; below admin, a job of a private queue is
     visible only from that queue, and a caller on a private queue sees only its own jobs."""
-    if viewer < job.role:
-        return False
-    if viewer >= Role.ADMIN:
-        return True
-    return job.scope == scope
+    return viewer.sees(scope, job.role, job.scope)
 
 
 def queue_scope(cfg: Config, processing: str) -> str | None:

@@ -55,4 +55,4 @@ class RecentResults:
         if known is None:
             return None
         role, job_scope = known
-        return viewer >= Role.ADMIN or (viewer >= role and job_scope == scope)
+        return viewer.sees(scope, role, job_scope)

@@ -440,7 +440,7 @@ def visible_args(rec: Record, viewer: Role, scope: str | None) -> dict[str, Any]
     creator's role, and below admin the same private queue), else with the values of
     :data:`SECRET_ARGS` (each env variable's value) replaced by ``<redacted>``."""
     args = dict(rec.arguments)
-    if viewer >= rec.role and (viewer >= Role.ADMIN or (scope or "") == rec.scope):
+    if viewer.sees(scope, Role(rec.role), rec.scope or None):
         return args
     for k in SECRET_ARGS:
         if k == "env" and isinstance(args.get(k), dict):

@@ -170,6 +170,18 @@ def test_volume_of_the_wrong_type(cnode: ContainerNode, image: str) -> None:
     assert all("/sandbox/containers/" not in m for m in mounts_under(cnode.state_dir))
 
 
+def race_tree(src: Path, dirs: int) -> Path:
+    """A tree to copy while it changes: ``dirs`` directories holding a file each, and the
+    directory ``sub`` (returned) for :func:`swapping`."""
+    for i in range(dirs):
+        (src / f"d{i:02}").mkdir(parents=True)
+        (src / f"d{i:02}" / "f").write_text("mine")
+    sub = src / "sub"
+    sub.mkdir()
+    (sub / "g").write_text("mine")
+    return sub
+
+
 @contextlib.contextmanager
 def swapping(sub: Path, target: Path) -> Iterator[None]:
     """While the block runs, a thread keeps swapping the directory ``sub`` for a symlink to
@@ -199,12 +211,7 @@ def test_import_source_swapped_while_copied(cnode: ContainerNode, secret_dir: Pa
     symlink to a host directory outside the root: no import ever holds the host's file
     (the tree is read on descriptors; a swapped entry is copied as the link it is)."""
     src = FSROOT / "race"
-    for i in range(40):
-        (src / f"d{i:02}").mkdir(parents=True)
-        (src / f"d{i:02}" / "f").write_text("mine")
-    sub = src / "sub"
-    sub.mkdir()
-    (sub / "g").write_text("mine")
+    sub = race_tree(src, 40)
     names = [f"race{i}" for i in range(12)]
     with swapping(sub, secret_dir):
         for name in names:
@@ -233,12 +240,7 @@ def test_copy_tree_under_swaps(tmp_path: Path, secret_dir: Path) -> None:
     from core0.sandbox import unpack
 
     src = tmp_path / "src"
-    for i in range(20):
-        (src / f"d{i:02}").mkdir(parents=True)
-        (src / f"d{i:02}" / "f").write_text("mine")
-    sub = src / "sub"
-    sub.mkdir()
-    (sub / "g").write_text("mine")
+    sub = race_tree(src, 20)
     with swapping(sub, secret_dir):
         for n in range(200):
             dest = tmp_path / f"dest{n}"
