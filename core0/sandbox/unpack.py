@@ -172,7 +172,7 @@ def copy_tree(src: Path | int, dest: Path) -> int:
         pst = os.fstat(pfd)
         d = dirs[(pst.st_dev, pst.st_ino)] / name
         if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(name, dir_fd=pfd), d)
+            os.symlink(os.readlink("", dir_fd=efd), d)  # the link that was checked
         elif stat.S_ISDIR(st.st_mode):
             d.mkdir(mode=stat.S_IMODE(st.st_mode) & 0o1777)
             dirs[(st.st_dev, st.st_ino)] = d
