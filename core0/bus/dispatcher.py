@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from core0_client.protocol import (
-    Code,
     Command,
     Keys,
     ProtocolError,
@@ -34,6 +33,7 @@ from core0.backoff import Backoff
 from core0.boot.services import ServiceManager
 from core0.bus.batch import Accepted, Picked, colliding_id
 from core0.bus.endpoint import make_client
+from core0.bus.reconcile import reconcile
 from core0.bus.resp import RespError
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
@@ -57,6 +57,7 @@ from core0.proc.output import Inotify
 from core0.proc.shimlink import ShimLink
 from core0.proc.spawn import reset_ignored_signals
 from core0.registry import CommandSpec, Role
+from core0.sandbox.dispatch import adopted_spec, requeued
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +164,8 @@ class Dispatcher:
             await self.node_registry.remove()
         requeue = await self.engine.stop()
         for job in requeue:
+            if job.container:  # an inner builtin: left in processing, re-run inside
+                continue
             with contextlib.suppress(Exception):
                 await self.bus.r.delete(self.bus.keys.flag(job.id))
                 queue = job.processing.removesuffix(":processing")
@@ -211,7 +214,7 @@ class Dispatcher:
                     if not connected:
                         await link.connect()
                         connected = True
-                        await self.reconcile(queue, processing, role)
+                        await reconcile(self, queue, processing, role)
                     if sent is not None:
                         blocking, fut = sent
                         sent = None
@@ -377,7 +380,7 @@ class Dispatcher:
         scope = self.private.get(queue)
         engine = self.engine
         for raw in raws:
-            acc = await self._accept(raw, queue, processing, role, pubs)
+            acc = await self._accept(raw, queue, processing, role, pubs, owned)
             if acc is None:
                 continue
             cmd, spec = acc.cmd, acc.spec
@@ -442,7 +445,8 @@ class Dispatcher:
         return pubs
 
     async def _accept(
-        self, raw: bytes, queue: str, processing: str, role: Role, pubs: list[Publish]
+        self, raw: bytes, queue: str, processing: str, role: Role, pubs: list[Publish],
+        owned: bool = False,
     ) -> Accepted | None:
         try:
             cmd = decode_command(raw, self.cfg.bus.max_command_bytes)
@@ -480,6 +484,8 @@ class Dispatcher:
             self._error(pubs, cmd.id, cmd.command, bad, raw, processing, cmd)
             return None
         spec = registry.get(cmd.command)
+        if spec is None and owned and (inner := requeued(cmd)) is not None:
+            cmd, spec = inner  # a container's builtin inner job, cut short: inside again
         if spec is None or spec.internal:
             self._error(pubs, cmd.id, cmd.command,
                         UnknownCommand(f"unknown command {cmd.command!r}"), raw, processing, cmd)
@@ -522,50 +528,6 @@ class Dispatcher:
         self.metrics.result(command, res.state.value, 0.0)
         pubs.append(Publish(job_id, res.to_json(), raw, processing, mode))
 
-    # ------------------------------------------------------------ reconcile
-
-    async def reconcile(self, queue: str, processing: str, role: Role) -> None:
-        """Settle what a crash left in ``processing``: finished → released, in flight → run
-        again (up to max_deliveries, then dead-lettered as a poison pill), never started → run."""
-        items = await self.bus.processing_items(processing)
-        if not items:
-            return
-        log.info("reconciling %d command(s) in %s", len(items), processing)
-        fresh: list[bytes] = []
-        for raw in items:
-            job_id: str | None
-            try:
-                job_id = decode_command(raw, self.cfg.bus.max_command_bytes).id
-            except ProtocolError:
-                job_id = None
-            if job_id is None:
-                fresh.append(raw)
-                continue
-            if job_id in self.engine.table:
-                continue
-            if await self.bus.exists(self.bus.keys.result(job_id)):
-                await self.bus.release(processing, raw)
-                continue
-            if job_id in self.engine.recent or not await self.bus.exists(
-                self.bus.keys.flag(job_id)
-            ):
-                fresh.append(raw)
-                continue
-            n = await self.bus.deliveries(job_id)
-            if n >= self.cfg.bus.max_deliveries:
-                log.error("command %s crashed the dispatcher %d times: dead-lettered", job_id, n)
-                exc = CommandError(f"poison: crashed the dispatcher {n} times", code=Code.INTERNAL)
-                res = exception_result(job_id, "", exc)
-                await self.bus.dead_letter(queue, raw, str(exc), job_id)
-                await self.bus.publish([Publish(job_id, res.to_json(), raw, processing, "owned")])
-                await self.bus.forget_deliveries(job_id)
-                continue
-            await self.bus.publish(await self.handle([raw], queue, processing, role,
-                                                     self.bus.pickup_many, owned=True))
-        if fresh:
-            await self.bus.publish(await self.handle(fresh, queue, processing, role,
-                                                     self.bus.pickup_many))
-
     def _parse_saved(self, saved: jobstate.Saved) -> tuple[Command, CommandSpec, Any, Role]:
         """A saved job as the engine adopts it (a container's inner one: ``adopted_spec``)."""
         cmd = decode_command(saved.raw, self.cfg.bus.max_command_bytes, internal=True)
@@ -573,8 +535,6 @@ class Dispatcher:
         if spec is None:
             raise ValueError(f"unknown command {cmd.command}")
         if saved.container:
-            from core0.sandbox.dispatch import adopted_spec
-
             spec = adopted_spec(spec, saved.container)
         return cmd, spec, spec.args.parse(cmd.arguments), Role.parse(saved.role)
 

@@ -257,10 +257,21 @@ class Bus:
         more = await self._pop_more(keys=[queue, processing], args=[batch - 1])
         return [first, *more]
 
-    async def pickup(self, job_id: str, processing: str, raw: bytes) -> bool:
-        return bool(
-            await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw])
-        )
+    async def pickup(self, job_id: str, processing: str, raw: bytes, *,
+                     listed: bool = False) -> bool:
+        """Set ``job_id``'s pickup flag (False: it was set already). ``listed``: put ``raw``
+        into ``processing`` first, in the same write (a command core0 made itself, such as a
+        container's inner builtin job, which no pop listed): a dispatcher that dies after
+        the write leaves both, so the next one's reconcile finds the command; a refused
+        pickup removes it again."""
+        if not listed:
+            return bool(
+                await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw])
+            )
+        pipe = self.r.pipeline(transaction=False)
+        pipe.rpush(processing, raw)
+        await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw], client=pipe)
+        return bool((await pipe.execute())[1])
 
     async def pickup_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[bool]:
         """Pickups of (job id, processing, raw) in one round trip."""

@@ -23,12 +23,18 @@ ids and names (:mod:`.fsowner`).
 
 Three rules keep an inner command from ever running on the host: ``recurring_period`` and
 ``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler);
-a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``) stored form names no
-registered command, so a requeue after a dispatcher stop ends as UNKNOWN_CMD instead of
-running on the host; and an inner process job adopted by the next dispatcher is given
-:func:`adopted_spec`, so the one case where adoption calls a handler again — its dispatcher
-died after writing ``spawning`` and before the spawn, so it never started — runs it inside its
-container again (or answers 409 when the container is gone), never with the host's handler.
+a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``, ``core.*``) stored
+form names no registered command (``container.inside:<id>:<command>``); and an inner process
+job adopted by the next dispatcher is given :func:`adopted_spec`, so the one case where
+adoption calls a handler again — its dispatcher died after writing ``spawning`` and before the
+spawn, so it never started — runs it inside its container again (or answers 409 when the
+container is gone), never with the host's handler.
+
+A builtin inner job is not on disk (it holds no process); its stored form is put in the outer
+queue's ``processing`` list with its pickup flag, in one write, and taken out with its result.
+A dispatcher killed (or stopped) while one runs leaves it there; the next one's reconcile
+re-runs it inside its container (:func:`requeued`), as it re-runs a host builtin cut short —
+only from that list: the stored form pushed on a queue by a client is an unknown command.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from core0_client.protocol import ProtocolError, Result, decode_command, new_id
+from core0_client.protocol import Command, ProtocolError, Result, decode_command, new_id
 
 from core0 import registry
 from core0.context import ProcessSpec
@@ -81,14 +87,8 @@ def adopted_spec(spec: CommandSpec, cid: int) -> CommandSpec:
     when the job never spawned, and builds the runtime's exec into the container as
     :func:`dispatch` did; 409 if the container is no longer running."""
     async def run_again_inside(ctx: Context, args: Any) -> Any:
-        from core0.sandbox.manager import init_pid
-
-        st = Store(ctx.config.state_dir)
-        try:
-            rec = st.load(cid)
-        except NotFound:
-            rec = None
-        if rec is None or rec.state != "running" or not runtime.alive(init_pid(st.dir(cid), rec)):
+        rec = _running(ctx, cid)
+        if rec is None:
             raise Conflict(f"container {cid} is not running: {spec.name} did not run")
         handler = await _exec_handler(ctx, rec, spec.name, args)
         return await handler(ctx, args)
@@ -175,6 +175,72 @@ def _info_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
     return run_info
 
 
+def _builtin(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
+    """The handler of a builtin inner command (None: it runs as the runtime's exec)."""
+    name = spec.name
+    if name.startswith("filesystem."):
+        return _fs_handler(ctx, rec, spec)
+    if name in ("job.list", "job.kill"):
+        return _job_handler(rec.id, name)
+    if name in ("process.list", "process.kill"):
+        return _process_handler(rec.cgroups_path, spec)
+    if name in INFO:
+        return _info_handler(ctx, rec, spec)
+    if name in NODE_FACTS:
+        return spec.handler
+    return None
+
+
+def _running(ctx: Context, cid: int) -> Any:
+    """Container ``cid``'s record if it is running, else None."""
+    from core0.sandbox.manager import init_pid
+
+    st = Store(ctx.config.state_dir)
+    try:
+        rec = st.load(cid)
+    except NotFound:
+        return None
+    if rec.state != "running" or not runtime.alive(init_pid(st.dir(cid), rec)):
+        return None
+    return rec
+
+
+def _mark(cid: int) -> Any:
+    def mark(_job: Job, result: Result) -> None:
+        result.container = cid  # builtin results too
+
+    return mark
+
+
+def requeued(cmd: Command) -> tuple[Command, CommandSpec] | None:
+    """A builtin inner job found in a ``processing`` list by reconcile (its dispatcher died
+    or stopped while it ran): the command under its own name and a spec that runs it inside
+    its container again (409 when the container is not running any more). None: not a
+    stored form this module wrote."""
+    cid_s, _, name = cmd.command.removeprefix(INSIDE_ONLY).partition(":")
+    spec = registry.get(name)
+    if (not cmd.command.startswith(INSIDE_ONLY) or not cid_s.isdigit() or spec is None
+            or spec.internal or not _is_builtin(name)):
+        return None
+    cid = int(cid_s)
+
+    async def run_again_inside(ctx: Context, args: Any) -> Any:
+        ctx.job.container = cid
+        ctx.job.run_end.append(_mark(cid))
+        rec = _running(ctx, cid)
+        if rec is None:
+            raise Conflict(f"container {cid} is not running: {name} did not run again")
+        return await _builtin(ctx, rec, spec)(ctx, args)
+
+    return (dataclasses.replace(cmd, command=name),
+            CommandSpec(name, run_again_inside, spec.args, spec.role, False, spec.doc))
+
+
+def _is_builtin(name: str) -> bool:
+    return (name.startswith("filesystem.") or name in INFO
+            or name in ("job.list", "job.kill", "process.list", "process.kill", *NODE_FACTS))
+
+
 def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     """(argv inside, env additions, cwd, stdin) of a supported inner command."""
     if name == "core.system":
@@ -202,15 +268,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     if spec is None or spec.internal:
         raise BadRequest(f"command.command: unknown command {cmd.command!r}",
                          field="command.command")
-    fs = cmd.command.startswith("filesystem.")
-    jobs = cmd.command in ("job.list", "job.kill")
-    procs = cmd.command in ("process.list", "process.kill")
-    infos = cmd.command in INFO
-    facts = cmd.command in NODE_FACTS
+    builtin = _is_builtin(cmd.command)
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
-    if cmd.command not in SUPPORTED and not fs and not infos:
+    if cmd.command not in SUPPORTED and not builtin:
         raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
                                  f"(supported: {', '.join(SUPPORTED)})")
     if spec.role > ctx.job.role:
@@ -221,40 +283,25 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
             if not _ENV_NAME.fullmatch(k) or "\0" in val:
                 raise BadRequest(f"command.arguments.env.{k}: not a valid variable",
                                  field="command.arguments.env")
-    from core0.sandbox.manager import init_pid
-
-    if rec.state != "running" or not runtime.alive(init_pid(Store(ctx.config.state_dir)
-                                                             .dir(cid), rec)):
+    rec = _running(ctx, cid)
+    if rec is None:
         raise Conflict(f"container {cid} is not running")
-    if fs:
-        handler = _fs_handler(ctx, rec, spec)
-    elif jobs:
-        handler = _job_handler(rec.id, cmd.command)
-    elif procs:
-        handler = _process_handler(rec.cgroups_path, spec)
-    elif infos:
-        handler = _info_handler(ctx, rec, spec)
-    elif facts:
-        handler = spec.handler
-    else:
-        handler = await _exec_handler(ctx, rec, cmd.command, args)
+    handler = (_builtin(ctx, rec, spec) if builtin
+               else await _exec_handler(ctx, rec, cmd.command, args))
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
     engine = ctx.engine
     raw = cmd.to_json().encode()
-    # builtins: a requeue must never run them on the host
-    if fs or jobs or procs or infos or facts:
-        raw = json.dumps({**cmd.to_dict(), "command": INSIDE_ONLY + cmd.command}).encode()
+    if builtin:  # kept in ``processing`` until its result; re-run only inside (requeued)
+        raw = json.dumps({**cmd.to_dict(),
+                          "command": f"{INSIDE_ONLY}{cid}:{cmd.command}"}).encode()
     processing = ctx.job.processing
-    if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw):
+    if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw,
+                                                             listed=builtin):
         raise Conflict(f"a job with id {cmd.id} exists already")
     job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, raw, processing)
     job.container = cid  # persisted with the job: an adopting dispatcher sets it too
-
-    def mark(_job: Job, result: Result) -> None:
-        result.container = cid  # builtin results too
-
-    job.run_end.append(mark)
-    if not (fs or jobs or procs or infos or facts):
+    job.run_end.append(_mark(cid))
+    if not builtin:
         # spawned by engine.start in this turn, so its ``spawning`` step is written before
         # this command's result, which hands out the inner id, can reach anyone: a
         # dispatcher killed right after it still finds the job to adopt (a turn later, the

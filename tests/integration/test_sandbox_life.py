@@ -278,6 +278,65 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
         ok(cnode, "corex.terminate", {"container": cid})
 
 
+def test_inner_builtin_job_cut_short_runs_inside_again(cnode: ContainerNode,
+                                                       image: str) -> None:
+    """A builtin inner job (``core.subscribe`` inside: it follows an inner job's output until
+    that ends) running while the dispatcher is killed -9, then while it is stopped: each next
+    dispatcher runs it again, inside its container, and it answers once, naming its
+    container. Before, a builtin inner job was in no ``processing`` list and not on disk: cut
+    short, it kept its pickup flag and never had a result."""
+    import redis
+
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    try:
+        inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "bash", "arguments": {
+                "script": "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo went"}}})
+        sub = ok(cnode, "corex.dispatch", {"container": cid, "command": {
+            "command": "core.subscribe", "arguments": {"id": inner}}})
+        r = redis.Redis(unix_socket_path=str(cnode.socket))
+        processing = b"".join(r.lrange("core:default:processing", 0, -1))
+        assert f'"id": "{sub}"'.encode() in processing or f'"id":"{sub}"'.encode() in processing
+        for sig in (signal.SIGKILL, signal.SIGTERM):
+            old = cnode.dispatcher_pid()
+            os.kill(old, sig)
+
+            def back(old: int = old) -> bool:
+                try:
+                    return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
+                except Exception:
+                    return False
+
+            assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+            assert r.exists(f"result:{sub}:flag") and not r.exists(f"result:{sub}")
+        assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
+        c = cnode.client()
+        try:
+            res = c.response_for(sub).get(60)
+            assert c.response_for(inner).get(60).state.value == "SUCCESS"
+        finally:
+            c.close()
+        assert res.state.value == "SUCCESS", (res, cnode.log_text()[-3000:])
+        assert res.container == cid and res.command == "core.subscribe"
+        assert json.loads(res.data) == {"id": inner, "relayed": 1, "eof": 2}  # "went", stdout
+        assert r.llen(f"result:{sub}") == 1
+        assert wait_until(lambda: sub.encode() not in b"".join(
+            r.lrange("core:default:processing", 0, -1)), 10)
+        # the stored form pushed by a client is no command at all
+        r.rpush("core:default", json.dumps(
+            {"id": "forged-inside", "command": f"container.inside:{cid}:info.os",
+             "arguments": {}}))
+        c = cnode.client()
+        try:
+            forged = c.response_for("forged-inside").get(30)
+        finally:
+            c.close()
+        assert forged.state.value == "UNKNOWN_CMD"
+        r.close()
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+
+
 def test_inner_job_never_spawned_runs_inside_after_a_restart(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The dispatcher dies after writing an inner job's ``spawning`` step and before the

@@ -30,7 +30,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (5, "jobs", ("core0.jobs",)),
     (6, "boot", ("core0.boot",)),
     (7, "commands", ("core0.commands",)),
-    (8, "dispatcher", ("core0.bus.dispatcher",)),
+    (8, "dispatcher", ("core0.bus.dispatcher", "core0.bus.reconcile")),
     (9, "entry", ("core0.cli", "core0.__main__")),
 ]
 
