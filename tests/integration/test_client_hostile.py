@@ -187,22 +187,22 @@ SILENT: dict[str, dict[bytes, Any]] = {
 @pytest.mark.parametrize("name", list(SILENT))
 def test_deadline_is_honoured(name: str) -> None:
     with FakeRedis(scripted(SILENT[name])) as srv:
-        c = Client(url=srv.url, timeout=2)
-        err = finishes(lambda: c.raw("core.ping").get(timeout=2))
+        c = Client(url=srv.url, timeout=1)
+        err = finishes(lambda: c.raw("core.ping").get(timeout=1))
         assert isinstance(err, TimeoutError), repr(err)
         c.close()
         c = Client(url=srv.url)  # default timeout: connect and wait still bounded
-        err = finishes(lambda: c.raw("core.ping").get(timeout=2))
+        err = finishes(lambda: c.raw("core.ping").get(timeout=1))
         assert isinstance(err, TimeoutError), repr(err)
         c.close()
 
         async def go() -> None:
-            async with AsyncClient(url=srv.url, timeout=2) as ac:
+            async with AsyncClient(url=srv.url, timeout=1) as ac:
                 with pytest.raises(TimeoutError):
-                    await (await ac.raw("core.ping")).get(timeout=2)
+                    await (await ac.raw("core.ping")).get(timeout=1)
 
         assert finishes(lambda: asyncio.run(go())) is None
-        r = ctl("--url", srv.url, "--timeout", "2", "raw", "core.ping", "{}", timeout=30)
+        r = ctl("--url", srv.url, "--timeout", "1", "raw", "core.ping", "{}", timeout=30)
     assert r.returncode == 3 and r.stderr.startswith("core0ctl: timeout"), r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, require
+from image_fixtures import TEST_BUILD_ENV
 from sandbox_fixtures import oci_layout
 
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
@@ -38,7 +39,8 @@ TOOL = b"#!/bin/sh\necho base-tool ran\n"
 
 def builder(*args: str, timeout: float = 1500) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["bash", "initramfs-builder/build.sh", "core", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+                          capture_output=True, text=True, timeout=timeout, check=False,
+                          env=TEST_BUILD_ENV)
 
 
 def base_root(d: Path) -> Path:
