@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound, ToolError, Unavailable
+from core0.errors import BadRequest, Conflict, Forbidden, NotFound, ToolError, Unavailable
 from core0.net import netlink as nl
 from core0.net import nft, sockets
 from core0.net import state as netstate
@@ -187,7 +187,8 @@ async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]
     (loopback, 0.0.0.0/8, broadcast, multicast, reserved, link-local) or is one of the node's
     own addresses or the network/broadcast address of one of its networks. At most
     4096 forwards on the node (503 beyond). Enables IPv4 forwarding. Returns the owner's
-    forwards."""
+    forwards. Below admin, not for a container or VM as owner (403: their own commands)."""
+    _may_change(ctx, args.owner)
     fwds = [nft.Forward.make(args.owner, src, args.ip, dport)
             for src, dport in args.forwards.items()]
     async with netstate.LOCK:
@@ -210,6 +211,21 @@ async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]
     return [f.to_dict() for f in new.forwards if f.owner == args.owner]
 
 
+#: owners of the workloads' forwards: below admin, changed only through the workloads' own
+#: commands (corex.portforward-*, kvm.portforward-*, terminate, destroy), which check that
+#: the calling queue may act on that container or VM (an operator removed an admin's
+#: container's forwards with nft.owner_remove)
+WORKLOAD_OWNERS = ("container:", "vm:")
+
+
+def _may_change(ctx: Context, owner: str) -> None:
+    if (owner.startswith(WORKLOAD_OWNERS) and ctx.role < Role.ADMIN
+            and ctx.job.cmd.command.startswith("nft.")):
+        raise Forbidden(f"owner {owner}: a container's or VM's forwards change through its "
+                        "own commands (corex.portforward-*, kvm.portforward-*) below admin",
+                        field="owner")
+
+
 @dataclass(frozen=True)
 class ForwardRemoveArgs(Schema):
     owner: v.OWNER
@@ -220,7 +236,8 @@ class ForwardRemoveArgs(Schema):
 @command("nft.forward_remove", ForwardRemoveArgs)
 async def forward_remove(ctx: Context, args: ForwardRemoveArgs) -> int:
     """Remove some of an owner's forwards by source; 404 when the owner has none of them.
-    Returns how many were removed."""
+    Returns how many were removed. Below admin, not a container's or VM's (403)."""
+    _may_change(ctx, args.owner)
     keys = {nft.parse_source(s, "src", strict=False).key for s in args.src}
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
@@ -241,7 +258,8 @@ class OwnerArgs(Schema):
 @command("nft.owner_remove", OwnerArgs)
 async def owner_remove(ctx: Context, args: OwnerArgs) -> int:
     """Remove every rule of an owner (its forwards); returns how many forwards went (0 is not
-    an error: cleaning up twice is fine)."""
+    an error: cleaning up twice is fine). Below admin, not a container's or VM's (403)."""
+    _may_change(ctx, args.owner)
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         new = st.copy()

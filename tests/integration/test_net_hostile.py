@@ -115,6 +115,28 @@ def test_overlapping_forwards_are_refused(env: Env) -> None:
     assert env.admin.nft.show()["text"] == ""
 
 
+def test_workloads_forwards_only_through_their_commands(env: Env) -> None:
+    """A container's or VM's forwards (owners ``container:<id>``, ``vm:<id>``) change below
+    admin only through corex/kvm commands, which check who may act on that workload: an
+    operator's ``nft.owner_remove container:7`` removed an admin container's forwards."""
+    admin, op = env.admin, env.op
+    try:
+        admin.nft.forward_add("container:7", CTR, {"3100": 8080})
+        admin.nft.forward_add("vm:web", CTR, {"3101": 8080})
+        for owner in ("container:7", "vm:web"):
+            assert code_of(op.nft.owner_remove, owner) == 403
+            assert code_of(op.nft.forward_remove, owner, ["3100", "3101"]) == 403
+            assert code_of(op.nft.forward_add, owner, CTR, {"3102": 8080}) == 403
+        assert len(op.nft.forward_list("container:7")) == 1  # listed, untouched
+        assert len(op.nft.forward_list("vm:web")) == 1
+        op.nft.forward_add("user:op", CTR, {"3103": 8080})  # its own owners: fine
+        assert op.nft.owner_remove("user:op") == 1
+    finally:
+        for owner in ("container:7", "vm:web", "user:op"):
+            admin.nft.owner_remove(owner)
+    assert admin.nft.show()["text"] == ""
+
+
 def test_forwards_never_take_the_nodes_own_ports(env: Env) -> None:
     """A forward on a port the node listens on would take it from the node's service."""
     srv = serve(env.node.ns, 2222, "node")  # like the node's sshd: 0.0.0.0:2222
