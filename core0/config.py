@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_type_hi
 from core0 import schema
 from core0.errors import BadRequest
 from core0.image.config import ImageConfig
+from core0.sandboxconfig import ContainersConfig
 from core0.segconfig import SegmentsConfig
 from core0.virtconfig import VirtConfig
 
@@ -349,6 +350,7 @@ class Config(schema.Schema):
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     segments: SegmentsConfig = field(default_factory=SegmentsConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
+    containers: ContainersConfig = field(default_factory=ContainersConfig)
     #: startup services, checked by core0.services ([startup.<id>] tables)
     startup: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
@@ -383,11 +385,12 @@ class Config(schema.Schema):
         return d
 
 
-_SECTIONS: dict[str, type[schema.Schema]] = {  # [virt], [segments], [image]: own modules
+# [virt], [segments], [image], [containers]: own modules
+_SECTIONS: dict[str, type[schema.Schema]] = {
     "main": MainConfig, "redis": RedisConfig, "bus": BusConfig, "init": InitConfig,
     "net": NetConfig, "services": ServicesConfig, "cloudconfig": CloudConfigConfig,
     "virt": VirtConfig, "node": NodeConfig, "metrics": MetricsConfig, "image": ImageConfig,
-    "segments": SegmentsConfig,
+    "segments": SegmentsConfig, "containers": ContainersConfig,
 }
 
 

@@ -172,7 +172,8 @@ class Declarations:
                           id=f"{self.job_prefix}:{_digest(d['name'])[:16]}",
                           max_restart=self.retries or None)
             try:
-                job = engine.submit_internal(cmd, role=declared_role(d))
+                job = engine.submit_internal(cmd, role=declared_role(d),
+                                             scope=str(d.get("scope") or "") or None)
             except Exception as e:
                 log.warning("declared %s %s not restored: %s", self.what, d["name"], e)
                 continue

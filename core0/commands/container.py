@@ -10,7 +10,6 @@ field set) is read like any other. Every ``corex.<verb>`` is also ``container.<v
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
 import shutil
@@ -20,12 +19,13 @@ from typing import Annotated, Any, Literal
 
 from core0.commands.compat import NotImplemented501
 from core0.context import Context
+from core0.declared import declared_role
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, alias, command
+from core0.sandbox import access, foreground, images, manager, netsetup, persist, spec, volumes
 from core0.sandbox import dispatch as dsp
-from core0.sandbox import foreground, images, manager, netsetup, persist, spec, volumes
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
 
@@ -191,7 +191,7 @@ async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: di
     cid = await manager.create(ctx, req)
     if args.persistent:
         persist.declare(ctx.config, args.name or "", _declared_args(ctx, args), cid,
-                        ctx.job.role)
+                        ctx.job.role, ctx.scope or "")
     return cid
 
 
@@ -221,13 +221,21 @@ async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, 
     for r in same:
         if not r.spec_hash:
             raise Conflict(f"container {r.id} is named {args.name} already")
+        access.check(ctx, r)  # (kept, replaced or re-declared below: acting on it)
+    decl = persist.declaration(ctx.config, args.name)
+    if decl is not None and not access.may_act_as(ctx, declared_role(decl),
+                                                  str(decl.get("scope") or "")):
+        # (declared, not running: re-declaring the name would take it over)
+        raise Forbidden(f"{args.name} is declared by a queue of role "
+                        f"{declared_role(decl).label}"
+                        f"{' (a private queue)' if decl.get('scope') else ''}: "
+                        "this queue may not replace it")
     for r in same:
         st = await rt.state(r.runtime_id) if r.state == "running" else None
         if r.spec_hash == h and st is not None and st.status == "running":
             return r.id
     for r in same:
         await manager.teardown(ctx, r, rt)
-    decl = persist.declaration(ctx.config, args.name)
     return h, int(decl.get("id") or 0) if decl else 0
 
 
@@ -275,11 +283,9 @@ class ContainerArgs(Schema):
 async def terminate(ctx: Context, args: ContainerArgs) -> None:
     """Stop a container (TERM, then KILL after 5 s) and remove everything made for it: its
     runtime state and cgroup, port forwards, nics, netns, root clone and files (and the
-    declaration of a persistent one)."""
-    rec = None
-    with contextlib.suppress(NotFound):
-        rec = Store(ctx.config.state_dir).load(args.container)
-    await manager.terminate(ctx, args.container)
+    declaration of a persistent one). 403 for a container of a higher role's queue or of
+    another private queue, as for every command that acts on one container."""
+    rec = await manager.terminate(ctx, args.container)
     if rec is not None and rec.spec_hash:
         persist.undeclare(ctx.config, rec.name)
 
@@ -315,6 +321,7 @@ async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
     are refused. Returns the inner job id; its result (``container`` set to the id) is read
     like any other job's."""
+    access.acting_record(ctx, args.container)
     return await dsp.dispatch(ctx, args.container, {
         k: val for k, val in args.command.__dict__.items() if val is not None})
 
@@ -330,7 +337,7 @@ async def nic_add(ctx: Context, args: NicAddArgs) -> dict[str, Any]:
     """Hot-plug a nic into a running container; returns it (with its index). 409 when it
     has 16 live nics already (as a create takes at most)."""
     st = Store(ctx.config.state_dir)
-    rec = st.load(args.container)
+    rec = access.acting_record(ctx, args.container)
     if rec.host_network:
         raise BadRequest("the container shares the node's network", field="container")
     live = sum(1 for n in rec.nics if n.state != "destroyed")
@@ -363,7 +370,7 @@ class NicRemoveArgs(Schema):
 async def nic_remove(ctx: Context, args: NicRemoveArgs) -> None:
     """Unplug nic ``index``; it stays listed with state ``destroyed`` (as in 0-core)."""
     st = Store(ctx.config.state_dir)
-    rec = st.load(args.container)
+    rec = access.acting_record(ctx, args.container)
     if not 0 <= args.index < len(rec.nics):
         raise NotFound(f"container {rec.id} has no nic {args.index}")
     await netsetup.remove_nic(ctx, rec.nics[args.index], rec.netns)
@@ -382,7 +389,7 @@ class PortArgs(Schema):
 async def portforward_add(ctx: Context, args: PortArgs) -> None:
     """Forward a host port to the container's default nic (owner ``container:<id>``)."""
     st = Store(ctx.config.state_dir)
-    rec = st.load(args.container)
+    rec = access.acting_record(ctx, args.container)
     src = str(args.host_port)
     await netsetup.add_forwards(ctx, rec, {src: args.container_port})
     rec.ports[src] = args.container_port
@@ -393,7 +400,7 @@ async def portforward_add(ctx: Context, args: PortArgs) -> None:
 async def portforward_remove(ctx: Context, args: PortArgs) -> None:
     """Remove a port forward of the container."""
     st = Store(ctx.config.state_dir)
-    rec = st.load(args.container)
+    rec = access.acting_record(ctx, args.container)
     src = str(args.host_port)
     await netsetup.remove_forwards(ctx, rec, [src])
     rec.ports.pop(src, None)

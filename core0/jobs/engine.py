@@ -476,12 +476,13 @@ class JobEngine:
     # ------------------------------------------------------------ services
 
     def submit_internal(self, cmd: Command, *, protected: bool = False,
-                        role: Role = Role.ADMIN) -> Job:
+                        role: Role = Role.ADMIN, scope: str | None = None) -> Job:
         """Run any registered command as a job of core0's own (boot services, cloud-config…):
         same engine, options and adoption as bus jobs, but no result is written to Redis
-        (watch ``job.run_end`` / ``job.done``). ``role``: the role it runs with (admin; a
-        declaration made by a lower role is restored with that role). BadRequest on bad
-        arguments, NotFound for an unknown command, Conflict if the id is taken."""
+        (watch ``job.run_end`` / ``job.done``). ``role``, ``scope``: the role and private-queue
+        scope it runs with (admin, none; a declaration made by a lower role or a private
+        queue is restored with theirs). BadRequest on bad arguments, NotFound for an unknown
+        command, Conflict if the id is taken."""
         spec = registry.get(cmd.command)
         if spec is None:
             raise NotFound(f"unknown command {cmd.command!r}")
@@ -489,6 +490,7 @@ class JobEngine:
             raise Conflict(f"a job named {cmd.id} is running already")
         args = spec.args.parse(cmd.arguments)
         job = Job(self, cmd, spec, args, role, cmd.to_json().encode(), "")
+        job.scope = scope or None
         job.protected = protected
         self.start(job)
         return job

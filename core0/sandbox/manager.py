@@ -8,8 +8,10 @@ Create order (each step recorded, so :func:`teardown` undoes exactly what was ma
 a failure half way or a dispatcher crash): id → volume binds (:mod:`.volumes`) → root clone →
 netns + nics → forwards → bundle → runtime start. A container without nics has no named
 netns: the runtime makes an anonymous one for its init (see :mod:`.netsetup`), named only if
-a nic is added later. Terminate runs it backwards: runtime stop + delete (its cgroup goes
-with it) → forwards → nics → netns → root clone, volume binds and the container dir.
+a nic is added later. The id is allocated within the creating role's cap (:mod:`.quota`).
+Terminate (by a queue that may act on the container, :mod:`.access`) runs it backwards:
+runtime stop + delete (its cgroup goes with it) → forwards → nics → netns → root clone,
+volume binds and the container dir.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role
-from core0.sandbox import images, netsetup, roots, runtime, spec, userns, zfsroots
+from core0.sandbox import access, images, netsetup, quota, roots, runtime, spec, userns, zfsroots
 from core0.sandbox.store import Nic, Record, Store
 from core0.sandbox.volumes import Source, check_target, check_targets, open_source
 
@@ -214,6 +216,7 @@ async def prepare(ctx: Context, req: CreateRequest) -> tuple[Record, runtime.Run
         raise BadRequest("privileged and userns exclude each other: privileged gives the "
                          "container the node's powers, a user namespace takes them away",
                          field="userns")
+    quota.check(ctx, _store(ctx))  # (before an import of root: a refused create makes nothing)
     image = await image_for(ctx, req.root)
     meta = images.load(ctx.config.state_dir, image)
     sources: list[Source] = []
@@ -236,19 +239,20 @@ async def _prepare(ctx: Context, req: CreateRequest, image: str, meta: dict[str,
     st = _store(ctx)
     rt = await get_runtime(ctx)
     init = runtime.find_init()
-    cid = st.allocate(req.prefer_id)
-    names = st.names(cid)
-    rec = Record(id=cid, name=req.name, tags=list(req.tags), root=req.root, image=image,
-                 hostname=req.hostname or f"core-{cid}", arguments=req.arguments,
-                 runtime_id=names["runtime_id"],
-                 netns="" if req.host_network else names["netns"],
-                 cgroups_path=names["cgroups_path"], host_network=req.host_network,
-                 privileged=req.privileged, created=int(time.time()),
-                 spec_hash=req.spec_hash, service=req.service,
-                 role=int(ctx.job.role), scope=ctx.scope or "",
-                 # no nic: the runtime's own anonymous netns (lo up), named if a nic comes
-                 netns_anon=not (req.host_network or req.userns or req.nics))
-    st.save(rec)
+    with quota.admitted(ctx, st):  # the role's cap, counted with this reservation
+        cid = st.allocate(req.prefer_id)
+        names = st.names(cid)
+        rec = Record(id=cid, name=req.name, tags=list(req.tags), root=req.root, image=image,
+                     hostname=req.hostname or f"core-{cid}", arguments=req.arguments,
+                     runtime_id=names["runtime_id"],
+                     netns="" if req.host_network else names["netns"],
+                     cgroups_path=names["cgroups_path"], host_network=req.host_network,
+                     privileged=req.privileged, created=int(time.time()),
+                     spec_hash=req.spec_hash, service=req.service,
+                     role=int(ctx.job.role), scope=ctx.scope or "",
+                     # no nic: the runtime's own anonymous netns (lo up), named if a nic comes
+                     netns_anon=not (req.host_network or req.userns or req.nics))
+        st.save(rec)
     cdir = st.dir(cid)
     try:
         # the volumes: each source bound, from the descriptor it was resolved to, below the
@@ -377,18 +381,23 @@ def init_pid(cdir: Path, rec: Record) -> int:
         return rec.pid
 
 
-async def terminate(ctx: Context, cid: int) -> None:
+async def terminate(ctx: Context, cid: int) -> Record | None:
+    """Tear container ``cid`` down (403 when this queue may not act on it: nothing is
+    touched); returns its record (None for a dir left without one)."""
     st = _store(ctx)
     if not st.dir(cid).exists():
         raise NotFound(f"no such container: {cid}")
     try:
         rec = st.load(cid)
     except NotFound:
-        # allocated by a create that died before its first record: only the dir is left
+        # allocated by a create that died before its first record (written under the
+        # store's lock with the allocation): only the dir is left, of nobody
         await ctx.to_thread(roots.drop, st.dir(cid))
         await ctx.to_thread(userns.free, ctx.config.state_dir, cid)
-        return
+        return None
+    access.check(ctx, rec)
     await teardown(ctx, rec)
+    return rec
 
 
 # ---------------------------------------------------------------- describe

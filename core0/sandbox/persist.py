@@ -68,10 +68,13 @@ def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
     return CONTAINERS.declaration(cfg, name)
 
 
-def declare(cfg: Config, name: str, arguments: dict[str, Any], cid: int, role: int) -> None:
+def declare(cfg: Config, name: str, arguments: dict[str, Any], cid: int, role: int,
+            scope: str = "") -> None:
     """Record (or update) the declaration of container ``name``, made by a queue of
-    ``role`` (it is restored with that role: :func:`core0.declared.declared_role`)."""
-    CONTAINERS.declare(cfg, name, arguments, id=cid, role=int(role))
+    ``role`` and private-queue ``scope`` (it is restored with both: its paths resolved for
+    that role, :func:`core0.declared.declared_role`, and the container owned by that queue
+    again, :mod:`.access`)."""
+    CONTAINERS.declare(cfg, name, arguments, id=cid, role=int(role), scope=scope)
 
 
 def undeclare(cfg: Config, name: str) -> None:

@@ -11,7 +11,9 @@ not fsynced: it describes kernel objects (mounts, namespaces, links, processes) 
 loss or a kernel crash ends anyway, and on a node the state dir is a tmpfs.
 
 Ids are allocated by ``mkdir`` of the lowest free integer (atomic: two creates never get the
-same id); the directory disappears on terminate, which frees the id.
+same id); the directory disappears on terminate, which frees the id. A create allocates under
+the store's lock (:meth:`Store.locked`) and writes the first record before it lets go, so what
+it counts there (a role's containers, :mod:`.quota`) includes every reservation made before.
 
 Host-wide names (netns, cgroup, veth, runtime id) carry a short tag of the node's state dir,
 so several nodes on one host (tests) never collide.
@@ -20,10 +22,12 @@ so several nodes on one host (tests) never collide.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +125,20 @@ class Store:
 
     def ids(self) -> list[int]:
         return sorted(int(p.name) for p in self.base.iterdir() if p.name.isdigit())
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the store's lock (an flock on ``sandbox/containers.lock``: other threads
+        and processes wait for it). Only over code that does not await: the creates of a
+        dispatcher are jobs of one asyncio loop, and one that found the lock taken by another
+        of them would block the loop for good."""
+        fd = os.open(self.base.parent / "containers.lock",
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def allocate(self, prefer: int = 0) -> int:
         """Reserve ``prefer`` when free, else the lowest free id (its directory); 503 at the

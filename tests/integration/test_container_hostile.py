@@ -12,6 +12,12 @@ reproduced through the bus, and what core0 answers now.
 - a read-only queue read containers' ``env`` values; a private queue's inner jobs got ids
   outside its key space; an operator could name an image after a host path an admin's
   create would later take as that path's content;
+- an operator queue terminated, dispatched into and rewired (nics, port forwards) an admin's
+  containers, and one private queue another's: only a queue that may act on the creating
+  queue's jobs may now (403 otherwise, nothing touched);
+- an operator queue could create containers until the node's 1,000 were taken, starving
+  admin: ``[containers] role_max`` caps each role below admin (429 beyond, also for
+  concurrent creates);
 - bad input gave 500s (``corex.get`` of ``'²'``, a volume of the wrong type for its target)
   or was written into the container's resolv.conf (``dns`` entries that are no address).
 """
@@ -287,9 +293,10 @@ def test_read_only_sees_no_env_values(cnode: ContainerNode, image: str) -> None:
 
 
 def test_private_queue_inner_ids(cnode: ContainerNode, image: str) -> None:
-    """An inner job dispatched from a private queue gets an id with the queue's prefix (its
-    result is where the caller, and only the caller, may read it); another id: 400."""
-    cid = data(run(cnode, "ops", "corex.create", {"root": image, "nics": []}))
+    """An inner job dispatched from a private queue (into its own container) gets an id with
+    the queue's prefix (its result is where the caller, and only the caller, may read it);
+    another id: 400."""
+    cid = data(run(cnode, "priv", "corex.create", {"root": image, "nics": []}))
     try:
         jid = data(run(cnode, "priv", "corex.dispatch", {"container": cid, "command": {
             "command": "info.os"}}))
@@ -300,7 +307,7 @@ def test_private_queue_inner_ids(cnode: ContainerNode, image: str) -> None:
             "command": "info.os", "id": "ops.x-" + uuid.uuid4().hex}})
         assert res["code"] == 400 and "priv." in res["data"], res
     finally:
-        data(run(cnode, "ops", "corex.terminate", {"container": cid}))
+        data(run(cnode, "priv", "corex.terminate", {"container": cid}))
 
 
 def test_image_named_after_a_host_path(cnode: ContainerNode) -> None:
@@ -428,3 +435,164 @@ def test_nic_add_is_bounded(cnode: ContainerNode, image: str, nat_bridge: str) -
             "type": "bridge", "id": "core0", "config": {"cidr": "10.124.99.2/24"}}}))
     finally:
         data(run(cnode, "ops", "corex.terminate", {"container": cid}))
+
+
+def get_container(cnode: ContainerNode, cid: int) -> dict[str, Any]:
+    return dict(data(run(cnode, "default", "corex.get", {"query": cid}))["container"])
+
+
+def acts(cid: int) -> list[tuple[str, dict[str, Any]]]:
+    """Every command that acts on container ``cid`` (``container.*`` aliases included)."""
+    return [
+        ("corex.terminate", {"container": cid}),
+        ("container.terminate", {"container": cid}),
+        ("corex.dispatch", {"container": cid, "command": {"command": "info.os"}}),
+        ("container.dispatch", {"container": cid, "command": {"command": "process.list"}}),
+        ("corex.nic-add", {"container": cid, "nic": {"type": "bridge", "id": "core0",
+                                                     "config": {"cidr": "10.125.0.2/24"}}}),
+        ("corex.nic-remove", {"container": cid, "index": 0}),
+        ("corex.portforward-add", {"container": cid, "host_port": 18081,
+                                   "container_port": 81}),
+        ("corex.portforward-remove", {"container": cid, "host_port": "18080",
+                                      "container_port": 80}),
+    ]
+
+
+def test_who_may_act_on_a_container(cnode: ContainerNode, image: str, nat_bridge: str) -> None:
+    """An operator queue (and a private one) may not terminate, dispatch into, add or remove
+    nics of, or forward ports to an admin's container: 403 each, the container runs on with
+    the same init, nics and forwards, and no inner job ran. A private queue may not act on
+    the shared operator queue's container, nor that queue on the private one's. A queue acts
+    on its own; admin acts on everyone's."""
+    admin = data(run(cnode, "default", "corex.create", {"root": image, "port": {"18080": 80}}))
+    ops = data(run(cnode, "ops", "corex.create", {"root": image, "port": {"18090": 80}}))
+    priv = data(run(cnode, "priv", "corex.create", {"root": image, "nics": []}))
+    try:
+        before = get_container(cnode, admin)
+        assert before["status"] == "running" and before["pid"] > 0, before
+        refused = [(q, cmd, args) for q, cid in (("ops", admin), ("priv", admin),
+                                                 ("priv", ops), ("ops", priv))
+                   for cmd, args in acts(cid)]
+        for q, cmd, args in refused:
+            res = run(cnode, q, cmd, args)
+            assert res["state"] == "ERROR" and res["code"] == 403, (q, cmd, res)
+            assert "may not act on it" in res["data"], (q, cmd, res)
+        after = get_container(cnode, admin)
+        for k in ("status", "pid", "nics", "ports"):
+            assert after[k] == before[k], (k, before, after)
+        assert get_container(cnode, ops)["status"] == "running"
+        assert get_container(cnode, priv)["status"] == "running"
+        fwd = data(run(cnode, "default", "nft.forward_list", {"owner": f"container:{admin}"}))
+        assert [f["port"] for f in fwd] == [80], fwd
+
+        # a queue acts on its own container
+        for q, cid in (("ops", ops), ("priv", priv)):
+            jid = data(run(cnode, q, "corex.dispatch", {"container": cid, "command": {
+                "command": "info.os"}}))
+            raw = redis.Redis(unix_socket_path=cnode.socket).brpoplpush(f"result:{jid}", "x",
+                                                                        60)
+            assert raw is not None and json.loads(raw)["state"] == "SUCCESS", raw
+            nic = data(run(cnode, q, "corex.nic-add", {"container": cid, "nic": {
+                "type": "bridge", "id": "core0", "config": {"cidr": f"10.126.{cid}.2/24"}}}))
+            data(run(cnode, q, "corex.nic-remove", {"container": cid, "index": nic["index"]}))
+        data(run(cnode, "ops", "corex.portforward-add", {"container": ops, "host_port": 18091,
+                                                         "container_port": 81}))
+        data(run(cnode, "ops", "corex.portforward-remove", {
+            "container": ops, "host_port": "18091", "container_port": 81}))
+        # admin acts on everyone's
+        data(run(cnode, "default", "corex.portforward-add", {
+            "container": ops, "host_port": 18092, "container_port": 82}))
+        assert get_container(cnode, ops)["ports"] == {"18090": 80, "18092": 82}
+        assert inner_out(cnode, ops, "echo in-ops") == "in-ops\n"
+        data(run(cnode, "default", "corex.terminate", {"container": ops}))
+        data(run(cnode, "default", "container.terminate", {"container": priv}))
+        data(run(cnode, "ops", "corex.get", {"query": admin}))  # (listing stays open)
+    finally:
+        for cid in (admin, ops, priv):
+            run(cnode, "default", "corex.terminate", {"container": cid})
+    for cid in (admin, ops):
+        assert data(run(cnode, "default", "nft.forward_list", {
+            "owner": f"container:{cid}"})) == []
+
+
+# ---------------------------------------------------------------- per-role caps
+
+CAP = 2
+
+
+@pytest.fixture(scope="module")
+def qnode(image: str) -> Iterator[ContainerNode]:
+    """A node whose operator role may have :data:`CAP` containers (the module's own node
+    keeps the default, so the other tests never meet the cap); the busybox image imported."""
+    cfg = (f'[main]\ninclude = []\nfilesystem_root = "{FSROOT}"\n'
+           '[bus]\nprivate_queues = ["priv"]\n'
+           'queues = {default = "admin", ops = "operator", priv = "operator"}\n'
+           f'[containers]\nrole_max = {{operator = {CAP}}}\n')
+    with container_node(cfg) as n:
+        data(run(n, "default", "container.image.import", {"name": image,
+                                                          "source": str(FSROOT / "img")}))
+        yield n
+
+
+def roles_of(node: ContainerNode) -> list[int]:
+    """The creating role of every container record of ``node``."""
+    base = node.state_dir / "sandbox" / "containers"
+    out = []
+    for d in containers(node):
+        with contextlib.suppress(OSError):
+            out.append(json.loads((base / d / "container.json").read_text())["role"])
+    return sorted(out)
+
+
+def test_operator_container_cap(qnode: ContainerNode, image: str) -> None:
+    """With ``role_max = {operator = 2}``: the operator role's queues (the private one
+    included) get two containers, the third create is 429 and makes nothing (not even the
+    import of a host-path root); admin still creates; a terminate frees a place."""
+    made = [data(run(qnode, "ops", "corex.create", {"root": image, "nics": []})),
+            data(run(qnode, "priv", "corex.create", {"root": image, "nics": []}))]
+    try:
+        images_before = data(run(qnode, "default", "container.image.list", {}))
+        dirs = containers(qnode)
+        for q, root in (("ops", image), ("priv", image), ("ops", str(FSROOT / "img"))):
+            res = run(qnode, q, "corex.create", {"root": root, "nics": []})
+            assert res["state"] == "ERROR" and res["code"] == 429, (q, res)
+            assert "containers.role_max" in res["data"], res
+        assert containers(qnode) == dirs
+        assert data(run(qnode, "default", "container.image.list", {})) == images_before
+        made.append(data(run(qnode, "default", "corex.create", {"root": image, "nics": []})))
+        assert roles_of(qnode) == [2, 2, 3]
+        data(run(qnode, "ops", "corex.terminate", {"container": made.pop(0)}))
+        made.append(data(run(qnode, "ops", "corex.create", {"root": image, "nics": []})))
+        assert roles_of(qnode) == [2, 2, 3]
+    finally:
+        for cid in made:
+            run(qnode, "default", "corex.terminate", {"container": cid})
+    assert containers(qnode) == []
+
+
+def test_concurrent_creates_keep_the_cap(qnode: ContainerNode, image: str) -> None:
+    """Eight operator creates pushed at once (one batch: concurrent jobs of the dispatcher's
+    loop): their root a host path not imported yet, so each passes the early check, then
+    waits for an import thread before it takes an id. Exactly the cap succeed, the others are
+    429, and no more than the cap ever exist."""
+    r = redis.Redis(unix_socket_path=qnode.socket, socket_timeout=90)
+    ids = [uuid.uuid4().hex for _ in range(8)]
+    root = str(FSROOT / "img")
+    r.rpush("core:ops", *[json.dumps({"id": j, "command": "corex.create",
+                                      "arguments": {"root": root, "nics": []}}) for j in ids])
+    results = []
+    for j in ids:
+        raw = r.brpoplpush(f"result:{j}", f"result:{j}", 60)
+        assert raw is not None, j
+        results.append(json.loads(raw))
+    made = [json.loads(res["data"]) for res in results if res["state"] == "SUCCESS"]
+    try:
+        assert len(made) == CAP, results
+        assert sorted(res["code"] for res in results if res["state"] != "SUCCESS") \
+            == [429] * (len(ids) - CAP), results
+        assert roles_of(qnode) == [2] * CAP
+    finally:
+        for cid in made:
+            run(qnode, "default", "corex.terminate", {"container": cid})
+        run(qnode, "default", "container.image.delete", {"name": root})
+    assert containers(qnode) == []

@@ -229,3 +229,52 @@ def test_a_declaration_is_restored_with_the_declaring_role() -> None:
                 cleanup_containers(node)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_private_queues_declaration_stays_its_own() -> None:
+    """A container declared from a private operator queue comes back after a reboot owned
+    by that queue again (the declaration records the queue's scope as well as its role):
+    another operator queue may not terminate it (403), the declaring queue may; before,
+    it came back as any operator queue's and no longer the declaring queue's."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="core0-persist-scope-"))
+    pdir, nbase = base / "persist", base / "node"
+    nbase.mkdir()
+    cfg = base / "core0.toml"
+    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n'
+                   '[bus]\nqueues = {default = "admin", ops = "operator", '
+                   'priv = "operator"}\nprivate_queues = ["priv"]\n')
+    from core0_client import Client
+
+    def push(node: ContainerNode, queue: str, command: str, args: dict[str, Any]) -> Any:
+        c = Client(unix_socket_path=node.socket, timeout=60, queue=queue)
+        try:
+            return c.raw(command, args).get(120)
+        finally:
+            c.close()
+
+    try:
+        with netns("pss") as ns:
+            node = start_container_node(ns, nbase, str(cfg))
+            try:
+                ok(node, "container.image.import", {"name": "bb",
+                                                    "source": str(busybox_rootfs(base / "r"))})
+                r = push(node, "priv", "corex.create",
+                         {"root": "bb", "name": "mine", "persistent": True, "nics": []})
+                assert r.state.value == "SUCCESS", r.data
+                decl = json.loads(next((pdir / "containers").glob("*.json")).read_text())
+                assert (decl["role"], decl["scope"]) == (2, "priv.")
+                node = reboot(node, cfg)
+                assert wait_until(lambda: ok(node, "corex.list", {}) != {}, 60), \
+                    node.log_text()[-3000:]
+                cid = int(next(iter(ok(node, "corex.list", {}))))
+                r = push(node, "ops", "corex.terminate", {"container": cid})
+                assert r.state.value == "ERROR" and r.code == 403, r.data
+                r = push(node, "priv", "corex.terminate", {"container": cid})
+                assert r.state.value == "SUCCESS", r.data
+                assert ok(node, "corex.list", {}) == {}
+            finally:
+                node.stop()
+                cleanup_containers(node)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
