@@ -13,8 +13,13 @@ tool runs inside):
 - ``default``: a veth whose peer (``eth0``) is created inside the netns and whose host end is
   enslaved to core0's NAT bridge ``core0`` (172.18.0.1/16, masquerade, DNS from a dnsmasq on
   the bridge), made on first use through ``bridge.create``. The container's address is
-  172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1.
+  172.18.x.y with x.y = id + 1 (0-core's rule); gateway and DNS are 172.18.0.1. Its MAC is
+  core0's choice (random, recorded as the nic's ``hwaddr``) unless the nic names one;
 - ``bridge``: the same, into a named existing bridge, with ``config.cidr``/``gateway``;
+- every veth on the NAT bridge (``default``, and ``bridge`` nics into ``core0``) is guarded
+  (:mod:`core0.net.portguard`) before it is made: from its port the bridge takes only its MAC
+  as source, and only its own address as IPv4 source and ARP sender; the guard goes after
+  the link (nic-remove, terminate). No macvlan nor DHCP on that bridge (400);
 - ``macvlan`` ``{id: parent link}``: a macvlan (bridge mode) made on the node, moved into the
   netns and named ``eth<index>`` there, with ``config.cidr``/``gateway``;
 - ``passthrough`` ``{id: a link of the node}``: that link itself moved into the netns, named
@@ -49,7 +54,7 @@ from core0.errors import (
     PreconditionFailed,
 )
 from core0.net import netlink as nl
-from core0.net import segments
+from core0.net import portguard, segments
 from core0.net import validate as v
 from core0.registry import Role
 from core0.sandbox import dhcp
@@ -403,6 +408,9 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         if index and any(n.type == "default" and n.state == "configured"
                          for n in rec.nics[:index]):
             raise Conflict("the container has a default nic already")
+        if nic.config.get("dhcp"):
+            raise BadRequest(f"nics[{index}].config.dhcp: the default nic's address is fixed",
+                             field="nics")
     elif nic.type in ("bridge", "macvlan"):
         if not nic.id:
             what = "bridge" if nic.type == "bridge" else "parent link"
@@ -419,6 +427,15 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
             raise BadRequest(f"nics[{index}].config.cidr: the addresses of {NETWORK} are "
                              f"core0's (the node's {GATEWAY}, each container's default "
                              "nic): use a default nic", field="nics")
+        if bridge == BRIDGE and nic.type == "macvlan":
+            # (its frames would enter the bridge as the node's, past the ports' guards)
+            raise BadRequest(f"nics[{index}].id: a macvlan on core0's NAT bridge would "
+                             "bypass its port guards: use a default or bridge nic",
+                             field="nics")
+        if bridge == BRIDGE and nic.config.get("dhcp"):
+            # (a guard names the address before the link exists; none is leased there)
+            raise BadRequest(f"nics[{index}].config.dhcp: core0's NAT bridge serves no "
+                             "DHCP: its addresses are static", field="nics")
         if nic.type == "macvlan":
             nic.inner = await ctx.to_thread(_macvlan, rec, nic, index, host_name, bridge, cidr,
                                             gw)
@@ -454,18 +471,39 @@ async def add_nic(ctx: Context, rec: Record, nic: Nic, index: int, host_base: st
         raise PreconditionFailed(f"nic type {nic.type} is not supported (default, bridge, "
                                  "macvlan, passthrough, vlan and vxlan are; zerotier needs "
                                  "zerotier-one, which core0 does not run)")
-    nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
+    # (a veth into the NAT bridge is guarded before it exists)
+    if bridge == BRIDGE:
+        nic.hwaddr = (v.link_mac(nic.hwaddr, f"nics[{index}].hwaddr") if nic.hwaddr
+                      else portguard.random_mac())
+        ips = [str(ipaddress.ip_interface(cidr).ip)] if cidr else []
+        await _guards(ctx, portguard.Guard.make(host_name, rec.owner, nic.hwaddr, ips))
+    try:
+        nic.inner = await ctx.to_thread(_veth, rec, nic, index, host_name, bridge, cidr, gw)
+    except BaseException:
+        if bridge == BRIDGE:
+            with contextlib.suppress(Exception):
+                await _guards(ctx, drop=host_name)
+        raise
     nic.host_link, nic.ip, nic.state = host_name, cidr, "configured"
     return await _leased(ctx, rec, nic, index)
+
+
+async def _guards(ctx: Context, add: portguard.Guard | None = None, drop: str = "") -> None:
+    """Guard a port of the NAT bridge / stop guarding one (:mod:`core0.net.portguard`);
+    guards of containers whose directory is gone (a teardown cut short) go on the way."""
+    store = Store(ctx.config.state_dir)
+
+    def alive(g: portguard.Guard) -> bool:
+        kind, _, cid = g.owner.partition(":")
+        return kind != "container" or not cid.isdigit() or store.dir(int(cid)).exists()
+
+    await portguard.change(ctx, add, drop, alive)
 
 
 async def _leased(ctx: Context, rec: Record, nic: Nic, index: int) -> Nic:
     """A ``dhcp`` nic's address from its DHCP server (the link is removed when none comes)."""
     if not nic.config.get("dhcp"):
         return nic
-    if nic.type == "default":
-        raise BadRequest(f"nics[{index}].config.dhcp: the default nic's address is fixed",
-                         field="nics")
     try:
         nic.ip = await dhcp.configure(ctx, rec, nic, nic.inner,
                                       Store(ctx.config.state_dir).dir(rec.id),
@@ -500,6 +538,7 @@ async def remove_nic(ctx: Context, nic: Nic, netns: str = "") -> None:
                 await ctx.to_thread(_give_back, netns, (nic.inner,), nic.id)
         elif nic.host_link:
             await ctx.to_thread(_del_link, nic.host_link)
+            await _guards(ctx, drop=nic.host_link)  # (no nft run for a port not guarded)
             if nic.type in ("vlan", "vxlan"):
                 await ctx.to_thread(segments.collect)
         elif nic.inner and netns:
