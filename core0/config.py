@@ -163,7 +163,7 @@ class BusConfig(Section):
     #: jobs in flight per role below admin (a role's queues stop popping at its cap)
     role_max_jobs: dict[str, int] = field(
         default_factory=lambda: {"read-only": 64, "operator": 256})
-    #: recurring jobs per role below admin; one more is refused with 429
+    #: recurring jobs per role below admin; one more is refused with 503
     role_max_recurring: dict[str, int] = field(
         default_factory=lambda: {"read-only": 8, "operator": 64})
     #: slots of max_jobs only admin queues may take (lower roles never starve them)

@@ -28,7 +28,7 @@ class ContainersConfig(schema.Schema):
 
     #: containers one role below admin may have at once, whichever of its queues made them
     #: (every record of the role counts: running, being created, or stopped and not yet
-    #: terminated); one more corex.create is refused with 429. Admin is bounded by the
+    #: terminated); one more corex.create is refused with 503. Admin is bounded by the
     #: node's 1000 containers only
     role_max: dict[str, Annotated[int, schema.Range(0, _NODE_MAX)]] = field(
         default_factory=lambda: {"operator": 64})

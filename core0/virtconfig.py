@@ -6,10 +6,13 @@ Kept out of :mod:`core0.config` (which is at its size limit); it is a section li
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from core0 import schema
+
+if TYPE_CHECKING:
+    from core0.registry import Role
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,24 @@ class VirtConfig(schema.Schema):
     #: the default nics' NAT bridge (0-core's kvm0) and its address
     bridge: str = "kvm0"
     bridge_cidr: str = "172.19.0.1/16"
+    #: VMs one role below admin may have (running or paused, whichever queue of the role
+    #: made them); one more kvm.create is refused with 503
+    role_max_vms: dict[str, int] = field(default_factory=lambda: {"operator": 16})
+    #: memory (MiB) the VMs of one role below admin may have together; a kvm.create that
+    #: would pass it is refused with 503
+    role_max_memory_mib: dict[str, int] = field(default_factory=lambda: {"operator": 32768})
+    #: largest kernel or initrd (MiB) of a direct kernel boot below admin: each is copied
+    #: into the VM's directory and qemu reads that copy (400 beyond)
+    boot_file_max_mib: Annotated[int, schema.Range(1, 1 << 16)] = 512
+
+    def role_vms_cap(self, role: Role) -> int | None:
+        """The VM count cap of ``role`` (None: admin, or not listed)."""
+        from core0.config import _per_role
+
+        return _per_role(self.role_max_vms, role)
+
+    def role_memory_cap(self, role: Role) -> int | None:
+        """The cap (MiB) on the memory of ``role``'s VMs together (None: no cap)."""
+        from core0.config import _per_role
+
+        return _per_role(self.role_max_memory_mib, role)

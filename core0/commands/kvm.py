@@ -19,9 +19,11 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Range, Schema
-from core0.virt import disks, guard, incoming, network, persist
+from core0.virt import disks, guard, incoming, migration, network, persist
 from core0.virt import domain as dx
+from core0.virt.access import EventFilter, allow_record, load
 from core0.virt.manager import Virt, lv_error, of
+from core0.virt.owner import Owner, allow, caller
 from core0.virt.spec import (
     UUID,
     ConvertArgs,
@@ -51,12 +53,9 @@ async def _virt(ctx: Context) -> Virt:
 
 
 async def _act(ctx: Context, uuid: str, what: str, fn: Any) -> Any:
-    v = await _virt(ctx)
-    dom = await v.domain(uuid)
-    try:
-        return await v.conn.call(lambda c: fn(dom))
-    except Exception as e:
-        raise lv_error(e, f"{what} {uuid}") from None
+    """``fn(domain)`` on VM ``uuid`` through the one door (404 not core0's, 403 not the
+    caller's: core0/virt/access.py)."""
+    return await (await load(ctx, uuid)).call(what, fn)
 
 
 @command("kvm.create", CreateArgs)
@@ -72,11 +71,17 @@ async def create(ctx: Context, args: CreateArgs) -> str:
     uuid after a reboot; the same spec again returns the running VM, a changed one
     recreates it."""
     v = of(ctx)
+    who = caller(ctx)
     if not args.persistent:
-        return await v.create(ctx, args)
+        return await v.create(ctx, args, owner=who)
     if not ctx.config.main.persistent_dir:
         raise PreconditionFailed("persistent VMs need main.persistent_dir")
     h = persist.hash_of(args)
+    decl = persist.declaration(ctx.config, args.name) or {}
+    if decl:
+        if ctx.job.internal:  # core0's own re-creation (a start): as declared
+            who = persist.owner_of(decl)
+        allow(who, persist.owner_of(decl), f"the declared VM {args.name}")
     await v.ready()
     with contextlib.suppress(NotFound):
         dom = await v.by_name(args.name)
@@ -85,15 +90,21 @@ async def create(ctx: Context, args: CreateArgs) -> str:
         if not meta.get("declared"):
             raise Conflict(f"a VM named {args.name} exists already (not declared)",
                            field="name")
+        owner = Owner.of(meta)
+        allow(who, owner, f"VM {args.name}")
         if meta["declared"] == h and cur["state"] in ("running", "paused", "blocked"):
-            persist.declare(ctx.config, args, cur["uuid"], ctx.job.role)
+            persist.declare(ctx.config, args, cur["uuid"], owner.role, owner.scope)
             return str(cur["uuid"])
-        with contextlib.suppress(NotFound):  # a changed spec: the old one goes
-            await _act(ctx, cur["uuid"], "destroy", lambda d: d.destroy())
+        try:  # a changed spec: the old one goes
+            await v.conn.call(lambda c: dom.destroy())
+        except Exception as e:
+            err = lv_error(e, f"destroy {cur['uuid']}")
+            if not isinstance(err, NotFound):
+                raise err from None
         await v.cleanup(cur["uuid"])
-    decl = persist.declaration(ctx.config, args.name) or {}
-    uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h)
-    persist.declare(ctx.config, args, uuid, ctx.job.role)
+    uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h,
+                          owner=who)
+    persist.declare(ctx.config, args, uuid, who.role, who.scope)
     return uuid
 
 
@@ -102,16 +113,6 @@ async def _live_of(v: Virt, dom: Any) -> dx.Live:
         return dx.parse(await v.conn.call(lambda c: dom.XMLDesc(0)))
     except Exception as e:
         raise lv_error(e) from None
-
-
-async def _declared_name(ctx: Context, uuid: str) -> str:
-    """The name of VM ``uuid`` when it is a declared one, else ""."""
-    v = await _virt(ctx)
-    with contextlib.suppress(NotFound):
-        dom = await v.domain(uuid)
-        if (await _live_of(v, dom)).meta.get("declared"):
-            return str(await v.conn.call(lambda c: dom.name()))
-    return ""
 
 
 def _undeclare(ctx: Context, name: str) -> None:
@@ -125,14 +126,17 @@ async def destroy(ctx: Context, args: UuidArgs) -> None:
     declaration of a persistent one). For a VM prepared here by
     kvm.prepare_migration_target that has not arrived: what was prepared is released."""
     v = await _virt(ctx)
-    declared = await _declared_name(ctx, args.uuid)
     try:
-        await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
+        vm = await load(ctx, args.uuid)
+        await vm.call("destroy", lambda d: d.destroy())
     except NotFound:
-        if await v.cancel_incoming(args.uuid):
-            return
+        rec = v.record(args.uuid)
+        if rec is not None and rec.get("incoming"):
+            allow_record(ctx, args.uuid)
+            if await v.cancel_incoming(args.uuid):
+                return
         raise
-    _undeclare(ctx, declared)
+    _undeclare(ctx, vm.declared)
     await v.cleanup(args.uuid)
 
 
@@ -142,9 +146,9 @@ async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
     to stop, then destroy it; without, return at once (cleanup follows the stop). A
     persistent VM's declaration is removed."""
     v = await _virt(ctx)
-    declared = await _declared_name(ctx, args.uuid)
-    await _act(ctx, args.uuid, "shutdown", lambda d: d.shutdown())
-    _undeclare(ctx, declared)
+    vm = await load(ctx, args.uuid)
+    await vm.call("shutdown", lambda d: d.shutdown())
+    _undeclare(ctx, vm.declared)
     if args.timeout is None:
         return
     loop = asyncio.get_running_loop()
@@ -154,10 +158,8 @@ async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
             await v.cleanup(args.uuid)
             return
         await asyncio.sleep(0.2)
-    try:
-        await _act(ctx, args.uuid, "destroy", lambda d: d.destroy())
-    except NotFound:
-        pass
+    with contextlib.suppress(NotFound):
+        await vm.call("destroy", lambda d: d.destroy())
     await v.cleanup(args.uuid)
 
 
@@ -195,7 +197,7 @@ async def list_(ctx: Context, args: NoArgs) -> list[dict[str, Any]]:
     out = []
     for d in doms:
         try:
-            item = await v.describe(d)
+            item = await v.describe(d, caller(ctx))
         except NotFound:
             continue  # gone meanwhile
         out.append(item)  # describe refuses (404) domains that are not core0's
@@ -209,7 +211,7 @@ async def get(ctx: Context, args: GetArgs) -> dict[str, Any]:
     if (args.uuid is None) == (args.name is None):
         raise BadRequest("give exactly one of uuid and name", field="uuid")
     dom = await (v.domain(args.uuid) if args.uuid else v.by_name(args.name or ""))
-    return await v.describe(dom)
+    return await v.describe(dom, caller(ctx))
 
 
 def _stats(raw: dict[str, Any]) -> dict[str, Any]:
@@ -285,22 +287,13 @@ async def infops(ctx: Context, args: UuidArgs) -> dict[str, Any]:
 # ---------------------------------------------------------------- devices
 
 
-async def _live(ctx: Context, uuid: str) -> tuple[Virt, Any, dx.Live, str]:
-    v = await _virt(ctx)
-    dom = await v.domain(uuid)
-    try:
-        xml = await v.conn.call(lambda c: dom.XMLDesc(0))
-    except Exception as e:
-        raise lv_error(e) from None
-    return v, dom, dx.parse(xml), xml
-
-
 @command("kvm.attach_disk", DiskArgs)
 async def attach_disk(ctx: Context, args: DiskArgs) -> None:
     """Hot-plug a disk (or cdrom) into a running VM (virtio disks appear as the next vdX)."""
     from core0.virt.conn import libvirt_module
 
-    v, dom, live, _ = await _live(ctx, args.uuid)
+    vm = await load(ctx, args.uuid)
+    v, dom, live = vm.v, vm.dom, vm.live
     m = args.media
     ids: set[guard.Ident] = set()
     path = disks.resolve_file(ctx, m.source("media"), "media", ids)
@@ -322,10 +315,10 @@ async def attach_disk(ctx: Context, args: DiskArgs) -> None:
     lv = libvirt_module()
     # the guest is paused while the disk goes in, until qemu's new files are checked
     held = await ctx.to_thread(_held, args.uuid)
-    state = await _act(ctx, args.uuid, "attach_disk", lambda d: d.state()[0])
+    state = await vm.call("attach_disk", lambda d: d.state()[0])
     paused = state == lv.VIR_DOMAIN_RUNNING
     if paused:
-        await _act(ctx, args.uuid, "pause for attach_disk", lambda d: d.suspend())
+        await vm.call("pause for attach_disk", lambda d: d.suspend())
     try:
         try:
             await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
@@ -340,7 +333,7 @@ async def attach_disk(ctx: Context, args: DiskArgs) -> None:
             raise
     finally:
         if paused:
-            await _act(ctx, args.uuid, "resume after attach_disk", lambda d: d.resume())
+            await vm.call("resume after attach_disk", lambda d: d.resume())
 
 
 def _held(uuid: str) -> set[guard.Ident]:
@@ -376,7 +369,8 @@ async def _detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> None:
 @command("kvm.detach_disk", DiskArgs)
 async def detach_disk(ctx: Context, args: DiskArgs) -> None:
     """Hot-unplug a disk, found by its path; waits up to 3 s for the guest to let it go."""
-    v, dom, live, xml = await _live(ctx, args.uuid)
+    vm = await load(ctx, args.uuid)
+    v, dom, live, xml = vm.v, vm.dom, vm.live, vm.xml
     path = disks.resolve_file(ctx, args.media.source("media"), "media")
     dev = dx.find_device(xml, "disk", source=path)
     if dev is None:
@@ -391,7 +385,8 @@ async def add_nic(ctx: Context, args: NicArgs) -> None:
     bridge of VLAN id/VNI ``id`` (docs/networking.md; a second default nic: 409)."""
     from core0.net import segments
 
-    v, dom, live, _ = await _live(ctx, args.uuid)
+    vm = await load(ctx, args.uuid)
+    v, dom, live = vm.v, vm.dom, vm.live
     if args.type == "default":
         raise Conflict("type: a VM has at most one default nic, given at creation")
     nic = v._nic(Nic(args.type, args.id, args.hwaddr), 0)
@@ -426,7 +421,8 @@ async def _plug(v: Virt, dom: Any, live: Any, nic: Any) -> None:
 @command("kvm.remove_nic", NicArgs)
 async def remove_nic(ctx: Context, args: NicArgs) -> None:
     """Hot-unplug a nic, found by ``hwaddr`` (or the first on bridge ``id``)."""
-    v, dom, live, xml = await _live(ctx, args.uuid)
+    vm = await load(ctx, args.uuid)
+    v, dom, live, xml = vm.v, vm.dom, vm.live, vm.xml
     if args.hwaddr:
         found = next((n for n in live.nics if n["mac"].lower() == args.hwaddr.lower()), None)
     elif args.id:
@@ -455,7 +451,8 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
     flag is true)."""
     from core0.virt.conn import libvirt_module
 
-    v, dom, live, _ = await _live(ctx, args.uuid)
+    vm = await load(ctx, args.uuid)
+    v, dom, live = vm.v, vm.dom, vm.live
     path = disks.resolve_file(ctx, args.media.source("media"), "media")
     disk = next((d for d in live.disks if d["source"] == path), None)
     if disk is None:
@@ -485,10 +482,10 @@ async def create_image(ctx: Context, args: ImageArgs) -> None:
 async def convert_image(ctx: Context, args: ConvertArgs) -> None:
     """Convert an image (``qemu-img convert``): {input_file, output_file, output_format}; 409
     when the output exists, which is removed again when the conversion fails."""
-    src = disks.resolve_file(ctx, args.input_file, "input_file")
-    await disks.check_image(ctx, src, None, "input_file")
-    with disks.new_file(ctx, args.output_file, "output_file") as dst:
-        await disks.convert(ctx, src, dst, args.output_format)
+    with contextlib.ExitStack() as stack:  # the input and its chain, open once (disks.py)
+        src = await disks.pinned_image(ctx, args.input_file, "input_file", stack)
+        with disks.new_file(ctx, args.output_file, "output_file") as dst:
+            await disks.convert(ctx, src, dst, args.output_format)
 
 
 # ---------------------------------------------------------------- port forwards
@@ -498,8 +495,7 @@ async def convert_image(ctx: Context, args: ConvertArgs) -> None:
 async def portforward_add(ctx: Context, args: ForwardArgs) -> None:
     """Forward ``host_port`` (or any nft source) to the VM's ``container_port`` on its default
     nic (412 without one; 409 when the source is taken)."""
-    v = await _virt(ctx)
-    await v.domain(args.uuid)
+    v = (await load(ctx, args.uuid)).v
     rec = v.record(args.uuid) or {}
     if not rec.get("ip"):
         from core0.errors import PreconditionFailed
@@ -512,8 +508,7 @@ async def portforward_add(ctx: Context, args: ForwardArgs) -> None:
 @command("kvm.portforward-remove", ForwardArgs)
 async def portforward_remove(ctx: Context, args: ForwardArgs) -> None:
     """Remove a forward of the VM (404 when it has none from ``host_port``)."""
-    v = await _virt(ctx)
-    await v.domain(args.uuid)
+    await load(ctx, args.uuid)
     if not await network.remove_forwards(ctx, args.uuid, [str(args.host_port)]):
         raise NotFound(f"{args.uuid} has no forward from {args.host_port}")
 
@@ -530,10 +525,9 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
     lease on this node are released; its files here are kept (a declared VM's declaration
     is removed). The destination runs it as a transient domain under the same uuid."""
     check_desturi(args.desturi)
-    v = await _virt(ctx)
-    declared = await _declared_name(ctx, args.uuid)
-    await v.migrate(args.uuid, args.desturi, args.shared_storage)
-    _undeclare(ctx, declared)  # it runs elsewhere now
+    vm = await load(ctx, args.uuid)
+    await migration.migrate(vm, args.desturi, args.shared_storage)
+    _undeclare(ctx, vm.declared)  # it runs elsewhere now
 
 
 # ---------------------------------------------------------------- events
@@ -541,18 +535,22 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
 
 @command("kvm.events", role=Role.READ_ONLY)
 async def events(ctx: Context, args: NoArgs) -> None:
-    """A long-running job publishing every libvirt lifecycle event as a level-20 message
+    """A long-running job publishing the lifecycle events of core0's VMs that this queue may
+    see (its own role's and lower, below admin its private queue's) as level-20 messages
     ``{uuid, name, event, detail, sequence, time}`` (event: started, suspended, resumed,
     stopped, shutdown, crashed, device_removed…; ``connection`` lost/reconnected when libvirtd
-    restarts). Read it through ``log:<id>`` (many readers) or ``stream:<id>``; stop it with
-    job.kill."""
+    restarts); other libvirt domains' events are not shown. Read it through ``log:<id>``
+    (many readers) or ``stream:<id>``; stop it with job.kill."""
     v = await _virt(ctx)
+    only = EventFilter(ctx, v)  # core0's VMs the caller may see (core0/virt/access.py)
     with v.conn.subscribe() as sub:
+        await only.prime()
         ctx.emit(LEVEL_JSON, json.dumps({"event": "subscribed", "uuid": "", "name": "",
                                          "detail": v.conn.uri}))
         while True:
             ev = await sub.get()
-            ctx.emit(LEVEL_JSON, json.dumps(ev, sort_keys=True))
+            if await only.shows(ev):
+                ctx.emit(LEVEL_JSON, json.dumps(ev, sort_keys=True))
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 A role below admin may have at most its cap of containers, whichever of its queues (private
 or not) made them: every record of the role counts, running, being created or stopped and
 not yet terminated (each holds a root clone, a netns, nics). One more ``corex.create`` is
-refused with 429 (:class:`TooMany`) and leaves nothing behind. Admin is bounded by the node's
-``MAX_CONTAINERS`` only, so a lower role never takes all of it.
+refused with 503 (``Unavailable``: "limit reached", as the job caps) and leaves nothing
+behind. Admin is bounded by the node's ``MAX_CONTAINERS`` only, so a lower role never takes
+all of it.
 
 The cap is per role, not per private queue: it is what bounds the share of the node a role
 may take, and a cap per private queue would multiply it by their number (enough private
@@ -22,24 +23,17 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from core0.errors import CommandError
+from core0.errors import Unavailable
 from core0.sandbox.store import Store
 
 if TYPE_CHECKING:
     from core0.context import Context
 
-#: "too many requests": a per-role cap is reached
-TOO_MANY = 429
 
-
-class TooMany(CommandError):
-    """A per-role cap is reached (429); nothing was made."""
-
-    code = TOO_MANY
 
 
 def check(ctx: Context, st: Store) -> None:
-    """429 when the queue's role has its cap of containers already (no lock: callers that
+    """503 when the queue's role has its cap of containers already (no lock: callers that
     reserve use :func:`admitted`; without it, an early refusal before anything is made)."""
     role = ctx.job.role
     cap = ctx.config.containers.role_cap(role)
@@ -47,13 +41,13 @@ def check(ctx: Context, st: Store) -> None:
         return
     used = sum(1 for r in st.all() if r.role == int(role))
     if used >= cap:
-        raise TooMany(f"limit reached: {cap} containers for role {role.label} "
+        raise Unavailable(f"limit reached: {cap} containers for role {role.label} "
                       "(containers.role_max)")
 
 
 @contextlib.contextmanager
 def admitted(ctx: Context, st: Store) -> Iterator[None]:
-    """Under the store's lock, 429 when the role's cap is reached; the block reserves the id
+    """Under the store's lock, 503 when the role's cap is reached; the block reserves the id
     and writes its first record (no await in it: see :meth:`Store.locked`)."""
     with st.locked():
         check(ctx, st)

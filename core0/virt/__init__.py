@@ -15,7 +15,15 @@
 - :mod:`core0.virt.network` — the ``kvm0`` NAT bridge, per-VM static leases and port forwards
   (owner ``vm:<uuid>``) on core0's network machinery;
 - :mod:`core0.virt.manager` — the VM records (``<virt dir>/<uuid>``), creation with rollback,
-  cleanup when a VM stops, reconciliation, migration.
+  cleanup when a VM stops, reconciliation;
+- :mod:`core0.virt.owner` — a VM's owner (the creating queue's role and scope) and who may
+  see and act on it; :mod:`core0.virt.access` — the one loader of the commands that act on a
+  VM (404 not core0's, 403 not the caller's) and ``kvm.events``' filter;
+- :mod:`core0.virt.quota` — per-role caps on VMs and their memory (503);
+- :mod:`core0.virt.bootfiles` — kernel and initrd of lower roles' VMs, copied from the
+  checked descriptor into the VM's directory;
+- :mod:`core0.virt.migration` — the source's side of a live migration
+  (:mod:`core0.virt.incoming` the destination's).
 
 libvirt-python is imported lazily, so a node without it still starts (kvm.* answers 412).
 """

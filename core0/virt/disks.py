@@ -11,6 +11,10 @@ root before anything opens it; a backing file that is not a file path inside the
 external data file, is refused (400). The format is never guessed for an overlay's base (it is
 given to ``qemu-img create -F``). Overlays live in the VM's own
 directory and go with it.
+
+qemu (a VM's disks) reopens these paths, which :mod:`core0.virt.guard` checks afterwards;
+qemu-img converting an image (:func:`pinned_image`) gets the descriptors core0 opened and
+checked instead, with the whole chain spelled out, so it resolves no path at all.
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ def _no_dotdot(path: str, field: str) -> None:
         raise BadRequest(f"{field}: '..' is not allowed in a path", field=field)
 
 
-def resolve_file(ctx: Context, path: str, field: str, ids: set[Ident] | None = None) -> str:
-    """The canonical path of an existing regular file (or block device) inside the root.
-    ``..`` is refused outright (400); a symlink is resolved inside the root. ``ids`` gets
-    the file's (device, inode), which qemu must later hold open (:mod:`core0.virt.guard`)."""
+def open_file(ctx: Context, path: str, field: str) -> int:
+    """An ``O_PATH`` descriptor of an existing regular file (or block device) inside the root
+    (the caller closes it). ``..`` is refused outright (400); a symlink is resolved inside
+    the root. A tool given ``/proc/<pid>/fd/<n>`` of it opens this very file, whatever the
+    path names by then."""
     _no_dotdot(path, field)
     try:
         with _root(ctx) as root:
@@ -55,17 +60,38 @@ def resolve_file(ctx: Context, path: str, field: str, ids: set[Ident] | None = N
         raise err from None
     except BadRequest as e:
         raise BadRequest(f"{field}: {e.message}", field=field) from None
+    st = os.fstat(fd)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        os.close(fd)
+        raise BadRequest(f"{field}: not a file: {path}", field=field)
+    return fd
+
+
+def fd_path(fd: int) -> str:
+    """A path naming descriptor ``fd`` of this process for a tool (as root, it opens the
+    file the descriptor holds, not whatever the file's name leads to now)."""
+    return f"/proc/{os.getpid()}/fd/{fd}"
+
+
+def resolve_file(ctx: Context, path: str, field: str, ids: set[Ident] | None = None) -> str:
+    """The canonical path of an existing regular file (or block device) inside the root
+    (:func:`open_file`). ``ids`` gets the file's (device, inode), which qemu must later hold
+    open (:mod:`core0.virt.guard`)."""
+    fd = open_file(ctx, path, field)
     try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-            raise BadRequest(f"{field}: not a file: {path}", field=field)
-        real = os.readlink(f"/proc/self/fd/{fd}")
-        _same(real, st, path, field)
-        if ids is not None:
-            ids.add(ident(st))
-        return real
+        return canonical(fd, path, field, ids)
     finally:
         os.close(fd)
+
+
+def canonical(fd: int, path: str, field: str, ids: set[Ident] | None = None) -> str:
+    """The canonical path of the file open as ``fd`` (409 when it no longer names it)."""
+    st = os.fstat(fd)
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    _same(real, st, path, field)
+    if ids is not None:
+        ids.add(ident(st))
+    return real
 
 
 def _same(real: str, st: os.stat_result, path: str, field: str) -> None:
@@ -145,24 +171,68 @@ async def _info1(ctx: Context, path: str, fmt: str | None, field: str) -> dict[s
     return data
 
 
-def _resolve_backing(ctx: Context, name: str, field: str, ids: set[Ident] | None) -> str:
-    """The canonical path of a backing file named by an image, walked inside the root like
-    any user path: a protocol (``nbd:``, ``http:``, ``json:``…) or a missing file is 400."""
+def _backing_rel(ctx: Context, name: str, field: str) -> str:
+    """A backing file's absolute host path as a path inside the root: 400 for a protocol
+    (``nbd:``, ``http:``, ``json:``…) or a path outside the root."""
     if not name.startswith("/"):
         raise BadRequest(f"{field}: the image's backing file is not a file path: {name[:200]}",
                          field=field)
     root = os.path.realpath(ctx.config.main.filesystem_root)
-    rel = name
-    if root != "/":
-        if not name.startswith(root.rstrip("/") + "/"):
-            raise BadRequest(f"{field}: the image's backing file is outside the filesystem "
-                             f"root: {name[:200]}", field=field)
-        rel = name[len(root.rstrip("/")):]
+    if root == "/":
+        return name
+    if not name.startswith(root.rstrip("/") + "/"):
+        raise BadRequest(f"{field}: the image's backing file is outside the filesystem "
+                         f"root: {name[:200]}", field=field)
+    return name[len(root.rstrip("/")):]
+
+
+def _resolve_backing(ctx: Context, name: str, field: str, ids: set[Ident] | None) -> str:
+    """The canonical path of a backing file named by an image, walked inside the root like
+    any user path: a protocol or a missing file is 400."""
+    rel = _backing_rel(ctx, name, field)
     try:
         return resolve_file(ctx, rel, field, ids)
     except CommandError as e:
         raise BadRequest(f"{field}: the image's backing file: {e.message}",
                          field=field) from None
+
+
+def _open_backing(ctx: Context, name: str, image_fd: int, field: str) -> int:
+    """An ``O_PATH`` descriptor of the backing file an image (open as ``image_fd``) names,
+    as qemu would find it — a relative name is relative to the image's directory — but
+    walked inside the root; a protocol (a ``:`` before any ``/``, qemu's rule) is 400."""
+    head = name.split("/", 1)[0]
+    if ":" in head:
+        raise BadRequest(f"{field}: the image's backing file is not a file path: {name[:200]}",
+                         field=field)
+    if not name.startswith("/"):
+        name = os.path.join(os.path.dirname(os.readlink(f"/proc/self/fd/{image_fd}")), name)
+    rel = _backing_rel(ctx, name, field)
+    try:
+        return open_file(ctx, rel, field)
+    except CommandError as e:
+        raise BadRequest(f"{field}: the image's backing file: {e.message}",
+                         field=field) from None
+
+
+def _check1(img: dict[str, Any], field: str) -> tuple[str, str]:
+    """One image's format (qcow2 or raw, else 400) and the backing file name its header
+    gives ("" for none); 400 for a qcow2 external data file."""
+    kind = str(img.get("format", "raw"))
+    if kind not in ("qcow2", "raw"):
+        raise BadRequest(f"{field}: image format {kind} is not supported (qcow2, raw)",
+                         field=field)
+    spec = img.get("format-specific") or {}
+    data = spec.get("data") if isinstance(spec, dict) else None
+    if isinstance(data, dict) and data.get("data-file") is not None:
+        raise BadRequest(f"{field}: qcow2 images with an external data file are not "
+                         "supported", field=field)
+    return kind, str(img.get("full-backing-filename") or img.get("backing-filename") or "")
+
+
+def _backing_fmt(img: dict[str, Any]) -> str | None:
+    bfmt = img.get("backing-filename-format")
+    return str(bfmt) if bfmt in ("qcow2", "raw") else None
 
 
 async def check_image(ctx: Context, path: str, fmt: str | None, field: str,
@@ -177,26 +247,50 @@ async def check_image(ctx: Context, path: str, fmt: str | None, field: str,
     cur, cur_fmt, found = path, fmt, ""
     for _ in range(MAX_CHAIN):
         img = await _info1(ctx, cur, cur_fmt, field)
-        kind = str(img.get("format", "raw"))
-        if kind not in ("qcow2", "raw"):
-            raise BadRequest(f"{field}: image format {kind} is not supported (qcow2, raw)",
-                             field=field)
+        kind, name = _check1(img, field)
         found = found or kind
-        spec = img.get("format-specific") or {}
-        data = spec.get("data") if isinstance(spec, dict) else None
-        if isinstance(data, dict) and data.get("data-file") is not None:
-            raise BadRequest(f"{field}: qcow2 images with an external data file are not "
-                             "supported", field=field)
-        name = img.get("full-backing-filename") or img.get("backing-filename")
         if not name:
             return fmt or found
         if not backing:
             raise BadRequest(f"{field}: the image has a backing file", field=field)
-        cur = _resolve_backing(ctx, str(name), field, ids)
-        bfmt = img.get("backing-filename-format")
-        cur_fmt = str(bfmt) if bfmt in ("qcow2", "raw") else None
+        cur = _resolve_backing(ctx, name, field, ids)
+        cur_fmt = _backing_fmt(img)
     raise BadRequest(f"{field}: the image's backing chain is longer than {MAX_CHAIN}",
                      field=field)
+
+
+async def pinned_image(ctx: Context, path: str, field: str,
+                       stack: contextlib.ExitStack) -> str:
+    """The image at ``path`` and its backing chain, each opened once inside the root
+    (descriptors closed by ``stack``) and checked by :func:`check_image`'s rules, as a qemu
+    ``json:`` filename that names only those descriptors, with every image's format and
+    backing given explicitly (``backing: null`` at the end): qemu-img resolves no user path
+    and follows no backing name from an image header, which could have been swapped or
+    rewritten since the check."""
+    fd = open_file(ctx, path, field)
+    stack.callback(os.close, fd)
+    nodes: list[dict[str, Any]] = []
+    fmt: str | None = None
+    for _ in range(MAX_CHAIN):
+        img = await _info1(ctx, fd_path(fd), fmt, field)
+        kind, _ = _check1(img, field)
+        proto = "host_device" if stat.S_ISBLK(os.fstat(fd).st_mode) else "file"
+        nodes.append({"driver": kind, "file": {"driver": proto, "filename": fd_path(fd)}})
+        name = str(img.get("backing-filename") or "")  # as the header says it
+        if not name:
+            break
+        fd = _open_backing(ctx, name, fd, field)
+        stack.callback(os.close, fd)
+        fmt = _backing_fmt(img)
+    else:
+        raise BadRequest(f"{field}: the image's backing chain is longer than {MAX_CHAIN}",
+                         field=field)
+    spec = nodes.pop()
+    if spec["driver"] == "qcow2":
+        spec["backing"] = None
+    while nodes:
+        spec = {**nodes.pop(), "backing": spec}
+    return "json:" + json.dumps(spec, separators=(",", ":"))
 
 
 async def overlay(ctx: Context, base: str, base_fmt: str, out: str) -> None:

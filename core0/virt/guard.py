@@ -9,7 +9,8 @@ its qemu's open regular files and block devices are read from ``/proc/<pid>/fd``
 with the (device, inode) pairs core0 resolved for its disks and backing chains; anything else
 (a host file qemu was tricked into opening) destroys the VM before its first instruction.
 Hot-plugged disks are checked the same way while the VM is paused. Kernel and initrd are read
-by qemu at start and closed again, so they are not covered by this check.
+by qemu at start and closed again, so they are not covered by this check: lower roles' VMs
+get copies made from the checked descriptors instead (:mod:`core0.virt.bootfiles`).
 """
 
 from __future__ import annotations

@@ -12,10 +12,13 @@ nics and forwards need, so that libvirt finds its bridges and the VM keeps its a
 - a ``bridge`` nic: the bridge must exist here (412 otherwise);
 - ``port``: the forwards, owner ``vm:<uuid>``, to the default nic's address.
 
-The VM's record here (``<virt dir>/<uuid>/vm.json``) is marked ``incoming``: cleanup and
-reconciliation leave it alone for :data:`WAIT` seconds; when the VM starts here (the
-migration's ``started`` event, or a reconciliation finding it) it becomes an ordinary record,
-and everything above is removed when the VM stops, as for a VM created here. A migration that
+The VM's record here (``<virt dir>/<uuid>/vm.json``) is marked ``incoming`` and names the
+preparing queue's role and scope (only a queue that may act for it prepares it again or
+cancels it with ``kvm.destroy``; the VM, once here, has its owner from the source's
+metadata). Cleanup and reconciliation leave it alone for :data:`WAIT` seconds; when the VM
+starts here (the migration's ``started`` event, or a reconciliation finding it) it becomes an
+ordinary record, and everything above is removed when the VM stops, as for a VM created
+here. A migration that
 never comes leaves its lease and forwards until the first reconciliation after :data:`WAIT`
 (at the next dispatcher start or libvirtd reconnection). Calling it again replaces the
 forwards and keeps the lease.
@@ -32,6 +35,7 @@ from core0.errors import BadRequest, Conflict, PreconditionFailed
 from core0.net import netlink as nl
 from core0.net import validate as nv
 from core0.virt import network
+from core0.virt.owner import Owner, allow, caller
 from core0.virt.spec import Nic
 
 if TYPE_CHECKING:
@@ -74,6 +78,8 @@ async def prepare(v: Virt, ctx: Context, uuid: str, nics: list[Nic],
     rec = v.record(uuid)
     if rec is not None and not rec.get("incoming"):
         raise Conflict(f"VM {uuid} has files on this node already", field="uuid")
+    if rec is not None:  # prepared before: the preparing queue's to prepare again
+        allow(caller(ctx), Owner.of(rec), f"VM {uuid}")
     defaults = [(i, n) for i, n in enumerate(nics) if n.type == "default"]
     if len(defaults) > 1:
         raise BadRequest("nics: at most one default nic", field="nics")
@@ -110,6 +116,7 @@ async def prepare(v: Virt, ctx: Context, uuid: str, nics: list[Nic],
                "seq": seq, "mac": mac, "ip": ip}
     else:
         new = {"uuid": uuid, "name": "", "created": time.time(), "incoming": time.time()}
+    new["owner"] = caller(ctx).to_json()  # who may cancel it (kvm.destroy)
     v.vm_dir(uuid).mkdir(mode=0o711, exist_ok=True)
     v._save_record(uuid, new)
     try:

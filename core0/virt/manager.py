@@ -29,9 +29,11 @@ from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.init import libvirtd as embedded_libvirtd
 from core0.net import segments
 from core0.net import validate as nv
-from core0.virt import disks, fetch, guard, incoming, network, probe
+from core0.registry import Role
+from core0.virt import bootfiles, disks, fetch, guard, incoming, network, probe, quota
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
+from core0.virt.owner import Owner, Owners, caller, owned, visible_params
 from core0.virt.spec import (
     CreateArgs,
     Media,
@@ -106,6 +108,8 @@ class Virt:
         self._create_lock = asyncio.Lock()
         #: uuids being created (reconciliation leaves them alone)
         self.creating: set[str] = set()
+        #: the owners of the VMs seen (core0/virt/owner.py)
+        self.owners = Owners()
 
     async def monitor(self) -> list[tuple[str, str, str, dict[str, str], float]]:
         """Every VM's figures for the metrics endpoint (core0/fleet/metrics.py): CPU time,
@@ -240,9 +244,10 @@ class Virt:
         doms = await self.conn.call(lambda c: c.listAllDomains(0))
         return {d.UUIDString() for d in doms}
 
-    async def describe(self, dom: Any) -> dict[str, Any]:
+    async def describe(self, dom: Any, viewer: Owner | None = None) -> dict[str, Any]:
         """0-core's kvm.list item: {id, uuid, name, state, vnc, tags, ifctargets, default_ip,
-        params} (+ console: the serial log file)."""
+        params} (+ console: the serial log file), as ``viewer`` may see it (secrets of the
+        params redacted unless it sees the VM's owner: :func:`owner.visible_params`)."""
         def read() -> tuple[int, str, str, int, str]:
             state = dom.state()[0]
             return dom.ID(), dom.UUIDString(), dom.name(), state, dom.XMLDesc(0)
@@ -255,13 +260,16 @@ class Virt:
         if not owned(name, live):
             raise NotFound(f"no VM {uuid}")
         meta = live.meta
+        owner = Owner.of(meta)
+        self.owners.note(uuid, owner)
+        params = meta.get("params", {})
         return {
             "id": did, "uuid": uuid, "name": name,
             "state": STATES[state] if 0 <= state < len(STATES) else str(state),
             "vnc": live.vnc, "tags": meta.get("tags", []),
             "ifctargets": [n["target"] for n in live.nics if n["target"]],
             "default_ip": meta.get("default_ip", ""),
-            "params": meta.get("params", {}),
+            "params": visible_params(params, owner, viewer) if viewer else params,
             "console": live.serial_log,
             "persistent": bool(meta.get("declared")),
         }
@@ -319,10 +327,11 @@ class Virt:
         return dx.Nic(self.node.config.virt.bridge, "", "default")
 
     async def create(self, ctx: Context, args: CreateArgs, prefer_uuid: str = "",
-                     declared: str = "") -> str:
+                     declared: str = "", owner: Owner | None = None) -> str:
         """Create and start a VM; everything made so far is undone when a step fails.
         ``prefer_uuid``: the uuid to give it when no running VM has it (a declared VM coming
-        back); ``declared``: its declaration's hash, kept in the metadata."""
+        back); ``declared``: its declaration's hash, kept in the metadata; ``owner``: whose
+        it is (the calling queue's role and scope by default)."""
         args.check_unsupported()
         host_limits(args.cpu, args.memory)
         if args.name.startswith(probe.PREFIX):
@@ -337,35 +346,40 @@ class Virt:
             raise BadRequest("media: a boot disk (or kernel) is required", field="media")
         if args.initrd and not args.kernel:
             raise BadRequest("initrd: only with kernel", field="initrd")
-        kernel = disks.resolve_file(ctx, args.kernel, "kernel") if args.kernel else ""
-        initrd = disks.resolve_file(ctx, args.initrd, "initrd") if args.initrd else ""
         nics = [self._nic(n, i) for i, n in enumerate(args.nics)]
         defaults = [n for n in nics if n.kind == "default"]
         if len(defaults) > 1:
             raise BadRequest("nics: at most one default nic", field="nics")
         if args.port and not defaults:
             raise BadRequest("port: forwards need a default nic", field="port")
-        await self.ready()
-        pinned = [await asyncio.to_thread(segments.ensure, ctx.config.segments, n.type, n.id,
-                                          None, f"nics[{i}].id", True)
-                  for i, n in enumerate(args.nics) if n.type in ("vlan", "vxlan")]
+        owner = owner or caller(ctx)
+        boot = bootfiles.BootFiles(ctx, args.kernel, args.initrd,  # checked; copied later
+                                   copy=owner.role < Role.ADMIN)
+        pinned: list[str] = []
         try:
+            await self.ready()
+            for i, n in enumerate(args.nics):
+                if n.type in ("vlan", "vxlan"):
+                    pinned.append(await asyncio.to_thread(
+                        segments.ensure, ctx.config.segments, n.type, n.id, None,
+                        f"nics[{i}].id", True))
             uuid = await self._create(ctx, args, nics, defaults, prefer_uuid, declared,
-                                     (kernel, initrd))
+                                      boot, owner)
         except BaseException:
             for bridge in pinned:
                 segments.unpin(bridge)
             if pinned:  # segments made for nothing go again
                 await asyncio.to_thread(segments.collect)
             raise
+        finally:
+            boot.close()
         for bridge in pinned:
             segments.unpin(bridge)
         return uuid
 
     async def _create(self, ctx: Context, args: CreateArgs, nics: list[dx.Nic],
                       defaults: list[dx.Nic], prefer_uuid: str, declared: str,
-                      boot: tuple[str, str]) -> str:
-        kernel, initrd = boot
+                      boot: bootfiles.BootFiles, owner: Owner) -> str:
         dtype = await self.domain_type()
         uuid = str(uuidlib.uuid4())
         if prefer_uuid and prefer_uuid not in await self.live_uuids():
@@ -379,12 +393,15 @@ class Virt:
                 with contextlib.suppress(NotFound):
                     await self.by_name(args.name, owned=False)  # whoever's it is
                     raise Conflict(f"a VM named {args.name} exists already", field="name")
+                await quota.check(self.conn, ctx.config.virt, owner, args.memory)  # 503
                 vmdir.mkdir(mode=0o711)
                 undo.append(lambda: asyncio.to_thread(shutil.rmtree, vmdir, True))
-                rec: dict[str, Any] = {"uuid": uuid, "name": args.name, "created": time.time()}
+                rec: dict[str, Any] = {"uuid": uuid, "name": args.name, "created": time.time(),
+                                       "owner": owner.to_json()}
                 self._save_record(uuid, rec)
+                kernel, initrd = await asyncio.to_thread(boot.paths, vmdir)
                 meta: dict[str, Any] = {"tags": list(args.tags or ctx.tags),
-                                        "params": _params(args)}
+                                        "params": _params(args), "owner": owner.to_json()}
                 if declared:
                     meta["declared"] = declared
                 if defaults:
@@ -414,6 +431,7 @@ class Virt:
                     serial_log=str(vmdir / "console.log"), vnc=args.vnc, kernel=kernel,
                     initrd=initrd, cmdline=args.cmdline or "", meta=meta)
                 xml = dx.build(spec)
+                self.owners.note(uuid, owner)  # before its first event
                 lv = libvirt_module()
                 try:  # paused: nothing runs until qemu's files are checked
                     dom = await self.conn.call(
@@ -529,35 +547,6 @@ class Virt:
         if rec is not None and rec.get("incoming"):
             rec.pop("incoming")
             self._save_record(uuid, rec)
-
-    async def migrate(self, uuid: str, desturi: str, shared_storage: bool) -> None:
-        """Live-migrate a VM to another libvirtd (peer to peer, tunnelled through libvirt's
-        connection). The VM's forwards and lease here are released; its files stay (with
-        shared storage the destination runs on them)."""
-        lv = libvirt_module()
-        dom = await self.domain(uuid)
-        rec = self.record(uuid) or {"uuid": uuid}
-        rec["migrating"] = desturi
-        self._save_record(uuid, rec)
-        flags = lv.VIR_MIGRATE_LIVE | lv.VIR_MIGRATE_PEER2PEER | lv.VIR_MIGRATE_TUNNELLED
-        flags |= lv.VIR_MIGRATE_UNSAFE if shared_storage else lv.VIR_MIGRATE_NON_SHARED_INC
-        params = {lv.VIR_MIGRATE_PARAM_BANDWIDTH: 10 * 1024}  # MiB/s, 0-core's 10 GB/s cap
-        try:
-            await self.conn.call(lambda c: dom.migrateToURI3(desturi, params, flags))
-        except Exception as e:
-            rec.pop("migrating", None)
-            self._save_record(uuid, rec)
-            raise lv_error(e, f"migration of {uuid} to {desturi}") from None
-        rec.pop("migrating", None)
-        rec["migrated"] = desturi
-        self._save_record(uuid, rec)
-        await self.cleanup(uuid)
-
-
-def owned(name: str, live: dx.Live) -> bool:
-    """Whether a domain is one of core0's VMs: it carries core0's metadata and is not a KVM
-    probe."""
-    return live.core0 and not name.startswith(probe.PREFIX)
 
 
 def _random_mac() -> str:

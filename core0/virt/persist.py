@@ -2,9 +2,11 @@
 
 The mechanism is the containers' (:mod:`core0.declared`): ``kvm.create {persistent: true}``
 records the VM's arguments, their hash and its uuid in
-``<persistent_dir>/vms/<digest of the name>.json``; each dispatcher start re-submits
+``<persistent_dir>/vms/<digest of the name>.json``, with the VM's owner (the declaring queue's
+role and private-queue scope, :mod:`core0.virt.owner`); each dispatcher start re-submits
 ``kvm.create`` for every record as a job of core0's own (a failed one is retried each
-second, :data:`RETRIES` times: libvirtd, a boot service, may not be up yet). A VM of that
+second, :data:`RETRIES` times: libvirtd, a boot service, may not be up yet) with that role,
+and the re-created VM has that owner again (:func:`owner_of`). A VM of that
 name running with the same hash (kept in the domain's metadata, ``declared``) is kept, so
 a dispatcher restart changes nothing; one with another hash is destroyed and created
 again; a gone one is created again under its recorded uuid. ``kvm.destroy``,
@@ -17,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from core0.declared import Declarations, spec_hash
+from core0.declared import Declarations, declared_role, spec_hash
+from core0.virt.owner import Owner
 
 if TYPE_CHECKING:
     from core0.config import Config
@@ -51,11 +54,17 @@ def declaration(cfg: Config, name: str) -> dict[str, Any] | None:
     return VMS.declaration(cfg, name)
 
 
-def declare(cfg: Config, args: CreateArgs, uuid: str, role: int) -> None:
-    """Record (or update) the declaration of VM ``args.name``, made by a queue of ``role``
-    (it is restored with that role, so its paths are resolved as that queue's were:
-    :func:`core0.declared.declared_role`)."""
-    VMS.declare(cfg, args.name, arguments(args), uuid=uuid, role=int(role))
+def declare(cfg: Config, args: CreateArgs, uuid: str, role: int, scope: str = "") -> None:
+    """Record (or update) the declaration of VM ``args.name``, owned by a queue of ``role``
+    and private-queue ``scope`` (it is restored with that role, so its paths are resolved as
+    that queue's were: :func:`core0.declared.declared_role`, and owned by them again)."""
+    VMS.declare(cfg, args.name, arguments(args), uuid=uuid, role=int(role), scope=scope)
+
+
+def owner_of(declaration: dict[str, Any]) -> Owner:
+    """The owner a declaration gives its VM back: the declared role (as restored) and
+    scope."""
+    return Owner(declared_role(declaration), str(declaration.get("scope") or ""))
 
 
 def undeclare(cfg: Config, name: str) -> None:

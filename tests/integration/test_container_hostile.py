@@ -16,7 +16,7 @@ reproduced through the bus, and what core0 answers now.
   containers, and one private queue another's: only a queue that may act on the creating
   queue's jobs may now (403 otherwise, nothing touched);
 - an operator queue could create containers until the node's 1,000 were taken, starving
-  admin: ``[containers] role_max`` caps each role below admin (429 beyond, also for
+  admin: ``[containers] role_max`` caps each role below admin (503 beyond, also for
   concurrent creates);
 - bad input gave 500s (``corex.get`` of ``'²'``, a volume of the wrong type for its target)
   or was written into the container's resolv.conf (``dns`` entries that are no address).
@@ -546,7 +546,7 @@ def roles_of(node: ContainerNode) -> list[int]:
 
 def test_operator_container_cap(qnode: ContainerNode, image: str) -> None:
     """With ``role_max = {operator = 2}``: the operator role's queues (the private one
-    included) get two containers, the third create is 429 and makes nothing (not even the
+    included) get two containers, the third create is 503 and makes nothing (not even the
     import of a host-path root); admin still creates; a terminate frees a place."""
     made = [data(run(qnode, "ops", "corex.create", {"root": image, "nics": []})),
             data(run(qnode, "priv", "corex.create", {"root": image, "nics": []}))]
@@ -555,7 +555,7 @@ def test_operator_container_cap(qnode: ContainerNode, image: str) -> None:
         dirs = containers(qnode)
         for q, root in (("ops", image), ("priv", image), ("ops", str(FSROOT / "img"))):
             res = run(qnode, q, "corex.create", {"root": root, "nics": []})
-            assert res["state"] == "ERROR" and res["code"] == 429, (q, res)
+            assert res["state"] == "ERROR" and res["code"] == 503, (q, res)
             assert "containers.role_max" in res["data"], res
         assert containers(qnode) == dirs
         assert data(run(qnode, "default", "container.image.list", {})) == images_before
@@ -574,7 +574,7 @@ def test_concurrent_creates_keep_the_cap(qnode: ContainerNode, image: str) -> No
     """Eight operator creates pushed at once (one batch: concurrent jobs of the dispatcher's
     loop): their root a host path not imported yet, so each passes the early check, then
     waits for an import thread before it takes an id. Exactly the cap succeed, the others are
-    429, and no more than the cap ever exist."""
+    503, and no more than the cap ever exist."""
     r = redis.Redis(unix_socket_path=qnode.socket, socket_timeout=90)
     ids = [uuid.uuid4().hex for _ in range(8)]
     root = str(FSROOT / "img")
@@ -589,7 +589,7 @@ def test_concurrent_creates_keep_the_cap(qnode: ContainerNode, image: str) -> No
     try:
         assert len(made) == CAP, results
         assert sorted(res["code"] for res in results if res["state"] != "SUCCESS") \
-            == [429] * (len(ids) - CAP), results
+            == [503] * (len(ids) - CAP), results
         assert roles_of(qnode) == [2] * CAP
     finally:
         for cid in made:

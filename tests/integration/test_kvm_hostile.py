@@ -1,8 +1,9 @@
 """Hostile use of ``kvm.*`` from operator and read-only queues (and careless admin input).
 
 A node in its own "host" network namespace with a private libvirtd (tests/kvm_env.py,
-tests/virt_fixtures.py) serves ``default`` (admin), ``ops`` (operator) and ``ro``
-(read-only). Its filesystem root is a temp dir; a "host secret" file lies outside it.
+tests/virt_fixtures.py) serves ``default`` (admin), ``ops`` (operator), ``ro`` (read-only)
+and ``pops`` (a private operator queue). Its filesystem root is a temp dir; a "host secret"
+file lies outside it.
 
 - Disk images name other files themselves: a qcow2 whose external data file or backing file
   is outside the root, is a network address (``nbd+unix://``, ``json:``), is missing, or whose
@@ -16,36 +17,44 @@ tests/virt_fixtures.py) serves ``default`` (admin), ``ops`` (operator) and ``ro`
 - Bad input that libvirt or qemu would refuse only after the VM started (a lone surrogate, a
   fifth IDE device, an iotune max without its base, an image another VM holds) is a 4xx,
   and a refused create leaves no domain, no VM directory behind; the node logs no traceback.
+- A VM is its creating queue's (403 for other queues' acting commands, its kernel command
+  line redacted for them, its events theirs only; owners survive a restart); per-role caps
+  refuse with 503 and leave nothing; kvm.convert-image reads the descriptors it checked; a
+  direct-boot kernel is a copy in the VM's directory.
 
-The only guest is a diskless-firmware VM (a blank disk, no kernel: SeaBIOS finds nothing to
-boot), enough for libvirt to hold a running core0 domain.
+The guests are firmware-only VMs (a blank disk: SeaBIOS finds nothing to boot) and one
+kernel that boots no further than its memory lets it: enough for running core0 domains.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-import socket
+import socketserver
 import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import code_of
-from kvm_env import start_node
+from conftest import code_of, wait_until
+from kvm_env import events_of, seen, spawn_node, start_node
 from net_fixtures import NetNode, netns
 from virt_fixtures import Libvirtd, guest_files, libvirtd
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
-CONFIG = ('[main]\nfilesystem_root = "{root}"\n'
-          '[bus]\nqueues = {{default = "admin", ops = "operator", ro = "read-only"}}\n'
-          '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n')
+CONFIG = ('[main]\nfilesystem_root = "{root}"\npersistent_dir = "{persist}"\n'
+          '[bus]\nqueues = {{default = "admin", ops = "operator", ro = "read-only", '
+          'pops = "operator"}}\nprivate_queues = ["pops"]\n'
+          '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n'
+          'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n')
 SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 FOREIGN_XML = ("<domain type='qemu'><name>foreign</name><memory unit='MiB'>16</memory>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
@@ -60,9 +69,15 @@ class Env:
     root: Path  #: the node's filesystem root
     vdir: Path  #: virt.dir
     secret: Path  #: a host file outside the root
+    cfg: Path
     admin: Any
     op: Any
     ro: Any
+    pop: Any  #: an operator's private queue
+
+    def connect(self) -> None:
+        self.admin, self.op, self.ro, self.pop = (self.node.client(q, timeout=120)
+                                                  for q in (None, "ops", "ro", "pops"))
 
 
 def _img(*argv: str) -> None:
@@ -82,16 +97,17 @@ def env() -> Iterator[Env]:
         with netns("host") as ns, libvirtd(ns.name) as lv:
             cfg = base / "core0.toml"
             cfg.write_text(CONFIG.format(root=root, uri=lv.uri, vdir=vdir,
-                                         kernel=root / "images/vmlinuz"))
-            node = start_node(ns, base, cfg)
-            clients = [node.client(q, timeout=120) for q in (None, "ops", "ro")]
+                                         kernel=root / "images/vmlinuz",
+                                         persist=base / "persist"))
+            e = Env(start_node(ns, base, cfg), lv, base, root, vdir, secret, cfg, *[None] * 4)
+            e.connect()
             try:
-                yield Env(node, lv, base, root, vdir, secret, *clients)
+                yield e
             finally:
-                for c in clients:
+                for c in (e.admin, e.op, e.ro, e.pop):
                     with contextlib.suppress(Exception):
                         c.close()
-                node.stop()
+                e.node.stop()
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
@@ -114,50 +130,56 @@ def _create(env: Env, name: str, **kw: Any) -> int:
     return code_of(env.op.json, "kvm.create", args)
 
 
-def _domains(env: Env) -> list[str]:
+@contextlib.contextmanager
+def _lv(env: Env) -> Iterator[Any]:
     import libvirt
 
     conn = libvirt.open(env.lv.uri)
     try:
-        return sorted(d.name() for d in conn.listAllDomains(0)
-                      if not d.name().startswith("core0-kvm-probe-"))
+        yield conn
     finally:
         conn.close()
+
+
+def _domains(env: Env) -> list[str]:
+    with _lv(env) as conn:
+        return sorted(d.name() for d in conn.listAllDomains(0)
+                      if not d.name().startswith("core0-kvm-probe-"))
 
 
 def _vm_dirs(env: Env) -> set[str]:
     return {p.name for p in env.vdir.glob("*-*-*-*-*")} if env.vdir.exists() else set()
 
 
-class _Listener:
+#: every kvm.* command that acts on one VM, with arguments that pass the schema
+ACTS: list[tuple[str, dict[str, Any]]] = [
+    ("kvm.destroy", {}), ("kvm.shutdown", {"timeout": 1}), ("kvm.reboot", {}), ("kvm.reset", {}),
+    ("kvm.pause", {}), ("kvm.resume", {}), ("kvm.attach_disk", {"media": {"url": "/images/b.raw"}}),
+    ("kvm.detach_disk", {"media": {"url": "/images/adm.raw"}}),
+    ("kvm.add_nic", {"type": "bridge", "id": "kvm0"}),
+    ("kvm.remove_nic", {"type": "bridge", "hwaddr": "52:54:00:00:00:01"}),
+    ("kvm.limit_disk_io", {"media": {"url": "/images/adm.raw"}, "totalbytessec": 1,
+                           "totalbytessecset": True}),
+    ("kvm.portforward-add", {"host_port": "8080", "container_port": 80}),
+    ("kvm.portforward-remove", {"host_port": "8080", "container_port": 80}),
+    ("kvm.migrate", {"desturi": "qemu+tcp://10.250.0.2/system"})]
+
+
+class _Listener(socketserver.ThreadingUnixStreamServer):
     """A unix socket that counts the connections made to it (qemu-img's nbd client)."""
 
     def __init__(self, path: Path):
-        self.path = path
         self.count = 0
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+        super().__init__(str(path), socketserver.BaseRequestHandler)
+        threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.count += 1
-            conn.close()
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.count += 1
+        return False  # closed at once
 
     def close(self) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.sock.close()
+        self.shutdown()
+        self.server_close()
 
 
 def test_images_naming_host_files_refused(env: Env) -> None:
@@ -223,6 +245,21 @@ def _qemu_files(uuid: str) -> list[str]:
     return []
 
 
+def _flip(stop: threading.Event, link: Path, real: Path, target: Path,
+          times: tuple[float, float] = (0.04, 0.06)) -> None:
+    """Until ``stop`` is set: ``link`` a symlink to ``target`` for ``times[0]`` seconds,
+    then a hard link of ``real`` for ``times[1]``."""
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            os.symlink(target, link.with_name(".l"))
+            os.replace(link.with_name(".l"), link)
+        stop.wait(times[0])
+        with contextlib.suppress(OSError):
+            os.link(real, link.with_name(".f"))
+            os.replace(link.with_name(".f"), link)
+        stop.wait(times[1])
+
+
 def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
     """A disk path flipping between a checked file and a symlink to a host file (what an
     operator's container with the root bind-mounted can do) while kvm.create runs: no VM ever
@@ -230,20 +267,8 @@ def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
     img = env.root / "images"
     real, race = img / "race.real", img / "race.raw"
     _img("-f", "raw", str(real), "1M")
-    stop = threading.Event()
-
-    def flip() -> None:  # a symlink 40 ms of every 100: core0's checks and qemu's open differ
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                os.symlink(env.secret, img / ".l")
-                os.replace(img / ".l", race)
-            stop.wait(0.04)
-            with contextlib.suppress(OSError):
-                os.link(real, img / ".f")
-                os.replace(img / ".f", race)
-            stop.wait(0.06)
-
-    t = threading.Thread(target=flip, daemon=True)
+    stop = threading.Event()  # a symlink 40 ms of every 100: core0's checks and qemu's open differ
+    t = threading.Thread(target=_flip, args=(stop, race, real, env.secret), daemon=True)
     t.start()
     made, codes = [], []
     try:
@@ -314,8 +339,7 @@ def test_foreign_domains_left_alone(env: Env, vm: str) -> None:
     running unpaused; its name is taken (409); the probe's names are refused (400)."""
     import libvirt
 
-    conn = libvirt.open(env.lv.uri)
-    try:
+    with _lv(env) as conn:
         dom = conn.createXML(FOREIGN_XML, 0)
         fu = dom.UUIDString()
         try:
@@ -323,12 +347,7 @@ def test_foreign_domains_left_alone(env: Env, vm: str) -> None:
             assert code_of(env.ro.json, "kvm.get", {"uuid": fu}) == 404
             assert code_of(env.ro.json, "kvm.get", {"name": "foreign"}) == 404
             assert code_of(env.ro.json, "kvm.info", {"uuid": fu}) == 404
-            for cmd, extra in (("kvm.pause", {}), ("kvm.reset", {}), ("kvm.reboot", {}),
-                               ("kvm.shutdown", {}), ("kvm.destroy", {}),
-                               ("kvm.attach_disk", {"media": {"url": "/images/vm.raw"}}),
-                               ("kvm.migrate", {"desturi": "qemu+tcp://10.250.0.2/system"}),
-                               ("kvm.portforward-add", {"host_port": "8080",
-                                                        "container_port": 80})):
+            for cmd, extra in ACTS:
                 assert code_of(env.op.sync, cmd, {"uuid": fu, **extra}) == 404, cmd
             assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
             assert _create(env, "foreign", media=[{"url": "/images/vm.raw"}]) == 409
@@ -336,8 +355,6 @@ def test_foreign_domains_left_alone(env: Env, vm: str) -> None:
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
-    finally:
-        conn.close()
     assert env.admin.json("kvm.get", {"uuid": vm})["state"] == "running"
 
 
@@ -360,7 +377,7 @@ def test_migrate_only_to_another_hosts_libvirtd(env: Env, vm: str) -> None:
                 "qemu+tcp://u:pw@10.250.0.2/system", "qemu+tcp://10.250.0.2/system#x"):
         assert code_of(env.op.sync, "kvm.migrate", {"uuid": vm, "desturi": uri}) == 400, uri
     assert not ran.exists()
-    rec = __import__("json").loads((env.vdir / vm / "vm.json").read_text())
+    rec = json.loads((env.vdir / vm / "vm.json").read_text())
     assert "migrating" not in rec and "migrated" not in rec
     assert env.ro.json("kvm.get", {"uuid": vm})["state"] == "running"
 
@@ -408,3 +425,197 @@ def test_bad_input_is_4xx_and_leaves_nothing(env: Env, vm: str) -> None:
     log = env.node.log_text()
     assert "Traceback" not in log, log[-3000:]
     assert os.path.exists(env.node.socket)
+
+
+# ---------------------------------------------------------------- owners, caps, descriptors
+
+
+def _running(env: Env, *uuids: str) -> bool:
+    with _lv(env) as conn, contextlib.suppress(Exception):
+        return all(conn.lookupByUUIDString(u).state()[0] == 1 for u in uuids)  # RUNNING
+    return False
+
+
+@pytest.fixture(scope="module")
+def adm(env: Env) -> Iterator[str]:
+    """A running VM made by the admin queue (firmware only, like ``vm``)."""
+    _img("-f", "raw", str(env.root / "images/adm.raw"), "1M")
+    uuid = env.admin.json("kvm.create", {"name": "adm", "memory": 32, "media": [
+        {"url": "/images/adm.raw", "format": "raw"}]})
+    yield uuid
+    with contextlib.suppress(Exception):
+        env.admin.sync("kvm.destroy", {"uuid": uuid})
+
+
+def test_a_vm_is_its_creators(env: Env, vm: str, adm: str) -> None:
+    """An operator queue gets 403 for every acting command on the admin's VM, a private
+    operator queue on the other operator queue's VM too, and the VMs run on, unpaused; the
+    owner's queue and admin act on theirs. Read-only and the private queue see the kernel
+    command line redacted; the kernel qemu loaded is core0's copy in the VM's directory."""
+    for c, target in ((env.op, adm), (env.pop, adm), (env.pop, vm)):
+        for cmd, extra in ACTS:
+            assert code_of(c.sync, cmd, {"uuid": target, **extra}) == 403, (cmd, target)
+    assert _running(env, vm, adm) and (env.vdir / adm).is_dir()
+    for c in (env.op, env.admin):
+        c.sync("kvm.pause", {"uuid": vm})
+        c.sync("kvm.resume", {"uuid": vm})
+    uuid = env.op.json("kvm.create", {"name": "kern", "memory": 32, "kernel": "/images/vmlinuz",
+                                      "cmdline": "console=ttyS0 token=s3cr3t"})
+    try:
+        for c in (env.ro, env.pop):
+            params = c.json("kvm.get", {"uuid": uuid})["params"]
+            assert params["cmdline"] == "<redacted>" and params["kernel"] == "/images/vmlinuz"
+            assert "s3cr3t" not in json.dumps(c.json("kvm.list"))
+        for c in (env.op, env.admin):
+            assert c.json("kvm.get", {"name": "kern"})["params"]["cmdline"].endswith("s3cr3t")
+        with _lv(env) as conn:
+            xml = conn.lookupByUUIDString(uuid).XMLDesc(0)
+        copy = env.vdir / uuid / "kernel"
+        assert f"<kernel>{copy}</kernel>" in xml
+        assert copy.read_bytes() == (env.root / "images/vmlinuz").read_bytes()
+    finally:
+        env.op.sync("kvm.destroy", {"uuid": uuid})
+    assert _running(env, vm) and not (env.vdir / uuid).exists()
+
+
+def test_events_only_of_visible_vms(env: Env, vm: str) -> None:
+    """kvm.events: a foreign domain's events reach nobody; the operator's VM's events reach
+    admin and that operator queue, not a read-only or another (private) operator queue."""
+    jobs = {name: c.raw("kvm.events", {}).id for name, c in (
+        ("admin", env.admin), ("op", env.op), ("ro", env.ro), ("pop", env.pop))}
+    try:
+        for job in jobs.values():
+            assert wait_until(lambda j=job: any(e["event"] == "subscribed"
+                                                for e in events_of(env, j)), 30)
+        with _lv(env) as conn:
+            dom = conn.createXML(FOREIGN_XML, 0)
+            fu = dom.UUIDString()
+            dom.suspend()
+            dom.resume()
+            dom.destroy()
+        env.op.sync("kvm.pause", {"uuid": vm})
+        env.op.sync("kvm.resume", {"uuid": vm})
+        assert wait_until(lambda: all(seen(env, jobs[n], vm, "resumed")  # type: ignore[arg-type]
+                                      for n in ("admin", "op")), 15)
+        threading.Event().wait(0.5)  # the other two had the same events to filter
+        for name, job in jobs.items():
+            got = {e["uuid"] for e in events_of(env, job)}  # type: ignore[arg-type]
+            assert fu not in got and (vm in got) == (name in ("admin", "op")), (name, got)
+    finally:
+        for job in jobs.values():
+            with contextlib.suppress(Exception):
+                env.admin.job.kill(job)
+
+
+def test_role_caps(env: Env, vm: str) -> None:
+    """virt.role_max_vms = 4 and role_max_memory_mib = 600 for operators (both operator
+    queues count): of five concurrent creates with the operator's VM running, three pass and
+    two get 503; more memory than is left: 503. A refused create leaves no domain, no VM
+    directory (no overlay). Admin has no cap."""
+    _img("-f", "qcow2", str(env.root / "images/capbase.qcow2"), "1M")
+    args = {"memory": 32, "media": [{"url": "/images/capbase.qcow2", "overlay": True}]}
+    dirs, doms = _vm_dirs(env), _domains(env)
+    clients = [env.node.client("pops" if i % 2 else "ops", timeout=120) for i in range(5)]
+
+    def make(i: int) -> Any:
+        try:
+            return clients[i].json("kvm.create", {**args, "name": f"cap{i}"})
+        except Exception as e:
+            return getattr(e, "code", e)
+
+    with ThreadPoolExecutor(5) as pool:
+        out = list(pool.map(make, range(5)))
+    made = [u for u in out if isinstance(u, str)]
+    try:
+        assert out.count(503) == 2 and len(made) == 3, out
+        assert _vm_dirs(env) == dirs | set(made) and len(_domains(env)) == len(doms) + 3
+        assert code_of(env.op.json, "kvm.create", {**args, "name": "cap9"}) == 503
+    finally:
+        for u in made:
+            env.admin.sync("kvm.destroy", {"uuid": u})
+        for c in clients:
+            c.close()
+    assert code_of(env.pop.json, "kvm.create", {**args, "name": "big", "memory": 580}) == 503
+    assert _vm_dirs(env) == dirs and _domains(env) == doms
+    env.admin.sync("kvm.destroy", {"uuid": env.admin.json("kvm.create", {
+        **args, "name": "big", "memory": 640})})
+
+
+def test_convert_image_reads_what_it_checked(env: Env) -> None:
+    """kvm.convert-image's input path flipping to a symlink to a host file, then an image's
+    header flipping between a backing file inside the root and the host file: no output ever
+    holds the host file's bytes (qemu-img reads the checked descriptors, the chain given
+    explicitly). Both fail on a convert that reads by path."""
+    img = env.root / "images"
+    (img / "cin.real").write_bytes(b"INSIDE-THE-ROOT\n" * 65536)
+    outs: list[Path] = []
+    codes: list[int] = []
+
+    def convert(name: str, n: int, flipper: Any, *a: Any) -> None:
+        outs.clear()
+        stop = threading.Event()
+        t = threading.Thread(target=flipper, args=(stop, *a), daemon=True)
+        t.start()
+        try:
+            for i in range(n):
+                try:
+                    env.op.sync("kvm.convert-image", {"input_file": f"/images/{name}",
+                                                      "output_file": f"/images/{name}{i}.out",
+                                                      "output_format": "raw"})
+                    outs.append(img / f"{name}{i}.out")
+                except Exception as e:
+                    codes.append(getattr(e, "code", 0))
+        finally:
+            stop.set()
+            t.join(5)
+        assert outs and all(SECRET not in p.read_bytes() for p in outs), (name, len(outs))
+
+    # a symlink 1 ms of every 3
+    convert("cin.raw", 16, _flip, img / "cin.raw", img / "cin.real", env.secret, (0.001, 0.002))
+    assert set(codes) <= {400, 404, 409}, codes
+    # the same header naming a backing file inside the root, or the host file
+    for name, backing in (("hin", img / "cin.real"), ("hout", env.secret)):
+        _img("-f", "qcow2", "-u", "-F", "raw", "-b", str(backing), str(img / name), "1M")
+    heads = [(img / n).read_bytes()[:4096] for n in ("hout", "hin")]
+    (img / "top.qcow2").write_bytes((img / "hin").read_bytes())
+
+    def rewrite(stop: threading.Event) -> None:
+        fd = os.open(img / "top.qcow2", os.O_WRONLY)
+        while not stop.is_set():
+            for h, pause in zip(heads, (0.02, 0.03), strict=True):
+                os.pwrite(fd, h, 0)
+                stop.wait(pause)
+        os.close(fd)
+
+    convert("top.qcow2", 12, rewrite)
+
+
+def test_owners_survive_restart_and_redeclaration(env: Env, vm: str, adm: str) -> None:
+    """A private operator queue declares a VM: another queue may not declare it again (same
+    or changed spec: 403). The node stops, the declared VM dies meanwhile (a reboot, for it),
+    the node starts again: the VM is back and still the private queue's; the other VMs ran
+    on and are still their owners'."""
+    spec = {"name": "pdecl", "memory": 32, "persistent": True, "cmdline": "k=secret",
+            "media": [{"url": "/images/pdecl.raw", "format": "raw"}]}
+    _img("-f", "raw", str(env.root / "images/pdecl.raw"), "1M")
+    pu = env.pop.json("kvm.create", spec)
+    assert code_of(env.op.json, "kvm.create", spec) == 403
+    assert code_of(env.op.json, "kvm.create", {**spec, "memory": 48}) == 403
+    assert env.pop.json("kvm.create", spec) == pu
+    for c in (env.admin, env.op, env.ro, env.pop):
+        c.close()
+    env.node.stop()
+    with _lv(env) as conn:
+        conn.lookupByUUIDString(pu).destroy()
+    env.node = spawn_node(env.node.ns, env.base, env.cfg)
+    env.connect()
+
+    assert wait_until(lambda: _running(env, pu), 60), env.node.log_text()[-3000:]
+    for c, target in ((env.op, pu), (env.op, adm), (env.pop, vm), (env.pop, adm)):
+        assert code_of(c.sync, "kvm.pause", {"uuid": target}) == 403, target
+    for c, target in ((env.pop, pu), (env.op, vm)):
+        c.sync("kvm.pause", {"uuid": target})
+        c.sync("kvm.resume", {"uuid": target})
+    assert env.ro.json("kvm.get", {"uuid": pu})["params"]["cmdline"] == "<redacted>"
+    env.pop.sync("kvm.destroy", {"uuid": pu})
+    assert not list((env.base / "persist" / "vms").iterdir())
