@@ -31,15 +31,18 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "initramfs-builder"))
@@ -325,3 +328,48 @@ if __name__ == "__main__":
     if len(sys.argv) > 4 and sys.argv[1] == "nsexec" and sys.argv[3] == "--":
         _nsexec(sys.argv[2], sys.argv[4:])
     sys.exit("usage: virt_fixtures.py nsexec <base> -- argv...")
+
+
+# ---------------------------------------------------------------- hostile-use helpers
+
+class Listener(socketserver.ThreadingUnixStreamServer):
+    """A unix socket that counts the connections made to it (qemu-img's nbd client)."""
+
+    def __init__(self, path: Path):
+        self.count = 0
+        super().__init__(str(path), socketserver.BaseRequestHandler)
+        threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        self.count += 1
+        return False  # closed at once
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+def qemu_files(uuid: str) -> list[str]:
+    """The regular files the qemu of VM ``uuid`` holds open (psutil, by its -uuid)."""
+    import psutil
+
+    for p in psutil.process_iter(["cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if cmd and os.path.basename(cmd[0]).startswith("qemu-system") and uuid in cmd:
+            return [f.path for f in p.open_files()]
+    return []
+
+
+def flip(stop: threading.Event, link: Path, real: Path, target: Path,
+          times: tuple[float, float] = (0.04, 0.06)) -> None:
+    """Until ``stop`` is set: ``link`` a symlink to ``target`` for ``times[0]`` seconds,
+    then a hard link of ``real`` for ``times[1]``."""
+    while not stop.is_set():
+        with contextlib.suppress(OSError):
+            os.symlink(target, link.with_name(".l"))
+            os.replace(link.with_name(".l"), link)
+        stop.wait(times[0])
+        with contextlib.suppress(OSError):
+            os.link(real, link.with_name(".f"))
+            os.replace(link.with_name(".f"), link)
+        stop.wait(times[1])

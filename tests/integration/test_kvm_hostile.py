@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import shutil
-import socketserver
 import subprocess
 import tempfile
 import threading
@@ -46,7 +45,7 @@ import pytest
 from conftest import code_of, wait_until
 from kvm_env import events_of, seen, spawn_node, start_node
 from net_fixtures import NetNode, netns
-from virt_fixtures import Libvirtd, guest_files, libvirtd
+from virt_fixtures import Libvirtd, Listener, flip, guest_files, libvirtd, qemu_files
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
@@ -165,23 +164,6 @@ ACTS: list[tuple[str, dict[str, Any]]] = [
     ("kvm.migrate", {"desturi": "qemu+tcp://10.250.0.2/system"})]
 
 
-class _Listener(socketserver.ThreadingUnixStreamServer):
-    """A unix socket that counts the connections made to it (qemu-img's nbd client)."""
-
-    def __init__(self, path: Path):
-        self.count = 0
-        super().__init__(str(path), socketserver.BaseRequestHandler)
-        threading.Thread(target=self.serve_forever, args=(0.1,), daemon=True).start()
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        self.count += 1
-        return False  # closed at once
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
 def test_images_naming_host_files_refused(env: Env) -> None:
     """qcow2 data files and backing files outside the root, network backing files, missing
     ones and over-deep chains: 400 from kvm.create and kvm.convert-image, and nothing opens
@@ -209,7 +191,7 @@ def test_images_naming_host_files_refused(env: Env) -> None:
         _img("-f", "qcow2", "-F", "raw" if i == 0 else "qcow2", "-b", prev,
              str(img / f"deep{i}.qcow2"), "1M")
         prev = f"deep{i}.qcow2"
-    listener = _Listener(sock)
+    listener = Listener(sock)
     try:
         for name in ("df", "dfin", "out", "nbd", "js", "missing", "oracle", "vialink",
                      "deep16"):
@@ -234,32 +216,6 @@ def test_images_naming_host_files_refused(env: Env) -> None:
     assert _domains(env) == [] and _vm_dirs(env) == set()
 
 
-def _qemu_files(uuid: str) -> list[str]:
-    """The regular files the qemu of VM ``uuid`` holds open (psutil, by its -uuid)."""
-    import psutil
-
-    for p in psutil.process_iter(["cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if cmd and os.path.basename(cmd[0]).startswith("qemu-system") and uuid in cmd:
-            return [f.path for f in p.open_files()]
-    return []
-
-
-def _flip(stop: threading.Event, link: Path, real: Path, target: Path,
-          times: tuple[float, float] = (0.04, 0.06)) -> None:
-    """Until ``stop`` is set: ``link`` a symlink to ``target`` for ``times[0]`` seconds,
-    then a hard link of ``real`` for ``times[1]``."""
-    while not stop.is_set():
-        with contextlib.suppress(OSError):
-            os.symlink(target, link.with_name(".l"))
-            os.replace(link.with_name(".l"), link)
-        stop.wait(times[0])
-        with contextlib.suppress(OSError):
-            os.link(real, link.with_name(".f"))
-            os.replace(link.with_name(".f"), link)
-        stop.wait(times[1])
-
-
 def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
     """A disk path flipping between a checked file and a symlink to a host file (what an
     operator's container with the root bind-mounted can do) while kvm.create runs: no VM ever
@@ -268,7 +224,7 @@ def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
     real, race = img / "race.real", img / "race.raw"
     _img("-f", "raw", str(real), "1M")
     stop = threading.Event()  # a symlink 40 ms of every 100: core0's checks and qemu's open differ
-    t = threading.Thread(target=_flip, args=(stop, race, real, env.secret), daemon=True)
+    t = threading.Thread(target=flip, args=(stop, race, real, env.secret), daemon=True)
     t.start()
     made, codes = [], []
     try:
@@ -280,7 +236,7 @@ def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
             except Exception as e:
                 codes.append(getattr(e, "code", 0))
                 continue
-            files = _qemu_files(uuid)
+            files = qemu_files(uuid)
             env.admin.sync("kvm.destroy", {"uuid": uuid})
             made.append(files)
     finally:
@@ -571,7 +527,7 @@ def test_convert_image_reads_what_it_checked(env: Env) -> None:
         assert outs and all(SECRET not in p.read_bytes() for p in outs), (name, len(outs))
 
     # a symlink 1 ms of every 3
-    convert("cin.raw", 16, _flip, img / "cin.raw", img / "cin.real", env.secret, (0.001, 0.002))
+    convert("cin.raw", 16, flip, img / "cin.raw", img / "cin.real", env.secret, (0.001, 0.002))
     assert set(codes) <= {400, 404, 409}, codes
     # the same header naming a backing file inside the root, or the host file
     for name, backing in (("hin", img / "cin.real"), ("hout", env.secret)):
