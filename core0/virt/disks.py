@@ -26,7 +26,7 @@ import stat
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from core0.errors import BadRequest, CommandError, Conflict, ToolError
+from core0.errors import BadRequest, CommandError, Conflict, ToolError, Unavailable
 from core0.fspath import Root, oserror
 from core0.virt.guard import Ident, ident
 
@@ -308,4 +308,15 @@ async def create(ctx: Context, path: str, fmt: str, size: str) -> None:
 
 
 async def convert(ctx: Context, src: str, dst: str, fmt: str) -> None:
-    await ctx.run([QEMU_IMG, "convert", "-O", fmt, "--", src, dst], timeout=3600)
+    """``qemu-img convert``: 409 when a running VM holds the input (qemu's image lock), 503
+    when the node has no space left for the output, 400 for what qemu-img refuses of the
+    image itself (a 500 before)."""
+    try:
+        await ctx.run([QEMU_IMG, "convert", "-O", fmt, "--", src, dst], timeout=3600)
+    except ToolError as e:
+        msg = e.stderr.strip()[-300:]
+        if "lock" in msg:
+            raise Conflict(f"qemu-img convert: the image is in use ({msg})") from None
+        if "No space left" in msg:
+            raise Unavailable(f"qemu-img convert: {msg}") from None
+        raise BadRequest(f"qemu-img convert: {msg}") from None

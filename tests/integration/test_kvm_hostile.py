@@ -372,6 +372,10 @@ def test_bad_input_is_4xx_and_leaves_nothing(env: Env, vm: str) -> None:
     # an image qemu holds for another VM (or twice in one): 409, not 500
     assert _create(env, "twice", media=[disk, disk]) == 409
     assert _create(env, "taken", media=[{"url": "/images/vm.raw", "format": "raw"}]) == 409
+    assert code_of(env.op.sync, "kvm.convert-image", {  # qemu-img's lock: 409, not 500
+        "input_file": "/images/vm.raw", "output_file": "/images/vm.qcow2",
+        "output_format": "qcow2"}) == 409
+    assert not (img / "vm.qcow2").exists()
     assert _domains(env) == ["fw"] and _vm_dirs(env) == before
     # a valid iotune still applies
     env.op.sync("kvm.limit_disk_io", {"uuid": vm, "media": {"url": "/images/vm.raw"},
