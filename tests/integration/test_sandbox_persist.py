@@ -177,6 +177,19 @@ def test_concurrent_declarations_and_a_removed_declaration() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def started_with_bb(ns: Any, nbase: Path, cfg: Path, base: Path) -> ContainerNode:
+    """A node started in ``ns`` with the busybox image ``bb`` imported."""
+    node = start_container_node(ns, nbase, str(cfg))
+    try:
+        ok(node, "container.image.import", {"name": "bb",
+                                            "source": str(busybox_rootfs(base / "r"))})
+    except BaseException:
+        node.stop()
+        cleanup_containers(node)
+        raise
+    return node
+
+
 def test_a_declaration_is_restored_with_the_declaring_role() -> None:
     """An operator's declared container is restored with the operator role: its volume's
     host path is resolved inside ``main.filesystem_root`` again, so a directory replaced by
@@ -198,10 +211,8 @@ def test_a_declaration_is_restored_with_the_declaring_role() -> None:
 
     try:
         with netns("psr") as ns:
-            node = start_container_node(ns, nbase, str(cfg))
+            node = started_with_bb(ns, nbase, cfg, base)
             try:
-                ok(node, "container.image.import", {"name": "bb",
-                                                    "source": str(busybox_rootfs(base / "r"))})
                 ops = Client(unix_socket_path=node.socket, timeout=60, queue="ops")
                 try:
                     r = ops.raw("corex.create", {
@@ -255,10 +266,8 @@ def test_a_private_queues_declaration_stays_its_own() -> None:
 
     try:
         with netns("pss") as ns:
-            node = start_container_node(ns, nbase, str(cfg))
+            node = started_with_bb(ns, nbase, cfg, base)
             try:
-                ok(node, "container.image.import", {"name": "bb",
-                                                    "source": str(busybox_rootfs(base / "r"))})
                 r = push(node, "priv", "corex.create",
                          {"root": "bb", "name": "mine", "persistent": True, "nics": []})
                 assert r.state.value == "SUCCESS", r.data
