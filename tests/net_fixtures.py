@@ -14,6 +14,7 @@ Test fixtures may use subprocess and the ``ip`` CLI; core0 itself never does.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import itertools
 import os
@@ -23,10 +24,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -295,3 +298,31 @@ def dns_answers(ns: Netns, server: str, name: str = "core0-test.invalid") -> str
     """Ask ``server`` for ``name`` from inside ``ns``; the reply summary, None if no reply."""
     r = ns.run(sys.executable, "-c", _DNS_PROBE, server, name, check=False)
     return r.stdout.strip() if r.returncode == 0 else None
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_T = TypeVar("_T")
+
+
+def in_netns(path: str, fn: Callable[[], _T]) -> _T:
+    """``fn()`` run by a thread that entered the netns ``path`` (the sockets it makes belong
+    to that netns; this process's other threads stay where they are)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _LIBC.setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                raise OSError(ctypes.get_errno(), "setns")
+            out["v"] = fn()
+        except BaseException as e:  # (handed to the caller)
+            out["e"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out["v"]  # type: ignore[no-any-return]

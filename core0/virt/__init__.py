@@ -13,7 +13,8 @@
 - :mod:`core0.virt.probe` — the domain type chosen by a real probe (kvm only where a guest
   kernel really runs under it, else qemu/TCG);
 - :mod:`core0.virt.network` — the ``kvm0`` NAT bridge, per-VM static leases and port forwards
-  (owner ``vm:<uuid>``) on core0's network machinery;
+  (owner ``vm:<uuid>``) on core0's network machinery; :mod:`core0.virt.guards` — the port
+  guards of the VMs' taps on it (no spoofing: :mod:`core0.net.portguard`);
 - :mod:`core0.virt.manager` — the VM records (``<virt dir>/<uuid>``), creation with rollback,
   cleanup when a VM stops, reconciliation;
 - :mod:`core0.virt.owner` — a VM's owner (the creating queue's role and scope) and who may

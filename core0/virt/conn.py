@@ -7,7 +7,7 @@ and keepalive notice it too, and a watchdog task reconnects with backoff, re-reg
 event callbacks and publishes a ``connection`` event (``lost``, then ``reconnected``).
 
 Events: libvirt's own default event loop implementation runs in one dedicated thread; the
-lifecycle and device-removed callbacks hand each event to the asyncio loop with
+lifecycle, device-added and device-removed callbacks hand each event to the asyncio loop with
 ``call_soon_threadsafe``, where it is fanned out to bounded subscriber queues. libvirtaio
 (libvirt's asyncio event implementation) was tried first and not kept: its handle and timer
 bookkeeping calls ``loop.add_reader`` directly from whatever thread libvirt calls it on, and
@@ -210,6 +210,9 @@ class Conn:
                                         self._on_lifecycle, None)
             conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED,
                                         self._on_device_removed, None)
+            # a hot-plugged nic: its port guard (core0/virt/guards.py)
+            conn.domainEventRegisterAny(None, lv.VIR_DOMAIN_EVENT_ID_DEVICE_ADDED,
+                                        self._on_device_added, None)
         except lv.libvirtError:
             with contextlib.suppress(lv.libvirtError):
                 conn.close()
@@ -291,3 +294,8 @@ class Conn:
                            _opaque: object) -> None:
         self._from_thread({"uuid": dom.UUIDString(), "name": dom.name(),
                            "event": "device_removed", "detail": alias})
+
+    def _on_device_added(self, conn: libvirt.virConnect, dom: libvirt.virDomain, alias: str,
+                         _opaque: object) -> None:
+        self._from_thread({"uuid": dom.UUIDString(), "name": dom.name(),
+                           "event": "device_added", "detail": alias})

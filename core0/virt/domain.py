@@ -34,6 +34,7 @@ class Nic:
     bridge: str
     mac: str
     kind: str = "default"  #: default | bridge (0-core's nic type)
+    target: str = ""  #: the tap's name (libvirt's vnetN when empty; core0/virt/guards.py)
 
 
 @dataclass
@@ -95,6 +96,8 @@ def nic_element(n: Nic) -> ET.Element:
     _sub(e, "source", bridge=n.bridge)
     _sub(e, "mac", address=n.mac)
     _sub(e, "model", type="virtio")
+    if n.target:
+        _sub(e, "target", dev=n.target)
     return e
 
 

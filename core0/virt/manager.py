@@ -4,10 +4,10 @@ VMs are transient libvirt domains: they run under libvirtd, not under the dispat
 dispatcher restart leaves them running; the new dispatcher finds them (and their uuids) in
 libvirt, and core0's data about each in the domain's metadata. What core0 made for a VM outside
 libvirt — its directory ``<virt dir>/<uuid>`` (``vm.json``, overlays, the console log), its
-static lease and its port forwards — is removed when the VM stops, whoever stopped it (a
-command, the guest powering off, a crash): the libvirt ``stopped`` event triggers the cleanup,
-and a reconciliation at first use and after each reconnection catches stops that happened
-while no dispatcher was listening.
+static lease, its port forwards and its taps' port guards (:mod:`core0.virt.guards`) — is
+removed when the VM stops, whoever stopped it (a command, the guest powering off, a crash):
+the libvirt ``stopped`` event triggers the cleanup, and a reconciliation at first use and
+after each reconnection catches stops that happened while no dispatcher was listening.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from core0.init import libvirtd as embedded_libvirtd
 from core0.net import segments
 from core0.net import validate as nv
 from core0.registry import Role
-from core0.virt import bootfiles, disks, fetch, guard, incoming, network, probe, quota
+from core0.virt import bootfiles, disks, fetch, guard, guards, incoming, network, probe, quota
 from core0.virt import domain as dx
 from core0.virt.conn import Conn, libvirt_module
 from core0.virt.owner import Owner, Owners, caller, owned, visible_params
@@ -110,6 +110,8 @@ class Virt:
         self.creating: set[str] = set()
         #: the owners of the VMs seen (core0/virt/owner.py)
         self.owners = Owners()
+        #: the port guards of the VMs' taps on kvm0 (core0/virt/guards.py)
+        self.guards = guards.Guards(self)
 
     async def monitor(self) -> list[tuple[str, str, str, dict[str, str], float]]:
         """Every VM's figures for the metrics endpoint (core0/fleet/metrics.py): CPU time,
@@ -163,6 +165,8 @@ class Virt:
             return ""
 
     def _on_event(self, ev: dict[str, Any]) -> None:
+        if ev["event"] in guards.EVENTS and ev["uuid"]:
+            self.guards.soon()
         if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
             self.cleanup_soon(ev["uuid"])
         elif ev["event"] in ("started", "resumed") and ev["uuid"]:
@@ -323,7 +327,7 @@ class Virt:
                 raise BadRequest(f"{where}.id: the bridge name is required", field=where)
             nv.ifname(n.id, f"{where}.id")
             mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else _random_mac()
-            return dx.Nic(n.id, mac, "bridge")
+            return guards.bridge_nic(self.node, dx.Nic(n.id, mac, "bridge"), where)
         return dx.Nic(self.node.config.virt.bridge, "", "default")
 
     async def create(self, ctx: Context, args: CreateArgs, prefer_uuid: str = "",
@@ -413,6 +417,7 @@ class Virt:
                         mac = nv.mac(next(n.hwaddr for n in args.nics  # type: ignore[misc]
                                           if n.type == "default" and n.hwaddr))
                     defaults[0].mac = mac
+                    guards.named(ctx, defaults[0], "nics", nics)  # its tap (409: MAC taken)
                     rec.update(seq=seq, mac=mac, ip=ip)
                     meta["default_ip"] = ip
                     for n in meta["params"]["nics"]:  # what kvm.prepare_migration_target
@@ -433,6 +438,7 @@ class Virt:
                 xml = dx.build(spec)
                 self.owners.note(uuid, owner)  # before its first event
                 lv = libvirt_module()
+                undo.append(lambda: self.guards.sync())  # (after the destroy below)
                 try:  # paused: nothing runs until qemu's files are checked
                     dom = await self.conn.call(
                         lambda c: c.createXML(xml, lv.VIR_DOMAIN_START_PAUSED))
@@ -440,6 +446,7 @@ class Virt:
                     raise lv_error(e, "libvirt refused the VM") from None
                 undo.append(lambda: self.conn.call(lambda c: dom.destroy()))
                 await self.check_files(uuid, ids)
+                await self.guards.sync(require=uuid)  # its taps on kvm0, before it runs
                 try:
                     await self.conn.call(lambda c: dom.resume())
                 except Exception as e:
@@ -486,7 +493,7 @@ class Virt:
         await asyncio.shield(self.cleanup_soon(uuid))
 
     async def _cleanup(self, uuid: str) -> None:
-        """Remove the forwards, the static lease and the directory of a stopped VM."""
+        """Remove the port guards, forwards, static lease and directory of a stopped VM."""
         ctx = self.node
         rec = self.record(uuid)
         if rec is None and uuid not in network.owners(ctx):
@@ -499,6 +506,7 @@ class Virt:
         except CommandError:
             return  # libvirt unreachable: the next reconciliation does it
         try:
+            await self.guards.quietly()  # its taps' guards go (errors logged)
             await network.remove_forwards(ctx, uuid)
             if rec and rec.get("mac"):
                 await network.remove_lease(ctx, str(rec["mac"]))
@@ -519,6 +527,7 @@ class Virt:
             live = await self.live_uuids()
         except CommandError:
             return
+        self.guards.soon(force=True)  # nothing stale, nothing missing (not waited for)
         recs = self.records()
         for uuid in live & set(recs):
             self.arrived(uuid)

@@ -5,7 +5,9 @@ DHCP), made on first use exactly as ``bridge.create`` makes a bridge and recorde
 network state, so ``bridge.info``/``nft.*`` show it. Each VM gets 0-core's address pair from a
 16-bit sequence number (skipping 0, 1 and 0xffff): MAC ``00:28:06:82:HH:LL`` and the bridge
 network's address + seq, registered as a dnsmasq static lease. Port forwards are core0's nft
-forwards with owner ``vm:<uuid>``; everything of a VM goes when the VM goes.
+forwards with owner ``vm:<uuid>``; everything of a VM goes when the VM goes. The VMs' taps on
+the bridge are guarded against spoofing (:mod:`core0.virt.guards`); once the bridge is made,
+those not guarded (yet) send nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import ipaddress
 from typing import TYPE_CHECKING
 
 from core0.errors import BadRequest, Conflict
-from core0.net import dnsmasq, nft
+from core0.net import dnsmasq, nft, portguard
 from core0.net import netlink as nl
 from core0.net import state as netstate
 from core0.net.state import Bridge
@@ -85,6 +87,8 @@ async def ensure_bridge(ctx: Context) -> Bridge:
             await ctx.to_thread(drop)
             await netstate.commit(ctx, st, new)
             raise
+        # its unguarded c0t… taps send nothing from now on (core0/virt/guards.py)
+        await portguard.change(ctx, refresh=True)
         return br
 
 

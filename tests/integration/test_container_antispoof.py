@@ -20,12 +20,12 @@ import signal
 import socket
 import struct
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import pytest
 from conftest import wait_until
+from net_fixtures import in_netns
 from sandbox_fixtures import ContainerNode, call, dispatcher_or_zero, import_busybox, ok, pingable
 
 T = TypeVar("T")
@@ -34,30 +34,6 @@ PORT = 47011
 CLONE_NEWNET = 0x40000000
 ETH_P_ALL, ETH_P_IP, ETH_P_ARP = 0x0003, 0x0800, 0x0806
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def in_netns(path: str, fn: Callable[[], T]) -> T:
-    """``fn()`` run by a thread that entered the netns ``path`` (the sockets it makes belong
-    to that netns; this process's other threads stay where they are)."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            out["v"] = fn()
-        except BaseException as e:  # (handed to the caller)
-            out["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    return out["v"]  # type: ignore[no-any-return]
 
 
 def udp(path: str, addr: str = "0.0.0.0", port: int = PORT) -> socket.socket:
