@@ -114,14 +114,17 @@ class Virt:
         self.guards = guards.Guards(self)
 
     async def monitor(self) -> list[tuple[str, str, str, dict[str, str], float]]:
-        """Every VM's figures for the metrics endpoint (core0/fleet/metrics.py): CPU time,
+        """The figures of core0's VMs (those with a directory of core0's: other libvirt
+        domains are not listed) for the metrics endpoint (core0/fleet/metrics.py): CPU time,
         memory, vCPUs, running or not. Nothing (and no connection made) until a ``kvm.*``
         command has connected."""
         if not self._ready:
             return []
+        mine = set(self.records())
 
         def read(c: Any) -> list[tuple[str, str, list[int]]]:
-            return [(d.UUIDString(), d.name(), d.info()) for d in c.listAllDomains(0)]
+            return [(d.UUIDString(), d.name(), d.info()) for d in c.listAllDomains(0)
+                    if d.UUIDString() in mine]
 
         out: list[tuple[str, str, str, dict[str, str], float]] = []
         for uuid, name, (state, _max_kib, mem_kib, vcpus, cpu_ns) in await self.conn.call(read):

@@ -43,7 +43,7 @@ from typing import Any
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import events_of, seen, spawn_node, start_node
+from kvm_env import METRICS_PORT, events_of, seen, spawn_node, start_node
 from net_fixtures import NetNode, netns
 from virt_fixtures import Libvirtd, Listener, flip, guest_files, libvirtd, qemu_files
 
@@ -53,7 +53,8 @@ CONFIG = ('[main]\nfilesystem_root = "{root}"\npersistent_dir = "{persist}"\n'
           '[bus]\nqueues = {{default = "admin", ops = "operator", ro = "read-only", '
           'pops = "operator"}}\nprivate_queues = ["pops"]\n'
           '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n'
-          'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n')
+          'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n'
+          '[metrics]\nport = {metrics}\n')
 SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 FOREIGN_XML = ("<domain type='qemu'><name>foreign</name><memory unit='MiB'>16</memory>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
@@ -97,7 +98,7 @@ def env() -> Iterator[Env]:
             cfg = base / "core0.toml"
             cfg.write_text(CONFIG.format(root=root, uri=lv.uri, vdir=vdir,
                                          kernel=root / "images/vmlinuz",
-                                         persist=base / "persist"))
+                                         persist=base / "persist", metrics=METRICS_PORT))
             e = Env(start_node(ns, base, cfg), lv, base, root, vdir, secret, cfg, *[None] * 4)
             e.connect()
             try:
@@ -308,6 +309,10 @@ def test_foreign_domains_left_alone(env: Env, vm: str) -> None:
             assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
             assert _create(env, "foreign", media=[{"url": "/images/vm.raw"}]) == 409
             assert _create(env, "core0-kvm-probe-x", media=[{"url": "/images/vm.raw"}]) == 400
+            # nor on the metrics endpoint (core0's VM is)
+            text = env.node.ns.run("curl", "-sf", "-m", "10",
+                                   f"http://127.0.0.1:{METRICS_PORT}/metrics").stdout
+            assert f'uuid="{vm}"' in text and fu not in text, text[-2000:]
         finally:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.destroy()
