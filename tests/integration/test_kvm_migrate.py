@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import Env, env, start_node
-from net_fixtures import netns
-from virt_fixtures import PAGE, libvirtd, wait_text
+from kvm_env import Env, env, migration_peer
+from virt_fixtures import PAGE, wait_text
 
 __all__ = ["env"]  # the fixture
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
@@ -35,24 +34,8 @@ def test_prepare_migration_target_then_migrate(env: Env) -> None:
                    {"uuid": uuid, "nics": vm["params"]["nics"]}) == 409
     base_b = Path(tempfile.mkdtemp(prefix="core0-kvmb-", dir="/tmp"))
     try:
-        with netns("dest") as ns_b:
-            env.ns.run("ip", "link", "add", "mv0", "type", "veth", "peer", "name", "mv1",
-                       "netns", ns_b.name)
-            env.ns.run("ip", "addr", "add", "10.250.0.1/30", "dev", "mv0")
-            env.ns.run("ip", "link", "set", "mv0", "up")
-            ns_b.run("ip", "addr", "add", "10.250.0.2/30", "dev", "mv1")
-            ns_b.run("ip", "link", "set", "mv1", "up")
-            with libvirtd(ns_b.name, listen="10.250.0.2") as lv_b:
-                cfg = base_b / "core0.toml"
-                cfg.write_text(
-                    f'[main]\nfilesystem_root = "{env.root}"\n'
-                    f'[virt]\nuri = "{lv_b.uri}"\ndir = "{base_b / "virt"}"\n'
-                    f'domain_type = "qemu"\n')
-                node_b = start_node(ns_b, base_b / "node", cfg)
-                try:
-                    _on_both(env, c, node_b, ns_b, uuid, vm, ip)
-                finally:
-                    node_b.stop()
+        with migration_peer(env, base_b) as dest:
+            _on_both(env, c, dest.node, dest.ns, uuid, vm, ip)
     finally:
         shutil.rmtree(base_b, ignore_errors=True)
         shutil.rmtree(env.vdir / uuid, ignore_errors=True)

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import Env, start_node
+from kvm_env import Env, migration_peer, start_node
 from net_fixtures import in_netns, netns
 from virt_fixtures import MODULES, guest_files, libvirtd, wait_text
 
@@ -516,35 +516,21 @@ def test_guards_follow_a_migration(env: Env) -> None:
     assert vm_guards(env) == {tap(mac): (f"vm:{uuid}", mac, frozenset({ip, "0.0.0.0"}))}
     base_b = Path(tempfile.mkdtemp(prefix="core0-kvmpgb-", dir="/tmp"))
     try:
-        with netns("dest") as ns_b:
-            env.ns.run("ip", "link", "add", "mv0", "type", "veth", "peer", "name", "mv1",
-                       "netns", ns_b.name)
-            env.ns.run("ip", "addr", "add", "10.250.0.1/30", "dev", "mv0")
-            env.ns.run("ip", "link", "set", "mv0", "up")
-            ns_b.run("ip", "addr", "add", "10.250.0.2/30", "dev", "mv1")
-            ns_b.run("ip", "link", "set", "mv1", "up")
-            with libvirtd(ns_b.name, listen="10.250.0.2") as lv_b:
-                cfg = base_b / "core0.toml"
-                cfg.write_text(f'[main]\nfilesystem_root = "{env.root}"\n'
-                               f'[virt]\nuri = "{lv_b.uri}"\ndir = "{base_b / "virt"}"\n'
-                               'domain_type = "qemu"\n')
-                node_b = start_node(ns_b, base_b / "node", cfg)
-                dest = Env(ns_b, lv_b, node_b, env.root, base_b / "virt", cfg)
-                b = Client(unix_socket_path=node_b.socket, timeout=120)
-                try:
-                    b.kvm.prepare_migration_target(uuid, nics=vm["params"]["nics"])
-                    assert table(dest) == {}  # kvm0 made there: its c0t… ports closed
-                    c.kvm.migrate(uuid, "qemu+tcp://10.250.0.2/system")
-                    assert vm_guards(env) == {}
-                    assert wait_until(lambda: vm_guards(dest) != {}, 10)
-                    assert vm_guards(dest) == {
-                        tap(mac): (f"vm:{uuid}", mac, frozenset({ip, "0.0.0.0"}))}
-                    assert b.kvm.get(uuid=uuid)["ifctargets"] == [tap(mac)]
-                    b.kvm.destroy(uuid)
-                    assert vm_guards(dest) == {} and table(dest) == {}
-                finally:
-                    b.close()
-                    node_b.stop()
+        with migration_peer(env, base_b) as dest:
+            b = Client(unix_socket_path=dest.node.socket, timeout=120)
+            try:
+                b.kvm.prepare_migration_target(uuid, nics=vm["params"]["nics"])
+                assert table(dest) == {}  # kvm0 made there: its c0t… ports closed
+                c.kvm.migrate(uuid, "qemu+tcp://10.250.0.2/system")
+                assert vm_guards(env) == {}
+                assert wait_until(lambda: vm_guards(dest) != {}, 10)
+                assert vm_guards(dest) == {
+                    tap(mac): (f"vm:{uuid}", mac, frozenset({ip, "0.0.0.0"}))}
+                assert b.kvm.get(uuid=uuid)["ifctargets"] == [tap(mac)]
+                b.kvm.destroy(uuid)
+                assert vm_guards(dest) == {} and table(dest) == {}
+            finally:
+                b.close()
     finally:
         shutil.rmtree(base_b, ignore_errors=True)
         shutil.rmtree(env.vdir / uuid, ignore_errors=True)
