@@ -29,6 +29,8 @@ from virt_fixtures import MARKER, PAGE, Libvirtd, libvirtd, wait_text
 __all__ = ["env"]  # the fixture
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
+#: this module checks the KVM probe (tests/kvm_env.py: the others run TCG directly)
+KVM_PROBE = True
 
 
 def _reader(env: Env, job: str, out: list[dict[str, Any]]) -> threading.Thread:
