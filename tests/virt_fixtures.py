@@ -68,14 +68,17 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 """
 
-GUEST_INIT = f"""#!/bin/busybox sh
+#: the first lines of a guest's /init: busybox applets, /proc /sys /dev, the modules
+GUEST_PRELUDE = f"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 for m in {' '.join(MODULES)}; do insmod /lib/mod/$m.ko 2>/dev/null; done
-for e in /sys/class/input/event*; do
+"""
+
+GUEST_INIT = GUEST_PRELUDE + f"""for e in /sys/class/input/event*; do
   if grep -q "Power Button" $e/device/name 2>/dev/null; then
     exec 3</dev/input/${{e##*/}}
     (head -c 1 <&3 >/dev/null; echo GUEST-POWEROFF; poweroff -f) &

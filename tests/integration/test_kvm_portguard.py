@@ -41,7 +41,7 @@ import pytest
 from conftest import code_of, wait_until
 from kvm_env import Env, migration_peer, start_node
 from net_fixtures import in_netns, netns
-from virt_fixtures import MODULES, guest_files, libvirtd, wait_text
+from virt_fixtures import GUEST_PRELUDE, guest_files, libvirtd, wait_text
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 T = TypeVar("T")
@@ -50,14 +50,7 @@ ETH_P_ALL = 0x0003
 _libc = ctypes.CDLL(None, use_errno=True)
 #: the addresses and the MAC the spoofing guest takes (no VM has them)
 FAKE_ARP, FAKE_SRC, FAKE_MAC = "172.19.0.250", "172.19.0.251", "02:00:00:c0:ff:ee"
-SPOOF_INIT = f"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/bin
-mount -t proc proc /proc
-mount -t sysfs sys /sys
-mount -t devtmpfs dev /dev
-for m in {' '.join(MODULES)}; do insmod /lib/mod/$m.ko 2>/dev/null; done
-ip link set lo up
+SPOOF_INIT = GUEST_PRELUDE + f"""ip link set lo up
 ip link set eth0 up
 udhcpc -i eth0 -s /bin/dhcp-mine -t 20 -T 1 -n -q >/dev/null 2>&1
 IP=$(cat /tmp/ip)
