@@ -327,12 +327,9 @@ def test_inner_builtin_job_cut_short_runs_inside_again(cnode: ContainerNode,
         r.rpush("core:default", json.dumps(
             {"id": "forged-inside", "command": f"container.inside:{cid}:info.os",
              "arguments": {}}))
-        c = cnode.client()
-        try:
-            forged = c.response_for("forged-inside").get(30)
-        finally:
-            c.close()
-        assert forged.state.value == "UNKNOWN_CMD"
+        assert wait_until(lambda: r.exists("result:forged-inside"), 30)
+        forged = json.loads(r.lindex("result:forged-inside", 0))
+        assert forged["state"] == "UNKNOWN_CMD", forged
         r.close()
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
