@@ -134,6 +134,20 @@ def migration_peer(env: Env, base: Path) -> Iterator[Env]:
 METRICS_PORT = free_port()
 
 
+def guest_root(prefix: str) -> tuple[Path, Path]:
+    """A temp dir (``base``) and the node's filesystem root in it, holding the guest's
+    kernel and initramfs and a blank 64M ``base.qcow2`` under ``images/``."""
+    kernel, initrd = guest_files()
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    root = base / "root"
+    (root / "images").mkdir(parents=True)
+    shutil.copy2(kernel, root / "images" / "vmlinuz")
+    shutil.copy2(initrd, root / "images" / "initrd.cpio")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "images/base.qcow2"),
+                    "64M"], check=True)
+    return base, root
+
+
 @pytest.fixture(scope="module")
 def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     """A node with its own libvirtd in netns ``host``. Its domain type is ``qemu`` (TCG)
@@ -141,14 +155,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
     probe.py) boots a guest where /dev/kvm exists but cannot run one (15-25 s here), and
     test_kvm.py checks it once."""
     probe = getattr(request.module, "KVM_PROBE", False)
-    kernel, initrd = guest_files()
-    base = Path(tempfile.mkdtemp(prefix="core0-kvm-", dir="/tmp"))
-    root = base / "root"
-    (root / "images").mkdir(parents=True)
-    shutil.copy2(kernel, root / "images" / "vmlinuz")
-    shutil.copy2(initrd, root / "images" / "initrd.cpio")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "images/base.qcow2"),
-                    "64M"], check=True)
+    base, root = guest_root("core0-kvm-")
     try:
         with netns("host") as ns, libvirtd(ns.name) as lv:
             # an underlay for vlan/vxlan segments (core0/net/segments.py)

@@ -120,7 +120,7 @@ class Virt:
         command has connected."""
         if not self._ready:
             return []
-        mine = set(self.records())
+        mine = self.uuids()
 
         def read(c: Any) -> list[tuple[str, str, list[int]]]:
             return [(d.UUIDString(), d.name(), d.info()) for d in c.listAllDomains(0)
@@ -196,14 +196,14 @@ class Virt:
         except (OSError, ValueError):
             return None
 
-    def records(self) -> dict[str, dict[str, Any]]:
-        out = {}
+    def uuids(self) -> set[str]:
+        """The uuids of core0's VMs (their directories; no record read)."""
         with contextlib.suppress(OSError):
-            for d in self.dir.iterdir():
-                if _UUID_RE.fullmatch(d.name):
-                    rec = self.record(d.name)
-                    out[d.name] = rec or {}
-        return out
+            return {d.name for d in self.dir.iterdir() if _UUID_RE.fullmatch(d.name)}
+        return set()
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        return {uuid: self.record(uuid) or {} for uuid in self.uuids()}
 
     def _save_record(self, uuid: str, rec: dict[str, Any]) -> None:
         p = self.vm_dir(uuid) / "vm.json"

@@ -39,9 +39,9 @@ from typing import Any, TypeVar
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import Env, migration_peer, start_node
+from kvm_env import Env, guest_root, migration_peer, start_node
 from net_fixtures import in_netns, netns
-from virt_fixtures import GUEST_PRELUDE, guest_files, libvirtd, wait_text
+from virt_fixtures import GUEST_PRELUDE, libvirtd, wait_text
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 T = TypeVar("T")
@@ -84,14 +84,7 @@ esac
 def env() -> Iterator[Env]:
     """tests/kvm_env.py's node and libvirtd, with ``domain_type = "qemu"``: no KVM probe
     (up to 15 s where /dev/kvm exists but cannot run a guest)."""
-    kernel, initrd = guest_files()
-    base = Path(tempfile.mkdtemp(prefix="core0-kvmpg-", dir="/tmp"))
-    root = base / "root"
-    (root / "images").mkdir(parents=True)
-    shutil.copy2(kernel, root / "images" / "vmlinuz")
-    shutil.copy2(initrd, root / "images" / "initrd.cpio")
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(root / "images/base.qcow2"),
-                    "64M"], check=True)
+    base, root = guest_root("core0-kvmpg-")
     try:
         with netns("host") as ns, libvirtd(ns.name) as lv:
             cfg = base / "core0.toml"
