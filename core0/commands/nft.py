@@ -10,7 +10,9 @@ Forwards never overlap (a second one that could match the same packets is a 409)
 a port the node listens on (409) and never point at the node itself, loopback, broadcast,
 multicast or link-local addresses (400): see docs/networking.md.
 Each forward belongs to an owner (``container:<id>``, ``vm:<id>``, ``user:<id>``), written on
-its rules as an nft comment; ``nft.owner_remove`` drops all of an owner's rules at once. Every
+its rules as an nft comment; ``nft.owner_remove`` drops all of an owner's rules at once. A
+``user:`` owner belongs to the queue that made its first forward, as a job does to its queue:
+only a queue that may act on that queue's jobs changes its forwards (403 otherwise). Every
 change rebuilds core0's table in one nft transaction (see :mod:`core0.net.nft`); other tables
 are never touched.
 """
@@ -187,16 +189,20 @@ async def forward_add(ctx: Context, args: ForwardAddArgs) -> list[dict[str, Any]
     (loopback, 0.0.0.0/8, broadcast, multicast, reserved, link-local) or is one of the node's
     own addresses or the network/broadcast address of one of its networks. At most
     4096 forwards on the node (503 beyond). Enables IPv4 forwarding. Returns the owner's
-    forwards. Below admin, not for a container or VM as owner (403: their own commands)."""
+    forwards. Below admin, not for a container or VM as owner (403: their own commands); a
+    ``user:`` owner is its first forward's maker's: a queue that may not act on that queue's
+    jobs (a lower role; below admin, another private queue's) gets 403."""
     _may_change(ctx, args.owner)
     fwds = [nft.Forward.make(args.owner, src, args.ip, dport)
             for src, dport in args.forwards.items()]
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
+        _may_act_for(ctx, st, args.owner)
         added = check_overlaps(st.forwards, fwds)
         new = st.copy()
         new.forwards.extend(added)
         if added:
+            _record_owner(ctx, new, args.owner)
             if len(new.forwards) > MAX_FORWARDS:
                 raise Unavailable(f"too many forwards on this node (at most {MAX_FORWARDS})")
 
@@ -226,6 +232,41 @@ def _may_change(ctx: Context, owner: str) -> None:
                         field="owner")
 
 
+def _may_act_for(ctx: Context, st: netstate.NetState, owner: str) -> None:
+    """403 when ``owner`` (``user:<id>``) has forwards made by a queue this one may not act
+    for: the rule of jobs and containers (:meth:`Role.sees`: at least the maker's role, and
+    below admin a private queue's owners only from that queue). Forwards from before the
+    makers were recorded count as an admin's. core0's own jobs act for every owner."""
+    if not owner.startswith("user:") or getattr(ctx.job, "internal", False):
+        return
+    rec = st.owners.get(owner)
+    if rec is None:
+        if not any(f.owner == owner for f in st.forwards):
+            return  # a free name
+        role, scope = Role.ADMIN, None
+    else:
+        role, scope = _role(rec.get("role")), rec.get("scope") or None
+    if not ctx.job.role.sees(ctx.scope, role, scope):
+        why = (f"made by a queue of role {role.label}" if ctx.job.role < role
+               else "made by another private queue" if ctx.scope or scope
+               else "made by another queue")
+        raise Forbidden(f"owner {owner}: this queue may not change its forwards ({why})",
+                        field="owner")
+
+
+def _role(value: Any) -> Role:
+    try:
+        return Role(int(value))
+    except (TypeError, ValueError):
+        return Role.ADMIN
+
+
+def _record_owner(ctx: Context, st: netstate.NetState, owner: str) -> None:
+    """Remember who made a ``user:`` owner's first forward (see :func:`_may_act_for`)."""
+    if owner.startswith("user:") and owner not in st.owners:
+        st.owners[owner] = {"role": int(ctx.job.role), "scope": ctx.scope or ""}
+
+
 @dataclass(frozen=True)
 class ForwardRemoveArgs(Schema):
     owner: v.OWNER
@@ -236,16 +277,19 @@ class ForwardRemoveArgs(Schema):
 @command("nft.forward_remove", ForwardRemoveArgs)
 async def forward_remove(ctx: Context, args: ForwardRemoveArgs) -> int:
     """Remove some of an owner's forwards by source; 404 when the owner has none of them.
-    Returns how many were removed. Below admin, not a container's or VM's (403)."""
+    Returns how many were removed. Below admin, not a container's or VM's (403); a ``user:``
+    owner's only from a queue that may act for its maker (403, see nft.forward_add)."""
     _may_change(ctx, args.owner)
     keys = {nft.parse_source(s, "src", strict=False).key for s in args.src}
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
+        _may_act_for(ctx, st, args.owner)
         new = st.copy()
         new.forwards = [f for f in st.forwards if not (f.owner == args.owner and f.src in keys)]
         removed = len(st.forwards) - len(new.forwards)
         if not removed:
             raise NotFound(f"{args.owner} has no forward from {', '.join(sorted(keys))}")
+        new.prune_owners()
         await netstate.commit(ctx, new, st)
     return removed
 
@@ -258,14 +302,17 @@ class OwnerArgs(Schema):
 @command("nft.owner_remove", OwnerArgs)
 async def owner_remove(ctx: Context, args: OwnerArgs) -> int:
     """Remove every rule of an owner (its forwards); returns how many forwards went (0 is not
-    an error: cleaning up twice is fine). Below admin, not a container's or VM's (403)."""
+    an error: cleaning up twice is fine). Below admin, not a container's or VM's (403); a
+    ``user:`` owner's only from a queue that may act for its maker (403)."""
     _may_change(ctx, args.owner)
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
+        _may_act_for(ctx, st, args.owner)
         new = st.copy()
         new.forwards = [f for f in st.forwards if f.owner != args.owner]
         removed = len(st.forwards) - len(new.forwards)
         if removed:
+            new.prune_owners()
             await netstate.commit(ctx, new, st)
     return removed
 

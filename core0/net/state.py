@@ -58,6 +58,14 @@ class NetState:
     #: (:func:`core0.net.netlink.namespace_id`: a namespace of the same name made by someone
     #: else is never taken for core0's)
     netns: dict[str, int] = field(default_factory=dict)
+    #: ``user:`` owners of forwards → the role and private-queue scope of the queue that
+    #: made their first forward ({"role": int, "scope": str}); gone with their last forward
+    owners: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def prune_owners(self) -> None:
+        """Forget the owners that have no forward left (their names are free again)."""
+        live = {f.owner for f in self.forwards}
+        self.owners = {o: r for o, r in self.owners.items() if o in live}
 
     def copy(self) -> NetState:
         return NetState.from_json(self.to_json())
@@ -72,6 +80,7 @@ class NetState:
             "bridges": {n: {k: val for k, val in b.__dict__.items()}
                         for n, b in self.bridges.items()},
             "netns": dict(self.netns),
+            "owners": {o: dict(r) for o, r in self.owners.items()},
         }
 
     @classmethod
@@ -82,6 +91,8 @@ class NetState:
             forwards=[Forward(**f) for f in d.get("forwards", [])],
             bridges={n: Bridge(**b) for n, b in d.get("bridges", {}).items()},
             netns={str(n): int(i) for n, i in d.get("netns", {}).items()},
+            owners={str(o): {"role": int(r.get("role", 3)), "scope": str(r.get("scope", ""))}
+                    for o, r in d.get("owners", {}).items()},
         )
 
 

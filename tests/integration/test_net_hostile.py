@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from conftest import code_of
 from core0_client.errors import ResultError
 from net_fixtures import NetNode, Netns, fetch, netns, node_in_netns, serve, sh, unique
@@ -27,7 +29,9 @@ from net_fixtures import NetNode, Netns, fetch, netns, node_in_netns, serve, sh,
 pytestmark = pytest.mark.root
 
 CONFIG = ('[main]\ninclude = []\n'
-          '[bus]\nqueues = {default = "admin", op = "operator", ro = "read-only"}\n')
+          '[bus]\nprivate_queues = ["priv"]\n'
+          'queues = {default = "admin", op = "operator", ro = "read-only", '
+          'priv = "operator"}\n')
 
 NODE_WAN = "198.51.100.1"  #: the node on the "wan" link h1
 WAN = "198.51.100.2"  #: a remote host
@@ -134,6 +138,58 @@ def test_workloads_forwards_only_through_their_commands(env: Env) -> None:
     finally:
         for owner in ("container:7", "vm:web", "user:op"):
             admin.nft.owner_remove(owner)
+    assert admin.nft.show()["text"] == ""
+
+
+def push(env: Env, queue: str, command: str, args: dict[str, Any]) -> dict[str, Any]:
+    """The result of one command pushed on ``queue`` with redis-cli's means (the private
+    queue's ids carry its prefix)."""
+    r = redis.Redis(unix_socket_path=env.node.socket, socket_timeout=60)
+    try:
+        jid = ("priv." if queue == "priv" else "") + uuid.uuid4().hex
+        r.rpush(f"core:{queue}", json.dumps({"id": jid, "command": command,
+                                             "arguments": args}))
+        raw = r.brpoplpush(f"result:{jid}", f"result:{jid}", 30)
+        assert raw is not None, (queue, command, "no answer")
+        return dict(json.loads(raw))
+    finally:
+        r.close()
+
+
+def test_user_owners_belong_to_their_maker(env: Env) -> None:
+    """A ``user:`` owner's forwards change only from a queue that may act on its maker's
+    jobs (an operator removed an admin's ``user:`` forwards, a private queue another
+    queue's): 403, nothing touched; the maker and admin may; a name whose last forward went
+    is free again."""
+    admin, op = env.admin, env.op
+    add = {"ip": CTR, "forwards": {"3113": 8080}}
+    try:
+        admin.nft.forward_add("user:adm", CTR, {"3110": 8080})
+        op.nft.forward_add("user:opr", CTR, {"3111": 8080})
+        assert push(env, "priv", "nft.forward_add", {"owner": "user:prv", "ip": CTR,
+                                                     "forwards": {"3112": 8080}})["code"] == 0
+        refused = [("op", "user:adm"), ("priv", "user:adm"), ("op", "user:prv"),
+                   ("priv", "user:opr")]
+        for queue, owner in refused:
+            for cmd, args in (("nft.owner_remove", {"owner": owner}),
+                              ("nft.forward_remove", {"owner": owner, "src": ["3110", "3111",
+                                                                             "3112"]}),
+                              ("nft.forward_add", {"owner": owner, **add})):
+                res = push(env, queue, cmd, args)
+                assert (res["state"], res["code"]) == ("ERROR", 403), (queue, cmd, owner, res)
+                assert "may not change its forwards" in res["data"]
+        assert sorted(f["owner"] for f in op.nft.forward_list()) == [
+            "user:adm", "user:opr", "user:prv"]  # untouched
+        assert json.loads(push(env, "priv", "nft.owner_remove",
+                               {"owner": "user:prv"})["data"]) == 1
+        assert admin.nft.owner_remove("user:opr") == 1
+        assert "user:opr" not in _state(env)["owners"]
+        op.nft.forward_add("user:prv", CTR, {"3114": 8080})  # a free name again
+        assert op.nft.owner_remove("user:prv") == 1
+    finally:
+        for owner in ("user:adm", "user:opr", "user:prv"):
+            admin.nft.owner_remove(owner)
+    assert _state(env)["owners"] == {}
     assert admin.nft.show()["text"] == ""
 
 
