@@ -61,7 +61,8 @@ def test_core0_dev_runs_its_own_libvirtd() -> None:
             cfg.write_text(
                 f'[main]\nfilesystem_root = "{root}"\n'
                 f'[virt]\nlibvirtd = "embedded"\ndir = "{base / "virt"}"\n'
-                f'probe_kernel = "{root / "images/vmlinuz"}"\n')
+                f'probe_kernel = "{root / "images/vmlinuz"}"\n'
+                'domain_type = "qemu"\n')  # the KVM probe is test_kvm.py's (15-25 s here)
             node = start_node(ns, base / "node", cfg)
             lvbase = str(node.state_dir / "libvirt")
             try:

@@ -60,7 +60,9 @@ def test_declared_vm_comes_back_after_reboot() -> None:
             cfg.write_text(
                 f'[main]\nfilesystem_root = "{root}"\npersistent_dir = "{base / "persist"}"\n'
                 f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
-                f'probe_kernel = "{root / "images/vmlinuz"}"\n')
+                f'probe_kernel = "{root / "images/vmlinuz"}"\n'
+                # TCG directly: the KVM probe (15-25 s here, once per boot) is test_kvm.py's
+                'domain_type = "qemu"\n')
             node = start_node(ns, base / "node", cfg)
             try:
                 node = _scenario(ns, lv, node, base, cfg)
