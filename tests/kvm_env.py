@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,20 +72,24 @@ class Env:
         return args
 
 
-def start_node(ns: Netns, base: Path, config: Path) -> NetNode:
+def start_node(ns: Netns, base: Path, config: Path,
+               env: dict[str, str] | None = None) -> NetNode:
     require("redis-server", "nft", "dnsmasq")
     state = base / "state"
     state.mkdir(parents=True)
-    return spawn_node(ns, base, config)
+    return spawn_node(ns, base, config, env)
 
 
-def spawn_node(ns: Netns, base: Path, config: Path) -> NetNode:
+def spawn_node(ns: Netns, base: Path, config: Path,
+               env: dict[str, str] | None = None) -> NetNode:
+    """``core0 dev`` in ``ns`` (``env``: more environment, e.g. a fault test's hook)."""
     log = open(base / "node.log", "ab")  # the child keeps it
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.Popen(
         ["ip", "netns", "exec", ns.name, sys.executable, "-m", "core0", "dev",
          "--state-dir", str(base / "state"), "--redis-port", "0", "--config", str(config)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True,
+        env={**os.environ, **(env or {})})
     log.close()
     node = NetNode(ns, proc.pid, base)
     ok = wait_until(lambda: _pings(node), 30)

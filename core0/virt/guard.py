@@ -15,11 +15,30 @@ get copies made from the checked descriptors instead (:mod:`core0.virt.bootfiles
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+from pathlib import Path
 
 #: a file's identity: (st_dev, st_ino)
 Ident = tuple[int, int]
+
+#: fault tests only, ``<name>:<dir>``: a create of a VM named ``<name>`` makes ``<dir>/held``
+#: once its disks are resolved and waits (up to 30 s) for ``<dir>/go`` before libvirt starts
+#: it, so a test can swap a path exactly between core0's check and qemu's open
+_HOLD = os.environ.get("CORE0_TEST_VM_HOLD", "")
+
+
+async def test_hold(name: str) -> None:
+    """The fault tests' pause between the check of a new VM's disks and its start."""
+    want, _, where = _HOLD.partition(":")
+    if not _HOLD or name != want:
+        return
+    Path(where, "held").touch()
+    for _ in range(600):
+        if Path(where, "go").exists():
+            return
+        await asyncio.sleep(0.05)
 
 
 def ident(st: os.stat_result) -> Ident:

@@ -439,6 +439,7 @@ class Virt:
                     serial_log=str(vmdir / "console.log"), vnc=args.vnc, kernel=kernel,
                     initrd=initrd, cmdline=args.cmdline or "", meta=meta)
                 xml = dx.build(spec)
+                await guard.test_hold(args.name)
                 self.owners.note(uuid, owner)  # before its first event
                 lv = libvirt_module()
                 undo.append(lambda: self.guards.sync())  # (after the destroy below)

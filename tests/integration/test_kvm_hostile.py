@@ -31,98 +31,43 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import code_of, wait_until
-from kvm_env import METRICS_PORT, events_of, seen, spawn_node, start_node
-from net_fixtures import NetNode, netns
-from virt_fixtures import Libvirtd, Listener, flip, guest_files, libvirtd, qemu_files
+from kvm_env import METRICS_PORT, events_of, seen, spawn_node
+from kvm_hostile_env import (
+    FOREIGN_XML,
+    HOLD,
+    SECRET,
+    Env,
+    _domains,
+    _img,
+    _lv,
+    _vm_dirs,
+    firmware_vm,
+    hostile_node,
+)
+from virt_fixtures import Listener, flip, qemu_files
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
-CONFIG = ('[main]\nfilesystem_root = "{root}"\npersistent_dir = "{persist}"\n'
-          '[bus]\nqueues = {{default = "admin", ops = "operator", ro = "read-only", '
-          'pops = "operator"}}\nprivate_queues = ["pops"]\n'
-          '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n'
-          'domain_type = "qemu"\n'  # (the probe is test_kvm.py's: 15-25 s here)
-          'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n'
-          '[metrics]\nport = {metrics}\n')
-SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
-FOREIGN_XML = ("<domain type='qemu'><name>foreign</name><memory unit='MiB'>16</memory>"
-               "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
-               "<devices><memballoon model='none'/></devices></domain>")
-
-
-@dataclass
-class Env:
-    node: NetNode
-    lv: Libvirtd
-    base: Path
-    root: Path  #: the node's filesystem root
-    vdir: Path  #: virt.dir
-    secret: Path  #: a host file outside the root
-    cfg: Path
-    admin: Any
-    op: Any
-    ro: Any
-    pop: Any  #: an operator's private queue
-
-    def connect(self) -> None:
-        self.admin, self.op, self.ro, self.pop = (self.node.client(q, timeout=120)
-                                                  for q in (None, "ops", "ro", "pops"))
-
-
-def _img(*argv: str) -> None:
-    subprocess.run(["qemu-img", "create", "-q", *argv], check=True)
-
-
 @pytest.fixture(scope="module")
 def env() -> Iterator[Env]:
-    kernel, _ = guest_files()
-    base = Path(tempfile.mkdtemp(prefix="core0-kvmh-", dir="/tmp"))
-    root, vdir = base / "root", base / "virt"
-    (root / "images").mkdir(parents=True)
-    shutil.copy2(kernel, root / "images" / "vmlinuz")
-    secret = base / "secret.raw"
-    secret.write_bytes(SECRET * 4096)
-    try:
-        with netns("host") as ns, libvirtd(ns.name) as lv:
-            cfg = base / "core0.toml"
-            cfg.write_text(CONFIG.format(root=root, uri=lv.uri, vdir=vdir,
-                                         kernel=root / "images/vmlinuz",
-                                         persist=base / "persist", metrics=METRICS_PORT))
-            e = Env(start_node(ns, base, cfg), lv, base, root, vdir, secret, cfg, *[None] * 4)
-            e.connect()
-            try:
-                yield e
-            finally:
-                for c in (e.admin, e.op, e.ro, e.pop):
-                    with contextlib.suppress(Exception):
-                        c.close()
-                e.node.stop()
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with hostile_node() as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
 def vm(env: Env) -> Iterator[str]:
     """A running core0 VM, made by the operator: a blank disk, no kernel (firmware only)."""
-    _img("-f", "raw", str(env.root / "images/vm.raw"), "1M")
-    uuid = env.op.json("kvm.create", {"name": "fw", "memory": 32,
-                                      "media": [{"url": "/images/vm.raw", "format": "raw"}]})
-    yield str(uuid)
-    with contextlib.suppress(Exception):
-        env.admin.sync("kvm.destroy", {"uuid": uuid})
+    with firmware_vm(env) as uuid:
+        yield uuid
 
 
 def _create(env: Env, name: str, **kw: Any) -> int:
@@ -130,27 +75,6 @@ def _create(env: Env, name: str, **kw: Any) -> int:
     args: dict[str, Any] = {"name": name, "memory": 32}
     args.update(kw)
     return code_of(env.op.json, "kvm.create", args)
-
-
-@contextlib.contextmanager
-def _lv(env: Env) -> Iterator[Any]:
-    import libvirt
-
-    conn = libvirt.open(env.lv.uri)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def _domains(env: Env) -> list[str]:
-    with _lv(env) as conn:
-        return sorted(d.name() for d in conn.listAllDomains(0)
-                      if not d.name().startswith("core0-kvm-probe-"))
-
-
-def _vm_dirs(env: Env) -> set[str]:
-    return {p.name for p in env.vdir.glob("*-*-*-*-*")} if env.vdir.exists() else set()
 
 
 #: every kvm.* command that acts on one VM, with arguments that pass the schema
@@ -249,6 +173,37 @@ def test_media_swapped_for_a_symlink_while_creating(env: Env) -> None:
     assert all(str(env.secret) not in files for files in made), made
     assert all(any(f.startswith(str(race)) for f in files) for files in made), made
     assert _domains(env) == []
+
+
+def test_media_swapped_between_check_and_start(env: Env) -> None:
+    """The same swap made exactly in the window (the node's hold between the check of a new
+    VM's disks and its start, CORE0_TEST_VM_HOLD): qemu opens the host file, the VM never
+    runs (409, no domain, no qemu); the same create without the swap runs."""
+    img, hold = env.root / "images", env.base / "hold"
+    real, path = img / "held.real", img / "held.raw"
+    _img("-f", "raw", str(real), "1M")
+    args = {"name": "held", "memory": 32, "media": [{"url": "/images/held.raw", "format": "raw"}]}
+    for swap in (True, False):
+        os.link(real, img / ".h")
+        os.replace(img / ".h", path)
+        job = env.op.raw("kvm.create", args)
+        assert wait_until(lambda: (hold / "held").exists(), 60)
+        if swap:
+            os.symlink(env.secret, img / ".l")
+            os.replace(img / ".l", path)
+        (hold / "held").unlink()
+        (hold / "go").touch()
+        res = job.get(120)
+        (hold / "go").unlink()
+        if swap:
+            assert (res.state.value, res.code) == ("ERROR", 409), res
+            assert "changed while the VM was being made" in res.data
+            assert _domains(env) == []
+        else:
+            assert res.state.value == "SUCCESS", res
+            uuid = json.loads(res.data)
+            assert str(env.secret) not in qemu_files(uuid)
+            env.admin.sync("kvm.destroy", {"uuid": uuid})
 
 
 def test_new_image_name_swapped_for_a_symlink(env: Env) -> None:
@@ -580,7 +535,7 @@ def test_owners_survive_restart_and_redeclaration(env: Env, vm: str, adm: str) -
     env.node.stop()
     with _lv(env) as conn:
         conn.lookupByUUIDString(pu).destroy()
-    env.node = spawn_node(env.node.ns, env.base, env.cfg)
+    env.node = spawn_node(env.node.ns, env.base, env.cfg, HOLD(env.base))
     env.connect()
 
     assert wait_until(lambda: _running(env, pu), 60), env.node.log_text()[-3000:]

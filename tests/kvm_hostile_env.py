@@ -1,0 +1,122 @@
+"""The node of tests/integration/test_kvm_hostile.py: its own libvirtd in netns ``host``, a
+filesystem root in a temp dir, a "host secret" outside it, four queues (``default`` admin,
+``ops`` operator, ``ro`` read-only, ``pops`` a private operator queue) and the fault-test hook
+that holds the create of a VM named ``held`` between its check and its start."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kvm_env import METRICS_PORT, start_node
+from net_fixtures import NetNode, netns
+from virt_fixtures import Libvirtd, guest_files, libvirtd
+
+CONFIG = ('[main]\nfilesystem_root = "{root}"\npersistent_dir = "{persist}"\n'
+          '[bus]\nqueues = {{default = "admin", ops = "operator", ro = "read-only", '
+          'pops = "operator"}}\nprivate_queues = ["pops"]\n'
+          '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n'
+          'domain_type = "qemu"\n'  # (the probe is test_kvm.py's: 15-25 s here)
+          'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n'
+          '[metrics]\nport = {metrics}\n')
+SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
+
+
+def HOLD(base: Path) -> dict[str, str]:
+    """The node's fault-test hook: creates of VM ``held`` wait in ``base/hold``."""
+    return {"CORE0_TEST_VM_HOLD": f"held:{base / 'hold'}"}
+FOREIGN_XML = ("<domain type='qemu'><name>foreign</name><memory unit='MiB'>16</memory>"
+               "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
+               "<devices><memballoon model='none'/></devices></domain>")
+
+
+@dataclass
+class Env:
+    node: NetNode
+    lv: Libvirtd
+    base: Path
+    root: Path  #: the node's filesystem root
+    vdir: Path  #: virt.dir
+    secret: Path  #: a host file outside the root
+    cfg: Path
+    admin: Any
+    op: Any
+    ro: Any
+    pop: Any  #: an operator's private queue
+
+    def connect(self) -> None:
+        self.admin, self.op, self.ro, self.pop = (self.node.client(q, timeout=120)
+                                                  for q in (None, "ops", "ro", "pops"))
+
+
+def _img(*argv: str) -> None:
+    subprocess.run(["qemu-img", "create", "-q", *argv], check=True)
+
+
+@contextlib.contextmanager
+def hostile_node() -> Iterator[Env]:
+    """The node (the module's ``env`` fixture), stopped and removed at the end."""
+    kernel, _ = guest_files()
+    base = Path(tempfile.mkdtemp(prefix="core0-kvmh-", dir="/tmp"))
+    root, vdir = base / "root", base / "virt"
+    (root / "images").mkdir(parents=True)
+    shutil.copy2(kernel, root / "images" / "vmlinuz")
+    secret = base / "secret.raw"
+    secret.write_bytes(SECRET * 4096)
+    try:
+        with netns("host") as ns, libvirtd(ns.name) as lv:
+            cfg = base / "core0.toml"
+            cfg.write_text(CONFIG.format(root=root, uri=lv.uri, vdir=vdir,
+                                         kernel=root / "images/vmlinuz",
+                                         persist=base / "persist", metrics=METRICS_PORT))
+            (base / "hold").mkdir()
+            e = Env(start_node(ns, base, cfg, HOLD(base)), lv, base, root, vdir, secret, cfg,
+                    *[None] * 4)
+            e.connect()
+            try:
+                yield e
+            finally:
+                for c in (e.admin, e.op, e.ro, e.pop):
+                    with contextlib.suppress(Exception):
+                        c.close()
+                e.node.stop()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def firmware_vm(env: Env) -> Iterator[str]:
+    """A running core0 VM, made by the operator: a blank disk, no kernel (firmware only)."""
+    _img("-f", "raw", str(env.root / "images/vm.raw"), "1M")
+    uuid = env.op.json("kvm.create", {"name": "fw", "memory": 32,
+                                      "media": [{"url": "/images/vm.raw", "format": "raw"}]})
+    yield str(uuid)
+    with contextlib.suppress(Exception):
+        env.admin.sync("kvm.destroy", {"uuid": uuid})
+
+
+@contextlib.contextmanager
+def _lv(env: Env) -> Iterator[Any]:
+    import libvirt
+
+    conn = libvirt.open(env.lv.uri)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _domains(env: Env) -> list[str]:
+    with _lv(env) as conn:
+        return sorted(d.name() for d in conn.listAllDomains(0)
+                      if not d.name().startswith("core0-kvm-probe-"))
+
+
+def _vm_dirs(env: Env) -> set[str]:
+    return {p.name for p in env.vdir.glob("*-*-*-*-*")} if env.vdir.exists() else set()
