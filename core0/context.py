@@ -81,6 +81,14 @@ class Context:
         below admin, such a caller sees and acts only on its own queue's jobs."""
         return getattr(self.job, "scope", None)
 
+    def may_act_for(self, owner: Role, owner_scope: str | None) -> bool:
+        """May this command act on what a queue of role ``owner`` and private-queue scope
+        ``owner_scope`` made (a container, a port forward's owner)? The rule of jobs
+        (:meth:`Role.sees`); core0's own jobs (not from the bus) act on everything."""
+        if getattr(self.job, "internal", False):
+            return True
+        return self.job.role.sees(self.scope, owner, owner_scope or None)
+
     @property
     def tags(self) -> list[str]:
         return list(self.job.cmd.tags or [])

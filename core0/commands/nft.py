@@ -237,7 +237,7 @@ def _may_act_for(ctx: Context, st: netstate.NetState, owner: str) -> None:
     for: the rule of jobs and containers (:meth:`Role.sees`: at least the maker's role, and
     below admin a private queue's owners only from that queue). Forwards from before the
     makers were recorded count as an admin's. core0's own jobs act for every owner."""
-    if not owner.startswith("user:") or getattr(ctx.job, "internal", False):
+    if not owner.startswith("user:"):
         return
     rec = st.owners.get(owner)
     if rec is None:
@@ -246,7 +246,7 @@ def _may_act_for(ctx: Context, st: netstate.NetState, owner: str) -> None:
         role, scope = Role.ADMIN, None
     else:
         role, scope = _role(rec.get("role")), rec.get("scope") or None
-    if not ctx.job.role.sees(ctx.scope, role, scope):
+    if not ctx.may_act_for(role, scope):
         why = (f"made by a queue of role {role.label}" if ctx.job.role < role
                else "made by another private queue" if ctx.scope or scope
                else "made by another queue")

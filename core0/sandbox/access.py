@@ -41,9 +41,7 @@ def may_act(ctx: Context, rec: Record) -> bool:
 def may_act_as(ctx: Context, owner: Role, owner_scope: str) -> bool:
     """May this queue act on what a queue of role ``owner`` and private-queue scope
     ``owner_scope`` made (a container, a declaration)?"""
-    if getattr(ctx.job, "internal", False):  # core0's own job (not from the bus)
-        return True
-    return ctx.job.role.sees(ctx.scope, owner, owner_scope or None)
+    return ctx.may_act_for(owner, owner_scope)
 
 
 def check(ctx: Context, rec: Record) -> None:
