@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from conftest import free_port, require, wait_until
 from net_fixtures import NetNode, Netns, netns
-from virt_fixtures import Libvirtd, guest_files, libvirtd
+from virt_fixtures import Libvirtd, guest_files, libvirtd, libvirtd_peer
 
 
 class _Legacy(__import__("redis").Redis):  # type: ignore[misc]
@@ -116,23 +116,16 @@ def migration_peer(env: Env, base: Path) -> Iterator[Env]:
     """A second node (netns ``dest``, its own libvirtd listening on 10.250.0.2, reached from
     ``env``'s namespace over a veth) sharing ``env``'s filesystem root: a migration's
     destination. Its files under ``base``."""
-    with netns("dest") as ns_b:
-        env.ns.run("ip", "link", "add", "mv0", "type", "veth", "peer", "name", "mv1",
-                   "netns", ns_b.name)
-        env.ns.run("ip", "addr", "add", "10.250.0.1/30", "dev", "mv0")
-        env.ns.run("ip", "link", "set", "mv0", "up")
-        ns_b.run("ip", "addr", "add", "10.250.0.2/30", "dev", "mv1")
-        ns_b.run("ip", "link", "set", "mv1", "up")
-        with libvirtd(ns_b.name, listen="10.250.0.2") as lv_b:
-            cfg = base / "core0.toml"
-            cfg.write_text(f'[main]\nfilesystem_root = "{env.root}"\n'
-                           f'[virt]\nuri = "{lv_b.uri}"\ndir = "{base / "virt"}"\n'
-                           'domain_type = "qemu"\n')
-            node_b = start_node(ns_b, base / "node", cfg)
-            try:
-                yield Env(ns_b, lv_b, node_b, env.root, base / "virt", cfg)
-            finally:
-                node_b.stop()
+    with libvirtd_peer(env.ns, "dest", "mv", "10.250.0") as (ns_b, lv_b):
+        cfg = base / "core0.toml"
+        cfg.write_text(f'[main]\nfilesystem_root = "{env.root}"\n'
+                       f'[virt]\nuri = "{lv_b.uri}"\ndir = "{base / "virt"}"\n'
+                       'domain_type = "qemu"\n')
+        node_b = start_node(ns_b, base / "node", cfg)
+        try:
+            yield Env(ns_b, lv_b, node_b, env.root, base / "virt", cfg)
+        finally:
+            node_b.stop()
 
 
 #: the node's Prometheus endpoint (inside its namespace): per-VM monitors

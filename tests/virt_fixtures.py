@@ -306,6 +306,24 @@ def libvirtd(netns: str | None = None, listen: str | None = None) -> Iterator[Li
         shutil.rmtree(base, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def libvirtd_peer(ns: Any, name: str, link: str, net: str) -> Iterator[tuple[Any, Libvirtd]]:
+    """A second network namespace ``name`` joined to ``ns`` (a net_fixtures.Netns) by the veth
+    pair ``<link>0``/``<link>1`` on ``<net>.1``/``<net>.2`` (a /30), with its own libvirtd
+    listening on ``<net>.2``: a migration's destination host. Yields (namespace, libvirtd)."""
+    from net_fixtures import netns
+
+    with netns(name) as peer:
+        ns.run("ip", "link", "add", f"{link}0", "type", "veth", "peer", "name", f"{link}1",
+               "netns", peer.name)
+        ns.run("ip", "addr", "add", f"{net}.1/30", "dev", f"{link}0")
+        ns.run("ip", "link", "set", f"{link}0", "up")
+        peer.run("ip", "addr", "add", f"{net}.2/30", "dev", f"{link}1")
+        peer.run("ip", "link", "set", f"{link}1", "up")
+        with libvirtd(peer.name, listen=f"{net}.2") as lv:
+            yield peer, lv
+
+
 # ---------------------------------------------------------------- helpers for tests
 
 

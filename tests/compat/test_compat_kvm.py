@@ -26,7 +26,7 @@ import pytest
 from compat_fixtures import Zos, connect, inside, start, stop, zeroos
 from conftest import require, require_root
 from net_fixtures import Netns, netns
-from virt_fixtures import MARKER, Libvirtd, guest_files, libvirtd, wait_text
+from virt_fixtures import MARKER, Libvirtd, guest_files, libvirtd, libvirtd_peer, wait_text
 
 pytest_plugins = ["storage_fixtures", "compat_fixtures"]
 
@@ -274,22 +274,15 @@ def test_migrate(kvm: Kvm, zc: Any, record: Any) -> None:
     cl = kvm.cl
     res = cl.kvm.create("mig", [{"url": "/images/mig.qcow2"}], cpu=1, memory=128)
     uuid = json.loads(res.data)
-    with netns("cmig") as ns_b:
-        kvm.ns.run("ip", "link", "add", "cm0", "type", "veth", "peer", "name", "cm1",
-                   "netns", ns_b.name)
-        kvm.ns.run("ip", "addr", "add", "10.251.0.1/30", "dev", "cm0")
-        kvm.ns.run("ip", "link", "set", "cm0", "up")
-        ns_b.run("ip", "addr", "add", "10.251.0.2/30", "dev", "cm1")
-        ns_b.run("ip", "link", "set", "cm1", "up")
-        with libvirtd(ns_b.name, listen="10.251.0.2") as lv_b:
-            assert cl.kvm.migrate(uuid, "qemu+tcp://10.251.0.2/system") is None
-            assert all(i["uuid"] != uuid for i in cl.kvm.list())
-            conn = libvirt.open(lv_b.uri)
-            try:
-                dom = conn.lookupByUUIDString(uuid)
-                assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-                dom.destroy()
-            finally:
-                conn.close()
+    with libvirtd_peer(kvm.ns, "cmig", "cm", "10.251.0") as (_, lv_b):
+        assert cl.kvm.migrate(uuid, "qemu+tcp://10.251.0.2/system") is None
+        assert all(i["uuid"] != uuid for i in cl.kvm.list())
+        conn = libvirt.open(lv_b.uri)
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+            assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+            dom.destroy()
+        finally:
+            conn.close()
     record("kvm.migrate", "`None`; live-migrated (peer to peer, tunnelled; shared storage by "
            "default, as 0-core), gone here")

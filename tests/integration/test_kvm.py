@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 from conftest import code_of, wait_until
 from kvm_env import METRICS_PORT, Env, assert_clean, dnat_ports, env, events_of, seen, vm_rules
-from net_fixtures import netns
 from prometheus_client.parser import text_string_to_metric_families
-from virt_fixtures import MARKER, PAGE, Libvirtd, libvirtd, wait_text
+from virt_fixtures import MARKER, PAGE, Libvirtd, libvirtd_peer, wait_text
 
 __all__ = ["env"]  # the fixture
 
@@ -495,15 +494,8 @@ def test_migrate_between_two_libvirtd(env: Env) -> None:
     uuid = c.json("kvm.create", env.guest_args("mig", nics=[]))
     console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
     assert wait_text(console, MARKER, 120)
-    with netns("dest") as ns_b:
-        env.ns.run("ip", "link", "add", "mg0", "type", "veth", "peer", "name", "mg1",
-                   "netns", ns_b.name)
-        env.ns.run("ip", "addr", "add", "10.250.0.1/30", "dev", "mg0")
-        env.ns.run("ip", "link", "set", "mg0", "up")
-        ns_b.run("ip", "addr", "add", "10.250.0.2/30", "dev", "mg1")
-        ns_b.run("ip", "link", "set", "mg1", "up")
-        with libvirtd(ns_b.name, listen="10.250.0.2") as lv_b:
-            _migrate(env, c, uuid, console, lv_b)
+    with libvirtd_peer(env.ns, "dest", "mg", "10.250.0") as (_, lv_b):
+        _migrate(env, c, uuid, console, lv_b)
     rec = json.loads((env.vdir / uuid / "vm.json").read_text())
     assert rec["migrated"] == "qemu+tcp://10.250.0.2/system"
     assert code_of(c.sync, "kvm.migrate", {"uuid": uuid, "desturi": rec["migrated"]}) == 404
