@@ -119,14 +119,16 @@ class Context:
         cwd: str | None = None,
         timeout: float | None = None,
         check: bool = True,
+        keep_fds: Sequence[int] = (),
     ) -> process.RunResult:
         """Run a tool (argv list, never a shell) and capture its output.
 
         ``check`` raises ToolError on a non-zero status. A missing binary raises
-        PreconditionFailed (412) naming it.
+        PreconditionFailed (412) naming it. ``keep_fds`` are inherited by the tool.
         """
         try:
-            res = await process.run(argv, stdin=stdin, env=env, cwd=cwd, timeout=timeout)
+            res = await process.run(argv, stdin=stdin, env=env, cwd=cwd, timeout=timeout,
+                                    keep_fds=keep_fds)
         except FileNotFoundError:
             raise PreconditionFailed(f"{argv[0]} is not installed on this node") from None
         if check and res.status != 0:

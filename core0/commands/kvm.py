@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -474,17 +475,19 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
 async def create_image(ctx: Context, args: ImageArgs) -> None:
     """Create an image file (``qemu-img create``): {file_name, format qcow2|raw, size}; 409
     when the name exists."""
-    with disks.new_file(ctx, args.file_name, "file_name") as path:
-        await disks.create(ctx, path, args.format, args.size)
+    with disks.new_file(ctx, args.file_name, "file_name") as fd:
+        await disks.create(ctx, disks.fd_path(fd), args.format, args.size)
 
 
 @command("kvm.convert-image", ConvertArgs)
 async def convert_image(ctx: Context, args: ConvertArgs) -> None:
-    """Convert an image (``qemu-img convert``): {input_file, output_file, output_format}; 409
-    when the output exists, which is removed again when the conversion fails."""
+    """Convert an image (``qemu-img convert``, confined to the files it was given):
+    {input_file, output_file, output_format}; 409 when the output exists, which is removed
+    again when the conversion fails."""
     with contextlib.ExitStack() as stack:  # the input and its chain, open once (disks.py)
         src = await disks.pinned_image(ctx, args.input_file, "input_file", stack)
         with disks.new_file(ctx, args.output_file, "output_file") as dst:
+            await guard.test_hold(os.path.basename(args.output_file))
             await disks.convert(ctx, src, dst, args.output_format)
 
 

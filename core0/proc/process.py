@@ -225,9 +225,11 @@ def spawn(
     stderr: int,
     exe: str | None = None,
     start_ticks: bool = True,
+    keep_fds: Sequence[int] = (),
 ) -> Spawned:
     """Start ``argv`` in a new session (see core0.proc.spawn). ``stdin``/``stdout``/``stderr`` are
-    open fds. The executable is ``exe`` if given (already resolved by the caller), else
+    open fds; ``keep_fds`` stay open in the child under their numbers. The executable is ``exe``
+    if given (already resolved by the caller), else
     resolved with the PATH of ``env``; FileNotFoundError if
     missing, NotADirectoryError if ``cwd`` is not a directory. ``start_ticks=False`` skips
     reading the child's start time (``Spawned.start_ticks`` is 0): reading /proc/<pid>/stat
@@ -240,7 +242,7 @@ def spawn(
         raise FileNotFoundError(errno.ENOENT, f"executable not found: {argv[0]}")
     if cwd is not None and not os.path.isdir(cwd):
         raise NotADirectoryError(errno.ENOTDIR, f"not a directory: {cwd}")
-    pid = spawn_program(path, argv, env, (stdin, stdout, stderr), cwd)
+    pid = spawn_program(path, argv, env, (stdin, stdout, stderr), cwd, keep_fds)
     return Spawned(pid, proc_start_ticks(pid) if start_ticks else 0)
 
 
@@ -351,10 +353,12 @@ async def run(
     cwd: str | None = None,
     timeout: float | None = None,
     limit: int = 16 << 20,
+    keep_fds: Sequence[int] = (),
 ) -> RunResult:
     """Run a tool to completion and capture its output (pipes; for short-lived helpers).
 
-    ``stdin`` is bytes to feed, an fd to hand over, or None (/dev/null). On timeout or
+    ``stdin`` is bytes to feed, an fd to hand over, or None (/dev/null); ``keep_fds`` are
+    inherited under their own numbers (the tool names them ``/proc/self/fd/N``). On timeout or
     cancellation the process group is killed and the exception propagates.
     """
     reaper = get_reaper()
@@ -372,7 +376,8 @@ async def run(
     try:
         os.set_blocking(out_w, True)
         os.set_blocking(err_w, True)
-        sp = spawn(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w)
+        sp = spawn(argv, env=env, cwd=cwd, stdin=in_r, stdout=out_w, stderr=err_w,
+                   keep_fds=keep_fds)
     except BaseException:
         for fd in (out_r, err_r) + ((in_w,) if in_w is not None else ()):
             os.close(fd)

@@ -113,8 +113,10 @@ def spawn_program(
     env: Mapping[str, str],
     fds: tuple[int, int, int],
     cwd: str | None = None,
+    keep: Sequence[int] = (),
 ) -> int:
-    """Start ``path`` with ``argv`` in a new session; ``fds`` become its stdin, stdout, stderr.
+    """Start ``path`` with ``argv`` in a new session; ``fds`` become its stdin, stdout, stderr;
+    the descriptors in ``keep`` stay open in it under their own numbers (all others close).
 
     Raises OSError (e.g. FileNotFoundError, PermissionError) if the exec fails.
     """
@@ -122,6 +124,7 @@ def spawn_program(
         if cwd is not None:
             raise OSError(errno.ENOTSUP, "cwd needs CPython 3.11's fork_exec")
         actions = [(os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(fds)]
+        actions += [(os.POSIX_SPAWN_DUP2, fd, fd) for fd in keep]  # (clears close-on-exec)
         return os.posix_spawn(path, list(argv), dict(env), file_actions=actions,
                               setsid=True, setsigmask=(), setsigdef=_ALL_SIGNALS)
     env_list = _env_list(env)
@@ -135,7 +138,7 @@ def spawn_program(
         fork_exec: Any = _posixsubprocess.fork_exec
         pid = fork_exec(
             [os.fsencode(a) for a in argv], [os.fsencode(path)],
-            True, (err_w,),              # close_fds, fds_to_keep
+            True, tuple(sorted({err_w, *keep})),  # close_fds, fds_to_keep
             cwd, env_list,
             fds[0], -1, -1, fds[1],      # p2cread, p2cwrite, c2pread, c2pwrite
             -1, fds[2],                  # errread, errwrite

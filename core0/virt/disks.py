@@ -14,7 +14,10 @@ directory and go with it.
 
 qemu (a VM's disks) reopens these paths, which :mod:`core0.virt.guard` checks afterwards;
 qemu-img converting an image (:func:`pinned_image`) gets the descriptors core0 opened and
-checked instead, with the whole chain spelled out, so it resolves no path at all.
+checked instead, with the whole chain spelled out, so it resolves no path at all — and runs
+confined (:mod:`core0.proc.confine`), because the one name it still takes from the images
+themselves, an external data file written into a qcow2 header after core0's check, must lead
+nowhere. (``qemu-img info`` and ``create -b`` read headers only: they never open a data file.)
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ import json
 import os
 import stat
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, CommandError, Conflict, ToolError, Unavailable
 from core0.fspath import Root, oserror
+from core0.proc import confine
 from core0.virt.guard import Ident, ident
 
 if TYPE_CHECKING:
@@ -107,13 +112,14 @@ def _same(real: str, st: os.stat_result, path: str, field: str) -> None:
 
 
 @contextlib.contextmanager
-def new_file(ctx: Context, path: str, field: str) -> Iterator[str]:
-    """Create a new file inside the root and yield a path naming *that* file for a tool.
+def new_file(ctx: Context, path: str, field: str) -> Iterator[int]:
+    """Create a new file inside the root and yield its descriptor, for a tool to write.
 
     The parent is walked inside the root, the file created there with ``O_EXCL |
     O_NOFOLLOW`` (409 when the name exists, a symlink included) and handed to the tool as
-    ``/proc/<pid>/fd/<n>``: a symlink planted at the name afterwards cannot redirect the
-    tool's writes to a host file. When the block fails the file is removed again."""
+    ``/proc/<pid>/fd/<n>`` (:func:`fd_path`): a symlink planted at the name afterwards cannot
+    redirect the tool's writes to a host file. When the block fails the file is removed
+    again."""
     _no_dotdot(path, field)
     parent, _, name = path.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
@@ -134,7 +140,7 @@ def new_file(ctx: Context, path: str, field: str) -> Iterator[str]:
             err.field = field
             raise err from None
         try:
-            yield f"/proc/{os.getpid()}/fd/{fd}"
+            yield fd
         except BaseException:
             with contextlib.suppress(OSError):
                 if ident(os.stat(name, dir_fd=dfd, follow_symlinks=False)) == ident(
@@ -259,28 +265,40 @@ async def check_image(ctx: Context, path: str, fmt: str | None, field: str,
                      field=field)
 
 
+@dataclass(frozen=True)
+class Pinned:
+    """An image and its backing chain as :func:`pinned_image` opened them."""
+
+    spec: str  #: a qemu ``json:`` filename naming only ``fds``, as the confined tool sees them
+    fds: tuple[int, ...]  #: the chain's descriptors, for the tool to inherit
+
+
 async def pinned_image(ctx: Context, path: str, field: str,
-                       stack: contextlib.ExitStack) -> str:
+                       stack: contextlib.ExitStack) -> Pinned:
     """The image at ``path`` and its backing chain, each opened once inside the root
     (descriptors closed by ``stack``) and checked by :func:`check_image`'s rules, as a qemu
     ``json:`` filename that names only those descriptors, with every image's format and
     backing given explicitly (``backing: null`` at the end): qemu-img resolves no user path
     and follows no backing name from an image header, which could have been swapped or
-    rewritten since the check."""
+    rewritten since the check. The names are those of a confined tool
+    (:func:`core0.proc.confine.fd_path`) that inherits :attr:`Pinned.fds`."""
     fd = open_file(ctx, path, field)
     stack.callback(os.close, fd)
+    fds = [fd]
     nodes: list[dict[str, Any]] = []
     fmt: str | None = None
     for _ in range(MAX_CHAIN):
         img = await _info1(ctx, fd_path(fd), fmt, field)
         kind, _ = _check1(img, field)
         proto = "host_device" if stat.S_ISBLK(os.fstat(fd).st_mode) else "file"
-        nodes.append({"driver": kind, "file": {"driver": proto, "filename": fd_path(fd)}})
+        nodes.append({"driver": kind,
+                      "file": {"driver": proto, "filename": confine.fd_path(fd)}})
         name = str(img.get("backing-filename") or "")  # as the header says it
         if not name:
             break
         fd = _open_backing(ctx, name, fd, field)
         stack.callback(os.close, fd)
+        fds.append(fd)
         fmt = _backing_fmt(img)
     else:
         raise BadRequest(f"{field}: the image's backing chain is longer than {MAX_CHAIN}",
@@ -290,7 +308,7 @@ async def pinned_image(ctx: Context, path: str, field: str,
         spec["backing"] = None
     while nodes:
         spec = {**nodes.pop(), "backing": spec}
-    return "json:" + json.dumps(spec, separators=(",", ":"))
+    return Pinned("json:" + json.dumps(spec, separators=(",", ":")), tuple(fds))
 
 
 async def overlay(ctx: Context, base: str, base_fmt: str, out: str) -> None:
@@ -307,12 +325,15 @@ async def create(ctx: Context, path: str, fmt: str, size: str) -> None:
         raise BadRequest(f"qemu-img create: {e.stderr.strip()[-300:]}") from None
 
 
-async def convert(ctx: Context, src: str, dst: str, fmt: str) -> None:
-    """``qemu-img convert``: 409 when a running VM holds the input (qemu's image lock), 503
-    when the node has no space left for the output, 400 for what qemu-img refuses of the
-    image itself (a 500 before)."""
+async def convert(ctx: Context, src: Pinned, dst: int, fmt: str) -> None:
+    """``qemu-img convert`` of the pinned chain ``src`` into the new file open as ``dst``,
+    confined (:mod:`core0.proc.confine`: the descriptors are all it can reach): 409 when a
+    running VM holds the input (qemu's image lock), 503 when the node has no space left for
+    the output, 400 for what qemu-img refuses of the image itself — a data file named in a
+    header rewritten since the check among it (it does not exist in the sandbox)."""
+    argv = [QEMU_IMG, "convert", "-O", fmt, "--", src.spec, confine.fd_path(dst)]
     try:
-        await ctx.run([QEMU_IMG, "convert", "-O", fmt, "--", src, dst], timeout=3600)
+        await ctx.run(confine.confined(argv), timeout=3600, keep_fds=(*src.fds, dst))
     except ToolError as e:
         msg = e.stderr.strip()[-300:]
         if "lock" in msg:

@@ -23,14 +23,18 @@ from pathlib import Path
 #: a file's identity: (st_dev, st_ino)
 Ident = tuple[int, int]
 
-#: fault tests only, ``<name>:<dir>``: a create of a VM named ``<name>`` makes ``<dir>/held``
-#: once its disks are resolved and waits (up to 30 s) for ``<dir>/go`` before libvirt starts
-#: it, so a test can swap a path exactly between core0's check and qemu's open
+#: fault tests only, ``<name>:<dir>``: a create of a VM named ``<name>`` (or a
+#: kvm.convert-image to an output file named ``<name>``) makes ``<dir>/held`` once its disks
+#: are resolved (its input pinned) and waits (up to 30 s) for ``<dir>/go`` before libvirt
+#: starts it (qemu-img runs), so a test can swap a path or rewrite an image exactly between
+#: core0's check and qemu's open
 _HOLD = os.environ.get("CORE0_TEST_VM_HOLD", "")
 
 
 async def test_hold(name: str) -> None:
-    """The fault tests' pause between the check of a new VM's disks and its start."""
+    """The fault tests' pause between the check of a new VM's disks and its start (``name``:
+    the VM's), or between the pinning of kvm.convert-image's input and qemu-img (``name``:
+    the output file's)."""
     want, _, where = _HOLD.partition(":")
     if not _HOLD or name != want:
         return

@@ -19,8 +19,9 @@ file lies outside it.
   and a refused create leaves no domain, no VM directory behind; the node logs no traceback.
 - A VM is its creating queue's (403 for other queues' acting commands, its kernel command
   line redacted for them, its events theirs only; owners survive a restart); per-role caps
-  refuse with 503 and leave nothing; kvm.convert-image reads the descriptors it checked; a
-  direct-boot kernel is a copy in the VM's directory.
+  refuse with 503 and leave nothing; kvm.convert-image reads the descriptors it checked,
+  confined to them (a data file named in a header rewritten after the check leads nowhere);
+  a direct-boot kernel is a copy in the VM's directory.
 
 The guests are firmware-only VMs (a blank disk: SeaBIOS finds nothing to boot) and one
 kernel that boots no further than its memory lets it: enough for running core0 domains.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -516,6 +518,40 @@ def test_convert_image_reads_what_it_checked(env: Env) -> None:
         os.close(fd)
 
     convert("top.qcow2", 12, rewrite)
+
+
+def test_convert_image_reaches_no_data_file_named_later(env: Env) -> None:
+    """A qcow2 input rewritten, between core0's check and qemu-img's open (the node's hold),
+    to name a host file as its raw external data file: qemu-img runs confined to the
+    descriptors it was given, so the name leads nowhere — 400 naming it, no output left;
+    the same convert without the rewrite succeeds. Unconfined, the output held the host
+    file's bytes."""
+    img, hold, out = env.root / "images", env.base / "hold", env.root / "images/held"
+    _img("-f", "qcow2", "-o", f"data_file={img / 'df.raw'},data_file_raw=on",
+         str(img / "evil.qcow2"), "1M")
+    subprocess.run(["qemu-img", "amend", "-f", "qcow2", "-o", f"data_file={env.secret}",
+                    str(img / "evil.qcow2")], check=True)
+    for rewrite in (True, False):
+        _img("-f", "qcow2", str(img / "plain.qcow2"), "1M")
+        job = env.op.raw("kvm.convert-image", {"input_file": "/images/plain.qcow2",
+                                               "output_file": "/images/held",
+                                               "output_format": "raw"})
+        assert wait_until(lambda: (hold / "held").exists(), 60)
+        if rewrite:  # the same inode (core0's descriptor), new content
+            (img / "plain.qcow2").write_bytes((img / "evil.qcow2").read_bytes())
+        (hold / "held").unlink()
+        (hold / "go").touch()
+        res = job.get(120)
+        (hold / "go").unlink()
+        if rewrite:
+            assert (res.state.value, res.code) == ("ERROR", 400), res
+            assert f"Could not open '{env.secret}'" in res.data, res.data
+            assert not out.exists()
+        else:
+            assert res.state.value == "SUCCESS", res
+            assert out.stat().st_size == 1 << 20 and SECRET not in out.read_bytes()
+            out.unlink()
+        (img / "plain.qcow2").unlink()
 
 
 def test_owners_survive_restart_and_redeclaration(env: Env, vm: str, adm: str) -> None:
