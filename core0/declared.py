@@ -13,11 +13,13 @@ already" means and how a stale one is torn down is the kind's create command's b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,6 +87,10 @@ def declared_role(declaration: dict[str, Any]) -> Role:
         return Role.READ_ONLY
 
 
+#: one lock per (kind, declared name) being created, dropped when nobody holds or waits for it
+_locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+
 def _digest(name: str) -> str:
     return hashlib.sha256(name.encode()).hexdigest()
 
@@ -105,6 +111,24 @@ class Declarations:
     #: how many times a failed re-creation is retried (1 s apart), e.g. while a daemon the
     #: command needs is still starting
     retries: int = 0
+
+    @contextlib.asynccontextmanager
+    async def name_lock(self, name: str) -> AsyncIterator[None]:
+        """Serialise the persistent creates of declared name ``name`` in this dispatcher: a
+        second concurrent create of the same name waits, then finds the first one's workload
+        running with the same spec hash (and answers its id) or replaces it."""
+        key = (self.kind, name)
+        lock, users = _locks.get(key) or (asyncio.Lock(), 0)
+        _locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = _locks[key]
+            if users <= 1:
+                del _locks[key]
+            else:
+                _locks[key] = (lock, users - 1)
 
     def dir(self, cfg: Config) -> Path:
         b = base(cfg)

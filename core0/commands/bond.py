@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
+from core0.commands.ip import in_netns, owned_netns
 from core0.context import Context
 from core0.errors import BadRequest, Conflict
 from core0.net import netlink as nl
@@ -68,11 +69,7 @@ async def bond_add(ctx: Context, args: BondAddArgs) -> None:
     up again) and bring it up, as 0-core. 409 if the name is taken, 404 for a missing slave,
     412 if the kernel has no bonding driver."""
 
-    def work() -> None:
-        with nl.session(args.netns) as r:
-            _bond_add(r, args)
-
-    await ctx.to_thread(work)
+    await in_netns(ctx, args.netns, lambda r: _bond_add(r, args))
 
 
 @dataclass(frozen=True)
@@ -86,14 +83,13 @@ async def bond_del(ctx: Context, args: BondArgs) -> None:
     """Delete a bond (its slaves are released). 404 if there is none; 400 if the link is not
     a bond."""
 
-    def work() -> None:
-        with nl.session(args.netns) as r:
-            link = nl.link_get(r, args.bond)
-            if link["type"] != "bond":
-                raise BadRequest(f"{args.bond} is a {link['type']} link, not a bond")
-            nl.link_del(r, args.bond)
+    def work(r: IPRoute) -> None:
+        link = nl.link_get(r, args.bond)
+        if link["type"] != "bond":
+            raise BadRequest(f"{args.bond} is a {link['type']} link, not a bond")
+        nl.link_del(r, args.bond)
 
-    await ctx.to_thread(work)
+    await in_netns(ctx, args.netns, work)
 
 
 def parse_bonding(text: str) -> list[dict[str, str]]:
@@ -127,10 +123,12 @@ async def bond_list(ctx: Context, args: NsArgs) -> dict[str, list[dict[str, str]
     ...}]}``, the
     kernel's ``/proc/net/bonding`` report cut into sections, as 0-core."""
 
+    owned = owned_netns(ctx)
+
     def work() -> dict[str, list[dict[str, str]]]:
         if args.netns is None:
             return read()
-        with nl.entered(args.netns):
+        with nl.entered(args.netns, owned):
             return read()
 
     def read() -> dict[str, list[dict[str, str]]]:

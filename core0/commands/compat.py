@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
+from core0.commands.ip import in_netns
 from core0.context import Context
 from core0.errors import BadRequest, CommandError
 from core0.net import netlink as nl
@@ -22,14 +23,6 @@ from core0.schema import Doc, Schema
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
-
-
-async def _net(ctx: Context, netns: str | None, fn: Any) -> Any:
-    def work() -> Any:
-        with nl.session(netns) as r:
-            return fn(r)
-
-    return await ctx.to_thread(work)
 
 
 def _bridge(r: IPRoute, name: str) -> int:
@@ -50,8 +43,8 @@ class BridgeAddArgs(Schema):
 async def bridge_add(ctx: Context, args: BridgeAddArgs) -> None:
     """Create a Linux bridge (down, as 0-core left it), with ``hwaddr`` if given. 409 if the
     name is taken."""
-    await _net(ctx, args.netns, lambda r: nl.link_add(r, nl.LinkSpec(name=args.name, kind="bridge",
-                                                          hwaddr=args.hwaddr)))
+    spec = nl.LinkSpec(name=args.name, kind="bridge", hwaddr=args.hwaddr)
+    await in_netns(ctx, args.netns, lambda r: nl.link_add(r, spec))
 
 
 @dataclass(frozen=True)
@@ -68,7 +61,7 @@ async def bridge_del(ctx: Context, args: BridgeArgs) -> None:
         _bridge(r, args.name)
         nl.link_del(r, args.name)
 
-    await _net(ctx, args.netns, work)
+    await in_netns(ctx, args.netns, work)
 
 
 @dataclass(frozen=True)
@@ -86,7 +79,7 @@ async def bridge_addif(ctx: Context, args: BridgeIfArgs) -> None:
         _bridge(r, args.name)
         nl.link_set(r, args.inf, master=args.name)
 
-    await _net(ctx, args.netns, work)
+    await in_netns(ctx, args.netns, work)
 
 
 @command("ip.bridge.delif", BridgeIfArgs)
@@ -99,7 +92,7 @@ async def bridge_delif(ctx: Context, args: BridgeIfArgs) -> None:
             raise BadRequest(f"{args.inf} is not connected to bridge {args.name}")
         nl.link_set(r, args.inf, master="")
 
-    await _net(ctx, args.netns, work)
+    await in_netns(ctx, args.netns, work)
 
 
 # ---------------------------------------------------------------- not served (501)

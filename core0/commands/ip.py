@@ -32,20 +32,21 @@ T = TypeVar("T")
 MAX_NETNS = 1024
 
 
-def _owned(ctx: Context) -> nl.Owned:
+def owned_netns(ctx: Context) -> nl.Owned:
     """The named namespaces this command may use: every one under /run/netns for the admin
     role, only those ip.netns.add made (by identity: the namespace's cookie) for the others.
     Under ``core0 dev`` /run/netns is the host's, holding namespaces core0 has no business
-    with."""
+    with. Every command that takes a ``netns`` (ip.*, 0-core's ip.bridge.* and ip.bond.*)
+    goes through here."""
     if ctx.job.role >= Role.ADMIN:
         return None
     return netstate.load(ctx.config.state_dir).netns
 
 
-async def _with(ctx: Context, netns: str | None, fn: Callable[[IPRoute], T]) -> T:
+async def in_netns(ctx: Context, netns: str | None, fn: Callable[[IPRoute], T]) -> T:
     """Run ``fn(ipr)`` in a worker thread on a netlink socket of ``netns`` (scoped: see
-    :func:`_owned`)."""
-    owned = _owned(ctx) if netns is not None else None
+    :func:`owned_netns`)."""
+    owned = owned_netns(ctx) if netns is not None else None
 
     def work() -> T:
         with nl.session(netns, owned) as r:
@@ -80,7 +81,7 @@ class NsArgs(Schema):
 async def link_list(ctx: Context, args: NsArgs) -> list[dict[str, Any]]:
     """Links: [{name, index, type (veth, bridge, device, loopback…), hwaddr, master, up, mtu,
     operstate}]."""
-    return await _with(ctx, args.netns, nl.describe_links)
+    return await in_netns(ctx, args.netns, nl.describe_links)
 
 
 @dataclass(frozen=True)
@@ -92,13 +93,13 @@ class LinkArgs(Schema):
 @command("ip.link.get", LinkArgs, role=Role.READ_ONLY)
 async def link_get(ctx: Context, args: LinkArgs) -> dict[str, Any]:
     """One link, as in ip.link.list (404 when missing)."""
-    return await _with(ctx, args.netns, lambda r: nl.link_get(r, args.name))
+    return await in_netns(ctx, args.netns, lambda r: nl.link_get(r, args.name))
 
 
 @command("ip.link.up", LinkArgs)
 async def link_up(ctx: Context, args: LinkArgs) -> None:
     """Bring a link up."""
-    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="up"))
+    await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="up"))
 
 
 @command("ip.link.down", LinkArgs)
@@ -106,7 +107,7 @@ async def link_down(ctx: Context, args: LinkArgs) -> None:
     """Bring a link down (409 for the node's own lo)."""
     if args.name == "lo":
         _not_managed(ctx, args.netns, [args.name])
-    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
+    await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,7 @@ async def link_name(ctx: Context, args: RenameArgs) -> None:
     """Rename a link (the kernel may refuse while it is up: 409; 409 for a bridge made by
     bridge.create)."""
     _not_managed(ctx, args.netns, [args.name])
-    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, ifname=args.new))
+    await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, ifname=args.new))
 
 
 @dataclass(frozen=True)
@@ -136,7 +137,7 @@ async def link_mtu(ctx: Context, args: MtuArgs) -> None:
     """Set a link's MTU (409 for the node's own lo)."""
     if args.name == "lo":
         _not_managed(ctx, args.netns, [args.name])
-    await _with(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
+    await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
 
 
 @dataclass(frozen=True)
@@ -162,8 +163,8 @@ async def link_set(ctx: Context, args: SetArgs) -> None:
         _not_managed(ctx, args.netns, [args.name])
     state = None if args.up is None else ("up" if args.up else "down")
     master = "" if args.nomaster else args.master
-    owned = _owned(ctx)
-    await _with(ctx, args.netns, lambda r: nl.link_set(
+    owned = owned_netns(ctx)
+    await in_netns(ctx, args.netns, lambda r: nl.link_set(
         r, args.name, owned, state=state, mtu=args.mtu, address=args.hwaddr, master=master,
         netns=args.move_to))
 
@@ -180,8 +181,8 @@ async def link_add(ctx: Context, args: LinkAddArgs) -> dict[str, Any]:
     vlan (``parent``, ``id``), bond (``mode``), dummy. Optional ``hwaddr``, ``mtu``,
     ``master``, ``up``. A kind the running kernel lacks answers 412 naming it; an existing name
     409."""
-    owned = _owned(ctx)
-    return await _with(ctx, args.netns, lambda r: nl.link_add(r, args, owned))
+    owned = owned_netns(ctx)
+    return await in_netns(ctx, args.netns, lambda r: nl.link_add(r, args, owned))
 
 
 @dataclass(frozen=True)
@@ -196,7 +197,7 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
     on the first failure the links this command created are deleted again and the error
     names the failing item."""
 
-    owned = _owned(ctx)
+    owned = owned_netns(ctx)
 
     def work(r: IPRoute) -> dict[str, Any]:
         done: list[str] = []
@@ -215,7 +216,7 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
             done.append(spec.name)
         return {"created": done}
 
-    return await _with(ctx, args.netns, work)
+    return await in_netns(ctx, args.netns, work)
 
 
 @command("ip.link.del", LinkArgs)
@@ -223,7 +224,7 @@ async def link_del(ctx: Context, args: LinkArgs) -> None:
     """Delete a link (deleting one end of a veth deletes both); 409 for a bridge made by
     bridge.create (bridge.delete removes it)."""
     _not_managed(ctx, args.netns, [args.name])
-    await _with(ctx, args.netns, lambda r: nl.link_del(r, args.name))
+    await in_netns(ctx, args.netns, lambda r: nl.link_del(r, args.name))
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,7 @@ async def link_del_many(ctx: Context, args: DelManyArgs) -> dict[str, list[str]]
                 missing.append(name)
         return {"deleted": deleted, "missing": missing}
 
-    return await _with(ctx, args.netns, work)
+    return await in_netns(ctx, args.netns, work)
 
 
 # ---------------------------------------------------------------- addresses
@@ -281,7 +282,7 @@ async def addr_add(ctx: Context, args: AddrArgs) -> None:
             raise Conflict(f"{iface.ip} is the destination of the forward {fwd.src} of "
                            f"{fwd.owner}: as the node's own address it would redirect that "
                            "traffic to the node")
-    await _with(ctx, args.netns, lambda r: nl.addr_change(r, "add", args.name, args.ip))
+    await in_netns(ctx, args.netns, lambda r: nl.addr_change(r, "add", args.name, args.ip))
 
 
 @command("ip.addr.del", AddrArgs)
@@ -293,7 +294,7 @@ async def addr_del(ctx: Context, args: AddrArgs) -> None:
         if br is not None and br.cidr and v.interface(args.ip) == v.interface(br.cidr):
             raise Conflict(f"{args.ip} is the address of bridge {args.name} (made by "
                            "bridge.create): bridge.delete removes it")
-    await _with(ctx, args.netns, lambda r: nl.addr_change(r, "del", args.name, args.ip))
+    await in_netns(ctx, args.netns, lambda r: nl.addr_change(r, "del", args.name, args.ip))
 
 
 @dataclass(frozen=True)
@@ -306,7 +307,7 @@ class AddrListArgs(Schema):
 async def addr_list(ctx: Context, args: AddrListArgs) -> list[Any]:
     """Addresses. With ``name`` (0-core's form): ["10.0.0.1/24", ...] of that link; without:
     [{name, addr, family}] of every link."""
-    rows = await _with(ctx, args.netns, lambda r: nl.addr_list(r, args.name))
+    rows = await in_netns(ctx, args.netns, lambda r: nl.addr_list(r, args.name))
     if args.name is not None:
         return [a["addr"] for a in rows]
     return rows
@@ -335,13 +336,13 @@ def _route_kw(args: RouteArgs) -> dict[str, Any]:
 @command("ip.route.add", RouteArgs)
 async def route_add(ctx: Context, args: RouteArgs) -> None:
     """Add a route: ``dst`` via ``gw`` and/or ``dev`` (an unreachable gateway is a 400)."""
-    await _with(ctx, args.netns, lambda r: nl.route_change(r, "add", **_route_kw(args)))
+    await in_netns(ctx, args.netns, lambda r: nl.route_change(r, "add", **_route_kw(args)))
 
 
 @command("ip.route.del", RouteArgs)
 async def route_del(ctx: Context, args: RouteArgs) -> None:
     """Delete a route (404 when there is no such route); ``dst`` alone is enough."""
-    await _with(ctx, args.netns, lambda r: nl.route_change(r, "del", **_route_kw(args)))
+    await in_netns(ctx, args.netns, lambda r: nl.route_change(r, "del", **_route_kw(args)))
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,7 @@ class RouteListArgs(Schema):
 async def route_list(ctx: Context, args: RouteListArgs) -> list[dict[str, Any]]:
     """Unicast routes of a table (main by default): [{dst, gw, dev, metric, table, proto,
     scope, src, family}]."""
-    return await _with(ctx, args.netns, lambda r: nl.route_list(r, args.dev, args.table))
+    return await in_netns(ctx, args.netns, lambda r: nl.route_list(r, args.dev, args.table))
 
 
 # ---------------------------------------------------------------- namespaces
@@ -382,7 +383,7 @@ async def netns_add(ctx: Context, args: NetnsArgs) -> None:
         ident = await ctx.to_thread(nl.netns_create, args.name)
         st.netns[args.name] = ident
         netstate.save(ctx.config.state_dir, st)
-    await _with(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
+    await in_netns(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
 
 
 @command("ip.netns.del", NetnsArgs)
@@ -413,7 +414,7 @@ async def netns_list(ctx: Context, args: NoArgs) -> list[str]:
     """Names of network namespaces: those ip.netns.add made for operator and read-only
     queues; every one under /run/netns for the admin role (the host's too under
     ``core0 dev``)."""
-    owned = _owned(ctx)
+    owned = owned_netns(ctx)
     if owned is None:
         return await ctx.to_thread(nl.netns_list)
     names = sorted(owned)

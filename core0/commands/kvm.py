@@ -77,6 +77,13 @@ async def create(ctx: Context, args: CreateArgs) -> str:
         return await v.create(ctx, args, owner=who)
     if not ctx.config.main.persistent_dir:
         raise PreconditionFailed("persistent VMs need main.persistent_dir")
+    async with persist.name_lock(args.name):
+        return await _create_declared(ctx, v, args, who)
+
+
+async def _create_declared(ctx: Context, v: Virt, args: CreateArgs, who: Owner) -> str:
+    """A persistent create (under the name's lock): the running VM of that name when its
+    spec is the same, else it is replaced; the declaration recorded."""
     h = persist.hash_of(args)
     decl = persist.declaration(ctx.config, args.name) or {}
     if decl:

@@ -20,11 +20,8 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command
@@ -42,26 +39,8 @@ log = logging.getLogger(__name__)
 CONTAINERS = Declarations(kind="containers", command="corex.create", job_prefix="declared",
                           what="container")
 
-#: one lock per declared name being created (dropped when nobody holds or waits for it)
-_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-
-@contextlib.asynccontextmanager
-async def name_lock(name: str) -> AsyncIterator[None]:
-    """Serialise the creates of declared name ``name`` in this dispatcher: a second
-    concurrent persistent create of the same name waits, then finds the first one's
-    container running with the same spec hash (or replaces it)."""
-    lock, users = _locks.get(name) or (asyncio.Lock(), 0)
-    _locks[name] = (lock, users + 1)
-    try:
-        async with lock:
-            yield
-    finally:
-        lock, users = _locks[name]
-        if users <= 1:
-            del _locks[name]
-        else:
-            _locks[name] = (lock, users - 1)
+#: serialises the creates of one declared container name (:meth:`Declarations.name_lock`)
+name_lock = CONTAINERS.name_lock
 
 
 def declaration(cfg: Config, name: str) -> dict[str, Any] | None:

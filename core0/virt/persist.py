@@ -11,7 +11,9 @@ name running with the same hash (kept in the domain's metadata, ``declared``) is
 a dispatcher restart changes nothing; one with another hash is destroyed and created
 again; a gone one is created again under its recorded uuid. ``kvm.destroy``,
 ``kvm.shutdown`` and ``kvm.migrate`` of a declared VM delete its record; a guest that powers
-itself off stays declared (it comes back at the next dispatcher start).
+itself off stays declared (it comes back at the next dispatcher start). Persistent creates
+of one name are serialised (:data:`name_lock`): the second of two at once finds the first's
+VM running with the same hash and answers its uuid.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 RETRIES = 120
 VMS = Declarations(kind="vms", command="kvm.create", job_prefix="declared-vm", what="VM",
                    retries=RETRIES)
+
+
+#: serialises the persistent creates of one VM name (:meth:`Declarations.name_lock`)
+name_lock = VMS.name_lock
 
 
 def arguments(args: CreateArgs) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 The node's libvirtd and virtlogd are the image's boot services; the guest (the busybox guest of
 tests/virt_fixtures.py) is uploaded through filesystem.*, created with ``kvm.create`` (direct
 kernel boot on a qcow2 overlay, a domain type the node's own probe picks: TCG inside TCG here),
-its console marker read back through core0, then destroyed. Slow: TCG in TCG.
+its console marker read back through core0, then destroyed; an image is converted on the node
+first (qemu-img confined by bubblewrap there). Slow: TCG in TCG.
 
 ``CORE0_E2E_IMAGE=DIR`` reuses an image already built in DIR.
 """
@@ -57,6 +58,13 @@ def test_nested_guest_through_kvm_create(vm: VM) -> None:
         c.upload("/var/lib/guest/vmlinuz", kernel.read_bytes())
         c.upload("/var/lib/guest/initrd", initrd.read_bytes())
         c.sync("kvm.create-image", {"file_name": "/var/lib/guest/base.qcow2", "size": "16M"})
+        # a conversion runs qemu-img under bubblewrap (core0/proc/confine.py): on the node too
+        c.sync("kvm.convert-image", {"input_file": "/var/lib/guest/base.qcow2",
+                                     "output_file": "/var/lib/guest/copy.raw",
+                                     "output_format": "raw"})
+        sizes = {e["name"]: e["size"] for e in c.json("filesystem.list",
+                                                       {"path": "/var/lib/guest"})}
+        assert sizes["copy.raw"] == 16 << 20, sizes
         uuid = c.json("kvm.create", {
             "name": "nested", "cpu": 1, "memory": 192,
             "media": [{"url": "/var/lib/guest/base.qcow2", "overlay": True}],

@@ -96,6 +96,21 @@ def _scenario(ns: Netns, lv: Any, node: NetNode, base: Path, cfg: Path) -> NetNo
     finally:
         c.close()
     assert r.code == 409, r.data
+    # one spec declared by three creates at once (an orchestrator's retries, a restore racing
+    # a user): one VM, every create answered with its uuid, one declaration
+    pcon = _args("pcon", persistent=True, nics=[])
+    c = node.client(timeout=120)
+    try:
+        jobs = [c.raw("kvm.create", pcon) for _ in range(3)]
+        res = [j.get(120) for j in jobs]
+    finally:
+        c.close()
+    assert [r.state.value for r in res] == ["SUCCESS"] * 3, [r.data for r in res]
+    assert len({r.data for r in res}) == 1
+    assert [v["name"] for v in _json(node, "kvm.list", {})].count("pcon") == 1
+    assert len(list((base / "persist" / "vms").iterdir())) == 2
+    _json(node, "kvm.destroy", {"uuid": json.loads(res[0].data)})
+    assert list((base / "persist" / "vms").iterdir()) == decls
 
     # reboot: nothing of the running system survives but the disks (persistent dir, images)
     node.stop()

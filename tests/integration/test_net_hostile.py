@@ -351,6 +351,14 @@ def test_namespaces_are_scoped(env: Env) -> None:
     assert code_of(op.ip.link.add, "hx0", "veth", peer="hx1", peer_netns=foreign) == 404
     assert code_of(op.ip.link.add, "hx0", "bridge", netns=foreign) == 404
     assert code_of(op.ip.link.set, "h0", move_to=foreign) == 404
+    # 0-core's ip.bridge.* and ip.bond.* keep the same scope
+    for cmd, a in (("ip.bridge.add", {"name": "hb0"}), ("ip.bridge.del", {"name": "f0"}),
+                   ("ip.bridge.addif", {"name": "hb0", "inf": "f0"}),
+                   ("ip.bridge.delif", {"name": "hb0", "inf": "f0"}),
+                   ("ip.bond.add", {"bond": "hb0", "interfaces": ["f0"]}),
+                   ("ip.bond.del", {"bond": "f0"}), ("ip.bond.list", {})):
+        assert code_of(op.sync, cmd, {**a, "netns": foreign}) == 404, cmd
+    assert code_of(ro.sync, "ip.bond.list", {"netns": foreign}) == 404
     assert code_of(op.ip.netns.delete, foreign) == 404
     assert code_of(ro.ip.netns.delete, foreign) == 403
     # admin sees and uses it (documented), but core0 never deletes what it did not make
