@@ -65,6 +65,10 @@ class Context:
         self.job = job
         self.config: Config = engine.cfg
         self.started = time.monotonic()
+        #: the only named network namespaces the command may use, by name and identity, when
+        #: its caller fixed them (an ``ip.*`` command run inside a container: its netns);
+        #: None: the role's rule (core0/commands/ip.py ``owned_netns``)
+        self.netns_only: dict[str, int] | None = None
 
     @property
     def id(self) -> str:

@@ -1,8 +1,9 @@
 """A container's client: ``c.container.client(id)``.
 
 It has the host client's command API (``raw``, ``sync``, ``json``, ``system``, ``bash``,
-``upload``/``download``) and its ``info``, ``job``, ``process`` and ``filesystem`` managers,
-each command sent into container ``id`` with ``corex.dispatch``. Submitting returns the
+``upload``/``download``) and its ``info``, ``job``, ``process``, ``filesystem`` and ``ip``
+managers, each command sent into container ``id`` with ``corex.dispatch`` (``ip.*`` acts in
+the container's network namespace; ``ip.netns.*`` is not served inside: 412). Submitting returns the
 inner job's Response, read on the node's client like any other job (its result carries
 ``container``). One class serves ``Client`` and ``AsyncClient``: it is driven by its
 node's client, so with an ``AsyncClient`` every call returns an awaitable.
@@ -21,6 +22,7 @@ from core0_client.managers.core import (
     JobManager,
     ProcessManager,
 )
+from core0_client.managers.net import IpManager
 
 
 class ContainerClient(CommandAPI):
@@ -34,6 +36,7 @@ class ContainerClient(CommandAPI):
         self.job = JobManager(self)
         self.process = ProcessManager(self)
         self.filesystem = FilesystemManager(self)
+        self.ip = IpManager(self)
 
     def __repr__(self) -> str:
         return f"<ContainerClient {self.container} of {self._node!r}>"

@@ -37,7 +37,9 @@ def owned_netns(ctx: Context) -> nl.Owned:
     role, only those ip.netns.add made (by identity: the namespace's cookie) for the others.
     Under ``core0 dev`` /run/netns is the host's, holding namespaces core0 has no business
     with. Every command that takes a ``netns`` (ip.*, 0-core's ip.bridge.* and ip.bond.*)
-    goes through here."""
+    goes through here. Inside a container (``corex.dispatch``) only the container's."""
+    if ctx.netns_only is not None:
+        return ctx.netns_only
     if ctx.job.role >= Role.ADMIN:
         return None
     return netstate.load(ctx.config.state_dir).netns

@@ -138,7 +138,7 @@ def spawn_program(
         fork_exec: Any = _posixsubprocess.fork_exec
         pid = fork_exec(
             [os.fsencode(a) for a in argv], [os.fsencode(path)],
-            True, tuple(sorted({err_w, *keep})),  # close_fds, fds_to_keep
+            True, tuple(sorted({err_w, *keep})) if keep else (err_w,),  # close_fds, to keep
             cwd, env_list,
             fds[0], -1, -1, fds[1],      # p2cread, p2cwrite, c2pread, c2pwrite
             -1, fds[2],                  # errread, errwrite

@@ -18,17 +18,25 @@ ids and names (:mod:`.fsowner`).
 ``info.*`` is answered for the container (its cpuset, memory cgroup, netns, mounts; see
 :mod:`core0.sandbox.info`).
 
+``ip.*`` (links, addresses, routes; 0-core's ``ip.bridge.*`` and ``ip.bond.*``) runs the node's
+handler in the container's network namespace, and in no other: its ``netns`` is set to the
+container's (named now if it was still anonymous) and the command may use that namespace
+only (``Context.netns_only``); a ``netns``, ``peer_netns`` or ``move_to`` given is refused
+(400), as is ``ip.netns.*`` (the node's namespaces) and any ``ip.*`` in a container that shares
+the node's network (412). The container's own capabilities (no ``CAP_NET_ADMIN`` by
+default) do not apply: the queue that may dispatch into the container is the one acting.
+
 ``job.list``/``job.kill`` inside see and signal only the container's own inner jobs, and
 ``process.list``/``process.kill`` only the processes in its cgroup (listed by host pid).
 
 Three rules keep an inner command from ever running on the host: ``recurring_period`` and
-``max_restart`` are refused (a re-run after a dispatcher restart would call the host's handler);
-a builtin job's (``filesystem.*``, ``info.*``, ``job.*``, ``process.*``, ``core.*``) stored
-form names no registered command (``container.inside:<id>:<command>``); and an inner process
-job adopted by the next dispatcher is given :func:`adopted_spec`, so the one case where
-adoption calls a handler again — its dispatcher died after writing ``spawning`` and before the
-spawn, so it never started — runs it inside its container again (or answers 409 when the
-container is gone), never with the host's handler.
+``max_restart`` are refused (a re-run after a dispatcher restart would call the host's
+handler); a builtin job's (``filesystem.*``, ``info.*``, ``ip.*``, ``job.*``, ``process.*``,
+``core.*``) stored form names no registered command (``container.inside:<id>:<command>``); and
+an inner process job adopted by the next dispatcher is given :func:`adopted_spec`, so the one
+case where adoption calls a handler again — its dispatcher died after writing ``spawning`` and
+before the spawn, so it never started — runs it inside its container again (or answers 409 when
+the container is gone), never with the host's handler.
 
 A builtin inner job is not on disk (it holds no process); its stored form is put in the outer
 queue's ``processing`` list with its pickup flag, in one write, and taken out with its result.
@@ -42,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command, ProtocolError, Result, decode_command, new_id
@@ -58,8 +67,10 @@ if TYPE_CHECKING:
     from core0.jobs.job import Job
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "job.list", "job.kill",
+SUPPORTED = ("core.system", "bash", "filesystem.*", "info.*", "ip.*", "job.list", "job.kill",
              "process.list", "process.kill", "core.ping", "core.subscribe")
+#: arguments of ip.* naming a namespace: inside a container, only its own is used
+_NETNS_FIELDS = ("netns", "peer_netns", "move_to")
 #: the info.* commands answered for a container
 INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port", "info.version")
 #: answered by the node's own handler (0-core's coreX answered these inside): the node's
@@ -175,6 +186,49 @@ def _info_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
     return run_info
 
 
+def _ip_handler(rec: Any, spec: CommandSpec) -> Any:
+    """ip.* in the container's network namespace only (module docstring)."""
+    from core0.net import netlink as nl
+    from core0.sandbox import netsetup
+
+    async def run_ip(c: Context, a: Any) -> Any:
+        for where in _netns_fields(a, "command.arguments"):
+            raise BadRequest(f"{where}: inside a container ip.* acts in its own network "
+                             "namespace only", field=where)
+        cur = _running(c, rec.id)
+        if cur is None:
+            raise Conflict(f"container {rec.id} is not running")
+        if cur.host_network:
+            raise PreconditionFailed(f"container {rec.id} shares the node's network: use "
+                                     f"{spec.name} on the node")
+        await netsetup.pin_init_netns(c, cur)  # (a container made without nics)
+        ident = await c.to_thread(nl.netns_id, cur.netns)
+        if ident is None:
+            raise Conflict(f"container {rec.id} has no network namespace")
+        c.netns_only = {cur.netns: ident}
+        return await spec.handler(c, dataclasses.replace(a, netns=cur.netns))
+
+    return run_ip
+
+
+def _netns_fields(a: Any, path: str) -> Iterator[str]:
+    """Where parsed arguments ``a`` name a network namespace (``links[i].peer_netns``…)."""
+    if dataclasses.is_dataclass(a):
+        for f in dataclasses.fields(a):
+            val = getattr(a, f.name)
+            if f.name in _NETNS_FIELDS and val is not None:
+                yield f"{path}.{f.name}"
+            else:
+                yield from _netns_fields(val, f"{path}.{f.name}")
+    elif isinstance(a, list):
+        for i, x in enumerate(a):
+            yield from _netns_fields(x, f"{path}[{i}]")
+
+
+def _is_ip(name: str) -> bool:
+    return name.startswith("ip.") and not name.startswith("ip.netns.")
+
+
 def _builtin(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
     """The handler of a builtin inner command (None: it runs as the runtime's exec)."""
     name = spec.name
@@ -186,6 +240,8 @@ def _builtin(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
         return _process_handler(rec.cgroups_path, spec)
     if name in INFO:
         return _info_handler(ctx, rec, spec)
+    if _is_ip(name):
+        return _ip_handler(rec, spec)
     if name in NODE_FACTS:
         return spec.handler
     return None
@@ -237,7 +293,7 @@ def requeued(cmd: Command) -> tuple[Command, CommandSpec] | None:
 
 
 def _is_builtin(name: str) -> bool:
-    return (name.startswith("filesystem.") or name in INFO
+    return (name.startswith("filesystem.") or name in INFO or _is_ip(name)
             or name in ("job.list", "job.kill", "process.list", "process.kill", *NODE_FACTS))
 
 

@@ -220,13 +220,27 @@ def test_container_client(cl: Any, zc: Any, zos: Zos, record: Any, cid: int) -> 
            "move, chmod, chown, read, write, close, upload, download, upload_file, "
            "download_file) confined to the container's root")
 
-    with pytest.raises(RuntimeError) as ei:
-        cc.ip.link.list()
-    assert "cannot run inside a container" in str(ei.value)
-    record("container.client.ip", "`RuntimeError('failed to dispatch command to container: "
-           "… cannot run inside a container yet (supported: …)')`: the client wraps every "
-           "failed `corex.dispatch` in it, so the code (412) is not shown; use nic_add/nic_remove",
-           works=False)
+    ip = cc.ip
+    inside = {x["name"] for x in ip.link.list()}
+    assert {"lo", "eth0"} <= inside, inside
+    assert ip.bridge.add("cbr9") is None
+    ip.link.up("cbr9")
+    ip.addr.add("cbr9", "10.93.0.1/24")
+    assert "10.93.0.1/24" in ip.addr.list("cbr9")
+    ip.route.add("cbr9", "10.94.0.0/24", "10.93.0.2")
+    assert any(r["dst"] == "10.94.0.0/24" for r in ip.route.list())
+    # the container's namespace, not the node's
+    nic = {n["name"]: n for n in cc.info.nic()}
+    assert "10.93.0.1/24" in [a["addr"] for a in nic["cbr9"]["addrs"]], nic["cbr9"]
+    assert "cbr9" not in {x["name"] for x in cl.ip.link.list()}
+    assert "10.94.0.0/24" not in [r["dst"] for r in cl.ip.route.list()]
+    ip.route.delete("cbr9", "10.94.0.0/24", "10.93.0.2")
+    ip.addr.delete("cbr9", "10.93.0.1/24")
+    ip.link.down("cbr9")
+    ip.bridge.delete("cbr9")
+    assert {x["name"] for x in ip.link.list()} == inside
+    record("container.client.ip", "link, addr, route, bridge (and bond): the node's `ip.*` "
+           "run in the container's network namespace only")
     for call in (cc.zerotier.info, cc.zerotier.list):
         with pytest.raises(zc.ResultError) as e:
             call()

@@ -80,6 +80,16 @@ def test_manager_and_inside_sync(cnode: ContainerNode) -> None:
             osinfo = inside.info.os()
             assert osinfo["hostname"] == "web1" and osinfo["procs"] >= 1
             assert inside.info.cpu()
+            # ip.* in the container's netns (the host client's ip manager)
+            inside.ip.link.add("wb0", "bridge", up=True)
+            inside.ip.addr.add("wb0", "10.96.0.1/24")
+            wb0 = next(n for n in inside.info.nic() if n["name"] == "wb0")
+            assert "10.96.0.1/24" in [a["addr"] for a in wb0["addrs"]]
+            assert "wb0" not in [x["name"] for x in c.ip.link.list()]
+            with pytest.raises(ResultError) as ei:
+                inside.ip.netns.list()
+            assert ei.value.code == 412
+            inside.ip.link.delete("wb0")
             listener = inside.system("nc -l -p 7777")
 
             def listening() -> bool:

@@ -1,7 +1,8 @@
 """A container created without nics runs in the anonymous netns its runtime makes (only ``lo``,
 up; no /run/netns entry); a nic added later names that netns (``/run/netns/<name>``), and
 every later path works on it: nic-remove, a second nic, a dispatcher kill -9, a keeper's
-restart of the init (which joins the named netns again), terminate leaving nothing."""
+restart of the init (which joins the named netns again), terminate leaving nothing. ``ip.*``
+dispatched into a container acts in its netns and in no other."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import wait_until
 from sandbox_fixtures import (
     ContainerNode,
+    call,
     dispatcher_or_zero,
     import_busybox,
     inside,
@@ -125,4 +127,66 @@ def test_container_run_without_nic(cnode: ContainerNode, image: str) -> None:
     assert res.state.value == "SUCCESS", (res.data, res.streams)
     lines = res.streams[0].splitlines()
     assert len(lines) == 1 and "lo:" in lines[0], lines
+    assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)
+
+
+def _ip(cnode: ContainerNode, cid: int, command: str, args: dict[str, Any]) -> Any:
+    """The result of ``command`` dispatched into container ``cid`` (the outer call may
+    refuse it: then that result)."""
+    outer = call(cnode, "corex.dispatch", {"container": cid, "command": {
+        "command": command, "arguments": args}})
+    if outer.state.value != "SUCCESS":
+        return outer
+    c = cnode.client()
+    try:
+        return c.response_for(json.loads(outer.data)).get(60)
+    finally:
+        c.close()
+
+
+def test_ip_inside_acts_in_the_containers_netns_only(cnode: ContainerNode, image: str) -> None:
+    """0-core's per-container ``ip`` (``corex.dispatch`` of ``ip.*``): in a container made
+    without nics too (its anonymous netns gets its name); what is made is seen from inside
+    and not on the node; a namespace named in the arguments is refused (400, nested
+    ``links[i].peer_netns`` too), ``ip.netns.*`` is not served inside (412); nothing is left
+    after terminate."""
+    before = snapshot(cnode)
+    tag = node_tag(cnode)
+    other = ok(cnode, "corex.create", {"root": image})
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    node_links = snapshot(cnode)["links"]
+    try:
+        res = _ip(cnode, cid, "ip.link.list", {})
+        assert [x["name"] for x in json.loads(res.data)] == ["lo"], res.data
+        res = _ip(cnode, cid, "ip.link.add", {"name": "ib0", "kind": "bridge", "up": True})
+        assert res.state.value == "SUCCESS", res.data
+        assert f"core0-{tag}-{cid}" in os.listdir("/run/netns")  # named now
+        res = _ip(cnode, cid, "ip.addr.add", {"name": "ib0", "ip": "10.95.0.1/24"})
+        assert res.state.value == "SUCCESS", res.data
+        assert any(ln.startswith("ib0") for ln in _links(cnode, cid))
+        assert "10.95.0.1/24" in inside(cnode, cid, "ip -o -4 addr").streams[0]
+        assert snapshot(cnode)["links"] == node_links  # nothing on the node
+        # another container's namespace, or any named one, is not reachable from inside
+        ons = f"core0-{tag}-{other}"
+        for cmd, a, where in (
+                ("ip.link.list", {"netns": ons}, "netns"),
+                ("ip.link.add", {"name": "ix0", "kind": "veth", "peer": "ix1",
+                                 "peer_netns": ons}, "peer_netns"),
+                ("ip.link.set", {"name": "ib0", "move_to": ons}, "move_to"),
+                ("ip.link.add_many", {"links": [{"name": "ix0", "kind": "veth",
+                                                 "peer": "ix1", "peer_netns": ons}]},
+                 "links[0].peer_netns")):
+            res = _ip(cnode, cid, cmd, a)
+            assert (res.state.value, res.code) == ("ERROR", 400), (cmd, res.data)
+            assert f"command.arguments.{where}" in res.data, res.data
+        res = _ip(cnode, cid, "ip.netns.list", {})
+        assert res.code == 412 and "cannot run inside a container" in res.data, res.data
+        res = _ip(cnode, other, "ip.link.list", {})
+        assert "ib0" not in [x["name"] for x in json.loads(res.data)]
+        res = _ip(cnode, cid, "ip.link.del", {"name": "ib0"})
+        assert res.state.value == "SUCCESS", res.data
+        assert not any(ln.startswith("ib0") for ln in _links(cnode, cid))
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+        ok(cnode, "corex.terminate", {"container": other})
     assert wait_until(lambda: snapshot(cnode) == before, 10), (snapshot(cnode), before)

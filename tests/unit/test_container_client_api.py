@@ -19,7 +19,7 @@ def test_container_client_same_api() -> None:
     for name in ("raw", "sync", "json", "system", "bash", "upload", "download", "upload_file",
                  "download_file"):
         assert public(inside)[name] == host[name], name
-    for name in ("info", "job", "process", "filesystem"):
+    for name in ("info", "job", "process", "filesystem", "ip"):
         assert type(getattr(inside, name)) is type(getattr(c, name))
         assert public(getattr(inside, name)) == public(getattr(c, name))
     assert public(c.container.image) == public(ac.container.image)
