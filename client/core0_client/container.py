@@ -3,9 +3,9 @@
 It has the host client's command API (``raw``, ``sync``, ``json``, ``system``, ``bash``,
 ``upload``/``download``) and its ``info``, ``job``, ``process``, ``filesystem`` and ``ip``
 managers, each command sent into container ``id`` with ``corex.dispatch`` (``ip.*`` acts in
-the container's network namespace; ``ip.netns.*`` is not served inside: 412). Submitting returns the
-inner job's Response, read on the node's client like any other job (its result carries
-``container``). One class serves ``Client`` and ``AsyncClient``: it is driven by its
+the container's network namespace; ``ip.netns.*`` is not served inside: 412). Submitting
+returns the inner job's Response, read on the node's client like any other job (its result
+carries ``container``). One class serves ``Client`` and ``AsyncClient``: it is driven by its
 node's client, so with an ``AsyncClient`` every call returns an awaitable.
 """
 

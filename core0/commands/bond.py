@@ -123,7 +123,7 @@ async def bond_list(ctx: Context, args: NsArgs) -> dict[str, list[dict[str, str]
     ...}]}``, the
     kernel's ``/proc/net/bonding`` report cut into sections, as 0-core."""
 
-    owned = owned_netns(ctx)
+    owned = owned_netns(ctx) if args.netns is not None else None
 
     def work() -> dict[str, list[dict[str, str]]]:
         if args.netns is None:
