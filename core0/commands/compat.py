@@ -3,7 +3,10 @@
 - ``ip.bridge.add|del|addif|delif``: plain Linux bridges through netlink, as 0-core's ``ip``
   manager made them (``bridge.*`` is core0's managed bridge with DHCP/NAT; ``ip.link.*``
   offers every kind of link).
-- ``zerotier.*``, ``rtinfo.*``, ``socat.*`` and ``logger.subscribe|unsubscribe`` are
+- ``socat.list``: the DNAT rules of the node's port forwards (0-core's name from before its
+  forwards were nft rules); ``socat.reserve {number}``: that many free host ports from 1024,
+  held two minutes for forwards to come (:mod:`core0.net.reserve`).
+- ``zerotier.*``, ``rtinfo.*`` and ``logger.subscribe|unsubscribe`` are
   answered 501 with the reason (docs/compat.md): a clear "not here, and why" instead of
   UNKNOWN_CMD, so a 0-core client's error names what to use instead.
 """
@@ -17,9 +20,11 @@ from core0.commands.ip import in_netns
 from core0.context import Context
 from core0.errors import BadRequest, CommandError
 from core0.net import netlink as nl
+from core0.net import reserve, sockets
+from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
-from core0.schema import Doc, Schema
+from core0.schema import Doc, NoArgs, Range, Schema
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -95,6 +100,36 @@ async def bridge_delif(ctx: Context, args: BridgeIfArgs) -> None:
     await in_netns(ctx, args.netns, work)
 
 
+# ---------------------------------------------------------------- socat.* (port forwards)
+
+
+@command("socat.list", role=Role.READ_ONLY)
+async def socat_list(ctx: Context, args: NoArgs) -> list[str]:
+    """The DNAT rules of the node's port forwards, as nft text (0-core's answer: its ``nat
+    pre`` rules); ``nft.forward_list`` gives them as records."""
+    fwds = netstate.load(ctx.config.state_dir).forwards
+    return [rule for f in fwds for rule in f.rules("prerouting")]
+
+
+@dataclass(frozen=True)
+class ReserveArgs(Schema):
+    number: Annotated[int, Doc("how many ports"), Range(1, 1024)]
+
+
+@command("socat.reserve", ReserveArgs)
+async def socat_reserve(ctx: Context, args: ReserveArgs) -> list[int]:
+    """Reserve ``number`` free host ports (the lowest from 1024 the node does not listen on,
+    no forward uses and nobody holds), held two minutes or until a forward takes one: their
+    numbers. 503 when too few are free or too many are held."""
+    def used() -> set[int]:
+        return {s.port for s in sockets.listeners()}
+
+    ports = await ctx.to_thread(used)
+    async with netstate.LOCK:
+        ports |= {f.source.port for f in netstate.load(ctx.config.state_dir).forwards}
+        return reserve.RESERVED.take(args.number, ports)
+
+
 # ---------------------------------------------------------------- not served (501)
 
 
@@ -112,9 +147,6 @@ NOT_SERVED: dict[str, str] = {
     **{f"rtinfo.{op}": "core0 has no rtinfo agent (0-core pushed stats to an rtinfo "
        "server); read info.* and job.list, or run an exporter as a service"
        for op in ("start", "stop", "list")},
-    **{f"socat.{op}": "core0 forwards ports with nft DNAT rules: use nft.forward_add, "
-       "nft.forward_list and nft.forward_remove (ports are not reserved in advance)"
-       for op in ("list", "reserve")},
     **{f"logger.{op}": "core0 has no aggregated logger:<queue> lists; every job's output "
        "is the Redis Stream log:<id> (XREAD it), or follow a job with core.subscribe"
        for op in ("subscribe", "unsubscribe")},

@@ -140,9 +140,11 @@ async def commit(ctx: Context, st: NetState, old: NetState | None = None) -> Non
     previous table stays in force. When neither ``old`` nor ``st`` needs a table, nft is not
     run at all (a node without nftables can still have plain bridges).
     """
-    from core0.net import nft
+    from core0.net import nft, reserve
 
     text = ruleset(ctx, st)
     if not (old is not None and text == nft.EMPTY == ruleset(ctx, old)):
         await ctx.run(["nft", "-f", "-"], stdin=text.encode(), timeout=30)
     save(ctx.config.state_dir, st)
+    # a forward took its port: no longer held for one to come (socat.reserve)
+    reserve.RESERVED.release(f.source.port for f in st.forwards)

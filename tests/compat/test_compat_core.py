@@ -184,7 +184,6 @@ def test_config_and_logger(cl: Any, zc: Any, record: Any) -> None:
 
 ZT = "core0 does not run ZeroTier"
 RT = "core0 has no rtinfo agent"
-SOCAT = "nft.forward_add"
 
 
 def _reason(r: Any) -> str:
@@ -193,8 +192,8 @@ def _reason(r: Any) -> str:
 
 
 def test_not_served_answers_501(cl: Any, zc: Any, record: Any) -> None:
-    """zerotier/rtinfo/socat: a clear 501 naming the reason, never UNKNOWN_CMD, through the
-    client's own methods where it has them (PyPI: zerotier.*; master: rtinfo, socat)."""
+    """zerotier/rtinfo: a clear 501 naming the reason, never UNKNOWN_CMD, through the
+    client's own methods where it has them (PyPI: zerotier.*; master: rtinfo)."""
     net = "1d71939404587f3c"
     for method, call in (("zerotier.join", lambda: cl.zerotier.join(net)),
                          ("zerotier.leave", lambda: cl.zerotier.leave(net))):
@@ -225,14 +224,39 @@ def test_not_served_answers_501(cl: Any, zc: Any, record: Any) -> None:
         record(method, "the job fails with code 501, the reason in its data and stderr (the "
                "client's `RuntimeError`): core0 has no rtinfo agent (docs/compat.md)",
                works=False)
-    for method, args, reason, row in (
-            ("rtinfo.list", {}, RT, "core0 has no rtinfo agent"),
-            ("socat.list", {}, SOCAT, "core0's forwards are `nft.forward_*`"),
-            ("socat.reserve", {"number": 2}, SOCAT, "core0's forwards are `nft.forward_*`")):
-        with pytest.raises(zc.ResultError) as e:
-            cl.json(method, args)
-        assert e.value.code == 501 and reason in e.value.message, e.value
-        record(method, f"`ResultError` 501: {row} (docs/compat.md)", works=False)
+    with pytest.raises(zc.ResultError) as e:
+        cl.json("rtinfo.list", {})
+    assert e.value.code == 501 and RT in e.value.message, e.value
+    record("rtinfo.list", "`ResultError` 501: core0 has no rtinfo agent (docs/compat.md)",
+           works=False)
+
+
+def test_socat_reserve_and_list(cl: Any, zc: Any, record: Any) -> None:
+    """socat.* (0-core master's client, through json): reserve hands out free host ports,
+    held for the forwards to come; a forward takes its port out of the holds; list shows the
+    forwards' DNAT rules."""
+    first = cl.json("socat.reserve", {"number": 3})
+    assert len(set(first)) == 3 and all(1024 <= p <= 65535 for p in first), first
+    second = cl.json("socat.reserve", {"number": 2})
+    assert not set(first) & set(second), (first, second)  # held: never handed out twice
+    with pytest.raises(zc.ResultError) as e:
+        cl.json("socat.reserve", {"number": 0})
+    assert e.value.code == 400
+    record("socat.reserve", "[ports]: the lowest free host ports from 1024 (not listened on, "
+           "no forward on them), held 2 min or until a forward takes one, as 0-core")
+    port = min(first)
+    cl.json("nft.forward_add", {"owner": "user:socat", "ip": "10.99.0.2",
+                                "forwards": {str(port): 80}})
+    try:
+        rules = cl.json("socat.list", {})
+        assert [r for r in rules if f"dport {port} dnat ip to 10.99.0.2:80" in r], rules
+    finally:
+        cl.json("nft.forward_remove", {"owner": "user:socat", "src": [str(port)]})
+    assert not [r for r in cl.json("socat.list", {}) if f"dport {port} " in r]
+    record("socat.list", "[rule text]: the DNAT rules of the node's port forwards (0-core: its "
+           "`nat pre` rules)")
+    # the forward took the port out of the holds: free again, the lowest one
+    assert cl.json("socat.reserve", {"number": 1}) == [port]
 
 
 def test_aggregator_query(cl: Any, record: Any) -> None:
