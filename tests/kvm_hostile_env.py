@@ -9,11 +9,12 @@ import contextlib
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conftest import wait_until
 from kvm_env import METRICS_PORT, start_node
 from net_fixtures import NetNode, netns
 from virt_fixtures import Libvirtd, guest_files, libvirtd
@@ -29,8 +30,24 @@ SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 
 
 def HOLD(base: Path) -> dict[str, str]:
-    """The node's fault-test hook: creates of VM ``held`` wait in ``base/hold``."""
+    """The node's fault-test hook: creates of VM ``held`` (and converts to an output file
+    named ``held``) wait in ``base/hold``."""
     return {"CORE0_TEST_VM_HOLD": f"held:{base / 'hold'}"}
+
+
+def through_hold(base: Path, job: Any, act: Callable[[], None] | None) -> Any:
+    """The result of ``job``, a command the node holds (:func:`HOLD`) between its check and
+    qemu's (qemu-img's) open, with ``act`` done exactly in that window."""
+    hold = base / "hold"
+    assert wait_until(lambda: (hold / "held").exists(), 60)
+    if act is not None:
+        act()
+    (hold / "held").unlink()
+    (hold / "go").touch()
+    try:
+        return job.get(120)
+    finally:
+        (hold / "go").unlink()
 FOREIGN_XML = ("<domain type='qemu'><name>foreign</name><memory unit='MiB'>16</memory>"
                "<os><type arch='x86_64' machine='pc'>hvm</type></os>"
                "<devices><memballoon model='none'/></devices></domain>")

@@ -54,6 +54,7 @@ from kvm_hostile_env import (
     _vm_dirs,
     firmware_vm,
     hostile_node,
+    through_hold,
 )
 from virt_fixtures import Listener, flip, qemu_files
 
@@ -181,22 +182,18 @@ def test_media_swapped_between_check_and_start(env: Env) -> None:
     """The same swap made exactly in the window (the node's hold between the check of a new
     VM's disks and its start, CORE0_TEST_VM_HOLD): qemu opens the host file, the VM never
     runs (409, no domain, no qemu); the same create without the swap runs."""
-    img, hold = env.root / "images", env.base / "hold"
+    img = env.root / "images"
     real, path = img / "held.real", img / "held.raw"
     _img("-f", "raw", str(real), "1M")
     args = {"name": "held", "memory": 32, "media": [{"url": "/images/held.raw", "format": "raw"}]}
     for swap in (True, False):
         os.link(real, img / ".h")
         os.replace(img / ".h", path)
-        job = env.op.raw("kvm.create", args)
-        assert wait_until(lambda: (hold / "held").exists(), 60)
-        if swap:
+        def swap_in() -> None:
             os.symlink(env.secret, img / ".l")
             os.replace(img / ".l", path)
-        (hold / "held").unlink()
-        (hold / "go").touch()
-        res = job.get(120)
-        (hold / "go").unlink()
+
+        res = through_hold(env.base, env.op.raw("kvm.create", args), swap_in if swap else None)
         if swap:
             assert (res.state.value, res.code) == ("ERROR", 409), res
             assert "changed while the VM was being made" in res.data
@@ -526,7 +523,7 @@ def test_convert_image_reaches_no_data_file_named_later(env: Env) -> None:
     descriptors it was given, so the name leads nowhere — 400 naming it, no output left;
     the same convert without the rewrite succeeds. Unconfined, the output held the host
     file's bytes."""
-    img, hold, out = env.root / "images", env.base / "hold", env.root / "images/held"
+    img, out = env.root / "images", env.root / "images/held"
     _img("-f", "qcow2", "-o", f"data_file={img / 'df.raw'},data_file_raw=on",
          str(img / "evil.qcow2"), "1M")
     subprocess.run(["qemu-img", "amend", "-f", "qcow2", "-o", f"data_file={env.secret}",
@@ -536,13 +533,9 @@ def test_convert_image_reaches_no_data_file_named_later(env: Env) -> None:
         job = env.op.raw("kvm.convert-image", {"input_file": "/images/plain.qcow2",
                                                "output_file": "/images/held",
                                                "output_format": "raw"})
-        assert wait_until(lambda: (hold / "held").exists(), 60)
-        if rewrite:  # the same inode (core0's descriptor), new content
-            (img / "plain.qcow2").write_bytes((img / "evil.qcow2").read_bytes())
-        (hold / "held").unlink()
-        (hold / "go").touch()
-        res = job.get(120)
-        (hold / "go").unlink()
+        # the same inode (core0's descriptor), new content
+        res = through_hold(env.base, job, (lambda: (img / "plain.qcow2").write_bytes(
+            (img / "evil.qcow2").read_bytes())) if rewrite else None)
         if rewrite:
             assert (res.state.value, res.code) == ("ERROR", 400), res
             assert f"Could not open '{env.secret}'" in res.data, res.data
