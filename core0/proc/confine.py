@@ -19,7 +19,9 @@ environment; killed with its parent. A name in a header then leads nowhere: qemu
 with "Could not open '<host path>': No such file or directory".
 
 Where ``bwrap`` is missing the command is refused (412 "bwrap is not installed"), never run
-without the sandbox.
+without the sandbox; where it cannot make the sandbox (core0 itself in a container without the
+privilege to make namespaces, the tool missing), :func:`failure` tells its complaint from the
+tool's own errors, so the command can answer 412 rather than blame the user's input.
 """
 
 from __future__ import annotations
@@ -54,3 +56,11 @@ def confined(argv: Sequence[str]) -> list[str]:
 def fd_path(fd: int) -> str:
     """The name of inherited descriptor ``fd`` inside the sandbox (the tool's own ``/proc``)."""
     return f"/proc/self/fd/{fd}"
+
+
+def failure(stderr: str) -> str | None:
+    """bwrap's own complaint when it could not set the sandbox up or start the tool in it
+    (its message, on the first line of stderr: ``bwrap: …``); None when the tool ran and
+    failed by itself."""
+    first = stderr.lstrip().partition("\n")[0]
+    return first.removeprefix("bwrap: ") if first.startswith("bwrap: ") else None

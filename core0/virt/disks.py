@@ -30,7 +30,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core0.errors import BadRequest, CommandError, Conflict, ToolError, Unavailable
+from core0.errors import (
+    BadRequest,
+    CommandError,
+    Conflict,
+    PreconditionFailed,
+    ToolError,
+    Unavailable,
+)
 from core0.fspath import Root, oserror
 from core0.proc import confine
 from core0.virt.guard import Ident, ident
@@ -330,12 +337,17 @@ async def convert(ctx: Context, src: Pinned, dst: int, fmt: str) -> None:
     confined (:mod:`core0.proc.confine`: the descriptors are all it can reach): 409 when a
     running VM holds the input (qemu's image lock), 503 when the node has no space left for
     the output, 400 for what qemu-img refuses of the image itself — a data file named in a
-    header rewritten since the check among it (it does not exist in the sandbox)."""
+    header rewritten since the check among it (it does not exist in the sandbox) —, 412 when
+    the sandbox cannot be made here."""
     argv = [QEMU_IMG, "convert", "-O", fmt, "--", src.spec, confine.fd_path(dst)]
     try:
         await ctx.run(confine.confined(argv), timeout=3600, keep_fds=(*src.fds, dst))
     except ToolError as e:
         msg = e.stderr.strip()[-300:]
+        why = confine.failure(e.stderr)
+        if why is not None:
+            raise PreconditionFailed(f"qemu-img convert: this node cannot run it in its "
+                                     f"sandbox: {why[:300]}") from None
         if "lock" in msg:
             raise Conflict(f"qemu-img convert: the image is in use ({msg})") from None
         if "No space left" in msg:

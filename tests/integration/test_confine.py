@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import require, require_root
 
+from core0.proc import confine
+
 pytestmark = [pytest.mark.root]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,6 +42,7 @@ async def main():
                  "/proc/self/status"):
         await run(path, ["cat", "--", path])
     await run("env", ["env"])
+    await run("missing", ["/no/such/tool"])
     await run("ls_root", ["ls", "-a", "/"])
     print(json.dumps(out))
 
@@ -67,6 +70,9 @@ def test_a_confined_tool_sees_only_what_it_is_given(tmp_path: Path) -> None:
     assert int(status["CapEff"], 16) == 1 << 1 == int(status["CapPrm"], 16)  # DAC_OVERRIDE
     assert status["NoNewPrivs"].strip() == "1"
     assert out["env"][0] == 0 and set(out["env"][1].split()) <= {"PWD=/"}  # (bwrap's own)
+    # bwrap's own failure is told from the tool's (a 412 for the command, not a 400)
+    assert confine.failure(out["missing"][2]) == "execvp /no/such/tool: No such file or directory"
+    assert confine.failure(out["by_path"][2]) is None
     assert set(out["ls_root"][1].split()) <= {".", "..", "usr", "lib", "lib64", "bin", "sbin",
                                               "etc", "proc", "dev", "tmp"}
     assert os.path.exists(host)
