@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-from core0.commands.ip import in_netns, owned_netns
+from core0.commands.ip import in_netns, keep_core0_links, owned_netns
 from core0.context import Context
 from core0.errors import BadRequest, Conflict
 from core0.net import netlink as nl
@@ -69,6 +69,7 @@ async def bond_add(ctx: Context, args: BondAddArgs) -> None:
     up again) and bring it up, as 0-core. 409 if the name is taken, 404 for a missing slave,
     412 if the kernel has no bonding driver."""
 
+    keep_core0_links(ctx, args.netns, args.bond, *args.interfaces)
     await in_netns(ctx, args.netns, lambda r: _bond_add(r, args))
 
 
@@ -89,6 +90,7 @@ async def bond_del(ctx: Context, args: BondArgs) -> None:
             raise BadRequest(f"{args.bond} is a {link['type']} link, not a bond")
         nl.link_del(r, args.bond)
 
+    keep_core0_links(ctx, args.netns, args.bond)
     await in_netns(ctx, args.netns, work)
 
 

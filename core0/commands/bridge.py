@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+from core0.commands.ip import keep_core0_links
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
 from core0.net import dnsmasq
@@ -176,7 +177,10 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     address (409 when its network overlaps an existing address, or when a port forward would
     take its DNS/DHCP ports); ``nat`` masquerades it and
     enables IPv4 forwarding; static/dnsmasq modes run a supervised dnsmasq on it (DNS; DHCP
-    over start..end in dnsmasq mode). Returns the bridge as bridge.info shows it."""
+    over start..end in dnsmasq mode). Returns the bridge as bridge.info shows it. Below
+    admin, 409 for a name core0 keeps for its own links (``core0``, ``kvm0``, ``c0t…``,
+    ``c0v…``)."""
+    keep_core0_links(ctx, None, args.name, bridges=False)
     br = _plan(args)
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
@@ -276,9 +280,13 @@ def _must_be_bridge(r: IPRoute, name: str) -> None:
 
 @command("bridge.nic-add", NicArgs)
 async def nic_add(ctx: Context, args: NicArgs) -> None:
-    """Attach a link to a bridge (and bring it up); 409 for the node's ``lo``."""
+    """Attach a link to a bridge (and bring it up); 409 for the node's ``lo``, and below
+    admin for core0's own links (a VM's tap, a container's nic, a segment's link) and bridges
+    other than bridge.create's (its NAT bridges, a segment's)."""
     if args.nic == "lo":
         raise Conflict("lo is the node's loopback: it stays as it is")
+    keep_core0_links(ctx, None, args.nic)
+    keep_core0_links(ctx, None, args.name, bridges=False)
 
     def work(r: IPRoute) -> None:
         _must_be_bridge(r, args.name)
@@ -294,7 +302,8 @@ class NicRemoveArgs(Schema):
 
 @command("bridge.nic-remove", NicRemoveArgs)
 async def nic_remove(ctx: Context, args: NicRemoveArgs) -> None:
-    """Detach a link from its bridge."""
+    """Detach a link from its bridge (below admin, not one of core0's own links: 409)."""
+    keep_core0_links(ctx, None, args.nic)
     await _netlink(ctx, lambda r: nl.link_set(r, args.nic, master=""))
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
-from core0.commands.ip import in_netns
+from core0.commands.ip import in_netns, keep_core0_links
 from core0.context import Context
 from core0.errors import BadRequest, CommandError
 from core0.net import netlink as nl
@@ -48,6 +48,7 @@ class BridgeAddArgs(Schema):
 async def bridge_add(ctx: Context, args: BridgeAddArgs) -> None:
     """Create a Linux bridge (down, as 0-core left it), with ``hwaddr`` if given. 409 if the
     name is taken."""
+    keep_core0_links(ctx, args.netns, args.name)
     spec = nl.LinkSpec(name=args.name, kind="bridge", hwaddr=args.hwaddr)
     await in_netns(ctx, args.netns, lambda r: nl.link_add(r, spec))
 
@@ -60,7 +61,9 @@ class BridgeArgs(Schema):
 
 @command("ip.bridge.del", BridgeArgs)
 async def bridge_del(ctx: Context, args: BridgeArgs) -> None:
-    """Delete a bridge (its ports are released). 404 if missing, 400 if not a bridge."""
+    """Delete a bridge (its ports are released). 404 if missing, 400 if not a bridge; below
+    admin 409 for one of core0's."""
+    keep_core0_links(ctx, args.netns, args.name)
 
     def work(r: IPRoute) -> None:
         _bridge(r, args.name)
@@ -78,7 +81,9 @@ class BridgeIfArgs(Schema):
 
 @command("ip.bridge.addif", BridgeIfArgs)
 async def bridge_addif(ctx: Context, args: BridgeIfArgs) -> None:
-    """Attach link ``inf`` to bridge ``name``. 404 if either is missing."""
+    """Attach link ``inf`` to bridge ``name``. 404 if either is missing; below admin 409
+    when either is one of core0's links."""
+    keep_core0_links(ctx, args.netns, args.name, args.inf)
 
     def work(r: IPRoute) -> None:
         _bridge(r, args.name)
@@ -89,7 +94,9 @@ async def bridge_addif(ctx: Context, args: BridgeIfArgs) -> None:
 
 @command("ip.bridge.delif", BridgeIfArgs)
 async def bridge_delif(ctx: Context, args: BridgeIfArgs) -> None:
-    """Detach link ``inf`` from bridge ``name``. 400 if it is not attached to that bridge."""
+    """Detach link ``inf`` from bridge ``name``. 400 if it is not attached to that bridge;
+    below admin 409 when either is one of core0's links."""
+    keep_core0_links(ctx, args.netns, args.name, args.inf)
 
     def work(r: IPRoute) -> None:
         _bridge(r, args.name)

@@ -12,15 +12,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, Unavailable
 from core0.net import netlink as nl
+from core0.net import portguard
 from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
+from core0.sandbox.store import node_tag
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
+from core0.virt.guards import CONTAINERS_BRIDGE
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -71,6 +75,49 @@ def _not_managed(ctx: Context, netns: str | None, names: list[str]) -> None:
             raise Conflict(f"{name} was made by bridge.create: bridge.delete removes it")
 
 
+#: prefixes of the links core0 names itself in the node's namespace: VM taps on kvm0
+#: (``c0t<mac>``), segments' uplinks and bridges (``c0vl``/``c0vlb``/``c0vx``/``c0vxb``)
+CORE0_PREFIXES = (portguard.CLOSED, "c0v")
+
+
+#: the commands whose callers :func:`keep_core0_links` checks (other domains call these
+#: handlers for core0's own links: corex.create makes its NAT bridge with bridge.create's)
+_NET_DOMAINS = ("ip.", "bridge.")
+
+
+def core0_link(ctx: Context, name: str, bridges: bool = True) -> str | None:
+    """What ``name`` is when it is a link core0 makes and keeps in the node's namespace (its
+    NAT bridges, a segment's uplink or bridge, a VM's tap, a container's veth, and with
+    ``bridges`` a bridge of bridge.create), else None."""
+    if name in (CONTAINERS_BRIDGE, ctx.config.virt.bridge):
+        return "a NAT bridge of core0's"
+    if name.startswith(CORE0_PREFIXES):
+        return "a link core0 makes for VMs and segments"
+    if name.startswith("vc" + node_tag(Path(ctx.config.state_dir))[:4]):
+        return "a container's nic"
+    if bridges and name in netstate.load(ctx.config.state_dir).bridges:
+        return "a bridge of bridge.create"
+    return None
+
+
+def keep_core0_links(ctx: Context, netns: str | None, *names: str | None,
+                     bridges: bool = True) -> None:
+    """Below admin, 409 when one of ``names`` (links of the node's own namespace a command
+    would change, create, or enslave to) is core0's (:func:`core0_link`): those change only
+    through core0's own commands, which check whose VM, container or segment they serve — an
+    operator's veth enslaved to a segment bridge would have joined another queue's VLAN, a
+    VM's tap moved into its namespace would have taken that VM's traffic, a name taken
+    ahead would have stopped the next container or VM from being made."""
+    if (netns is not None or ctx.role >= Role.ADMIN or getattr(ctx.job, "internal", False)
+            or not ctx.job.cmd.command.startswith(_NET_DOMAINS)):
+        return  # core0's own jobs, and core0's use of these handlers (corex.create's bridge)
+    for name in names:
+        why = core0_link(ctx, name, bridges) if name else None
+        if why is not None:
+            raise Conflict(f"{name} is {why}: below admin it changes only through core0's "
+                           "own commands")
+
+
 # ---------------------------------------------------------------- links
 
 
@@ -106,9 +153,10 @@ async def link_up(ctx: Context, args: LinkArgs) -> None:
 
 @command("ip.link.down", LinkArgs)
 async def link_down(ctx: Context, args: LinkArgs) -> None:
-    """Bring a link down (409 for the node's own lo)."""
+    """Bring a link down (409 for the node's own lo; below admin for core0's links)."""
     if args.name == "lo":
         _not_managed(ctx, args.netns, [args.name])
+    keep_core0_links(ctx, args.netns, args.name)
     await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, state="down"))
 
 
@@ -122,8 +170,9 @@ class RenameArgs(Schema):
 @command("ip.link.name", RenameArgs)
 async def link_name(ctx: Context, args: RenameArgs) -> None:
     """Rename a link (the kernel may refuse while it is up: 409; 409 for a bridge made by
-    bridge.create)."""
+    bridge.create; below admin for core0's links and their names)."""
     _not_managed(ctx, args.netns, [args.name])
+    keep_core0_links(ctx, args.netns, args.name, args.new)
     await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, ifname=args.new))
 
 
@@ -136,9 +185,10 @@ class MtuArgs(Schema):
 
 @command("ip.link.mtu", MtuArgs)
 async def link_mtu(ctx: Context, args: MtuArgs) -> None:
-    """Set a link's MTU (409 for the node's own lo)."""
+    """Set a link's MTU (409 for the node's own lo; below admin for core0's links)."""
     if args.name == "lo":
         _not_managed(ctx, args.netns, [args.name])
+    keep_core0_links(ctx, args.netns, args.name)
     await in_netns(ctx, args.netns, lambda r: nl.link_set(r, args.name, mtu=args.mtu))
 
 
@@ -163,6 +213,7 @@ async def link_set(ctx: Context, args: SetArgs) -> None:
     if args.move_to is not None or (args.name == "lo" and (
             args.up is not True or args.mtu or args.hwaddr or args.master or args.nomaster)):
         _not_managed(ctx, args.netns, [args.name])
+    keep_core0_links(ctx, args.netns, args.name, args.master)
     state = None if args.up is None else ("up" if args.up else "down")
     master = "" if args.nomaster else args.master
     owned = owned_netns(ctx)
@@ -183,8 +234,15 @@ async def link_add(ctx: Context, args: LinkAddArgs) -> dict[str, Any]:
     vlan (``parent``, ``id``), bond (``mode``), dummy. Optional ``hwaddr``, ``mtu``,
     ``master``, ``up``. A kind the running kernel lacks answers 412 naming it; an existing name
     409."""
+    keep_core0_links(ctx, args.netns, *_made(args))
     owned = owned_netns(ctx)
     return await in_netns(ctx, args.netns, lambda r: nl.link_add(r, args, owned))
+
+
+def _made(spec: nl.LinkSpec) -> tuple[str | None, ...]:
+    """The node-namespace names a new link takes or joins: its own, its master, and its
+    veth peer's when the peer stays beside it."""
+    return spec.name, spec.master, spec.peer if spec.peer_netns is None else None
 
 
 @dataclass(frozen=True)
@@ -199,6 +257,7 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
     on the first failure the links this command created are deleted again and the error
     names the failing item."""
 
+    keep_core0_links(ctx, args.netns, *(n for spec in args.links for n in _made(spec)))
     owned = owned_netns(ctx)
 
     def work(r: IPRoute) -> dict[str, Any]:
@@ -224,8 +283,9 @@ async def link_add_many(ctx: Context, args: AddManyArgs) -> dict[str, Any]:
 @command("ip.link.del", LinkArgs)
 async def link_del(ctx: Context, args: LinkArgs) -> None:
     """Delete a link (deleting one end of a veth deletes both); 409 for a bridge made by
-    bridge.create (bridge.delete removes it)."""
+    bridge.create (bridge.delete removes it), below admin for core0's links."""
     _not_managed(ctx, args.netns, [args.name])
+    keep_core0_links(ctx, args.netns, args.name)
     await in_netns(ctx, args.netns, lambda r: nl.link_del(r, args.name))
 
 
@@ -239,8 +299,9 @@ class DelManyArgs(Schema):
 async def link_del_many(ctx: Context, args: DelManyArgs) -> dict[str, list[str]]:
     """Delete many links in one command; returns {deleted, missing} (missing links are not
     an error here); 409 before anything is deleted when one is a bridge made by
-    bridge.create."""
+    bridge.create (below admin: one of core0's links)."""
     _not_managed(ctx, args.netns, args.names)
+    keep_core0_links(ctx, args.netns, *args.names)
 
     def work(r: IPRoute) -> dict[str, list[str]]:
         deleted, missing = [], []
@@ -275,7 +336,8 @@ async def addr_add(ctx: Context, args: AddrArgs) -> None:
     may carry: unspecified (0.0.0.0, ::), multicast, broadcast/reserved (240.0.0.0/4),
     IPv4-mapped, a /0 prefix, the network or broadcast address of its IPv4 prefix (below /31),
     or loopback on a link other than lo. 409 in the node's namespace for the destination of a
-    port forward (the node would take that traffic)."""
+    port forward (the node would take that traffic), and below admin on core0's links."""
+    keep_core0_links(ctx, args.netns, args.name)
     iface = v.host_interface(args.ip, "ip", args.name)
     if args.netns is None:
         fwd = next((f for f in netstate.load(ctx.config.state_dir).forwards
@@ -290,7 +352,8 @@ async def addr_add(ctx: Context, args: AddrArgs) -> None:
 @command("ip.addr.del", AddrArgs)
 async def addr_del(ctx: Context, args: AddrArgs) -> None:
     """Remove an address from a link (404 when it is not there; 409 for the address of a
-    bridge made by bridge.create: its dnsmasq serves on it)."""
+    bridge made by bridge.create: its dnsmasq serves on it; below admin on core0's links)."""
+    keep_core0_links(ctx, args.netns, args.name)
     if args.netns is None:
         br = netstate.load(ctx.config.state_dir).bridges.get(args.name)
         if br is not None and br.cidr and v.interface(args.ip) == v.interface(br.cidr):
@@ -374,7 +437,11 @@ async def netns_add(ctx: Context, args: NetnsArgs) -> None:
     """Create a named network namespace (/run/netns/<name>, like ``ip netns add``); its
     loopback is brought up. core0 records it (by name and namespace cookie) in its state dir:
     only such namespaces are listed, used (``netns``, ``peer_netns``, ``move_to``) and
-    deleted from operator and read-only queues. At most 1024 (503 beyond)."""
+    deleted from operator and read-only queues. At most 1024 (503 beyond). Below admin,
+    409 for a ``core0-`` name: the containers' namespaces are named so, and one taken ahead
+    would stop that container from being made."""
+    if args.name.startswith("core0-") and ctx.role < Role.ADMIN:
+        raise Conflict(f"{args.name}: core0-… namespaces are the containers' (core0's own)")
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         if len(st.netns) >= MAX_NETNS:  # forget those removed behind core0's back

@@ -502,3 +502,72 @@ def test_node_still_answers(env: Env) -> None:
     """After all of the above: an admin ping within 1 s, and no handler failed with 500."""
     assert env.admin.json("core.ping", timeout=1).startswith("PONG")
     assert "Traceback" not in env.node.log_text()
+
+
+# ---------------------------------------------------------------- core0's own links
+
+
+def test_core0s_links_are_kept_from_lower_roles(env: Env) -> None:
+    """Below admin, the links core0 makes in the node's namespace (its NAT bridges, a
+    segment's bridge and uplink, a VM's tap, a container's veth) change only through core0's
+    own commands, and their names cannot be taken ahead: an operator's veth enslaved to a
+    segment bridge would join another queue's VLAN, a VM's tap moved into its namespace
+    would take that VM's traffic. Admin may; other namespaces' names are free."""
+    from core0.sandbox.store import node_tag
+
+    op, admin = env.op, env.admin
+    seg, tap = "c0vlb42", "c0t0a0000000042"
+    veth = "vc" + node_tag(env.node.state_dir)[:4] + "77"  # container 77's host-side nic
+    admin.ip.link.add(seg, "bridge", up=True)  # as core0 makes them (admin may)
+    admin.ip.link.add(tap, "veth", peer="c0tpeer")
+    own = unique("opns")
+    op.ip.netns.add(own)
+    try:
+        op.ip.link.add("hv0", "veth", peer="hv1")
+        op.sync("bridge.create", {"name": "opbr0"})
+        for call, a, kw in (
+                (op.ip.link.add, ("hv2", "veth"), {"peer": "hv3", "master": seg}),
+                (op.ip.link.add, ("c0vlb43", "bridge"), {}),
+                (op.ip.link.add, (veth, "veth"), {"peer": "hv4"}),
+                (op.ip.link.add, ("hv5", "veth"), {"peer": "c0t0a0000000043"}),
+                (op.ip.link.add_many, ([{"name": "hv6", "kind": "bridge"},
+                                        {"name": "kvm0", "kind": "bridge"}],), {}),
+                (op.ip.link.set, ("hv0",), {"master": seg}),
+                (op.ip.link.set, (tap,), {"move_to": own}),
+                (op.ip.link.set, (seg,), {"up": False}),
+                (op.ip.link.down, (seg,), {}),
+                (op.ip.link.mtu, (tap, 1400), {}),
+                (op.ip.link.name, ("hv0", "c0vx7"), {}),
+                (op.ip.link.name, (tap, "hv9"), {}),
+                (op.ip.link.delete, (tap,), {}),
+                (op.sync, ("ip.link.del_many", {"names": [tap]}), {}),
+                (op.ip.addr.add, (seg, "10.70.0.1/24"), {})):
+            assert code_of(call, *a, **kw) == 409, (call, a, kw)
+        for cmd, args in (
+                ("ip.bridge.addif", {"name": seg, "inf": "hv0"}),
+                ("ip.bridge.add", {"name": "c0vxb9"}),
+                ("ip.bridge.del", {"name": seg}),
+                ("ip.bond.add", {"bond": "hb1", "interfaces": [tap]}),
+                ("bridge.nic-add", {"name": seg, "nic": "hv0"}),
+                ("bridge.nic-add", {"name": "opbr0", "nic": tap}),
+                ("bridge.nic-remove", {"nic": tap}),
+                ("bridge.create", {"name": "c0vlb44"}),
+                ("ip.netns.add", {"name": "core0-x"})):
+            assert code_of(op.sync, cmd, args) == 409, cmd
+        links = {x["name"]: x for x in admin.ip.link.list()}
+        assert {seg, tap, "hv0"} <= set(links) and not {"hv2", "c0vlb43", veth} & set(links)
+        assert links["hv0"]["master"] in ("", None) and links[seg]["up"]
+        # the operator's own bridge and namespace are its to use, with any name in the latter
+        op.sync("bridge.nic-add", {"name": "opbr0", "nic": "hv0"})
+        op.ip.link.add("c0vlb1", "bridge", netns=own)
+        # admin may (core0's tools and the operator of the machine)
+        admin.ip.link.set("hv1", master=seg)
+        admin.ip.link.delete(tap)
+    finally:
+        op.sync("bridge.delete", {"name": "opbr0"})
+        for name in ("hv0", seg, tap):
+            try:
+                admin.ip.link.delete(name)
+            except ResultError:
+                pass
+        op.ip.netns.delete(own)
