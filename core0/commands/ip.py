@@ -240,9 +240,11 @@ async def link_add(ctx: Context, args: LinkAddArgs) -> dict[str, Any]:
 
 
 def _made(spec: nl.LinkSpec) -> tuple[str | None, ...]:
-    """The node-namespace names a new link takes or joins: its own, its master, and its
-    veth peer's when the peer stays beside it."""
-    return spec.name, spec.master, spec.peer if spec.peer_netns is None else None
+    """The node-namespace names a new link takes or joins: its own, its master, its lower
+    link (a macvlan or vlan on a segment bridge would see that VLAN), and its veth peer's
+    when the peer stays beside it."""
+    return (spec.name, spec.master, spec.parent,
+            spec.peer if spec.peer_netns is None else None)
 
 
 @dataclass(frozen=True)

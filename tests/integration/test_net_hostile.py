@@ -530,6 +530,7 @@ def test_core0s_links_are_kept_from_lower_roles(env: Env) -> None:
                 (op.ip.link.add, ("c0vlb43", "bridge"), {}),
                 (op.ip.link.add, (veth, "veth"), {"peer": "hv4"}),
                 (op.ip.link.add, ("hv5", "veth"), {"peer": "c0t0a0000000043"}),
+                (op.ip.link.add, ("hm0", "macvlan"), {"parent": seg}),
                 (op.ip.link.add_many, ([{"name": "hv6", "kind": "bridge"},
                                         {"name": "kvm0", "kind": "bridge"}],), {}),
                 (op.ip.link.set, ("hv0",), {"master": seg}),
