@@ -212,7 +212,9 @@ async def delete(ctx: Context, args: NameArgs) -> None:
     """Delete a bridge made by bridge.create and what core0 made for it (dnsmasq and its
     files, NAT rules). Only such bridges: 404 when there is no link of that name, 409 when
     the link exists but bridge.create did not make it (a bridge of the host, or one made with
-    ip.link.add: ip.link.del removes those)."""
+    ip.link.add: ip.link.del removes those); below admin 409 for the containers' NAT bridge
+    (core0 made it with bridge.create: every container's network hangs on it)."""
+    keep_core0_links(ctx, None, args.name, bridges=False)
     async with netstate.LOCK:
         st = netstate.load(ctx.config.state_dir)
         if args.name not in st.bridges:

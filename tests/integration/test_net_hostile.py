@@ -553,6 +553,7 @@ def test_core0s_links_are_kept_from_lower_roles(env: Env) -> None:
                 ("bridge.nic-add", {"name": "opbr0", "nic": tap}),
                 ("bridge.nic-remove", {"nic": tap}),
                 ("bridge.create", {"name": "c0vlb44"}),
+                ("bridge.delete", {"name": "core0"}),  # the containers' NAT bridge
                 ("ip.netns.add", {"name": "core0-x"})):
             assert code_of(op.sync, cmd, args) == 409, cmd
         links = {x["name"]: x for x in admin.ip.link.list()}
