@@ -104,10 +104,11 @@ def keep_core0_links(ctx: Context, netns: str | None, *names: str | None,
                      bridges: bool = True) -> None:
     """Below admin, 409 when one of ``names`` (links of the node's own namespace a command
     would change, create, or enslave to) is core0's (:func:`core0_link`): those change only
-    through core0's own commands, which check whose VM, container or segment they serve — an
-    operator's veth enslaved to a segment bridge would have joined another queue's VLAN, a
-    VM's tap moved into its namespace would have taken that VM's traffic, a name taken
-    ahead would have stopped the next container or VM from being made."""
+    through core0's own commands, which check whose VM or container they serve — a VM's tap
+    moved into an operator's namespace would have taken that VM's traffic, an unguarded port
+    enslaved to a NAT bridge could spoof the other queues' VMs and containers there, a tap or
+    veth deleted would have cut another queue's workload off, a name taken ahead would have
+    stopped the next container or VM from being made."""
     if (netns is not None or ctx.role >= Role.ADMIN or getattr(ctx.job, "internal", False)
             or not ctx.job.cmd.command.startswith(_NET_DOMAINS)):
         return  # core0's own jobs, and core0's use of these handlers (corex.create's bridge)
