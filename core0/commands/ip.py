@@ -10,7 +10,7 @@ role reaches every one but never deletes one core0 did not make (docs/networking
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -22,7 +22,7 @@ from core0.net import portguard
 from core0.net import state as netstate
 from core0.net import validate as v
 from core0.registry import Role, command
-from core0.sandbox.store import node_tag
+from core0.sandbox.store import veth_prefix
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
 from core0.virt.guards import CONTAINERS_BRIDGE
 
@@ -85,17 +85,17 @@ CORE0_PREFIXES = (portguard.CLOSED, "c0v")
 _NET_DOMAINS = ("ip.", "bridge.")
 
 
-def core0_link(ctx: Context, name: str, bridges: bool = True) -> str | None:
+def core0_link(ctx: Context, name: str, made: Container[str] = ()) -> str | None:
     """What ``name`` is when it is a link core0 makes and keeps in the node's namespace (its
-    NAT bridges, a segment's uplink or bridge, a VM's tap, a container's veth, and with
-    ``bridges`` a bridge of bridge.create), else None."""
+    NAT bridges, a segment's uplink or bridge, a VM's tap, a container's veth, or one of
+    ``made``: the bridges of bridge.create), else None."""
     if name in (CONTAINERS_BRIDGE, ctx.config.virt.bridge):
         return "a NAT bridge of core0's"
     if name.startswith(CORE0_PREFIXES):
         return "a link core0 makes for VMs and segments"
-    if name.startswith("vc" + node_tag(Path(ctx.config.state_dir))[:4]):
+    if name.startswith(veth_prefix(Path(ctx.config.state_dir))):
         return "a container's nic"
-    if bridges and name in netstate.load(ctx.config.state_dir).bridges:
+    if name in made:
         return "a bridge of bridge.create"
     return None
 
@@ -112,8 +112,9 @@ def keep_core0_links(ctx: Context, netns: str | None, *names: str | None,
     if (netns is not None or ctx.role >= Role.ADMIN or getattr(ctx.job, "internal", False)
             or not ctx.job.cmd.command.startswith(_NET_DOMAINS)):
         return  # core0's own jobs, and core0's use of these handlers (corex.create's bridge)
+    made = netstate.load(ctx.config.state_dir).bridges if bridges else {}
     for name in names:
-        why = core0_link(ctx, name, bridges) if name else None
+        why = core0_link(ctx, name, made) if name else None
         if why is not None:
             raise Conflict(f"{name} is {why}: below admin it changes only through core0's "
                            "own commands")

@@ -113,6 +113,11 @@ def node_tag(state_dir: Path) -> str:
     return hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:6]
 
 
+def veth_prefix(state_dir: Path) -> str:
+    """The start of every host-side veth name of this node's containers (``vc<tag>``)."""
+    return "vc" + node_tag(state_dir)[:4]
+
+
 class Store:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
@@ -161,7 +166,7 @@ class Store:
     def names(self, cid: int) -> dict[str, str]:
         """Host-wide names of a container's objects."""
         return {"netns": f"core0-{self.tag}-{cid}", "cgroups_path": f"/core0-{self.tag}-{cid}",
-                "runtime_id": f"core0-{cid}", "veth": f"vc{self.tag[:4]}{cid}"}
+                "runtime_id": f"core0-{cid}", "veth": veth_prefix(self.state_dir) + str(cid)}
 
     def save(self, rec: Record) -> None:
         d = self.dir(rec.id)
