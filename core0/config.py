@@ -158,6 +158,9 @@ class BusConfig(Section):
     dead_letter_ttl: int = 86400
     #: deliveries of a command that keeps crashing the dispatcher before it is dead-lettered
     max_deliveries: int = 3
+    #: seconds a stopping dispatcher waits for running commands that may not run twice
+    #: (those that change the node) to end and answer; later ones are answered "interrupted"
+    stop_grace: float = 5.0
     #: Redis queues served and their roles: {"default": "admin", "ro": "read-only"}
     queues: Queues = field(default_factory=lambda: {"default": "admin"})
     #: jobs in flight per role below admin (a role's queues stop popping at its cap)

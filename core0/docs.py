@@ -16,7 +16,9 @@ Generated from the command registry by `core0 docs` — do not edit by hand.
 Each command is sent as `{"id": ..., "command": NAME, "arguments": {...}}` (see
 [protocol.md](protocol.md)). *Role* is the least queue role that may run it
 (read-only < operator < admin). Arguments are strict: unknown fields are refused, types are
-never coerced, `null` means "not set".
+never coerced, `null` means "not set". *Not run twice*: a command that changes the node is
+never run a second time when its dispatcher stopped while it ran; its one result is then a
+503 "interrupted" (the others run again: protocol.md, "Delivery guarantees").
 """
 
 
@@ -72,7 +74,9 @@ def render() -> str:
         for spec in by_domain.get(domain, []):
             out.append(f"### {spec.name}\n")
             flags = (" · inline" if spec.inline else "") + (
-                " · internal (not accepted from the bus)" if spec.internal else "")
+                " · internal (not accepted from the bus)" if spec.internal else "") + (
+                " · not run twice (cut short: 503 interrupted)"
+                if not spec.rerun and not spec.internal else "")
             out.append(f"Role: **{spec.role.label}**{flags}\n")
             if spec.name in aliases:
                 where = sorted({a.split(".")[0] for a in aliases[spec.name]})

@@ -71,6 +71,13 @@ class Unavailable(CommandError):
     code = Code.UNAVAILABLE
 
 
+class Interrupted(CommandError):
+    """The dispatcher stopped (killed, crashed or restarted) while a command that changes the
+    node ran: it is answered with this rather than run a second time."""
+
+    code = Code.UNAVAILABLE
+
+
 class UnknownCommand(CommandError):
     code = Code.NOT_FOUND
     state = State.UNKNOWN_CMD

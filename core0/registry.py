@@ -87,6 +87,10 @@ class CommandSpec:
     builds_process: bool = False
     #: the canonical name when this name is an alias of it (same handler, schema and role)
     alias_of: str | None = None
+    #: a run cut short (the dispatcher killed or stopped while it ran) may run again: the
+    #: command changes nothing, or only builds a process (whose start the engine records).
+    #: Otherwise it is answered :class:`~core0.errors.Interrupted` and never run twice.
+    rerun: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The public description (core.commands)."""
@@ -95,6 +99,7 @@ class CommandSpec:
             "role": self.role.label,
             "inline": self.inline,
             "internal": self.internal,
+            "rerun": self.rerun,
             "doc": self.doc,
             "arguments": json_schema(self.args),
         }
@@ -111,6 +116,7 @@ def command(
     inline: bool = False,
     internal: bool = False,
     builds_process: bool = False,
+    rerun: bool | None = None,
 ) -> Callable[[F], F]:
     """Register ``handler`` as command ``name``.
 
@@ -118,7 +124,11 @@ def command(
     dispatcher's pop loop and be answered in the same Redis round trip as its pickup).
     ``builds_process``: the handler only returns a :class:`~core0.context.ProcessSpec` and
     touches nothing (see :attr:`CommandSpec.builds_process`).
+    ``rerun`` (see :attr:`CommandSpec.rerun`): by default, what is inline, builds a process or
+    is read-only; say ``rerun=True`` for another command that changes nothing.
     """
+    again = rerun if rerun is not None else (inline or builds_process
+                                              or role is Role.READ_ONLY)
 
     def deco(fn: F) -> F:
         _free(name)
@@ -132,7 +142,7 @@ def command(
         for other in [s for s in _REGISTRY.values() if s.handler is fn]:
             _REGISTRY[other.name] = dataclasses.replace(other, alias_of=name)
         _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal,
-                                      builds_process)
+                                      builds_process, rerun=again)
         return fn
 
     return deco

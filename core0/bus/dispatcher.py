@@ -33,7 +33,7 @@ from core0.backoff import Backoff
 from core0.boot.services import ServiceManager
 from core0.bus.batch import Accepted, Picked, colliding_id
 from core0.bus.endpoint import make_client
-from core0.bus.reconcile import reconcile
+from core0.bus.reconcile import interrupted, reconcile, runs_again
 from core0.bus.resp import RespError
 from core0.bus.store import TRANSIENT, Bus, PopLink, Publish, retry_forever
 from core0.config import Config
@@ -162,8 +162,15 @@ class Dispatcher:
         await asyncio.gather(*self._loops, return_exceptions=True)
         if self.node_registry is not None:
             await self.node_registry.remove()
-        requeue = await self.engine.stop()
+        requeue = await self.engine.stop(self.cfg.bus.stop_grace,
+                                         lambda job: not runs_again(job.cmd, job.spec))
         for job in requeue:
+            if job.state == "running" and not runs_again(job.cmd, job.spec):
+                # cut short, and it may not run twice: its one result says so
+                with contextlib.suppress(Exception):
+                    await self.bus.publish([interrupted(job.id, job.cmd, job.spec, job.raw,
+                                                        job.processing)])
+                continue
             if job.container:  # an inner builtin: left in processing, re-run inside
                 continue
             with contextlib.suppress(Exception):

@@ -2,7 +2,8 @@
 
 ``test.crash`` kills the dispatcher the way a fatal bug in a handler would, to test the
 poison-pill rule (at most 3 deliveries, then an error result and a dead letter); ``test.raise``
-fails the way a handler can (a bug, a timeout of its own, a sleep for max_time).
+fails the way a handler can (a bug, a timeout of its own, a sleep for max_time); ``test.hold``
+is a command that changes something and runs until told to end (a run cut short).
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from core0.schema import NoArgs, Schema
 log = logging.getLogger(__name__)
 
 
-@command("test.crash", NoArgs, role=Role.ADMIN)
+@command("test.crash", NoArgs, role=Role.ADMIN, rerun=True)
 async def crash(ctx: Context, args: NoArgs) -> None:
-    """Crash the dispatcher (test builds only)."""
+    """Crash the dispatcher (test builds only). Run again after a crash, as a command that
+    changes nothing is."""
     log.error("test.crash: crashing the dispatcher on purpose")
     os._exit(70)
 
@@ -42,3 +44,19 @@ async def raise_(ctx: Context, args: RaiseArgs) -> None:
     if args.kind == "timeout":
         raise TimeoutError("the tool did not answer")
     await asyncio.sleep(60)
+
+
+@dataclass(frozen=True)
+class HoldArgs(Schema):
+    path: str
+
+
+@command("test.hold", HoldArgs, role=Role.ADMIN)
+async def hold(ctx: Context, args: HoldArgs) -> str:
+    """A command that changes the node (test builds only): appends a line to ``<path>.runs``
+    at each run, then waits until ``path`` exists."""
+    with open(args.path + ".runs", "a") as f:
+        f.write(f"{ctx.job.id}\n")
+    while not os.path.exists(args.path):
+        await asyncio.sleep(0.05)
+    return "held"

@@ -35,11 +35,11 @@ _IMAGE = Annotated[str, Doc("image name (letters, digits, _ . - : / @; or a host
 
 
 def aliases(verb: str, args: type[Schema] = NoArgs, role: Role = Role.OPERATOR,
-            inline: bool = False) -> Any:
+            inline: bool = False, rerun: bool | None = None) -> Any:
     """Register a handler as ``corex.<verb>``, and ``container.<verb>`` as its alias through
     the registry (the same handler, schema and role; the reference lists the alias once)."""
     def deco(fn: Any) -> Any:
-        command(f"corex.{verb}", args, role=role, inline=inline)(fn)
+        command(f"corex.{verb}", args, role=role, inline=inline, rerun=rerun)(fn)
         alias(f"container.{verb}", of=f"corex.{verb}")
         return fn
 
@@ -311,7 +311,7 @@ class DispatchArgs(Schema):
                                          "process.list/kill")]
 
 
-@aliases("dispatch", DispatchArgs)
+@aliases("dispatch", DispatchArgs, rerun=True)
 async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     """Run a command inside a container: ``core.system`` and ``bash`` through the runtime's
     exec (the container's namespaces, capabilities, seccomp filter and cgroup),
@@ -319,8 +319,10 @@ async def dispatch(ctx: Context, args: DispatchArgs) -> str:
     container (its cpuset, memory cgroup, netns, mounts), ``job.list``/``job.kill`` limited to
     the container's own jobs, ``process.list``/``process.kill`` to its cgroup's processes.
     The command must be allowed on this queue's role; ``recurring_period``/``max_restart``
-    are refused. Returns the inner job id; its result (``container`` set to the id) is read
-    like any other job's."""
+    are refused. Returns the inner job id (made from this command's id when ``command.id``
+    is not given); its result (``container`` set to the id) is read like any other job's.
+    Run again after its dispatcher stopped before answering, it answers the inner job the
+    first run started (never a second one)."""
     access.acting_record(ctx, args.container)
     return await dsp.dispatch(ctx, args.container, {
         k: val for k, val in args.command.__dict__.items() if val is not None})

@@ -236,7 +236,7 @@ class PathArgs(Schema):
     path: _PATH
 
 
-@command("filesystem.exists", PathArgs, role=Role.OPERATOR)
+@command("filesystem.exists", PathArgs, role=Role.OPERATOR, rerun=True)
 async def exists(ctx: Context, args: PathArgs) -> bool:
     """Whether the path exists (symlinks followed inside the root)."""
     return await _in_root(ctx, args.path, lambda root: root.exists(args.path))
@@ -255,7 +255,7 @@ def _entry(name: str, st: os.stat_result) -> dict[str, Any]:
     }
 
 
-@command("filesystem.list", PathArgs, role=Role.OPERATOR)
+@command("filesystem.list", PathArgs, role=Role.OPERATOR, rerun=True)
 async def list_(ctx: Context, args: PathArgs) -> list[dict[str, Any]]:
     """Entries of a directory: name, size, is_dir, is_link, mode, uid, gid, mtime."""
     def work(root: Root) -> list[dict[str, Any]]:

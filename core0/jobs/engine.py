@@ -542,9 +542,20 @@ class JobEngine:
         self._sweep_timer = None
         self.store.sweep()
 
-    async def stop(self) -> list[Job]:
+    async def stop(self, grace: float = 0.0,
+                   finish: Callable[[Job], bool] | None = None) -> list[Job]:
         """Dispatcher shutdown: process jobs keep running (adopted by the next dispatcher);
-        other jobs are cancelled and returned so their commands can be requeued."""
+        builtins running for which ``finish`` says so (those that may not run twice) are
+        given up to ``grace`` seconds to end and answer; the other jobs are cancelled and
+        returned so their commands can be requeued or answered."""
+        if grace > 0 and finish is not None:
+            ending = [j.task for j in self.table.values()
+                      if j.task is not None and not j.task.done() and not j.process
+                      and not j.internal and j.state == "running" and finish(j)]
+            if ending:
+                log.info("stopping: up to %.0f s for %d running command(s) to end", grace,
+                         len(ending))
+                await asyncio.wait(ending, timeout=grace)
         self.stopping = True
         requeue: list[Job] = []
         for job in list(self.table.values()):

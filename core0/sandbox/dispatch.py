@@ -41,8 +41,10 @@ the container is gone), never with the host's handler.
 A builtin inner job is not on disk (it holds no process); its stored form is put in the outer
 queue's ``processing`` list with its pickup flag, in one write, and taken out with its result.
 A dispatcher killed (or stopped) while one runs leaves it there; the next one's reconcile
-re-runs it inside its container (:func:`requeued`), as it re-runs a host builtin cut short —
-only from that list: the stored form pushed on a queue by a client is an unknown command.
+re-runs it inside its container (:func:`requeued`) when it may run twice, as it re-runs a
+host builtin cut short (a command that changes something is answered 503 "interrupted"
+instead: :attr:`CommandSpec.rerun`) — only from that list: the stored form pushed on a queue
+by a client is an unknown command.
 """
 
 from __future__ import annotations
@@ -50,10 +52,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from core0_client.protocol import Command, ProtocolError, Result, decode_command, new_id
+from core0_client.protocol import Command, ProtocolError, Result, decode_command
 
 from core0 import registry
 from core0.context import ProcessSpec
@@ -78,6 +81,8 @@ INFO = ("info.cpu", "info.mem", "info.nic", "info.disk", "info.os", "info.port",
 NODE_FACTS = ("core.ping", "core.subscribe")
 #: the stored (requeue) name of filesystem.* jobs run inside a container: never registered
 INSIDE_ONLY = "container.inside:"
+#: namespace of the inner job ids made from a ``corex.dispatch``'s own id (when none is given)
+_INNER_IDS = uuid.UUID("5b0c6f0e-9a43-4c55-8a55-3f1e0c0de0d1")
 
 
 async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
@@ -104,7 +109,8 @@ def adopted_spec(spec: CommandSpec, cid: int) -> CommandSpec:
         handler = await _exec_handler(ctx, rec, spec.name, args)
         return await handler(ctx, args)
 
-    return CommandSpec(spec.name, run_again_inside, spec.args, spec.role, False, spec.doc)
+    return CommandSpec(spec.name, run_again_inside, spec.args, spec.role, False, spec.doc,
+                       rerun=spec.rerun)
 
 
 def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
@@ -289,7 +295,8 @@ def requeued(cmd: Command) -> tuple[Command, CommandSpec] | None:
         return await _builtin(ctx, rec, spec)(ctx, args)
 
     return (dataclasses.replace(cmd, command=name),
-            CommandSpec(name, run_again_inside, spec.args, spec.role, False, spec.doc))
+            CommandSpec(name, run_again_inside, spec.args, spec.role, False, spec.doc,
+                        rerun=spec.rerun))
 
 
 def _is_builtin(name: str) -> bool:
@@ -312,7 +319,11 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     # of that queue must: its result, stream and log keys are then where the caller (and
     # only the caller) may read them
     prefix = ctx.scope or ""
-    inner.setdefault("id", prefix + new_id())
+    derived = "id" not in inner
+    if derived:
+        # a function of this command's id: a dispatch run again after its dispatcher
+        # stopped (before answering) finds the job the first run started, not a second one
+        inner["id"] = prefix + str(uuid.uuid5(_INNER_IDS, f"{ctx.job.id}/{cid}"))
     if prefix and not str(inner["id"]).startswith(prefix):
         raise BadRequest(f"command.id: must start with {prefix!r} on this private queue",
                          field="command.id")
@@ -344,7 +355,8 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         raise Conflict(f"container {cid} is not running")
     handler = (_builtin(ctx, rec, spec) if builtin
                else await _exec_handler(ctx, rec, cmd.command, args))
-    inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc)
+    inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc,
+                             rerun=spec.rerun)
     engine = ctx.engine
     raw = cmd.to_json().encode()
     if builtin:  # kept in ``processing`` until its result; re-run only inside (requeued)
@@ -353,6 +365,9 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     processing = ctx.job.processing
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw,
                                                              listed=builtin):
+        same = engine.table.get(cmd.id)
+        if derived or (same is not None and same.raw == raw and same.container == cid):
+            return cmd.id  # this dispatch's first run started it: the same answer again
         raise Conflict(f"a job with id {cmd.id} exists already")
     job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, raw, processing)
     job.container = cid  # persisted with the job: an adopting dispatcher sets it too

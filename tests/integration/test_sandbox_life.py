@@ -340,7 +340,9 @@ def test_inner_job_never_spawned_runs_inside_after_a_restart(
     """The dispatcher dies after writing an inner job's ``spawning`` step and before the
     spawn (a fault hook, once): the next dispatcher starts the job again — inside its
     container, as the runtime's exec; before, adoption called the registry's handler, which
-    ran the container's command on the host."""
+    ran the container's command on the host. The ``corex.dispatch`` cut short with it runs
+    again and answers the same inner id (made from its own): the command runs once, not
+    once per dispatch run."""
     monkeypatch.setenv("CORE0_TEST_CRASH_BEFORE_SPAWN", "runc,crun")
     mark = f"core0-where-{os.getpid()}-{time.monotonic_ns()}"
     with container_node() as node:
@@ -349,7 +351,7 @@ def test_inner_job_never_spawned_runs_inside_after_a_restart(
         cid = ok(node, "corex.create", {"root": "bb", "nics": []})
         old = node.dispatcher_pid()
         inner = ok(node, "corex.dispatch", {"container": cid, "command": {
-            "command": "bash", "arguments": {"script": f"echo ran > /tmp/{mark}; echo done"}}})
+            "command": "bash", "arguments": {"script": f"echo ran >> /tmp/{mark}; echo done"}}})
         c = node.client()
         try:
             res = c.response_for(inner).get(90)
