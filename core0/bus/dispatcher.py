@@ -177,6 +177,7 @@ class Dispatcher:
                 await self.bus.r.delete(self.bus.keys.flag(job.id))
                 queue = job.processing.removesuffix(":processing")
                 await self.bus.requeue(queue, job.processing, job.raw)
+        await self.engine.feed.close()
         self.metrics.close()
         await self.shim.close()
         await self.bus.close()

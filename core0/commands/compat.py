@@ -6,9 +6,9 @@
 - ``socat.list``: the DNAT rules of the node's port forwards (0-core's name from before its
   forwards were nft rules); ``socat.reserve {number}``: that many free host ports from 1024,
   held two minutes for forwards to come (:mod:`core0.net.reserve`).
-- ``zerotier.*``, ``rtinfo.*`` and ``logger.subscribe|unsubscribe`` are
-  answered 501 with the reason (docs/compat.md): a clear "not here, and why" instead of
-  UNKNOWN_CMD, so a 0-core client's error names what to use instead.
+- ``zerotier.*`` and ``rtinfo.*`` are answered 501 with the reason (docs/compat.md): a
+  clear "not here, and why" instead of UNKNOWN_CMD, so a 0-core client's error names what
+  to use instead.
 """
 
 from __future__ import annotations
@@ -154,9 +154,6 @@ NOT_SERVED: dict[str, str] = {
     **{f"rtinfo.{op}": "core0 has no rtinfo agent (0-core pushed stats to an rtinfo "
        "server); read info.* and job.list, or run an exporter as a service"
        for op in ("start", "stop", "list")},
-    **{f"logger.{op}": "core0 has no aggregated logger:<queue> lists; every job's output "
-       "is the Redis Stream log:<id> (XREAD it), or follow a job with core.subscribe"
-       for op in ("subscribe", "unsubscribe")},
 }
 
 

@@ -27,6 +27,7 @@ from core0.jobs import adopt, procrun
 from core0.jobs import state as jobstate
 from core0.jobs.env import SERVICE_COMMAND
 from core0.jobs.job import Ended, InlineJob, Job, visible_to
+from core0.jobs.logfeed import LogFeed
 from core0.jobs.output import Final, QueueSlots
 from core0.jobs.recent import RecentResults
 from core0.jobs.result import (
@@ -93,6 +94,8 @@ class JobEngine:
         self.started_total = 0
         #: called with (command, state, seconds) for each result written (the node's metrics)
         self.on_result: Callable[[str, str, float], None] = lambda command, state, seconds: None
+        #: logger.subscribe's lists, fed with every job's output records
+        self.feed = LogFeed(cfg, bus)
         #: called with the text of each level-10 (statistics) message of a job (aggregator)
         self.on_stats: Callable[[str], None] = lambda text: None
         self.stopping = False

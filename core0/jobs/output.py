@@ -66,6 +66,7 @@ class JobOutput:
 
     def add(self, msgs: list[Message]) -> None:
         now = time.time_ns()
+        first = len(self._pending)
         for m in msgs:
             if m.level in (Level.STDOUT, Level.STDERR):
                 self.tails[m.level - 1].add(m.text, m.nl)
@@ -82,6 +83,7 @@ class JobOutput:
                     w(m)
                 except Exception:
                     log.exception("output watcher of %s failed", self.job.id)
+        self.engine.feed.offer(self.job, self._pending[first:])
         limit = self.engine.cfg.bus.output_pending_bytes
         if len(self._pending) > 10000 or self._pending_bytes > 2 * limit:
             # Redis is away and the output does not come from files that could wait:
@@ -151,6 +153,7 @@ class JobOutput:
         writing = self._flusher if self._writing else None
         eof = LogRecord(self.job.id, 0, "", FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR,
                         time.time_ns())
+        self.engine.feed.offer(self.job, [eof])
         if records or self.wrote or self.job.cmd.stream:
             return Final([*records, eof], None, writing)
         return Final(records, eof if self.job.process else None, writing)
@@ -161,7 +164,9 @@ class JobOutput:
             await asyncio.shield(self._flusher)
         if self.wrote or self.job.cmd.stream or self.job.process:
             flag = FLAG_EOF_SUCCESS if ok else FLAG_EOF_ERROR
-            self._pending.append(LogRecord(self.job.id, 0, "", flag, time.time_ns()))
+            eof = LogRecord(self.job.id, 0, "", flag, time.time_ns())
+            self.engine.feed.offer(self.job, [eof])
+            self._pending.append(eof)
             await self._flush()
 
 

@@ -11,7 +11,7 @@ is *locked*: ``redis.bind`` is served, the ``default`` user is off (or, with
   can only move elements between ``result:*`` keys: no ``RPUSH``/``SET`` there, so a result
   cannot be forged from scratch);
 * read output: ``BLPOP LPOP LRANGE LLEN`` on ``stream:*`` (0-core's one-reader stream) and
-  ``XREAD XRANGE XREVRANGE XLEN`` on ``log:*``;
+  ``logger:*`` (logger.subscribe's lists), ``XREAD XRANGE XREVRANGE XLEN`` on ``log:*``;
 * ``PING ECHO HELLO QUIT RESET``, ``CLIENT SETNAME|GETNAME|ID``, ``MULTI EXEC DISCARD``.
 
 Everything else (``KEYS SCAN FLUSHALL CONFIG DEBUG EVAL ACL``, pub/sub, other queues) is
@@ -67,7 +67,8 @@ def user_rules(cfg: Config, user: User) -> list[str]:
     # a user whose queues are all private reads only its own jobs' keys (ids "<queue>.…")
     own = [f"{glob_literal(q)}.*" for q in queues]
     ids = own if queues and all(q in cfg.bus.private_queues for q in queues) else ["*"]
-    for cmds, kind in ((RESULT_CMDS, "result"), (STREAM_CMDS, "stream"), (LOG_CMDS, "log")):
+    for cmds, kind in ((RESULT_CMDS, "result"), (STREAM_CMDS, "stream"), (LOG_CMDS, "log"),
+                       (STREAM_CMDS, "logger")):
         rules.append("(" + " ".join(cmds) + " " + " ".join(f"~{p}{kind}:{i}" for i in ids)
                      + ")")
     return rules

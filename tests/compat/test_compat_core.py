@@ -173,13 +173,48 @@ def test_config_and_logger(cl: Any, zc: Any, record: Any) -> None:
     record("logger.set_level", "{level, was} (the dispatcher's log level)")
     assert cl.logger.reopen() == {"reopened": []}
     record("logger.reopen", "{reopened: [log files]} ([] when logging to the console)")
-    for method, call in (("logger.subscribe", lambda: cl.logger.subscribe()),
-                         ("logger.unsubscribe", lambda: cl.logger.unsubscribe("q"))):
-        with pytest.raises(zc.ResultError) as e:
-            call()
-        assert e.value.code == 501 and "log:<id>" in e.value.message
-        record(method, "`ResultError` 501: not implemented, the message names core0's "
-               "`log:<id>` streams / `core.subscribe` (docs/compat.md)", works=False)
+
+
+def _records_of(cl: Any, key: str, job_id: str) -> list[dict[str, Any]]:
+    """The records of ``job_id`` popped from a logger list, up to its EOF record."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        item = cl._redis.blpop(key, 5)
+        if item is None:
+            continue
+        rec = json.loads(item[1])
+        if rec["command"] == job_id:
+            out.append(rec)
+            if rec["message"]["meta"] & 0x6:  # EOF
+                return out
+    raise AssertionError(f"no EOF of {job_id} in {key}: {out}")
+
+
+def test_logger_subscribe(cl: Any, zc: Any, record: Any) -> None:
+    """0-core's aggregated log: a list fed with every job's records (LogRecord JSON)."""
+    key = cl.logger.subscribe()
+    assert key.startswith("logger:") and len(key) > len("logger:")
+    job = cl.bash("echo aggregated; echo oops >&2")
+    assert job.get().state == "SUCCESS"
+    recs = _records_of(cl, key, job.id)
+    lines = {(r["message"]["meta"] >> 16, r["message"]["message"]) for r in recs}
+    assert {(1, "aggregated"), (2, "oops")} <= lines, recs
+    assert all(r["core"] == 0 and r["message"]["epoch"] > 0 for r in recs)
+    record("logger.subscribe", "the list's key (`logger:<uuid>`, or `logger:<queue>` given); "
+           "every job's output records are pushed to it as 0-core's LogRecord JSON")
+    # the git master client's form also sends levels (the PyPI one only the queue)
+    only = cl.json("logger.subscribe", {"queue": "compat-errors", "levels": [2]})
+    assert only == "logger:compat-errors"
+    job = cl.bash("echo out; echo err >&2")
+    job.get()
+    recs = _records_of(cl, only, job.id)
+    assert [r["message"]["message"] for r in recs[:-1]] == ["err"], recs  # stderr, then EOF
+    assert cl.logger.unsubscribe(key) is None and cl.logger.unsubscribe(only) is None
+    record("logger.unsubscribe", "`None`; the list is fed no more (404 for an unknown one)")
+    with pytest.raises(zc.ResultError) as e:
+        cl.logger.unsubscribe(key)
+    assert e.value.code == 404
 
 
 ZT = "core0 does not run ZeroTier"

@@ -92,6 +92,18 @@ def test_users_read_only_their_own_results(node: Node) -> None:
     noperm(alice.rpush, "core:bob", "{}")
     # the admin reads everything
     assert admin.exists(f"result:{a_id}", f"result:{b_id}") == 2
+    # logger.subscribe: a list of one's own jobs, named with the queue's prefix, read by its
+    # user only
+    sub = f"alice.{uuid.uuid4().hex}"
+    key = json.loads(_run(alice, "alice", sub, "logger.subscribe")["data"])
+    assert key.startswith("logger:alice.")
+    assert _run(alice, "alice", f"alice.{uuid.uuid4().hex}", "disk.list")["state"] == "SUCCESS"
+    assert wait_until(lambda: alice.llen(key) > 0, 10)
+    noperm(bob.lrange, key, 0, -1)
+    noperm(bob.blpop, [key], 1)
+    assert all(json.loads(x)["command"].startswith("alice.") for x in alice.lrange(key, 0, -1))
+    assert _run(alice, "alice", f"alice.{uuid.uuid4().hex}", "logger.unsubscribe",
+                {"queue": key})["state"] == "SUCCESS"
     for c in (alice, bob, admin):
         c.close()
 
