@@ -43,6 +43,8 @@ MAX_LIST = 1000
 #: recent records replayed to a new subscription
 BACKLOG_MAX = 1000
 BACKLOG_BYTES = 4 << 20
+#: records waiting for Redis (the oldest dropped beyond)
+PENDING_MAX = 10 * MAX_LIST
 #: subscriptions per role (per private queue below admin)
 MAX_SUBS = 16
 
@@ -101,6 +103,8 @@ class LogFeed:
                                  or self._backlog_bytes > BACKLOG_BYTES):
             self._backlog_bytes -= len(self._backlog.popleft().rec.message) + 64
         if self._pending:
+            if len(self._pending) > PENDING_MAX:  # Redis away: a list keeps its newest anyway
+                del self._pending[:-PENDING_MAX]
             self._kick()
 
     # ------------------------------------------------------------ subscriptions
