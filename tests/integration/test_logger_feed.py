@@ -118,11 +118,16 @@ def test_levels_bounds_and_caps(r: redis.Redis) -> None:
     got = [x for x in drain(r, key, job["id"]) if x["command"] == job["id"]]
     assert [x["message"]["message"] for x in got] == ["err", ""], got  # stderr, then EOF
     assert got[-1]["message"]["meta"] & 0x2  # EOF success
-    # the list keeps its newest 1,000 records
-    job = call(r, "default", "bash", {"script": "for i in $(seq 1500); do echo e$i >&2; done"})
-    assert wait_until(lambda: r.lrange(key, -1, -1) and json.loads(
-        r.lrange(key, -1, -1)[0])["command"] == job["id"], 20)
-    assert r.llen(key) == 1000
+    # the list keeps its newest 1,000 records (1,050 jobs: an EOF record each)
+    ids = [f"many-{i}-{uuid.uuid4().hex[:8]}" for i in range(1050)]
+    pipe = r.pipeline(transaction=False)
+    for jid in ids:
+        pipe.rpush("core:default", json.dumps({"id": jid, "command": "core.system",
+                                               "arguments": {"name": "true"}}))
+    pipe.execute()
+    assert wait_until(lambda: r.exists(*(f"result:{j}" for j in ids)) == len(ids), 60)
+    assert wait_until(lambda: r.llen(key) == 1000 and json.loads(
+        r.lrange(key, -1, -1)[0])["command"] in ids, 20), r.llen(key)
     assert 0 < r.ttl(key) <= 300
     ok(r, "default", "logger.unsubscribe", {"queue": key})
     # 16 per role, then 503
