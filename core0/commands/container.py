@@ -154,6 +154,11 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     172.18.0.0/16); ``port`` forwards host ports to it. ``userns`` runs it in a user
     namespace with a uid/gid range of its own (refused with ``privileged``). ``storage``,
     ``identity`` and ``cgroups`` are accepted and ignored."""
+    return await create_container(ctx, args, dict(ctx.job.cmd.arguments))
+
+
+async def create_container(ctx: Context, args: CreateArgs, arguments: dict[str, Any]) -> int:
+    """corex.create's work (also corex.restore's), ``arguments`` recorded as the create's."""
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
     check_env(args.env or {})
@@ -166,12 +171,12 @@ async def create(ctx: Context, args: CreateArgs) -> int:
         raise BadRequest("port: forwards need a default nic", field="port")
     if args.persistent:
         async with persist.name_lock(args.name or ""):
-            return await _create(ctx, args, nic_list, ports)
-    return await _create(ctx, args, nic_list, ports)
+            return await _create(ctx, args, nic_list, ports, arguments)
+    return await _create(ctx, args, nic_list, ports, arguments)
 
 
-async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: dict[str, int]
-                  ) -> int:
+async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: dict[str, int],
+                  arguments: dict[str, Any]) -> int:
     lim = args.limits or LimitArgs()
     spec_hash, prefer = "", 0
     if args.persistent:
@@ -186,7 +191,7 @@ async def _create(ctx: Context, args: CreateArgs, nic_list: list[Nic], ports: di
         env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments={k: val for k, val in ctx.job.cmd.arguments.items()}, restart=args.restart,
+        arguments=arguments, restart=args.restart,
         spec_hash=spec_hash, prefer_id=prefer, userns=args.userns)
     cid = await manager.create(ctx, req)
     if args.persistent:
@@ -564,11 +569,6 @@ class NotServedArgs(Schema):
 
 
 _NOT_SERVED = {
-    "backup": "core0 has no restic backups of containers: a container's root is an overlay "
-              "clone of a stored image (container.image.*); back up the data you mount into "
-              "it",
-    "restore": "core0 has no restic backups of containers: create the container again from "
-               "its image (container.image.*)",
     "flist-layer": "core0 does not mount flists (0-fs/g8ufs is not supported): a "
                    "container's root is an OCI image stored with container.image.*; "
                    "create the container from an image that has the layer",

@@ -149,6 +149,14 @@ class Runtime:
         res = await self._call(*args, check=False)
         return res.status == 0
 
+    async def pause(self, cid: str) -> None:
+        """Freeze every process of the container (its cgroup's freezer)."""
+        await self._call("pause", "--", cid)
+
+    async def resume(self, cid: str) -> bool:
+        """Thaw a paused container; False when the runtime refused (not paused, gone)."""
+        return (await self._call("resume", "--", cid, check=False)).status == 0
+
     async def delete(self, cid: str, force: bool = True) -> None:
         """Delete the container (its cgroup and runtime state); absent is fine."""
         res = await self._call("delete", *(["--force"] if force else []), "--", cid,

@@ -1,0 +1,253 @@
+"""``corex.backup`` / ``corex.restore``: a container's root, and how it was created, to a
+restic repository and back (0-core's commands, with restic as 0-core used it).
+
+A repository is named as 0-core's clients name it: a URL whose ``password`` query parameter is
+the repository's password and whose fragment is a snapshot (restore only):
+``file:///srv/backups/repo?password=…`` (or a bare absolute path), or any other restic
+backend (``sftp:…``, ``rest:https://…``, ``s3:…``; credentials of those backends as restic
+reads them from the node's environment or ``~/.ssh``). A local repository is resolved inside
+``main.filesystem_root`` for queues below admin (anywhere for admin), made when missing, and
+handed to restic as the directory's descriptor (``/proc/self/fd/N``), never as the path
+again. The password reaches restic on its stdin, never in its argv or environment.
+
+Backup: the container is paused (the runtime's ``pause``: its cgroup frozen) while restic
+reads its root clone (the host's view: ``/proc``, ``/sys`` and ``/dev`` excluded) and a
+metadata file beside it (``.corex.meta``: the create arguments and the container's user
+namespace base), then resumed; the repository is initialised first when it has no config.
+Returns the snapshot id. Restore: the snapshot is restored into the state dir, the root's
+owners shifted back out of a user namespace's range, stored as image
+``restic-<snapshot id>`` (reused when present), and a container created from it with the
+backed-up arguments (``corex.restore``'s tags instead of the old ones, as in 0-core).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import stat
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ToolError
+from core0.proc import process
+from core0.registry import Role
+from core0.sandbox import images, manager, userns
+from core0.sandbox.store import Record, Store
+
+if TYPE_CHECKING:
+    from core0.context import Context
+
+log = logging.getLogger(__name__)
+
+META = ".corex.meta"
+#: restic's snapshot ids (short or full) and its "latest"
+_SNAPSHOT = re.compile(r"[0-9a-f]{8,64}|latest")
+#: a backup or restore of a large root takes its time
+TIMEOUT = 6 * 3600.0
+
+
+@dataclass
+class Repo:
+    """A restic repository as a URL names it (see the module's docstring)."""
+
+    spec: str  #: restic's ``-r``
+    password: bytes
+    snapshot: str  #: the URL's fragment ("" when none)
+    fd: int = -1  #: a local repository's directory (``spec`` is its /proc/self/fd path)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def parse(ctx: Context, url: str, *, create: bool) -> Repo:
+    """The repository ``url`` names; a local one resolved (and with ``create`` made) inside
+    the queue's root. 400 without a password."""
+    base, _, fragment = url.partition("#")
+    head, _, query = base.partition("?")
+    pw = parse_qs(query).get("password", [""])[0]
+    if not pw:
+        raise BadRequest("url: the repository's password is missing (…?password=…)",
+                         field="url")
+    if "\n" in pw or "\0" in pw:
+        raise BadRequest("url: the password may not hold a newline", field="url")
+    snapshot = unquote(fragment)
+    if snapshot and not _SNAPSHOT.fullmatch(snapshot):
+        raise BadRequest(f"url: {snapshot!r} is no snapshot id", field="url")
+    if head.startswith("file://") or head.startswith("/"):
+        path = unquote(urlsplit(head).path) if head.startswith("file://") else head
+        fd = _local(ctx, path, create)
+        return Repo(f"/proc/self/fd/{fd}", pw.encode(), snapshot, fd)
+    if ":" not in head or head.startswith("-"):
+        raise BadRequest("url: not a restic repository (file:///path, sftp:, rest:, s3:…)",
+                         field="url")
+    return Repo(head, pw.encode(), snapshot)
+
+
+def _local(ctx: Context, path: str, create: bool) -> int:
+    """An O_PATH descriptor of a local repository's directory (made when asked)."""
+    from core0.fspath import Root, oserror
+
+    if not path.startswith("/") or "\0" in path:
+        raise BadRequest("url: a local repository needs an absolute path", field="url")
+    admin = ctx.job.role >= Role.ADMIN
+    base = "/" if admin else os.path.realpath(ctx.config.main.filesystem_root)
+    if ".." in path.split("/") and not admin:
+        raise BadRequest("url: '..' in a repository path needs the admin role", field="url")
+    if base != "/" and not (path == base or path.startswith(base.rstrip("/") + "/")):
+        raise BadRequest(f"url: {path} is outside {base} (needs the admin role)", field="url")
+    rel = path if base == "/" else (path[len(base.rstrip("/")):] or "/")
+    try:
+        with Root(base) as root:
+            if create:
+                parent, name = root.parent(rel, create=0o700)
+                try:
+                    if name:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(name, 0o700, dir_fd=parent)
+                finally:
+                    os.close(parent)
+            fd = root.open(rel, os.O_PATH)
+    except OSError as e:
+        raise oserror(e, path) from None
+    if not stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BadRequest(f"url: {path} is not a directory", field="url")
+    return fd
+
+
+async def restic(repo: Repo, *args: str, timeout: float = TIMEOUT) -> process.RunResult:
+    """Run ``restic -r <repo> <args>`` (no cache, the password on stdin)."""
+    argv = ["restic", "-r", repo.spec, "--no-cache", *args]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    try:
+        res = await process.run(argv, stdin=repo.password + b"\n", env=env, timeout=timeout,
+                                keep_fds=(repo.fd,) if repo.fd >= 0 else ())
+    except FileNotFoundError:
+        raise PreconditionFailed("restic is not installed on this node") from None
+    if res.status != 0:
+        err = res.stderr.strip()
+        if "wrong password" in err:
+            raise BadRequest("url: wrong password for this repository", field="url")
+        if "Is there a repository" in err:
+            raise NotFound(f"no restic repository there: {err.splitlines()[0]}")
+        if "no matching ID found" in err or "no snapshot found" in err.lower():
+            raise NotFound(f"no such snapshot: {repo.snapshot}")
+        raise ToolError(argv[:5], res.status, res.stderr, res.stdout)
+    return res
+
+
+def _json_lines(text: str) -> list[Any]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith(("{", "[")):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
+
+
+async def backup(ctx: Context, rec: Record, url: str, tags: list[str]) -> str:
+    """Back container ``rec`` up to ``url``; returns the snapshot id."""
+    if rec.state != "running" or not rec.pid:
+        raise Conflict(f"container {rec.id} is not running")
+    cdir = Store(ctx.config.state_dir).dir(rec.id)
+    # the root clone: a ZFS clone's is mounted below zroot/, the others are cdir/rootfs
+    root = cdir / "zroot" / "rootfs" if rec.clone_dataset else cdir / "rootfs"
+    if not root.is_dir():
+        raise Conflict(f"container {rec.id} has no root clone at {root}")
+    work = ctx.config.state_dir / "backup" / uuid.uuid4().hex
+    repo = parse(ctx, url, create=True)
+    try:
+        work.mkdir(parents=True, mode=0o700)
+        meta = work / META
+        meta.write_text(json.dumps({"version": 1, "arguments": rec.arguments,
+                                    "image": rec.image, "userns_base": rec.userns_base}))
+        try:
+            await restic(repo, "cat", "config", timeout=120)
+        except NotFound:
+            await restic(repo, "init", timeout=120)
+        rt = await manager.get_runtime(ctx)
+        argv = ["backup", "--json", "--tag", "corex"]
+        for t in [*rec.tags, *tags]:
+            argv += ["--tag", t]
+        for d in ("proc", "sys", "dev"):
+            argv += ["--exclude", f"{root}/{d}/*"]
+        await rt.pause(rec.runtime_id)
+        try:
+            res = await restic(repo, *argv, "--", str(root), str(meta))
+        finally:
+            if not await rt.resume(rec.runtime_id):
+                log.error("container %d: the runtime did not resume it", rec.id)
+        for msg in _json_lines(res.stdout):
+            if isinstance(msg, dict) and msg.get("message_type") == "summary":
+                log.info("container %d backed up: snapshot %s", rec.id, msg["snapshot_id"])
+                return str(msg["snapshot_id"])
+        raise ToolError(["restic", "backup"], 0, "no snapshot id in restic's output",
+                        res.stdout[-2000:])
+    finally:
+        repo.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def restore(ctx: Context, url: str) -> tuple[dict[str, Any], str]:
+    """Restore the snapshot ``url`` names as an image; returns (the backed-up create
+    arguments, the image's name)."""
+    repo = parse(ctx, url, create=False)
+    work = ctx.config.state_dir / "backup" / uuid.uuid4().hex
+    try:
+        if not repo.snapshot:
+            raise BadRequest("url: name the snapshot as its fragment (…#<snapshot id>)",
+                             field="url")
+        found = _json_lines((await restic(repo, "snapshots", "--json", "--",
+                                          repo.snapshot, timeout=300)).stdout)
+        snaps = found[0] if found and isinstance(found[0], list) else []
+        if not snaps:
+            raise NotFound(f"no such snapshot: {repo.snapshot}")
+        snap = snaps[-1]
+        paths = [str(p) for p in snap.get("paths", [])]
+        metas = [p for p in paths if os.path.basename(p) == META]
+        roots = [p for p in paths if os.path.basename(p) != META]
+        if len(metas) != 1 or len(roots) != 1:
+            raise PreconditionFailed(f"snapshot {snap.get('short_id')} is no container "
+                                     "backup of core0's (no .corex.meta beside one root)")
+        name = f"restic-{snap['short_id']}"
+        work.mkdir(parents=True, mode=0o700)
+        await restic(repo, "restore", "--target", str(work), "--", str(snap["id"]))
+        meta = json.loads((work / metas[0].lstrip("/")).read_text())
+        args = dict(meta.get("arguments") or {})
+        if not (images.image_dir(ctx.config.state_dir, name) / "image.json").exists():
+            tree = work / roots[0].lstrip("/")
+            base = int(meta.get("userns_base") or 0)
+            if base:
+                await ctx.to_thread(_unshift, tree, base)
+            await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
+        return args, name
+    finally:
+        repo.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _unshift(root: Path, base: int) -> None:
+    """Owners in a user namespace's range back to the container's own ids (the image is
+    shifted again when a container with ``userns`` is made from it)."""
+    def one(path: str) -> None:
+        st = os.lstat(path)
+        uid = st.st_uid - base if base <= st.st_uid < base + userns.SIZE else st.st_uid
+        gid = st.st_gid - base if base <= st.st_gid < base + userns.SIZE else st.st_gid
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            os.lchown(path, uid, gid)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
+
+    one(str(root))
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            one(os.path.join(dirpath, name))

@@ -1,0 +1,123 @@
+"""corex.backup / corex.restore with a real restic repository: a container's root and its
+create arguments out and back (0-core's commands; 0-core's client side in tests/compat)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import require
+from sandbox_fixtures import ContainerNode, busybox_rootfs, call, container_node, inside, ok
+
+from core0.sandbox import images
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cnode() -> Iterator[ContainerNode]:
+    with container_node() as n:
+        os.chmod(n.dir, 0o711)  # (mkdtemp's 0700: a userns container's root must reach it)
+        yield n
+
+
+@pytest.fixture(scope="module")
+def image(cnode: ContainerNode) -> str:
+    require("restic")
+    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
+    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
+    return "bb"
+
+
+def test_a_container_backed_up_and_restored(cnode: ContainerNode, image: str) -> None:
+    secret = "pw-" + uuid.uuid4().hex
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    url = f"file://{repo}?password={secret}"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": [], "hostname": "saved",
+                                     "env": {"KEPT": "yes"}, "tags": ["old"]})
+    try:
+        res = inside(cnode, cid, "mkdir -p /srv && echo kept > /srv/data && echo ok")
+        assert res.state.value == "SUCCESS", res
+        snap = ok(cnode, "corex.backup", {"container": cid, "url": url, "tags": ["nightly"]})
+        assert re.fullmatch(r"[0-9a-f]{8,64}", snap), snap
+        assert (repo / "config").is_file()  # a new repository is initialised
+        # paused for the backup, running again after it
+        assert inside(cnode, cid, "echo alive").stdout == "alive\n"
+        # a second backup into the same repository
+        assert ok(cnode, "corex.backup", {"container": cid, "url": url}) != snap
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+
+    c = cnode.client()
+    try:
+        res = c.raw("corex.restore", {"url": f"{url}#{snap}"}, tags=["restored"]).get(300)
+    finally:
+        c.close()
+    assert res.state.value == "SUCCESS", res.data
+    new = json.loads(res.data)
+    try:
+        got = inside(cnode, new, "cat /srv/data; hostname; echo $KEPT")
+        assert got.stdout == "kept\nsaved\nyes\n", got
+        info = ok(cnode, "corex.list", {})[str(new)]["container"]
+        assert (info["root"], info["image"], info["tags"]) == (
+            f"restic-{snap}", f"restic-{snap}", ["restored"])
+        assert info["hostname"] == "saved"
+        # the repository's password is kept nowhere: not in the records, not in the log
+        assert secret not in json.dumps(ok(cnode, "corex.list", {}))
+        assert secret not in cnode.log_text()
+    finally:
+        ok(cnode, "corex.terminate", {"container": new})
+
+
+def test_bad_repositories_and_snapshots(cnode: ContainerNode, image: str) -> None:
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    try:
+        snap = ok(cnode, "corex.backup", {"container": cid, "url": f"{repo}?password=a"})
+        cases = [
+            ("corex.backup", {"container": cid, "url": f"file://{repo}"}, 400),  # no password
+            ("corex.backup", {"container": cid, "url": f"file://{repo}?password=b"}, 400),
+            ("corex.restore", {"url": f"file://{repo}?password=a"}, 400),  # no snapshot
+            ("corex.restore", {"url": f"file://{repo}?password=a#deadbeef"}, 404),
+            ("corex.restore", {"url": f"file://{repo}-none?password=a#{snap}"}, 404),
+            ("corex.restore", {"url": f"file://{repo}?password=a#not-an-id"}, 400),
+            ("corex.backup", {"container": 65000, "url": f"file://{repo}?password=a"}, 404),
+            ("corex.backup", {"container": cid, "url": "--repo=x?password=a"}, 400),
+        ]
+        for command, args, code in cases:
+            r = call(cnode, command, args)
+            assert (r.state.value, r.code) == ("ERROR", code), (command, args, r.data)
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+
+
+def test_a_user_namespace_container_comes_back_with_its_own_ids(cnode: ContainerNode,
+                                                                image: str) -> None:
+    """Its root is saved as the host sees it (owners shifted into its range); restored, the
+    image holds the container's own ids again and the new container (its own range) sees
+    root's files as root's."""
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    url = f"{repo}?password=u"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": [], "userns": True})
+    try:
+        got = inside(cnode, cid, "echo mine > /srv-file; stat -c %u:%g /srv-file")
+        assert got.state.value == "SUCCESS" and got.stdout == "0:0\n", got
+        snap = ok(cnode, "corex.backup", {"container": cid, "url": url})
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    new = ok(cnode, "corex.restore", {"url": f"{url}#{snap}"})
+    try:
+        st = (images.rootfs(cnode.state_dir, f"restic-{snap}") / "srv-file").stat()
+        assert (st.st_uid, st.st_gid) == (0, 0)
+        got = inside(cnode, new, "cat /srv-file; stat -c %u:%g /srv-file")
+        assert got.stdout == "mine\n0:0\n", got
+        info = ok(cnode, "corex.list", {})[str(new)]["container"]
+        assert info["userns"] is not None
+    finally:
+        ok(cnode, "corex.terminate", {"container": new})
