@@ -311,6 +311,12 @@ class Dispatcher:
     async def _restore_declared(self, wait: bool = False) -> None:
         """Declared containers and VMs (main.persistent_dir) come back; ``wait``: first for
         init's word on the persistent disk (it is mounted after the drivers load)."""
+        try:  # containers a backup froze when the last dispatcher died: thawed first
+            from core0.sandbox import backup
+
+            await backup.thaw_left(self.cfg.state_dir)
+        except Exception:
+            log.exception("containers frozen by a backup not resumed")
         if wait:
             for _ in range(900):  # 3 minutes
                 if declared.persistent_state(self.cfg) is not None:

@@ -14,10 +14,12 @@ Backup: the container is paused (the runtime's ``pause``: its cgroup frozen) whi
 reads its root clone (the host's view: ``/proc``, ``/sys`` and ``/dev`` excluded) and a
 metadata file beside it (``.corex.meta``: the create arguments and the container's user
 namespace base), then resumed; the repository is initialised first when it has no config.
-Returns the snapshot id. Restore: the snapshot is restored into the state dir, the root's
-owners shifted back out of a user namespace's range, stored as image
-``restic-<snapshot id>`` (reused when present), and a container created from it with the
-backed-up arguments (``corex.restore``'s tags instead of the old ones, as in 0-core).
+Returns the snapshot id; a dispatcher killed meanwhile leaves a mark, and the next one
+resumes the container at its start (:func:`thaw_left`). Restore: the snapshot is restored
+into the state dir, the root's owners shifted back out of a user namespace's range, stored
+as image ``restic-<snapshot id>`` (reused when present), and a container created from it
+with the backed-up arguments (``corex.restore``'s tags instead of the old ones, as in
+0-core).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ToolError
 from core0.proc import process
 from core0.registry import Role
-from core0.sandbox import images, manager, userns
+from core0.sandbox import images, manager, runtime, userns
 from core0.sandbox.store import Record, Store
 
 if TYPE_CHECKING:
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META = ".corex.meta"
+#: in a container's dir while a backup holds it frozen
+PAUSED = "backup-paused"
 #: restic's snapshot ids (short or full) and its "latest"
 _SNAPSHOT = re.compile(r"[0-9a-f]{8,64}|latest")
 #: a backup or restore of a large root takes its time
@@ -180,12 +184,15 @@ async def backup(ctx: Context, rec: Record, url: str, tags: list[str]) -> str:
             argv += ["--tag", t]
         for d in ("proc", "sys", "dev"):
             argv += ["--exclude", f"{root}/{d}/*"]
+        mark = cdir / PAUSED  # a dispatcher killed meanwhile: the next one thaws it
+        mark.touch()
         await rt.pause(rec.runtime_id)
         try:
             res = await restic(repo, *argv, "--", str(root), str(meta))
         finally:
             if not await rt.resume(rec.runtime_id):
                 log.error("container %d: the runtime did not resume it", rec.id)
+            mark.unlink(missing_ok=True)
         for msg in _json_lines(res.stdout):
             if isinstance(msg, dict) and msg.get("message_type") == "summary":
                 log.info("container %d backed up: snapshot %s", rec.id, msg["snapshot_id"])
@@ -233,6 +240,22 @@ async def restore(ctx: Context, url: str) -> tuple[dict[str, Any], str]:
     finally:
         repo.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+async def thaw_left(state_dir: Path) -> int:
+    """Dispatcher start: resume the containers a backup froze when its dispatcher died (the
+    backup itself is answered "interrupted", never run again). Returns how many."""
+    store = Store(state_dir)
+    left = [r for r in store.all() if (store.dir(r.id) / PAUSED).exists()]
+    if not left:
+        return 0
+    rt = await runtime.choose(state_dir)
+    for rec in left:
+        thawed = await rt.resume(rec.runtime_id)
+        (store.dir(rec.id) / PAUSED).unlink(missing_ok=True)
+        log.warning("container %d: frozen by a backup cut short, %s", rec.id,
+                    "resumed" if thawed else "not paused any more")
+    return len(left)
 
 
 def _unshift(root: Path, base: int) -> None:

@@ -6,16 +6,27 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import require
-from sandbox_fixtures import ContainerNode, busybox_rootfs, call, container_node, inside, ok
+from conftest import require, wait_until
+from sandbox_fixtures import (
+    ContainerNode,
+    busybox_rootfs,
+    call,
+    container_node,
+    dispatcher_or_zero,
+    inside,
+    ok,
+)
 
 from core0.sandbox import images
+from core0.sandbox.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -121,3 +132,41 @@ def test_a_user_namespace_container_comes_back_with_its_own_ids(cnode: Container
         assert info["userns"] is not None
     finally:
         ok(cnode, "corex.terminate", {"container": new})
+
+
+def test_a_backup_cut_short_leaves_no_frozen_container(cnode: ContainerNode,
+                                                      image: str) -> None:
+    """The dispatcher killed -9 while restic reads a frozen container: the next dispatcher
+    thaws it at its start, and the backup's one result is 503 interrupted (never run
+    again)."""
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    try:
+        got = inside(cnode, cid, "dd if=/dev/urandom of=/big bs=1M count=400 2>/dev/null; "
+                                 "echo made", timeout=120)
+        assert got.stdout == "made\n", got
+        mark = Store(cnode.state_dir).dir(cid) / "backup-paused"
+        c = cnode.client()
+        try:
+            job = c.raw("corex.backup", {"container": cid, "url": f"{repo}?password=k"})
+            assert wait_until(mark.exists, 60, 0.05)
+
+            def reading() -> bool:  # restic runs once the container is frozen
+                return any(p.info["cmdline"] and "restic" in p.info["cmdline"][0]
+                           and "backup" in p.info["cmdline"]
+                           for p in psutil.process_iter(["cmdline"]))
+
+            assert wait_until(reading, 60, 0.02)
+            old = cnode.dispatcher_pid()
+            os.kill(old, signal.SIGKILL)
+            assert wait_until(lambda: dispatcher_or_zero(cnode) not in (0, old), 60)
+            res = job.get(120)
+        finally:
+            c.close()
+        assert (res.state.value, res.code) == ("ERROR", 503), res
+        assert "interrupted" in res.data or "interrupted" in (res.critical or ""), res
+        assert wait_until(lambda: not mark.exists(), 30)
+        assert inside(cnode, cid, "echo thawed").stdout == "thawed\n"
+        assert "frozen by a backup cut short, resumed" in cnode.log_text()
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
