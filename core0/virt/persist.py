@@ -9,7 +9,9 @@ second, :data:`RETRIES` times: libvirtd, a boot service, may not be up yet) with
 and the re-created VM has that owner again (:func:`owner_of`). A VM of that
 name running with the same hash (kept in the domain's metadata, ``declared``) is kept, so
 a dispatcher restart changes nothing; one with another hash is destroyed and created
-again; a gone one is created again under its recorded uuid. ``kvm.destroy``,
+again; a gone one is created again under its recorded uuid; a running VM declared here whose
+declaration is gone (removed while core0 was down) is destroyed (``kvm.forget-undeclared``,
+as declared containers are terminated). ``kvm.destroy``,
 ``kvm.shutdown`` and ``kvm.migrate`` of a declared VM delete its record; a guest that powers
 itself off stays declared (it comes back at the next dispatcher start). Persistent creates
 of one name are serialised (:data:`name_lock`): the second of two at once finds the first's
@@ -18,8 +20,13 @@ VM running with the same hash and answers its uuid.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core0_client.protocol import Command
 
 from core0.declared import Declarations, declared_role, spec_hash
 from core0.virt.owner import Owner
@@ -27,6 +34,8 @@ from core0.virt.owner import Owner
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.virt.spec import CreateArgs
+
+log = logging.getLogger(__name__)
 
 #: how many times a failed re-creation at start is retried (1 s apart; libvirtd may be starting)
 RETRIES = 120
@@ -78,5 +87,23 @@ def undeclare(cfg: Config, name: str) -> None:
 
 
 def restore(engine: Any, cfg: Config) -> int:
-    """Dispatcher start: re-submit ``kvm.create`` for every declared VM."""
+    """Dispatcher start: re-submit ``kvm.create`` for every declared VM, and destroy the
+    declared VMs whose declaration was removed meanwhile (``kvm.forget-undeclared``, when
+    core0 has VMs on this node)."""
+    from core0.declared import base
+
+    if base(cfg) is not None and _has_vms(cfg):
+        try:
+            engine.submit_internal(Command(command="kvm.forget-undeclared",
+                                           id="undeclared-vms", max_restart=RETRIES))
+        except Exception as e:
+            log.warning("undeclared VMs not looked for: %s", e)
     return VMS.restore(engine, cfg)
+
+
+def _has_vms(cfg: Config) -> bool:
+    """Does core0 hold a VM directory here (a VM of its own may run)?"""
+    d = Path(cfg.virt.dir)
+    with contextlib.suppress(OSError):
+        return any(len(e.name) == 36 and e.is_dir() for e in d.iterdir())
+    return False

@@ -153,8 +153,19 @@ def _scenario(ns: Netns, lv: Any, node: NetNode, base: Path, cfg: Path) -> NetNo
     assert json.loads(decls[0].read_text())["arguments"]["memory"] == 320
 
     # destroy forgets the declaration
+    other = _json(node, "kvm.create", _args("pvm2", persistent=True, nics=[]))
     _json(node, "kvm.destroy", {"uuid": uuid})
-    assert list((base / "persist" / "vms").iterdir()) == []
-    assert _json(node, "kvm.list", {}) == []
+    left = list((base / "persist" / "vms").iterdir())
+    assert len(left) == 1 and json.loads(left[0].read_text())["name"] == "pvm2"
+    assert [v["name"] for v in _json(node, "kvm.list", {})] == ["pvm2"]
     assert wait_until(lambda: not (vdir / uuid).exists(), 30)
+
+    # a declaration removed while the node is down: its VM, still running, is destroyed at
+    # the next start (as a declared container is terminated)
+    node.stop()
+    left[0].unlink()
+    node = spawn_node(ns, base / "node", cfg)
+    assert wait_until(lambda: _json(node, "kvm.list", {}) == [], 60), node.log_text()[-3000:]
+    assert wait_until(lambda: not (vdir / other).exists(), 30)
+    assert "no declaration any more, destroyed" in node.log_text()
     return node
