@@ -55,7 +55,11 @@ def test_a_container_backed_up_and_restored(cnode: ContainerNode, image: str) ->
     try:
         res = inside(cnode, cid, "mkdir -p /srv && echo kept > /srv/data && echo ok")
         assert res.state.value == "SUCCESS", res
-        snap = ok(cnode, "corex.backup", {"container": cid, "url": url, "tags": ["nightly"]})
+        c = cnode.client()
+        try:
+            snap = c.container.backup(cid, url, tags=["nightly"], timeout=300)
+        finally:
+            c.close()
         assert re.fullmatch(r"[0-9a-f]{8,64}", snap), snap
         assert (repo / "config").is_file()  # a new repository is initialised
         # paused for the backup, running again after it
@@ -65,13 +69,12 @@ def test_a_container_backed_up_and_restored(cnode: ContainerNode, image: str) ->
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
 
-    c = cnode.client()
+    c = cnode.client()  # core0's client: c.container.backup/restore
     try:
-        res = c.raw("corex.restore", {"url": f"{url}#{snap}"}, tags=["restored"]).get(300)
+        new = c.container.restore(f"{url}#{snap}", tags=["restored"], timeout=300)
+        assert isinstance(new, int)
     finally:
         c.close()
-    assert res.state.value == "SUCCESS", res.data
-    new = json.loads(res.data)
     try:
         got = inside(cnode, new, "cat /srv/data; hostname; echo $KEPT")
         assert got.stdout == "kept\nsaved\nyes\n", got

@@ -77,6 +77,19 @@ class ContainerManager(Manager):
         inner = args_of(command=command, arguments=arguments or {}, **kw)
         return self._c.json("corex.dispatch", {"container": container, "command": inner})
 
+    def backup(self, container: int, url: str, tags: builtins.list[str] | None = None,
+               timeout: float | None = None) -> Any:
+        """Back a running container up to a restic repository (``file:///path?password=…``
+        or another restic backend); returns the snapshot id."""
+        return self._c.json("corex.backup", args_of(container=container, url=url, tags=tags),
+                            timeout=timeout)
+
+    def restore(self, url: str, tags: builtins.list[str] | None = None,
+                timeout: float | None = None) -> Any:
+        """Create a container again from a backup (``url``: the repository's, with
+        ``#<snapshot id>``), tagged ``tags``; returns its id."""
+        return self._c.json("corex.restore", {"url": url}, timeout=timeout, tags=tags)
+
     def nic_add(self, container: int, nic: dict[str, Any]) -> Any:
         return self._json("corex.nic-add", container=container, nic=nic)
 
