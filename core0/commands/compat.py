@@ -180,3 +180,40 @@ def _register(name: str, reason: str) -> None:
 
 for _name, _reason in NOT_SERVED.items():
     _register(_name, _reason)
+
+
+# ------------------------------------------- corex.* not served (501), 0-core names
+
+
+@dataclass(frozen=True)
+class NotServedArgs(Schema):
+    """What 0-core's client sends to these (ignored)."""
+
+    container: Any = None
+    url: Any = None
+    flist: Any = None
+
+
+_NOT_SERVED = {
+    "flist-layer": "core0 does not mount flists (0-fs/g8ufs is not supported): a "
+                   "container's root is an OCI image stored with container.image.*; "
+                   "create the container from an image that has the layer",
+    "zerotier.info": "core0 does not run ZeroTier (zerotier-one and a controller account "
+                     "would be needed): use bridge, macvlan or default nics",
+    "zerotier.list": "core0 does not run ZeroTier (zerotier-one and a controller account "
+                     "would be needed): use bridge, macvlan or default nics",
+}
+
+
+def _not_served(verb: str, reason: str) -> None:
+    async def not_served(ctx: Context, args: NotServedArgs) -> None:
+        raise NotImplemented501(f"corex.{verb} is not implemented by core0 (501): {reason}")
+
+    not_served.__doc__ = f"Not served (501): {reason}."
+    from core0.commands.container import aliases
+
+    aliases(verb, NotServedArgs, role=Role.READ_ONLY)(not_served)
+
+
+for _verb, _reason in _NOT_SERVED.items():
+    _not_served(_verb, _reason)

@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from core0.commands.compat import NotImplemented501
 from core0.context import Context
 from core0.declared import declared_role
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
@@ -111,8 +110,10 @@ class LimitArgs(Schema):
 
 @dataclass(frozen=True)
 class CreateArgs(Schema):
-    root: Annotated[_IMAGE, Doc("a stored image's name, or a host path (directory, rootfs "
-                                "tarball, OCI layout) imported once under that path")]
+    root: Annotated[str, Doc("a stored image's name, a host path (directory, rootfs "
+                             "tarball, OCI layout) imported once under that path, or "
+                             "restic:<url>#<snapshot>"),
+                    Pattern(r"[A-Za-z0-9_/][A-Za-z0-9_.:/@+-]{0,255}|restic:[^\x00-\x1f]{1,4096}")]
     mount: Annotated[dict[str, Annotated[str, _NO_NUL, Len(1, 4096)]],
                      Doc("{host path: container path[:ro]} bind mounts; host paths outside "
                          "main.filesystem_root need the admin role"), Len(0, 64)] | None = None
@@ -147,7 +148,9 @@ class CreateArgs(Schema):
 @aliases("create", CreateArgs)
 async def create(ctx: Context, args: CreateArgs) -> int:
     """Create and start a container; returns its integer id. ``root`` is a stored image (see
-    container.image.import/pull) or a host path; each start gets a fresh overlay clone of it.
+    container.image.import/pull), a host path, or ``restic:<repository url>#<snapshot>``
+    (0-core's: the root of a corex.backup, or a snapshot of one directory, stored as image
+    ``restic-<snapshot id>``); each start gets a fresh overlay clone of it.
     Defaults: containers-common capabilities and seccomp profile (stricter: no mount,
     unshare, keyctl, ptrace), no_new_privs, masked/read-only paths, own namespaces, PID 1 =
     catatonit. ``nics`` default to one ``default`` nic (a veth into the NAT bridge core0,
@@ -159,6 +162,12 @@ async def create(ctx: Context, args: CreateArgs) -> int:
 
 async def create_container(ctx: Context, args: CreateArgs, arguments: dict[str, Any]) -> int:
     """corex.create's work (also corex.restore's), ``arguments`` recorded as the create's."""
+    if args.root.startswith("restic:"):  # 0-core's data-only restore: the image, then as given
+        from core0.sandbox import backup
+
+        _, image = await backup.restore(ctx, args.root[len("restic:"):], data_only=True)
+        args = dataclasses.replace(args, root=image)
+        arguments = {**arguments, "root": image}  # (the URL holds the password)
     if args.privileged and ctx.job.role < Role.ADMIN:
         raise Forbidden("privileged containers need the admin role")
     check_env(args.env or {})
@@ -554,38 +563,3 @@ async def run(ctx: Context, args: RunArgs) -> Any:
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)
     return process_spec
-
-
-# ---------------------------------------------------------------- not served (501)
-
-
-@dataclass(frozen=True)
-class NotServedArgs(Schema):
-    """What 0-core's client sends to these (ignored)."""
-
-    container: Any = None
-    url: Any = None
-    flist: Any = None
-
-
-_NOT_SERVED = {
-    "flist-layer": "core0 does not mount flists (0-fs/g8ufs is not supported): a "
-                   "container's root is an OCI image stored with container.image.*; "
-                   "create the container from an image that has the layer",
-    "zerotier.info": "core0 does not run ZeroTier (zerotier-one and a controller account "
-                     "would be needed): use bridge, macvlan or default nics",
-    "zerotier.list": "core0 does not run ZeroTier (zerotier-one and a controller account "
-                     "would be needed): use bridge, macvlan or default nics",
-}
-
-
-def _not_served(verb: str, reason: str) -> None:
-    async def not_served(ctx: Context, args: NotServedArgs) -> None:
-        raise NotImplemented501(f"corex.{verb} is not implemented by core0 (501): {reason}")
-
-    not_served.__doc__ = f"Not served (501): {reason}."
-    aliases(verb, NotServedArgs, role=Role.READ_ONLY)(not_served)
-
-
-for _verb, _reason in _NOT_SERVED.items():
-    _not_served(_verb, _reason)

@@ -204,9 +204,11 @@ async def backup(ctx: Context, rec: Record, url: str, tags: list[str]) -> str:
         shutil.rmtree(work, ignore_errors=True)
 
 
-async def restore(ctx: Context, url: str) -> tuple[dict[str, Any], str]:
+async def restore(ctx: Context, url: str, *, data_only: bool = False
+                  ) -> tuple[dict[str, Any], str]:
     """Restore the snapshot ``url`` names as an image; returns (the backed-up create
-    arguments, the image's name)."""
+    arguments, the image's name). ``data_only`` (a ``restic:`` root): a snapshot of one
+    directory is enough (no arguments then)."""
     repo = parse(ctx, url, create=False)
     work = ctx.config.state_dir / "backup" / uuid.uuid4().hex
     try:
@@ -222,13 +224,13 @@ async def restore(ctx: Context, url: str) -> tuple[dict[str, Any], str]:
         paths = [str(p) for p in snap.get("paths", [])]
         metas = [p for p in paths if os.path.basename(p) == META]
         roots = [p for p in paths if os.path.basename(p) != META]
-        if len(metas) != 1 or len(roots) != 1:
+        if len(roots) != 1 or len(metas) > 1 or (not metas and not data_only):
             raise PreconditionFailed(f"snapshot {snap.get('short_id')} is no container "
                                      "backup of core0's (no .corex.meta beside one root)")
         name = f"restic-{snap['short_id']}"
         work.mkdir(parents=True, mode=0o700)
         await restic(repo, "restore", "--target", str(work), "--", str(snap["id"]))
-        meta = json.loads((work / metas[0].lstrip("/")).read_text())
+        meta = json.loads((work / metas[0].lstrip("/")).read_text()) if metas else {}
         args = dict(meta.get("arguments") or {})
         if not (images.image_dir(ctx.config.state_dir, name) / "image.json").exists():
             tree = work / roots[0].lstrip("/")

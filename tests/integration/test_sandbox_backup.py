@@ -87,6 +87,17 @@ def test_a_container_backed_up_and_restored(cnode: ContainerNode, image: str) ->
         assert secret not in cnode.log_text()
     finally:
         ok(cnode, "corex.terminate", {"container": new})
+    # 0-core's data-only restore: corex.create of root restic:<url>#<id>, the rest as given
+    other = ok(cnode, "corex.create", {"root": f"restic:{url}#{snap}", "nics": [],
+                                       "hostname": "fresh"})
+    try:
+        got = inside(cnode, other, "cat /srv/data; hostname; echo ${KEPT:-unset}")
+        assert got.stdout == "kept\nfresh\nunset\n", got
+        info = ok(cnode, "corex.list", {})[str(other)]["container"]
+        assert info["root"] == f"restic-{snap}"
+        assert secret not in json.dumps(info) and secret not in cnode.log_text()
+    finally:
+        ok(cnode, "corex.terminate", {"container": other})
 
 
 def test_bad_repositories_and_snapshots(cnode: ContainerNode, image: str) -> None:
