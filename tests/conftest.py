@@ -276,6 +276,21 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
     return node
 
 
+@contextlib.contextmanager
+def configured_node(config: str, prefix: str = "core0-test-") -> Iterator[Node]:
+    """A node started with the config file ``config`` (its text) in a temp dir of its own,
+    stopped and removed after."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    cfg = d / "core0.toml"
+    cfg.write_text(config)
+    n = start_node(d / "state", config=str(cfg))
+    try:
+        yield n
+    finally:
+        n.stop()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def node() -> Iterator[Node]:
     """One core0 node per test module (fast); tests must not break it."""

@@ -166,54 +166,38 @@ class AnyArgs(Schema):
     port: Any = None
     disks: Any = None
     number: Any = None
-    queue: Any = None
-    levels: Any = None
-
-
-def _register(name: str, reason: str) -> None:
-    async def not_served(ctx: Context, args: AnyArgs) -> None:
-        raise NotImplemented501(f"{name} is not implemented by core0 (501): {reason}")
-
-    not_served.__doc__ = f"Not served (501): {reason}."
-    command(name, AnyArgs, role=Role.READ_ONLY)(not_served)
-
-
-for _name, _reason in NOT_SERVED.items():
-    _register(_name, _reason)
-
-
-# ------------------------------------------- corex.* not served (501), 0-core names
-
-
-@dataclass(frozen=True)
-class NotServedArgs(Schema):
-    """What 0-core's client sends to these (ignored)."""
-
     container: Any = None
     url: Any = None
     flist: Any = None
 
 
-_NOT_SERVED = {
+_ZT_INSIDE = ("core0 does not run ZeroTier (zerotier-one and a controller account would be "
+              "needed): use bridge, macvlan or default nics")
+#: corex.<verb> (and its container.<verb> alias) → why core0 does not serve it
+CONTAINER_NOT_SERVED: dict[str, str] = {
     "flist-layer": "core0 does not mount flists (0-fs/g8ufs is not supported): a "
                    "container's root is an OCI image stored with container.image.*; "
                    "create the container from an image that has the layer",
-    "zerotier.info": "core0 does not run ZeroTier (zerotier-one and a controller account "
-                     "would be needed): use bridge, macvlan or default nics",
-    "zerotier.list": "core0 does not run ZeroTier (zerotier-one and a controller account "
-                     "would be needed): use bridge, macvlan or default nics",
+    "zerotier.info": _ZT_INSIDE,
+    "zerotier.list": _ZT_INSIDE,
 }
 
 
-def _not_served(verb: str, reason: str) -> None:
-    async def not_served(ctx: Context, args: NotServedArgs) -> None:
-        raise NotImplemented501(f"corex.{verb} is not implemented by core0 (501): {reason}")
+def _register(name: str, reason: str, verb: str = "") -> None:
+    """A 501 answer for ``name``; ``verb``: registered as corex.<verb> + container.<verb>."""
+    async def not_served(ctx: Context, args: AnyArgs) -> None:
+        raise NotImplemented501(f"{name} is not implemented by core0 (501): {reason}")
 
     not_served.__doc__ = f"Not served (501): {reason}."
-    from core0.commands.container import aliases
+    if verb:
+        from core0.commands.container import aliases
 
-    aliases(verb, NotServedArgs, role=Role.READ_ONLY)(not_served)
+        aliases(verb, AnyArgs, role=Role.READ_ONLY)(not_served)
+    else:
+        command(name, AnyArgs, role=Role.READ_ONLY)(not_served)
 
 
-for _verb, _reason in _NOT_SERVED.items():
-    _not_served(_verb, _reason)
+for _name, _reason in NOT_SERVED.items():
+    _register(_name, _reason)
+for _verb, _reason in CONTAINER_NOT_SERVED.items():
+    _register(f"corex.{_verb}", _reason, _verb)

@@ -8,17 +8,14 @@ a ping (its latency is a benchmark's business, not a test's: bench/ping.py).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import redis
-from conftest import Node, start_node, wait_until
+from conftest import Node, configured_node, wait_until
 
 CONFIG = """[main]
 include = []
@@ -37,13 +34,8 @@ output_backlog_bytes = 8000000
 
 @pytest.fixture(scope="module")
 def hnode() -> Iterator[Node]:
-    d = Path(tempfile.mkdtemp(prefix="core0-hostile-"))
-    cfg = d / "core0.toml"
-    cfg.write_text(CONFIG)
-    n = start_node(d / "state", config=str(cfg))
-    yield n
-    n.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with configured_node(CONFIG, "core0-hostile-") as n:
+        yield n
 
 
 @pytest.fixture

@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from conftest import Node, start_node, wait_until
+from conftest import Node, configured_node, wait_until
 
 CONFIG = """[main]
 include = []
@@ -29,13 +26,8 @@ private_queues = ["priv"]
 
 @pytest.fixture(scope="module")
 def lnode() -> Iterator[Node]:
-    d = Path(tempfile.mkdtemp(prefix="core0-logger-"))
-    cfg = d / "core0.toml"
-    cfg.write_text(CONFIG)
-    n = start_node(d / "state", config=str(cfg))
-    yield n
-    n.stop()
-    shutil.rmtree(d, ignore_errors=True)
+    with configured_node(CONFIG, "core0-logger-") as n:
+        yield n
 
 
 @pytest.fixture
