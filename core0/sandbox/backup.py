@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ToolError
+from core0.fspath import Root, oserror
 from core0.proc import process
 from core0.registry import Role
 from core0.sandbox import images, manager, runtime, userns
@@ -98,8 +99,6 @@ def parse(ctx: Context, url: str, *, create: bool) -> Repo:
 
 def _local(ctx: Context, path: str, create: bool) -> int:
     """An O_PATH descriptor of a local repository's directory (made when asked)."""
-    from core0.fspath import Root, oserror
-
     if not path.startswith("/") or "\0" in path:
         raise BadRequest("url: a local repository needs an absolute path", field="url")
     admin = ctx.job.role >= Role.ADMIN
@@ -222,6 +221,10 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
             raise NotFound(f"no such snapshot: {repo.snapshot}")
         snap = snaps[-1]
         paths = [str(p) for p in snap.get("paths", [])]
+        for p in paths:  # (a repository is the caller's: its snapshot's paths are data)
+            if not p.startswith("/") or ".." in p.split("/") or "\0" in p:
+                raise PreconditionFailed(f"snapshot {snap.get('short_id')}: {p!r} is not a "
+                                         "plain absolute path")
         metas = [p for p in paths if os.path.basename(p) == META]
         roots = [p for p in paths if os.path.basename(p) != META]
         if len(roots) != 1 or len(metas) > 1 or (not metas and not data_only):
@@ -230,15 +233,37 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
         name = f"restic-{snap['short_id']}"
         work.mkdir(parents=True, mode=0o700)
         await restic(repo, "restore", "--target", str(work), "--", str(snap["id"]))
-        meta = json.loads((work / metas[0].lstrip("/")).read_text()) if metas else {}
-        args = dict(meta.get("arguments") or {})
-        if not (images.image_dir(ctx.config.state_dir, name) / "image.json").exists():
-            tree = work / roots[0].lstrip("/")
-            base = int(meta.get("userns_base") or 0)
-            if base:
-                await ctx.to_thread(_unshift, tree, base)
-            await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
-        return args, name
+        # what was restored is resolved inside the work dir: a symlink in the snapshot
+        # cannot lead the import (or the owners' shift) out of it
+        meta: Any = {}
+        try:
+            with Root(str(work)) as wroot:
+                if metas:
+                    with os.fdopen(wroot.open(metas[0], os.O_RDONLY), "rb") as f:
+                        meta = json.loads(f.read(1 << 20) or b"{}")
+                tfd = wroot.open(roots[0], os.O_PATH | os.O_DIRECTORY)
+        except OSError as e:
+            raise oserror(e, f"snapshot {snap.get('short_id')}: {e.filename or ''}") from None
+        except ValueError:
+            raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its .corex.meta is "
+                                     "not JSON") from None
+        try:
+            args = meta.get("arguments") if isinstance(meta, dict) else None
+            if metas and not isinstance(args, dict):
+                raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its .corex.meta "
+                                         "holds no create arguments")
+            if not (images.image_dir(ctx.config.state_dir, name) / "image.json").exists():
+                tree = Path(f"/proc/self/fd/{tfd}")
+                base = meta.get("userns_base") or 0 if metas else 0
+                if not isinstance(base, int) or not 0 <= base < 1 << 32:
+                    raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its "
+                                             ".corex.meta holds no valid userns_base")
+                if base:
+                    await ctx.to_thread(_unshift, tree, base)
+                await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
+        finally:
+            os.close(tfd)
+        return dict(args or {}), name
     finally:
         repo.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -184,3 +185,25 @@ def test_a_backup_cut_short_leaves_no_frozen_container(cnode: ContainerNode,
         assert "frozen by a backup cut short, resumed" in cnode.log_text()
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
+
+
+def test_a_crafted_snapshot_leads_nowhere_outside(cnode: ContainerNode, image: str) -> None:
+    """A repository is its user's: a snapshot whose root is a symlink to a host directory
+    (made with restic itself) restores nothing from the host — the restored tree is
+    resolved inside the restore's own directory (404), and no image holds the host's files."""
+    work = Path(tempfile.mkdtemp(prefix="evil-", dir=cnode.dir))
+    repo, src = work / "repo", work / "src"
+    src.mkdir()
+    (src / "root").symlink_to("/etc")
+    (src / ".corex.meta").write_text(json.dumps({"arguments": {"root": "x", "nics": []}}))
+    env = {**os.environ, "RESTIC_PASSWORD": "e"}
+    subprocess.run(["restic", "-r", str(repo), "init"], env=env, check=True,
+                   capture_output=True)
+    out = subprocess.run(["restic", "-r", str(repo), "backup", "--json",
+                          str(src / "root"), str(src / ".corex.meta")], env=env, check=True,
+                         capture_output=True, text=True).stdout
+    snap = next(json.loads(line)["snapshot_id"] for line in out.splitlines()
+                if '"summary"' in line)
+    r = call(cnode, "corex.restore", {"url": f"{repo}?password=e#{snap}"})
+    assert r.state.value == "ERROR" and r.code == 404, (r.code, r.data)
+    assert not images.image_dir(cnode.state_dir, f"restic-{snap}").exists()
