@@ -10,7 +10,7 @@ from core0.commands.container import CreateArgs, aliases, create_container
 from core0.context import Context
 from core0.sandbox import access
 from core0.sandbox import backup as bk
-from core0.schema import Doc, Len, Range, Schema
+from core0.schema import Doc, Len, Pattern, Range, Schema
 
 _URL = Doc("the restic repository: file:///path?password=… (or a bare absolute path), or "
            "another restic backend (sftp:, rest:, s3:…) with ?password=…")
@@ -20,7 +20,9 @@ _URL = Doc("the restic repository: file:///path?password=… (or a bare absolute
 class BackupArgs(Schema):
     container: Annotated[int, Range(1, 65535)]
     url: Annotated[str, _URL, Len(1, 4096)]
-    tags: Annotated[list[Annotated[str, Len(1, 128)]] | None, Len(0, 32),
+    tags: Annotated[list[Annotated[str, Pattern(r"[^\x00-\x1f,]{1,128}",
+                                                what="1-128 characters, no comma")]] | None,
+                    Len(0, 32),
                     Doc("snapshot tags, besides the container's own and corex")] = None
 
 

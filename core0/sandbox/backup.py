@@ -178,11 +178,11 @@ async def backup(ctx: Context, rec: Record, url: str, tags: list[str]) -> str:
         except NotFound:
             await restic(repo, "init", timeout=120)
         rt = await manager.get_runtime(ctx)
-        argv = ["backup", "--json", "--tag", "corex"]
+        argv = ["backup", "--json", "--tag=corex"]
         for t in [*rec.tags, *tags]:
-            argv += ["--tag", t]
+            argv.append(f"--tag={t}")  # one argument: a tag can never be an option
         for d in ("proc", "sys", "dev"):
-            argv += ["--exclude", f"{root}/{d}/*"]
+            argv.append(f"--exclude={root}/{d}/*")
         mark = cdir / PAUSED  # a dispatcher killed meanwhile: the next one thaws it
         mark.touch()
         await rt.pause(rec.runtime_id)
