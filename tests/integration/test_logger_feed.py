@@ -148,3 +148,19 @@ def test_a_subscription_survives_a_dispatcher_kill(lnode: Node, r: redis.Redis) 
     got = drain(r, key, job["id"])
     assert any(x["message"]["message"] == "after-restart" for x in got)
     ok(r, "default", "logger.unsubscribe", {"queue": key})
+
+
+def test_core0s_client_logger_manager(lnode: Node, r: redis.Redis) -> None:
+    """core0's own client: c.logger.subscribe/unsubscribe (and set_level)."""
+    c = lnode.client()
+    try:
+        key = c.logger.subscribe(levels=[1])
+        assert key.startswith("logger:")
+        job = c.bash("echo via-client; echo not-this >&2")
+        assert job.get(30).state.value == "SUCCESS"
+        got = [x for x in drain(r, key, job.id) if x["command"] == job.id]
+        assert [x["message"]["message"] for x in got] == ["via-client", ""], got
+        assert c.logger.unsubscribe(key) is None
+        assert c.logger.set_level("INFO")["level"] == "INFO"
+    finally:
+        c.close()

@@ -63,6 +63,25 @@ class ConfigManager(Manager):
         return self._json("config.get")
 
 
+class LoggerManager(Manager):
+    """logger.*: the dispatcher's own log, and 0-core's aggregated job log."""
+
+    def set_level(self, level: str) -> Any:
+        """CRITICAL, ERROR, WARNING, NOTICE, INFO or DEBUG; returns {level, was}."""
+        return self._json("logger.set_level", level=level)
+
+    def reopen(self) -> Any:
+        return self._json("logger.reopen")
+
+    def subscribe(self, queue: str | None = None, levels: list[int] | None = None) -> Any:
+        """Have the list ``logger:<queue>`` (a new name when None) fed with the output
+        records of every job this queue may see; returns its key (read it with BLPOP)."""
+        return self._json("logger.subscribe", queue=queue, levels=levels)
+
+    def unsubscribe(self, queue: str) -> Any:
+        return self._json("logger.unsubscribe", queue=queue)
+
+
 class FilesystemManager(Manager):
     """filesystem.*; ``upload``/``download`` are on the client's ``filesystem`` (they loop)."""
 
@@ -106,5 +125,6 @@ MANAGERS = {
     "job": JobManager,
     "process": ProcessManager,
     "config": ConfigManager,
+    "logger": LoggerManager,
     "filesystem": FilesystemManager,
 }
