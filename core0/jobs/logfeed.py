@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -70,9 +71,7 @@ class _Rec:
     rec: LogRecord
 
     def to_json(self) -> str:
-        return json.dumps({"core": self.core, "command": self.rec.job, "message": {
-            "message": self.rec.message, "epoch": self.rec.epoch, "meta": self.rec.meta}},
-            separators=(",", ":"))
+        return dataclasses.replace(self.rec, core=self.core).to_json()
 
 
 class LogFeed:

@@ -259,7 +259,7 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
                     raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its "
                                              ".corex.meta holds no valid userns_base")
                 if base:
-                    await ctx.to_thread(_unshift, tree, base)
+                    await ctx.to_thread(userns.unshift_tree, tree, base)
                 await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
         finally:
             os.close(tfd)
@@ -283,21 +283,3 @@ async def thaw_left(state_dir: Path) -> int:
         log.warning("container %d: frozen by a backup cut short, %s", rec.id,
                     "resumed" if thawed else "not paused any more")
     return len(left)
-
-
-def _unshift(root: Path, base: int) -> None:
-    """Owners in a user namespace's range back to the container's own ids (the image is
-    shifted again when a container with ``userns`` is made from it)."""
-    def one(path: str) -> None:
-        st = os.lstat(path)
-        uid = st.st_uid - base if base <= st.st_uid < base + userns.SIZE else st.st_uid
-        gid = st.st_gid - base if base <= st.st_gid < base + userns.SIZE else st.st_gid
-        if (uid, gid) != (st.st_uid, st.st_gid):
-            os.lchown(path, uid, gid)
-            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(path, stat.S_IMODE(st.st_mode))
-
-    one(str(root))
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            one(os.path.join(dirpath, name))

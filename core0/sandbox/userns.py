@@ -38,6 +38,7 @@ import stat
 import struct
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from core0.errors import Internal, PreconditionFailed, Unavailable
@@ -160,16 +161,26 @@ def shift_tree(root: Path, base: int) -> int:
     """Shift the owner of every entry below ``root`` (and ``root``) into the range
     (uid/gid n → base + n for n < SIZE; symlinks themselves, never followed). Modes are kept
     (chown clears set-id bits: they are put back). Returns the entry count."""
+    return _chown_tree(root, lambda n: n + base if n < SIZE else n)
+
+
+def unshift_tree(root: Path, base: int) -> int:
+    """The reverse of :func:`shift_tree`: owners in the range ``base`` … ``base + SIZE - 1``
+    back to the container's own ids (others kept). Returns the entry count."""
+    return _chown_tree(root, lambda n: n - base if base <= n < base + SIZE else n)
+
+
+def _chown_tree(root: Path, new_id: Callable[[int], int]) -> int:
     n = 0
 
     def one(path: str) -> None:
         nonlocal n
         st = os.lstat(path)
-        uid = st.st_uid + base if st.st_uid < SIZE else st.st_uid
-        gid = st.st_gid + base if st.st_gid < SIZE else st.st_gid
-        os.lchown(path, uid, gid)
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
-            os.chmod(path, stat.S_IMODE(st.st_mode))
+        uid, gid = new_id(st.st_uid), new_id(st.st_gid)
+        if (uid, gid) != (st.st_uid, st.st_gid):
+            os.lchown(path, uid, gid)
+            if not stat.S_ISLNK(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(path, stat.S_IMODE(st.st_mode))
         n += 1
 
     one(str(root))

@@ -51,9 +51,17 @@ log = logging.getLogger(__name__)
 STATES = ["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
           "pmsuspended"]
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
 #: qemu refusing an image another process holds (its write or shared lock)
 _LOCKED = re.compile(r'Failed to get (shared )?"(write|consistent read)" lock')
 _VIRTS: weakref.WeakKeyDictionary[Any, Virt] = weakref.WeakKeyDictionary()
+
+
+def vm_uuids(vm_dir: Path) -> set[str]:
+    """The uuids of core0's VMs: the directories named so in ``virt.dir``."""
+    with contextlib.suppress(OSError):
+        return {d.name for d in vm_dir.iterdir() if _UUID_RE.fullmatch(d.name)}
+    return set()
 
 
 def of(ctx: Context) -> Virt:
@@ -198,9 +206,7 @@ class Virt:
 
     def uuids(self) -> set[str]:
         """The uuids of core0's VMs (their directories; no record read)."""
-        with contextlib.suppress(OSError):
-            return {d.name for d in self.dir.iterdir() if _UUID_RE.fullmatch(d.name)}
-        return set()
+        return vm_uuids(self.dir)
 
     def records(self) -> dict[str, dict[str, Any]]:
         return {uuid: self.record(uuid) or {} for uuid in self.uuids()}

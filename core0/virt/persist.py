@@ -20,7 +20,6 @@ VM running with the same hash and answers its uuid.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 from pathlib import Path
@@ -91,19 +90,12 @@ def restore(engine: Any, cfg: Config) -> int:
     declared VMs whose declaration was removed meanwhile (``kvm.forget-undeclared``, when
     core0 has VMs on this node)."""
     from core0.declared import base
+    from core0.virt.manager import vm_uuids
 
-    if base(cfg) is not None and _has_vms(cfg):
+    if base(cfg) is not None and vm_uuids(Path(cfg.virt.dir)):
         try:
             engine.submit_internal(Command(command="kvm.forget-undeclared",
                                            id="undeclared-vms", max_restart=RETRIES))
         except Exception as e:
             log.warning("undeclared VMs not looked for: %s", e)
     return VMS.restore(engine, cfg)
-
-
-def _has_vms(cfg: Config) -> bool:
-    """Does core0 hold a VM directory here (a VM of its own may run)?"""
-    d = Path(cfg.virt.dir)
-    with contextlib.suppress(OSError):
-        return any(len(e.name) == 36 and e.is_dir() for e in d.iterdir())
-    return False
