@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from compat_fixtures import IN_QEMU
 from conftest import require
 from storage_fixtures import umount_below
 
@@ -86,9 +87,9 @@ def test_disk_manager(cl: Any, record: Any, loops: Any) -> None:
     assert cl.raw("disk.spindown", {"disk": dev, "spindown": 241}).get().code == 400
     r = cl.raw("disk.spindown", {"disk": dev, "spindown": 1}).get()
     assert r.state == "ERROR" and r.code == 412 and "ATA" in r.stderr
-    record("disk.spindown", "a device without ATA commands (here: loop) answers 412 with the "
-           "reason in stderr, the client raises; 241+ is 400 (the ATA standby itself needs an "
-           "ATA disk: not verified here)", works=False)
+    record("disk.spindown", "`None`; the drive's standby timer set by the ATA command (a SATA "
+           f"disk, {IN_QEMU}); a device without ATA commands (here: loop) answers 412 with the "
+           "reason in stderr, the client raises; 241+ is 400")
 
 
 def _spindown(cl: Any, disk: str, value: int) -> None:

@@ -1,6 +1,8 @@
 """End to end, full image: build it, boot it under qemu, check that the storage, network,
 container and KVM tools it adds run in the guest (zfs-fuse with a pool, libvirt driving the
-guest's qemu), then power off.
+guest's qemu), that 0-core's client gets the machine-bound methods the development host
+cannot serve (``info.dmi`` from qemu's SMBIOS tables, ``ip.bond.*`` with the bonding driver,
+``disk.spindown`` on a SATA disk behind qemu's AHCI controller), then power off.
 
 ``CORE0_E2E_IMAGE=DIR`` reuses an image already built in DIR.
 """
@@ -10,17 +12,22 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import pytest
-from conftest import ROOT, require
+from conftest import ROOT, require, unavailable
 from image_fixtures import node_image
 
 sys.path.insert(0, str(ROOT))
 from core0_client import Client
 
-from qemu.harness import VM, VMConfig
+from qemu.harness import VM, VMConfig, free_port
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+#: the guest's front for 0-core's clients (LKEYEXISTS/LTTL), and its host port
+FRONT_PORT = 6390
+_FRONT: dict[str, int] = {}
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,18 @@ def vm(tmp_path_factory: pytest.TempPathFactory):
     require("qemu-system-x86_64")
     image_dir = node_image("full")
     tmp = tmp_path_factory.mktemp("vmfull")
+    ata = tmp / "ata.img"  # a SATA disk (libata takes ATA commands: disk.spindown)
+    with open(ata, "wb") as f:
+        f.truncate(64 << 20)
+    front = free_port()  # 0-core's clients: the front, plain TCP (the image has no TLS files)
+    _FRONT["port"] = front
     machine = VM(VMConfig(image_dir=image_dir, flavour="full", memory=1536,
-                          serial_log=tmp / "serial.log"))
+                          serial_log=tmp / "serial.log", forwards=[(front, FRONT_PORT)],
+                          append=[f"core0.redis.front_port={FRONT_PORT}",
+                                  "core0.redis.front_tls=false"],
+                          extra_qemu=["-device", "ahci,id=ahci0",
+                                      "-drive", f"if=none,id=ata0,format=raw,file={ata}",
+                                      "-device", "ide-hd,drive=ata0,bus=ahci0.0,model=CORE0ATA"]))
     machine.start()
     print(f"boot → first core.ping answered: {machine.wait_ping(300):.1f}s ({machine.accel})")
     yield machine
@@ -116,6 +133,76 @@ def test_link_kinds_this_host_lacks(vm: VM) -> None:
     finally:
         c.ip.netns.delete(ns)
         c.close()
+
+
+def _zeroos(vm: VM) -> Any:
+    """0-core's own client (``0-core-client``, unchanged) on the VM's front (core0's stand-in
+    for 0-core's redis-proxy: its ledis-era LKEYEXISTS/LTTL), plain TCP since this image has
+    no TLS files (``ssl=False``), with its one-argument AUTH."""
+    try:
+        import zeroos.core0.client as zc
+    except ImportError:
+        unavailable("0-core-client is not installed (scripts/install-deps.sh installs it)")
+    return zc.Client("127.0.0.1", _FRONT["port"], password=vm.password, ssl=False, timeout=120)
+
+
+def test_0core_client_dmi_from_qemus_smbios(vm: VM) -> None:
+    """``info.dmi`` (0-core's master client: ``json("info.dmi", {types})``): dmidecode's
+    tables parsed into 0-core's shape; qemu's SMBIOS names its system "QEMU"."""
+    cl = _zeroos(vm)
+    every = cl.json("info.dmi", {"types": []})
+    assert every["tooling"]["decoder"] and len(every["sections"]) >= 3
+    system = cl.json("info.dmi", {"types": ["system"]})
+    assert {s["typenum"] for s in system["sections"]} <= {1, 12, 15, 23, 32}
+    props = next(s for s in system["sections"] if s["typenum"] == 1)["subsections"][0]
+    assert props["title"] == "System Information"
+    assert props["properties"]["Manufacturer"]["value"] == "QEMU"
+    bios = cl.json("info.dmi", {"types": [0]})
+    assert [s["typestr"] for s in bios["sections"]] == ["BIOS"]
+    with pytest.raises(Exception) as e:
+        cl.json("info.dmi", {"types": ["nosuch"]})
+    assert getattr(e.value, "code", 0) == 400
+
+
+def test_0core_client_bond(vm: VM) -> None:
+    """``ip.bond.add/list/del`` with 0-core's arguments ({bond, interfaces, mtu}) over two
+    dummy links: a balance-rr bond with both slaves, up; then gone."""
+    cl = _zeroos(vm)
+    sh(vm, "ip link add cbd0 type dummy && ip link add cbd1 type dummy")
+    try:
+        assert "cbond0" not in cl.json("ip.bond.list", {})
+        cl.json("ip.bond.add", {"bond": "cbond0", "interfaces": ["cbd0", "cbd1"], "mtu": 1400})
+        bonds = cl.json("ip.bond.list", {})
+        report = bonds["cbond0"]
+        mode = next(sec["Bonding Mode"] for sec in report if "Bonding Mode" in sec)
+        assert "round-robin" in mode, report
+        slaves = {s["Slave Interface"].strip() for s in report if "Slave Interface" in s}
+        assert slaves == {"cbd0", "cbd1"}, report
+        link = sh(vm, "ip -o link show cbond0")
+        assert "mtu 1400" in link and "UP" in link, link
+        assert "master cbond0" in sh(vm, "ip -o link show cbd1")
+        with pytest.raises(Exception) as e:
+            cl.json("ip.bond.add", {"bond": "cbond0", "interfaces": ["cbd0"], "mtu": 0})
+        assert getattr(e.value, "code", 0) == 409
+        cl.json("ip.bond.del", {"bond": "cbond0"})
+        assert "cbond0" not in cl.json("ip.bond.list", {})
+    finally:
+        sh(vm, "ip link del cbond0 2>/dev/null; ip link del cbd0; ip link del cbd1")
+
+
+def test_0core_client_spindown_on_a_sata_disk(vm: VM) -> None:
+    """``disk.spindown`` (0-core's client: raw, RuntimeError unless SUCCESS) sets the standby
+    timer of the AHCI disk by the ATA command; ``disk.seektime`` measures it."""
+    cl = _zeroos(vm)
+    name = sh(vm, "grep -l CORE0ATA /sys/block/*/device/model").split("/")[3]
+    dev = f"/dev/{name}"
+    for value in (1, 120, 0):
+        r = cl.raw("disk.spindown", {"disk": dev, "spindown": value}).get(120)
+        assert r.state == "SUCCESS", (value, r.state, r.code, r.data, r.stderr)
+    r = cl.raw("disk.spindown", {"disk": dev, "spindown": 241}).get(120)
+    assert r.state == "ERROR" and r.code == 400
+    sk = cl.json("disk.seektime", {"disk": dev})
+    assert sk["device"] == dev and sk["elapsed"] >= 0 and sk["type"] in ("SSD", "HDD")
 
 
 def test_poweroff(vm: VM) -> None:
