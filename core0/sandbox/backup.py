@@ -40,8 +40,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ToolError
 from core0.fspath import Root, oserror
 from core0.proc import process
-from core0.registry import Role
-from core0.sandbox import images, manager, runtime, userns
+from core0.sandbox import images, manager, runtime, userns, volumes
 from core0.sandbox.store import Record, Store
 
 if TYPE_CHECKING:
@@ -98,29 +97,9 @@ def parse(ctx: Context, url: str, *, create: bool) -> Repo:
 
 
 def _local(ctx: Context, path: str, create: bool) -> int:
-    """An O_PATH descriptor of a local repository's directory (made when asked)."""
-    if not path.startswith("/") or "\0" in path:
-        raise BadRequest("url: a local repository needs an absolute path", field="url")
-    admin = ctx.job.role >= Role.ADMIN
-    base = "/" if admin else os.path.realpath(ctx.config.main.filesystem_root)
-    if ".." in path.split("/") and not admin:
-        raise BadRequest("url: '..' in a repository path needs the admin role", field="url")
-    if base != "/" and not (path == base or path.startswith(base.rstrip("/") + "/")):
-        raise BadRequest(f"url: {path} is outside {base} (needs the admin role)", field="url")
-    rel = path if base == "/" else (path[len(base.rstrip("/")):] or "/")
-    try:
-        with Root(base) as root:
-            if create:
-                parent, name = root.parent(rel, create=0o700)
-                try:
-                    if name:
-                        with contextlib.suppress(FileExistsError):
-                            os.mkdir(name, 0o700, dir_fd=parent)
-                finally:
-                    os.close(parent)
-            fd = root.open(rel, os.O_PATH)
-    except OSError as e:
-        raise oserror(e, path) from None
+    """An O_PATH descriptor of a local repository's directory (made when asked), resolved as
+    a bind mount's source is (:func:`core0.sandbox.volumes.open_source`)."""
+    fd = volumes.open_source(ctx, path, "url", create)
     if not stat.S_ISDIR(os.fstat(fd).st_mode):
         os.close(fd)
         raise BadRequest(f"url: {path} is not a directory", field="url")

@@ -13,6 +13,7 @@ Targets are checked here and resolved by the runtime inside the container's root
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from dataclasses import dataclass
@@ -43,11 +44,13 @@ def check_target(target: str, field_name: str) -> str:
     return norm
 
 
-def open_source(ctx: Context, source: str, field_name: str) -> int:
-    """An ``O_PATH`` descriptor of a host path for a bind mount or an import, resolved
-    inside ``main.filesystem_root`` without following symlinks out of it (anywhere on the
-    node for admin queues). Callers act on the descriptor, never on the path again: a
-    component swapped for a symlink after the check cannot send them elsewhere."""
+def open_source(ctx: Context, source: str, field_name: str, create: bool = False) -> int:
+    """An ``O_PATH`` descriptor of a host path for a bind mount, an import or a backup
+    repository, resolved inside ``main.filesystem_root`` without following symlinks out of
+    it (anywhere on the node for admin queues; 403 outside it). Callers act on the
+    descriptor, never on the path again: a component swapped for a symlink after the check
+    cannot send them elsewhere. ``create``: the directory (and its missing parents) is made,
+    mode 0700, when it is not there."""
     from core0.fspath import Root, oserror
 
     if not source.startswith("/") or "\0" in source:
@@ -64,6 +67,14 @@ def open_source(ctx: Context, source: str, field_name: str) -> int:
         rel = source[len(root_real.rstrip("/")):] or "/"
     try:
         with Root(base) as root:
+            if create:
+                parent, name = root.parent(rel, create=0o700)
+                try:
+                    if name:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(name, 0o700, dir_fd=parent)
+                finally:
+                    os.close(parent)
             return root.open(rel, os.O_PATH)
     except OSError as e:
         raise oserror(e, source) from None

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import require
 from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node
 
 FSROOT = Path(tempfile.gettempdir()) / f"core0-fsroot-{uuid.uuid4().hex[:8]}"
@@ -109,3 +110,39 @@ def test_passthrough_nic_needs_admin(cnode: ContainerNode, image: str) -> None:
         assert res["code"] == 400, res
     finally:
         assert run(cnode, "ops", "corex.terminate", {"container": cid})["state"] == "SUCCESS"
+
+
+def test_operator_backup_repository_stays_in_the_root(cnode: ContainerNode, image: str) -> None:
+    """An operator's local restic repository is resolved as a mount source is: inside
+    ``main.filesystem_root`` (made there when new), 403 outside it or with '..', and a symlink
+    in the path leads to the root's own directory of that name, never out."""
+    require("restic")
+    res = run(cnode, "ops", "corex.create", {"root": image, "nics": []})
+    assert res["state"] == "SUCCESS", res
+    cid = json.loads(res["data"])
+    outside = Path(tempfile.mkdtemp(prefix="core0-repo-"))
+    try:
+        def backup(path: str) -> dict[str, Any]:
+            return run(cnode, "ops", "corex.backup",
+                       {"container": cid, "url": f"file://{path}?password=pw"})
+
+        for path in (str(outside / "repo"), str(FSROOT / "data") + "/../../" + outside.name):
+            res = backup(path)
+            assert res["state"] == "ERROR" and res["code"] == 403, (path, res)
+        assert list(outside.iterdir()) == []
+        res = backup(str(FSROOT / "link" / "repo"))  # link → /etc: <root>/etc/repo
+        assert res["state"] == "SUCCESS", res
+        assert (FSROOT / "etc" / "repo" / "config").is_file()
+        assert not Path("/etc/repo").exists()
+        res = backup(str(FSROOT / "repos" / "a"))
+        assert res["state"] == "SUCCESS", res
+        snap = json.loads(res["data"])
+        assert (FSROOT / "repos" / "a" / "config").is_file()
+        assert oct((FSROOT / "repos").stat().st_mode & 0o777) == "0o700"
+        res = run(cnode, "ops", "corex.restore", {"url": f"file://{FSROOT}/repos/a?password=pw#{snap}"})
+        assert res["state"] == "SUCCESS", res
+        assert run(cnode, "ops", "corex.terminate", {"container": json.loads(res["data"])}
+                   )["state"] == "SUCCESS"
+    finally:
+        assert run(cnode, "ops", "corex.terminate", {"container": cid})["state"] == "SUCCESS"
+        shutil.rmtree(outside, ignore_errors=True)
