@@ -3,12 +3,16 @@ restic repository and back (0-core's commands, with restic as 0-core used it).
 
 A repository is named as 0-core's clients name it: a URL whose ``password`` query parameter is
 the repository's password and whose fragment is a snapshot (restore only):
-``file:///srv/backups/repo?password=…`` (or a bare absolute path), or any other restic
-backend (``sftp:…``, ``rest:https://…``, ``s3:…``; credentials of those backends as restic
-reads them from the node's environment or ``~/.ssh``). A local repository is resolved inside
-``main.filesystem_root`` for queues below admin (anywhere for admin), made when missing, and
-handed to restic as the directory's descriptor (``/proc/self/fd/N``), never as the path
-again. The password reaches restic on its stdin, never in its argv or environment.
+``file:///srv/backups/repo?password=…`` (or a bare absolute path, or restic's
+``local:/path``), ``rest:http(s)://[user:pass@]host/…`` (restic's REST server: its
+credentials are in the URL), or — admin only — restic's backends that act with the node's own
+identity: ``sftp:`` (ssh with root's keys and ``~/.ssh/config``), ``rclone:`` (root's rclone
+config), ``s3:``, ``b2:``, ``azure:``, ``gs:``, ``swift:`` (credentials from the node's
+environment, the variables those backends read). Any other form is refused (restic would
+take it for a path relative to the dispatcher's directory). A local repository is resolved
+inside ``main.filesystem_root`` for queues below admin (anywhere for admin), made when
+missing, and handed to restic as the directory's descriptor (``/proc/self/fd/N``), never as
+the path again. The password reaches restic on its stdin, never in its argv or environment.
 
 Backup: the container is paused (the runtime's ``pause``: its cgroup frozen) while restic
 reads its root clone (the host's view: ``/proc``, ``/sys`` and ``/dev`` excluded) and a
@@ -32,14 +36,22 @@ import re
 import shutil
 import stat
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, ToolError
+from core0.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    ToolError,
+)
 from core0.fspath import Root, oserror
 from core0.proc import process
+from core0.registry import Role
 from core0.sandbox import images, manager, runtime, userns, volumes
 from core0.sandbox.store import Record, Store
 
@@ -55,6 +67,15 @@ PAUSED = "backup-paused"
 _SNAPSHOT = re.compile(r"[0-9a-f]{8,64}|latest")
 #: a backup or restore of a large root takes its time
 TIMEOUT = 6 * 3600.0
+#: restic's remote backends a queue below admin may name: the REST server's URL carries its
+#: own credentials
+OPEN_BACKENDS = frozenset({"rest"})
+#: the ones that act as the node (ssh with root's keys, rclone with root's config, the
+#: node's cloud credentials): admin only
+ADMIN_BACKENDS = frozenset({"sftp", "rclone", "s3", "b2", "azure", "gs", "swift"})
+#: the node's environment variables restic's cloud backends read (passed to restic for those
+#: backends only)
+CLOUD_ENV = ("AWS_", "B2_", "AZURE_", "GOOGLE_", "OS_", "ST_", "RCLONE_")
 
 
 @dataclass
@@ -65,6 +86,8 @@ class Repo:
     password: bytes
     snapshot: str  #: the URL's fragment ("" when none)
     fd: int = -1  #: a local repository's directory (``spec`` is its /proc/self/fd path)
+    #: the node's credentials of a cloud backend (from its environment: :data:`CLOUD_ENV`)
+    env: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -74,7 +97,8 @@ class Repo:
 
 def parse(ctx: Context, url: str, *, create: bool) -> Repo:
     """The repository ``url`` names; a local one resolved (and with ``create`` made) inside
-    the queue's root. 400 without a password."""
+    the queue's root. 400 without a password or for a form restic would take for a relative
+    path; 403 for a backend that acts as the node, below admin."""
     base, _, fragment = url.partition("#")
     head, _, query = base.partition("?")
     pw = parse_qs(query).get("password", [""])[0]
@@ -86,14 +110,25 @@ def parse(ctx: Context, url: str, *, create: bool) -> Repo:
     snapshot = unquote(fragment)
     if snapshot and not _SNAPSHOT.fullmatch(snapshot):
         raise BadRequest(f"url: {snapshot!r} is no snapshot id", field="url")
-    if head.startswith("file://") or head.startswith("/"):
-        path = unquote(urlsplit(head).path) if head.startswith("file://") else head
+    if head.startswith(("file://", "/", "local:")):
+        path = (unquote(urlsplit(head).path) if head.startswith("file://")
+                else head.removeprefix("local:"))
         fd = _local(ctx, path, create)
         return Repo(f"/proc/self/fd/{fd}", pw.encode(), snapshot, fd)
-    if ":" not in head or head.startswith("-"):
-        raise BadRequest("url: not a restic repository (file:///path, sftp:, rest:, s3:…)",
-                         field="url")
-    return Repo(head, pw.encode(), snapshot)
+    backend = head.partition(":")[0]
+    if backend not in OPEN_BACKENDS | ADMIN_BACKENDS:
+        raise BadRequest("url: not a restic repository (file:///path, local:/path, "
+                         "rest:http(s)://…; for admin also sftp:, rclone:, s3:, b2:, azure:, "
+                         "gs:, swift:)", field="url")
+    if backend in ADMIN_BACKENDS and ctx.job.role < Role.ADMIN:
+        raise Forbidden(f"url: restic's {backend} backend acts with the node's own "
+                        "credentials: it needs the admin role")
+    if backend == "sftp" and any(part.startswith("-") for part in
+                                 re.split(r"[:@/]+", head[len("sftp:"):]) if part):
+        raise BadRequest("url: an sftp host or user may not start with '-'", field="url")
+    env = {k: v for k, v in os.environ.items() if k.startswith(CLOUD_ENV)} \
+        if backend in ADMIN_BACKENDS else {}
+    return Repo(head, pw.encode(), snapshot, env=env)
 
 
 def _local(ctx: Context, path: str, create: bool) -> int:
@@ -107,9 +142,12 @@ def _local(ctx: Context, path: str, create: bool) -> int:
 
 
 async def restic(repo: Repo, *args: str, timeout: float = TIMEOUT) -> process.RunResult:
-    """Run ``restic -r <repo> <args>`` (no cache, the password on stdin)."""
-    argv = ["restic", "-r", repo.spec, "--no-cache", *args]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    """Run ``restic <args>`` on ``repo`` (no cache, the password on stdin). The repository goes
+    in restic's environment (``RESTIC_REPOSITORY``), not its argv: a REST URL's credentials
+    would otherwise show in every ``process.list``."""
+    argv = ["restic", "--no-cache", *args]
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root"),
+           **repo.env, "RESTIC_REPOSITORY": repo.spec}
     try:
         res = await process.run(argv, stdin=repo.password + b"\n", env=env, timeout=timeout,
                                 keep_fds=(repo.fd,) if repo.fd >= 0 else ())
@@ -119,6 +157,9 @@ async def restic(repo: Repo, *args: str, timeout: float = TIMEOUT) -> process.Ru
         err = res.stderr.strip()
         if "wrong password" in err:
             raise BadRequest("url: wrong password for this repository", field="url")
+        if re.search(r"\b40[13] (Unauthorized|Forbidden)\b", err):
+            raise Forbidden("url: the repository's server refused the credentials "
+                            f"({err.splitlines()[-1][-200:]})")
         if "Is there a repository" in err:
             raise NotFound(f"no restic repository there: {err.splitlines()[0]}")
         if "no matching ID found" in err or "no snapshot found" in err.lower():

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,80 @@ def test_a_crafted_snapshot_leads_nowhere_outside(cnode: ContainerNode, image: s
     r = call(cnode, "corex.restore", {"url": f"{repo}?password=e#{snap}"})
     assert r.state.value == "ERROR" and r.code == 404, (r.code, r.data)
     assert not images.image_dir(cnode.state_dir, f"restic-{snap}").exists()
+
+
+def test_a_rest_server_repository(cnode: ContainerNode, image: str) -> None:
+    """A remote repository: restic's REST backend (``rest:http://user:pass@host:port/path``)
+    against a real REST server (rclone's ``serve restic``, basic auth) in the node's network
+    namespace: backup, restore, a wrong REST password refused; the URL's credentials are in
+    no argv (restic gets the repository in its environment), record or log."""
+    require("restic", "rclone")
+    store = Path(tempfile.mkdtemp(prefix="rest-", dir=cnode.dir))
+    port, user, word = 18000 + os.getpid() % 1000, "u" + uuid.uuid4().hex[:6], uuid.uuid4().hex
+    server = cnode.ns.spawn("rclone", "serve", "restic", str(store), "--addr",
+                            f"127.0.0.1:{port}", "--user", user, "--pass", word)
+    try:
+        assert wait_until(lambda: _listening(cnode, port), 20), "rclone serve restic: no port"
+        url = f"rest:http://{user}:{word}@127.0.0.1:{port}/repo?password=pw"
+        cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+        try:
+            assert inside(cnode, cid, "echo remote > /kept && echo ok").state.value == "SUCCESS"
+            seen: list[str] = []
+            box = {"stop": False}
+
+            def watch() -> None:  # every restic argv while the backup runs
+                while not box["stop"]:
+                    for p in psutil.process_iter(["name", "cmdline"]):
+                        if p.info["name"] == "restic":
+                            seen.append(" ".join(p.info["cmdline"] or []))
+
+            t = threading.Thread(target=watch)
+            t.start()
+            try:
+                snap = ok(cnode, "corex.backup", {"container": cid, "url": url})
+            finally:
+                box["stop"] = True
+                t.join()
+            assert seen and not any(word in s for s in seen), seen
+            assert (store / "repo" / "config").is_file()
+            bad = url.replace(word, "nope")
+            r = call(cnode, "corex.backup", {"container": cid, "url": bad})
+            assert (r.state.value, r.code) == ("ERROR", 403), r  # the server's 401
+            assert word not in (r.data or "") and "nope" not in (r.data or ""), r.data
+        finally:
+            ok(cnode, "corex.terminate", {"container": cid})
+        new = ok(cnode, "corex.restore", {"url": f"{url}#{snap}"})
+        try:
+            assert inside(cnode, new, "cat /kept").stdout == "remote\n"
+            listing = json.dumps(ok(cnode, "corex.list", {}))
+            assert word not in listing and word not in cnode.log_text()
+        finally:
+            ok(cnode, "corex.terminate", {"container": new})
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(10)
+
+
+def _listening(cnode: ContainerNode, port: int) -> bool:
+    out = cnode.ns.run("ss", "-Hltn", f"sport = :{port}", check=False).stdout
+    return bool(out.strip())
+
+
+def test_repository_forms_that_would_escape(cnode: ContainerNode, image: str) -> None:
+    """Forms restic would take for a path relative to the dispatcher's directory are refused
+    (400), ``local:`` is a local path like ``file://``, and an sftp host or user may not start
+    with '-' (ssh would read it as an option), even for admin."""
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    probe = Path("/") / f"corex-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        for url in (f"{probe.name}:x?password=a", f"x:/../..{probe}?password=a",
+                    "sftp:-oProxyCommand=true:/r?password=a",
+                    "sftp://-lroot@host//r?password=a", "ftp://host/r?password=a"):
+            r = call(cnode, "corex.backup", {"container": cid, "url": url})
+            assert (r.state.value, r.code) == ("ERROR", 400), (url, r.data)
+        assert not probe.exists() and not Path(f"/{probe.name}:x").exists()
+        repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "local"
+        assert ok(cnode, "corex.backup", {"container": cid, "url": f"local:{repo}?password=a"})
+        assert (repo / "config").is_file()
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})

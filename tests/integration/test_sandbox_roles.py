@@ -122,11 +122,16 @@ def test_operator_backup_repository_stays_in_the_root(cnode: ContainerNode, imag
     cid = json.loads(res["data"])
     outside = Path(tempfile.mkdtemp(prefix="core0-repo-"))
     try:
-        def backup(path: str) -> dict[str, Any]:
-            return run(cnode, "ops", "corex.backup",
-                       {"container": cid, "url": f"file://{path}?password=pw"})
+        def backup(path: str) -> dict[str, Any]:  # a path, or a restic repository string
+            url = path if path[:1] != "/" else f"file://{path}"
+            return run(cnode, "ops", "corex.backup", {"container": cid, "url": f"{url}?password=pw"})
 
-        for path in (str(outside / "repo"), str(FSROOT / "data") + "/../../" + outside.name):
+        for path in (str(outside / "repo"), str(FSROOT / "data") + "/../../" + outside.name,
+                     f"local:{outside}/repo",
+                     # restic's backends that act as the node: ssh with root's keys, rclone
+                     # with root's config, the node's cloud credentials
+                     "sftp:backup@127.0.0.1:/r", "rclone:remote:r", "s3:s3.example/b",
+                     "b2:bucket:r", "azure:c:/r", "gs:b:/r", "swift:c:/r"):
             res = backup(path)
             assert res["state"] == "ERROR" and res["code"] == 403, (path, res)
         assert list(outside.iterdir()) == []
