@@ -124,7 +124,8 @@ def test_operator_backup_repository_stays_in_the_root(cnode: ContainerNode, imag
     try:
         def backup(path: str) -> dict[str, Any]:  # a path, or a restic repository string
             url = path if path[:1] != "/" else f"file://{path}"
-            return run(cnode, "ops", "corex.backup", {"container": cid, "url": f"{url}?password=pw"})
+            return run(cnode, "ops", "corex.backup",
+                       {"container": cid, "url": f"{url}?password=pw"})
 
         for path in (str(outside / "repo"), str(FSROOT / "data") + "/../../" + outside.name,
                      f"local:{outside}/repo",
