@@ -528,9 +528,10 @@ class Dispatcher:
         return None
 
     def _recurring_limit(self, cmd: Command, role: Role) -> CommandError | None:
+        if not cmd.recurring_period:
+            return None
         cap = self.cfg.bus.role_recurring_cap(role)
-        if cmd.recurring_period and cap is not None \
-                and self.engine.recurring_count(role) >= cap:
+        if cap is not None and self.engine.recurring_count(role) >= cap:
             return Unavailable(f"limit reached: {cap} recurring jobs for role {role.label}")
         return None
 
