@@ -326,6 +326,14 @@ class Dispatcher:
                 log.error("persistent disk %s not mounted: declared containers and VMs stay "
                           "down", self.cfg.main.persistent_device)
                 return
+        try:  # what a killed dispatcher's pulls, imports and restores left in the image store
+            from core0.sandbox import images
+
+            if (self.cfg.state_dir / "sandbox" / "images").exists():
+                await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir,
+                                        self.started)
+        except Exception:
+            log.exception("image store's leftovers not removed")
         try:  # declared containers come back: core0/sandbox/persist.py
             from core0.sandbox import persist
 

@@ -229,7 +229,9 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
     arguments, the image's name). ``data_only`` (a ``restic:`` root): a snapshot of one
     directory is enough (no arguments then)."""
     repo = parse(ctx, url, create=False)
-    work = ctx.config.state_dir / "backup" / uuid.uuid4().hex
+    # restored where the image will be stored (the persistent disk when there is one), not
+    # on the state dir's tmpfs: a large snapshot would fill the node's memory
+    work = images.images_dir(ctx.config.state_dir) / f".restore-{uuid.uuid4().hex}"
     try:
         if not repo.snapshot:
             raise BadRequest("url: name the snapshot as its fragment (…#<snapshot id>)",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -39,6 +40,8 @@ from core0.errors import BadRequest, Conflict, NotFound
 from core0.sandbox import roots, unpack
 
 #: layout of an OCI image layout dir
+log = logging.getLogger(__name__)
+
 OCI_LAYOUT = "oci-layout"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
@@ -83,6 +86,33 @@ def list_all(state_dir: Path) -> list[dict[str, Any]]:
         except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
             continue
     return sorted(out, key=lambda m: str(m.get("name")))
+
+
+#: the image store's work directories: a pull's layout, an import before its rename, a
+#: restore's snapshot, a deleted image on its way out (names start with '.', so no listing
+#: sees them)
+WORK_PREFIXES = (".pull-", ".import-", ".restore-", ".del-")
+
+
+def sweep_leftovers(state_dir: Path, before: float) -> int:
+    """Remove the work directories of the image store made before ``before`` (a time of
+    day: the dispatcher's start), which a dispatcher killed mid-pull, -import, -restore or
+    -delete left behind — on a persistent store they would stay for good. Returns how many
+    went; one that cannot be removed is logged and left."""
+    gone = 0
+    for d in images_dir(state_dir).iterdir():
+        if not d.name.startswith(WORK_PREFIXES):
+            continue
+        try:
+            if d.lstat().st_ctime >= before or not d.is_dir() or d.is_symlink():
+                continue
+            if (d / "rootfs").is_dir() and not (d / "rootfs").is_symlink():
+                roots.remove_root_dir(d / "rootfs")
+            shutil.rmtree(d)
+            gone += 1
+        except OSError as e:
+            log.warning("image store: %s not removed: %s", d.name, e)
+    return gone
 
 
 def delete(state_dir: Path, name: str) -> None:

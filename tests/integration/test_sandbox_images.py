@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tarfile
 import tempfile
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import wait_until
 from sandbox_fixtures import (
     ContainerNode,
     busybox_rootfs,
     call,
+    dispatcher_or_zero,
     oci_layout,
     ok,
+    pingable,
     registry,
 )
 
@@ -201,3 +205,25 @@ def test_mount_containment(cnode: ContainerNode, work: Path, rootfs: Path) -> No
     assert "from-host" in out and "ro-refused" in out
     assert not escape.exists()
     assert not (host / "x").exists()
+
+
+def test_leftovers_of_a_killed_dispatcher_are_swept(cnode: ContainerNode, rootfs: Path) -> None:
+    """Work directories a dispatcher killed mid-pull, -import, -restore or -delete leaves in
+    the image store (on a persistent disk they would stay for good) are removed by the next
+    dispatcher at its start; stored images stay."""
+    ok(cnode, "container.image.import", {"name": "kept-img", "source": str(rootfs)})
+    store = cnode.state_dir / "sandbox" / "images"
+    left = [store / f"{p}{uuid.uuid4().hex[:8]}" for p in
+            (".pull-", ".import-", ".restore-", ".del-")]
+    for d in left:
+        (d / "rootfs" / "usr").mkdir(parents=True)
+        (d / "rootfs" / "usr" / "f").write_bytes(b"x" * 4096)
+    old = cnode.dispatcher_pid()
+    os.kill(old, signal.SIGKILL)
+    assert wait_until(lambda: dispatcher_or_zero(cnode) not in (0, old), 60)
+    assert wait_until(lambda: pingable(cnode), 60)
+    assert wait_until(lambda: not any(d.exists() for d in left), 30), \
+        [d.name for d in left if d.exists()]
+    names = {i["name"] for i in ok(cnode, "container.image.list", {})}
+    assert "kept-img" in names
+    ok(cnode, "container.image.delete", {"name": "kept-img"})
