@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from core0_client.protocol import (
@@ -326,14 +327,17 @@ class Dispatcher:
                 log.error("persistent disk %s not mounted: declared containers and VMs stay "
                           "down", self.cfg.main.persistent_device)
                 return
-        try:  # what a killed dispatcher's pulls, imports and restores left in the image store
+        try:  # what a killed dispatcher's pulls, imports, restores, downloads left
             from core0.sandbox import images
+            from core0.virt import fetch
 
             if (self.cfg.state_dir / "sandbox" / "images").exists():
                 await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir,
                                         self.started)
+            await asyncio.to_thread(fetch.sweep_parts, Path(self.cfg.virt.dir) / "cache",
+                                    self.started)
         except Exception:
-            log.exception("image store's leftovers not removed")
+            log.exception("leftovers of a killed dispatcher not removed")
         try:  # declared containers come back: core0/sandbox/persist.py
             from core0.sandbox import persist
 

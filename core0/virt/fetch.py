@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import re
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -41,6 +42,28 @@ def parse_checksum(text: str | None, field: str) -> str | None:
     if not m:
         raise BadRequest(f"{field}: checksum must be sha256:<64 hex digits>", field=field)
     return m.group(1).lower()
+
+
+#: a download in progress writes at least this often (its socket times out after 30 s)
+STALE_PART = 120.0
+
+
+def sweep_parts(cache: Path, before: float) -> int:
+    """Remove the partial downloads (``.part-*``) a killed dispatcher left in the cache: made
+    before ``before`` (the dispatcher's start) and not written for :data:`STALE_PART` seconds
+    (so not another dispatcher's download in a shared directory); a download can be tens of
+    GiB. Returns how many went."""
+    gone = 0
+    with contextlib.suppress(FileNotFoundError):
+        for f in cache.iterdir():
+            if not f.name.startswith(".part-"):
+                continue
+            st = f.lstat()
+            if st.st_ctime < before and st.st_mtime < time.time() - STALE_PART:
+                with contextlib.suppress(FileNotFoundError):
+                    f.unlink()
+                    gone += 1
+    return gone
 
 
 async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field: str) -> Path:
