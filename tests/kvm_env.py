@@ -166,6 +166,7 @@ def env(request: pytest.FixtureRequest) -> Iterator[Env]:
                 f'[main]\nfilesystem_root = "{root}"\n'
                 f'[virt]\nuri = "{lv.uri}"\ndir = "{base / "virt"}"\n'
                 f'probe_kernel = "{root / "images/vmlinuz"}"\n'
+                'cache_max_mib = 1\n'  # (test_http_media…: an unused image is evicted)
                 + ('' if probe else 'domain_type = "qemu"\n') +
                 '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.8.2"]\n'
                 f'[metrics]\nport = {METRICS_PORT}\n')

@@ -211,6 +211,13 @@ class Virt:
     def records(self) -> dict[str, dict[str, Any]]:
         return {uuid: self.record(uuid) or {} for uuid in self.uuids()}
 
+    def evict_cache(self) -> list[str]:
+        """:func:`core0.virt.fetch.evict_unused` of this node's VMs (run under the create
+        lock: no create is between its download and its record)."""
+        return fetch.evict_unused(self.dir / "cache", {u: (self.vm_dir(u), r) for u, r in
+                                                        self.records().items()},
+                                  self.node.config.virt.cache_max_mib << 20)
+
     def _save_record(self, uuid: str, rec: dict[str, Any]) -> None:
         p = self.vm_dir(uuid) / "vm.json"
         tmp = p.with_suffix(".tmp")
@@ -439,9 +446,14 @@ class Virt:
                         await network.add_forwards(ctx, uuid, ip, args.port)
                         undo.append(lambda: network.remove_forwards(ctx, uuid))
                 ids: set[guard.Ident] = set()
+                disks = await self._media(ctx, uuid, args.media, vmdir, ids)
+                rec["cached"] = sorted(os.path.basename(d.source) for d in disks
+                                       if os.path.dirname(d.source) == str(self.dir / "cache"))
+                self._save_record(uuid, rec)
+                await asyncio.to_thread(self.evict_cache)
                 spec = dx.DomainSpec(
                     name=args.name, uuid=uuid, memory=args.memory, vcpus=args.cpu, type=dtype,
-                    disks=await self._media(ctx, uuid, args.media, vmdir, ids), nics=nics,
+                    disks=disks, nics=nics,
                     serial_log=str(vmdir / "console.log"), vnc=args.vnc, kernel=kernel,
                     initrd=initrd, cmdline=args.cmdline or "", meta=meta)
                 xml = dx.build(spec)

@@ -544,11 +544,16 @@ def test_http_media_downloaded_checked_and_cached(env: Env) -> None:
     def messages(job: str) -> list[str]:
         return [LogRecord.from_json(f[b"record"]).message for _, f in r.xrange(f"log:{job}")]
 
+    # an image downloaded earlier that no VM uses any more, 2 MiB: over the node's
+    # cache_max_mib (1), so the next create evicts it (never the one its overlay is on)
+    unused = cache / ("e" * 64)
+    unused.write_bytes(b"\0" * (2 << 20))
+    os.utime(unused, (1_000_000, 1_000_000))
     args = env.guest_args("web", media=[{"url": url, "checksum": f"sha256:{digest}"}])
     job = c.raw("kvm.create", args)
     uuid = json.loads(job.get(120).data)
     assert any(m.startswith(f"download {url}: ") and "bytes" in m for m in messages(job.id))
-    assert [p.name for p in cache.iterdir()] == [digest]
+    assert [p.name for p in cache.iterdir()] == [digest]  # the unused one evicted
     assert (env.vdir / uuid / "disk0.qcow2").exists()  # booted through an overlay
     console = Path(c.json("kvm.get", {"uuid": uuid})["console"])
     assert wait_text(console, MARKER, 120)
