@@ -332,6 +332,10 @@ class MetricsConfig(Section):
     port: Port = 0
     #: address it listens on (loopback unless you mean otherwise)
     bind: str = "127.0.0.1"
+    #: seconds between two passes of 0-core's monitor (the node's cpu, memory, disk and
+    #: network statistics, and the VMs' once kvm.* is in use) into the aggregator
+    #: (``aggregator.query``; core0/fleet/monitor.py); 0 = off
+    monitor_period: Annotated[int, schema.Range(0, 86400)] = 30
 
 
 @dataclass(frozen=True)

@@ -150,6 +150,14 @@ class Dispatcher:
             r = make_client(self.cfg, cluster_wide=True) if self.cfg.redis.cluster else self.bus.r
             self.node_registry = NodeRegistry(self.cfg, r, lambda: len(self.engine.table))
             self._loops.append(asyncio.ensure_future(self.node_registry.run(self.stop_event)))
+        if self.cfg.metrics.monitor_period:  # 0-core's monitor: core0/fleet/monitor.py
+            from core0.fleet import monitor
+            from core0.net.netlink import link_kinds
+            from core0.virt import stats
+
+            self._loops.append(asyncio.ensure_future(monitor.run(
+                self.aggregator.feed, self.cfg.metrics.monitor_period, self.stop_event,
+                link_kinds, stats.if_connected)))
         # boot services start while the bus already answers (core.ping, service.list…)
         self._loops.append(asyncio.ensure_future(self.services.boot()))
         await self.stop_event.wait()

@@ -147,6 +147,12 @@ def describe_links(r: IPRoute) -> list[dict[str, Any]]:
     return sorted(out, key=lambda d: d["index"])
 
 
+def link_kinds() -> dict[str, str]:
+    """Each link of the calling thread's namespace → its kind ("device" for a NIC)."""
+    with session() as r:
+        return {str(d["name"]): str(d["type"]) for d in describe_links(r)}
+
+
 def _addr_kw(prefix: str, addr: str) -> tuple[str, str]:
     a = v.ip(addr, prefix)
     return (f"vxlan_{prefix}6" if a.version == 6 else f"vxlan_{prefix}", str(a))

@@ -165,7 +165,8 @@ def evict(cache: Path, keep: set[str], limit: int) -> list[str]:
 def evict_unused(cache: Path, vms: dict[str, tuple[Path, dict[str, Any]]], limit: int
                  ) -> list[str]:
     """:func:`evict`, keeping every image one of ``vms`` (uuid → its directory and record)
-    names: its record's ``cached`` list, its overlays' backing files."""
+    names: its record's ``cached`` list, its overlays' backing files. Run under the VM
+    create lock: no create is then between its download and its record."""
     keep: set[str] = set()
     for vmdir, rec in vms.values():
         keep.update(str(d) for d in rec.get("cached", []))

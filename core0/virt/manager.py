@@ -148,6 +148,11 @@ class Virt:
 
     # ------------------------------------------------------------ setup
 
+    @property
+    def connected(self) -> bool:
+        """Whether a ``kvm.*`` command has made the libvirt connection (and reconciled)."""
+        return self._ready
+
     async def ready(self) -> Virt:
         """Connect, subscribe the cleanup listener and reconcile (once)."""
         if self._ready:
@@ -210,13 +215,6 @@ class Virt:
 
     def records(self) -> dict[str, dict[str, Any]]:
         return {uuid: self.record(uuid) or {} for uuid in self.uuids()}
-
-    def evict_cache(self) -> list[str]:
-        """:func:`core0.virt.fetch.evict_unused` of this node's VMs (run under the create
-        lock: no create is between its download and its record)."""
-        return fetch.evict_unused(self.dir / "cache", {u: (self.vm_dir(u), r) for u, r in
-                                                        self.records().items()},
-                                  self.node.config.virt.cache_max_mib << 20)
 
     def _save_record(self, uuid: str, rec: dict[str, Any]) -> None:
         p = self.vm_dir(uuid) / "vm.json"
@@ -450,7 +448,10 @@ class Virt:
                 rec["cached"] = sorted(os.path.basename(d.source) for d in disks
                                        if os.path.dirname(d.source) == str(self.dir / "cache"))
                 self._save_record(uuid, rec)
-                await asyncio.to_thread(self.evict_cache)
+                await asyncio.to_thread(  # (under the create lock: see fetch.evict_unused)
+                    fetch.evict_unused, self.dir / "cache", {
+                        u: (self.vm_dir(u), r) for u, r in self.records().items()},
+                    ctx.config.virt.cache_max_mib << 20)
                 spec = dx.DomainSpec(
                     name=args.name, uuid=uuid, memory=args.memory, vcpus=args.cpu, type=dtype,
                     disks=disks, nics=nics,

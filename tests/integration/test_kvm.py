@@ -106,6 +106,17 @@ def test_lifecycle_with_0core_client(env: Env) -> None:
     info = c0.kvm.info(uuid)
     assert len(info["vcpu"]) == 1 and info["block"][0]["name"] == "vda"
     assert info["net"] and info["net"][0]["name"] == got["ifctargets"][0]
+    # 0-core's kvm.monitor: the VM's statistics in the aggregator under 0-core's keys
+    c.sync("kvm.monitor", {})
+    stats = c.json("aggregator.query", {"tags": {"type": "virt"}})
+    tap = got["ifctargets"][0]  # c0t + the MAC's digits: the id is vm1.<mac>
+    mac = ":".join(tap[3 + i:5 + i] for i in range(0, 12, 2))
+    assert {"kvm.memory.max/vm1", "kvm.cpu.time/vm1", "kvm.vcpu.time/vm1",
+            "kvm.vcpu.state/vm1", "kvm.disk.rdbytes/vm1.vda",
+            "kvm.disk.iops.write/vm1.vda"} <= set(stats), sorted(stats)
+    assert stats["kvm.memory.max/vm1"]["last_value"] > 0
+    net = stats[f"kvm.net.rxbytes/vm1.{mac}"]
+    assert {"Key": "name", "Value": tap} in net["tags"] and net["op"] == "D", net
 
     # pause / resume
     c0.kvm.pause(uuid)
