@@ -123,6 +123,8 @@ def parse(ctx: Context, url: str, *, create: bool) -> Repo:
     if backend in ADMIN_BACKENDS and ctx.job.role < Role.ADMIN:
         raise Forbidden(f"url: restic's {backend} backend acts with the node's own "
                         "credentials: it needs the admin role")
+    if backend == "rest" and not head.startswith(("rest:http://", "rest:https://")):
+        raise BadRequest("url: a REST repository is rest:http(s)://…", field="url")
     if backend == "sftp" and any(part.startswith("-") for part in
                                  re.split(r"[:@/]+", head[len("sftp:"):]) if part):
         raise BadRequest("url: an sftp host or user may not start with '-'", field="url")

@@ -276,7 +276,8 @@ def test_repository_forms_that_would_escape(cnode: ContainerNode, image: str) ->
     try:
         for url in (f"{probe.name}:x?password=a", f"x:/../..{probe}?password=a",
                     "sftp:-oProxyCommand=true:/r?password=a",
-                    "sftp://-lroot@host//r?password=a", "ftp://host/r?password=a"):
+                    "sftp://-lroot@host//r?password=a", "ftp://host/r?password=a",
+                    f"rest:unix://{cnode.socket}?password=a"):
             r = call(cnode, "corex.backup", {"container": cid, "url": url})
             assert (r.state.value, r.code) == ("ERROR", 400), (url, r.data)
         assert not probe.exists() and not Path(f"/{probe.name}:x").exists()
