@@ -72,6 +72,12 @@ class _Cpu:
         self._lock = threading.Lock()
         self._last: tuple[float, list[Any]] | None = None
 
+    def prime(self) -> None:
+        """Take the first sample now (the periodic pass: its first percentages then need no
+        second of sleep in a worker thread)."""
+        with self._lock:
+            self._last = (time.monotonic(), psutil.cpu_times(percpu=True))
+
     def percents(self) -> list[float]:
         with self._lock:
             now = time.monotonic()
@@ -205,6 +211,9 @@ async def run(feed: Callable[[str, float, str, list[tuple[str, str]]], None], pe
               more: Callable[[], Awaitable[list[Stat]]] | None = None) -> None:
     """Every ``period`` seconds until ``stop``: one pass of every domain (in a thread) and
     of ``more`` (the VMs'), each statistic handed to ``feed`` (the aggregator's)."""
+    _CPU.prime()
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stop.wait(), 1.0)
     while not stop.is_set():
         try:
             found = await asyncio.to_thread(collect, DOMAINS, kinds)
