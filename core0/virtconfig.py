@@ -48,8 +48,8 @@ class VirtConfig(schema.Schema):
     #: into the VM's directory and qemu reads that copy (400 beyond)
     boot_file_max_mib: Annotated[int, schema.Range(1, 1 << 16)] = 512
     #: the downloaded images' cache (``<dir>/cache``) is cut back to this size (MiB) after a
-    #: download, least recently used first, never an image a VM's overlay or record names
-    #: (0: never)
+    #: create that used it, least recently used first, never an image a VM's overlay or
+    #: record names (0: never)
     cache_max_mib: Annotated[int, schema.Range(0, 1 << 30)] = 32768
 
     def role_vms_cap(self, role: Role) -> int | None:

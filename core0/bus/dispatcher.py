@@ -339,9 +339,7 @@ class Dispatcher:
             from core0.sandbox import images
             from core0.virt import fetch
 
-            if (self.cfg.state_dir / "sandbox" / "images").exists():
-                await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir,
-                                        self.started)
+            await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir, self.started)
             await asyncio.to_thread(fetch.sweep_parts, Path(self.cfg.virt.dir) / "cache",
                                     self.started)
         except Exception:

@@ -20,10 +20,9 @@ class MonitorArgs(Schema):
     domain: Annotated[str, Doc("cpu, memory, disk or network")]
 
 
-def feed(ctx: Context, stats: list[monitor.Stat]) -> int:
+def feed(ctx: Context, stats: list[monitor.Stat]) -> None:
     for key, value, op, tags in stats:
         ctx.node.aggregator.feed(key, value, op, tags)
-    return len(stats)
 
 
 @command("monitor", MonitorArgs)

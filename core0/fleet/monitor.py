@@ -31,7 +31,7 @@ kvm.disk.rd/wrbytes, iops.*    D     bytes / requests (tag ``name``: the target)
 
 Every node statistic has the tag ``type=phys``, every VM one ``type=virt``; links also
 ``kind`` (device, bridge, veth, openvswitch: 0-core's kinds; ``lo`` left out). Values come
-from psutil and libvirt's domain stats. :class:`Monitor` runs them every ``[metrics]
+from psutil and libvirt's domain stats. :func:`run` runs them every ``[metrics]
 monitor_period`` seconds in the dispatcher (the VMs' only once a ``kvm.*`` command made
 core0's libvirt connection); the ``monitor`` and ``kvm.monitor`` commands run one pass.
 """

@@ -39,9 +39,9 @@ from typing import IO, Any
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.sandbox import roots, unpack
 
-#: layout of an OCI image layout dir
 log = logging.getLogger(__name__)
 
+#: layout of an OCI image layout dir
 OCI_LAYOUT = "oci-layout"
 REF_ANNOTATION = "org.opencontainers.image.ref.name"
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
@@ -52,8 +52,12 @@ INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
 MAX_JSON = 4 << 20
 
 
+def _store(state_dir: Path) -> Path:
+    return state_dir / "sandbox" / "images"
+
+
 def images_dir(state_dir: Path) -> Path:
-    d = state_dir / "sandbox" / "images"
+    d = _store(state_dir)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     return d
 
@@ -98,9 +102,13 @@ def sweep_leftovers(state_dir: Path, before: float) -> int:
     """Remove the work directories of the image store made before ``before`` (a time of
     day: the dispatcher's start), which a dispatcher killed mid-pull, -import, -restore or
     -delete left behind — on a persistent store they would stay for good. Returns how many
-    went; one that cannot be removed is logged and left."""
+    went; one that cannot be removed is logged and left (a node with no store yet: 0)."""
     gone = 0
-    for d in images_dir(state_dir).iterdir():
+    try:
+        entries = list(_store(state_dir).iterdir())
+    except FileNotFoundError:
+        return 0
+    for d in entries:
         if not d.name.startswith(WORK_PREFIXES):
             continue
         try:

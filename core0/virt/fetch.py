@@ -8,7 +8,8 @@ renamed to ``cache/<sha256>``. With a checksum whose file is cached already noth
 downloaded. The cached image is never written: the VM always boots from a qcow2 overlay on
 it. Size is capped (``MAX_BYTES``); redirects are followed only to http(s).
 
-The cache is kept to ``[virt] cache_max_mib`` (:func:`evict`, after each download): the
+The cache is kept to ``[virt] cache_max_mib`` (:func:`evict`, after each create that used
+it): the
 images used least recently (a use touches the file's mtime) go first, never one a VM still
 names (its overlays' backing files, its record's ``cached`` list); a VM made again from its
 declaration downloads an evicted image again.

@@ -51,7 +51,6 @@ log = logging.getLogger(__name__)
 STATES = ["nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
           "pmsuspended"]
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
 #: qemu refusing an image another process holds (its write or shared lock)
 _LOCKED = re.compile(r'Failed to get (shared )?"(write|consistent read)" lock')
 _VIRTS: weakref.WeakKeyDictionary[Any, Virt] = weakref.WeakKeyDictionary()
@@ -295,8 +294,9 @@ class Virt:
     # ------------------------------------------------------------ create
 
     async def _media(self, ctx: Context, uuid: str, media: list[Media], vmdir: Path,
-                     ids: set[guard.Ident]) -> list[dx.Disk]:
-        """The disks of a spec (overlays made); ``ids`` gets every file qemu may open."""
+                     ids: set[guard.Ident], cached: set[str]) -> list[dx.Disk]:
+        """The disks of a spec (overlays made); ``ids`` gets every file qemu may open,
+        ``cached`` the digests of the downloaded images they use."""
         out: list[dx.Disk] = []
         counts: dict[str, int] = {}
         for i, m in enumerate(media):
@@ -310,6 +310,7 @@ class Virt:
                     m.checksum, f"{where}.checksum"), self.dir / "cache", where))
                 fmt = await disks.check_image(ctx, path, m.format, where, backing=False)
                 ids.add(guard.ident(os.stat(path)))
+                cached.add(os.path.basename(path))
                 overlay = device == "disk"  # the cached image is shared: never written
             else:
                 if m.checksum is not None:
@@ -443,15 +444,14 @@ class Virt:
                     if args.port:
                         await network.add_forwards(ctx, uuid, ip, args.port)
                         undo.append(lambda: network.remove_forwards(ctx, uuid))
-                ids: set[guard.Ident] = set()
-                disks = await self._media(ctx, uuid, args.media, vmdir, ids)
-                rec["cached"] = sorted(os.path.basename(d.source) for d in disks
-                                       if os.path.dirname(d.source) == str(self.dir / "cache"))
-                self._save_record(uuid, rec)
-                await asyncio.to_thread(  # (under the create lock: see fetch.evict_unused)
-                    fetch.evict_unused, self.dir / "cache", {
+                ids, cached = set[guard.Ident](), set[str]()
+                disks = await self._media(ctx, uuid, args.media, vmdir, ids, cached)
+                if cached:  # recorded, then the cache cut back (create lock: fetch.evict_unused)
+                    rec["cached"] = sorted(cached)
+                    self._save_record(uuid, rec)
+                    await asyncio.to_thread(fetch.evict_unused, self.dir / "cache", {
                         u: (self.vm_dir(u), r) for u, r in self.records().items()},
-                    ctx.config.virt.cache_max_mib << 20)
+                        ctx.config.virt.cache_max_mib << 20)
                 spec = dx.DomainSpec(
                     name=args.name, uuid=uuid, memory=args.memory, vcpus=args.cpu, type=dtype,
                     disks=disks, nics=nics,
