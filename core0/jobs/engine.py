@@ -83,8 +83,8 @@ class JobEngine:
         self.table: dict[str, Job] = {}
         self.queues = QueueSlots()
         #: results (and owners) of recently finished jobs: re-answers resubmissions after
-        #: Redis lost them; bounded by count and by bytes
-        self.recent = RecentResults(cfg.bus.result_cache_bytes)
+        #: Redis lost them; bounded by count and by bytes, known for the result TTL
+        self.recent = RecentResults(cfg.bus.result_cache_bytes, ttl=cfg.bus.result_ttl)
         #: jobs in flight per role (bus jobs only; services are core0's own)
         self.by_role: dict[Role, int] = {r: 0 for r in Role}
         self.store = jobstate.JobStore(cfg.state_dir / "jobs", sync=cfg.redis.appendfsync)
