@@ -363,6 +363,9 @@ class Config(schema.Schema):
     #: Redis ACL users of the embedded Redis ([users.<name>] tables: role, password or
     #: password_sha256, queues); see core0/security and docs/security.md
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: commands declared here, 0-core's extensions ([extension."<name>"] tables: binary,
+    #: args, cwd, env, role, doc, patterns); see core0/boot/extensions.py
+    extension: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the kernel command line as key -> value ("" for flags)
     cmdline: dict[str, str] = field(default_factory=dict)
     #: files that were read, in order
@@ -386,6 +389,9 @@ class Config(schema.Schema):
                 for k in ("password", "password_sha256"):
                     if spec.get(k):
                         spec[k] = "***"
+            for spec in d["extension"].values():  # an extension's environment may hold keys
+                if isinstance(spec.get("env"), dict):
+                    spec["env"] = {k: "***" for k in spec["env"]}
             for k in d["cmdline"]:  # core0.redis.password= on the kernel command line
                 if k.startswith("core0.") and "password" in k:
                     d["cmdline"][k] = "***"
@@ -466,21 +472,18 @@ def load(
     ``cmdline`` defaults to /proc/cmdline when readable; ``env`` to os.environ.
     """
     layers: list[Layer] = []
-    startup: dict[str, dict[str, Any]] = {}
-    users: dict[str, dict[str, Any]] = {}
+    # tables of tables, checked by their own modules: startup services, users, extensions
+    tables: dict[str, dict[str, dict[str, Any]]] = {"startup": {}, "users": {}, "extension": {}}
     sources: list[str] = []
 
     def add_file(p: Path) -> None:
         data = _read_toml(p)
         sources.append(str(p))
-        for sid, spec in (data.pop("startup", None) or {}).items():
-            if not isinstance(spec, dict):
-                raise ConfigError(f"{p}: [startup.{sid}] must be a table")
-            startup[sid] = {**spec, "__source__": str(p)}
-        for name, spec in (data.pop("users", None) or {}).items():
-            if not isinstance(spec, dict):
-                raise ConfigError(f"{p}: [users.{name}] must be a table")
-            users[name] = {**spec, "__source__": str(p)}
+        for kind, found in tables.items():
+            for name, spec in (data.pop(kind, None) or {}).items():
+                if not isinstance(spec, dict):
+                    raise ConfigError(f"{p}: [{kind}.{name}] must be a table")
+                found[name] = {**spec, "__source__": str(p)}
         layers.append(_check_layer(str(p), data, text=False))
 
     main_file = Path(path or DEFAULT_CONFIG)
@@ -526,8 +529,8 @@ def load(
             for p in sorted(dp.glob("*.toml")):
                 add_file(p)
 
-    whole = {**_merge([*layers, *text_layers, flags]), "startup": startup, "users": users,
-             "cmdline": cmd, "sources": sources}
+    whole = {**_merge([*layers, *text_layers, flags]), **tables, "cmdline": cmd,
+             "sources": sources}
     try:
         cfg = schema.parse(Config, whole, "config")
     except BadRequest as e:  # every key was checked in its source: a bug if reached

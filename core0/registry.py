@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from core0.context import Context
 
 __all__ = ["CommandSpec", "Role", "alias", "aliases", "command", "get", "all_commands",
-           "load_all"]
+           "load_all", "set_extensions"]
 
 
 class Role(enum.IntEnum):
@@ -91,6 +91,9 @@ class CommandSpec:
     #: command changes nothing, or only builds a process (whose start the engine records).
     #: Otherwise it is answered :class:`~core0.errors.Interrupted` and never run twice.
     rerun: bool = False
+    #: a stand-in (0-core's commands core0 answers 501): a command declared in the
+    #: configuration under its name takes its place (:func:`set_extensions`)
+    replaceable: bool = False
 
     def describe(self) -> dict[str, Any]:
         """The public description (core.commands)."""
@@ -117,6 +120,7 @@ def command(
     internal: bool = False,
     builds_process: bool = False,
     rerun: bool | None = None,
+    replaceable: bool = False,
 ) -> Callable[[F], F]:
     """Register ``handler`` as command ``name``.
 
@@ -126,6 +130,7 @@ def command(
     touches nothing (see :attr:`CommandSpec.builds_process`).
     ``rerun`` (see :attr:`CommandSpec.rerun`): by default, what is inline, builds a process or
     is read-only; say ``rerun=True`` for another command that changes nothing.
+    ``replaceable``: see :attr:`CommandSpec.replaceable`.
     """
     again = rerun if rerun is not None else (inline or builds_process
                                               or role is Role.READ_ONLY)
@@ -142,7 +147,7 @@ def command(
         for other in [s for s in _REGISTRY.values() if s.handler is fn]:
             _REGISTRY[other.name] = dataclasses.replace(other, alias_of=name)
         _REGISTRY[name] = CommandSpec(name, fn, args, role, inline, doc, internal,
-                                      builds_process, rerun=again)
+                                      builds_process, rerun=again, replaceable=replaceable)
         return fn
 
     return deco
@@ -163,6 +168,34 @@ def alias(name: str, of: str) -> None:
 def _free(name: str) -> None:
     if name in _REGISTRY:
         raise RuntimeError(f"command {name!r} registered twice")
+
+
+#: the commands the configuration declares (0-core's extensions) → the stand-in each
+#: replaced (None: the name was free)
+_EXTENSIONS: dict[str, CommandSpec | None] = {}
+
+
+def set_extensions(specs: list[CommandSpec]) -> list[str]:
+    """Make ``specs`` the commands declared in the configuration (core0.boot.extensions),
+    in place of those set before (a reload: a stand-in an earlier one replaced is back if
+    no spec has its name now); returns the names refused because a built-in command (or
+    its alias) has them: a declaration replaces only a :attr:`CommandSpec.replaceable`
+    stand-in."""
+    for name, replaced in _EXTENSIONS.items():
+        if replaced is None:
+            _REGISTRY.pop(name, None)
+        else:
+            _REGISTRY[name] = replaced
+    _EXTENSIONS.clear()
+    refused = []
+    for spec in specs:
+        current = _REGISTRY.get(spec.name)
+        if current is not None and not current.replaceable:
+            refused.append(spec.name)
+            continue
+        _EXTENSIONS[spec.name] = current
+        _REGISTRY[spec.name] = spec
+    return refused
 
 
 def get(name: str) -> CommandSpec | None:

@@ -31,6 +31,7 @@ from redis.exceptions import RedisError
 
 from core0 import declared, registry
 from core0.backoff import Backoff
+from core0.boot import extensions
 from core0.boot.services import ServiceManager
 from core0.bus.batch import Accepted, Picked, colliding_id
 from core0.bus.endpoint import make_client
@@ -80,6 +81,7 @@ class Dispatcher:
 
     def __init__(self, cfg: Config, reload_config: Callable[[], Config] | None = None):
         registry.load_all()
+        extensions.install(cfg)  # before the boot services, which may name one
         if os.environ.get("CORE0_TEST_BALLAST_MB"):  # bench/spawn.py: a big dispatcher
             self._ballast = bytearray(int(os.environ["CORE0_TEST_BALLAST_MB"]) << 20)
             for i in range(0, len(self._ballast), 4096):
@@ -193,10 +195,10 @@ class Dispatcher:
         self.reaper.uninstall()
 
     async def reload(self) -> dict[str, Any]:
-        """Re-read the configuration and apply service changes (no reboot): services whose
-        spec hash changed are restarted, new ones started, removed ones stopped."""
-        new = self.reload_config()
-        return await self.services.reload(new)
+        """Re-read the configuration, install its extensions and apply service changes (no
+        reboot): services whose spec hash changed are restarted, new ones started, removed
+        ones stopped."""
+        return await extensions.reloaded(self.reload_config(), self.services.reload)
 
     async def _sighup(self) -> None:
         try:

@@ -8,7 +8,8 @@
   held two minutes for forwards to come (:mod:`core0.net.reserve`).
 - ``zerotier.*`` and ``rtinfo.*`` are answered 501 with the reason (docs/compat.md): a
   clear "not here, and why" instead of UNKNOWN_CMD, so a 0-core client's error names what
-  to use instead.
+  to use instead — unless the configuration declares them (0-core's ``zerotier.toml``
+  declares ``zerotier.*`` as extensions): a declared one takes the stand-in's place.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ def _register(name: str, reason: str, verb: str = "") -> None:
         from core0.commands.container import aliases
 
         aliases(verb, AnyArgs, role=Role.READ_ONLY)(not_served)
-    else:
-        command(name, AnyArgs, role=Role.READ_ONLY)(not_served)
+    else:  # 0-core's own zerotier.toml declares zerotier.* as extensions: those replace it
+        command(name, AnyArgs, role=Role.READ_ONLY, replaceable=True)(not_served)
 
 
 for _name, _reason in NOT_SERVED.items():

@@ -318,6 +318,19 @@ def connect(zos: Zos) -> Any:
             time.sleep(0.2)
 
 
+#: extensions the suite's node declares: 0-core's ``[extension."<name>"]`` tables, as in its
+#: conf/*.toml (core0/boot/extensions.py)
+EXTENSIONS = r'''
+[extension."compat.hello"]
+binary = "echo"
+args = ["hello {who}", "{count}"]
+
+[extension."compat.json"]
+binary = "sh"
+args = ["-c", "printf '20:::\\n{\"n\": %s}\\n:::\\n' \"$1\"", "sh", "{n}"]
+'''
+
+
 @pytest.fixture(scope="session")
 def zos() -> Iterator[Zos]:
     """A core0 node in its own netns, and 0-core's client connected to it."""
@@ -326,7 +339,7 @@ def zos() -> Iterator[Zos]:
     zeroos()
     base = Path(tempfile.mkdtemp(prefix="core0-compat-"))
     with netns("compat") as ns:
-        node = start(ns, base)
+        node = start(ns, base, EXTENSIONS)
         trust = os.environ.get("SSL_CERT_FILE")
         os.environ["SSL_CERT_FILE"] = str(node.ca)
         try:

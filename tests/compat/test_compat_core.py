@@ -57,6 +57,18 @@ def test_raw_sync_json_response_for(cl: Any, zc: Any, record: Any) -> None:
     record("response_for", "the same result again within its TTL; `JobNotFoundError` after")
 
 
+def test_an_extension_declared_in_the_config(cl: Any, zc: Any) -> None:
+    """0-core's ``[extension."<name>"]`` tables (compat_fixtures.EXTENSIONS) are commands its
+    client calls as any other: placeholders filled from the arguments, ``20:::`` output as
+    JSON data, a missing argument a ResultError 400."""
+    r = cl.raw("compat.hello", {"who": "world", "count": 3}).get()
+    assert (r.state, r.stdout) == ("SUCCESS", "hello world 3\n"), r
+    assert cl.json("compat.json", {"n": 42}) == {"n": 42}
+    with pytest.raises(zc.ResultError) as e:
+        cl.json("compat.json", {})
+    assert e.value.code == 400
+
+
 def test_subscribe_and_stream(cl: Any, record: Any) -> None:
     job = cl.bash("sleep 0.5; echo one; echo two >&2; sleep 0.3; echo three", stream=True)
     sub = cl.subscribe(job.id)
