@@ -160,6 +160,23 @@ async def create(ctx: Context, args: CreateArgs) -> int:
     return await create_container(ctx, args, dict(ctx.job.cmd.arguments))
 
 
+def checked(ctx: Context, args: CreateArgs | RunArgs) -> tuple[list[Nic], dict[str, int]]:
+    """What a container's role, environment, nics and forwards must satisfy (corex.create,
+    corex.create-sync, container.run); its nics (one default nic when none are given) and
+    forwards."""
+    if args.privileged and ctx.job.role < Role.ADMIN:
+        raise Forbidden("privileged containers need the admin role")
+    check_env(args.env or {})
+    nic_list = ([NicArgs(type="default").nic()] if args.nics is None
+                else [n.nic() for n in args.nics])
+    ports = dict(args.port or {})
+    for src in ports:
+        nft.parse_source(src, f"port.{src}")
+    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
+        raise BadRequest("port: forwards need a default nic", field="port")
+    return nic_list, ports
+
+
 async def create_container(ctx: Context, args: CreateArgs, arguments: dict[str, Any]) -> int:
     """corex.create's work (also corex.restore's), ``arguments`` recorded as the create's."""
     if args.root.startswith("restic:"):  # 0-core's data-only restore: the image, then as given
@@ -168,16 +185,7 @@ async def create_container(ctx: Context, args: CreateArgs, arguments: dict[str, 
         _, image = await backup.restore(ctx, args.root[len("restic:"):], data_only=True)
         args = dataclasses.replace(args, root=image)
         arguments = {**arguments, "root": image}  # (the URL holds the password)
-    if args.privileged and ctx.job.role < Role.ADMIN:
-        raise Forbidden("privileged containers need the admin role")
-    check_env(args.env or {})
-    nics = [{"type": "default"}] if args.nics is None else None
-    nic_list = [NicArgs(type="default").nic()] if nics else [n.nic() for n in args.nics or []]
-    ports = dict(args.port or {})
-    for src in ports:
-        nft.parse_source(src, f"port.{src}")
-    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
-        raise BadRequest("port: forwards need a default nic", field="port")
+    nic_list, ports = checked(ctx, args)
     if args.persistent:
         async with persist.name_lock(args.name or ""):
             return await _create(ctx, args, nic_list, ports, arguments)
@@ -537,16 +545,7 @@ async def run(ctx: Context, args: RunArgs) -> Any:
     (``service`` set) and torn down when the run ends (or, after a dispatcher restart, when
     the next run starts). It runs a program of the caller's choice, so it needs the admin
     role, as ``core.system`` and ``bash`` do (also through corex.dispatch)."""
-    if args.privileged and ctx.job.role < Role.ADMIN:
-        raise Forbidden("privileged containers need the admin role")
-    check_env(args.env or {})
-    nic_list = ([NicArgs(type="default").nic()] if args.nics is None
-                else [n.nic() for n in args.nics])
-    ports = dict(args.port or {})
-    for src in ports:
-        nft.parse_source(src, f"port.{src}")
-    if ports and (args.host_network or not any(n.type == "default" for n in nic_list)):
-        raise BadRequest("port: forwards need a default nic", field="port")
+    nic_list, ports = checked(ctx, args)
     job_id = ctx.job.id
     await foreground.settle(ctx, job_id)
     lim = args.limits or LimitArgs()

@@ -2,7 +2,8 @@
 container and KVM tools it adds run in the guest (zfs-fuse with a pool, libvirt driving the
 guest's qemu), that 0-core's client gets the machine-bound methods the development host
 cannot serve (``info.dmi`` from qemu's SMBIOS tables, ``ip.bond.*`` with the bonding driver,
-``disk.spindown`` on a SATA disk behind qemu's AHCI controller), then power off.
+``disk.spindown``, ``disk.smartctl-*`` and ``disk.isstandby`` on a SATA disk behind qemu's
+AHCI controller), then power off.
 
 ``CORE0_E2E_IMAGE=DIR`` reuses an image already built in DIR.
 """
@@ -203,6 +204,28 @@ def test_0core_client_spindown_on_a_sata_disk(vm: VM) -> None:
     assert r.state == "ERROR" and r.code == 400
     sk = cl.json("disk.seektime", {"disk": dev})
     assert sk["device"] == dev and sk["elapsed"] >= 0 and sk["type"] in ("SSD", "HDD")
+
+
+def test_0core_smart_and_power_mode_on_a_sata_disk(vm: VM) -> None:
+    """0-core's server commands ``disk.smartctl-info``/``-health`` (smartctl in the image)
+    and ``disk.isstandby`` (the ATA check power mode) on the AHCI disk, whose SMART qemu
+    emulates; the virtio boot disk has no SMART: 412."""
+    cl = _zeroos(vm)
+    name = sh(vm, "grep -l CORE0ATA /sys/block/*/device/model").split("/")[3]
+    dev = f"/dev/{name}"
+    info = cl.json("disk.smartctl-info", {"device": dev})
+    assert info["model"] == "CORE0ATA" and info["user_capacity"] == 64 << 20, info
+    assert info["sector_size"] == 512 and info["smart_support_available"], info
+    assert set(info) == {"model", "serial_number", "device_id", "firmware_version",
+                         "user_capacity", "sector_size", "rotation_rate", "device",
+                         "ata_version", "sata_version", "smart_support_available",
+                         "smart_support_enabled"}
+    assert cl.json("disk.smartctl-health", {"device": dev}) == {"passed": True}
+    assert cl.json("disk.isstandby", {"disk": dev}) is False  # qemu's drive is always active
+    virtio = sh(vm, "ls /sys/block | grep -m1 '^vd' || true").strip()
+    if virtio:
+        r = cl.raw("disk.smartctl-info", {"device": virtio}).get(120)
+        assert (r.state, r.code) == ("ERROR", 412), (r.state, r.code, r.data)
 
 
 def test_poweroff(vm: VM) -> None:

@@ -152,3 +152,22 @@ def test_hostile_arguments_refused(client, tmp_path: Path) -> None:  # type: ign
     assert code_of(client.disk.mkfs, "loop0", "ext4; reboot") == 400
     assert code_of(client.disk.umount, "/") == 400
     assert code_of(client.disk.umount, "/proc") == 400
+
+
+def test_smart_and_power_mode_of_a_disk_without_them(client, loops) -> None:  # type: ignore[no-untyped-def]
+    """disk.smartctl-info/-health (smartctl -j) and disk.isstandby (ATA check power mode)
+    on a loop device, which has neither: 412 naming why, never a 500; a bad device is 400,
+    a missing one 404. (A SATA disk answers them: tests/e2e/test_vm_full.py.)"""
+    from conftest import require
+
+    require("smartctl")
+    dev = loops("64M")
+    name = os.path.basename(dev)
+    for command, args in (("disk.smartctl-info", {"device": dev}),
+                          ("disk.smartctl-health", {"device": name}),
+                          ("disk.isstandby", {"disk": dev})):
+        res = client.raw(command, args).get(60)
+        assert (res.state.value, res.code) == ("ERROR", 412), (command, res.data)
+        key = "device" if "device" in args else "disk"
+        assert client.raw(command, {key: "-rf"}).get(60).code == 400
+        assert client.raw(command, {key: "nosuchdisk0"}).get(60).code == 404

@@ -2,7 +2,7 @@
 ``container.run`` (the runtime's foreground run of a fresh clone), supervised like any
 service: ready by its output, restarted when its process dies, restarted by ``core.reload``
 when its spec changes, adopted across a dispatcher kill -9, and torn down (netns, clone,
-runtime state) when it stops."""
+runtime state) when it stops. And 0-core's form, ``name = "corex.create-sync"``."""
 
 from __future__ import annotations
 
@@ -41,10 +41,10 @@ def ok(node: ContainerNode, command: str, args: dict[str, Any]) -> Any:
     return json.loads(r.data)
 
 
-def service_container(node: ContainerNode) -> dict[str, Any] | None:
-    """The running container of service web (one at most)."""
+def service_container(node: ContainerNode, job: str = "svc:web") -> dict[str, Any] | None:
+    """The running container of job ``job`` (service web's by default; one at most)."""
     running = [e["container"] for e in ok(node, "corex.list", {}).values()
-               if e["container"]["service"] == "svc:web"]
+               if e["container"]["service"] == job]
     assert len(running) <= 1, running
     if running and running[0]["status"] == "running":
         return running[0]
@@ -116,6 +116,67 @@ def test_boot_service_as_container() -> None:
             # stopped: everything made for it goes
             ok(node, "service.stop", {"id": "web"})
             assert wait_until(lambda: leftovers(node) == [], 30, 0.2), leftovers(node)
+            assert ok(node, "corex.list", {}) == {}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+CREATE_SYNC = """
+[startup.ovs]
+name = "corex.create-sync"
+tags = ["ovs"]
+protected = true
+
+[startup.ovs.args]
+root = "{root}"
+name = "ovs"
+hostname = "ovs1"
+"""
+
+
+def test_0core_create_sync_service() -> None:
+    """0-core's way to start a container at boot (its docs' "Starting containers on boot"):
+    a protected service of ``corex.create-sync`` with ``corex.create``'s arguments. The
+    container runs for as long as the service's job; commands reach it by dispatch; when it
+    is terminated the service makes a new one; stopped, nothing is left. Called directly, the
+    job holds the container until job.kill; ``persistent`` is refused."""
+    tmp = Path(tempfile.mkdtemp(prefix="core0-sync-"))
+    root = busybox_rootfs(tmp / "rootfs")
+    try:
+        with container_node(CREATE_SYNC.format(root=root)) as node:
+            def up(not_pid: int = 0) -> bool:
+                st = ok(node, "service.get", {"id": "ovs"})
+                ct = service_container(node, "svc:ovs")
+                return st["status"] == "running" and ct is not None and ct["pid"] != not_pid
+
+            assert wait_until(up, 60, 0.2), node.log_text()[-3000:]
+            ct = service_container(node, "svc:ovs")
+            assert ct is not None and ct["tags"] == ["ovs"] and ct["name"] == "ovs"
+            assert hostname_of(node, ct["id"]) == "ovs1"
+
+            ok(node, "corex.terminate", {"container": ct["id"]})
+            assert wait_until(lambda: up(ct["pid"]), 60, 0.2), node.log_text()[-3000:]
+            assert ok(node, "service.get", {"id": "ovs"})["starts"] >= 2
+
+            ok(node, "service.stop", {"id": "ovs"})
+            assert wait_until(lambda: leftovers(node) == [], 30, 0.2), leftovers(node)
+
+            c = node.client()
+            try:
+                resp = c.raw("corex.create-sync", {"root": str(root), "nics": []})
+                assert wait_until(lambda: service_container(node, resp.id) is not None, 60,
+                                  0.2), node.log_text()[-3000:]
+                held = service_container(node, resp.id)
+                assert held is not None and hostname_of(node, held["id"])
+                ok(node, "job.kill", {"id": resp.id})
+                res = resp.get(60)
+                assert res.state.value == "KILLED", res
+                assert wait_until(lambda: leftovers(node) == [], 30, 0.2), leftovers(node)
+                bad = c.raw("corex.create-sync", {"root": str(root), "persistent": True,
+                                                  "name": "p"}).get(30)
+                assert (bad.state.value, bad.code) == ("ERROR", 400), bad
+            finally:
+                c.close()
             assert ok(node, "corex.list", {}) == {}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
