@@ -1,14 +1,18 @@
-"""Copying a download into a file: bounded, hashed, with progress. Shared by ``kvm.*``'s
-image downloads (core0/virt/fetch.py) and ``core.upgrade`` (core0/image/fetch.py)."""
+"""Downloads: an http(s) URL opened (redirects only to http(s)), and copied into a file
+bounded, hashed, with progress. Shared by ``kvm.*``'s image downloads (core0/virt/fetch.py),
+``core.upgrade`` (core0/image/fetch.py) and ``web.download``."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
-from core0.errors import TooLarge
+from core0.errors import BadRequest, TooLarge, Unavailable
 
 CHUNK = 1 << 20
 
@@ -43,3 +47,20 @@ def copy_hashed(src: Readable, out: BinaryIO, total: int, limit: int, what: str,
     os.fsync(out.fileno())
     progress(done, total)
     return h.hexdigest()
+
+
+def open_url(url: str, field: str = "url") -> tuple[Any, int]:
+    """GET ``url`` (the caller checked it is http(s)): the open response and its announced
+    size (0: unknown). 503 naming the URL when it cannot be had (an HTTP error, a network
+    error), 400 for a redirect away from http(s)."""
+    req = urllib.request.Request(url, headers={"User-Agent": "core0"})
+    try:
+        resp = urllib.request.urlopen(req, timeout=30)
+    except urllib.error.HTTPError as e:
+        raise Unavailable(f"{field}: {url}: HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise Unavailable(f"{field}: {url}: {getattr(e, 'reason', e)}") from None
+    if urllib.parse.urlsplit(resp.geturl()).scheme not in ("http", "https"):
+        resp.close()
+        raise BadRequest(f"{field}: redirected away from http(s)", field=field)
+    return resp, int(resp.headers.get("Content-Length") or 0)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from core0.errors import BadRequest, CommandError, TooLarge, Unavailable
 from core0.fspath import Root, oserror
-from core0.streamcopy import copy_hashed
+from core0.streamcopy import copy_hashed, open_url
 
 if TYPE_CHECKING:
     from core0.context import Context
@@ -66,17 +66,8 @@ class UrlReader:
 
     def open(self, name: str) -> tuple[BinaryIO, int]:
         url = urllib.parse.urljoin(self.url, name) if name else self.url
-        req = urllib.request.Request(url, headers={"User-Agent": "core0"})
-        try:
-            resp = urllib.request.urlopen(req, timeout=30)  # the scheme was checked
-        except urllib.error.HTTPError as e:
-            raise Unavailable(f"url: {url}: HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise Unavailable(f"url: {url}: {getattr(e, 'reason', e)}") from None
-        if urllib.parse.urlsplit(resp.geturl()).scheme not in ("http", "https"):
-            resp.close()
-            raise BadRequest("url: redirected away from http(s)", field="url")
-        return resp, int(resp.headers.get("Content-Length") or 0)
+        resp, total = open_url(url)  # the scheme was checked
+        return resp, total
 
 
 class PathReader:

@@ -23,13 +23,11 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core0.errors import BadRequest, Unavailable
-from core0.streamcopy import copy_hashed
+from core0.streamcopy import copy_hashed, open_url
 
 if TYPE_CHECKING:
     from core0.context import Context
@@ -90,16 +88,11 @@ async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field
         loop.call_soon_threadsafe(ctx.emit, 1, f"download {url}: {done}/{total or '?'} bytes")
 
     def download() -> str:
-        req = urllib.request.Request(url, headers={"User-Agent": "core0"})
+        resp, total = open_url(url, field)
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp, part.open("wb") as out:
-                if not is_url(resp.geturl()):
-                    raise BadRequest(f"{field}: redirected away from http(s)", field=field)
-                total = int(resp.headers.get("Content-Length") or 0)
+            with resp, part.open("wb") as out:
                 return copy_hashed(resp, out, total, MAX_BYTES, field, progress)
-        except urllib.error.HTTPError as e:
-            raise Unavailable(f"{field}: {url}: HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError) as e:
+        except OSError as e:
             raise Unavailable(f"{field}: {url}: {e}") from None
 
     try:
