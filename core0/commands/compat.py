@@ -6,7 +6,8 @@
 - ``socat.list``: the DNAT rules of the node's port forwards (0-core's name from before its
   forwards were nft rules); ``socat.reserve {number}``: that many free host ports from 1024,
   held two minutes for forwards to come (:mod:`core0.net.reserve`).
-- ``zerotier.*`` and ``rtinfo.*`` are answered 501 with the reason (docs/compat.md): a
+- ``zerotier.*``, ``rtinfo.*``, ``pprof.*`` and ``corex.flist.create`` are answered 501
+  with the reason (docs/compat.md): a
   clear "not here, and why" instead of UNKNOWN_CMD, so a 0-core client's error names what
   to use instead — unless the configuration declares them (0-core's ``zerotier.toml``
   declares ``zerotier.*`` as extensions): a declared one takes the stand-in's place.
@@ -155,6 +156,9 @@ NOT_SERVED: dict[str, str] = {
     **{f"rtinfo.{op}": "core0 has no rtinfo agent (0-core pushed stats to an rtinfo "
        "server); read info.* and job.list, or run an exporter as a service"
        for op in ("start", "stop", "list")},
+    **{f"pprof.{op}": "core0 is not a Go program: profile its dispatcher with py-spy "
+       "(py-spy record --pid <dispatcher>) and read its counters on the metrics endpoint"
+       for op in ("cpu.start", "cpu.stop", "mem.write", "mem.stat")},
 }
 
 
@@ -170,6 +174,10 @@ class AnyArgs(Schema):
     container: Any = None
     url: Any = None
     flist: Any = None
+    storage: Any = None
+    src: Any = None
+    token: Any = None
+    hub: Any = None
 
 
 _ZT_INSIDE = ("core0 does not run ZeroTier (zerotier-one and a controller account would be "
@@ -181,6 +189,9 @@ CONTAINER_NOT_SERVED: dict[str, str] = {
                    "create the container from an image that has the layer",
     "zerotier.info": _ZT_INSIDE,
     "zerotier.list": _ZT_INSIDE,
+    "flist.create": "core0 does not make flists (0-hub is not supported): a container's "
+                    "root is an OCI image; corex.backup snapshots one, and umoci or skopeo "
+                    "on a host make and push images",
 }
 
 

@@ -274,6 +274,14 @@ def test_not_served_answers_501(cl: Any, zc: Any, record: Any) -> None:
     with pytest.raises(zc.ResultError) as e:
         cl.json("rtinfo.list", {})
     assert e.value.code == 501 and RT in e.value.message, e.value
+    # server commands the client has no method for: Go profiling, flist making
+    for command, args, why in (("pprof.cpu.start", {}, "py-spy"),
+                               ("corex.flist.create", {"container": 1, "flist": "/f.flist",
+                                                       "storage": "zdb://h:9900", "src": "/",
+                                                       "token": "t", "hub": "h"}, "flists")):
+        with pytest.raises(zc.ResultError) as e:
+            cl.json(command, args)
+        assert e.value.code == 501 and why in e.value.message, e.value
     record("rtinfo.list", "`ResultError` 501: core0 has no rtinfo agent (docs/compat.md)",
            works=False)
 

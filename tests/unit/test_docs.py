@@ -36,7 +36,7 @@ def test_container_verbs_are_registry_aliases_of_corex() -> None:
     al = registry.aliases()
     verbs = [s.name.removeprefix("corex.") for s in registry.all_commands()
              if s.name.startswith("corex.")]
-    assert len(verbs) == 16  # with the 501 corex.flist-layer and 0-core's create-sync
+    assert len(verbs) == 17  # with the 501s flist-layer and flist.create, and create-sync
     text = render()
     for verb in verbs:
         canonical, alias = registry.get(f"corex.{verb}"), registry.get(f"container.{verb}")
