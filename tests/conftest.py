@@ -233,6 +233,17 @@ class Node:
         kill_tree(self.pid)
 
 
+def start_rooted_node(base: Path) -> tuple[Node, Path]:
+    """A node whose ``main.filesystem_root`` is ``base/root`` (made here), with no include
+    dir and two queues, ``default`` (admin) and ``op`` (operator): (node, root)."""
+    root = base / "root"
+    root.mkdir()
+    cfg = base / "core0.toml"
+    cfg.write_text(f'[main]\nfilesystem_root = "{root}"\ninclude = []\n'
+                   '[bus]\nqueues = {default = "admin", op = "operator"}\n')
+    return start_node(base / "state", config=str(cfg)), root
+
+
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
                env: dict[str, str] | None = None, port: int | None = None,
                prefix: str = "", password: str | None = None, netns: str | None = None,

@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from core0.context import Context
+from core0.context import Context, ProcessSpec
 from core0.declared import declared_role
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.net import nft
@@ -545,6 +545,16 @@ async def run(ctx: Context, args: RunArgs) -> Any:
     (``service`` set) and torn down when the run ends (or, after a dispatcher restart, when
     the next run starts). It runs a program of the caller's choice, so it needs the admin
     role, as ``core.system`` and ``bash`` do (also through corex.dispatch)."""
+    return await in_foreground(
+        ctx, args, args.name or re.sub(r"[^A-Za-z0-9_.-]", "-", ctx.job.id)[:128],
+        list(args.tags or ctx.tags), list(args.command))
+
+
+async def in_foreground(ctx: Context, args: CreateArgs | RunArgs, name: str, tags: list[str],
+                        command: list[str]) -> ProcessSpec:
+    """A container this job runs (container.run, corex.create-sync): the runtime's ``run``
+    of it is the job's process, and it is torn down when that ends (core0/sandbox/
+    foreground.py); ``command`` is what its init runs (empty: the init pauses)."""
     nic_list, ports = checked(ctx, args)
     job_id = ctx.job.id
     await foreground.settle(ctx, job_id)
@@ -552,12 +562,11 @@ async def run(ctx: Context, args: RunArgs) -> Any:
     req = manager.CreateRequest(
         root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
         nics=[] if args.host_network else nic_list, ports=ports,
-        hostname=args.hostname or "", privileged=args.privileged,
-        name=args.name or re.sub(r"[^A-Za-z0-9_.-]", "-", job_id)[:128],
-        env=dict(args.env or {}), tags=list(args.tags or ctx.tags),
+        hostname=args.hostname or "", privileged=args.privileged, name=name,
+        env=dict(args.env or {}), tags=tags,
         limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
                            lim.pids),
-        arguments=dict(ctx.job.cmd.arguments), command=list(args.command), service=job_id,
+        arguments=dict(ctx.job.cmd.arguments), command=command, service=job_id,
         userns=args.userns)
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)

@@ -11,10 +11,9 @@ commands reach it through ``corex.dispatch``, as with ``corex.create``.
 
 from __future__ import annotations
 
-from core0.commands.container import CreateArgs, LimitArgs, aliases, checked
+from core0.commands.container import CreateArgs, aliases, in_foreground
 from core0.context import Context, ProcessSpec
 from core0.errors import BadRequest
-from core0.sandbox import foreground, manager, spec
 
 
 @aliases("create-sync", CreateArgs)
@@ -33,18 +32,5 @@ async def create_sync(ctx: Context, args: CreateArgs) -> ProcessSpec:
         if given:
             raise BadRequest(f"{name}: not with corex.create-sync (the job holds the "
                              "container; see its reference)", field=name)
-    nic_list, ports = checked(ctx, args)
-    job_id = ctx.job.id
-    await foreground.settle(ctx, job_id)
-    lim = args.limits or LimitArgs()
-    req = manager.CreateRequest(
-        root=args.root, mounts=dict(args.mount or {}), host_network=args.host_network,
-        nics=[] if args.host_network else nic_list, ports=ports,
-        hostname=args.hostname or "", privileged=args.privileged, name=args.name or "",
-        env=dict(args.env or {}), tags=list(args.tags if args.tags is not None else ctx.tags),
-        limits=spec.Limits(lim.memory, lim.cpu_shares, lim.cpu_quota, lim.cpu_period,
-                           lim.pids),
-        arguments=dict(ctx.job.cmd.arguments), service=job_id, userns=args.userns)
-    rec, process_spec = await manager.prepare_foreground(ctx, req)
-    foreground.watch(ctx, rec)
-    return process_spec
+    tags = list(args.tags if args.tags is not None else ctx.tags)
+    return await in_foreground(ctx, args, args.name or "", tags, [])

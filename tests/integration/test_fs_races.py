@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from conftest import Node, require, require_root, start_node
+from conftest import Node, require, require_root, start_rooted_node
 
 if TYPE_CHECKING:
     from storage_fixtures import Loops
@@ -79,12 +79,7 @@ def snapshot(path: Path) -> list[tuple[str, int, int, int, str]]:
 def race_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Path, Path]]:
     require_root()
     base = tmp_path_factory.mktemp("races")
-    root = base / "root"
-    root.mkdir()
-    cfg = base / "core0.toml"
-    cfg.write_text(f'[main]\nfilesystem_root = "{root}"\ninclude = []\n'
-                   '[bus]\nqueues = {default = "admin", op = "operator"}\n')
-    node = start_node(base / "state", config=str(cfg))
+    node, root = start_rooted_node(base)
     try:
         yield node, root, base
     finally:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Node, start_node
+from conftest import Node, start_rooted_node
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,7 @@ def web() -> Iterator[tuple[str, Path]]:
 def wnode() -> Iterator[tuple[Node, Path, Path]]:
     """A node whose filesystem root is a directory of its own: (node, root, base dir)."""
     base = Path(tempfile.mkdtemp(prefix="core0-dl-"))
-    root = base / "root"
-    root.mkdir()
-    cfg = base / "core0.toml"
-    cfg.write_text(f'[main]\nfilesystem_root = "{root}"\ninclude = []\n'
-                   '[bus]\nqueues = {default = "admin", op = "operator"}\n')
-    node = start_node(base / "state", config=str(cfg))
+    node, root = start_rooted_node(base)
     try:
         yield node, root, base
     finally:
