@@ -46,6 +46,7 @@ services refuse leaves the extensions as they were); ``core.commands`` lists the
 from __future__ import annotations
 
 import dataclasses
+import keyword
 import logging
 import os
 import re
@@ -116,6 +117,9 @@ def check(name: str, table: dict[str, Any]) -> Extension:
             if key == "stdin":
                 raise BadRequest(f"{path}.args: {{stdin}} is not a placeholder (the "
                                  "stdin argument is the program's input)")
+            if keyword.iskeyword(key) or key.startswith("__") or hasattr(Schema, key):
+                raise BadRequest(f"{path}.args: {{{key}}} cannot be an argument's name "
+                                 "(a Python keyword or a reserved name): rename it")
             if key not in keys:
                 keys.append(key)
     patterns: dict[str, re.Pattern[str]] = {}
@@ -229,6 +233,8 @@ def install(cfg: Config) -> list[str]:
             specs.append(spec_of(check(name, table)))
         except BadRequest as e:
             log.error("%s: %s: extension not installed", source, e)
+        except Exception:  # a bug here must not stop the dispatcher (PID 1's bus)
+            log.exception('%s: extension "%s" not installed', source, name)
     refused = set(registry.set_extensions(specs))
     for name in sorted(refused):
         log.warning('extension "%s": a built-in command has this name; the built-in stays',

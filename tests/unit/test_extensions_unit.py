@@ -55,6 +55,9 @@ def test_a_dash_of_the_template_or_inside_an_element_is_fine() -> None:
     ("t.x", {"binary": "p", "role": "root"}),
     ("t.x", {"binary": "p", "args": ["{a}"], "patterns": {"b": "x"}}),
     ("t.x", {"binary": "p", "args": ["{a}"], "patterns": {"a": "("}}),
+    ("t.x", {"binary": "p", "args": ["{from}"]}),  # a Python keyword
+    ("t.x", {"binary": "p", "args": ["{__init__}"]}),
+    ("t.x", {"binary": "p", "args": ["{parse}"]}),  # Schema's own
 ])
 def test_refused_declarations(name: str, table: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
