@@ -59,16 +59,13 @@ end
 return out
 """
 
-# KEYS: flag, processing   ARGV: raw   → 1 picked up, 0 duplicate (dropped). The flag's one
-# element is Redis's clock at the pickup (0-core's clients only test that the flag exists):
-# it tells this pickup of an id from an earlier one whose flag expired (Bus.pickup_token)
+# KEYS: flag, processing   ARGV: raw   → 1 picked up, 0 duplicate (dropped)
 _PICKUP = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('LREM', KEYS[2], 1, ARGV[1])
   return 0
 end
-local t = redis.call('TIME')
-redis.call('RPUSH', KEYS[1], t[1] .. '.' .. t[2])
+redis.call('RPUSH', KEYS[1], '')
 return 1
 """
 
@@ -275,13 +272,6 @@ class Bus:
         pipe.rpush(processing, raw)
         await self._pickup(keys=[self.keys.flag(job_id), processing], args=[raw], client=pipe)
         return bool((await pipe.execute())[1])
-
-    async def pickup_token(self, job_id: str) -> str:
-        """What tells this pickup of ``job_id`` from an earlier one whose flag expired: the
-        flag's element, Redis's clock when the pickup set it ('' for a flag set otherwise:
-        an inline command's, 0-core's, or a flag gone)."""
-        v = await self.r.lindex(self.keys.flag(job_id), 0)
-        return v.decode() if isinstance(v, bytes) else (v or "")
 
     async def pickup_many(self, items: Sequence[tuple[str, str, bytes]]) -> list[bool]:
         """Pickups of (job id, processing, raw) in one round trip."""

@@ -321,13 +321,9 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     prefix = ctx.scope or ""
     derived = "id" not in inner
     if derived:
-        # a function of this command's id and of its pickup: a dispatch run again after its
-        # dispatcher stopped (before answering) finds the job the first run started, not a
-        # second one; the same id sent again once its result and flag expired is a new
-        # command (a new pickup), which starts a new job
-        token = await ctx.engine.bus.pickup_token(ctx.job.id)
-        seed = f"{ctx.job.id}/{cid}/{token}" if token else f"{ctx.job.id}/{cid}"
-        inner["id"] = prefix + str(uuid.uuid5(_INNER_IDS, seed))
+        # a function of this command's id: a dispatch run again after its dispatcher
+        # stopped (before answering) finds the job the first run started, not a second one
+        inner["id"] = prefix + str(uuid.uuid5(_INNER_IDS, f"{ctx.job.id}/{cid}"))
     if prefix and not str(inner["id"]).startswith(prefix):
         raise BadRequest(f"command.id: must start with {prefix!r} on this private queue",
                          field="command.id")
