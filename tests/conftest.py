@@ -233,15 +233,22 @@ class Node:
         kill_tree(self.pid)
 
 
+def start_configured_node(base: Path, config: str) -> Node:
+    """A node with its config file ``base/core0.toml`` (the text ``config``) and its state
+    dir ``base/state``."""
+    cfg = base / "core0.toml"
+    cfg.write_text(config)
+    return start_node(base / "state", config=str(cfg))
+
+
 def start_rooted_node(base: Path) -> tuple[Node, Path]:
     """A node whose ``main.filesystem_root`` is ``base/root`` (made here), with no include
     dir and two queues, ``default`` (admin) and ``op`` (operator): (node, root)."""
     root = base / "root"
     root.mkdir()
-    cfg = base / "core0.toml"
-    cfg.write_text(f'[main]\nfilesystem_root = "{root}"\ninclude = []\n'
-                   '[bus]\nqueues = {default = "admin", op = "operator"}\n')
-    return start_node(base / "state", config=str(cfg)), root
+    return start_configured_node(base, f'[main]\nfilesystem_root = "{root}"\ninclude = []\n'
+                                       '[bus]\nqueues = {default = "admin", op = "operator"}\n'
+                                 ), root
 
 
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
@@ -292,9 +299,7 @@ def configured_node(config: str, prefix: str = "core0-test-") -> Iterator[Node]:
     """A node started with the config file ``config`` (its text) in a temp dir of its own,
     stopped and removed after."""
     d = Path(tempfile.mkdtemp(prefix=prefix))
-    cfg = d / "core0.toml"
-    cfg.write_text(config)
-    n = start_node(d / "state", config=str(cfg))
+    n = start_configured_node(d, config)
     try:
         yield n
     finally:

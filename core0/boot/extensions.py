@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import keyword
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -57,9 +56,8 @@ from typing import Annotated, Any, Literal, TypeVar
 from core0 import registry
 from core0.config import Config
 from core0.context import Context, ProcessSpec
-from core0.errors import BadRequest, NotFound
-from core0.jobs.env import job_env
-from core0.proc.process import find_executable
+from core0.errors import BadRequest
+from core0.jobs.env import check_env, job_env, program
 from core0.registry import CommandSpec, Role
 from core0.schema import NAME, SAFE_TEXT, Doc, Len, Schema, parse
 
@@ -69,7 +67,6 @@ T = TypeVar("T")
 #: ``{key}`` in an argument template; other braces are text (0-core, too, left a ``{…}`` that
 #: named no argument as it was: ``printf '{"n": %s}'`` works in both)
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_VARIABLE = r"[A-Za-z_][A-Za-z0-9_]*"
 Value = str | bool | int | float
 
 
@@ -108,9 +105,7 @@ def check(name: str, table: dict[str, Any]) -> Extension:
     if not NAME.check(name) or "/" in name:
         raise BadRequest(f"{path}: not a command name (letters, digits, '_', '.', '-')")
     t = parse(ExtensionTable, {k: v for k, v in table.items() if k != "__source__"}, path)
-    for k in t.env:
-        if not re.fullmatch(_VARIABLE, k):
-            raise BadRequest(f"{path}.env.{k}: not a valid variable name")
+    check_env(t.env, f"{path}.env")
     keys: list[str] = []
     for arg in t.args:
         for key in PLACEHOLDER.findall(arg):
@@ -187,11 +182,7 @@ def spec_of(ext: Extension) -> CommandSpec:
     async def run_extension(ctx: Context, args: Any) -> ProcessSpec:
         argv = argv_of(ext, {k: getattr(args, k) for k in ext.keys})
         env = job_env(t.env or None)
-        exe = find_executable(t.binary, env)
-        if exe is None:
-            raise NotFound(f"{ext.name}: executable not found: {t.binary}")
-        if t.cwd and not os.path.isdir(t.cwd):
-            raise NotFound(f"{ext.name}: no such directory: {t.cwd}")
+        exe = program(t.binary, env, t.cwd, f"{ext.name}: ")
         return ProcessSpec(argv, env=env, cwd=t.cwd or None, stdin=args.stdin.encode(),
                            exe=exe, label=f"{ext.name}: {' '.join(argv)}"[:200])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -15,29 +14,18 @@ from core0 import __version__, registry
 from core0.bus.store import TRANSIENT
 from core0.context import Context, ProcessSpec
 from core0.errors import BadRequest, Forbidden, NotFound
-from core0.jobs.env import SERVICE_COMMAND, job_env
+from core0.jobs.env import SERVICE_COMMAND, check_env, job_env, program
 from core0.proc.process import find_executable
 from core0.registry import Role, command
 from core0.schema import ID, Doc, Len, NoArgs, Pattern, Schema
 
 _NO_NUL = Pattern(r"[^\x00]*")
-_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 
 
 @command("core.ping", role=Role.READ_ONLY, inline=True)
 async def ping(ctx: Context, args: NoArgs) -> str:
     """Answer ``"PONG <version>"``: the node is up and its dispatcher is taking commands."""
     return f"PONG {__version__}"
-
-
-def check_env(env: dict[str, str] | None) -> None:
-    import re
-
-    for k, v in (env or {}).items():
-        if not re.fullmatch(_ENV_NAME, k):
-            raise BadRequest(f"arguments.env.{k}: not a valid variable name", field=f"env.{k}")
-        if "\0" in v:
-            raise BadRequest(f"arguments.env.{k}: NUL byte in value", field=f"env.{k}")
 
 
 @dataclass(frozen=True)
@@ -58,11 +46,7 @@ async def system(ctx: Context, args: SystemArgs) -> ProcessSpec:
     level-20 data. A program that is not found gives 404."""
     check_env(args.env)
     env = job_env(args.env)
-    exe = find_executable(args.name, env)
-    if exe is None:
-        raise NotFound(f"executable not found: {args.name}")
-    if args.dir and not os.path.isdir(args.dir):
-        raise NotFound(f"no such directory: {args.dir}")
+    exe = program(args.name, env, args.dir)
     return ProcessSpec(
         [args.name, *args.args], env=env, cwd=args.dir or None, stdin=args.stdin.encode(),
         exe=exe,

@@ -8,7 +8,6 @@ TTL) ages out with it.
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 import uuid
@@ -18,21 +17,16 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Node, start_node, wait_until
+from conftest import Node, configured_node, wait_until
 
 TTL = 3
 
 
 @pytest.fixture(scope="module")
 def tnode() -> Iterator[Node]:
-    base = Path(tempfile.mkdtemp(prefix="core0-ttl-"))
-    (base / "core0.toml").write_text(f"[main]\ninclude = []\n[bus]\nresult_ttl = {TTL}\n")
-    node = start_node(base / "state", config=str(base / "core0.toml"))
-    try:
+    with configured_node(f"[main]\ninclude = []\n[bus]\nresult_ttl = {TTL}\n",
+                         prefix="core0-ttl-") as node:
         yield node
-    finally:
-        node.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
