@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from core0 import cancel
 from core0.errors import PreconditionFailed, ToolError, Unavailable
 from core0.proc import process
 from core0.proc.output import Message
@@ -140,6 +141,8 @@ class Context:
         return res
 
     async def to_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking library call in a bounded thread pool."""
+        """Run a blocking library call in a bounded thread pool. When the job is cancelled
+        (killed, past its max_time, the dispatcher stopping), the work's
+        :func:`core0.cancel.check` calls stop it at its next step (core0/cancel.py)."""
         async with _THREADS:
-            return await asyncio.to_thread(fn, *args)
+            return await cancel.in_thread(fn, *args)

@@ -12,6 +12,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
 
+from core0 import cancel
 from core0.errors import BadRequest, TooLarge, Unavailable
 
 CHUNK = 1 << 20
@@ -31,6 +32,7 @@ def copy_hashed(src: Readable, out: BinaryIO, total: int, limit: int, what: str,
     h = hashlib.sha256()
     done, last = 0, -1
     while True:
+        cancel.check()  # the job was killed: stop reading (core0/cancel.py)
         data = src.read(chunk)
         if not data:
             break
@@ -45,6 +47,7 @@ def copy_hashed(src: Readable, out: BinaryIO, total: int, limit: int, what: str,
             progress(done, total)
     out.flush()
     os.fsync(out.fileno())
+    cancel.check()  # not handed on for a rename after the job answered KILLED
     progress(done, total)
     return h.hexdigest()
 

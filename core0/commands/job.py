@@ -45,7 +45,8 @@ class KillArgs(Schema):
 @command("job.kill", KillArgs, role=Role.OPERATOR)
 async def kill(ctx: Context, args: KillArgs) -> bool:
     """Send a signal to a job's whole process group (a queued, sleeping or builtin job is
-    cancelled). A job ended this way reports state KILLED. Returns true, or false when there
+    cancelled: a builtin's work stops too, docs/protocol.md). A job ended this way reports
+    state KILLED. Returns true, or false when there
     is no such job (0-core's answer; 0-core's client returns it as is); 403 if the job belongs
     to a higher role than the caller's queue."""
     _own(ctx, args.id)

@@ -20,6 +20,7 @@ extracted; the deletions are confined to the root like the members.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import shutil
@@ -27,8 +28,9 @@ import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, cast
 
+from core0 import cancel
 from core0.errors import BadRequest
 
 WHITEOUT = ".wh."
@@ -117,6 +119,20 @@ def _whiteouts(tf: tarfile.TarFile, root: str) -> set[str]:
     return names
 
 
+class _Checked:
+    """A file whose reads first check the job's cancel token (core0/cancel.py)."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+
+    def read(self, n: int = -1, /) -> bytes:
+        cancel.check()
+        return self._f.read(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
 def extract_layer(fileobj: IO[bytes] | None, dest: Path, path: str | None = None) -> int:
     """Extract one layer (a tar, optionally gzip/bzip2/xz compressed) into ``dest``.
 
@@ -124,15 +140,22 @@ def extract_layer(fileobj: IO[bytes] | None, dest: Path, path: str | None = None
     refused; what was extracted before stays (the caller drops the whole image).
     """
     root = os.path.realpath(dest)
-    try:
-        tf = tarfile.open(name=path, fileobj=fileobj, mode="r:*")
-    except tarfile.TarError as e:
-        raise BadRequest(f"not a tar archive: {e}") from None
     n = 0
-    with tf:
+    with contextlib.ExitStack() as stack:
+        if fileobj is None:
+            assert path is not None
+            fileobj = stack.enter_context(open(path, "rb"))
+        try:
+            # every read of the archive checks the job's cancel token: reading the members'
+            # list alone decompresses a whole (maybe multi-GiB) layer
+            tf = stack.enter_context(tarfile.open(fileobj=cast(IO[bytes], _Checked(fileobj)),
+                                                  mode="r:*"))
+        except tarfile.TarError as e:
+            raise BadRequest(f"not a tar archive: {e}") from None
         skip = _whiteouts(tf, root)
         flt = _filter(root)
         for m in tf.getmembers():
+            cancel.check()  # a killed import stops here (its caller drops the image)
             if m.name in skip:
                 continue
             # a member may replace a directory with a file (or the reverse): clear the way
@@ -166,6 +189,7 @@ def copy_tree(src: Path | int, dest: Path) -> int:
     count = [0]
 
     def visit(pfd: int, name: str, efd: int, st: os.stat_result) -> None:
+        cancel.check()
         if not name:  # the top directory itself
             dirs[(st.st_dev, st.st_ino)] = dest
             return

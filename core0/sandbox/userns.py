@@ -41,6 +41,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from core0 import cancel
 from core0.errors import Internal, PreconditionFailed, Unavailable
 from core0.proc import process
 
@@ -175,6 +176,7 @@ def _chown_tree(root: Path, new_id: Callable[[int], int]) -> int:
 
     def one(path: str) -> None:
         nonlocal n
+        cancel.check()  # the job was killed (core0/cancel.py)
         st = os.lstat(path)
         uid, gid = new_id(st.st_uid), new_id(st.st_gid)
         if (uid, gid) != (st.st_uid, st.st_gid):

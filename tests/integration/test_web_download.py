@@ -9,8 +9,10 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,3 +132,121 @@ def test_the_destination_stays_in_the_root(web: tuple[str, Path],
     res = _send(node, {"url": f"{url}/x.txt", "destination": "op.txt"}, queue="op")
     assert (res["state"], res["code"]) == ("ERROR", 403), res
     assert not (root / "op.txt").exists()
+
+
+class _Slow(http.server.BaseHTTPRequestHandler):
+    """64 MiB at about 16 MiB/s (a chunk every 60 ms, or every ``?pace=<seconds>``): a
+    download that takes 4 s; counts what it sent in ``sent`` (the server's dict) until the
+    client goes."""
+
+    SIZE = 64 << 20
+    CHUNK = 1 << 20
+
+    def do_GET(self) -> None:
+        sent: dict[str, int] = self.server.sent  # type: ignore[attr-defined]
+        self.send_response(200)
+        self.send_header("Content-Length", str(self.SIZE))
+        self.end_headers()
+        block = b"x" * self.CHUNK
+        pace = float(self.path.partition("?pace=")[2] or 0.06)
+        try:
+            for _ in range(self.SIZE // self.CHUNK):
+                self.wfile.write(block)
+                self.wfile.flush()
+                sent[self.path] = sent.get(self.path, 0) + self.CHUNK
+                time.sleep(pace)
+        except OSError:
+            sent[self.path + ":closed"] = 1
+
+    def log_message(self, *_args: Any) -> None:
+        pass
+
+
+@pytest.fixture()
+def slow() -> Iterator[tuple[str, dict[str, int]]]:
+    """An HTTP server whose every file is a slow 64 MiB: (base URL, bytes sent per path)."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    httpd.daemon_threads = True
+    httpd.sent = {}  # type: ignore[attr-defined]
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd.sent  # type: ignore[attr-defined]
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_killed_download_stops(slow: tuple[str, dict[str, int]],
+                                 wnode: tuple[Node, Path, Path]) -> None:
+    """job.kill of a download in progress: KILLED at once, and the download stops there — the
+    node reads no more from the server, no file appears later (not even once the server
+    would have finished) and no temporary file is left. (Before: the worker thread went on
+    to the end and renamed the file into place after the job had answered KILLED.)"""
+    url, sent = slow
+    node, root, _ = wnode
+    r = redis.Redis(unix_socket_path=node.socket)
+    try:
+        jid = f"dl-{uuid.uuid4().hex[:10]}"
+        r.rpush("core:default", json.dumps({"id": jid, "command": "web.download", "arguments": {
+            "url": f"{url}/big.bin", "destination": "big.bin"}}))
+        deadline = time.monotonic() + 20
+        while sent.get("/big.bin", 0) < (8 << 20):
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.05)
+        kill = f"kill-{jid}"
+        r.rpush("core:default", json.dumps({"id": kill, "command": "job.kill",
+                                            "arguments": {"id": jid}}))
+        killed_at = time.monotonic()
+        got = r.blpop([f"result:{jid}"], 20)
+        assert got is not None
+        assert json.loads(got[1])["state"] == "KILLED", got
+        assert time.monotonic() - killed_at < 5
+        # the server notices the closed connection at its next write
+        deadline = time.monotonic() + 10
+        while "/big.bin:closed" not in sent:
+            assert time.monotonic() < deadline, f"the node still reads: {sent}"
+            time.sleep(0.05)
+        assert sent["/big.bin"] < _Slow.SIZE
+        time.sleep(5)  # longer than the rest of the download would have taken
+        assert not (root / "big.bin").exists()
+        assert _left(root) == []
+    finally:
+        r.close()
+
+
+def test_the_dispatcher_stops_during_a_download(slow: tuple[str, dict[str, int]],
+                                                tmp_path: Path) -> None:
+    """SIGTERM to a dispatcher while a download runs: it exits within seconds (it waited for
+    its worker thread, i.e. for the whole download, before), the download stops, no file
+    appears, and the next dispatcher answers the command 503 (interrupted)."""
+    url, sent = slow
+    node, root = start_rooted_node(tmp_path)
+    r = redis.Redis(unix_socket_path=node.socket)
+    try:
+        jid = f"dl-{uuid.uuid4().hex[:10]}"
+        path = "/big.bin?pace=0.25"  # 16 s in all
+        r.rpush("core:default", json.dumps({"id": jid, "command": "web.download", "arguments": {
+            "url": f"{url}{path}", "destination": "big.bin"}}))
+        deadline = time.monotonic() + 20
+        while sent.get(path, 0) < (2 << 20):
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.05)
+        pid = node.dispatcher_pid()
+        os.kill(pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() - stopped < 30:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.05)
+        assert time.monotonic() - stopped < 8, "the dispatcher waited for the download"
+        got = r.blpop([f"result:{jid}"], 60)  # from the next dispatcher
+        assert got is not None
+        res = json.loads(got[1])
+        assert (res["state"], res["code"]) == ("ERROR", 503), res
+        assert sent[path] < _Slow.SIZE
+        assert not (root / "big.bin").exists() and _left(root) == []
+    finally:
+        r.close()
+        node.stop()

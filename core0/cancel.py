@@ -1,0 +1,54 @@
+"""Work in a worker thread stops when the job that started it is cancelled.
+
+A handler's blocking work (a download, an image unpacked, a tree chowned) runs in a thread
+(:meth:`core0.context.Context.to_thread`). Cancelling the handler's task (``job.kill``,
+``max_time``, the dispatcher stopping) cannot stop a thread, so without this the work went on
+to its end after the job had answered KILLED: a killed ``web.download`` still renamed its
+file into place, a killed image import still appeared, and the dispatcher's exit waited for
+them (asyncio's runner joins its worker threads).
+
+:func:`in_thread` runs a function in a thread with a token of its own (a context variable:
+``asyncio.to_thread`` runs the function in a copy of the caller's context) and sets the token
+when the awaiting task is cancelled. The loops of long work call :func:`check` at each step
+(a chunk copied, an archive member, a file chowned), which raises :class:`Cancelled` once the
+token is set; the work then unwinds through its own clean-up (temporary files removed, no
+rename). A step blocked in a read ends at that read's own timeout (30 s for a URL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+_TOKEN: ContextVar[threading.Event | None] = ContextVar("core0_cancel", default=None)
+
+
+class Cancelled(Exception):
+    """Raised by :func:`check` in a worker thread whose job was cancelled."""
+
+
+def check() -> None:
+    """Raise :class:`Cancelled` if the job this thread works for was cancelled (nothing
+    outside :func:`in_thread`)."""
+    token = _TOKEN.get()
+    if token is not None and token.is_set():
+        raise Cancelled("cancelled")
+
+
+async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a worker thread; if the awaiting task is cancelled, the thread's
+    :func:`check` calls raise from then on (the task does not wait for the thread)."""
+    token = threading.Event()
+    reset = _TOKEN.set(token)
+    try:
+        return await asyncio.to_thread(fn, *args)  # (copies the context, token included)
+    except asyncio.CancelledError:
+        token.set()
+        raise
+    finally:
+        _TOKEN.reset(reset)
