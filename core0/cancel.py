@@ -18,6 +18,7 @@ rename). A step blocked in a read ends at that read's own timeout (30 s for a UR
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -40,15 +41,24 @@ def check() -> None:
         raise Cancelled("cancelled")
 
 
-async def in_thread(fn: Callable[..., T], *args: Any) -> T:
+async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False) -> T:
     """``fn(*args)`` in a worker thread; if the awaiting task is cancelled, the thread's
-    :func:`check` calls raise from then on (the task does not wait for the thread)."""
+    :func:`check` calls raise from then on. ``wait``: the cancelled task still waits for the
+    thread to end before it goes on (work that holds something the caller releases after
+    it, e.g. a disk slot being written); by default it does not."""
     token = threading.Event()
     reset = _TOKEN.set(token)
-    try:
-        return await asyncio.to_thread(fn, *args)  # (copies the context, token included)
-    except asyncio.CancelledError:
-        token.set()
-        raise
+    try:  # the task copies the context, token included; asyncio.to_thread copies it again
+        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
     finally:
         _TOKEN.reset(reset)
+    try:
+        return await (asyncio.shield(fut) if wait else fut)
+    except asyncio.CancelledError:
+        token.set()
+        while wait and not fut.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({fut})
+        if fut.done() and not fut.cancelled():
+            fut.exception()  # (retrieved: no "never retrieved" warning)
+        raise

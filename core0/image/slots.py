@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core0 import cancel
 from core0.errors import PreconditionFailed
 
 if TYPE_CHECKING:
@@ -184,7 +185,9 @@ def _sha256(path: Path) -> str:
 
 def _copy(src: Path, dest: Path) -> None:
     with src.open("rb") as i, dest.open("xb") as o:
-        shutil.copyfileobj(i, o, CHUNK)
+        while data := i.read(CHUNK):
+            cancel.check()  # the switch was cancelled (its task waits for this thread)
+            o.write(data)
         o.flush()
         os.fsync(o.fileno())
 

@@ -27,6 +27,7 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.errors import NotFound, PreconditionFailed
 from core0.image import fetch, slots, switch, verify
 from core0.image.store import Slot, Store, booted_digest, images_dir
@@ -150,7 +151,9 @@ async def _disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str],
                 f"slot {target} holds the known-good image and is not overwritten")
         ctx.emit(1, f"{event}: writing slot {target} ({slots.label(target)})")
         try:
-            await asyncio.to_thread(slots.install, cfg, image, target)
+            # a cancel stops the copy at its next chunk and waits for it: _disk_busy is
+            # released only once nothing writes the slot any more
+            await cancel.in_thread(slots.install, cfg, image, target, wait=True)
         except BaseException as e:
             state = store.state()
             store.record(state, "switch-failed", digest=digest, slot=target,

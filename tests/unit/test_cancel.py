@@ -119,3 +119,31 @@ def test_a_cancelled_chown_stops(tmp_path: Path) -> None:
         seen += [os.lstat(os.path.join(dirpath, n)).st_uid for n in dirnames + filenames]
     shifted = sum(1 for uid in seen if uid == 100_000)
     assert shifted < len(seen), "the whole tree was chowned after the cancel"
+
+
+def test_wait_holds_the_cancelled_task_until_the_thread_ends() -> None:
+    """``wait=True`` (a slot being written): the cancelled task goes on only once the thread
+    has stopped, a second cancel meanwhile included."""
+    ended: list[float] = []
+
+    def work() -> None:
+        try:
+            while True:
+                cancel.check()
+                time.sleep(0.05)
+        finally:
+            time.sleep(0.3)  # clean-up of its own
+            ended.append(time.monotonic())
+
+    async def main() -> float:
+        t = asyncio.ensure_future(cancel.in_thread(work, wait=True))
+        await asyncio.sleep(0.1)
+        t.cancel()
+        await asyncio.sleep(0.05)
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+        return time.monotonic()
+
+    back = asyncio.run(main())
+    assert len(ended) == 1 and ended[0] <= back
