@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -41,17 +44,20 @@ def check() -> None:
         raise Cancelled("cancelled")
 
 
-async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False) -> T:
-    """``fn(*args)`` in a worker thread; if the awaiting task is cancelled, the thread's
-    :func:`check` calls raise from then on. ``wait``: the cancelled task still waits for the
-    thread to end before it goes on (work that holds something the caller releases after
-    it, e.g. a disk slot being written); by default it does not."""
+async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False,
+                    pool: Executor | None = None) -> T:
+    """``fn(*args)`` in a worker thread (of ``pool``, or the loop's default executor); if
+    the awaiting task is cancelled, the thread's :func:`check` calls raise from then on.
+    ``wait``: the cancelled task still waits for the thread to end before it goes on (work
+    that holds something the caller releases after it, e.g. a disk slot being written); by
+    default it does not."""
     token = threading.Event()
     reset = _TOKEN.set(token)
-    try:  # the task copies the context, token included; asyncio.to_thread copies it again
-        fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        call = functools.partial(contextvars.copy_context().run, fn, *args)  # token included
     finally:
         _TOKEN.reset(reset)
+    fut = asyncio.get_running_loop().run_in_executor(pool, call)
     try:
         return await (asyncio.shield(fut) if wait else fut)
     except asyncio.CancelledError:
@@ -62,3 +68,18 @@ async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False) -> T:
         if fut.done() and not fut.cancelled():
             fut.exception()  # (retrieved: no "never retrieved" warning)
         raise
+
+
+#: long work (downloads, image unpacking, trees chowned), apart from the short library calls
+#: of the loop's default executor: slow transfers never hold up ``ip.*`` or ``info.*``
+_LONG: ThreadPoolExecutor | None = None
+LONG_WORKERS = 8
+
+
+async def long_work(fn: Callable[..., T], *args: Any, wait: bool = False) -> T:
+    """:func:`in_thread` in the pool of long work (:data:`LONG_WORKERS` threads; more such
+    work waits for one)."""
+    global _LONG
+    if _LONG is None:
+        _LONG = ThreadPoolExecutor(max_workers=LONG_WORKERS, thread_name_prefix="core0-long")
+    return await in_thread(fn, *args, wait=wait, pool=_LONG)

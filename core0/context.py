@@ -146,3 +146,9 @@ class Context:
         :func:`core0.cancel.check` calls stop it at its next step (core0/cancel.py)."""
         async with _THREADS:
             return await cancel.in_thread(fn, *args)
+
+    async def long_work(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run long blocking work (a download, an image unpacked, a tree chowned) in a
+        thread of its own pool, so that slow transfers never hold up the short library calls
+        of :meth:`to_thread` (``ip.*``, ``info.*``…); cancelled as :meth:`to_thread`'s."""
+        return await cancel.long_work(fn, *args)

@@ -98,4 +98,4 @@ async def download(ctx: Context, args: DownloadArgs) -> str:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp, dir_fd=dfd)
 
-    return await ctx.to_thread(work)
+    return await ctx.long_work(work)

@@ -141,7 +141,7 @@ async def fetch_artifact(ctx: Context, src: Reader, name: str, sha256: str, dest
             return copy_hashed(f, out, total, max_bytes, f"{name} (image.max_bytes)", progress)
 
     try:
-        digest = await ctx.to_thread(copy)
+        digest = await ctx.long_work(copy)
     except OSError as e:
         raise Unavailable(f"{name}: {e}") from None
     if digest != sha256:

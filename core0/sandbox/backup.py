@@ -283,7 +283,7 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
                     raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its "
                                              ".corex.meta holds no valid userns_base")
                 if base:
-                    await ctx.to_thread(userns.unshift_tree, tree, base)
+                    await ctx.long_work(userns.unshift_tree, tree, base)
                 await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
         finally:
             os.close(tfd)

@@ -105,14 +105,14 @@ async def import_image(ctx: Context, name: str, source: str, ref: str = "",
     sd = ctx.config.state_dir
     store = zfsroots.store_dataset(images.images_dir(sd))
     if not store:
-        return await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin)
+        return await ctx.long_work(images.import_blocking, sd, name, source, ref, origin)
     if (images.image_dir(sd, name) / "image.json").exists():
         raise Conflict(f"image {name} exists already")
     if images.image_dir(sd, name).exists():  # left by an import that died half way
         await zfsroots.destroy_image(ctx, store, name)
     await zfsroots.create_image(ctx, store, name)
     try:
-        meta = await ctx.to_thread(images.import_blocking, sd, name, source, ref, origin, True)
+        meta = await ctx.long_work(images.import_blocking, sd, name, source, ref, origin, True)
         await zfsroots.seal_image(ctx, store, name)
     except BaseException:
         with contextlib.suppress(Exception):
@@ -126,7 +126,7 @@ async def delete_image(ctx: Context, name: str) -> None:
     if images.load(sd, name).get("storage") == "zfs":
         await zfsroots.destroy_image(ctx, zfsroots.store_dataset(images.images_dir(sd)), name)
     else:
-        await ctx.to_thread(images.delete, sd, name)
+        await ctx.long_work(images.delete, sd, name)
 
 
 async def image_for(ctx: Context, root: str) -> str:
@@ -331,7 +331,7 @@ async def _clone(ctx: Context, rec: Record, meta: dict[str, Any], cdir: Path,
             return await ctx.to_thread(roots.clone, lower, cdir, base)
         rootfs = await ctx.to_thread(roots.clone, lower, cdir)
     if base:
-        n = await ctx.to_thread(userns.shift_tree, rootfs, base)
+        n = await ctx.long_work(userns.shift_tree, rootfs, base)
         log.debug("container %d: %d entries shifted to uid %d", rec.id, n, base)
     return rootfs
 
@@ -367,7 +367,7 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
         await ctx.to_thread(netsetup.remove_netns, rec.netns)
     if rec.clone_dataset:
         await zfsroots.destroy_clone(ctx, rec.clone_dataset)
-    await ctx.to_thread(roots.drop, _store(ctx).dir(rec.id))
+    await ctx.long_work(roots.drop, _store(ctx).dir(rec.id))
     await ctx.to_thread(userns.free, ctx.config.state_dir, rec.id)
     if errors:
         log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))
@@ -392,7 +392,7 @@ async def terminate(ctx: Context, cid: int) -> Record | None:
     except NotFound:
         # allocated by a create that died before its first record (written under the
         # store's lock with the allocation): only the dir is left, of nobody
-        await ctx.to_thread(roots.drop, st.dir(cid))
+        await ctx.long_work(roots.drop, st.dir(cid))
         await ctx.to_thread(userns.free, ctx.config.state_dir, cid)
         return None
     access.check(ctx, rec)

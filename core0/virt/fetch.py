@@ -96,7 +96,7 @@ async def fetch(ctx: Context, url: str, checksum: str | None, cache: Path, field
             raise Unavailable(f"{field}: {url}: {e}") from None
 
     try:
-        digest = await ctx.to_thread(download)
+        digest = await ctx.long_work(download)
         if checksum and digest != checksum:
             raise BadRequest(f"{field}: checksum mismatch: got sha256:{digest}", field=field)
         final = cache / digest

@@ -250,3 +250,38 @@ def test_the_dispatcher_stops_during_a_download(slow: tuple[str, dict[str, int]]
     finally:
         r.close()
         node.stop()
+
+
+def test_slow_downloads_hold_up_no_other_command(slow: tuple[str, dict[str, int]],
+                                                 wnode: tuple[Node, Path, Path]) -> None:
+    """Eight slow downloads at once (more than the loop's default thread pool has workers on
+    a small machine): an ``ip.link.list`` (netlink in a worker thread) still answers at
+    once — before, it waited for a download to end (30 s here). Then all eight are killed."""
+    url, sent = slow
+    node, root, _ = wnode
+    r = redis.Redis(unix_socket_path=node.socket)
+    ids = [f"dl-{uuid.uuid4().hex[:10]}" for _ in range(8)]
+    try:
+        for i, jid in enumerate(ids):
+            r.rpush("core:default", json.dumps({"id": jid, "command": "web.download",
+                                                "arguments": {"url": f"{url}/m{i}?pace=0.5",
+                                                              "destination": f"m{i}"}}))
+        deadline = time.monotonic() + 30
+        while sum(1 for k in sent if k.startswith("/m")) < len(ids):
+            assert time.monotonic() < deadline, sent
+            time.sleep(0.05)
+        asked = time.monotonic()
+        r.rpush("core:default", json.dumps({"id": "links-" + ids[0], "command": "ip.link.list",
+                                            "arguments": {}}))
+        got = r.blpop([f"result:links-{ids[0]}"], 30)
+        assert got is not None and json.loads(got[1])["state"] == "SUCCESS", got
+        assert time.monotonic() - asked < 5, "ip.link.list waited for the downloads"
+    finally:
+        for jid in ids:
+            r.rpush("core:default", json.dumps({"id": f"kill-{jid}", "command": "job.kill",
+                                                "arguments": {"id": jid}}))
+        states = [json.loads(got[1])["state"] if (got := r.blpop([f"result:{jid}"], 20))
+                  else None for jid in ids]
+        r.close()
+    assert states == ["KILLED"] * len(ids)
+    assert not any((root / f"m{i}").exists() for i in range(len(ids)))
