@@ -533,7 +533,8 @@ async def migrate(ctx: Context, args: MigrateArgs) -> None:
     storage the destination sees at the same paths; otherwise libvirt copies them (the
     destination needs same-size files at the same paths). The VM's port forwards and static
     lease on this node are released; its files here are kept (a declared VM's declaration
-    is removed). The destination runs it as a transient domain under the same uuid."""
+    is removed). The destination runs it as a transient domain under the same uuid. Cut
+    short (job.kill, max_time), the migration is aborted: the VM keeps running here."""
     check_desturi(args.desturi)
     vm = await load(ctx, args.uuid)
     await migration.migrate(vm, args.desturi, args.shared_storage)

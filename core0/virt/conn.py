@@ -136,6 +136,9 @@ class Conn:
     def __init__(self, uri: str, threads: int = 4):
         self.uri = uri
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="libvirt")
+        #: calls that last minutes (live migrations), apart: a node drained by migrating all
+        #: its VMs at once must still answer kvm.list / kvm.info meanwhile
+        self._long = ThreadPoolExecutor(max_workers=8, thread_name_prefix="libvirt-long")
         self._conn: libvirt.virConnect | None = None
         self._lock = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -150,9 +153,9 @@ class Conn:
 
     # ------------------------------------------------------------ calls
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, long: bool = False) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, fn, *args)
+        return await loop.run_in_executor(self._long if long else self._pool, fn, *args)
 
     async def connection(self) -> libvirt.virConnect:
         """The live connection, (re)connecting when needed (503 when libvirtd is down)."""
@@ -172,19 +175,20 @@ class Conn:
                     self._watchdog = asyncio.ensure_future(self._watch())
             return self._conn
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in the pool; once more on a new connection when the first
-        failed because libvirtd went away."""
+    async def call(self, fn: Callable[..., T], *args: Any, long: bool = False) -> T:
+        """Run ``fn(conn, *args)`` in the pool (``long``: in the pool of calls that last
+        minutes); once more on a new connection when the first failed because libvirtd went
+        away."""
         lv = libvirt_module()
         conn = await self.connection()
         try:
-            return await self._run(fn, conn, *args)
+            return await self._run(fn, conn, *args, long=long)
         except lv.libvirtError as e:
             if not await self._run(self._broken, conn, e):
                 raise
         self._drop(conn)
         conn = await self.connection()
-        return await self._run(fn, conn, *args)
+        return await self._run(fn, conn, *args, long=long)
 
     @staticmethod
     def _broken(conn: libvirt.virConnect, e: Exception) -> bool:
@@ -260,6 +264,7 @@ class Conn:
         if conn is not None:
             await self._run(lambda: conn.close())
         self._pool.shutdown(wait=False)
+        self._long.shutdown(wait=False)
 
     # ------------------------------------------------------------ events
 

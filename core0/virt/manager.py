@@ -184,8 +184,9 @@ class Virt:
             self.guards.soon()
         if ev["event"] in ("stopped", "undefined") and ev["uuid"]:
             self.cleanup_soon(ev["uuid"])
-        elif ev["event"] in ("started", "resumed") and ev["uuid"]:
-            self.arrived(ev["uuid"])
+        elif ev["event"] in ("started", "resumed") and ev["uuid"] and ev.get("detail") != (
+                "migrated" if ev["event"] == "started" else None):  # an incoming migration
+            self.arrived(ev["uuid"])  # starts, then resumes (arrived) or stops (failed)
         elif ev["event"] == "connection" and ev["detail"] == "reconnected":
             asyncio.ensure_future(self.reconcile())
 
@@ -533,10 +534,9 @@ class Virt:
             await network.remove_forwards(ctx, uuid)
             if rec and rec.get("mac"):
                 await network.remove_lease(ctx, str(rec["mac"]))
-            if rec and (rec.get("migrated") or rec.get("migrating")):
+            if rec and (dest := rec.get("migrated") or rec.get("migrating")):
                 # the VM runs elsewhere now, maybe on these very files (shared storage)
-                log.info("virt: VM %s migrated to %s: network released, files kept", uuid,
-                         rec.get("migrated") or rec.get("migrating"))
+                log.info("virt: VM %s migrated to %s: network released, files kept", uuid, dest)
                 return
             await asyncio.to_thread(shutil.rmtree, self.vm_dir(uuid), True)
             await asyncio.to_thread(segments.collect)  # vlan/vxlan segments left unused

@@ -63,6 +63,15 @@ def _on_both(env: Env, c: Any, node_b: Any, ns_b: Any, uuid: str, vm: dict[str, 
     assert b.kvm.prepare_migration_target(uuid, nics=params["nics"],
                                           port=params["port"]) == got
 
+    # cut short (max_time 2 s; the migration takes about 5 s here): aborted, not left
+    # running in the background — the VM stays here, running, its record says so (no
+    # "migrating"), nothing of it runs on the destination; then it migrates for real
+    res = c.raw("kvm.migrate", {"uuid": uuid, "desturi": DEST_URI}, max_time=2).get(60)
+    assert res.state == "TIMEOUT", res
+    assert [(v["uuid"], v["state"]) for v in c.kvm.list()] == [(uuid, "running")]
+    assert "migrating" not in _record_at(env.vdir, uuid)
+    assert b.kvm.list() == []
+
     c.kvm.migrate(uuid, DEST_URI)
     assert c.kvm.list() == []
     # the source released its lease and forwards; its files stay (shared storage)
@@ -89,7 +98,10 @@ def _on_both(env: Env, c: Any, node_b: Any, ns_b: Any, uuid: str, vm: dict[str, 
 
 
 def _record(node_b: Any, uuid: str) -> dict[str, Any]:
+    return _record_at(Path(str(node_b.dir)).parent / "virt", uuid)
+
+
+def _record_at(vdir: Path, uuid: str) -> dict[str, Any]:
     import json
 
-    return dict(json.loads((Path(str(node_b.dir)).parent / "virt" / uuid / "vm.json")
-                           .read_text()))
+    return dict(json.loads((vdir / uuid / "vm.json").read_text()))
