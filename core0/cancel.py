@@ -22,7 +22,7 @@ import contextlib
 import contextvars
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -68,6 +68,34 @@ async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False,
         if fut.done() and not fut.cancelled():
             fut.exception()  # (retrieved: no "never retrieved" warning)
         raise
+
+
+async def atomic(aw: Awaitable[T], *, defer: bool = True) -> T:
+    """Await ``aw`` to its end even when the awaiting task is cancelled meanwhile: for a step
+    whose effect cannot be cut in half — a tool that changes the kernel's state (``nft -f``,
+    ``runc run``) and the record of it, a libvirt call that makes a domain, a clean-up.
+
+    A cancel that came meanwhile is not lost: when ``aw`` failed, CancelledError is raised
+    instead of its error; when it succeeded, its result is returned (so the caller knows
+    its effect, e.g. adds it to what its clean-up undoes) and the task is cancelled again,
+    which its next ``await`` raises (``defer``). ``defer=False``, for a clean-up that runs
+    because the task is ending anyway: further cancels are dropped."""
+    step = asyncio.ensure_future(aw)
+    interrupted = False
+    while not step.done():
+        try:
+            await asyncio.wait({step})
+        except asyncio.CancelledError:
+            interrupted = True
+    if not interrupted or not defer:
+        return step.result()
+    me = asyncio.current_task()
+    if step.cancelled() or step.exception() is not None:
+        raise asyncio.CancelledError
+    if me is not None:
+        me.uncancel()  # the cancel this step held back, delivered at the next await (one
+        me.cancel()  # count, as asyncio.timeout expects of a max_time)
+    return step.result()
 
 
 #: long work (downloads, image unpacking, trees chowned), apart from the short library calls

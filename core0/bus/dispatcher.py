@@ -337,9 +337,11 @@ class Dispatcher:
                 log.error("persistent disk %s not mounted: declared containers and VMs stay "
                           "down", self.cfg.main.persistent_device)
                 return
-        try:  # what a killed dispatcher's pulls, imports, restores, downloads left
-            from core0.sandbox import images
+        try:  # what a killed dispatcher's pulls, imports, restores, downloads, creates left
+            from core0.sandbox import images, persist
             from core0.virt import fetch
+
+            persist.terminate_unfinished(self.engine, self.cfg)
 
             await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir, self.started)
             await asyncio.to_thread(fetch.sweep_parts, Path(self.cfg.virt.dir) / "cache",

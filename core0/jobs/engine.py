@@ -439,7 +439,9 @@ class JobEngine:
             if sig in TERMINATING and sig != signal.SIGKILL:
                 asyncio.get_running_loop().call_later(procrun.GRACE * 5, self._force_kill, job)
         elif sig in TERMINATING and job.task is not None:
-            if job.state in ("queued", "scheduled") or not job.process:
+            # once: a second cancel would cut short the clean-up the first one started
+            if (job.state in ("queued", "scheduled") or not job.process) \
+                    and not job.task.cancelling():
                 job.task.cancel()
         return True
 

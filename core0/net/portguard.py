@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core0 import cancel
 from core0.errors import BadRequest, Conflict
 from core0.net import validate as v
 
@@ -191,8 +192,9 @@ async def _apply(ctx: Context, old: dict[str, Guard], new: dict[str, Guard],
     refusal."""
     if new == old and not force:
         return
-    await ctx.run(["nft", "-f", "-"], stdin=build(new.values(), closed(ctx)).encode(),
-                  timeout=30)
+    # to its end even when the job is cancelled: the table and the file agree (net/state.py)
+    await cancel.atomic(ctx.run(["nft", "-f", "-"],
+                                stdin=build(new.values(), closed(ctx)).encode(), timeout=30))
     _save(ctx.config.state_dir, new)
 
 

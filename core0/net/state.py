@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.net.nft import BridgeRules, Forward, OpenPort
 
 if TYPE_CHECKING:
@@ -144,7 +145,9 @@ async def commit(ctx: Context, st: NetState, old: NetState | None = None) -> Non
 
     text = ruleset(ctx, st)
     if not (old is not None and text == nft.EMPTY == ruleset(ctx, old)):
-        await ctx.run(["nft", "-f", "-"], stdin=text.encode(), timeout=30)
+        # run to its end when the job is cancelled meanwhile: the kernel's table and the
+        # saved state must agree (a forward in force that the state lacks is never removed)
+        await cancel.atomic(ctx.run(["nft", "-f", "-"], stdin=text.encode(), timeout=30))
     save(ctx.config.state_dir, st)
     # a forward took its port: no longer held for one to come (socat.reserve)
     reserve.RESERVED.release(f.source.port for f in st.forwards)

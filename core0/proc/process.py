@@ -354,12 +354,15 @@ async def run(
     timeout: float | None = None,
     limit: int = 16 << 20,
     keep_fds: Sequence[int] = (),
+    stop: tuple[int, float] | None = None,
 ) -> RunResult:
     """Run a tool to completion and capture its output (pipes; for short-lived helpers).
 
     ``stdin`` is bytes to feed, an fd to hand over, or None (/dev/null); ``keep_fds`` are
     inherited under their own numbers (the tool names them ``/proc/self/fd/N``). On timeout or
-    cancellation the process group is killed and the exception propagates.
+    cancellation the process group is killed and the exception propagates; with ``stop``
+    (signal, grace) the tool is first sent that signal and given up to ``grace`` seconds to
+    end (restic removes its repository lock on SIGINT), the caller waiting meanwhile.
     """
     reaper = get_reaper()
     argv = [str(a) for a in argv]
@@ -400,6 +403,10 @@ async def run(
             if writer is not None:
                 await writer
     except BaseException:
+        if stop is not None and not done.done():
+            killpg(sp.pid, stop[0])
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(done), stop[1])
         killpg(sp.pid, signal.SIGKILL)
         for t in tasks + ([writer] if writer else []):
             t.cancel()

@@ -29,11 +29,13 @@ with the backed-up arguments (``corex.restore``'s tags instead of the old ones, 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import shutil
+import signal
 import stat
 import uuid
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from core0 import cancel
 from core0.errors import (
     BadRequest,
     Conflict,
@@ -150,11 +153,20 @@ async def restic(repo: Repo, *args: str, timeout: float = TIMEOUT) -> process.Ru
     argv = ["restic", "--no-cache", *args]
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ.get("HOME", "/root"),
            **repo.env, "RESTIC_REPOSITORY": repo.spec}
+    run = functools.partial(process.run, stdin=repo.password + b"\n", env=env,
+                            keep_fds=(repo.fd,) if repo.fd >= 0 else ())
     try:
-        res = await process.run(argv, stdin=repo.password + b"\n", env=env, timeout=timeout,
-                                keep_fds=(repo.fd,) if repo.fd >= 0 else ())
+        # cut short (job.kill, max_time): SIGINT first, restic's own interrupt
+        res = await run(argv, timeout=timeout, stop=(signal.SIGINT, 10.0))
     except FileNotFoundError:
         raise PreconditionFailed("restic is not installed on this node") from None
+    except BaseException:
+        # restic (0.14) leaves its lock in the repository when it is stopped, for every later
+        # command to meet: `restic unlock` removes the locks of processes that are gone
+        with contextlib.suppress(Exception):
+            await cancel.atomic(run(["restic", "--no-cache", "unlock"], timeout=60),
+                                defer=False)
+        raise
     if res.status != 0:
         err = res.stderr.strip()
         if "wrong password" in err:

@@ -16,6 +16,7 @@ volume binds and the container dir.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role
@@ -169,6 +171,22 @@ def _write_etc(cdir: Path, rec: Record, dns: list[str]) -> list[spec.Mount]:
     return out
 
 
+#: the containers this dispatcher is making now: a record left ``creating`` that is not one
+#: of these was cut short by a dispatcher that died (:func:`unfinished`)
+CREATING: set[int] = set()
+#: fault tests only: the dispatcher dies once (per state dir) in a corex.create, its nics and
+#: forwards made, its container not started
+_CRASH_IN_CREATE = os.environ.get("CORE0_TEST_CRASH_IN_CREATE") == "1"
+
+
+def unfinished(state_dir: Path) -> list[int]:
+    """Containers a dead dispatcher was making (state ``creating``, not being made now):
+    nobody will finish them (their command was answered 503 interrupted), so they are
+    terminated at the next dispatcher's start."""
+    return [r.id for r in Store(state_dir).all() if r.state == "creating"
+            and r.id not in CREATING]
+
+
 async def create(ctx: Context, req: CreateRequest) -> int:
     """Create and start a container (detached: the runtime exits once the init runs);
     returns its id."""
@@ -176,9 +194,13 @@ async def create(ctx: Context, req: CreateRequest) -> int:
     st = _store(ctx)
     cid, cdir = rec.id, st.dir(rec.id)
     try:
+        if _CRASH_IN_CREATE and not (mark := st.state_dir / "test-crashed-in-create").exists():
+            mark.touch()
+            os._exit(70)
         rec.pid = await rt.run_detached(rec.runtime_id, cdir, cdir / "container.log")
         rec.state = "running"
         st.save(rec)
+        await asyncio.sleep(0)  # a kill held back while runc ran is raised here, undone below
         if req.restart != "no":
             rec.keeper = f"container-keeper.{st.tag}.{cid}"
             st.save(rec)
@@ -187,9 +209,11 @@ async def create(ctx: Context, req: CreateRequest) -> int:
                  "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
                 label=f"keeper of container {cid}"), protected=True)
     except BaseException:
-        with contextlib.suppress(Exception):
-            await teardown(ctx, rec, rt)
+        with contextlib.suppress(Exception):  # a second kill does not cut it short
+            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
         raise
+    finally:
+        CREATING.discard(cid)
     log.info("container %d (%s) started: pid %d, image %s", cid, rec.name, rec.pid,
              rec.image)
     return cid
@@ -204,6 +228,7 @@ async def prepare_foreground(ctx: Context, req: CreateRequest) -> tuple[Record, 
     cdir = _store(ctx).dir(rec.id)
     rec.state = "running"
     _store(ctx).save(rec)
+    CREATING.discard(rec.id)
     argv = rt.argv("run", "--bundle", str(cdir), "--pid-file", str(cdir / "init.pid"), "--",
                    rec.runtime_id)
     return rec, ProcessSpec(argv, label=f"container {rec.id}: {' '.join(req.command)}"[:200])
@@ -241,6 +266,7 @@ async def _prepare(ctx: Context, req: CreateRequest, image: str, meta: dict[str,
     init = runtime.find_init()
     with quota.admitted(ctx, st):  # the role's cap, counted with this reservation
         cid = st.allocate(req.prefer_id)
+        CREATING.add(cid)
         names = st.names(cid)
         rec = Record(id=cid, name=req.name, tags=list(req.tags), root=req.root, image=image,
                      hostname=req.hostname or f"core-{cid}", arguments=req.arguments,
@@ -306,8 +332,9 @@ async def _prepare(ctx: Context, req: CreateRequest, image: str, meta: dict[str,
             await ctx.to_thread(userns.reachable, ctx.config.state_dir, cdir, rec.userns_base)
         (cdir / "config.json").write_text(json.dumps(spec.build(sb)))
     except BaseException:
-        with contextlib.suppress(Exception):
-            await teardown(ctx, rec, rt)
+        with contextlib.suppress(Exception):  # a second kill does not cut it short
+            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
+        CREATING.discard(cid)
         raise
     return rec, rt
 
@@ -369,6 +396,10 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None)
         await zfsroots.destroy_clone(ctx, rec.clone_dataset)
     await ctx.long_work(roots.drop, _store(ctx).dir(rec.id))
     await ctx.to_thread(userns.free, ctx.config.state_dir, rec.id)
+    try:  # a guard made for a nic whose record a kill cut short: its container dir is gone
+        await netsetup.prune_guards(ctx)
+    except Exception as e:
+        errors.append(f"port guards: {e}")
     if errors:
         log.warning("container %d: cleanup errors: %s", rec.id, "; ".join(errors))
 

@@ -500,6 +500,12 @@ async def _guards(ctx: Context, add: portguard.Guard | None = None, drop: str = 
     await portguard.change(ctx, add, drop, alive)
 
 
+async def prune_guards(ctx: Context) -> None:
+    """Drop the port guards of containers whose directory is gone (no nft run when there are
+    none)."""
+    await _guards(ctx)
+
+
 async def _leased(ctx: Context, rec: Record, nic: Nic, index: int) -> Nic:
     """A ``dhcp`` nic's address from its DHCP server (the link is removed when none comes)."""
     if not nic.config.get("dhcp"):

@@ -101,6 +101,29 @@ def restore(engine: JobEngine, cfg: Config) -> int:
     return CONTAINERS.restore(engine, cfg)
 
 
+def terminate_unfinished(engine: JobEngine, cfg: Config) -> int:
+    """Dispatcher start: terminate (a ``corex.terminate`` job of core0's own each) the
+    containers a killed dispatcher was making — half made (a record, a root, a netns,
+    nics, forwards, maybe a started init), never to be finished: their ``corex.create`` is
+    answered 503 interrupted. Returns how many."""
+    from core0.sandbox import manager
+    from core0.sandbox.store import Store
+
+    n = 0
+    for cid in manager.unfinished(cfg.state_dir):
+        created = Store(cfg.state_dir).load(cid).created
+        cmd = Command(command="corex.terminate", arguments={"container": cid},
+                      id=f"unfinished:{cid}:{created}")
+        try:
+            engine.submit_internal(cmd)
+            log.info("container %d: its create was cut short by a dispatcher that died: "
+                     "terminated", cid)
+            n += 1
+        except Exception as e:
+            log.warning("unfinished container %d not terminated: %s", cid, e)
+    return n
+
+
 def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
     """Terminate (a ``corex.terminate`` job of core0's own) each running declared container
     whose declaration was removed meanwhile (e.g. while the node was down)."""

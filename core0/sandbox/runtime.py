@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core0 import cancel
 from core0.errors import Conflict, NotFound, PreconditionFailed, ToolError
 from core0.proc import process
 
@@ -113,9 +114,12 @@ class Runtime:
             os.close(nul)
         done = process.get_reaper().watch(sp.pid)
         try:
-            status = await asyncio.wait_for(asyncio.shield(done), timeout)
-        except TimeoutError:
-            process.killpg(sp.pid, signal.SIGKILL)
+            # a cancel waits for runc's end: cut short, it would leave a container running
+            # that the caller's clean-up, run at once, did not see yet
+            status = await cancel.atomic(asyncio.wait_for(asyncio.shield(done), timeout))
+        except BaseException:
+            if not done.done():
+                process.killpg(sp.pid, signal.SIGKILL)
             raise
         code, sig = process.exit_code(status)
         if code != 0:

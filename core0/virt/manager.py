@@ -25,6 +25,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
 from core0.init import libvirtd as embedded_libvirtd
 from core0.net import segments
@@ -42,6 +43,8 @@ from core0.virt.spec import (
     check_slot,
     host_limits,
     iotune_params,
+    params_of,
+    random_mac,
 )
 
 if TYPE_CHECKING:
@@ -336,13 +339,13 @@ class Virt:
         where = f"nics[{i}]"
         if n.type in ("vlan", "vxlan"):  # a port of the segment's bridge (made in create)
             _, _, bridge = segments.names(n.type, n.id, f"{where}.id")
-            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else _random_mac()
+            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else random_mac()
             return dx.Nic(bridge, mac, "bridge")
         if n.type == "bridge":
             if not n.id:
                 raise BadRequest(f"{where}.id: the bridge name is required", field=where)
             nv.ifname(n.id, f"{where}.id")
-            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else _random_mac()
+            mac = nv.mac(n.hwaddr, f"{where}.hwaddr") if n.hwaddr else random_mac()
             return guards.bridge_nic(self.node, dx.Nic(n.id, mac, "bridge"), where)
         return dx.Nic(self.node.config.virt.bridge, "", "default")
 
@@ -421,7 +424,7 @@ class Virt:
                 self._save_record(uuid, rec)
                 kernel, initrd = await asyncio.to_thread(boot.paths, vmdir)
                 meta: dict[str, Any] = {"tags": list(args.tags or ctx.tags),
-                                        "params": _params(args), "owner": owner.to_json()}
+                                        "params": params_of(args), "owner": owner.to_json()}
                 if declared:
                     meta["declared"] = declared
                 if defaults:
@@ -463,9 +466,10 @@ class Virt:
                 self.owners.note(uuid, owner)  # before its first event
                 lv = libvirt_module()
                 undo.append(lambda: self.guards.sync())  # (after the destroy below)
-                try:  # paused: nothing runs until qemu's files are checked
-                    dom = await self.conn.call(
-                        lambda c: c.createXML(xml, lv.VIR_DOMAIN_START_PAUSED))
+                try:  # paused: nothing runs until qemu's files are checked (to its end when
+                    # cancelled meanwhile: the next await raises, and the domain is undone)
+                    dom = await cancel.atomic(self.conn.call(
+                        lambda c: c.createXML(xml, lv.VIR_DOMAIN_START_PAUSED)))
                 except Exception as e:
                     raise lv_error(e, "libvirt refused the VM") from None
                 undo.append(lambda: self.conn.call(lambda c: dom.destroy()))
@@ -476,9 +480,7 @@ class Virt:
                 except Exception as e:
                     raise lv_error(e, "resume of the new VM") from None
             except BaseException:
-                for fn in reversed(undo):
-                    with contextlib.suppress(Exception):
-                        await fn()
+                await cancel.atomic(undone(undo), defer=False)  # (a second kill waits)
                 raise
             finally:
                 self.creating.discard(uuid)
@@ -581,20 +583,8 @@ class Virt:
             self._save_record(uuid, rec)
 
 
-def _random_mac() -> str:
-    b = bytearray(os.urandom(6))
-    b[0] = (b[0] & 0xfe) | 0x02  # unicast, locally administered
-    return ":".join(f"{x:02x}" for x in b)
-
-
-def _params(args: CreateArgs) -> dict[str, Any]:
-    """The create arguments kept in the domain's metadata (0-core's ``params``)."""
-    return {"name": args.name, "cpu": args.cpu, "memory": args.memory,
-            "media": [{k: val for k, val in (("url", m.url), ("path", m.path), ("type", m.type),
-                                             ("bus", m.bus), ("overlay", m.overlay))
-                       if val is not None} for m in args.media],
-            "nics": [{k: val for k, val in (("type", n.type), ("id", n.id),
-                                             ("hwaddr", n.hwaddr)) if val is not None}
-                     for n in args.nics],
-            "port": dict(args.port or {}), "vnc": args.vnc, "kernel": args.kernel,
-            "initrd": args.initrd, "cmdline": args.cmdline}
+async def undone(undo: list[Any]) -> None:
+    """Undo what a create made, last first (each step's failure ignored)."""
+    for fn in reversed(undo):
+        with contextlib.suppress(Exception):
+            await fn()

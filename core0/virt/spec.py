@@ -354,3 +354,23 @@ class MigrateArgs(Schema):
                                         "default; false: libvirt copies the disks (the "
                                         "destination needs files of the same size at the "
                                         "same paths)")] = True
+
+
+def random_mac() -> str:
+    """A random unicast, locally administered MAC (a nic given none)."""
+    b = bytearray(os.urandom(6))
+    b[0] = (b[0] & 0xfe) | 0x02  # unicast, locally administered
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def params_of(args: CreateArgs) -> dict[str, Any]:
+    """The create arguments kept in the domain's metadata (0-core's ``params``)."""
+    return {"name": args.name, "cpu": args.cpu, "memory": args.memory,
+            "media": [{k: val for k, val in (("url", m.url), ("path", m.path), ("type", m.type),
+                                             ("bus", m.bus), ("overlay", m.overlay))
+                       if val is not None} for m in args.media],
+            "nics": [{k: val for k, val in (("type", n.type), ("id", n.id),
+                                             ("hwaddr", n.hwaddr)) if val is not None}
+                     for n in args.nics],
+            "port": dict(args.port or {}), "vnc": args.vnc, "kernel": args.kernel,
+            "initrd": args.initrd, "cmdline": args.cmdline}

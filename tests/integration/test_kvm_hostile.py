@@ -205,6 +205,36 @@ def test_media_swapped_between_check_and_start(env: Env) -> None:
             env.admin.sync("kvm.destroy", {"uuid": uuid})
 
 
+def test_a_create_killed_while_libvirt_makes_the_domain(env: Env) -> None:
+    """``job.kill`` of a kvm.create at delays from 0 to 150 ms after the node's hold (just
+    before libvirt makes the domain), so that some land while libvirt makes it: each is
+    KILLED (or, past the create, SUCCESS) and no killed create leaves a domain — before,
+    the domain libvirt made after the cancel stayed (paused, its qemu running, its tap)."""
+    img = env.root / "images"
+    _img("-f", "raw", str(img / "killed.raw"), "1M")
+    hold = env.base / "hold"
+    states = []
+    for ms in range(0, 160, 10):
+        job = env.op.raw("kvm.create", {"name": "held", "memory": 32, "media": [
+            {"url": "/images/killed.raw", "format": "raw"}]})
+        try:
+            assert wait_until(lambda: (hold / "held").exists(), 60)
+            (hold / "held").unlink()
+            (hold / "go").touch()
+            time.sleep(ms / 1000)
+            env.op.json("job.kill", {"id": job.id})
+            res = job.get(120)
+        finally:
+            (hold / "go").unlink()
+        states.append(res.state.value)
+        if res.state.value == "SUCCESS":
+            env.op.sync("kvm.destroy", {"uuid": json.loads(res.data)})
+        else:
+            assert res.state.value == "KILLED", res
+            assert _domains(env) == [], f"killed {ms} ms after the hold: a domain is left"
+    assert "KILLED" in states, states
+
+
 def test_new_image_name_swapped_for_a_symlink(env: Env) -> None:
     """kvm.create-image's output name flipping between absent and a symlink to a host file:
     the host file is never written (core0 creates the file itself, O_EXCL|O_NOFOLLOW, and

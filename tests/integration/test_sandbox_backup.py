@@ -188,6 +188,33 @@ def test_a_backup_cut_short_leaves_no_frozen_container(cnode: ContainerNode,
         ok(cnode, "corex.terminate", {"container": cid})
 
 
+def test_a_killed_backup_leaves_no_lock(cnode: ContainerNode, image: str) -> None:
+    """``job.kill`` while restic reads: KILLED, the container runs again, and restic was
+    stopped with SIGINT, on which it removes its lock — before, SIGKILL left a stale lock in
+    the repository for every later command to meet."""
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    url = f"{repo}?password=k"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    try:
+        ok(cnode, "corex.backup", {"container": cid, "url": url})  # the repository
+        got = inside(cnode, cid, "dd if=/dev/urandom of=/big bs=1M count=400 2>/dev/null; "
+                                 "echo made", timeout=120)
+        assert got.stdout == "made\n", got
+        c = cnode.client()
+        try:
+            job = c.raw("corex.backup", {"container": cid, "url": url})
+            assert wait_until(lambda: any((repo / "locks").iterdir()), 60, 0.02)
+            c.json("job.kill", {"id": job.id})
+            res = job.get(120)
+        finally:
+            c.close()
+        assert res.state.value == "KILLED", res
+        assert list((repo / "locks").iterdir()) == []
+        assert inside(cnode, cid, "echo alive").stdout == "alive\n"
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+
+
 def test_a_crafted_snapshot_leads_nowhere_outside(cnode: ContainerNode, image: str) -> None:
     """A repository is its user's: a snapshot whose root is a symlink to a host directory
     (made with restic itself) restores nothing from the host — the restored tree is

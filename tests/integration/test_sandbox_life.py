@@ -19,6 +19,7 @@ from conftest import wait_until
 from sandbox_fixtures import (
     ContainerNode,
     busybox_rootfs,
+    call,
     container_node,
     dispatcher_or_zero,
     inside,
@@ -363,4 +364,37 @@ def test_inner_job_never_spawned_runs_inside_after_a_restart(
         assert res.container == cid
         assert not Path(f"/tmp/{mark}").exists(), "the container's command ran on the host"
         assert inside(node, cid, f"cat /tmp/{mark}").stdout == "ran\n"
+        ok(node, "corex.terminate", {"container": cid})
+
+
+def test_a_create_cut_short_by_a_dead_dispatcher_is_undone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher dies (a fault hook, once) in a ``corex.create`` whose root, netns,
+    nic, port guard and forward are made: the command is answered 503 (interrupted) and the
+    next dispatcher terminates the half-made container — nothing of it is left. Before, it
+    stayed (listed, with its netns, veth, guard and forward) until someone terminated it."""
+    monkeypatch.setenv("CORE0_TEST_CRASH_IN_CREATE", "1")
+    with container_node() as node:
+        root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=node.dir)) / "rootfs")
+        ok(node, "container.image.import", {"name": "bb", "source": str(root)})
+        tag = node_tag(node)
+        old = dispatcher_or_zero(node)
+        res = call(node, "corex.create", {"root": "bb", "nics": [{"type": "default"}],
+                                          "port": {"18080": 80}}, 120)
+        assert (res.state.value, res.code) == ("ERROR", 503), res.data
+        assert (node.state_dir / "test-crashed-in-create").exists()
+        assert dispatcher_or_zero(node) not in (0, old)
+
+        def gone() -> bool:
+            snap = snapshot(node)
+            return (snap["netns"] == [] and snap["nft_rules"] == 0 and snap["files"] == []
+                    and snap["runtime"] == [] and snap["cgroups"] == []
+                    and snap["mounts"] == []
+                    and not any(ln.startswith("vc" + tag[:4]) for ln in snap["links"]))
+
+        assert wait_until(gone, 60), snapshot(node)
+        assert ok(node, "corex.list", {}) == {}
+        guards = node.state_dir / "net" / "guards.json"
+        assert json.loads(guards.read_text() if guards.exists() else "{}") == {}
+        cid = ok(node, "corex.create", {"root": "bb", "nics": [{"type": "default"}]})
         ok(node, "corex.terminate", {"container": cid})

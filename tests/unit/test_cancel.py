@@ -147,3 +147,63 @@ def test_wait_holds_the_cancelled_task_until_the_thread_ends() -> None:
 
     back = asyncio.run(main())
     assert len(ended) == 1 and ended[0] <= back
+
+
+def test_atomic_finishes_the_step_and_then_raises_the_cancel() -> None:
+    """A step cancelled meanwhile runs to its end; its result reaches the caller, whose next
+    await raises the cancel (so the caller's clean-up knows the step's effect); a failed
+    step gives CancelledError; a clean-up (``defer=False``) drops further cancels."""
+    log: list[str] = []
+
+    async def step(ok: bool) -> str:
+        await asyncio.sleep(0.2)
+        log.append("step done")
+        if not ok:
+            raise RuntimeError("failed")
+        return "made"
+
+    async def caller(ok: bool) -> None:
+        try:
+            got = await cancel.atomic(step(ok))
+            log.append(f"got {got}")
+            await asyncio.sleep(1)
+            log.append("not reached")
+        except asyncio.CancelledError:
+            log.append("cancelled")
+
+            async def cleanup() -> None:
+                await asyncio.sleep(0.2)
+                log.append("cleaned")
+
+            await cancel.atomic(cleanup(), defer=False)
+            raise
+
+    async def main(ok: bool) -> None:
+        t = asyncio.ensure_future(caller(ok))
+        await asyncio.sleep(0.05)
+        t.cancel()
+        await asyncio.sleep(0.3)  # in the clean-up now: a second cancel is dropped
+        t.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await t
+
+    asyncio.run(main(True))
+    assert log == ["step done", "got made", "cancelled", "cleaned"]
+    log.clear()
+    asyncio.run(main(False))
+    assert log == ["step done", "cancelled", "cleaned"]
+
+
+def test_atomic_keeps_a_max_time_a_timeout() -> None:
+    """asyncio.timeout (a job's max_time) still ends in TimeoutError when its cancel was
+    held back by a step: the count of cancels is the one asyncio.timeout expects."""
+    async def main() -> str:
+        try:
+            async with asyncio.timeout(0.05):
+                await cancel.atomic(asyncio.sleep(0.2))
+                await asyncio.sleep(1)
+        except TimeoutError:
+            return "timeout"
+        return "no"
+
+    assert asyncio.run(main()) == "timeout"
