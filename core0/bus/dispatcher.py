@@ -17,7 +17,6 @@ import os
 import signal
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from core0_client.protocol import (
@@ -337,15 +336,10 @@ class Dispatcher:
                 log.error("persistent disk %s not mounted: declared containers and VMs stay "
                           "down", self.cfg.main.persistent_device)
                 return
-        try:  # what a killed dispatcher's pulls, imports, restores, downloads, creates left
-            from core0.sandbox import images, persist
-            from core0.virt import fetch
+        try:  # what a killed dispatcher left
+            from core0.boot import leftovers
 
-            persist.terminate_unfinished(self.engine, self.cfg)
-
-            await asyncio.to_thread(images.sweep_leftovers, self.cfg.state_dir, self.started)
-            await asyncio.to_thread(fetch.sweep_parts, Path(self.cfg.virt.dir) / "cache",
-                                    self.started)
+            await leftovers.sweep(self.engine, self.cfg, self.started)
         except Exception:
             log.exception("leftovers of a killed dispatcher not removed")
         try:  # declared containers come back: core0/sandbox/persist.py

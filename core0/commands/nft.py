@@ -342,3 +342,19 @@ async def show(ctx: Context, args: NoArgs) -> dict[str, Any]:
         raise ToolError(res.argv, res.status, res.stderr, res.stdout)
     text = await ctx.run(["nft", "list", "table", nft.FAMILY, nft.TABLE], timeout=30)
     return {"text": text.stdout, "rules": nft.parse_live(json.loads(res.stdout))}
+
+
+@command("nft.reconcile", NoArgs, role=Role.ADMIN, internal=True)
+async def reconcile(ctx: Context, args: NoArgs) -> bool:
+    """Load core0's table and the port guards again from the saved network state, so that
+    the kernel holds exactly what the state says: a dispatcher killed between an ``nft -f``
+    and the record of it left rules the state lacks (a forward that no command could
+    remove), and a table deleted behind core0's back comes back. Submitted at each
+    dispatcher start by a node that has set up nft before (core0/boot/leftovers.py)."""
+    from core0.net import portguard
+
+    async with netstate.LOCK:
+        st = netstate.load(ctx.config.state_dir)
+        await netstate.commit(ctx, st)
+    await portguard.change(ctx, refresh=bool(portguard.load(ctx.config.state_dir)))
+    return True

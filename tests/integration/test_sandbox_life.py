@@ -398,3 +398,28 @@ def test_a_create_cut_short_by_a_dead_dispatcher_is_undone(
         assert json.loads(guards.read_text() if guards.exists() else "{}") == {}
         cid = ok(node, "corex.create", {"root": "bb", "nics": [{"type": "default"}]})
         ok(node, "corex.terminate", {"container": cid})
+
+
+def test_the_nft_table_agrees_with_the_state_after_a_restart() -> None:
+    """A rule in core0's table that its saved state lacks (what a dispatcher killed between
+    an ``nft -f`` and the record of it leaves: a forward no command could remove) is gone
+    after the next dispatcher's start, and the forwards the state has are still in force."""
+    with container_node() as node:
+        ok(node, "nft.forward_add", {"owner": "user:kept", "ip": "172.18.9.9",
+                                     "forwards": {"18998": 80}})
+
+        def rules() -> str:
+            return subprocess.run(["ip", "netns", "exec", node.ns.name, "nft", "list", "table",
+                                   "inet", "core0"], capture_output=True, text=True,
+                                  check=True).stdout
+
+        subprocess.run(["ip", "netns", "exec", node.ns.name, "nft", "add", "rule", "inet",
+                        "core0", "prerouting", "tcp", "dport", "18999", "dnat", "ip", "to",
+                        "172.18.9.10:80", "comment", '"owner=container:9"'], check=True)
+        assert "18999" in rules() and "18998" in rules()
+        old = dispatcher_or_zero(node)
+        os.kill(old, signal.SIGKILL)
+        assert wait_until(lambda: dispatcher_or_zero(node) not in (0, old), 60)
+        assert wait_until(lambda: "18999" not in rules(), 30), rules()
+        assert "18998" in rules()
+        assert [f["owner"] for f in ok(node, "nft.forward_list", {})] == ["user:kept"]
