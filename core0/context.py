@@ -147,8 +147,10 @@ class Context:
         async with _THREADS:
             return await cancel.in_thread(fn, *args)
 
-    async def long_work(self, fn: Callable[..., T], *args: Any) -> T:
+    async def long_work(self, fn: Callable[..., T], *args: Any, wait: bool = False) -> T:
         """Run long blocking work (a download, an image unpacked, a tree chowned) in a
         thread of its own pool, so that slow transfers never hold up the short library calls
-        of :meth:`to_thread` (``ip.*``, ``info.*``…); cancelled as :meth:`to_thread`'s."""
-        return await cancel.long_work(fn, *args)
+        of :meth:`to_thread` (``ip.*``, ``info.*``…); cancelled as :meth:`to_thread`'s
+        (``wait``: the cancelled job waits for the thread to stop, e.g. before it removes
+        what the thread writes into)."""
+        return await cancel.long_work(fn, *args, wait=wait)

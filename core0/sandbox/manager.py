@@ -113,12 +113,13 @@ async def import_image(ctx: Context, name: str, source: str, ref: str = "",
     if images.image_dir(sd, name).exists():  # left by an import that died half way
         await zfsroots.destroy_image(ctx, store, name)
     await zfsroots.create_image(ctx, store, name)
-    try:
-        meta = await ctx.long_work(images.import_blocking, sd, name, source, ref, origin, True)
+    try:  # (a cancel waits for the unpacking to stop: a dataset in use is not destroyed)
+        meta = await ctx.long_work(images.import_blocking, sd, name, source, ref, origin, True,
+                                   wait=True)
         await zfsroots.seal_image(ctx, store, name)
     except BaseException:
         with contextlib.suppress(Exception):
-            await zfsroots.destroy_image(ctx, store, name)
+            await cancel.atomic(zfsroots.destroy_image(ctx, store, name), defer=False)
         raise
     return meta
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
+from conftest import wait_until
 from sandbox_fixtures import busybox_rootfs, container_node
 
 pytest_plugins = ["storage_fixtures"]
@@ -35,6 +37,21 @@ def test_zfs_dataset_and_clone_per_start(zfs_daemon, pools, tmp_path: Path  # ty
                        check=True, capture_output=True)
         c = node.client()
         try:
+            # an import killed while it unpacks into its dataset: the unpacking stops, and
+            # only then is the dataset destroyed (a dataset in use was left before)
+            big = tmp_path / "big"
+            for i in range(40):
+                (big / f"d{i}").mkdir(parents=True)
+                for j in range(250):
+                    (big / f"d{i}" / f"f{j}").write_bytes(b"x" * 512)
+            job = c.raw("container.image.import", {"name": "big", "source": str(big)})
+            assert wait_until(lambda: len(datasets(f"{pool}/images")) > 1, 60, 0.05)
+            time.sleep(0.3)
+            c.json("job.kill", {"id": job.id})
+            r = job.get(120)
+            assert r.state.value == "KILLED", r.data
+            assert wait_until(lambda: datasets(f"{pool}/images") == [f"{pool}/images"], 60)
+            assert json.loads(c.raw("container.image.list", {}).get(60).data) == []
             r = c.raw("container.image.import", {"name": "bb", "source": str(rootfs)}).get(120)
             assert r.state.value == "SUCCESS", r.data
             assert json.loads(r.data)["storage"] == "zfs"
