@@ -52,12 +52,10 @@ async def in_thread(fn: Callable[..., T], *args: Any, wait: bool = False,
     that holds something the caller releases after it, e.g. a disk slot being written); by
     default it does not."""
     token = threading.Event()
-    reset = _TOKEN.set(token)
-    try:
-        call = functools.partial(contextvars.copy_context().run, fn, *args)  # token included
-    finally:
-        _TOKEN.reset(reset)
-    fut = asyncio.get_running_loop().run_in_executor(pool, call)
+    ctx = contextvars.copy_context()  # the caller's, with the token set in the copy only
+    ctx.run(_TOKEN.set, token)
+    fut = asyncio.get_running_loop().run_in_executor(pool, functools.partial(ctx.run, fn,
+                                                                             *args))
     try:
         return await (asyncio.shield(fut) if wait else fut)
     except asyncio.CancelledError:

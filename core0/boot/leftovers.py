@@ -15,7 +15,6 @@ removed or made to agree with core0's records here:
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +28,6 @@ from core0.virt import fetch
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.jobs.engine import JobEngine
-
-log = logging.getLogger(__name__)
 
 
 async def sweep(engine: JobEngine, cfg: Config, started: float) -> None:

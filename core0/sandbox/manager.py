@@ -180,11 +180,11 @@ CREATING: set[int] = set()
 _CRASH_IN_CREATE = os.environ.get("CORE0_TEST_CRASH_IN_CREATE") == "1"
 
 
-def unfinished(state_dir: Path) -> list[int]:
+def unfinished(state_dir: Path) -> list[Record]:
     """Containers a dead dispatcher was making (state ``creating``, not being made now):
     nobody will finish them (their command was answered 503 interrupted), so they are
     terminated at the next dispatcher's start."""
-    return [r.id for r in Store(state_dir).all() if r.state == "creating"
+    return [r for r in Store(state_dir).all() if r.state == "creating"
             and r.id not in CREATING]
 
 

@@ -31,6 +31,7 @@ from core0.declared import MAX_DECLARED, Declarations, base, spec_hash
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.jobs.engine import JobEngine
+    from core0.sandbox.store import Record
 
 __all__ = ["MAX_DECLARED", "base", "declaration", "declare", "declared", "link_images",
            "name_lock", "restore", "spec_hash", "undeclare"]
@@ -102,26 +103,27 @@ def restore(engine: JobEngine, cfg: Config) -> int:
 
 
 def terminate_unfinished(engine: JobEngine, cfg: Config) -> int:
-    """Dispatcher start: terminate (a ``corex.terminate`` job of core0's own each) the
-    containers a killed dispatcher was making — half made (a record, a root, a netns,
-    nics, forwards, maybe a started init), never to be finished: their ``corex.create`` is
-    answered 503 interrupted. Returns how many."""
+    """Dispatcher start: terminate the containers a killed dispatcher was making — half made
+    (a record, a root, a netns, nics, forwards, maybe a started init), never to be finished:
+    their ``corex.create`` is answered 503 interrupted. Returns how many."""
     from core0.sandbox import manager
-    from core0.sandbox.store import Store
 
-    n = 0
-    for cid in manager.unfinished(cfg.state_dir):
-        created = Store(cfg.state_dir).load(cid).created
-        cmd = Command(command="corex.terminate", arguments={"container": cid},
-                      id=f"unfinished:{cid}:{created}")
-        try:
-            engine.submit_internal(cmd)
-            log.info("container %d: its create was cut short by a dispatcher that died: "
-                     "terminated", cid)
-            n += 1
-        except Exception as e:
-            log.warning("unfinished container %d not terminated: %s", cid, e)
-    return n
+    return sum(_terminate(engine, rec, f"unfinished:{rec.id}:{rec.created}",
+                          "its create was cut short by a dispatcher that died")
+               for rec in manager.unfinished(cfg.state_dir))
+
+
+def _terminate(engine: JobEngine, rec: Record, job_id: str, why: str) -> bool:
+    """Submit a ``corex.terminate`` job of core0's own for ``rec`` (logged); False when it
+    could not be submitted."""
+    cmd = Command(command="corex.terminate", arguments={"container": rec.id}, id=job_id)
+    try:
+        engine.submit_internal(cmd)
+    except Exception as e:
+        log.warning("container %s (%d) not terminated: %s", rec.name, rec.id, e)
+        return False
+    log.info("container %s (%d): %s, terminated", rec.name, rec.id, why)
+    return True
 
 
 def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
@@ -131,13 +133,6 @@ def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:
 
     names = {d["name"] for d in declared(cfg)}
     for rec in Store(cfg.state_dir).all():
-        if not rec.spec_hash or rec.name in names:
-            continue
-        cmd = Command(command="corex.terminate", arguments={"container": rec.id},
-                      id=f"undeclared:{rec.id}:{rec.created}")
-        try:
-            engine.submit_internal(cmd)
-            log.info("declared container %s (%d): no declaration any more, terminated",
-                     rec.name, rec.id)
-        except Exception as e:
-            log.warning("undeclared container %s not terminated: %s", rec.name, e)
+        if rec.spec_hash and rec.name not in names:
+            _terminate(engine, rec, f"undeclared:{rec.id}:{rec.created}",
+                       "declared, no declaration any more")
