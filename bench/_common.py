@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,3 +86,42 @@ def event_loop() -> str:
     from core0.bus.dispatcher import loop_factory
 
     return "asyncio" if loop_factory() is None else "uvloop"
+
+
+#: the guest's halt polling (drivers/cpuidle/governors/haltpoll.c): how long an idle vCPU of
+#: a KVM guest polls for work before it halts; the kernel's default is 200,000 ns
+HALT_POLL = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+
+
+def idle_setting() -> str:
+    """How this machine's CPUs idle, for a bench's header: the cpuidle driver and, on a KVM
+    guest with cpuidle-haltpoll, its halt polling (0: an idle vCPU halts at once, and waking
+    it is a trip through the hypervisor: docs/performance.md, "Halt polling")."""
+    try:
+        driver = Path("/sys/devices/system/cpu/cpuidle/current_driver").read_text().strip()
+    except OSError:
+        return "cpuidle: unknown"
+    try:
+        poll = int(HALT_POLL.read_text())
+    except (OSError, ValueError):
+        return f"cpuidle: {driver}"
+    return f"cpuidle: {driver}, guest halt polling {poll:,} ns" + (" (off)" if poll == 0 else "")
+
+
+@contextlib.contextmanager
+def halt_polling(ns: int | None) -> Iterator[None]:
+    """Run the block with the guest's halt polling set to ``ns`` (None: as it is), and put
+    the machine's own setting back after it, whatever happens."""
+    if ns is None:
+        yield
+        return
+    try:
+        old = HALT_POLL.read_text().strip()
+    except OSError as e:
+        raise SystemExit(f"--halt-poll-ns: this machine has no {HALT_POLL} ({e.strerror})") \
+            from None
+    HALT_POLL.write_text(str(ns))
+    try:
+        yield
+    finally:
+        HALT_POLL.write_text(old)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import psutil
 import redis
-from _common import ROOT, event_loop, rate, start_core0, stop, table
+from _common import ROOT, event_loop, halt_polling, idle_setting, rate, start_core0, stop, table
 from _floor import floors
 
 Factory = Callable[[float], redis.Redis]
@@ -210,7 +210,17 @@ def main() -> None:
                          "last CPU: the chain's CPU cost without cross-CPU wakeups), split "
                          "(servers on the last CPU, the client on the first: a client of "
                          "its own, as a remote one)")
+    ap.add_argument("--halt-poll-ns", type=int, default=None,
+                    help="run with the KVM guest's halt polling set to this (the kernel's "
+                         "default is 200000; the machine's own setting is put back after)")
     ns = ap.parse_args()
+    with halt_polling(ns.halt_poll_ns):
+        run(ns)
+
+
+def run(ns: argparse.Namespace) -> None:
+    """The rounds and the report (main's options in ``ns``)."""
+    idle = idle_setting()
     dirs = scratch_dirs()
     runs: dict[tuple[str, str, str, str], list[float]] = {}
     #: CPU seconds of each server/worker process over the rounds, and the commands done
@@ -280,7 +290,8 @@ def main() -> None:
         rows.append(("tmpfs, tcp: sequential vs rq (SimpleWorker)", f"{rq_rate:.0f}",
                      f"{c_r:.0f}", f"{c_r / rq_rate:.1f}×", "", "", "", ""))
     print(f"bench/ping.py — median of {ns.rounds} interleaved rounds, {time.strftime('%F')}, "
-          f"{os.cpu_count()} CPUs, placement: {ns.pin}, dispatcher loop: {event_loop()}")
+          f"{os.cpu_count()} CPUs, placement: {ns.pin}, dispatcher loop: {event_loop()}; "
+          f"{idle}")
     table(rows)
     # CPU per command: where the work is, free of the scheduler's placement luck (a round
     # trip's rate also depends on which vCPU each process wakes up on)

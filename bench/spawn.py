@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 
 import redis
-from _common import ROOT, event_loop, tmpdir
+from _common import ROOT, event_loop, halt_polling, idle_setting, tmpdir
 from _floor import floors
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -156,7 +156,17 @@ def main() -> None:
     ap.add_argument("--disk", action="store_true", help="state dir on disk instead of tmpfs")
     ap.add_argument("--cpu", action="store_true",
                     help="the dispatcher's CPU time per command instead (n defaults to 1000)")
+    ap.add_argument("--halt-poll-ns", type=int, default=None,
+                    help="run with the KVM guest's halt polling set to this (the kernel's "
+                         "default is 200000; the machine's own setting is put back after)")
     opts = ap.parse_args()
+    with halt_polling(opts.halt_poll_ns):
+        run(opts)
+
+
+def run(opts: argparse.Namespace) -> None:
+    """The rounds and the report (main's options in ``opts``)."""
+    idle = idle_setting()
     from conftest import start_node
 
     base = Path(tmp := (os.path.join(ROOT, "build", "bench-spawn") if opts.disk else ""))
@@ -218,7 +228,7 @@ def main() -> None:
     where = "disk" if opts.disk else "tmpfs"
     print(f"state dir on {where}; {opts.rounds} rounds of {opts.n} each (bare spawn, ping, "
           f"system in turn; medians); bare posix_spawn+wait = {statistics.median(bares):.2f} "
-          f"ms; dispatcher loop: {event_loop()}")
+          f"ms; dispatcher loop: {event_loop()}; {idle}")
     print(f"{'ballast':>8} {'ping ms':>8} {'system ms':>10} {'overhead/bare':>14} "
           f"{'(rounds)':>12} {'8 in flight/s':>14} {'bash -c true ms':>16}")
     for ballast, rounds, rate8, bash in rows:
