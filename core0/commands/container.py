@@ -17,6 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+from core0 import cancel
 from core0.context import Context, ProcessSpec
 from core0.declared import declared_role
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
@@ -256,8 +257,8 @@ async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, 
         st = await rt.state(r.runtime_id) if r.state == "running" else None
         if r.spec_hash == h and st is not None and st.status == "running":
             return r.id
-    for r in same:
-        await manager.teardown(ctx, r, rt)
+    for r in same:  # (to its end: a kill meanwhile is raised after it)
+        await cancel.atomic(manager.teardown(ctx, r, rt))
     return h, int(decl.get("id") or 0) if decl else 0
 
 

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.sandbox import manager
 from core0.sandbox.store import Record, Store
 
@@ -38,7 +39,8 @@ async def settle(ctx: Context, job_id: str) -> None:
     for rec in Store(ctx.config.state_dir).all():
         if rec.service == job_id:
             log.info("container %d of %s: left by an earlier run, torn down", rec.id, job_id)
-            await manager.teardown(ctx, rec)
+            # to its end, a kill meanwhile raised after it (never a container half torn down)
+            await cancel.atomic(manager.teardown(ctx, rec))
 
 
 def watch(ctx: Context, rec: Record) -> None:

@@ -227,9 +227,20 @@ async def prepare_foreground(ctx: Context, req: CreateRequest) -> tuple[Record, 
     tears it down (:func:`teardown`) when that process has ended."""
     rec, rt = await prepare(ctx, req)
     cdir = _store(ctx).dir(rec.id)
-    rec.state = "running"
-    _store(ctx).save(rec)
-    CREATING.discard(rec.id)
+    try:
+        rec.state = "running"
+        _store(ctx).save(rec)
+        # a kill (or max_time) held back by the last step (the forwards' nft -f runs to its
+        # end, cancel.atomic) is raised here and undone below: raised only once the job's
+        # process was spawned, it ended the job KILLED without the end of its run, and the
+        # container ran on, held by nobody
+        await asyncio.sleep(0)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
+        raise
+    finally:
+        CREATING.discard(rec.id)
     argv = rt.argv("run", "--bundle", str(cdir), "--pid-file", str(cdir / "init.pid"), "--",
                    rec.runtime_id)
     return rec, ProcessSpec(argv, label=f"container {rec.id}: {' '.join(req.command)}"[:200])
@@ -424,12 +435,19 @@ async def terminate(ctx: Context, cid: int) -> Record | None:
     except NotFound:
         # allocated by a create that died before its first record (written under the
         # store's lock with the allocation): only the dir is left, of nobody
-        await ctx.long_work(roots.drop, st.dir(cid))
-        await ctx.to_thread(userns.free, ctx.config.state_dir, cid)
+        await cancel.atomic(_drop_dir(ctx, cid), defer=False)
         return None
     access.check(ctx, rec)
-    await teardown(ctx, rec)
+    # once begun, run to its end (a kill or max_time meanwhile is dropped: what is torn
+    # down cannot be put back): cut short, it left the container listed half torn down, or
+    # (cut in the removal of its dir, whose thread went on) gone with its uid range held
+    await cancel.atomic(teardown(ctx, rec), defer=False)
     return rec
+
+
+async def _drop_dir(ctx: Context, cid: int) -> None:
+    await ctx.long_work(roots.drop, _store(ctx).dir(cid))
+    await ctx.to_thread(userns.free, ctx.config.state_dir, cid)
 
 
 # ---------------------------------------------------------------- describe
