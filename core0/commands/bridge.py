@@ -10,11 +10,13 @@ namespace.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
+from core0 import cancel
 from core0.commands.ip import keep_core0_links
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed, Unavailable
@@ -187,7 +189,9 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
         if br.name in st.bridges:
             raise Conflict(f"bridge {br.name} exists already")
         _dns_not_forwarded(br, st)
-        await _netlink(ctx, lambda r: _build(r, br))
+        # made whole even when the job is killed meanwhile (the kill then comes in the try
+        # below, whose clean-up removes it): a link made after the kill stayed, unrecorded
+        await cancel.atomic(_netlink(ctx, lambda r: _build(r, br)))
         new = st.copy()
         new.bridges[br.name] = br
         try:
@@ -195,11 +199,18 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
             if br.mode in ("static", "dnsmasq"):
                 await dnsmasq.start(ctx, br)
         except BaseException:
-            await dnsmasq.stop(ctx, br.name, remove=True)
-            await _netlink(ctx, lambda r: nl.link_del(r, br.name))
-            await netstate.commit(ctx, st, new)
+            await cancel.atomic(_unmake(ctx, br.name, st, new), defer=False)
             raise
     return await _info(ctx, br.name)
+
+
+async def _unmake(ctx: Context, name: str, st: netstate.NetState,
+                  new: netstate.NetState) -> None:
+    """Undo a bridge.create cut short: its dnsmasq, its link, the state before it."""
+    await dnsmasq.stop(ctx, name, remove=True)
+    with contextlib.suppress(NotFound):
+        await _netlink(ctx, lambda r: nl.link_del(r, name))
+    await netstate.commit(ctx, st, new)
 
 
 @dataclass(frozen=True)
@@ -229,11 +240,16 @@ async def delete(ctx: Context, args: NameArgs) -> None:
                     nl.link_get(r, args.name)["type"] == "bridge":
                 nl.link_del(r, args.name)
 
-        await dnsmasq.stop(ctx, args.name, remove=True)
-        await _netlink(ctx, drop)
         new = st.copy()
         del new.bridges[args.name]
-        await netstate.commit(ctx, new, st)
+
+        async def unmake() -> None:
+            await dnsmasq.stop(ctx, args.name, remove=True)
+            await _netlink(ctx, drop)
+            await netstate.commit(ctx, new, st)
+
+        # to its end once begun: killed half-way, the bridge was recorded without its dnsmasq
+        await cancel.atomic(unmake())
 
 
 @command("bridge.list", role=Role.READ_ONLY)

@@ -23,7 +23,9 @@ import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from core0 import cancel
 from core0.proc.spawn import (
     block_sigchld,
     exited_children,
@@ -325,7 +327,9 @@ async def read_all(fd: int, limit: int) -> bytes:
     return b"".join(chunks)[-limit:]
 
 
-async def _write_all(fd: int, data: bytes) -> None:
+async def _write_all(fd: int, data: bytes, closed: list[int]) -> None:
+    """Write ``data`` to the non-blocking pipe ``fd``, then close it (the tool sees EOF) and
+    note that in ``closed``."""
     loop = asyncio.get_running_loop()
     ev = asyncio.Event()
     loop.add_writer(fd, ev.set)
@@ -343,6 +347,22 @@ async def _write_all(fd: int, data: bytes) -> None:
     finally:
         loop.remove_writer(fd)
         os.close(fd)
+        closed.append(fd)
+
+
+async def ended(futs: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel ``futs`` (the readers and writers of a tool's pipes) and wait until each has
+    ended, a further cancel of the caller notwithstanding (it is delivered after).
+
+    A reader takes its fd off the event loop in its own clean-up, which must run before the
+    fd is closed: closed first, the fd's number is handed to the next socket or file opened
+    while the loop still watches it — uvloop then aborts the whole process (libuv's
+    ``epoll_ctl`` fails on it), and asyncio's own loop takes the new owner's reader away when
+    the old reader's clean-up runs."""
+    for f in futs:
+        f.cancel()
+    if futs:
+        await cancel.atomic(asyncio.wait(futs))
 
 
 async def run(
@@ -394,8 +414,9 @@ async def run(
         asyncio.ensure_future(read_all(err_r, limit)),
     ]
     writer = None
+    closed: list[int] = []
     if in_w is not None and isinstance(stdin, bytes):
-        writer = asyncio.ensure_future(_write_all(in_w, stdin))
+        writer = asyncio.ensure_future(_write_all(in_w, stdin, closed))
     try:
         async with asyncio.timeout(timeout):
             status = await asyncio.shield(done)
@@ -408,12 +429,14 @@ async def run(
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(done), stop[1])
         killpg(sp.pid, signal.SIGKILL)
-        for t in tasks + ([writer] if writer else []):
-            t.cancel()
+        # the pipes are closed below only once no reader or writer watches them
+        await ended(tasks + ([writer] if writer else []))
         raise
     finally:
         os.close(out_r)
         os.close(err_r)
+        if writer is not None and not closed:  # cancelled before it began
+            os.close(in_w)  # type: ignore[arg-type]
     code, sig = exit_code(status)
     return RunResult(
         argv,
