@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+from core0 import cancel
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, Unavailable
 from core0.net import netlink as nl
@@ -453,7 +454,9 @@ async def netns_add(ctx: Context, args: NetnsArgs) -> None:
                 lambda: {n: i for n, i in st.netns.items() if nl.netns_id(n) == i})
             if len(st.netns) >= MAX_NETNS:
                 raise Unavailable(f"core0 has made {MAX_NETNS} network namespaces already")
-        ident = await ctx.to_thread(nl.netns_create, args.name)
+        # made and recorded even when the job is killed meanwhile (the kill comes after the
+        # record): one made after the kill was left unrecorded, out of an operator's reach
+        ident = await cancel.atomic(ctx.to_thread(nl.netns_create, args.name))
         st.netns[args.name] = ident
         netstate.save(ctx.config.state_dir, st)
     await in_netns(ctx, args.name, lambda r: nl.link_set(r, "lo", state="up"))
@@ -477,7 +480,7 @@ async def netns_del(ctx: Context, args: NetnsArgs) -> None:
                 raise Conflict(f"network namespace {args.name} was not made by core0: "
                                "not deleting it")
             raise NotFound(f"no network namespace {args.name} made by core0")
-        await ctx.to_thread(nl.netns_remove, args.name)
+        await cancel.atomic(ctx.to_thread(nl.netns_remove, args.name))
         del st.netns[args.name]
         netstate.save(ctx.config.state_dir, st)
 
