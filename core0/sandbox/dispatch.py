@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command, ProtocolError, Result, decode_command
 
-from core0 import registry
+from core0 import cancel, registry
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
 from core0.registry import CommandSpec
@@ -357,12 +357,25 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
                else await _exec_handler(ctx, rec, cmd.command, args))
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc,
                              rerun=spec.rerun)
-    engine = ctx.engine
     raw = cmd.to_json().encode()
     if builtin:  # kept in ``processing`` until its result; re-run only inside (requeued)
         raw = json.dumps({**cmd.to_dict(),
                           "command": f"{INSIDE_ONLY}{cid}:{cmd.command}"}).encode()
+    # the pickup write and the start of the job it announces are one step, never cut in
+    # half (a kill or max_time meanwhile is dropped: this dispatch answers the inner id).
+    # Cut short after the write, it answered KILLED and left the inner id's flag set (no
+    # TTL: "running" for good, and a caller that chose the id waited forever) and a builtin's
+    # stored form in ``processing`` (run inside at the next dispatcher's start)
+    return await cancel.atomic(_start(ctx, cid, cmd, inner_spec, args, raw, builtin,
+                                      derived), defer=False)
+
+
+async def _start(ctx: Context, cid: int, cmd: Command, inner_spec: CommandSpec, args: Any,
+                 raw: bytes, builtin: bool, derived: bool) -> str:
+    """The inner job's pickup and start (:func:`dispatch`'s last step); returns its id."""
+    engine = ctx.engine
     processing = ctx.job.processing
+    handler = inner_spec.handler
     if cmd.id in engine.table or not await engine.bus.pickup(cmd.id, processing, raw,
                                                              listed=builtin):
         same = engine.table.get(cmd.id)
