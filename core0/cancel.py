@@ -22,6 +22,7 @@ import contextlib
 import contextvars
 import functools
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextvars import ContextVar
@@ -93,7 +94,22 @@ async def atomic(aw: Awaitable[T], *, defer: bool = True) -> T:
     if me is not None:
         me.uncancel()  # the cancel this step held back, delivered at the next await (one
         me.cancel()  # count, as asyncio.timeout expects of a max_time)
+        _DEFERRED.add(me)
     return step.result()
+
+
+#: tasks :func:`atomic` cancelled again after its step: their cancel waits for their next
+#: ``await``, which may come only after the handler returned (weak: a task that ended goes)
+_DEFERRED: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
+
+
+def deferred(task: asyncio.Task[Any] | None) -> bool:
+    """True (once per :func:`atomic`) when ``task`` was given back a cancel that a step held:
+    the job engine then takes it before it writes the job's result."""
+    if task is None or task not in _DEFERRED:
+        return False
+    _DEFERRED.discard(task)
+    return True
 
 
 #: long work (downloads, image unpacking, trees chowned), apart from the short library calls

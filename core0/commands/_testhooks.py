@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Literal
 
+from core0 import cancel
 from core0.context import Context
 from core0.registry import Role, command
 from core0.schema import NoArgs, Schema
@@ -31,18 +32,22 @@ async def crash(ctx: Context, args: NoArgs) -> None:
 
 @dataclass(frozen=True)
 class RaiseArgs(Schema):
-    kind: Literal["bug", "timeout", "sleep"]
+    kind: Literal["bug", "timeout", "sleep", "atomic"]
 
 
 @command("test.raise", RaiseArgs, role=Role.ADMIN)
 async def raise_(ctx: Context, args: RaiseArgs) -> None:
     """Fail the way a handler can (test builds only): ``bug`` raises a RuntimeError (500),
     ``timeout`` a TimeoutError of its own (504, not max_time), ``sleep`` sleeps 60 s (for
-    max_time: TIMEOUT)."""
+    max_time: TIMEOUT), ``atomic`` ends with a 1 s step that a kill cannot cut
+    (cancel.atomic) and returns right after it."""
     if args.kind == "bug":
         raise RuntimeError("a bug in a handler")
     if args.kind == "timeout":
         raise TimeoutError("the tool did not answer")
+    if args.kind == "atomic":
+        await cancel.atomic(asyncio.sleep(1.0))
+        return
     await asyncio.sleep(60)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Code, Command, Result, State, now_ms
 
-from core0 import registry
+from core0 import cancel, registry
 from core0.backoff import PERMANENT_EXIT
 from core0.bus.store import Bus, Publish, retry_forever
 from core0.context import Context, ProcessSpec
@@ -198,6 +198,11 @@ class JobEngine:
                 elif resume is None:
                     job.run += 1
                 result = await self._run_once(job, resume)
+                if cancel.deferred(job.task):
+                    # a kill that a step held back until its end (cancel.atomic) is taken
+                    # here, in this try: a handler that returned right after that step left
+                    # it for the writing of its result below, which it cut (no result)
+                    await asyncio.sleep(0)
                 resume = None
                 for cb in job.run_end:
                     try:

@@ -49,6 +49,20 @@ def test_max_time_of_a_builtin_is_timeout(r: redis.Redis) -> None:
     assert "max_time" in res["critical"]
 
 
+def test_a_kill_held_back_by_a_last_step_still_gets_its_result(r: redis.Redis) -> None:
+    """A handler whose last step runs to its end under a kill (cancel.atomic, as nft's
+    commit, a namespace made, a file opened) and returns right after it: the kill comes after
+    the step and the job answers KILLED. Before, the kill held back by the step was delivered
+    while the engine wrote the result, which it cut: no result, ever, and the job stayed
+    listed (as done)."""
+    jid = push(r, cmd("test.raise", {"kind": "atomic"}))
+    assert wait_for(lambda: run(r, "job.list", {"id": jid})["data"] not in ("[]", None), 5)
+    assert run(r, "job.kill", {"id": jid})["state"] == "SUCCESS"
+    res = result(r, jid, 10)
+    assert res["state"] == "KILLED", res
+    assert run(r, "job.list", {"id": jid})["code"] == 404  # over, not listed as running
+
+
 def test_a_bug_does_not_end_a_recurring_job(r: redis.Redis) -> None:
     jid = push(r, cmd("test.raise", {"kind": "bug"}, recurring_period=1))
     assert wait_for(lambda: r.exists(f"result:{jid}:2"), 15)
