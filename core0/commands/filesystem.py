@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypeVar
 
-from core0 import fswalk
+from core0 import cancel, fswalk
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, Unavailable
 from core0.fspath import Root, oserror
@@ -168,8 +168,10 @@ async def open_(ctx: Context, args: OpenArgs) -> str:
     if sum(1 for f in _FILES.values() if f.role == role) >= cap:
         raise Unavailable(f"{cap} files are open for role {role.label} already "
                           "(main.fd_max): close some first")
-    fd = await _in_root(ctx, args.file, lambda root: _open_file(
-        root, args.file, _MODES[args.mode], args.perm, args.special))
+    # opened and registered even when the job is killed meanwhile: a descriptor opened after
+    # the kill was never closed; registered, the idle timeout closes it
+    fd = await cancel.atomic(_in_root(ctx, args.file, lambda root: _open_file(
+        root, args.file, _MODES[args.mode], args.perm, args.special)))
     token = secrets.token_hex(16)
     _FILES[token] = _Open(fd, args.file, ctx.config.main.fd_idle, role)
     _touch(token)
