@@ -31,8 +31,10 @@ SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 
 def HOLD(base: Path) -> dict[str, str]:
     """The node's fault-test hook: creates of VM ``held`` (and converts to an output file
-    named ``held``) wait in ``base/hold``."""
-    return {"CORE0_TEST_VM_HOLD": f"held:{base / 'hold'}"}
+    named ``held``) wait in ``base/hold``, and so do kvm.attach_disk of VM ``cut`` right after
+    the guest's pause and of VM ``cut2`` right before libvirt plugs the disk
+    (test_kvm_cut_short.py)."""
+    return {"CORE0_TEST_VM_HOLD": f"held,cut/suspend,cut2/attach:{base / 'hold'}"}
 
 
 def through_hold(base: Path, job: Any, act: Callable[[], None] | None) -> Any:

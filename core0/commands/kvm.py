@@ -16,11 +16,12 @@ import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+from core0 import cancel
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Range, Schema
-from core0.virt import disks, guard, incoming, migration, network, persist
+from core0.virt import disks, guard, hotplug, incoming, migration, network, persist
 from core0.virt import domain as dx
 from core0.virt.access import EventFilter, allow_record, load
 from core0.virt.manager import Virt, lv_error, of
@@ -297,11 +298,12 @@ async def infops(ctx: Context, args: UuidArgs) -> dict[str, Any]:
 
 @command("kvm.attach_disk", DiskArgs)
 async def attach_disk(ctx: Context, args: DiskArgs) -> None:
-    """Hot-plug a disk (or cdrom) into a running VM (virtio disks appear as the next vdX)."""
-    from core0.virt.conn import libvirt_module
-
+    """Hot-plug a disk (or cdrom) into a running VM (virtio disks appear as the next vdX).
+    The guest is paused while it goes in, until qemu's new files are checked (409, and the
+    disk taken out again — the VM destroyed if its guest keeps it — when qemu opened a file
+    core0 did not check). Killed while libvirt plugs it, the job answers as the plug ends."""
     vm = await load(ctx, args.uuid)
-    v, dom, live = vm.v, vm.dom, vm.live
+    live = vm.live
     m = args.media
     ids: set[guard.Ident] = set()
     path = disks.resolve_file(ctx, m.source("media"), "media", ids)
@@ -320,58 +322,7 @@ async def attach_disk(ctx: Context, args: DiskArgs) -> None:
     check_iotune(tune, "media.iotune")
     xml = dx.element_xml(dx.disk_element(dx.Disk(path, fmt, device, bus, dx.target_name(bus, n),
                                                  tune)))
-    lv = libvirt_module()
-    # the guest is paused while the disk goes in, until qemu's new files are checked
-    held = await ctx.to_thread(_held, args.uuid)
-    state = await vm.call("attach_disk", lambda d: d.state()[0])
-    paused = state == lv.VIR_DOMAIN_RUNNING
-    if paused:
-        await vm.call("pause for attach_disk", lambda d: d.suspend())
-    try:
-        try:
-            await v.conn.call(lambda c: dom.attachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
-        except Exception as e:
-            raise lv_error(e, "attach_disk") from None
-        try:
-            await v.check_files(args.uuid, ids, held)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await v.conn.call(lambda c: dom.detachDeviceFlags(xml,
-                                                                  lv.VIR_DOMAIN_AFFECT_LIVE))
-            raise
-    finally:
-        if paused:
-            await vm.call("resume after attach_disk", lambda d: d.resume())
-
-
-def _held(uuid: str) -> set[guard.Ident]:
-    """The files VM ``uuid``'s qemu holds open now."""
-    pid = guard.qemu_pid(uuid)
-    if pid is None:
-        raise NotFound(f"no qemu process runs VM {uuid}")
-    return set(guard.open_files(pid))
-
-
-async def _detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> None:
-    """Detach a device and wait up to 3 s for libvirt's device-removed event."""
-    from core0.virt.conn import libvirt_module
-
-    lv = libvirt_module()
-    uuid = await v.conn.call(lambda c: dom.UUIDString())
-    with v.conn.subscribe() as sub:
-        try:
-            await v.conn.call(lambda c: dom.detachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
-        except Exception as e:
-            raise lv_error(e, what) from None
-        try:
-            async with asyncio.timeout(3):
-                while True:
-                    ev = await sub.get()
-                    if (ev["event"] == "device_removed" and ev["uuid"] == uuid
-                            and (not alias or ev["detail"] == alias)):
-                        return
-        except TimeoutError:
-            pass
+    await hotplug.plug_disk(ctx, vm, xml, path, ids)
 
 
 @command("kvm.detach_disk", DiskArgs)
@@ -384,7 +335,7 @@ async def detach_disk(ctx: Context, args: DiskArgs) -> None:
     if dev is None:
         raise NotFound(f"media: {path} is not attached to {args.uuid}")
     alias = next((d["alias"] for d in live.disks if d["source"] == path), "")
-    await _detach(v, dom, dev, alias, "detach_disk")
+    await hotplug.detach(v, dom, dev, alias, "detach_disk")
 
 
 @command("kvm.add_nic", NicArgs)
@@ -399,9 +350,9 @@ async def add_nic(ctx: Context, args: NicArgs) -> None:
         raise Conflict("type: a VM has at most one default nic, given at creation")
     nic = v._nic(Nic(args.type, args.id, args.hwaddr), 0)
     pinned = ""
-    if args.type in ("vlan", "vxlan"):
-        pinned = await ctx.to_thread(segments.ensure, ctx.config.segments, args.type, args.id,
-                                     None, "id", True)
+    if args.type in ("vlan", "vxlan"):  # pinned, and known to be, even if killed meanwhile
+        pinned = await cancel.atomic(ctx.to_thread(segments.ensure, ctx.config.segments,
+                                                   args.type, args.id, None, "id", True))
     try:
         await _plug(v, dom, live, nic)
     except BaseException:
@@ -446,7 +397,7 @@ async def remove_nic(ctx: Context, args: NicArgs) -> None:
         raise NotFound(f"no such nic on {args.uuid}")
     dev = dx.find_device(xml, "interface", mac=found["mac"])
     assert dev is not None
-    await _detach(v, dom, dev, found["alias"], "remove_nic")
+    await hotplug.detach(v, dom, dev, found["alias"], "remove_nic")
     if found["bridge"].startswith(("c0vxb", "c0vlb")):  # a segment left without ports goes
         from core0.net import segments
 

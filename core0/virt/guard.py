@@ -18,31 +18,50 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from pathlib import Path
 
 #: a file's identity: (st_dev, st_ino)
 Ident = tuple[int, int]
 
-#: fault tests only, ``<name>:<dir>``: a create of a VM named ``<name>`` (or a
+#: fault tests only, ``<name>[,<name>…]:<dir>``: a create of a VM named ``<name>`` (or a
 #: kvm.convert-image to an output file named ``<name>``) makes ``<dir>/held`` once its disks
 #: are resolved (its input pinned) and waits (up to 30 s) for ``<dir>/go`` before libvirt
 #: starts it (qemu-img runs), so a test can swap a path or rewrite an image exactly between
-#: core0's check and qemu's open
+#: core0's check and qemu's open; ``<vm>/suspend`` and ``<vm>/attach`` hold kvm.attach_disk
+#: of VM ``<vm>`` in libvirt's thread right after the guest's pause, right before the plug
 _HOLD = os.environ.get("CORE0_TEST_VM_HOLD", "")
+
+
+def _hold_dir(name: str) -> str | None:
+    want, _, where = _HOLD.partition(":")
+    return where if _HOLD and name in want.split(",") else None
 
 
 async def test_hold(name: str) -> None:
     """The fault tests' pause between the check of a new VM's disks and its start (``name``:
     the VM's), or between the pinning of kvm.convert-image's input and qemu-img (``name``:
     the output file's)."""
-    want, _, where = _HOLD.partition(":")
-    if not _HOLD or name != want:
+    where = _hold_dir(name)
+    if where is None:
         return
     Path(where, "held").touch()
     for _ in range(600):
         if Path(where, "go").exists():
             return
         await asyncio.sleep(0.05)
+
+
+def test_hold_sync(name: str) -> None:
+    """:func:`test_hold` in a worker thread (inside a libvirt call): blocks."""
+    where = _hold_dir(name)
+    if where is None:
+        return
+    Path(where, "held").touch()
+    for _ in range(600):
+        if Path(where, "go").exists():
+            return
+        time.sleep(0.05)
 
 
 def ident(st: os.stat_result) -> Ident:
@@ -83,6 +102,16 @@ def open_files(pid: int) -> dict[Ident, str]:
                 continue
             out[ident(st)] = target
     return out
+
+
+def held_now(uuid: str) -> set[Ident]:
+    """The files VM ``uuid``'s qemu holds open now (404 when no qemu runs it)."""
+    from core0.errors import NotFound
+
+    pid = qemu_pid(uuid)
+    if pid is None:
+        raise NotFound(f"no qemu process runs VM {uuid}")
+    return set(open_files(pid))
 
 
 def _pid_file(fd_path: str, target: str, pid: int, st: os.stat_result) -> bool:
