@@ -172,8 +172,12 @@ async def _disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str],
     run = _runner(ctx)
     out: dict[str, Any] = {"slot": target, "switch": how}
     try:
-        env = await asyncio.to_thread(slots.update_grubenv, cfg, core0_try=target,
-                                      core0_tries=str(cfg.image.boot_tries))
+        # to its end when the job is killed meanwhile (the kill is taken in this try): cut
+        # short, the write went on in its thread and could land after the undoing's below,
+        # leaving the next boot on trial in a slot the record says was not switched to
+        env = await cancel.atomic(asyncio.to_thread(slots.update_grubenv, cfg,
+                                                    core0_try=target,
+                                                    core0_tries=str(cfg.image.boot_tries)))
         out["grubenv"] = {k: v for k, v in env.items() if k.startswith("core0_")}
         if how == "kexec" and not isinstance(image, dict):
             cmdline = switch.next_cmdline(switch.current_cmdline(), digest)
@@ -186,7 +190,8 @@ async def _disk_switch(ctx: Context, store: Store, image: Slot | dict[str, str],
         store.record(before, "switch-failed", digest=digest, reason=str(e)[:300])
         store.save(before)
         with contextlib.suppress(Exception):
-            await asyncio.to_thread(slots.update_grubenv, cfg, core0_try="", core0_tries="0")
+            await cancel.atomic(asyncio.to_thread(slots.update_grubenv, cfg, core0_try="",
+                                                  core0_tries="0"), defer=False)
         raise
     task = asyncio.ensure_future(_execute_after_result(ctx, run, "kexec" if "kexec" in out
                                                        else "reboot"))
