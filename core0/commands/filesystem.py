@@ -216,7 +216,9 @@ async def write(ctx: Context, args: WriteArgs) -> int:
     view = memoryview(data)
     try:
         while view:
-            n = await ctx.to_thread(os.write, f.fd, view)
+            # each write to its end even if the job is killed meanwhile: left running in its
+            # thread, it could write after a filesystem.close into a file that took its fd
+            n = await cancel.atomic(ctx.to_thread(os.write, f.fd, view))
             view = view[n:]
     except BlockingIOError:
         raise Conflict(f"{f.path}: would block (a FIFO with nobody reading)") from None

@@ -383,9 +383,10 @@ class Virt:
             await self.ready()
             for i, n in enumerate(args.nics):
                 if n.type in ("vlan", "vxlan"):
-                    pinned.append(await asyncio.to_thread(
+                    # known as pinned even if the job is killed meanwhile (unpinned below)
+                    pinned.append(await cancel.atomic(asyncio.to_thread(
                         segments.ensure, ctx.config.segments, n.type, n.id, None,
-                        f"nics[{i}].id", True))
+                        f"nics[{i}].id", True)))
             uuid = await self._create(ctx, args, nics, defaults, prefer_uuid, declared,
                                       boot, owner)
         except BaseException:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
+from core0 import cancel
 from core0.errors import BadRequest, Conflict
 from core0.net import dnsmasq, nft, portguard
 from core0.net import netlink as nl
@@ -76,16 +77,22 @@ async def ensure_bridge(ctx: Context) -> Bridge:
             with nl.session() as r:
                 nl.link_del(r, name)
 
-        await ctx.to_thread(build)
+        # made whole even if the job is killed meanwhile, the kill taken in the try below,
+        # whose undoing a second kill does not cut short (as bridge.create)
+        await cancel.atomic(ctx.to_thread(build))
         new = st.copy()
         new.bridges[name] = br
+
+        async def undo() -> None:
+            await dnsmasq.stop(ctx, name, remove=True)
+            await ctx.to_thread(drop)
+            await netstate.commit(ctx, st, new)
+
         try:
             await netstate.commit(ctx, new, st)
             await dnsmasq.start(ctx, br)
         except BaseException:
-            await dnsmasq.stop(ctx, name, remove=True)
-            await ctx.to_thread(drop)
-            await netstate.commit(ctx, st, new)
+            await cancel.atomic(undo(), defer=False)
             raise
         # its unguarded c0t… taps send nothing from now on (core0/virt/guards.py)
         await portguard.change(ctx, refresh=True)
