@@ -15,53 +15,24 @@ get copies made from the checked descriptors instead (:mod:`core0.virt.bootfiles
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
-import time
-from pathlib import Path
+
+from core0 import faults
 
 #: a file's identity: (st_dev, st_ino)
 Ident = tuple[int, int]
 
-#: fault tests only, ``<name>[,<name>…]:<dir>``: a create of a VM named ``<name>`` (or a
-#: kvm.convert-image to an output file named ``<name>``) makes ``<dir>/held`` once its disks
-#: are resolved (its input pinned) and waits (up to 30 s) for ``<dir>/go`` before libvirt
-#: starts it (qemu-img runs), so a test can swap a path or rewrite an image exactly between
-#: core0's check and qemu's open; ``<vm>/suspend`` and ``<vm>/attach`` hold kvm.attach_disk
-#: of VM ``<vm>`` in libvirt's thread right after the guest's pause, right before the plug
-_HOLD = os.environ.get("CORE0_TEST_VM_HOLD", "")
-
-
-def _hold_dir(name: str) -> str | None:
-    want, _, where = _HOLD.partition(":")
-    return where if _HOLD and name in want.split(",") else None
-
-
-async def test_hold(name: str) -> None:
-    """The fault tests' pause between the check of a new VM's disks and its start (``name``:
-    the VM's), or between the pinning of kvm.convert-image's input and qemu-img (``name``:
-    the output file's)."""
-    where = _hold_dir(name)
-    if where is None:
-        return
-    Path(where, "held").touch()
-    for _ in range(600):
-        if Path(where, "go").exists():
-            return
-        await asyncio.sleep(0.05)
-
-
-def test_hold_sync(name: str) -> None:
-    """:func:`test_hold` in a worker thread (inside a libvirt call): blocks."""
-    where = _hold_dir(name)
-    if where is None:
-        return
-    Path(where, "held").touch()
-    for _ in range(600):
-        if Path(where, "go").exists():
-            return
-        time.sleep(0.05)
+#: fault tests only (core0/faults.py), ``CORE0_TEST_VM_HOLD=<name>[,<name>…]:<dir>``: a
+#: create of a VM named ``<name>`` (or a kvm.convert-image to an output file named
+#: ``<name>``) holds once its disks are resolved (its input pinned), before libvirt starts it
+#: (qemu-img runs), so a test can swap a path or rewrite an image exactly between core0's
+#: check and qemu's open; ``<vm>/suspend`` and ``<vm>/attach`` hold kvm.attach_disk of VM
+#: ``<vm>`` in libvirt's thread right after the guest's pause, right before the plug
+_HOLD = faults.Hold("CORE0_TEST_VM_HOLD")
+#: the pause on the event loop, and in a worker thread (inside a libvirt call)
+test_hold = _HOLD.wait_async
+test_hold_sync = _HOLD.wait
 
 
 def ident(st: os.stat_result) -> Ident:

@@ -19,7 +19,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
                  "core0.registry", "core0.docs", "core0.redis_server", "core0.backoff",
                  "core0.mountinfo", "core0.security", "core0.fswalk", "core0.declared",
                  "core0.virtconfig", "core0.sandboxconfig", "core0.segconfig", "core0.streamcopy",
-                 "core0.cancel",
+                 "core0.cancel", "core0.faults",
                  "core0.image.config")),  # the [image] section, loaded by core0.config
     (1, "proc", ("core0.proc",)),
     (2, "init", ("core0.init",)),
