@@ -50,13 +50,17 @@ by a client is an unknown command.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import re
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core0_client.protocol import Command, ProtocolError, Result, decode_command
+from core0_client.protocol import Command, ProtocolError, Result, State, decode_command
 
 from core0 import cancel, registry
 from core0.context import ProcessSpec
@@ -85,10 +89,11 @@ INSIDE_ONLY = "container.inside:"
 _INNER_IDS = uuid.UUID("5b0c6f0e-9a43-4c55-8a55-3f1e0c0de0d1")
 
 
-async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any) -> Any:
+async def _exec_handler(ctx: Context, rec: Any, name: str, args: Any, job_id: str) -> Any:
     argv, env, cwd, stdin = _argv(name, args)
     rt = await runtime.choose(ctx.config.state_dir)
-    exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd)
+    exec_argv = rt.exec_argv(rec.runtime_id, argv, env=env, cwd=cwd,
+                             pid_file=str(exec_pid_file(ctx.config.state_dir, rec.id, job_id)))
 
     async def run_inside(_ctx: Context, _args: Any) -> ProcessSpec:
         return ProcessSpec(exec_argv, stdin=stdin,
@@ -106,11 +111,66 @@ def adopted_spec(spec: CommandSpec, cid: int) -> CommandSpec:
         rec = _running(ctx, cid)
         if rec is None:
             raise Conflict(f"container {cid} is not running: {spec.name} did not run")
-        handler = await _exec_handler(ctx, rec, spec.name, args)
+        handler = await _exec_handler(ctx, rec, spec.name, args, ctx.job.id)
         return await handler(ctx, args)
 
     return CommandSpec(spec.name, run_again_inside, spec.args, spec.role, False, spec.doc,
                        rerun=spec.rerun)
+
+
+def exec_pid_file(state_dir: Path, cid: int, job_id: str) -> Path:
+    """Where the runtime's exec of inner job ``job_id`` writes its program's host pid."""
+    digest = hashlib.sha256(job_id.encode()).hexdigest()[:24]
+    return Store(state_dir).dir(cid) / f"exec-{digest}.pid"
+
+
+def _end_exec(state_dir: Path, rec: Any, job_id: str) -> Any:
+    """The end of an inner process job's run: when it was killed (``job.kill``, ``max_time``)
+    what is left of its program inside is killed too — its process group, as a job's on the
+    node. The engine signals the runtime's ``exec``, which passes TERM on to the program
+    only: a program that ignored it ran on inside after the engine's KILL of the ``exec``
+    (and the job's KILLED answer), and so did its children, held by no job."""
+    pid_file = exec_pid_file(state_dir, rec.id, job_id)
+
+    def ended(job: Job, result: Result) -> None:
+        try:
+            pid = int(pid_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            pid = 0
+        pid_file.unlink(missing_ok=True)
+        if pid and (job.killed or result.state in (State.KILLED, State.TIMEOUT)):
+            kill_group_inside(pid, rec.cgroups_path)
+
+    return ended
+
+
+def kill_group_inside(pid: int, cgroups_path: str) -> None:
+    """SIGKILL the process group of ``pid`` if ``pid`` is still a process of the container
+    whose cgroup is ``cgroups_path`` (a pid of its cgroup: never a reused pid elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
+        if not any(p == cgroups_path or p.startswith(cgroups_path + "/") for p in paths):
+            return
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        pgid = int(data[data.rfind(b")") + 2:].split()[2])
+        os.killpg(pgid, signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass  # gone meanwhile
+
+
+def reattach(engine: Any, state_dir: Path) -> None:
+    """Dispatcher start: :func:`_end_exec` again on each adopted inner process job."""
+    for job in list(engine.table.values()):
+        if not job.container:
+            continue
+        try:
+            rec = Store(state_dir).load(job.container)
+        except NotFound:
+            continue
+        if exec_pid_file(state_dir, rec.id, job.id).exists():
+            job.run_end.append(_end_exec(state_dir, rec, job.id))
 
 
 def _fs_handler(ctx: Context, rec: Any, spec: CommandSpec) -> Any:
@@ -354,7 +414,7 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     if rec is None:
         raise Conflict(f"container {cid} is not running")
     handler = (_builtin(ctx, rec, spec) if builtin
-               else await _exec_handler(ctx, rec, cmd.command, args))
+               else await _exec_handler(ctx, rec, cmd.command, args, cmd.id))
     inner_spec = CommandSpec(cmd.command, handler, spec.args, spec.role, False, spec.doc,
                              rerun=spec.rerun)
     raw = cmd.to_json().encode()
@@ -366,13 +426,15 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     # Cut short after the write, it answered KILLED and left the inner id's flag set (no
     # TTL: "running" for good, and a caller that chose the id waited forever) and a builtin's
     # stored form in ``processing`` (run inside at the next dispatcher's start)
-    return await cancel.atomic(_start(ctx, cid, cmd, inner_spec, args, raw, builtin,
+    return await cancel.atomic(_start(ctx, rec, cmd, inner_spec, args, raw, builtin,
                                       derived), defer=False)
 
 
-async def _start(ctx: Context, cid: int, cmd: Command, inner_spec: CommandSpec, args: Any,
+async def _start(ctx: Context, rec: Any, cmd: Command, inner_spec: CommandSpec, args: Any,
                  raw: bytes, builtin: bool, derived: bool) -> str:
-    """The inner job's pickup and start (:func:`dispatch`'s last step); returns its id."""
+    """The inner job's pickup and start in container ``rec`` (:func:`dispatch`'s last
+    step); returns its id."""
+    cid = rec.id
     engine = ctx.engine
     processing = ctx.job.processing
     handler = inner_spec.handler
@@ -386,6 +448,7 @@ async def _start(ctx: Context, cid: int, cmd: Command, inner_spec: CommandSpec, 
     job.container = cid  # persisted with the job: an adopting dispatcher sets it too
     job.run_end.append(_mark(cid))
     if not builtin:
+        job.run_end.append(_end_exec(ctx.config.state_dir, rec, cmd.id))
         # spawned by engine.start in this turn, so its ``spawning`` step is written before
         # this command's result, which hands out the inner id, can reach anyone: a
         # dispatcher killed right after it still finds the job to adopt (a turn later, the

@@ -211,7 +211,7 @@ async def create(ctx: Context, req: CreateRequest) -> int:
                 label=f"keeper of container {cid}"), protected=True)
     except BaseException:
         with contextlib.suppress(Exception):  # a second kill does not cut it short
-            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
+            await cancel.atomic(teardown(ctx, rec, rt, 0), defer=False)
         raise
     finally:
         CREATING.discard(cid)
@@ -237,7 +237,7 @@ async def prepare_foreground(ctx: Context, req: CreateRequest) -> tuple[Record, 
         await asyncio.sleep(0)
     except BaseException:
         with contextlib.suppress(Exception):
-            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
+            await cancel.atomic(teardown(ctx, rec, rt, 0), defer=False)
         raise
     finally:
         CREATING.discard(rec.id)
@@ -345,7 +345,7 @@ async def _prepare(ctx: Context, req: CreateRequest, image: str, meta: dict[str,
         (cdir / "config.json").write_text(json.dumps(spec.build(sb)))
     except BaseException:
         with contextlib.suppress(Exception):  # a second kill does not cut it short
-            await cancel.atomic(teardown(ctx, rec, rt), defer=False)
+            await cancel.atomic(teardown(ctx, rec, rt, 0), defer=False)
         CREATING.discard(cid)
         raise
     return rec, rt
@@ -384,13 +384,16 @@ def nl_path(netns: str) -> str:
 # ---------------------------------------------------------------- terminate
 
 
-async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None) -> None:
-    """Remove everything made for ``rec`` (idempotent)."""
+async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None,
+                   grace: float = 5.0) -> None:
+    """Remove everything made for ``rec`` (idempotent). ``grace``: seconds the init has
+    between TERM and KILL (0 for a create undone: its init may have started too recently
+    to handle TERM, which a PID 1 then ignores, and nobody has used it)."""
     rt = rt or await get_runtime(ctx)
     if rec.keeper:
         await ctx.engine.stop_service(rec.keeper)
     await rt.stop(rec.runtime_id, init_pid(_store(ctx).dir(rec.id), rec)
-                  if rec.state == "running" else 0)
+                  if rec.state == "running" else 0, grace)
     errors: list[str] = []
     if rec.ports:
         try:

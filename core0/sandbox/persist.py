@@ -91,10 +91,12 @@ def link_images(cfg: Config) -> None:
 def restore(engine: JobEngine, cfg: Config) -> int:
     """Dispatcher start: link the image store and re-declare every recorded container (a
     ``corex.create`` job of core0's own each). Returns how many were submitted. Also
-    re-attaches the teardown of containers run by adopted jobs (:mod:`.foreground`)."""
-    from core0.sandbox import foreground
+    re-attaches the teardown of containers run by adopted jobs (:mod:`.foreground`) and the
+    end of adopted inner jobs (:mod:`.dispatch`)."""
+    from core0.sandbox import dispatch, foreground
 
     foreground.reattach(engine, cfg.state_dir)
+    dispatch.reattach(engine, cfg.state_dir)
     if base(cfg) is None:
         return 0
     link_images(cfg)

@@ -170,9 +170,10 @@ class Runtime:
             raise ToolError(list(res.argv), res.status, res.stderr, res.stdout)
 
     def exec_argv(self, cid: str, argv: list[str], *, env: dict[str, str] | None = None,
-                  cwd: str = "") -> list[str]:
+                  cwd: str = "", pid_file: str = "") -> list[str]:
         """The argv that runs ``argv`` inside ``cid`` (same sandbox as its init), in the
-        foreground: its exit status is the program's, SIGTERM/SIGINT are forwarded to it."""
+        foreground: its exit status is the program's, SIGTERM/SIGINT are forwarded to it.
+        ``pid_file``: where the runtime writes the program's host pid."""
         if not argv:
             raise ValueError("empty argv")
         opts: list[str] = []
@@ -180,6 +181,8 @@ class Runtime:
             opts.append(f"--env={k}={v}")  # one argument: a value can never become an option
         if cwd:
             opts.append(f"--cwd={cwd}")
+        if pid_file:
+            opts.append(f"--pid-file={pid_file}")
         return self.argv("exec", *opts, "--", cid, *argv)
 
     def known(self, cid: str) -> bool:
