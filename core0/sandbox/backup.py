@@ -28,6 +28,7 @@ with the backed-up arguments (``corex.restore``'s tags instead of the old ones, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
@@ -294,15 +295,17 @@ async def restore(ctx: Context, url: str, *, data_only: bool = False
                 if not isinstance(base, int) or not 0 <= base < 1 << 32:
                     raise PreconditionFailed(f"snapshot {snap.get('short_id')}: its "
                                              ".corex.meta holds no valid userns_base")
-                if base:
-                    await ctx.long_work(userns.unshift_tree, tree, base)
+                if base:  # (a cancel waits for the thread: the tree goes below)
+                    await ctx.long_work(userns.unshift_tree, tree, base, wait=True)
                 await manager.import_image(ctx, name, str(tree), "", f"restic:{snap['id']}")
         finally:
             os.close(tfd)
         return dict(args or {}), name
     finally:
         repo.close()
-        shutil.rmtree(work, ignore_errors=True)
+        # in a thread, to its end (a restored tree of thousands of files: removed on the
+        # event loop, it held up every other command for a second or more, killed or not)
+        await cancel.atomic(asyncio.to_thread(shutil.rmtree, work, True), defer=False)
 
 
 async def thaw_left(state_dir: Path) -> int:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from core0 import cancel
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.sandbox import roots, unpack
 
@@ -136,6 +137,7 @@ def delete(state_dir: Path, name: str) -> None:
 def _size(root: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(root):
+        cancel.check()  # (a killed import stops here too: its image never appears)
         for f in files:
             try:
                 total += os.lstat(os.path.join(dirpath, f)).st_size
@@ -318,6 +320,7 @@ def import_blocking(state_dir: Path, name: str, source: str, ref: str = "",
         meta.update(name=name, source=origin or source, size=_size(dest),
                     created=int(time.time()), storage=storage)
         (work / "image.json").write_text(json.dumps(meta, indent=1))
+        cancel.check()
         if not into:
             try:
                 os.rename(work, final)

@@ -106,8 +106,9 @@ async def import_image(ctx: Context, name: str, source: str, ref: str = "",
     otherwise)."""
     sd = ctx.config.state_dir
     store = zfsroots.store_dataset(images.images_dir(sd))
-    if not store:
-        return await ctx.long_work(images.import_blocking, sd, name, source, ref, origin)
+    if not store:  # (a cancel waits for the thread: nothing of it changes after the answer)
+        return await ctx.long_work(images.import_blocking, sd, name, source, ref, origin,
+                                   wait=True)
     if (images.image_dir(sd, name) / "image.json").exists():
         raise Conflict(f"image {name} exists already")
     if images.image_dir(sd, name).exists():  # left by an import that died half way
@@ -370,7 +371,7 @@ async def _clone(ctx: Context, rec: Record, meta: dict[str, Any], cdir: Path,
             return await ctx.to_thread(roots.clone, lower, cdir, base)
         rootfs = await ctx.to_thread(roots.clone, lower, cdir)
     if base:
-        n = await ctx.long_work(userns.shift_tree, rootfs, base)
+        n = await ctx.long_work(userns.shift_tree, rootfs, base, wait=True)
         log.debug("container %d: %d entries shifted to uid %d", rec.id, n, base)
     return rootfs
 

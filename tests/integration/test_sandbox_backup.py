@@ -10,6 +10,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -313,3 +314,59 @@ def test_repository_forms_that_would_escape(cnode: ContainerNode, image: str) ->
         assert (repo / "config").is_file()
     finally:
         ok(cnode, "corex.terminate", {"container": cid})
+
+
+def test_a_restore_keeps_the_dispatcher_answering(cnode: ContainerNode, image: str) -> None:
+    """A restore of a container of 60,000 files, killed once its image is being made, then
+    run to its end: ``core.ping`` is answered within 0.3 s all along, nothing of the killed
+    one is left (no hidden work dir) and the restored image is made once. Before, the
+    restored tree was removed on the event loop when the restore ended (killed or not):
+    every command of the node waited for it (about 0.8 s here); and a killed restore's
+    import thread could go on after its answer (it read the tree the restore was removing,
+    through a descriptor the restore had closed)."""
+    repo = Path(tempfile.mkdtemp(prefix="restic-", dir=cnode.dir)) / "repo"
+    url = f"{repo}?password=p"
+    cid = ok(cnode, "corex.create", {"root": image, "nics": []})
+    try:
+        got = inside(cnode, cid, "mkdir /m && cd /m && seq 60000 | xargs touch && echo made",
+                     timeout=300)
+        assert got.stdout == "made\n", got
+        snap = ok(cnode, "corex.backup", {"container": cid, "url": url})
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
+    worst = [0.0]
+    stop = threading.Event()
+
+    def ping() -> None:
+        c = cnode.client()
+        try:
+            while not stop.is_set():
+                t = time.monotonic()
+                c.ping()
+                worst[0] = max(worst[0], time.monotonic() - t)
+                time.sleep(0.01)
+        finally:
+            c.close()
+
+    pinger = threading.Thread(target=ping)
+    pinger.start()
+    c = cnode.client()
+    try:
+        job = c.raw("corex.restore", {"url": f"{url}#{snap}"})
+        imports = cnode.state_dir / "sandbox" / "images"
+        assert wait_until(lambda: any(p.name.startswith(".import-")
+                                      for p in imports.iterdir()), 120, 0.005)
+        c.json("job.kill", {"id": job.id})
+        res = job.get(120)
+        new = c.container.restore(f"{url}#{snap}", timeout=300)
+    finally:
+        c.close()
+        stop.set()
+        pinger.join()
+    assert res.state.value == "KILLED", res
+    ok(cnode, "corex.terminate", {"container": new})
+    assert worst[0] < 0.3, f"core.ping waited {worst[0]:.2f} s"
+    left = [p.name for p in imports.iterdir() if p.name.startswith(".")]
+    assert left == [], left
+    assert [i["name"] for i in ok(cnode, "container.image.list", {})
+            if i["name"].startswith("restic-")] == [f"restic-{snap}"]
