@@ -145,19 +145,19 @@ def _end_exec(state_dir: Path, rec: Any, job_id: str) -> Any:
 
 
 def kill_group_inside(pid: int, cgroups_path: str) -> None:
-    """SIGKILL the process group of ``pid`` if ``pid`` is still a process of the container
-    whose cgroup is ``cgroups_path`` (a pid of its cgroup: never a reused pid elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            paths = [line.rstrip("\n").split(":", 2)[-1] for line in f]
-        if not any(p == cgroups_path or p.startswith(cgroups_path + "/") for p in paths):
-            return
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        pgid = int(data[data.rfind(b")") + 2:].split()[2])
-        os.killpg(pgid, signal.SIGKILL)
-    except (OSError, ValueError, IndexError):
-        pass  # gone meanwhile
+    """SIGKILL the process group ``pid`` leads (the runtime's exec makes its program a
+    session and group leader) if a process of that group is still in the container whose
+    cgroup is ``cgroups_path``: its children too once the program itself has ended (the
+    group's number is not reused while a member lives)."""
+    for member in cgroup_pids(cgroups_path):
+        try:
+            with open(f"/proc/{member}/stat", "rb") as f:
+                data = f.read()
+            if int(data[data.rfind(b")") + 2:].split()[2]) == pid:
+                os.killpg(pid, signal.SIGKILL)
+                return
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
 
 
 def reattach(engine: Any, state_dir: Path) -> None:

@@ -169,15 +169,15 @@ def test_a_dispatch_killed_as_it_starts_its_job_leaves_no_flag(cnode: ContainerN
     ok(cnode, "corex.terminate", {"container": cid})
 
 
-@pytest.mark.parametrize("signal", [9, 15])
-def test_an_inner_job_killed_leaves_no_process_inside(cnode: ContainerNode, image: str,
-                                                      signal: int) -> None:
-    """An inner job (``corex.dispatch`` of ``bash``) whose shell ignores TERM and has a child
-    in the background, killed with ``job.kill`` (KILL; TERM, which the engine follows with
-    KILL after 10 s): once it answers KILLED, no process of it is left in the container, and
-    the next dispatch runs. Before, the engine's signals reached the runtime's ``exec`` only
-    (it passes TERM on to the shell alone): the shell and its children ran on inside, held by
-    no job."""
+@pytest.mark.parametrize("how", ["KILL", "TERM", "max_time"])
+def test_an_inner_job_cut_short_leaves_no_process_inside(cnode: ContainerNode, image: str,
+                                                         how: str) -> None:
+    """An inner job (``corex.dispatch`` of ``bash``) with a child in the background, cut
+    short by ``job.kill`` (KILL; TERM, which its shell ignores, so the engine's KILL follows
+    10 s later) or by its ``max_time`` (its shell dies of TERM, its children do not): once it
+    answers, no process of it is left in the container, and the next dispatch runs. Before,
+    the engine's signals reached the runtime's ``exec`` only (it passes TERM on to the shell
+    alone): the shell and its children ran on inside, held by no job."""
     from sandbox_fixtures import inside, node_tag
 
     from core0.sandbox.dispatch import cgroup_pids
@@ -185,16 +185,21 @@ def test_an_inner_job_killed_leaves_no_process_inside(cnode: ContainerNode, imag
     cid = ok(cnode, "corex.create", {"root": image, "nics": []})
     cg = f"/core0-{node_tag(cnode)}-{cid}"
     init = ok(cnode, "corex.get", {"query": cid})["container"]["pid"]
-    inner = ok(cnode, "corex.dispatch", {"container": cid, "command": {
-        "command": "bash", "arguments": {"script": "trap '' TERM; sleep 60 & sleep 61; echo end"}}})
+    script = "sleep 60 & sleep 61; echo end"
+    command: dict[str, Any] = {"command": "bash", "arguments": {
+        "script": script if how == "max_time" else "trap '' TERM; " + script}}
+    if how == "max_time":
+        command["max_time"] = 1
+    inner = ok(cnode, "corex.dispatch", {"container": cid, "command": command})
     assert wait_until(lambda: len(cgroup_pids(cg) - {init}) >= 3, 10), cgroup_pids(cg)
     c = cnode.client()
     try:
-        c.job.kill(inner, signal=signal)
+        if how != "max_time":
+            c.job.kill(inner, signal=9 if how == "KILL" else 15)
         res = c.response_for(inner).get(30)
     finally:
         c.close()
-    assert res.state.value == "KILLED", res
+    assert res.state.value == ("TIMEOUT" if how == "max_time" else "KILLED"), res
     assert wait_until(lambda: cgroup_pids(cg) == {init}, 5), cgroup_pids(cg)
     assert list((cnode.state_dir / "sandbox" / "containers" / str(cid)).glob("exec-*")) == []
     assert inside(cnode, cid, "echo next").stdout == "next\n"
