@@ -20,7 +20,7 @@ from core0.errors import BadRequest, CommandError, Conflict, Forbidden, NotFound
 from core0.fspath import Root, oserror
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Range, Schema
-from core0.storage import blockdev, btrfs, mountfd, parse, tools
+from core0.storage import blockdev, btrfs, mountfd, parse, tools, whole
 from core0.storage.names import ABS_PATH_RE, DEVICE_RE, AbsPath, Device, Label, Size
 
 _PARTED_RULES: list[tools.Rule] = [
@@ -28,6 +28,13 @@ _PARTED_RULES: list[tools.Rule] = [
     (r"[Pp]artition\(s\) .* (are|is) being used|in use", Conflict),
     *tools.RULES,
 ]
+
+
+async def _parted(ctx: Context, argv: list[str]) -> None:
+    """A parted run (callers make it one step: killed between writing the table and telling
+    the kernel, parted left the two disagreeing)."""
+    await tools.run(ctx, argv, rules=_PARTED_RULES)
+    await whole.hold_async(argv)
 
 
 async def _refuse_in_use(ctx: Context, name: str, force: bool) -> None:
@@ -157,8 +164,7 @@ async def mktable(ctx: Context, args: MktableArgs) -> dict[str, Any]:
         raise BadRequest(f"{disk} is a partition, not a disk")
     await _refuse_in_use(ctx, disk, args.force)
     old = blockdev.partitions(disk)
-    await tools.run(ctx, ["parted", "-s", "--", path, "mktable", args.table_type],
-                    rules=_PARTED_RULES)
+    await whole.step(_parted(ctx, ["parted", "-s", "--", path, "mktable", args.table_type]))
     for p in old:
         await blockdev.wait_gone(p, 2.0)
     return {"disk": disk, "table": args.table_type}
@@ -209,15 +215,26 @@ async def mkpart(ctx: Context, args: MkpartArgs) -> dict[str, Any]:
     if blockdev.is_partition(disk):
         raise BadRequest(f"{disk} is a partition, not a disk")
     before = {p["number"] for p in (await blockdev.parted(ctx, path))["partitions"]}
-    await tools.run(ctx, ["parted", "-s", "-a", "optimal", "--", path, "mkpart",
-                          args.part_type, _pos(args.start), _pos(args.end)],
-                    rules=_PARTED_RULES)
-    after = (await blockdev.parted(ctx, path))["partitions"]
+
+    async def make() -> list[dict[str, Any]]:
+        await _parted(ctx, ["parted", "-s", "-a", "optimal", "--", path, "mkpart",
+                            args.part_type, _pos(args.start), _pos(args.end)])
+        return list((await blockdev.parted(ctx, path))["partitions"])
+    # to its end: parted killed between its write and telling the kernel left a partition
+    # the kernel did not know; a kill meanwhile removes the new partition again
+    after = await whole.step(make())
     new = [p for p in after if p["number"] not in before]
-    if not new:
-        raise Conflict(f"parted made no new partition on {disk}")
-    p = new[0]
-    name = await _new_partition(ctx, disk, path, p["number"])
+    try:
+        await whole.deliver()
+        if not new:
+            raise Conflict(f"parted made no new partition on {disk}")
+        p = new[0]
+        name = await _new_partition(ctx, disk, path, p["number"])
+    except asyncio.CancelledError:
+        for p in new:
+            await whole.undo(_parted(ctx, ["parted", "-s", "--", path, "rm",
+                                           str(p["number"])]), f"partition {p['number']}")
+        raise
     return {"disk": disk, "name": name, "number": p["number"], "start": p["start"],
             "end": p["end"], "size": p["size"]}
 
@@ -241,8 +258,7 @@ async def rmpart(ctx: Context, args: RmpartArgs) -> dict[str, Any]:
                  if blockdev.partition_number(k) == args.number), None)
     if part is not None:
         await _refuse_in_use(ctx, part, args.force)
-    await tools.run(ctx, ["parted", "-s", "--", path, "rm", str(args.number)],
-                    rules=_PARTED_RULES)
+    await whole.step(_parted(ctx, ["parted", "-s", "--", path, "rm", str(args.number)]))
     if part is not None:
         await blockdev.wait_gone(part, 2.0)
     return {"disk": disk, "number": args.number, "name": part}
@@ -284,20 +300,37 @@ async def mkfs(ctx: Context, args: MkfsArgs) -> dict[str, Any]:
         raise BadRequest(f"arguments.label: at most {_LABEL_MAX[args.fstype]} characters for "
                          f"{args.fstype}", field="arguments.label")
     await _refuse_in_use(ctx, name, args.force)
+    found = (await blockdev.probe(ctx, [path])).get(path, {})
     if not args.force:
         if blockdev.partitions(name):
             raise Conflict(f"{name} has partitions (use force to overwrite the table)")
-        found = (await blockdev.probe(ctx, [path])).get(path, {})
         kind = found.get("TYPE") or found.get("PTTYPE")
         if kind:
             raise Conflict(f"{name} already carries {kind}"
                            f"{' (' + found['LABEL'] + ')' if found.get('LABEL') else ''}"
                            " (use force to overwrite)")
-    whole = not blockdev.is_partition(name)
-    await tools.run(ctx, _mkfs_argv(args.fstype, path, args.label, whole))
+    disk = not blockdev.is_partition(name)
+    argv = _mkfs_argv(args.fstype, path, args.label, disk)
+    try:
+        await whole.killed_and_gone(ctx, argv)
+    except asyncio.CancelledError:
+        # killed: the half-made filesystem's signatures are wiped, or a retry without force
+        # found "already carries ext4" (409); the device as it was when nothing was written
+        await whole.undo(_wipe_if_changed(ctx, path, found), f"the mkfs of {name}")
+        raise
     info = (await blockdev.probe(ctx, [path])).get(path, {})
     return {"device": name, "fstype": info.get("TYPE", args.fstype),
             "label": info.get("LABEL"), "uuid": info.get("UUID")}
+
+
+async def _wipe_if_changed(ctx: Context, path: str, before: dict[str, str]) -> None:
+    """Wipe the signatures of ``path`` if they differ from ``before`` (a killed mkfs wrote
+    some)."""
+    now = (await blockdev.probe(ctx, [path])).get(path, {})
+    keys = ("TYPE", "UUID", "PTTYPE", "PTUUID")
+    if any(now.get(k) != before.get(k) for k in keys) and (now.get("TYPE")
+                                                            or now.get("PTTYPE")):
+        await tools.run(ctx, ["wipefs", "-a", "-q", "--", path])
 
 
 _OPTION = r"[a-z0-9_][a-z0-9_-]{0,63}(=[A-Za-z0-9_.:/@+=-]{0,255})?"
@@ -386,15 +419,29 @@ async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
         if any(m.majmin == mm or m.source == path for m in _mounts_of(real)):
             raise Conflict(f"{name} is already mounted on {real}")
         before = mountfd.mount_ids()
-        mountfd.mount_fd(path, fd, kind, flags, data)
-        # the new mount's id (our descriptor is of the directory under it, not on it)
-        return max(mountfd.mount_ids() - before, default=-1)
+        note = made.note(real, mm, path)  # a dispatcher killed -9 meanwhile: adopted later
+        try:
+            mountfd.mount_fd(path, fd, kind, flags, data)
+            whole.hold("mount")
+            # the new mount's id (our descriptor is of the directory under it, not on it)
+            mid = max(mountfd.mount_ids() - before, default=-1)
+            if mid >= 0:
+                made.add(mid)
+        finally:
+            made.unnote(note)
+        return mid
     try:
-        target, mid = await ctx.to_thread(_mount_at, ctx, args.target, True, do)
+        # the mount(2) and its record run to their end; a kill meanwhile takes it away again
+        target, mid = await whole.step(ctx.to_thread(_mount_at, ctx, args.target, True, do))
     except OSError as e:
         raise mountfd.error(e, f"mount of {name}") from None
-    if mid >= 0:
-        made.add(mid)
+    try:
+        await whole.deliver()
+    except asyncio.CancelledError:
+        if mid >= 0:
+            await whole.undo(ctx.to_thread(mountfd.unmount_id, mid, ctx.config.state_dir),
+                             f"the mount of {name} on {target}")
+        raise
     here = _mounts_of(target)
     return {"source": path, "target": target, "fstype": here[-1].fstype if here else kind}
 

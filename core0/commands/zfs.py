@@ -12,8 +12,10 @@ follow them), and ``job.kill``/``max_time`` stop the zfs process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -21,7 +23,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Schema
-from core0.storage import paths, tools, zfs, zfsconf
+from core0.storage import paths, tools, whole, zfs, zfsconf
 from core0.storage.names import (
     DATASET_RE,
     PROP_RE,
@@ -58,13 +60,31 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     props = zfsconf.policy(ctx, args.properties)
     be = await zfs.backend(ctx)
     await zfsconf.check_inherited(ctx, be, args.name, props)
-    await be.create(args.name, args.type, args.volsize, props, args.parents, args.sparse)
-    try:
-        await zfsconf.verify(ctx, [args.name])
-    except Exception:
-        await be.destroy(args.name, True, False, False, True)
-        raise
+    # to its end: a killed zfs CLI has handed the create to the daemon, which finishes it
+    await whole.step(be.create(args.name, args.type, args.volsize, props, args.parents,
+                               args.sparse))
+    await _or_destroyed(be, args.name, lambda: zfsconf.verify(ctx, [args.name]))
     return {"name": args.name, "type": args.type}
+
+
+async def _or_destroyed(be: Any, name: str,
+                        rest: Callable[[], Awaitable[object]] | None = None,
+                        recursive: bool = False) -> None:
+    """The steps after ``name`` was made; when one fails or the job is killed (also during
+    the making, held back until here), ``name`` is destroyed again: a command cut short
+    leaves no dataset or snapshot that a retry would find in its way (409)."""
+    try:
+        await whole.deliver()
+        if rest is not None:
+            await rest()
+    except BaseException:
+        if "@" in name:
+            gone = tools.run(be.ctx, ["zfs", "destroy", *(["-r"] if recursive else []),
+                                      "--", name], check=False)
+        else:
+            gone = be.destroy(name, True, False, False, True)
+        await whole.undo(gone, f"{name}")
+        raise
 
 
 DsType = Literal["filesystem", "volume", "snapshot", "all"]
@@ -122,11 +142,16 @@ async def set_(ctx: Context, args: SetArgs) -> dict[str, Any]:
     back."""
     props = zfsconf.policy(ctx, args.properties, creating=False)
     be = await zfs.backend(ctx)
-    await be.set_props(args.name, props)
-    if "mountpoint" in props and "@" not in args.name:
-        await zfsconf.verify(ctx, [args.name])
+    # to its end: a killed `zfs set mountpoint` left the dataset unmounted
+    await whole.step(_set(ctx, be, args.name, props))
     got = await be.get_props(args.name, list(args.properties))
     return {"name": args.name, "properties": got}
+
+
+async def _set(ctx: Context, be: Any, name: str, props: dict[str, str]) -> None:
+    await be.set_props(name, props)
+    if "mountpoint" in props and "@" not in name:
+        await zfsconf.verify(ctx, [name])
 
 
 @dataclass(frozen=True)
@@ -177,8 +202,13 @@ async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
     if its mount point is outside the filesystem root (the mount is detached at once); 412
     for ``overlay`` on zfs-fuse (it cannot). Lower roles get a nosuid,nodev mount."""
     be = await zfs.backend(ctx)
-    await be.mount(args.name, args.overlay)
-    await zfsconf.verify(ctx, [args.name])
+    await whole.step(be.mount(args.name, args.overlay))  # the daemon mounts it anyway
+    try:
+        await whole.deliver()
+        await zfsconf.verify(ctx, [args.name])
+    except asyncio.CancelledError:  # killed: unmounted again (a retry answered 409)
+        await whole.undo(be.unmount(args.name, True), f"the mount of {args.name}")
+        raise
     got = await be.get_props(args.name, ["mountpoint"])
     return {"name": args.name, "mountpoint": got.get("mountpoint", {}).get("value")}
 
@@ -233,7 +263,9 @@ async def snapshot(ctx: Context, args: SnapshotArgs) -> dict[str, Any]:
     """Snapshot a dataset as ``name@snapname``. 409 if it exists, 404 if the dataset is
     absent."""
     be = await zfs.backend(ctx)
-    full = await be.snapshot(args.name, args.snapname, args.recursive, args.properties)
+    full = await whole.step(be.snapshot(args.name, args.snapname, args.recursive,
+                                        args.properties))
+    await _or_destroyed(be, full, recursive=args.recursive)
     return {"name": full}
 
 
@@ -256,12 +288,8 @@ async def clone(ctx: Context, args: CloneArgs) -> dict[str, Any]:
     props = zfsconf.policy(ctx, args.properties)
     be = await zfs.backend(ctx)
     await zfsconf.check_inherited(ctx, be, args.name, props)
-    await be.clone(args.origin, args.name, props, args.parents)
-    try:
-        await zfsconf.verify(ctx, [args.name])
-    except Exception:
-        await be.destroy(args.name, True, False, False, True)
-        raise
+    await whole.step(be.clone(args.origin, args.name, props, args.parents))
+    await _or_destroyed(be, args.name, lambda: zfsconf.verify(ctx, [args.name]))
     return {"name": args.name, "origin": args.origin}
 
 
@@ -386,21 +414,41 @@ async def receive(ctx: Context, args: ReceiveArgs) -> dict[str, Any]:
     mounted."""
     be = await zfs.backend(ctx)
     fd, path = paths.open_file(ctx, args.file, os.O_RDONLY)
+    target = args.name.split("@")[0]
     try:
         size = os.fstat(fd).st_size
         if size == 0:
             raise BadRequest(f"empty stream file: {path}")
+        new = not await be.exists(target)
         ctx.emit(1, f"receiving {path} ({size} bytes) into {args.name}")
-        await be.receive(args.name, fd, args.force,
-                         _progress(ctx, "received", lambda: os.lseek(fd, 0, os.SEEK_CUR)),
-                         mount=False)
+        try:
+            await be.receive(args.name, fd, args.force,
+                             _progress(ctx, "received",
+                                       lambda: os.lseek(fd, 0, os.SEEK_CUR)),
+                             mount=False)
+        except asyncio.CancelledError:
+            # killed: a dataset the cut stream began is destroyed (a retry found it: 409)
+            if new:
+                await whole.undo(_destroy_if_there(be, target), f"dataset {target}")
+            raise
     finally:
         os.close(fd)
-    if not await be.exists(args.name):
-        raise Conflict(f"zfs receive ended but {args.name} does not exist")
-    if "@" not in args.name:
-        await _confine_received(ctx, be, args.name)
+    # to its end: a kill here left received datasets unmounted, and a mount point from the
+    # stream outside the root (a later `zfs mount -a` mounted it there)
+    await whole.step(_received(ctx, be, args.name))
     return {"name": args.name, "file": path, "bytes": size}
+
+
+async def _received(ctx: Context, be: Any, name: str) -> None:
+    if not await be.exists(name):
+        raise Conflict(f"zfs receive ended but {name} does not exist")
+    if "@" not in name:
+        await _confine_received(ctx, be, name)
+
+
+async def _destroy_if_there(be: Any, name: str) -> None:
+    if await be.exists(name):
+        await be.destroy(name, True, False, False, True)
 
 
 async def _confine_received(ctx: Context, be: Any, name: str) -> None:

@@ -15,7 +15,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, Forbidden, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, Pattern, Schema
-from core0.storage import blockdev, paths, zfs, zfsconf, zfsfuse
+from core0.storage import blockdev, paths, tools, whole, zfs, zfsconf, zfsfuse
 from core0.storage.names import ABS_PATH_RE, DEVICE_RE, POOL_RE, AbsPath, Pool, Props
 
 VDEV_KEYWORDS = ("mirror", "raidz", "raidz1", "raidz2", "raidz3", "spare", "log", "cache",
@@ -98,10 +98,34 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
         mnt = "/" + args.name  # ZFS's default, inside the root
     if mnt is not None:
         mnt = zfsconf.mountpoint(ctx, mnt, "arguments.mountpoint")
-    await be.pool_create(args.name, vdevs, mnt, props, fs_props, args.force)
+    # remembered first (a dispatcher killed -9 in the create leaves a pool the zfs-fuse
+    # supervision brings back), forgotten again if no pool was made
+    had = args.name in zfsfuse.known_pools(ctx.config)
     zfsfuse.remember_pool(ctx.config, args.name, vdevs=vdevs)
-    await zfsconf.verify(ctx, [args.name])
+    try:
+        # to its end: a killed zpool CLI has handed the create to the daemon
+        await whole.step(be.pool_create(args.name, vdevs, mnt, props, fs_props, args.force))
+    except BaseException:
+        if not had:
+            zfsfuse.forget_pool(ctx.config, args.name)
+        raise
+    try:
+        await whole.deliver()
+        await zfsconf.verify(ctx, [args.name])
+    except BaseException:  # failed, or killed: the pool made is destroyed again
+        await whole.undo(_unmade(ctx, be, args.name, vdevs), f"pool {args.name}")
+        if not had:
+            zfsfuse.forget_pool(ctx.config, args.name)
+        raise
     return (await be.pool_list(args.name))[0]
+
+
+async def _unmade(ctx: Context, be: Any, name: str, vdevs: list[str]) -> None:
+    """Destroy the pool a command cut short made, and wipe its labels from the vdevs (a
+    retry without force found "already carries a vdev of pool ...": 409)."""
+    await be.pool_destroy(name, True)
+    members = [v for v in vdevs if v not in VDEV_KEYWORDS]
+    await tools.run(ctx, ["wipefs", "-a", "-q", "--", *members], check=False)
 
 
 def _pool_props(ctx: Context, props: dict[str, str]) -> dict[str, str]:
@@ -163,8 +187,10 @@ async def import_(ctx: Context, args: ImportArgs) -> Any:
         return await be.pool_importable(dirs)
     if args.new_name is not None:
         _pool_name(args.new_name)
-    await be.pool_import(args.name, dirs, args.force, args.new_name,
-                         _pool_props(ctx, args.properties))
+    # to its end (the daemon imports the pool and mounts its datasets anyway), then
+    # recorded and checked before a kill meanwhile is raised
+    await whole.step(be.pool_import(args.name, dirs, args.force, args.new_name,
+                                    _pool_props(ctx, args.properties)))
     want = args.new_name or args.name
     zfsfuse.remember_pool(ctx.config, want, dirs=dirs)
     await zfsconf.verify(ctx, [want])

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from core0.context import Context
 from core0.errors import BadRequest, CommandError, Conflict, Internal, NotFound
-from core0.storage import blockdev, parse, paths, tools
+from core0.storage import blockdev, parse, paths, tools, whole
 
 RULES: list[tools.Rule] = [
     (r"unable to go below|Directory not empty|not empty", Conflict),
@@ -149,14 +151,16 @@ async def snapshot(ctx: Context, source: str, destination: str,
             raise BadRequest(f"{src} is not a btrfs subvolume")
         dir_fd, name, dst = paths.open_parent(ctx, destination)
         try:
-            await ctx.to_thread(snapshot_ioctl, src_fd, dir_fd, name, read_only)
-        except OSError as e:
-            why = {errno.ENOTTY: f"{os.path.dirname(dst)} is not on a btrfs filesystem",
-                   errno.EXDEV: "source and destination are on different filesystems",
-                   errno.EINVAL: f"{src} is not a btrfs subvolume"}.get(e.errno or 0,
-                                                                         e.strerror)
-            cls = _SNAP_ERRORS.get(e.errno or 0, Internal)
-            raise cls(f"snapshot of {src} at {dst}: {why}") from None
+            try:
+                await _made(ctx, dir_fd, name, dst, snapshot_ioctl, src_fd, dir_fd, name,
+                            read_only)
+            except OSError as e:
+                why = {errno.ENOTTY: f"{os.path.dirname(dst)} is not on a btrfs filesystem",
+                       errno.EXDEV: "source and destination are on different filesystems",
+                       errno.EINVAL: f"{src} is not a btrfs subvolume"}.get(e.errno or 0,
+                                                                             e.strerror)
+                cls = _SNAP_ERRORS.get(e.errno or 0, Internal)
+                raise cls(f"snapshot of {src} at {dst}: {why}") from None
         finally:
             os.close(dir_fd)
     finally:
@@ -189,7 +193,8 @@ async def subvol_create(ctx: Context, path: str) -> str:
     dir_fd, name, full = paths.open_parent(ctx, path)
     try:
         args = _vol_args(name)
-        await ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SUBVOL_CREATE, args, True)
+        await _made(ctx, dir_fd, name, full, fcntl.ioctl, dir_fd, BTRFS_IOC_SUBVOL_CREATE,
+                    args, True)
     except OSError as e:
         raise _ioctl_error(e, "subvolume create", full) from None
     finally:
@@ -228,6 +233,28 @@ async def subvol_delete(ctx: Context, dir_fd: int, name: str, real: str) -> None
     """BTRFS_IOC_SNAP_DESTROY of ``name`` in the parent directory descriptor (the kernel looks
     the name up in that directory, never following a symlink, and refuses a non-subvolume)."""
     try:
-        await ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SNAP_DESTROY, _vol_args(name), True)
+        # to its end: the caller closes ``dir_fd`` once this returns
+        await whole.step(ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SNAP_DESTROY,
+                                       _vol_args(name), True))
     except OSError as e:
         raise _ioctl_error(e, "subvolume delete", real) from None
+
+
+def _held(fn: Callable[..., object], *args: Any) -> None:
+    whole.hold("subvol")
+    fn(*args)
+
+
+async def _made(ctx: Context, dir_fd: int, name: str, full: str,
+                fn: Callable[..., object], *args: Any) -> None:
+    """Make subvolume ``name`` in ``dir_fd`` with ``fn(*args)`` (an ioctl, in a thread) as
+    one step: it runs to its end (the descriptors stay open until then), and a kill that
+    came meanwhile deletes the subvolume again before it is raised (before, the ioctl went
+    on after the job answered KILLED, and a retry answered 409)."""
+    await whole.step(ctx.to_thread(_held, fn, *args))
+    try:
+        await whole.deliver()
+    except asyncio.CancelledError:
+        await whole.undo(ctx.to_thread(fcntl.ioctl, dir_fd, BTRFS_IOC_SNAP_DESTROY,
+                                       _vol_args(name), True), f"subvolume {full}")
+        raise

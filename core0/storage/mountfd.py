@@ -22,7 +22,10 @@ import ctypes.util
 import json
 import os
 import re
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from core0 import mountinfo
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
@@ -259,39 +262,116 @@ def umount_in_root(root_path: str, state_dir: str | Path, rel: str, lazy: bool) 
 
 class Made:
     """Mount ids of the mounts core0 made (kept in ``<state_dir>/disk-mounts.json`` so a
-    dispatcher restart remembers them; entries whose mount is gone are dropped)."""
+    dispatcher restart remembers them; entries whose mount is gone are dropped).
+
+    A mount about to be made is noted first (``disk-mounts.pending.json``: its target,
+    device and the dispatcher's pid, removed once the mount(2) returned): a dispatcher
+    killed -9 in between leaves the note, and the next one that reads the record adopts the
+    mount if it is there (before, it was a mount core0 had made but did not know: its
+    ``remount`` was refused with 403)."""
 
     def __init__(self, state_dir: str | Path):
         self.path = Path(state_dir) / "disk-mounts.json"
+        self.pending = Path(state_dir) / "disk-mounts.pending.json"
 
-    def _load(self) -> dict[str, str]:
+    def _read(self, path: Path) -> dict[str, Any]:
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
-        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+        return data if isinstance(data, dict) else {}
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def _load(self) -> dict[str, str]:
+        ids = {str(k): str(v) for k, v in self._read(self.path).items()}
+        if self.pending.exists():
+            with _LOCK:
+                self._adopt(ids)
+        return ids
+
+    def _adopt(self, ids: dict[str, str]) -> None:
+        """Record the mounts a dead dispatcher noted and made (``ids`` updated)."""
+        notes = self._read(self.pending)
+        dead = {k: v for k, v in notes.items() if isinstance(v, dict)
+                and v.get("pid") != os.getpid()}
+        if not dead:
+            return
+        live = list(mountinfo.read())
+        for note in dead.values():
+            for m in live:
+                if m.mountpoint == note.get("target") and str(m.mount_id) not in ids and (
+                        m.majmin == note.get("majmin") or m.source == note.get("source")):
+                    ids[str(m.mount_id)] = f"{m.majmin} {m.mountpoint}"
+        with contextlib.suppress(OSError):
+            self._save(ids)
+            left = {k: v for k, v in notes.items() if k not in dead}
+            if left:
+                self._write(self.pending, left)
+            else:
+                self.pending.unlink()
 
     def _save(self, ids: dict[str, str]) -> None:
         live = _live_ids()
-        ids = {k: v for k, v in ids.items() if live.get(int(k)) == v}
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(ids))
-        os.replace(tmp, self.path)
+        self._write(self.path, {k: v for k, v in ids.items() if live.get(int(k)) == v})
+
+    def note(self, target: str, majmin: str, source: str) -> str:
+        """Note a mount about to be made → the note's key (for :meth:`unnote`)."""
+        key = f"{os.getpid()}:{threading.get_ident()}:{time.monotonic_ns()}"
+        with _LOCK:
+            notes = self._read(self.pending)
+            notes[key] = {"pid": os.getpid(), "target": target, "majmin": majmin,
+                          "source": source}
+            self._write(self.pending, notes)
+        return key
+
+    def unnote(self, key: str) -> None:
+        with _LOCK:
+            notes = self._read(self.pending)
+            if notes.pop(key, None) is not None:
+                with contextlib.suppress(OSError):
+                    if notes:
+                        self._write(self.pending, notes)
+                    else:
+                        self.pending.unlink()
 
     def add(self, mid: int) -> None:
-        ids = self._load()
-        ids[str(mid)] = _live_ids().get(mid, "")
-        self._save(ids)
+        with _LOCK:
+            ids = self._load()
+            ids[str(mid)] = _live_ids().get(mid, "")
+            self._save(ids)
 
     def discard(self, mid: int) -> None:
-        ids = self._load()
-        if ids.pop(str(mid), None) is not None:
-            with contextlib.suppress(OSError):
-                self._save(ids)
+        with _LOCK:
+            ids = self._load()
+            if ids.pop(str(mid), None) is not None:
+                with contextlib.suppress(OSError):
+                    self._save(ids)
 
     def __contains__(self, mid: int) -> bool:
-        want = self._load().get(str(mid))
+        with _LOCK:
+            want = self._load().get(str(mid))
         return want is not None and _live_ids().get(mid) == want
+
+
+#: the record's readers and writers (the event loop's thread and workers)
+_LOCK = threading.RLock()
+
+
+def unmount_id(mid: int, state_dir: str | Path) -> None:
+    """Take away the mount ``mid`` that a command cut short had just made (a plain
+    unmount, lazily if something already uses it) and drop it from the record."""
+    mp = next((m.mountpoint for m in mountinfo.read() if m.mount_id == mid), None)
+    if mp is not None:
+        try:
+            if _libc.umount2(mp.encode(), UMOUNT_NOFOLLOW) != 0:
+                raise _errno_error("umount")
+        except OSError:
+            detach_path(mp)
+    Made(state_dir).discard(mid)
 
 
 def mount_ids() -> set[int]:

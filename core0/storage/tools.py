@@ -13,6 +13,7 @@ import re
 import signal
 from collections.abc import Callable, Sequence
 
+from core0 import cancel
 from core0.backoff import Backoff
 from core0.context import Context
 from core0.errors import (
@@ -97,7 +98,11 @@ async def retry_busy(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget
-    res = await ctx.run(argv, check=False)
+    # each run to its end (a kill is raised after it, or in the wait between two runs): a
+    # killed zfs CLI has handed its destroy/rename/export to the daemon, which finishes it;
+    # a kill held back by an earlier step is raised before the first run
+    await asyncio.sleep(0)
+    res = await cancel.atomic(ctx.run(argv, check=False))
     told = False
     backoff = Backoff.retrying(delay, 1.0)
     while res.status != 0 and re.search(busy, res.stderr) and loop.time() < deadline:
@@ -106,7 +111,7 @@ async def retry_busy(
             ctx.emit(4, f"{os.path.basename(argv[0])} reports busy; retrying")
             told = True
         await asyncio.sleep(wait)
-        res = await ctx.run(argv, check=False)
+        res = await cancel.atomic(ctx.run(argv, check=False))
     if res.status != 0:
         raise tool_error(res, rules)
     return res

@@ -14,14 +14,18 @@ so there the checked ``property=value`` and dataset name come without it).
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import select
 from collections.abc import Callable
 from typing import Any
 
+from core0 import cancel
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
 from core0.proc.process import RunResult
-from core0.storage import blockdev, parse, tools
+from core0.storage import blockdev, parse, tools, whole
 from core0.storage.names import PROP_RE
 
 ZFS_FUSE = "zfs-fuse"
@@ -92,10 +96,14 @@ class CliBackend:
                 raise PreconditionFailed(f"{k}={v}: zfs-fuse (pool version 23) has no {what}")
 
     async def zfs(self, *argv: str, stdin: bytes | int | None = None) -> RunResult:
-        return await tools.run(self.ctx, ["zfs", *argv], stdin=stdin, rules=RULES)
+        res = await tools.run(self.ctx, ["zfs", *argv], stdin=stdin, rules=RULES)
+        await whole.hold_async(["zfs", *argv])
+        return res
 
     async def zpool(self, *argv: str) -> RunResult:
-        return await tools.run(self.ctx, ["zpool", *argv], rules=RULES)
+        res = await tools.run(self.ctx, ["zpool", *argv], rules=RULES)
+        await whole.hold_async(["zpool", *argv])
+        return res
 
     async def busy_retry(self, argv: list[str]) -> RunResult:
         if self.fuse:
@@ -179,8 +187,8 @@ class CliBackend:
         done = await self._unmount_pool(name, force)
         try:
             await self.busy_retry(["zpool", "export", *(["-f"] if force else []), "--", name])
-        except Exception:
-            await self._remount(done)
+        except BaseException:  # a kill too: what was unmounted is mounted again
+            await whole.undo(self._remount(done), "the unmount")
             raise
 
     async def pool_destroy(self, name: str, force: bool) -> None:
@@ -188,8 +196,8 @@ class CliBackend:
         try:
             await self.busy_retry(["zpool", "destroy", *(["-f"] if force else []), "--",
                                    name])
-        except Exception:
-            await self._remount(done)
+        except BaseException:  # a kill too: what was unmounted is mounted again
+            await whole.undo(self._remount(done), "the unmount")
             raise
 
     # ------------------------------------------------------------ datasets
@@ -311,10 +319,11 @@ class CliBackend:
         done: list[str] = []
         try:
             for n in names:
-                await self.unmount(n, force, checked=True)
+                # to its end: a killed CLI's unmount is done by the daemon all the same
+                await whole.step(self.unmount(n, force, checked=True))
                 done.append(n)
-        except Exception:
-            await self._remount(done)
+        except BaseException:  # a kill too: what was unmounted is mounted again
+            await whole.undo(self._remount(done), "the unmount")
             raise
         return done
 
@@ -323,6 +332,7 @@ class CliBackend:
             await self.refuse_busy([name], force)
         res = await tools.run(self.ctx, ["zfs", "unmount", "--", name], check=False,
                               rules=RULES)
+        await whole.hold_async(["zfs", "unmount"])
         if res.status != 0 and "busy" in res.stderr:
             if not force:
                 raise Conflict(f"{name} is busy (open files or a process inside it); "
@@ -382,8 +392,8 @@ class CliBackend:
                 await tools.run(self.ctx, argv, rules=RULES)
             else:
                 await self.busy_retry(argv)
-        except Exception:
-            await self._remount(unmounted)
+        except BaseException:  # a kill too: what was unmounted is mounted again
+            await whole.undo(self._remount(unmounted), "the unmount")
             raise
 
     async def rename(self, name: str, new_name: str, recursive: bool, parents: bool) -> None:
@@ -401,12 +411,12 @@ class CliBackend:
                 await self._mounted_under(name, True, clones=True), False)
         try:
             await self.busy_retry(argv)
-        except Exception:
-            await self._remount(unmounted)
+        except BaseException:  # a kill too: what was unmounted is mounted again
+            await whole.undo(self._remount(unmounted), "the unmount")
             raise
         moved = [new_name + n[len(name):] if n == name or n.startswith(name + "/") else n
                  for n in unmounted]
-        await self._remount(moved)
+        await whole.step(self._remount(moved))
 
     async def snapshot(self, name: str, snapname: str, recursive: bool,
                        props: dict[str, str]) -> str:
@@ -463,6 +473,73 @@ class CliBackend:
                       progress: Callable[[], None] | None, mount: bool = True) -> None:
         argv = ["zfs", "receive", *(["-F"] if force else []), *([] if mount else ["-u"]),
                 "--", name]
-        res = await tools.run_fds(argv, stdin=fd, stdout=None, progress=progress)
+        # the stream goes through a pipe core0 feeds: zfs-fuse's CLI hands its stdin to the
+        # daemon, which went on reading a file to its end after the CLI was killed (a killed
+        # receive still made the dataset). A pipe closed early ends the daemon's receive.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(w, False)
+        closed: list[int] = []
+        try:
+            tool = asyncio.ensure_future(tools.run_fds(argv, stdin=r, stdout=None,
+                                                       progress=progress))
+            pump = asyncio.ensure_future(self.ctx.long_work(_pump, fd, w, closed, wait=True))
+            try:
+                await asyncio.wait({tool, pump}, return_when=asyncio.FIRST_COMPLETED)
+                if tool.done() and not pump.done():  # it failed early: stop feeding it
+                    pump.cancel()
+                await asyncio.wait({tool, pump})
+            except asyncio.CancelledError:
+                # the pump stops, the pipe closes: the daemon reads a cut stream and gives the
+                # receive up; the CLI ends with it (killed if not within RECEIVE_STOP)
+                pump.cancel()
+                await whole.undo(_ended(pump, tool, RECEIVE_STOP), "the receive")
+                raise
+            res = tool.result()
+            if res.status == 0 and not pump.cancelled() and pump.exception() is not None:
+                raise pump.exception()  # type: ignore[misc]
+        finally:
+            os.close(r)
+            if not closed:
+                os.close(w)
         if res.status != 0:
             raise tools.tool_error(res, RULES)
+
+
+#: seconds a killed receive waits for the zfs CLI to end once its stream is cut
+RECEIVE_STOP = 30.0
+
+
+async def _ended(pump: asyncio.Future[None], tool: asyncio.Future[RunResult],
+                 grace: float) -> None:
+    """Wait for the pump, then up to ``grace`` seconds for the tool; then kill it."""
+    await asyncio.wait({pump})
+    await asyncio.wait({tool}, timeout=grace)
+    if not tool.done():
+        tool.cancel()
+        await asyncio.wait({tool})
+    for f in (pump, tool):
+        if f.done() and not f.cancelled():
+            f.exception()  # retrieved: no "never retrieved" warning
+
+
+def _pump(src: int, dst: int, closed: list[int]) -> None:
+    """Copy the stream file ``src`` into the non-blocking pipe ``dst`` (a worker thread),
+    then close ``dst`` (noted in ``closed``); a cancelled job stops it within 0.2 s."""
+    try:
+        while True:
+            cancel.check()
+            chunk = os.read(src, 1 << 20)
+            if not chunk:
+                return
+            view = memoryview(chunk)
+            while view:
+                cancel.check()
+                if not select.select([], [dst], [], 0.2)[1]:
+                    continue
+                try:
+                    view = view[os.write(dst, view):]
+                except BlockingIOError:
+                    continue
+    finally:
+        os.close(dst)
+        closed.append(dst)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from core0.context import Context
 from core0.errors import BadRequest, Conflict, Forbidden
 from core0.registry import Role
-from core0.storage import blockdev, mountfd, paths
+from core0.storage import blockdev, mountfd, paths, whole
 
 if TYPE_CHECKING:
     from core0.storage.zfs_cli import CliBackend
@@ -132,7 +132,13 @@ def _harden(ctx: Context, mp: str) -> None:
 async def verify(ctx: Context, names: list[str], harden: bool | None = None) -> None:
     """After an operation that may have mounted ``names`` (and what is below them): detach a
     mount that landed outside the root (409), and give nosuid,nodev to the mounts of a lower
-    role's command (or with ``harden``)."""
+    role's command (or with ``harden``). Runs to its end even if the job is killed meanwhile
+    (the kill is raised after it): a mount left outside the root, or a lower role's mount
+    left without nosuid,nodev, is what a kill here used to leave."""
+    await whole.step(_verify(ctx, names, harden))
+
+
+async def _verify(ctx: Context, names: list[str], harden: bool | None) -> None:
     mounts = zfs_mounts(names)
     outside = [(ds, mp) for ds, mp in mounts if not inside_root(ctx, mp)]
     for _ds, mp in outside:
