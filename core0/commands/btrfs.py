@@ -7,6 +7,7 @@ The machinery is in ``core0.storage.btrfs``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from core0.context import Context
 from core0.errors import BadRequest, Conflict, NotFound
 from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Pattern, Schema
-from core0.storage import blockdev, mountfd, parse, paths, tools
+from core0.storage import blockdev, mountfd, parse, paths, tools, whole
 from core0.storage import btrfs as bt
 from core0.storage.names import SIZE_RE, AbsPath, Device
 
@@ -68,8 +69,16 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
             *(["-L", args.label] if args.label else []),
             *(["-d", args.data] if args.data else []),
             *(["-m", args.metadata] if args.metadata else []), "--", *devs]
-    await tools.run(ctx, [a for a in argv if a is not None], rules=bt.RULES)
-    info = (await blockdev.probe(ctx, devs[:1])).get(devs[0], {})
+    found = await blockdev.probe(ctx, devs)
+    try:
+        await whole.killed_and_gone(ctx, [a for a in argv if a is not None], bt.RULES)
+        info = (await blockdev.probe(ctx, devs[:1])).get(devs[0], {})
+    except asyncio.CancelledError:
+        # killed: the (half-)made filesystem's signatures are wiped (a retry without
+        # overwrite found "already carries btrfs": 409)
+        await whole.undo(whole.wipe_if_changed(ctx, {d: found.get(d, {}) for d in devs}),
+                         "the mkfs.btrfs")
+        raise
     return {"label": info.get("LABEL", args.label or None), "uuid": info.get("UUID"),
             "devices": devs}
 

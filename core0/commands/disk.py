@@ -313,24 +313,14 @@ async def mkfs(ctx: Context, args: MkfsArgs) -> dict[str, Any]:
     argv = _mkfs_argv(args.fstype, path, args.label, disk)
     try:
         await whole.killed_and_gone(ctx, argv)
+        info = (await blockdev.probe(ctx, [path])).get(path, {})
     except asyncio.CancelledError:
-        # killed: the half-made filesystem's signatures are wiped, or a retry without force
+        # killed: the (half-)made filesystem's signatures are wiped, or a retry without force
         # found "already carries ext4" (409); the device as it was when nothing was written
-        await whole.undo(_wipe_if_changed(ctx, path, found), f"the mkfs of {name}")
+        await whole.undo(whole.wipe_if_changed(ctx, {path: found}), f"the mkfs of {name}")
         raise
-    info = (await blockdev.probe(ctx, [path])).get(path, {})
     return {"device": name, "fstype": info.get("TYPE", args.fstype),
             "label": info.get("LABEL"), "uuid": info.get("UUID")}
-
-
-async def _wipe_if_changed(ctx: Context, path: str, before: dict[str, str]) -> None:
-    """Wipe the signatures of ``path`` if they differ from ``before`` (a killed mkfs wrote
-    some)."""
-    now = (await blockdev.probe(ctx, [path])).get(path, {})
-    keys = ("TYPE", "UUID", "PTTYPE", "PTUUID")
-    if any(now.get(k) != before.get(k) for k in keys) and (now.get("TYPE")
-                                                            or now.get("PTTYPE")):
-        await tools.run(ctx, ["wipefs", "-a", "-q", "--", path])
 
 
 _OPTION = r"[a-z0-9_][a-z0-9_-]{0,63}(=[A-Za-z0-9_.:/@+=-]{0,255})?"

@@ -37,7 +37,7 @@ from core0.context import Context
 from core0.errors import PreconditionFailed
 from core0.proc import process
 from core0.proc.process import RunResult
-from core0.storage import tools
+from core0.storage import blockdev, tools
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,3 +115,16 @@ async def killed_and_gone(ctx: Context, argv: Sequence[str],
     if res.status != 0:
         raise tools.tool_error(res, rules)
     return res
+
+
+async def wipe_if_changed(ctx: Context, before: dict[str, dict[str, str]]) -> None:
+    """Wipe the signatures of each device path in ``before`` whose signatures (blkid's
+    TYPE, UUID, PTTYPE, PTUUID) differ from what ``before`` has for it: what a killed mkfs
+    wrote. A device it had not touched yet keeps what it carried."""
+    now = await blockdev.probe(ctx, list(before))
+    keys = ("TYPE", "UUID", "PTTYPE", "PTUUID")
+    changed = [p for p, was in before.items()
+               if any(now.get(p, {}).get(k) != was.get(k) for k in keys)
+               and (now.get(p, {}).get("TYPE") or now.get(p, {}).get("PTTYPE"))]
+    if changed:
+        await tools.run(ctx, ["wipefs", "-a", "-q", "--", *changed])

@@ -204,13 +204,19 @@ def test_a_killed_mkpart_leaves_no_partition(node: Node, hold_dir: Path,
 
 def test_a_killed_mkfs_leaves_no_half_made_filesystem(node: Node, hold_dir: Path,
                                                       loops: Loops) -> None:
-    """disk.mkfs killed: the signatures the tool wrote are wiped, so a retry without force
-    is not refused (before: 409 "already carries ext4")."""
+    """disk.mkfs / btrfs.create killed: the signatures the tool wrote are wiped, so a retry
+    without force/overwrite is not refused (before: 409 "already carries ext4")."""
     require("mkfs.ext4", "wipefs")
     dev = loops("256M")
     killed_at(node, hold_dir, "mkfs.ext4", "disk.mkfs", {"device": dev, "fstype": "ext4"},
               whole=False)
     _ok(node, "disk.mkfs", {"device": dev, "fstype": "ext4"})
+    # btrfs.create over two devices: both wiped (before: 409 "already carries btrfs")
+    require("mkfs.btrfs")
+    a, b = loops("256M"), loops("256M")
+    args = {"devices": [a, b], "data": "raid1", "metadata": "raid1"}
+    killed_at(node, hold_dir, "mkfs.btrfs", "btrfs.create", args, whole=False)
+    _ok(node, "btrfs.create", args)
 
 
 def _datasets(pool: str) -> list[str]:
