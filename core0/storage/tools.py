@@ -7,7 +7,6 @@ no shell, no ``subprocess``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import signal
@@ -163,10 +162,9 @@ async def run_fds(
         err = await reader
     except BaseException:
         process.killpg(sp.pid, signal.SIGKILL)
-        reader.cancel()
+        await process.ended([reader])  # off the event loop before its pipe is closed
         raise
     finally:
-        with contextlib.suppress(OSError):
-            os.close(err_r)
+        os.close(err_r)
     code, sig = process.exit_code(status)
     return RunResult(list(argv), code if sig == 0 else -sig, "", err.decode("utf-8", "replace"))
