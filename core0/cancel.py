@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import inspect
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
@@ -77,8 +78,17 @@ async def atomic(aw: Awaitable[T], *, defer: bool = True) -> T:
     A cancel that came meanwhile is not lost: when ``aw`` failed, CancelledError is raised
     instead of its error; when it succeeded, its result is returned (so the caller knows
     its effect, e.g. adds it to what its clean-up undoes) and the task is cancelled again,
-    which its next ``await`` raises (``defer``). ``defer=False``, for a clean-up that runs
-    because the task is ending anyway: further cancels are dropped."""
+    which its next ``await`` raises (``defer``). A cancel already pending when the step is
+    given (one an earlier step held back, a ``max_time`` just expired) is raised before a
+    step not yet begun (a coroutine) begins: a kill is never followed by a new step.
+    ``defer=False``, for a clean-up that runs because the task is ending anyway: the step
+    always runs, and further cancels are dropped."""
+    if defer and inspect.iscoroutine(aw):
+        try:
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            aw.close()  # never begun
+            raise
     step = asyncio.ensure_future(aw)
     interrupted = False
     while not step.done():

@@ -24,7 +24,6 @@ can kill the job, or its dispatcher, exactly there.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import os
 import signal
@@ -73,12 +72,6 @@ async def step(aw: Awaitable[T]) -> T:
     the caller's next ``await`` (:func:`core0.cancel.atomic`), after the caller has taken
     note of what the step made. A kill held back by an earlier step is raised before this
     one begins (not absorbed by it: a killed ``zfs.destroy`` went on to destroy)."""
-    try:
-        await deliver()
-    except asyncio.CancelledError:
-        if inspect.iscoroutine(aw):
-            aw.close()
-        raise
     return await cancel.atomic(aw)
 
 
