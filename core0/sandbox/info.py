@@ -30,7 +30,7 @@ import psutil
 
 from core0 import mountinfo
 from core0.sandbox.dispatch import cgroup_pids
-from core0.sandbox.manager import _cgroup_file
+from core0.sandbox.listing import _cgroup_file
 from core0.sandbox.store import Record
 
 

@@ -107,12 +107,28 @@ def restore(engine: JobEngine, cfg: Config) -> int:
 def terminate_unfinished(engine: JobEngine, cfg: Config) -> int:
     """Dispatcher start: terminate the containers a killed dispatcher was making — half made
     (a record, a root, a netns, nics, forwards, maybe a started init), never to be finished:
-    their ``corex.create`` is answered 503 interrupted. Returns how many."""
+    their ``corex.create`` is answered 503 interrupted — or tearing down (their
+    ``corex.terminate``, answered the same, is finished), and remove container dirs left
+    without a record. Returns how many."""
     from core0.sandbox import manager
+    from core0.sandbox.store import Store
 
-    return sum(_terminate(engine, rec, f"unfinished:{rec.id}:{rec.created}",
-                          "its create was cut short by a dispatcher that died")
-               for rec in manager.unfinished(cfg.state_dir))
+    n = sum(_terminate(engine, rec, f"unfinished:{rec.id}:{rec.created}",
+                       f"its {'create' if rec.state == 'creating' else 'terminate'} was cut "
+                       "short by a dispatcher that died")
+            for rec in manager.unfinished(cfg.state_dir))
+    for cid in manager.unrecorded(cfg.state_dir):
+        made = Store(cfg.state_dir).dir(cid).stat().st_mtime_ns
+        cmd = Command(command="corex.terminate", arguments={"container": cid},
+                      id=f"unrecorded:{cid}:{made}")
+        try:
+            engine.submit_internal(cmd)
+            n += 1
+            log.info("container dir %d without a record (cut short by a dispatcher that "
+                     "died): removed", cid)
+        except Exception as e:
+            log.warning("container dir %d not removed: %s", cid, e)
+    return n
 
 
 def _terminate(engine: JobEngine, rec: Record, job_id: str, why: str) -> bool:

@@ -204,3 +204,59 @@ def test_an_inner_job_cut_short_leaves_no_process_inside(cnode: ContainerNode, i
     assert list((cnode.state_dir / "sandbox" / "containers" / str(cid)).glob("exec-*")) == []
     assert inside(cnode, cid, "echo next").stdout == "next\n"
     ok(cnode, "corex.terminate", {"container": cid})
+
+
+def _dispatcher_back(node: ContainerNode, old: int) -> bool:
+    from sandbox_fixtures import dispatcher_or_zero, pingable
+
+    return dispatcher_or_zero(node) not in (0, old) and pingable(node)
+
+
+@pytest.mark.parametrize("where", ["forwards", "files"])
+def test_a_terminate_cut_short_by_a_dead_dispatcher_is_finished(
+        cnode: ContainerNode, image: str, where: str) -> None:
+    """The dispatcher killed -9 in a ``corex.terminate`` of a userns container — while the
+    ``nft -f`` removing its forwards runs, or while its dir (60,000 files written inside) is
+    being removed: the terminate is answered 503 (interrupted) and the next dispatcher
+    finishes it — nothing of the container is left, listed or not, and its uid range is
+    free. Before, it stayed listed ("gone") half torn down until someone terminated it again;
+    cut in the removal of its dir after its record went, the rest of the dir stayed for good,
+    listed nowhere, its id and uid range taken."""
+    import signal
+
+    before = snapshot(cnode)
+    args: dict[str, Any] = {"root": image, "userns": True, "nics": [{"type": "default"}],
+                            "port": {str(22000 + i): 80 for i in range(256)}}
+    cid = ok(cnode, "corex.create", args)
+    cdir = cnode.state_dir / "sandbox" / "containers" / str(cid)
+    if where == "files":
+        from sandbox_fixtures import inside
+
+        got = inside(cnode, cid, "mkdir /m && cd /m && seq 60000 | xargs touch && echo made",
+                     timeout=300)
+        assert got.stdout == "made\n", got
+    old = cnode.dispatcher_pid()
+    dispatcher = psutil.Process(old)
+    c = cnode.client()
+    try:
+        r = c.raw("corex.terminate", {"container": cid})
+        deadline = time.monotonic() + 30
+        if where == "forwards":
+            while not any(ch.name() == "nft" for ch in dispatcher.children()):
+                assert time.monotonic() < deadline
+                time.sleep(0.0005)
+        else:  # the root is unmounted, the files are being removed
+            while (cdir / "rootfs").is_mount() or not (cdir / "upper").exists():
+                assert time.monotonic() < deadline
+                time.sleep(0.0005)
+        os.kill(old, signal.SIGKILL)
+        res = r.get(120)
+    finally:
+        c.close()
+    assert (res.state.value, res.code) == ("ERROR", 503), res
+    assert wait_until(lambda: _dispatcher_back(cnode, old), 60, 0.2)
+    assert wait_until(lambda: snapshot(cnode) == before, 30), (snapshot(cnode), before)
+    assert ok(cnode, "corex.list", {}) == {}
+    assert userns_slots(cnode) == []
+    cid = ok(cnode, "corex.create", {**args, "port": {"22000": 80}})
+    ok(cnode, "corex.terminate", {"container": cid})
