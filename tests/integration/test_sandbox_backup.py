@@ -368,5 +368,4 @@ def test_a_restore_keeps_the_dispatcher_answering(cnode: ContainerNode, image: s
     assert worst[0] < 0.3, f"core.ping waited {worst[0]:.2f} s"
     left = [p.name for p in imports.iterdir() if p.name.startswith(".")]
     assert left == [], left
-    assert [i["name"] for i in ok(cnode, "container.image.list", {})
-            if i["name"].startswith("restic-")] == [f"restic-{snap}"]
+    assert f"restic-{snap}" in [i["name"] for i in ok(cnode, "container.image.list", {})]
