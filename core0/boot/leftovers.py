@@ -28,11 +28,15 @@ from core0.virt import fetch
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.jobs.engine import JobEngine
+    from core0.jobs.job import Job
 
 
-async def sweep(engine: JobEngine, cfg: Config, started: float) -> None:
-    """All of the above (``started``: this dispatcher's start, on the wall clock)."""
-    persist.terminate_unfinished(engine, cfg)
+async def sweep(engine: JobEngine, cfg: Config, started: float) -> list[Job]:
+    """All of the above (``started``: this dispatcher's start, on the wall clock). Returns
+    the terminate jobs of the half-made containers: the declared ones come back once those
+    ended (``persist.restore(after=…)``), a declared one half made holding its id until
+    then."""
+    terminates = persist.terminate_unfinished(engine, cfg)
     if (net_dir(cfg.state_dir) / "state.json").exists() or portguard.load(cfg.state_dir):
         # only a node that has set up nft before: nodes sharing a network namespace (tests,
         # `core0 dev` beside another) share its table name
@@ -40,3 +44,4 @@ async def sweep(engine: JobEngine, cfg: Config, started: float) -> None:
                                        id=f"nft-reconcile:{started:.3f}"))
     await asyncio.to_thread(images.sweep_leftovers, cfg.state_dir, started)
     await asyncio.to_thread(fetch.sweep_parts, Path(cfg.virt.dir) / "cache", started)
+    return terminates

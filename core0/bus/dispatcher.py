@@ -336,16 +336,17 @@ class Dispatcher:
                 log.error("persistent disk %s not mounted: declared containers and VMs stay "
                           "down", self.cfg.main.persistent_device)
                 return
+        terminates: list[Any] = []
         try:  # what a killed dispatcher left
             from core0.boot import leftovers
 
-            await leftovers.sweep(self.engine, self.cfg, self.started)
+            terminates = await leftovers.sweep(self.engine, self.cfg, self.started)
         except Exception:
             log.exception("leftovers of a killed dispatcher not removed")
-        try:  # declared containers come back: core0/sandbox/persist.py
+        try:  # declared containers come back (after those): core0/sandbox/persist.py
             from core0.sandbox import persist
 
-            persist.restore(self.engine, self.cfg)
+            persist.restore(self.engine, self.cfg, after=terminates)
         except Exception:
             log.exception("declared containers not restored")
         try:  # and declared VMs: core0/virt/persist.py

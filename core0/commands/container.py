@@ -309,7 +309,9 @@ async def terminate(ctx: Context, args: ContainerArgs) -> None:
     declaration of a persistent one). 403 for a container of a higher role's queue or of
     another private queue, as for every command that acts on one container."""
     rec = await manager.terminate(ctx, args.container)
-    if rec is not None and rec.spec_hash:
+    # core0's own terminates (a half-made container after a dispatcher died, a stale one)
+    # clear the way for the declaration: they never forget it
+    if rec is not None and rec.spec_hash and not ctx.job.internal:
         persist.undeclare(ctx.config, rec.name)
 
 

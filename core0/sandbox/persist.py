@@ -20,8 +20,10 @@ With ``main.persistent_dir`` set (a mounted disk or dataset):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from core0_client.protocol import Command
@@ -31,6 +33,7 @@ from core0.declared import MAX_DECLARED, Declarations, base, spec_hash
 if TYPE_CHECKING:
     from core0.config import Config
     from core0.jobs.engine import JobEngine
+    from core0.jobs.job import Job
     from core0.sandbox.store import Record
 
 __all__ = ["MAX_DECLARED", "base", "declaration", "declare", "declared", "link_images",
@@ -88,11 +91,13 @@ def link_images(cfg: Config) -> None:
     os.symlink(target, link)
 
 
-def restore(engine: JobEngine, cfg: Config) -> int:
+def restore(engine: JobEngine, cfg: Config, after: Sequence[Job] = ()) -> int:
     """Dispatcher start: link the image store and re-declare every recorded container (a
-    ``corex.create`` job of core0's own each). Returns how many were submitted. Also
-    re-attaches the teardown of containers run by adopted jobs (:mod:`.foreground`) and the
-    end of adopted inner jobs (:mod:`.dispatch`)."""
+    ``corex.create`` job of core0's own each). Returns how many were submitted; with
+    ``after`` (the terminates of containers a dead dispatcher left half made, one of which
+    may be a declared container holding its id), they are submitted once those ended, in
+    the background. Also re-attaches the teardown of containers run by adopted jobs
+    (:mod:`.foreground`) and the end of adopted inner jobs (:mod:`.dispatch`)."""
     from core0.sandbox import dispatch, foreground
 
     foreground.reattach(engine, cfg.state_dir)
@@ -101,47 +106,73 @@ def restore(engine: JobEngine, cfg: Config) -> int:
         return 0
     link_images(cfg)
     _forget_undeclared(engine, cfg)
-    return CONTAINERS.restore(engine, cfg)
+    if not after:
+        return CONTAINERS.restore(engine, cfg)
+    task = asyncio.ensure_future(_restore_after(engine, cfg, after))
+    _LATER.add(task)
+    task.add_done_callback(_LATER.discard)
+    return 0
 
 
-def terminate_unfinished(engine: JobEngine, cfg: Config) -> int:
+#: the restores waiting for half-made containers' terminates (referenced until they end)
+_LATER: set[asyncio.Task[None]] = set()
+#: how long they wait (a terminate gives an init 5 s after TERM)
+TERMINATE_WAIT = 120
+
+
+async def _restore_after(engine: JobEngine, cfg: Config, after: Sequence[Job]) -> None:
+    try:
+        async with asyncio.timeout(TERMINATE_WAIT):
+            for job in after:
+                await job.done.wait()
+    except TimeoutError:
+        log.warning("containers left half made by a dispatcher that died: not all "
+                    "terminated within %d s; the declared ones come back anyway",
+                    TERMINATE_WAIT)
+    try:
+        CONTAINERS.restore(engine, cfg)
+    except Exception:
+        log.exception("declared containers not restored")
+
+
+def terminate_unfinished(engine: JobEngine, cfg: Config) -> list[Job]:
     """Dispatcher start: terminate the containers a killed dispatcher was making — half made
     (a record, a root, a netns, nics, forwards, maybe a started init), never to be finished:
     their ``corex.create`` is answered 503 interrupted — or tearing down (their
     ``corex.terminate``, answered the same, is finished), and remove container dirs left
-    without a record. Returns how many."""
+    without a record. Returns the terminate jobs (the declared containers come back once
+    they ended: a declared one half made holds its id until then)."""
     from core0.sandbox import manager
     from core0.sandbox.store import Store
 
-    n = sum(_terminate(engine, rec, f"unfinished:{rec.id}:{rec.created}",
+    jobs = [_terminate(engine, rec, f"unfinished:{rec.id}:{rec.created}",
                        f"its {'create' if rec.state == 'creating' else 'terminate'} was cut "
                        "short by a dispatcher that died")
-            for rec in manager.unfinished(cfg.state_dir))
+            for rec in manager.unfinished(cfg.state_dir)]
     for cid in manager.unrecorded(cfg.state_dir):
         made = Store(cfg.state_dir).dir(cid).stat().st_mtime_ns
         cmd = Command(command="corex.terminate", arguments={"container": cid},
                       id=f"unrecorded:{cid}:{made}")
         try:
-            engine.submit_internal(cmd)
-            n += 1
+            jobs.append(engine.submit_internal(cmd))
             log.info("container dir %d without a record (cut short by a dispatcher that "
                      "died): removed", cid)
         except Exception as e:
             log.warning("container dir %d not removed: %s", cid, e)
-    return n
+    return [j for j in jobs if j is not None]
 
 
-def _terminate(engine: JobEngine, rec: Record, job_id: str, why: str) -> bool:
-    """Submit a ``corex.terminate`` job of core0's own for ``rec`` (logged); False when it
+def _terminate(engine: JobEngine, rec: Record, job_id: str, why: str) -> Job | None:
+    """Submit a ``corex.terminate`` job of core0's own for ``rec`` (logged); None when it
     could not be submitted."""
     cmd = Command(command="corex.terminate", arguments={"container": rec.id}, id=job_id)
     try:
-        engine.submit_internal(cmd)
+        job = engine.submit_internal(cmd)
     except Exception as e:
         log.warning("container %s (%d) not terminated: %s", rec.name, rec.id, e)
-        return False
+        return None
     log.info("container %s (%d): %s, terminated", rec.name, rec.id, why)
-    return True
+    return job
 
 
 def _forget_undeclared(engine: JobEngine, cfg: Config) -> None:

@@ -287,3 +287,42 @@ def test_a_private_queues_declaration_stays_its_own() -> None:
                 cleanup_containers(node)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_declared_container_cut_short_at_boot_comes_back(monkeypatch: Any) -> None:
+    """The dispatcher dies (a fault hook, once) in the boot's re-creation of a declared
+    container: the next dispatcher terminates the half-made one and then makes it again,
+    under its id, its declaration kept. Before, the re-creation raced the terminate: in 2 of
+    6 runs the half-made container still held the id and the declared one came back under
+    another (clients address containers by id). And that clean-up, a corex.terminate,
+    forgot the declaration (as a queue's terminate does); core0's own terminates no longer
+    do, so a re-creation that fails is tried again at the next start."""
+    require_root()
+    base = Path(tempfile.mkdtemp(prefix="core0-persist-"))
+    pdir, nbase, cfg = base / "persist", base / "node", base / "core0.toml"
+    nbase.mkdir()
+    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
+    try:
+        with netns("pst") as ns:
+            node = start_container_node(ns, nbase, str(cfg))
+            try:
+                ok(node, "container.image.import", {"name": "bb",
+                                                    "source": str(busybox_rootfs(base / "r"))})
+                cid = ok(node, "corex.create", {"root": "bb", "name": "web", "persistent": True,
+                                                "nics": [{"type": "default"}]})
+                monkeypatch.setenv("CORE0_TEST_CRASH_IN_CREATE", "1")
+                node = reboot(node, cfg)
+
+                def up() -> bool:
+                    entry = ok(node, "corex.list", {}).get(str(cid))
+                    return entry is not None and entry["container"]["status"] == "running"
+
+                assert wait_until(up, 90), node.log_text()[-4000:]
+                assert (node.state_dir / "test-crashed-in-create").exists()
+                assert len(list((pdir / "containers").glob("*.json"))) == 1
+                assert ok(node, "corex.get", {"query": "web"})["container"]["id"] == cid
+            finally:
+                node.stop()
+                cleanup_containers(node)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
