@@ -32,22 +32,22 @@ class Hold:
             return None
         return self.where if any(self.match(w, step) for w in self.names) else None
 
-    def wait(self, step: str) -> None:
-        """Hold ``step`` in a worker thread (blocks)."""
+    def _held(self, step: str) -> Path | None:
+        """``<dir>/held`` made for a held ``step``; its ``<dir>/go`` (None: not held)."""
         where = self.wanted(step)
         if where is None:
-            return
+            return None
         Path(where, "held").touch()
-        deadline = time.monotonic() + WAIT
-        while not Path(where, "go").exists() and time.monotonic() < deadline:
+        return Path(where, "go")
+
+    def wait(self, step: str) -> None:
+        """Hold ``step`` in a worker thread (blocks)."""
+        go, deadline = self._held(step), time.monotonic() + WAIT
+        while go is not None and not go.exists() and time.monotonic() < deadline:
             time.sleep(0.02)
 
     async def wait_async(self, step: str) -> None:
         """Hold ``step`` on the event loop."""
-        where = self.wanted(step)
-        if where is None:
-            return
-        Path(where, "held").touch()
-        deadline = time.monotonic() + WAIT
-        while not Path(where, "go").exists() and time.monotonic() < deadline:
+        go, deadline = self._held(step), time.monotonic() + WAIT
+        while go is not None and not go.exists() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

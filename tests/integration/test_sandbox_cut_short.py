@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import psutil
 import pytest
 from conftest import wait_until
-from sandbox_fixtures import ContainerNode, busybox_rootfs, container_node, ok
+from sandbox_fixtures import ContainerNode, container_node, ok, warm_busybox
 from test_sandbox_life import snapshot
 
 
@@ -37,12 +36,7 @@ def userns_slots(node: ContainerNode) -> list[str]:
 
 @pytest.fixture(scope="module")
 def image(cnode: ContainerNode) -> str:
-    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
-    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
-    # warm-up: the first default nic makes the node's NAT bridge (it stays: not a leak)
-    cid = ok(cnode, "corex.create", {"root": "bb"})
-    ok(cnode, "corex.terminate", {"container": cid})
-    return "bb"
+    return warm_busybox(cnode)
 
 
 def killed_in_tool(node: ContainerNode, command: str, args: dict[str, Any], tool: str,

@@ -26,6 +26,7 @@ from sandbox_fixtures import (
     node_tag,
     ok,
     pingable,
+    warm_busybox,
 )
 
 
@@ -55,12 +56,7 @@ def snapshot(cnode: ContainerNode) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def image(cnode: ContainerNode) -> str:
-    root = busybox_rootfs(Path(tempfile.mkdtemp(prefix="bb-", dir=cnode.dir)) / "rootfs")
-    ok(cnode, "container.image.import", {"name": "bb", "source": str(root)})
-    # warm-up: the first default nic makes the node's NAT bridge (it stays: not a leak)
-    cid = ok(cnode, "corex.create", {"root": "bb"})
-    ok(cnode, "corex.terminate", {"container": cid})
-    return "bb"
+    return warm_busybox(cnode)
 
 
 def test_kill9_dispatcher_adopts_and_terminate_leaves_nothing(cnode: ContainerNode,

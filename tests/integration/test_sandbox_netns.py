@@ -18,20 +18,17 @@ from sandbox_fixtures import (
     ContainerNode,
     call,
     dispatcher_or_zero,
-    import_busybox,
     inside,
     node_tag,
     ok,
     pingable,
+    warm_busybox,
 )
 
 
 @pytest.fixture(scope="module")
 def image(cnode: ContainerNode) -> str:
-    import_busybox(cnode)
-    cid = ok(cnode, "corex.create", {"root": "bb"})  # makes the NAT bridge (it stays)
-    ok(cnode, "corex.terminate", {"container": cid})
-    return "bb"
+    return warm_busybox(cnode)
 
 
 def snapshot(cnode: ContainerNode) -> dict[str, Any]:

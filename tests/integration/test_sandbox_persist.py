@@ -5,9 +5,12 @@ running container, a changed spec recreates it; terminate forgets the declaratio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +140,20 @@ def reboot_dispatcher(node: ContainerNode) -> ContainerNode:
     return node
 
 
-def test_concurrent_declarations_and_a_removed_declaration() -> None:
-    """Two persistent creates of one name at once give one container (serialised); a
-    declaration removed while the dispatcher is down tears its container down."""
+@dataclass
+class Persisted:
+    """A node with a persistent dir (``node`` follows its reboots) and the busybox image."""
+
+    base: Path
+    pdir: Path
+    cfg: Path
+    node: ContainerNode
+
+
+@contextlib.contextmanager
+def persisted_node() -> Iterator[Persisted]:
+    """A node in its own netns with ``[main] persistent_dir`` and image ``bb``; stopped and
+    removed at the end."""
     require_root()
     base = Path(tempfile.mkdtemp(prefix="core0-persist-"))
     pdir, nbase, cfg = base / "persist", base / "node", base / "core0.toml"
@@ -147,34 +161,41 @@ def test_concurrent_declarations_and_a_removed_declaration() -> None:
     cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
     try:
         with netns("pst") as ns:
-            node = start_container_node(ns, nbase, str(cfg))
+            p = Persisted(base, pdir, cfg, start_container_node(ns, nbase, str(cfg)))
             try:
-                root = busybox_rootfs(base / "rootfs")
-                ok(node, "container.image.import", {"name": "bb", "source": str(root)})
-                spec = {"root": "bb", "name": "db", "nics": [], "persistent": True}
-                c = node.client()
-                try:
-                    pending = [c.raw("corex.create", spec) for _ in range(3)]
-                    results = [r.get(120) for r in pending]
-                finally:
-                    c.close()
-                assert all(r.state.value == "SUCCESS" for r in results), results
-                ids = {json.loads(r.data) for r in results}
-                assert len(ids) == 1
-                listed = ok(node, "corex.list", {})
-                assert [d["container"]["name"] for d in listed.values()] == ["db"]
-                cid = ids.pop()
-                for p in (pdir / "containers").glob("*.json"):
-                    p.unlink()  # the declaration goes while the dispatcher is away
-                node = reboot_dispatcher(node)
-                cdir = node.state_dir / "sandbox" / "containers" / str(cid)
-                assert wait_until(lambda: ok(node, "corex.list", {}) == {}
-                                  and not cdir.exists(), 60), node.log_text()[-3000:]
+                ok(p.node, "container.image.import", {
+                    "name": "bb", "source": str(busybox_rootfs(base / "rootfs"))})
+                yield p
             finally:
-                node.stop()
-                cleanup_containers(node)
+                p.node.stop()
+                cleanup_containers(p.node)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_concurrent_declarations_and_a_removed_declaration() -> None:
+    """Two persistent creates of one name at once give one container (serialised); a
+    declaration removed while the dispatcher is down tears its container down."""
+    with persisted_node() as p:
+        spec = {"root": "bb", "name": "db", "nics": [], "persistent": True}
+        c = p.node.client()
+        try:
+            pending = [c.raw("corex.create", spec) for _ in range(3)]
+            results = [r.get(120) for r in pending]
+        finally:
+            c.close()
+        assert all(r.state.value == "SUCCESS" for r in results), results
+        ids = {json.loads(r.data) for r in results}
+        assert len(ids) == 1
+        listed = ok(p.node, "corex.list", {})
+        assert [d["container"]["name"] for d in listed.values()] == ["db"]
+        cid = ids.pop()
+        for f in (p.pdir / "containers").glob("*.json"):
+            f.unlink()  # the declaration goes while the dispatcher is away
+        node = p.node = reboot_dispatcher(p.node)
+        cdir = node.state_dir / "sandbox" / "containers" / str(cid)
+        assert wait_until(lambda: ok(node, "corex.list", {}) == {}
+                          and not cdir.exists(), 60), node.log_text()[-3000:]
 
 
 def started_with_bb(ns: Any, nbase: Path, cfg: Path, base: Path) -> ContainerNode:
@@ -297,32 +318,17 @@ def test_a_declared_container_cut_short_at_boot_comes_back(monkeypatch: Any) -> 
     another (clients address containers by id). And that clean-up, a corex.terminate,
     forgot the declaration (as a queue's terminate does); core0's own terminates no longer
     do, so a re-creation that fails is tried again at the next start."""
-    require_root()
-    base = Path(tempfile.mkdtemp(prefix="core0-persist-"))
-    pdir, nbase, cfg = base / "persist", base / "node", base / "core0.toml"
-    nbase.mkdir()
-    cfg.write_text(f'[main]\npersistent_dir = "{pdir}"\n')
-    try:
-        with netns("pst") as ns:
-            node = start_container_node(ns, nbase, str(cfg))
-            try:
-                ok(node, "container.image.import", {"name": "bb",
-                                                    "source": str(busybox_rootfs(base / "r"))})
-                cid = ok(node, "corex.create", {"root": "bb", "name": "web", "persistent": True,
-                                                "nics": [{"type": "default"}]})
-                monkeypatch.setenv("CORE0_TEST_CRASH_IN_CREATE", "1")
-                node = reboot(node, cfg)
+    with persisted_node() as p:
+        cid = ok(p.node, "corex.create", {"root": "bb", "name": "web", "persistent": True,
+                                          "nics": [{"type": "default"}]})
+        monkeypatch.setenv("CORE0_TEST_CRASH_IN_CREATE", "1")
+        node = p.node = reboot(p.node, p.cfg)
 
-                def up() -> bool:
-                    entry = ok(node, "corex.list", {}).get(str(cid))
-                    return entry is not None and entry["container"]["status"] == "running"
+        def up() -> bool:
+            entry = ok(node, "corex.list", {}).get(str(cid))
+            return entry is not None and entry["container"]["status"] == "running"
 
-                assert wait_until(up, 90), node.log_text()[-4000:]
-                assert (node.state_dir / "test-crashed-in-create").exists()
-                assert len(list((pdir / "containers").glob("*.json"))) == 1
-                assert ok(node, "corex.get", {"query": "web"})["container"]["id"] == cid
-            finally:
-                node.stop()
-                cleanup_containers(node)
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+        assert wait_until(up, 90), node.log_text()[-4000:]
+        assert (node.state_dir / "test-crashed-in-create").exists()
+        assert len(list((p.pdir / "containers").glob("*.json"))) == 1
+        assert ok(node, "corex.get", {"query": "web"})["container"]["id"] == cid
