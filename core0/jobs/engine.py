@@ -198,7 +198,8 @@ class JobEngine:
                 elif resume is None:
                     job.run += 1
                 result = await self._run_once(job, resume)
-                if cancel.deferred(job.task):
+                task = job.task
+                if task is not None and task.cancelling() and cancel.deferred(task):
                     # a kill that a step held back until its end (cancel.atomic) is taken
                     # here, in this try: a handler that returned right after that step left
                     # it for the writing of its result below, which it cut (no result)
