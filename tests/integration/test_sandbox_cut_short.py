@@ -39,6 +39,19 @@ def image(cnode: ContainerNode) -> str:
     return warm_busybox(cnode)
 
 
+def _runs(dispatcher: psutil.Process, tool: str) -> set[int]:
+    """The pids of the dispatcher's children running ``tool`` now (one that ends while it
+    is looked at is not counted)."""
+    pids = set()
+    for child in dispatcher.children():
+        try:
+            if child.name() == tool:
+                pids.add(child.pid)
+        except psutil.Error:
+            pass
+    return pids
+
+
 def killed_in_tool(node: ContainerNode, command: str, args: dict[str, Any], tool: str,
                    nth: int) -> Any:
     """Submit ``command`` and ``job.kill`` it while the ``nth`` run of ``tool`` it starts (a
@@ -51,12 +64,7 @@ def killed_in_tool(node: ContainerNode, command: str, args: dict[str, Any], tool
         deadline = time.monotonic() + 30
         while len(seen) < nth:
             assert time.monotonic() < deadline, f"no {nth} runs of {tool} by {command}"
-            for child in dispatcher.children():
-                try:
-                    if child.name() == tool:
-                        seen.add(child.pid)
-                except psutil.Error:
-                    pass
+            seen |= _runs(dispatcher, tool)
             time.sleep(0.0005)
         c.job.kill(r.id)
         return r.get(60)
@@ -236,7 +244,7 @@ def test_a_terminate_cut_short_by_a_dead_dispatcher_is_finished(
         r = c.raw("corex.terminate", {"container": cid})
         deadline = time.monotonic() + 30
         if where == "forwards":
-            while not any(ch.name() == "nft" for ch in dispatcher.children()):
+            while not _runs(dispatcher, "nft"):
                 assert time.monotonic() < deadline
                 time.sleep(0.0005)
         else:  # the root is unmounted, the files are being removed
