@@ -361,8 +361,8 @@ async def ended(futs: Sequence[asyncio.Future[Any]]) -> None:
     the old reader's clean-up runs."""
     for f in futs:
         f.cancel()
-    if futs:
-        await cancel.atomic(asyncio.wait(futs))
+    if futs:  # (a task, not a coroutine: atomic would not begin it under a pending cancel)
+        await cancel.atomic(asyncio.ensure_future(asyncio.wait(futs)))
 
 
 async def run(
