@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from core0.boot.spec import PHASES, ServiceSpec
+from core0.boot.spec import JOB_PREFIX, PHASES, ServiceSpec
 from core0.jobs.job import Job
 
 STATE_FILE = "services.json"
@@ -19,8 +19,12 @@ RESULT_MAX = 16384
 class Service:
     """The runtime state of one declared service."""
 
-    def __init__(self, sid: str, spec: ServiceSpec | None, source: str = ""):
+    def __init__(self, sid: str, spec: ServiceSpec | None, source: str = "",
+                 job_prefix: str = JOB_PREFIX):
         self.id = sid
+        #: its job id is this prefix + its id (the node's: ``svc:``; a container's
+        #: ``/.startup.toml`` services: core0/commands/container_startup.py)
+        self.job_prefix = job_prefix
         self.spec = spec
         self.source = spec.source if spec is not None else source
         self.hash = spec.hash if spec is not None else ""
@@ -48,7 +52,7 @@ class Service:
 
     @property
     def job_id(self) -> str:
-        return "svc:" + self.id
+        return self.job_prefix + self.id
 
     @property
     def active(self) -> bool:
@@ -65,9 +69,9 @@ class Service:
         }
 
     @classmethod
-    def from_state(cls, d: dict[str, Any]) -> Service:
+    def from_state(cls, d: dict[str, Any], job_prefix: str = JOB_PREFIX) -> Service:
         spec = ServiceSpec.from_dict(d["spec"]) if d.get("spec") else None
-        svc = cls(d["id"], spec, d.get("source", ""))
+        svc = cls(d["id"], spec, d.get("source", ""), job_prefix)
         svc.hash = d.get("hash", svc.hash)
         svc.phase = int(d.get("phase", len(PHASES) - 1))
         svc.deps = list(d.get("deps") or [])

@@ -43,7 +43,7 @@ from core0.backoff import PERMANENT_EXIT
 from core0.boot import cloudconfig
 from core0.boot.node import boot_token, on_node
 from core0.boot.service import BAD, READY, RESULT_MAX, SETTLED, STATE_FILE, Service
-from core0.boot.spec import PHASES, Plan, plan
+from core0.boot.spec import JOB_PREFIX, PHASES, Plan, ServiceSpec, plan
 from core0.config import Config
 from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
 from core0.jobs.engine import JobEngine
@@ -68,7 +68,17 @@ class ServiceManager:
     (phases init → net → boot, dependencies, conditions), their runs as ordinary jobs of the
     :class:`~core0.jobs.engine.JobEngine`, readiness (delay, output match, oneshot), the state
     kept across dispatcher restarts within one boot (``services.json``), and ``service.*`` /
-    ``core.reload`` (apply a changed configuration by spec hash, no reboot)."""
+    ``core.reload`` (apply a changed configuration by spec hash, no reboot). A container's
+    ``/.startup.toml`` services are run by a subclass (core0/commands/container_startup.py:
+    its own job ids, state file and plan, its jobs started inside the container)."""
+
+    #: the services' job ids are this prefix + their ids
+    job_prefix = JOB_PREFIX
+    #: put before "service <id>" in the log ("" for the node's own)
+    log_prefix = ""
+    #: a job found under a service's id when it starts is a stale one of an earlier boot,
+    #: stopped first (else its start fails: Conflict)
+    stop_stale = True
 
     def __init__(self, cfg: Config, engine: JobEngine):
         self.cfg = cfg
@@ -106,11 +116,11 @@ class ServiceManager:
         for sid in p.order:
             spec = p.specs.get(sid)
             raw = self.cfg.startup.get(sid, {})
-            svc = Service(sid, spec, str(raw.get("__source__", "")))
+            svc = Service(sid, spec, str(raw.get("__source__", "")), self.job_prefix)
             self._place(svc, p)
             if sid in p.errors:
                 svc.status, svc.message = "error", p.errors[sid]
-                log.error("service %s refused: %s", sid, p.errors[sid])
+                log.error("%sservice %s refused: %s", self.log_prefix, sid, p.errors[sid])
             elif spec is not None and not spec.enabled:
                 svc.status, svc.message = "skipped", f"condition {spec.condition!r} is false"
             self.services[sid] = svc
@@ -119,8 +129,9 @@ class ServiceManager:
     async def _stop_stale(self) -> None:
         """Service jobs adopted from an earlier boot's state dir (core0 dev reusing a dir) that
         no declared service owns: the engine would keep restarting protected ones."""
-        for job_id in [j for j in self.engine.table if j.startswith("svc:")]:
-            if job_id[4:] not in self.services:
+        prefix = self.job_prefix
+        for job_id in [j for j in self.engine.table if j.startswith(prefix)]:
+            if job_id[len(prefix):] not in self.services:
                 log.warning("services: stopping %s, left by an earlier boot", job_id)
                 await self.engine.stop_service(job_id, self.cfg.services.stop_timeout)
 
@@ -134,7 +145,7 @@ class ServiceManager:
             return False
         for d in data.get("services", []):
             try:
-                svc = Service.from_state(d)
+                svc = Service.from_state(d, self.job_prefix)
             except (KeyError, TypeError, ValueError) as e:
                 log.warning("services: bad saved entry %r: %s", d.get("id"), e)
                 continue
@@ -148,12 +159,18 @@ class ServiceManager:
             if job is not None:
                 svc.base = max(0, svc.starts - job.run)
                 self._attach(svc, job)
-                log.info("service %s: re-attached to job %s (pid %s)", svc.id, job.id, job.pid)
+                log.info("%sservice %s: re-attached to job %s (pid %s)", self.log_prefix, svc.id,
+                         job.id, job.pid)
             else:
-                svc.status = "pending"
-                svc.message = "its job did not survive the dispatcher restart; starting again"
+                self._lost(svc)
         log.info("services: continuing this boot (%d services)", len(self.services))
         return True
+
+    def _lost(self, svc: Service) -> None:
+        """A service that was starting or running when the last dispatcher stopped, whose job
+        is not in the table now: started again."""
+        svc.status = "pending"
+        svc.message = "its job did not survive the dispatcher restart; starting again"
 
     async def _run_phases(self) -> None:
         self.booting = not self.booted
@@ -174,7 +191,7 @@ class ServiceManager:
             self.booted = True
             self.boot_phase = last
             self._persist()
-            log.info("boot services launched: %s", ", ".join(
+            log.info("%sboot services launched: %s", self.log_prefix, ", ".join(
                 f"{s.id}={s.status}" for s in self.services.values()) or "none")
 
     async def _gate(self, members: list[Service], phase: str) -> None:
@@ -228,7 +245,7 @@ class ServiceManager:
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            log.exception("service %s: start failed", svc.id)
+            log.exception("%sservice %s: start failed", self.log_prefix, svc.id)
             self._set(svc, "error", f"cannot start: {e}")
         finally:
             if svc.task is me:
@@ -245,7 +262,7 @@ class ServiceManager:
     async def _start_job(self, svc: Service) -> None:
         spec = svc.spec
         assert spec is not None
-        if svc.job_id in self.engine.table:  # a stale job of an earlier boot
+        if svc.job_id in self.engine.table and self.stop_stale:  # of an earlier boot
             log.warning("service %s: stopping stale job %s", svc.id, svc.job_id)
             await self.engine.stop_service(svc.job_id, self.cfg.services.stop_timeout)
         cmd = Command(command=spec.name, arguments=spec.args, id=svc.job_id,
@@ -253,7 +270,7 @@ class ServiceManager:
                       recurring_period=spec.recurring_period or None,
                       tags=list(spec.tags) or None)
         try:
-            job = self.engine.submit_internal(cmd, protected=spec.protected)
+            job = self._submit(cmd, spec)
         except CommandError as e:
             self._set(svc, "error", f"cannot start: {e.message}")
             return
@@ -264,6 +281,10 @@ class ServiceManager:
         svc.run_ready = False
         self._attach(svc, job)
         self._set(svc, "starting", "")
+
+    def _submit(self, cmd: Command, spec: ServiceSpec) -> Job:
+        """Start a service's job (CommandError: it cannot start)."""
+        return self.engine.submit_internal(cmd, protected=spec.protected)
 
     def _attach(self, svc: Service, job: Job) -> None:
         spec = svc.spec
@@ -376,7 +397,8 @@ class ServiceManager:
     def _set(self, svc: Service, status: str, message: str) -> None:
         if (svc.status, svc.message) != (status, message):
             level = logging.WARNING if status in ("failed", "error") else logging.INFO
-            log.log(level, "service %s: %s%s", svc.id, status, f" ({message})" if message else "")
+            log.log(level, "%sservice %s: %s%s", self.log_prefix, svc.id, status,
+                    f" ({message})" if message else "")
         svc.status, svc.message = status, message
         old, svc.changed = svc.changed, asyncio.Event()
         old.set()
@@ -447,7 +469,7 @@ class ServiceManager:
                 spec = p.specs[sid]
                 old = self.services.get(sid)
                 if old is None:
-                    svc = self.services[sid] = Service(sid, spec)
+                    svc = self.services[sid] = Service(sid, spec, job_prefix=self.job_prefix)
                     self._place(svc, p)
                     if spec.enabled:
                         launch.append(svc)

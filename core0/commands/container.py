@@ -24,7 +24,17 @@ from core0.errors import BadRequest, Conflict, Forbidden, NotFound, Precondition
 from core0.net import nft
 from core0.net import validate as v
 from core0.registry import Role, alias, command
-from core0.sandbox import access, foreground, images, manager, netsetup, persist, spec, volumes
+from core0.sandbox import (
+    access,
+    foreground,
+    images,
+    manager,
+    netsetup,
+    persist,
+    spec,
+    startup,
+    volumes,
+)
 from core0.sandbox import dispatch as dsp
 from core0.sandbox.store import Nic, Store
 from core0.schema import NAME, Doc, Len, NoArgs, Pattern, Range, Schema
@@ -265,7 +275,9 @@ async def _declared_running(ctx: Context, args: CreateArgs) -> int | tuple[str, 
 @aliases("list", role=Role.READ_ONLY)
 async def list_(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """All containers: {id: {cpu, rss, vms, swap, container: {arguments, root, pid, status,
-    oom_kills, nics, ports, …}}} (0-core's shape plus core0's fields). A queue that may not
+    oom_kills, nics, ports, startup, …}}} (0-core's shape plus core0's fields; ``startup``:
+    the services of the root's ``/.startup.toml``, their status, or why the file was not
+    used; null without one: docs/containers.md). A queue that may not
     see the creating queue's jobs (a lower role; below admin, another private queue) gets
     the values of ``env``, ``command``, ``identity`` and ``storage`` as ``<redacted>``."""
     return await manager.list_all(ctx)
@@ -281,7 +293,8 @@ async def get(ctx: Context, args: GetArgs) -> dict[str, Any]:
     """One container (by id or name), as in corex.list."""
     rec = manager.find_record(ctx, args.query)
     rt = await manager.get_runtime(ctx)
-    return manager.describe(rec, await rt.state(rec.runtime_id), ctx.job.role, ctx.scope)
+    return manager.describe(rec, await rt.state(rec.runtime_id), ctx.job.role, ctx.scope,
+                            Store(ctx.config.state_dir).dir(rec.id))
 
 
 @dataclass(frozen=True)
@@ -573,4 +586,6 @@ async def in_foreground(ctx: Context, args: CreateArgs | RunArgs, name: str, tag
         userns=args.userns)
     rec, process_spec = await manager.prepare_foreground(ctx, req)
     foreground.watch(ctx, rec)
+    if not command:  # corex.create-sync: 0-core's /.startup.toml, once its init runs
+        startup.after_start(ctx.engine, ctx.config, ctx.job, rec.id)
     return process_spec

@@ -64,8 +64,16 @@ from core0_client.protocol import Command, ProtocolError, Result, State, decode_
 
 from core0 import cancel, registry
 from core0.context import ProcessSpec
-from core0.errors import BadRequest, Conflict, Forbidden, NotFound, PreconditionFailed
-from core0.registry import CommandSpec
+from core0.errors import (
+    BadRequest,
+    CommandError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    Unavailable,
+)
+from core0.registry import CommandSpec, Role
 from core0.sandbox import fsowner, runtime
 from core0.sandbox.store import Store
 
@@ -371,6 +379,83 @@ def _argv(name: str, args: Any) -> tuple[list[str], dict[str, str], str, bytes]:
     return ["sh", "-c", args.script], {}, "", args.stdin.encode()
 
 
+def refusal(name: str, role: Role) -> CommandError | None:
+    """Why command ``name`` may not run inside a container for a queue of ``role`` (None:
+    it may): not a command, not one served inside, or above the role."""
+    spec = registry.get(name)
+    if spec is None or spec.internal:
+        return BadRequest(f"command.command: unknown command {name!r}", field="command.command")
+    if name not in SUPPORTED and not _is_builtin(name):
+        return PreconditionFailed(f"{name} cannot run inside a container yet "
+                                  f"(supported: {', '.join(SUPPORTED)})")
+    if spec.role > role:
+        return Forbidden(f"{name} is not permitted for this queue")
+    return None
+
+
+def checked(cmd: Command, role: Role) -> tuple[CommandSpec, Any, bool]:
+    """An inner command's spec, parsed arguments and whether it is a builtin (else it runs
+    as the runtime's exec), checked for a queue of ``role`` (typed errors otherwise)."""
+    why = refusal(cmd.command, role)
+    if why is not None:
+        raise why
+    spec = registry.get(cmd.command)
+    assert spec is not None
+    args: Any = spec.args.parse(cmd.arguments, "command.arguments")
+    if cmd.command == "core.system":
+        for k, val in (args.env or {}).items():
+            if not _ENV_NAME.fullmatch(k) or "\0" in val:
+                raise BadRequest(f"command.arguments.env.{k}: not a valid variable",
+                                 field="command.arguments.env")
+    return spec, args, _is_builtin(cmd.command)
+
+
+def start_internal(ctx: Context, cid: int, cmd: Command, protected: bool) -> Job:
+    """Start ``cmd`` inside container ``cid`` as a job of core0's own (a container's
+    ``/.startup.toml`` services, :mod:`.startup`): checked as :func:`dispatch` checks a
+    command, for the role of ``ctx.job`` (the creating queue's), with its private-queue
+    scope; no pickup and no result, its output in ``log:<id>``. ``protected``,
+    ``recurring_period`` and ``max_restart`` are the engine's: a process job's every run,
+    also after its adoption by a new dispatcher, is the runtime's exec into the container
+    (:func:`adopted_spec`; 409 once it is not running). Typed errors when it cannot start."""
+    spec, args, builtin = checked(cmd, ctx.job.role)
+    engine = ctx.engine
+    if cmd.id in engine.table:
+        raise Conflict(f"a job with id {cmd.id} exists already")
+    if not _room(engine, ctx.job.role):
+        raise Unavailable(f"limit reached: jobs in flight for role {ctx.job.role.label}")
+    rec = _running(ctx, cid)
+    if rec is None:
+        raise Conflict(f"container {cid} is not running")
+    inner_spec = (CommandSpec(cmd.command, _builtin(ctx, rec, spec), spec.args, spec.role,
+                              False, spec.doc, rerun=spec.rerun)
+                  if builtin else adopted_spec(spec, cid))
+    job: Job = engine.new_job(cmd, inner_spec, args, ctx.job.role, cmd.to_json().encode(), "")
+    job.scope = ctx.job.scope
+    job.protected = protected
+    job.container = cid
+    job.run_end.append(_mark(cid))
+    if not builtin:
+        job.run_end.append(_end_exec(ctx.config.state_dir, rec, cmd.id))
+    engine.start(job)
+    return job
+
+
+def _room(engine: Any, role: Role) -> bool:
+    """May one more job of core0's own run inside a container for a queue of ``role``? They
+    count against the role's jobs in flight (``bus.role_max_jobs``) with its bus jobs, and
+    never take the slots kept for admin queues: a container's ``/.startup.toml`` cannot
+    fill the node's job table."""
+    if engine.free_slots(role) == 0:
+        return False
+    cap = engine.cfg.bus.role_cap(role)
+    if cap is None:
+        return True
+    inside = sum(1 for j in engine.table.values()
+                 if j.internal and j.container and j.role == role)
+    return bool(engine.by_role[role] + inside < cap)
+
+
 async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
     """Start ``inner`` inside container ``cid``; returns the inner job id."""
     rec = Store(ctx.config.state_dir).load(cid)
@@ -391,25 +476,10 @@ async def dispatch(ctx: Context, cid: int, inner: dict[str, Any]) -> str:
         cmd = decode_command(json.dumps(inner), ctx.config.bus.max_command_bytes)
     except ProtocolError as e:
         raise BadRequest(f"command: {e}", field="command") from None
-    spec = registry.get(cmd.command)
-    if spec is None or spec.internal:
-        raise BadRequest(f"command.command: unknown command {cmd.command!r}",
-                         field="command.command")
-    builtin = _is_builtin(cmd.command)
     if cmd.recurring_period or cmd.max_restart:
         raise BadRequest("command: recurring_period and max_restart are not supported inside "
                          "containers", field="command")
-    if cmd.command not in SUPPORTED and not builtin:
-        raise PreconditionFailed(f"{cmd.command} cannot run inside a container yet "
-                                 f"(supported: {', '.join(SUPPORTED)})")
-    if spec.role > ctx.job.role:
-        raise Forbidden(f"{cmd.command} is not permitted for this queue")
-    args: Any = spec.args.parse(cmd.arguments, "command.arguments")
-    if cmd.command == "core.system":
-        for k, val in (args.env or {}).items():
-            if not _ENV_NAME.fullmatch(k) or "\0" in val:
-                raise BadRequest(f"command.arguments.env.{k}: not a valid variable",
-                                 field="command.arguments.env")
+    spec, args, builtin = checked(cmd, ctx.job.role)
     rec = _running(ctx, cid)
     if rec is None:
         raise Conflict(f"container {cid} is not running")

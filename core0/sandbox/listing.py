@@ -75,9 +75,12 @@ def visible_args(rec: Record, viewer: Role, scope: str | None) -> dict[str, Any]
 
 
 def describe(rec: Record, state: runtime.State | None, viewer: Role = Role.ADMIN,
-             scope: str | None = None) -> dict[str, Any]:
+             scope: str | None = None, cdir: Path | None = None) -> dict[str, Any]:
     """0-core's container entry: {cpu, rss, vms, swap, container: {arguments, root, pid, …}}
-    as ``viewer`` may see it (:func:`visible_args`)."""
+    as ``viewer`` may see it (:func:`visible_args`); ``startup``: its ``/.startup.toml``
+    services (:func:`.startup.describe`, read from ``cdir``, the container's dir)."""
+    from core0.sandbox import startup
+
     u = usage(rec)
     status = state.status if state is not None else ("creating" if rec.state == "creating"
                                                      else "gone")
@@ -98,6 +101,9 @@ def describe(rec: Record, state: runtime.State | None, viewer: Role = Role.ADMIN
             # the host ids its uid/gid 0..size-1 are (0: no user namespace)
             "userns": {"uid": rec.userns_base, "gid": rec.userns_base,
                        "size": userns.SIZE} if rec.userns_base else None,
+            "startup": startup.describe(cdir, viewer.sees(scope, Role(rec.role),
+                                                          rec.scope or None))
+            if cdir is not None else None,
         },
     }
 
@@ -108,8 +114,9 @@ async def list_all(ctx: Context) -> dict[str, dict[str, Any]]:
         return {}
     rt = await runtime.choose(ctx.config.state_dir)
     states = {s.id: s for s in await rt.list_all()}
-    return {str(r.id): describe(r, states.get(r.runtime_id), ctx.job.role, ctx.scope)
-            for r in recs}
+    st = Store(ctx.config.state_dir)
+    return {str(r.id): describe(r, states.get(r.runtime_id), ctx.job.role, ctx.scope,
+                                st.dir(r.id)) for r in recs}
 
 
 def find_record(ctx: Context, query: int | str) -> Record:

@@ -31,7 +31,18 @@ from typing import TYPE_CHECKING, Any
 from core0 import cancel
 from core0.context import ProcessSpec
 from core0.errors import BadRequest, Conflict, NotFound
-from core0.sandbox import access, images, netsetup, quota, roots, runtime, spec, userns, zfsroots
+from core0.sandbox import (
+    access,
+    images,
+    netsetup,
+    quota,
+    roots,
+    runtime,
+    spec,
+    startup,
+    userns,
+    zfsroots,
+)
 from core0.sandbox.listing import (  # noqa: F401  (re-exported: the API's faces)
     REDACTED,
     SECRET_ARGS,
@@ -228,6 +239,8 @@ async def create(ctx: Context, req: CreateRequest) -> int:
                 [sys.executable, "-m", "core0.sandbox.keeper", "--runtime", rt.binary,
                  "--root", str(rt.root), "--bundle", str(cdir), "--id", rec.runtime_id],
                 label=f"keeper of container {cid}"), protected=True)
+        # 0-core's /.startup.toml services (coreX ran them): a job of core0's own runs them
+        startup.begin(ctx.engine, ctx.config, cid)
     except BaseException:
         with contextlib.suppress(Exception):  # a second kill does not cut it short
             await cancel.atomic(teardown(ctx, rec, rt, 0), defer=False)
@@ -411,6 +424,7 @@ async def teardown(ctx: Context, rec: Record, rt: runtime.Runtime | None = None,
     rt = rt or await get_runtime(ctx)
     if rec.keeper:
         await ctx.engine.stop_service(rec.keeper)
+    await startup.stop(ctx.engine, ctx.config.state_dir, rec.id)
     await rt.stop(rec.runtime_id, init_pid(_store(ctx).dir(rec.id), rec)
                   if rec.state in ("running", "terminating") else 0, grace)
     errors: list[str] = []

@@ -97,11 +97,13 @@ def restore(engine: JobEngine, cfg: Config, after: Sequence[Job] = ()) -> int:
     ``after`` (the terminates of containers a dead dispatcher left half made, one of which
     may be a declared container holding its id), they are submitted once those ended, in
     the background. Also re-attaches the teardown of containers run by adopted jobs
-    (:mod:`.foreground`) and the end of adopted inner jobs (:mod:`.dispatch`)."""
-    from core0.sandbox import dispatch, foreground
+    (:mod:`.foreground`) and the end of adopted inner jobs (:mod:`.dispatch`), and resumes
+    the containers' ``/.startup.toml`` services (:mod:`.startup`)."""
+    from core0.sandbox import dispatch, foreground, startup
 
     foreground.reattach(engine, cfg.state_dir)
     dispatch.reattach(engine, cfg.state_dir)
+    startup.resume(engine, cfg.state_dir)
     if base(cfg) is None:
         return 0
     link_images(cfg)
