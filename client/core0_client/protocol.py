@@ -35,8 +35,9 @@ __all__ = ["ID_PATTERN", "Code", "Command", "Keys", "Level", "LogRecord", "Proto
 #: Ids core0 accepts. 0-core clients use uuid4 strings, which match.
 ID_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
-#: Id prefixes of core0's own jobs (boot services, DHCP clients, dnsmasq…): refused from the bus
-RESERVED_ID_PREFIXES = ("svc:", "dhcp:", "dnsmasq.", "core0.")
+#: Id prefixes of core0's own jobs (boot services, DHCP clients, dnsmasq…, a container's
+#: ``/.startup.toml`` services): refused from the bus
+RESERVED_ID_PREFIXES = ("svc:", "dhcp:", "dnsmasq.", "core0.", "startup:")
 
 #: Largest command (bytes) core0 parses by default; bigger ones get a 400 result.
 DEFAULT_MAX_COMMAND_BYTES = 1 << 20

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from core0_client.protocol import (
+    RESERVED_ID_PREFIXES,
     Command,
     Keys,
     ProtocolError,
@@ -92,6 +93,9 @@ class Dispatcher:
         #: queue key → the id prefix its commands must carry (private queues)
         self.private = {Keys(cfg.bus.prefix).queue(name): p for name in self.roles
                         if (p := cfg.bus.private_prefix(name)) is not None}
+        #: core0's own ids behind a private queue's prefix (a private queue's container
+        #: startup jobs): refused from every queue, as decode_command refuses the bare ones
+        self.reserved = tuple(p + r for p in self.private.values() for r in RESERVED_ID_PREFIXES)
         self.bus = Bus(cfg)
         self.reaper = process.Reaper()
         self.inotify = Inotify()
@@ -500,6 +504,11 @@ class Dispatcher:
             # its result key would be another job's flag or run result: answering would
             # hijack that job, so it is refused like a command without an id
             reason = "id names another job's keys"
+        elif cmd.id.startswith(self.reserved):
+            self._error(pubs, cmd.id, cmd.command, BadRequest(
+                "id: the prefixes of core0's own jobs are reserved behind a private queue's "
+                "prefix too", field="id"), raw, processing, cmd)
+            return None
         elif not self._id_allowed(queue, cmd.id):
             # a private queue's ids carry its name: the result would land where its users
             # cannot read it (and others could), so it is not answered

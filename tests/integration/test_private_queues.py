@@ -120,6 +120,12 @@ def test_ids_without_the_queue_prefix_are_not_answered(node: Node) -> None:
     alice.rpush("core:alice", '{"id": "bob.x", "command": ')  # broken JSON, foreign id
     assert wait_until(lambda: admin.llen("core:alice:dead") == dead + 4, 10)
     assert admin.exists("result:bob.x") == 0
+    # core0's own ids behind a private prefix (a container's /.startup.toml jobs are
+    # "<prefix>startup:<container>:<name>"): refused from every queue, the queue's own too
+    for n, (user, queue) in enumerate(((alice, "alice"),
+                                       (tcp(node, "admin", ADMIN_PW), "default"))):
+        res = _run(user, queue, f"alice.startup:{n}:entry", "core.ping")
+        assert (res["state"], res["code"]) == ("ERROR", 400) and "reserved" in res["data"], res
     alice.close()
     admin.close()
 

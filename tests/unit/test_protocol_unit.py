@@ -120,7 +120,7 @@ def test_keys_prefix() -> None:
 
 
 def test_reserved_id_prefixes() -> None:
-    for jid in ("svc:x", "dhcp:eth0", "dnsmasq.br0", "core0.boot"):
+    for jid in ("svc:x", "dhcp:eth0", "dnsmasq.br0", "core0.boot", "startup:1:entry"):
         with pytest.raises(ProtocolError) as e:
             decode_command(json.dumps({"id": jid, "command": "core.ping"}))
         assert e.value.field == "id"
