@@ -251,12 +251,22 @@ def start_rooted_node(base: Path) -> tuple[Node, Path]:
                                  ), root
 
 
+#: the supervisor's delay before it starts a dispatcher that ended, in the nodes tests start.
+#: The real rule (1 s doubling to 60 s, reset by a run of 10 s: core0/backoff.py) is
+#: ``fresh_node``'s and tests/integration/test_node.py checks it; a module's nodes, whose
+#: tests kill the dispatcher one after another, waited up to 16 s for each restart.
+RESTART_DELAY = "0.3"
+
+
 def start_node(state_dir: Path, config: str | None = None, extra: list[str] | None = None,
                env: dict[str, str] | None = None, port: int | None = None,
                prefix: str = "", password: str | None = None, netns: str | None = None,
-               socket_path: str | None = None) -> Node:
+               socket_path: str | None = None, restart_delay: str | None = RESTART_DELAY
+               ) -> Node:
     """Start ``core0 dev`` and wait until core.ping answers (``netns``: inside that network
-    namespace; ``socket_path``: its Redis's unix socket, to ask from here)."""
+    namespace; ``socket_path``: its Redis's unix socket, to ask from here; ``restart_delay``:
+    the supervisor's fixed delay before it starts an ended dispatcher again, None for the
+    real backoff)."""
     require("redis-server")
     import subprocess  # test fixture only
 
@@ -270,6 +280,8 @@ def start_node(state_dir: Path, config: str | None = None, extra: list[str] | No
         argv += ["--config", config]
     argv += extra or []
     e = dict(os.environ)
+    if restart_delay is not None:
+        e["CORE0_TEST_RESTART_DELAY"] = restart_delay
     e.update(env or {})
     with open(log, "wb") as f:
         proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd=str(ROOT),
@@ -319,8 +331,9 @@ def node() -> Iterator[Node]:
 
 @pytest.fixture
 def fresh_node(tmp_path: Path) -> Iterator[Node]:
-    """A node of the test's own (for tests that kill or reconfigure things)."""
-    n = start_node(tmp_path / "state")
+    """A node of the test's own (for tests that kill or reconfigure things), with the
+    supervisor's real restart backoff."""
+    n = start_node(tmp_path / "state", restart_delay=None)
     yield n
     n.stop()
 

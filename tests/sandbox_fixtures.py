@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port, require, require_root, stop_tree, wait_until
+from conftest import RESTART_DELAY, free_port, require, require_root, stop_tree, wait_until
 from net_fixtures import Netns, netns
 
 BUSYBOX = "/bin/busybox"
@@ -187,7 +187,8 @@ def start_container_node(ns: Netns, base: Path, config: str | None = None) -> Co
         ["nsenter", f"--net=/run/netns/{ns.name}", "--", sys.executable, "-m", "core0", "dev",
          "--state-dir", str(state), "--redis-port", str(port),
          *(["--config", config] if config else [])],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True,
+        env={**os.environ, "CORE0_TEST_RESTART_DELAY": RESTART_DELAY})
     log.close()
     node = ContainerNode(ns, proc.pid, base, port)
     deadline = time.monotonic() + 30
