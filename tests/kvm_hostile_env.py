@@ -25,16 +25,24 @@ CONFIG = ('[main]\nfilesystem_root = "{root}"\npersistent_dir = "{persist}"\n'
           '[virt]\nuri = "{uri}"\ndir = "{vdir}"\nprobe_kernel = "{kernel}"\n'
           'domain_type = "qemu"\n'  # (the probe is test_kvm.py's: 15-25 s here)
           'role_max_vms = {{operator = 4}}\nrole_max_memory_mib = {{operator = 600}}\n'
+          '[segments]\nparent = "under0"\nvxlan_remotes = ["10.231.9.2"]\n'  # (vxlan segments)
           '[metrics]\nport = {metrics}\n')
 SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 
 
+#: steps test_kvm_cut_short.py holds: kvm.attach_disk of VM ``cut`` right after the
+#: guest's pause and of VM ``cut2`` right before libvirt plugs the disk; libvirt's thread
+#: right after it destroyed, shut down, paused, limited or detached (``<vm>/<what>``); a
+#: kvm.create-image / convert-image writing ``cs-img.qcow2``; a prepare_migration_target
+CUT_SHORT = ("cut/suspend,cut2/attach,cs-d/destroy,cs-d9/destroy,cs-s/shutdown,cs-p/pause,"
+             "cs-p/limit_disk_io,cs-x/detach_disk,cs-n/remove_nic,cs-img.qcow2,"
+             "prepare/0c5e0000-0000-4000-8000-000000000001")
+
+
 def HOLD(base: Path) -> dict[str, str]:
     """The node's fault-test hook: creates of VM ``held`` (and converts to an output file
-    named ``held``) wait in ``base/hold``, and so do kvm.attach_disk of VM ``cut`` right after
-    the guest's pause and of VM ``cut2`` right before libvirt plugs the disk
-    (test_kvm_cut_short.py)."""
-    return {"CORE0_TEST_VM_HOLD": f"held,cut/suspend,cut2/attach:{base / 'hold'}"}
+    named ``held``) wait in ``base/hold``, and so do the steps of :data:`CUT_SHORT`."""
+    return {"CORE0_TEST_VM_HOLD": f"held,{CUT_SHORT}:{base / 'hold'}"}
 
 
 def through_hold(base: Path, job: Any, act: Callable[[], None] | None) -> Any:
@@ -90,6 +98,10 @@ def hostile_node() -> Iterator[Env]:
     secret.write_bytes(SECRET * 4096)
     try:
         with netns("host") as ns, libvirtd(ns.name) as lv:
+            ns.run("ip", "link", "add", "under0", "type", "veth", "peer", "name", "under1")
+            ns.run("ip", "addr", "add", "10.231.9.1/24", "dev", "under0")
+            for link in ("under0", "under1"):
+                ns.run("ip", "link", "set", link, "up")
             cfg = base / "core0.toml"
             cfg.write_text(CONFIG.format(root=root, uri=lv.uri, vdir=vdir,
                                          kernel=root / "images/vmlinuz",

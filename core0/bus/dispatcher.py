@@ -93,8 +93,7 @@ class Dispatcher:
         #: queue key → the id prefix its commands must carry (private queues)
         self.private = {Keys(cfg.bus.prefix).queue(name): p for name in self.roles
                         if (p := cfg.bus.private_prefix(name)) is not None}
-        #: core0's own ids behind a private queue's prefix (a private queue's container
-        #: startup jobs): refused from every queue, as decode_command refuses the bare ones
+        #: core0's own id prefixes behind a private queue's (refused, like the bare ones)
         self.reserved = tuple(p + r for p in self.private.values() for r in RESERVED_ID_PREFIXES)
         self.bus = Bus(cfg)
         self.reaper = process.Reaper()

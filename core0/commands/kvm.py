@@ -23,7 +23,7 @@ from core0.registry import Role, command
 from core0.schema import Doc, Len, NoArgs, Range, Schema
 from core0.virt import disks, guard, hotplug, incoming, migration, network, persist
 from core0.virt import domain as dx
-from core0.virt.access import EventFilter, allow_record, load
+from core0.virt.access import VM, EventFilter, allow_record, load
 from core0.virt.manager import Virt, lv_error, of
 from core0.virt.owner import Owner, allow, caller
 from core0.virt.spec import (
@@ -56,8 +56,8 @@ async def _virt(ctx: Context) -> Virt:
 
 async def _act(ctx: Context, uuid: str, what: str, fn: Any) -> Any:
     """``fn(domain)`` on VM ``uuid`` through the one door (404 not core0's, 403 not the
-    caller's: core0/virt/access.py)."""
-    return await (await load(ctx, uuid)).call(what, fn)
+    caller's: core0/virt/access.py), to its end once libvirt acts (:meth:`VM.act`)."""
+    return await (await load(ctx, uuid)).act(what, fn)
 
 
 @command("kvm.create", CreateArgs)
@@ -133,11 +133,12 @@ def _undeclare(ctx: Context, name: str) -> None:
 async def destroy(ctx: Context, args: UuidArgs) -> None:
     """Force a VM off; its overlays, static lease and port forwards are removed (and the
     declaration of a persistent one). For a VM prepared here by
-    kvm.prepare_migration_target that has not arrived: what was prepared is released."""
+    kvm.prepare_migration_target that has not arrived: what was prepared is released.
+    Killed once libvirt is destroying it, the job answers when the VM is gone and cleaned
+    up."""
     v = await _virt(ctx)
     try:
         vm = await load(ctx, args.uuid)
-        await vm.call("destroy", lambda d: d.destroy())
     except NotFound:
         rec = v.record(args.uuid)
         if rec is not None and rec.get("incoming"):
@@ -145,18 +146,41 @@ async def destroy(ctx: Context, args: UuidArgs) -> None:
             if await v.cancel_incoming(args.uuid):
                 return
         raise
+    await asyncio.sleep(0)  # a kill before libvirt acts: nothing done
+    await cancel.atomic(_destroy(ctx, vm), defer=False)
+
+
+async def _destroy(ctx: Context, vm: VM) -> None:
+    """Destroy ``vm``, its declaration and what core0 made for it, to the end once begun (a
+    kill meanwhile is too late: before, the job answered KILLED while libvirt destroyed the
+    VM, and a declared VM kept its declaration, which brought it back at the next start and
+    which a retry, 404, could not remove). The declaration goes first, so a dispatcher
+    killed -9 meanwhile does not bring back the VM libvirt destroyed (nor keep one the
+    destroy did not reach: kvm.forget-undeclared ends it at the next start); it is written
+    again when libvirt refuses the destroy."""
+    decl = persist.declaration(ctx.config, vm.declared) if vm.declared else None
     _undeclare(ctx, vm.declared)
-    await v.cleanup(args.uuid)
+    try:
+        await vm.call("destroy", lambda d: d.destroy())
+    except BaseException:
+        if decl is not None:
+            persist.redeclare(ctx.config, decl)
+        raise
+    await vm.v.cleanup(vm.uuid)
 
 
 @command("kvm.shutdown", ShutdownArgs)
 async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
     """Ask the guest to power off (ACPI power button). With ``timeout``, wait that long for it
     to stop, then destroy it; without, return at once (cleanup follows the stop). A
-    persistent VM's declaration is removed."""
+    persistent VM's declaration is removed. Killed while libvirt asks the guest, the job
+    answers KILLED once the guest was asked and the declaration removed."""
     v = await _virt(ctx)
     vm = await load(ctx, args.uuid)
-    await vm.call("shutdown", lambda d: d.shutdown())
+    # the request to its end once begun, and the declaration removed with it: a kill
+    # meanwhile is taken right after (before, the guest powered off after a KILLED answer
+    # and stayed declared: back at the next start, and a retry, 404, could not undeclare it)
+    await cancel.atomic(vm.call("shutdown", lambda d: d.shutdown()))
     _undeclare(ctx, vm.declared)
     if args.timeout is None:
         return
@@ -167,9 +191,11 @@ async def shutdown(ctx: Context, args: ShutdownArgs) -> None:
             await v.cleanup(args.uuid)
             return
         await asyncio.sleep(0.2)
-    with contextlib.suppress(NotFound):
-        await vm.call("destroy", lambda d: d.destroy())
-    await v.cleanup(args.uuid)
+    await asyncio.sleep(0)  # a kill before libvirt acts: nothing done
+    try:
+        await cancel.atomic(_destroy(ctx, vm), defer=False)
+    except NotFound:  # it stopped just now
+        await v.cleanup(args.uuid)
 
 
 @command("kvm.reboot", UuidArgs)
@@ -329,13 +355,12 @@ async def attach_disk(ctx: Context, args: DiskArgs) -> None:
 async def detach_disk(ctx: Context, args: DiskArgs) -> None:
     """Hot-unplug a disk, found by its path; waits up to 3 s for the guest to let it go."""
     vm = await load(ctx, args.uuid)
-    v, dom, live, xml = vm.v, vm.dom, vm.live, vm.xml
     path = disks.resolve_file(ctx, args.media.source("media"), "media")
-    dev = dx.find_device(xml, "disk", source=path)
+    dev = dx.find_device(vm.xml, "disk", source=path)
     if dev is None:
         raise NotFound(f"media: {path} is not attached to {args.uuid}")
-    alias = next((d["alias"] for d in live.disks if d["source"] == path), "")
-    await hotplug.detach(v, dom, dev, alias, "detach_disk")
+    alias = next((d["alias"] for d in vm.live.disks if d["source"] == path), "")
+    await hotplug.unplug(vm, dev, alias, "detach_disk")
 
 
 @command("kvm.add_nic", NicArgs)
@@ -381,7 +406,7 @@ async def _plug(v: Virt, dom: Any, live: Any, nic: Any) -> None:
 async def remove_nic(ctx: Context, args: NicArgs) -> None:
     """Hot-unplug a nic, found by ``hwaddr`` (or the first on bridge ``id``)."""
     vm = await load(ctx, args.uuid)
-    v, dom, live, xml = vm.v, vm.dom, vm.live, vm.xml
+    live, xml = vm.live, vm.xml
     if args.hwaddr:
         found = next((n for n in live.nics if n["mac"].lower() == args.hwaddr.lower()), None)
     elif args.id:
@@ -397,11 +422,14 @@ async def remove_nic(ctx: Context, args: NicArgs) -> None:
         raise NotFound(f"no such nic on {args.uuid}")
     dev = dx.find_device(xml, "interface", mac=found["mac"])
     assert dev is not None
-    await hotplug.detach(v, dom, dev, found["alias"], "remove_nic")
-    if found["bridge"].startswith(("c0vxb", "c0vlb")):  # a segment left without ports goes
-        from core0.net import segments
 
-        await ctx.to_thread(segments.collect)
+    async def collect() -> None:  # a segment left without ports goes
+        if found["bridge"].startswith(("c0vxb", "c0vlb")):
+            from core0.net import segments
+
+            await ctx.to_thread(segments.collect)
+
+    await hotplug.unplug(vm, dev, found["alias"], "remove_nic", collect)
 
 
 @command("kvm.limit_disk_io", LimitArgs)
@@ -411,7 +439,7 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
     from core0.virt.conn import libvirt_module
 
     vm = await load(ctx, args.uuid)
-    v, dom, live = vm.v, vm.dom, vm.live
+    live = vm.live
     path = disks.resolve_file(ctx, args.media.source("media"), "media")
     disk = next((d for d in live.disks if d["source"] == path), None)
     if disk is None:
@@ -419,11 +447,8 @@ async def limit_disk_io(ctx: Context, args: Any) -> None:
     params = iotune_params(args)
     check_iotune(params, "iotune")
     lv = libvirt_module()
-    try:
-        await v.conn.call(lambda c: dom.setBlockIoTune(disk["target"], params,
-                                                       lv.VIR_DOMAIN_AFFECT_LIVE))
-    except Exception as e:
-        raise lv_error(e, "limit_disk_io") from None
+    await vm.act("limit_disk_io", lambda d: d.setBlockIoTune(disk["target"], params,
+                                                              lv.VIR_DOMAIN_AFFECT_LIVE))
 
 
 # ---------------------------------------------------------------- images
@@ -434,6 +459,7 @@ async def create_image(ctx: Context, args: ImageArgs) -> None:
     """Create an image file (``qemu-img create``): {file_name, format qcow2|raw, size}; 409
     when the name exists."""
     with disks.new_file(ctx, args.file_name, "file_name") as fd:
+        await guard.test_hold(os.path.basename(args.file_name))
         await disks.create(ctx, disks.fd_path(fd), args.format, args.size)
 
 

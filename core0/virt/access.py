@@ -12,12 +12,15 @@ the caller may see.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from core0 import cancel
 from core0.errors import NotFound
 from core0.virt import domain as dx
+from core0.virt import guard
 from core0.virt.manager import lv_error, of
 from core0.virt.owner import Owner, allow, caller, live_vms, owned
 
@@ -46,11 +49,25 @@ class VM:
         return self.name if self.live.meta.get("declared") else ""
 
     async def call(self, what: str, fn: Callable[[Any], T]) -> T:
-        """``fn(domain)`` in libvirt's thread pool; libvirt errors become command errors."""
+        """``fn(domain)`` in libvirt's thread pool; libvirt errors become command errors.
+        (Fault tests: the step ``<name>/<what>`` holds the thread right after ``fn``.)"""
+        def run(_conn: Any) -> T:
+            out = fn(self.dom)
+            guard.test_hold_sync(f"{self.name}/{what}")
+            return out
+
         try:
-            return await self.v.conn.call(lambda c: fn(self.dom))
+            return await self.v.conn.call(run)
         except Exception as e:
             raise lv_error(e, f"{what} {self.uuid}") from None
+
+    async def act(self, what: str, fn: Callable[[Any], T]) -> T:
+        """:meth:`call` for a call that changes the VM, run to its end once begun: a kill
+        that comes while libvirt acts is too late for it, and the job answers with libvirt's
+        outcome (before, it answered KILLED at once and libvirt made the change after); a
+        kill that came before is taken here, nothing done."""
+        await asyncio.sleep(0)
+        return await cancel.atomic(self.call(what, fn), defer=False)
 
 
 async def load(ctx: Context, uuid: str) -> VM:

@@ -23,8 +23,10 @@ nowhere. (``qemu-img info`` and ``create -b`` read headers only: they never open
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import secrets
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -122,11 +124,16 @@ def _same(real: str, st: os.stat_result, path: str, field: str) -> None:
 def new_file(ctx: Context, path: str, field: str) -> Iterator[int]:
     """Create a new file inside the root and yield its descriptor, for a tool to write.
 
-    The parent is walked inside the root, the file created there with ``O_EXCL |
-    O_NOFOLLOW`` (409 when the name exists, a symlink included) and handed to the tool as
-    ``/proc/<pid>/fd/<n>`` (:func:`fd_path`): a symlink planted at the name afterwards cannot
-    redirect the tool's writes to a host file. When the block fails the file is removed
-    again."""
+    The parent is walked inside the root (409 when the name exists, a symlink included) and
+    the file is made there *unnamed* (``O_TMPFILE``), handed to the tool as
+    ``/proc/<pid>/fd/<n>`` (:func:`fd_path`): a symlink planted at the name cannot redirect
+    the tool's writes to a host file. Only when the block ends well is the file linked in
+    under its name (``linkat``, which never replaces a name: 409 when one appeared
+    meanwhile). So a half-written image is never found under the name: not when the job is
+    killed, nor when the dispatcher is killed -9 (no clean-up of its runs then; before, an
+    empty or partial file stayed, and a retry answered 409). A filesystem without
+    ``O_TMPFILE`` gets a hidden ``.core0-part-<hex>`` file instead, renamed the same way
+    (one a dispatcher killed -9 left is not under the name either)."""
     _no_dotdot(path, field)
     parent, _, name = path.rstrip("/").rpartition("/")
     if not name or name in (".", ".."):
@@ -140,24 +147,42 @@ def new_file(ctx: Context, path: str, field: str) -> Iterator[int]:
         raise err from None
     try:
         try:
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+            with contextlib.suppress(FileNotFoundError):
+                os.stat(name, dir_fd=dfd, follow_symlinks=False)
+                raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), name)
+            fd, part = _unnamed(dfd)
         except OSError as e:
             err = oserror(e, path)
             err.field = field
             raise err from None
         try:
             yield fd
-        except BaseException:
-            with contextlib.suppress(OSError):
-                if ident(os.stat(name, dir_fd=dfd, follow_symlinks=False)) == ident(
-                        os.fstat(fd)):
-                    os.unlink(name, dir_fd=dfd)
-            raise
+            try:
+                os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dfd)  # the file held
+            except OSError as e:
+                err = oserror(e, path)
+                err.field = field
+                raise err from None
         finally:
             os.close(fd)
+            if part:
+                with contextlib.suppress(OSError):
+                    os.unlink(part, dir_fd=dfd)
     finally:
         os.close(dfd)
+
+
+def _unnamed(dfd: int) -> tuple[int, str]:
+    """A new file in directory ``dfd`` for :func:`new_file`: (descriptor, "") unnamed, or
+    (descriptor, its hidden name) where the filesystem cannot make unnamed files."""
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644, dir_fd=dfd), ""
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    part = f".core0-part-{secrets.token_hex(8)}"
+    return os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   0o644, dir_fd=dfd), part
 
 
 #: images of a backing chain walked at most (the top image included)

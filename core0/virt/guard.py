@@ -24,11 +24,14 @@ from core0 import faults
 Ident = tuple[int, int]
 
 #: fault tests only (core0/faults.py), ``CORE0_TEST_VM_HOLD=<name>[,<name>…]:<dir>``: a
-#: create of a VM named ``<name>`` (or a kvm.convert-image to an output file named
-#: ``<name>``) holds once its disks are resolved (its input pinned), before libvirt starts it
-#: (qemu-img runs), so a test can swap a path or rewrite an image exactly between core0's
-#: check and qemu's open; ``<vm>/suspend`` and ``<vm>/attach`` hold kvm.attach_disk of VM
-#: ``<vm>`` in libvirt's thread right after the guest's pause, right before the plug
+#: create of a VM named ``<name>`` (or a kvm.convert-image / create-image to an output file
+#: named ``<name>``) holds once its disks are resolved (its input pinned), before libvirt
+#: starts it (qemu-img runs), so a test can swap a path or rewrite an image exactly between
+#: core0's check and qemu's open; ``<vm>/suspend`` and ``<vm>/attach`` hold kvm.attach_disk
+#: of VM ``<vm>`` in libvirt's thread right after the guest's pause, right before the plug;
+#: ``<vm>/<what>`` holds libvirt's thread right after an acting command's call (destroy,
+#: shutdown, pause, limit_disk_io, remove_nic…: core0/virt/access.py, hotplug.py);
+#: ``prepare/<uuid>`` a kvm.prepare_migration_target once its record is written
 _HOLD = faults.Hold("CORE0_TEST_VM_HOLD")
 #: the pause on the event loop, and in a worker thread (inside a libvirt call)
 test_hold = _HOLD.wait_async

@@ -9,6 +9,9 @@ in the guest without the check (a file swapped in behind core0's back reached th
 When the check fails the disk is taken out again. A virtio disk leaves only when the guest
 lets it go, and a guest that does not (a hostile one, or one without an OS) would keep a file
 core0 never checked, so the VM is then destroyed: the host file does not reach the guest.
+
+A detach (:func:`unplug`) likewise runs to its end once libvirt is asked: the request, the
+wait for the guest to let the device go, and the collection of a segment left without ports.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from core0 import cancel
@@ -34,16 +38,22 @@ log = logging.getLogger(__name__)
 DETACH_WAIT = 3.0
 
 
-async def detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> bool:
+async def detach(v: Virt, dom: Any, xml: str, alias: str, what: str, name: str = "") -> bool:
     """Detach a device and wait up to :data:`DETACH_WAIT` s for libvirt's device-removed
-    event; True when it came."""
+    event; True when it came. (Fault tests: the step ``<name>/<what>`` holds libvirt's
+    thread right after the request.)"""
     from core0.virt.conn import libvirt_module
 
     lv = libvirt_module()
     uuid = await v.conn.call(lambda c: dom.UUIDString())
+
+    def request(_conn: Any) -> None:
+        dom.detachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE)
+        guard.test_hold_sync(f"{name}/{what}")
+
     with v.conn.subscribe() as sub:
         try:
-            await v.conn.call(lambda c: dom.detachDeviceFlags(xml, lv.VIR_DOMAIN_AFFECT_LIVE))
+            await v.conn.call(request)
         except Exception as e:
             raise lv_error(e, what) from None
         try:
@@ -55,6 +65,23 @@ async def detach(v: Virt, dom: Any, xml: str, alias: str, what: str) -> bool:
                         return True
         except TimeoutError:
             return False
+
+
+async def unplug(vm: VM, xml: str, alias: str, what: str,
+                 after: Callable[[], Awaitable[object]] | None = None) -> bool:
+    """``kvm.detach_disk``/``remove_nic``: :func:`detach` the device, then ``after`` (a
+    segment left without ports collected), to the end once begun: a kill that comes while
+    libvirt detaches or the guest lets go is too late, the job answers with the outcome
+    (before, it answered KILLED at once, the device left the guest after it, and a
+    vlan/vxlan segment whose last port it was stayed). A kill before is taken here."""
+    async def run() -> bool:
+        gone = await detach(vm.v, vm.dom, xml, alias, what, vm.name)
+        if after is not None:
+            await after()
+        return gone
+
+    await asyncio.sleep(0)
+    return await cancel.atomic(run(), defer=False)
 
 
 async def plug_disk(ctx: Context, vm: VM, xml: str, path: str, ids: set[guard.Ident]) -> None:

@@ -26,15 +26,15 @@ forwards and keeps the lease.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import time
 from typing import TYPE_CHECKING, Any
 
+from core0 import cancel
 from core0.errors import BadRequest, Conflict, PreconditionFailed
 from core0.net import netlink as nl
 from core0.net import validate as nv
-from core0.virt import network
+from core0.virt import guard, network
 from core0.virt.owner import Owner, allow, caller
 from core0.virt.spec import Nic
 
@@ -120,6 +120,7 @@ async def prepare(v: Virt, ctx: Context, uuid: str, nics: list[Nic],
     v.vm_dir(uuid).mkdir(mode=0o711, exist_ok=True)
     v._save_record(uuid, new)
     try:
+        await guard.test_hold(f"prepare/{uuid}")  # (fault tests: core0/virt/guard.py)
         if rec and rec.get("mac") and rec.get("mac") != mac:
             await network.remove_lease(ctx, str(rec["mac"]))
         if mac:
@@ -128,11 +129,11 @@ async def prepare(v: Virt, ctx: Context, uuid: str, nics: list[Nic],
         if port:
             await network.add_forwards(ctx, uuid, ip, port)
     except BaseException:
-        with contextlib.suppress(Exception):
-            await network.remove_forwards(ctx, uuid)
-            if mac:
-                await network.remove_lease(ctx, mac)
-        new["incoming"] = 0  # expired: the next reconciliation removes the rest
+        # what was prepared goes, the record with it (cut short too: a second kill does not
+        # cut this short). Before, an expired record stayed until a reconciliation (the next
+        # dispatcher start), and the same preparation tried again meanwhile was a 409
+        new["incoming"] = 0
         v._save_record(uuid, new)
+        await cancel.atomic(v.cleanup(uuid), defer=False)
         raise
     return {"uuid": uuid, "mac": mac, "ip": ip}

@@ -85,6 +85,13 @@ def undeclare(cfg: Config, name: str) -> None:
     VMS.undeclare(cfg, name)
 
 
+def redeclare(cfg: Config, declaration: dict[str, Any]) -> None:
+    """Write back a declaration read with :func:`declaration` and removed since (a
+    ``kvm.destroy`` that libvirt refused)."""
+    d = {k: v for k, v in declaration.items() if k != "hash"}
+    VMS.declare(cfg, str(d.pop("name")), dict(d.pop("arguments")), **d)
+
+
 def restore(engine: Any, cfg: Config) -> int:
     """Dispatcher start: re-submit ``kvm.create`` for every declared VM, and destroy the
     declared VMs whose declaration was removed meanwhile (``kvm.forget-undeclared``, when

@@ -238,8 +238,9 @@ def test_a_create_killed_while_libvirt_makes_the_domain(env: Env) -> None:
 
 def test_new_image_name_swapped_for_a_symlink(env: Env) -> None:
     """kvm.create-image's output name flipping between absent and a symlink to a host file:
-    the host file is never written (core0 creates the file itself, O_EXCL|O_NOFOLLOW, and
-    qemu-img writes through that descriptor); every answer is success or 409."""
+    the host file is never written (core0 creates the file itself, unnamed, qemu-img writes
+    through that descriptor, and it is linked in under the name only where none is, not
+    even a symlink); every answer is success or 409."""
     img = env.root / "images"
     before = env.secret.read_bytes()
     current = [img / "new0.raw"]
