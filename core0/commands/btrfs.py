@@ -137,18 +137,61 @@ async def device_add(ctx: Context, args: DevicesArgs) -> dict[str, Any]:
     bt.on_btrfs(mnt)
     devs = await _check_devices(ctx, args.devices, args.overwrite)
     argv = ["btrfs", "device", "add", *(["-f"] if args.overwrite else []), "--", *devs, mnt]
-    await tools.run(ctx, argv, rules=bt.RULES)
-    shown = await bt.show(ctx, mnt)
+
+    async def add() -> None:
+        await tools.run(ctx, argv, rules=bt.RULES)
+        await whole.hold_async(argv)
+    try:
+        # to its end: the kernel's add of a device is not cut by a kill of the tool, and
+        # with several devices a kill between two left some added
+        await whole.step(add())
+        await whole.deliver()
+        shown = await bt.show(ctx, mnt)  # (a kill meanwhile: undone as well)
+    except BaseException:
+        # killed, or failed after some were added: those are removed again (before, a retry
+        # answered 409 "in use": a member of the mounted filesystem)
+        await whole.undo(_removed_again(ctx, mnt, devs), f"the devices added to {mnt}")
+        raise
     return {"mountpoint": mnt, "devices": shown[0]["devices"] if shown else []}
+
+
+def _rdev(path: str) -> int | None:
+    """The device number of a block device path (None: gone)."""
+    try:
+        return os.stat(path).st_rdev
+    except OSError:
+        return None
+
+
+async def _members(ctx: Context, mnt: str) -> set[int | None]:
+    """Device numbers of the devices of the filesystem on ``mnt`` (by number: btrfs names
+    a device-mapper device /dev/mapper/x where the caller may say /dev/dm-0)."""
+    shown = await bt.show(ctx, mnt)
+    return {_rdev(d["path"]) for d in shown[0]["devices"]} - {None} if shown else set()
+
+
+async def _removed_again(ctx: Context, mnt: str, devs: list[str]) -> None:
+    """Remove from the filesystem on ``mnt`` those of ``devs`` that are its members (the
+    kernel wipes their superblock: a retry without overwrite is not refused)."""
+    members = await _members(ctx, mnt)
+    added = [d for d in devs if _rdev(d) in members]
+    if added:
+        await tools.run(ctx, ["btrfs", "device", "remove", "--", *added, mnt],
+                        rules=bt.RULES)
 
 
 @command("btrfs.device_remove", DevicesArgs, role=Role.OPERATOR)
 async def device_remove(ctx: Context, args: DevicesArgs) -> dict[str, Any]:
     """Remove devices from a mounted filesystem (their data moves to the others first). 409
-    when the profile cannot lose them (e.g. below two devices on raid1)."""
+    when the profile cannot lose them (e.g. below two devices on raid1), 404 for a device
+    that is not one of the filesystem's."""
     mnt = paths.resolve(ctx, args.mountpoint, kind="dir")
     bt.on_btrfs(mnt)
     devs = [blockdev.device(d)[1] for d in args.devices]
+    members = await _members(ctx, mnt)
+    strangers = [d for d in devs if _rdev(d) not in members]
+    if strangers:  # (btrfs says "Invalid argument": e.g. a retry of a removal that was done)
+        raise NotFound(f"not a device of the filesystem on {mnt}: {', '.join(strangers)}")
     await tools.run(ctx, ["btrfs", "device", "remove", "--", *devs, mnt], rules=bt.RULES)
     shown = await bt.show(ctx, mnt)
     return {"mountpoint": mnt, "devices": shown[0]["devices"] if shown else []}

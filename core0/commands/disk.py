@@ -455,6 +455,9 @@ async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
     what = args.target or args.source
     if what is None or (args.target and args.source and args.target != args.source):
         raise BadRequest("give target (or source): a mount point or a device")
+    # ids of mounts that are gone leave the record first (a dispatcher killed -9 between a
+    # umount(2) and its record left one)
+    await ctx.to_thread(mountfd.Made(ctx.config.state_dir).prune)
     if what.startswith("/") and not what.startswith("/dev/"):
         rels = [what]
     else:
@@ -475,14 +478,16 @@ async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
     fsroot, state = ctx.config.main.filesystem_root, ctx.config.state_dir
     for rel in rels:
         try:
+            # each umount(2) to its end: its thread went on after a kill (a umount that
+            # writes back dirty data takes seconds) and unmounted after the answer KILLED
             try:
-                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
-                                                False))
+                done.append(await whole.step(ctx.to_thread(_umount, fsroot, state, rel,
+                                                           False)))
             except OSError as e:
                 if e.errno != errno.EBUSY or not args.force:
                     raise
-                done.append(await ctx.to_thread(mountfd.umount_in_root, fsroot, state, rel,
-                                                True))
+                done.append(await whole.step(ctx.to_thread(_umount, fsroot, state, rel,
+                                                           True)))
         except OSError as e:
             if e.errno == errno.EBUSY:
                 raise Conflict(f"{rel} is busy (use force for a lazy unmount)") from None
@@ -490,6 +495,12 @@ async def umount(ctx: Context, args: UmountArgs) -> dict[str, Any]:
                 raise NotFound(f"nothing is mounted on {rel}") from None
             raise oserror(e, rel) from None
     return {"unmounted": done}
+
+
+def _umount(fsroot: str, state: Any, rel: str, lazy: bool) -> str:
+    """:func:`core0.storage.mountfd.umount_in_root` (in a worker thread), held by the fault
+    tests (step ``umount``) between the umount(2) and its record."""
+    return mountfd.umount_in_root(fsroot, state, rel, lazy, lambda: whole.hold("umount"))
 
 
 def _option_map(options: list[str]) -> dict[str, str]:
@@ -547,7 +558,14 @@ async def protect(ctx: Context, args: ProtectArgs) -> dict[str, Any]:
     if disk != name:
         names.append(disk)
     flag = "--setro" if args.protect else "--setrw"
-    for n in (names if args.protect else list(reversed(names))):
-        # blockdev has no "--"; the path is built here from a checked kernel name
-        await tools.run(ctx, ["blockdev", flag, blockdev.dev_path(n)])
+
+    async def each() -> None:
+        for n in (names if args.protect else list(reversed(names))):
+            # blockdev has no "--"; the path is built here from a checked kernel name
+            argv = ["blockdev", flag, blockdev.dev_path(n)]
+            await tools.run(ctx, argv)
+            await whole.hold_async(argv)
+    # the partition and its disk together: a kill between the two left the partition
+    # read-only on a writable disk
+    await whole.step(each())
     return {"devices": names, "read_only": all(blockdev.read_only(n) for n in names)}

@@ -77,6 +77,8 @@ async def _or_destroyed(be: Any, name: str,
         await whole.deliver()
         if rest is not None:
             await rest()
+            await whole.deliver()  # a kill held back by the last step (zfsconf.verify):
+            # raised here, where it is undone (before, KILLED was answered with it left)
     except BaseException:
         if "@" in name:
             gone = tools.run(be.ctx, ["zfs", "destroy", *(["-r"] if recursive else []),
@@ -206,10 +208,11 @@ async def mount(ctx: Context, args: MountArgs) -> dict[str, Any]:
     try:
         await whole.deliver()
         await zfsconf.verify(ctx, [args.name])
+        # a kill held back by the verify is raised in here, where it is undone
+        got = await be.get_props(args.name, ["mountpoint"])
     except asyncio.CancelledError:  # killed: unmounted again (a retry answered 409)
         await whole.undo(be.unmount(args.name, True), f"the mount of {args.name}")
         raise
-    got = await be.get_props(args.name, ["mountpoint"])
     return {"name": args.name, "mountpoint": got.get("mountpoint", {}).get("value")}
 
 
@@ -224,7 +227,10 @@ async def unmount(ctx: Context, args: UnmountArgs) -> dict[str, Any]:
     """Unmount a filesystem. 404 if it is not mounted, 409 if busy (open files, a process
     inside) unless ``force``."""
     be = await zfs.backend(ctx)
-    await be.unmount(args.name, args.force)
+    await be.refuse_busy([args.name], args.force)
+    # to its end: a killed zfs CLI has handed the unmount to the daemon, which finished it
+    # after the job had answered KILLED
+    await whole.step(be.unmount(args.name, args.force, checked=True))
     return {"name": args.name, "mounted": False}
 
 
@@ -306,7 +312,10 @@ async def rollback(ctx: Context, args: RollbackArgs) -> dict[str, Any]:
     """Roll a dataset back to snapshot ``name``. 409 if later snapshots exist (use
     ``destroy_recent``)."""
     be = await zfs.backend(ctx)
-    await be.rollback(args.name, args.destroy_recent, args.destroy_clones, args.force)
+    # to its end: a killed CLI's rollback (or, with destroy_recent, its destroys of the later
+    # snapshots, one request each) went on in the daemon after the job had answered KILLED
+    await whole.step(be.rollback(args.name, args.destroy_recent, args.destroy_clones,
+                                 args.force))
     return {"name": args.name}
 
 
@@ -337,7 +346,15 @@ async def hold(ctx: Context, args: HoldArgs) -> dict[str, Any]:
     """Put hold ``tag`` on a snapshot (a held snapshot cannot be destroyed). 409 if the tag is
     there already."""
     be = await zfs.backend(ctx)
-    await be.hold(args.name, args.tag, args.recursive)
+    # to its end (the daemon makes the hold anyway); a kill meanwhile releases it again (a
+    # retry answered 409 "tag already exists")
+    await whole.step(be.hold(args.name, args.tag, args.recursive))
+    try:
+        await whole.deliver()
+    except asyncio.CancelledError:
+        await whole.undo(be.release(args.name, args.tag, args.recursive),
+                         f"hold {args.tag} on {args.name}")
+        raise
     return {"name": args.name, "tag": args.tag}
 
 
@@ -345,7 +362,7 @@ async def hold(ctx: Context, args: HoldArgs) -> dict[str, Any]:
 async def release(ctx: Context, args: HoldArgs) -> dict[str, Any]:
     """Release hold ``tag`` from a snapshot. 404 if there is no such hold."""
     be = await zfs.backend(ctx)
-    await be.release(args.name, args.tag, args.recursive)
+    await whole.step(be.release(args.name, args.tag, args.recursive))  # the daemon's anyway
     return {"name": args.name, "tag": args.tag}
 
 
@@ -436,6 +453,14 @@ async def receive(ctx: Context, args: ReceiveArgs) -> dict[str, Any]:
     # to its end: a kill here left received datasets unmounted, and a mount point from the
     # stream outside the root (a later `zfs mount -a` mounted it there)
     await whole.step(_received(ctx, be, args.name))
+    try:
+        await whole.deliver()
+    except asyncio.CancelledError:
+        # killed meanwhile: a dataset the stream made is destroyed as well (before, KILLED
+        # was answered with it received, and a retry answered 409)
+        if new:
+            await whole.undo(_destroy_if_there(be, target), f"dataset {target}")
+        raise
     return {"name": args.name, "file": path, "bytes": size}
 
 

@@ -7,7 +7,9 @@ not running. A node without ZFS answers 412.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -112,12 +114,14 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     try:
         await whole.deliver()
         await zfsconf.verify(ctx, [args.name])
+        # a kill held back by the verify is raised here, undone too (before, KILLED was
+        # answered with the pool left)
+        return (await be.pool_list(args.name))[0]
     except BaseException:  # failed, or killed: the pool made is destroyed again
         await whole.undo(_unmade(ctx, be, args.name, vdevs), f"pool {args.name}")
         if not had:
             zfsfuse.forget_pool(ctx.config, args.name)
         raise
-    return (await be.pool_list(args.name))[0]
 
 
 async def _unmade(ctx: Context, be: Any, name: str, vdevs: list[str]) -> None:
@@ -187,15 +191,57 @@ async def import_(ctx: Context, args: ImportArgs) -> Any:
         return await be.pool_importable(dirs)
     if args.new_name is not None:
         _pool_name(args.new_name)
-    # to its end (the daemon imports the pool and mounts its datasets anyway), then
-    # recorded and checked before a kill meanwhile is raised
-    await whole.step(be.pool_import(args.name, dirs, args.force, args.new_name,
-                                    _pool_props(ctx, args.properties)))
-    want = args.new_name or args.name
+    props = _pool_props(ctx, args.properties)
+    want = args.new_name or await _import_name(be, args.name, dirs)
+    # remembered first (a dispatcher killed -9 in the import leaves a pool the zfs-fuse
+    # supervision brings back), as it was again if no pool was imported
+    had = zfsfuse.known_pools(ctx.config).get(want)
     zfsfuse.remember_pool(ctx.config, want, dirs=dirs)
-    await zfsconf.verify(ctx, [want])
-    rows = await be.pool_list()
+    try:
+        # to its end: the daemon imports the pool and mounts its datasets anyway
+        await whole.step(be.pool_import(args.name, dirs, args.force, args.new_name, props))
+    except BaseException:
+        zfsfuse.restore_pool(ctx.config, want, had)
+        raise
+    try:
+        await whole.deliver()
+        await zfsconf.verify(ctx, [want])
+        rows = await be.pool_list()  # (a kill held back by the verify is raised here)
+    except asyncio.CancelledError:
+        # killed: exported again (before, the pool stayed, its mounts never checked: a lower
+        # role's without nosuid,nodev, and a retry answered 409)
+        await whole.undo(_unimported(ctx, be, want, had), f"the import of {want}")
+        raise
     return next((p for p in rows if want in (p["name"], p["guid"])), {"name": want})
+
+
+async def _import_name(be: Any, name: str, dirs: list[str]) -> str:
+    """The name of the pool an import by numeric id brings (what is remembered: the
+    record of an id was never forgotten by an export of the name)."""
+    if not name.isdigit():
+        return name
+    found = [p["name"] for p in await be.pool_importable(dirs) if p.get("id") == name]
+    return found[0] if found else name
+
+
+async def _unimported(ctx: Context, be: Any, name: str, had: list[str] | None) -> None:
+    """Export again the pool a command cut short imported; its record as it was."""
+    await be.pool_export(name, False)
+    zfsfuse.restore_pool(ctx.config, name, had)
+
+
+async def _forgotten_while(ctx: Context, name: str,
+                           gone: Callable[[Callable[[], None]], Awaitable[None]]) -> None:
+    """Export or destroy pool ``name`` (``gone(first)``) with the pool forgotten right
+    before the export or destroy itself (``first``): a dispatcher killed -9 in it left the
+    pool remembered while it was gone, and the zfs-fuse supervision imported an exported
+    pool back. Not done (failed, or killed before it): remembered as it was."""
+    had = zfsfuse.known_pools(ctx.config).get(name)
+    try:
+        await gone(lambda: zfsfuse.forget_pool(ctx.config, name))
+    except BaseException:
+        zfsfuse.restore_pool(ctx.config, name, had)
+        raise
 
 
 @dataclass(frozen=True)
@@ -215,8 +261,8 @@ async def export(ctx: Context, args: PoolArgs) -> dict[str, Any]:
     back). 404 for an unknown pool, 409 if a dataset is busy, unless ``force``."""
     be = await zfs.backend(ctx)
     await _known(be, args.name)
-    await be.pool_export(args.name, args.force)
-    zfsfuse.forget_pool(ctx.config, args.name)
+    await _forgotten_while(ctx, args.name,
+                           lambda first: be.pool_export(args.name, args.force, first))
     return {"name": args.name, "exported": True}
 
 
@@ -227,6 +273,6 @@ async def destroy(ctx: Context, args: PoolArgs) -> dict[str, Any]:
     freshly mounted datasets is retried first."""
     be = await zfs.backend(ctx)
     await _known(be, args.name)
-    await be.pool_destroy(args.name, args.force)
-    zfsfuse.forget_pool(ctx.config, args.name)
+    await _forgotten_while(ctx, args.name,
+                           lambda first: be.pool_destroy(args.name, args.force, first))
     return {"name": args.name, "destroyed": True}

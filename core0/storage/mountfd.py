@@ -24,6 +24,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,10 +234,12 @@ def inside(root: str, mp: str) -> str | None:
     return mp[len(root):] if mp.startswith(root + "/") else None
 
 
-def umount_in_root(root_path: str, state_dir: str | Path, rel: str, lazy: bool) -> str:
+def umount_in_root(root_path: str, state_dir: str | Path, rel: str, lazy: bool,
+                   done: Callable[[], None] | None = None) -> str:
     """Unmount the mount on ``rel`` (resolved inside the root; its last component is not
     followed) through its parent's descriptor → the canonical mount point. 404 if nothing is
-    mounted there, 400 for the root itself or a system mount; OSError (EBUSY...) otherwise."""
+    mounted there, 400 for the root itself or a system mount; OSError (EBUSY...) otherwise.
+    ``done`` is called between the umount(2) and its record (the fault tests' hold)."""
     from core0.fspath import Root
 
     with Root(root_path) as root, root.at(rel, follow=False) as (pfd, n):
@@ -253,6 +256,8 @@ def umount_in_root(root_path: str, state_dir: str | Path, rel: str, lazy: bool) 
         if real in SYSTEM_MOUNTS:
             raise BadRequest(f"refusing to unmount the system mount {real}")
         umount_at(pfd, n, lazy)
+        if done is not None:
+            done()
         Made(state_dir).discard(mid)
         return real
 
@@ -292,6 +297,17 @@ class Made:
             with _LOCK:
                 self._adopt(ids)
         return ids
+
+    def prune(self) -> None:
+        """Drop the ids of mounts that are gone: a dispatcher killed -9 between a
+        ``umount(2)`` and its record (a umount writing back dirty data takes seconds, and
+        the process dies only once it returned) left its id behind."""
+        with _LOCK:
+            ids = self._load()
+            live = _live_ids()
+            if any(live.get(int(k)) != v for k, v in ids.items()):
+                with contextlib.suppress(OSError):
+                    self._save(ids)
 
     def _adopt(self, ids: dict[str, str]) -> None:
         """Record the mounts a dead dispatcher noted and made (``ids`` updated)."""

@@ -10,7 +10,7 @@ import asyncio
 import os
 import re
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from core0 import cancel
 from core0.backoff import Backoff
@@ -87,9 +87,11 @@ async def retry_busy(
     delay: float = 0.05,
     busy: str = r"busy",
     rules: Sequence[Rule] = RULES,
+    done: Callable[[Sequence[str]], Awaitable[None]] | None = None,
 ) -> RunResult:
     """Run ``argv``; while it fails with a "busy" stderr, wait (doubling, at most 1 s) and
-    retry, for at most ``budget`` seconds. A target still busy then gives 409.
+    retry, for at most ``budget`` seconds. A target still busy then gives 409. ``done`` is
+    awaited after the run that succeeded, within its step (the fault tests' hold).
 
     zfs-fuse answers "dataset is busy" to a destroy/rename of a dataset that was mounted a
     moment ago, or whose snapshot's clone was, for up to tens of seconds after the unmount,
@@ -100,8 +102,13 @@ async def retry_busy(
     # each run to its end (a kill is raised after it, or in the wait between two runs): a
     # killed zfs CLI has handed its destroy/rename/export to the daemon, which finishes it;
     # a kill held back by an earlier step is raised before the first run
+    async def once() -> RunResult:
+        ran = await ctx.run(argv, check=False)
+        if ran.status == 0 and done is not None:
+            await done(argv)
+        return ran
     await asyncio.sleep(0)
-    res = await cancel.atomic(ctx.run(argv, check=False))
+    res = await cancel.atomic(once())
     told = False
     backoff = Backoff.retrying(delay, 1.0)
     while res.status != 0 and re.search(busy, res.stderr) and loop.time() < deadline:
@@ -110,7 +117,7 @@ async def retry_busy(
             ctx.emit(4, f"{os.path.basename(argv[0])} reports busy; retrying")
             told = True
         await asyncio.sleep(wait)
-        res = await cancel.atomic(ctx.run(argv, check=False))
+        res = await cancel.atomic(once())
     if res.status != 0:
         raise tool_error(res, rules)
     return res

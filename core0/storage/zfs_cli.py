@@ -15,6 +15,7 @@ so there the checked ``property=value`` and dataset name come without it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import select
@@ -23,12 +24,16 @@ from typing import Any
 
 from core0 import cancel
 from core0.context import Context
-from core0.errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from core0.errors import BadRequest, CommandError, Conflict, NotFound, PreconditionFailed
 from core0.proc.process import RunResult
-from core0.storage import blockdev, parse, tools, whole
+from core0.storage import blockdev, parse, tools, whole, zfsconf, zfsfuse
 from core0.storage.names import PROP_RE
 
+log = logging.getLogger(__name__)
 ZFS_FUSE = "zfs-fuse"
+#: seconds a dataset unmounted by a command that failed or was killed is retried to be
+#: mounted again while zfs-fuse answers "busy"
+REMOUNT_BUSY = 10.0
 
 RULES: list[tools.Rule] = [
     (r"not currently mounted|no such tag|no pools available", NotFound),
@@ -107,7 +112,7 @@ class CliBackend:
 
     async def busy_retry(self, argv: list[str]) -> RunResult:
         if self.fuse:
-            return await tools.retry_busy(self.ctx, argv, rules=RULES)
+            return await tools.retry_busy(self.ctx, argv, rules=RULES, done=whole.hold_async)
         return await tools.run(self.ctx, argv, rules=RULES)
 
     # ------------------------------------------------------------ pools
@@ -183,17 +188,26 @@ class CliBackend:
             return []
         return await self._unmount_all(await self._mounted_under(name, True), force)
 
-    async def pool_export(self, name: str, force: bool) -> None:
+    async def pool_export(self, name: str, force: bool,
+                          first: Callable[[], None] | None = None) -> None:
+        """Export pool ``name``; ``first`` is called right before the export itself (after
+        the datasets were unmounted)."""
         done = await self._unmount_pool(name, force)
         try:
+            if first is not None:
+                first()
             await self.busy_retry(["zpool", "export", *(["-f"] if force else []), "--", name])
         except BaseException:  # a kill too: what was unmounted is mounted again
             await whole.undo(self._remount(done), "the unmount")
             raise
 
-    async def pool_destroy(self, name: str, force: bool) -> None:
+    async def pool_destroy(self, name: str, force: bool,
+                           first: Callable[[], None] | None = None) -> None:
+        """Destroy pool ``name``; ``first`` as for :meth:`pool_export`."""
         done = await self._unmount_pool(name, force)
         try:
+            if first is not None:
+                first()
             await self.busy_retry(["zpool", "destroy", *(["-f"] if force else []), "--",
                                    name])
         except BaseException:  # a kill too: what was unmounted is mounted again
@@ -349,8 +363,21 @@ class CliBackend:
         await self.zfs("mount", *(["-O"] if overlay else []), "--", name)
 
     async def _remount(self, names: list[str]) -> None:
+        """Mount again what a command unmounted (its undoing, or a rename's move), and give
+        the mounts back their nosuid,nodev: zfs-fuse does not apply setuid=off/devices=off
+        itself (before, a killed or refused destroy/export of a lower role's datasets left
+        them mounted without)."""
         for n in sorted(names, key=lambda n: n.count("/")):
-            await tools.run(self.ctx, ["zfs", "mount", "--", n], check=False)
+            try:
+                # zfs-fuse answers "busy" to a mount right after the unmount (a killed
+                # export's datasets were left unmounted)
+                await tools.retry_busy(self.ctx, ["zfs", "mount", "--", n], budget=REMOUNT_BUSY,
+                                       rules=RULES)
+            except CommandError as e:
+                log.warning("could not mount %s again: %s", n, e)
+        if names:
+            await zfsfuse.harden_all(self.ctx, names)
+            await zfsconf.verify(self.ctx, names)
 
     async def destroy(self, name: str, recursive: bool, recursive_clones: bool, defer: bool,
                       force: bool) -> None:

@@ -150,3 +150,4 @@ async def _verify(ctx: Context, names: list[str], harden: bool | None) -> None:
     if harden if harden is not None else not is_admin(ctx):
         for _ds, mp in mounts:
             await ctx.to_thread(_harden, ctx, mp)
+    await whole.hold_async("verify")

@@ -147,6 +147,18 @@ def forget_pool(cfg: Config, name: str) -> None:
         _save_pools(cfg, pools)
 
 
+def restore_pool(cfg: Config, name: str, dirs: list[str] | None) -> None:
+    """Put back the record of pool ``name`` as :func:`known_pools` gave it (None: none)."""
+    pools = known_pools(cfg)
+    if pools.get(name) == dirs:
+        return
+    if dirs is None:
+        pools.pop(name, None)
+    else:
+        pools[name] = dirs
+    _save_pools(cfg, pools)
+
+
 # ------------------------------------------------------------------ supervision
 
 
@@ -238,12 +250,14 @@ async def recover(cfg: Config) -> list[str]:
     return back
 
 
-async def harden_all(ctx: Context) -> None:
-    """nosuid/nodev on the mounts of every dataset whose setuid/devices property is off."""
+async def harden_all(ctx: Context, names: Sequence[str] = ()) -> None:
+    """nosuid/nodev on the mounts of every dataset (or of ``names`` and what is under them)
+    whose setuid/devices property is off."""
     from core0.storage import mountfd
 
     res = await ctx.run(["zfs", "list", "-H", "-o", "name,setuid,devices,mountpoint", "-t",
-                         "filesystem"], check=False, timeout=60)
+                         "filesystem", *(["-r", "--", *names] if names else [])],
+                        check=False, timeout=60)
     want: dict[str, int] = {}
     for line in res.stdout.splitlines():
         p = line.split("\t")

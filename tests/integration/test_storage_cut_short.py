@@ -49,9 +49,9 @@ def node(tmp_path_factory: pytest.TempPathFactory, hold_dir: Path) -> Iterator[N
         n.stop()
 
 
-def _send(node: Node, command: str, args: dict[str, Any]) -> str:
+def _send(node: Node, command: str, args: dict[str, Any], bus: str = "default") -> str:
     jid = f"cut-{uuid.uuid4().hex[:8]}"
-    node.redis().rpush("core:default", json.dumps(
+    node.redis().rpush(f"core:{bus}", json.dumps(
         {"id": jid, "command": command, "arguments": args}))
     return jid
 
@@ -74,16 +74,18 @@ def _ok(node: Node, command: str, args: dict[str, Any]) -> Any:
 
 
 def killed_at(node: Node, hold: Path, step: str, command: str,
-              args: dict[str, Any], whole: bool = True) -> dict[str, Any]:
-    """Run ``command`` with ``step`` held, kill the job there, let the step go → the
-    job's result. ``whole``: the step is one that runs to its end, so the job does not
-    answer while it is held (before, it did, and a btrfs ioctl's thread then ran on a
-    directory descriptor the killed job had closed: EBADF, or another file's)."""
+              args: dict[str, Any], whole: bool = True, bus: str = "default"
+              ) -> dict[str, Any]:
+    """Run ``command`` (pushed on queue ``bus``) with ``step`` held, kill the job there,
+    let the step go → the job's result. ``whole``: the step is one that runs to its end,
+    so the job does not answer while it is held (before, it did, and a btrfs ioctl's thread
+    then ran on a directory descriptor the killed job had closed: EBADF, or another
+    file's)."""
     for f in ("held", "go"):
         (hold / f).unlink(missing_ok=True)
     (hold / "step").write_text(step)
     try:
-        jid = _send(node, command, args)
+        jid = _send(node, command, args, bus)
         assert wait_until((hold / "held").exists, 60), node.log_text()[-3000:]
         kill = _call(node, "job.kill", {"id": jid})
         assert kill["state"] == "SUCCESS", kill
