@@ -33,10 +33,11 @@ SECRET = b"HOST-SECRET-OUTSIDE-THE-ROOT\n"
 #: steps test_kvm_cut_short.py holds: kvm.attach_disk of VM ``cut`` right after the
 #: guest's pause and of VM ``cut2`` right before libvirt plugs the disk; libvirt's thread
 #: right after it destroyed, shut down, paused, limited or detached (``<vm>/<what>``); a
-#: kvm.create-image / convert-image writing ``cs-img.qcow2``; a prepare_migration_target
+#: kvm.create-image / convert-image writing ``cs-img.qcow2``; a prepare_migration_target; a
+#: persistent kvm.create of ``cs-r`` with a changed spec right after the old VM's destroy
 CUT_SHORT = ("cut/suspend,cut2/attach,cs-d/destroy,cs-d9/destroy,cs-s/shutdown,cs-p/pause,"
              "cs-p/limit_disk_io,cs-x/detach_disk,cs-n/remove_nic,cs-img.qcow2,"
-             "prepare/0c5e0000-0000-4000-8000-000000000001")
+             "prepare/0c5e0000-0000-4000-8000-000000000001,cs-r/replace")
 
 
 def HOLD(base: Path) -> dict[str, str]:

@@ -104,17 +104,30 @@ async def _create_declared(ctx: Context, v: Virt, args: CreateArgs, who: Owner) 
         if meta["declared"] == h and cur["state"] in ("running", "paused", "blocked"):
             persist.declare(ctx.config, args, cur["uuid"], owner.role, owner.scope)
             return str(cur["uuid"])
-        try:  # a changed spec: the old one goes
-            await v.conn.call(lambda c: dom.destroy())
-        except Exception as e:
-            err = lv_error(e, f"destroy {cur['uuid']}")
-            if not isinstance(err, NotFound):
-                raise err from None
-        await v.cleanup(cur["uuid"])
+        # a changed spec: the old one goes, its destroy and clean-up to their end (a kill
+        # meanwhile is raised after them: before, KILLED could be answered while libvirt
+        # still destroyed it, its clean-up never run)
+        await cancel.atomic(_replaced(v, dom, args.name, str(cur["uuid"])))
     uuid = await v.create(ctx, args, prefer_uuid=str(decl.get("uuid") or ""), declared=h,
                           owner=who)
     persist.declare(ctx.config, args, uuid, who.role, who.scope)
     return uuid
+
+
+async def _replaced(v: Virt, dom: Any, name: str, uuid: str) -> None:
+    """Destroy the VM a changed declaration replaces, and clean up after it. (Fault tests:
+    the step ``<name>/replace`` holds libvirt's thread right after the destroy.)"""
+    def gone(_conn: Any) -> None:
+        dom.destroy()
+        guard.test_hold_sync(f"{name}/replace")
+
+    try:
+        await v.conn.call(gone)
+    except Exception as e:
+        err = lv_error(e, f"destroy {uuid}")
+        if not isinstance(err, NotFound):
+            raise err from None
+    await v.cleanup(uuid)
 
 
 async def _live_of(v: Virt, dom: Any) -> dx.Live:

@@ -344,3 +344,42 @@ def test_prepare_migration_target_killed(env: Env) -> None:
     finally:
         with contextlib.suppress(Exception), _released(env):
             env.op.sync("kvm.destroy", {"uuid": PREPARED})
+
+
+def test_a_changed_declaration_killed_in_the_old_vm_s_destroy(env: Env) -> None:
+    """A persistent kvm.create with a changed spec, killed while libvirt destroys the VM it
+    replaces: no answer until that destroy and its clean-up are done; then KILLED, the old VM
+    gone with its forward and directory, its declaration (the old spec) kept; the same create
+    then makes the new VM. (Before: KILLED at once while libvirt still destroyed the VM.)"""
+    args: dict[str, Any] = {"name": "cs-r", "memory": 32, "persistent": True,
+                            "nics": [{"type": "default"}], "port": {"18303": 80}}
+    uuid = _fw(env, "cs-r", **{k: v for k, v in args.items() if k not in ("name", "memory")})
+    hold = env.base / "hold"
+    changed = {**args, "memory": 48, "media": [{"url": "/images/cs-r.raw", "format": "raw"}]}
+    try:
+        assert _forwards(env, uuid)
+        job = env.op.raw("kvm.create", changed)
+        try:
+            assert wait_until(lambda: (hold / "held").exists(), 60)
+            (hold / "held").unlink()
+            env.op.json("job.kill", {"id": job.id})  # libvirt's thread is held meanwhile
+            with pytest.raises(TimeoutError):
+                job.get(0.5)
+            (hold / "go").touch()
+            res = job.get(60)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                (hold / "go").unlink()
+        assert res.state.value == "KILLED", res
+        assert _state(env, "cs-r")[0] == -1
+        assert not _forwards(env, uuid) and not (env.vdir / uuid).exists()
+        assert _declared(env, "cs-r")
+        with _released(env):
+            new = str(env.op.json("kvm.create", changed))
+        assert "<memory unit='KiB'>49152</memory>" in _state(env, "cs-r")[1]
+        assert _forwards(env, new)
+    finally:
+        with contextlib.suppress(Exception), _released(env):
+            for vm in env.admin.json("kvm.list"):
+                if vm["name"] == "cs-r":
+                    env.admin.sync("kvm.destroy", {"uuid": vm["uuid"]})
