@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RESTART_DELAY, free_port, require, require_root, stop_tree, wait_until
+from conftest import free_port, require, require_root, stop_tree, wait_until
 from net_fixtures import Netns, netns
 
 BUSYBOX = "/bin/busybox"
@@ -172,6 +172,25 @@ class ContainerNode:
                     return int(k.pid)
         raise AssertionError("no dispatcher")
 
+    def restart_dispatcher(self, sig: int = signal.SIGKILL) -> None:
+        """Send the dispatcher ``sig`` and wait until the next one answers a ping."""
+        old = self.dispatcher_pid()
+        os.kill(old, sig)
+
+        def back() -> bool:
+            try:
+                if self.dispatcher_pid() == old:
+                    return False
+                c = self.client()
+                try:
+                    return bool(c.ping())
+                finally:
+                    c.close()
+            except Exception:
+                return False
+
+        assert wait_until(back, 60, 0.1), self.log_text()[-3000:]
+
     def stop(self) -> None:
         stop_tree(self.pid)
 
@@ -187,8 +206,7 @@ def start_container_node(ns: Netns, base: Path, config: str | None = None) -> Co
         ["nsenter", f"--net=/run/netns/{ns.name}", "--", sys.executable, "-m", "core0", "dev",
          "--state-dir", str(state), "--redis-port", str(port),
          *(["--config", config] if config else [])],
-        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True,
-        env={**os.environ, "CORE0_TEST_RESTART_DELAY": RESTART_DELAY})
+        stdout=log, stderr=subprocess.STDOUT, cwd=str(root), start_new_session=True)
     log.close()
     node = ContainerNode(ns, proc.pid, base, port)
     deadline = time.monotonic() + 30

@@ -72,15 +72,7 @@ def test_kill9_dispatcher_adopts_and_terminate_leaves_nothing(cnode: ContainerNo
     during = snapshot(cnode)
     assert len(during["cgroups"]) > len(before["cgroups"])
     assert during["nft_rules"] >= before["nft_rules"] + 5
-    old = cnode.dispatcher_pid()
-    os.kill(old, signal.SIGKILL)
-    def back() -> bool:
-        try:
-            return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
-        except Exception:
-            return False
-
-    assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+    cnode.restart_dispatcher()
     listed = ok(cnode, "corex.list", {})
     assert {int(k) for k in listed} == set(ids)
     for cid in ids:
@@ -244,16 +236,7 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
                 "script": "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo went"}}})
         # the inner job's first step is on disk before the inner id reaches the caller
         assert (cnode.state_dir / "jobs" / f"j-{inner}.log").exists()
-        old = cnode.dispatcher_pid()
-        os.kill(old, signal.SIGKILL)
-
-        def back() -> bool:
-            try:
-                return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
-            except Exception:
-                return False
-
-        assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+        cnode.restart_dispatcher()
         # job.list inside the container sees the adopted inner job
         listed = ok(cnode, "corex.dispatch", {"container": cid, "command": {
             "command": "job.list", "arguments": {}}})
@@ -263,7 +246,8 @@ def test_adopted_inner_job_result_names_its_container(cnode: ContainerNode, imag
         finally:
             c.close()
         assert inner in ids, cnode.log_text()[-5000:]
-        assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
+        went = inside(cnode, cid, "touch /tmp/go")
+        assert went.state.value == "SUCCESS", (went, cnode.log_text()[-5000:])
         c = cnode.client()
         try:
             res = c.response_for(inner).get(60)
@@ -295,16 +279,7 @@ def test_inner_builtin_job_cut_short_runs_inside_again(cnode: ContainerNode,
         processing = b"".join(r.lrange("core:default:processing", 0, -1))
         assert f'"id": "{sub}"'.encode() in processing or f'"id":"{sub}"'.encode() in processing
         for sig in (signal.SIGKILL, signal.SIGTERM):
-            old = cnode.dispatcher_pid()
-            os.kill(old, sig)
-
-            def back(old: int = old) -> bool:
-                try:
-                    return cnode.dispatcher_pid() != old and ok(cnode, "core.ping", {}) is not None
-                except Exception:
-                    return False
-
-            assert wait_until(back, 60, 0.2), cnode.log_text()[-3000:]
+            cnode.restart_dispatcher(sig)
             assert r.exists(f"result:{sub}:flag") and not r.exists(f"result:{sub}")
         assert inside(cnode, cid, "touch /tmp/go").state.value == "SUCCESS"
         c = cnode.client()

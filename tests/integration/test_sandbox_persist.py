@@ -124,19 +124,7 @@ def _scenario(base: Path, pdir: Path, nbase: Path, cfg: Path) -> None:
 
 
 def reboot_dispatcher(node: ContainerNode) -> ContainerNode:
-    import os
-    import signal
-
-    old = node.dispatcher_pid()
-    os.kill(old, signal.SIGKILL)
-
-    def back() -> bool:
-        try:
-            return node.dispatcher_pid() != old and ok(node, "core.ping", {}) is not None
-        except Exception:
-            return False
-
-    assert wait_until(back, 60, 0.2), node.log_text()[-3000:]
+    node.restart_dispatcher()
     return node
 
 

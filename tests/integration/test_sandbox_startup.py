@@ -140,19 +140,6 @@ def job_ids(node: ContainerNode) -> list[str]:
     return [j["id"] for j in ok(node, "job.list", {})]
 
 
-def restart_dispatcher(node: ContainerNode) -> None:
-    old = node.dispatcher_pid()
-    os.kill(old, signal.SIGKILL)
-
-    def back() -> bool:
-        try:
-            return node.dispatcher_pid() != old and ok(node, "core.ping", {}) is not None
-        except Exception:
-            return False
-
-    assert wait_until(back, 60, 0.1), node.log_text()[-3000:]
-
-
 def test_order_protected_refused_kill9_and_terminate(cnode: ContainerNode,
                                                      images: dict[str, str]) -> None:
     cid = ok(cnode, "corex.create", {"root": images["services"], "nics": []})
@@ -175,7 +162,7 @@ def test_order_protected_refused_kill9_and_terminate(cnode: ContainerNode,
         pid = st["second"]["pid"]
         runs = len(rootfile(cnode, cid, "/data/again"))
 
-        restart_dispatcher(cnode)
+        cnode.restart_dispatcher()
         # adopted, re-attached: the same process, nothing started twice, still supervised
         assert wait_until(lambda: services(cnode, cid)["second"]["status"] == "running", 10)
         assert services(cnode, cid)["second"]["pid"] == pid
