@@ -251,10 +251,11 @@ def start_rooted_node(base: Path) -> tuple[Node, Path]:
                                  ), root
 
 
-#: the supervisor's delay before it starts a dispatcher that ended, in the nodes tests start.
-#: The real rule (1 s doubling to 60 s, reset by a run of 10 s: core0/backoff.py) is
-#: ``fresh_node``'s and tests/integration/test_node.py checks it; a module's nodes, whose
-#: tests kill the dispatcher one after another, waited up to 16 s for each restart.
+#: the supervisor's delay before it starts a dispatcher that ended, in the nodes
+#: :func:`start_node` starts. The real rule (1 s doubling to 60 s, reset by a run of 10 s:
+#: core0/backoff.py) is ``fresh_node``'s (tests/integration/test_node.py checks it) and the
+#: container nodes' (tests/sandbox_fixtures.py); a module's nodes, whose tests kill the
+#: dispatcher one after another, waited up to 16 s for each restart.
 RESTART_DELAY = "0.3"
 
 
