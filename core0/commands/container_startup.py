@@ -113,11 +113,6 @@ class ContainerServices(ServiceManager):
     def _submit(self, cmd: Command, spec: ServiceSpec) -> Job:
         return dsp.start_internal(self.ctx, self.rec.id, cmd, spec.protected)
 
-    def _attach(self, svc: Service, job: Job) -> None:
-        # an adopted job has no private-queue scope (not saved): the creating queue's again
-        job.scope = self.ctx.job.scope
-        super()._attach(svc, job)
-
     def _lost(self, svc: Service) -> None:
         """A service starting or running when the last dispatcher stopped whose job is not
         in the table: run again only when it never ran (it never spawned; a builtin that may

@@ -96,6 +96,8 @@ def adopt_all(engine: JobEngine, parse: Any) -> int:
         job.process = True
         job.protected = saved.protected and job.internal
         job.container = saved.container
+        if saved.scope:
+            job.scope = saved.scope
         if saved.state == "done" and saved.result:
             engine.table[job.id] = job
             job.task = asyncio.ensure_future(_publish_saved(engine, job, saved.result))
@@ -116,6 +118,6 @@ def adopt_all(engine: JobEngine, parse: Any) -> int:
 async def _publish_saved(engine: JobEngine, job: Job, text: str) -> None:
     await retry_forever("result", engine.bus.publish,
                         [Publish(job.id, text, job.raw, job.processing, "owned")])
-    engine.remember(job.id, text)
+    engine.remember(job.id, text, job.role, job.scope)
     engine.store.remove(job.id, job.run)
     engine.forget(job.id)

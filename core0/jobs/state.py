@@ -1,7 +1,8 @@
 """The persisted part of process jobs: files under ``<state_dir>/jobs`` (see :class:`JobStore`).
 
 Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole job
-(the command, its role, its queue's processing list…) with its first step, written when the
+(the command, its role, its queue's processing list, or the private-queue scope of a job of
+core0's own that has one…) with its first step, written when the
 first run is about to spawn; every later step of a run appends one short line with only what
 changed: ``spawning`` (the whole run, before the spawn), ``running`` (pid + start time),
 ``exited`` (wait status, written the moment the reaper hands it over, before the zombie is
@@ -56,6 +57,9 @@ class Saved:
     #: the process started at or before this tick (0: exactly at ``start_ticks``)
     start_max: int = 0
     container: int = 0
+    #: the private-queue scope of a job of core0's own started with one (a bus job's comes
+    #: from its processing list): None when not recorded
+    scope: str | None = None
 
 
 def same_process(saved: Saved, start_ticks: int) -> bool:
@@ -155,6 +159,10 @@ class JobStore:
             }
             if job.container:  # a job dispatched into a container (its results name it)
                 body["container"] = job.container
+            if job.scope is not None and not job.processing:
+                # a job of core0's own with a private queue's scope (a container's startup
+                # service): adopted with it, so that only that queue sees and acts on it
+                body["scope"] = job.scope
             # the first record: the whole job and its step, one line (one encoding)
             body.update(self._whole(job, state, status, result))
             line = json.dumps(body) + "\n"
@@ -292,6 +300,7 @@ def _load(path: Path) -> Saved:
         comm=body.get("comm") or "",
         start_max=int(body.get("start_max") or 0),
         container=int(body.get("container") or 0),
+        scope=body.get("scope") if isinstance(body.get("scope"), str) else None,
     )
 
 

@@ -59,7 +59,7 @@ def _job(job_id: str, run: int = 1) -> Any:
     return SimpleNamespace(id=job_id, raw=b'{"id":"x"}', processing="core:default:processing",
                            role=SimpleNamespace(label="admin"), starttime=1, protected=False,
                            run=run, pid=None, start_ticks=10, start_max=0, label="true",
-                           next_run=None, comm="true", container=0)
+                           next_run=None, comm="true", container=0, scope=None)
 
 
 def test_job_store_flat_layout_and_steps(tmp_path: Path) -> None:
@@ -95,3 +95,19 @@ def test_load_removes_files_no_job_owns(tmp_path: Path) -> None:
     assert saved.run == 3
     assert os.listdir(tmp_path / "jobs" / "out") == ["j-y.3.out"]
     assert sorted(os.listdir(tmp_path / "jobs")) == ["j-y.log", "out"]
+
+
+def test_a_job_of_core0s_own_keeps_its_private_scope(tmp_path: Path) -> None:
+    """A job of core0's own (no processing list) started with a private queue's scope is
+    saved with it, so that its adoption restores who may see it; a bus job's scope is its
+    queue's and is not written twice."""
+    store = JobStore(tmp_path / "jobs")
+    own, bus = _job("own"), _job("bus")
+    own.processing, own.scope = "", "team."
+    bus.scope = "team."
+    for job in (own, bus):
+        store.new_run(job.id, 1, stdin=False)
+        store.save(job, state="spawning")
+    saved = {s.id: s for s in JobStore(tmp_path / "jobs").load_all()}
+    assert saved["own"].scope == "team."
+    assert saved["bus"].scope is None
