@@ -12,8 +12,13 @@ init runs, so nothing of the container is a child of the dispatcher beyond that 
 init is re-parented to the nearest subreaper, which outlives the dispatcher). The init's
 stdout/stderr go to a file, never to a pipe the dispatcher holds.
 
-Which runtime: crun is probed once per process by running a one-binary bundle; crun refuses
-hybrid cgroup v1/v2 hosts ("cgroups in hybrid mode not supported"), and then runc is used.
+Which runtime: crun is probed by running a one-binary bundle; crun refuses hybrid cgroup
+v1/v2 hosts ("cgroups in hybrid mode not supported"), and then runc is used. The choice is
+kept in the state dir (``sandbox/runtime``), so every later dispatcher of the node uses the
+runtime its containers were made with (each runtime has its own ``--root``): a probe that
+failed once after a dispatcher restart (a timeout under load) would otherwise switch
+runtimes under running containers, and every exec into them would fail. It also spares each
+new dispatcher a probe container.
 Child processes go through core0's spawn and the one reaper (never ``Popen.wait``).
 """
 
@@ -274,16 +279,51 @@ async def _works(binary: str, base: Path, init: str) -> bool:
         return res.status == 0
 
 
+#: the chosen runtime's path, under the state dir's ``sandbox/`` (see the module docstring)
+CHOICE = "runtime"
+
+
 async def choose(state_dir: Path, prefer: str | None = None) -> Runtime:
-    """The runtime for this node: the first of crun, runc that runs a probe bundle here
-    (cached per process). ``prefer`` forces one. 412 when none works."""
+    """The runtime for this node: the one chosen before under this state dir, else the first
+    of crun, runc that runs a probe bundle here (kept for the next dispatchers). ``prefer``
+    forces one. 412 when none works."""
     base = state_dir / "sandbox"
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = prefer or ""
     if key not in _chosen:
-        await _probe(key, prefer, base)
+        kept = None if prefer else _kept(base)
+        if kept is not None:
+            _chosen[key] = kept
+        else:
+            await _probe(key, prefer, base)
+            if not prefer:
+                _keep(base, _chosen[key])
     path = _chosen[key]
     return Runtime(path, base / os.path.basename(path))
+
+
+def _kept(base: Path) -> str | None:
+    """The runtime an earlier dispatcher chose (None: none, or it is no longer there)."""
+    try:
+        path = (base / CHOICE).read_text().strip()
+    except OSError:
+        return None
+    if (os.path.isabs(path) and os.path.basename(path) in CANDIDATES
+            and os.access(path, os.X_OK)):
+        return path
+    log.warning("runtime choice %r in %s ignored: probing again", path[:200], base / CHOICE)
+    return None
+
+
+def _keep(base: Path, path: str) -> None:
+    tmp = base / f".{CHOICE}.{os.getpid()}"
+    try:
+        tmp.write_text(path + "\n")
+        os.replace(tmp, base / CHOICE)
+    except OSError as e:
+        log.warning("runtime choice not kept: %s", e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 async def _probe(key: str, prefer: str | None, base: Path) -> None:

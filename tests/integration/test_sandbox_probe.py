@@ -1,6 +1,7 @@
 """The OCI runtime probe (core0.sandbox.runtime.choose) with a real runtime, called by many
 first creates at once (declared containers coming back together): every caller gets the same
-runtime, and no probe cgroup or state is left behind."""
+runtime, and no probe cgroup or state is left behind. The choice is kept in the state dir for
+the next dispatchers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import glob
 import shutil
 from pathlib import Path
 
+import pytest
 from conftest import require
 
 from core0.proc import process
@@ -32,7 +34,42 @@ def test_concurrent_first_choices_get_one_runtime(tmp_path: Path) -> None:
         chosen = asyncio.run(many())
         assert {rt.binary for rt in chosen} == {runtime._chosen[""]}, chosen
         assert runtime._chosen[""] in {shutil.which(n) for n in runtime.CANDIDATES}
+        kept = (tmp_path / "sandbox" / runtime.CHOICE).read_text().strip()
+        assert kept == runtime._chosen[""]
     finally:
         runtime._chosen.clear()
     assert not glob.glob("/sys/fs/cgroup/*/probe-*"), glob.glob("/sys/fs/cgroup/*/probe-*")
     assert not list((tmp_path / "sandbox").glob("probe-*"))
+
+
+def test_the_choice_is_kept_for_the_next_dispatcher(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A next dispatcher (a new process: nothing cached in memory) takes the runtime kept in
+    the state dir without probing, so a probe that would fail then (a timeout under load)
+    cannot switch runtimes under the running containers; a choice naming something else is
+    ignored and the runtimes are probed again."""
+    require("runc")
+    runc = shutil.which("runc")
+    assert runc
+    choice = tmp_path / "sandbox" / runtime.CHOICE
+    choice.parent.mkdir(parents=True)
+    choice.write_text(runc + "\n")
+    probed: list[str] = []
+
+    async def failing(binary: str, base: Path, init: str) -> bool:
+        probed.append(binary)
+        return False
+
+    runtime._chosen.clear()
+    monkeypatch.setattr(runtime, "_works", failing)
+    try:
+        rt = asyncio.run(runtime.choose(tmp_path))
+        assert (rt.binary, probed) == (runc, [])
+        assert rt.root == tmp_path / "sandbox" / "runc"
+        runtime._chosen.clear()
+        choice.write_text("/bin/sh\n")  # not a runtime: probed again (and here, none works)
+        with pytest.raises(Exception, match="no OCI runtime works"):
+            asyncio.run(runtime.choose(tmp_path))
+        assert probed == [p for p in (shutil.which(n) for n in runtime.CANDIDATES) if p]
+    finally:
+        runtime._chosen.clear()
