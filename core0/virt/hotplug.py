@@ -12,6 +12,9 @@ core0 never checked, so the VM is then destroyed: the host file does not reach t
 
 A detach (:func:`unplug`) likewise runs to its end once libvirt is asked: the request, the
 wait for the guest to let the device go, and the collection of a segment left without ports.
+A guest may let a nic go only after that wait (:data:`DETACH_WAIT`; the job has answered):
+libvirt's device-removed event then collects its segment (:func:`released`), not the VM's
+stop as before.
 """
 
 from __future__ import annotations
@@ -36,6 +39,29 @@ log = logging.getLogger(__name__)
 
 #: how long a detached device may take to leave the guest (libvirt's device-removed event)
 DETACH_WAIT = 3.0
+#: collections of segments started by device-removed events (referenced until they end)
+_COLLECTING: set[asyncio.Task[None]] = set()
+
+
+def released() -> None:
+    """libvirt's device-removed event, for any VM of the node: collect the vlan/vxlan
+    segments left without ports (a nic's guest let it go after ``kvm.remove_nic``'s wait).
+    A segment still in use, or pinned by a nic being attached, stays
+    (:func:`core0.net.segments.collect`)."""
+    async def collect() -> None:
+        from core0.net import segments
+
+        try:
+            removed = await asyncio.to_thread(segments.collect)
+        except Exception as e:
+            log.warning("virt: segments not collected after a device removal: %s", e)
+            return
+        if removed:
+            log.info("virt: segments left without ports removed: %s", ", ".join(removed))
+
+    task = asyncio.ensure_future(collect())
+    _COLLECTING.add(task)
+    task.add_done_callback(_COLLECTING.discard)
 
 
 async def detach(v: Virt, dom: Any, xml: str, alias: str, what: str, name: str = "") -> bool:

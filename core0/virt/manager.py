@@ -192,6 +192,9 @@ class Virt:
             self.arrived(ev["uuid"])  # starts, then resumes (arrived) or stops (failed)
         elif ev["event"] == "connection" and ev["detail"] == "reconnected":
             asyncio.ensure_future(self.reconcile())
+        elif ev["event"] == "device_removed":  # a nic let go late: core0/virt/hotplug.py
+            from core0.virt import hotplug
+            hotplug.released()
 
     async def domain_type(self) -> str:
         async with self._probe_lock:
