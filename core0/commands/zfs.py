@@ -56,7 +56,9 @@ async def create(ctx: Context, args: CreateArgs) -> dict[str, Any]:
     400 for an invalid property or size (``1.5G``: sizes are integers with a unit). A
     ``mountpoint`` is a path inside the filesystem root (400 if the dataset would inherit one
     outside it); lower roles get ``setuid=off,devices=off`` and nosuid,nodev mounts (403 for
-    ``setuid=on``/``devices=on``). A dataset whose mount fails is not left behind."""
+    ``setuid=on``/``devices=on``), an admin's ``setuid=off``/``devices=off`` mount is nosuid/
+    nodev as well (zfs-fuse does not apply them itself). A dataset whose mount fails is not
+    left behind."""
     props = zfsconf.policy(ctx, args.properties)
     be = await zfs.backend(ctx)
     await zfsconf.check_inherited(ctx, be, args.name, props)

@@ -14,6 +14,8 @@
 - **Lower roles** (operator, read-only) get ``setuid=off`` and ``devices=off`` on what they
   create, may not set them ``on`` (403), and their mounts get the per-mount flags
   ``nosuid,nodev`` (a bind remount: zfs-fuse does not apply these properties itself).
+  An admin's mounts get them where the dataset's ``setuid``/``devices`` is ``off`` (before,
+  an admin's ``setuid=off`` dataset was mounted without nosuid until a zfs-fuse recovery).
 """
 
 from __future__ import annotations
@@ -150,4 +152,8 @@ async def _verify(ctx: Context, names: list[str], harden: bool | None) -> None:
     if harden if harden is not None else not is_admin(ctx):
         for _ds, mp in mounts:
             await ctx.to_thread(_harden, ctx, mp)
+    elif mounts:  # an admin's: what its datasets' setuid=off/devices=off ask for
+        from core0.storage import zfsfuse
+
+        await zfsfuse.harden_all(ctx, names)
     await whole.hold_async("verify")

@@ -100,6 +100,20 @@ def pool(pools: Pools, tmp_path: Path, node: Node) -> str:
     return name
 
 
+def test_an_admins_dataset_gets_what_its_properties_ask(node: Node, pool: str) -> None:
+    """An admin's zfs.create / zfs.mount of a dataset with setuid=off, devices=off: mounted
+    nosuid,nodev (zfs-fuse does not apply these properties itself; before, only a lower
+    role's mounts and a zfs-fuse recovery got them); one with the defaults: neither."""
+    ds, plain = f"{pool}/adm", f"{pool}/plain"
+    _ok(node, "zfs.create", {"name": ds, "properties": {"setuid": "off", "devices": "off"}})
+    _ok(node, "zfs.create", {"name": plain})
+    assert {"nosuid", "nodev"} <= set(_options(f"/{ds}") or []), _options(f"/{ds}")
+    assert not {"nosuid", "nodev"} & set(_options(f"/{plain}") or ["missing"])
+    _ok(node, "zfs.unmount", {"name": ds})
+    _ok(node, "zfs.mount", {"name": ds})
+    assert {"nosuid", "nodev"} <= set(_options(f"/{ds}") or []), _options(f"/{ds}")
+
+
 def test_killed_holds_rollbacks_unmounts_run_whole(node: Node, hold_dir: Path,
                                                   pool: str) -> None:
     """zfs.hold / release / rollback / unmount killed once the CLI is done (the daemon did
