@@ -26,6 +26,7 @@ from sandbox_fixtures import (
     busybox_rootfs,
     call,
     container_node,
+    dispatcher_or_zero,
     in_netns,
     ok,
 )
@@ -58,6 +59,15 @@ name = "disk.list"
 [startup.mem]
 name = "info.mem"
 running_delay = -1
+"""
+
+#: a service that ends when the test says so, failing
+ENDS = """
+[startup.ends]
+name = "core.system"
+[startup.ends.args]
+name = "sh"
+args = ["-c", "echo up > /data/up; while [ ! -e /data/end ]; do sleep 0.02; done; exit 3"]
 """
 
 #: 0-core's docker-convert shape
@@ -112,6 +122,7 @@ def images(cnode: ContainerNode) -> dict[str, str]:
     host.write_text(ENTRY.replace("/data/hello", "/data/pwned"))
     return {"services": _image(cnode, "st-services", SERVICES),
             "entry": _image(cnode, "st-entry", ENTRY),
+            "ends": _image(cnode, "st-ends", ENDS),
             "roles": _image(cnode, "st-roles", ROLES),
             "bad": _image(cnode, "st-bad", "[startup.x\nname = 'core.system'\n"),
             "link": _image(cnode, "st-link", link_to=host)}
@@ -309,3 +320,25 @@ def test_restart_and_create_sync_run_them(cnode: ContainerNode,
     assert wait_until(lambda: not [j for j in job_ids(cnode) if j.startswith(
         f"startup:{sid}:")], 10)
     assert call(cnode, "corex.get", {"query": sid}).state.value == "ERROR"
+
+
+def test_a_service_that_ended_with_no_dispatcher_has_its_outcome(cnode: ContainerNode,
+                                                                 images: dict[str, str]) -> None:
+    """A service's process that ends (exit 3) while no dispatcher runs: the next dispatcher
+    adopts its job, whose status the supervisor kept, and the startup runner, attached to it
+    again before it ends, sets the service failed with its code; it is not run again."""
+    cid = ok(cnode, "corex.create", {"root": images["ends"], "nics": []})
+    try:
+        assert wait_until(lambda: rootfile(cnode, cid, "/data/up") == ["up"], 10)
+        assert wait_until(lambda: services(cnode, cid)["ends"]["status"] == "running", 10)
+        root = cnode.state_dir / "sandbox" / "containers" / str(cid) / "rootfs"
+        old = cnode.dispatcher_pid()
+        os.kill(old, signal.SIGKILL)
+        (root / "data" / "end").touch()
+        assert wait_until(lambda: dispatcher_or_zero(cnode) not in (0, old), 30)
+        assert wait_until(lambda: services(cnode, cid)["ends"]["status"] != "running", 20)
+        st = services(cnode, cid)["ends"]
+        assert st["status"] == "failed" and "1003" in st["message"], (st, cnode.log_text()[-3000:])
+        assert st["starts"] == 1
+    finally:
+        ok(cnode, "corex.terminate", {"container": cid})
