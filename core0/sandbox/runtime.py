@@ -14,11 +14,11 @@ stdout/stderr go to a file, never to a pipe the dispatcher holds.
 
 Which runtime: crun is probed by running a one-binary bundle; crun refuses hybrid cgroup
 v1/v2 hosts ("cgroups in hybrid mode not supported"), and then runc is used. The choice is
-kept in the state dir (``sandbox/runtime``), so every later dispatcher of the node uses the
-runtime its containers were made with (each runtime has its own ``--root``): a probe that
-failed once after a dispatcher restart (a timeout under load) would otherwise switch
-runtimes under running containers, and every exec into them would fail. It also spares each
-new dispatcher a probe container.
+kept in the state dir (``sandbox/runtime``, with the boot's id), so every later dispatcher of
+the boot uses the runtime its containers were made with (each runtime has its own
+``--root``): a probe that failed once after a dispatcher restart (a timeout under load) would
+otherwise switch runtimes under running containers, and every exec into them would fail. It
+also spares each new dispatcher a probe container.
 Child processes go through core0's spawn and the one reaper (never ``Popen.wait``).
 """
 
@@ -303,10 +303,13 @@ async def choose(state_dir: Path, prefer: str | None = None) -> Runtime:
 
 
 def _kept(base: Path) -> str | None:
-    """The runtime an earlier dispatcher chose (None: none, or it is no longer there)."""
+    """The runtime an earlier dispatcher of this boot chose (None: none, one of another boot
+    — the host's cgroup setup may have changed — or it is no longer there)."""
     try:
-        path = (base / CHOICE).read_text().strip()
+        path, _, boot = (base / CHOICE).read_text().partition("\n")
     except OSError:
+        return None
+    if boot.strip() != _boot_id():
         return None
     if (os.path.isabs(path) and os.path.basename(path) in CANDIDATES
             and os.access(path, os.X_OK)):
@@ -315,10 +318,17 @@ def _kept(base: Path) -> str | None:
     return None
 
 
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def _keep(base: Path, path: str) -> None:
     tmp = base / f".{CHOICE}.{os.getpid()}"
     try:
-        tmp.write_text(path + "\n")
+        tmp.write_text(f"{path}\n{_boot_id()}\n")
         os.replace(tmp, base / CHOICE)
     except OSError as e:
         log.warning("runtime choice not kept: %s", e)

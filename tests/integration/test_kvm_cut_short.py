@@ -299,18 +299,30 @@ def test_detach_disk_killed_in_libvirt(env: Env) -> None:
             env.admin.sync("kvm.destroy", {"uuid": uuid})
 
 
+def _guest_on_vxlan(env: Env, name: str, mac: str, vni: str) -> str:
+    """The operator's busybox guest ``name`` with one nic ``mac`` on vxlan segment ``vni``,
+    booted (its kernel lets hot-unplugged nics go) → its uuid."""
+    shutil.copy2(guest_files()[1], env.root / "images" / "initrd.cpio")
+    uuid = str(env.op.json("kvm.create", {
+        "name": name, "memory": 128, "kernel": "/images/vmlinuz",
+        "initrd": "/images/initrd.cpio", "cmdline": "console=ttyS0 panic=-1",
+        "nics": [{"type": "vxlan", "id": vni, "hwaddr": mac}]}))
+    try:
+        assert wait_text(env.vdir / uuid / "console.log", MARKER, 120)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            env.admin.sync("kvm.destroy", {"uuid": uuid})
+        raise
+    return uuid
+
+
 def test_remove_nic_killed_in_libvirt(env: Env) -> None:
     """kvm.remove_nic of a vxlan nic killed right after libvirt's request: the job answers
     once the guest let the nic go, and the segment whose last port it was is gone (before:
     KILLED at once, the nic left after it and the segment stayed)."""
-    shutil.copy2(guest_files()[1], env.root / "images" / "initrd.cpio")
     mac = "52:54:00:cc:00:05"
-    uuid = str(env.op.json("kvm.create", {
-        "name": "cs-n", "memory": 128, "kernel": "/images/vmlinuz",
-        "initrd": "/images/initrd.cpio", "cmdline": "console=ttyS0 panic=-1",
-        "nics": [{"type": "vxlan", "id": "5", "hwaddr": mac}]}))
+    uuid = _guest_on_vxlan(env, "cs-n", mac, "5")
     try:
-        assert wait_text(env.vdir / uuid / "console.log", MARKER, 120)  # it lets nics go
         assert f"<mac address='{mac}'/>" in _state(env, "cs-n")[1]
         assert env.node.ns.run("ip", "link", "show", "c0vxb5", check=False).returncode == 0
         res = _killed_in_hold(env, {"uuid": uuid, "type": "vxlan", "hwaddr": mac},
@@ -328,18 +340,13 @@ def test_a_nic_let_go_after_the_wait_takes_its_segment(env: Env) -> None:
     meanwhile): the job answers SUCCESS with the nic still there, and once the guest runs
     again and lets it go, the segment left without ports is removed (libvirt's
     device-removed event, core0/virt/hotplug.py). Before, it stayed until the VM stopped."""
-    shutil.copy2(guest_files()[1], env.root / "images" / "initrd.cpio")
     mac, seg = "52:54:00:cc:00:06", "c0vxb6"
 
     def segment() -> bool:
         return env.node.ns.run("ip", "link", "show", seg, check=False).returncode == 0
 
-    uuid = str(env.op.json("kvm.create", {
-        "name": "late-n", "memory": 128, "kernel": "/images/vmlinuz",
-        "initrd": "/images/initrd.cpio", "cmdline": "console=ttyS0 panic=-1",
-        "nics": [{"type": "vxlan", "id": "6", "hwaddr": mac}]}))
+    uuid = _guest_on_vxlan(env, "late-n", mac, "6")
     try:
-        assert wait_text(env.vdir / uuid / "console.log", MARKER, 120)  # it lets nics go
         assert segment()
         env.op.sync("kvm.pause", {"uuid": uuid})
         t = time.monotonic()

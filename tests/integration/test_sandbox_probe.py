@@ -34,8 +34,8 @@ def test_concurrent_first_choices_get_one_runtime(tmp_path: Path) -> None:
         chosen = asyncio.run(many())
         assert {rt.binary for rt in chosen} == {runtime._chosen[""]}, chosen
         assert runtime._chosen[""] in {shutil.which(n) for n in runtime.CANDIDATES}
-        kept = (tmp_path / "sandbox" / runtime.CHOICE).read_text().strip()
-        assert kept == runtime._chosen[""]
+        kept = (tmp_path / "sandbox" / runtime.CHOICE).read_text().split("\n")
+        assert kept[:2] == [runtime._chosen[""], runtime._boot_id()] and kept[1]
     finally:
         runtime._chosen.clear()
     assert not glob.glob("/sys/fs/cgroup/*/probe-*"), glob.glob("/sys/fs/cgroup/*/probe-*")
@@ -46,14 +46,15 @@ def test_the_choice_is_kept_for_the_next_dispatcher(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """A next dispatcher (a new process: nothing cached in memory) takes the runtime kept in
     the state dir without probing, so a probe that would fail then (a timeout under load)
-    cannot switch runtimes under the running containers; a choice naming something else is
-    ignored and the runtimes are probed again."""
+    cannot switch runtimes under the running containers; a choice naming something else, or
+    made in another boot, is ignored and the runtimes are probed again."""
     require("runc")
     runc = shutil.which("runc")
     assert runc
     choice = tmp_path / "sandbox" / runtime.CHOICE
     choice.parent.mkdir(parents=True)
-    choice.write_text(runc + "\n")
+    boot = runtime._boot_id()
+    choice.write_text(f"{runc}\n{boot}\n")
     probed: list[str] = []
 
     async def failing(binary: str, base: Path, init: str) -> bool:
@@ -66,10 +67,14 @@ def test_the_choice_is_kept_for_the_next_dispatcher(tmp_path: Path,
         rt = asyncio.run(runtime.choose(tmp_path))
         assert (rt.binary, probed) == (runc, [])
         assert rt.root == tmp_path / "sandbox" / "runc"
-        runtime._chosen.clear()
-        choice.write_text("/bin/sh\n")  # not a runtime: probed again (and here, none works)
-        with pytest.raises(Exception, match="no OCI runtime works"):
-            asyncio.run(runtime.choose(tmp_path))
-        assert probed == [p for p in (shutil.which(n) for n in runtime.CANDIDATES) if p]
+        every = [p for p in (shutil.which(n) for n in runtime.CANDIDATES) if p]
+        # not a runtime, or one chosen in another boot: probed again (here, none works)
+        for text in (f"/bin/sh\n{boot}\n", f"{runc}\nanother-boot\n"):
+            runtime._chosen.clear()
+            probed.clear()
+            choice.write_text(text)
+            with pytest.raises(Exception, match="no OCI runtime works"):
+                asyncio.run(runtime.choose(tmp_path))
+            assert probed == every, text
     finally:
         runtime._chosen.clear()
