@@ -23,7 +23,7 @@ def _job(job_id: str) -> Any:
     return SimpleNamespace(id=job_id, raw=b'{"id":"%s"}' % job_id.encode(), processing="p",
                            role=SimpleNamespace(label="admin"), starttime=1, protected=False,
                            run=1, pid=None, start_ticks=10, start_max=0, label="true",
-                           next_run=None, comm="true", container=0)
+                           next_run=None, comm="true", container=0, scope=None)
 
 
 @pytest.fixture
