@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from core0.proc import process
 
@@ -16,9 +15,5 @@ def on_node() -> bool:
 def boot_token() -> str:
     """Identifies one boot: the kernel's boot id and the supervisor process (core0 init or
     core0 dev). A dispatcher restart keeps it; a new boot or a new ``core0 dev`` changes it."""
-    try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot_id = ""
     ppid = os.getppid()
-    return f"{boot_id}:{ppid}:{process.proc_start_ticks(ppid)}"
+    return f"{process.boot_id()}:{ppid}:{process.proc_start_ticks(ppid)}"

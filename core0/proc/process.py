@@ -217,6 +217,16 @@ def proc_start_ticks(pid: int) -> int:
         return 0
 
 
+def boot_id() -> str:
+    """The kernel's id of this boot ("" when unreadable): what outlives a reboot in a state
+    dir on a disk is keyed with it."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def spawn(
     argv: Sequence[str],
     *,

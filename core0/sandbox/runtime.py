@@ -309,7 +309,7 @@ def _kept(base: Path) -> str | None:
         path, _, boot = (base / CHOICE).read_text().partition("\n")
     except OSError:
         return None
-    if boot.strip() != _boot_id():
+    if boot.strip() != process.boot_id():
         return None
     if (os.path.isabs(path) and os.path.basename(path) in CANDIDATES
             and os.access(path, os.X_OK)):
@@ -318,17 +318,10 @@ def _kept(base: Path) -> str | None:
     return None
 
 
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
-
-
 def _keep(base: Path, path: str) -> None:
     tmp = base / f".{CHOICE}.{os.getpid()}"
     try:
-        tmp.write_text(f"{path}\n{_boot_id()}\n")
+        tmp.write_text(f"{path}\n{process.boot_id()}\n")
         os.replace(tmp, base / CHOICE)
     except OSError as e:
         log.warning("runtime choice not kept: %s", e)

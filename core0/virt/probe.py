@@ -21,6 +21,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core0.proc import process
 from core0.virt import domain as dx
 
 if TYPE_CHECKING:
@@ -53,13 +54,6 @@ def probe_kernel(configured: str) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def _boot_id() -> str:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
 
 
 def decide(mode: str, caps: str, device_ok: bool, kernel: Path | None) -> tuple[str | None, str]:
@@ -99,7 +93,7 @@ async def domain_type(conn: Conn, mode: str, kernel_path: str, work: Path,
         return chosen
     assert kernel is not None
     st = kernel.stat()
-    key = f"{_boot_id()}|{kernel}|{st.st_size}|{st.st_mtime_ns}"
+    key = f"{process.boot_id()}|{kernel}|{st.st_size}|{st.st_mtime_ns}"
     with contextlib.suppress(OSError, ValueError):
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:

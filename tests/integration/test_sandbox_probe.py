@@ -35,7 +35,7 @@ def test_concurrent_first_choices_get_one_runtime(tmp_path: Path) -> None:
         assert {rt.binary for rt in chosen} == {runtime._chosen[""]}, chosen
         assert runtime._chosen[""] in {shutil.which(n) for n in runtime.CANDIDATES}
         kept = (tmp_path / "sandbox" / runtime.CHOICE).read_text().split("\n")
-        assert kept[:2] == [runtime._chosen[""], runtime._boot_id()] and kept[1]
+        assert kept[:2] == [runtime._chosen[""], process.boot_id()] and kept[1]
     finally:
         runtime._chosen.clear()
     assert not glob.glob("/sys/fs/cgroup/*/probe-*"), glob.glob("/sys/fs/cgroup/*/probe-*")
@@ -53,7 +53,7 @@ def test_the_choice_is_kept_for_the_next_dispatcher(tmp_path: Path,
     assert runc
     choice = tmp_path / "sandbox" / runtime.CHOICE
     choice.parent.mkdir(parents=True)
-    boot = runtime._boot_id()
+    boot = process.boot_id()
     choice.write_text(f"{runc}\n{boot}\n")
     probed: list[str] = []
 
