@@ -1,22 +1,21 @@
 """The persisted part of process jobs: files under ``<state_dir>/jobs`` (see :class:`JobStore`).
 
-Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole job
-(the command, its role, its queue's processing list, or the private-queue scope of a job of
-core0's own that has one…) with its first step, written when the
-first run is about to spawn; every later step of a run appends one short line with only what
-changed: ``spawning`` (the whole run, before the spawn), ``running`` (pid + start time),
-``exited`` (wait status, written the moment the reaper hands it over, before the zombie is
-reaped), ``scheduled`` (between recurring runs) and ``done`` (the result, before it is
-published; only when a next dispatcher could not make the same result from ``exited`` and the
-output files: a timeout, a kill, a recurring, restarting or protected job). A line is one
-``write`` on a descriptor kept open for the job's life (``O_APPEND``; synced to a disk as the
-node's Redis AOF is, ``redis.appendfsync``: core0.jobs.logsync), so a step costs one system
-call instead of a temp file, a rename and a directory entry (docs/performance.md). A line
-torn by a crash is ignored when loading; the state is the first line updated by every later
-one. A new dispatcher re-creates every job from these logs: it follows the output files again,
-learns the exit status of a still-running process from the supervisor, and publishes a result
-that was saved but not yet sent.
-"""
+Each job has one append-only log, ``j-<id>.log``, of JSON lines. The first line is the whole
+job (the command, its role, its queue's processing list, or the private-queue scope of a job
+of core0's own that has one…) with its first step, written when the first run is about to
+spawn; every later step of a run appends one short line with only what changed: ``spawning``
+(the whole run, before the spawn), ``running`` (pid + start time), ``exited`` (wait status,
+written the moment the reaper hands it over, before the zombie is reaped), ``scheduled``
+(between recurring runs) and ``done`` (the result, before it is published; only when a next
+dispatcher could not make the same result from ``exited`` and the output files: a timeout, a
+kill, a recurring, restarting or protected job). A line is one ``write`` on a descriptor
+kept open for the job's life (``O_APPEND``; synced to a disk as the node's Redis AOF is,
+``redis.appendfsync``: core0.jobs.logsync), so a step costs one system call instead of a
+temp file, a rename and a directory entry (docs/performance.md). A line torn by a crash is
+ignored when loading; the state is the first line updated by every later one. A new
+dispatcher re-creates every job from these logs: it follows the output files again, learns
+the exit status of a still-running process from the supervisor, and publishes a result that
+was saved but not yet sent. """
 
 from __future__ import annotations
 
