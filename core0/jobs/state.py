@@ -15,7 +15,8 @@ temp file, a rename and a directory entry (docs/performance.md). A line torn by 
 ignored when loading; the state is the first line updated by every later one. A new
 dispatcher re-creates every job from these logs: it follows the output files again, learns
 the exit status of a still-running process from the supervisor, and publishes a result that
-was saved but not yet sent. """
+was saved but not yet sent.
+"""
 
 from __future__ import annotations
 
