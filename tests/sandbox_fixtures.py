@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,10 +172,14 @@ class ContainerNode:
                     return int(k.pid)
         raise AssertionError("no dispatcher")
 
-    def restart_dispatcher(self, sig: int = signal.SIGKILL) -> None:
-        """Send the dispatcher ``sig`` and wait until the next one answers a ping."""
+    def restart_dispatcher(self, sig: int = signal.SIGKILL,
+                           meanwhile: Callable[[], object] | None = None) -> None:
+        """Send the dispatcher ``sig`` (then do ``meanwhile``, while no dispatcher runs) and
+        wait until the next one answers a ping."""
         old = self.dispatcher_pid()
         os.kill(old, sig)
+        if meanwhile is not None:
+            meanwhile()
 
         def back() -> bool:
             try:

@@ -26,7 +26,6 @@ from sandbox_fixtures import (
     busybox_rootfs,
     call,
     container_node,
-    dispatcher_or_zero,
     in_netns,
     ok,
 )
@@ -332,10 +331,7 @@ def test_a_service_that_ended_with_no_dispatcher_has_its_outcome(cnode: Containe
         assert wait_until(lambda: rootfile(cnode, cid, "/data/up") == ["up"], 10)
         assert wait_until(lambda: services(cnode, cid)["ends"]["status"] == "running", 10)
         root = cnode.state_dir / "sandbox" / "containers" / str(cid) / "rootfs"
-        old = cnode.dispatcher_pid()
-        os.kill(old, signal.SIGKILL)
-        (root / "data" / "end").touch()
-        assert wait_until(lambda: dispatcher_or_zero(cnode) not in (0, old), 30)
+        cnode.restart_dispatcher(meanwhile=(root / "data" / "end").touch)
         assert wait_until(lambda: services(cnode, cid)["ends"]["status"] != "running", 20)
         st = services(cnode, cid)["ends"]
         assert st["status"] == "failed" and "1003" in st["message"], (st, cnode.log_text()[-3000:])
